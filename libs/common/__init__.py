@@ -1,0 +1,1 @@
+"""Plumbing every rangekv process shares: descriptors, errors and their wire mapping, clocks, config, servers."""

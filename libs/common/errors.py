@@ -1,0 +1,383 @@
+"""The rangekv exception tree and its one mapping to and from the wire.
+
+Inside a process, failures are exceptions; on the wire they are proto values.
+This module is the only place that converts between the two::
+
+    RangeKVError
+     +-- InvalidArgument      bad input; nothing was written      INVALID_ARGUMENT (+BadRequest)
+     +-- RoutingError         the request reached the wrong place; the gateway reroutes
+     |    +-- NotLeaseHolder     hint: leaseholder node, address, lease sequence, descriptor
+     |    +-- RangeKeyMismatch   the replica's current descriptors
+     |    +-- RangeNotFound      the node has no replica of the range
+     +-- Unavailable          retry later (retry_after); `outcome` for writes   UNAVAILABLE (+RetryInfo)
+     |    +-- NotLeader          a raft service's follower, with the leader hint
+     +-- DeadlineExceeded     the caller's deadline passed; `outcome` for writes  DEADLINE_EXCEEDED
+     +-- ResourceExhausted    overloaded; nothing was written                  RESOURCE_EXHAUSTED
+     +-- ConditionFailed      a conditional meta write met another value       FAILED_PRECONDITION
+     +-- IntentExists         the key holds another transaction's intent       ABORTED
+     +-- InternalError        a bug                                            INTERNAL
+
+Between gateway and raftnode the routing errors, Unavailable, InvalidArgument and
+IntentExists travel in-band as ``rangekv.v1.ReplicaError`` (``to_replica_error`` /
+``from_replica_error``). Towards clients and on the Meta API every error is a gRPC
+status whose ``google.rpc.Status`` details carry the proto form (``to_rpc_status`` /
+``from_rpc_error``), readable from any language.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor
+from rangekv.v1 import errors_pb2, types_pb2
+
+
+class WriteOutcome(enum.IntEnum):
+    """Whether a failed write may have been applied (wire: rangekv.v1.WriteOutcome)."""
+
+    UNSPECIFIED = errors_pb2.WRITE_OUTCOME_UNSPECIFIED
+    NOT_APPLIED = errors_pb2.WRITE_OUTCOME_NOT_APPLIED
+    UNKNOWN = errors_pb2.WRITE_OUTCOME_UNKNOWN
+
+
+class RangeKVError(Exception):
+    """Root of every error rangekv raises on purpose."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(RangeKVError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.reason = message
+
+
+class RoutingError(RangeKVError):
+    """The request reached a replica that cannot serve it; reroute and retry."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class NotLeaseHolder(RoutingError):
+    def __init__(
+        self,
+        range_id: int,
+        leaseholder: ReplicaDescriptor | None,
+        leaseholder_address: str,
+        lease_sequence: int,
+        descriptor: RangeDescriptor | None,
+    ) -> None:
+        who = f"node {leaseholder.node_id} at {leaseholder_address}" if leaseholder else "unknown"
+        super().__init__(f"range {range_id}: not the leaseholder; leaseholder is {who}")
+        self.range_id = range_id
+        self.leaseholder = leaseholder
+        self.leaseholder_address = leaseholder_address
+        self.lease_sequence = lease_sequence
+        self.descriptor = descriptor
+
+
+class RangeKeyMismatch(RoutingError):
+    def __init__(self, requested_range_id: int, descriptors: tuple[RangeDescriptor, ...]) -> None:
+        spans = ", ".join(f"r{d.range_id}[{d.start_key!r},{d.end_key!r})" for d in descriptors)
+        super().__init__(f"range {requested_range_id}: keys outside the range; node has {spans}")
+        self.requested_range_id = requested_range_id
+        self.descriptors = descriptors
+
+
+class RangeNotFound(RoutingError):
+    def __init__(self, range_id: int, node_id: int) -> None:
+        super().__init__(f"range {range_id} not found on node {node_id}")
+        self.range_id = range_id
+        self.node_id = node_id
+
+
+class Unavailable(RangeKVError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+    def __init__(
+        self,
+        message: str,
+        retry_after: float = 0.1,
+        outcome: WriteOutcome = WriteOutcome.NOT_APPLIED,
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.outcome = outcome
+
+
+class NotLeader(Unavailable):
+    def __init__(self, leader_node_id: int, leader_address: str, term: int) -> None:
+        hint = f"leader is node {leader_node_id} at {leader_address}" if leader_node_id else ""
+        super().__init__(f"not the leader; {hint or 'leader unknown'}", retry_after=0.05)
+        self.leader_node_id = leader_node_id
+        self.leader_address = leader_address
+        self.term = term
+
+
+class DeadlineExceeded(RangeKVError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def __init__(self, message: str, outcome: WriteOutcome = WriteOutcome.UNSPECIFIED) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+
+
+class ResourceExhausted(RangeKVError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, retry_after: float = 0.1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ConditionFailed(RangeKVError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, key: bytes, actual: RangeDescriptor | None) -> None:
+        super().__init__(f"condition failed at {key!r}: current value is {actual}")
+        self.key = key
+        self.actual = actual
+
+
+class IntentExists(RangeKVError):
+    code = grpc.StatusCode.ABORTED
+
+    def __init__(self, key: bytes, txn: types_pb2.TxnMeta) -> None:
+        super().__init__(f"{key!r} holds an intent of transaction {txn.id.hex()}")
+        self.key = key
+        self.txn = txn
+
+
+class InternalError(RangeKVError):
+    code = grpc.StatusCode.INTERNAL
+
+
+# --- in-band: rangekv.v1.ReplicaError ------------------------------------------------
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(seconds * 1e9))
+    return d
+
+
+def _descriptor_or_none(pb: types_pb2.RangeDescriptor) -> RangeDescriptor | None:
+    return RangeDescriptor.from_proto(pb) if pb.range_id else None
+
+
+def to_replica_error(exc: RangeKVError) -> errors_pb2.ReplicaError:
+    """The in-band wire form of an error a replica answers with."""
+    if isinstance(exc, NotLeaseHolder):
+        nlh = errors_pb2.NotLeaseHolderError(
+            range_id=exc.range_id,
+            leaseholder_address=exc.leaseholder_address,
+            lease_sequence=exc.lease_sequence,
+        )
+        if exc.leaseholder is not None:
+            nlh.leaseholder.CopyFrom(exc.leaseholder.to_proto())
+        if exc.descriptor is not None:
+            nlh.descriptor.CopyFrom(exc.descriptor.to_proto())
+        return errors_pb2.ReplicaError(not_lease_holder=nlh)
+    if isinstance(exc, RangeKeyMismatch):
+        return errors_pb2.ReplicaError(
+            range_key_mismatch=errors_pb2.RangeKeyMismatchError(
+                requested_range_id=exc.requested_range_id,
+                descriptors=[d.to_proto() for d in exc.descriptors],
+            )
+        )
+    if isinstance(exc, RangeNotFound):
+        return errors_pb2.ReplicaError(
+            range_not_found=errors_pb2.RangeNotFoundError(
+                range_id=exc.range_id, node_id=exc.node_id
+            )
+        )
+    if isinstance(exc, InvalidArgument):
+        return errors_pb2.ReplicaError(
+            invalid_argument=errors_pb2.InvalidArgumentError(field=exc.field, message=exc.reason)
+        )
+    if isinstance(exc, IntentExists):
+        return errors_pb2.ReplicaError(
+            intent_exists=errors_pb2.IntentExistsError(key=exc.key, txn=exc.txn)
+        )
+    retry_after = exc.retry_after if isinstance(exc, Unavailable) else 0.1
+    outcome = exc.outcome if isinstance(exc, Unavailable | DeadlineExceeded) else 0
+    return errors_pb2.ReplicaError(
+        unavailable=errors_pb2.UnavailableError(
+            message=exc.message, retry_after=_duration(retry_after), outcome=int(outcome)
+        )
+    )
+
+
+def from_replica_error(pb: errors_pb2.ReplicaError) -> RangeKVError:
+    """The exception an in-band ReplicaError stands for."""
+    kind = pb.WhichOneof("error")
+    if kind == "not_lease_holder":
+        e = pb.not_lease_holder
+        leaseholder = ReplicaDescriptor.from_proto(e.leaseholder) if e.leaseholder.node_id else None
+        return NotLeaseHolder(
+            e.range_id,
+            leaseholder,
+            e.leaseholder_address,
+            e.lease_sequence,
+            _descriptor_or_none(e.descriptor),
+        )
+    if kind == "range_key_mismatch":
+        m = pb.range_key_mismatch
+        return RangeKeyMismatch(
+            m.requested_range_id, tuple(RangeDescriptor.from_proto(d) for d in m.descriptors)
+        )
+    if kind == "range_not_found":
+        return RangeNotFound(pb.range_not_found.range_id, pb.range_not_found.node_id)
+    if kind == "invalid_argument":
+        return InvalidArgument(pb.invalid_argument.field, pb.invalid_argument.message)
+    if kind == "intent_exists":
+        return IntentExists(pb.intent_exists.key, pb.intent_exists.txn)
+    if kind == "unavailable":
+        u = pb.unavailable
+        return Unavailable(
+            u.message, u.retry_after.ToNanoseconds() / 1e9, WriteOutcome(u.outcome or 1)
+        )
+    return InternalError(f"unrecognised replica error: {pb}")
+
+
+# --- out-of-band: gRPC status with google.rpc.Status details -------------------------
+
+
+def _pack(msg: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(msg)  # type: ignore[arg-type]
+    return packed
+
+
+def to_rpc_status(exc: RangeKVError) -> grpc.Status:
+    """The gRPC status (with structured details) a server aborts a call with."""
+    details: list[any_pb2.Any] = []
+    if isinstance(exc, InvalidArgument):
+        details.append(
+            _pack(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=exc.field, description=exc.reason
+                        )
+                    ]
+                )
+            )
+        )
+    if isinstance(exc, Unavailable | ResourceExhausted):
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=_duration(exc.retry_after))))
+    if isinstance(exc, Unavailable | DeadlineExceeded) and exc.outcome:
+        details.append(_pack(errors_pb2.RequestOutcomeDetail(outcome=int(exc.outcome))))
+    if isinstance(exc, NotLeader):
+        details.append(
+            _pack(
+                errors_pb2.NotLeaderError(
+                    leader_node_id=exc.leader_node_id,
+                    leader_address=exc.leader_address,
+                    term=exc.term,
+                )
+            )
+        )
+    if isinstance(exc, RoutingError):
+        details.append(_pack(to_replica_error(exc)))
+    if isinstance(exc, ConditionFailed):
+        cond = errors_pb2.ConditionFailedError(key=exc.key)
+        if exc.actual is not None:
+            cond.actual.CopyFrom(exc.actual.to_proto())
+        details.append(_pack(cond))
+    if isinstance(exc, IntentExists):
+        details.append(_pack(errors_pb2.IntentExistsError(key=exc.key, txn=exc.txn)))
+    code = exc.code.value[0]
+    return rpc_status.to_status(status_pb2.Status(code=code, message=exc.message, details=details))
+
+
+def _status_details(err: grpc.RpcError) -> status_pb2.Status | None:
+    trailing = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
+    for key, value in trailing or ():
+        if key == "grpc-status-details-bin":
+            return status_pb2.Status.FromString(value)
+    return None
+
+
+def from_rpc_error(err: grpc.RpcError, *, is_write: bool = False) -> RangeKVError:
+    """The exception a failed gRPC call stands for (client side)."""
+    code: grpc.StatusCode = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+    message: str = (err.details() if hasattr(err, "details") else "") or str(code)
+    status = _status_details(err)
+    retry_after = 0.1
+    outcome = WriteOutcome.UNKNOWN if is_write else WriteOutcome.UNSPECIFIED
+    if status is not None:
+        for detail in status.details:
+            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                info = error_details_pb2.RetryInfo()
+                detail.Unpack(info)
+                retry_after = info.retry_delay.ToNanoseconds() / 1e9
+            elif detail.Is(errors_pb2.RequestOutcomeDetail.DESCRIPTOR):
+                out = errors_pb2.RequestOutcomeDetail()
+                detail.Unpack(out)
+                outcome = WriteOutcome(out.outcome)
+            elif detail.Is(errors_pb2.NotLeaderError.DESCRIPTOR):
+                nl = errors_pb2.NotLeaderError()
+                detail.Unpack(nl)
+                return NotLeader(nl.leader_node_id, nl.leader_address, nl.term)
+            elif detail.Is(errors_pb2.ReplicaError.DESCRIPTOR):
+                rep = errors_pb2.ReplicaError()
+                detail.Unpack(rep)
+                return from_replica_error(rep)
+            elif detail.Is(errors_pb2.ConditionFailedError.DESCRIPTOR):
+                cf = errors_pb2.ConditionFailedError()
+                detail.Unpack(cf)
+                return ConditionFailed(cf.key, _descriptor_or_none(cf.actual))
+            elif detail.Is(errors_pb2.IntentExistsError.DESCRIPTOR):
+                ie = errors_pb2.IntentExistsError()
+                detail.Unpack(ie)
+                return IntentExists(ie.key, ie.txn)
+            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                br = error_details_pb2.BadRequest()
+                detail.Unpack(br)
+                if br.field_violations:
+                    v = br.field_violations[0]
+                    return InvalidArgument(v.field, v.description)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidArgument("", message)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(message, outcome)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ResourceExhausted(message, retry_after)
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN):
+        return Unavailable(message, retry_after, outcome)
+    return InternalError(f"{code.name}: {message}")
+
+
+__all__ = [
+    "ConditionFailed",
+    "DeadlineExceeded",
+    "IntentExists",
+    "InternalError",
+    "InvalidArgument",
+    "NotLeaseHolder",
+    "NotLeader",
+    "RangeKVError",
+    "RangeKeyMismatch",
+    "RangeNotFound",
+    "ResourceExhausted",
+    "RoutingError",
+    "Unavailable",
+    "WriteOutcome",
+    "from_replica_error",
+    "from_rpc_error",
+    "to_replica_error",
+    "to_rpc_status",
+]

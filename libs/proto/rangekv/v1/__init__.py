@@ -1,0 +1,1 @@
+"""Generated stubs of the rangekv.v1 wire contract (scripts/gen_protos.py)."""

@@ -1,0 +1,1 @@
+"""The gateway (DistSender): the public KV API, the range descriptor cache, routing and retries."""

@@ -1,0 +1,1 @@
+"""The meta range service: descriptor records (committed versions and intents), lookups, store registry."""
