@@ -16,6 +16,6 @@ buf lint
 echo "==> generated stubs are fresh"
 python scripts/gen_protos.py --check
 echo "==> mypy"
-mypy libs services cli
+python scripts/typecheck.py
 echo "==> pytest"
 python -m pytest "$@"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import cast
 
 from rangekv.v1 import types_pb2
 
@@ -31,7 +32,9 @@ class ReplicaDescriptor:
 
     def to_proto(self) -> types_pb2.ReplicaDescriptor:
         return types_pb2.ReplicaDescriptor(
-            node_id=self.node_id, replica_id=self.replica_id, type=int(self.type)
+            node_id=self.node_id,
+            replica_id=self.replica_id,
+            type=cast(types_pb2.ReplicaType, int(self.type)),
         )
 
     @staticmethod

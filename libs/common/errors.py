@@ -27,6 +27,7 @@ status whose ``google.rpc.Status`` details carry the proto form (``to_rpc_status
 from __future__ import annotations
 
 import enum
+from typing import cast
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -173,6 +174,10 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     return d
 
 
+def _outcome_pb(outcome: int) -> errors_pb2.WriteOutcome:
+    return cast(errors_pb2.WriteOutcome, int(outcome))
+
+
 def _descriptor_or_none(pb: types_pb2.RangeDescriptor) -> RangeDescriptor | None:
     return RangeDescriptor.from_proto(pb) if pb.range_id else None
 
@@ -215,7 +220,9 @@ def to_replica_error(exc: RangeKVError) -> errors_pb2.ReplicaError:
     outcome = exc.outcome if isinstance(exc, Unavailable | DeadlineExceeded) else 0
     return errors_pb2.ReplicaError(
         unavailable=errors_pb2.UnavailableError(
-            message=exc.message, retry_after=_duration(retry_after), outcome=int(outcome)
+            message=exc.message,
+            retry_after=_duration(retry_after),
+            outcome=_outcome_pb(outcome),
         )
     )
 
@@ -279,7 +286,7 @@ def to_rpc_status(exc: RangeKVError) -> grpc.Status:
     if isinstance(exc, Unavailable | ResourceExhausted):
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=_duration(exc.retry_after))))
     if isinstance(exc, Unavailable | DeadlineExceeded) and exc.outcome:
-        details.append(_pack(errors_pb2.RequestOutcomeDetail(outcome=int(exc.outcome))))
+        details.append(_pack(errors_pb2.RequestOutcomeDetail(outcome=_outcome_pb(exc.outcome))))
     if isinstance(exc, NotLeader):
         details.append(
             _pack(
