@@ -1,0 +1,563 @@
+"""Linearizability checking of key-value histories.
+
+The question asked is Herlihy & Wing's: is there a total order of the
+operations that (1) respects real time -- if ``a`` completed before ``b``
+was invoked then ``a`` comes first -- and (2) is a legal sequential
+execution of the store, i.e. every observed result is what a single copy
+of the data would have returned?  A replicated store that promises strong
+consistency must pass this for every history; the simulator and the chaos
+harness generate the histories, this module judges them.
+
+Approach
+========
+
+*P-compositionality.*  Linearizability is local: a history is linearizable
+iff its restriction to each object is.  Every operation touches one key, so
+each key is checked on its own as a register whose state is either absent
+or a value.  This turns one exponential problem into many small ones.
+
+*Search.*  Per key, the search follows Wing & Gong as improved by Lowe
+(the algorithm porcupine also uses): the invocations and completions of
+the OK operations form a doubly linked list in time order.  The search
+walks it from the head; a call entry is an operation that may be
+linearized next (it was invoked before every pending operation completed),
+so it is tried against the model and, if legal, *lifted* out of the list
+(both its entries unlinked, restorable in O(1) because the removed nodes
+keep their pointers) and the walk restarts.  Meeting a completion entry
+means that operation should already have been linearized, so the search
+backtracks.  A cache of ``(set of linearized operations, model state)``
+pairs prunes configurations already proven dead: this is Lowe's
+improvement, and it is what makes 10,000-operation histories tractable.
+States are small ints (values are interned) and operation sets are Python
+ints used as bitsets.  The bitset is stored relative to the lowest not yet
+linearized operation, because everything below it is linearized; this
+keeps cache keys short on long histories.
+
+*Outcomes.*  ``FAIL`` operations are dropped: they had no effect and
+returned nothing.  ``UNKNOWN`` operations have no completion, so they may
+be linearized anywhere after their invocation -- or nowhere at all.  They
+live in a second list, are tried only when the walk is stuck (it met a
+completion), and the search succeeds as soon as every OK operation is
+linearized, which is exactly "remaining unknown operations are left out".
+An unknown GET can never matter and is dropped up front.  Three pruning
+rules keep the ambiguity from multiplying the search, each sound because
+the pruned branch is dominated by one that is explored:
+
+1. an unknown operation that would not change the state is not placed
+   (leaving it unplaced keeps strictly more options open);
+2. unknown operations with identical effect are interchangeable, so they
+   are placed in invocation order only;
+3. an unknown blind write (PUT/DELETE) is never placed right after another
+   one, since the first would be overwritten unobserved.
+
+Values that no operation ever compares against (written, but never read
+nor used as a CAS expectation) are all interned to one "unobserved value"
+state; to the model they are indistinguishable, and merging them lets the
+cache and rule 1 recognise more equivalent configurations.
+
+*Equal timestamps.*  Real-time order requires ``a.complete < b.invoke``
+strictly.  An operation that completes at ``t`` and one invoked at ``t``
+are treated as concurrent (call entries sort before completion entries at
+equal times).  This is the permissive choice: clocks in the simulator are
+discrete and wall clocks are coarse, and reporting an anomaly that hinges
+on an exact tie would be a false alarm more often than a real bug.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from rangekv.check.history import Operation, OpKind, Outcome
+
+__all__ = ["CheckResult", "check_history"]
+
+# Model transition codes.  Each operation compiles to (code, a, b) over
+# interned states: 0 is "absent", 1 is "some value nobody observes".
+_GET = 0  # OK GET: state must be a
+_SET = 1  # PUT / unknown DELETE: state := a
+_DEL_YES = 2  # OK DELETE that deleted: state must be present; := absent
+_DEL_NO = 3  # OK DELETE that found nothing: state must be absent
+_CAS_YES = 4  # OK CAS that swapped: state must be a; := b
+_CAS_NO = 5  # OK CAS that did not swap, nothing reported: state != a
+_CAS_NO_SAW = 6  # OK CAS that did not swap and saw b: state == b != a
+_CAS_MAYBE = 7  # unknown CAS: if state == a then := b
+
+_ABSENT = 0
+_UNOBSERVED = 1
+_CHECK_CLOCK_EVERY = 1024
+
+# Search modes and the ways an operation can have been placed.
+_M_READS, _M_WRITES, _M_UNKNOWN, _M_BACKTRACK = range(4)
+_FORCED, _BRANCH, _UNKNOWN = range(3)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """Verdict of :func:`check_history`.
+
+    ``ok`` is ``True`` (linearizable), ``False`` (not) or ``None`` (the
+    timeout expired before a verdict; nothing can be concluded).
+    ``failed_key`` names the first key found non-linearizable, and
+    ``explanation`` says what went wrong there in terms a human can chase.
+    """
+
+    ok: bool | None
+    keys_checked: int
+    failed_key: bytes | None
+    explanation: str
+    elapsed: float
+
+
+class _Timeout(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class _Failure:
+    placed: list[Operation]
+    state: str
+    stuck: Operation
+    candidates: list[Operation]
+    total: int
+
+
+class _KeySearch:
+    """The search for one key.  Built once, run once."""
+
+    def __init__(self, ops: Sequence[Operation]) -> None:
+        ok_ops = [o for o in ops if o.outcome is Outcome.OK]
+        unk_ops = [o for o in ops if o.outcome is Outcome.UNKNOWN and o.kind is not OpKind.GET]
+        self.ok_ops = sorted(ok_ops, key=lambda o: o.invoke)
+        self.unk_ops = sorted(unk_ops, key=lambda o: o.invoke)
+        self._intern()
+        self._build_lists()
+        self.failure: _Failure | None = None
+
+    # -- compilation ----------------------------------------------------
+
+    def _intern(self) -> None:
+        observed: set[bytes] = set()
+        for o in self.ok_ops:
+            if o.kind is OpKind.GET and o.read is not None:
+                observed.add(o.read)
+            if o.kind is OpKind.CAS:
+                if o.expected is not None:
+                    observed.add(o.expected)
+                if not o.succeeded and o.read is not None:
+                    observed.add(o.read)
+        for o in self.unk_ops:
+            if o.kind is OpKind.CAS and o.expected is not None:
+                observed.add(o.expected)
+        ids: dict[bytes, int] = {v: i + 2 for i, v in enumerate(sorted(observed))}
+        self.names: list[str] = ["<absent>", "<a value no operation observed>"]
+        self.names += [repr(v) for v in sorted(observed)]
+
+        def sid(v: bytes | None, *, write: bool) -> int:
+            if v is None:
+                return _ABSENT
+            got = ids.get(v)
+            if got is None:
+                assert write, "observed values are all interned"
+                return _UNOBSERVED
+            return got
+
+        def compile_op(o: Operation) -> tuple[int, int, int]:
+            if o.kind is OpKind.PUT:
+                if o.value is None:
+                    raise ValueError(f"PUT without a value: {o.describe()}")
+                return (_SET, sid(o.value, write=True), 0)
+            if o.outcome is Outcome.UNKNOWN:
+                if o.kind is OpKind.DELETE:
+                    return (_SET, _ABSENT, 0)
+                return (_CAS_MAYBE, sid(o.expected, write=False), sid(o.value, write=True))
+            if o.kind is OpKind.GET:
+                return (_GET, sid(o.read, write=False), 0)
+            if o.kind is OpKind.DELETE:
+                return (_DEL_YES, 0, 0) if o.succeeded else (_DEL_NO, 0, 0)
+            exp = sid(o.expected, write=False)
+            if o.succeeded:
+                return (_CAS_YES, exp, sid(o.value, write=True))
+            if o.read is None:
+                return (_CAS_NO, exp, 0)
+            return (_CAS_NO_SAW, exp, sid(o.read, write=False))
+
+        ok_code = [compile_op(o) for o in self.ok_ops]
+        self.ok_code = [c[0] for c in ok_code]
+        self.ok_a = [c[1] for c in ok_code]
+        self.ok_b = [c[2] for c in ok_code]
+        unk_code = [compile_op(o) for o in self.unk_ops]
+        self.unk_code = [c[0] for c in unk_code]
+        self.unk_a = [c[1] for c in unk_code]
+        self.unk_b = [c[2] for c in unk_code]
+        # Rule 2: unknown ops with equal effect form a class, placed in order.
+        classes: dict[tuple[int, int, int], int] = {}
+        self.unk_class: list[int] = []
+        self.unk_class_rank: list[int] = []
+        counts: list[int] = []
+        for sig in unk_code:
+            cls = classes.setdefault(sig, len(classes))
+            if cls == len(counts):
+                counts.append(0)
+            self.unk_class.append(cls)
+            self.unk_class_rank.append(counts[cls])
+            counts[cls] += 1
+        self.n_classes = len(counts)
+
+    def _build_lists(self) -> None:
+        m, k = len(self.ok_ops), len(self.unk_ops)
+        for o in self.ok_ops:
+            if not o.complete >= o.invoke:
+                raise ValueError(f"operation completes before it is invoked: {o.describe()}")
+        # Events sort by time, calls before completions at equal times (the
+        # tie rule), then by op index so the order is deterministic.
+        events: list[tuple[float, int, int, int]] = []
+        for i, o in enumerate(self.ok_ops):
+            events.append((o.invoke, 0, 0, i))
+            events.append((o.complete, 1, 0, i))
+        for u, o in enumerate(self.unk_ops):
+            events.append((o.invoke, 0, 1, u))
+        events.sort()
+        # Main list: nodes 1..2m, head 0, tail 2m+1.  Unknown list: 1..k.
+        self.head, self.tail = 0, 2 * m + 1
+        self.node_op = [-1] * (2 * m + 2)
+        self.node_call = [False] * (2 * m + 2)
+        self.rank = [0] * (2 * m + 2)
+        self.rank[self.tail] = len(events)
+        self.match = [0] * (2 * m + 2)
+        self.unk_rank = [0] * (k + 2)
+        call_node = [0] * m
+        order = [self.head]
+        next_node = 1
+        for pos, (_, is_return, is_unknown, idx) in enumerate(events):
+            if is_unknown:
+                self.unk_rank[idx + 1] = pos
+                continue
+            node = next_node
+            next_node += 1
+            order.append(node)
+            self.node_op[node] = idx
+            self.rank[node] = pos
+            if is_return:
+                self.match[call_node[idx]] = node
+            else:
+                self.node_call[node] = True
+                call_node[idx] = node
+        order.append(self.tail)
+        self.nxt = [0] * (2 * m + 2)
+        self.prv = [0] * (2 * m + 2)
+        for a, b in zip(order, order[1:], strict=False):
+            self.nxt[a] = b
+            self.prv[b] = a
+        self.unxt = list(range(1, k + 2)) + [k + 1]
+        self.uprv = [0, *range(0, k + 1)]
+        self.unk_rank[k + 1] = len(events)
+
+    # -- search ---------------------------------------------------------
+
+    def run(self, deadline: float | None, clock: Callable[[], float]) -> bool:
+        """Depth-first search; True if a linearization exists."""
+        m = len(self.ok_ops)
+        if m == 0:
+            return True
+        nxt, prv, node_op, node_call, match = (
+            self.nxt,
+            self.prv,
+            self.node_op,
+            self.node_call,
+            self.match,
+        )
+        unxt, uprv, unk_rank, rank = self.unxt, self.uprv, self.unk_rank, self.rank
+        ok_code, ok_a, ok_b = self.ok_code, self.ok_a, self.ok_b
+        unk_code, unk_a, unk_b = self.unk_code, self.unk_a, self.unk_b
+        unk_class, unk_class_rank = self.unk_class, self.unk_class_rank
+        class_placed = [0] * self.n_classes
+        utail = len(self.unk_ops) + 1
+        head = self.head
+
+        state = _ABSENT
+        ok_bits = 0
+        unk_bits = 0
+        low = 0  # every OK op with index < low is linearized
+        placed = bytearray(m + 1)  # placed[m] stays 0 as a sentinel
+        ok_left = m
+        cache: set[tuple[int, int, int, int]] = set()
+        # Frame: (node, how it was placed, previous state, previous low, stuck node).
+        stack: list[tuple[int, int, int, int, int]] = []
+        best_depth = -1
+        steps = 0
+
+        mode = _M_READS
+        node = nxt[head]
+        stuck = 0
+        while True:
+            steps += 1
+            if deadline is not None and steps % _CHECK_CLOCK_EVERY == 0 and clock() > deadline:
+                raise _Timeout
+
+            if mode == _M_READS:
+                # Partial-order reduction: an operation that leaves the state
+                # alone and is legal now can be linearized now without loss
+                # of generality (moving it earlier breaks no real-time
+                # constraint, because it is a candidate, and changes no
+                # result), so it is placed without branching.
+                while node_call[node]:
+                    i = node_op[node]
+                    code = ok_code[i]
+                    if code == _GET:
+                        if state == ok_a[i]:
+                            break
+                    elif code == _DEL_NO:
+                        if state == _ABSENT:
+                            break
+                    elif code == _CAS_NO:
+                        if state != ok_a[i]:
+                            break
+                    elif code == _CAS_NO_SAW and state == ok_b[i] and state != ok_a[i]:
+                        break
+                    node = nxt[node]
+                if not node_call[node]:
+                    mode = _M_WRITES
+                    node = nxt[head]
+                    continue
+                ns = state
+                how = _FORCED
+            elif mode == _M_WRITES:
+                if not node_call[node]:
+                    # A completion: its op should already be linearized.
+                    # Before giving up, try the unknown ops invoked earlier.
+                    stuck = node
+                    node = unxt[0]
+                    mode = _M_UNKNOWN
+                    continue
+                i = node_op[node]
+                code = ok_code[i]
+                if code == _SET:
+                    ns = ok_a[i]
+                elif code == _CAS_YES and state == ok_a[i]:
+                    ns = ok_b[i]
+                elif code == _DEL_YES and state != _ABSENT:
+                    ns = _ABSENT
+                else:  # illegal, or a state-preserving op already ruled out
+                    node = nxt[node]
+                    continue
+                if stack and stack[-1][1] == _UNKNOWN:
+                    # Rule 3: after an unknown op took the state from `before`,
+                    # an op that was already legal in `before` and sets the
+                    # state regardless of it would erase the unknown op's
+                    # effect unobserved; that branch is dominated.
+                    before = stack[-1][2]
+                    if (
+                        code == _SET
+                        or (code == _DEL_YES and before != _ABSENT)
+                        or (code == _CAS_YES and before == ok_a[i])
+                    ):
+                        node = nxt[node]
+                        continue
+                how = _BRANCH
+            elif mode == _M_UNKNOWN:
+                if node == utail or unk_rank[node] > rank[stuck]:
+                    mode = _M_BACKTRACK
+                    continue
+                u = node - 1
+                code = unk_code[u]
+                if code == _SET:
+                    ns = unk_a[u]
+                else:  # _CAS_MAYBE
+                    ns = unk_b[u] if state == unk_a[u] else state
+                if (
+                    ns == state  # rule 1
+                    or unk_class_rank[u] != class_placed[unk_class[u]]  # rule 2
+                    or (code == _SET and stack and stack[-1][1] == _UNKNOWN)  # rule 3
+                ):
+                    node = unxt[node]
+                    continue
+                new_unk = unk_bits | (1 << u)
+                key = (low, ok_bits >> low, new_unk, ns)
+                if key in cache:
+                    node = unxt[node]
+                    continue
+                cache.add(key)
+                stack.append((node, _UNKNOWN, state, low, stuck))
+                state, unk_bits = ns, new_unk
+                class_placed[unk_class[u]] += 1
+                unxt[uprv[node]] = unxt[node]
+                uprv[unxt[node]] = uprv[node]
+                mode = _M_READS
+                node = nxt[head]
+                continue
+            else:  # _M_BACKTRACK: every candidate failed from this configuration
+                if len(stack) > best_depth:
+                    best_depth = len(stack)
+                    self._record_failure(stack, state, stuck, utail)
+                if not stack:
+                    return False
+                top, how, state, low, stuck = stack.pop()
+                if how == _UNKNOWN:
+                    u = top - 1
+                    unk_bits ^= 1 << u
+                    class_placed[unk_class[u]] -= 1
+                    unxt[uprv[top]] = top
+                    uprv[unxt[top]] = top
+                    node = unxt[top]
+                    mode = _M_UNKNOWN
+                    continue
+                i = node_op[top]
+                ok_bits ^= 1 << i
+                placed[i] = 0
+                ret = match[top]
+                nxt[prv[ret]] = ret
+                prv[nxt[ret]] = ret
+                nxt[prv[top]] = top
+                prv[nxt[top]] = top
+                ok_left += 1
+                if how == _BRANCH:
+                    node = nxt[top]
+                    mode = _M_WRITES
+                # A forced placement failing means its parent fails too.
+                continue
+
+            # Linearize OK operation i (at `node`) giving state ns, unless the
+            # resulting configuration is already known to be a dead end.
+            placed[i] = 1
+            new_low = low
+            while placed[new_low]:
+                new_low += 1
+            new_bits = ok_bits | (1 << i)
+            key = (new_low, new_bits >> new_low, unk_bits, ns)
+            if key in cache:
+                placed[i] = 0
+                if how == _FORCED:
+                    mode = _M_BACKTRACK
+                else:
+                    node = nxt[node]
+                continue
+            cache.add(key)
+            stack.append((node, how, state, low, stuck))
+            state, ok_bits, low = ns, new_bits, new_low
+            ret = match[node]
+            nxt[prv[node]] = nxt[node]
+            prv[nxt[node]] = prv[node]
+            nxt[prv[ret]] = nxt[ret]
+            prv[nxt[ret]] = prv[ret]
+            ok_left -= 1
+            if ok_left == 0:
+                return True
+            mode = _M_READS
+            node = nxt[head]
+
+    def _record_failure(
+        self, stack: list[tuple[int, int, int, int, int]], state: int, stuck: int, utail: int
+    ) -> None:
+        """Remember the deepest dead end, for the explanation of a failure."""
+        placed = [
+            self.unk_ops[n - 1] if how == _UNKNOWN else self.ok_ops[self.node_op[n]]
+            for n, how, _, _, _ in stack
+        ]
+        candidates: list[Operation] = []
+        node = self.nxt[self.head]
+        while node != stuck and node != self.tail:
+            if self.node_call[node]:
+                candidates.append(self.ok_ops[self.node_op[node]])
+            node = self.nxt[node]
+        unode = self.unxt[0]
+        while unode != utail and self.unk_rank[unode] < self.rank[stuck]:
+            candidates.append(self.unk_ops[unode - 1])
+            unode = self.unxt[unode]
+        self.failure = _Failure(
+            placed=placed,
+            state=self.names[state],
+            stuck=self.ok_ops[self.node_op[stuck]],
+            candidates=candidates,
+            total=len(self.ok_ops),
+        )
+
+
+def _explain(key: bytes, f: _Failure, show: int = 12) -> str:
+    lines = [
+        f"key {key!r} is not linearizable.",
+        f"The longest partial linearization found places {len(f.placed)} operation(s) "
+        f"(the history has {f.total} OK ones); it ends with:",
+    ]
+    tail = f.placed[-show:]
+    if len(f.placed) > len(tail):
+        lines.append(f"  ... {len(f.placed) - len(tail)} earlier operation(s)")
+    lines += [f"  {o.describe()}" for o in tail] or ["  (nothing)"]
+    lines.append(f"leaving the key as {f.state}.")
+    lines.append(
+        "From there this operation must be linearized before it completes, but cannot be:"
+    )
+    lines.append(f"  {f.stuck.describe()}")
+    lines.append("because none of the operations that could go next is legal in that state:")
+    lines += [f"  {o.describe()}" for o in f.candidates[:show]]
+    if len(f.candidates) > show:
+        lines.append(f"  ... and {len(f.candidates) - show} more")
+    return "\n".join(lines)
+
+
+def check_history(
+    ops: Iterable[Operation],
+    *,
+    timeout: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> CheckResult:
+    """Decide whether ``ops`` is linearizable for a register-per-key store.
+
+    Keys are checked independently, in sorted order; the first
+    non-linearizable key stops the check.  ``timeout`` (seconds, measured
+    with ``clock``) bounds the whole check; on expiry ``ok`` is ``None``
+    unless a violation was already found.  Raises ``ValueError`` for
+    malformed operations (an OK/FAIL operation completing before it was
+    invoked, a PUT without a value).
+    """
+    start = clock()
+    deadline = None if timeout is None else start + timeout
+    by_key: dict[bytes, list[Operation]] = {}
+    for op in ops:
+        if op.outcome is Outcome.FAIL:
+            if not op.complete >= op.invoke:
+                raise ValueError(f"operation completes before it is invoked: {op.describe()}")
+            continue
+        if math.isnan(op.invoke):
+            raise ValueError(f"operation without an invocation time: {op.describe()}")
+        by_key.setdefault(op.key, []).append(op)
+
+    checked = 0
+    for key in sorted(by_key):
+        search = _KeySearch(by_key[key])
+        if deadline is not None and clock() > deadline:
+            return _timed_out(key, checked, start, clock)
+        try:
+            verdict = search.run(deadline, clock)
+        except _Timeout:
+            return _timed_out(key, checked, start, clock)
+        checked += 1
+        if not verdict:
+            assert search.failure is not None
+            return CheckResult(
+                ok=False,
+                keys_checked=checked,
+                failed_key=key,
+                explanation=_explain(key, search.failure),
+                elapsed=clock() - start,
+            )
+    return CheckResult(
+        ok=True,
+        keys_checked=checked,
+        failed_key=None,
+        explanation=f"linearizable: {checked} key(s) checked",
+        elapsed=clock() - start,
+    )
+
+
+def _timed_out(key: bytes, checked: int, start: float, clock: Callable[[], float]) -> CheckResult:
+    return CheckResult(
+        ok=None,
+        keys_checked=checked,
+        failed_key=None,
+        explanation=f"timed out while checking key {key!r} after {checked} key(s) passed; "
+        "no verdict",
+        elapsed=clock() - start,
+    )

@@ -1,0 +1,542 @@
+"""The raft-log engine: one RocksDB holding the logs and hard states of MANY groups.
+
+A node hosts hundreds of raft groups (one per range replica). Giving each its
+own file would cost one fsync per group per Ready round; here all groups share
+one RocksDB, and the scheduler collects the Ready output of every group into
+ONE `LogBatch` that `commit` writes with ONE synced RocksDB write (group
+commit): the fsync count per round is 1, whatever the number of groups and
+entries. `synced_writes` counts them so benchmarks can report fsyncs/entry.
+
+Every write that raft relies on is synced: entries and the HardState (vote,
+term) must be durable before any message that depends on them leaves the
+node. This engine is also the durability boundary of the state engine in
+`nosync` mode (see `sync_mode`), so it never runs unsynced for those writes.
+
+Key layout (integers big-endian, so byte order is numeric order)::
+
+    0x01 | group u64 | 'e' | index u64   -> entry        fmt u8, term u64, type u8, data
+    0x01 | group u64 | 'h'               -> HardState    fmt u8, term, vote, commit (u64)
+    0x01 | group u64 | 's'               -> snapshot     fmt u8, index, term, conf state
+    0x01 | group u64 | 't'               -> truncated    fmt u8, index, term
+
+`truncated` is the (index, term) of the entry just before the first retained
+one: the last snapshot or compaction point, MemoryStorage's dummy entry.
+Values start with a format byte so the layout can evolve; encoding uses
+`struct` (a protobuf round trip per entry would dominate the write path).
+
+Snapshots: only the metadata is stored here. `GroupStorage.snapshot()`
+returns it with empty `data`; the snapshot's content is the range's span of
+the state engine, streamed from a `StateSnapshot` by the transport.
+
+Each group's storage keeps its first/last index, last term, truncated state,
+snapshot metadata and HardState in memory (loaded lazily on first use), so
+`term(last_index())`, `first_index()` etc. never touch the disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import rocksdict
+
+from rangekv.raft import (
+    Compacted,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    InvariantViolation,
+    Snapshot,
+    SnapshotMetadata,
+    SnapshotOutOfDate,
+    Unavailable,
+)
+from rangekv.replication.rocks import RocksHandle, open_raw
+
+__all__ = [
+    "ConcurrentBatchError",
+    "GroupStorage",
+    "LogBatch",
+    "LogCorruptionError",
+    "LogEngineClosedError",
+    "RaftLogEngine",
+]
+
+_GROUP_PREFIX: Final = b"\x01"
+_ENTRY: Final = b"e"
+_HARD_STATE: Final = b"h"
+_SNAPSHOT: Final = b"s"
+_TRUNCATED: Final = b"t"
+_FORMAT: Final = 1
+_U64: Final = struct.Struct(">Q")
+_ENTRY_HDR: Final = struct.Struct(">BQB")
+_HARD: Final = struct.Struct(">BQQQ")
+_SNAP_HDR: Final = struct.Struct(">BQQII")
+_TRUNC: Final = struct.Struct(">BQQ")
+_MAX_U64: Final = (1 << 64) - 1
+
+
+class LogEngineClosedError(RuntimeError):
+    """The engine was used after `close()`."""
+
+
+class LogCorruptionError(ValueError):
+    """A stored value does not decode or the log has a hole; names the key."""
+
+
+class ConcurrentBatchError(RuntimeError):
+    """Another batch touching the same group was committed after this one began."""
+
+
+# -- keys and values ------------------------------------------------------------
+
+
+def _group_prefix(group_id: int) -> bytes:
+    return _GROUP_PREFIX + _U64.pack(group_id)
+
+
+def _entry_key(group_id: int, index: int) -> bytes:
+    return _group_prefix(group_id) + _ENTRY + _U64.pack(index)
+
+
+def _encode_entry(e: Entry) -> bytes:
+    return _ENTRY_HDR.pack(_FORMAT, e.term, e.type.value) + e.data
+
+
+def _decode_entry(key: bytes, raw: bytes) -> Entry:
+    if len(raw) < _ENTRY_HDR.size or raw[0] != _FORMAT:
+        raise LogCorruptionError(f"bad entry value at {key!r}: {raw[:16]!r}")
+    _, term, etype = _ENTRY_HDR.unpack_from(raw)
+    (index,) = _U64.unpack_from(key, len(key) - 8)
+    return Entry(term, index, EntryType(etype), raw[_ENTRY_HDR.size :])
+
+
+def _encode_hard_state(hs: HardState) -> bytes:
+    return _HARD.pack(_FORMAT, hs.term, hs.vote, hs.commit)
+
+
+def _decode_hard_state(raw: bytes) -> HardState:
+    if len(raw) != _HARD.size or raw[0] != _FORMAT:
+        raise LogCorruptionError(f"bad HardState value: {raw!r}")
+    _, term, vote, commit = _HARD.unpack(raw)
+    return HardState(term, vote, commit)
+
+
+def _encode_snapshot_meta(m: SnapshotMetadata) -> bytes:
+    cs = m.conf_state
+    head = _SNAP_HDR.pack(_FORMAT, m.index, m.term, len(cs.voters), len(cs.learners))
+    ids = (*cs.voters, *cs.learners)
+    return head + struct.pack(f">{len(ids)}Q", *ids)
+
+
+def _decode_snapshot_meta(raw: bytes) -> SnapshotMetadata:
+    if len(raw) < _SNAP_HDR.size or raw[0] != _FORMAT:
+        raise LogCorruptionError(f"bad snapshot metadata value: {raw!r}")
+    _, index, term, nv, nl = _SNAP_HDR.unpack_from(raw)
+    if len(raw) != _SNAP_HDR.size + 8 * (nv + nl):
+        raise LogCorruptionError(f"snapshot metadata length mismatch: {raw!r}")
+    ids = struct.unpack_from(f">{nv + nl}Q", raw, _SNAP_HDR.size)
+    return SnapshotMetadata(index, term, ConfState(tuple(ids[:nv]), tuple(ids[nv:])))
+
+
+# -- per-group cached state -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _GroupState:
+    """What the engine knows about a group without reading the disk."""
+
+    hard_state: HardState = field(default_factory=HardState)
+    snapshot: SnapshotMetadata = field(default_factory=SnapshotMetadata)
+    truncated_index: int = 0
+    truncated_term: int = 0
+    last_index: int = 0
+    last_term: int = 0
+    version: int = 0  # bumped on every commit touching the group
+
+    @property
+    def first_index(self) -> int:
+        return self.truncated_index + 1
+
+
+class RaftLogEngine:
+    """RocksDB-backed raft logs for all groups on a node, with group commit."""
+
+    def __init__(self, handle: RocksHandle, path: Path) -> None:
+        self._handle = handle
+        self._db: rocksdict.Rdict | None = handle.db
+        self._path = path
+        self._groups: dict[int, _GroupState] = {}
+        self._lock = threading.Lock()
+        self._sync_opts = rocksdict.WriteOptions()
+        self._sync_opts.sync = True
+        self._nosync_opts = rocksdict.WriteOptions()
+        self._nosync_opts.sync = False
+        #: synced RocksDB writes (= fsyncs) issued, batches committed, entries written.
+        self.synced_writes = 0
+        self.batches_committed = 0
+        self.entries_written = 0
+
+    @classmethod
+    def open(cls, path: str | Path, *, statistics: bool = False) -> RaftLogEngine:
+        """Open the engine; `statistics` enables `rocksdb_wal_syncs()` (some overhead)."""
+        path = Path(path)
+        return cls(open_raw(path, statistics=statistics), path)
+
+    def rocksdb_wal_syncs(self) -> int:
+        """RocksDB's own count of WAL fsyncs (engine opened with statistics=True)."""
+        return self._handle.wal_syncs()
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+            self._groups.clear()
+
+    def __enter__(self) -> RaftLogEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _live(self) -> rocksdict.Rdict:
+        if self._db is None:
+            raise LogEngineClosedError(f"raft log engine at {self._path} is closed")
+        return self._db
+
+    # -- reading -------------------------------------------------------------
+
+    def _get(self, key: bytes) -> bytes | None:
+        raw = self._live().get(key)
+        assert raw is None or isinstance(raw, bytes)
+        return raw
+
+    def _state(self, group_id: int) -> _GroupState:
+        st = self._groups.get(group_id)
+        if st is None:
+            st = self._load(group_id)
+            self._groups[group_id] = st
+        return st
+
+    def _load(self, group_id: int) -> _GroupState:
+        prefix = _group_prefix(group_id)
+        raw_hs = self._get(prefix + _HARD_STATE)
+        raw_snap = self._get(prefix + _SNAPSHOT)
+        raw_trunc = self._get(prefix + _TRUNCATED)
+        t_index = t_term = 0
+        if raw_trunc is not None:
+            if len(raw_trunc) != _TRUNC.size or raw_trunc[0] != _FORMAT:
+                raise LogCorruptionError(f"bad truncated state of group {group_id}: {raw_trunc!r}")
+            _, t_index, t_term = _TRUNC.unpack(raw_trunc)
+        last_index, last_term = t_index, t_term
+        entry_prefix = prefix + _ENTRY
+        for key, raw in self._live().items(backwards=True, from_key=entry_prefix + b"\xff" * 8):
+            assert isinstance(key, bytes) and isinstance(raw, bytes)
+            if key.startswith(entry_prefix):
+                e = _decode_entry(key, raw)
+                if e.index > t_index:
+                    last_index, last_term = e.index, e.term
+            break
+        return _GroupState(
+            hard_state=HardState() if raw_hs is None else _decode_hard_state(raw_hs),
+            snapshot=SnapshotMetadata() if raw_snap is None else _decode_snapshot_meta(raw_snap),
+            truncated_index=t_index,
+            truncated_term=t_term,
+            last_index=last_index,
+            last_term=last_term,
+        )
+
+    def _iter_entries(self, group_id: int, lo: int, hi: int) -> Iterator[Entry]:
+        read_opts = rocksdict.ReadOptions()
+        read_opts.set_iterate_upper_bound(_entry_key(group_id, hi))
+        expect = lo
+        for key, raw in self._live().items(from_key=_entry_key(group_id, lo), read_opt=read_opts):
+            assert isinstance(key, bytes) and isinstance(raw, bytes)
+            e = _decode_entry(key, raw)
+            if e.index != expect:
+                raise LogCorruptionError(f"group {group_id}: expected entry {expect}, found {e.index}")
+            expect += 1
+            yield e
+        if expect != hi:
+            raise LogCorruptionError(f"group {group_id}: log ends at {expect - 1}, wanted {hi - 1}")
+
+    def _term(self, group_id: int, st: _GroupState, i: int) -> int:
+        if i < st.truncated_index:
+            raise Compacted(f"group {group_id}: term of {i}, compacted up to {st.truncated_index}")
+        if i > st.last_index:
+            raise Unavailable(f"group {group_id}: term of {i}, last index is {st.last_index}")
+        if i == st.truncated_index:
+            return st.truncated_term
+        if i == st.last_index:
+            return st.last_term
+        raw = self._get(_entry_key(group_id, i))
+        if raw is None:
+            raise LogCorruptionError(f"group {group_id}: entry {i} missing")
+        return _decode_entry(_entry_key(group_id, i), raw).term
+
+    def storage(self, group_id: int) -> GroupStorage:
+        """The rangekv.raft `Storage` view of one group's log."""
+        return GroupStorage(self, group_id)
+
+    def group_ids(self) -> list[int]:
+        """Ids of every group with anything stored (one seek per group)."""
+        out: list[int] = []
+        db = self._live()
+        seek = _GROUP_PREFIX
+        while True:
+            keys = db.keys(from_key=seek)
+            key = next(keys, None)
+            if not isinstance(key, bytes) or not key.startswith(_GROUP_PREFIX):
+                return out
+            (gid,) = _U64.unpack_from(key, 1)
+            out.append(gid)
+            if gid == _MAX_U64:
+                return out
+            seek = _group_prefix(gid + 1)
+
+    # -- writing -------------------------------------------------------------
+
+    def new_batch(self) -> LogBatch:
+        return LogBatch(self)
+
+    def commit(self, batch: LogBatch) -> None:
+        """Write everything in `batch` for all its groups in ONE synced write."""
+        if batch.engine is not self:
+            raise ValueError("batch belongs to a different RaftLogEngine")
+        with self._lock:
+            wb, views, bases = batch._seal()
+            if not views:
+                return
+            for gid, base_version in bases.items():
+                if self._state(gid).version != base_version:
+                    raise ConcurrentBatchError(f"group {gid} changed since this batch began")
+            self._live().write(wb, self._sync_opts)
+            self.synced_writes += 1
+            self.batches_committed += 1
+            self.entries_written += batch.entry_count
+            for gid, view in views.items():
+                self._groups[gid] = dataclasses.replace(view, version=view.version + 1)
+
+    def compact(self, group_id: int, index: int) -> None:
+        """Delete entries up to and including `index` (raft log truncation).
+
+        The caller must have made the state machine durable through `index`
+        first (`StateEngine.sync()` in NOSYNC mode). The write is not fsynced:
+        if it is lost, the old entries are simply still there.
+        """
+        with self._lock:
+            st = self._state(group_id)
+            if index <= st.truncated_index:
+                raise Compacted(
+                    f"group {group_id}: compact {index}, already compacted up to "
+                    f"{st.truncated_index}"
+                )
+            if index > st.last_index:
+                raise Unavailable(f"group {group_id}: compact {index}, last index {st.last_index}")
+            term = self._term(group_id, st, index)
+            wb = rocksdict.WriteBatch(raw_mode=True)
+            wb.delete_range(_entry_key(group_id, 0), _entry_key(group_id, index + 1))
+            wb.put(_group_prefix(group_id) + _TRUNCATED, _TRUNC.pack(_FORMAT, index, term))
+            self._live().write(wb, self._nosync_opts)
+            self._groups[group_id] = dataclasses.replace(
+                st, truncated_index=index, truncated_term=term, version=st.version + 1
+            )
+
+    def destroy(self, group_id: int) -> None:
+        """Remove every trace of a group (replica removed from this node); synced."""
+        with self._lock:
+            prefix = _group_prefix(group_id)
+            wb = rocksdict.WriteBatch(raw_mode=True)
+            end = _group_prefix(group_id + 1) if group_id < _MAX_U64 else b"\x02"
+            wb.delete_range(prefix, end)
+            self._live().write(wb, self._sync_opts)
+            self.synced_writes += 1
+            old = self._groups.pop(group_id, None)
+            if old is not None:
+                # a later batch must not resurrect a view taken before the destroy
+                self._groups[group_id] = _GroupState(version=old.version + 1)
+
+
+class GroupStorage:
+    """`rangekv.raft.Storage` for one group, served from the engine's cache and DB."""
+
+    __slots__ = ("_engine", "group_id")
+
+    def __init__(self, engine: RaftLogEngine, group_id: int) -> None:
+        self._engine = engine
+        self.group_id = group_id
+
+    @property
+    def hard_state(self) -> HardState:
+        return self._engine._state(self.group_id).hard_state
+
+    def initial_state(self) -> tuple[HardState, ConfState]:
+        st = self._engine._state(self.group_id)
+        return st.hard_state, st.snapshot.conf_state
+
+    def entries(self, lo: int, hi: int, max_size: int) -> list[Entry]:
+        st = self._engine._state(self.group_id)
+        if lo <= st.truncated_index:
+            raise Compacted(
+                f"group {self.group_id}: entries from {lo}, compacted up to {st.truncated_index}"
+            )
+        if hi > st.last_index + 1:
+            raise Unavailable(
+                f"group {self.group_id}: entries up to {hi}, last index is {st.last_index}"
+            )
+        out: list[Entry] = []
+        size = 0
+        if lo >= hi:
+            return out
+        it = self._engine._iter_entries(self.group_id, lo, hi)
+        for e in it:
+            size += len(e.data)
+            if size > max_size and out:
+                break
+            out.append(e)
+        return out
+
+    def term(self, i: int) -> int:
+        st = self._engine._state(self.group_id)
+        return self._engine._term(self.group_id, st, i)
+
+    def first_index(self) -> int:
+        return self._engine._state(self.group_id).first_index
+
+    def last_index(self) -> int:
+        return self._engine._state(self.group_id).last_index
+
+    def snapshot(self) -> Snapshot:
+        """Metadata of the latest snapshot; `data` is empty (see module docstring)."""
+        return Snapshot(self._engine._state(self.group_id).snapshot)
+
+
+class LogBatch:
+    """Appends, hard states and snapshots for any number of groups, written by one commit.
+
+    Operations are validated against a per-group view that already includes
+    the earlier operations of this batch, and recorded in call order in one
+    RocksDB write batch.
+    """
+
+    def __init__(self, engine: RaftLogEngine) -> None:
+        self.engine = engine
+        self._wb: rocksdict.WriteBatch | None = rocksdict.WriteBatch(raw_mode=True)
+        self._views: dict[int, _GroupState] = {}
+        self._bases: dict[int, int] = {}
+        self._pending_terms: dict[int, dict[int, int]] = {}
+        self.entry_count = 0
+
+    def _batch(self) -> rocksdict.WriteBatch:
+        if self._wb is None:
+            raise RuntimeError("LogBatch was already committed")
+        return self._wb
+
+    def _seal(self) -> tuple[rocksdict.WriteBatch, dict[int, _GroupState], dict[int, int]]:
+        wb = self._batch()
+        self._wb = None
+        return wb, self._views, self._bases
+
+    def _view(self, group_id: int) -> _GroupState:
+        view = self._views.get(group_id)
+        if view is None:
+            view = self.engine._state(group_id)
+            self._views[group_id] = view
+            self._bases[group_id] = view.version
+        return view
+
+    @property
+    def group_count(self) -> int:
+        return len(self._views)
+
+    def append(self, group_id: int, entries: Sequence[Entry]) -> None:
+        """Append `entries`, replacing any conflicting suffix (MemoryStorage.append)."""
+        wb = self._batch()
+        if not entries:
+            return
+        view = self._view(group_id)
+        first = view.first_index
+        if entries[-1].index < first:
+            return
+        if entries[0].index < first:
+            entries = entries[first - entries[0].index :]
+        start = entries[0].index
+        if start > view.last_index + 1:
+            raise InvariantViolation(
+                f"group {group_id}: append at {start} leaves a gap after last index "
+                f"{view.last_index}"
+            )
+        for k, e in enumerate(entries):
+            if e.index != start + k:
+                raise InvariantViolation(f"group {group_id}: entries not contiguous at {e.index}")
+        new_last = entries[-1].index
+        if new_last < view.last_index:
+            pass
+        terms = self._pending_terms.setdefault(group_id, {})
+        for stale in [i for i in terms if i >= start]:
+            del terms[stale]
+        for e in entries:
+            wb.put(_entry_key(group_id, e.index), _encode_entry(e))
+            terms[e.index] = e.term
+        self.entry_count += len(entries)
+        self._views[group_id] = dataclasses.replace(
+            view, last_index=new_last, last_term=entries[-1].term
+        )
+
+    def set_hard_state(self, group_id: int, hs: HardState) -> None:
+        wb = self._batch()
+        view = self._view(group_id)
+        wb.put(_group_prefix(group_id) + _HARD_STATE, _encode_hard_state(hs))
+        self._views[group_id] = dataclasses.replace(view, hard_state=hs)
+
+    def apply_snapshot(self, group_id: int, snap: Snapshot) -> None:
+        """Replace the group's whole log by `snap` (MemoryStorage.apply_snapshot)."""
+        wb = self._batch()
+        view = self._view(group_id)
+        if snap.index <= view.snapshot.index:
+            raise SnapshotOutOfDate(
+                f"group {group_id}: snapshot {snap.index} <= held {view.snapshot.index}"
+            )
+        prefix = _group_prefix(group_id)
+        wb.delete_range(_entry_key(group_id, 0), _entry_key(group_id, _MAX_U64))
+        wb.put(prefix + _SNAPSHOT, _encode_snapshot_meta(snap.metadata))
+        wb.put(prefix + _TRUNCATED, _TRUNC.pack(_FORMAT, snap.index, snap.term))
+        self._pending_terms[group_id] = {}
+        self._views[group_id] = dataclasses.replace(
+            view,
+            snapshot=snap.metadata,
+            truncated_index=snap.index,
+            truncated_term=snap.term,
+            last_index=snap.index,
+            last_term=snap.term,
+        )
+
+    def create_snapshot(
+        self, group_id: int, index: int, conf_state: ConfState
+    ) -> SnapshotMetadata:
+        """Record snapshot metadata as of `index` (MemoryStorage.create_snapshot)."""
+        wb = self._batch()
+        view = self._view(group_id)
+        if index <= view.snapshot.index:
+            raise SnapshotOutOfDate(
+                f"group {group_id}: snapshot {index} <= held {view.snapshot.index}"
+            )
+        if index > view.last_index:
+            raise Unavailable(f"group {group_id}: snapshot {index} beyond last {view.last_index}")
+        term = self._pending_terms.get(group_id, {}).get(index)
+        if term is None:
+            term = self.engine._term(group_id, view, index)
+        meta = SnapshotMetadata(index, term, conf_state)
+        wb.put(_group_prefix(group_id) + _SNAPSHOT, _encode_snapshot_meta(meta))
+        self._views[group_id] = dataclasses.replace(view, snapshot=meta)
+        return meta

@@ -1,0 +1,557 @@
+"""Raft transport, sender side: per-peer lanes over long-lived gRPC streams.
+
+The raft scheduler calls `RaftTransport.send` for every outgoing message of
+every group hosted in this process. `send` only classifies the message and
+appends it to a bounded in-memory queue: it never blocks and never awaits,
+because a scheduler stalled on one slow peer would stall every group.
+
+Per peer node there are four lanes (see lanes.py for why). Each lane has its
+own queue, its own worker task and its own gRPC channel (own TCP connection:
+`grpc.use_local_subchannel_pool` stops gRPC from multiplexing the lanes onto
+one socket, where 50 MB of snapshot bytes in the kernel send buffer would sit
+in front of a heartbeat). A stream lane's worker writes everything queued as
+ONE `RaftStreamRequest` per write; while that write waits on flow control, new
+messages pile up and leave together in the next one, so batching adapts to
+the peer's speed with no timer. The snapshot lane sends one SNAP at a time
+through `SendSnapshot`, pulling chunks from an injected source.
+
+Failure accounting:
+- queue full: the message is dropped here and counted in
+  `rangekv_raft_dispatch_drop_total{lane,type}`. Raft is NOT told the peer is
+  unreachable: the peer may be fine, we are just behind, and raft retries
+  (heartbeats, probes) on its own.
+- send failure (unresolvable address, connect refused, stream broken, wrong
+  node): counted in `rangekv_raft_dispatch_errors_total{lane,code}`, and
+  `on_unreachable(node, group, to)` is called once per (group, to) of the
+  lost batch, so the leader stops optimistic replication to that follower.
+  The lane then waits a capped, jittered backoff before reconnecting;
+  messages queued meanwhile wait (or are dropped when the queue fills).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import grpc
+
+from rangekv.raft import Message, MessageType
+from rangekv.v1 import raft_pb2, raft_pb2_grpc, types_pb2
+
+from .lanes import (
+    UNBOUNDED,
+    InMemoryTransportMetrics,
+    Lane,
+    LaneQueue,
+    Outbound,
+    TransportMetrics,
+    lane_for,
+)
+from .raft_codec import message_to_proto
+from .transport_server import MAX_MESSAGE_BYTES, SERVER_OPTIONS, RaftTransportServicer
+
+__all__ = [
+    "CHANNEL_OPTIONS",
+    "SERVER_OPTIONS",
+    "RaftTransport",
+    "RaftTransportServicer",
+    "TransportConfig",
+]
+
+log = logging.getLogger(__name__)
+
+Resolver = Callable[[int], str | None]
+UnreachableCallback = Callable[[int, int, int], None]
+SnapshotStatusCallback = Callable[[int, int, int, bool], None]
+SnapshotSource = Callable[[int, Message], AsyncIterator[bytes]]
+WrongNodeCallback = Callable[[int, str], None]
+
+# Wire types only: local types (HUP, BEAT, ...) have no lane because they must
+# never leave the node; `send` rejects them.
+#: Options of every lane channel. Each lane gets its own subchannel pool, hence
+#: its own TCP connection. Keepalive finds a peer that vanished without a RST
+#: (otherwise a write could wait for the kernel's retransmission timeout); the
+#: receiving server must allow these pings (see SERVER_OPTIONS).
+CHANNEL_OPTIONS: tuple[tuple[str, int | str], ...] = (
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+
+_SEND_LANE: dict[MessageType, Lane] = {t: lane_for(t) for t in MessageType if not t.is_local()}
+_RPC_ERRORS = (grpc.aio.AioRpcError, asyncio.InvalidStateError)
+
+
+@dataclass(frozen=True, slots=True)
+class TransportConfig:
+    """Knobs of the sender; defaults follow the reference dispatcher's buffers."""
+
+    heartbeat_queue: int = 512
+    replication_queue: int = 1024
+    snapshot_queue: int = 4
+    other_queue: int = 16
+    # Cap on one RaftStreamRequest (estimated). Under gRPC's default 4 MiB
+    # receive limit even with one max-size (1 MiB) APP that did not fit.
+    max_batch_bytes: int = 2 << 20
+    backoff_initial: float = 0.05
+    backoff_max: float = 2.0
+    channel_options: tuple[tuple[str, int | str], ...] = CHANNEL_OPTIONS
+
+    def capacity(self, lane: Lane) -> int:
+        return {
+            Lane.HEARTBEAT: self.heartbeat_queue,
+            Lane.REPLICATION: self.replication_queue,
+            Lane.SNAPSHOT: self.snapshot_queue,
+            Lane.OTHER: self.other_queue,
+        }[lane]
+
+
+class _Backoff:
+    """Capped exponential backoff with jitter, so peers that lost the same node
+    do not reconnect in lockstep."""
+
+    __slots__ = ("_cap", "_delay", "_initial")
+
+    def __init__(self, initial: float, cap: float) -> None:
+        self._initial = initial
+        self._cap = cap
+        self._delay = initial
+
+    def next(self) -> float:
+        delay = self._delay
+        self._delay = min(self._cap, self._delay * 2)
+        return delay * random.uniform(0.5, 1.0)
+
+    def reset(self) -> None:
+        self._delay = self._initial
+
+
+@dataclass(slots=True)
+class _Env:
+    """What every lane of one transport shares."""
+
+    node_id: int
+    resolve: Resolver
+    on_unreachable: UnreachableCallback
+    on_snapshot_status: SnapshotStatusCallback
+    snapshot_source: SnapshotSource
+    on_wrong_node: WrongNodeCallback | None
+    metrics: TransportMetrics
+    config: TransportConfig
+
+    def error(self, lane: Lane, code: str) -> None:
+        self.metrics.dispatch_errors_total.add(1, lane=lane.label, code=code)
+
+    def unreachable(self, peer: int, group_id: int, to: int) -> None:
+        try:
+            self.on_unreachable(peer, group_id, to)
+        except Exception:
+            log.exception("on_unreachable(%d, %d, %d) failed", peer, group_id, to)
+
+    def snapshot_status(self, peer: int, group_id: int, to: int, failed: bool) -> None:
+        try:
+            self.on_snapshot_status(peer, group_id, to, failed)
+        except Exception:
+            log.exception("on_snapshot_status(%d, %d, %d) failed", peer, group_id, to)
+
+
+def _code_label(code: grpc.StatusCode | None) -> str:
+    # A stream the peer ended cleanly (OK) still lost what we tried to write.
+    if code is None or code == grpc.StatusCode.OK:
+        return "closed"
+    return str(code.name).lower()
+
+
+async def _failure_code(call: grpc.aio.Call, exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return _code_label(exc.code())
+    if call.done():  # InvalidStateError: the call had already finished
+        return _code_label(await call.code())
+    return "closed"
+
+
+class _LaneWorker:
+    """One lane to one peer: a queue, a worker task and a channel of its own."""
+
+    def __init__(self, env: _Env, peer_id: int, lane: Lane) -> None:
+        self.env = env
+        self.peer_id = peer_id
+        self.lane = lane
+        self.queue = LaneQueue(
+            env.config.capacity(lane), coalesce_heartbeats=lane is Lane.HEARTBEAT
+        )
+        self._max_bytes = env.config.max_batch_bytes
+        self._backoff = _Backoff(env.config.backoff_initial, env.config.backoff_max)
+        self._addr: str | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: raft_pb2_grpc.RaftTransportStub | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"raft-lane-{self.peer_id}-{self.lane.label}"
+        )
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._disconnect()
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self.queue.get_batch(self._max_bytes)
+            try:
+                await self._deliver(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A bug must not kill the lane: every later message would be
+                # silently stuck in the queue.
+                log.exception("raft lane %s to node %d failed", self.lane.label, self.peer_id)
+                self.report_lost(batch, "internal")
+                await self._disconnect()
+
+    async def _deliver(self, batch: list[Outbound]) -> None:
+        raise NotImplementedError
+
+    def report_lost(self, batch: list[Outbound], code: str) -> None:
+        """Count one send failure and tell raft, once per (group, to), what was lost."""
+        self.env.error(self.lane, code)
+        seen: set[tuple[int, int]] = set()
+        for group_id, msg, _ in batch:
+            key = (group_id, msg.to)
+            if key not in seen:
+                seen.add(key)
+                self.env.unreachable(self.peer_id, group_id, msg.to)
+
+    async def pause(self) -> None:
+        await asyncio.sleep(self._backoff.next())
+
+    def reset_backoff(self) -> None:
+        self._backoff.reset()
+
+    async def connect(self) -> raft_pb2_grpc.RaftTransportStub | None:
+        """A stub for the peer's current address (None when it has none).
+
+        Resolving before every batch is what makes an address change take
+        effect: the lane closes the old channel and opens one to the new place.
+        """
+        addr = self.env.resolve(self.peer_id)
+        if addr is None:
+            return None
+        if addr != self._addr or self._stub is None:
+            await self._disconnect()
+            self._channel = grpc.aio.insecure_channel(addr, options=self.env.config.channel_options)
+            self._stub = raft_pb2_grpc.RaftTransportStub(self._channel)
+            self._addr = addr
+        return self._stub
+
+    async def _disconnect(self) -> None:
+        channel, self._channel, self._stub, self._addr = self._channel, None, None, None
+        if channel is not None:
+            await channel.close()
+
+
+class _StreamLane(_LaneWorker):
+    """HEARTBEAT, REPLICATION and OTHER: batches over one long-lived RaftStream."""
+
+    def __init__(self, env: _Env, peer_id: int, lane: Lane) -> None:
+        super().__init__(env, peer_id, lane)
+        if lane is Lane.HEARTBEAT:
+            self._max_bytes = UNBOUNDED  # all tiny; skip the size estimate
+        self._call: grpc.aio.StreamStreamCall | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._opened_at = 0.0
+        # The last batch written to the current stream: what a wrong_node
+        # answer tells us was lost.
+        self._last_batch: list[Outbound] = []
+        self._penalty = False
+
+    async def _deliver(self, batch: list[Outbound]) -> None:
+        if self._penalty:  # the previous stream was refused (wrong node)
+            self._penalty = False
+            await self._disconnect()
+            await self.pause()
+        stub = await self.connect()
+        if stub is None:
+            self.report_lost(batch, "unresolved")
+            await self.pause()
+            return
+        call = self._call
+        if call is None or call.done():
+            # A stream the peer ended (restart, GOAWAY) is replaced silently;
+            # only a failed write below counts as an error.
+            await self._drop_call()
+            call = self._open(stub)
+        node_id = self.env.node_id
+        request = raft_pb2.RaftStreamRequest(
+            from_node_id=node_id,
+            to_node_id=self.peer_id,
+            lane=self.lane.value,
+            messages=[message_to_proto(g, m, d) for g, m, d in batch],
+        )
+        try:
+            await call.write(request)
+        except _RPC_ERRORS as exc:
+            self.report_lost(batch, await _failure_code(call, exc))
+            await self._disconnect()
+            await self.pause()
+            return
+        self._last_batch = batch
+        # Only a stream that stayed up for a while proves the peer healthy; a
+        # peer that accepts and then refuses every stream keeps backing off.
+        if asyncio.get_running_loop().time() - self._opened_at >= self.env.config.backoff_max:
+            self.reset_backoff()
+
+    def _open(self, stub: raft_pb2_grpc.RaftTransportStub) -> grpc.aio.StreamStreamCall:
+        call: grpc.aio.StreamStreamCall = stub.RaftStream()
+        self._call = call
+        self._opened_at = asyncio.get_running_loop().time()
+        self._last_batch = []
+        self._reader = asyncio.get_running_loop().create_task(
+            self._read(call, self._addr or ""),
+            name=f"raft-lane-{self.peer_id}-{self.lane.label}-reader",
+        )
+        return call
+
+    async def _read(self, call: grpc.aio.StreamStreamCall, addr: str) -> None:
+        """Watch the stream's responses; the receiver only speaks to refuse."""
+        try:
+            async for resp in call:
+                if resp.wrong_node:
+                    log.warning(
+                        "raft lane %s: %s is node %d, not node %d",
+                        self.lane.label,
+                        addr,
+                        resp.node_id,
+                        self.peer_id,
+                    )
+                    self.report_lost(self._last_batch, "wrong_node")
+                    self._last_batch = []
+                    self._penalty = True
+                    if self.env.on_wrong_node is not None:
+                        try:
+                            self.env.on_wrong_node(self.peer_id, addr)
+                        except Exception:
+                            log.exception("on_wrong_node(%d, %s) failed", self.peer_id, addr)
+                    call.cancel()
+                    return
+        except grpc.aio.AioRpcError:
+            return  # broken stream: the worker reconnects on its next batch
+
+    async def _drop_call(self) -> None:
+        call, self._call = self._call, None
+        reader, self._reader = self._reader, None
+        if call is not None:
+            call.cancel()
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                await reader
+
+    async def _disconnect(self) -> None:
+        await self._drop_call()
+        await super()._disconnect()
+
+
+class _SnapshotLane(_LaneWorker):
+    """SNAPSHOT: one SNAP at a time, its data streamed through SendSnapshot."""
+
+    def __init__(self, env: _Env, peer_id: int, lane: Lane) -> None:
+        super().__init__(env, peer_id, lane)
+        self._max_bytes = 0  # drain one message per batch
+
+    async def _deliver(self, batch: list[Outbound]) -> None:
+        for group_id, msg, descriptor in batch:
+            try:
+                failed = await self._send_one(group_id, msg, descriptor)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("snapshot of group %d to node %d failed", group_id, self.peer_id)
+                self.env.error(self.lane, "internal")
+                await self._disconnect()
+                failed = True
+            # Exactly one status per SNAP taken off the queue, whatever happened.
+            self.env.snapshot_status(self.peer_id, group_id, msg.to, failed)
+
+    async def _send_one(
+        self, group_id: int, msg: Message, descriptor: types_pb2.RangeDescriptor | None
+    ) -> bool:
+        """Stream one snapshot; True when it failed (raft will retry later)."""
+        stub = await self.connect()
+        if stub is None:
+            self.report_lost([(group_id, msg, descriptor)], "unresolved")
+            await self.pause()
+            return True
+        header = raft_pb2.SnapshotHeader(
+            from_node_id=self.env.node_id,
+            to_node_id=self.peer_id,
+            message=message_to_proto(group_id, msg),
+            descriptor=descriptor,
+        )
+        call: grpc.aio.StreamUnaryCall = stub.SendSnapshot()
+        chunks = self.env.snapshot_source(group_id, msg)
+        source_failed = False
+        try:
+            await call.write(raft_pb2.SendSnapshotRequest(header=header))
+            # One chunk of lookahead so that `last` rides on the final data chunk.
+            pending: bytes | None = None
+            try:
+                async for chunk in chunks:
+                    if pending is not None:
+                        await call.write(raft_pb2.SendSnapshotRequest(data=pending))
+                    pending = chunk
+            except _RPC_ERRORS:
+                raise
+            except Exception:
+                source_failed = True
+                raise
+            await call.write(raft_pb2.SendSnapshotRequest(data=pending or b"", last=True))
+            await call.done_writing()
+            response = await call
+        except _RPC_ERRORS as exc:
+            self.report_lost([(group_id, msg, descriptor)], await _failure_code(call, exc))
+            await self._disconnect()
+            await self.pause()
+            return True
+        except Exception:
+            if not source_failed:
+                raise
+            # Our own snapshot could not be read: the peer is not at fault.
+            log.exception("snapshot source for group %d failed", group_id)
+            call.cancel()
+            self.env.error(self.lane, "snapshot_source")
+            return True
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                # Releases the storage snapshot the chunks were read from.
+                await aclose()
+        if not response.applied:
+            log.warning(
+                "node %d refused snapshot of group %d: %s",
+                self.peer_id,
+                group_id,
+                response.message,
+            )
+            self.env.error(self.lane, "snapshot_refused")
+            return True
+        self.reset_backoff()
+        return False
+
+
+class RaftTransport:
+    """Sender side of the raft transport for one process (one node id).
+
+    Callbacks run on the event loop, never inside `send`: `on_unreachable`,
+    `on_snapshot_status` and `on_wrong_node` may re-enter the raft scheduler
+    (e.g. `RawNode.report_unreachable`) without observing a half-sent Ready.
+    """
+
+    def __init__(
+        self,
+        node_id: int,
+        resolve: Resolver,
+        *,
+        on_unreachable: UnreachableCallback,
+        on_snapshot_status: SnapshotStatusCallback,
+        snapshot_source: SnapshotSource,
+        metrics: TransportMetrics | None = None,
+        on_wrong_node: WrongNodeCallback | None = None,
+        config: TransportConfig | None = None,
+    ) -> None:
+        self._env = _Env(
+            node_id=node_id,
+            resolve=resolve,
+            on_unreachable=on_unreachable,
+            on_snapshot_status=on_snapshot_status,
+            snapshot_source=snapshot_source,
+            on_wrong_node=on_wrong_node,
+            metrics=metrics if metrics is not None else InMemoryTransportMetrics(),
+            config=config if config is not None else TransportConfig(),
+        )
+        self._peers: dict[int, dict[Lane, _LaneWorker]] = {}
+        self._closed = False
+
+    @property
+    def node_id(self) -> int:
+        return self._env.node_id
+
+    @property
+    def metrics(self) -> TransportMetrics:
+        return self._env.metrics
+
+    def send(
+        self,
+        node_id: int,
+        group_id: int,
+        msg: Message,
+        descriptor: types_pb2.RangeDescriptor | None = None,
+    ) -> None:
+        """Queue `msg` of `group_id` for node `node_id`; never blocks.
+
+        Must be called on the transport's event loop. A full lane drops the
+        message (counted, not reported unreachable); a dropped SNAP is
+        reported as a failed snapshot so the leader's progress can retry.
+        """
+        lane = _SEND_LANE.get(msg.type)
+        if lane is None:
+            raise ValueError(f"{msg.type.name} is local to a node and never sent")
+        peer = self._peers.get(node_id)
+        if peer is None:
+            if self._closed:
+                self._dropped(node_id, lane, group_id, msg)
+                return
+            peer = self._add_peer(node_id)
+        if not peer[lane].queue.put((group_id, msg, descriptor)):
+            self._dropped(node_id, lane, group_id, msg)
+
+    def _dropped(self, node_id: int, lane: Lane, group_id: int, msg: Message) -> None:
+        self._env.metrics.dispatch_drop_total.add(1, lane=lane.label, type=msg.type.name.lower())
+        if msg.type is MessageType.SNAP:
+            # Otherwise the leader would wait forever for this snapshot's outcome.
+            asyncio.get_running_loop().call_soon(
+                self._env.snapshot_status, node_id, group_id, msg.to, True
+            )
+
+    def _add_peer(self, node_id: int) -> dict[Lane, _LaneWorker]:
+        peer: dict[Lane, _LaneWorker] = {}
+        for lane in Lane:
+            worker: _LaneWorker
+            if lane is Lane.SNAPSHOT:
+                worker = _SnapshotLane(self._env, node_id, lane)
+            else:
+                worker = _StreamLane(self._env, node_id, lane)
+            worker.start()
+            peer[lane] = worker
+        self._peers[node_id] = peer
+        return peer
+
+    def queued(self, node_id: int, lane: Lane) -> int:
+        """Messages waiting on one lane to one peer (0 for an unknown peer)."""
+        peer = self._peers.get(node_id)
+        return len(peer[lane].queue) if peer is not None else 0
+
+    async def remove_peer(self, node_id: int) -> None:
+        """Stop the lanes to a node that left; queued messages are discarded."""
+        peer = self._peers.pop(node_id, None)
+        if peer is not None:
+            await asyncio.gather(*(w.stop() for w in peer.values()))
+
+    async def close(self) -> None:
+        """Stop every worker and close every channel; later sends are dropped."""
+        self._closed = True
+        peers, self._peers = self._peers, {}
+        await asyncio.gather(*(w.stop() for peer in peers.values() for w in peer.values()))

@@ -1,0 +1,99 @@
+"""Configuration of a storage node: one frozen dataclass, read from flags and env in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rangekv.common.config import require, setting
+from rangekv.raftnode.replica import ReplicaLimits
+from rangekv.replication.group import RaftTiming
+
+
+def parse_peers(text: str) -> dict[int, str]:
+    """``"1=127.0.0.1:7001,2=127.0.0.1:7002"`` -> ``{1: "127.0.0.1:7001", 2: ...}``."""
+    peers: dict[int, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        node, sep, address = part.partition("=")
+        if not sep or not node.strip().isdigit() or not address.strip():
+            raise ValueError(f"peer {part!r} is not NODE_ID=HOST:PORT")
+        peers[int(node)] = address.strip()
+    return peers
+
+
+def parse_node_ids(text: str) -> tuple[int, ...]:
+    ids = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if not part.isdigit() or int(part) <= 0:
+            raise ValueError(f"node id {part!r} is not a positive integer")
+        ids.append(int(part))
+    return tuple(ids)
+
+
+@dataclass(frozen=True)
+class RaftnodeConfig:
+    """What a raftnode needs beyond the generic ServerConfig."""
+
+    peers: str = setting(
+        "",
+        help="static addresses of the storage nodes, NODE=HOST:PORT,... "
+        "(used until the meta range's store registry is available)",
+    )
+    bootstrap_nodes: str = setting(
+        "",
+        help="node ids of the first range's replicas, e.g. 1,2,3; a node listed here "
+        "creates the first range on first start (idempotent)",
+    )
+    fsm_sync_mode: str = setting(
+        "sync",
+        help="sync|nosync: fsync state-machine commits or rely on the raft log "
+        "(unknown values fall back to sync with a warning)",
+    )
+    tick_interval: float = setting(0.1, help="seconds per raft tick")
+    heartbeat_ticks: int = setting(1, help="raft ticks between leader heartbeats")
+    election_ticks: int = setting(10, help="raft ticks without a leader before an election")
+    max_clock_drift: float = setting(
+        0.05, help="bound on clock rate drift between nodes (fraction); shortens the lease"
+    )
+    log_retain_entries: int = setting(
+        2000, help="raft log entries kept below the applied index after truncation"
+    )
+    truncate_interval: float = setting(5.0, help="seconds between raft log truncation passes")
+    max_key_bytes: int = setting(4096, help="largest key accepted")
+    max_value_bytes: int = setting(1 << 20, help="largest value accepted")
+    read_index_timeout: float = setting(
+        2.0, help="seconds a read-index may take before UNAVAILABLE"
+    )
+    write_timeout: float = setting(5.0, help="seconds a write may take to apply before UNAVAILABLE")
+
+    def __post_init__(self) -> None:
+        try:
+            parse_peers(self.peers)
+        except ValueError as exc:
+            require(False, "peers", str(exc))
+        try:
+            parse_node_ids(self.bootstrap_nodes)
+        except ValueError as exc:
+            require(False, "bootstrap_nodes", str(exc))
+        try:
+            self.timing()
+        except ValueError as exc:
+            require(False, "election_ticks", str(exc))
+        require(self.log_retain_entries >= 0, "log_retain_entries", "must be >= 0")
+        require(self.max_key_bytes > 0, "max_key_bytes", "must be > 0")
+        require(self.max_value_bytes > 0, "max_value_bytes", "must be > 0")
+
+    def timing(self) -> RaftTiming:
+        return RaftTiming(
+            tick_interval=self.tick_interval,
+            heartbeat_ticks=self.heartbeat_ticks,
+            election_ticks=self.election_ticks,
+            max_clock_drift=self.max_clock_drift,
+        )
+
+    def limits(self) -> ReplicaLimits:
+        return ReplicaLimits(
+            max_key_bytes=self.max_key_bytes,
+            max_value_bytes=self.max_value_bytes,
+            read_index_timeout=self.read_index_timeout,
+            write_timeout=self.write_timeout,
+        )

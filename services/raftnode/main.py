@@ -1,0 +1,146 @@
+"""`rangekv raftnode`: run one storage node.
+
+    rangekv raftnode --node-id 1 --listen-port 7001 --data-dir data/n1 \\
+        --peers 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003 --bootstrap-nodes 1,2,3
+
+Flags and RANGEKV_* environment variables are read here and nowhere else; the
+resulting frozen configs are passed down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+from rangekv.common.config import ConfigError, ServerConfig, add_arguments, from_args_or_exit
+from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor
+from rangekv.common.logs import setup_logging_from_config
+from rangekv.common.server import ServiceServer
+from rangekv.common.telemetry import Telemetry
+from rangekv.raft import Message
+from rangekv.raftnode.config import RaftnodeConfig, parse_node_ids, parse_peers
+from rangekv.raftnode.service import ReplicaService
+from rangekv.raftnode.store import Store, StoreConfig
+from rangekv.raftnode.telemetry import NodeMetrics
+from rangekv.replication.raft_codec import message_from_proto
+from rangekv.replication.sync_mode import parse_fsm_sync_mode
+from rangekv.replication.transport import RaftTransport
+from rangekv.replication.transport_server import RaftTransportServicer
+from rangekv.v1 import raft_pb2, replica_pb2_grpc
+
+log = logging.getLogger("rangekv.raftnode")
+
+SERVICE_NAMES = ("rangekv.v1.Replica", "rangekv.v1.RaftTransport")
+
+
+def first_range(node_ids: Sequence[int]) -> RangeDescriptor:
+    """The descriptor every bootstrapping node creates: the whole keyspace."""
+    replicas = tuple(ReplicaDescriptor(n, n) for n in sorted(node_ids))
+    return RangeDescriptor(
+        range_id=1,
+        start_key=b"",
+        end_key=b"",
+        replicas=replicas,
+        generation=1,
+        next_replica_id=max(node_ids) + 1,
+    )
+
+
+async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> None:
+    node_id = server_config.node_id
+    if server_config.data_dir is None:
+        raise ConfigError("data_dir", "a raftnode needs --data-dir")
+    mode, warning = parse_fsm_sync_mode(node_config.fsm_sync_mode)
+    if warning:
+        log.warning("%s", warning)
+    peers = parse_peers(node_config.peers)
+    telemetry = Telemetry("raftnode", node_id=node_id, otlp_endpoint=server_config.otlp_endpoint)
+    metrics = NodeMetrics(telemetry, mode)
+
+    store_ref: list[Store] = []
+
+    def resolve(peer: int) -> str | None:
+        return peers.get(peer)
+
+    def snapshot_source(group_id: int, msg: Message) -> AsyncIterator[bytes]:
+        return store_ref[0].snapshot_source(group_id, msg)
+
+    transport = RaftTransport(
+        node_id,
+        resolve,
+        on_unreachable=lambda n, g, r: store_ref[0].report_unreachable(n, g, r),
+        on_snapshot_status=lambda n, g, r, failed: store_ref[0].report_snapshot(n, g, r, failed),
+        snapshot_source=snapshot_source,
+        metrics=metrics.transport,
+    )
+    store = Store(
+        StoreConfig(
+            node_id=node_id,
+            data_dir=Path(server_config.data_dir),
+            timing=node_config.timing(),
+            limits=node_config.limits(),
+            fsm_sync_mode=mode,
+            log_retain_entries=node_config.log_retain_entries,
+            truncate_interval=node_config.truncate_interval,
+        ),
+        resolve_address=lambda n: peers.get(n, ""),
+        send_raft=transport.send,
+        scheduler_metrics=metrics.scheduler,
+    )
+    store_ref.append(store)
+    metrics.attach(store)
+
+    async def handle_snapshot(
+        header: raft_pb2.SnapshotHeader, chunks: AsyncIterator[bytes]
+    ) -> bool:
+        group_id, msg, _desc = message_from_proto(header.message)
+        return await store.handle_snapshot(group_id, msg, header.descriptor, chunks)
+
+    raft_service = RaftTransportServicer(node_id, store.handle_raft, handle_snapshot)
+    replica_service = ReplicaService(store)
+
+    def register(server: object) -> None:
+        replica_pb2_grpc.add_ReplicaServicer_to_server(replica_service, server)
+        raft_service.add_to_server(server)  # type: ignore[arg-type]
+
+    loaded = store.load_replicas()
+    bootstrap_ids = parse_node_ids(node_config.bootstrap_nodes)
+    if not loaded and bootstrap_ids and node_id in bootstrap_ids:
+        store.bootstrap(first_range(bootstrap_ids))
+    server = ServiceServer(
+        "raftnode",
+        server_config,
+        telemetry,
+        register=register,  # type: ignore[arg-type]
+        service_names=SERVICE_NAMES,
+        logger=log,
+    )
+    store.start()
+    await server.start()
+    try:
+        await server.run_until_signalled()
+    finally:
+        await transport.close()
+        await store.stop()
+        telemetry.shutdown()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rangekv raftnode", description=__doc__.splitlines()[0])
+    add_arguments(parser, ServerConfig)
+    add_arguments(parser, RaftnodeConfig)
+    args = parser.parse_args(argv)
+    server_config = from_args_or_exit(parser, ServerConfig, args, os.environ)
+    node_config = from_args_or_exit(parser, RaftnodeConfig, args, os.environ)
+    if server_config.node_id <= 0:
+        parser.exit(2, f"{parser.prog}: error: --node-id must be a positive integer\n")
+    setup_logging_from_config("raftnode", server_config)
+    try:
+        asyncio.run(serve(server_config, node_config))
+    except ConfigError as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    return 0

@@ -1,0 +1,412 @@
+"""A replica of one range: raft group + MVCC state machine + lease-aware reads.
+
+Reads, in order (DESIGN.md, consistency contract):
+  1. a valid lease (leader, quorum ack younger than the lease, an applied entry
+     of its own term, no transfer in flight) -> serve from the local applied
+     state, no raft round trip;
+  2. leader without a valid lease -> ONE read-index round trip for the whole
+     batch (and concurrent batches share it: see RaftGroup.read_index);
+  3. not leader -> NotLeaseHolder naming the leader this replica believes in.
+A batch is checked once, whatever number of reads it carries: the failure of
+reference text 003 (a read-index per storage read) cannot happen because no
+read below this method asks raft anything.
+
+Writes are proposed through raft and acknowledged after this replica applied
+them. Concurrent client batches are merged into one raft command per scheduler
+iteration (`before_drain`). CompareAndSwap is evaluated at apply, so it is
+atomic with respect to every other write of the range.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from rangekv.common import errors as E
+from rangekv.common.descriptors import RangeDescriptor
+from rangekv.common.hlc import HybridClock, Timestamp
+from rangekv.raft import Entry, LeaseState, RawNode
+from rangekv.raftnode import mvcc
+from rangekv.replication.group import NotLeaderNow, ProposalAbandoned, RaftGroup
+from rangekv.replication.state_engine import DESCRIPTOR as DESCRIPTOR_KIND
+from rangekv.replication.state_engine import (
+    AppliedState,
+    Reader,
+    StateBatch,
+    StateEngine,
+)
+from rangekv.v1 import raftcmd_pb2, replica_pb2, types_pb2
+
+WRITE_KINDS = frozenset({"put", "delete", "compare_and_swap"})
+READ_KINDS = frozenset({"get", "scan"})
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaLimits:
+    """Input limits and deadlines of the replica API."""
+
+    max_key_bytes: int = 4096
+    max_value_bytes: int = 1 << 20
+    max_ops_per_batch: int = 10_000
+    read_index_timeout: float = 2.0
+    write_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.max_key_bytes <= 0 or self.max_value_bytes <= 0 or self.max_ops_per_batch <= 0:
+            raise ValueError("replica limits must be positive")
+
+
+class ReadCounter(Protocol):
+    """Counts consistent reads by outcome: hit | readindex | not_leader."""
+
+    def add(self, outcome: str) -> None: ...
+
+
+class ReadOutcomeCounter:
+    """An in-memory ReadCounter (telemetry provides the exported one)."""
+
+    def __init__(self) -> None:
+        self.counts = {"hit": 0, "readindex": 0, "not_leader": 0}
+
+    def add(self, outcome: str) -> None:
+        self.counts[outcome] += 1
+
+
+@dataclass
+class ReplicaContext:
+    """What every replica of a node shares."""
+
+    node_id: int
+    engine: StateEngine
+    hlc: HybridClock
+    limits: ReplicaLimits
+    resolve_address: Callable[[int], str]
+    monotonic: Callable[[], float] = time.monotonic
+    reads: ReadCounter | None = None
+    on_leader_change: Callable[[], None] | None = None
+
+
+def ts_to_proto(ts: Timestamp) -> types_pb2.Timestamp:
+    return types_pb2.Timestamp(wall_time=ts.wall_time, logical=ts.logical)
+
+
+def ts_from_proto(pb: types_pb2.Timestamp) -> Timestamp:
+    return Timestamp(pb.wall_time, pb.logical)
+
+
+class RangeReplica(RaftGroup):
+    """One replica of one range on this node."""
+
+    def __init__(
+        self,
+        ctx: ReplicaContext,
+        descriptor: RangeDescriptor,
+        replica_id: int,
+        raw_node: RawNode,
+        applied: AppliedState,
+        *,
+        wake: Callable[[RaftGroup], None],
+    ) -> None:
+        super().__init__(descriptor.range_id, raw_node, wake=wake)
+        self.ctx = ctx
+        self.descriptor = descriptor
+        self.replica_id = replica_id
+        self.applied_index = applied.index
+        self._write_queue: list[tuple[list[replica_pb2.ReplicaOp], asyncio.Future[Any]]] = []
+
+    @property
+    def range_id(self) -> int:
+        return self.descriptor.range_id
+
+    # --- the Replica API --------------------------------------------------------------
+
+    async def batch(self, req: replica_pb2.ReplicaBatchRequest) -> replica_pb2.ReplicaBatchResponse:
+        """Serve one batch; every failure is an in-band ReplicaError."""
+        try:
+            return await self._batch(req)
+        except E.RangeKVError as exc:
+            return replica_pb2.ReplicaBatchResponse(error=E.to_replica_error(exc))
+
+    async def _batch(
+        self, req: replica_pb2.ReplicaBatchRequest
+    ) -> replica_pb2.ReplicaBatchResponse:
+        kinds = self._validate(req)
+        has_writes = any(k in WRITE_KINDS for k in kinds)
+        has_reads = any(k in READ_KINDS for k in kinds)
+        if has_writes and req.inconsistent:
+            raise E.InvalidArgument("inconsistent", "only reads may be inconsistent")
+        self._check_keys(req)
+        results: list[replica_pb2.ReplicaOpResult | None] = [None] * len(req.ops)
+        if has_writes:
+            self._require_leader()
+            writes = [op for op in req.ops if op.WhichOneof("op") in WRITE_KINDS]
+            write_results = await self._propose_writes(writes)
+            it = iter(write_results)
+            for i, kind in enumerate(kinds):
+                if kind in WRITE_KINDS:
+                    results[i] = next(it)
+        read_ts = ts_from_proto(req.read_timestamp) if req.HasField("read_timestamp") else None
+        if read_ts is not None:
+            self.ctx.hlc.update(read_ts)
+        if has_reads:
+            if not req.inconsistent:
+                await self._await_read_point()
+            ts = read_ts if read_ts is not None else self.ctx.hlc.now()
+            for i, kind in enumerate(kinds):
+                if kind in READ_KINDS:
+                    results[i] = self._evaluate_read(req.ops[i], ts, self.ctx.engine)
+            read_ts = ts
+        resp = replica_pb2.ReplicaBatchResponse(
+            results=results,  # type: ignore[arg-type]
+            descriptor=self.descriptor.to_proto(),
+            lease_sequence=self.raw_node.raft.term,
+        )
+        if read_ts is not None:
+            resp.read_timestamp.CopyFrom(ts_to_proto(read_ts))
+        return resp
+
+    # --- validation and routing checks -------------------------------------------------
+
+    def _validate(self, req: replica_pb2.ReplicaBatchRequest) -> list[str]:
+        limits = self.ctx.limits
+        if not req.ops:
+            raise E.InvalidArgument("ops", "a batch needs at least one operation")
+        if len(req.ops) > limits.max_ops_per_batch:
+            raise E.InvalidArgument("ops", f"at most {limits.max_ops_per_batch} operations")
+        kinds: list[str] = []
+        for i, op in enumerate(req.ops):
+            kind = op.WhichOneof("op")
+            if kind is None:
+                raise E.InvalidArgument(f"ops[{i}]", "operation not set")
+            body = getattr(op, kind)
+            if kind == "scan":
+                if body.limit < 0:
+                    raise E.InvalidArgument(f"ops[{i}].scan.limit", "must be >= 0")
+                if body.end_key and body.end_key <= body.start_key:
+                    raise E.InvalidArgument(f"ops[{i}].scan.end_key", "must be > start_key")
+            else:
+                _check_key(f"ops[{i}].{kind}.key", body.key, limits)
+            if kind == "put":
+                _check_value(f"ops[{i}].put.value", body.value, limits)
+            elif kind == "compare_and_swap":
+                _check_value(f"ops[{i}].compare_and_swap.new_value", body.new_value, limits)
+                _check_value(
+                    f"ops[{i}].compare_and_swap.expected_value", body.expected_value, limits
+                )
+            kinds.append(kind)
+        return kinds
+
+    def _check_keys(self, req: replica_pb2.ReplicaBatchRequest) -> None:
+        desc = self.descriptor
+        for op in req.ops:
+            kind = op.WhichOneof("op")
+            body = getattr(op, kind)  # type: ignore[arg-type]
+            if kind == "scan":
+                ok = desc.contains_key(body.start_key) or (
+                    body.start_key < desc.start_key and desc.overlaps(body.start_key, body.end_key)
+                )
+            else:
+                ok = desc.contains_key(body.key)
+            if not ok:
+                raise E.RangeKeyMismatch(req.range_id, (desc,))
+
+    def not_lease_holder(self) -> E.NotLeaseHolder:
+        lead = self.raw_node.leader()
+        leader = self.descriptor.replica_by_id(lead) if lead else None
+        address = self.ctx.resolve_address(leader.node_id) if leader else ""
+        term = self.raw_node.raft.term
+        return E.NotLeaseHolder(self.range_id, leader, address, term, self.descriptor)
+
+    def _require_leader(self) -> None:
+        if not self.raw_node.is_leader():
+            raise self.not_lease_holder()
+
+    async def _await_read_point(self) -> None:
+        """Return once the local applied state includes every acknowledged write."""
+        counter = self.ctx.reads
+        lease = self.lease_status(self.ctx.monotonic())
+        if lease.state == LeaseState.VALID:
+            if counter:
+                counter.add("hit")
+            return
+        if lease.state == LeaseState.NOT_LEADER:
+            if counter:
+                counter.add("not_leader")
+            raise self.not_lease_holder()
+        if counter:
+            counter.add("readindex")
+        try:
+            await asyncio.wait_for(
+                asyncio.shield(self.read_index()), self.ctx.limits.read_index_timeout
+            )
+        except TimeoutError:
+            raise E.Unavailable(
+                f"range {self.range_id}: read-index did not complete in "
+                f"{self.ctx.limits.read_index_timeout}s (no quorum?)",
+                retry_after=0.2,
+            ) from None
+        except NotLeaderNow:
+            raise self.not_lease_holder() from None
+
+    # --- reads --------------------------------------------------------------------------
+
+    def _evaluate_read(
+        self, op: replica_pb2.ReplicaOp, ts: Timestamp, reader: Reader
+    ) -> replica_pb2.ReplicaOpResult:
+        kind = op.WhichOneof("op")
+        if kind == "get":
+            value, version = mvcc.get(reader, op.get.key, ts)
+            if value is None:
+                return replica_pb2.ReplicaOpResult(get=replica_pb2.GetResult(found=False))
+            kv = types_pb2.KeyValue(key=op.get.key, value=value, version=_ts_pb(version))
+            return replica_pb2.ReplicaOpResult(get=replica_pb2.GetResult(found=True, kv=kv))
+        scan = op.scan
+        desc = self.descriptor
+        start = max(scan.start_key, desc.start_key)
+        end = _min_end(scan.end_key, desc.end_key)
+        limit = scan.limit or 1 << 62
+        rows = mvcc.scan(reader, start, end, ts, limit + 1)
+        resume = b""
+        if len(rows) > limit:
+            rows = rows[:limit]
+            resume = rows[-1][0] + b"\x00"
+        kvs = [types_pb2.KeyValue(key=k, value=v) for k, v in rows]
+        return replica_pb2.ReplicaOpResult(scan=replica_pb2.ScanResult(kvs=kvs, resume_key=resume))
+
+    # --- writes -------------------------------------------------------------------------
+
+    async def _propose_writes(
+        self, writes: list[replica_pb2.ReplicaOp]
+    ) -> list[replica_pb2.ReplicaOpResult]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._write_queue.append((writes, fut))
+        self._wake(self)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), self.ctx.limits.write_timeout)  # type: ignore[no-any-return]
+        except TimeoutError:
+            raise E.Unavailable(
+                f"range {self.range_id}: write not applied within {self.ctx.limits.write_timeout}s",
+                outcome=E.WriteOutcome.UNKNOWN,
+            ) from None
+        except NotLeaderNow:
+            raise self.not_lease_holder() from None
+        except ProposalAbandoned as exc:
+            raise E.Unavailable(
+                f"range {self.range_id}: {exc}; the write may or may not have been applied",
+                outcome=E.WriteOutcome.UNKNOWN,
+            ) from None
+
+    def before_drain(self) -> None:
+        """Merge every queued client write batch into ONE raft command."""
+        if not self._write_queue:
+            return
+        queued, self._write_queue = self._write_queue, []
+        cmd = raftcmd_pb2.RaftCommand(timestamp=ts_to_proto(self.ctx.hlc.now()))
+        spans = []
+        for ops, fut in queued:
+            spans.append((len(cmd.writes), len(ops), fut))
+            cmd.writes.extend(ops)
+        proposal = self.propose(cmd.SerializeToString())
+
+        def distribute(done: asyncio.Future[Any]) -> None:
+            exc = done.exception()
+            for start, count, fut in spans:
+                if fut.done():
+                    continue
+                if exc is not None:
+                    fut.set_exception(exc)
+                else:
+                    fut.set_result(done.result()[start : start + count])
+
+        proposal.add_done_callback(distribute)
+
+    def apply_command(self, entry: Entry, command: bytes, batch: StateBatch) -> Any:
+        cmd = raftcmd_pb2.RaftCommand.FromString(command)
+        reader = batch.reader()
+        base = ts_from_proto(cmd.timestamp)
+        results: list[replica_pb2.ReplicaOpResult] = []
+        for i, op in enumerate(cmd.writes):
+            results.append(
+                self._apply_write(op, Timestamp(base.wall_time, base.logical + i), reader, batch)
+            )
+        return results
+
+    def _apply_write(
+        self, op: replica_pb2.ReplicaOp, ts: Timestamp, reader: Reader, batch: StateBatch
+    ) -> replica_pb2.ReplicaOpResult:
+        kind = op.WhichOneof("op")
+        key = getattr(op, kind).key  # type: ignore[arg-type]
+        current, latest = mvcc.get(reader, key, Timestamp.MAX)
+        if latest is not None and latest >= ts:
+            ts = latest.next()
+        self.ctx.hlc.forward(ts)
+        if kind == "put":
+            mvcc.put(batch, key, op.put.value, ts)
+            return replica_pb2.ReplicaOpResult(put=replica_pb2.PutResult(version=_ts_pb(ts)))
+        if kind == "delete":
+            if current is None:
+                return replica_pb2.ReplicaOpResult(delete=replica_pb2.DeleteResult(deleted=False))
+            mvcc.delete(batch, key, ts)
+            return replica_pb2.ReplicaOpResult(
+                delete=replica_pb2.DeleteResult(deleted=True, version=_ts_pb(ts))
+            )
+        cas = op.compare_and_swap
+        expected = None if cas.expect_absent else cas.expected_value
+        if current != expected:
+            res = replica_pb2.CompareAndSwapResult(succeeded=False)
+            if current is not None:
+                res.current.CopyFrom(
+                    types_pb2.KeyValue(key=key, value=current, version=_ts_pb(latest))
+                )
+            return replica_pb2.ReplicaOpResult(compare_and_swap=res)
+        mvcc.put(batch, key, cas.new_value, ts)
+        return replica_pb2.ReplicaOpResult(
+            compare_and_swap=replica_pb2.CompareAndSwapResult(
+                succeeded=True,
+                current=types_pb2.KeyValue(key=key, value=cas.new_value, version=_ts_pb(ts)),
+            )
+        )
+
+    def on_soft_state(self, rd: Any) -> None:
+        if self.ctx.on_leader_change is not None:
+            self.ctx.on_leader_change()
+
+    def record_applied(self, index: int, term: int, batch: StateBatch) -> None:
+        batch.set_applied_state(self.range_id, AppliedState(index, term))
+
+    def save_descriptor(self, batch: StateBatch) -> None:
+        batch.put_local(
+            self.range_id, DESCRIPTOR_KIND, self.descriptor.to_proto().SerializeToString()
+        )
+
+
+def _ts_pb(ts: Timestamp | None) -> types_pb2.Timestamp:
+    return ts_to_proto(ts) if ts is not None else types_pb2.Timestamp()
+
+
+def _min_end(a: bytes, b: bytes) -> bytes:
+    """The smaller of two exclusive ends, where empty means unbounded."""
+    if not a:
+        return b
+    if not b:
+        return a
+    return min(a, b)
+
+
+def _check_key(field: str, key: bytes, limits: ReplicaLimits) -> None:
+    if not key:
+        raise E.InvalidArgument(field, "must not be empty")
+    if len(key) > limits.max_key_bytes:
+        raise E.InvalidArgument(
+            field, f"{len(key)} bytes exceeds the limit of {limits.max_key_bytes}"
+        )
+
+
+def _check_value(field: str, value: bytes, limits: ReplicaLimits) -> None:
+    if len(value) > limits.max_value_bytes:
+        raise E.InvalidArgument(
+            field, f"{len(value)} bytes exceeds the limit of {limits.max_value_bytes}"
+        )

@@ -1,0 +1,125 @@
+"""rangekv.v1.Replica served by a storage node.
+
+Data calls answer in-band (results or one ReplicaError); the gRPC status of a
+call is OK unless the call itself failed. Descriptor transactions (split,
+replica changes, txn records) arrive with the splits work; until then those
+RPCs answer UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+
+from rangekv.common import errors as E
+from rangekv.raftnode.store import Store
+from rangekv.v1 import replica_pb2, replica_pb2_grpc
+
+
+class ReplicaService(replica_pb2_grpc.ReplicaServicer):
+    def __init__(self, store: Store, *, transfer_timeout: float = 5.0) -> None:
+        self._store = store
+        self._transfer_timeout = transfer_timeout
+
+    async def Batch(
+        self, request: replica_pb2.ReplicaBatchRequest, context: grpc.aio.ServicerContext
+    ) -> replica_pb2.ReplicaBatchResponse:
+        return await self._batch(request)
+
+    async def _batch(
+        self, request: replica_pb2.ReplicaBatchRequest
+    ) -> replica_pb2.ReplicaBatchResponse:
+        replica = self._store.replica(request.range_id)
+        if replica is None:
+            err = E.RangeNotFound(request.range_id, self._store.config.node_id)
+            return replica_pb2.ReplicaBatchResponse(error=E.to_replica_error(err))
+        return await replica.batch(request)
+
+    async def BatchStream(
+        self,
+        request_iterator: AsyncIterator[replica_pb2.BatchStreamRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[replica_pb2.BatchStreamResponse]:
+        """Serve batches concurrently; answer each as soon as it is done."""
+        out: asyncio.Queue[replica_pb2.BatchStreamResponse | None] = asyncio.Queue()
+        pending: set[asyncio.Task[None]] = set()
+
+        async def serve(req: replica_pb2.BatchStreamRequest) -> None:
+            resp = await self._batch(req.batch)
+            await out.put(replica_pb2.BatchStreamResponse(request_id=req.request_id, batch=resp))
+
+        async def reader() -> None:
+            async for req in request_iterator:
+                task = asyncio.ensure_future(serve(req))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+            await out.put(None)
+
+        read_task = asyncio.ensure_future(reader())
+        try:
+            while True:
+                item = await out.get()
+                if item is None:
+                    break
+                yield item
+        finally:
+            read_task.cancel()
+            for task in list(pending):
+                task.cancel()
+
+    async def RangeInfo(
+        self, request: replica_pb2.RangeInfoRequest, context: grpc.aio.ServicerContext
+    ) -> replica_pb2.RangeInfoResponse:
+        wanted = set(request.range_ids)
+        infos = []
+        now = self._store.ctx.monotonic()
+        for replica in self._store.replicas():
+            if wanted and replica.range_id not in wanted:
+                continue
+            node = replica.raw_node
+            infos.append(
+                replica_pb2.ReplicaInfo(
+                    descriptor=replica.descriptor.to_proto(),
+                    replica_id=replica.replica_id,
+                    is_leader=node.is_leader(),
+                    lease_valid=replica.lease_status(now).state.name == "VALID",
+                    lease_sequence=node.raft.term,
+                    leader_replica_id=node.leader(),
+                    applied_index=replica.applied_index,
+                    commit_index=node.raft.log.committed,
+                )
+            )
+        return replica_pb2.RangeInfoResponse(node_id=self._store.config.node_id, replicas=infos)
+
+    async def TransferLease(
+        self, request: replica_pb2.TransferLeaseRequest, context: grpc.aio.ServicerContext
+    ) -> replica_pb2.TransferLeaseResponse:
+        replica = self._store.replica(request.range_id)
+        if replica is None:
+            err = E.RangeNotFound(request.range_id, self._store.config.node_id)
+            return replica_pb2.TransferLeaseResponse(error=E.to_replica_error(err))
+        target = replica.descriptor.replica_on(request.target_node_id)
+        if target is None:
+            err2 = E.InvalidArgument(
+                "target_node_id", f"node {request.target_node_id} has no replica of this range"
+            )
+            return replica_pb2.TransferLeaseResponse(error=E.to_replica_error(err2))
+        if not replica.raw_node.is_leader():
+            return replica_pb2.TransferLeaseResponse(
+                error=E.to_replica_error(replica.not_lease_holder())
+            )
+        replica.transfer_leadership(target.replica_id)
+        deadline = asyncio.get_running_loop().time() + self._transfer_timeout
+        while asyncio.get_running_loop().time() < deadline:
+            if replica.raw_node.leader() == target.replica_id:
+                return replica_pb2.TransferLeaseResponse(lease_sequence=replica.raw_node.raft.term)
+            await asyncio.sleep(0.02)  # polling the core's state; not a synchronisation sleep
+        err3 = E.Unavailable(
+            f"range {request.range_id}: lease did not move to node {request.target_node_id} "
+            f"within {self._transfer_timeout}s"
+        )
+        return replica_pb2.TransferLeaseResponse(error=E.to_replica_error(err3))

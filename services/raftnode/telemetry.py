@@ -1,0 +1,99 @@
+"""The metrics of a storage node, declared once on the process's Telemetry.
+
+Names (Prometheus, after the exporter's suffixes):
+  rangekv_fsm_apply_sync_mode{mode}          1 for the configured FSM sync mode
+  rangekv_lease_read_total{outcome}          hit | readindex | not_leader
+  rangekv_raft_dispatch_drop_total{lane,type}, rangekv_raft_dispatch_errors_total{lane,code}
+  rangekv_raft_persist_seconds               group-commit write of the raft log (commit latency)
+  rangekv_raft_apply_seconds                 apply of one scheduler iteration
+  rangekv_raft_entries_persisted_total, rangekv_raft_entries_applied_total
+  rangekv_raft_log_syncs_total               synced raft-log writes (fsyncs)
+  rangekv_raft_leader_changes_total          observed leader changes, all ranges
+  rangekv_ranges, rangekv_ranges_led         replicas hosted / led by this node
+  rangekv_event_loop_lag_seconds             from the common server scaffolding
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rangekv.common.telemetry import Telemetry
+from rangekv.replication.lanes import TelemetryTransportMetrics
+from rangekv.replication.sync_mode import FsmSyncMode
+
+if TYPE_CHECKING:
+    from rangekv.raftnode.store import Store
+
+
+class _LeaseReads:
+    def __init__(self, telemetry: Telemetry) -> None:
+        self._counter = telemetry.counter(
+            "rangekv_lease_read", "Consistent reads by how they were served", labels=("outcome",)
+        )
+        self.counts = {"hit": 0, "readindex": 0, "not_leader": 0}
+
+    def add(self, outcome: str) -> None:
+        self.counts[outcome] += 1
+        self._counter.add(1, outcome=outcome)
+
+
+class _SchedulerMetrics:
+    def __init__(self, telemetry: Telemetry) -> None:
+        self._persist = telemetry.histogram(
+            "rangekv_raft_persist_seconds", "Synced group-commit write of the raft log"
+        )
+        self._apply = telemetry.histogram(
+            "rangekv_raft_apply_seconds", "Applying one scheduler iteration's committed entries"
+        )
+        self._persisted = telemetry.counter(
+            "rangekv_raft_entries_persisted", "Raft entries written to the log"
+        )
+        self._applied = telemetry.counter("rangekv_raft_entries_applied", "Raft entries applied")
+        self._syncs = telemetry.counter("rangekv_raft_log_syncs", "Synced raft-log writes")
+        self.log_writes = 0
+        self.entries = 0
+
+    def observe_iteration(
+        self, groups: int, entries: int, applied: int, persist_s: float, apply_s: float
+    ) -> None:
+        if persist_s:
+            self._persist.record(persist_s)
+            self._syncs.add(1)
+            self.log_writes += 1
+        if applied:
+            self._apply.record(apply_s)
+            self._applied.add(applied)
+        if entries:
+            self._persisted.add(entries)
+            self.entries += entries
+
+
+class NodeMetrics:
+    """Every instrument of a raftnode; create once per process."""
+
+    def __init__(self, telemetry: Telemetry, mode: FsmSyncMode) -> None:
+        self.telemetry = telemetry
+        self.transport = TelemetryTransportMetrics(telemetry)
+        self.scheduler = _SchedulerMetrics(telemetry)
+        self.lease_reads = _LeaseReads(telemetry)
+        self.leader_changes = telemetry.counter(
+            "rangekv_raft_leader_changes", "Leader changes observed by this node's replicas"
+        )
+        telemetry.observable_gauge(
+            "rangekv_fsm_apply_sync_mode",
+            "1 for the FSM sync mode this node applies with",
+            lambda: {(m.value,): 1.0 if m is mode else 0.0 for m in FsmSyncMode},
+            labels=("mode",),
+        )
+
+    def attach(self, store: Store) -> None:
+        store.ctx.reads = self.lease_reads
+        store.ctx.on_leader_change = lambda: self.leader_changes.add(1)
+        self.telemetry.observable_gauge(
+            "rangekv_ranges", "Range replicas hosted by this node", lambda: len(store.replicas())
+        )
+        self.telemetry.observable_gauge(
+            "rangekv_ranges_led",
+            "Ranges whose raft leader is on this node",
+            lambda: sum(1 for r in store.replicas() if r.raw_node.is_leader()),
+        )
