@@ -17,9 +17,9 @@ explanation; histories can be saved with :func:`save_history` /
 
 from rangekv.check.history import (
     HistoryRecorder,
+    Operation,
     OpHandle,
     OpKind,
-    Operation,
     Outcome,
     from_json,
     generate_register_history,

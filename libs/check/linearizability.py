@@ -1,70 +1,76 @@
 """Linearizability checking of key-value histories.
 
-The question asked is Herlihy & Wing's: is there a total order of the
-operations that (1) respects real time -- if ``a`` completed before ``b``
-was invoked then ``a`` comes first -- and (2) is a legal sequential
-execution of the store, i.e. every observed result is what a single copy
-of the data would have returned?  A replicated store that promises strong
-consistency must pass this for every history; the simulator and the chaos
-harness generate the histories, this module judges them.
-
-Approach
-========
+The question is Herlihy & Wing's: is there a total order of the operations
+that (1) respects real time -- if ``a`` completed before ``b`` was invoked,
+``a`` comes first -- and (2) is a legal sequential execution of the store,
+i.e. every observed result is what a single copy of the data would have
+returned?  A store promising strong consistency must pass this for every
+history; the simulator and the chaos harness produce them, this judges.
 
 *P-compositionality.*  Linearizability is local: a history is linearizable
 iff its restriction to each object is.  Every operation touches one key, so
-each key is checked on its own as a register whose state is either absent
-or a value.  This turns one exponential problem into many small ones.
+each key is checked alone, as a register whose state is absent or a value.
 
-*Search.*  Per key, the search follows Wing & Gong as improved by Lowe
-(the algorithm porcupine also uses): the invocations and completions of
-the OK operations form a doubly linked list in time order.  The search
-walks it from the head; a call entry is an operation that may be
-linearized next (it was invoked before every pending operation completed),
-so it is tried against the model and, if legal, *lifted* out of the list
-(both its entries unlinked, restorable in O(1) because the removed nodes
-keep their pointers) and the walk restarts.  Meeting a completion entry
-means that operation should already have been linearized, so the search
-backtracks.  A cache of ``(set of linearized operations, model state)``
-pairs prunes configurations already proven dead: this is Lowe's
-improvement, and it is what makes 10,000-operation histories tractable.
-States are small ints (values are interned) and operation sets are Python
-ints used as bitsets.  The bitset is stored relative to the lowest not yet
-linearized operation, because everything below it is linearized; this
-keeps cache keys short on long histories.
+*Search.*  Per key, a depth-first search in the style of Wing & Gong with
+Lowe's improvement (the scheme porcupine also uses).  Invocations and
+completions of the OK operations form a doubly linked list in time order;
+an operation whose call entry precedes the first completion entry may be
+linearized next.  Linearizing one *lifts* both its entries out of the list
+(O(1), and undone in O(1) on backtrack because removed nodes keep their
+pointers).  A cache of ``(linearized set, state)`` pairs prunes
+configurations already proven dead.  States are interned ints; the set is a
+Python int bitset, stored shifted by the lowest unlinearized operation
+(everything below is linearized) so cache keys stay short.
 
-*Outcomes.*  ``FAIL`` operations are dropped: they had no effect and
-returned nothing.  ``UNKNOWN`` operations have no completion, so they may
-be linearized anywhere after their invocation -- or nowhere at all.  They
-live in a second list, are tried only when the walk is stuck (it met a
-completion), and the search succeeds as soon as every OK operation is
-linearized, which is exactly "remaining unknown operations are left out".
-An unknown GET can never matter and is dropped up front.  Three pruning
-rules keep the ambiguity from multiplying the search, each sound because
-the pruned branch is dominated by one that is explored:
+Plain WGL drowns on 10,000-operation register histories; three further
+reductions make it fast, each sound because the pruned branch is dominated
+by one that is explored:
+
+* an operation that does not change the state (a read, a delete of an
+  absent key, a CAS that did not swap) and is legal now is linearized now
+  without branching: moving it earlier breaks no real-time constraint
+  (it is a candidate) and changes no result;
+* *dead values*: if the state is about to leave ``s`` while an unplaced
+  operation still needs ``s`` (a read of it, a CAS expecting it) and no
+  unplaced operation can produce ``s`` again, the branch is dead at once,
+  instead of thousands of steps later when that operation's deadline
+  passes -- with unique written values this prunes almost every wrong
+  write order immediately;
+* state-changing candidates are tried earliest deadline first.
+
+*Outcomes.*  ``FAIL`` operations are dropped: no effect, nothing returned.
+``UNKNOWN`` operations have no completion: they may be linearized anywhere
+after their invocation, or not at all.  They live in a second list, are
+tried only once the OK candidates are exhausted, and the search succeeds
+as soon as every OK operation is placed -- which is exactly "the remaining
+unknown operations are left out".  Unknown GETs cannot matter and are
+dropped.  Pruning rules keep the ambiguity from multiplying the search:
 
 1. an unknown operation that would not change the state is not placed
    (leaving it unplaced keeps strictly more options open);
 2. unknown operations with identical effect are interchangeable, so they
    are placed in invocation order only;
-3. an unknown blind write (PUT/DELETE) is never placed right after another
-   one, since the first would be overwritten unobserved.
+3. right after an unknown operation moved the state from ``s``, no
+   operation that was already legal in ``s`` and sets the state regardless
+   of it (a PUT, a blind unknown write, ...) is placed: it would erase the
+   unknown effect unobserved, which the sibling branch without the unknown
+   operation already covers.
 
-Values that no operation ever compares against (written, but never read
-nor used as a CAS expectation) are all interned to one "unobserved value"
-state; to the model they are indistinguishable, and merging them lets the
-cache and rule 1 recognise more equivalent configurations.
+Values nothing ever compares against (written, but never read nor
+expected by a CAS) are interned to one "unobserved value" state; the model
+cannot tell them apart, and merging them lets the cache and rule 1 see
+more equivalent configurations.
 
 *Equal timestamps.*  Real-time order requires ``a.complete < b.invoke``
-strictly.  An operation that completes at ``t`` and one invoked at ``t``
-are treated as concurrent (call entries sort before completion entries at
-equal times).  This is the permissive choice: clocks in the simulator are
-discrete and wall clocks are coarse, and reporting an anomaly that hinges
-on an exact tie would be a false alarm more often than a real bug.
+strictly: operations completing and being invoked at the same instant are
+concurrent (call entries sort before completion entries at equal times).
+Simulator clocks are discrete and wall clocks coarse, so an anomaly that
+hinges on an exact tie would more often be a false alarm than a bug.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -120,7 +126,7 @@ class _Failure:
     placed: list[Operation]
     state: str
     stuck: Operation
-    candidates: list[Operation]
+    candidates: list[tuple[Operation, str]]
     total: int
 
 
@@ -134,7 +140,7 @@ class _KeySearch:
         self.unk_ops = sorted(unk_ops, key=lambda o: o.invoke)
         self._intern()
         self._build_lists()
-        self.failure: _Failure | None = None
+        self.deepest: tuple[list[tuple[int, int, int, int, int, int]], int, int] | None = None
 
     # -- compilation ----------------------------------------------------
 
@@ -205,6 +211,26 @@ class _KeySearch:
             self.unk_class_rank.append(counts[cls])
             counts[cls] += 1
         self.n_classes = len(counts)
+        # Which state each op needs (consumes) and which it can create
+        # (produces), for the dead-value test in `run`.  Index `dummy`
+        # stands for "none".
+        dummy = len(self.names)
+        self.ok_cons = [dummy] * len(ok_code)
+        self.ok_prod = [dummy] * len(ok_code)
+        for i, (code, a, b) in enumerate(ok_code):
+            if code in (_GET, _CAS_YES):
+                self.ok_cons[i] = a
+            elif code == _CAS_NO_SAW:
+                self.ok_cons[i] = b
+            elif code == _DEL_NO:
+                self.ok_cons[i] = _ABSENT
+            if code == _SET:
+                self.ok_prod[i] = a
+            elif code == _CAS_YES:
+                self.ok_prod[i] = b
+            elif code == _DEL_YES:
+                self.ok_prod[i] = _ABSENT
+        self.unk_prod = [a if code == _SET else b for code, a, b in unk_code]
 
     def _build_lists(self) -> None:
         m, k = len(self.ok_ops), len(self.unk_ops)
@@ -228,7 +254,7 @@ class _KeySearch:
         self.rank[self.tail] = len(events)
         self.match = [0] * (2 * m + 2)
         self.unk_rank = [0] * (k + 2)
-        call_node = [0] * m
+        call_node = self.call_node = [0] * m
         order = [self.head]
         next_node = 1
         for pos, (_, is_return, is_unknown, idx) in enumerate(events):
@@ -242,16 +268,17 @@ class _KeySearch:
             self.rank[node] = pos
             if is_return:
                 self.match[call_node[idx]] = node
+                self.match[node] = call_node[idx]
             else:
                 self.node_call[node] = True
                 call_node[idx] = node
         order.append(self.tail)
         self.nxt = [0] * (2 * m + 2)
         self.prv = [0] * (2 * m + 2)
-        for a, b in zip(order, order[1:], strict=False):
+        for a, b in itertools.pairwise(order):
             self.nxt[a] = b
             self.prv[b] = a
-        self.unxt = list(range(1, k + 2)) + [k + 1]
+        self.unxt = [*range(1, k + 2), k + 1]
         self.uprv = [0, *range(0, k + 1)]
         self.unk_rank[k + 1] = len(events)
 
@@ -274,6 +301,18 @@ class _KeySearch:
         unk_code, unk_a, unk_b = self.unk_code, self.unk_a, self.unk_b
         unk_class, unk_class_rank = self.unk_class, self.unk_class_rank
         class_placed = [0] * self.n_classes
+        ok_cons, ok_prod, unk_prod = self.ok_cons, self.ok_prod, self.unk_prod
+        # Unplaced ops that need / can create each state.  Leaving state s
+        # while some op still needs s and none can recreate it is a dead end
+        # found at once, instead of when that op's deadline passes.
+        cons_left = [0] * (len(self.names) + 1)
+        prod_left = [0] * (len(self.names) + 1)
+        for c in ok_cons:
+            cons_left[c] += 1
+        for c in ok_prod:
+            prod_left[c] += 1
+        for c in unk_prod:
+            prod_left[c] += 1
         utail = len(self.unk_ops) + 1
         head = self.head
 
@@ -283,15 +322,17 @@ class _KeySearch:
         low = 0  # every OK op with index < low is linearized
         placed = bytearray(m + 1)  # placed[m] stays 0 as a sentinel
         ok_left = m
-        cache: set[tuple[int, int, int, int]] = set()
-        # Frame: (node, how it was placed, previous state, previous low, stuck node).
-        stack: list[tuple[int, int, int, int, int]] = []
+        cache: set[tuple[int, ...]] = set()
+        # Frame: (node, how it was placed, previous state, previous low,
+        # stuck node, candidates left to try).
+        stack: list[tuple[int, int, int, int, int, int]] = []
         best_depth = -1
         steps = 0
 
         mode = _M_READS
         node = nxt[head]
         stuck = 0
+        left = 0
         while True:
             steps += 1
             if deadline is not None and steps % _CHECK_CLOCK_EVERY == 0 and clock() > deadline:
@@ -303,6 +344,7 @@ class _KeySearch:
                 # of generality (moving it earlier breaks no real-time
                 # constraint, because it is a candidate, and changes no
                 # result), so it is placed without branching.
+                left = 0
                 while node_call[node]:
                     i = node_op[node]
                     code = ok_code[i]
@@ -317,21 +359,28 @@ class _KeySearch:
                             break
                     elif code == _CAS_NO_SAW and state == ok_b[i] and state != ok_a[i]:
                         break
+                    left += 1
                     node = nxt[node]
                 if not node_call[node]:
+                    # The first completion: `left` ops were invoked before it.
+                    stuck = node
                     mode = _M_WRITES
-                    node = nxt[head]
                     continue
                 ns = state
                 how = _FORCED
             elif mode == _M_WRITES:
-                if not node_call[node]:
-                    # A completion: its op should already be linearized.
-                    # Before giving up, try the unknown ops invoked earlier.
-                    stuck = node
+                # Candidates are tried earliest deadline first: walk the
+                # completions from `stuck` on, skipping those of ops invoked
+                # after it, until all `left` candidates have been seen.
+                if left == 0:
+                    # Before giving up, try the unknown ops invoked in time.
                     node = unxt[0]
                     mode = _M_UNKNOWN
                     continue
+                if node_call[node] or rank[match[node]] > rank[stuck]:
+                    node = nxt[node]
+                    continue
+                left -= 1
                 i = node_op[node]
                 code = ok_code[i]
                 if code == _SET:
@@ -357,16 +406,24 @@ class _KeySearch:
                         node = nxt[node]
                         continue
                 how = _BRANCH
+                node = match[node]  # placement works on the call node
             elif mode == _M_UNKNOWN:
                 if node == utail or unk_rank[node] > rank[stuck]:
+                    # Every candidate failed from this configuration.
+                    if len(stack) > best_depth:
+                        # Cheap snapshot, turned into an explanation on failure.
+                        best_depth = len(stack)
+                        self.deepest = (stack[:], state, stuck)
                     mode = _M_BACKTRACK
                     continue
                 u = node - 1
                 code = unk_code[u]
                 if code == _SET:
                     ns = unk_a[u]
-                else:  # _CAS_MAYBE
-                    ns = unk_b[u] if state == unk_a[u] else state
+                elif state == unk_a[u]:  # _CAS_MAYBE that swaps
+                    ns = unk_b[u]
+                else:
+                    ns = state
                 if (
                     ns == state  # rule 1
                     or unk_class_rank[u] != class_placed[unk_class[u]]  # rule 2
@@ -375,29 +432,30 @@ class _KeySearch:
                     node = unxt[node]
                     continue
                 new_unk = unk_bits | (1 << u)
-                key = (low, ok_bits >> low, new_unk, ns)
-                if key in cache:
+                # Rule 3 makes what is explored after an unknown op depend on
+                # the state before it, so that state is part of the key.
+                ukey = (low, ok_bits >> low, new_unk, ns, state)
+                if ukey in cache or (cons_left[state] and not prod_left[state]):
                     node = unxt[node]
                     continue
-                cache.add(key)
-                stack.append((node, _UNKNOWN, state, low, stuck))
+                cache.add(ukey)
+                stack.append((node, _UNKNOWN, state, low, stuck, 0))
                 state, unk_bits = ns, new_unk
+                prod_left[unk_prod[u]] -= 1
                 class_placed[unk_class[u]] += 1
                 unxt[uprv[node]] = unxt[node]
                 uprv[unxt[node]] = uprv[node]
                 mode = _M_READS
                 node = nxt[head]
                 continue
-            else:  # _M_BACKTRACK: every candidate failed from this configuration
-                if len(stack) > best_depth:
-                    best_depth = len(stack)
-                    self._record_failure(stack, state, stuck, utail)
+            else:  # _M_BACKTRACK: this configuration is dead
                 if not stack:
                     return False
-                top, how, state, low, stuck = stack.pop()
+                top, how, state, low, stuck, left = stack.pop()
                 if how == _UNKNOWN:
                     u = top - 1
                     unk_bits ^= 1 << u
+                    prod_left[unk_prod[u]] += 1
                     class_placed[unk_class[u]] -= 1
                     unxt[uprv[top]] = top
                     uprv[unxt[top]] = top
@@ -407,6 +465,8 @@ class _KeySearch:
                 i = node_op[top]
                 ok_bits ^= 1 << i
                 placed[i] = 0
+                cons_left[ok_cons[i]] += 1
+                prod_left[ok_prod[i]] += 1
                 ret = match[top]
                 nxt[prv[ret]] = ret
                 prv[nxt[ret]] = ret
@@ -414,7 +474,7 @@ class _KeySearch:
                 prv[nxt[top]] = top
                 ok_left += 1
                 if how == _BRANCH:
-                    node = nxt[top]
+                    node = nxt[ret]
                     mode = _M_WRITES
                 # A forced placement failing means its parent fails too.
                 continue
@@ -427,16 +487,20 @@ class _KeySearch:
                 new_low += 1
             new_bits = ok_bits | (1 << i)
             key = (new_low, new_bits >> new_low, unk_bits, ns)
-            if key in cache:
+            if key in cache or (
+                ns != state and not prod_left[state] and cons_left[state] > (ok_cons[i] == state)
+            ):
                 placed[i] = 0
                 if how == _FORCED:
                     mode = _M_BACKTRACK
                 else:
-                    node = nxt[node]
+                    node = nxt[match[node]]
                 continue
             cache.add(key)
-            stack.append((node, how, state, low, stuck))
+            stack.append((node, how, state, low, stuck, left))
             state, ok_bits, low = ns, new_bits, new_low
+            cons_left[ok_cons[i]] -= 1
+            prod_left[ok_prod[i]] -= 1
             ret = match[node]
             nxt[prv[node]] = nxt[node]
             prv[nxt[node]] = prv[node]
@@ -448,31 +512,72 @@ class _KeySearch:
             mode = _M_READS
             node = nxt[head]
 
-    def _record_failure(
-        self, stack: list[tuple[int, int, int, int, int]], state: int, stuck: int, utail: int
-    ) -> None:
-        """Remember the deepest dead end, for the explanation of a failure."""
-        placed = [
-            self.unk_ops[n - 1] if how == _UNKNOWN else self.ok_ops[self.node_op[n]]
-            for n, how, _, _, _ in stack
+    def failure(self) -> _Failure:
+        """Describe the deepest dead end the last :meth:`run` reached."""
+        assert self.deepest is not None, "run() found no dead end"
+        stack, state, stuck = self.deepest
+        placed_ok = {self.node_op[n] for n, how, *_ in stack if how != _UNKNOWN}
+        placed_unk = {n - 1 for n, how, *_ in stack if how == _UNKNOWN}
+        limit = self.rank[stuck]
+        free_ok = [i for i in range(len(self.ok_ops)) if i not in placed_ok]
+        free_unk = [u for u in range(len(self.unk_ops)) if u not in placed_unk]
+        needers = [self.ok_ops[i] for i in free_ok if self.ok_cons[i] == state]
+        recreatable = any(self.ok_prod[i] == state for i in free_ok) or any(
+            self.unk_prod[u] == state for u in free_unk
+        )
+
+        def why(code: int, a: int, b: int, op: Operation) -> str:
+            legal, ns = _step(code, a, b, state)
+            if not legal:
+                return "illegal in that state"
+            if ns == state:
+                return "changes nothing" if op.outcome is Outcome.UNKNOWN else "explored, fails"
+            others = [o for o in needers if o is not op]
+            if others and not recreatable:
+                lost = self.names[state]
+                return f"would lose {lost} for good, yet {others[0].describe()} needs it"
+            return "every continuation was explored and fails"
+
+        candidates = [
+            (o, why(self.ok_code[i], self.ok_a[i], self.ok_b[i], o))
+            for i, o in enumerate(self.ok_ops)
+            if i not in placed_ok and self.rank[self.call_node[i]] < limit
         ]
-        candidates: list[Operation] = []
-        node = self.nxt[self.head]
-        while node != stuck and node != self.tail:
-            if self.node_call[node]:
-                candidates.append(self.ok_ops[self.node_op[node]])
-            node = self.nxt[node]
-        unode = self.unxt[0]
-        while unode != utail and self.unk_rank[unode] < self.rank[stuck]:
-            candidates.append(self.unk_ops[unode - 1])
-            unode = self.unxt[unode]
-        self.failure = _Failure(
-            placed=placed,
+        candidates += [
+            (o, why(self.unk_code[u], self.unk_a[u], self.unk_b[u], o))
+            for u, o in enumerate(self.unk_ops)
+            if u not in placed_unk and self.unk_rank[u + 1] < limit
+        ]
+        candidates.sort(key=lambda c: c[0].invoke)
+        return _Failure(
+            placed=[
+                self.unk_ops[n - 1] if how == _UNKNOWN else self.ok_ops[self.node_op[n]]
+                for n, how, *_ in stack
+            ],
             state=self.names[state],
             stuck=self.ok_ops[self.node_op[stuck]],
             candidates=candidates,
             total=len(self.ok_ops),
         )
+
+
+def _step(code: int, a: int, b: int, state: int) -> tuple[bool, int]:
+    """The model, one transition at a time (the search inlines this)."""
+    if code == _GET:
+        return state == a, state
+    if code == _SET:
+        return True, a
+    if code == _DEL_YES:
+        return state != _ABSENT, _ABSENT
+    if code == _DEL_NO:
+        return state == _ABSENT, state
+    if code == _CAS_YES:
+        return state == a, b
+    if code == _CAS_NO:
+        return state != a, state
+    if code == _CAS_NO_SAW:
+        return state == b and state != a, state
+    return True, (b if state == a else state)  # _CAS_MAYBE
 
 
 def _explain(key: bytes, f: _Failure, show: int = 12) -> str:
@@ -486,12 +591,10 @@ def _explain(key: bytes, f: _Failure, show: int = 12) -> str:
         lines.append(f"  ... {len(f.placed) - len(tail)} earlier operation(s)")
     lines += [f"  {o.describe()}" for o in tail] or ["  (nothing)"]
     lines.append(f"leaving the key as {f.state}.")
-    lines.append(
-        "From there this operation must be linearized before it completes, but cannot be:"
-    )
+    lines.append("From there this operation must be linearized before it completes, but cannot be:")
     lines.append(f"  {f.stuck.describe()}")
-    lines.append("because none of the operations that could go next is legal in that state:")
-    lines += [f"  {o.describe()}" for o in f.candidates[:show]]
+    lines.append("because no operation that could go next leads anywhere:")
+    lines += [f"  {o.describe()}: {reason}" for o, reason in f.candidates[:show]]
     if len(f.candidates) > show:
         lines.append(f"  ... and {len(f.candidates) - show} more")
     return "\n".join(lines)
@@ -535,12 +638,11 @@ def check_history(
             return _timed_out(key, checked, start, clock)
         checked += 1
         if not verdict:
-            assert search.failure is not None
             return CheckResult(
                 ok=False,
                 keys_checked=checked,
                 failed_key=key,
-                explanation=_explain(key, search.failure),
+                explanation=_explain(key, search.failure()),
                 elapsed=clock() - start,
             )
     return CheckResult(

@@ -481,7 +481,7 @@ class LogBatch:
                 raise InvariantViolation(f"group {group_id}: entries not contiguous at {e.index}")
         new_last = entries[-1].index
         if new_last < view.last_index:
-            pass
+            wb.delete_range(_entry_key(group_id, new_last + 1), _entry_key(group_id, _MAX_U64))
         terms = self._pending_terms.setdefault(group_id, {})
         for stale in [i for i in terms if i >= start]:
             del terms[stale]

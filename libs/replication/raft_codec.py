@@ -10,7 +10,10 @@ so the functions below:
   fields and absent sub-messages, which cost a call each even when empty;
 - build repeated entries as one list of constructed `RaftEntry` handed to the
   constructor (one extend inside upb instead of one `add()` per entry);
-- map enums through tuples indexed by number instead of `Enum(value)` calls.
+- map enums through tuples indexed by number instead of `Enum(value)` calls,
+  and never key a dict by an enum member here: `Enum.__hash__` is a Python
+  function, i.e. one interpreted call per lookup. `_value_` (the documented
+  member attribute behind the `value` property) and `is` tests are used instead.
 
 The snapshot *data* never travels in a `RaftMessage`: a SNAP message carries
 only the metadata, and the bytes stream through `SendSnapshot` chunks. So a
@@ -53,12 +56,8 @@ DecodedMessage = tuple[int, Message, types_pb2.RangeDescriptor | None]
 _RaftMessage: Final = raft_pb2.RaftMessage
 _RaftEntry: Final = raft_pb2.RaftEntry
 
-# rangekv.raft.EntryType value -> RaftEntryType number. The wire enum reserves
-# 0 for UNSPECIFIED, so NORMAL (0) travels as 1 and CONF_CHANGE (1) as 2.
-_ENTRY_TYPE_TO_WIRE: Final[dict[EntryType, raft_pb2.RaftEntryType]] = {
-    EntryType.NORMAL: raft_pb2.RAFT_ENTRY_TYPE_NORMAL,
-    EntryType.CONF_CHANGE: raft_pb2.RAFT_ENTRY_TYPE_CONF_CHANGE,
-}
+# The wire enum reserves 0 for UNSPECIFIED, so EntryType.NORMAL (0) travels as
+# RAFT_ENTRY_TYPE_NORMAL (1) and CONF_CHANGE (1) as RAFT_ENTRY_TYPE_CONF_CHANGE (2).
 # Indexed by wire number; index 0 (UNSPECIFIED, i.e. a sender that never set
 # the field) reads as NORMAL, the only sane default for an entry.
 _ENTRY_TYPE_FROM_WIRE: Final[tuple[EntryType, ...]] = (
@@ -71,13 +70,24 @@ _MESSAGE_TYPES: Final[tuple[MessageType, ...]] = tuple(sorted(MessageType, key=l
 if any(t.value != i for i, t in enumerate(_MESSAGE_TYPES)):
     raise ImportError("rangekv.raft.MessageType values are not dense from 0")
 _N_MESSAGE_TYPES: Final = len(_MESSAGE_TYPES)
+_CONF_CHANGE: Final = EntryType.CONF_CHANGE
+_WIRE_NORMAL: Final = raft_pb2.RAFT_ENTRY_TYPE_NORMAL
+_WIRE_CONF_CHANGE: Final = raft_pb2.RAFT_ENTRY_TYPE_CONF_CHANGE
 
 
 def entries_to_proto(entries: Iterable[Entry]) -> list[raft_pb2.RaftEntry]:
     """Wire form of `entries`, ready to hand to a repeated field in one go."""
-    to_wire = _ENTRY_TYPE_TO_WIRE
     make = _RaftEntry
-    return [make(term=e.term, index=e.index, type=to_wire[e.type], data=e.data) for e in entries]
+    conf, wire_conf, wire_normal = _CONF_CHANGE, _WIRE_CONF_CHANGE, _WIRE_NORMAL
+    return [
+        make(
+            term=e.term,
+            index=e.index,
+            type=wire_conf if e.type is conf else wire_normal,
+            data=e.data,
+        )
+        for e in entries
+    ]
 
 
 def entries_from_proto(entries: Iterable[raft_pb2.RaftEntry]) -> tuple[Entry, ...]:
@@ -122,11 +132,11 @@ def message_to_proto(
     """
     entries = msg.entries
     if entries:
-        to_wire = _ENTRY_TYPE_TO_WIRE
         make = _RaftEntry
+        conf, wire_conf, wire_normal = _CONF_CHANGE, _WIRE_CONF_CHANGE, _WIRE_NORMAL
         pb = _RaftMessage(
             group_id=group_id,
-            type=msg.type.value,
+            type=msg.type._value_,
             to_replica_id=msg.to,
             from_replica_id=msg.sender,
             term=msg.term,
@@ -138,13 +148,19 @@ def message_to_proto(
             context=msg.context,
             round=msg.round,
             entries=[
-                make(term=e.term, index=e.index, type=to_wire[e.type], data=e.data) for e in entries
+                make(
+                    term=e.term,
+                    index=e.index,
+                    type=wire_conf if e.type is conf else wire_normal,
+                    data=e.data,
+                )
+                for e in entries
             ],
         )
     else:
         pb = _RaftMessage(
             group_id=group_id,
-            type=msg.type.value,
+            type=msg.type._value_,
             to_replica_id=msg.to,
             from_replica_id=msg.sender,
             term=msg.term,
@@ -181,20 +197,23 @@ def message_from_proto(pb: raft_pb2.RaftMessage) -> DecodedMessage:
         else None
     )
     wire_entries = pb.entries
+    # Positional, in the field order OVERVIEW.md fixes for Message: a frozen
+    # dataclass binds positional arguments markedly faster than keywords. The
+    # round-trip tests catch any drift in that order.
     msg = Message(
-        type=_MESSAGE_TYPES[t],
-        to=pb.to_replica_id,
-        sender=pb.from_replica_id,
-        term=pb.term,
-        log_term=pb.log_term,
-        index=pb.index,
-        entries=entries_from_proto(wire_entries) if wire_entries else (),
-        commit=pb.commit,
-        snapshot=snapshot,
-        reject=pb.reject,
-        reject_hint=pb.reject_hint,
-        context=pb.context,
-        round=pb.round,
+        _MESSAGE_TYPES[t],
+        pb.to_replica_id,
+        pb.from_replica_id,
+        pb.term,
+        pb.log_term,
+        pb.index,
+        entries_from_proto(wire_entries) if wire_entries else (),
+        pb.commit,
+        snapshot,
+        pb.reject,
+        pb.reject_hint,
+        pb.context,
+        pb.round,
     )
     descriptor = pb.descriptor if pb.HasField("descriptor") else None
     return pb.group_id, msg, descriptor

@@ -70,8 +70,6 @@ SnapshotStatusCallback = Callable[[int, int, int, bool], None]
 SnapshotSource = Callable[[int, Message], AsyncIterator[bytes]]
 WrongNodeCallback = Callable[[int, str], None]
 
-# Wire types only: local types (HUP, BEAT, ...) have no lane because they must
-# never leave the node; `send` rejects them.
 #: Options of every lane channel. Each lane gets its own subchannel pool, hence
 #: its own TCP connection. Keepalive finds a peer that vanished without a RST
 #: (otherwise a write could wait for the kernel's retransmission timeout); the
@@ -86,7 +84,12 @@ CHANNEL_OPTIONS: tuple[tuple[str, int | str], ...] = (
     ("grpc.http2.max_pings_without_data", 0),
 )
 
-_SEND_LANE: dict[MessageType, Lane] = {t: lane_for(t) for t in MessageType if not t.is_local()}
+# Indexed by MessageType number (`_value_`: an enum-keyed dict would cost an
+# interpreted `Enum.__hash__` per send). None for local types (HUP, BEAT, ...):
+# they must never leave the node, and `send` rejects them.
+_SEND_LANE: tuple[Lane | None, ...] = tuple(
+    None if t.is_local() else lane_for(t) for t in sorted(MessageType, key=lambda t: t.value)
+)
 _RPC_ERRORS = (grpc.aio.AioRpcError, asyncio.InvalidStateError)
 
 
@@ -301,14 +304,17 @@ class _StreamLane(_LaneWorker):
             lane=self.lane.value,
             messages=[message_to_proto(g, m, d) for g, m, d in batch],
         )
+        # Set before the write: a wrong_node answer may be read before the
+        # write's completion is.
+        self._last_batch = batch
         try:
             await call.write(request)
         except _RPC_ERRORS as exc:
+            self._last_batch = []
             self.report_lost(batch, await _failure_code(call, exc))
             await self._disconnect()
             await self.pause()
             return
-        self._last_batch = batch
         # Only a stream that stayed up for a while proves the peer healthy; a
         # peer that accepts and then refuses every stream keeps backing off.
         if asyncio.get_running_loop().time() - self._opened_at >= self.env.config.backoff_max:
@@ -482,7 +488,7 @@ class RaftTransport:
             metrics=metrics if metrics is not None else InMemoryTransportMetrics(),
             config=config if config is not None else TransportConfig(),
         )
-        self._peers: dict[int, dict[Lane, _LaneWorker]] = {}
+        self._peers: dict[int, tuple[_LaneWorker, ...]] = {}
         self._closed = False
 
     @property
@@ -506,7 +512,7 @@ class RaftTransport:
         message (counted, not reported unreachable); a dropped SNAP is
         reported as a failed snapshot so the leader's progress can retry.
         """
-        lane = _SEND_LANE.get(msg.type)
+        lane = _SEND_LANE[msg.type._value_]
         if lane is None:
             raise ValueError(f"{msg.type.name} is local to a node and never sent")
         peer = self._peers.get(node_id)
@@ -515,7 +521,7 @@ class RaftTransport:
                 self._dropped(node_id, lane, group_id, msg)
                 return
             peer = self._add_peer(node_id)
-        if not peer[lane].queue.put((group_id, msg, descriptor)):
+        if not peer[lane - 1].queue.put((group_id, msg, descriptor)):
             self._dropped(node_id, lane, group_id, msg)
 
     def _dropped(self, node_id: int, lane: Lane, group_id: int, msg: Message) -> None:
@@ -526,8 +532,9 @@ class RaftTransport:
                 self._env.snapshot_status, node_id, group_id, msg.to, True
             )
 
-    def _add_peer(self, node_id: int) -> dict[Lane, _LaneWorker]:
-        peer: dict[Lane, _LaneWorker] = {}
+    def _add_peer(self, node_id: int) -> tuple[_LaneWorker, ...]:
+        # Indexed by lane number - 1 (lanes are numbered from 1 on the wire).
+        workers: list[_LaneWorker] = []
         for lane in Lane:
             worker: _LaneWorker
             if lane is Lane.SNAPSHOT:
@@ -535,23 +542,25 @@ class RaftTransport:
             else:
                 worker = _StreamLane(self._env, node_id, lane)
             worker.start()
-            peer[lane] = worker
+            workers.append(worker)
+        assert [w.lane for w in workers] == list(range(1, len(Lane) + 1))
+        peer = tuple(workers)
         self._peers[node_id] = peer
         return peer
 
     def queued(self, node_id: int, lane: Lane) -> int:
         """Messages waiting on one lane to one peer (0 for an unknown peer)."""
         peer = self._peers.get(node_id)
-        return len(peer[lane].queue) if peer is not None else 0
+        return len(peer[lane - 1].queue) if peer is not None else 0
 
     async def remove_peer(self, node_id: int) -> None:
         """Stop the lanes to a node that left; queued messages are discarded."""
         peer = self._peers.pop(node_id, None)
         if peer is not None:
-            await asyncio.gather(*(w.stop() for w in peer.values()))
+            await asyncio.gather(*(w.stop() for w in peer))
 
     async def close(self) -> None:
         """Stop every worker and close every channel; later sends are dropped."""
         self._closed = True
         peers, self._peers = self._peers, {}
-        await asyncio.gather(*(w.stop() for peer in peers.values() for w in peer.values()))
+        await asyncio.gather(*(w.stop() for peer in peers.values() for w in peer))

@@ -112,14 +112,24 @@ class RangeReplica(RaftGroup):
     ) -> None:
         super().__init__(descriptor.range_id, raw_node, wake=wake)
         self.ctx = ctx
-        self.descriptor = descriptor
+        self._descriptor = descriptor
+        self.descriptor_pb = descriptor.to_proto()
         self.replica_id = replica_id
         self.applied_index = applied.index
         self._write_queue: list[tuple[list[replica_pb2.ReplicaOp], asyncio.Future[Any]]] = []
 
     @property
     def range_id(self) -> int:
-        return self.descriptor.range_id
+        return self._descriptor.range_id
+
+    @property
+    def descriptor(self) -> RangeDescriptor:
+        return self._descriptor
+
+    @descriptor.setter
+    def descriptor(self, value: RangeDescriptor) -> None:
+        self._descriptor = value
+        self.descriptor_pb = value.to_proto()
 
     # --- the Replica API --------------------------------------------------------------
 
@@ -161,7 +171,7 @@ class RangeReplica(RaftGroup):
             read_ts = ts
         resp = replica_pb2.ReplicaBatchResponse(
             results=results,  # type: ignore[arg-type]
-            descriptor=self.descriptor.to_proto(),
+            descriptor=self.descriptor_pb,
             lease_sequence=self.raw_node.raft.term,
         )
         if read_ts is not None:

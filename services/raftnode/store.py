@@ -31,6 +31,7 @@ from rangekv.raft import (
     ConfState,
     HardState,
     Message,
+    MessageType,
     RawNode,
     Snapshot,
     SnapshotMetadata,
@@ -53,6 +54,8 @@ from rangekv.replication.sync_mode import FsmSyncMode
 from rangekv.v1 import types_pb2
 
 log = logging.getLogger(__name__)
+
+_CARRY_DESCRIPTOR = frozenset({MessageType.HEARTBEAT, MessageType.SNAP})
 
 #: The raft log of a bootstrapped range starts after this index (a synthetic
 #: snapshot), so "index 0" never has to mean anything.
@@ -201,14 +204,16 @@ class Store:
     def _send(self, group: RaftGroup, messages: Sequence[Message]) -> None:
         assert isinstance(group, RangeReplica)
         desc = group.descriptor
-        desc_pb: types_pb2.RangeDescriptor | None = None
         for msg in messages:
             target = desc.replica_by_id(msg.to)
             if target is None:
                 continue  # a replica removed from the descriptor: nobody to send to
-            if desc_pb is None:
-                desc_pb = desc.to_proto()
-            self._send_raft(target.node_id, group.group_id, msg, desc_pb)
+            # The descriptor lets a node create a replica it has never heard of. Only
+            # heartbeats (periodic, small) and snapshots carry it: not every append.
+            attach = msg.type in _CARRY_DESCRIPTOR
+            self._send_raft(
+                target.node_id, group.group_id, msg, group.descriptor_pb if attach else None
+            )
 
     def handle_raft(
         self, messages: Sequence[tuple[int, Message, types_pb2.RangeDescriptor | None]]

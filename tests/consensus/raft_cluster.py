@@ -99,6 +99,9 @@ class Cluster:
         p.applied = decode_state(snap.data) if snap.data else []
         p.applied_index = snap.index
         p.conf_state = snap.metadata.conf_state
+        for m in self.queue:
+            if m.to == nid:
+                self.report_lost(m)
         self.queue = [m for m in self.queue if m.to != nid]
         return p.node
 
@@ -155,6 +158,7 @@ class Cluster:
     def deliver_one(self, m: Message) -> bool:
         """Step one message into its recipient unless a drop rule blocks it."""
         if self._blocked(m) or m.to not in self.peers:
+            self.report_lost(m)
             return False
         self.delivered.append(m)
         self.peers[m.to].node.step(m)
@@ -163,6 +167,13 @@ class Cluster:
             if leader is not None:
                 leader.node.report_snapshot(m.to, failed=False)
         return True
+
+    def report_lost(self, m: Message) -> None:
+        """A transport learns that a snapshot stream failed; tell the leader like one."""
+        if m.type is MessageType.SNAP and self.auto_report_snapshot:
+            leader = self.peers.get(m.sender)
+            if leader is not None:
+                leader.node.report_snapshot(m.to, failed=True)
 
     def stabilize(self, max_rounds: int = 10_000) -> None:
         for _ in range(max_rounds):

@@ -6,9 +6,9 @@ import pytest
 
 from rangekv.raft import (
     Compacted,
-    Config,
     ConfChange,
     ConfChangeType,
+    Config,
     ConfState,
     Entry,
     InvariantViolation,

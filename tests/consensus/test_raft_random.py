@@ -68,6 +68,7 @@ def run(seed: int, rounds: int = 300) -> Cluster:
             for m in batch:
                 r = rng.random()
                 if r < 0.1:
+                    c.report_lost(m)
                     continue  # lost
                 if r < 0.25:
                     c.queue.append(m)  # delayed to a later delivery
@@ -101,7 +102,7 @@ def check(c: Cluster, now: int, leaders: dict[int, int], committed: dict[int, in
             )
 
 
-@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("seed", range(40))
 def test_random_cluster_stays_safe(seed: int) -> None:
     c = run(seed)
     c.heal()

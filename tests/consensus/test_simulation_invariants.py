@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from rangekv.raft import Entry
+from rangekv.raft import Entry, HardState
 from rangekv.raft.simulation import (
     Cluster,
     Faults,
@@ -38,6 +38,16 @@ def test_two_leaders_in_one_term() -> None:
     assert chk.observe_leader(4, 2)
     with pytest.raises(InvariantViolation, match="election safety"):
         chk.observe_leader(3, 2)
+
+
+def test_vote_changed_within_a_term() -> None:
+    chk = InvariantChecker()
+    chk.observe_hard_state(1, HardState(2, 0, 0), HardState(2, 3, 0))  # first vote in term 2
+    chk.observe_hard_state(1, HardState(2, 3, 0), HardState(3, 0, 0))  # new term, no vote
+    with pytest.raises(InvariantViolation, match="single vote per term"):
+        chk.observe_hard_state(1, HardState(3, 2, 0), HardState(3, 1, 0))
+    with pytest.raises(InvariantViolation, match="regressed"):
+        chk.observe_hard_state(1, HardState(3, 2, 5), HardState(3, 2, 4))
 
 
 # -- log matching / committed entries ----------------------------------------------

@@ -50,6 +50,7 @@ from rangekv.raft.simulation.events import (
     SHUTDOWN,
     SNAP_STATUS,
     TICK,
+    UNREACHABLE,
 )
 from rangekv.raft.simulation.invariants import InvariantChecker, InvariantViolation
 from rangekv.raft.simulation.kv import KVStateMachine
@@ -136,6 +137,9 @@ class Cluster:
             check_quorum=True,
             pre_vote=True,
             lease_duration=cfg.lease_duration,
+            max_inflight_msgs=cfg.max_inflight_msgs,
+            max_size_per_msg=cfg.max_size_per_msg,
+            max_uncommitted_entries_size=cfg.max_uncommitted_entries_size,
             rng_seed=self.rng.randrange(1 << 32),
         )
 
@@ -235,6 +239,8 @@ class Cluster:
             self._on_client_timeout(payload)
         elif kind == SNAP_STATUS:
             self._on_snap_status(*payload)
+        elif kind == UNREACHABLE:
+            self._on_unreachable(*payload)
         else:
             handle_fault_event(self, kind, payload)
 
@@ -277,13 +283,27 @@ class Cluster:
             self.log(f"n{leader_id} report_snapshot to={to} failed={failed}")
             self.mark_dirty(node)
 
+    def _on_unreachable(self, sender: int, to: int) -> None:
+        node = self.nodes[sender]
+        if node.alive:
+            node.node().report_unreachable(to)
+            self.mark_dirty(node)
+
     def send(self, msg: Message) -> None:
         times = self.network.send(msg.sender, msg.to, self.now)
         for at in times:
             self.schedule(at, DELIVER, msg)
-        if not times and msg.type is MessageType.SNAP:
-            at = self.now + self.rng.uniform(0.0, self.cfg.max_delay)
-            self.schedule(at, SNAP_STATUS, (msg.sender, msg.to, True))
+        if times:
+            return
+        later = self.now + self.rng.uniform(0.0, self.cfg.max_delay)
+        if msg.type is MessageType.SNAP:
+            self.schedule(later, SNAP_STATUS, (msg.sender, msg.to, True))
+        elif (
+            not self.network.link_up(msg.sender, msg.to)
+            and self.rng.random() < self.cfg.unreachable_report_rate
+        ):
+            # A real transport notices a broken connection (not a single lost packet).
+            self.schedule(later, UNREACHABLE, (msg.sender, msg.to))
 
     # -- Ready handling and what the checker learns from it ---------------------------
 
@@ -340,6 +360,7 @@ class Cluster:
             chk.observe_entry(nid, e, prev, self.commit_seen[nid])
         hs = rd.hard_state
         if hs is not None:
+            chk.observe_hard_state(nid, out.prev_hard_state, hs)
             last = storage.last_index()
             if hs.commit > last:
                 raise InvariantViolation(
@@ -360,6 +381,7 @@ class Cluster:
                     chk.check_leader_log(nid, term, first, storage.last_index(), storage.term)
                 finally:
                     chk.committed = saved
+                self.counters["leader_logs_checked"] += 1
 
     def _observe_applied(self, node: SimNode, out: ReadyOutcome) -> None:
         chk, nid = self.checker, node.id

@@ -97,7 +97,13 @@ class SimConfig:
     duplicate_rate: float = 0.03
     long_delay_rate: float = 0.005
     long_delay_max: float = 25.0
-    # Nodes.
+    # Nodes.  Tight flow-control limits so probing, pagination and back-pressure
+    # paths of the core run too, not just the happy path.
+    max_inflight_msgs: int = 4
+    max_size_per_msg: int = 300
+    max_uncommitted_entries_size: int = 2000
+    unreachable_report_rate: float = 0.5
+    """Chance that a message lost to a partition is reported via report_unreachable."""
     max_persist_latency: float = 0.15
     crash_after_persist_rate: float = 0.002
     compact_every: int = 12

@@ -24,3 +24,5 @@ SNAP_STATUS: Final = 8
 """The transport reports a snapshot send: ``(leader_id, to, failed)``."""
 SHUTDOWN: Final = 9
 """A node removed from the cluster is stopped for good: ``node_id``."""
+UNREACHABLE: Final = 10
+"""The transport tells a sender a peer is unreachable: ``(sender_id, to)``."""

@@ -8,7 +8,9 @@ decides where the observations come from (persisted storage, Ready contents,
 
 Checked properties (Raft paper, Fig. 3, plus two of our own):
 
-* **Election safety** -- at most one leader per term, over the whole run.
+* **Election safety** -- at most one leader per term, over the whole run;
+  and, underneath it, one durable vote per term per node (terms and commit
+  indices on disk never go back either).
 * **Log matching** -- incrementally: an entry ``(index, term)`` persisted
   anywhere always has the same payload and the same predecessor term, which
   by induction gives identical prefixes; plus a full pairwise scan of the
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
 
-from rangekv.raft import Entry
+from rangekv.raft import Entry, HardState
 
 
 class InvariantViolation(AssertionError):
@@ -103,6 +105,20 @@ class InvariantChecker:
                     f"n{node_id} leader of term {term} has term {have} at committed "
                     f"index {index} (committed term {cterm})",
                 )
+
+    def observe_hard_state(self, node_id: int, before: HardState, after: HardState) -> None:
+        """``node_id`` replaced ``before`` by ``after`` on disk: terms and commit
+        indices never go back, and a vote once cast in a term is never changed."""
+        if after.term < before.term or after.commit < before.commit:
+            raise InvariantViolation(
+                "durable state regressed", f"n{node_id} persisted {after} over {before}"
+            )
+        if after.term == before.term and before.vote != 0 and after.vote != before.vote:
+            raise InvariantViolation(
+                "single vote per term",
+                f"n{node_id} changed its vote in term {after.term} from n{before.vote} "
+                f"to n{after.vote}",
+            )
 
     # -- logs -------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from rangekv.raft import (
     ConfState,
     Entry,
     EntryType,
+    HardState,
     LeaseState,
     MemoryStorage,
     Message,
@@ -100,6 +101,8 @@ class ReadyOutcome:
     """What handling one Ready did, for the cluster's invariant checks and clients."""
 
     ready: Ready
+    prev_hard_state: HardState = field(default_factory=HardState)
+    """What was on disk before this Ready was persisted."""
     applied: list[AppliedEntry] = field(default_factory=list)
     crashed: bool = False
     """The node crashed right after persisting (nothing sent, nothing applied)."""
@@ -186,7 +189,7 @@ class SimNode:
         if not raft.has_ready():
             return None
         rd = raft.ready()
-        out = ReadyOutcome(rd)
+        out = ReadyOutcome(rd, prev_hard_state=self.storage.hard_state)
         # 1. Persist.  Order within the write: snapshot, entries, hard state.
         if rd.snapshot is not None and not rd.snapshot.is_empty():
             self.storage.apply_snapshot(rd.snapshot)

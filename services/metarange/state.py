@@ -1,0 +1,228 @@
+"""The meta state machine: applying meta commands to the state engine.
+
+Pure apart from storage: no raft, no asyncio, no clock. The raft group
+(`rangekv.replication.group.RaftGroup` subclass in the service) calls
+`apply(command_bytes, batch)` for each committed entry with the scheduler's
+shared `StateBatch`; every read inside apply goes through `batch.reader()`, so
+a command sees the effects of earlier commands of the same batch.
+
+Refusals are values, not exceptions, at the `apply` boundary: a refused
+command is still a committed log entry that every replica applies identically
+(to no effect), and the scheduler must keep applying the entries after it.
+`apply` returns the `RangeKVError` and the proposer raises it. A refusal
+checks everything before writing anything, so a refused command leaves the
+batch untouched.
+
+Replay: re-applying an entry after a crash must give the same state. Intent
+writes by the same transaction, resolves, and bootstrap are idempotent by
+definition; heartbeats keep the newest wall time; an AllocateIds replay can
+only happen for entries whose effects (the counter) were NOT persisted,
+because the applied index is written in the same batch, so ids are never
+handed out twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from rangekv.common.descriptors import RangeDescriptor
+from rangekv.common.errors import ConditionFailed, IntentExists, InvalidArgument, RangeKVError
+from rangekv.metarange import reads
+from rangekv.metarange.commands import (
+    AllocateIds,
+    AllocateIdsResult,
+    Bootstrap,
+    BootstrapResult,
+    Command,
+    CommandResult,
+    Heartbeat,
+    HeartbeatResult,
+    ResolveIntent,
+    ResolveIntentResult,
+    WriteIntent,
+    WriteIntentResult,
+    decode_command,
+)
+from rangekv.metarange.keys import (
+    BOOTSTRAP_KEY,
+    RecordKind,
+    counter_key,
+    meta_key,
+    node_key,
+    record_key,
+)
+from rangekv.metarange.reads import LookupMode, LookupResult
+from rangekv.metarange.records import (
+    IdKind,
+    Intent,
+    NodeRecord,
+    NodeStatus,
+    TxnStatus,
+    descriptor_to_json,
+    encode_value,
+    intent_to_json,
+    node_to_json,
+)
+from rangekv.replication.state_engine import Reader, StateBatch
+
+__all__ = ["REFUSALS", "MetaStateMachine"]
+
+#: The errors a command may be refused with (deterministically, on every replica).
+REFUSALS = (ConditionFailed, IntentExists, InvalidArgument)
+
+
+def _u64(value: int) -> bytes:
+    return value.to_bytes(8, "big")
+
+
+class MetaStateMachine:
+    """Applies meta commands into state-engine batches; serves reads from readers.
+
+    Holds no state of its own except counters for telemetry; any number of
+    instances over one engine behave identically.
+    """
+
+    def __init__(self) -> None:
+        self.intents_written = 0
+        self.intents_resolved = 0
+
+    # --- the raft-facing entry point --------------------------------------------------
+
+    def apply(self, command: bytes, batch: StateBatch) -> CommandResult | RangeKVError:
+        """Apply one committed command; a refusal is returned, not raised (module doc)."""
+        try:
+            return self.execute(decode_command(command), batch)
+        except REFUSALS as exc:
+            return exc
+
+    def execute(self, cmd: Command, batch: StateBatch) -> CommandResult:
+        """Apply a decoded command; raises the refusal (for in-process callers)."""
+        if isinstance(cmd, WriteIntent):
+            return self.write_intent(cmd, batch)
+        if isinstance(cmd, ResolveIntent):
+            return self.resolve_intent(cmd, batch)
+        if isinstance(cmd, Heartbeat):
+            return self.heartbeat(cmd, batch)
+        if isinstance(cmd, AllocateIds):
+            return self.allocate_ids(cmd, batch)
+        return self.bootstrap(cmd, batch)
+
+    # --- commands ---------------------------------------------------------------------
+
+    def write_intent(self, cmd: WriteIntent, batch: StateBatch) -> WriteIntentResult:
+        """Write a descriptor intent, refusing rather than clobbering.
+
+        Order of checks: another transaction's intent first (IntentExists: the
+        caller must push and resolve it; the committed value is meaningless
+        while someone else holds the key), then the lock (ConditionFailed at
+        the lock key: our transaction lost its lock, so it was aborted), then
+        the committed value (ConditionFailed with the actual value, so the
+        caller can re-plan without another read).
+        """
+        reader = batch.reader()
+        mk = cmd.meta_key
+        existing = reads.get_intent(reader, mk)
+        if existing is not None and existing.txn.id != cmd.txn.id:
+            raise IntentExists(mk, existing.txn.to_proto())
+        if cmd.lock_key is not None and cmd.lock_key != mk:
+            lock = reads.get_intent(reader, cmd.lock_key)
+            if lock is None or lock.txn.id != cmd.txn.id:
+                raise ConditionFailed(cmd.lock_key, reads.get_committed(reader, cmd.lock_key))
+        committed = reads.get_committed(reader, mk)
+        if cmd.expect_absent:
+            if committed is not None:
+                raise ConditionFailed(mk, committed)
+        elif committed != cmd.expected:
+            raise ConditionFailed(mk, committed)
+        intent = Intent(mk, cmd.descriptor, cmd.txn)
+        if existing != intent:
+            batch.put(
+                record_key(mk, RecordKind.INTENT),
+                encode_value(intent_to_json(cmd.descriptor, cmd.txn)),
+            )
+            self.intents_written += 1
+        return WriteIntentResult(mk)
+
+    def resolve_intent(self, cmd: ResolveIntent, batch: StateBatch) -> ResolveIntentResult:
+        """Commit (intent becomes the committed value) or abort (intent removed).
+
+        Only the named transaction's intent is touched: a resolver holding a
+        stale view must not remove an intent a newer transaction wrote since.
+        """
+        reader = batch.reader()
+        intent = reads.get_intent(reader, cmd.meta_key)
+        if intent is None or intent.txn.id != cmd.txn_id:
+            return ResolveIntentResult(False)
+        if cmd.status is TxnStatus.COMMITTED:
+            batch.put(
+                record_key(cmd.meta_key, RecordKind.COMMITTED),
+                encode_value(descriptor_to_json(intent.descriptor)),
+            )
+        batch.delete(record_key(cmd.meta_key, RecordKind.INTENT))
+        self.intents_resolved += 1
+        return ResolveIntentResult(True)
+
+    def heartbeat(self, cmd: Heartbeat, batch: StateBatch) -> HeartbeatResult:
+        """Upsert the node; a heartbeat older than the stored one is ignored, so a
+        delayed heartbeat from before a restart cannot restore an old address."""
+        reader = batch.reader()
+        current = reads.get_node(reader, cmd.node.node_id)
+        if current is not None and cmd.wall_time_ns < current.last_heartbeat:
+            return HeartbeatResult(current.node, current.last_heartbeat)
+        record = NodeRecord(cmd.node, cmd.wall_time_ns)
+        batch.put(node_key(cmd.node.node_id), encode_value(node_to_json(record)))
+        return HeartbeatResult(cmd.node, cmd.wall_time_ns)
+
+    def allocate_ids(self, cmd: AllocateIds, batch: StateBatch) -> AllocateIdsResult:
+        first = reads.next_id(batch.reader(), cmd.kind)
+        batch.put(counter_key(cmd.kind), _u64(first + cmd.count))
+        return AllocateIdsResult(first, cmd.count)
+
+    def bootstrap(self, cmd: Bootstrap, batch: StateBatch) -> BootstrapResult:
+        """Create the first range iff meta holds no record at all.
+
+        Several replicas may propose Bootstrap at once; the log orders them and
+        only the first applied creates anything. The id counters are moved past
+        the bootstrap range's id and its nodes' ids so allocation never reuses them.
+        """
+        reader = batch.reader()
+        if reads.is_bootstrapped(reader) or next(reads.iter_groups(reader), None) is not None:
+            return BootstrapResult(False, reads.first_range(reader))
+        first = cmd.first
+        value = encode_value(descriptor_to_json(first))
+        batch.put(record_key(meta_key(b""), RecordKind.COMMITTED), value)
+        batch.put(BOOTSTRAP_KEY, value)
+        self._advance_counter(batch, IdKind.RANGE, first.range_id + 1)
+        top_node = max((r.node_id for r in first.replicas), default=0)
+        self._advance_counter(batch, IdKind.NODE, top_node + 1)
+        return BootstrapResult(True, first)
+
+    @staticmethod
+    def _advance_counter(batch: StateBatch, kind: IdKind, at_least: int) -> None:
+        if reads.next_id(batch.reader(), kind) < at_least:
+            batch.put(counter_key(kind), _u64(at_least))
+
+    # --- reads (any Reader: engine, snapshot, batch view) -------------------------------
+
+    @staticmethod
+    def lookup(reader: Reader, key: bytes, prefetch: int, mode: LookupMode) -> LookupResult:
+        return reads.lookup(reader, key, prefetch, mode)
+
+    @staticmethod
+    def list_ranges(
+        reader: Reader, start_key: bytes, limit: int, include_intents: bool
+    ) -> LookupResult:
+        return reads.list_ranges(reader, start_key, limit, include_intents)
+
+    @staticmethod
+    def list_nodes(reader: Reader, now: int, ttl: int) -> list[NodeStatus]:
+        return reads.list_nodes(reader, now, ttl)
+
+    @staticmethod
+    def first_range(reader: Reader) -> RangeDescriptor | None:
+        return reads.first_range(reader)
+
+    @staticmethod
+    def intents_in(reader: Reader, start_mk: bytes, end_mk: bytes | None) -> Iterable[Intent]:
+        """Intents at meta keys in [start_mk, end_mk) (a coordinator's lock-first sweep)."""
+        return [g.intent for g in reads.iter_groups(reader, start_mk, end_mk) if g.intent]
