@@ -76,23 +76,22 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from rangekv.check.history import Operation, OpKind, Outcome
+from rangekv.check.history import Operation, Outcome
+from rangekv.check.model import (
+    ABSENT,
+    T_CAS_NO,
+    T_CAS_NO_SAW,
+    T_CAS_YES,
+    T_DEL_NO,
+    T_DEL_YES,
+    T_GET,
+    T_SET,
+    KeyModel,
+    step,
+)
 
 __all__ = ["CheckResult", "check_history"]
 
-# Model transition codes.  Each operation compiles to (code, a, b) over
-# interned states: 0 is "absent", 1 is "some value nobody observes".
-_GET = 0  # OK GET: state must be a
-_SET = 1  # PUT / unknown DELETE: state := a
-_DEL_YES = 2  # OK DELETE that deleted: state must be present; := absent
-_DEL_NO = 3  # OK DELETE that found nothing: state must be absent
-_CAS_YES = 4  # OK CAS that swapped: state must be a; := b
-_CAS_NO = 5  # OK CAS that did not swap, nothing reported: state != a
-_CAS_NO_SAW = 6  # OK CAS that did not swap and saw b: state == b != a
-_CAS_MAYBE = 7  # unknown CAS: if state == a then := b
-
-_ABSENT = 0
-_UNOBSERVED = 1
 _CHECK_CLOCK_EVERY = 1024
 
 # Search modes and the ways an operation can have been placed.
@@ -130,107 +129,13 @@ class _Failure:
     total: int
 
 
-class _KeySearch:
-    """The search for one key.  Built once, run once."""
+class _KeySearch(KeyModel):
+    """The search for one key, over its compiled model.  Built once, run once."""
 
     def __init__(self, ops: Sequence[Operation]) -> None:
-        ok_ops = [o for o in ops if o.outcome is Outcome.OK]
-        unk_ops = [o for o in ops if o.outcome is Outcome.UNKNOWN and o.kind is not OpKind.GET]
-        self.ok_ops = sorted(ok_ops, key=lambda o: o.invoke)
-        self.unk_ops = sorted(unk_ops, key=lambda o: o.invoke)
-        self._intern()
+        super().__init__(ops)
         self._build_lists()
         self.deepest: tuple[list[tuple[int, int, int, int, int, int]], int, int] | None = None
-
-    # -- compilation ----------------------------------------------------
-
-    def _intern(self) -> None:
-        observed: set[bytes] = set()
-        for o in self.ok_ops:
-            if o.kind is OpKind.GET and o.read is not None:
-                observed.add(o.read)
-            if o.kind is OpKind.CAS:
-                if o.expected is not None:
-                    observed.add(o.expected)
-                if not o.succeeded and o.read is not None:
-                    observed.add(o.read)
-        for o in self.unk_ops:
-            if o.kind is OpKind.CAS and o.expected is not None:
-                observed.add(o.expected)
-        ids: dict[bytes, int] = {v: i + 2 for i, v in enumerate(sorted(observed))}
-        self.names: list[str] = ["<absent>", "<a value no operation observed>"]
-        self.names += [repr(v) for v in sorted(observed)]
-
-        def sid(v: bytes | None, *, write: bool) -> int:
-            if v is None:
-                return _ABSENT
-            got = ids.get(v)
-            if got is None:
-                assert write, "observed values are all interned"
-                return _UNOBSERVED
-            return got
-
-        def compile_op(o: Operation) -> tuple[int, int, int]:
-            if o.kind is OpKind.PUT:
-                if o.value is None:
-                    raise ValueError(f"PUT without a value: {o.describe()}")
-                return (_SET, sid(o.value, write=True), 0)
-            if o.outcome is Outcome.UNKNOWN:
-                if o.kind is OpKind.DELETE:
-                    return (_SET, _ABSENT, 0)
-                return (_CAS_MAYBE, sid(o.expected, write=False), sid(o.value, write=True))
-            if o.kind is OpKind.GET:
-                return (_GET, sid(o.read, write=False), 0)
-            if o.kind is OpKind.DELETE:
-                return (_DEL_YES, 0, 0) if o.succeeded else (_DEL_NO, 0, 0)
-            exp = sid(o.expected, write=False)
-            if o.succeeded:
-                return (_CAS_YES, exp, sid(o.value, write=True))
-            if o.read is None:
-                return (_CAS_NO, exp, 0)
-            return (_CAS_NO_SAW, exp, sid(o.read, write=False))
-
-        ok_code = [compile_op(o) for o in self.ok_ops]
-        self.ok_code = [c[0] for c in ok_code]
-        self.ok_a = [c[1] for c in ok_code]
-        self.ok_b = [c[2] for c in ok_code]
-        unk_code = [compile_op(o) for o in self.unk_ops]
-        self.unk_code = [c[0] for c in unk_code]
-        self.unk_a = [c[1] for c in unk_code]
-        self.unk_b = [c[2] for c in unk_code]
-        # Rule 2: unknown ops with equal effect form a class, placed in order.
-        classes: dict[tuple[int, int, int], int] = {}
-        self.unk_class: list[int] = []
-        self.unk_class_rank: list[int] = []
-        counts: list[int] = []
-        for sig in unk_code:
-            cls = classes.setdefault(sig, len(classes))
-            if cls == len(counts):
-                counts.append(0)
-            self.unk_class.append(cls)
-            self.unk_class_rank.append(counts[cls])
-            counts[cls] += 1
-        self.n_classes = len(counts)
-        # Which state each op needs (consumes) and which it can create
-        # (produces), for the dead-value test in `run`.  Index `dummy`
-        # stands for "none".
-        dummy = len(self.names)
-        self.ok_cons = [dummy] * len(ok_code)
-        self.ok_prod = [dummy] * len(ok_code)
-        for i, (code, a, b) in enumerate(ok_code):
-            if code in (_GET, _CAS_YES):
-                self.ok_cons[i] = a
-            elif code == _CAS_NO_SAW:
-                self.ok_cons[i] = b
-            elif code == _DEL_NO:
-                self.ok_cons[i] = _ABSENT
-            if code == _SET:
-                self.ok_prod[i] = a
-            elif code == _CAS_YES:
-                self.ok_prod[i] = b
-            elif code == _DEL_YES:
-                self.ok_prod[i] = _ABSENT
-        self.unk_prod = [a if code == _SET else b for code, a, b in unk_code]
 
     def _build_lists(self) -> None:
         m, k = len(self.ok_ops), len(self.unk_ops)
@@ -316,7 +221,7 @@ class _KeySearch:
         utail = len(self.unk_ops) + 1
         head = self.head
 
-        state = _ABSENT
+        state = ABSENT
         ok_bits = 0
         unk_bits = 0
         low = 0  # every OK op with index < low is linearized
@@ -348,16 +253,16 @@ class _KeySearch:
                 while node_call[node]:
                     i = node_op[node]
                     code = ok_code[i]
-                    if code == _GET:
+                    if code == T_GET:
                         if state == ok_a[i]:
                             break
-                    elif code == _DEL_NO:
-                        if state == _ABSENT:
+                    elif code == T_DEL_NO:
+                        if state == ABSENT:
                             break
-                    elif code == _CAS_NO:
+                    elif code == T_CAS_NO:
                         if state != ok_a[i]:
                             break
-                    elif code == _CAS_NO_SAW and state == ok_b[i] and state != ok_a[i]:
+                    elif code == T_CAS_NO_SAW and state == ok_b[i] and state != ok_a[i]:
                         break
                     left += 1
                     node = nxt[node]
@@ -383,12 +288,12 @@ class _KeySearch:
                 left -= 1
                 i = node_op[node]
                 code = ok_code[i]
-                if code == _SET:
+                if code == T_SET:
                     ns = ok_a[i]
-                elif code == _CAS_YES and state == ok_a[i]:
+                elif code == T_CAS_YES and state == ok_a[i]:
                     ns = ok_b[i]
-                elif code == _DEL_YES and state != _ABSENT:
-                    ns = _ABSENT
+                elif code == T_DEL_YES and state != ABSENT:
+                    ns = ABSENT
                 else:  # illegal, or a state-preserving op already ruled out
                     node = nxt[node]
                     continue
@@ -399,9 +304,9 @@ class _KeySearch:
                     # effect unobserved; that branch is dominated.
                     before = stack[-1][2]
                     if (
-                        code == _SET
-                        or (code == _DEL_YES and before != _ABSENT)
-                        or (code == _CAS_YES and before == ok_a[i])
+                        code == T_SET
+                        or (code == T_DEL_YES and before != ABSENT)
+                        or (code == T_CAS_YES and before == ok_a[i])
                     ):
                         node = nxt[node]
                         continue
@@ -418,16 +323,16 @@ class _KeySearch:
                     continue
                 u = node - 1
                 code = unk_code[u]
-                if code == _SET:
+                if code == T_SET:
                     ns = unk_a[u]
-                elif state == unk_a[u]:  # _CAS_MAYBE that swaps
+                elif state == unk_a[u]:  # T_CAS_MAYBE that swaps
                     ns = unk_b[u]
                 else:
                     ns = state
                 if (
                     ns == state  # rule 1
                     or unk_class_rank[u] != class_placed[unk_class[u]]  # rule 2
-                    or (code == _SET and stack and stack[-1][1] == _UNKNOWN)  # rule 3
+                    or (code == T_SET and stack and stack[-1][1] == _UNKNOWN)  # rule 3
                 ):
                     node = unxt[node]
                     continue
@@ -527,7 +432,7 @@ class _KeySearch:
         )
 
         def why(code: int, a: int, b: int, op: Operation) -> str:
-            legal, ns = _step(code, a, b, state)
+            legal, ns = step(code, a, b, state)
             if not legal:
                 return "illegal in that state"
             if ns == state:
@@ -559,25 +464,6 @@ class _KeySearch:
             candidates=candidates,
             total=len(self.ok_ops),
         )
-
-
-def _step(code: int, a: int, b: int, state: int) -> tuple[bool, int]:
-    """The model, one transition at a time (the search inlines this)."""
-    if code == _GET:
-        return state == a, state
-    if code == _SET:
-        return True, a
-    if code == _DEL_YES:
-        return state != _ABSENT, _ABSENT
-    if code == _DEL_NO:
-        return state == _ABSENT, state
-    if code == _CAS_YES:
-        return state == a, b
-    if code == _CAS_NO:
-        return state != a, state
-    if code == _CAS_NO_SAW:
-        return state == b and state != a, state
-    return True, (b if state == a else state)  # _CAS_MAYBE
 
 
 def _explain(key: bytes, f: _Failure, show: int = 12) -> str:

@@ -14,6 +14,7 @@ import asyncio
 import functools
 import itertools
 import math
+import pathlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -512,7 +513,7 @@ def test_recorder_from_asyncio() -> None:
     assert check_history(rec.operations()).ok is True
 
 
-def test_json_round_trip(tmp_path: object) -> None:
+def test_json_round_trip(tmp_path: pathlib.Path) -> None:
     ops = [
         Operation(1, CAS, b"\x00\xffkey", 0.5, INF, UNKNOWN, value=b"\x01", expected=None),
         Operation(2, GET, b"k", 1.0, 2.0, OK, read=None),
@@ -520,9 +521,6 @@ def test_json_round_trip(tmp_path: object) -> None:
         *generate_register_history(seed=3, n_ops=50, unknown_rate=0.1),
     ]
     assert from_json(to_json(ops)) == ops
-    import pathlib
-
-    assert isinstance(tmp_path, pathlib.Path)
     save_history(tmp_path / "h.json", ops)
     assert load_history(tmp_path / "h.json") == ops
     with pytest.raises(ValueError):
