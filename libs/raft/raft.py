@@ -347,7 +347,7 @@ class Raft:
             self._bcast_heartbeat()
             return
         if t is MT.CHECK_QUORUM:
-            if False:
+            if not self.tracker.quorum_active(self.id):
                 self.become_follower(self.term, NONE)
             else:
                 self.tracker.reset_recent_active(self.id)

@@ -1,14 +1,19 @@
-"""Randomised runs under message loss, reordering, duplication, partitions and restarts.
+"""Randomised runs under loss, reordering, duplication, partitions, restarts, compaction.
 
 Each seed drives a 5-node cluster in lock-step ticks (time advances 1.0 per
-round) and checks after every round:
+round; random compactions make laggards catch up by snapshot) and checks
+after every delivery batch:
 
 * election safety: at most one leader per term, ever;
 * state machine safety: applied sequences agree on their common prefix, and
   an index once committed anywhere keeps its term everywhere;
-* (with compaction, so laggards catch up by snapshot)
 * lease safety: while a node's lease is VALID at time t, no node is leader
-  of a newer term at t (lease_duration = election_tick, lock-step clocks).
+  of a newer term at t. With lock-step clocks a follower that heard round r
+  during round k refuses votes until tick k + election_tick, so
+  lease_duration = election_tick is the exact bound here (real drivers,
+  whose ticks are not aligned, lose one tick: see OVERVIEW.md "Leases").
+
+Lost SNAP messages are reported to the leader as failed, as a transport would.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ import hashlib
 import heapq
 import random
 from collections import Counter, deque
+from collections.abc import Callable
 from typing import Any
 
 from rangekv.raft import (
@@ -109,7 +110,7 @@ class Cluster:
         self.next_node_id = config.nodes + 1
         voters = tuple(range(1, config.nodes + 1))
         for nid in voters:
-            self._create_node(nid, bootstrap_storage(voters))
+            self.create_node(nid, bootstrap_storage(voters))
 
     # -- plumbing ---------------------------------------------------------------
 
@@ -143,15 +144,15 @@ class Cluster:
             rng_seed=self.rng.randrange(1 << 32),
         )
 
-    def _new_rate(self) -> float:
+    def new_clock_rate(self) -> float:
         if not self.cfg.faults.clock_drift:
             return 1.0
         d = self.cfg.drift
         return self.rng.uniform(1.0 - d, 1.0 + d)
 
-    def _create_node(self, nid: int, storage: MemoryStorage) -> SimNode:
+    def create_node(self, nid: int, storage: MemoryStorage) -> SimNode:
         offset = self.rng.uniform(0, 1000.0) if self.cfg.faults.clock_drift else 0.0
-        node = SimNode(nid, storage, SimClock(offset, self._new_rate()))
+        node = SimNode(nid, storage, SimClock(offset, self.new_clock_rate()))
         self.nodes[nid] = node
         self.commit_seen[nid] = 0
         self.start_node(node)
@@ -203,7 +204,7 @@ class Cluster:
         return best
 
     def membership(self) -> ConfState:
-        """The configuration as the current leader applied it (else node 1's view)."""
+        """The configuration as the current leader applied it (else any live node's view)."""
         lead = self.leader()
         if lead is not None:
             return lead.conf_state
@@ -212,7 +213,7 @@ class Cluster:
 
     # -- the event loop ---------------------------------------------------------
 
-    def run_until(self, end: float, stop: Any = None) -> bool:
+    def run_until(self, end: float, stop: Callable[[], bool] | None = None) -> bool:
         """Process events up to virtual time ``end``; True if ``stop()`` became true."""
         queue = self.queue
         while queue and queue[0][0] <= end:
@@ -224,7 +225,7 @@ class Cluster:
             if stop is not None and self.events % 16 == 0 and stop():
                 return True
         self.now = max(self.now, end)
-        return stop is not None and bool(stop())
+        return stop is not None and stop()
 
     def _dispatch(self, kind: int, payload: Any) -> None:
         if kind == TICK:

@@ -9,7 +9,7 @@ meaningful for bisection (though the exact schedule then differs).
 
 The nemesis keeps the cluster *able* to make progress most of the time
 (crashes are usually limited to a minority, voters stay between
-``min_voters`` and ``max_voters``, a leader is never asked to remove itself),
+``min_voters`` and ``max_voters``),
 because a cluster that is always down tests nothing.  Safety must of course
 hold regardless.
 """
@@ -86,7 +86,7 @@ def _act(c: Cluster) -> None:
         _campaign(c)
     else:
         node = c.rng.choice(c.live() or list(c.nodes.values()))
-        c.set_clock_rate(node, c._new_rate())
+        c.set_clock_rate(node, c.new_clock_rate())
 
 
 def _partition(c: Cluster) -> None:
@@ -128,7 +128,7 @@ def _conf_change(c: Cluster) -> None:
     if len(voters) + len(learners) < c.cfg.max_voters + 1:
         options.append("add")
     if len(voters) > c.cfg.min_voters:
-        options.append("remove_voter")
+        options += ["remove_voter", "demote"]
     if not options:
         return
     what = c.rng.choice(options)
@@ -136,11 +136,13 @@ def _conf_change(c: Cluster) -> None:
         cc = ConfChange(ConfChangeType.ADD_NODE, c.rng.choice(learners))
     elif what == "remove_learner":
         cc = ConfChange(ConfChangeType.REMOVE_NODE, c.rng.choice(learners))
-    elif what == "remove_voter":
+    elif what in ("remove_voter", "demote"):
+        # Mostly a follower; sometimes the leader itself, which must step down
+        # once it applies the change.
         others = [v for v in voters if v != lead.id]
-        if not others:
-            return
-        cc = ConfChange(ConfChangeType.REMOVE_NODE, c.rng.choice(others))
+        target = lead.id if not others or c.rng.random() < 0.2 else c.rng.choice(others)
+        kind = ConfChangeType.REMOVE_NODE if what == "remove_voter" else ConfChangeType.ADD_LEARNER
+        cc = ConfChange(kind, target)
     else:
         nid = _joiner(c, set(voters) | set(learners))
         if nid is None:
@@ -166,7 +168,7 @@ def _joiner(c: Cluster, members: set[int]) -> int | None:
         return None
     nid = c.next_node_id
     c.next_node_id += 1
-    c._create_node(nid, MemoryStorage())
+    c.create_node(nid, MemoryStorage())
     return nid
 
 
