@@ -65,10 +65,11 @@ class RaftTiming:
     on the leader's clock, i.e. at most `lease_duration * (1 + drift)` of real
     time. Every voter that acknowledged that round heard from the leader after
     `s` and (CheckQuorum + leader stickiness; a restarted node waits one election
-    timeout) grants no vote for `election_ticks` of its own ticks, i.e. at least
-    `election_ticks * tick_interval * (1 - drift)` of real time. A late tick only
-    lengthens that wait. So the lease is safe iff
-    `lease_duration * (1 + drift) < election_ticks * tick_interval * (1 - drift)`;
+    timeout) grants no vote for `election_ticks` of its own ticks. It may have heard
+    the leader just before one of its ticks, so that is at least
+    `(election_ticks - 1) * tick_interval * (1 - drift)` of real time; a late tick
+    only lengthens the wait. So the lease is safe iff
+    `lease_duration * (1 + drift) < (election_ticks - 1) * tick_interval * (1 - drift)`;
     we also subtract `lease_margin` for the time between stamping a round and the
     heartbeat leaving the process.
     """
@@ -94,7 +95,7 @@ class RaftTiming:
 
     @property
     def lease_duration(self) -> float:
-        safe_real = self.election_ticks * self.tick_interval * (1 - self.max_clock_drift)
+        safe_real = (self.election_ticks - 1) * self.tick_interval * (1 - self.max_clock_drift)
         return safe_real / (1 + self.max_clock_drift) - self.lease_margin
 
 
