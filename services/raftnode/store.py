@@ -341,19 +341,53 @@ class Store:
                 log.exception("raft log truncation failed")
 
     async def truncate_logs(self) -> int:
-        """Truncate every raft log to `applied - log_retain_entries`; returns how many."""
-        targets = []
+        """Truncate every raft log to `applied - log_retain_entries`; returns how many.
+
+        The raft-log writes run inside the scheduler's section (`after_apply`),
+        never beside it: the scheduler builds its group-commit batch against the
+        engine's view of each group and commits it from a worker thread, so a
+        truncation committed in between made that commit fail with
+        ConcurrentBatchError, which stops the scheduler for good.
+        """
+        candidates = []
         for replica in self.replicas():
-            storage = self.log_engine.storage(replica.group_id)
             target = replica.raw_node.raft.log.applied - self.config.log_retain_entries
+            if target >= self.log_engine.storage(replica.group_id).first_index():
+                candidates.append((replica, target))
+        if not candidates:
+            return 0
+        if self.state_engine.sync_mode == FsmSyncMode.NOSYNC:
+            # Durable through every target: they were applied before this sync.
+            await asyncio.to_thread(self.state_engine.sync)
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def truncate_now() -> None:
+            try:
+                count = self._truncate_now(candidates)
+            except Exception as exc:  # reported by the truncator, not by the scheduler
+                if not done.done():
+                    done.set_exception(exc)
+            else:
+                if not done.done():
+                    done.set_result(count)
+
+        self.scheduler.after_apply(truncate_now)
+        return await done
+
+    def _truncate_now(self, candidates: list[tuple[RangeReplica, int]]) -> int:
+        targets = []
+        for replica, target in candidates:
+            storage = self.log_engine.storage(replica.group_id)
             # The snapshot metadata records the CURRENT configuration, which is the
             # configuration at `target` only if no conf change was applied since.
-            if target >= storage.first_index() and target >= replica.last_conf_index:
+            if (
+                not replica.removed
+                and target >= storage.first_index()
+                and target >= replica.last_conf_index
+            ):
                 targets.append((replica, target))
         if not targets:
             return 0
-        if self.state_engine.sync_mode == FsmSyncMode.NOSYNC:
-            await asyncio.to_thread(self.state_engine.sync)
         batch = self.log_engine.new_batch()
         for replica, target in targets:
             batch.create_snapshot(replica.group_id, target, replica.raw_node.conf_state())
