@@ -26,6 +26,7 @@ from rangekv.raftnode.config import RaftnodeConfig, parse_node_ids, parse_peers
 from rangekv.raftnode.service import ReplicaService
 from rangekv.raftnode.store import Store, StoreConfig
 from rangekv.raftnode.telemetry import NodeMetrics
+from rangekv.replication.host import HostConfig
 from rangekv.replication.raft_codec import message_from_proto
 from rangekv.replication.sync_mode import parse_fsm_sync_mode
 from rangekv.replication.transport import RaftTransport
@@ -79,13 +80,15 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
     )
     store = Store(
         StoreConfig(
-            node_id=node_id,
-            data_dir=Path(server_config.data_dir),
-            timing=node_config.timing(),
+            host=HostConfig(
+                node_id=node_id,
+                data_dir=Path(server_config.data_dir),
+                timing=node_config.timing(),
+                fsm_sync_mode=mode,
+                log_retain_entries=node_config.log_retain_entries,
+                truncate_interval=node_config.truncate_interval,
+            ),
             limits=node_config.limits(),
-            fsm_sync_mode=mode,
-            log_retain_entries=node_config.log_retain_entries,
-            truncate_interval=node_config.truncate_interval,
         ),
         resolve_address=lambda n: peers.get(n, ""),
         send_raft=transport.send,

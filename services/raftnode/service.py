@@ -33,7 +33,7 @@ class ReplicaService(replica_pb2_grpc.ReplicaServicer):
     ) -> replica_pb2.ReplicaBatchResponse:
         replica = self._store.replica(request.range_id)
         if replica is None:
-            err = E.RangeNotFound(request.range_id, self._store.config.node_id)
+            err = E.RangeNotFound(request.range_id, self._store.node_id)
             return replica_pb2.ReplicaBatchResponse(error=E.to_replica_error(err))
         return await replica.batch(request)
 
@@ -93,14 +93,14 @@ class ReplicaService(replica_pb2_grpc.ReplicaServicer):
                     commit_index=node.raft.log.committed,
                 )
             )
-        return replica_pb2.RangeInfoResponse(node_id=self._store.config.node_id, replicas=infos)
+        return replica_pb2.RangeInfoResponse(node_id=self._store.node_id, replicas=infos)
 
     async def TransferLease(
         self, request: replica_pb2.TransferLeaseRequest, context: grpc.aio.ServicerContext
     ) -> replica_pb2.TransferLeaseResponse:
         replica = self._store.replica(request.range_id)
         if replica is None:
-            err = E.RangeNotFound(request.range_id, self._store.config.node_id)
+            err = E.RangeNotFound(request.range_id, self._store.node_id)
             return replica_pb2.TransferLeaseResponse(error=E.to_replica_error(err))
         target = replica.descriptor.replica_on(request.target_node_id)
         if target is None:
