@@ -112,3 +112,20 @@ class RangeDescriptor:
             generation=pb.generation,
             next_replica_id=pb.next_replica_id,
         )
+
+
+def first_range(node_ids: tuple[int, ...] | list[int]) -> RangeDescriptor:
+    """The descriptor a new cluster starts with: range 1, the whole keyspace,
+    one voter per initial node (replica id = node id). Metarange records it and
+    the initial storage nodes create it; both derive it from here."""
+    if not node_ids:
+        raise ValueError("the first range needs at least one node")
+    replicas = tuple(ReplicaDescriptor(n, n) for n in sorted(node_ids))
+    return RangeDescriptor(
+        range_id=1,
+        start_key=b"",
+        end_key=b"",
+        replicas=replicas,
+        generation=1,
+        next_replica_id=max(node_ids) + 1,
+    )

@@ -31,6 +31,7 @@ from rangekv.raft import (
     ConfChange,
     Entry,
     EntryType,
+    LeaseState,
     LeaseStatus,
     Message,
     ProposalDropped,
@@ -184,6 +185,29 @@ class RaftGroup:
 
     def lease_status(self, now: float) -> LeaseStatus:
         return self.raw_node.lease_status(now)
+
+    async def await_read_point(
+        self, now: float, timeout: float, count: Callable[[str], None] | None = None
+    ) -> None:
+        """Return once local applied state includes every acknowledged write.
+
+        A valid lease costs nothing; a leader without one pays ONE read-index
+        round trip (shared with concurrent callers); a non-leader raises
+        NotLeaderNow. Raises TimeoutError when the read-index cannot complete
+        in `timeout` (no quorum). `count` receives hit | readindex | not_leader.
+        """
+        lease = self.lease_status(now)
+        if lease.state == LeaseState.VALID:
+            if count is not None:
+                count("hit")
+            return
+        if lease.state == LeaseState.NOT_LEADER:
+            if count is not None:
+                count("not_leader")
+            raise NotLeaderNow("not the leader")
+        if count is not None:
+            count("readindex")
+        await asyncio.wait_for(asyncio.shield(self.read_index()), timeout)
 
     @property
     def is_leader(self) -> bool:

@@ -158,7 +158,9 @@ class _GroupState:
     truncated_term: int = 0
     last_index: int = 0
     last_term: int = 0
-    version: int = 0  # bumped on every commit touching the group
+    #: bumped by every LogBatch commit and destroy touching the group, NOT by
+    #: compaction: a batch built before a compaction can still be committed.
+    version: int = 0
 
     @property
     def first_index(self) -> int:
@@ -264,7 +266,9 @@ class RaftLogEngine:
             assert isinstance(key, bytes) and isinstance(raw, bytes)
             e = _decode_entry(key, raw)
             if e.index != expect:
-                raise LogCorruptionError(f"group {group_id}: expected entry {expect}, found {e.index}")
+                raise LogCorruptionError(
+                    f"group {group_id}: expected entry {expect}, found {e.index}"
+                )
             expect += 1
             yield e
         if expect != hi:
@@ -314,18 +318,42 @@ class RaftLogEngine:
         if batch.engine is not self:
             raise ValueError("batch belongs to a different RaftLogEngine")
         with self._lock:
-            wb, views, bases = batch._seal()
-            if not views:
+            if not batch._views:
+                batch._seal()
                 return
-            for gid, base_version in bases.items():
-                if self._state(gid).version != base_version:
+            merged: dict[int, _GroupState] = {}
+            for gid, view in batch._views.items():
+                cur = self._state(gid)
+                if cur.version != batch._bases[gid]:
                     raise ConcurrentBatchError(f"group {gid} changed since this batch began")
+                if cur.truncated_index == batch._base_truncated[gid]:
+                    pass  # no compaction since the batch began
+                elif gid in batch._snapshotted:
+                    # the snapshot replaces the whole log, including the compaction
+                    if cur.truncated_index > view.truncated_index:
+                        raise ConcurrentBatchError(
+                            f"group {gid}: compacted to {cur.truncated_index}, beyond the "
+                            f"snapshot {view.truncated_index} this batch applies"
+                        )
+                else:
+                    # compacted after the batch began: keep the compaction
+                    if cur.truncated_index > view.last_index:
+                        raise InvariantViolation(
+                            f"group {gid}: compacted to {cur.truncated_index} beyond the "
+                            f"batch's last index {view.last_index}"
+                        )
+                    view = dataclasses.replace(
+                        view,
+                        truncated_index=cur.truncated_index,
+                        truncated_term=cur.truncated_term,
+                    )
+                merged[gid] = dataclasses.replace(view, version=view.version + 1)
+            wb = batch._seal()
             self._live().write(wb, self._sync_opts)
             self.synced_writes += 1
             self.batches_committed += 1
             self.entries_written += batch.entry_count
-            for gid, view in views.items():
-                self._groups[gid] = dataclasses.replace(view, version=view.version + 1)
+            self._groups.update(merged)
 
     def compact(self, group_id: int, index: int) -> None:
         """Delete entries up to and including `index` (raft log truncation).
@@ -349,7 +377,7 @@ class RaftLogEngine:
             wb.put(_group_prefix(group_id) + _TRUNCATED, _TRUNC.pack(_FORMAT, index, term))
             self._live().write(wb, self._nosync_opts)
             self._groups[group_id] = dataclasses.replace(
-                st, truncated_index=index, truncated_term=term, version=st.version + 1
+                st, truncated_index=index, truncated_term=term
             )
 
     def destroy(self, group_id: int) -> None:
@@ -434,7 +462,9 @@ class LogBatch:
         self._wb: rocksdict.WriteBatch | None = rocksdict.WriteBatch(raw_mode=True)
         self._views: dict[int, _GroupState] = {}
         self._bases: dict[int, int] = {}
+        self._base_truncated: dict[int, int] = {}
         self._pending_terms: dict[int, dict[int, int]] = {}
+        self._snapshotted: set[int] = set()
         self.entry_count = 0
 
     def _batch(self) -> rocksdict.WriteBatch:
@@ -442,10 +472,10 @@ class LogBatch:
             raise RuntimeError("LogBatch was already committed")
         return self._wb
 
-    def _seal(self) -> tuple[rocksdict.WriteBatch, dict[int, _GroupState], dict[int, int]]:
+    def _seal(self) -> rocksdict.WriteBatch:
         wb = self._batch()
         self._wb = None
-        return wb, self._views, self._bases
+        return wb
 
     def _view(self, group_id: int) -> _GroupState:
         view = self._views.get(group_id)
@@ -453,6 +483,7 @@ class LogBatch:
             view = self.engine._state(group_id)
             self._views[group_id] = view
             self._bases[group_id] = view.version
+            self._base_truncated[group_id] = view.truncated_index
         return view
 
     @property
@@ -512,6 +543,7 @@ class LogBatch:
         wb.put(prefix + _SNAPSHOT, _encode_snapshot_meta(snap.metadata))
         wb.put(prefix + _TRUNCATED, _TRUNC.pack(_FORMAT, snap.index, snap.term))
         self._pending_terms[group_id] = {}
+        self._snapshotted.add(group_id)
         self._views[group_id] = dataclasses.replace(
             view,
             snapshot=snap.metadata,
@@ -521,9 +553,7 @@ class LogBatch:
             last_term=snap.term,
         )
 
-    def create_snapshot(
-        self, group_id: int, index: int, conf_state: ConfState
-    ) -> SnapshotMetadata:
+    def create_snapshot(self, group_id: int, index: int, conf_state: ConfState) -> SnapshotMetadata:
         """Record snapshot metadata as of `index` (MemoryStorage.create_snapshot)."""
         wb = self._batch()
         view = self._view(group_id)

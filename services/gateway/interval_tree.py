@@ -175,9 +175,7 @@ class IntervalMap(Generic[T]):
         self._overlapping(self._root, lo, end, out)
         return out
 
-    def _overlapping(
-        self, node: _Node[T] | None, lo: _EndOrder, end: bytes, out: list[T]
-    ) -> None:
+    def _overlapping(self, node: _Node[T] | None, lo: _EndOrder, end: bytes, out: list[T]) -> None:
         if node is None or node.max_end <= lo:
             return  # everything below ends at or before the query's start
         self._overlapping(node.left, lo, end, out)

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from rangekv.common.config import ConfigError, ServerConfig, add_arguments, from_args_or_exit
-from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor
+from rangekv.common.descriptors import first_range
 from rangekv.common.logs import setup_logging_from_config
 from rangekv.common.server import ServiceServer
 from rangekv.common.telemetry import Telemetry
@@ -36,19 +36,6 @@ from rangekv.v1 import raft_pb2, replica_pb2_grpc
 log = logging.getLogger("rangekv.raftnode")
 
 SERVICE_NAMES = ("rangekv.v1.Replica", "rangekv.v1.RaftTransport")
-
-
-def first_range(node_ids: Sequence[int]) -> RangeDescriptor:
-    """The descriptor every bootstrapping node creates: the whole keyspace."""
-    replicas = tuple(ReplicaDescriptor(n, n) for n in sorted(node_ids))
-    return RangeDescriptor(
-        range_id=1,
-        start_key=b"",
-        end_key=b"",
-        replicas=replicas,
-        generation=1,
-        next_replica_id=max(node_ids) + 1,
-    )
 
 
 async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> None:

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from rangekv.common import errors as E
 from rangekv.common.descriptors import RangeDescriptor
 from rangekv.common.hlc import HybridClock, Timestamp
-from rangekv.raft import Entry, LeaseState, RawNode
+from rangekv.raft import Entry, RawNode
 from rangekv.raftnode import mvcc
 from rangekv.replication.group import NotLeaderNow, ProposalAbandoned, RaftGroup
 from rangekv.replication.state_engine import DESCRIPTOR as DESCRIPTOR_KIND
@@ -236,21 +236,12 @@ class RangeReplica(RaftGroup):
 
     async def _await_read_point(self) -> None:
         """Return once the local applied state includes every acknowledged write."""
-        counter = self.ctx.reads
-        lease = self.lease_status(self.ctx.monotonic())
-        if lease.state == LeaseState.VALID:
-            if counter:
-                counter.add("hit")
-            return
-        if lease.state == LeaseState.NOT_LEADER:
-            if counter:
-                counter.add("not_leader")
-            raise self.not_lease_holder()
-        if counter:
-            counter.add("readindex")
+        reads = self.ctx.reads
         try:
-            await asyncio.wait_for(
-                asyncio.shield(self.read_index()), self.ctx.limits.read_index_timeout
+            await self.await_read_point(
+                self.ctx.monotonic(),
+                self.ctx.limits.read_index_timeout,
+                reads.add if reads is not None else None,
             )
         except TimeoutError:
             raise E.Unavailable(

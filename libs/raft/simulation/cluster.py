@@ -318,10 +318,11 @@ class Cluster:
             and self.cfg.faults.crash
             and self.rng.random() < self.cfg.crash_after_persist_rate
         )
-        out = node.handle_ready(self.send, crash)
+        out = node.handle_ready(self.send, crash, self.cfg.unsafe_send_before_persist)
         if out is None:
             return
-        self._observe_persisted(node, out)
+        if out.persisted:
+            self._observe_persisted(node, out)
         if out.crashed:
             self.log(f"n{nid} crash after persist")
             self.counters["crashes_after_persist"] += 1

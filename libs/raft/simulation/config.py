@@ -119,6 +119,8 @@ class SimConfig:
     # Deliberate bugs, so tests can prove the checks catch them.  Never set in real runs.
     unsafe_reads: bool = False
     """Serve "lease" reads from any node's applied state without checking anything."""
+    unsafe_send_before_persist: bool = False
+    """Send a Ready's messages before persisting it (a crash in between loses votes)."""
     lease_duration_override: float | None = None
     """Run the nodes with this lease instead of the derived one (e.g. an unsafe one)."""
 

@@ -106,6 +106,8 @@ class ReadyOutcome:
     applied: list[AppliedEntry] = field(default_factory=list)
     crashed: bool = False
     """The node crashed right after persisting (nothing sent, nothing applied)."""
+    persisted: bool = True
+    """False only when the (deliberately unsafe) driver crashed before persisting."""
 
 
 class SimNode:
@@ -182,14 +184,30 @@ class SimNode:
     # -- the driver loop ------------------------------------------------------
 
     def handle_ready(
-        self, send: Callable[[Message], None], crash_after_persist: bool
+        self,
+        send: Callable[[Message], None],
+        crash_after_persist: bool,
+        unsafe_send_first: bool = False,
     ) -> ReadyOutcome | None:
-        """Persist, send, apply and advance one Ready (None when there is none)."""
+        """Persist, send, apply and advance one Ready (None when there is none).
+
+        ``unsafe_send_first`` is a deliberate driver bug for the simulator's
+        self-tests: messages leave before the Ready is persisted, and the
+        crash then strikes before persisting.
+        """
         raft = self.node()
         if not raft.has_ready():
             return None
         rd = raft.ready()
         out = ReadyOutcome(rd, prev_hard_state=self.storage.hard_state)
+        if unsafe_send_first:
+            for msg in rd.messages:
+                send(msg)
+            if crash_after_persist:
+                self.crash()
+                out.crashed = True
+                out.persisted = False
+                return out
         # 1. Persist.  Order within the write: snapshot, entries, hard state.
         if rd.snapshot is not None and not rd.snapshot.is_empty():
             self.storage.apply_snapshot(rd.snapshot)
@@ -202,8 +220,9 @@ class SimNode:
             out.crashed = True
             return out
         # 2. Send.
-        for msg in rd.messages:
-            send(msg)
+        if not unsafe_send_first:
+            for msg in rd.messages:
+                send(msg)
         # 3. Apply.
         if rd.snapshot is not None and not rd.snapshot.is_empty():
             self._restore(rd.snapshot)

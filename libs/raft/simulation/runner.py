@@ -26,6 +26,7 @@ import traceback
 from dataclasses import dataclass, field
 
 from rangekv.check import CheckResult, Operation, check_history, save_history
+from rangekv.raft import InvariantViolation as CoreInvariantViolation
 from rangekv.raft.simulation.cluster import Cluster
 from rangekv.raft.simulation.config import SimConfig
 from rangekv.raft.simulation.events import CLIENT
@@ -87,7 +88,11 @@ def run_simulation(
         raise _failure(cluster, exc.invariant, exc.detail) from exc
     except Exception as exc:
         detail = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
-        raise _failure(cluster, "unexpected exception", detail) from exc
+        # The core's own consistency checks firing is a finding, not a crash of ours.
+        what = (
+            "core invariant" if isinstance(exc, CoreInvariantViolation) else "unexpected exception"
+        )
+        raise _failure(cluster, what, detail) from exc
     result = check_history(history, timeout=check_timeout)
     if result.ok is False:
         path = _save(seed, history)
