@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 #: verb -> (module, function, one-line help)
 VERBS: dict[str, tuple[str, str, str]] = {
     "raftnode": ("rangekv.raftnode.main", "main", "run a storage node"),
+    "metarange": ("rangekv.metarange.main", "main", "run a replica of the meta range"),
     "sim": ("rangekv.cli.sim", "main", "run the deterministic raft cluster simulator"),
     "dev": ("rangekv.cli.dev", "main", "run rangekv locally"),
 }

@@ -1,0 +1,177 @@
+"""A client of the meta range for gateways, storage nodes and the CLI.
+
+It knows the addresses of every metarange replica, remembers which one led
+last, follows NotLeader hints at once, moves to the next replica when one is
+unreachable, and gives up at the call's deadline. Inconsistent lookups go to
+any replica (a follower answers them while the group elects).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+import grpc
+
+from rangekv.common import errors as E
+from rangekv.v1 import meta_pb2, meta_pb2_grpc
+
+T = TypeVar("T")
+
+CHANNEL_OPTIONS = (("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000))
+
+
+class MetaClient:
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        *,
+        timeout: float = 5.0,
+        rng: random.Random | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not addresses:
+            raise ValueError("MetaClient needs at least one metarange address")
+        self.addresses = list(addresses)
+        self.timeout = timeout
+        self._rng = rng or random.Random()
+        self._monotonic = monotonic
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._leader: str | None = None
+
+    def _stub(self, address: str) -> meta_pb2_grpc.MetaStub:
+        ch = self._channels.get(address)
+        if ch is None:
+            ch = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            self._channels[address] = ch
+        return meta_pb2_grpc.MetaStub(ch)
+
+    async def close(self) -> None:
+        for ch in self._channels.values():
+            await ch.close()
+        self._channels.clear()
+
+    async def _call(
+        self,
+        fn: Callable[[meta_pb2_grpc.MetaStub, float], Awaitable[T]],
+        *,
+        any_replica: bool = False,
+        is_write: bool = False,
+        timeout: float | None = None,
+    ) -> T:
+        deadline = self._monotonic() + (timeout or self.timeout)
+        order = self.addresses[:]
+        self._rng.shuffle(order)
+        if self._leader in order and not any_replica:
+            order.remove(self._leader)
+            order.insert(0, self._leader)
+        attempt = 0
+        backoff = 0.02
+        last: E.RangeKVError | None = None
+        while True:
+            remaining = deadline - self._monotonic()
+            if remaining <= 0:
+                raise E.Unavailable(
+                    f"meta range unreachable: {last.message if last else 'no answer'}",
+                    retry_after=0.5,
+                    outcome=E.WriteOutcome.UNKNOWN if is_write else E.WriteOutcome.NOT_APPLIED,
+                )
+            address = order[attempt % len(order)]
+            attempt += 1
+            try:
+                result = await fn(self._stub(address), min(remaining, self.timeout))
+            except grpc.aio.AioRpcError as exc:
+                err = E.from_rpc_error(exc, is_write=is_write)
+                if isinstance(err, E.NotLeader):
+                    last = err
+                    if err.leader_address and err.leader_address in self.addresses:
+                        self._leader = err.leader_address
+                        order.remove(err.leader_address)
+                        order.insert(attempt % len(order), err.leader_address)
+                        continue  # follow the hint at once
+                elif isinstance(err, E.Unavailable) and exc.code() in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                ):
+                    # Unreachable replica or no quorum yet. A write sent to an
+                    # unreachable replica never reached it; one that timed out may
+                    # have: do not retry that.
+                    if is_write and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                        raise err from None
+                    if is_write and err.outcome == E.WriteOutcome.UNKNOWN and _reached(exc):
+                        raise err from None
+                    last = err
+                else:
+                    raise err from None
+                if attempt % len(order) == 0:
+                    await asyncio.sleep(min(backoff, max(0.0, deadline - self._monotonic())))
+                    backoff = min(backoff * 2, 0.5)
+                continue
+            if not any_replica:
+                self._leader = address
+            return result
+
+    # --- the API ------------------------------------------------------------------------
+
+    async def lookup_range(
+        self, key: bytes, *, prefetch: int = 8, consistent: bool = False
+    ) -> meta_pb2.LookupRangeResponse:
+        mode = meta_pb2.LOOKUP_MODE_CONSISTENT if consistent else meta_pb2.LOOKUP_MODE_INCONSISTENT
+        req = meta_pb2.LookupRangeRequest(key=key, prefetch=prefetch, mode=mode)
+        return await self._call(
+            lambda s, t: s.LookupRange(req, timeout=t), any_replica=not consistent
+        )
+
+    async def list_ranges(
+        self, start_key: bytes = b"", limit: int = 0, include_intents: bool = False
+    ) -> meta_pb2.ListRangesResponse:
+        req = meta_pb2.ListRangesRequest(
+            start_key=start_key, limit=limit, include_intents=include_intents
+        )
+        return await self._call(lambda s, t: s.ListRanges(req, timeout=t))
+
+    async def write_intent(self, req: meta_pb2.WriteIntentRequest) -> meta_pb2.WriteIntentResponse:
+        return await self._call(lambda s, t: s.WriteIntent(req, timeout=t), is_write=True)
+
+    async def resolve_intent(
+        self, meta_key: bytes, txn_id: bytes, status: int
+    ) -> meta_pb2.ResolveIntentResponse:
+        req = meta_pb2.ResolveIntentRequest(meta_key=meta_key, txn_id=txn_id, status=status)  # type: ignore[arg-type]
+        # Resolving is idempotent: retrying an unknown outcome is safe.
+        return await self._call(lambda s, t: s.ResolveIntent(req, timeout=t))
+
+    async def allocate_ids(self, kind: int, count: int = 1) -> meta_pb2.AllocateIdsResponse:
+        req = meta_pb2.AllocateIdsRequest(kind=kind, count=count)  # type: ignore[arg-type]
+        return await self._call(lambda s, t: s.AllocateIds(req, timeout=t), is_write=True)
+
+    async def heartbeat(
+        self, node_id: int, address: str, metrics_address: str = ""
+    ) -> meta_pb2.HeartbeatResponse:
+        req = meta_pb2.HeartbeatRequest()
+        req.node.node_id = node_id
+        req.node.address = address
+        req.node.metrics_address = metrics_address
+        # Heartbeats are idempotent upserts.
+        return await self._call(lambda s, t: s.Heartbeat(req, timeout=t))
+
+    async def list_nodes(self) -> meta_pb2.ListNodesResponse:
+        return await self._call(
+            lambda s, t: s.ListNodes(meta_pb2.ListNodesRequest(), timeout=t), any_replica=True
+        )
+
+    async def cluster_info(self) -> meta_pb2.ClusterInfoResponse:
+        return await self._call(
+            lambda s, t: s.ClusterInfo(meta_pb2.ClusterInfoRequest(), timeout=t), any_replica=True
+        )
+
+
+def _reached(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether a failed call may have reached the server (connection failures did not)."""
+    details = (exc.details() or "").lower()
+    return not any(s in details for s in ("connect", "unreachable", "no route", "refused"))
+
+
+__all__ = ["MetaClient"]

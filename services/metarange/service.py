@@ -1,0 +1,142 @@
+"""rangekv.v1.Meta served by a metarange replica.
+
+Writes (intents, resolves, heartbeats, id allocation) go through the meta
+raft group on its leader; a follower answers UNAVAILABLE with a NotLeaderError
+naming the leader. Lookups in INCONSISTENT mode are served by any replica from
+its applied state (so they keep answering while the group elects); CONSISTENT
+lookups take the lease / read-index path on the leader. Errors are raised as
+RangeKVError and mapped to gRPC statuses once, by the server's interceptor.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import grpc
+from google.protobuf import duration_pb2
+
+from rangekv.common import errors as E
+from rangekv.common.descriptors import RangeDescriptor
+from rangekv.metarange.commands import AllocateIds, Heartbeat, ResolveIntent, WriteIntent
+from rangekv.metarange.reads import LookupMode
+from rangekv.metarange.records import IdKind, NodeDescriptor, TxnMeta, TxnStatus
+from rangekv.metarange.replica import MetaHost, MetaReplica
+from rangekv.metarange.state import MetaStateMachine
+from rangekv.v1 import meta_pb2, meta_pb2_grpc
+
+MAX_PREFETCH = 1000
+MAX_LIST = 10_000
+
+
+class MetaService(meta_pb2_grpc.MetaServicer):
+    def __init__(
+        self,
+        host: MetaHost,
+        *,
+        liveness_ttl_ns: int = 10_000_000_000,
+        wall_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._host = host
+        self._ttl = liveness_ttl_ns
+        self._wall_ns = wall_ns
+
+    @property
+    def _replica(self) -> MetaReplica:
+        replica = self._host.replica
+        if replica is None:
+            raise E.Unavailable("meta replica not open yet", retry_after=0.5)
+        return replica
+
+    async def LookupRange(
+        self, request: meta_pb2.LookupRangeRequest, context: grpc.aio.ServicerContext
+    ) -> meta_pb2.LookupRangeResponse:
+        if not 0 <= request.prefetch <= MAX_PREFETCH:
+            raise E.InvalidArgument("prefetch", f"must be in [0, {MAX_PREFETCH}]")
+        mode = LookupMode.from_wire(request.mode)
+        await self._replica.read_point(mode == LookupMode.CONSISTENT)
+        self._host.counters.lookups[mode.name.lower()] += 1
+        result = MetaStateMachine.lookup(
+            self._host.state_engine, request.key, request.prefetch, mode
+        )
+        return result.to_lookup_proto()
+
+    async def ListRanges(
+        self, request: meta_pb2.ListRangesRequest, context: grpc.aio.ServicerContext
+    ) -> meta_pb2.ListRangesResponse:
+        if not 0 <= request.limit <= MAX_LIST:
+            raise E.InvalidArgument("limit", f"must be in [0, {MAX_LIST}]")
+        await self._replica.read_point(not request.include_intents)
+        result = MetaStateMachine.list_ranges(
+            self._host.state_engine,
+            request.start_key,
+            request.limit or MAX_LIST,
+            request.include_intents,
+        )
+        return result.to_list_proto()
+
+    async def WriteIntent(
+        self, request: meta_pb2.WriteIntentRequest, context: grpc.aio.ServicerContext
+    ) -> meta_pb2.WriteIntentResponse:
+        if not request.HasField("descriptor"):
+            raise E.InvalidArgument("descriptor", "required")
+        expected = (
+            RangeDescriptor.from_proto(request.expected) if request.HasField("expected") else None
+        )
+        cmd = WriteIntent(
+            txn=TxnMeta.from_proto(request.txn),
+            descriptor=RangeDescriptor.from_proto(request.descriptor),
+            expected=expected,
+            expect_absent=request.expect_absent,
+        )
+        result = await self._replica.execute(cmd)
+        return meta_pb2.WriteIntentResponse(meta_key=result.meta_key)
+
+    async def ResolveIntent(
+        self, request: meta_pb2.ResolveIntentRequest, context: grpc.aio.ServicerContext
+    ) -> meta_pb2.ResolveIntentResponse:
+        cmd = ResolveIntent(request.meta_key, request.txn_id, TxnStatus(request.status))
+        result = await self._replica.execute(cmd)
+        return meta_pb2.ResolveIntentResponse(resolved=result.resolved)
+
+    async def AllocateIds(
+        self, request: meta_pb2.AllocateIdsRequest, context: grpc.aio.ServicerContext
+    ) -> meta_pb2.AllocateIdsResponse:
+        if request.kind not in (meta_pb2.ID_KIND_RANGE, meta_pb2.ID_KIND_NODE):
+            raise E.InvalidArgument("kind", "must be ID_KIND_RANGE or ID_KIND_NODE")
+        # Bootstrap reserves the first range's ids. A leader that has applied it
+        # proposes allocations after it in the log, so they can never collide.
+        if MetaStateMachine.first_range(self._host.state_engine) is None:
+            raise E.Unavailable("the cluster is not bootstrapped yet", retry_after=0.5)
+        result = await self._replica.execute(AllocateIds(IdKind(request.kind), request.count or 1))
+        return meta_pb2.AllocateIdsResponse(first=result.first, count=result.count)
+
+    async def Heartbeat(
+        self, request: meta_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
+    ) -> meta_pb2.HeartbeatResponse:
+        cmd = Heartbeat(NodeDescriptor.from_proto(request.node), self._wall_ns())
+        await self._replica.execute(cmd)
+        ttl = duration_pb2.Duration()
+        ttl.FromNanoseconds(self._ttl)
+        return meta_pb2.HeartbeatResponse(liveness_ttl=ttl)
+
+    async def ListNodes(
+        self, request: meta_pb2.ListNodesRequest, context: grpc.aio.ServicerContext
+    ) -> meta_pb2.ListNodesResponse:
+        statuses = MetaStateMachine.list_nodes(self._host.state_engine, self._wall_ns(), self._ttl)
+        return meta_pb2.ListNodesResponse(nodes=[s.to_proto() for s in statuses])
+
+    async def ClusterInfo(
+        self, request: meta_pb2.ClusterInfoRequest, context: grpc.aio.ServicerContext
+    ) -> meta_pb2.ClusterInfoResponse:
+        replica = self._replica
+        lead = replica.raw_node.leader()
+        first = MetaStateMachine.first_range(self._host.state_engine)
+        resp = meta_pb2.ClusterInfoResponse(
+            bootstrapped=first is not None,
+            leader_node_id=lead,
+            leader_address=self._host.peer_address(lead),
+        )
+        if first is not None:
+            resp.first_range.CopyFrom(first.to_proto())
+        return resp
