@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 VERBS: dict[str, tuple[str, str, str]] = {
     "raftnode": ("rangekv.raftnode.main", "main", "run a storage node"),
     "metarange": ("rangekv.metarange.main", "main", "run a replica of the meta range"),
+    "gateway": ("rangekv.gateway.main", "main", "serve the public KV API"),
     "sim": ("rangekv.cli.sim", "main", "run the deterministic raft cluster simulator"),
     "dev": ("rangekv.cli.dev", "main", "run rangekv locally"),
 }

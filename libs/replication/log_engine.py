@@ -158,9 +158,15 @@ class _GroupState:
     truncated_term: int = 0
     last_index: int = 0
     last_term: int = 0
-    #: bumped by every LogBatch commit and destroy touching the group, NOT by
-    #: compaction: a batch built before a compaction can still be committed.
-    version: int = 0
+    # One version per aspect a LogBatch can depend on, bumped when a commit
+    # writes it (and all by destroy). Compaction bumps none: a batch built
+    # before a compaction can still be committed. A batch is refused only if
+    # an aspect it read or wrote changed since it began (ConcurrentBatchError),
+    # so the scheduler's append/hard-state batch never conflicts with the
+    # truncation path's create_snapshot.
+    log_version: int = 0
+    hs_version: int = 0
+    snap_version: int = 0
 
     @property
     def first_index(self) -> int:
@@ -321,39 +327,54 @@ class RaftLogEngine:
             if not batch._views:
                 batch._seal()
                 return
-            merged: dict[int, _GroupState] = {}
-            for gid, view in batch._views.items():
-                cur = self._state(gid)
-                if cur.version != batch._bases[gid]:
-                    raise ConcurrentBatchError(f"group {gid} changed since this batch began")
-                if cur.truncated_index == batch._base_truncated[gid]:
-                    pass  # no compaction since the batch began
-                elif gid in batch._snapshotted:
-                    # the snapshot replaces the whole log, including the compaction
-                    if cur.truncated_index > view.truncated_index:
-                        raise ConcurrentBatchError(
-                            f"group {gid}: compacted to {cur.truncated_index}, beyond the "
-                            f"snapshot {view.truncated_index} this batch applies"
-                        )
-                else:
-                    # compacted after the batch began: keep the compaction
-                    if cur.truncated_index > view.last_index:
-                        raise InvariantViolation(
-                            f"group {gid}: compacted to {cur.truncated_index} beyond the "
-                            f"batch's last index {view.last_index}"
-                        )
-                    view = dataclasses.replace(
-                        view,
-                        truncated_index=cur.truncated_index,
-                        truncated_term=cur.truncated_term,
-                    )
-                merged[gid] = dataclasses.replace(view, version=view.version + 1)
+            merged = {gid: self._merge(gid, batch) for gid in batch._views}
             wb = batch._seal()
             self._live().write(wb, self._sync_opts)
             self.synced_writes += 1
             self.batches_committed += 1
             self.entries_written += batch.entry_count
             self._groups.update(merged)
+
+    def _merge(self, gid: int, batch: LogBatch) -> _GroupState:
+        """The group's state after `batch` commits, or ConcurrentBatchError."""
+        cur, base, view = self._state(gid), batch._bases[gid], batch._views[gid]
+        for aspect in sorted(batch._deps[gid]):
+            if getattr(cur, aspect) != getattr(base, aspect):
+                raise ConcurrentBatchError(f"group {gid}: {aspect} changed since this batch began")
+        writes = batch._writes[gid]
+        compacted = cur.truncated_index != base.truncated_index
+        out = cur
+        if "log_version" in writes:
+            out = dataclasses.replace(
+                out,
+                last_index=view.last_index,
+                last_term=view.last_term,
+                log_version=cur.log_version + 1,
+            )
+            if gid in batch._snapshotted:
+                # the snapshot replaces the whole log, including any compaction
+                if compacted and cur.truncated_index > view.truncated_index:
+                    raise ConcurrentBatchError(
+                        f"group {gid}: compacted to {cur.truncated_index}, beyond the "
+                        f"snapshot {view.truncated_index} this batch applies"
+                    )
+                out = dataclasses.replace(
+                    out, truncated_index=view.truncated_index, truncated_term=view.truncated_term
+                )
+            elif compacted and cur.truncated_index > view.last_index:
+                raise InvariantViolation(
+                    f"group {gid}: compacted to {cur.truncated_index} beyond the batch's "
+                    f"last index {view.last_index}"
+                )
+        if "hs_version" in writes:
+            out = dataclasses.replace(
+                out, hard_state=view.hard_state, hs_version=cur.hs_version + 1
+            )
+        if "snap_version" in writes:
+            out = dataclasses.replace(
+                out, snapshot=view.snapshot, snap_version=cur.snap_version + 1
+            )
+        return out
 
     def compact(self, group_id: int, index: int) -> None:
         """Delete entries up to and including `index` (raft log truncation).
@@ -391,8 +412,12 @@ class RaftLogEngine:
             self.synced_writes += 1
             old = self._groups.pop(group_id, None)
             if old is not None:
-                # a later batch must not resurrect a view taken before the destroy
-                self._groups[group_id] = _GroupState(version=old.version + 1)
+                # a batch built before the destroy must not resurrect the group
+                self._groups[group_id] = _GroupState(
+                    log_version=old.log_version + 1,
+                    hs_version=old.hs_version + 1,
+                    snap_version=old.snap_version + 1,
+                )
 
 
 class GroupStorage:
@@ -461,8 +486,9 @@ class LogBatch:
         self.engine = engine
         self._wb: rocksdict.WriteBatch | None = rocksdict.WriteBatch(raw_mode=True)
         self._views: dict[int, _GroupState] = {}
-        self._bases: dict[int, int] = {}
-        self._base_truncated: dict[int, int] = {}
+        self._bases: dict[int, _GroupState] = {}
+        self._deps: dict[int, set[str]] = {}
+        self._writes: dict[int, set[str]] = {}
         self._pending_terms: dict[int, dict[int, int]] = {}
         self._snapshotted: set[int] = set()
         self.entry_count = 0
@@ -477,13 +503,16 @@ class LogBatch:
         self._wb = None
         return wb
 
-    def _view(self, group_id: int) -> _GroupState:
+    def _view(self, group_id: int, deps: tuple[str, ...], writes: tuple[str, ...]) -> _GroupState:
         view = self._views.get(group_id)
         if view is None:
             view = self.engine._state(group_id)
             self._views[group_id] = view
-            self._bases[group_id] = view.version
-            self._base_truncated[group_id] = view.truncated_index
+            self._bases[group_id] = view
+            self._deps[group_id] = set()
+            self._writes[group_id] = set()
+        self._deps[group_id].update(deps, writes)
+        self._writes[group_id].update(writes)
         return view
 
     @property
@@ -495,7 +524,7 @@ class LogBatch:
         wb = self._batch()
         if not entries:
             return
-        view = self._view(group_id)
+        view = self._view(group_id, (), ("log_version",))
         first = view.first_index
         if entries[-1].index < first:
             return
@@ -526,14 +555,14 @@ class LogBatch:
 
     def set_hard_state(self, group_id: int, hs: HardState) -> None:
         wb = self._batch()
-        view = self._view(group_id)
+        view = self._view(group_id, (), ("hs_version",))
         wb.put(_group_prefix(group_id) + _HARD_STATE, _encode_hard_state(hs))
         self._views[group_id] = dataclasses.replace(view, hard_state=hs)
 
     def apply_snapshot(self, group_id: int, snap: Snapshot) -> None:
         """Replace the group's whole log by `snap` (MemoryStorage.apply_snapshot)."""
         wb = self._batch()
-        view = self._view(group_id)
+        view = self._view(group_id, (), ("log_version", "snap_version"))
         if snap.index <= view.snapshot.index:
             raise SnapshotOutOfDate(
                 f"group {group_id}: snapshot {snap.index} <= held {view.snapshot.index}"
@@ -556,7 +585,7 @@ class LogBatch:
     def create_snapshot(self, group_id: int, index: int, conf_state: ConfState) -> SnapshotMetadata:
         """Record snapshot metadata as of `index` (MemoryStorage.create_snapshot)."""
         wb = self._batch()
-        view = self._view(group_id)
+        view = self._view(group_id, ("log_version",), ("snap_version",))
         if index <= view.snapshot.index:
             raise SnapshotOutOfDate(
                 f"group {group_id}: snapshot {index} <= held {view.snapshot.index}"

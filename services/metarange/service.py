@@ -88,6 +88,7 @@ class MetaService(meta_pb2_grpc.MetaServicer):
             descriptor=RangeDescriptor.from_proto(request.descriptor),
             expected=expected,
             expect_absent=request.expect_absent,
+            lock_key=request.lock_key or None,
         )
         result = await self._replica.execute(cmd)
         return meta_pb2.WriteIntentResponse(meta_key=result.meta_key)

@@ -66,26 +66,11 @@ def assert_same(mem: MemoryStorage, disk: GroupStorage, rng: random.Random) -> N
         assert got == _outcome(mem.entries, lo, hi, max_size), (lo, hi, max_size)
 
 
-op_strategy = st.lists(
-    st.sampled_from(
-        ["append", "append", "append", "hs", "compact", "snap", "create", "commit", "reopen"]
-    ),
-    min_size=1,
-    max_size=30,
-)
+OPS = ["append", "append", "append", "hs", "compact", "snap", "create", "commit", "reopen"]
 
 
-@settings(
-    max_examples=35, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(ops=op_strategy, groups=st.integers(1, 3), rng=st.randoms(use_true_random=False))
-def test_storage_conforms_to_memory_storage(
-    tmp_path_factory: pytest.TempPathFactory,
-    ops: list[str],
-    groups: int,
-    rng: random.Random,
-) -> None:
-    path = tmp_path_factory.mktemp("log")
+def run_sequence(path: Path, ops: list[str], groups: int, rng: random.Random) -> None:
+    """Drive MemoryStorage and the engine with the same ops; compare after each commit."""
     eng = RaftLogEngine.open(path)
     mems = {g: MemoryStorage() for g in range(1, groups + 1)}
     batch = eng.new_batch()
@@ -106,12 +91,14 @@ def test_storage_conforms_to_memory_storage(
                 batch.set_hard_state(gid, hs)
                 mem.set_hard_state(hs)
             elif op == "snap":
-                idx = rng.randint(max(0, mem.snapshot().index - 1), last + 5)
+                lo = max(0, mem.snapshot().index - 1)
+                idx = rng.randint(lo, max(lo, last + 5))
                 snap = Snapshot(SnapshotMetadata(idx, term, ConfState((1, 2, 3), (4,))))
                 got = _outcome(batch.apply_snapshot, gid, snap)
                 assert got == _outcome(mem.apply_snapshot, snap)
             elif op == "create":
-                idx = rng.randint(max(0, mem.snapshot().index - 1), last + 1)
+                lo = max(0, mem.snapshot().index - 1)
+                idx = rng.randint(lo, max(lo, last + 1))
                 cs = ConfState((rng.randint(1, 5),))
                 got = _outcome(batch.create_snapshot, gid, idx, cs)
                 want = _outcome(mem.create_snapshot, idx, cs, b"")
@@ -125,18 +112,15 @@ def test_storage_conforms_to_memory_storage(
                 eng.commit(batch)
                 for g, m in mems.items():
                     assert_same(m, eng.storage(g), rng)
-                if op == "reopen" or rng.random() < 0.5:  # the disk must hold the same log
+                if op == "reopen":  # the disk, not only the cache, must hold the same log
                     eng.close()
                     eng = RaftLogEngine.open(path)
                     for g, m in mems.items():
                         assert_same(m, eng.storage(g), rng)
                 batch = eng.new_batch()
         eng.commit(batch)
-        rng = random.Random(0)
-        for g, m in mems.items():
-            assert_same(m, eng.storage(g), rng)
         eng.close()
-        eng = RaftLogEngine.open(path)  # reopen: everything reloads from disk
+        eng = RaftLogEngine.open(path)
         for g, m in mems.items():
             assert_same(m, eng.storage(g), rng)
         assert eng.group_ids() == sorted(
@@ -146,6 +130,29 @@ def test_storage_conforms_to_memory_storage(
         )
     finally:
         eng.close()
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_storage_conforms_on_random_sequences(tmp_path: Path, seed: int) -> None:
+    """Long uniformly random sequences: these reliably reach deep states."""
+    rng = random.Random(seed)
+    ops = [rng.choice(OPS) for _ in range(50)]
+    run_sequence(tmp_path / "log", ops, 1 + seed % 3, rng)
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    ops=st.lists(st.sampled_from(OPS), min_size=1, max_size=30),
+    groups=st.integers(1, 3),
+    rng=st.randoms(use_true_random=False),
+)
+def test_storage_conforms_to_memory_storage(
+    tmp_path_factory: pytest.TempPathFactory, ops: list[str], groups: int, rng: random.Random
+) -> None:
+    """Hypothesis explores (and shrinks) short edge-case sequences."""
+    run_sequence(tmp_path_factory.mktemp("log"), ops, groups, rng)
 
 
 def test_reopen_returns_same_state(tmp_path: Path) -> None:
@@ -263,3 +270,58 @@ def test_committed_batch_cannot_be_reused(engine: RaftLogEngine) -> None:
     engine.commit(b)
     with pytest.raises(RuntimeError):
         b.append(1, _ents(2, 3, 1))
+
+
+def test_compaction_while_a_batch_is_pending_is_kept(tmp_path: Path) -> None:
+    """The scheduler may commit a batch built before a truncation ran."""
+    eng = RaftLogEngine.open(tmp_path / "log")
+    b = eng.new_batch()
+    b.append(1, _ents(1, 11, 1))
+    eng.commit(b)
+    pending = eng.new_batch()
+    pending.append(1, _ents(11, 13, 1))
+    pending.set_hard_state(1, HardState(1, 1, 12))
+    eng.compact(1, 5)
+    eng.commit(pending)
+    s = eng.storage(1)
+    assert (s.first_index(), s.last_index(), s.hard_state.commit) == (6, 12, 12)
+    eng.close()
+    eng = RaftLogEngine.open(tmp_path / "log")
+    s = eng.storage(1)
+    assert (s.first_index(), s.last_index()) == (6, 12)
+    assert s.entries(6, 13, 1 << 30) == _ents(6, 13, 1)
+    eng.close()
+
+
+def test_pending_snapshot_older_than_a_concurrent_compaction_is_refused(
+    engine: RaftLogEngine,
+) -> None:
+    b = engine.new_batch()
+    b.append(1, _ents(1, 11, 1))
+    engine.commit(b)
+    pending = engine.new_batch()
+    pending.apply_snapshot(1, Snapshot(SnapshotMetadata(3, 1, ConfState((1,)))))
+    engine.compact(1, 8)
+    with pytest.raises(ConcurrentBatchError):
+        engine.commit(pending)
+    assert engine.storage(1).first_index() == 9
+
+
+def test_create_snapshot_commit_does_not_conflict_with_a_pending_append(
+    engine: RaftLogEngine,
+) -> None:
+    """Truncation (create_snapshot) may commit while the scheduler's batch is in flight."""
+    b = engine.new_batch()
+    b.append(1, _ents(1, 11, 1))
+    engine.commit(b)
+    pending = engine.new_batch()
+    pending.append(1, _ents(11, 12, 2))
+    pending.set_hard_state(1, HardState(2, 1, 11))
+    snap_batch = engine.new_batch()
+    meta = snap_batch.create_snapshot(1, 8, ConfState((1, 2, 3)))
+    engine.commit(snap_batch)
+    engine.compact(1, 8)
+    engine.commit(pending)
+    s = engine.storage(1)
+    assert s.snapshot().metadata == meta == SnapshotMetadata(8, 1, ConfState((1, 2, 3)))
+    assert (s.first_index(), s.last_index(), s.term(11), s.hard_state.commit) == (9, 11, 2, 11)

@@ -274,7 +274,8 @@ def test_refusals_write_nothing(meta: Meta) -> None:
 
 def test_resolve_abort_removes_the_intent_and_keeps_committed(meta: Meta) -> None:
     meta.run(WriteIntent(txn(1), WHOLE, expected=WHOLE))
-    assert meta.run(ResolveIntent(meta_key(b""), txn(1).id, TxnStatus.ABORTED)).resolved  # type: ignore[union-attr]
+    resolved = meta.run(ResolveIntent(meta_key(b""), txn(1).id, TxnStatus.ABORTED))
+    assert resolved == ResolveIntentResult(True)
     assert get_intent(meta.engine, meta_key(b"")) is None
     assert get_committed(meta.engine, meta_key(b"")) == WHOLE
 

@@ -76,16 +76,18 @@ class ListRangesResponse(_message.Message):
     def __init__(self, descriptors: _Optional[_Iterable[_Union[_types_pb2.RangeDescriptor, _Mapping]]] = ..., intents: _Optional[_Iterable[_Union[DescriptorIntent, _Mapping]]] = ...) -> None: ...
 
 class WriteIntentRequest(_message.Message):
-    __slots__ = ("txn", "descriptor", "expected", "expect_absent")
+    __slots__ = ("txn", "descriptor", "expected", "expect_absent", "lock_key")
     TXN_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTOR_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_FIELD_NUMBER: _ClassVar[int]
     EXPECT_ABSENT_FIELD_NUMBER: _ClassVar[int]
+    LOCK_KEY_FIELD_NUMBER: _ClassVar[int]
     txn: _types_pb2.TxnMeta
     descriptor: _types_pb2.RangeDescriptor
     expected: _types_pb2.RangeDescriptor
     expect_absent: bool
-    def __init__(self, txn: _Optional[_Union[_types_pb2.TxnMeta, _Mapping]] = ..., descriptor: _Optional[_Union[_types_pb2.RangeDescriptor, _Mapping]] = ..., expected: _Optional[_Union[_types_pb2.RangeDescriptor, _Mapping]] = ..., expect_absent: _Optional[bool] = ...) -> None: ...
+    lock_key: bytes
+    def __init__(self, txn: _Optional[_Union[_types_pb2.TxnMeta, _Mapping]] = ..., descriptor: _Optional[_Union[_types_pb2.RangeDescriptor, _Mapping]] = ..., expected: _Optional[_Union[_types_pb2.RangeDescriptor, _Mapping]] = ..., expect_absent: _Optional[bool] = ..., lock_key: _Optional[bytes] = ...) -> None: ...
 
 class WriteIntentResponse(_message.Message):
     __slots__ = ("meta_key",)

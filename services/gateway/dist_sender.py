@@ -1,0 +1,285 @@
+"""The DistSender: turn one key (or span) into calls to the right range's leaseholder.
+
+Routing loop for one operation, until its deadline:
+  1. look the key up in the descriptor cache (a miss costs one coalesced meta lookup);
+  2. try the cached leaseholder first, then the other replicas;
+  3. NotLeaseHolder -> trust the hint (RangeCache.maybe_update_leaseholder) and go
+     to the hinted node at once, no backoff; RangeKeyMismatch -> evict the entry we
+     routed with, insert the error's descriptors, re-route (usually zero lookups);
+     RangeNotFound / unreachable -> next replica, then evict; Unavailable -> next
+     replica, then capped exponential backoff with jitter;
+  4. success -> maybe_confirm the entry.
+A write whose outcome is unknown (the stream broke after it was sent, or the
+node said so) is never retried: the caller gets UNAVAILABLE with
+WRITE_OUTCOME_UNKNOWN. Running out of time gives DEADLINE_EXCEEDED (reads,
+writes that never left) with a retry hint, never a hang.
+
+Scans walk the ranges in key order at ONE MVCC timestamp (chosen by the first
+range's leaseholder and passed to the rest) and advance by the end key of the
+descriptor the answering replica actually used, so a stale cache can neither
+skip keys nor return one twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from rangekv.common import errors as E
+from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor
+from rangekv.gateway.cache_types import EvictionReason, EvictionToken
+from rangekv.gateway.node_client import BatchReply, NodeClients
+from rangekv.gateway.range_cache import RangeCache
+from rangekv.v1 import replica_pb2, types_pb2
+
+
+@dataclass
+class RetryCounters:
+    """Retries by reason and redirects; telemetry reads these."""
+
+    retries: dict[str, int] = field(default_factory=dict)
+    redirects: int = 0
+
+    def retry(self, reason: str) -> None:
+        self.retries[reason] = self.retries.get(reason, 0) + 1
+
+
+class NodeDirectory:
+    """node id -> address, from the store registry (refreshed on demand)."""
+
+    def __init__(self, fetch: Callable[[], object], *, min_refresh: float = 0.5) -> None:
+        self._fetch = fetch
+        self._addresses: dict[int, str] = {}
+        self._min_refresh = min_refresh
+        self._last_refresh = 0.0
+        self._refreshing: asyncio.Future[None] | None = None
+
+    def set(self, node_id: int, address: str) -> None:
+        if address:
+            self._addresses[node_id] = address
+
+    def get(self, node_id: int) -> str | None:
+        return self._addresses.get(node_id)
+
+    async def refresh(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_refresh < self._min_refresh:
+            return
+        if self._refreshing is not None and not self._refreshing.done():
+            await asyncio.shield(self._refreshing)
+            return
+        self._refreshing = asyncio.get_running_loop().create_future()
+        try:
+            nodes = await self._fetch()  # type: ignore[misc]
+            for status in nodes.nodes:
+                self.set(status.node.node_id, status.node.address)
+            self._last_refresh = time.monotonic()
+        finally:
+            self._refreshing.set_result(None)
+
+    async def address(self, node_id: int) -> str | None:
+        addr = self._addresses.get(node_id)
+        if addr is None:
+            try:
+                await self.refresh()
+            except E.RangeKVError:
+                return None
+            addr = self._addresses.get(node_id)
+        return addr
+
+
+class DistSender:
+    def __init__(
+        self,
+        cache: RangeCache,
+        nodes: NodeClients,
+        directory: NodeDirectory,
+        *,
+        timeout: float = 10.0,
+        backoff_initial: float = 0.02,
+        backoff_max: float = 1.0,
+        rng: random.Random | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cache = cache
+        self.nodes = nodes
+        self.directory = directory
+        self.timeout = timeout
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._rng = rng or random.Random()
+        self._monotonic = monotonic
+        self.counters = RetryCounters()
+
+    # --- point operations ---------------------------------------------------------------
+
+    async def send(
+        self,
+        key: bytes,
+        op: replica_pb2.ReplicaOp,
+        *,
+        is_write: bool,
+        inconsistent: bool = False,
+        read_timestamp: types_pb2.Timestamp | None = None,
+        timeout: float | None = None,
+    ) -> BatchReply:
+        """Run one operation on the range owning `key`; returns its reply."""
+        deadline = self._monotonic() + (timeout or self.timeout)
+        backoff = self._backoff_initial
+        last: E.RangeKVError | None = None
+        while True:
+            if self._monotonic() >= deadline:
+                raise _out_of_time(last, is_write)
+            entry, token = await self.cache.lookup(key)
+            outcome = await self._try_replicas(
+                token,
+                entry.routing_replicas(),
+                entry.leaseholder,
+                op,
+                is_write,
+                inconsistent,
+                read_timestamp,
+                deadline,
+            )
+            if isinstance(outcome, BatchReply):
+                self.cache.maybe_confirm(token)
+                return outcome
+            last = outcome
+            if isinstance(outcome, E.NotLeaseHolder | E.RangeKeyMismatch):
+                continue  # the cache learned something: re-route at once
+            delay = min(backoff, max(0.0, deadline - self._monotonic()))
+            await asyncio.sleep(delay * (0.5 + self._rng.random()))
+            backoff = min(backoff * 2, self._backoff_max)
+
+    async def _try_replicas(
+        self,
+        token: EvictionToken,
+        replicas: tuple[ReplicaDescriptor, ...],
+        leaseholder: ReplicaDescriptor | None,
+        op: replica_pb2.ReplicaOp,
+        is_write: bool,
+        inconsistent: bool,
+        read_timestamp: types_pb2.Timestamp | None,
+        deadline: float,
+    ) -> BatchReply | E.RangeKVError:
+        desc = token.descriptor
+        order = list(replicas)
+        if leaseholder is not None:
+            order.sort(key=lambda r: r.node_id != leaseholder.node_id)
+        not_found = unreachable = 0
+        last: E.RangeKVError = E.Unavailable(f"range {desc.range_id}: no replica answered")
+        for replica in order:
+            address = await self.directory.address(replica.node_id)
+            if address is None:
+                unreachable += 1
+                self.counters.retry("no_address")
+                continue
+            remaining = deadline - self._monotonic()
+            if remaining <= 0:
+                return last
+            try:
+                return await asyncio.wait_for(
+                    asyncio.shield(
+                        self.nodes.submit(
+                            address,
+                            desc.range_id,
+                            [op],
+                            has_writes=is_write,
+                            inconsistent=inconsistent,
+                            read_timestamp=read_timestamp,
+                        )
+                    ),
+                    remaining,
+                )
+            except TimeoutError:
+                if is_write:
+                    raise E.DeadlineExceeded(
+                        "deadline exceeded while the write was in flight; it may or may not apply",
+                        E.WriteOutcome.UNKNOWN,
+                    ) from None
+                return E.DeadlineExceeded("deadline exceeded")
+            except E.NotLeaseHolder as err:
+                self.counters.redirects += 1
+                self.cache.maybe_update_leaseholder(token, err)
+                if err.leaseholder is not None and err.leaseholder_address:
+                    self.directory.set(err.leaseholder.node_id, err.leaseholder_address)
+                return err
+            except E.RangeKeyMismatch as err:
+                self.counters.retry("range_key_mismatch")
+                self.cache.maybe_evict_for_mismatch(token, err)
+                return err
+            except E.RangeNotFound as err:
+                not_found += 1
+                last = err
+                self.counters.retry("range_not_found")
+            except E.Unavailable as err:
+                if is_write and err.outcome == E.WriteOutcome.UNKNOWN:
+                    raise
+                unreachable += 1
+                last = err
+                self.counters.retry("unavailable")
+        if not_found == len(order):
+            self.cache.maybe_evict(token, EvictionReason.RANGE_NOT_FOUND)
+        elif unreachable + not_found == len(order) and unreachable:
+            self.cache.maybe_evict(token, EvictionReason.UNREACHABLE)
+            with contextlib.suppress(E.RangeKVError):
+                await self.directory.refresh()
+        return last
+
+    # --- scans --------------------------------------------------------------------------
+
+    async def scan(
+        self,
+        start: bytes,
+        end: bytes,
+        limit: int,
+        *,
+        inconsistent: bool = False,
+        timeout: float | None = None,
+    ) -> AsyncIterator[tuple[list[types_pb2.KeyValue], types_pb2.Timestamp]]:
+        """Yield (kvs, read timestamp) chunks of [start, end) in key order."""
+        read_ts: types_pb2.Timestamp | None = None
+        cursor = start
+        remaining = limit or 0
+        while True:
+            op = replica_pb2.ReplicaOp(
+                scan=replica_pb2.ScanOp(start_key=cursor, end_key=end, limit=remaining)
+            )
+            reply = await self.send(
+                cursor,
+                op,
+                is_write=False,
+                inconsistent=inconsistent,
+                read_timestamp=read_ts,
+                timeout=timeout,
+            )
+            if read_ts is None:
+                read_ts = reply.read_timestamp
+            result = reply.results[0].scan
+            kvs = list(result.kvs)
+            if kvs:
+                yield kvs, read_ts
+            if limit:
+                remaining -= len(kvs)
+                if remaining <= 0:
+                    return
+            if result.resume_key:
+                cursor = result.resume_key
+                continue
+            used = RangeDescriptor.from_proto(reply.descriptor)
+            if not used.end_key or (end and used.end_key >= end):
+                return
+            cursor = used.end_key
+
+
+def _out_of_time(last: E.RangeKVError | None, is_write: bool) -> E.RangeKVError:
+    why = last.message if last is not None else "no answer"
+    return E.Unavailable(
+        f"could not reach the range's leaseholder before the deadline: {why}",
+        retry_after=0.5,
+        outcome=E.WriteOutcome.NOT_APPLIED,
+    )

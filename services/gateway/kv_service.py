@@ -1,0 +1,162 @@
+"""rangekv.v1.KV: the public API, served by every gateway.
+
+Input is validated here, before anything is sent, so a bad request gets
+INVALID_ARGUMENT and nothing is written (a Batch with one bad operation is
+refused whole). Everything else is the DistSender's; its RangeKVErrors become
+gRPC statuses once, in the server's interceptor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from rangekv.common import errors as E
+from rangekv.gateway.dist_sender import DistSender
+from rangekv.v1 import kv_pb2, kv_pb2_grpc, replica_pb2
+
+MAX_BATCH = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class KVLimits:
+    max_key_bytes: int = 4096
+    max_value_bytes: int = 1 << 20
+
+
+class KVService(kv_pb2_grpc.KVServicer):
+    def __init__(self, sender: DistSender, limits: KVLimits | None = None) -> None:
+        self._sender = sender
+        self._limits = limits or KVLimits()
+
+    # --- validation -----------------------------------------------------------------
+
+    def _key(self, field: str, key: bytes) -> None:
+        if not key:
+            raise E.InvalidArgument(field, "must not be empty")
+        if len(key) > self._limits.max_key_bytes:
+            raise E.InvalidArgument(
+                field, f"{len(key)} bytes exceeds the limit of {self._limits.max_key_bytes}"
+            )
+
+    def _value(self, field: str, value: bytes) -> None:
+        if len(value) > self._limits.max_value_bytes:
+            raise E.InvalidArgument(
+                field, f"{len(value)} bytes exceeds the limit of {self._limits.max_value_bytes}"
+            )
+
+    def _check_item(self, prefix: str, item: kv_pb2.BatchRequestItem) -> str:
+        kind = item.WhichOneof("request")
+        if kind is None:
+            raise E.InvalidArgument(prefix, "operation not set")
+        body = getattr(item, kind)
+        self._key(f"{prefix}.{kind}.key", body.key)
+        if kind == "put":
+            self._value(f"{prefix}.put.value", body.value)
+        elif kind == "compare_and_swap":
+            self._value(f"{prefix}.compare_and_swap.new_value", body.new_value)
+            self._value(f"{prefix}.compare_and_swap.expected_value", body.expected_value)
+        return kind
+
+    # --- operations -----------------------------------------------------------------
+
+    async def _get(self, req: kv_pb2.GetRequest) -> kv_pb2.GetResponse:
+        inconsistent = req.consistency == kv_pb2.READ_CONSISTENCY_INCONSISTENT
+        op = replica_pb2.ReplicaOp(get=replica_pb2.GetOp(key=req.key))
+        reply = await self._sender.send(req.key, op, is_write=False, inconsistent=inconsistent)
+        res = reply.results[0].get
+        return kv_pb2.GetResponse(found=res.found, kv=res.kv if res.found else None)
+
+    async def _put(self, req: kv_pb2.PutRequest) -> kv_pb2.PutResponse:
+        op = replica_pb2.ReplicaOp(put=replica_pb2.PutOp(key=req.key, value=req.value))
+        reply = await self._sender.send(req.key, op, is_write=True)
+        return kv_pb2.PutResponse(version=reply.results[0].put.version)
+
+    async def _delete(self, req: kv_pb2.DeleteRequest) -> kv_pb2.DeleteResponse:
+        op = replica_pb2.ReplicaOp(delete=replica_pb2.DeleteOp(key=req.key))
+        reply = await self._sender.send(req.key, op, is_write=True)
+        res = reply.results[0].delete
+        return kv_pb2.DeleteResponse(deleted=res.deleted, version=res.version)
+
+    async def _cas(self, req: kv_pb2.CompareAndSwapRequest) -> kv_pb2.CompareAndSwapResponse:
+        op = replica_pb2.ReplicaOp(
+            compare_and_swap=replica_pb2.CompareAndSwapOp(
+                key=req.key,
+                expected_value=req.expected_value,
+                expect_absent=req.expect_absent,
+                new_value=req.new_value,
+            )
+        )
+        reply = await self._sender.send(req.key, op, is_write=True)
+        res = reply.results[0].compare_and_swap
+        current = res.current if res.HasField("current") else None
+        return kv_pb2.CompareAndSwapResponse(succeeded=res.succeeded, current=current)
+
+    # --- RPCs -----------------------------------------------------------------------
+
+    async def Get(
+        self, request: kv_pb2.GetRequest, context: grpc.aio.ServicerContext
+    ) -> kv_pb2.GetResponse:
+        self._key("key", request.key)
+        return await self._get(request)
+
+    async def Put(
+        self, request: kv_pb2.PutRequest, context: grpc.aio.ServicerContext
+    ) -> kv_pb2.PutResponse:
+        self._key("key", request.key)
+        self._value("value", request.value)
+        return await self._put(request)
+
+    async def Delete(
+        self, request: kv_pb2.DeleteRequest, context: grpc.aio.ServicerContext
+    ) -> kv_pb2.DeleteResponse:
+        self._key("key", request.key)
+        return await self._delete(request)
+
+    async def CompareAndSwap(
+        self, request: kv_pb2.CompareAndSwapRequest, context: grpc.aio.ServicerContext
+    ) -> kv_pb2.CompareAndSwapResponse:
+        self._key("key", request.key)
+        self._value("new_value", request.new_value)
+        self._value("expected_value", request.expected_value)
+        return await self._cas(request)
+
+    async def Scan(
+        self, request: kv_pb2.ScanRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[kv_pb2.ScanResponse]:
+        if request.limit < 0:
+            raise E.InvalidArgument("limit", "must be >= 0 (0 means no limit)")
+        if request.end_key and request.end_key <= request.start_key:
+            raise E.InvalidArgument("end_key", "must be greater than start_key (or empty)")
+        inconsistent = request.consistency == kv_pb2.READ_CONSISTENCY_INCONSISTENT
+        async for kvs, read_ts in self._sender.scan(
+            request.start_key, request.end_key, request.limit, inconsistent=inconsistent
+        ):
+            yield kv_pb2.ScanResponse(kvs=kvs, read_timestamp=read_ts)
+
+    async def Batch(
+        self, request: kv_pb2.BatchRequest, context: grpc.aio.ServicerContext
+    ) -> kv_pb2.BatchResponse:
+        if len(request.requests) > MAX_BATCH:
+            raise E.InvalidArgument("requests", f"at most {MAX_BATCH} operations")
+        kinds = [self._check_item(f"requests[{i}]", r) for i, r in enumerate(request.requests)]
+        calls: dict[str, Callable[[Any], Awaitable[Any]]] = {
+            "get": self._get,
+            "put": self._put,
+            "delete": self._delete,
+            "compare_and_swap": self._cas,
+        }
+        results = await asyncio.gather(
+            *(calls[k](getattr(r, k)) for k, r in zip(kinds, request.requests, strict=True)),
+            return_exceptions=True,
+        )
+        items = []
+        for kind, res in zip(kinds, results, strict=True):
+            if isinstance(res, BaseException):
+                raise res
+            items.append(kv_pb2.BatchResponseItem(**{kind: res}))
+        return kv_pb2.BatchResponse(responses=items)

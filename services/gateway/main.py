@@ -1,0 +1,135 @@
+"""`rangekv gateway`: serve the public KV API (stateless; run as many as you like).
+
+rangekv gateway --listen-port 50051 --meta-addrs 127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from rangekv.common.config import (
+    ConfigError,
+    ServerConfig,
+    add_arguments,
+    from_args_or_exit,
+    require,
+    setting,
+)
+from rangekv.common.descriptors import RangeDescriptor
+from rangekv.common.logs import setup_logging_from_config
+from rangekv.common.server import ServiceServer
+from rangekv.common.telemetry import Telemetry
+from rangekv.gateway.cache_types import LookupResult, TelemetryCacheMetrics
+from rangekv.gateway.dist_sender import DistSender, NodeDirectory
+from rangekv.gateway.kv_service import KVLimits, KVService
+from rangekv.gateway.node_client import NodeClients
+from rangekv.gateway.range_cache import RangeCache
+from rangekv.metarange.client import MetaClient
+from rangekv.metarange.records import TxnMeta, TxnStatus
+from rangekv.v1 import kv_pb2_grpc
+
+log = logging.getLogger("rangekv.gateway")
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """What a gateway needs beyond the generic ServerConfig."""
+
+    meta_addrs: str = setting("", help="metarange replicas, HOST:PORT,... (required)")
+    prefetch: int = setting(8, help="descriptors prefetched after the one a lookup needs")
+    cache_size: int = setting(65_536, help="most range descriptors cached")
+    request_timeout: float = setting(10.0, help="seconds a call may take before it gives up")
+    max_key_bytes: int = setting(4096, help="largest key accepted")
+    max_value_bytes: int = setting(1 << 20, help="largest value accepted")
+
+    def __post_init__(self) -> None:
+        require(bool(self.addresses()), "meta_addrs", "name at least one metarange replica")
+        require(0 <= self.prefetch <= 1000, "prefetch", "must be in [0, 1000]")
+        require(self.cache_size >= 1, "cache_size", "must be >= 1")
+        require(self.request_timeout > 0, "request_timeout", "must be > 0")
+
+    def addresses(self) -> list[str]:
+        return [a.strip() for a in self.meta_addrs.split(",") if a.strip()]
+
+
+def build(
+    cfg: GatewayConfig, telemetry: Telemetry | None = None
+) -> tuple[KVService, MetaClient, NodeClients]:
+    """Wire a gateway's parts (also used by tests that run one in-process)."""
+    meta = MetaClient(cfg.addresses())
+    nodes = NodeClients()
+
+    async def meta_lookup(key: bytes, prefetch: int) -> LookupResult:
+        return LookupResult.from_proto(await meta.lookup_range(key, prefetch=prefetch))
+
+    async def push(
+        txn: TxnMeta,
+        intent_descriptor: RangeDescriptor,
+        committed_descriptor: RangeDescriptor | None,
+    ) -> TxnStatus:
+        # Descriptor transactions (splits, replica changes) arrive with the splits
+        # work; until then no intent can exist, and an unknown one stays pending.
+        return TxnStatus.PENDING
+
+    def resolve_intent(meta_key: bytes, txn_id: bytes, status: TxnStatus) -> None:
+        task = asyncio.ensure_future(meta.resolve_intent(meta_key, txn_id, int(status)))
+        task.add_done_callback(lambda t: t.exception())
+
+    cache = RangeCache(
+        meta_lookup,
+        push,
+        resolve_intent,
+        max_entries=cfg.cache_size,
+        prefetch=cfg.prefetch,
+        metrics=TelemetryCacheMetrics(telemetry) if telemetry is not None else None,
+    )
+    directory = NodeDirectory(meta.list_nodes)
+    sender = DistSender(cache, nodes, directory, timeout=cfg.request_timeout)
+    service = KVService(sender, KVLimits(cfg.max_key_bytes, cfg.max_value_bytes))
+    return service, meta, nodes
+
+
+async def serve(server_config: ServerConfig, cfg: GatewayConfig) -> None:
+    telemetry = Telemetry("gateway", otlp_endpoint=server_config.otlp_endpoint)
+    service, meta, nodes = build(cfg, telemetry)
+
+    def register(server: grpc.aio.Server) -> None:
+        kv_pb2_grpc.add_KVServicer_to_server(service, server)
+
+    server = ServiceServer(
+        "gateway",
+        server_config,
+        telemetry,
+        register=register,
+        service_names=("rangekv.v1.KV",),
+        logger=log,
+    )
+    await server.start()
+    try:
+        await server.run_until_signalled()
+    finally:
+        await nodes.close()
+        await meta.close()
+        telemetry.shutdown()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rangekv gateway", description=__doc__.splitlines()[0])
+    add_arguments(parser, ServerConfig)
+    add_arguments(parser, GatewayConfig)
+    args = parser.parse_args(argv)
+    server_config = from_args_or_exit(parser, ServerConfig, args, os.environ)
+    cfg = from_args_or_exit(parser, GatewayConfig, args, os.environ)
+    setup_logging_from_config("gateway", server_config)
+    try:
+        asyncio.run(serve(server_config, cfg))
+    except ConfigError as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    return 0
