@@ -18,8 +18,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "raftnode": ("rangekv.raftnode.main", "main", "run a storage node"),
     "metarange": ("rangekv.metarange.main", "main", "run a replica of the meta range"),
     "gateway": ("rangekv.gateway.main", "main", "serve the public KV API"),
-    "sim": ("rangekv.cli.sim", "main", "run the deterministic raft cluster simulator"),
-    "dev": ("rangekv.cli.dev", "main", "run rangekv locally"),
+    "dev": ("rangekv.cli.dev", "main", "run a local cluster (metarange, raftnodes, gateway)"),
 }
 
 

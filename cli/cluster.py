@@ -1,0 +1,263 @@
+"""A local cluster of real processes: what `rangekv dev` runs and tests drive.
+
+Every process is a child (`python -m rangekv.cli.main VERB ...`) with its own
+log file; a child is ready when it logs its one ready line. Ports are chosen
+once and kept in DATA/cluster.json so that a cluster started again on the same
+folder resumes with the same addresses (the meta range's voters are static).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rangekv.common.logs import parse_ready_line
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Layout:
+    """Ports of every process, persisted so a restart finds the same cluster."""
+
+    meta: dict[int, int]
+    nodes: dict[int, int]
+    gateways: list[int]
+
+    @staticmethod
+    def load_or_create(path: Path, n_meta: int, n_nodes: int, gateway_ports: list[int]) -> Layout:
+        if path.exists():
+            raw = json.loads(path.read_text())
+            layout = Layout(
+                {int(k): v for k, v in raw["meta"].items()},
+                {int(k): v for k, v in raw["nodes"].items()},
+                list(raw["gateways"]),
+            )
+            layout.gateways = gateway_ports or layout.gateways
+            return layout
+        layout = Layout(
+            {i: free_port() for i in range(1, n_meta + 1)},
+            {i: free_port() for i in range(1, n_nodes + 1)},
+            gateway_ports,
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            json.dumps({"meta": layout.meta, "nodes": layout.nodes, "gateways": layout.gateways})
+        )
+        return layout
+
+
+@dataclass
+class Child:
+    """One process of the cluster and how to (re)start it."""
+
+    name: str
+    args: list[str]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    proc: asyncio.subprocess.Process | None = None
+    ready: dict[str, str] | None = None
+    restarts: int = 0
+    _pump_task: asyncio.Task[None] | None = None
+
+    @property
+    def address(self) -> str:
+        return (self.ready or {}).get("grpc", "")
+
+    @property
+    def metrics(self) -> str:
+        return (self.ready or {}).get("metrics", "")
+
+    async def start(self, timeout: float = 60.0) -> None:
+        self.ready = None
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "rangekv.cli.main",
+            *self.args,
+            stdout=log,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, **self.env},
+            start_new_session=True,
+        )
+        log.close()
+        assert self.proc.stderr is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.ready is None:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(
+                    f"{self.name} did not become ready in {timeout}s; see {self.log_path}"
+                )
+            line = await asyncio.wait_for(self.proc.stderr.readline(), remaining)
+            if not line:
+                raise RuntimeError(f"{self.name} exited before it was ready; see {self.log_path}")
+            self._append(line)
+            self.ready = parse_ready_line(line.decode(errors="replace"))
+        self._pump_task = asyncio.ensure_future(self._pump())
+
+    def _append(self, line: bytes) -> None:
+        with self.log_path.open("ab") as f:
+            f.write(line)
+
+    async def _pump(self) -> None:
+        proc = self.proc
+        if proc is None or proc.stderr is None:
+            return
+        while True:
+            line = await proc.stderr.readline()
+            if not line:
+                return
+            self._append(line)
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, sig)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        self.signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            self.signal(signal.SIGKILL)
+            await self.proc.wait()
+
+
+class LocalCluster:
+    """metarange replicas, raftnodes and gateways on loopback, under one data folder."""
+
+    def __init__(
+        self,
+        data: Path,
+        *,
+        n_meta: int = 3,
+        n_nodes: int = 3,
+        gateway_ports: list[int] | None = None,
+        env: dict[str, str] | None = None,
+        extra_node_args: list[str] | None = None,
+        say: Callable[[str], None] = print,
+    ) -> None:
+        self.data = data
+        self.say = say
+        self.layout = Layout.load_or_create(
+            data / "cluster.json", n_meta, n_nodes, gateway_ports or [free_port()]
+        )
+        meta_peers = ",".join(f"{i}=127.0.0.1:{p}" for i, p in self.layout.meta.items())
+        node_peers = ",".join(f"{i}=127.0.0.1:{p}" for i, p in self.layout.nodes.items())
+        node_ids = ",".join(str(i) for i in self.layout.nodes)
+        self.meta_addrs = ",".join(f"127.0.0.1:{p}" for p in self.layout.meta.values())
+        logs = data / "logs"
+        env = env or {}
+        self.meta = [
+            Child(
+                f"metarange {i}",
+                [
+                    "metarange",
+                    "--node-id",
+                    str(i),
+                    "--listen-port",
+                    str(port),
+                    "--data-dir",
+                    str(data / f"meta{i}"),
+                    "--peers",
+                    meta_peers,
+                    "--first-range-nodes",
+                    node_ids,
+                ],
+                logs / f"metarange{i}.log",
+                env,
+            )
+            for i, port in self.layout.meta.items()
+        ]
+        self.nodes = [
+            Child(
+                f"raftnode {i}",
+                [
+                    "raftnode",
+                    "--node-id",
+                    str(i),
+                    "--listen-port",
+                    str(port),
+                    "--data-dir",
+                    str(data / f"node{i}"),
+                    "--peers",
+                    node_peers,
+                    "--bootstrap-nodes",
+                    node_ids,
+                    "--meta-addrs",
+                    self.meta_addrs,
+                    *(extra_node_args or []),
+                ],
+                logs / f"raftnode{i}.log",
+                env,
+            )
+            for i, port in self.layout.nodes.items()
+        ]
+        self.gateways = [
+            Child(
+                f"gateway {n + 1}" if len(self.layout.gateways) > 1 else "gateway",
+                ["gateway", "--listen-port", str(port), "--meta-addrs", self.meta_addrs],
+                logs / f"gateway{n + 1}.log",
+                env,
+            )
+            for n, port in enumerate(self.layout.gateways)
+        ]
+        self._watchers: list[asyncio.Task[None]] = []
+        self.stopping = False
+
+    @property
+    def children(self) -> list[Child]:
+        return [*self.meta, *self.nodes, *self.gateways]
+
+    async def start(self) -> None:
+        for group in (self.meta, self.nodes, self.gateways):
+            await asyncio.gather(*(c.start() for c in group))
+            for child in group:
+                self.say(f"  started {child.name:<12} {child.address}")
+
+    def watch(self, restart: bool = True) -> None:
+        """Restart any child that dies (and say so) until `stop`."""
+        for child in self.children:
+            self._watchers.append(asyncio.ensure_future(self._watch(child, restart)))
+
+    async def _watch(self, child: Child, restart: bool) -> None:
+        while not self.stopping:
+            proc = child.proc
+            if proc is None:
+                return
+            code = await proc.wait()
+            if self.stopping or not restart:
+                return
+            self.say(f"rangekv dev: {child.name} exited with code {code}; restarting it")
+            child.restarts += 1
+            await asyncio.sleep(min(5.0, 0.2 * child.restarts))
+            try:
+                await child.start()
+                self.say(f"rangekv dev: {child.name} is back at {child.address}")
+            except (TimeoutError, RuntimeError) as exc:
+                self.say(f"rangekv dev: {exc}")
+
+    async def stop(self) -> None:
+        self.stopping = True
+        for task in self._watchers:
+            task.cancel()
+        for group in (self.gateways, self.nodes, self.meta):
+            await asyncio.gather(*(c.stop() for c in group))
