@@ -38,6 +38,17 @@ class RaftnodeConfig:
         help="static addresses of the storage nodes, NODE=HOST:PORT,... "
         "(used until the meta range's store registry is available)",
     )
+    meta_addrs: str = setting(
+        "",
+        help="metarange replicas, HOST:PORT,...: the node registers its address there "
+        "and learns its peers' addresses from the store registry",
+    )
+    registry_interval: float = setting(
+        2.0, help="seconds between store-registry heartbeats and address refreshes"
+    )
+    advertise_host: str = setting(
+        "", help="host peers and gateways reach this node at (default: the listen host)"
+    )
     bootstrap_nodes: str = setting(
         "",
         help="node ids of the first range's replicas, e.g. 1,2,3; a node listed here "
@@ -60,6 +71,10 @@ class RaftnodeConfig:
     truncate_interval: float = setting(5.0, help="seconds between raft log truncation passes")
     max_key_bytes: int = setting(4096, help="largest key accepted")
     max_value_bytes: int = setting(1 << 20, help="largest value accepted")
+    gc_ttl: float = setting(
+        600.0, help="seconds MVCC versions stay readable after being overwritten"
+    )
+    gc_interval: float = setting(60.0, help="seconds between MVCC garbage-collection passes")
     read_index_timeout: float = setting(
         2.0, help="seconds a read-index may take before UNAVAILABLE"
     )
@@ -81,6 +96,8 @@ class RaftnodeConfig:
         require(self.log_retain_entries >= 0, "log_retain_entries", "must be >= 0")
         require(self.max_key_bytes > 0, "max_key_bytes", "must be > 0")
         require(self.max_value_bytes > 0, "max_value_bytes", "must be > 0")
+        require(self.gc_ttl > 0, "gc_ttl", "must be > 0")
+        require(self.gc_interval > 0, "gc_interval", "must be > 0")
 
     def timing(self) -> RaftTiming:
         return RaftTiming(
@@ -96,4 +113,5 @@ class RaftnodeConfig:
             max_value_bytes=self.max_value_bytes,
             read_index_timeout=self.read_index_timeout,
             write_timeout=self.write_timeout,
+            gc_ttl=self.gc_ttl,
         )

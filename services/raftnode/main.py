@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Sequence
@@ -21,6 +22,7 @@ from rangekv.common.descriptors import first_range
 from rangekv.common.logs import setup_logging_from_config
 from rangekv.common.server import ServiceServer
 from rangekv.common.telemetry import Telemetry
+from rangekv.metarange.client import MetaClient
 from rangekv.raft import Message
 from rangekv.raftnode.config import RaftnodeConfig, parse_node_ids, parse_peers
 from rangekv.raftnode.service import ReplicaService
@@ -46,6 +48,8 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
     if warning:
         log.warning("%s", warning)
     peers = parse_peers(node_config.peers)
+    meta_addrs = [a.strip() for a in node_config.meta_addrs.split(",") if a.strip()]
+    meta = MetaClient(meta_addrs) if meta_addrs else None
     telemetry = Telemetry("raftnode", node_id=node_id, otlp_endpoint=server_config.otlp_endpoint)
     metrics = NodeMetrics(telemetry, mode)
 
@@ -76,6 +80,7 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
                 truncate_interval=node_config.truncate_interval,
             ),
             limits=node_config.limits(),
+            gc_interval=node_config.gc_interval,
         ),
         resolve_address=lambda n: peers.get(n, ""),
         send_raft=transport.send,
@@ -111,12 +116,51 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
     )
     store.start()
     await server.start()
+    registry: asyncio.Task[None] | None = None
+    if meta is not None:
+        host = node_config.advertise_host or server_config.listen_host
+        advertised = f"{host}:{server.port}"
+        metrics_addr = server.metrics_address or ""
+        registry = asyncio.ensure_future(
+            _registry_loop(meta, node_id, advertised, metrics_addr, peers, node_config)
+        )
     try:
         await server.run_until_signalled()
     finally:
+        if registry is not None:
+            registry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await registry
+        if meta is not None:
+            await meta.close()
         await transport.close()
         await store.stop()
         telemetry.shutdown()
+
+
+async def _registry_loop(
+    meta: MetaClient,
+    node_id: int,
+    address: str,
+    metrics_address: str,
+    peers: dict[int, str],
+    cfg: RaftnodeConfig,
+) -> None:
+    """Keep this node registered (and live) in meta, and `peers` fresh from it.
+
+    Addresses may change across restarts; the registry is the truth once it
+    answers, the static --peers map is only the starting point.
+    """
+    while True:
+        try:
+            await meta.heartbeat(node_id, address, metrics_address)
+            nodes = await meta.list_nodes()
+            for status in nodes.nodes:
+                if status.node.address:
+                    peers[status.node.node_id] = status.node.address
+        except Exception as exc:  # meta unreachable for now: keep serving, try again
+            log.warning("store registry heartbeat failed: %s", exc)
+        await asyncio.sleep(cfg.registry_interval)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -32,6 +32,7 @@ from rangekv.raft import Entry, RawNode
 from rangekv.raftnode import mvcc
 from rangekv.replication.group import NotLeaderNow, ProposalAbandoned, RaftGroup
 from rangekv.replication.state_engine import DESCRIPTOR as DESCRIPTOR_KIND
+from rangekv.replication.state_engine import GC_THRESHOLD as GC_THRESHOLD_KIND
 from rangekv.replication.state_engine import (
     AppliedState,
     Reader,
@@ -53,6 +54,8 @@ class ReplicaLimits:
     max_ops_per_batch: int = 10_000
     read_index_timeout: float = 2.0
     write_timeout: float = 5.0
+    #: MVCC versions older than this (and shadowed) are garbage-collected.
+    gc_ttl: float = 600.0
 
     def __post_init__(self) -> None:
         if self.max_key_bytes <= 0 or self.max_value_bytes <= 0 or self.max_ops_per_batch <= 0:
@@ -117,6 +120,9 @@ class RangeReplica(RaftGroup):
         self.replica_id = replica_id
         self.applied_index = applied.index
         self._write_queue: list[tuple[list[replica_pb2.ReplicaOp], asyncio.Future[Any]]] = []
+        raw_gc = ctx.engine.get_local(descriptor.range_id, GC_THRESHOLD_KIND)
+        #: Reads below this timestamp are refused: their versions may be gone.
+        self.gc_threshold = Timestamp.decode(raw_gc) if raw_gc else Timestamp.MIN
 
     @property
     def range_id(self) -> int:
@@ -160,6 +166,11 @@ class RangeReplica(RaftGroup):
                     results[i] = next(it)
         read_ts = ts_from_proto(req.read_timestamp) if req.HasField("read_timestamp") else None
         if read_ts is not None:
+            if read_ts < self.gc_threshold:
+                raise E.InvalidArgument(
+                    "read_timestamp",
+                    f"{read_ts} is below the range's GC threshold {self.gc_threshold}",
+                )
             self.ctx.hlc.update(read_ts)
         if has_reads:
             if not req.inconsistent:
@@ -329,6 +340,8 @@ class RangeReplica(RaftGroup):
         reader = batch.reader()
         base = ts_from_proto(cmd.timestamp)
         results: list[replica_pb2.ReplicaOpResult] = []
+        if cmd.HasField("gc_threshold"):
+            self._apply_gc(ts_from_proto(cmd.gc_threshold), batch)
         for i, op in enumerate(cmd.writes):
             results.append(
                 self._apply_write(op, Timestamp(base.wall_time, base.logical + i), reader, batch)
@@ -374,6 +387,29 @@ class RangeReplica(RaftGroup):
     def on_soft_state(self, rd: Any) -> None:
         if self.ctx.on_leader_change is not None:
             self.ctx.on_leader_change()
+
+    def _apply_gc(self, threshold: Timestamp, batch: StateBatch) -> None:
+        """Drop versions no read at or above `threshold` can see (deterministic:
+        every replica scans the same applied state)."""
+        if threshold <= self.gc_threshold:
+            return
+        desc = self.descriptor
+        mvcc.gc(self.ctx.engine, batch, threshold, desc.start_key, desc.end_key)
+        batch.put_local(self.range_id, GC_THRESHOLD_KIND, threshold.encode())
+        self.gc_threshold = threshold
+
+    def propose_gc(self) -> asyncio.Future[Any] | None:
+        """On the leaseholder: propose collecting versions older than gc_ttl."""
+        if not self.raw_node.is_leader():
+            return None
+        now = self.ctx.hlc.now()
+        threshold = Timestamp(max(0, now.wall_time - int(self.ctx.limits.gc_ttl * 1e9)), 0)
+        if threshold <= self.gc_threshold:
+            return None
+        cmd = raftcmd_pb2.RaftCommand(
+            timestamp=ts_to_proto(now), gc_threshold=ts_to_proto(threshold)
+        )
+        return self.propose(cmd.SerializeToString())
 
     def record_applied(self, index: int, term: int, batch: StateBatch) -> None:
         batch.set_applied_state(self.range_id, AppliedState(index, term))

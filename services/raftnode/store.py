@@ -9,6 +9,7 @@ snapshots carry the descriptor, so the node knows its replica id).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -52,6 +53,7 @@ class StoreConfig:
     host: HostConfig
     limits: ReplicaLimits = field(default_factory=ReplicaLimits)
     max_clock_offset_ns: int = 500_000_000
+    gc_interval: float = 60.0
 
 
 class Store(GroupHost):
@@ -147,6 +149,19 @@ class Store(GroupHost):
         self.scheduler.add_group(replica)
         return replica
 
+    def start(self) -> None:
+        super().start()
+        self._tasks.append(asyncio.get_running_loop().create_task(self._gc_loop(), name="mvcc-gc"))
+
+    async def _gc_loop(self) -> None:
+        """Every gc_interval, each range this node leads collects its old versions."""
+        while True:
+            await asyncio.sleep(self.config.gc_interval)
+            for replica in self.replicas():
+                fut = replica.propose_gc()
+                if fut is not None:
+                    fut.add_done_callback(_ignore_outcome)
+
     # --- raft traffic -------------------------------------------------------------------
 
     def route(
@@ -225,6 +240,12 @@ def _range_spans(range_id: int, desc: RangeDescriptor) -> list[Span]:
     local_lo, local_hi = range_local_span(range_id)
     data_lo, data_hi = data_span(desc.start_key, desc.end_key)
     return [(local_lo, local_hi), (data_lo, data_hi)]
+
+
+def _ignore_outcome(fut: asyncio.Future[object]) -> None:
+    """GC proposals may be dropped (leadership moved): the next round retries."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _span(desc: RangeDescriptor) -> str:

@@ -14,9 +14,7 @@ from rangekv.common.hlc import (
     TimestampDecodeError,
 )
 
-timestamps = st.builds(
-    Timestamp, st.integers(0, (1 << 64) - 1), st.integers(0, (1 << 32) - 1)
-)
+timestamps = st.builds(Timestamp, st.integers(0, (1 << 64) - 1), st.integers(0, (1 << 32) - 1))
 
 
 class FakePhysical:

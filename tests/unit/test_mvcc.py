@@ -117,7 +117,9 @@ class Model:
     def user_keys(self) -> set[bytes]:
         return {k for k, _ in self.versions}
 
-    def scan(self, start: bytes, end: bytes, read_ts: Timestamp, limit: int) -> list[tuple[bytes, bytes]]:
+    def scan(
+        self, start: bytes, end: bytes, read_ts: Timestamp, limit: int
+    ) -> list[tuple[bytes, bytes]]:
         out = []
         for k in sorted(self.user_keys()):
             if k < start or (end and k >= end):
@@ -135,7 +137,9 @@ write_ops = st.lists(
 )
 
 
-def _apply(eng: StateEngine, model: Model, ops: list[tuple[bytes, Timestamp, bytes | None]], batches: int) -> None:
+def _apply(
+    eng: StateEngine, model: Model, ops: list[tuple[bytes, Timestamp, bytes | None]], batches: int
+) -> None:
     """Apply ops in `batches` batches, checking read-your-writes inside each batch."""
     size = max(1, len(ops) // batches)
     for n, i in enumerate(range(0, len(ops), size)):
@@ -152,7 +156,11 @@ def _apply(eng: StateEngine, model: Model, ops: list[tuple[bytes, Timestamp, byt
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=FUNC)
-@given(ops=write_ops, batches=st.integers(1, 4), reads=st.lists(st.tuples(tricky_keys, small_ts), max_size=20))
+@given(
+    ops=write_ops,
+    batches=st.integers(1, 4),
+    reads=st.lists(st.tuples(tricky_keys, small_ts), max_size=20),
+)
 def test_reads_at_any_timestamp_match_model(
     tmp_path_factory: pytest.TempPathFactory,
     ops: list[tuple[bytes, Timestamp, bytes | None]],
@@ -163,11 +171,15 @@ def test_reads_at_any_timestamp_match_model(
     try:
         model = Model()
         _apply(eng, model, ops, batches)
-        probes = reads + [(k, t) for k, t, _ in ops] + [(k, Timestamp.MAX) for k in model.user_keys()]
+        probes = (
+            reads + [(k, t) for k, t, _ in ops] + [(k, Timestamp.MAX) for k in model.user_keys()]
+        )
         for key, ts in probes:
             assert mvcc.get(eng, key, ts) == model.get(key, ts)
         for key in model.user_keys():
-            assert mvcc.latest_commit_ts(eng, key) == max(t for (k, t) in model.versions if k == key)
+            assert mvcc.latest_commit_ts(eng, key) == max(
+                t for (k, t) in model.versions if k == key
+            )
         with eng.snapshot() as snap:
             for key, ts in probes:
                 assert mvcc.get(snap, key, ts) == model.get(key, ts)
@@ -178,7 +190,9 @@ def test_reads_at_any_timestamp_match_model(
 @settings(max_examples=60, deadline=None, suppress_health_check=FUNC)
 @given(
     ops=write_ops,
-    scans=st.lists(st.tuples(tricky_keys, tricky_keys, small_ts, st.integers(1, 6)), min_size=1, max_size=8),
+    scans=st.lists(
+        st.tuples(tricky_keys, tricky_keys, small_ts, st.integers(1, 6)), min_size=1, max_size=8
+    ),
 )
 def test_scan_matches_model(
     tmp_path_factory: pytest.TempPathFactory,

@@ -136,9 +136,14 @@ ops = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(base=st.dictionaries(small_keys, st.binary(max_size=4), max_size=12), ops=ops,
-       bounds=st.tuples(small_keys, st.one_of(st.none(), small_keys)))
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    base=st.dictionaries(small_keys, st.binary(max_size=4), max_size=12),
+    ops=ops,
+    bounds=st.tuples(small_keys, st.one_of(st.none(), small_keys)),
+)
 def test_batch_reader_matches_model_and_commit_matches_reader(
     tmp_path_factory: pytest.TempPathFactory,
     base: dict[bytes, bytes],
@@ -197,10 +202,14 @@ def test_snapshot_is_point_in_time_for_gets_and_iteration(engine: StateEngine) -
         assert engine.applied_state(1, snap) == AppliedState(10, 2)
         assert engine.applied_state(1) == AppliedState(11, 2)
         assert list(snap.iterate(b"a", b"e")) == [
-            (b"a", b"1"), (b"b", b"2"), (b"c", b"3"), (b"d", b"4")
+            (b"a", b"1"),
+            (b"b", b"2"),
+            (b"c", b"3"),
+            (b"d", b"4"),
         ]
         assert list(engine.iterate(b"a", b"e")) == [
-            (b"a", b"changed"), (b"c", b"3")
+            (b"a", b"changed"),
+            (b"c", b"3"),
         ]  # the range delete came after the put of b"bb" in the same batch
 
 

@@ -26,15 +26,15 @@ from rangekv.v1 import replica_pb2 as rangekv_dot_v1_dot_replica__pb2
 from rangekv.v1 import types_pb2 as rangekv_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18rangekv/v1/raftcmd.proto\x12\nrangekv.v1\x1a\x18rangekv/v1/replica.proto\x1a\x16rangekv/v1/types.proto\"^\n\x0bRaftCommand\x12(\n\ttimestamp\x18\x01 \x01(\x0b\x32\x15.rangekv.v1.Timestamp\x12%\n\x06writes\x18\x02 \x03(\x0b\x32\x15.rangekv.v1.ReplicaOp\"A\n\x11RaftCommandResult\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.rangekv.v1.ReplicaOpResultb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18rangekv/v1/raftcmd.proto\x12\nrangekv.v1\x1a\x18rangekv/v1/replica.proto\x1a\x16rangekv/v1/types.proto\"\x8b\x01\n\x0bRaftCommand\x12(\n\ttimestamp\x18\x01 \x01(\x0b\x32\x15.rangekv.v1.Timestamp\x12%\n\x06writes\x18\x02 \x03(\x0b\x32\x15.rangekv.v1.ReplicaOp\x12+\n\x0cgc_threshold\x18\x03 \x01(\x0b\x32\x15.rangekv.v1.Timestamp\"A\n\x11RaftCommandResult\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.rangekv.v1.ReplicaOpResultb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rangekv.v1.raftcmd_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RAFTCOMMAND']._serialized_start=90
-  _globals['_RAFTCOMMAND']._serialized_end=184
-  _globals['_RAFTCOMMANDRESULT']._serialized_start=186
-  _globals['_RAFTCOMMANDRESULT']._serialized_end=251
+  _globals['_RAFTCOMMAND']._serialized_start=91
+  _globals['_RAFTCOMMAND']._serialized_end=230
+  _globals['_RAFTCOMMANDRESULT']._serialized_start=232
+  _globals['_RAFTCOMMANDRESULT']._serialized_end=297
 # @@protoc_insertion_point(module_scope)
