@@ -5,29 +5,24 @@ rangekv gateway --listen-port 50051 --meta-addrs 127.0.0.1:7101,127.0.0.1:7102,1
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
 
 from rangekv.common.config import (
-    ConfigError,
     ServerConfig,
-    add_arguments,
-    from_args_or_exit,
     require,
     setting,
 )
 from rangekv.common.descriptors import RangeDescriptor
-from rangekv.common.logs import setup_logging_from_config
+from rangekv.common.entrypoint import service_main
 from rangekv.common.server import ServiceServer
 from rangekv.common.telemetry import Telemetry
 from rangekv.gateway.cache_types import LookupResult, TelemetryCacheMetrics
-from rangekv.gateway.dist_sender import DistSender, NodeDirectory
+from rangekv.gateway.dist_sender import DistSender, NodeDirectory, RetryCounters
 from rangekv.gateway.kv_service import KVLimits, KVService
 from rangekv.gateway.node_client import NodeClients
 from rangekv.gateway.range_cache import RangeCache
@@ -92,8 +87,30 @@ def build(
     )
     directory = NodeDirectory(meta.list_nodes)
     sender = DistSender(cache, nodes, directory, timeout=cfg.request_timeout)
+    if telemetry is not None:
+        export_retry_counters(telemetry, sender.counters)
     service = KVService(sender, KVLimits(cfg.max_key_bytes, cfg.max_value_bytes))
     return service, meta, nodes
+
+
+def export_retry_counters(telemetry: Telemetry, counters: RetryCounters) -> None:
+    """Expose the DistSender's retry counters, so redirects per request can be measured.
+
+    They are observable gauges read at scrape time (on the metrics thread): the
+    DistSender keeps plain ints, and `dict(...)` copies the reasons atomically
+    under the GIL, so the scrape never sees a dict changing size mid-iteration.
+    """
+    telemetry.observable_gauge(
+        "rangekv_gateway_retries",
+        "Routing retries since start, by reason (monotonic).",
+        lambda: {(reason,): float(n) for reason, n in dict(counters.retries).items()},
+        labels=("reason",),
+    )
+    telemetry.observable_gauge(
+        "rangekv_gateway_redirects",
+        "NotLeaseHolder redirects followed since start (monotonic).",
+        lambda: float(counters.redirects),
+    )
 
 
 async def serve(server_config: ServerConfig, cfg: GatewayConfig) -> None:
@@ -121,15 +138,11 @@ async def serve(server_config: ServerConfig, cfg: GatewayConfig) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rangekv gateway", description=__doc__.splitlines()[0])
-    add_arguments(parser, ServerConfig)
-    add_arguments(parser, GatewayConfig)
-    args = parser.parse_args(argv)
-    server_config = from_args_or_exit(parser, ServerConfig, args, os.environ)
-    cfg = from_args_or_exit(parser, GatewayConfig, args, os.environ)
-    setup_logging_from_config("gateway", server_config)
-    try:
-        asyncio.run(serve(server_config, cfg))
-    except ConfigError as exc:
-        parser.exit(2, f"{parser.prog}: error: {exc}\n")
-    return 0
+    return service_main(
+        argv,
+        service="gateway",
+        description=__doc__.splitlines()[0],
+        config_cls=GatewayConfig,
+        serve=serve,
+        needs_node_id=False,
+    )

@@ -11,11 +11,9 @@ holds records: bootstrap is idempotent and safe when all replicas start at once.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +23,11 @@ import grpc
 from rangekv.common.config import (
     ConfigError,
     ServerConfig,
-    add_arguments,
-    from_args_or_exit,
     require,
     setting,
 )
 from rangekv.common.descriptors import first_range
-from rangekv.common.logs import setup_logging_from_config
+from rangekv.common.entrypoint import service_main
 from rangekv.common.server import ServiceServer
 from rangekv.common.telemetry import Telemetry
 from rangekv.metarange.commands import Bootstrap
@@ -189,17 +185,11 @@ async def serve(server_config: ServerConfig, cfg: MetarangeConfig) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rangekv metarange", description=__doc__.splitlines()[0])
-    add_arguments(parser, ServerConfig)
-    add_arguments(parser, MetarangeConfig)
-    args = parser.parse_args(argv)
-    server_config = from_args_or_exit(parser, ServerConfig, args, os.environ)
-    cfg = from_args_or_exit(parser, MetarangeConfig, args, os.environ)
-    if server_config.node_id <= 0:
-        parser.exit(2, f"{parser.prog}: error: --node-id must be a positive integer\n")
-    setup_logging_from_config("metarange", server_config)
-    try:
-        asyncio.run(serve(server_config, cfg))
-    except ConfigError as exc:
-        parser.exit(2, f"{parser.prog}: error: {exc}\n")
-    return 0
+    return service_main(
+        argv,
+        service="metarange",
+        description=__doc__.splitlines()[0],
+        config_cls=MetarangeConfig,
+        serve=serve,
+        needs_node_id=True,
+    )

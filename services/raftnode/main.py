@@ -9,17 +9,15 @@ resulting frozen configs are passed down.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from rangekv.common.config import ConfigError, ServerConfig, add_arguments, from_args_or_exit
+from rangekv.common.config import ConfigError, ServerConfig
 from rangekv.common.descriptors import first_range
-from rangekv.common.logs import setup_logging_from_config
+from rangekv.common.entrypoint import service_main
 from rangekv.common.server import ServiceServer
 from rangekv.common.telemetry import Telemetry
 from rangekv.metarange.client import MetaClient
@@ -164,17 +162,11 @@ async def _registry_loop(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rangekv raftnode", description=__doc__.splitlines()[0])
-    add_arguments(parser, ServerConfig)
-    add_arguments(parser, RaftnodeConfig)
-    args = parser.parse_args(argv)
-    server_config = from_args_or_exit(parser, ServerConfig, args, os.environ)
-    node_config = from_args_or_exit(parser, RaftnodeConfig, args, os.environ)
-    if server_config.node_id <= 0:
-        parser.exit(2, f"{parser.prog}: error: --node-id must be a positive integer\n")
-    setup_logging_from_config("raftnode", server_config)
-    try:
-        asyncio.run(serve(server_config, node_config))
-    except ConfigError as exc:
-        parser.exit(2, f"{parser.prog}: error: {exc}\n")
-    return 0
+    return service_main(
+        argv,
+        service="raftnode",
+        description=__doc__.splitlines()[0],
+        config_cls=RaftnodeConfig,
+        serve=serve,
+        needs_node_id=True,
+    )
