@@ -46,6 +46,8 @@ async def wait_until_serving(address: str, timeout: float = 90.0) -> None:
                     kv_pb2.PutRequest(key=b"\x00rangekv-dev-probe", value=b"ok"), timeout=5
                 )
                 await stub.Get(kv_pb2.GetRequest(key=b"\x00rangekv-dev-probe"), timeout=5)
+                # Leave nothing behind in the user's keyspace.
+                await stub.Delete(kv_pb2.DeleteRequest(key=b"\x00rangekv-dev-probe"), timeout=5)
                 return
             except grpc.aio.AioRpcError as exc:
                 last = f"{exc.code().name}: {exc.details()}"

@@ -1,7 +1,10 @@
 """The `rangekv` command line: one entry point, one verb per job.
 
-    rangekv raftnode ...   run a storage node
-    rangekv sim ...        run the deterministic raft cluster simulator
+    rangekv dev ...        run a local cluster
+    rangekv put|get|del|cas|scan ...        talk to a gateway
+    rangekv ranges|nodes|transfer-lease|split ...   inspect and steer the cluster
+    rangekv bench ...      load generator
+    rangekv raftnode|metarange|gateway ...  run one process of a cluster
 
 Each verb parses its own flags (and RANGEKV_* environment variables) in one
 place and hands frozen configs down.
@@ -19,6 +22,16 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "metarange": ("rangekv.metarange.main", "main", "run a replica of the meta range"),
     "gateway": ("rangekv.gateway.main", "main", "serve the public KV API"),
     "dev": ("rangekv.cli.dev", "main", "run a local cluster (metarange, raftnodes, gateway)"),
+    "get": ("rangekv.cli.kv", "get_main", "print the value of a key"),
+    "put": ("rangekv.cli.kv", "put_main", "write a key"),
+    "del": ("rangekv.cli.kv", "del_main", "delete a key"),
+    "cas": ("rangekv.cli.kv", "cas_main", "compare-and-swap a key"),
+    "scan": ("rangekv.cli.kv", "scan_main", "stream the keys of a span"),
+    "ranges": ("rangekv.cli.admin", "ranges_main", "table of ranges, replicas and leaseholders"),
+    "nodes": ("rangekv.cli.admin", "nodes_main", "the store registry with liveness"),
+    "transfer-lease": ("rangekv.cli.admin", "transfer_lease_main", "move a range's lease"),
+    "split": ("rangekv.cli.admin", "split_main", "split the range holding a key"),
+    "bench": ("rangekv.cli.bench", "main", "load generator: put/get/mixed against a gateway"),
 }
 
 

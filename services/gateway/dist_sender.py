@@ -131,26 +131,43 @@ class DistSender:
         deadline = self._monotonic() + (timeout or self.timeout)
         backoff = self._backoff_initial
         last: E.RangeKVError | None = None
+        # Leaseholders we were redirected to since the last backoff: a hint is
+        # followed at once, but a hint we already followed (the lease is moving,
+        # or the hinted node is down) waits for the backoff instead of spinning.
+        followed: set[int] = set()
         while True:
             if self._monotonic() >= deadline:
                 raise _out_of_time(last, is_write)
-            entry, token = await self.cache.lookup(key)
-            outcome = await self._try_replicas(
-                token,
-                entry.routing_replicas(),
-                entry.leaseholder,
-                op,
-                is_write,
-                inconsistent,
-                read_timestamp,
-                deadline,
-            )
+            try:
+                entry, token = await self.cache.lookup(key)
+            except E.Unavailable as err:
+                # Meta had no descriptor for the key (not bootstrapped yet, or an
+                # inconsistent read from a lagging replica) or was unreachable: nothing
+                # was sent, so back off and look again until the deadline.
+                outcome: BatchReply | E.RangeKVError = err
+            else:
+                outcome = await self._try_replicas(
+                    token,
+                    entry.routing_replicas(),
+                    entry.leaseholder,
+                    op,
+                    is_write,
+                    inconsistent,
+                    read_timestamp,
+                    deadline,
+                )
             if isinstance(outcome, BatchReply):
                 self.cache.maybe_confirm(token)
                 return outcome
             last = outcome
-            if isinstance(outcome, E.NotLeaseHolder | E.RangeKeyMismatch):
-                continue  # the cache learned something: re-route at once
+            if isinstance(outcome, E.RangeKeyMismatch):
+                continue  # the cache learned the new descriptors: re-route at once
+            if isinstance(outcome, E.NotLeaseHolder) and outcome.leaseholder is not None:
+                hinted = outcome.leaseholder.node_id
+                if hinted not in followed:
+                    followed.add(hinted)
+                    continue  # a fresh hint: go there at once, no backoff
+            followed.clear()
             delay = min(backoff, max(0.0, deadline - self._monotonic()))
             await asyncio.sleep(delay * (0.5 + self._rng.random()))
             backoff = min(backoff * 2, self._backoff_max)
@@ -205,7 +222,10 @@ class DistSender:
             except E.NotLeaseHolder as err:
                 self.counters.redirects += 1
                 self.cache.maybe_update_leaseholder(token, err)
-                if err.leaseholder is not None and err.leaseholder_address:
+                last = err
+                if err.leaseholder is None or err.leaseholder.node_id == replica.node_id:
+                    continue  # no usable hint (an election is running): ask the next replica
+                if err.leaseholder_address:
                     self.directory.set(err.leaseholder.node_id, err.leaseholder_address)
                 return err
             except E.RangeKeyMismatch as err:

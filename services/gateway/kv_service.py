@@ -154,9 +154,37 @@ class KVService(kv_pb2_grpc.KVServicer):
             *(calls[k](getattr(r, k)) for k, r in zip(kinds, request.requests, strict=True)),
             return_exceptions=True,
         )
-        items = []
-        for kind, res in zip(kinds, results, strict=True):
-            if isinstance(res, BaseException):
-                raise res
-            items.append(kv_pb2.BatchResponseItem(**{kind: res}))
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            raise _batch_failure(kinds, results, failures)
+        items = [
+            kv_pb2.BatchResponseItem(**{kind: res})  # type: ignore[arg-type]
+            for kind, res in zip(kinds, results, strict=True)
+        ]
         return kv_pb2.BatchResponse(responses=items)
+
+
+def _batch_failure(
+    kinds: list[str], results: list[Any], failures: list[BaseException]
+) -> BaseException:
+    """The error a failed Batch answers with, honest about what may have been written.
+
+    Operations run independently, so when one fails another write may already
+    be applied; then the batch's outcome is UNKNOWN, never NOT_APPLIED (which
+    would invite a retry that applies that write twice).
+    """
+    first = failures[0]
+    applied_write = any(
+        k != "get" and not isinstance(r, BaseException) for k, r in zip(kinds, results, strict=True)
+    )
+    unknown = any(
+        isinstance(f, E.Unavailable | E.DeadlineExceeded) and f.outcome == E.WriteOutcome.UNKNOWN
+        for f in failures
+    )
+    if applied_write or unknown:
+        why = first.message if isinstance(first, E.RangeKVError) else str(first)
+        return E.Unavailable(
+            f"batch partly failed ({why}); some of its writes may have been applied",
+            outcome=E.WriteOutcome.UNKNOWN,
+        )
+    return first

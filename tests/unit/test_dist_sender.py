@@ -1,0 +1,175 @@
+"""DistSender and KV-service behaviours found by the real-process gateway test, in miniature.
+
+Each test pins one finding of tests/integration/test_gateway.py (and the
+benchmark) with in-process fakes, so it runs in milliseconds and says exactly
+what is wrong. Tests marked xfail(strict=True) are open bugs: they start
+passing (and so failing the suite) the day the bug is fixed, which is the
+signal to drop the marker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from rangekv.common import errors as E
+from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor
+from rangekv.gateway.cache_types import LookupResult
+from rangekv.gateway.dist_sender import DistSender, NodeDirectory
+from rangekv.gateway.kv_service import KVService
+from rangekv.gateway.node_client import BatchReply, NodeClients
+from rangekv.gateway.range_cache import RangeCache
+from rangekv.metarange.records import TxnStatus
+from rangekv.v1 import kv_pb2, replica_pb2, types_pb2
+
+N1, N2, N3 = (ReplicaDescriptor(n, n) for n in (1, 2, 3))
+WHOLE = RangeDescriptor(1, b"", b"", (N1, N2, N3), generation=1)
+GET = replica_pb2.ReplicaOp(get=replica_pb2.GetOp(key=b"k"))
+
+Answer = Callable[[str], BatchReply | E.RangeKVError]
+
+
+class FakeNodes:
+    """NodeClients' `submit`, answered by `answer(address)`; counts the calls."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.calls: list[str] = []
+
+    def submit(self, address: str, range_id: int, ops: list[Any], **_: Any) -> asyncio.Future[Any]:
+        self.calls.append(address)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        result = self.answer(address)
+        if isinstance(result, E.RangeKVError):
+            fut.set_exception(result)
+        else:
+            fut.set_result(result)
+        return fut
+
+
+def reply() -> BatchReply:
+    result = replica_pb2.ReplicaOpResult(get=replica_pb2.GetResult(found=False))
+    return BatchReply([result], WHOLE.to_proto(), types_pb2.Timestamp(wall_time=1), 1)
+
+
+def make_sender(
+    nodes: FakeNodes, lookup: Callable[[bytes, int], Any] | None = None, timeout: float = 0.5
+) -> DistSender:
+    async def meta_lookup(key: bytes, prefetch: int) -> LookupResult:
+        if lookup is not None:
+            return await lookup(key, prefetch)
+        return LookupResult(descriptors=(WHOLE,))
+
+    async def push(*_: Any) -> TxnStatus:
+        return TxnStatus.PENDING
+
+    cache = RangeCache(meta_lookup, push, lambda *_: None, prefetch=0)
+
+    async def no_registry() -> Any:
+        raise E.Unavailable("no registry in this test")
+
+    directory = NodeDirectory(no_registry)
+    for n in (1, 2, 3):
+        directory.set(n, f"n{n}")
+    return DistSender(cache, nodes, directory, timeout=timeout)  # type: ignore[arg-type]
+
+
+def test_a_meta_lookup_without_answer_is_retried_until_the_deadline() -> None:
+    """Right after start the meta range may not be bootstrapped (or a lagging replica
+    answers an inconsistent lookup with nothing): the call must wait for it within its
+    deadline, not fail at once. (Fixed in DistSender.send; found by the benchmark,
+    whose first Batch failed with "meta lookup found no descriptor".)"""
+    answers = [LookupResult(), LookupResult(), LookupResult(descriptors=(WHOLE,))]
+
+    async def lookup(key: bytes, prefetch: int) -> LookupResult:
+        return answers.pop(0)
+
+    async def body() -> None:
+        sender = make_sender(FakeNodes(lambda _addr: reply()), lookup, timeout=5.0)
+        got = await sender.send(b"k", GET, is_write=False)
+        assert not got.results[0].get.found
+        assert not answers
+
+    asyncio.run(body())
+
+
+def leaderless(address: str) -> E.RangeKVError:
+    """Every replica is a follower that knows no leader (an election is under way)."""
+    return E.NotLeaseHolder(1, None, "", 7, WHOLE)
+
+
+def hint_to_dead_node(address: str) -> E.RangeKVError:
+    """Node 1 is down (its channel refuses); the others name it as the leaseholder,
+    which is what the gateway sees right after a lease moved to a restarted node."""
+    if address == "n1":
+        return E.Unavailable("failed to connect: connection refused")
+    return E.NotLeaseHolder(1, N1, "n1", 7, WHOLE)
+
+
+@pytest.mark.parametrize("answer", [leaderless, hint_to_dead_node], ids=["no-hint", "dead-hint"])
+def test_not_lease_holder_without_a_usable_hint_backs_off(answer: Answer) -> None:
+    async def body() -> None:
+        nodes = FakeNodes(answer)
+        sender = make_sender(nodes, timeout=0.5)
+        with pytest.raises(E.Unavailable):
+            await sender.send(b"k", GET, is_write=False)
+        # Capped exponential backoff from 20 ms over 0.5 s is a handful of rounds of
+        # three replicas; a hot loop makes thousands of calls.
+        assert len(nodes.calls) < 100, f"{len(nodes.calls)} RPCs in 0.5 s"
+
+    asyncio.run(body())
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_write_to_a_node_that_refuses_the_connection_was_not_applied() -> None:
+    async def body() -> None:
+        nodes = NodeClients()
+        put = replica_pb2.ReplicaOp(put=replica_pb2.PutOp(key=b"k", value=b"v"))
+        try:
+            with pytest.raises(E.Unavailable) as info:
+                await asyncio.wait_for(
+                    nodes.submit(f"127.0.0.1:{closed_port()}", 1, [put], has_writes=True), 10
+                )
+        finally:
+            await nodes.close()
+        assert info.value.outcome == E.WriteOutcome.NOT_APPLIED, info.value.message
+
+    asyncio.run(body())
+
+
+class PartlyFailingSender:
+    """`send` succeeds for key b"ok" and fails cleanly (NOT_APPLIED) for any other key."""
+
+    async def send(self, key: bytes, op: Any, **_: Any) -> BatchReply:
+        if key != b"ok":
+            raise E.Unavailable("no leaseholder", outcome=E.WriteOutcome.NOT_APPLIED)
+        result = replica_pb2.ReplicaOpResult(
+            put=replica_pb2.PutResult(version=types_pb2.Timestamp(wall_time=1))
+        )
+        return BatchReply([result], WHOLE.to_proto(), types_pb2.Timestamp(wall_time=1), 1)
+
+
+def test_a_batch_with_one_applied_write_is_not_reported_as_not_applied() -> None:
+    async def body() -> None:
+        service = KVService(PartlyFailingSender())  # type: ignore[arg-type]
+        item = kv_pb2.BatchRequestItem
+        request = kv_pb2.BatchRequest(
+            requests=[
+                item(put=kv_pb2.PutRequest(key=b"ok", value=b"v")),
+                item(put=kv_pb2.PutRequest(key=b"other", value=b"v")),
+            ]
+        )
+        with pytest.raises(E.Unavailable) as info:
+            await service.Batch(request, None)  # type: ignore[arg-type]
+        assert info.value.outcome == E.WriteOutcome.UNKNOWN
+
+    asyncio.run(body())
