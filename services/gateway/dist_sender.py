@@ -14,10 +14,14 @@ node said so) is never retried: the caller gets UNAVAILABLE with
 WRITE_OUTCOME_UNKNOWN. Running out of time gives DEADLINE_EXCEEDED (reads,
 writes that never left) with a retry hint, never a hang.
 
-Scans walk the ranges in key order at ONE MVCC timestamp (chosen by the first
-range's leaseholder and passed to the rest) and advance by the end key of the
-descriptor the answering replica actually used, so a stale cache can neither
-skip keys nor return one twice.
+Scans walk the ranges in key order at ONE MVCC timestamp T and advance by the
+end key of the descriptor the answering replica actually used, so a stale
+cache can neither skip keys nor return one twice. T is the gateway's wall
+clock plus the maximum clock offset between nodes: every write acknowledged
+before the scan began carries a timestamp from some leaseholder's clock, which
+is at most that offset ahead of ours, so it is <= T and visible; each node
+serving a part of the scan moves its clock past T first, so writes it accepts
+afterwards land above T and cannot appear in the middle of the snapshot.
 """
 
 from __future__ import annotations
@@ -104,8 +108,12 @@ class DistSender:
         backoff_max: float = 1.0,
         rng: random.Random | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        wall_ns: Callable[[], int] = time.time_ns,
+        max_clock_offset_ns: int = 500_000_000,
     ) -> None:
         self.cache = cache
+        self._wall_ns = wall_ns
+        self._max_offset_ns = max_clock_offset_ns
         self.nodes = nodes
         self.directory = directory
         self.timeout = timeout
@@ -262,7 +270,7 @@ class DistSender:
         timeout: float | None = None,
     ) -> AsyncIterator[tuple[list[types_pb2.KeyValue], types_pb2.Timestamp]]:
         """Yield (kvs, read timestamp) chunks of [start, end) in key order."""
-        read_ts: types_pb2.Timestamp | None = None
+        read_ts = types_pb2.Timestamp(wall_time=self._wall_ns() + self._max_offset_ns)
         cursor = start
         remaining = limit or 0
         while True:
@@ -277,8 +285,6 @@ class DistSender:
                 read_timestamp=read_ts,
                 timeout=timeout,
             )
-            if read_ts is None:
-                read_ts = reply.read_timestamp
             result = reply.results[0].scan
             kvs = list(result.kvs)
             if kvs:
