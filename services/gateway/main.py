@@ -25,6 +25,7 @@ from rangekv.gateway.cache_types import LookupResult, TelemetryCacheMetrics
 from rangekv.gateway.dist_sender import DistSender, NodeDirectory, RetryCounters
 from rangekv.gateway.kv_service import KVLimits, KVService
 from rangekv.gateway.node_client import NodeClients
+from rangekv.gateway.pusher import ReplicaTxnPusher
 from rangekv.gateway.range_cache import RangeCache
 from rangekv.metarange.client import MetaClient
 from rangekv.metarange.records import TxnMeta, TxnStatus
@@ -69,9 +70,8 @@ def build(
         intent_descriptor: RangeDescriptor,
         committed_descriptor: RangeDescriptor | None,
     ) -> TxnStatus:
-        # Descriptor transactions (splits, replica changes) arrive with the splits
-        # work; until then no intent can exist, and an unknown one stays pending.
-        return TxnStatus.PENDING
+        # Replica.PushTxn to the range holding the txn record (rangekv.gateway.pusher).
+        return await pusher(txn, intent_descriptor, committed_descriptor)
 
     def resolve_intent(meta_key: bytes, txn_id: bytes, status: TxnStatus) -> None:
         task = asyncio.ensure_future(meta.resolve_intent(meta_key, txn_id, int(status)))
@@ -86,6 +86,7 @@ def build(
         metrics=TelemetryCacheMetrics(telemetry) if telemetry is not None else None,
     )
     directory = NodeDirectory(meta.list_nodes)
+    pusher = ReplicaTxnPusher(nodes, directory, lambda k: meta.lookup_range(k, prefetch=0))
     sender = DistSender(cache, nodes, directory, timeout=cfg.request_timeout)
     if telemetry is not None:
         export_retry_counters(telemetry, sender.counters)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from rangekv.common.config import require, setting
 from rangekv.raftnode.replica import ReplicaLimits
+from rangekv.raftnode.split import CRASH_POINTS, SplitConfig
 from rangekv.replication.group import RaftTiming
 
 
@@ -79,6 +80,22 @@ class RaftnodeConfig:
         2.0, help="seconds a read-index may take before UNAVAILABLE"
     )
     write_timeout: float = setting(5.0, help="seconds a write may take to apply before UNAVAILABLE")
+    txn_expiry: float = setting(
+        5.0,
+        help="seconds a split transaction's record may go without a heartbeat before a push "
+        "aborts it",
+    )
+    split_size_threshold: int = setting(
+        64 << 20, help="split a range once its MVCC data exceeds this many bytes (0: never)"
+    )
+    split_check_interval: float = setting(
+        10.0, help="seconds between range size checks and txn record cleanups"
+    )
+    split_crash_after: str = setting(
+        "",
+        help="testing only: exit the process right after this step of a split "
+        f"({'|'.join(CRASH_POINTS)})",
+    )
 
     def __post_init__(self) -> None:
         try:
@@ -98,6 +115,14 @@ class RaftnodeConfig:
         require(self.max_value_bytes > 0, "max_value_bytes", "must be > 0")
         require(self.gc_ttl > 0, "gc_ttl", "must be > 0")
         require(self.gc_interval > 0, "gc_interval", "must be > 0")
+        require(self.txn_expiry > 0, "txn_expiry", "must be > 0")
+        require(self.split_size_threshold >= 0, "split_size_threshold", "must be >= 0")
+        require(self.split_check_interval > 0, "split_check_interval", "must be > 0")
+        require(
+            self.split_crash_after in ("", *CRASH_POINTS),
+            "split_crash_after",
+            f"must be one of {', '.join(CRASH_POINTS)}",
+        )
 
     def timing(self) -> RaftTiming:
         return RaftTiming(
@@ -114,4 +139,12 @@ class RaftnodeConfig:
             read_index_timeout=self.read_index_timeout,
             write_timeout=self.write_timeout,
             gc_ttl=self.gc_ttl,
+        )
+
+    def split(self) -> SplitConfig:
+        return SplitConfig(
+            txn_expiry=self.txn_expiry,
+            size_threshold=self.split_size_threshold,
+            check_interval=self.split_check_interval,
+            crash_after=self.split_crash_after,
         )

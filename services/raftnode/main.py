@@ -24,6 +24,7 @@ from rangekv.metarange.client import MetaClient
 from rangekv.raft import Message
 from rangekv.raftnode.config import RaftnodeConfig, parse_node_ids, parse_peers
 from rangekv.raftnode.service import ReplicaService
+from rangekv.raftnode.split import SplitCoordinator
 from rangekv.raftnode.store import Store, StoreConfig
 from rangekv.raftnode.telemetry import NodeMetrics
 from rangekv.replication.host import HostConfig
@@ -94,7 +95,10 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
         return await store.handle_snapshot(group_id, msg, header.descriptor, chunks)
 
     raft_service = RaftTransportServicer(node_id, store.handle_raft, handle_snapshot)
-    replica_service = ReplicaService(store)
+    splits = SplitCoordinator(store, meta, node_config.split())
+    if node_config.split_crash_after:
+        log.warning("split fault point armed: exit after %s", node_config.split_crash_after)
+    replica_service = ReplicaService(store, splits=splits)
 
     def register(server: object) -> None:
         replica_pb2_grpc.add_ReplicaServicer_to_server(replica_service, server)
@@ -113,6 +117,7 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
         logger=log,
     )
     store.start()
+    splits.start()
     await server.start()
     registry: asyncio.Task[None] | None = None
     if meta is not None:
@@ -129,6 +134,7 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
             registry.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await registry
+        await splits.stop()
         if meta is not None:
             await meta.close()
         await transport.close()

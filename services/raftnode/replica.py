@@ -23,13 +23,14 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from rangekv.common import errors as E
 from rangekv.common.descriptors import RangeDescriptor
 from rangekv.common.hlc import HybridClock, Timestamp
 from rangekv.raft import Entry, RawNode
-from rangekv.raftnode import mvcc
+from rangekv.raftnode import mvcc, txn
+from rangekv.raftnode.keys import txn_record_key
 from rangekv.replication.group import NotLeaderNow, ProposalAbandoned, RaftGroup
 from rangekv.replication.state_engine import DESCRIPTOR as DESCRIPTOR_KIND
 from rangekv.replication.state_engine import GC_THRESHOLD as GC_THRESHOLD_KIND
@@ -90,6 +91,15 @@ class ReplicaContext:
     monotonic: Callable[[], float] = time.monotonic
     reads: ReadCounter | None = None
     on_leader_change: Callable[[], None] | None = None
+    #: Called (inside apply) when a split trigger narrows `replica` to `left`:
+    #: the store writes the right-hand range's initial state into `batch` and
+    #: creates its raft group once the batch is durable.
+    on_split: (
+        Callable[[RangeReplica, RangeDescriptor, RangeDescriptor, StateBatch], None] | None
+    ) = None
+    #: The descriptor of this node's replica holding a key, if any (for
+    #: RangeKeyMismatch answers that name the right-hand side of a split).
+    descriptor_for_key: Callable[[bytes], RangeDescriptor | None] | None = None
 
 
 def ts_to_proto(ts: Timestamp) -> types_pb2.Timestamp:
@@ -123,6 +133,9 @@ class RangeReplica(RaftGroup):
         raw_gc = ctx.engine.get_local(descriptor.range_id, GC_THRESHOLD_KIND)
         #: Reads below this timestamp are refused: their versions may be gone.
         self.gc_threshold = Timestamp.decode(raw_gc) if raw_gc else Timestamp.MIN
+        #: Approximate bytes of the range's MVCC keys and values: None until the
+        #: size estimator scanned it; then raised by every applied write.
+        self.approx_size: int | None = None
 
     @property
     def range_id(self) -> int:
@@ -171,10 +184,16 @@ class RangeReplica(RaftGroup):
                     "read_timestamp",
                     f"{read_ts} is below the range's GC threshold {self.gc_threshold}",
                 )
-            self.ctx.hlc.update(read_ts)
+            # The gateway reads ahead of its clock by the maximum offset (see the
+            # DistSender): absorb it without the offset check, so that every write
+            # this node accepts from now on is versioned above the read.
+            self.ctx.hlc.forward(read_ts)
         if has_reads:
             if not req.inconsistent:
+                before = self.descriptor
                 await self._await_read_point()
+                if self.descriptor is not before:
+                    self._check_keys(req)  # a split applied while we waited
             ts = read_ts if read_ts is not None else self.ctx.hlc.now()
             for i, kind in enumerate(kinds):
                 if kind in READ_KINDS:
@@ -232,7 +251,18 @@ class RangeReplica(RaftGroup):
             else:
                 ok = desc.contains_key(body.key)
             if not ok:
-                raise E.RangeKeyMismatch(req.range_id, (desc,))
+                raise self.key_mismatch(body.start_key if kind == "scan" else body.key)
+
+    def key_mismatch(self, key: bytes) -> E.RangeKeyMismatch:
+        """RangeKeyMismatch naming this replica's descriptor and, when this node
+        holds the range that owns `key` (e.g. the right-hand side of a split
+        that just applied), that range's descriptor too."""
+        descs = [self.descriptor]
+        lookup = self.ctx.descriptor_for_key
+        other = lookup(key) if lookup is not None else None
+        if other is not None and other.range_id != self.range_id:
+            descs.append(other)
+        return E.RangeKeyMismatch(self.range_id, tuple(descs))
 
     def not_lease_holder(self) -> E.NotLeaseHolder:
         lead = self.raw_node.leader()
@@ -297,7 +327,7 @@ class RangeReplica(RaftGroup):
         self._write_queue.append((writes, fut))
         self._wake(self)
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), self.ctx.limits.write_timeout)  # type: ignore[no-any-return]
+            results = await asyncio.wait_for(asyncio.shield(fut), self.ctx.limits.write_timeout)
         except TimeoutError:
             raise E.Unavailable(
                 f"range {self.range_id}: write not applied within {self.ctx.limits.write_timeout}s",
@@ -310,6 +340,12 @@ class RangeReplica(RaftGroup):
                 f"range {self.range_id}: {exc}; the write may or may not have been applied",
                 outcome=E.WriteOutcome.UNKNOWN,
             ) from None
+        if any(r is OUTSIDE_RANGE for r in results):
+            # The command applied after a split took some of its keys away:
+            # none of its writes were applied (all or nothing), so a retry is safe.
+            key = next(getattr(op, op.WhichOneof("op")).key for op in writes)  # type: ignore[arg-type]
+            raise self.key_mismatch(key)
+        return results  # type: ignore[no-any-return]
 
     def before_drain(self) -> None:
         """Merge every queued client write batch into ONE raft command."""
@@ -342,6 +378,12 @@ class RangeReplica(RaftGroup):
         results: list[replica_pb2.ReplicaOpResult] = []
         if cmd.HasField("gc_threshold"):
             self._apply_gc(ts_from_proto(cmd.gc_threshold), batch)
+        if cmd.HasField("txn_op"):
+            return self._apply_txn_op(cmd.txn_op, base, reader, batch)
+        desc = self.descriptor
+        if not all(desc.contains_key(getattr(op, op.WhichOneof("op")).key) for op in cmd.writes):  # type: ignore[arg-type]
+            # Proposed before a split that applied first: keys of another range now.
+            return [OUTSIDE_RANGE] * len(cmd.writes)
         for i, op in enumerate(cmd.writes):
             results.append(
                 self._apply_write(op, Timestamp(base.wall_time, base.logical + i), reader, batch)
@@ -357,6 +399,9 @@ class RangeReplica(RaftGroup):
         if latest is not None and latest >= ts:
             ts = latest.next()
         self.ctx.hlc.forward(ts)
+        if self.approx_size is not None:
+            value = op.put.value if kind == "put" else op.compare_and_swap.new_value
+            self.approx_size += len(key) + len(value) + VERSION_OVERHEAD
         if kind == "put":
             mvcc.put(batch, key, op.put.value, ts)
             return replica_pb2.ReplicaOpResult(put=replica_pb2.PutResult(version=_ts_pb(ts)))
@@ -383,6 +428,86 @@ class RangeReplica(RaftGroup):
                 current=types_pb2.KeyValue(key=key, value=cas.new_value, version=_ts_pb(ts)),
             )
         )
+
+    # --- transaction records ------------------------------------------------------------
+
+    def _apply_txn_op(
+        self, op: raftcmd_pb2.TxnOp, ts: Timestamp, reader: Reader, batch: StateBatch
+    ) -> TxnApplied:
+        """Apply one transaction-record operation (deterministic: see txn.py)."""
+        desc = self.descriptor
+        if not desc.contains_key(op.txn.record_key) or len(op.txn.id) != TXN_ID_LEN:
+            return TxnApplied(None, outside=True)
+        key = txn_record_key(op.txn.record_key, op.txn.id)
+        raw = reader.get(key)
+        existing = types_pb2.TxnRecord.FromString(raw) if raw is not None else None
+        left = right = None
+        split_ok = True
+        if op.kind == txn.COMMIT and op.HasField("split_left"):
+            try:
+                left = RangeDescriptor.from_proto(op.split_left)
+                right = RangeDescriptor.from_proto(op.split_right)
+            except ValueError:  # malformed descriptors: never a valid split (apply never raises)
+                split_ok = False
+            else:
+                split_ok = txn.split_matches(desc, left, right)
+        decision = txn.decide(op, existing, ts.wall_time, split_ok=split_ok)
+        if decision.write and decision.record is not None:
+            batch.put(key, decision.record.SerializeToString())
+        if decision.split:
+            assert left is not None and right is not None
+            self._apply_split(left, right, batch)
+        return TxnApplied(decision.record)
+
+    def _apply_split(
+        self, left: RangeDescriptor, right: RangeDescriptor, batch: StateBatch
+    ) -> None:
+        """The split trigger: this range becomes `left`; the store creates `right`."""
+        self.descriptor = left
+        self.save_descriptor(batch)
+        self.approx_size = None  # both halves are re-estimated
+        if self.ctx.on_split is not None:
+            self.ctx.on_split(self, left, right, batch)
+
+    async def propose_txn_op(self, op: raftcmd_pb2.TxnOp) -> types_pb2.TxnRecord | None:
+        """On the leaseholder: apply `op` through raft; returns the record afterwards
+        (None: there is none). Raises NotLeaseHolder, RangeKeyMismatch, Unavailable."""
+        self._require_leader()
+        if len(op.txn.id) != TXN_ID_LEN:
+            raise E.InvalidArgument("txn.id", f"must be {TXN_ID_LEN} bytes")
+        if not self.descriptor.contains_key(op.txn.record_key):
+            raise self.key_mismatch(op.txn.record_key)
+        cmd = raftcmd_pb2.RaftCommand(timestamp=ts_to_proto(self.ctx.hlc.now()), txn_op=op)
+        fut = self.propose(cmd.SerializeToString())
+        try:
+            result = await asyncio.wait_for(asyncio.shield(fut), self.ctx.limits.write_timeout)
+        except TimeoutError:
+            raise E.Unavailable(
+                f"range {self.range_id}: txn record operation not applied in time",
+                outcome=E.WriteOutcome.UNKNOWN,
+            ) from None
+        except NotLeaderNow:
+            raise self.not_lease_holder() from None
+        except ProposalAbandoned as exc:
+            raise E.Unavailable(
+                f"range {self.range_id}: {exc}", outcome=E.WriteOutcome.UNKNOWN
+            ) from None
+        assert isinstance(result, TxnApplied)
+        if result.outside:
+            raise self.key_mismatch(op.txn.record_key)
+        return result.record
+
+    async def read_txn_record(self, meta: types_pb2.TxnMeta) -> types_pb2.TxnRecord | None:
+        """The record as of now (leaseholder read: lease or read-index)."""
+        if not self.descriptor.contains_key(meta.record_key):
+            raise self.key_mismatch(meta.record_key)
+        if len(meta.id) != TXN_ID_LEN:
+            raise E.InvalidArgument("txn.id", f"must be {TXN_ID_LEN} bytes")
+        await self._await_read_point()
+        if not self.descriptor.contains_key(meta.record_key):
+            raise self.key_mismatch(meta.record_key)
+        raw = self.ctx.engine.get(txn_record_key(meta.record_key, meta.id))
+        return types_pb2.TxnRecord.FromString(raw) if raw is not None else None
 
     def on_soft_state(self, rd: Any) -> None:
         if self.ctx.on_leader_change is not None:
@@ -418,6 +543,21 @@ class RangeReplica(RaftGroup):
         batch.put_local(
             self.range_id, DESCRIPTOR_KIND, self.descriptor.to_proto().SerializeToString()
         )
+
+
+#: What a command's writes answer when the range no longer holds their keys.
+OUTSIDE_RANGE: Final = object()
+#: Bytes a stored MVCC version adds to its user key and value (prefix, escaping, timestamp).
+VERSION_OVERHEAD: Final = 16
+TXN_ID_LEN: Final = 16
+
+
+@dataclass(frozen=True, slots=True)
+class TxnApplied:
+    """What a txn-record command answers its proposer."""
+
+    record: types_pb2.TxnRecord | None
+    outside: bool = False
 
 
 def _ts_pb(ts: Timestamp | None) -> types_pb2.Timestamp:

@@ -1,9 +1,9 @@
 """rangekv.v1.Replica served by a storage node.
 
 Data calls answer in-band (results or one ReplicaError); the gRPC status of a
-call is OK unless the call itself failed. Descriptor transactions (split,
-replica changes, txn records) arrive with the splits work; until then those
-RPCs answer UNIMPLEMENTED.
+call is OK unless the call itself failed. Splits and transaction records are
+served here too (`rangekv.raftnode.split`, `rangekv.raftnode.txn`); replica
+changes still answer UNIMPLEMENTED.
 """
 
 from __future__ import annotations
@@ -14,14 +14,24 @@ from collections.abc import AsyncIterator
 import grpc
 
 from rangekv.common import errors as E
+from rangekv.raftnode import txn as T
+from rangekv.raftnode.replica import RangeReplica
+from rangekv.raftnode.split import SplitConfig, SplitCoordinator, push_local
 from rangekv.raftnode.store import Store
-from rangekv.v1 import replica_pb2, replica_pb2_grpc
+from rangekv.v1 import raftcmd_pb2, replica_pb2, replica_pb2_grpc
 
 
 class ReplicaService(replica_pb2_grpc.ReplicaServicer):
-    def __init__(self, store: Store, *, transfer_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        transfer_timeout: float = 5.0,
+        splits: SplitCoordinator | None = None,
+    ) -> None:
         self._store = store
         self._transfer_timeout = transfer_timeout
+        self._splits = splits or SplitCoordinator(store, None, SplitConfig())
 
     async def Batch(
         self, request: replica_pb2.ReplicaBatchRequest, context: grpc.aio.ServicerContext
@@ -91,6 +101,7 @@ class ReplicaService(replica_pb2_grpc.ReplicaServicer):
                     leader_replica_id=node.leader(),
                     applied_index=replica.applied_index,
                     commit_index=node.raft.log.committed,
+                    approximate_size_bytes=replica.approx_size or 0,
                 )
             )
         return replica_pb2.RangeInfoResponse(node_id=self._store.node_id, replicas=infos)
@@ -123,3 +134,63 @@ class ReplicaService(replica_pb2_grpc.ReplicaServicer):
             f"within {self._transfer_timeout}s"
         )
         return replica_pb2.TransferLeaseResponse(error=E.to_replica_error(err3))
+
+    # --- splits and transaction records ----------------------------------------------------
+
+    def _replica_or_error(self, range_id: int) -> RangeReplica:
+        replica = self._store.replica(range_id)
+        if replica is None:
+            raise E.RangeNotFound(range_id, self._store.node_id)
+        return replica
+
+    async def AdminSplit(
+        self, request: replica_pb2.AdminSplitRequest, context: grpc.aio.ServicerContext
+    ) -> replica_pb2.AdminSplitResponse:
+        try:
+            left, right = await self._splits.split(request.range_id, request.split_key)
+        except E.RangeKVError as exc:
+            return replica_pb2.AdminSplitResponse(error=E.to_replica_error(exc))
+        return replica_pb2.AdminSplitResponse(left=left.to_proto(), right=right.to_proto())
+
+    async def PushTxn(
+        self, request: replica_pb2.PushTxnRequest, context: grpc.aio.ServicerContext
+    ) -> replica_pb2.PushTxnResponse:
+        try:
+            replica = self._replica_or_error(request.range_id)
+            if not replica.raw_node.is_leader():
+                raise replica.not_lease_holder()
+            rec = await push_local(replica, request.txn, self._splits.config.txn_expiry)
+        except E.RangeKVError as exc:
+            return replica_pb2.PushTxnResponse(error=E.to_replica_error(exc))
+        return replica_pb2.PushTxnResponse(record=rec)
+
+    async def QueryTxn(
+        self, request: replica_pb2.QueryTxnRequest, context: grpc.aio.ServicerContext
+    ) -> replica_pb2.QueryTxnResponse:
+        try:
+            replica = self._replica_or_error(request.range_id)
+            rec = await replica.read_txn_record(request.txn)
+        except E.RangeKVError as exc:
+            return replica_pb2.QueryTxnResponse(error=E.to_replica_error(exc))
+        return replica_pb2.QueryTxnResponse(record=rec)
+
+    async def EndTxn(
+        self, request: replica_pb2.EndTxnRequest, context: grpc.aio.ServicerContext
+    ) -> replica_pb2.EndTxnResponse:
+        try:
+            replica = self._replica_or_error(request.range_id)
+            if request.status == T.COMMITTED:
+                op = raftcmd_pb2.TxnOp(kind=T.COMMIT, txn=request.txn)
+                if request.HasField("split_left") or request.HasField("split_right"):
+                    if not (request.HasField("split_left") and request.HasField("split_right")):
+                        raise E.InvalidArgument("split_right", "a split needs both descriptors")
+                    op.split_left.CopyFrom(request.split_left)
+                    op.split_right.CopyFrom(request.split_right)
+            elif request.status == T.ABORTED:
+                op = raftcmd_pb2.TxnOp(kind=T.ABORT, txn=request.txn)
+            else:
+                raise E.InvalidArgument("status", "must be COMMITTED or ABORTED")
+            rec = await replica.propose_txn_op(op)
+        except E.RangeKVError as exc:
+            return replica_pb2.EndTxnResponse(error=E.to_replica_error(exc))
+        return replica_pb2.EndTxnResponse(record=rec)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from rangekv.common.descriptors import RangeDescriptor
 from rangekv.common.hlc import HybridClock
 from rangekv.raft import ConfState, HardState, Message, MessageType, Snapshot, SnapshotMetadata
-from rangekv.raftnode.keys import data_span
+from rangekv.raftnode.keys import data_span, txn_record_span
 from rangekv.raftnode.replica import (
     RangeReplica,
     ReadOutcomeCounter,
@@ -30,8 +30,11 @@ from rangekv.replication.host import GroupHost, HostConfig, SendRaft, Span
 from rangekv.replication.scheduler import SchedulerMetrics
 from rangekv.replication.state_engine import (
     DESCRIPTOR,
+    GC_THRESHOLD,
     LOCAL_PREFIX,
     AppliedState,
+    StateBatch,
+    range_local_key,
     range_local_span,
 )
 from rangekv.v1 import types_pb2
@@ -86,6 +89,8 @@ class Store(GroupHost):
             resolve_address=resolve_address,
             monotonic=monotonic,
             reads=ReadOutcomeCounter(),
+            on_split=self._on_split,
+            descriptor_for_key=self._descriptor_for_key,
         )
 
     # --- replicas --------------------------------------------------------------------
@@ -107,6 +112,10 @@ class Store(GroupHost):
             mine = desc.replica_on(self.node_id)
             if mine is None:
                 continue
+            if self.applied_state(desc.range_id) == AppliedState(INITIAL_INDEX, INITIAL_TERM):
+                # A split's right-hand side whose raft state may not have been
+                # written before a crash (it is written after the split's batch).
+                self._write_initial_raft_state(desc, keep_existing=True)
             self._add_replica(desc, mine.replica_id)
             count += 1
         return count
@@ -122,23 +131,110 @@ class Store(GroupHost):
         mine = descriptor.replica_on(self.node_id)
         if mine is None:
             raise ValueError(f"node {self.node_id} is not in {descriptor}")
-        voters = tuple(sorted(r.replica_id for r in descriptor.replicas if r.type == 1))
-        learners = tuple(sorted(r.replica_id for r in descriptor.replicas if r.type == 2))
-        meta = SnapshotMetadata(INITIAL_INDEX, INITIAL_TERM, ConfState(voters, learners))
         batch = self.state_engine.new_batch()
         batch.put_local(descriptor.range_id, DESCRIPTOR, descriptor.to_proto().SerializeToString())
         batch.set_applied_state(descriptor.range_id, AppliedState(INITIAL_INDEX, INITIAL_TERM))
         self.state_engine.commit(batch, force_sync=True)
-        log_batch = self.log_engine.new_batch()
-        log_batch.apply_snapshot(descriptor.range_id, Snapshot(meta))
-        # The term starts at the snapshot's: a log's terms never exceed the current term.
-        log_batch.set_hard_state(
-            descriptor.range_id, HardState(term=INITIAL_TERM, vote=0, commit=INITIAL_INDEX)
-        )
-        self.log_engine.commit(log_batch)
+        self._write_initial_raft_state(descriptor, keep_existing=False)
         self._add_replica(descriptor, mine.replica_id)
         log.info("bootstrapped range %d %s", descriptor.range_id, _span(descriptor))
         return True
+
+    def _write_initial_raft_state(
+        self, descriptor: RangeDescriptor, *, keep_existing: bool
+    ) -> None:
+        """The synthetic initial snapshot (INITIAL_INDEX, INITIAL_TERM) of a new
+        range's raft log. With `keep_existing`, a log that already holds a
+        snapshot is left alone, and a hard state (the term and vote of an
+        uninitialized replica that took part in an election) is kept."""
+        gid = descriptor.range_id
+        storage = self.log_engine.storage(gid)
+        hs, _conf = storage.initial_state()
+        if keep_existing and storage.snapshot().index >= INITIAL_INDEX:
+            return
+        voters = tuple(sorted(r.replica_id for r in descriptor.replicas if r.type == 1))
+        learners = tuple(sorted(r.replica_id for r in descriptor.replicas if r.type == 2))
+        meta = SnapshotMetadata(INITIAL_INDEX, INITIAL_TERM, ConfState(voters, learners))
+        log_batch = self.log_engine.new_batch()
+        log_batch.apply_snapshot(gid, Snapshot(meta))
+        # The term starts at the snapshot's: a log's terms never exceed the current term.
+        if keep_existing and hs.term > INITIAL_TERM:
+            hard = HardState(term=hs.term, vote=hs.vote, commit=max(hs.commit, INITIAL_INDEX))
+        else:
+            hard = HardState(term=INITIAL_TERM, vote=0, commit=INITIAL_INDEX)
+        log_batch.set_hard_state(gid, hard)
+        self.log_engine.commit(log_batch)
+
+    # --- splits ---------------------------------------------------------------------------
+
+    def _on_split(
+        self,
+        lhs: RangeReplica,
+        left: RangeDescriptor,
+        right: RangeDescriptor,
+        batch: StateBatch,
+    ) -> None:
+        """Split trigger, inside the apply of the LHS's commit (every replica alike).
+
+        The right-hand side's MVCC data and txn records are already in this
+        engine (keyed by user key): only its range-local state is written, at
+        the synthetic initial index, unless the RHS is already initialized
+        here (a replayed split). Its raft group is created once the batch is
+        durable (`after_apply`): the log-engine writes must not run beside the
+        scheduler's own log commit.
+        """
+        reader = batch.reader()
+        rid = right.range_id
+        if reader.get(range_local_key(rid, DESCRIPTOR)) is None:
+            batch.put_local(rid, DESCRIPTOR, right.to_proto().SerializeToString())
+            batch.set_applied_state(rid, AppliedState(INITIAL_INDEX, INITIAL_TERM))
+            gc = reader.get(range_local_key(lhs.range_id, GC_THRESHOLD))
+            if gc is not None:
+                batch.put_local(rid, GC_THRESHOLD, gc)
+        log.info(
+            "split range %d into %s r%d and %s r%d",
+            lhs.range_id,
+            _span(left),
+            left.range_id,
+            _span(right),
+            rid,
+        )
+        campaign = lhs.raw_node.is_leader()
+        self.scheduler.after_apply(lambda: self._create_split_rhs(right, campaign))
+
+    def _create_split_rhs(self, right: RangeDescriptor, campaign: bool) -> None:
+        """Create the RHS raft group (in the scheduler's section, after the split is durable)."""
+        mine = right.replica_on(self.node_id)
+        if mine is None:
+            return
+        rid = right.range_id
+        existing = self.replica(rid)
+        if existing is not None:
+            if existing.applied_index >= INITIAL_INDEX:
+                return  # already initialized (a snapshot, or a replayed split)
+            # An uninitialized replica created from a heartbeat: it holds no state.
+            self.scheduler.remove_group(rid)
+        if self.applied_state(rid).index < INITIAL_INDEX:
+            return  # our split batch did not initialize it: nothing to create from
+        stored = self.state_engine.get_local(rid, DESCRIPTOR)
+        desc = (
+            RangeDescriptor.from_proto(types_pb2.RangeDescriptor.FromString(stored))
+            if stored
+            else right
+        )
+        self._write_initial_raft_state(desc, keep_existing=True)
+        replica = self._add_replica(desc, mine.replica_id)
+        if campaign:
+            # The LHS leader's node starts the RHS election at once, instead of
+            # leaving the new range without a leader for an election timeout.
+            replica.raw_node.campaign()
+            self.scheduler.wake(replica)
+
+    def _descriptor_for_key(self, key: bytes) -> RangeDescriptor | None:
+        for replica in self.replicas():
+            if replica.applied_index >= INITIAL_INDEX and replica.descriptor.contains_key(key):
+                return replica.descriptor
+        return None
 
     def _add_replica(self, desc: RangeDescriptor, replica_id: int) -> RangeReplica:
         applied = self.applied_state(desc.range_id)
@@ -221,6 +317,19 @@ class Store(GroupHost):
         mine = desc.replica_on(self.node_id)
         if mine is None or mine.replica_id != message.to:
             return False
+        for other in self.replicas():
+            if (
+                other.range_id != group_id
+                and other.applied_index >= INITIAL_INDEX
+                and other.descriptor.overlaps(desc.start_key, desc.end_key)
+            ):
+                # The right-hand side of a split this node has not applied yet: its
+                # keys still belong to the local left-hand side, which will create
+                # it when it applies the split. Refused; the leader retries later.
+                log.debug(
+                    "refusing snapshot of range %d: overlaps range %d", group_id, other.range_id
+                )
+                return False
         # Create the replica first (empty raft state), so that its core never
         # starts with an applied index its log does not know.
         replica = self.replica(group_id) or self._add_replica(desc, mine.replica_id)
@@ -238,8 +347,9 @@ class Store(GroupHost):
 
 def _range_spans(range_id: int, desc: RangeDescriptor) -> list[Span]:
     local_lo, local_hi = range_local_span(range_id)
+    txn_lo, txn_hi = txn_record_span(desc.start_key, desc.end_key)
     data_lo, data_hi = data_span(desc.start_key, desc.end_key)
-    return [(local_lo, local_hi), (data_lo, data_hi)]
+    return [(local_lo, local_hi), (txn_lo, txn_hi), (data_lo, data_hi)]
 
 
 def _ignore_outcome(fut: asyncio.Future[object]) -> None:
