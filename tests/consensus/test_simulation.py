@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from dataclasses import replace
 
 import pytest
@@ -75,3 +76,33 @@ def test_same_seed_same_trace() -> None:
     assert a.events == b.events
     c = run_simulation(8, config_for(7))
     assert c.trace_hash != a.trace_hash
+
+
+def test_every_fault_family_fires() -> None:
+    """Guard against a simulator that silently stopped exercising something:
+    over a handful of seeds every fault family and both read paths must occur."""
+    totals: Counter[str] = Counter()
+    for seed in range(8):
+        totals.update(run_simulation(seed, config_for(seed)).stats)
+    for key in (
+        "partitions",
+        "dropped",
+        "duplicated",
+        "crashes",
+        "crashes_after_persist",
+        "restarts",
+        "snapshots_installed",
+        "compactions",
+        "conf_add_learner",
+        "conf_add_node",
+        "conf_remove_node",
+        "transfers",
+        "timeout_now_delivered",
+        "elections_won",
+        "leader_logs_checked",
+        "reads_lease",
+        "reads_read_index",
+        "ok",
+        "unknown",
+    ):
+        assert totals[key] > 0, f"{key} never happened: {dict(totals)}"

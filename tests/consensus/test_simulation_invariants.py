@@ -253,6 +253,16 @@ def test_clock_beyond_drift_bound_is_caught_by_lease_safety() -> None:
         c.run_until(c.now + 100.0)
 
 
+def test_sending_before_persisting_is_caught() -> None:
+    """A driver that sends a Ready's messages before persisting it, and crashes in
+    between, lets a node forget votes and acks it gave: something must break."""
+    cfg = SimConfig(
+        nodes=3, duration=120.0, unsafe_send_before_persist=True, crash_after_persist_rate=0.05
+    )
+    exc = _first_failure(cfg, range(40))
+    assert exc.invariant != "unexpected exception", str(exc)
+
+
 def test_quiet_world_passes_without_ambiguity() -> None:
     result = run_simulation(3, SimConfig(nodes=3, duration=80.0, faults=Faults.none()))
     assert result.linearizable is True

@@ -68,7 +68,7 @@ def _act(c: Cluster) -> None:
     if f.conf_change:
         menu += ["conf"] * 2
     if f.transfer:
-        menu += ["transfer", "campaign"]
+        menu += ["transfer", "transfer", "campaign"]
     if f.clock_drift:
         menu.append("clock")
     if not menu:
@@ -90,7 +90,7 @@ def _act(c: Cluster) -> None:
 
 
 def _partition(c: Cluster) -> None:
-    if c.network.blocked:
+    if c.network.disturbed:
         return  # one partition at a time; its HEAL is already scheduled
     ids = [nid for nid, n in sorted(c.nodes.items()) if not n.removed]
     lead = c.leader()

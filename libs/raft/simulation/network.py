@@ -28,6 +28,8 @@ class Network:
         self._faults = config.faults
         self.blocked: set[tuple[int, int]] = set()
         """Directed links ``(sender, receiver)`` currently cut."""
+        self.slow: dict[tuple[int, int], float] = {}
+        """Directed links currently congested, with the extra latency they add."""
         self.quiet = False
         """When set (the healing phase) no message is dropped, duplicated or long-delayed."""
         self._fifo_last: dict[tuple[int, int], float] = {}
@@ -42,22 +44,40 @@ class Network:
         return (sender, receiver) not in self.blocked
 
     def heal(self) -> None:
-        """Remove every partition."""
+        """Remove every partition and congestion."""
         self.blocked.clear()
+        self.slow.clear()
+
+    @property
+    def disturbed(self) -> bool:
+        """True while a partition or congestion is in place."""
+        return bool(self.blocked or self.slow)
 
     def partition(self, ids: Sequence[int], victim: int | None = None) -> str:
         """Cut a random pattern of links among ``ids``; returns a description for the trace.
 
         Patterns: a symmetric split into two random groups, the isolation of
-        one node, an asymmetric cut (one direction of a split only), and
-        random directed link cuts.  ``victim`` (usually the leader) is the node
-        an isolation cuts off, when given.
+        one node, an asymmetric cut (one direction of a split only), random
+        directed link cuts, and congestion: a few directed links from one node
+        (usually the leader) that deliver everything, but up to several
+        election timeouts late -- the way stale TIMEOUT_NOW, votes and appends
+        arrive long after the situation that produced them is over.
+        ``victim`` (usually the leader) is the node an isolation cuts off or
+        whose outgoing links congest, when given.
         """
         ids = sorted(ids)
         if len(ids) < 2:
             return "partition none"
         rng = self._rng
-        pattern = rng.choice(("split", "isolate", "oneway", "links"))
+        pattern = rng.choice(("split", "isolate", "oneway", "links", "slow"))
+        if pattern == "slow":
+            src = victim if victim in ids else rng.choice(ids)
+            for dst in ids:
+                if dst != src and rng.random() < 0.5:
+                    self.slow[(src, dst)] = rng.uniform(2.0, self._cfg.long_delay_max)
+            return f"congestion from {src}: " + ", ".join(
+                f"->{d} +{x:.1f}" for (_, d), x in sorted(self.slow.items())
+            )
         if pattern == "isolate":
             if victim is None or victim not in ids:
                 victim = rng.choice(ids)
@@ -101,10 +121,11 @@ class Network:
         if not self.quiet and self._faults.drop and rng.random() < cfg.drop_rate:
             self.dropped += 1
             return []
-        times = [now + self._latency()]
+        extra = self.slow.get((sender, receiver), 0.0)
+        times = [now + extra + self._latency()]
         if not self.quiet and self._faults.duplicate and rng.random() < cfg.duplicate_rate:
             self.duplicated += 1
-            times.append(now + self._latency())
+            times.append(now + extra + self._latency())
         if not self._faults.reorder:
             # Per-link FIFO: never deliver before the previous message on the link.
             link = (sender, receiver)
