@@ -1,9 +1,9 @@
-"""The admin verbs: ranges, nodes, transfer-lease and split.
+"""The admin verbs: ranges, nodes, transfer-lease, split and change-replicas.
 
 They need what a gateway does not expose: the meta range (`--meta`, or the
 ports a `rangekv dev` cluster keeps in DATA/cluster.json) for descriptors and
 the store registry, and each storage node's `rangekv.v1.Replica` service
-(RangeInfo, TransferLease, AdminSplit) at the address the registry gives.
+(RangeInfo, TransferLease, AdminSplit, ChangeReplicas) at the address the registry gives.
 Output and error conventions are those of `rangekv.cli.kv`.
 """
 
@@ -454,8 +454,67 @@ def split_main(argv: Sequence[str]) -> int:
     return run(main)
 
 
+_CHANGES = {
+    "add": [
+        replica_pb2.REPLICA_CHANGE_TYPE_ADD_LEARNER,
+        replica_pb2.REPLICA_CHANGE_TYPE_PROMOTE_VOTER,
+    ],
+    "add-learner": [replica_pb2.REPLICA_CHANGE_TYPE_ADD_LEARNER],
+    "promote": [replica_pb2.REPLICA_CHANGE_TYPE_PROMOTE_VOTER],
+    "remove": [replica_pb2.REPLICA_CHANGE_TYPE_REMOVE],
+}
+
+
+def change_replicas_main(argv: Sequence[str]) -> int:
+    p = _parser(
+        "change-replicas",
+        "Add (learner, catch-up, promotion) or remove the replica of RANGE_ID on NODE_ID "
+        "(asks the leaseholder; the leaseholder's own replica cannot be removed).",
+    )
+    p.add_argument("range_id", type=int)
+    p.add_argument("action", choices=sorted(_CHANGES))
+    p.add_argument("node_id", type=int)
+    add_common(p, gateway=False)
+    args = p.parse_args(argv)
+
+    async def main() -> int:
+        meta = _meta_client(args)
+        try:
+            _view, holder = await _leaseholder_of(meta, args.range_id, args.timeout)
+        finally:
+            await meta.close()
+        changes = [
+            replica_pb2.ReplicaChange(type=t, node_id=args.node_id) for t in _CHANGES[args.action]
+        ]
+        async with channel(holder.address) as ch:
+            resp = await replica_pb2_grpc.ReplicaStub(ch).ChangeReplicas(
+                replica_pb2.ChangeReplicasRequest(range_id=args.range_id, changes=changes),
+                timeout=args.timeout,
+            )
+        if resp.HasField("error"):
+            raise E.from_replica_error(resp.error)
+        d = resp.descriptor
+        if args.json:
+            emit_json(
+                {
+                    "range_id": d.range_id,
+                    "generation": d.generation,
+                    "replicas": [
+                        {"node_id": r.node_id, "replica_id": r.replica_id, "voter": r.type == 1}
+                        for r in d.replicas
+                    ],
+                }
+            )
+        else:
+            print(f"range {d.range_id} (generation {d.generation}): {_replicas_text(d)}")
+        return 0
+
+    return run(main)
+
+
 __all__ = [
     "ClusterView",
+    "change_replicas_main",
     "cluster_view",
     "meta_addresses",
     "nodes_main",

@@ -154,7 +154,10 @@ class LocalCluster:
         env: dict[str, str] | None = None,
         extra_node_args: list[str] | None = None,
         say: Callable[[str], None] = print,
+        first_range_nodes: int = 0,
     ) -> None:
+        """`first_range_nodes`: how many of the nodes (the lowest ids) hold the
+        first range (0: all); the others start empty, for replicas to be added."""
         self.data = data
         self.say = say
         self.layout = Layout.load_or_create(
@@ -162,7 +165,8 @@ class LocalCluster:
         )
         meta_peers = ",".join(f"{i}=127.0.0.1:{p}" for i, p in self.layout.meta.items())
         node_peers = ",".join(f"{i}=127.0.0.1:{p}" for i, p in self.layout.nodes.items())
-        node_ids = ",".join(str(i) for i in self.layout.nodes)
+        initial = list(self.layout.nodes)[: first_range_nodes or None]
+        node_ids = ",".join(str(i) for i in initial)
         self.meta_addrs = ",".join(f"127.0.0.1:{p}" for p in self.layout.meta.values())
         logs = data / "logs"
         env = env or {}

@@ -2,7 +2,7 @@
 
     rangekv dev ...        run a local cluster
     rangekv put|get|del|cas|scan ...        talk to a gateway
-    rangekv ranges|nodes|transfer-lease|split ...   inspect and steer the cluster
+    rangekv ranges|nodes|transfer-lease|split|change-replicas ...   inspect and steer the cluster
     rangekv bench ...      load generator
     rangekv raftnode|metarange|gateway ...  run one process of a cluster
 
@@ -31,6 +31,11 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "nodes": ("rangekv.cli.admin", "nodes_main", "the store registry with liveness"),
     "transfer-lease": ("rangekv.cli.admin", "transfer_lease_main", "move a range's lease"),
     "split": ("rangekv.cli.admin", "split_main", "split the range holding a key"),
+    "change-replicas": (
+        "rangekv.cli.admin",
+        "change_replicas_main",
+        "add or remove a range's replica on a node",
+    ),
     "bench": ("rangekv.cli.bench", "main", "load generator: put/get/mixed against a gateway"),
 }
 

@@ -39,6 +39,7 @@ from rangekv.raft import (
     Ready,
     StateType,
 )
+from rangekv.replication.mutations import Mutation
 
 _TAG: Final = struct.Struct(">QQ")  # incarnation, sequence
 TAG_SIZE: Final = _TAG.size
@@ -136,6 +137,8 @@ class RaftGroup:
         #: below it, see the raftnode store).
         self.last_conf_index = 0
         self.removed = False
+        #: Test-only mutation (see mutations.py); the scheduler sets it in add_group.
+        self.mutation = Mutation.NONE
 
     # --- inputs (any coroutine) -----------------------------------------------------
 
@@ -197,6 +200,9 @@ class RaftGroup:
         in `timeout` (no quorum). `count` receives hit | readindex | not_leader.
         """
         lease = self.lease_status(now)
+        if self.mutation is Mutation.LEASE_WITHOUT_CHECK and lease.state != LeaseState.NOT_LEADER:
+            # TEST MUTATION: a (possibly deposed) leader serves without a lease.
+            return
         if lease.state == LeaseState.VALID:
             if count is not None:
                 count("hit")
@@ -301,6 +307,29 @@ class RaftGroup:
                 self.applied_index = entry.index
         if rd.committed_entries:
             self.record_applied(self.applied_index, rd.committed_entries[-1].term, batch)
+        return done
+
+    def apply_unreplicated(self, rd: Ready, batch: Any) -> list[tuple[asyncio.Future[Any], Any]]:
+        """TEST MUTATION ack_before_quorum only: apply this leader's newly appended
+        entries (not yet on a quorum) as if committed, so their proposals are
+        acknowledged at once. Stops at the first conf change. Entries applied
+        here are skipped when they really commit (index <= applied_index)."""
+        done: list[tuple[asyncio.Future[Any], Any]] = []
+        last: Entry | None = None
+        for entry in rd.entries:
+            if entry.type == EntryType.CONF_CHANGE:
+                break
+            if entry.index <= self.applied_index:
+                continue
+            if len(entry.data) >= TAG_SIZE:
+                result = self.apply_command(entry, entry.data[TAG_SIZE:], batch)
+                fut = self._pending.pop(entry.data[:TAG_SIZE], None)
+                if fut is not None:
+                    done.append((fut, result))
+            self.applied_index = entry.index
+            last = entry
+        if last is not None:
+            self.record_applied(self.applied_index, last.term, batch)
         return done
 
     def after_advance(self, rd: Ready) -> None:

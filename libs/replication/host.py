@@ -27,6 +27,7 @@ from pathlib import Path
 from rangekv.raft import Config, Message, RawNode
 from rangekv.replication.group import RaftGroup, RaftTiming
 from rangekv.replication.log_engine import RaftLogEngine
+from rangekv.replication.mutations import Mutation
 from rangekv.replication.scheduler import RaftScheduler, SchedulerMetrics
 from rangekv.replication.snapshot_data import decode_chunk, encode_chunks
 from rangekv.replication.state_engine import APPLIED_STATE, AppliedState, StateEngine
@@ -50,6 +51,8 @@ class HostConfig:
     log_retain_entries: int = 2000
     truncate_interval: float = 5.0
     snapshot_chunk_bytes: int = 1 << 20
+    #: Test-only deliberately broken behaviour (mutations.py); NONE otherwise.
+    mutation: Mutation = Mutation.NONE
 
     def __post_init__(self) -> None:
         if self.node_id <= 0:
@@ -77,7 +80,11 @@ class GroupHost:
         self.log_engine = RaftLogEngine.open(config.data_dir / "raftlog")
         self.state_engine = StateEngine.open(config.data_dir / "state", config.fsm_sync_mode)
         self.scheduler = RaftScheduler(
-            self.log_engine, self.state_engine, self._send, metrics=scheduler_metrics
+            self.log_engine,
+            self.state_engine,
+            self._send,
+            metrics=scheduler_metrics,
+            mutation=config.mutation,
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._rng = random.Random()

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 from rangekv.raft import Message, MessageType, Ready
 from rangekv.replication.group import RaftGroup, _fail, _resolve
+from rangekv.replication.mutations import Mutation
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ class RaftScheduler:
         metrics: SchedulerMetrics | None = None,
         max_groups_per_iteration: int = 256,
         blocking_io_in_thread: bool = True,
+        mutation: Mutation = Mutation.NONE,
     ) -> None:
         self._log_engine = log_engine
         self._state_engine = state_engine
@@ -113,10 +115,13 @@ class RaftScheduler:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._post_apply: list[Callable[[], None]] = []
+        #: Test-only (mutations.py); NONE in every real deployment.
+        self._mutation = mutation
 
     # --- membership -----------------------------------------------------------------
 
     def add_group(self, group: RaftGroup) -> None:
+        group.mutation = self._mutation
         self._groups[group.group_id] = group
         self.wake(group)
 
@@ -240,6 +245,13 @@ class RaftScheduler:
             if rd.committed_entries:
                 resolved.extend(group.apply_entries(rd, state_batch))
                 n_applied += len(rd.committed_entries)
+        if self._mutation is Mutation.ACK_BEFORE_QUORUM:
+            # TEST MUTATION: the leader acknowledges what only its own log holds.
+            for group, rd in readies:
+                if rd.entries and group.is_leader:
+                    before = group.applied_index
+                    resolved.extend(group.apply_unreplicated(rd, state_batch))
+                    n_applied += group.applied_index - before
         if n_applied:
             await self._blocking(self._state_engine.commit, state_batch)
         apply_s = time.perf_counter() - t1

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rangekv.common.config import require, setting
+from rangekv.raftnode.change import ReplicaChangeConfig
 from rangekv.raftnode.replica import ReplicaLimits
 from rangekv.raftnode.split import CRASH_POINTS, SplitConfig
 from rangekv.replication.group import RaftTiming
@@ -97,6 +98,19 @@ class RaftnodeConfig:
         f"({'|'.join(CRASH_POINTS)})",
     )
 
+    replication_factor: int = setting(3, help="voters every range should have (rebalancer)")
+    dead_after: float = setting(
+        60.0,
+        help="seconds a node may be not live in the store registry before the rebalancer "
+        "replaces its replicas",
+    )
+    rebalance_interval: float = setting(
+        5.0, help="seconds between rebalancer / replica GC passes (0: off)"
+    )
+    catchup_timeout: float = setting(
+        60.0, help="seconds a new learner may take to catch up before the add gives up"
+    )
+
     def __post_init__(self) -> None:
         try:
             parse_peers(self.peers)
@@ -118,6 +132,10 @@ class RaftnodeConfig:
         require(self.txn_expiry > 0, "txn_expiry", "must be > 0")
         require(self.split_size_threshold >= 0, "split_size_threshold", "must be >= 0")
         require(self.split_check_interval > 0, "split_check_interval", "must be > 0")
+        try:
+            self.replica_changes()
+        except ValueError as exc:
+            require(False, "replication_factor", str(exc))
         require(
             self.split_crash_after in ("", *CRASH_POINTS),
             "split_crash_after",
@@ -139,6 +157,14 @@ class RaftnodeConfig:
             read_index_timeout=self.read_index_timeout,
             write_timeout=self.write_timeout,
             gc_ttl=self.gc_ttl,
+        )
+
+    def replica_changes(self) -> ReplicaChangeConfig:
+        return ReplicaChangeConfig(
+            replication_factor=self.replication_factor,
+            dead_after=self.dead_after,
+            check_interval=self.rebalance_interval,
+            catchup_timeout=self.catchup_timeout,
         )
 
     def split(self) -> SplitConfig:

@@ -22,12 +22,14 @@ from rangekv.common.server import ServiceServer
 from rangekv.common.telemetry import Telemetry
 from rangekv.metarange.client import MetaClient
 from rangekv.raft import Message
+from rangekv.raftnode.change import ReplicaChanger
 from rangekv.raftnode.config import RaftnodeConfig, parse_node_ids, parse_peers
 from rangekv.raftnode.service import ReplicaService
 from rangekv.raftnode.split import SplitCoordinator
 from rangekv.raftnode.store import Store, StoreConfig
 from rangekv.raftnode.telemetry import NodeMetrics
 from rangekv.replication.host import HostConfig
+from rangekv.replication.mutations import parse_mutation, warning_line
 from rangekv.replication.raft_codec import message_from_proto
 from rangekv.replication.sync_mode import parse_fsm_sync_mode
 from rangekv.replication.transport import RaftTransport
@@ -46,6 +48,10 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
     mode, warning = parse_fsm_sync_mode(node_config.fsm_sync_mode)
     if warning:
         log.warning("%s", warning)
+    mutation = parse_mutation()  # RANGEKV_TEST_MUTATION: read once, here, then passed down
+    if (loud := warning_line(mutation)) is not None:
+        for _ in range(3):
+            log.warning("%s", loud)
     peers = parse_peers(node_config.peers)
     meta_addrs = [a.strip() for a in node_config.meta_addrs.split(",") if a.strip()]
     meta = MetaClient(meta_addrs) if meta_addrs else None
@@ -77,6 +83,7 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
                 fsm_sync_mode=mode,
                 log_retain_entries=node_config.log_retain_entries,
                 truncate_interval=node_config.truncate_interval,
+                mutation=mutation,
             ),
             limits=node_config.limits(),
             gc_interval=node_config.gc_interval,
@@ -98,7 +105,8 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
     splits = SplitCoordinator(store, meta, node_config.split())
     if node_config.split_crash_after:
         log.warning("split fault point armed: exit after %s", node_config.split_crash_after)
-    replica_service = ReplicaService(store, splits=splits)
+    changes = ReplicaChanger(store, meta, splits, node_config.replica_changes())
+    replica_service = ReplicaService(store, splits=splits, changes=changes)
 
     def register(server: object) -> None:
         replica_pb2_grpc.add_ReplicaServicer_to_server(replica_service, server)
@@ -118,6 +126,7 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
     )
     store.start()
     splits.start()
+    changes.start()
     await server.start()
     registry: asyncio.Task[None] | None = None
     if meta is not None:
@@ -134,6 +143,7 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
             registry.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await registry
+        await changes.stop()
         await splits.stop()
         if meta is not None:
             await meta.close()

@@ -20,15 +20,16 @@ atomic with respect to every other write of the range.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from rangekv.common import errors as E
 from rangekv.common.descriptors import RangeDescriptor
 from rangekv.common.hlc import HybridClock, Timestamp
-from rangekv.raft import Entry, RawNode
+from rangekv.raft import ConfChange, Entry, RawNode, Ready
 from rangekv.raftnode import mvcc, txn
 from rangekv.raftnode.keys import txn_record_key
 from rangekv.replication.group import NotLeaderNow, ProposalAbandoned, RaftGroup
@@ -41,6 +42,8 @@ from rangekv.replication.state_engine import (
     StateEngine,
 )
 from rangekv.v1 import raftcmd_pb2, replica_pb2, types_pb2
+
+log = logging.getLogger(__name__)
 
 WRITE_KINDS = frozenset({"put", "delete", "compare_and_swap"})
 READ_KINDS = frozenset({"get", "scan"})
@@ -100,6 +103,13 @@ class ReplicaContext:
     #: The descriptor of this node's replica holding a key, if any (for
     #: RangeKeyMismatch answers that name the right-hand side of a split).
     descriptor_for_key: Callable[[bytes], RangeDescriptor | None] | None = None
+    #: Called (inside apply) when a replica change installs a new descriptor:
+    #: the store refreshes the raft snapshot metadata (so a snapshot names a
+    #: new learner) and destroys a replica that was removed.
+    on_replica_change: Callable[[RangeReplica, RangeDescriptor], None] | None = None
+    #: Ids of the replica change transactions this node coordinates right now:
+    #: a push never aborts them (see rangekv.raftnode.change).
+    active_txns: set[bytes] = field(default_factory=set)
 
 
 def ts_to_proto(ts: Timestamp) -> types_pb2.Timestamp:
@@ -136,6 +146,10 @@ class RangeReplica(RaftGroup):
         #: Approximate bytes of the range's MVCC keys and values: None until the
         #: size estimator scanned it; then raised by every applied write.
         self.approx_size: int | None = None
+        #: Replica change transactions applied in the current scheduler
+        #: iteration, and the coordinators waiting for them (by txn id).
+        self._changes_applied: list[bytes] = []
+        self._change_waiters: dict[bytes, asyncio.Future[RangeDescriptor]] = {}
 
     @property
     def range_id(self) -> int:
@@ -508,6 +522,67 @@ class RangeReplica(RaftGroup):
             raise self.key_mismatch(meta.record_key)
         raw = self.ctx.engine.get(txn_record_key(meta.record_key, meta.id))
         return types_pb2.TxnRecord.FromString(raw) if raw is not None else None
+
+    # --- replica changes --------------------------------------------------------------
+
+    def apply_conf_change(self, entry: Entry, cc: ConfChange, batch: StateBatch) -> None:
+        """A replica change commits (every replica alike): the entry's context
+        carries the transaction and the new descriptor; the record becomes
+        COMMITTED and the descriptor is installed in the same batch. The raft
+        core has already changed its membership (rangekv.replication.group)."""
+        if not cc.context:
+            return
+        try:
+            ctx = raftcmd_pb2.ReplicaChangeContext.FromString(cc.context)
+            new = RangeDescriptor.from_proto(ctx.descriptor)
+        except Exception:  # malformed context: never proposed by us; apply never raises
+            log.error("range %d: conf change at %d with a bad context", self.range_id, entry.index)
+            return
+        if new.range_id != self.range_id or new.generation <= self.descriptor.generation:
+            return
+        meta = ctx.txn
+        if len(meta.id) == TXN_ID_LEN and self.descriptor.contains_key(meta.record_key):
+            key = txn_record_key(meta.record_key, meta.id)
+            raw = batch.reader().get(key)
+            rec = types_pb2.TxnRecord.FromString(raw) if raw is not None else None
+            if rec is not None and rec.status == txn.PENDING:
+                done = types_pb2.TxnRecord()
+                done.CopyFrom(rec)
+                done.status = txn.COMMITTED
+                batch.put(key, done.SerializeToString())
+            elif rec is None or rec.status != txn.COMMITTED:
+                # Cannot happen while pushes never abort a running change (see
+                # change.py); the membership changed regardless, so the
+                # descriptor must follow it.
+                log.error(
+                    "range %d: replica change %s applied over a record that is not PENDING",
+                    self.range_id,
+                    meta.id.hex(),
+                )
+        self.descriptor = new
+        self.save_descriptor(batch)
+        self._changes_applied.append(bytes(meta.id))
+        if self.ctx.on_replica_change is not None:
+            self.ctx.on_replica_change(self, new)
+
+    def wait_change_applied(self, txn_id: bytes) -> asyncio.Future[RangeDescriptor]:
+        """A future resolved with the new descriptor once the replica change
+        `txn_id` is applied (and durable) on this replica."""
+        fut: asyncio.Future[RangeDescriptor] = asyncio.get_running_loop().create_future()
+        self._change_waiters[txn_id] = fut
+        return fut
+
+    def forget_change_waiter(self, txn_id: bytes) -> None:
+        self._change_waiters.pop(txn_id, None)
+
+    def after_advance(self, rd: Ready) -> None:
+        super().after_advance(rd)
+        if self._changes_applied:
+            applied, self._changes_applied = self._changes_applied, []
+            for txn_id in applied:
+                fut = self._change_waiters.pop(txn_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(self.descriptor)
 
     def on_soft_state(self, rd: Any) -> None:
         if self.ctx.on_leader_change is not None:

@@ -2,8 +2,8 @@
 
 Data calls answer in-band (results or one ReplicaError); the gRPC status of a
 call is OK unless the call itself failed. Splits and transaction records are
-served here too (`rangekv.raftnode.split`, `rangekv.raftnode.txn`); replica
-changes still answer UNIMPLEMENTED.
+served here too (`rangekv.raftnode.split`, `rangekv.raftnode.txn`), and
+replica changes (`rangekv.raftnode.change`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,11 @@ import grpc
 
 from rangekv.common import errors as E
 from rangekv.raftnode import txn as T
+from rangekv.raftnode.change import (
+    PROMOTE_VOTER,
+    ReplicaChangeConfig,
+    ReplicaChanger,
+)
 from rangekv.raftnode.replica import RangeReplica
 from rangekv.raftnode.split import SplitConfig, SplitCoordinator, push_local
 from rangekv.raftnode.store import Store
@@ -28,10 +33,14 @@ class ReplicaService(replica_pb2_grpc.ReplicaServicer):
         *,
         transfer_timeout: float = 5.0,
         splits: SplitCoordinator | None = None,
+        changes: ReplicaChanger | None = None,
     ) -> None:
         self._store = store
         self._transfer_timeout = transfer_timeout
         self._splits = splits or SplitCoordinator(store, None, SplitConfig())
+        self._changes = changes or ReplicaChanger(
+            store, None, self._splits, ReplicaChangeConfig(check_interval=0)
+        )
 
     async def Batch(
         self, request: replica_pb2.ReplicaBatchRequest, context: grpc.aio.ServicerContext
@@ -151,6 +160,33 @@ class ReplicaService(replica_pb2_grpc.ReplicaServicer):
         except E.RangeKVError as exc:
             return replica_pb2.AdminSplitResponse(error=E.to_replica_error(exc))
         return replica_pb2.AdminSplitResponse(left=left.to_proto(), right=right.to_proto())
+
+    async def ChangeReplicas(
+        self, request: replica_pb2.ChangeReplicasRequest, context: grpc.aio.ServicerContext
+    ) -> replica_pb2.ChangeReplicasResponse:
+        """Each change in order, on the leaseholder. ADD_LEARNER waits for nothing;
+        PROMOTE_VOTER waits until the learner caught up. `expected_generation`
+        guards the first change only (each change bumps the generation)."""
+        try:
+            replica = self._replica_or_error(request.range_id)
+            if not request.changes:
+                raise E.InvalidArgument("changes", "at least one change")
+            expected = request.expected_generation
+            desc = replica.descriptor
+            self._changes.busy.add(request.range_id)  # the rebalancer keeps off
+            try:
+                for change in request.changes:
+                    if change.type == PROMOTE_VOTER:
+                        await self._changes.wait_caught_up(request.range_id, change.node_id)
+                    desc = await self._changes.change(
+                        request.range_id, change.type, change.node_id, expected
+                    )
+                    expected = 0
+            finally:
+                self._changes.busy.discard(request.range_id)
+        except E.RangeKVError as exc:
+            return replica_pb2.ChangeReplicasResponse(error=E.to_replica_error(exc))
+        return replica_pb2.ChangeReplicasResponse(descriptor=desc.to_proto())
 
     async def PushTxn(
         self, request: replica_pb2.PushTxnRequest, context: grpc.aio.ServicerContext

@@ -96,6 +96,11 @@ async def push_local(
     are, an unexpired PENDING one too; an expired or missing one is aborted
     through raft."""
     rec = await replica.read_txn_record(meta)
+    if rec is not None and rec.status == T.PENDING and meta.id in replica.ctx.active_txns:
+        # A replica change this node is running: its commit is a conf change
+        # that applies whatever the record says, so it must never be aborted
+        # underneath (rangekv.raftnode.change). Its coordinator is alive.
+        return rec
     now = replica.ctx.hlc.now().wall_time
     cutoff = now - int(expiry * 1e9)
     if rec is not None and (rec.status != T.PENDING or rec.last_heartbeat.wall_time >= cutoff):

@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
-from rangekv.common.descriptors import RangeDescriptor
+from rangekv.common.descriptors import RangeDescriptor, ReplicaType
 from rangekv.common.hlc import HybridClock
 from rangekv.raft import ConfState, HardState, Message, MessageType, Snapshot, SnapshotMetadata
 from rangekv.raftnode.keys import data_span, txn_record_span
@@ -37,6 +37,7 @@ from rangekv.replication.state_engine import (
     range_local_key,
     range_local_span,
 )
+from rangekv.replication.sync_mode import FsmSyncMode
 from rangekv.v1 import types_pb2
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,11 @@ class Store(GroupHost):
             reads=ReadOutcomeCounter(),
             on_split=self._on_split,
             descriptor_for_key=self._descriptor_for_key,
+            on_replica_change=self._on_replica_change,
         )
+        #: Replicas being destroyed (range id): a destroy runs once.
+        self._destroying: set[int] = set()
+        self.replicas_destroyed = 0
 
     # --- replicas --------------------------------------------------------------------
 
@@ -116,9 +121,30 @@ class Store(GroupHost):
                 # A split's right-hand side whose raft state may not have been
                 # written before a crash (it is written after the split's batch).
                 self._write_initial_raft_state(desc, keep_existing=True)
+            self._repair_conf_state(desc)
             self._add_replica(desc, mine.replica_id)
             count += 1
         return count
+
+    def _repair_conf_state(self, desc: RangeDescriptor) -> None:
+        """At load: make the raft log's snapshot metadata name the membership of
+        the stored descriptor. A replica change writes the descriptor atomically
+        with its apply, and the snapshot metadata right after (`after_apply`); a
+        crash in between would restart the core with the old membership while
+        its applied index is past the change (entries up to it are not replayed)."""
+        gid = desc.range_id
+        storage = self.log_engine.storage(gid)
+        hs, conf = storage.initial_state()
+        want = _conf_state(desc)
+        if conf == want:
+            return
+        index = min(self.applied_state(gid).index, hs.commit, storage.last_index())
+        if index <= storage.snapshot().index:
+            return
+        batch = self.log_engine.new_batch()
+        batch.create_snapshot(gid, index, want)
+        self.log_engine.commit(batch)
+        log.info("range %d: raft snapshot metadata repaired to %s at %d", gid, want, index)
 
     def bootstrap(self, descriptor: RangeDescriptor) -> bool:
         """Create the first range on this node if the node holds no replica yet.
@@ -152,9 +178,7 @@ class Store(GroupHost):
         hs, _conf = storage.initial_state()
         if keep_existing and storage.snapshot().index >= INITIAL_INDEX:
             return
-        voters = tuple(sorted(r.replica_id for r in descriptor.replicas if r.type == 1))
-        learners = tuple(sorted(r.replica_id for r in descriptor.replicas if r.type == 2))
-        meta = SnapshotMetadata(INITIAL_INDEX, INITIAL_TERM, ConfState(voters, learners))
+        meta = SnapshotMetadata(INITIAL_INDEX, INITIAL_TERM, _conf_state(descriptor))
         log_batch = self.log_engine.new_batch()
         log_batch.apply_snapshot(gid, Snapshot(meta))
         # The term starts at the snapshot's: a log's terms never exceed the current term.
@@ -230,6 +254,62 @@ class Store(GroupHost):
             replica.raw_node.campaign()
             self.scheduler.wake(replica)
 
+    # --- replica changes -------------------------------------------------------------------
+
+    def _on_replica_change(self, replica: RangeReplica, new: RangeDescriptor) -> None:
+        """Inside the apply of a replica change (every replica alike): once the
+        batch is durable, record fresh raft snapshot metadata at the change (a
+        follower only restores a snapshot whose membership names it, and the
+        leader sends the metadata of its last snapshot), or destroy this
+        replica if the change removed it."""
+        mine = new.replica_on(self.node_id)
+        if mine is None or mine.replica_id != replica.replica_id:
+            log.info(
+                "range %d: replica %d removed from this node", new.range_id, replica.replica_id
+            )
+            self.scheduler.after_apply(lambda: self._destroy_now(replica, new))
+            return
+        self.scheduler.after_apply(lambda: self._snapshot_conf_state(replica))
+
+    def _snapshot_conf_state(self, replica: RangeReplica) -> None:
+        """In the scheduler's section: snapshot metadata at the last applied conf change."""
+        if replica.removed:
+            return
+        gid = replica.range_id
+        storage = self.log_engine.storage(gid)
+        index = replica.last_conf_index
+        if index <= storage.snapshot().index or index > storage.last_index():
+            return
+        if self.state_engine.sync_mode == FsmSyncMode.NOSYNC:
+            # The core restarts at the snapshot index: its effects must be durable.
+            self.state_engine.sync()
+        batch = self.log_engine.new_batch()
+        batch.create_snapshot(gid, index, replica.raw_node.conf_state())
+        self.log_engine.commit(batch)
+
+    def destroy_replica(self, replica: RangeReplica, why: str) -> None:
+        """Destroy a replica this node no longer holds (from outside the scheduler)."""
+        log.info("range %d: destroying replica %d: %s", replica.range_id, replica.replica_id, why)
+        self.scheduler.after_apply(lambda: self._destroy_now(replica, replica.descriptor))
+
+    def _destroy_now(self, replica: RangeReplica, desc: RangeDescriptor) -> None:
+        """In the scheduler's section: drop the group, its raft log and its state."""
+        gid = replica.range_id
+        if self.scheduler.group(gid) is not replica or gid in self._destroying:
+            return
+        self._destroying.add(gid)
+        try:
+            self.scheduler.remove_group(gid)
+            self.log_engine.destroy(gid)
+            batch = self.state_engine.new_batch()
+            for lo, hi in _range_spans(gid, desc):
+                if hi is not None:
+                    batch.delete_range(lo, hi)
+            self.state_engine.commit(batch, force_sync=True)
+        finally:
+            self._destroying.discard(gid)
+        self.replicas_destroyed += 1
+
     def _descriptor_for_key(self, key: bytes) -> RangeDescriptor | None:
         for replica in self.replicas():
             if replica.applied_index >= INITIAL_INDEX and replica.descriptor.contains_key(key):
@@ -282,7 +362,11 @@ class Store(GroupHost):
                 if replica is None:
                     continue
             if msg.to != replica.replica_id:
-                continue  # addressed to an older incarnation of this node's replica
+                if msg.to > replica.replica_id and _names(desc_pb, self.node_id, msg.to):
+                    # This node's replica was removed and the range re-added here
+                    # under a new replica id: the old incarnation goes.
+                    self.destroy_replica(replica, f"superseded by replica {msg.to}")
+                continue  # addressed to another incarnation of this node's replica
             replica.deliver(msg)
 
     def _maybe_create_uninitialized(
@@ -317,6 +401,16 @@ class Store(GroupHost):
         mine = desc.replica_on(self.node_id)
         if mine is None or mine.replica_id != message.to:
             return False
+        snap = message.snapshot
+        if snap is not None:
+            cs = snap.metadata.conf_state
+            if message.to not in cs.voters and message.to not in cs.learners:
+                # Raft would refuse it: do not overwrite the state it would not adopt.
+                log.debug("refusing snapshot of range %d: its membership lacks us", group_id)
+                return False
+        existing = self.replica(group_id)
+        if existing is not None and existing.replica_id != message.to:
+            return False  # an older incarnation of this node's replica is still here
         for other in self.replicas():
             if (
                 other.range_id != group_id
@@ -343,6 +437,18 @@ class Store(GroupHost):
             )
         replica.deliver(message)
         return True
+
+
+def _names(desc_pb: types_pb2.RangeDescriptor | None, node_id: int, replica_id: int) -> bool:
+    return desc_pb is not None and any(
+        r.node_id == node_id and r.replica_id == replica_id for r in desc_pb.replicas
+    )
+
+
+def _conf_state(desc: RangeDescriptor) -> ConfState:
+    voters = tuple(sorted(r.replica_id for r in desc.replicas if r.type == ReplicaType.VOTER))
+    learners = tuple(sorted(r.replica_id for r in desc.replicas if r.type == ReplicaType.LEARNER))
+    return ConfState(voters, learners)
 
 
 def _range_spans(range_id: int, desc: RangeDescriptor) -> list[Span]:

@@ -483,10 +483,11 @@ def test_split_coordinator_crash(tmp_path: Path) -> None:
 
 REG_KEYS = [b"reg/%d" % i for i in range(4)]  # read, written, swapped, deleted by clients
 SCAN_KEYS = [b"s/%03d" % i for i in range(120)]  # written once, never deleted
-SPLIT_KEYS = (
+SPLIT_KEYS = (  # 50 splits
     [b"reg/%d" % i for i in range(1, 4)]
     + [b"reg/%d!" % i for i in range(4)]
-    + [b"s/%03d" % i for i in range(4, 120, 4)]
+    + [b"s/%03d" % i for i in range(3, 120, 3)]
+    + [b"t/%d" % i for i in range(4)]
 )
 N_CLIENTS = 4
 N_SCANNERS = 2
@@ -634,7 +635,15 @@ async def split_at(cluster: LocalCluster, meta: MetaClient, key: bytes) -> None:
         raise TimeoutError(f"{exc} (last: {last})") from None
 
 
+REMOVE = replica_pb2.REPLICA_CHANGE_TYPE_REMOVE
+ADD_LEARNER = replica_pb2.REPLICA_CHANGE_TYPE_ADD_LEARNER
+PROMOTE = replica_pb2.REPLICA_CHANGE_TYPE_PROMOTE_VOTER
+
+
 def test_many_splits_under_load(tmp_path: Path) -> None:
+    # Imported here: test_replica_changes imports this module's helpers.
+    from test_replica_changes import change_replicas
+
     async def body() -> None:
         rec = HistoryRecorder()
         errors: Counter[str] = Counter()
@@ -673,6 +682,18 @@ def test_many_splits_under_load(tmp_path: Path) -> None:
                         holder = await leaseholder(cluster, rid)
                         target = node_ids(cluster)[(node_ids(cluster).index(holder or 1) + 1) % 3]
                         await transfer_lease(cluster, rid, target)
+                    if i == len(order) // 3:
+                        # a replica change in the middle: a follower of reg/2's range leaves...
+                        found = await meta.lookup_range(b"reg/2", prefetch=0, consistent=True)
+                        moved_range = found.descriptors[0].range_id
+                        holder = await leaseholder(cluster, moved_range)
+                        moved_node = next(n for n in node_ids(cluster) if n != holder)
+                        await change_replicas(cluster, moved_range, [(REMOVE, moved_node)])
+                    if i == 2 * len(order) // 3:
+                        # ...and comes back (learner, snapshot, voter) while splits go on
+                        await change_replicas(
+                            cluster, moved_range, [(ADD_LEARNER, moved_node), (PROMOTE, moved_node)]
+                        )
                 await asyncio.sleep(1.0)  # the workload runs on the final layout too
             finally:
                 stop.set()

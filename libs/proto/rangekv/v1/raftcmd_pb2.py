@@ -26,19 +26,21 @@ from rangekv.v1 import replica_pb2 as rangekv_dot_v1_dot_replica__pb2
 from rangekv.v1 import types_pb2 as rangekv_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18rangekv/v1/raftcmd.proto\x12\nrangekv.v1\x1a\x18rangekv/v1/replica.proto\x1a\x16rangekv/v1/types.proto\"\xae\x01\n\x0bRaftCommand\x12(\n\ttimestamp\x18\x01 \x01(\x0b\x32\x15.rangekv.v1.Timestamp\x12%\n\x06writes\x18\x02 \x03(\x0b\x32\x15.rangekv.v1.ReplicaOp\x12+\n\x0cgc_threshold\x18\x03 \x01(\x0b\x32\x15.rangekv.v1.Timestamp\x12!\n\x06txn_op\x18\x04 \x01(\x0b\x32\x11.rangekv.v1.TxnOp\"\xf5\x01\n\x05TxnOp\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.rangekv.v1.TxnOpKind\x12 \n\x03txn\x18\x02 \x01(\x0b\x32\x13.rangekv.v1.TxnMeta\x12-\n\x0e\x65xpired_before\x18\x03 \x01(\x0b\x32\x15.rangekv.v1.Timestamp\x12/\n\nsplit_left\x18\x04 \x01(\x0b\x32\x1b.rangekv.v1.RangeDescriptor\x12\x30\n\x0bsplit_right\x18\x05 \x01(\x0b\x32\x1b.rangekv.v1.RangeDescriptor\x12\x13\n\x0bintent_keys\x18\x06 \x03(\x0c\"A\n\x11RaftCommandResult\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.rangekv.v1.ReplicaOpResult*\xbf\x01\n\tTxnOpKind\x12\x1b\n\x17TXN_OP_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12TXN_OP_KIND_CREATE\x10\x01\x12\x19\n\x15TXN_OP_KIND_HEARTBEAT\x10\x02\x12\x14\n\x10TXN_OP_KIND_PUSH\x10\x03\x12\x16\n\x12TXN_OP_KIND_COMMIT\x10\x04\x12\x15\n\x11TXN_OP_KIND_ABORT\x10\x05\x12\x1d\n\x19TXN_OP_KIND_CLEAR_INTENTS\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18rangekv/v1/raftcmd.proto\x12\nrangekv.v1\x1a\x18rangekv/v1/replica.proto\x1a\x16rangekv/v1/types.proto\"\xae\x01\n\x0bRaftCommand\x12(\n\ttimestamp\x18\x01 \x01(\x0b\x32\x15.rangekv.v1.Timestamp\x12%\n\x06writes\x18\x02 \x03(\x0b\x32\x15.rangekv.v1.ReplicaOp\x12+\n\x0cgc_threshold\x18\x03 \x01(\x0b\x32\x15.rangekv.v1.Timestamp\x12!\n\x06txn_op\x18\x04 \x01(\x0b\x32\x11.rangekv.v1.TxnOp\"\xf5\x01\n\x05TxnOp\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.rangekv.v1.TxnOpKind\x12 \n\x03txn\x18\x02 \x01(\x0b\x32\x13.rangekv.v1.TxnMeta\x12-\n\x0e\x65xpired_before\x18\x03 \x01(\x0b\x32\x15.rangekv.v1.Timestamp\x12/\n\nsplit_left\x18\x04 \x01(\x0b\x32\x1b.rangekv.v1.RangeDescriptor\x12\x30\n\x0bsplit_right\x18\x05 \x01(\x0b\x32\x1b.rangekv.v1.RangeDescriptor\x12\x13\n\x0bintent_keys\x18\x06 \x03(\x0c\"A\n\x11RaftCommandResult\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.rangekv.v1.ReplicaOpResult\"i\n\x14ReplicaChangeContext\x12 \n\x03txn\x18\x01 \x01(\x0b\x32\x13.rangekv.v1.TxnMeta\x12/\n\ndescriptor\x18\x02 \x01(\x0b\x32\x1b.rangekv.v1.RangeDescriptor*\xbf\x01\n\tTxnOpKind\x12\x1b\n\x17TXN_OP_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12TXN_OP_KIND_CREATE\x10\x01\x12\x19\n\x15TXN_OP_KIND_HEARTBEAT\x10\x02\x12\x14\n\x10TXN_OP_KIND_PUSH\x10\x03\x12\x16\n\x12TXN_OP_KIND_COMMIT\x10\x04\x12\x15\n\x11TXN_OP_KIND_ABORT\x10\x05\x12\x1d\n\x19TXN_OP_KIND_CLEAR_INTENTS\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rangekv.v1.raftcmd_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TXNOPKIND']._serialized_start=583
-  _globals['_TXNOPKIND']._serialized_end=774
+  _globals['_TXNOPKIND']._serialized_start=690
+  _globals['_TXNOPKIND']._serialized_end=881
   _globals['_RAFTCOMMAND']._serialized_start=91
   _globals['_RAFTCOMMAND']._serialized_end=265
   _globals['_TXNOP']._serialized_start=268
   _globals['_TXNOP']._serialized_end=513
   _globals['_RAFTCOMMANDRESULT']._serialized_start=515
   _globals['_RAFTCOMMANDRESULT']._serialized_end=580
+  _globals['_REPLICACHANGECONTEXT']._serialized_start=582
+  _globals['_REPLICACHANGECONTEXT']._serialized_end=687
 # @@protoc_insertion_point(module_scope)

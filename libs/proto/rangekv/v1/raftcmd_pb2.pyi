@@ -59,3 +59,11 @@ class RaftCommandResult(_message.Message):
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[_replica_pb2.ReplicaOpResult]
     def __init__(self, results: _Optional[_Iterable[_Union[_replica_pb2.ReplicaOpResult, _Mapping]]] = ...) -> None: ...
+
+class ReplicaChangeContext(_message.Message):
+    __slots__ = ("txn", "descriptor")
+    TXN_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTOR_FIELD_NUMBER: _ClassVar[int]
+    txn: _types_pb2.TxnMeta
+    descriptor: _types_pb2.RangeDescriptor
+    def __init__(self, txn: _Optional[_Union[_types_pb2.TxnMeta, _Mapping]] = ..., descriptor: _Optional[_Union[_types_pb2.RangeDescriptor, _Mapping]] = ...) -> None: ...

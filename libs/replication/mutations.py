@@ -1,0 +1,59 @@
+"""Test-only mutations: deliberately broken builds the chaos harness must catch.
+
+A mutation is switched on by ONE environment variable, read once at process
+start (by the raftnode's entry point) and passed down as a frozen value:
+
+    RANGEKV_TEST_MUTATION=lease_without_check | ack_before_quorum
+
+* ``lease_without_check``: a replica that is (or still believes it is) the raft
+  leader serves reads from its local state without checking its lease or
+  doing a read-index, so an old leader that was paused past its lease answers
+  stale reads.
+* ``ack_before_quorum``: the leader applies its new entries and acknowledges
+  the writes as soon as they are appended to its own log, before any quorum
+  holds them; a leader that dies right after the ack loses acknowledged writes.
+
+Off (``none``) by default; an active one is logged loudly at startup. The
+tests in ``tests/chaos/test_chaos.py`` assert that the harness catches each.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Mapping
+
+ENV_VAR = "RANGEKV_TEST_MUTATION"
+
+
+class Mutation(enum.Enum):
+    NONE = "none"
+    LEASE_WITHOUT_CHECK = "lease_without_check"
+    ACK_BEFORE_QUORUM = "ack_before_quorum"
+
+
+def parse_mutation(environ: Mapping[str, str] | None = None) -> Mutation:
+    """The mutation named by RANGEKV_TEST_MUTATION (unset or empty: NONE).
+
+    An unknown name is an error, not a silent fallback: a test that asks for a
+    mutation must get it.
+    """
+    env = os.environ if environ is None else environ
+    raw = env.get(ENV_VAR, "").strip().lower()
+    if not raw:
+        return Mutation.NONE
+    try:
+        return Mutation(raw)
+    except ValueError:
+        names = "|".join(m.value for m in Mutation)
+        raise ValueError(f"{ENV_VAR}={raw!r} is not one of {names}") from None
+
+
+def warning_line(mutation: Mutation) -> str | None:
+    """The loud startup warning for an active mutation (None when off)."""
+    if mutation is Mutation.NONE:
+        return None
+    return (
+        f"!!!!! TEST MUTATION ACTIVE: {ENV_VAR}={mutation.value} -- this process is "
+        "DELIBERATELY BROKEN and must never serve real data !!!!!"
+    )

@@ -1,0 +1,901 @@
+"""The chaos harness: a real cluster, clients through both gateways, a seeded nemesis.
+
+`run_chaos(ChaosConfig(...))` starts a `LocalCluster` (separate processes:
+metarange replicas, raftnodes, gateways) in the chosen FSM sync mode, and then,
+for `duration` seconds:
+
+* clients do gets, puts, deletes and compare-and-swaps over a few register
+  keys through a random gateway each time (values are unique, so reads pin
+  the order down); scanners scan the whole keyspace (one call or paged) and
+  check that keys come strictly ordered, never twice, and that a complete
+  scan holds every key that is written once and never deleted;
+* a nemesis, on a schedule drawn from `seed`, injects one fault at a time:
+  - `kill`: kill -9 of a leaseholder (most often), another raftnode, a
+    metarange replica or a gateway, restarted after a random delay;
+  - `pause`: SIGSTOP of a range's leaseholder for longer than the lease AND
+    the election timeout, then SIGCONT. While it is stopped the nemesis writes
+    a fresh value of a probe key through the new leaseholder and, once that
+    write is acknowledged, sends recorded reads of the key straight to the
+    paused node (Replica.Batch): they wait in its socket and are served the
+    moment it resumes, still believing it leads -- the classic stale read;
+  - `isolate_write`: SIGSTOP of every other raftnode, a recorded write sent
+    straight to the leaseholder (it cannot reach a quorum), kill -9 of the
+    leaseholder, SIGCONT of the others, restart: a write that was acknowledged
+    without a quorum is lost, and the probe's later reads show it;
+  - `transfer`: a lease transfer of a random range to a random node;
+  - `split`: Replica.AdminSplit of the range holding a random key.
+  Network partitions are NOT injected yet (no namespaces, no transport switch).
+* every operation is recorded (invoke/complete, ok / fail / unknown) and the
+  history is judged by `rangekv.check.check_history`.
+
+Each run writes `report.json` and `summary.txt` (and `history.json`) into
+`report_dir`: operations by kind and outcome, faults with their times, the
+checker's verdict and time, scan statistics, the seed, and how to replay.
+
+Replay a saved history through the checker:
+    python tests/chaos/harness.py check REPORT_DIR/history.json
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import math
+import random
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from rangekv.check import (
+    HistoryRecorder,
+    Operation,
+    OpKind,
+    Outcome,
+    check_history,
+    load_history,
+    save_history,
+)
+from rangekv.cli.cluster import Child, LocalCluster, free_port
+from rangekv.common import errors as E
+from rangekv.v1 import kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
+
+CLIENT_TIMEOUT = 15.0  # above the gateway's own request timeout (10 s)
+REG_KEYS = [b"reg/%d" % i for i in range(5)]
+SCAN_KEYS = [b"s/%03d" % i for i in range(60)]
+PROBE_KEY = b"probe"  # written only by the nemesis, so a stale read of it is unambiguous
+SPLIT_CANDIDATES = [b"probe", b"reg/2", b"reg/4", b"s/020", b"s/040", b"s/050", b"t"]
+ALL_FAULTS = ("kill", "pause", "isolate_write", "transfer", "split")
+PROBE_CLIENT = 900  # client ids of the nemesis's own recorded operations
+NODE_ARGS = ["--txn-expiry", "2.0", "--split-check-interval", "1.0"]
+
+
+@dataclass
+class ChaosConfig:
+    seed: int
+    duration: float
+    sync_mode: str = "sync"
+    report_dir: Path = Path("chaos-report")
+    n_meta: int = 3
+    n_nodes: int = 5
+    n_gateways: int = 2
+    n_clients: int = 6
+    n_scanners: int = 2
+    faults: tuple[str, ...] = ALL_FAULTS
+    #: RANGEKV_TEST_MUTATION for the raftnodes ("" = a correct build).
+    mutation: str = ""
+    #: Seconds between faults (drawn uniformly).
+    quiet: tuple[float, float] = (1.0, 3.0)
+    check_timeout: float = 120.0
+
+
+@dataclass
+class Fault:
+    kind: str
+    target: str
+    start: float
+    end: float = math.nan
+    detail: str = ""
+
+
+@dataclass
+class ChaosResult:
+    ok: bool | None
+    explanation: str
+    report: dict[str, Any]
+    report_dir: Path
+    ops: list[Operation]
+    problems: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- cluster access
+
+
+def alive(child: Child) -> bool:
+    return child.proc is not None and child.proc.returncode is None
+
+
+async def replica_call(address: str, method: str, request: Any, timeout: float = 5.0) -> Any:
+    """One Replica RPC on a fresh channel (a restarted node must not meet a stale one)."""
+    async with grpc.aio.insecure_channel(address) as ch:
+        return await getattr(replica_pb2_grpc.ReplicaStub(ch), method)(request, timeout=timeout)
+
+
+class Cluster:
+    """The LocalCluster plus what the nemesis needs to know about it."""
+
+    def __init__(self, lc: LocalCluster) -> None:
+        self.lc = lc
+        self.ids = list(lc.layout.nodes)
+        self.paused: set[str] = set()
+
+    def node(self, node_id: int) -> Child:
+        return self.lc.nodes[self.ids.index(node_id)]
+
+    async def infos(self, node_id: int) -> list[replica_pb2.ReplicaInfo]:
+        child = self.node(node_id)
+        if not alive(child) or child.name in self.paused:
+            return []
+        try:
+            resp = await replica_call(child.address, "RangeInfo", replica_pb2.RangeInfoRequest(), 2)
+        except grpc.aio.AioRpcError:
+            return []
+        return list(resp.replicas)
+
+    async def range_of(self, key: bytes) -> tuple[int, int | None]:
+        """(range id holding `key`, its leader's node id or None), as the nodes see it.
+
+        The highest generation any node reports wins (a node may lag a split)."""
+        best: tuple[int, int] | None = None  # (generation, range id)
+        leader: dict[int, int] = {}
+        for nid in self.ids:
+            for info in await self.infos(nid):
+                d = info.descriptor
+                if not info.applied_index:
+                    continue
+                covers = d.start_key <= key and (not d.end_key or key < d.end_key)
+                if covers and (best is None or d.generation > best[0]):
+                    best = (d.generation, d.range_id)
+                if info.is_leader:
+                    leader[d.range_id] = nid
+        if best is None:
+            return 0, None
+        return best[1], leader.get(best[1])
+
+    async def leaseholder(self, key: bytes, exclude: int | None = None) -> tuple[int, int | None]:
+        """(range id of `key`, node with a valid lease on it other than `exclude`)."""
+        rid, _ = await self.range_of(key)
+        for nid in self.ids:
+            if nid == exclude:
+                continue
+            for info in await self.infos(nid):
+                if info.descriptor.range_id == rid and info.is_leader and info.lease_valid:
+                    return rid, nid
+        return rid, None
+
+
+async def wait_for(
+    pred: Callable[[], Awaitable[Any]], timeout: float, what: str, interval: float = 0.1
+) -> Any:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = await pred()
+        if value:
+            return value
+        if loop.time() >= deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+# ----------------------------------------------------------------------------- outcomes
+
+
+def rpc_write_outcome(err: grpc.aio.AioRpcError) -> Outcome:
+    """FAIL only when the gateway says NOT_APPLIED (or the input was refused)."""
+    if err.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
+        return Outcome.FAIL
+    exc = E.from_rpc_error(err, is_write=True)
+    applied = exc.outcome if isinstance(exc, E.Unavailable | E.DeadlineExceeded) else None
+    return Outcome.FAIL if applied == E.WriteOutcome.NOT_APPLIED else Outcome.UNKNOWN
+
+
+def replica_write_outcome(exc: E.RangeKVError) -> Outcome:
+    """The outcome of an in-band ReplicaError for a write sent straight to a replica."""
+    if isinstance(exc, E.NotLeaseHolder | E.RangeKeyMismatch | E.InvalidArgument):
+        return Outcome.FAIL  # refused before it was proposed
+    if isinstance(exc, E.Unavailable) and exc.outcome == E.WriteOutcome.NOT_APPLIED:
+        return Outcome.FAIL
+    return Outcome.UNKNOWN
+
+
+@dataclass
+class Stats:
+    outcomes: Counter[str] = field(default_factory=Counter)
+    by_kind: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    scans_ok: int = 0
+    scans_partial: int = 0
+    scan_errors: Counter[str] = field(default_factory=Counter)
+    scan_failures: list[str] = field(default_factory=list)
+
+    def count(self, op: Operation) -> None:
+        self.outcomes[op.outcome.value] += 1
+        self.by_kind[f"{op.kind.value} {op.outcome.value}"] += 1
+
+
+async def kv_op(
+    cid: int,
+    kv: kv_pb2_grpc.KVStub,
+    rec: HistoryRecorder,
+    stats: Stats,
+    kind: OpKind,
+    key: bytes,
+    value: bytes | None = None,
+    expected: bytes | None = None,
+) -> Operation:
+    """One operation through a gateway, recorded with the outcome the client can know."""
+    handle = rec.invoke(cid, kind, key, value=value, expected=expected)
+    try:
+        if kind is OpKind.GET:
+            got = await kv.Get(kv_pb2.GetRequest(key=key), timeout=CLIENT_TIMEOUT)
+            op = rec.ok(handle, read=got.kv.value if got.found else None)
+        elif kind is OpKind.PUT:
+            await kv.Put(kv_pb2.PutRequest(key=key, value=value), timeout=CLIENT_TIMEOUT)
+            op = rec.ok(handle)
+        elif kind is OpKind.DELETE:
+            deleted = await kv.Delete(kv_pb2.DeleteRequest(key=key), timeout=CLIENT_TIMEOUT)
+            op = rec.ok(handle, succeeded=deleted.deleted)
+        else:
+            req = kv_pb2.CompareAndSwapRequest(
+                key=key,
+                expected_value=expected or b"",
+                expect_absent=expected is None,
+                new_value=value,
+            )
+            res = await kv.CompareAndSwap(req, timeout=CLIENT_TIMEOUT)
+            seen = res.current.value if not res.succeeded and res.HasField("current") else None
+            op = rec.ok(handle, succeeded=res.succeeded, read=seen)
+    except grpc.aio.AioRpcError as err:
+        stats.errors[f"{kind.value} {err.code().name}"] += 1
+        outcome = Outcome.FAIL if kind is OpKind.GET else rpc_write_outcome(err)
+        op = rec.fail(handle) if outcome is Outcome.FAIL else rec.unknown(handle)
+    stats.count(op)
+    return op
+
+
+async def direct_op(
+    cid: int,
+    stub: replica_pb2_grpc.ReplicaStub,
+    range_id: int,
+    rec: HistoryRecorder,
+    stats: Stats,
+    kind: OpKind,
+    key: bytes,
+    value: bytes | None = None,
+    timeout: float = CLIENT_TIMEOUT,
+) -> Operation:
+    """A GET or PUT sent straight to one replica (Replica.Batch), recorded."""
+    handle = rec.invoke(cid, kind, key, value=value)
+    if kind is OpKind.GET:
+        op_pb = replica_pb2.ReplicaOp(get=replica_pb2.GetOp(key=key))
+    else:
+        op_pb = replica_pb2.ReplicaOp(put=replica_pb2.PutOp(key=key, value=value))
+    try:
+        resp = await stub.Batch(
+            replica_pb2.ReplicaBatchRequest(range_id=range_id, ops=[op_pb]), timeout=timeout
+        )
+    except grpc.aio.AioRpcError as err:
+        stats.errors[f"direct {kind.value} {err.code().name}"] += 1
+        op = rec.fail(handle) if kind is OpKind.GET else rec.unknown(handle)
+    else:
+        if resp.HasField("error"):
+            exc = E.from_replica_error(resp.error)
+            stats.errors[f"direct {kind.value} {type(exc).__name__}"] += 1
+            bad = Outcome.FAIL if kind is OpKind.GET else replica_write_outcome(exc)
+            op = rec.fail(handle) if bad is Outcome.FAIL else rec.unknown(handle)
+        elif kind is OpKind.GET:
+            got = resp.results[0].get
+            op = rec.ok(handle, read=got.kv.value if got.found else None)
+        else:
+            op = rec.ok(handle)
+    stats.count(op)
+    return op
+
+
+# ----------------------------------------------------------------------------- workload
+
+
+async def client(
+    cid: int,
+    stubs: list[kv_pb2_grpc.KVStub],
+    rec: HistoryRecorder,
+    stats: Stats,
+    stop: asyncio.Event,
+    seed: int,
+) -> None:
+    rng = random.Random(seed * 1000 + cid)
+    seen: dict[bytes, bytes | None] = {}
+    for n in itertools.count():
+        if stop.is_set():
+            return
+        kv = rng.choice(stubs)
+        key = rng.choice(REG_KEYS)
+        roll = rng.random()
+        value = b"c%d-%d" % (cid, n)
+        if roll < 0.4:
+            op = await kv_op(cid, kv, rec, stats, OpKind.GET, key)
+            if op.outcome is Outcome.OK:
+                seen[key] = op.read
+        elif roll < 0.65:
+            op = await kv_op(cid, kv, rec, stats, OpKind.PUT, key, value)
+            if op.outcome is Outcome.OK:
+                seen[key] = value
+        elif roll < 0.9:
+            op = await kv_op(cid, kv, rec, stats, OpKind.CAS, key, value, seen.get(key))
+            if op.outcome is Outcome.OK:
+                seen[key] = value if op.succeeded else op.read
+        else:
+            op = await kv_op(cid, kv, rec, stats, OpKind.DELETE, key)
+            if op.outcome is Outcome.OK:
+                seen[key] = None
+        await asyncio.sleep(rng.uniform(0.0, 0.03))  # pacing: leave CPU for the cluster
+
+
+async def scan_call(kv: kv_pb2_grpc.KVStub, start: bytes, end: bytes, limit: int) -> list[bytes]:
+    out: list[bytes] = []
+    call = kv.Scan(
+        kv_pb2.ScanRequest(start_key=start, end_key=end, limit=limit), timeout=CLIENT_TIMEOUT
+    )
+    async for resp in call:
+        out.extend(k.key for k in resp.kvs)
+    return out
+
+
+def ordering_problem(keys: list[bytes]) -> str | None:
+    for a, b in itertools.pairwise(keys):
+        if not a < b:
+            return f"{b!r} after {a!r} (a key twice or out of order)"
+    return None
+
+
+async def scanner(
+    sid: int, stubs: list[kv_pb2_grpc.KVStub], stats: Stats, stop: asyncio.Event, seed: int
+) -> None:
+    rng = random.Random(seed * 1000 + 500 + sid)
+    while not stop.is_set():
+        kv = rng.choice(stubs)
+        page = rng.choice([0, 0, 17])
+        keys: list[bytes] = []
+        complete = True
+        try:
+            if page:
+                cursor = b""
+                while True:
+                    got = await scan_call(kv, cursor, b"", page)
+                    keys.extend(got)
+                    if len(got) < page:
+                        break
+                    cursor = got[-1] + b"\x00"
+            else:
+                keys = await scan_call(kv, b"", b"", 0)
+        except grpc.aio.AioRpcError as err:
+            stats.scan_errors[err.code().name] += 1
+            complete = False
+        problem = ordering_problem(keys)
+        if problem is None and complete:
+            got_scan = [k for k in keys if k.startswith(b"s/")]
+            if got_scan != SCAN_KEYS:
+                problem = f"{len(got_scan)} of {len(SCAN_KEYS)} never-deleted keys"
+        if problem is not None:
+            stats.scan_failures.append(f"scanner {sid} page {page}: {problem}")
+        elif complete:
+            stats.scans_ok += 1
+        else:
+            stats.scans_partial += 1
+        await asyncio.sleep(rng.uniform(0.1, 0.3))  # pacing
+
+
+# ----------------------------------------------------------------------------- nemesis
+
+
+class Nemesis:
+    def __init__(
+        self,
+        cluster: Cluster,
+        cfg: ChaosConfig,
+        rec: HistoryRecorder,
+        stats: Stats,
+        stubs: list[kv_pb2_grpc.KVStub],
+        t0: float,
+    ) -> None:
+        self.c = cluster
+        self.cfg = cfg
+        self.rng = random.Random(cfg.seed)
+        self.rec = rec
+        self.stats = stats
+        self.stubs = stubs
+        self.t0 = t0
+        self.faults: list[Fault] = []
+        self.probe_n = 0
+        self.probe_cid = itertools.count(PROBE_CLIENT)
+
+    def now(self) -> float:
+        return round(time.monotonic() - self.t0, 3)
+
+    def begin(self, kind: str, target: str, detail: str = "") -> Fault:
+        fault = Fault(kind, target, self.now(), detail=detail)
+        self.faults.append(fault)
+        return fault
+
+    def end(self, fault: Fault, detail: str = "") -> None:
+        fault.end = self.now()
+        if detail:
+            fault.detail = f"{fault.detail}; {detail}" if fault.detail else detail
+
+    async def run(self, stop_at: float) -> None:
+        while time.monotonic() < stop_at:
+            await asyncio.sleep(self.rng.uniform(*self.cfg.quiet))
+            if time.monotonic() >= stop_at:
+                return
+            kind = self.rng.choice(self.cfg.faults)
+            try:
+                await getattr(self, f"fault_{kind}")()
+            except (TimeoutError, grpc.aio.AioRpcError) as exc:
+                # The cluster may be in the middle of recovering from the last fault:
+                # a fault that cannot be injected now is reported and skipped.
+                self.faults.append(Fault(kind, "-", self.now(), self.now(), f"skipped: {exc}"))
+            await self.heal()
+
+    async def heal(self) -> None:
+        """Resume every paused process and restart every dead one."""
+        for child in self.c.lc.children:
+            if child.name in self.c.paused:
+                child.signal(signal.SIGCONT)
+                self.c.paused.discard(child.name)
+            if not alive(child):
+                await self.restart(child)
+
+    async def restart(self, child: Child) -> None:
+        for attempt in range(3):
+            try:
+                await child.start(timeout=60)
+                return
+            except (TimeoutError, RuntimeError) as exc:
+                self.faults.append(
+                    Fault("restart-failed", child.name, self.now(), self.now(), str(exc))
+                )
+                await asyncio.sleep(1.0 + attempt)
+
+    async def kill9(self, child: Child) -> None:
+        child.signal(signal.SIGKILL)
+        if child.proc is not None:
+            await child.proc.wait()
+
+    # --- faults -----------------------------------------------------------------------
+
+    async def fault_kill(self) -> None:
+        roll = self.rng.random()
+        if roll < 0.5:
+            key = self.rng.choice([*REG_KEYS, PROBE_KEY, *SCAN_KEYS[::20]])
+            _rid, holder = await self.c.leaseholder(key)
+            child = self.c.node(holder) if holder else self.rng.choice(self.c.lc.nodes)
+            why = f"leaseholder of {key!r}" if holder else "no leaseholder found"
+        elif roll < 0.7:
+            child, why = self.rng.choice(self.c.lc.nodes), "random raftnode"
+        elif roll < 0.9:
+            child, why = self.rng.choice(self.c.lc.meta), "random metarange replica"
+        else:
+            child, why = self.rng.choice(self.c.lc.gateways), "random gateway"
+        down = self.rng.uniform(0.5, 3.0)
+        fault = self.begin("kill -9", child.name, f"{why}; down {down:.1f}s")
+        await self.kill9(child)
+        await asyncio.sleep(down)
+        await self.restart(child)
+        self.end(fault, "restarted")
+
+    async def probe_write(self, what: str) -> Operation:
+        """A recorded write of a fresh probe value through a gateway, retried until OK."""
+        for _ in range(20):
+            self.probe_n += 1
+            value = b"p%d" % self.probe_n
+            op = await kv_op(
+                next(self.probe_cid),
+                self.rng.choice(self.stubs),
+                self.rec,
+                self.stats,
+                OpKind.PUT,
+                PROBE_KEY,
+                value,
+            )
+            if op.outcome is Outcome.OK:
+                return op
+        raise TimeoutError(f"no probe write was acknowledged ({what})")
+
+    async def probe_write_direct(self, paused: int) -> Operation:
+        """A recorded write of a fresh probe value straight to the leaseholder that
+        replaced `paused` (a gateway whose cache names the paused node would sit on
+        it until its deadline), retried until acknowledged."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while loop.time() < deadline:
+            rid, holder = await self.c.leaseholder(PROBE_KEY, exclude=paused)
+            if holder is None:
+                await asyncio.sleep(0.1)
+                continue
+            self.probe_n += 1
+            async with grpc.aio.insecure_channel(self.c.node(holder).address) as ch:
+                op = await direct_op(
+                    next(self.probe_cid),
+                    replica_pb2_grpc.ReplicaStub(ch),
+                    rid,
+                    self.rec,
+                    self.stats,
+                    OpKind.PUT,
+                    PROBE_KEY,
+                    b"p%d" % self.probe_n,
+                    timeout=3.0,
+                )
+            if op.outcome is Outcome.OK:
+                return op
+        raise TimeoutError("no probe write through a new leaseholder was acknowledged")
+
+    async def fault_pause(self, pause_for: float | None = None) -> None:
+        """SIGSTOP the probe key's leaseholder past the lease and the election timeout;
+        write through the new leaseholder, then read straight from the paused node.
+
+        The reads travel on a connection made before the pause, so they are the
+        first thing the node reads when it resumes. A pause longer than the raft
+        transport's keepalive (10 s + 5 s) also makes its peers drop their
+        connections to it, so the new leader's messages (which would depose it)
+        arrive only after a reconnect: that is what makes the stale read of a
+        broken build certain rather than a race (the mutation test uses 20 s)."""
+        await self.probe_write("before the pause")
+        rid, holder = await wait_for(
+            lambda: self._holder(PROBE_KEY), 20, "a leaseholder of the probe key"
+        )
+        child = self.c.node(holder)
+        pause_for = pause_for if pause_for is not None else self.rng.uniform(2.5, 4.0)
+        async with grpc.aio.insecure_channel(child.address) as ch:
+            stub = replica_pb2_grpc.ReplicaStub(ch)
+            await stub.RangeInfo(replica_pb2.RangeInfoRequest(), timeout=2)  # connect now
+            fault = self.begin("pause", child.name, f"leaseholder of range {rid}")
+            started = time.monotonic()
+            child.signal(signal.SIGSTOP)
+            self.c.paused.add(child.name)
+            try:
+                fresh = await self.probe_write_direct(holder)
+                reads = [
+                    asyncio.ensure_future(
+                        direct_op(
+                            next(self.probe_cid),
+                            stub,
+                            rid,
+                            self.rec,
+                            self.stats,
+                            OpKind.GET,
+                            PROBE_KEY,
+                            timeout=pause_for + 10,
+                        )
+                    )
+                    for _ in range(8)
+                ]
+                await asyncio.sleep(max(0.2, pause_for - (time.monotonic() - started)))
+            finally:
+                child.signal(signal.SIGCONT)
+                self.c.paused.discard(child.name)
+            got = await asyncio.gather(*reads)
+        stale = sum(1 for op in got if op.outcome is Outcome.OK and op.read != fresh.value)
+        served = sum(1 for op in got if op.outcome is Outcome.OK)
+        self.end(
+            fault,
+            f"paused {time.monotonic() - started:.1f}s; {served}/{len(got)} direct reads "
+            f"served by the old leader, {stale} of them stale",
+        )
+
+    async def _holder(self, key: bytes) -> tuple[int, int] | None:
+        rid, holder = await self.c.leaseholder(key)
+        return (rid, holder) if holder else None
+
+    async def fault_isolate_write(self) -> Operation:
+        """Stop every other raftnode, write straight to the leaseholder, kill it, resume."""
+        await self.probe_write("before the isolation")
+        rid, holder = await wait_for(
+            lambda: self._holder(PROBE_KEY), 20, "a leaseholder of the probe key"
+        )
+        child = self.c.node(holder)
+        others = [n for n in self.c.lc.nodes if n is not child and alive(n)]
+        async with grpc.aio.insecure_channel(child.address) as ch:
+            stub = replica_pb2_grpc.ReplicaStub(ch)
+            await stub.RangeInfo(replica_pb2.RangeInfoRequest(), timeout=2)
+            fault = self.begin(
+                "isolate+kill -9", child.name, f"leaseholder of range {rid}; others stopped"
+            )
+            for other in others:
+                other.signal(signal.SIGSTOP)
+                self.c.paused.add(other.name)
+            try:
+                self.probe_n += 1
+                op = await direct_op(
+                    next(self.probe_cid),
+                    stub,
+                    rid,
+                    self.rec,
+                    self.stats,
+                    OpKind.PUT,
+                    PROBE_KEY,
+                    b"p%d" % self.probe_n,
+                    timeout=1.5,
+                )
+                await self.kill9(child)
+            finally:
+                for other in others:
+                    other.signal(signal.SIGCONT)
+                    self.c.paused.discard(other.name)
+        await asyncio.sleep(self.rng.uniform(0.5, 2.0))
+        await self.restart(child)
+        self.end(fault, f"isolated write {op.outcome.value}; restarted")
+        return op
+
+    async def fault_transfer(self) -> None:
+        key = self.rng.choice([*REG_KEYS, PROBE_KEY, *SCAN_KEYS[::10]])
+        rid, holder = await self.c.range_of(key)
+        if holder is None:
+            raise TimeoutError(f"range {rid} has no leader")
+        target = self.rng.choice([n for n in self.c.ids if n != holder])
+        fault = self.begin("transfer", f"range {rid}", f"node {holder} -> node {target}")
+        resp = await replica_call(
+            self.c.node(holder).address,
+            "TransferLease",
+            replica_pb2.TransferLeaseRequest(range_id=rid, target_node_id=target),
+        )
+        err = str(E.from_replica_error(resp.error)) if resp.HasField("error") else "ok"
+        self.end(fault, err)
+
+    async def fault_split(self) -> None:
+        key = self.rng.choice(SPLIT_CANDIDATES)
+        rid, holder = await self.c.range_of(key)
+        if holder is None:
+            raise TimeoutError(f"range {rid} has no leader")
+        fault = self.begin("split", f"range {rid}", f"at {key!r} on node {holder}")
+        resp = await replica_call(
+            self.c.node(holder).address,
+            "AdminSplit",
+            replica_pb2.AdminSplitRequest(range_id=rid, split_key=key),
+            timeout=20,
+        )
+        err = str(E.from_replica_error(resp.error)) if resp.HasField("error") else "ok"
+        self.end(fault, err)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def log_tails(lc: LocalCluster, lines: int = 25) -> str:
+    parts = []
+    for child in lc.children:
+        try:
+            text = child.log_path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError as exc:
+            text = [f"<no log: {exc}>"]
+        parts.append(f"----- {child.name} ({child.log_path}) -----\n" + "\n".join(text))
+    return "\n".join(parts)
+
+
+@contextlib.asynccontextmanager
+async def started_cluster(cfg: ChaosConfig) -> AsyncIterator[LocalCluster]:
+    env = {"RANGEKV_FSM_SYNC_MODE": cfg.sync_mode}
+    lc = LocalCluster(
+        cfg.report_dir / "cluster",
+        n_meta=cfg.n_meta,
+        n_nodes=cfg.n_nodes,
+        gateway_ports=[free_port() for _ in range(cfg.n_gateways)],
+        env=env,
+        extra_node_args=NODE_ARGS,
+        say=lambda _line: None,
+    )
+    if cfg.mutation:
+        for child in lc.nodes:
+            child.env = {**env, "RANGEKV_TEST_MUTATION": cfg.mutation}
+    try:
+        await lc.start()
+        yield lc
+    finally:
+        for child in lc.children:
+            child.signal(signal.SIGCONT)
+            child.signal(signal.SIGKILL)
+        await lc.stop()
+
+
+async def final_reads(
+    stubs: list[kv_pb2_grpc.KVStub], rec: HistoryRecorder, stats: Stats
+) -> list[str]:
+    """Recorded reads of every key through each gateway, and a full scan through each."""
+    problems = []
+    for g, kv in enumerate(stubs):
+        for key in [*REG_KEYS, PROBE_KEY]:
+            for _ in range(30):
+                op = await kv_op(800 + g, kv, rec, stats, OpKind.GET, key)
+                if op.outcome is Outcome.OK:
+                    break
+                await asyncio.sleep(0.5)
+            else:
+                problems.append(f"gateway {g + 1}: no final read of {key!r} succeeded")
+        try:
+            keys = await scan_call(kv, b"", b"", 0)
+        except grpc.aio.AioRpcError as err:
+            problems.append(f"gateway {g + 1}: final scan failed: {err.code().name}")
+            continue
+        problem = ordering_problem(keys)
+        if problem is None and [k for k in keys if k.startswith(b"s/")] != SCAN_KEYS:
+            problem = "never-deleted keys missing"
+        if problem:
+            problems.append(f"gateway {g + 1}: final scan: {problem}")
+    return problems
+
+
+async def wait_healthy(stubs: list[kv_pb2_grpc.KVStub], timeout: float = 60) -> None:
+    async def ok() -> bool:
+        try:
+            for kv in stubs:
+                await kv.Get(kv_pb2.GetRequest(key=b"health"), timeout=5)
+        except grpc.aio.AioRpcError:
+            return False
+        return True
+
+    await wait_for(ok, timeout, "both gateways to serve reads", 0.5)
+
+
+Schedule = Callable[[Nemesis], Awaitable[None]]
+
+
+async def run_chaos_async(cfg: ChaosConfig, schedule: Schedule | None = None) -> ChaosResult:
+    """One run; `schedule` replaces the random nemesis (the mutation tests use it)."""
+    cfg.report_dir.mkdir(parents=True, exist_ok=True)
+    wall0 = time.monotonic()
+    rec = HistoryRecorder()
+    stats = Stats()
+    problems: list[str] = []
+    async with started_cluster(cfg) as lc:
+        cluster = Cluster(lc)
+        startup = time.monotonic() - wall0
+        channels = [grpc.aio.insecure_channel(g.address) for g in lc.gateways]
+        stubs = [kv_pb2_grpc.KVStub(ch) for ch in channels]
+        try:
+            await wait_healthy(stubs)
+            item = kv_pb2.BatchRequestItem
+            await stubs[0].Batch(
+                kv_pb2.BatchRequest(
+                    requests=[item(put=kv_pb2.PutRequest(key=k, value=b"s")) for k in SCAN_KEYS]
+                ),
+                timeout=CLIENT_TIMEOUT,
+            )
+            t0 = time.monotonic()
+            nemesis = Nemesis(cluster, cfg, rec, stats, stubs, t0)
+            stop = asyncio.Event()
+            workers = [
+                *(
+                    asyncio.create_task(client(c, stubs, rec, stats, stop, cfg.seed))
+                    for c in range(cfg.n_clients)
+                ),
+                *(
+                    asyncio.create_task(scanner(s, stubs, stats, stop, cfg.seed))
+                    for s in range(cfg.n_scanners)
+                ),
+            ]
+            try:
+                if schedule is None:
+                    await nemesis.run(t0 + cfg.duration)
+                else:
+                    await schedule(nemesis)
+            finally:
+                await nemesis.heal()
+                stop.set()
+                await asyncio.gather(*workers)
+            workload_s = time.monotonic() - t0
+            await wait_healthy(stubs)
+            problems += await final_reads(stubs, rec, stats)
+        except BaseException:
+            (cfg.report_dir / "log_tails.txt").write_text(log_tails(lc))
+            raise
+        finally:
+            for ch in channels:
+                await ch.close()
+        if problems:
+            (cfg.report_dir / "log_tails.txt").write_text(log_tails(lc))
+
+    ops = rec.operations()
+    history_file = cfg.report_dir / "history.json"
+    save_history(history_file, ops)
+    result = check_history(ops, timeout=cfg.check_timeout)
+    problems += stats.scan_failures[:20]
+    report: dict[str, Any] = {
+        "seed": cfg.seed,
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        "partitions": "not injected (no network namespaces or transport switch yet)",
+        "seconds": {
+            "startup": round(startup, 1),
+            "workload": round(workload_s, 1),
+            "total": round(time.monotonic() - wall0, 1),
+            "check": round(result.elapsed, 2),
+        },
+        "operations": len(ops),
+        "by_outcome": dict(stats.outcomes),
+        "by_kind": dict(sorted(stats.by_kind.items())),
+        "errors": dict(stats.errors.most_common(12)),
+        "scans": {
+            "complete_ok": stats.scans_ok,
+            "partial": stats.scans_partial,
+            "errors": dict(stats.scan_errors),
+            "failures": stats.scan_failures[:20],
+        },
+        "faults": [asdict(f) for f in nemesis.faults],
+        "checker": {
+            "ok": result.ok,
+            "keys_checked": result.keys_checked,
+            "failed_key": result.failed_key.decode(errors="replace") if result.failed_key else None,
+            "explanation": result.explanation,
+            "seconds": round(result.elapsed, 2),
+        },
+        "problems": problems,
+        "history": str(history_file),
+        "replay": (
+            f"python tests/chaos/harness.py check {history_file}   # re-judge this history; "
+            f"RANGEKV_CHAOS_SEED={cfg.seed} re-runs the same nemesis schedule"
+        ),
+    }
+    (cfg.report_dir / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    (cfg.report_dir / "summary.txt").write_text(summary_text(report) + "\n")
+    return ChaosResult(result.ok, result.explanation, report, cfg.report_dir, ops, problems)
+
+
+def summary_text(report: dict[str, Any]) -> str:
+    cfg = report["config"]
+    faults = Counter(f["kind"] for f in report["faults"])
+    verdict = {True: "LINEARIZABLE", False: "NOT LINEARIZABLE", None: "UNDECIDED"}[
+        report["checker"]["ok"]
+    ]
+    lines = [
+        f"chaos run seed={report['seed']} sync_mode={cfg['sync_mode']} "
+        f"mutation={cfg['mutation'] or 'none'} "
+        f"cluster={cfg['n_meta']} meta/{cfg['n_nodes']} nodes/{cfg['n_gateways']} gateways",
+        f"time: {report['seconds']}",
+        f"operations: {report['operations']} {report['by_outcome']}",
+        f"faults: {dict(faults)} (partitions: {report['partitions']})",
+        f"scans: {report['scans']['complete_ok']} complete ok, "
+        f"{report['scans']['partial']} cut short, failures {len(report['scans']['failures'])}",
+        f"checker: {verdict} in {report['checker']['seconds']}s "
+        f"({report['checker']['keys_checked']} keys)",
+    ]
+    if report["checker"]["ok"] is not True:
+        lines.append(f"  {report['checker']['explanation'][:2000]}")
+    if report["problems"]:
+        lines.append(f"problems: {report['problems']}")
+    lines.append(f"history: {report['history']}")
+    lines.append(f"replay: {report['replay']}")
+    return "\n".join(lines)
+
+
+def run_chaos(cfg: ChaosConfig, schedule: Schedule | None = None) -> ChaosResult:
+    return asyncio.run(run_chaos_async(cfg, schedule))
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[0] == "check":
+        result = check_history(load_history(argv[1]))
+        print(result.ok, result.explanation)
+        return 0 if result.ok else 1
+    print(__doc__)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,181 @@
+"""Chaos tests: linearizability of a real cluster under a seeded nemesis (issue 9).
+
+What runs (see harness.py for the faults and the report):
+
+* `test_chaos[sync]`, `test_chaos[nosync]` -- the CI short form: a cluster of
+  3 metarange replicas, 5 raftnodes and 2 gateways, clients and scanners
+  through both gateways, ~60 s of random faults (kill -9 and restart,
+  SIGSTOP/SIGCONT of leaseholders past the lease and election timeout with
+  reads sent straight to the paused node, a write to a leaseholder cut off
+  from every follower then killed, lease transfers, splits), in each FSM sync
+  mode. The history must be linearizable and every scan ordered and complete.
+* `test_harness_catches_lease_without_check` and
+  `test_harness_catches_ack_before_quorum` -- the same harness against a
+  deliberately broken build (RANGEKV_TEST_MUTATION, see
+  libs/replication/mutations.py) with a fixed schedule: the checker MUST fail.
+  The lease one is NOT yet reliable (the stale read races the new leader's
+  queued messages when the old leader resumes) and is skipped unless
+  RANGEKV_CHAOS_LEASE_MUTATION=1;
+  `test_fixed_schedules_pass_without_mutation` is their control (same
+  schedules, correct build, must pass).
+
+Knobs (environment):
+
+* `RANGEKV_CHAOS_MINUTES=N` -- a long soak: each selected `test_chaos` run
+  lasts N minutes instead of the short form, e.g.
+      RANGEKV_CHAOS_MINUTES=30 pytest tests/chaos -k "test_chaos and nosync"
+* `RANGEKV_CHAOS_SEED=S` -- the nemesis seed (default: fixed per sync mode);
+  a failing run's report names its seed, so this replays its schedule.
+* `RANGEKV_CHAOS_REPORT_DIR=DIR` -- where reports go (default: the test's
+  tmp dir); each run writes DIR/<test>/report.json, summary.txt, history.json
+  and, on trouble, log_tails.txt.
+
+Partitions are not injected yet (see harness.py).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from harness import ChaosConfig, Nemesis, run_chaos
+
+from rangekv.check import Operation, OpKind, Outcome
+
+MINUTES = float(os.environ.get("RANGEKV_CHAOS_MINUTES", "0") or 0)
+SHORT_SECONDS = 60.0
+DURATION = MINUTES * 60 if MINUTES > 0 else SHORT_SECONDS
+SEEDS = {"sync": 1, "nosync": 2}
+
+
+def report_dir(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
+    base = os.environ.get("RANGEKV_CHAOS_REPORT_DIR")
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+    return Path(base) / name if base else tmp_path / "report"
+
+
+@pytest.mark.timeout(int(DURATION) + 420)
+@pytest.mark.parametrize("sync_mode", ["sync", "nosync"])
+def test_chaos(sync_mode: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    seed = int(os.environ.get("RANGEKV_CHAOS_SEED", SEEDS[sync_mode]))
+    cfg = ChaosConfig(
+        seed=seed,
+        duration=DURATION,
+        sync_mode=sync_mode,
+        report_dir=report_dir(tmp_path, request),
+    )
+    result = run_chaos(cfg)
+    summary = (result.report_dir / "summary.txt").read_text()
+    print(summary)
+    assert result.ok is True, summary
+    assert not result.problems, summary
+    report = result.report
+    assert report["by_outcome"].get("OK", 0) >= 200 * DURATION / 60, summary
+    assert report["scans"]["complete_ok"] >= 5, summary
+    assert len(report["faults"]) >= 5 * DURATION / 60, summary
+
+
+# ----------------------------------------------------------------------------- mutations
+
+
+def stale_reads(source: Nemesis | list[Operation]) -> int:
+    """Reads of the probe key returning a value that was certainly overwritten before
+    the read was sent: its write completed before another acknowledged write began,
+    which completed before the read was invoked (probe values are unique)."""
+    ops = source.rec.operations() if isinstance(source, Nemesis) else source
+    acked = [
+        o for o in ops if o.key == b"probe" and o.kind is OpKind.PUT and o.outcome is Outcome.OK
+    ]
+    by_value = {o.value: o for o in acked}
+    n = 0
+    for o in ops:
+        if o.key != b"probe" or o.kind is not OpKind.GET or o.outcome is not Outcome.OK:
+            continue
+        old = by_value.get(o.read)
+        if old is not None and any(
+            old.complete < p.invoke and p.complete < o.invoke for p in acked
+        ):
+            n += 1
+    return n
+
+
+async def pause_schedule(nemesis: Nemesis, attempts: int = 5) -> None:
+    """Pause the probe key's leaseholder for 20 s (past the transport keepalive, see
+    Nemesis.fault_pause) until a stale read is seen or `attempts` are spent."""
+    for _ in range(attempts):
+        await nemesis.fault_pause(pause_for=20.0)
+        await nemesis.heal()
+        if stale_reads(nemesis):
+            return
+
+
+async def isolate_schedule(nemesis: Nemesis) -> None:
+    for _ in range(3):  # until the cut-off leader acknowledged the write (a broken build)
+        op = await nemesis.fault_isolate_write()
+        await nemesis.heal()
+        if op.outcome is Outcome.OK:
+            return
+
+
+def mutation_config(seed: int, mutation: str, base: Path) -> ChaosConfig:
+    return ChaosConfig(
+        seed=seed, duration=0, report_dir=base, mutation=mutation, n_clients=3, n_scanners=1
+    )
+
+
+@pytest.mark.timeout(300)
+def test_fixed_schedules_pass_without_mutation(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The control: the mutation tests' schedules against the correct build pass, so
+    their failures below are the mutations' doing, not the schedules'."""
+
+    async def both(nemesis: Nemesis) -> None:
+        await pause_schedule(nemesis, attempts=1)
+        await isolate_schedule(nemesis)
+
+    result = run_chaos(mutation_config(9, "", report_dir(tmp_path, request)), both)
+    summary = (result.report_dir / "summary.txt").read_text()
+    print(summary)
+    assert result.ok is True, summary
+    assert not result.problems, summary
+    assert stale_reads(result.ops) == 0, summary
+    kinds = [f["kind"] for f in result.report["faults"]]
+    assert "pause" in kinds and "isolate+kill -9" in kinds, summary
+
+
+@pytest.mark.skipif(
+    not os.environ.get("RANGEKV_CHAOS_LEASE_MUTATION"),
+    reason="not yet reliable: after SIGCONT the paused leader usually reads its new "
+    "leader's queued raft messages (and steps down) before the reads queued for it; "
+    "set RANGEKV_CHAOS_LEASE_MUTATION=1 to run it",
+)
+@pytest.mark.timeout(300)
+def test_harness_catches_lease_without_check(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A leader that serves reads without checking its lease: paused past its lease
+    while a new leader takes a write, it answers the reads queued for it with the
+    old value the moment it resumes. The checker must call that history out."""
+
+    cfg = mutation_config(7, "lease_without_check", report_dir(tmp_path, request))
+    result = run_chaos(cfg, pause_schedule)
+    summary = (result.report_dir / "summary.txt").read_text()
+    print(summary)
+    assert result.ok is False, f"the harness missed stale lease reads:\n{summary}"
+    assert result.report["checker"]["failed_key"] == "probe", summary
+
+
+@pytest.mark.timeout(300)
+def test_harness_catches_ack_before_quorum(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """A leader that acknowledges writes before a quorum holds them: cut off from
+    every follower, it acks a write and is killed; the followers elect a leader
+    without it, and the acknowledged write is gone. The checker must fail."""
+
+    cfg = mutation_config(8, "ack_before_quorum", report_dir(tmp_path, request))
+    result = run_chaos(cfg, isolate_schedule)
+    summary = (result.report_dir / "summary.txt").read_text()
+    print(summary)
+    assert result.ok is False, f"the harness missed a lost acknowledged write:\n{summary}"
