@@ -334,26 +334,33 @@ class RangeReplica(RaftGroup):
 
     # --- writes -------------------------------------------------------------------------
 
-    async def _propose_writes(
-        self, writes: list[replica_pb2.ReplicaOp]
-    ) -> list[replica_pb2.ReplicaOpResult]:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._write_queue.append((writes, fut))
-        self._wake(self)
+    async def _await_applied(self, fut: asyncio.Future[Any], what: str) -> Any:
+        """The result of a proposal once this replica applied it, with the one
+        mapping of its failures: a refusal before the log (NotLeaseHolder: not
+        applied) vs. a lost or slow proposal (Unavailable: outcome UNKNOWN)."""
         try:
-            results = await asyncio.wait_for(asyncio.shield(fut), self.ctx.limits.write_timeout)
+            return await asyncio.wait_for(asyncio.shield(fut), self.ctx.limits.write_timeout)
         except TimeoutError:
             raise E.Unavailable(
-                f"range {self.range_id}: write not applied within {self.ctx.limits.write_timeout}s",
+                f"range {self.range_id}: {what} not applied within "
+                f"{self.ctx.limits.write_timeout}s",
                 outcome=E.WriteOutcome.UNKNOWN,
             ) from None
         except NotLeaderNow:
             raise self.not_lease_holder() from None
         except ProposalAbandoned as exc:
             raise E.Unavailable(
-                f"range {self.range_id}: {exc}; the write may or may not have been applied",
+                f"range {self.range_id}: {exc}; the {what} may or may not have been applied",
                 outcome=E.WriteOutcome.UNKNOWN,
             ) from None
+
+    async def _propose_writes(
+        self, writes: list[replica_pb2.ReplicaOp]
+    ) -> list[replica_pb2.ReplicaOpResult]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._write_queue.append((writes, fut))
+        self._wake(self)
+        results = await self._await_applied(fut, "write")
         if any(r is OUTSIDE_RANGE for r in results):
             # The command applied after a split took some of its keys away:
             # none of its writes were applied (all or nothing), so a retry is safe.
@@ -492,20 +499,9 @@ class RangeReplica(RaftGroup):
         if not self.descriptor.contains_key(op.txn.record_key):
             raise self.key_mismatch(op.txn.record_key)
         cmd = raftcmd_pb2.RaftCommand(timestamp=ts_to_proto(self.ctx.hlc.now()), txn_op=op)
-        fut = self.propose(cmd.SerializeToString())
-        try:
-            result = await asyncio.wait_for(asyncio.shield(fut), self.ctx.limits.write_timeout)
-        except TimeoutError:
-            raise E.Unavailable(
-                f"range {self.range_id}: txn record operation not applied in time",
-                outcome=E.WriteOutcome.UNKNOWN,
-            ) from None
-        except NotLeaderNow:
-            raise self.not_lease_holder() from None
-        except ProposalAbandoned as exc:
-            raise E.Unavailable(
-                f"range {self.range_id}: {exc}", outcome=E.WriteOutcome.UNKNOWN
-            ) from None
+        result = await self._await_applied(
+            self.propose(cmd.SerializeToString()), "txn record operation"
+        )
         assert isinstance(result, TxnApplied)
         if result.outside:
             raise self.key_mismatch(op.txn.record_key)

@@ -644,6 +644,21 @@ def test_many_splits_under_load(tmp_path: Path) -> None:
     # Imported here: test_replica_changes imports this module's helpers.
     from test_replica_changes import change_replicas
 
+    async def remove_a_follower(cluster: LocalCluster, range_id: int) -> int:
+        """Remove a replica that is not the leaseholder's; the lease may move meanwhile
+        (the rebalancer spreads leases), so the choice is made again on each try."""
+        deadline = asyncio.get_running_loop().time() + 90
+        while True:
+            holder = await leaseholder(cluster, range_id)
+            node = next(n for n in node_ids(cluster) if n != holder)
+            try:
+                await change_replicas(cluster, range_id, [(REMOVE, node)], timeout=10)
+            except TimeoutError:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                continue
+            return node
+
     async def body() -> None:
         rec = HistoryRecorder()
         errors: Counter[str] = Counter()
@@ -686,9 +701,7 @@ def test_many_splits_under_load(tmp_path: Path) -> None:
                         # a replica change in the middle: a follower of reg/2's range leaves...
                         found = await meta.lookup_range(b"reg/2", prefetch=0, consistent=True)
                         moved_range = found.descriptors[0].range_id
-                        holder = await leaseholder(cluster, moved_range)
-                        moved_node = next(n for n in node_ids(cluster) if n != holder)
-                        await change_replicas(cluster, moved_range, [(REMOVE, moved_node)])
+                        moved_node = await remove_a_follower(cluster, moved_range)
                     if i == 2 * len(order) // 3:
                         # ...and comes back (learner, snapshot, voter) while splits go on
                         await change_replicas(
