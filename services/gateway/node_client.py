@@ -146,7 +146,7 @@ class NodeClients:
         )
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._streams: dict[str, NodeStream] = {}
-        self._pending: dict[tuple[str, int, bool, bytes], _Pending] = {}
+        self._pending: dict[tuple[str, int, bool, bytes, bool], _Pending] = {}
         self._flush_scheduled = False
         self.batches_sent = 0
         self.ops_sent = 0
@@ -185,7 +185,9 @@ class NodeClients:
         batch's error (a RangeKVError: routing errors, Unavailable, ...).
         """
         ts_key = read_timestamp.SerializeToString() if read_timestamp is not None else b""
-        key = (address, range_id, inconsistent, ts_key)
+        # Reads and writes never share a batch: a batch fails as a whole, and a
+        # read's failure must not be able to mask (and so re-send) an applied write.
+        key = (address, range_id, inconsistent, ts_key, has_writes)
         pending = self._pending.get(key)
         if pending is None:
             pending = _Pending(range_id, inconsistent, read_timestamp)
@@ -202,7 +204,7 @@ class NodeClients:
     def _flush(self) -> None:
         self._flush_scheduled = False
         pending, self._pending = self._pending, {}
-        for (address, _rid, _inc, _ts), p in pending.items():
+        for (address, _rid, _inc, _ts, _w), p in pending.items():
             req = replica_pb2.ReplicaBatchRequest(
                 range_id=p.range_id, inconsistent=p.inconsistent, ops=p.ops
             )

@@ -183,14 +183,6 @@ class RangeReplica(RaftGroup):
             raise E.InvalidArgument("inconsistent", "only reads may be inconsistent")
         self._check_keys(req)
         results: list[replica_pb2.ReplicaOpResult | None] = [None] * len(req.ops)
-        if has_writes:
-            self._require_leader()
-            writes = [op for op in req.ops if op.WhichOneof("op") in WRITE_KINDS]
-            write_results = await self._propose_writes(writes)
-            it = iter(write_results)
-            for i, kind in enumerate(kinds):
-                if kind in WRITE_KINDS:
-                    results[i] = next(it)
         read_ts = ts_from_proto(req.read_timestamp) if req.HasField("read_timestamp") else None
         if read_ts is not None:
             if read_ts < self.gc_threshold:
@@ -213,6 +205,17 @@ class RangeReplica(RaftGroup):
                 if kind in READ_KINDS:
                     results[i] = self._evaluate_read(req.ops[i], ts, self.ctx.engine)
             read_ts = ts
+        # Writes go last: every check that can fail a batch (read timestamp, read
+        # point, key ranges) has passed before anything is proposed, so an error
+        # answer never hides an applied write (which a retry would apply twice).
+        if has_writes:
+            self._require_leader()
+            writes = [op for op in req.ops if op.WhichOneof("op") in WRITE_KINDS]
+            write_results = await self._propose_writes(writes)
+            it = iter(write_results)
+            for i, kind in enumerate(kinds):
+                if kind in WRITE_KINDS:
+                    results[i] = next(it)
         resp = replica_pb2.ReplicaBatchResponse(
             results=results,  # type: ignore[arg-type]
             descriptor=self.descriptor_pb,
