@@ -130,48 +130,23 @@ def message_to_proto(
     `msg.snapshot.data` is deliberately not encoded (see the module docstring);
     `descriptor` is copied into the message when given.
     """
-    entries = msg.entries
-    if entries:
-        make = _RaftEntry
-        conf, wire_conf, wire_normal = _CONF_CHANGE, _WIRE_CONF_CHANGE, _WIRE_NORMAL
-        pb = _RaftMessage(
-            group_id=group_id,
-            type=msg.type._value_,
-            to_replica_id=msg.to,
-            from_replica_id=msg.sender,
-            term=msg.term,
-            log_term=msg.log_term,
-            index=msg.index,
-            commit=msg.commit,
-            reject=msg.reject,
-            reject_hint=msg.reject_hint,
-            context=msg.context,
-            round=msg.round,
-            entries=[
-                make(
-                    term=e.term,
-                    index=e.index,
-                    type=wire_conf if e.type is conf else wire_normal,
-                    data=e.data,
-                )
-                for e in entries
-            ],
-        )
-    else:
-        pb = _RaftMessage(
-            group_id=group_id,
-            type=msg.type._value_,
-            to_replica_id=msg.to,
-            from_replica_id=msg.sender,
-            term=msg.term,
-            log_term=msg.log_term,
-            index=msg.index,
-            commit=msg.commit,
-            reject=msg.reject,
-            reject_hint=msg.reject_hint,
-            context=msg.context,
-            round=msg.round,
-        )
+    # The entries go in through the constructor (one copy), and only when there
+    # are some: most messages (heartbeats, responses) carry none.
+    pb = _RaftMessage(
+        group_id=group_id,
+        type=msg.type._value_,
+        to_replica_id=msg.to,
+        from_replica_id=msg.sender,
+        term=msg.term,
+        log_term=msg.log_term,
+        index=msg.index,
+        commit=msg.commit,
+        reject=msg.reject,
+        reject_hint=msg.reject_hint,
+        context=msg.context,
+        round=msg.round,
+        entries=entries_to_proto(msg.entries) if msg.entries else None,
+    )
     snap = msg.snapshot
     if snap is not None:
         # Presence matters (a SNAP message always has one), so set it even when
