@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from rangekv.common import errors as E
 from rangekv.raft import (
     ConfChange,
     Entry,
@@ -185,6 +186,31 @@ class RaftGroup:
             self._read_waiting = asyncio.get_running_loop().create_future()
             self._wake(self)
         return self._read_waiting
+
+    async def await_applied(
+        self,
+        fut: asyncio.Future[Any],
+        timeout: float,
+        what: str,
+        not_leader: Callable[[], BaseException],
+    ) -> Any:
+        """The result of a proposal once this replica applied it, with the one
+        mapping of its failures: refused before the log (`not_leader()`: nothing
+        was applied) vs. lost or slow (Unavailable with outcome UNKNOWN)."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            raise E.Unavailable(
+                f"{what} not applied within {timeout}s; it may or may not be applied",
+                outcome=E.WriteOutcome.UNKNOWN,
+            ) from None
+        except NotLeaderNow:
+            raise not_leader() from None
+        except ProposalAbandoned as exc:
+            raise E.Unavailable(
+                f"{what}: {exc}; it may or may not have been applied",
+                outcome=E.WriteOutcome.UNKNOWN,
+            ) from None
 
     def lease_status(self, now: float) -> LeaseStatus:
         return self.raw_node.lease_status(now)

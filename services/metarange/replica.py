@@ -9,7 +9,6 @@ same lease / read-index / not-leader ladder as ranges (RaftGroup.await_read_poin
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from rangekv.metarange.commands import Command, encode_command
 from rangekv.metarange.keys import META_PREFIX
 from rangekv.metarange.state import MetaStateMachine
 from rangekv.raft import Entry, Message
-from rangekv.replication.group import NotLeaderNow, ProposalAbandoned, RaftGroup
+from rangekv.replication.group import NotLeaderNow, RaftGroup
 from rangekv.replication.host import GroupHost, HostConfig, SendRaft, Span
 from rangekv.replication.scheduler import SchedulerMetrics
 from rangekv.replication.state_engine import AppliedState, StateBatch, prefix_end, range_local_span
@@ -70,20 +69,12 @@ class MetaReplica(RaftGroup):
         """Propose `cmd` and return its result once applied here; raise its refusal."""
         if not self.raw_node.is_leader():
             raise self.not_leader()
-        fut = self.propose(encode_command(cmd))
-        try:
-            result = await asyncio.wait_for(asyncio.shield(fut), self.host.write_timeout)
-        except TimeoutError:
-            raise E.Unavailable(
-                "meta command not applied in time; it may or may not apply",
-                outcome=E.WriteOutcome.UNKNOWN,
-            ) from None
-        except NotLeaderNow:
-            raise self.not_leader() from None
-        except ProposalAbandoned as exc:
-            raise E.Unavailable(
-                f"meta command {exc}; it may or may not apply", outcome=E.WriteOutcome.UNKNOWN
-            ) from None
+        result = await self.await_applied(
+            self.propose(encode_command(cmd)),
+            self.host.write_timeout,
+            "meta command",
+            self.not_leader,
+        )
         if isinstance(result, E.RangeKVError):
             raise result
         return result

@@ -32,7 +32,7 @@ from rangekv.common.hlc import HybridClock, Timestamp
 from rangekv.raft import ConfChange, Entry, RawNode, Ready
 from rangekv.raftnode import mvcc, txn
 from rangekv.raftnode.keys import txn_record_key
-from rangekv.replication.group import NotLeaderNow, ProposalAbandoned, RaftGroup
+from rangekv.replication.group import NotLeaderNow, RaftGroup
 from rangekv.replication.state_engine import DESCRIPTOR as DESCRIPTOR_KIND
 from rangekv.replication.state_engine import GC_THRESHOLD as GC_THRESHOLD_KIND
 from rangekv.replication.state_engine import (
@@ -338,24 +338,12 @@ class RangeReplica(RaftGroup):
     # --- writes -------------------------------------------------------------------------
 
     async def _await_applied(self, fut: asyncio.Future[Any], what: str) -> Any:
-        """The result of a proposal once this replica applied it, with the one
-        mapping of its failures: a refusal before the log (NotLeaseHolder: not
-        applied) vs. a lost or slow proposal (Unavailable: outcome UNKNOWN)."""
-        try:
-            return await asyncio.wait_for(asyncio.shield(fut), self.ctx.limits.write_timeout)
-        except TimeoutError:
-            raise E.Unavailable(
-                f"range {self.range_id}: {what} not applied within "
-                f"{self.ctx.limits.write_timeout}s",
-                outcome=E.WriteOutcome.UNKNOWN,
-            ) from None
-        except NotLeaderNow:
-            raise self.not_lease_holder() from None
-        except ProposalAbandoned as exc:
-            raise E.Unavailable(
-                f"range {self.range_id}: {exc}; the {what} may or may not have been applied",
-                outcome=E.WriteOutcome.UNKNOWN,
-            ) from None
+        return await self.await_applied(
+            fut,
+            self.ctx.limits.write_timeout,
+            f"range {self.range_id}: {what}",
+            self.not_lease_holder,
+        )
 
     async def _propose_writes(
         self, writes: list[replica_pb2.ReplicaOp]
