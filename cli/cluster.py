@@ -70,6 +70,8 @@ class Child:
     proc: asyncio.subprocess.Process | None = None
     ready: dict[str, str] | None = None
     restarts: int = 0
+    #: Prepended to the command line, e.g. ["ip", "netns", "exec", NS] (it must exec).
+    prefix: list[str] = field(default_factory=list)
     _pump_task: asyncio.Task[None] | None = None
 
     @property
@@ -85,6 +87,7 @@ class Child:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = await asyncio.create_subprocess_exec(
+            *self.prefix,
             sys.executable,
             "-m",
             "rangekv.cli.main",

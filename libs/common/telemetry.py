@@ -13,11 +13,32 @@ write is the name you grep for in Prometheus: counters gain only the
 ``_total`` suffix Prometheus requires, and a unit's suffix must already be part of
 the name (``rangekv_raft_apply_seconds`` with ``unit="s"``). Recording with a
 different label set is a ``ValueError`` rather than a silently new time series,
-which keeps cardinality what the declaration says.
+which keeps cardinality what the declaration says. Recording is cheap (a dict
+update; see :mod:`rangekv.common.metrics` for why and how the totals reach
+the endpoint), so hot paths may record freely.
 
-Traces are exported with OTLP/gRPC when an endpoint is configured and the
-optional ``opentelemetry-exporter-otlp-proto-grpc`` package is importable;
-otherwise the tracer is a no-op, so instrumented code never needs to check.
+Traces are off by default. To turn them on, install the optional exporter
+(``pip install 'rangekv[otlp]'``, i.e. ``opentelemetry-exporter-otlp-proto-grpc``)
+and give every process an OTLP/gRPC collector: ``--otlp-endpoint
+http://127.0.0.1:4317`` or ``RANGEKV_OTLP_ENDPOINT`` (so ``RANGEKV_OTLP_ENDPOINT=...
+rangekv dev`` traces a whole local cluster). Spans are batched and exported in
+the background (``OTEL_BSP_SCHEDULE_DELAY`` and the other standard
+``OTEL_BSP_*`` variables tune that) and flushed by :meth:`Telemetry.shutdown`.
+An endpoint without the package logs a warning and leaves tracing off.
+
+A client request is ONE trace: the gateway's server span for the KV call, a
+``node.batch`` client span per call to a node, the node's ``replica.batch``
+span, and under it ``raft.commit`` (proposal until applied) for writes and
+``read.lease`` / ``read.read_index`` for reads. The gateway sends many client
+requests to a node in one stream message, so per-call gRPC metadata cannot carry
+their contexts: each request's W3C ``traceparent`` travels in the batch
+(``ReplicaBatchRequest.traceparents``), and work shared by several requests is
+recorded once in each of their traces (:class:`SpanSet`).
+
+Tracing must cost nothing when it is off, because the request path is CPU
+bound: :attr:`Telemetry.tracing` is decided once, components are handed
+:attr:`Telemetry.active_tracer` (None when off) and check it once per request,
+so no carrier, string or span object is built for an untraced request.
 """
 
 from __future__ import annotations
@@ -29,22 +50,32 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CollectorRegistry, generate_latest, make_wsgi_app
 
-Clock = Callable[[], float]
-LabelValue = str | int | bool
+from rangekv.common.metrics import (
+    BoundCounter,
+    BoundHistogram,
+    Clock,
+    Counter,
+    Histogram,
+    HistogramCollector,
+    Instrument,
+    UpDownCounter,
+)
 
 SECONDS_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -53,6 +84,11 @@ SECONDS_BUCKETS = (
 multi-second stalls (OpenTelemetry's own defaults assume milliseconds)."""
 BYTES_BUCKETS = tuple(float(64 * 4**i) for i in range(11))  # 64 B .. 64 MiB
 """Default histogram boundaries for ``unit="By"``."""
+DEFAULT_BUCKETS = (
+    0.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 750.0, 1000.0, 2500.0, 5000.0,
+    7500.0, 10000.0,
+)  # fmt: skip
+"""OpenTelemetry's default explicit boundaries, for histograms of other units."""
 
 EVENT_LOOP_LAG = "rangekv_event_loop_lag_seconds"
 
@@ -62,103 +98,7 @@ _UNIT_SUFFIX = {"": "", "1": "", "s": "_seconds", "By": "_bytes"}
 _RESERVED_LABELS = frozenset({"amount", "value", "self"})
 
 
-def _label_text(value: LabelValue) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-class _Instrument:
-    """The part of every instrument wrapper that enforces the declared label set."""
-
-    kind = "instrument"
-
-    def __init__(self, name: str, labels: tuple[str, ...]) -> None:
-        self.name = name
-        self.labels = labels
-        self._label_set = frozenset(labels)
-
-    def attributes(self, values: Mapping[str, LabelValue]) -> dict[str, str]:
-        """Validated OpenTelemetry attributes for one label assignment."""
-        if values.keys() != self._label_set:
-            raise ValueError(
-                f"{self.name}: labels {sorted(values)} do not match the declared {list(self.labels)}"
-            )
-        return {key: _label_text(value) for key, value in values.items()}
-
-
-class Counter(_Instrument):
-    """A monotonic counter (Prometheus ``<name>_total``)."""
-
-    kind = "counter"
-
-    def __init__(self, name: str, labels: tuple[str, ...], otel: Any) -> None:
-        super().__init__(name, labels)
-        self._otel = otel
-
-    def add(self, amount: float = 1, **labels: LabelValue) -> None:
-        self._otel.add(amount, self.attributes(labels))
-
-    def bind(self, **labels: LabelValue) -> BoundCounter:
-        """Validate ``labels`` once, for a hot path that always uses the same ones."""
-        return BoundCounter(self._otel, self.attributes(labels))
-
-
-class BoundCounter:
-    def __init__(self, otel: Any, attributes: dict[str, str]) -> None:
-        self._otel = otel
-        self._attributes = attributes
-
-    def add(self, amount: float = 1) -> None:
-        self._otel.add(amount, self._attributes)
-
-
-class UpDownCounter(Counter):
-    """A counter that may go down (a Prometheus gauge), e.g. in-flight requests."""
-
-    kind = "up_down_counter"
-
-
-class Histogram(_Instrument):
-    """A distribution of values (Prometheus ``_bucket``/``_sum``/``_count``)."""
-
-    kind = "histogram"
-
-    def __init__(self, name: str, labels: tuple[str, ...], otel: Any, clock: Clock) -> None:
-        super().__init__(name, labels)
-        self._otel = otel
-        self._clock = clock
-
-    def record(self, value: float, **labels: LabelValue) -> None:
-        self._otel.record(value, self.attributes(labels))
-
-    def bind(self, **labels: LabelValue) -> BoundHistogram:
-        return BoundHistogram(self._otel, self.attributes(labels), self._clock)
-
-    def time(self, **labels: LabelValue) -> contextlib.AbstractContextManager[None]:
-        """Record how long the ``with`` block took, by the telemetry clock."""
-        return self.bind(**labels).time()
-
-
-class BoundHistogram:
-    def __init__(self, otel: Any, attributes: dict[str, str], clock: Clock) -> None:
-        self._otel = otel
-        self._attributes = attributes
-        self._clock = clock
-
-    def record(self, value: float) -> None:
-        self._otel.record(value, self._attributes)
-
-    @contextlib.contextmanager
-    def time(self) -> Iterator[None]:
-        start = self._clock()
-        try:
-            yield
-        finally:
-            self._otel.record(self._clock() - start, self._attributes)
-
-
-class _Gauge(_Instrument):
+class _Gauge(Instrument):
     kind = "observable_gauge"
 
 
@@ -270,6 +210,115 @@ def _make_tracer(
     return provider, provider.get_tracer("rangekv")
 
 
+_TRACE_CONTEXT = TraceContextTextMapPropagator()
+"""W3C trace context only: the wire field is one traceparent per request (no
+baggage, no vendor formats), whatever the global propagator is set to."""
+
+
+def traceparent(span: trace.Span) -> str:
+    """The W3C ``traceparent`` naming ``span`` as the parent ("" if it is not recording)."""
+    carrier: dict[str, str] = {}
+    _TRACE_CONTEXT.inject(carrier, context=trace.set_span_in_context(span))
+    return carrier.get("traceparent", "")
+
+
+def context_from_traceparent(value: str) -> Context:
+    """A context whose current span is the remote parent ``value`` names.
+
+    A malformed value gives an empty context, so the span started under it
+    begins a new trace rather than failing the request.
+    """
+    return _TRACE_CONTEXT.extract({"traceparent": value})
+
+
+def end_span_with(span: trace.Span, done: asyncio.Future[Any]) -> None:
+    """End ``span`` with the outcome of ``done`` (a done-callback for client spans)."""
+    if done.cancelled():
+        span.set_status(trace.Status(trace.StatusCode.ERROR, "cancelled"))
+    elif (exc := done.exception()) is not None:
+        span.record_exception(exc)
+        span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
+    span.end()
+
+
+class SpanSet:
+    """One step of shared work, recorded as a span in every trace it serves.
+
+    The gateway merges concurrent client requests into one node batch, and the
+    node merges batches into one raft command, so one step belongs to several
+    traces. A span has one parent; rather than pick one trace and leave the
+    others with a hole, the step is recorded once per trace, the spans starting
+    and ending together. Built only when tracing is on (and only for batches
+    that carry traceparents), so its cost is never paid on the untraced path.
+
+    Use as a context manager: an exception escaping the block marks every span
+    as failed (and is re-raised).
+    """
+
+    __slots__ = ("_tracer", "spans")
+
+    def __init__(self, tracer: trace.Tracer, spans: list[trace.Span]) -> None:
+        self._tracer = tracer
+        self.spans = spans
+
+    @classmethod
+    def start(
+        cls,
+        tracer: trace.Tracer,
+        name: str,
+        traceparents: Iterable[str],
+        *,
+        kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+        attributes: Mapping[str, str | int | bool] | None = None,
+    ) -> SpanSet:
+        """A span named ``name`` under each distinct remote parent."""
+        spans = [
+            tracer.start_span(
+                name, context=context_from_traceparent(tp), kind=kind, attributes=attributes
+            )
+            for tp in dict.fromkeys(traceparents)
+        ]
+        return cls(tracer, spans)
+
+    def child(self, name: str, attributes: Mapping[str, str | int | bool] | None = None) -> SpanSet:
+        """A child of every span of this set (started now)."""
+        return SpanSet(
+            self._tracer,
+            [
+                self._tracer.start_span(
+                    name, context=trace.set_span_in_context(span), attributes=attributes
+                )
+                for span in self.spans
+            ],
+        )
+
+    def set_attribute(self, key: str, value: str | int | bool) -> None:
+        for span in self.spans:
+            span.set_attribute(key, value)
+
+    def update_name(self, name: str) -> None:
+        for span in self.spans:
+            span.update_name(name)
+
+    def fail(self, exc: BaseException) -> None:
+        """Mark every span failed by ``exc`` (an error answered in-band counts too)."""
+        for span in self.spans:
+            span.record_exception(exc)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
+
+    def end(self) -> None:
+        for span in self.spans:
+            span.end()
+
+    def __enter__(self) -> SpanSet:
+        return self
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is not None:
+            self.fail(exc)
+        self.end()
+
+
 class Telemetry:
     """One process's metrics registry, tracer and metrics endpoint.
 
@@ -300,22 +349,27 @@ class Telemetry:
             attributes["service.instance.id"] = str(node_id)
         self.resource = Resource.create(attributes)
         self.registry = CollectorRegistry(auto_describe=True)
+        self._histograms = HistogramCollector()
+        self.registry.register(self._histograms)
         self._reader = PrometheusMetricReader(registry=self.registry, scope_info_enabled=False)
         self._meter_provider = MeterProvider(
             resource=self.resource, metric_readers=[self._reader], shutdown_on_exit=False
         )
         self.meter = self._meter_provider.get_meter(f"rangekv.{service}")
         self._tracer_provider, self.tracer = _make_tracer(self.resource, otlp_endpoint, self._log)
-        self._instruments: dict[str, _Instrument] = {}
+        #: Whether spans are recorded and exported; decided once, here.
+        self.tracing = self._tracer_provider is not None
+        #: The tracer for request-path code, or None when tracing is off: holders
+        #: test it once per request and otherwise build nothing.
+        self.active_tracer: trace.Tracer | None = self.tracer if self.tracing else None
+        self._instruments: dict[str, Instrument] = {}
         self._http: tuple[WSGIServer, threading.Thread] | None = None
         self._monitor: EventLoopLagMonitor | None = None
         self._closed = False
 
     # --- instruments ---------------------------------------------------------------
 
-    def _declare(
-        self, kind: str, name: str, unit: str, labels: Sequence[str]
-    ) -> _Instrument | None:
+    def _declare(self, kind: str, name: str, unit: str, labels: Sequence[str]) -> Instrument | None:
         label_tuple = tuple(labels)
         existing = self._instruments.get(name)
         if existing is not None:
@@ -348,8 +402,10 @@ class Telemetry:
         existing = self._declare("counter", name, unit, labels)
         if existing is not None:
             return existing  # type: ignore[return-value]
-        otel = self.meter.create_counter(name, unit=unit, description=description)
-        made = Counter(name, tuple(labels), otel)
+        made = Counter(name, tuple(labels))
+        self.meter.create_observable_counter(
+            name, callbacks=[made.observe], unit=unit, description=description
+        )
         self._instruments[name] = made
         return made
 
@@ -359,8 +415,10 @@ class Telemetry:
         existing = self._declare("up_down_counter", name, unit, labels)
         if existing is not None:
             return existing  # type: ignore[return-value]
-        otel = self.meter.create_up_down_counter(name, unit=unit, description=description)
-        made = UpDownCounter(name, tuple(labels), otel)
+        made = UpDownCounter(name, tuple(labels))
+        self.meter.create_observable_up_down_counter(
+            name, callbacks=[made.observe], unit=unit, description=description
+        )
         self._instruments[name] = made
         return made
 
@@ -379,13 +437,14 @@ class Telemetry:
             return existing  # type: ignore[return-value]
         if buckets is None:
             buckets = {"s": SECONDS_BUCKETS, "By": BYTES_BUCKETS}.get(unit)
-        otel = self.meter.create_histogram(
+        made = Histogram(
             name,
-            unit=unit,
-            description=description,
-            explicit_bucket_boundaries_advisory=list(buckets) if buckets is not None else None,
+            description,
+            tuple(labels),
+            DEFAULT_BUCKETS if buckets is None else buckets,
+            self.clock,
         )
-        made = Histogram(name, tuple(labels), otel, self.clock)
+        self._histograms.add(made)
         self._instruments[name] = made
         return made
 
@@ -512,6 +571,10 @@ __all__ = [
     "EventLoopLagMonitor",
     "GaugeReading",
     "Histogram",
+    "SpanSet",
     "Telemetry",
     "UpDownCounter",
+    "context_from_traceparent",
+    "end_span_with",
+    "traceparent",
 ]

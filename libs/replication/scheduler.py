@@ -12,7 +12,8 @@ Each iteration:
   5. apply ALL their committed entries into ONE state-engine batch, committed
      with the configured FSM sync mode (the raft log is the durability
      boundary; the applied index rides in the same batch, so replay is
-     idempotent);
+     idempotent); a synced commit runs in a worker thread, an unsynced one
+     inline;
   6. resolve the proposals and reads that the apply completed; advance.
 
 While the synced write runs in a worker thread, handlers keep queueing inputs;
@@ -34,6 +35,7 @@ from typing import Any, Protocol
 from rangekv.raft import Message, MessageType, Ready
 from rangekv.replication.group import RaftGroup, _fail, _resolve
 from rangekv.replication.mutations import Mutation
+from rangekv.replication.sync_mode import FsmSyncMode
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,8 @@ class LogEngineLike(Protocol):
 class StateEngineLike(Protocol):
     def new_batch(self) -> Any: ...
     def commit(self, batch: Any) -> None: ...
+    @property
+    def sync_mode(self) -> FsmSyncMode: ...
 
 
 class SchedulerMetrics(Protocol):
@@ -253,7 +257,12 @@ class RaftScheduler:
                     resolved.extend(group.apply_unreplicated(rd, state_batch))
                     n_applied += group.applied_index - before
         if n_applied:
-            await self._blocking(self._state_engine.commit, state_batch)
+            if self._state_engine.sync_mode is FsmSyncMode.NOSYNC:
+                # No fsync: a write into the memtable and the WAL's page cache
+                # costs less than the worker-thread round trip would.
+                self._state_engine.commit(state_batch)
+            else:
+                await self._blocking(self._state_engine.commit, state_batch)
         apply_s = time.perf_counter() - t1
 
         # 6. acknowledge, then advance.

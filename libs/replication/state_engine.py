@@ -317,8 +317,11 @@ class StateBatch:
         return wb
 
     def _touch(self, key: bytes, value: bytes | None) -> None:
-        if key not in self._overlay:
-            self._sorted = None
+        if key not in self._overlay and self._sorted is not None:
+            # Kept sorted incrementally: applying a batch of n writes reads the
+            # overlay before every write, and re-sorting each time made that
+            # quadratic in n (an O(n) insort is a memmove).
+            bisect.insort(self._sorted, key)
         self._overlay[key] = value
 
     def __len__(self) -> int:

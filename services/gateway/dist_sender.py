@@ -28,13 +28,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from opentelemetry import trace
+
 from rangekv.common import errors as E
 from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor
+from rangekv.common.telemetry import end_span_with, traceparent
 from rangekv.gateway.cache_types import EvictionReason, EvictionToken
 from rangekv.gateway.node_client import BatchReply, NodeClients
 from rangekv.gateway.range_cache import RangeCache
@@ -110,8 +114,12 @@ class DistSender:
         monotonic: Callable[[], float] = time.monotonic,
         wall_ns: Callable[[], int] = time.time_ns,
         max_clock_offset_ns: int = 500_000_000,
+        tracer: trace.Tracer | None = None,
     ) -> None:
+        """`tracer`: None unless tracing is on (then each call to a node is a
+        client span, its traceparent carried in the node batch)."""
         self.cache = cache
+        self._tracer = tracer
         self._wall_ns = wall_ns
         self._max_offset_ns = max_clock_offset_ns
         self.nodes = nodes
@@ -206,20 +214,34 @@ class DistSender:
             remaining = deadline - self._monotonic()
             if remaining <= 0:
                 return last
-            try:
-                return await asyncio.wait_for(
-                    asyncio.shield(
-                        self.nodes.submit(
-                            address,
-                            desc.range_id,
-                            [op],
-                            has_writes=is_write,
-                            inconsistent=inconsistent,
-                            read_timestamp=read_timestamp,
-                        )
-                    ),
-                    remaining,
+            span: trace.Span | None = None
+            parent = ""
+            if self._tracer is not None:
+                span = self._tracer.start_span(
+                    "node.batch",
+                    kind=trace.SpanKind.CLIENT,
+                    attributes={
+                        "rangekv.node_id": replica.node_id,
+                        "rangekv.range_id": desc.range_id,
+                        "rangekv.write": is_write,
+                        "server.address": address,
+                    },
                 )
+                parent = traceparent(span)
+            submitted = self.nodes.submit(
+                address,
+                desc.range_id,
+                [op],
+                has_writes=is_write,
+                inconsistent=inconsistent,
+                read_timestamp=read_timestamp,
+                traceparent=parent,
+            )
+            if span is not None:
+                # The span lasts as long as the node call, even past our deadline.
+                submitted.add_done_callback(functools.partial(end_span_with, span))
+            try:
+                return await asyncio.wait_for(asyncio.shield(submitted), remaining)
             except TimeoutError:
                 if is_write:
                     raise E.DeadlineExceeded(

@@ -24,7 +24,7 @@ from rangekv.common.telemetry import Telemetry
 from rangekv.gateway.cache_types import LookupResult, TelemetryCacheMetrics
 from rangekv.gateway.dist_sender import DistSender, NodeDirectory, RetryCounters
 from rangekv.gateway.kv_service import KVLimits, KVService
-from rangekv.gateway.node_client import NodeClients
+from rangekv.gateway.node_client import DEFAULT_MAX_INFLIGHT, NodeClients
 from rangekv.gateway.pusher import ReplicaTxnPusher
 from rangekv.gateway.range_cache import RangeCache
 from rangekv.metarange.client import MetaClient
@@ -44,12 +44,18 @@ class GatewayConfig:
     request_timeout: float = setting(10.0, help="seconds a call may take before it gives up")
     max_key_bytes: int = setting(4096, help="largest key accepted")
     max_value_bytes: int = setting(1 << 20, help="largest value accepted")
+    max_inflight_batches: int = setting(
+        DEFAULT_MAX_INFLIGHT,
+        help="node batches per (node, range, mode) on the wire at once; more ops wait "
+        "and join the next batch (bigger batches under load, no wait when idle)",
+    )
 
     def __post_init__(self) -> None:
         require(bool(self.addresses()), "meta_addrs", "name at least one metarange replica")
         require(0 <= self.prefetch <= 1000, "prefetch", "must be in [0, 1000]")
         require(self.cache_size >= 1, "cache_size", "must be >= 1")
         require(self.request_timeout > 0, "request_timeout", "must be > 0")
+        require(self.max_inflight_batches >= 1, "max_inflight_batches", "must be >= 1")
 
     def addresses(self) -> list[str]:
         return [a.strip() for a in self.meta_addrs.split(",") if a.strip()]
@@ -60,7 +66,7 @@ def build(
 ) -> tuple[KVService, MetaClient, NodeClients]:
     """Wire a gateway's parts (also used by tests that run one in-process)."""
     meta = MetaClient(cfg.addresses())
-    nodes = NodeClients()
+    nodes = NodeClients(max_inflight=cfg.max_inflight_batches)
 
     async def meta_lookup(key: bytes, prefetch: int) -> LookupResult:
         return LookupResult.from_proto(await meta.lookup_range(key, prefetch=prefetch))
@@ -87,7 +93,13 @@ def build(
     )
     directory = NodeDirectory(meta.list_nodes)
     pusher = ReplicaTxnPusher(nodes, directory, lambda k: meta.lookup_range(k, prefetch=0))
-    sender = DistSender(cache, nodes, directory, timeout=cfg.request_timeout)
+    sender = DistSender(
+        cache,
+        nodes,
+        directory,
+        timeout=cfg.request_timeout,
+        tracer=telemetry.active_tracer if telemetry is not None else None,
+    )
     if telemetry is not None:
         export_retry_counters(telemetry, sender.counters)
     service = KVService(sender, KVLimits(cfg.max_key_bytes, cfg.max_value_bytes))

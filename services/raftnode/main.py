@@ -94,6 +94,7 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
     )
     store_ref.append(store)
     metrics.attach(store)
+    store.ctx.tracer = telemetry.active_tracer
 
     async def handle_snapshot(
         header: raft_pb2.SnapshotHeader, chunks: AsyncIterator[bytes]

@@ -15,6 +15,10 @@ Writes are proposed through raft and acknowledged after this replica applied
 them. Concurrent client batches are merged into one raft command per scheduler
 iteration (`before_drain`). CompareAndSwap is evaluated at apply, so it is
 atomic with respect to every other write of the range.
+
+Tracing (only when the context has a tracer AND the batch carries traceparents):
+a `replica.batch` span in each caller's trace, with `raft.commit` (proposal
+until applied here) or `read.lease` / `read.read_index` under it.
 """
 
 from __future__ import annotations
@@ -26,9 +30,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
+from opentelemetry import trace
+
 from rangekv.common import errors as E
 from rangekv.common.descriptors import RangeDescriptor
 from rangekv.common.hlc import HybridClock, Timestamp
+from rangekv.common.telemetry import SpanSet
 from rangekv.raft import ConfChange, Entry, RawNode, Ready
 from rangekv.raftnode import mvcc, txn
 from rangekv.raftnode.keys import txn_record_key
@@ -47,6 +54,8 @@ log = logging.getLogger(__name__)
 
 WRITE_KINDS = frozenset({"put", "delete", "compare_and_swap"})
 READ_KINDS = frozenset({"get", "scan"})
+#: Span name of a consistent read's read point, by how it was obtained.
+READ_SPANS: Final = {"hit": "read.lease", "readindex": "read.read_index"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +119,8 @@ class ReplicaContext:
     #: Ids of the replica change transactions this node coordinates right now:
     #: a push never aborts them (see rangekv.raftnode.change).
     active_txns: set[bytes] = field(default_factory=set)
+    #: None unless tracing is on (Telemetry.active_tracer).
+    tracer: trace.Tracer | None = None
 
 
 def ts_to_proto(ts: Timestamp) -> types_pb2.Timestamp:
@@ -168,13 +179,39 @@ class RangeReplica(RaftGroup):
 
     async def batch(self, req: replica_pb2.ReplicaBatchRequest) -> replica_pb2.ReplicaBatchResponse:
         """Serve one batch; every failure is an in-band ReplicaError."""
+        tracer = self.ctx.tracer
+        if tracer is not None and req.traceparents:
+            return await self._traced_batch(tracer, req)
         try:
             return await self._batch(req)
         except E.RangeKVError as exc:
             return replica_pb2.ReplicaBatchResponse(error=E.to_replica_error(exc))
 
+    async def _traced_batch(
+        self, tracer: trace.Tracer, req: replica_pb2.ReplicaBatchRequest
+    ) -> replica_pb2.ReplicaBatchResponse:
+        """`batch`, recorded as a `replica.batch` span in every caller's trace."""
+        with SpanSet.start(
+            tracer,
+            "replica.batch",
+            req.traceparents,
+            kind=trace.SpanKind.SERVER,
+            attributes={
+                "rangekv.node_id": self.ctx.node_id,
+                "rangekv.range_id": self.range_id,
+                "rangekv.ops": len(req.ops),
+                "rangekv.callers": len(req.traceparents),
+                "rangekv.inconsistent": req.inconsistent,
+            },
+        ) as spans:
+            try:
+                return await self._batch(req, spans)
+            except E.RangeKVError as exc:
+                spans.fail(exc)
+                return replica_pb2.ReplicaBatchResponse(error=E.to_replica_error(exc))
+
     async def _batch(
-        self, req: replica_pb2.ReplicaBatchRequest
+        self, req: replica_pb2.ReplicaBatchRequest, spans: SpanSet | None = None
     ) -> replica_pb2.ReplicaBatchResponse:
         kinds = self._validate(req)
         has_writes = any(k in WRITE_KINDS for k in kinds)
@@ -197,7 +234,7 @@ class RangeReplica(RaftGroup):
         if has_reads:
             if not req.inconsistent:
                 before = self.descriptor
-                await self._await_read_point()
+                await self._await_read_point(spans)
                 if self.descriptor is not before:
                     self._check_keys(req)  # a split applied while we waited
             ts = read_ts if read_ts is not None else self.ctx.hlc.now()
@@ -211,7 +248,7 @@ class RangeReplica(RaftGroup):
         if has_writes:
             self._require_leader()
             writes = [op for op in req.ops if op.WhichOneof("op") in WRITE_KINDS]
-            write_results = await self._propose_writes(writes)
+            write_results = await self._propose_writes(writes, spans)
             it = iter(write_results)
             for i, kind in enumerate(kinds):
                 if kind in WRITE_KINDS:
@@ -292,14 +329,27 @@ class RangeReplica(RaftGroup):
         if not self.raw_node.is_leader():
             raise self.not_lease_holder()
 
-    async def _await_read_point(self) -> None:
+    async def _await_read_point(self, spans: SpanSet | None = None) -> None:
         """Return once the local applied state includes every acknowledged write."""
         reads = self.ctx.reads
+        count = reads.add if reads is not None else None
+        if spans is None:
+            await self._read_point(count)
+            return
+        with spans.child("read.point", {"rangekv.range_id": self.range_id}) as read_spans:
+
+            def traced_count(outcome: str) -> None:
+                read_spans.update_name(READ_SPANS.get(outcome, "read.point"))
+                read_spans.set_attribute("rangekv.read_path", outcome)
+                if count is not None:
+                    count(outcome)
+
+            await self._read_point(traced_count)
+
+    async def _read_point(self, count: Callable[[str], None] | None) -> None:
         try:
             await self.await_read_point(
-                self.ctx.monotonic(),
-                self.ctx.limits.read_index_timeout,
-                reads.add if reads is not None else None,
+                self.ctx.monotonic(), self.ctx.limits.read_index_timeout, count
             )
         except TimeoutError:
             raise E.Unavailable(
@@ -346,12 +396,19 @@ class RangeReplica(RaftGroup):
         )
 
     async def _propose_writes(
-        self, writes: list[replica_pb2.ReplicaOp]
+        self, writes: list[replica_pb2.ReplicaOp], spans: SpanSet | None = None
     ) -> list[replica_pb2.ReplicaOpResult]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._write_queue.append((writes, fut))
         self._wake(self)
-        results = await self._await_applied(fut, "write")
+        if spans is None:
+            results = await self._await_applied(fut, "write")
+        else:
+            # From the proposal (merged with concurrent batches into one raft
+            # command) until it is committed by a quorum and applied here.
+            attributes = {"rangekv.range_id": self.range_id, "rangekv.writes": len(writes)}
+            with spans.child("raft.commit", attributes):
+                results = await self._await_applied(fut, "write")
         if any(r is OUTSIDE_RANGE for r in results):
             # The command applied after a split took some of its keys away:
             # none of its writes were applied (all or nothing), so a retry is safe.

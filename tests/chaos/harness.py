@@ -10,8 +10,9 @@ for `duration` seconds:
   check that keys come strictly ordered, never twice, and that a complete
   scan holds every key that is written once and never deleted;
 * a nemesis, on a schedule drawn from `seed`, injects one fault at a time:
-  - `kill`: kill -9 of a leaseholder (most often), another raftnode, a
-    metarange replica or a gateway, restarted after a random delay;
+  - `kill`: kill -9 of a leaseholder (most often), the metarange leader,
+    another raftnode, a metarange replica or a gateway, restarted after a
+    random delay;
   - `pause`: SIGSTOP of a range's leaseholder for longer than the lease AND
     the election timeout, then SIGCONT. While it is stopped the nemesis writes
     a fresh value of a probe key through the new leaseholder and, once that
@@ -23,8 +24,21 @@ for `duration` seconds:
     leaseholder, SIGCONT of the others, restart: a write that was acknowledged
     without a quorum is lost, and the probe's later reads show it;
   - `transfer`: a lease transfer of a random range to a random node;
-  - `split`: Replica.AdminSplit of the range holding a random key.
-  Network partitions are NOT injected yet (no namespaces, no transport switch).
+  - `split`: Replica.AdminSplit of the range holding a random key;
+  - `change_replicas`: add a replica of a random range on a node without one
+    (learner, catch-up, promotion), then remove another non-leaseholder voter;
+  - `partition_leaseholder`: cut every raft link of a range's leaseholder
+    (gateways still reach it) past the lease and election timeout, then heal;
+  - `partition_halves`: cut the raftnodes into a minority (1 or 2) and a
+    majority for a while, then heal;
+  - `partition_pause`: cut the probe key's leaseholder from its peers, SIGSTOP
+    it, write through the new leaseholder, SIGCONT and read straight from the
+    old one: it cannot hear the new term, so only its lease check stands
+    between it and a stale read (what `lease_without_check` removes).
+  Partitions are real: every raftnode runs in its own network namespace joined
+  to the others by veth pairs (netns.py; links cut by setting them down). When
+  namespaces cannot be made (not root, no iproute2), the run goes on without
+  the partition faults and the report says "partitions: unavailable (why)".
 * every operation is recorded (invoke/complete, ok / fail / unknown) and the
   history is judged by `rangekv.check.check_history`.
 
@@ -39,6 +53,7 @@ Replay a saved history through the checker:
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import itertools
 import json
@@ -54,6 +69,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from netns import NetLab, try_netlab
 
 from rangekv.check import (
     HistoryRecorder,
@@ -66,14 +82,26 @@ from rangekv.check import (
 )
 from rangekv.cli.cluster import Child, LocalCluster, free_port
 from rangekv.common import errors as E
-from rangekv.v1 import kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
+from rangekv.v1 import kv_pb2, kv_pb2_grpc, meta_pb2, meta_pb2_grpc, replica_pb2, replica_pb2_grpc
 
 CLIENT_TIMEOUT = 15.0  # above the gateway's own request timeout (10 s)
 REG_KEYS = [b"reg/%d" % i for i in range(5)]
 SCAN_KEYS = [b"s/%03d" % i for i in range(60)]
 PROBE_KEY = b"probe"  # written only by the nemesis, so a stale read of it is unambiguous
 SPLIT_CANDIDATES = [b"probe", b"reg/2", b"reg/4", b"s/020", b"s/040", b"s/050", b"t"]
-ALL_FAULTS = ("kill", "pause", "isolate_write", "transfer", "split")
+ALL_FAULTS = (
+    "kill",
+    "pause",
+    "isolate_write",
+    "transfer",
+    "split",
+    "change_replicas",
+    "partition_leaseholder",
+    "partition_halves",
+    "partition_pause",
+)
+#: Faults that need the network namespaces (dropped, and reported, when unavailable).
+PARTITION_FAULTS = ("partition_leaseholder", "partition_halves", "partition_pause")
 PROBE_CLIENT = 900  # client ids of the nemesis's own recorded operations
 NODE_ARGS = ["--txn-expiry", "2.0", "--split-check-interval", "1.0"]
 
@@ -95,6 +123,9 @@ class ChaosConfig:
     #: Seconds between faults (drawn uniformly).
     quiet: tuple[float, float] = (1.0, 3.0)
     check_timeout: float = 120.0
+    #: Run each raftnode in its own network namespace (netns.py) so that links can be
+    #: cut; when that is impossible the run goes on without partition faults.
+    partitions: bool = True
 
 
 @dataclass
@@ -132,8 +163,9 @@ async def replica_call(address: str, method: str, request: Any, timeout: float =
 class Cluster:
     """The LocalCluster plus what the nemesis needs to know about it."""
 
-    def __init__(self, lc: LocalCluster) -> None:
+    def __init__(self, lc: LocalCluster, lab: NetLab | None = None) -> None:
         self.lc = lc
+        self.lab = lab
         self.ids = list(lc.layout.nodes)
         self.paused: set[str] = set()
 
@@ -180,6 +212,51 @@ class Cluster:
                 if info.descriptor.range_id == rid and info.is_leader and info.lease_valid:
                     return rid, nid
         return rid, None
+
+    async def meta_leader(self) -> Child | None:
+        """The metarange replica that leads the meta range, as a live replica says."""
+        for child in self.lc.meta:
+            if not alive(child):
+                continue
+            try:
+                async with grpc.aio.insecure_channel(child.address) as ch:
+                    info = await meta_pb2_grpc.MetaStub(ch).ClusterInfo(
+                        meta_pb2.ClusterInfoRequest(), timeout=2
+                    )
+            except grpc.aio.AioRpcError:
+                continue
+            ids = list(self.lc.layout.meta)
+            if info.leader_node_id in ids:
+                return self.lc.meta[ids.index(info.leader_node_id)]
+        return None
+
+
+def set_arg(args: list[str], flag: str, value: str) -> None:
+    """Replace the value of `flag` in a command line (append the pair if absent)."""
+    if flag in args:
+        args[args.index(flag) + 1] = value
+    else:
+        args += [flag, value]
+
+
+def place_in_namespaces(lc: LocalCluster, lab: NetLab) -> None:
+    """Run each raftnode inside its namespace on its identity address; metarange
+    listens on the host address (reachable from every namespace over its root
+    link), gateways stay on loopback and reach meta and the nodes from the root."""
+    host = lab.host_ip
+    meta_peers = ",".join(f"{i}={host}:{p}" for i, p in lc.layout.meta.items())
+    lc.meta_addrs = ",".join(f"{host}:{p}" for p in lc.layout.meta.values())
+    for child in lc.meta:
+        set_arg(child.args, "--peers", meta_peers)
+        set_arg(child.args, "--listen-host", host)
+    node_peers = ",".join(f"{i}={lab.node_ip(i)}:{p}" for i, p in lc.layout.nodes.items())
+    for nid, child in zip(lc.layout.nodes, lc.nodes, strict=True):
+        set_arg(child.args, "--peers", node_peers)
+        set_arg(child.args, "--meta-addrs", lc.meta_addrs)
+        set_arg(child.args, "--listen-host", lab.node_ip(nid))
+        child.prefix = lab.prefix(nid)
+    for child in lc.gateways:
+        set_arg(child.args, "--meta-addrs", lc.meta_addrs)
 
 
 async def wait_for(
@@ -446,7 +523,7 @@ class Nemesis:
             await asyncio.sleep(self.rng.uniform(*self.cfg.quiet))
             if time.monotonic() >= stop_at:
                 return
-            kind = self.rng.choice(self.cfg.faults)
+            kind = self.rng.choice(self.kinds())
             try:
                 await getattr(self, f"fault_{kind}")()
             except (TimeoutError, grpc.aio.AioRpcError) as exc:
@@ -455,8 +532,19 @@ class Nemesis:
                 self.faults.append(Fault(kind, "-", self.now(), self.now(), f"skipped: {exc}"))
             await self.heal()
 
+    def kinds(self) -> list[str]:
+        """The configured faults this run can inject (no partitions without namespaces)."""
+        if self.c.lab is not None:
+            return list(self.cfg.faults)
+        return [k for k in self.cfg.faults if k not in PARTITION_FAULTS]
+
     async def heal(self) -> None:
-        """Resume every paused process and restart every dead one."""
+        """Restore every cut link, resume every paused process and restart every dead one."""
+        if self.c.lab is not None and self.c.lab.cut:
+            n = len(self.c.lab.cut)
+            fault = self.begin("heal", "network", f"{n} cut links restored")
+            self.c.lab.heal()
+            self.end(fault)
         for child in self.c.lc.children:
             if child.name in self.c.paused:
                 child.signal(signal.SIGCONT)
@@ -483,12 +571,17 @@ class Nemesis:
     # --- faults -----------------------------------------------------------------------
 
     async def fault_kill(self) -> None:
+        """kill -9 and restart: leaders and leaseholders first."""
         roll = self.rng.random()
-        if roll < 0.5:
+        leader = await self.c.meta_leader() if 0.45 <= roll < 0.6 else None
+        if roll < 0.45:
             key = self.rng.choice([*REG_KEYS, PROBE_KEY, *SCAN_KEYS[::20]])
             _rid, holder = await self.c.leaseholder(key)
             child = self.c.node(holder) if holder else self.rng.choice(self.c.lc.nodes)
             why = f"leaseholder of {key!r}" if holder else "no leaseholder found"
+        elif roll < 0.6:
+            child = leader or self.rng.choice(self.c.lc.meta)
+            why = "metarange leader" if leader else "metarange replica (no leader found)"
         elif roll < 0.7:
             child, why = self.rng.choice(self.c.lc.nodes), "random raftnode"
         elif roll < 0.9:
@@ -675,6 +768,191 @@ class Nemesis:
         err = str(E.from_replica_error(resp.error)) if resp.HasField("error") else "ok"
         self.end(fault, err)
 
+    async def _change(
+        self, address: str, rid: int, generation: int, node: int, *types: int
+    ) -> tuple[int, str]:
+        """One ChangeReplicas at `address`: (the new generation or 0, what happened)."""
+        changes = [replica_pb2.ReplicaChange(type=t, node_id=node) for t in types]
+        resp = await replica_call(
+            address,
+            "ChangeReplicas",
+            replica_pb2.ChangeReplicasRequest(
+                range_id=rid, expected_generation=generation, changes=changes
+            ),
+            timeout=45,
+        )
+        if resp.HasField("error"):
+            return 0, str(E.from_replica_error(resp.error))
+        return resp.descriptor.generation, "ok"
+
+    async def fault_change_replicas(self) -> None:
+        """A replica change of a random range in the middle of the traffic: add a replica
+        on a node without one (learner, catch-up, promotion) and remove another voter;
+        where every node already holds the range, remove a voter and add it back."""
+        key = self.rng.choice([*REG_KEYS, PROBE_KEY, *SCAN_KEYS[::10]])
+        rid, holder = await self.c.leaseholder(key)
+        if holder is None:
+            raise TimeoutError(f"range {rid} has no leaseholder")
+        infos = [i for i in await self.c.infos(holder) if i.descriptor.range_id == rid]
+        if not infos:
+            raise TimeoutError(f"node {holder} no longer holds range {rid}")
+        desc = infos[0].descriptor
+        members = [r.node_id for r in desc.replicas]
+        usable = [
+            n
+            for n in self.c.ids
+            if alive(self.c.node(n)) and self.c.node(n).name not in self.c.paused
+        ]
+        spare = [n for n in self.c.ids if n not in members and n in usable]
+        others = [n for n in members if n != holder]
+        add_types = (
+            replica_pb2.REPLICA_CHANGE_TYPE_ADD_LEARNER,
+            replica_pb2.REPLICA_CHANGE_TYPE_PROMOTE_VOTER,
+        )
+        remove = replica_pb2.REPLICA_CHANGE_TYPE_REMOVE
+        address = self.c.node(holder).address
+        if spare:
+            new, victim = self.rng.choice(spare), self.rng.choice(others)
+            plan = [(new, add_types), (victim, (remove,))]
+            what = f"add node {new}, then remove node {victim}"
+        elif others:
+            victim = self.rng.choice(others)
+            plan = [(victim, (remove,)), (victim, add_types)]
+            what = f"remove node {victim}, then add it back"
+        else:
+            raise TimeoutError(f"range {rid} has no replica to change")
+        fault = self.begin("change-replicas", f"range {rid}", f"{what} (via node {holder})")
+        generation, steps = desc.generation, []
+        try:
+            for node, types in plan:
+                generation, outcome = await self._change(address, rid, generation, node, *types)
+                steps.append(outcome)
+                if not generation:
+                    break
+        except grpc.aio.AioRpcError as err:
+            steps.append(f"rpc failed: {err.code().name}")
+        self.end(fault, "; ".join(steps))
+
+    def _lab(self) -> NetLab:
+        if self.c.lab is None:
+            raise TimeoutError("partitions unavailable (no network namespaces)")
+        return self.c.lab
+
+    async def _other_holder(self, key: bytes, old: int) -> tuple[int, int] | None:
+        rid, holder = await self.c.leaseholder(key, exclude=old)
+        return (rid, holder) if holder else None
+
+    async def fault_partition_leaseholder(self) -> None:
+        """Cut every raft link of a range's leaseholder (gateways still reach it) past the
+        lease and the election timeout, then heal."""
+        lab = self._lab()
+        key = self.rng.choice([*REG_KEYS, PROBE_KEY, *SCAN_KEYS[::10]])
+        rid, holder = await self.c.leaseholder(key)
+        if holder is None:
+            raise TimeoutError(f"range {rid} has no leaseholder")
+        hold = self.rng.uniform(2.5, 5.0)
+        fault = self.begin(
+            "partition-leaseholder",
+            f"raftnode {holder}",
+            f"leaseholder of range {rid} cut from its raft peers for {hold:.1f}s",
+        )
+        started = time.monotonic()
+        lab.isolate(holder)
+        try:
+            try:
+                _rid, new = await wait_for(
+                    lambda: self._other_holder(key, holder), hold, "another leaseholder", 0.2
+                )
+                moved = f"node {new} took the lease after {time.monotonic() - started:.1f}s"
+            except TimeoutError:
+                moved = "no other leaseholder seen while cut"
+            await asyncio.sleep(max(0.0, hold - (time.monotonic() - started)))  # pacing
+        finally:
+            lab.heal()
+        self.end(fault, f"{moved}; healed")
+
+    async def fault_partition_halves(self) -> None:
+        """Split the raftnodes into a minority and a majority for a while, then heal."""
+        lab = self._lab()
+        nodes = list(self.c.ids)
+        self.rng.shuffle(nodes)
+        minority = sorted(nodes[: self.rng.choice([1, 2])])
+        majority = sorted(n for n in nodes if n not in minority)
+        hold = self.rng.uniform(2.5, 5.0)
+        fault = self.begin(
+            "partition-halves", "raftnodes", f"{minority} | {majority} for {hold:.1f}s"
+        )
+        lab.split(minority)
+        try:
+            await asyncio.sleep(hold)  # pacing: the partition lasts this long
+        finally:
+            lab.heal()
+        self.end(fault, "healed")
+
+    async def fault_partition_pause(self, pause_for: float | None = None, reads: int = 8) -> int:
+        """The stale-leader read, made certain: cut the probe key's leaseholder from its
+        raft peers (its root link stays up), SIGSTOP it, wait until another node holds
+        the lease and a fresh probe write is acknowledged, SIGCONT it and read the
+        probe key straight from it. Cut off, it cannot hear the new term: a correct
+        build refuses (its lease expired and a read-index finds no quorum), a build
+        that skips the lease check answers the overwritten value. Returns the number
+        of stale reads (reads of a value other than the fresh one that it served)."""
+        lab = self._lab()
+        await self.probe_write("before the partition")
+        rid, holder = await wait_for(
+            lambda: self._holder(PROBE_KEY), 20, "a leaseholder of the probe key"
+        )
+        child = self.c.node(holder)
+        pause_for = pause_for if pause_for is not None else self.rng.uniform(2.5, 4.0)
+
+        def read(stub: replica_pb2_grpc.ReplicaStub) -> asyncio.Future[Operation]:
+            return asyncio.ensure_future(
+                direct_op(
+                    next(self.probe_cid),
+                    stub,
+                    rid,
+                    self.rec,
+                    self.stats,
+                    OpKind.GET,
+                    PROBE_KEY,
+                    timeout=pause_for + 15,
+                )
+            )
+
+        async with grpc.aio.insecure_channel(child.address) as ch:
+            stub = replica_pb2_grpc.ReplicaStub(ch)
+            await stub.RangeInfo(replica_pb2.RangeInfoRequest(), timeout=2)  # connect now
+            fault = self.begin(
+                "partition+pause",
+                child.name,
+                f"leaseholder of range {rid}: raft links cut, then SIGSTOP",
+            )
+            started = time.monotonic()
+            lab.isolate(holder)
+            got: list[Operation] = []
+            try:
+                child.signal(signal.SIGSTOP)
+                self.c.paused.add(child.name)
+                try:
+                    fresh = await self.probe_write_direct(holder)
+                    queued = [read(stub) for _ in range(reads // 2)]
+                    await asyncio.sleep(max(0.3, pause_for - (time.monotonic() - started)))
+                finally:
+                    child.signal(signal.SIGCONT)
+                    self.c.paused.discard(child.name)
+                resumed = [read(stub) for _ in range(reads - reads // 2)]
+                got = list(await asyncio.gather(*queued, *resumed))
+            finally:
+                lab.heal()
+        served = [op for op in got if op.outcome is Outcome.OK]
+        stale = sum(1 for op in served if op.read != fresh.value)
+        self.end(
+            fault,
+            f"paused {pause_for:.1f}s; {len(served)}/{len(got)} direct reads served by the "
+            f"old leaseholder, {stale} of them stale; healed",
+        )
+        return stale
+
 
 # ----------------------------------------------------------------------------- the run
 
@@ -691,7 +969,26 @@ def log_tails(lc: LocalCluster, lines: int = 25) -> str:
 
 
 @contextlib.asynccontextmanager
-async def started_cluster(cfg: ChaosConfig) -> AsyncIterator[LocalCluster]:
+async def network_lab(cfg: ChaosConfig) -> AsyncIterator[tuple[NetLab | None, str]]:
+    """The namespaces for the run (always removed afterwards), or None and why not."""
+    if not cfg.partitions:
+        yield None, "disabled in ChaosConfig"
+        return
+    lab, why = try_netlab(range(1, cfg.n_nodes + 1))
+    if lab is None:
+        print(f"chaos harness: partitions: unavailable ({why})", file=sys.stderr)
+        yield None, why
+        return
+    atexit.register(lab.cleanup)  # also on an interpreter exit mid-run
+    try:
+        yield lab, ""
+    finally:
+        lab.cleanup()
+        atexit.unregister(lab.cleanup)
+
+
+@contextlib.asynccontextmanager
+async def started_cluster(cfg: ChaosConfig, lab: NetLab | None) -> AsyncIterator[LocalCluster]:
     env = {"RANGEKV_FSM_SYNC_MODE": cfg.sync_mode}
     lc = LocalCluster(
         cfg.report_dir / "cluster",
@@ -705,6 +1002,8 @@ async def started_cluster(cfg: ChaosConfig) -> AsyncIterator[LocalCluster]:
     if cfg.mutation:
         for child in lc.nodes:
             child.env = {**env, "RANGEKV_TEST_MUTATION": cfg.mutation}
+    if lab is not None:
+        place_in_namespaces(lc, lab)
     try:
         await lc.start()
         yield lc
@@ -764,8 +1063,8 @@ async def run_chaos_async(cfg: ChaosConfig, schedule: Schedule | None = None) ->
     rec = HistoryRecorder()
     stats = Stats()
     problems: list[str] = []
-    async with started_cluster(cfg) as lc:
-        cluster = Cluster(lc)
+    async with network_lab(cfg) as (lab, no_lab_reason), started_cluster(cfg, lab) as lc:
+        cluster = Cluster(lc, lab)
         startup = time.monotonic() - wall0
         channels = [grpc.aio.insecure_channel(g.address) for g in lc.gateways]
         stubs = [kv_pb2_grpc.KVStub(ch) for ch in channels]
@@ -820,7 +1119,7 @@ async def run_chaos_async(cfg: ChaosConfig, schedule: Schedule | None = None) ->
     report: dict[str, Any] = {
         "seed": cfg.seed,
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
-        "partitions": "not injected (no network namespaces or transport switch yet)",
+        "partitions": partitions_text(lab, no_lab_reason),
         "seconds": {
             "startup": round(startup, 1),
             "workload": round(workload_s, 1),
@@ -857,6 +1156,15 @@ async def run_chaos_async(cfg: ChaosConfig, schedule: Schedule | None = None) ->
     return ChaosResult(result.ok, result.explanation, report, cfg.report_dir, ops, problems)
 
 
+def partitions_text(lab: NetLab | None, reason: str) -> str:
+    if lab is None:
+        return f"unavailable ({reason}); no partition faults injected"
+    return (
+        f"network namespaces: raftnodes at 10.{lab.octet}.0.N, host 10.{lab.octet}.255.1, "
+        f"full veth mesh, links cut by the nemesis"
+    )
+
+
 def summary_text(report: dict[str, Any]) -> str:
     cfg = report["config"]
     faults = Counter(f["kind"] for f in report["faults"])
@@ -875,6 +1183,10 @@ def summary_text(report: dict[str, Any]) -> str:
         f"checker: {verdict} in {report['checker']['seconds']}s "
         f"({report['checker']['keys_checked']} keys)",
     ]
+    for f in report["faults"]:
+        lines.append(
+            f"  fault {f['start']:7.1f}-{f['end']:7.1f}s {f['kind']:<22} {f['target']}: {f['detail']}"
+        )
     if report["checker"]["ok"] is not True:
         lines.append(f"  {report['checker']['explanation'][:2000]}")
     if report["problems"]:

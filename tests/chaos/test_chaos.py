@@ -8,16 +8,22 @@ What runs (see harness.py for the faults and the report):
   SIGSTOP/SIGCONT of leaseholders past the lease and election timeout with
   reads sent straight to the paused node, a write to a leaseholder cut off
   from every follower then killed, lease transfers, splits), in each FSM sync
-  mode. The history must be linearizable and every scan ordered and complete.
+  mode, plus replica changes and network partitions (leaseholder cut from its
+  peers, minority/majority split, cut+pause; real network namespaces, see
+  netns.py -- without them those faults are left out and the report says
+  "partitions: unavailable (why)"). The history must be linearizable and every
+  scan ordered and complete.
 * `test_harness_catches_lease_without_check` and
   `test_harness_catches_ack_before_quorum` -- the same harness against a
   deliberately broken build (RANGEKV_TEST_MUTATION, see
   libs/replication/mutations.py) with a fixed schedule: the checker MUST fail.
-  The lease one is NOT yet reliable (the stale read races the new leader's
-  queued messages when the old leader resumes) and is skipped unless
-  RANGEKV_CHAOS_LEASE_MUTATION=1;
+  The lease one cuts the leaseholder's raft links before pausing it, so on
+  SIGCONT it cannot hear the new leader and its reads race nothing; it is
+  skipped (saying why) only where network namespaces cannot be made;
   `test_fixed_schedules_pass_without_mutation` is their control (same
   schedules, correct build, must pass).
+* `test_netns.py` -- the network lab on its own: a cut link is unreachable,
+  others are not, a heal restores it, nothing is left behind.
 
 Knobs (environment):
 
@@ -29,8 +35,7 @@ Knobs (environment):
 * `RANGEKV_CHAOS_REPORT_DIR=DIR` -- where reports go (default: the test's
   tmp dir); each run writes DIR/<test>/report.json, summary.txt, history.json
   and, on trouble, log_tails.txt.
-
-Partitions are not injected yet (see harness.py).
+* `RANGEKV_CHAOS_NO_NETNS=1` -- run without network namespaces (no partitions).
 """
 
 from __future__ import annotations
@@ -39,8 +44,9 @@ import os
 import re
 from pathlib import Path
 
+import grpc
 import pytest
-from harness import ChaosConfig, Nemesis, run_chaos
+from harness import ChaosConfig, ChaosResult, Fault, Nemesis, run_chaos
 
 from rangekv.check import Operation, OpKind, Outcome
 
@@ -111,6 +117,28 @@ async def pause_schedule(nemesis: Nemesis, attempts: int = 5) -> None:
             return
 
 
+async def partition_pause_schedule(nemesis: Nemesis, attempts: int = 3) -> None:
+    """Cut the probe key's leaseholder from its raft peers and pause it past its lease
+    (Nemesis.fault_partition_pause) until a stale read is seen or `attempts` are spent;
+    one attempt is enough for a broken build, the others absorb a fault that could
+    not be injected (e.g. no leaseholder found in time on a loaded machine)."""
+    for _ in range(attempts):
+        try:
+            await nemesis.fault_partition_pause(pause_for=3.0)
+        except (TimeoutError, grpc.aio.AioRpcError) as exc:
+            nemesis.faults.append(
+                Fault("partition+pause", "-", nemesis.now(), nemesis.now(), f"skipped: {exc}")
+            )
+        await nemesis.heal()
+        if stale_reads(nemesis):
+            return
+
+
+def require_partitions(result: ChaosResult) -> None:
+    if result.report["partitions"].startswith("unavailable"):
+        pytest.skip(f"partitions: {result.report['partitions']}")
+
+
 async def isolate_schedule(nemesis: Nemesis) -> None:
     for _ in range(3):  # until the cut-off leader acknowledged the write (a broken build)
         op = await nemesis.fault_isolate_write()
@@ -132,11 +160,13 @@ def test_fixed_schedules_pass_without_mutation(
     """The control: the mutation tests' schedules against the correct build pass, so
     their failures below are the mutations' doing, not the schedules'."""
 
-    async def both(nemesis: Nemesis) -> None:
+    async def all_three(nemesis: Nemesis) -> None:
         await pause_schedule(nemesis, attempts=1)
+        if nemesis.c.lab is not None:
+            await partition_pause_schedule(nemesis, attempts=1)
         await isolate_schedule(nemesis)
 
-    result = run_chaos(mutation_config(9, "", report_dir(tmp_path, request)), both)
+    result = run_chaos(mutation_config(9, "", report_dir(tmp_path, request)), all_three)
     summary = (result.report_dir / "summary.txt").read_text()
     print(summary)
     assert result.ok is True, summary
@@ -144,28 +174,33 @@ def test_fixed_schedules_pass_without_mutation(
     assert stale_reads(result.ops) == 0, summary
     kinds = [f["kind"] for f in result.report["faults"]]
     assert "pause" in kinds and "isolate+kill -9" in kinds, summary
+    require_partitions(result)
+    done = [
+        f
+        for f in result.report["faults"]
+        if f["kind"] == "partition+pause" and "direct reads served" in f["detail"]
+    ]
+    assert done, summary  # the cut+pause really ran (and the correct build refused)
 
 
-@pytest.mark.skipif(
-    not os.environ.get("RANGEKV_CHAOS_LEASE_MUTATION"),
-    reason="not yet reliable: after SIGCONT the paused leader usually reads its new "
-    "leader's queued raft messages (and steps down) before the reads queued for it; "
-    "set RANGEKV_CHAOS_LEASE_MUTATION=1 to run it",
-)
 @pytest.mark.timeout(300)
 def test_harness_catches_lease_without_check(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    """A leader that serves reads without checking its lease: paused past its lease
-    while a new leader takes a write, it answers the reads queued for it with the
-    old value the moment it resumes. The checker must call that history out."""
+    """A leader that serves reads without checking its lease: cut from its raft peers
+    and paused past its lease while a new leader takes a write, it cannot hear the
+    new term, so on SIGCONT it answers reads with the overwritten value. The checker
+    must call that history out. Needs network namespaces (skipped, saying why,
+    without them: the pause alone races the new leader's messages)."""
 
     cfg = mutation_config(7, "lease_without_check", report_dir(tmp_path, request))
-    result = run_chaos(cfg, pause_schedule)
+    result = run_chaos(cfg, partition_pause_schedule)
     summary = (result.report_dir / "summary.txt").read_text()
     print(summary)
+    require_partitions(result)
     assert result.ok is False, f"the harness missed stale lease reads:\n{summary}"
     assert result.report["checker"]["failed_key"] == "probe", summary
+    assert stale_reads(result.ops) > 0, summary
 
 
 @pytest.mark.timeout(300)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from rangekv.gateway.node_client import NodeClients
 from rangekv.v1 import replica_pb2
 
@@ -45,3 +47,82 @@ def test_reads_and_writes_to_one_range_leave_in_separate_batches() -> None:
     for batch, has_writes in sent:
         ops = {op.WhichOneof("op") for op in batch.ops}
         assert ops == ({"put"} if has_writes else {"get"})
+
+
+class _AnsweringStream(_FakeStream):
+    """Records batches; the test answers them by index."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.futures: list[asyncio.Future[Any]] = []
+
+    def submit(self, batch: replica_pb2.ReplicaBatchRequest, has_writes: bool) -> Any:
+        fut = super().submit(batch, has_writes)
+        self.futures.append(fut)
+        return fut
+
+    def answer(self, i: int) -> None:
+        batch = self.sent[i][0]
+        results = [
+            replica_pb2.ReplicaOpResult(put=replica_pb2.PutResult()) for _ in range(len(batch.ops))
+        ]
+        self.futures[i].set_result(replica_pb2.ReplicaBatchResponse(results=results))
+
+
+def _put(key: bytes) -> replica_pb2.ReplicaOp:
+    return replica_pb2.ReplicaOp(put=replica_pb2.PutOp(key=key, value=b"v"))
+
+
+def test_ops_gather_behind_a_full_window_and_leave_together() -> None:
+    async def run() -> None:
+        clients = NodeClients(channel_factory=lambda addr: None, max_inflight=1)  # type: ignore[arg-type,return-value]
+        stream = _AnsweringStream()
+        clients._stream = lambda address: stream  # type: ignore[assignment,method-assign]
+        first = clients.submit("n1", 7, [_put(b"a")], has_writes=True)
+        await asyncio.sleep(0)
+        assert [len(b.ops) for b, _ in stream.sent] == [1]  # an idle window: no wait
+        later = [clients.submit("n1", 7, [_put(b"%d" % i)], has_writes=True) for i in range(5)]
+        other_range = clients.submit("n1", 8, [_put(b"x")], has_writes=True)
+        await asyncio.sleep(0)
+        # Range 7's window is full; range 8 has its own.
+        assert [(b.range_id, len(b.ops)) for b, _ in stream.sent] == [(7, 1), (8, 1)]
+        stream.answer(0)
+        await first
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert [(b.range_id, len(b.ops)) for b, _ in stream.sent] == [(7, 1), (8, 1), (7, 5)]
+        stream.answer(2)
+        replies = await asyncio.gather(*later)
+        assert all(len(r.results) == 1 for r in replies)
+        assert not other_range.done()
+
+    asyncio.run(run())
+
+
+def test_callers_that_gave_up_while_waiting_are_not_sent() -> None:
+    async def run() -> None:
+        clients = NodeClients(channel_factory=lambda addr: None, max_inflight=1)  # type: ignore[arg-type,return-value]
+        stream = _AnsweringStream()
+        clients._stream = lambda address: stream  # type: ignore[assignment,method-assign]
+        clients.submit("n1", 7, [_put(b"a")], has_writes=True)
+        await asyncio.sleep(0)
+        gave_up = clients.submit("n1", 7, [_put(b"b"), _put(b"c")], has_writes=True)
+        kept = clients.submit("n1", 7, [_put(b"d")], has_writes=True)
+        alone = clients.submit("n1", 9, [_put(b"e")], has_writes=True)
+        await asyncio.sleep(0)
+        gave_up.cancel()
+        stream.answer(0)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        keys = [[op.put.key for op in b.ops] for b, _ in stream.sent]
+        assert keys == [[b"a"], [b"e"], [b"d"]]
+        stream.answer(2)
+        assert len((await kept).results) == 1
+        assert not alone.done()
+
+    asyncio.run(run())
+
+
+def test_window_must_hold_a_batch() -> None:
+    with pytest.raises(ValueError, match="max_inflight"):
+        NodeClients(channel_factory=lambda addr: None, max_inflight=0)  # type: ignore[arg-type,return-value]

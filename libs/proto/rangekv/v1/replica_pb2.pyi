@@ -21,18 +21,20 @@ REPLICA_CHANGE_TYPE_PROMOTE_VOTER: ReplicaChangeType
 REPLICA_CHANGE_TYPE_REMOVE: ReplicaChangeType
 
 class ReplicaBatchRequest(_message.Message):
-    __slots__ = ("range_id", "routed_generation", "read_timestamp", "inconsistent", "ops")
+    __slots__ = ("range_id", "routed_generation", "read_timestamp", "inconsistent", "ops", "traceparents")
     RANGE_ID_FIELD_NUMBER: _ClassVar[int]
     ROUTED_GENERATION_FIELD_NUMBER: _ClassVar[int]
     READ_TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     INCONSISTENT_FIELD_NUMBER: _ClassVar[int]
     OPS_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENTS_FIELD_NUMBER: _ClassVar[int]
     range_id: int
     routed_generation: int
     read_timestamp: _types_pb2.Timestamp
     inconsistent: bool
     ops: _containers.RepeatedCompositeFieldContainer[ReplicaOp]
-    def __init__(self, range_id: _Optional[int] = ..., routed_generation: _Optional[int] = ..., read_timestamp: _Optional[_Union[_types_pb2.Timestamp, _Mapping]] = ..., inconsistent: _Optional[bool] = ..., ops: _Optional[_Iterable[_Union[ReplicaOp, _Mapping]]] = ...) -> None: ...
+    traceparents: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, range_id: _Optional[int] = ..., routed_generation: _Optional[int] = ..., read_timestamp: _Optional[_Union[_types_pb2.Timestamp, _Mapping]] = ..., inconsistent: _Optional[bool] = ..., ops: _Optional[_Iterable[_Union[ReplicaOp, _Mapping]]] = ..., traceparents: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ReplicaBatchResponse(_message.Message):
     __slots__ = ("results", "error", "read_timestamp", "descriptor", "lease_sequence")
