@@ -16,7 +16,7 @@ from .errors import (
     Unavailable,
 )
 from .rawnode import RawNode
-from .storage import MemoryStorage, Storage
+from .storage import MemoryStorage, Storage, with_commit_floor
 from .types import (
     NONE,
     ConfChange,
@@ -75,4 +75,5 @@ __all__ = [
     "Storage",
     "StorageError",
     "Unavailable",
+    "with_commit_floor",
 ]

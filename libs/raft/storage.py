@@ -63,6 +63,20 @@ class Storage(Protocol):
         ...
 
 
+def with_commit_floor(hs: HardState, snapshot_index: int) -> HardState:
+    """`hs` with its commit index raised to `snapshot_index` if it is below it.
+
+    Invariant: snapshot index <= commit index, because a snapshot covers only
+    committed entries. A driver may persist a commit-only hard state lazily
+    (without fsync) while it persists a snapshot made by log truncation
+    durably, so what is read back can break the invariant; every Storage
+    reports the repaired state, and the core never starts below its snapshot.
+    """
+    if hs.commit >= snapshot_index:
+        return hs
+    return HardState(hs.term, hs.vote, snapshot_index)
+
+
 class MemoryStorage:
     """In-memory Storage, used by tests, the simulator and the benchmark.
 
@@ -80,7 +94,8 @@ class MemoryStorage:
     # -- Storage protocol -------------------------------------------------
 
     def initial_state(self) -> tuple[HardState, ConfState]:
-        return self._hard_state, self._snapshot.metadata.conf_state
+        meta = self._snapshot.metadata
+        return with_commit_floor(self._hard_state, meta.index), meta.conf_state
 
     def entries(self, lo: int, hi: int, max_size: int) -> list[Entry]:
         offset = self._ents[0].index

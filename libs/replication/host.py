@@ -224,7 +224,7 @@ class GroupHost:
         candidates = []
         for replica in self.scheduler.groups.values():
             target = replica.raw_node.raft.log.applied - self.host_config.log_retain_entries
-            if target >= self.log_engine.storage(replica.group_id).first_index():
+            if self._truncatable(replica.group_id, target):
                 candidates.append((replica, target))
         if not candidates:
             return 0
@@ -246,15 +246,22 @@ class GroupHost:
         self.scheduler.after_apply(truncate_now)
         return await done
 
+    def _truncatable(self, group_id: int, target: int) -> bool:
+        """Whether truncating through `target` removes anything. Not when a snapshot
+        at or above it is held already: after a snapshot from the leader the core's
+        applied index (which targets derive from) can lag it, and creating an
+        older snapshot is refused (SnapshotOutOfDate, logged every interval)."""
+        storage = self.log_engine.storage(group_id)
+        return target >= storage.first_index() and target > storage.snapshot().index
+
     def _truncate_now(self, candidates: list[tuple[RaftGroup, int]]) -> int:
         targets = []
         for replica, target in candidates:
-            storage = self.log_engine.storage(replica.group_id)
             # The snapshot metadata records the CURRENT configuration, which is the
             # configuration at `target` only if no conf change was applied since.
             if (
                 not replica.removed
-                and target >= storage.first_index()
+                and self._truncatable(replica.group_id, target)
                 and target >= replica.last_conf_index
             ):
                 targets.append((replica, target))

@@ -51,7 +51,7 @@ class LogBatchLike(Protocol):
 
 class LogEngineLike(Protocol):
     def new_batch(self) -> Any: ...
-    def commit(self, batch: Any) -> None: ...
+    def commit(self, batch: Any, *, sync: bool = True) -> None: ...
 
 
 class StateEngineLike(Protocol):
@@ -204,6 +204,7 @@ class RaftScheduler:
         log_batch = self._log_engine.new_batch()
         n_entries = 0
         must_sync = False
+        hard_states = False
         for group, rd in readies:
             if rd.snapshot is not None:
                 log_batch.apply_snapshot(group.group_id, rd.snapshot)
@@ -212,6 +213,7 @@ class RaftScheduler:
                 n_entries += len(rd.entries)
             if rd.hard_state is not None:
                 log_batch.set_hard_state(group.group_id, rd.hard_state)
+                hard_states = True
             must_sync = must_sync or rd.must_sync or rd.snapshot is not None
         # A leader's appends and heartbeats may leave before its own log write:
         # the core counts the leader's own log toward commit only after advance
@@ -229,6 +231,12 @@ class RaftScheduler:
             t0 = time.perf_counter()
             await self._blocking(self._log_engine.commit, log_batch)
             persist_s = time.perf_counter() - t0
+        elif hard_states:
+            # Only commit indexes moved: nothing a message promises depends on them
+            # (raft re-learns a lost commit index), so no fsync - but they ARE
+            # written, so a restarted process resumes from them rather than from an
+            # older commit index under what it already applied or truncated.
+            self._log_engine.commit(log_batch, sync=False)
 
         # 4. messages leave only after what they promise is durable.
         for group, rd in readies:

@@ -9,8 +9,14 @@ Routing loop for one operation, until its deadline:
      RangeNotFound / unreachable -> next replica, then evict; Unavailable -> next
      replica, then capped exponential backoff with jitter;
   4. success -> maybe_confirm the entry.
-A write whose outcome is unknown (the stream broke after it was sent, or the
-node said so) is never retried: the caller gets UNAVAILABLE with
+A read that a replica does not answer within `read_attempt_timeout` (the
+process is paused, or a cut link holds the request) is asked of the next
+replica: a read has no effect, so asking twice is safe, and without this a
+stopped leaseholder would hold every read until its caller's deadline. A
+write is never re-sent that way: once sent it may still apply (a paused
+leader that wakes up in time commits it), so it waits for its answer or its
+deadline. A write whose outcome is unknown (the stream broke after it was
+sent, or the node said so) is never retried: the caller gets UNAVAILABLE with
 WRITE_OUTCOME_UNKNOWN. Running out of time gives DEADLINE_EXCEEDED (reads,
 writes that never left) with a retry hint, never a hang.
 
@@ -100,6 +106,10 @@ class NodeDirectory:
         return addr
 
 
+#: Seconds a read waits for one replica before asking the next (see the docstring).
+DEFAULT_READ_ATTEMPT_TIMEOUT = 1.5
+
+
 class DistSender:
     def __init__(
         self,
@@ -114,6 +124,7 @@ class DistSender:
         monotonic: Callable[[], float] = time.monotonic,
         wall_ns: Callable[[], int] = time.time_ns,
         max_clock_offset_ns: int = 500_000_000,
+        read_attempt_timeout: float = DEFAULT_READ_ATTEMPT_TIMEOUT,
         tracer: trace.Tracer | None = None,
     ) -> None:
         """`tracer`: None unless tracing is on (then each call to a node is a
@@ -125,6 +136,9 @@ class DistSender:
         self.nodes = nodes
         self.directory = directory
         self.timeout = timeout
+        if read_attempt_timeout <= 0:
+            raise ValueError(f"read_attempt_timeout must be > 0, got {read_attempt_timeout}")
+        self._read_attempt_timeout = read_attempt_timeout
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._rng = rng or random.Random()
@@ -240,15 +254,25 @@ class DistSender:
             if span is not None:
                 # The span lasts as long as the node call, even past our deadline.
                 submitted.add_done_callback(functools.partial(end_span_with, span))
+            wait = remaining if is_write else min(remaining, self._read_attempt_timeout)
             try:
-                return await asyncio.wait_for(asyncio.shield(submitted), remaining)
+                # On timeout wait_for cancels `submitted`: that gives up only this
+                # caller's place (dropped from its batch if the batch has not left).
+                return await asyncio.wait_for(submitted, wait)
             except TimeoutError:
                 if is_write:
                     raise E.DeadlineExceeded(
                         "deadline exceeded while the write was in flight; it may or may not apply",
                         E.WriteOutcome.UNKNOWN,
                     ) from None
-                return E.DeadlineExceeded("deadline exceeded")
+                if wait >= remaining:
+                    return E.DeadlineExceeded("deadline exceeded")
+                # A slow or stopped replica: ask the next one (module docstring).
+                last = E.Unavailable(
+                    f"range {desc.range_id}: node {replica.node_id} did not answer a read "
+                    f"within {wait:.2f}s"
+                )
+                self.counters.retry("slow_replica")
             except E.NotLeaseHolder as err:
                 self.counters.redirects += 1
                 self.cache.maybe_update_leaseholder(token, err)

@@ -22,7 +22,12 @@ from rangekv.common.entrypoint import service_main
 from rangekv.common.server import ServiceServer
 from rangekv.common.telemetry import Telemetry
 from rangekv.gateway.cache_types import LookupResult, TelemetryCacheMetrics
-from rangekv.gateway.dist_sender import DistSender, NodeDirectory, RetryCounters
+from rangekv.gateway.dist_sender import (
+    DEFAULT_READ_ATTEMPT_TIMEOUT,
+    DistSender,
+    NodeDirectory,
+    RetryCounters,
+)
 from rangekv.gateway.kv_service import KVLimits, KVService
 from rangekv.gateway.node_client import DEFAULT_MAX_INFLIGHT, NodeClients
 from rangekv.gateway.pusher import ReplicaTxnPusher
@@ -44,6 +49,11 @@ class GatewayConfig:
     request_timeout: float = setting(10.0, help="seconds a call may take before it gives up")
     max_key_bytes: int = setting(4096, help="largest key accepted")
     max_value_bytes: int = setting(1 << 20, help="largest value accepted")
+    read_attempt_timeout: float = setting(
+        DEFAULT_READ_ATTEMPT_TIMEOUT,
+        help="seconds a read waits for one replica before asking the next (a paused or "
+        "cut-off leaseholder must not hold reads until their deadline; writes never move)",
+    )
     max_inflight_batches: int = setting(
         DEFAULT_MAX_INFLIGHT,
         help="node batches per (node, range, mode) on the wire at once; more ops wait "
@@ -55,6 +65,7 @@ class GatewayConfig:
         require(0 <= self.prefetch <= 1000, "prefetch", "must be in [0, 1000]")
         require(self.cache_size >= 1, "cache_size", "must be >= 1")
         require(self.request_timeout > 0, "request_timeout", "must be > 0")
+        require(self.read_attempt_timeout > 0, "read_attempt_timeout", "must be > 0")
         require(self.max_inflight_batches >= 1, "max_inflight_batches", "must be >= 1")
 
     def addresses(self) -> list[str]:
@@ -98,6 +109,7 @@ def build(
         nodes,
         directory,
         timeout=cfg.request_timeout,
+        read_attempt_timeout=cfg.read_attempt_timeout,
         tracer=telemetry.active_tracer if telemetry is not None else None,
     )
     if telemetry is not None:

@@ -238,9 +238,16 @@ class RangeReplica(RaftGroup):
                 if self.descriptor is not before:
                     self._check_keys(req)  # a split applied while we waited
             ts = read_ts if read_ts is not None else self.ctx.hlc.now()
-            for i, kind in enumerate(kinds):
-                if kind in READ_KINDS:
-                    results[i] = self._evaluate_read(req.ops[i], ts, self.ctx.engine)
+            reads = [i for i, kind in enumerate(kinds) if kind in READ_KINDS]
+            if len(reads) == 1:
+                results[reads[0]] = self._evaluate_read(req.ops[reads[0]], ts, self.ctx.engine)
+            else:
+                # One RocksDB iterator for the whole batch instead of one per read
+                # (creating one costs about as much as the seek it serves). Nothing
+                # is applied between these reads (no await), so it is the same view.
+                with self.ctx.engine.snapshot() as view:
+                    for i in reads:
+                        results[i] = self._evaluate_read(req.ops[i], ts, view)
             read_ts = ts
         # Writes go last: every check that can fail a batch (read timestamp, read
         # point, key ranges) has passed before anything is proposed, so an error

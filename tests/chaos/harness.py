@@ -651,12 +651,7 @@ class Nemesis:
         connections to it, so the new leader's messages (which would depose it)
         arrive only after a reconnect: that is what makes the stale read of a
         broken build certain rather than a race (the mutation test uses 20 s)."""
-        await self.probe_write("before the pause")
-        rid, holder = await wait_for(
-            lambda: self._holder(PROBE_KEY), 20, "a leaseholder of the probe key"
-        )
-        child = self.c.node(holder)
-        pause_for = pause_for if pause_for is not None else self.rng.uniform(2.5, 4.0)
+        rid, holder, child, pause_for = await self._pause_target("before the pause", pause_for)
         async with grpc.aio.insecure_channel(child.address) as ch:
             stub = replica_pb2_grpc.ReplicaStub(ch)
             await stub.RangeInfo(replica_pb2.RangeInfoRequest(), timeout=2)  # connect now
@@ -666,21 +661,7 @@ class Nemesis:
             self.c.paused.add(child.name)
             try:
                 fresh = await self.probe_write_direct(holder)
-                reads = [
-                    asyncio.ensure_future(
-                        direct_op(
-                            next(self.probe_cid),
-                            stub,
-                            rid,
-                            self.rec,
-                            self.stats,
-                            OpKind.GET,
-                            PROBE_KEY,
-                            timeout=pause_for + 10,
-                        )
-                    )
-                    for _ in range(8)
-                ]
+                reads = [self._probe_read(stub, rid, pause_for + 10) for _ in range(8)]
                 await asyncio.sleep(max(0.2, pause_for - (time.monotonic() - started)))
             finally:
                 child.signal(signal.SIGCONT)
@@ -692,6 +673,34 @@ class Nemesis:
             fault,
             f"paused {time.monotonic() - started:.1f}s; {served}/{len(got)} direct reads "
             f"served by the old leader, {stale} of them stale",
+        )
+
+    async def _pause_target(
+        self, why: str, pause_for: float | None
+    ) -> tuple[int, int, Child, float]:
+        """After a probe write: (range id, leaseholder, its process, pause length)."""
+        await self.probe_write(why)
+        rid, holder = await wait_for(
+            lambda: self._holder(PROBE_KEY), 20, "a leaseholder of the probe key"
+        )
+        pause = pause_for if pause_for is not None else self.rng.uniform(2.5, 4.0)
+        return rid, holder, self.c.node(holder), pause
+
+    def _probe_read(
+        self, stub: replica_pb2_grpc.ReplicaStub, rid: int, timeout: float
+    ) -> asyncio.Future[Operation]:
+        """A recorded GET of the probe key sent straight to one node (no routing)."""
+        return asyncio.ensure_future(
+            direct_op(
+                next(self.probe_cid),
+                stub,
+                rid,
+                self.rec,
+                self.stats,
+                OpKind.GET,
+                PROBE_KEY,
+                timeout=timeout,
+            )
         )
 
     async def _holder(self, key: bytes) -> tuple[int, int] | None:
@@ -898,27 +907,7 @@ class Nemesis:
         that skips the lease check answers the overwritten value. Returns the number
         of stale reads (reads of a value other than the fresh one that it served)."""
         lab = self._lab()
-        await self.probe_write("before the partition")
-        rid, holder = await wait_for(
-            lambda: self._holder(PROBE_KEY), 20, "a leaseholder of the probe key"
-        )
-        child = self.c.node(holder)
-        pause_for = pause_for if pause_for is not None else self.rng.uniform(2.5, 4.0)
-
-        def read(stub: replica_pb2_grpc.ReplicaStub) -> asyncio.Future[Operation]:
-            return asyncio.ensure_future(
-                direct_op(
-                    next(self.probe_cid),
-                    stub,
-                    rid,
-                    self.rec,
-                    self.stats,
-                    OpKind.GET,
-                    PROBE_KEY,
-                    timeout=pause_for + 15,
-                )
-            )
-
+        rid, holder, child, pause_for = await self._pause_target("before the partition", pause_for)
         async with grpc.aio.insecure_channel(child.address) as ch:
             stub = replica_pb2_grpc.ReplicaStub(ch)
             await stub.RangeInfo(replica_pb2.RangeInfoRequest(), timeout=2)  # connect now
@@ -935,12 +924,16 @@ class Nemesis:
                 self.c.paused.add(child.name)
                 try:
                     fresh = await self.probe_write_direct(holder)
-                    queued = [read(stub) for _ in range(reads // 2)]
+                    queued = [
+                        self._probe_read(stub, rid, pause_for + 15) for _ in range(reads // 2)
+                    ]
                     await asyncio.sleep(max(0.3, pause_for - (time.monotonic() - started)))
                 finally:
                     child.signal(signal.SIGCONT)
                     self.c.paused.discard(child.name)
-                resumed = [read(stub) for _ in range(reads - reads // 2)]
+                resumed = [
+                    self._probe_read(stub, rid, pause_for + 15) for _ in range(reads - reads // 2)
+                ]
                 got = list(await asyncio.gather(*queued, *resumed))
             finally:
                 lab.heal()

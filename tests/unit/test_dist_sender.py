@@ -57,7 +57,10 @@ def reply() -> BatchReply:
 
 
 def make_sender(
-    nodes: FakeNodes, lookup: Callable[[bytes, int], Any] | None = None, timeout: float = 0.5
+    nodes: FakeNodes,
+    lookup: Callable[[bytes, int], Any] | None = None,
+    timeout: float = 0.5,
+    read_attempt_timeout: float = 1.5,
 ) -> DistSender:
     async def meta_lookup(key: bytes, prefetch: int) -> LookupResult:
         if lookup is not None:
@@ -75,7 +78,13 @@ def make_sender(
     directory = NodeDirectory(no_registry)
     for n in (1, 2, 3):
         directory.set(n, f"n{n}")
-    return DistSender(cache, nodes, directory, timeout=timeout)  # type: ignore[arg-type]
+    return DistSender(
+        cache,
+        nodes,  # type: ignore[arg-type]
+        directory,
+        timeout=timeout,
+        read_attempt_timeout=read_attempt_timeout,
+    )
 
 
 def test_a_meta_lookup_without_answer_is_retried_until_the_deadline() -> None:
@@ -173,3 +182,63 @@ def test_a_batch_with_one_applied_write_is_not_reported_as_not_applied() -> None
         assert info.value.outcome == E.WriteOutcome.UNKNOWN
 
     asyncio.run(body())
+
+
+class SilentFirstNode(FakeNodes):
+    """Node 1 (the cached leaseholder) never answers: its process is paused, or a cut
+    link holds the request. Nodes 2 and 3 answer with `then(address)`."""
+
+    def __init__(self, then: Answer) -> None:
+        super().__init__(then)
+        self.held: list[asyncio.Future[Any]] = []
+
+    def submit(self, address: str, range_id: int, ops: list[Any], **_: Any) -> asyncio.Future[Any]:
+        if address != "n1":
+            return super().submit(address, range_id, ops)
+        self.calls.append(address)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.held.append(fut)
+        return fut
+
+
+PUT = replica_pb2.ReplicaOp(put=replica_pb2.PutOp(key=b"k", value=b"v"))
+
+
+def test_a_read_moves_on_from_a_replica_that_does_not_answer() -> None:
+    """The chaos suite saw reads wait their whole deadline on a paused leaseholder
+    while another replica had long taken the lease."""
+
+    async def body() -> None:
+        nodes = SilentFirstNode(lambda _addr: reply())
+        sender = make_sender(nodes, timeout=5.0, read_attempt_timeout=0.1)
+        await sender.cache.lookup(b"k")
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        got = await sender.send(b"k", GET, is_write=False)
+        assert not got.results[0].get.found
+        assert nodes.calls == ["n1", "n2"]
+        assert loop.time() - start < 2.0  # not the 5 s deadline
+        assert nodes.held[0].cancelled()  # its place in the batch is given up
+        assert sender.counters.retries.get("slow_replica") == 1
+
+    asyncio.run(body())
+
+
+def test_a_write_to_a_replica_that_does_not_answer_is_never_sent_elsewhere() -> None:
+    """Once sent, a write may still apply (the paused leader wakes up and commits it),
+    so sending it to another replica could apply it twice."""
+
+    async def body() -> None:
+        nodes = SilentFirstNode(lambda _addr: reply())
+        sender = make_sender(nodes, timeout=0.5, read_attempt_timeout=0.05)
+        with pytest.raises(E.DeadlineExceeded) as info:
+            await sender.send(b"k", PUT, is_write=True)
+        assert info.value.outcome is E.WriteOutcome.UNKNOWN
+        assert nodes.calls == ["n1"]
+
+    asyncio.run(body())
+
+
+def test_read_attempt_timeout_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="read_attempt_timeout"):
+        make_sender(FakeNodes(lambda _addr: reply()), read_attempt_timeout=0)

@@ -325,3 +325,31 @@ def test_create_snapshot_commit_does_not_conflict_with_a_pending_append(
     s = engine.storage(1)
     assert s.snapshot().metadata == meta == SnapshotMetadata(8, 1, ConfState((1, 2, 3)))
     assert (s.first_index(), s.last_index(), s.term(11), s.hard_state.commit) == (9, 11, 2, 11)
+
+
+def test_restart_after_truncation_above_a_stale_commit_index(tmp_path: Path) -> None:
+    """Found by the 30-minute chaos soak: a commit-only hard state is written without
+    fsync (or, before the fix, not at all) while log truncation writes its snapshot
+    record synced, so the stored commit index can lie below the snapshot. A node
+    restarted from that state died in the core ("applied 44 outside [..., committed
+    42]") on every start. A snapshot covers only committed entries: the storage
+    reports its index as the commit floor, and a RawNode starts over it."""
+    from rangekv.raft import Config, RawNode
+
+    eng = RaftLogEngine.open(tmp_path / "log")
+    b = eng.new_batch()
+    b.append(5, _ents(1, 45, 2))
+    b.set_hard_state(5, HardState(2, 1, 42))
+    eng.commit(b)
+    b = eng.new_batch()
+    b.create_snapshot(5, 44, ConfState(voters=(1, 2, 3)))
+    eng.commit(b)
+    eng.close()
+
+    eng = RaftLogEngine.open(tmp_path / "log")
+    storage = eng.storage(5)
+    hs, _ = storage.initial_state()
+    assert hs == HardState(2, 1, 44)
+    node = RawNode(Config(id=1, election_tick=10, heartbeat_tick=1, applied=44), storage)
+    assert node.raft.log.committed == 44
+    eng.close()

@@ -107,7 +107,7 @@ class MetaMachine(RuleBasedStateMachine):
         super().__init__()
         self.dir = tempfile.mkdtemp(prefix="meta-prop-", dir=_TMP)
         self.engine = StateEngine.open(Path(self.dir) / "meta", FsmSyncMode.NOSYNC)
-        self.sm = MetaStateMachine()
+        self.sm = MetaStateMachine(lock_clears_span=self.LOCK_FIRST)
         self.run(Bootstrap(WHOLE))
         self.truth: list[RangeDescriptor] = [WHOLE]
         self.history: list[RangeDescriptor] = [WHOLE]
@@ -488,5 +488,45 @@ def test_zombie_coordinator_cannot_write_behind_a_newer_transaction(hold_lock: b
         m.check()
     except Violation as exc:
         assert not hold_lock, exc
+    finally:
+        m.teardown()
+
+
+@pytest.mark.parametrize("clears", [True, False], ids=["lock-clears-span", "sweep-only"])
+def test_lock_taken_over_a_leftover_written_after_the_sweep(clears: bool) -> None:
+    """Found by hypothesis: t1 (a replica change of [A,D)) sweeps a clean span; then
+    t2 (a split of [A,D) at B) writes its lock meta(D) and meta(B), and is aborted;
+    t1's lock write meets t2's lock, pushes t2 and resolves that one intent - and,
+    with only the sweep to protect it, takes meta(D) over t2's leftover meta(B):
+    overlapping intents. The meta state machine refuses a lock while any other
+    transaction's intent lies in the span, so t1 must resolve meta(B) first."""
+    m = _machine(MetaMachine)
+    m.sm = MetaStateMachine(lock_clears_span=clears)
+    try:
+        original = m.true_cover(A)
+        t1 = m.begin(plan_replica_change(original, replicas_with(original, 2), m.new_txn_id()))
+        m.advance(t1, 1)  # the sweep: nothing in the span yet
+        assert t1.phase == "write"
+        t2 = m.start_split(original, B)
+        assert t2 is not None
+        m.advance(t2, 3)  # sweep, lock meta(D), meta(B)
+        assert {i.meta_key for i in m.intents()} == {meta_key(B), meta_key(D)}
+        m.records[t2.plan.txn.id].status = TxnStatus.ABORTED  # pushed by someone
+        m.crash_coordinator(t2)
+        violations: list[str] = []
+        for _ in range(6):  # t1's write phase: push and resolve what blocks it, retry
+            m.advance(t1, 1)
+            try:
+                m.check()
+            except Violation as exc:
+                violations.append(str(exc))
+            if t1.phase != "write":
+                break
+        if clears:
+            assert not violations
+            assert t1.phase == "commit"
+            assert {i.txn.id for i in m.intents()} == {t1.plan.txn.id}
+        else:
+            assert any("overlapping intents" in v for v in violations)
     finally:
         m.teardown()

@@ -147,6 +147,14 @@ async def _run(tmp_path: Path) -> None:
         )
 
     await _until(applied_everywhere, "every node to apply", nodes)
+    # What a node applied is committed in its stored hard state as well: a
+    # commit-only hard state is written (without fsync), so a restarted node
+    # never resumes from a commit index below what it applied or truncated.
+    for node in nodes:
+        for gid in range(1, GROUPS + 1):
+            group = node.scheduler.group(gid)
+            assert group is not None
+            assert node.log.storage(gid).hard_state.commit >= group.applied_index
     for node in nodes:
         await node.close()
 
