@@ -128,6 +128,9 @@ class NodeStream:
         except asyncio.CancelledError:
             err = E.Unavailable(f"stream to {self.address} closed")
         self.broken = True
+        # End the request generator too: otherwise grpc's task consuming it waits on
+        # the outbox forever and is garbage collected pending (logged as an error).
+        self._outbox.put_nowait(None)
         reason = err.message if err else f"stream to {self.address} ended"
         for fut, has_writes in self._inflight.values():
             if not fut.done():

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import grpc
 import pytest
 
-from rangekv.gateway.node_client import NodeClients
+from rangekv.gateway.node_client import NodeClients, NodeStream
 from rangekv.v1 import replica_pb2
 
 
@@ -126,3 +127,47 @@ def test_callers_that_gave_up_while_waiting_are_not_sent() -> None:
 def test_window_must_hold_a_batch() -> None:
     with pytest.raises(ValueError, match="max_inflight"):
         NodeClients(channel_factory=lambda addr: None, max_inflight=0)  # type: ignore[arg-type,return-value]
+
+
+def test_a_broken_stream_ends_its_request_generator() -> None:
+    """Before, grpc's task feeding a dead stream waited on the outbox forever and was
+    garbage collected pending ("Task was destroyed but it is pending!" in the soak's
+    gateway logs)."""
+
+    class FakeCall:
+        def __init__(self, requests: Any) -> None:
+            self.requests = requests
+
+        def __aiter__(self) -> FakeCall:
+            return self
+
+        async def __anext__(self) -> Any:
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "gone"
+            )
+
+    calls: list[FakeCall] = []
+
+    class FakeStub:
+        def BatchStream(self, requests: Any) -> FakeCall:
+            calls.append(FakeCall(requests))
+            return calls[-1]
+
+    async def drain(gen: Any) -> list[Any]:
+        return [r async for r in gen]
+
+    async def run() -> list[Any]:
+        class AnyChannel:  # enough for ReplicaStub's constructor; the stub is replaced
+            def __getattr__(self, name: str) -> Any:
+                return lambda *args, **kwargs: None
+
+        stream = NodeStream("n1", AnyChannel())  # type: ignore[arg-type]
+        stream._stub = FakeStub()  # type: ignore[assignment]
+        fut = stream.submit(replica_pb2.ReplicaBatchRequest(range_id=1), has_writes=False)
+        with pytest.raises(Exception, match="gone"):
+            await fut
+        assert stream.broken
+        return await asyncio.wait_for(drain(calls[0].requests), 2)
+
+    sent = asyncio.run(run())
+    assert [r.batch.range_id for r in sent] == [1]
