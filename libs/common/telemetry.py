@@ -44,7 +44,6 @@ so no carrier, string or span object is built for an untraced request.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import socket
@@ -76,6 +75,7 @@ from rangekv.common.metrics import (
     Instrument,
     UpDownCounter,
 )
+from rangekv.common.tasks import cancel_and_wait
 
 SECONDS_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -183,11 +183,7 @@ class EventLoopLagMonitor:
     async def stop(self) -> None:
         """Stop and wait for the measuring task to finish."""
         task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait([task])
 
 
 def _make_tracer(

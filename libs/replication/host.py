@@ -16,7 +16,6 @@ may only leave the raft log once their effects are durable elsewhere.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -24,6 +23,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rangekv.common.tasks import cancel_and_wait
 from rangekv.raft import Config, Message, RawNode
 from rangekv.replication.group import RaftGroup, RaftTiming
 from rangekv.replication.log_engine import RaftLogEngine
@@ -276,11 +276,7 @@ class GroupHost:
         return len(targets)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
         await self.scheduler.stop()
         for group in list(self.scheduler.groups.values()):

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from rangekv.common.tasks import cancel_and_wait
 from rangekv.raft import Message, MessageType
 from rangekv.v1 import raft_pb2, raft_pb2_grpc, types_pb2
 
@@ -205,10 +206,7 @@ class _LaneWorker:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait([task])
         await self._disconnect()
 
     async def _run(self) -> None:

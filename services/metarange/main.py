@@ -12,7 +12,6 @@ holds records: bootstrap is idempotent and safe when all replicas start at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from rangekv.common.config import (
 from rangekv.common.descriptors import first_range
 from rangekv.common.entrypoint import service_main
 from rangekv.common.server import ServiceServer
+from rangekv.common.tasks import cancel_and_wait
 from rangekv.common.telemetry import Telemetry
 from rangekv.metarange.commands import Bootstrap
 from rangekv.metarange.replica import MetaHost
@@ -176,9 +176,7 @@ async def serve(server_config: ServerConfig, cfg: MetarangeConfig) -> None:
     try:
         await server.run_until_signalled()
     finally:
-        bootstrap.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await bootstrap
+        await cancel_and_wait([bootstrap])
         await transport.close()
         await host.stop()
         telemetry.shutdown()

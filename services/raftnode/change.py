@@ -61,6 +61,7 @@ import grpc
 
 from rangekv.common import errors as E
 from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor, ReplicaType
+from rangekv.common.tasks import cancel_and_wait
 from rangekv.metarange.client import MetaClient
 from rangekv.metarange.protocol import DescriptorTxn, plan_replica_change, replicas_with
 from rangekv.metarange.records import TxnStatus
@@ -425,11 +426,7 @@ class ReplicaChanger:
             self._tasks.append(loop.create_task(self._queue_loop(), name="replicate-queue"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
 
     async def _queue_loop(self) -> None:

@@ -10,7 +10,6 @@ resulting frozen configs are passed down.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ from rangekv.common.config import ConfigError, ServerConfig
 from rangekv.common.descriptors import first_range
 from rangekv.common.entrypoint import service_main
 from rangekv.common.server import ServiceServer
+from rangekv.common.tasks import cancel_and_wait
 from rangekv.common.telemetry import Telemetry
 from rangekv.metarange.client import MetaClient
 from rangekv.raft import Message
@@ -140,10 +140,7 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
     try:
         await server.run_until_signalled()
     finally:
-        if registry is not None:
-            registry.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await registry
+        await cancel_and_wait([registry])
         await changes.stop()
         await splits.stop()
         if meta is not None:

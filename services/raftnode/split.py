@@ -46,6 +46,7 @@ import grpc
 
 from rangekv.common import errors as E
 from rangekv.common.descriptors import RangeDescriptor
+from rangekv.common.tasks import cancel_and_wait
 from rangekv.metarange.client import MetaClient
 from rangekv.metarange.commands import WriteIntent
 from rangekv.metarange.protocol import DescriptorTxn, plan_split
@@ -338,11 +339,7 @@ class SplitCoordinator:
         self._tasks.append(loop.create_task(self._queue_loop(), name="split-and-txn-queues"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
         await self.peers.close()
 
