@@ -13,6 +13,8 @@ explanation; histories can be saved with :func:`save_history` /
 * :mod:`rangekv.check.history` -- the operation model, recorder,
   serialisation and a generator of linearizable-by-construction histories.
 * :mod:`rangekv.check.linearizability` -- the checker.
+* :mod:`rangekv.check.kv_client` -- operations sent to a gateway, recorded with the
+  outcome a client can know (shared by the integration tests and the chaos harness).
 """
 
 from rangekv.check.history import (

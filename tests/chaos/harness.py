@@ -80,6 +80,7 @@ from rangekv.check import (
     load_history,
     save_history,
 )
+from rangekv.check.kv_client import recorded_op
 from rangekv.cli.cluster import Child, LocalCluster, free_port
 from rangekv.common import errors as E
 from rangekv.v1 import kv_pb2, kv_pb2_grpc, meta_pb2, meta_pb2_grpc, replica_pb2, replica_pb2_grpc
@@ -276,15 +277,6 @@ async def wait_for(
 # ----------------------------------------------------------------------------- outcomes
 
 
-def rpc_write_outcome(err: grpc.aio.AioRpcError) -> Outcome:
-    """FAIL only when the gateway says NOT_APPLIED (or the input was refused)."""
-    if err.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
-        return Outcome.FAIL
-    exc = E.from_rpc_error(err, is_write=True)
-    applied = exc.outcome if isinstance(exc, E.Unavailable | E.DeadlineExceeded) else None
-    return Outcome.FAIL if applied == E.WriteOutcome.NOT_APPLIED else Outcome.UNKNOWN
-
-
 def replica_write_outcome(exc: E.RangeKVError) -> Outcome:
     """The outcome of an in-band ReplicaError for a write sent straight to a replica."""
     if isinstance(exc, E.NotLeaseHolder | E.RangeKeyMismatch | E.InvalidArgument):
@@ -320,31 +312,9 @@ async def kv_op(
     expected: bytes | None = None,
 ) -> Operation:
     """One operation through a gateway, recorded with the outcome the client can know."""
-    handle = rec.invoke(cid, kind, key, value=value, expected=expected)
-    try:
-        if kind is OpKind.GET:
-            got = await kv.Get(kv_pb2.GetRequest(key=key), timeout=CLIENT_TIMEOUT)
-            op = rec.ok(handle, read=got.kv.value if got.found else None)
-        elif kind is OpKind.PUT:
-            await kv.Put(kv_pb2.PutRequest(key=key, value=value), timeout=CLIENT_TIMEOUT)
-            op = rec.ok(handle)
-        elif kind is OpKind.DELETE:
-            deleted = await kv.Delete(kv_pb2.DeleteRequest(key=key), timeout=CLIENT_TIMEOUT)
-            op = rec.ok(handle, succeeded=deleted.deleted)
-        else:
-            req = kv_pb2.CompareAndSwapRequest(
-                key=key,
-                expected_value=expected or b"",
-                expect_absent=expected is None,
-                new_value=value,
-            )
-            res = await kv.CompareAndSwap(req, timeout=CLIENT_TIMEOUT)
-            seen = res.current.value if not res.succeeded and res.HasField("current") else None
-            op = rec.ok(handle, succeeded=res.succeeded, read=seen)
-    except grpc.aio.AioRpcError as err:
+    op, err = await recorded_op(cid, kv, rec, kind, key, value, expected, timeout=CLIENT_TIMEOUT)
+    if err is not None:
         stats.errors[f"{kind.value} {err.code().name}"] += 1
-        outcome = Outcome.FAIL if kind is OpKind.GET else rpc_write_outcome(err)
-        op = rec.fail(handle) if outcome is Outcome.FAIL else rec.unknown(handle)
     stats.count(op)
     return op
 

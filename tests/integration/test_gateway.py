@@ -40,8 +40,8 @@ import pytest
 from raftnode_cluster import async_wait_for, free_ports, metric_value
 
 from rangekv.check import HistoryRecorder, Operation, OpKind, Outcome, check_history, save_history
+from rangekv.check.kv_client import recorded_op
 from rangekv.cli.cluster import Child, LocalCluster
-from rangekv.common import errors as E
 from rangekv.v1 import kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
 
 pytestmark = pytest.mark.timeout(240)
@@ -360,23 +360,6 @@ class Stats:
     messages: Counter[str] = field(default_factory=Counter)
 
 
-def write_outcome(err: grpc.aio.AioRpcError) -> Outcome:
-    """A failed write is FAIL only when the gateway says it was NOT applied.
-
-    UNAVAILABLE with outcome UNKNOWN, DEADLINE_EXCEEDED without a detail (our
-    own deadline) and anything unexpected may have applied: UNKNOWN. Errors
-    the API documents as "nothing was written" (INVALID_ARGUMENT,
-    RESOURCE_EXHAUSTED) are FAIL.
-    """
-    if err.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
-        return Outcome.FAIL
-    exc = E.from_rpc_error(err, is_write=True)
-    applied = exc.outcome if isinstance(exc, E.Unavailable | E.DeadlineExceeded) else None
-    if applied == E.WriteOutcome.NOT_APPLIED:
-        return Outcome.FAIL
-    return Outcome.UNKNOWN
-
-
 async def one_op(
     cid: int,
     kv: kv_pb2_grpc.KVStub,
@@ -388,34 +371,10 @@ async def one_op(
     expected: bytes | None = None,
 ) -> Operation:
     """Send one operation, record it with the outcome the client can know."""
-    handle = rec.invoke(cid, kind, key, value=value, expected=expected)
-    try:
-        if kind is OpKind.GET:
-            got = await kv.Get(kv_pb2.GetRequest(key=key), timeout=CLIENT_TIMEOUT)
-            op = rec.ok(handle, read=got.kv.value if got.found else None)
-        elif kind is OpKind.PUT:
-            await kv.Put(kv_pb2.PutRequest(key=key, value=value), timeout=CLIENT_TIMEOUT)
-            op = rec.ok(handle)
-        elif kind is OpKind.DELETE:
-            deleted = await kv.Delete(kv_pb2.DeleteRequest(key=key), timeout=CLIENT_TIMEOUT)
-            op = rec.ok(handle, succeeded=deleted.deleted)
-        else:
-            req = kv_pb2.CompareAndSwapRequest(
-                key=key,
-                expected_value=expected or b"",
-                expect_absent=expected is None,
-                new_value=value,
-            )
-            res = await kv.CompareAndSwap(req, timeout=CLIENT_TIMEOUT)
-            seen = None
-            if not res.succeeded and res.HasField("current"):
-                seen = res.current.value
-            op = rec.ok(handle, succeeded=res.succeeded, read=seen)
-    except grpc.aio.AioRpcError as err:
+    op, err = await recorded_op(cid, kv, rec, kind, key, value, expected, timeout=CLIENT_TIMEOUT)
+    if err is not None:
         stats.errors[f"{kind.value} {err.code().name}"] += 1
         stats.messages[f"{err.code().name}: {(err.details() or '')[:150]}"] += 1
-        outcome = Outcome.FAIL if kind is OpKind.GET else write_outcome(err)
-        op = rec.fail(handle) if outcome is Outcome.FAIL else rec.unknown(handle)
     stats.outcomes[op.outcome.value] += 1
     return op
 

@@ -37,6 +37,7 @@ import pytest
 from raftnode_cluster import async_wait_for, free_ports
 
 from rangekv.check import HistoryRecorder, Operation, OpKind, Outcome, check_history
+from rangekv.check.kv_client import recorded_op
 from rangekv.cli.cluster import Child, LocalCluster
 from rangekv.common import errors as E
 from rangekv.common.descriptors import RangeDescriptor
@@ -493,15 +494,6 @@ N_CLIENTS = 4
 N_SCANNERS = 2
 
 
-def write_outcome(err: grpc.aio.AioRpcError) -> Outcome:
-    """FAIL only when the gateway says the write was NOT applied; else UNKNOWN."""
-    if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
-        return Outcome.FAIL
-    exc = E.from_rpc_error(err, is_write=True)
-    applied = exc.outcome if isinstance(exc, E.Unavailable | E.DeadlineExceeded) else None
-    return Outcome.FAIL if applied == E.WriteOutcome.NOT_APPLIED else Outcome.UNKNOWN
-
-
 async def one_op(
     cid: int,
     kv: kv_pb2_grpc.KVStub,
@@ -512,28 +504,10 @@ async def one_op(
     value: bytes | None = None,
     expected: bytes | None = None,
 ) -> Operation:
-    handle = rec.invoke(cid, kind, key, value=value, expected=expected)
-    try:
-        if kind is OpKind.GET:
-            got = await kv.Get(kv_pb2.GetRequest(key=key), timeout=CLIENT_TIMEOUT)
-            return rec.ok(handle, read=got.kv.value if got.found else None)
-        if kind is OpKind.PUT:
-            await kv.Put(kv_pb2.PutRequest(key=key, value=value), timeout=CLIENT_TIMEOUT)
-            return rec.ok(handle)
-        if kind is OpKind.DELETE:
-            deleted = await kv.Delete(kv_pb2.DeleteRequest(key=key), timeout=CLIENT_TIMEOUT)
-            return rec.ok(handle, succeeded=deleted.deleted)
-        req = kv_pb2.CompareAndSwapRequest(
-            key=key, expected_value=expected or b"", expect_absent=expected is None, new_value=value
-        )
-        res = await kv.CompareAndSwap(req, timeout=CLIENT_TIMEOUT)
-        seen = res.current.value if not res.succeeded and res.HasField("current") else None
-        return rec.ok(handle, succeeded=res.succeeded, read=seen)
-    except grpc.aio.AioRpcError as err:
+    op, err = await recorded_op(cid, kv, rec, kind, key, value, expected, timeout=CLIENT_TIMEOUT)
+    if err is not None:
         errors[f"{kind.value} {err.code().name}"] += 1
-        if kind is OpKind.GET or write_outcome(err) is Outcome.FAIL:
-            return rec.fail(handle)
-        return rec.unknown(handle)
+    return op
 
 
 async def client(
