@@ -10,16 +10,19 @@ from rangekv.common.tasks import cancel_and_wait
 def test_every_task_is_cancelled_and_has_finished_on_return() -> None:
     finished: list[str] = []
 
-    async def worker(name: str) -> None:
+    async def worker(name: str, started: asyncio.Event) -> None:
+        started.set()
         try:
             await asyncio.Event().wait()
         finally:
-            await asyncio.sleep(0)  # cleanup that itself awaits
+            await asyncio.sleep(0)  # cleanup that itself awaits: must complete before return
             finished.append(name)
 
     async def run() -> list[asyncio.Task[None]]:
-        tasks = [asyncio.create_task(worker(n)) for n in ("a", "b")]
-        await asyncio.sleep(0)
+        events = [asyncio.Event(), asyncio.Event()]
+        tasks = [asyncio.create_task(worker(n, e)) for n, e in zip("ab", events, strict=True)]
+        for event in events:
+            await event.wait()
         await cancel_and_wait([tasks[0], None, tasks[1]])
         return tasks
 
