@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import sys
@@ -21,11 +22,39 @@ from pathlib import Path
 
 from rangekv.common.logs import parse_ready_line
 
+#: Where listening ports are picked from: below Linux's default ephemeral range
+#: (32768-60999). A port the kernel handed out by binding to 0 comes FROM that
+#: range, so after a process that listened on it dies, an outgoing connection of
+#: any other process may be given it as its source port, and the restarted process
+#: fails with "Address already in use" (seen in CI when a killed raftnode was
+#: restarted on its port). Ports below the range are never handed out that way.
+LISTEN_PORTS = range(20_000, 32_768)
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port to listen on that is free now and stays out of the kernel's way."""
+    return free_ports(1, host)[0]
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """`n` distinct ports from LISTEN_PORTS that are free now (bound at once, released)."""
+    rng = random.SystemRandom()
+    socks: list[socket.socket] = []
+    try:
+        for port in rng.sample(LISTEN_PORTS, min(len(LISTEN_PORTS), 50 * n + 100)):
+            s = socket.socket()
+            try:
+                s.bind((host, port))
+            except OSError:
+                s.close()
+                continue
+            socks.append(s)
+            if len(socks) == n:
+                return [int(x.getsockname()[1]) for x in socks]
+        raise OSError(f"no {n} free ports in {LISTEN_PORTS} on {host}")
+    finally:
+        for s in socks:
+            s.close()
 
 
 @dataclass

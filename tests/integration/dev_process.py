@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,13 +23,9 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from rangekv.cli.cluster import free_port
+
 READY_LINE = "Stop: Ctrl-C"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _children_of() -> dict[int, list[int]]:

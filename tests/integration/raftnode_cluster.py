@@ -26,7 +26,6 @@ import inspect
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from rangekv.cli.cluster import free_ports
 from rangekv.common.logs import parse_ready_line
 from rangekv.v1 import errors_pb2, replica_pb2, replica_pb2_grpc
 
@@ -102,20 +102,6 @@ async def async_wait_for(
         if loop.time() >= deadline:
             raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}")
         await asyncio.sleep(interval)  # polling interval of a condition with a deadline
-
-
-def free_ports(n: int) -> list[int]:
-    """`n` distinct free TCP ports on 127.0.0.1 (all bound at once, then released)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 # ----------------------------------------------------------------------------- processes
