@@ -315,6 +315,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 METRICS_DISABLED = -1
 """``metrics_port`` value that turns the Prometheus endpoint off."""
+HEALTH_DISABLED = -1
+"""``health_port`` value (the default) that serves health on the main port only."""
 
 
 def _port_ok(port: int, *, allow_disabled: bool = False) -> bool:
@@ -337,7 +339,18 @@ class ServerConfig:
     metrics_port: int = setting(
         0, help="Prometheus endpoint port; 0 picks a free port, -1 disables the endpoint"
     )
+    health_port: int = setting(
+        HEALTH_DISABLED,
+        help="plaintext port serving only grpc.health.v1 (Kubernetes gRPC probes speak no "
+        "TLS); -1 disables it, 0 picks a free port, reported in the ready line",
+    )
     node_id: int = setting(0, help="this process's node id; 0 for processes that are not nodes")
+    pod_name: str = setting(
+        "",
+        help="the Kubernetes pod this process runs in (downward API metadata.name); a "
+        "StatefulSet pod's name ends in its ordinal, which gives a node without --node-id "
+        "its identity",
+    )
     data_dir: Path | None = setting(  # noqa: RUF009 -- setting() is dataclasses.field()
         None, help="directory for persistent state (unset: none)"
     )
@@ -382,6 +395,11 @@ class ServerConfig:
             "metrics_port",
             f"must be -1 (disabled), 0 (pick a free port) or 1..65535, got {self.metrics_port}",
         )
+        require(
+            _port_ok(self.health_port, allow_disabled=True),
+            "health_port",
+            f"must be -1 (disabled), 0 (pick a free port) or 1..65535, got {self.health_port}",
+        )
         require(self.node_id >= 0, "node_id", f"must be >= 0, got {self.node_id}")
         require(
             self.otlp_endpoint is None or self.otlp_endpoint.strip() != "",
@@ -403,9 +421,27 @@ class ServerConfig:
     def metrics_enabled(self) -> bool:
         return self.metrics_port != METRICS_DISABLED
 
+    @property
+    def health_enabled(self) -> bool:
+        return self.health_port != HEALTH_DISABLED
+
+    @property
+    def ordinal(self) -> int | None:
+        """The StatefulSet ordinal of this process's pod (None outside a StatefulSet)."""
+        return pod_ordinal(self.pod_name) if self.pod_name else None
+
+
+def pod_ordinal(pod_name: str) -> int | None:
+    """``rk-raftnode-4`` -> 4: a StatefulSet names its pods ``<set>-<ordinal>``."""
+    _prefix, sep, tail = pod_name.rpartition("-")
+    if not sep or not _prefix or not tail.isdigit() or (len(tail) > 1 and tail[0] == "0"):
+        return None
+    return int(tail)
+
 
 __all__ = [
     "ENV_PREFIX",
+    "HEALTH_DISABLED",
     "LOG_FORMATS",
     "LOG_LEVELS",
     "METRICS_DISABLED",
@@ -420,6 +456,7 @@ __all__ = [
     "from_args",
     "from_args_or_exit",
     "parse_bool",
+    "pod_ordinal",
     "require",
     "setting",
 ]

@@ -14,6 +14,23 @@ RPCs finish within a grace period::
     )
     await server.run_until_signalled()
 
+Kubernetes probes ask ``grpc.health.v1`` for three service names with distinct
+meanings (constants below), never for the services themselves:
+
+- ``rangekv.startup``: the process has finished starting (state loaded, ports
+  bound). Until it does, the kubelet holds back the other two probes.
+- ``rangekv.liveness``: the event loop answers. It never depends on peers, a
+  quorum or the meta range: a node cut off from its peers must not be
+  restarted for it (that would only add restarts to a partition). It stays
+  SERVING while the process drains on SIGTERM, however long that takes.
+- ``rangekv.readiness``: the process serves. NOT_SERVING while it drains
+  (:meth:`ServiceServer.begin_drain`) so Services stop routing to it. Not
+  dependent on peers either, so that pods which start together never wait for
+  each other (no ``helm install --wait`` deadlock).
+
+``--health-port`` adds a plaintext port serving only that health servicer (the
+same one, so both ports always agree): Kubernetes gRPC probes cannot speak TLS.
+
 :class:`ErrorInterceptor` is the one place where an exception escaping a handler
 becomes a status: a :class:`~rangekv.common.errors.RangeKVError` becomes its own
 status with structured details (``to_rpc_status``); anything else is a bug and
@@ -44,6 +61,10 @@ from rangekv.common.logs import log_ready
 from rangekv.common.telemetry import EventLoopLagMonitor, Histogram, Telemetry
 
 HEALTH_SERVICE = health.SERVICE_NAME
+PROBE_STARTUP = "rangekv.startup"
+PROBE_READINESS = "rangekv.readiness"
+PROBE_LIVENESS = "rangekv.liveness"
+PROBES = (PROBE_STARTUP, PROBE_READINESS, PROBE_LIVENESS)
 REFLECTION_SERVICE = reflection.SERVICE_NAME
 RPC_DURATION = "rangekv_rpc_server_duration_seconds"
 _MAX_DETAIL = 200
@@ -284,6 +305,8 @@ class ServiceServer:
         self.health = health.aio.HealthServicer()
         self.port: int | None = None
         self.metrics_port: int | None = None
+        self.health_port: int | None = None
+        self.draining = False
         self.stop_requested = asyncio.Event()
         self.signal_handlers_installed = asyncio.Event()
         self._register = register
@@ -292,6 +315,7 @@ class ServiceServer:
         self._extra_options = tuple(extra_options)
         self._initially_serving = initially_serving
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
         self._monitor: EventLoopLagMonitor | None = None
         self._stopped = False
 
@@ -301,6 +325,13 @@ class ServiceServer:
         if self.port is None:
             raise RuntimeError("server not started")
         return join_host_port(self.config.listen_host, self.port)
+
+    @property
+    def health_address(self) -> str | None:
+        """``host:port`` of the plaintext health port, if one is configured."""
+        if self.health_port is None:
+            return None
+        return join_host_port(self.config.listen_host, self.health_port)
 
     @property
     def metrics_address(self) -> str | None:
@@ -317,6 +348,15 @@ class ServiceServer:
     async def set_not_serving(self, service_name: str = "") -> None:
         """Report ``service_name`` ("" = the whole server) as NOT_SERVING, e.g. while catching up."""
         await self.health.set(service_name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def begin_drain(self) -> None:
+        """Stop being ready (Services stop routing here) while staying alive and
+        serving what still arrives: the first step of a graceful shutdown."""
+        if self.draining:
+            return
+        self.draining = True
+        for name in ("", *self.service_names, PROBE_READINESS):
+            await self.set_not_serving(name)
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -338,11 +378,12 @@ class ServiceServer:
         reflection.enable_server_reflection(
             [*self.service_names, HEALTH_SERVICE, REFLECTION_SERVICE], server
         )
-        for name in ("", *self.service_names):
+        for name in ("", *self.service_names, PROBE_READINESS):
             if self._initially_serving:
                 await self.set_serving(name)
             else:
                 await self.set_not_serving(name)
+        await self.set_serving(PROBE_LIVENESS)
         bind = join_host_port(self.config.listen_host, self.config.listen_port)
         try:
             port = server.add_insecure_port(bind)
@@ -353,6 +394,8 @@ class ServiceServer:
         self.port = port
         await server.start()
         try:
+            if self.config.health_enabled:
+                await self._start_health_port()
             if self.config.metrics_enabled:
                 self.metrics_port = self.telemetry.serve_metrics(
                     self.config.metrics_port, self.config.metrics_host
@@ -366,7 +409,25 @@ class ServiceServer:
         if self.config.node_id:
             extra["node"] = self.config.node_id
         extra["metrics"] = self.metrics_address or "disabled"
+        if self.health_address is not None:
+            extra["health"] = self.health_address
+        await self.set_serving(PROBE_STARTUP)
         log_ready(self._log, self.service, self.address, **extra)
+
+    async def _start_health_port(self) -> None:
+        """A second, plaintext server with the health servicer only (module doc)."""
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        bind = join_host_port(self.config.listen_host, self.config.health_port)
+        try:
+            port = server.add_insecure_port(bind)
+        except RuntimeError as exc:
+            raise OSError(f"{self.service}: cannot bind the health port to {bind}: {exc}") from None
+        if port == 0:
+            raise OSError(f"{self.service}: cannot bind the health port to {bind}")
+        self._health_server = server
+        self.health_port = port
+        await server.start()
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain and stop: health NOT_SERVING, refuse new RPCs, wait up to ``grace``.
@@ -387,6 +448,8 @@ class ServiceServer:
     async def _teardown(self, grace: float) -> None:
         if self._server is not None:
             await self._server.stop(grace)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         if self._monitor is not None:
             await self._monitor.stop()
             self._monitor = None
@@ -443,6 +506,10 @@ class ServiceServer:
 
 __all__ = [
     "HEALTH_SERVICE",
+    "PROBES",
+    "PROBE_LIVENESS",
+    "PROBE_READINESS",
+    "PROBE_STARTUP",
     "REFLECTION_SERVICE",
     "RPC_DURATION",
     "ErrorInterceptor",
