@@ -278,6 +278,9 @@ def nodes_main(argv: Sequence[str]) -> int:
                     "address": n.address,
                     "metrics_address": n.status.node.metrics_address,
                     "live": n.status.live,
+                    "state": meta_pb2.NodeState.Name(n.status.state or meta_pb2.NODE_STATE_ACTIVE)
+                    .removeprefix("NODE_STATE_")
+                    .lower(),
                     "last_heartbeat_age_s": None if age is None else round(age, 3),
                     "reachable": not n.error,
                     "replicas": None if n.error else len(n.replicas),
@@ -293,6 +296,7 @@ def nodes_main(argv: Sequence[str]) -> int:
                 str(r["node_id"]),
                 str(r["address"]),
                 "live" if r["live"] else "DEAD",
+                str(r["state"]),
                 "-"
                 if r["last_heartbeat_age_s"] is None
                 else f"{r['last_heartbeat_age_s']:.1f}s ago",
@@ -307,6 +311,7 @@ def nodes_main(argv: Sequence[str]) -> int:
             "NODE",
             "ADDRESS",
             "LIVENESS",
+            "STATE",
             "HEARTBEAT",
             "REPLICAS",
             "LEASES",

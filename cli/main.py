@@ -3,6 +3,7 @@
     rangekv dev ...        run a local cluster
     rangekv put|get|del|cas|scan ...        talk to a gateway
     rangekv ranges|nodes|transfer-lease|split|change-replicas ...   inspect and steer the cluster
+    rangekv node decommission|recommission N ...   retire a storage node (or take it back)
     rangekv bench ...      load generator
     rangekv raftnode|metarange|gateway ...  run one process of a cluster
 
@@ -35,6 +36,11 @@ VERBS: dict[str, tuple[str, str, str]] = {
         "rangekv.cli.admin",
         "change_replicas_main",
         "add or remove a range's replica on a node",
+    ),
+    "node": (
+        "rangekv.cli.node",
+        "main",
+        "decommission (or recommission) a storage node: move its replicas away for good",
     ),
     "bench": ("rangekv.cli.bench", "main", "load generator: put/get/mixed against a gateway"),
 }

@@ -161,6 +161,19 @@ class IntentExists(RangeKVError):
         self.txn = txn
 
 
+class FailedPrecondition(RangeKVError):
+    """The system is not in the state the request needs (e.g. a node state change
+    out of order); the message says which state, so the caller can act on it."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class NotFound(RangeKVError):
+    """The named thing (e.g. a node id) does not exist."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
 class InternalError(RangeKVError):
     code = grpc.StatusCode.INTERNAL
 
@@ -363,6 +376,10 @@ def from_rpc_error(err: grpc.RpcError, *, is_write: bool = False) -> RangeKVErro
         return DeadlineExceeded(message, outcome)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return ResourceExhausted(message, retry_after)
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return FailedPrecondition(message)
+    if code == grpc.StatusCode.NOT_FOUND:
+        return NotFound(message)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN):
         return Unavailable(message, retry_after, outcome)
     return InternalError(f"{code.name}: {message}")
@@ -371,9 +388,11 @@ def from_rpc_error(err: grpc.RpcError, *, is_write: bool = False) -> RangeKVErro
 __all__ = [
     "ConditionFailed",
     "DeadlineExceeded",
+    "FailedPrecondition",
     "IntentExists",
     "InternalError",
     "InvalidArgument",
+    "NotFound",
     "NotLeader",
     "NotLeaseHolder",
     "RangeKVError",

@@ -94,6 +94,8 @@ class Store(GroupHost):
             descriptor_for_key=self._descriptor_for_key,
             on_replica_change=self._on_replica_change,
         )
+        #: Shutting down or decommissioning: peers hand this node no lease (RangeInfo).
+        self.draining = False
         #: Replicas being destroyed (range id): a destroy runs once.
         self._destroying: set[int] = set()
         self.replicas_destroyed = 0

@@ -1,0 +1,101 @@
+"""Decommissioning a storage node: the one async function the CLI and the Admin API call.
+
+A decommission is driven by the meta range's store registry, not by the node
+(`Meta.Decommission`): the node becomes DECOMMISSIONING, every leaseholder's
+rebalancer then moves the node's replicas and leases elsewhere
+(`rangekv.raftnode.change.plan_action`), and once no range names the node the
+registry marks it DECOMMISSIONED for good. This module only starts that and
+follows it to the end, so that it works whether the node is up, down, or is
+the process asking (a raftnode scaled away on SIGTERM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from rangekv.common import errors as E
+from rangekv.metarange.client import MetaClient
+from rangekv.metarange.records import NodeState
+from rangekv.v1 import meta_pb2
+
+
+@dataclass(frozen=True)
+class DecommissionProgress:
+    """How far a node's decommission is (one answer of Meta.Decommission)."""
+
+    node_id: int
+    state: NodeState
+    live: bool
+    #: Ranges that still name the node (committed descriptors and intents).
+    replicas: int
+    #: Some of those ranges (the registry lists at most 100).
+    range_ids: tuple[int, ...]
+
+    @property
+    def done(self) -> bool:
+        return self.state is NodeState.DECOMMISSIONED
+
+    @staticmethod
+    def from_proto(resp: meta_pb2.DecommissionResponse) -> DecommissionProgress:
+        return DecommissionProgress(
+            node_id=resp.node.node.node_id,
+            state=NodeState(resp.node.state or NodeState.ACTIVE),
+            live=resp.node.live,
+            replicas=resp.replicas,
+            range_ids=tuple(resp.range_ids),
+        )
+
+    def describe(self) -> str:
+        if self.done:
+            return f"node {self.node_id}: decommissioned"
+        some = ", ".join(f"r{r}" for r in self.range_ids[:5])
+        more = "" if len(self.range_ids) <= 5 else ", ..."
+        return f"node {self.node_id}: {self.state.label}, {self.replicas} replica(s) left" + (
+            f" ({some}{more})" if some else ""
+        )
+
+
+async def decommission_node(
+    meta: MetaClient,
+    node_id: int,
+    *,
+    wait: bool = True,
+    timeout: float = 600.0,
+    poll_interval: float = 1.0,
+    on_progress: Callable[[DecommissionProgress], None] | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> DecommissionProgress:
+    """Decommission `node_id` and, with `wait`, follow it until DECOMMISSIONED.
+
+    Idempotent: calling it for a node already leaving (or gone) just reports.
+    Without `wait` it returns after the first answer (the move goes on in the
+    cluster). Raises NotFound for an unknown node, and DeadlineExceeded if the
+    node still holds replicas after `timeout` seconds (the decommission goes on;
+    call again to keep following it). `on_progress` sees every answer.
+    """
+    deadline = monotonic() + timeout
+    while True:
+        progress = DecommissionProgress.from_proto(await meta.decommission(node_id))
+        if on_progress is not None:
+            on_progress(progress)
+        if progress.done or not wait:
+            return progress
+        if monotonic() >= deadline:
+            raise E.DeadlineExceeded(
+                f"{progress.describe()} after {timeout:.0f}s; the decommission goes on "
+                "in the cluster (is there a live node to take its replicas?)"
+            )
+        # Polling the registry: progress is made by the rebalancers, not by this call.
+        await sleep(min(poll_interval, max(0.0, deadline - monotonic())))
+
+
+async def recommission_node(meta: MetaClient, node_id: int) -> meta_pb2.NodeStatus:
+    """Take a DECOMMISSIONING node back to ACTIVE (FailedPrecondition once it is gone)."""
+    return (await meta.recommission(node_id)).node
+
+
+__all__ = ["DecommissionProgress", "decommission_node", "recommission_node"]
