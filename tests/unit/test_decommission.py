@@ -234,5 +234,5 @@ def test_decommission_node_follows_the_registry_to_the_end() -> None:
     started, _ = _follow(_Registry(3), wait=False)
     assert started.state is NodeState.DECOMMISSIONING and not started.done
 
-    with pytest.raises(E.DeadlineExceeded, match="95 replica\\(s\\) left .* after 5s"):
+    with pytest.raises(E.DeadlineExceeded, match=r"95 replica\(s\) left .* after 5s"):
         _follow(_Registry(100), timeout=5.0, poll_interval=1.0)
