@@ -44,7 +44,7 @@ import contextlib
 import inspect
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextvars import Token
 from typing import Any, NoReturn
 
@@ -468,13 +468,16 @@ class ServiceServer:
         self,
         grace: float | None = None,
         signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+        before_stop: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """Start (if needed), serve until SIGTERM/SIGINT or :meth:`request_stop`, stop.
 
         Handlers are installed with ``loop.add_signal_handler`` so the signal is
         handled on the event loop, never in the middle of a handler, and are
         removed again before returning. ``signal_handlers_installed`` is set once
-        a signal would be handled cleanly.
+        a signal would be handled cleanly. ``before_stop`` runs after the stop
+        request and before the server stops, still serving (a raftnode hands its
+        leases away there); an error in it is logged, and the server stops anyway.
         """
         if self._server is None:
             await self.start()
@@ -486,6 +489,11 @@ class ServiceServer:
                 installed.append(sig)
             self.signal_handlers_installed.set()
             await self.stop_requested.wait()
+            if before_stop is not None:
+                try:
+                    await before_stop()
+                except Exception:
+                    self._log.exception("%s: graceful shutdown step failed", self.service)
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
