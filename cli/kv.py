@@ -26,6 +26,7 @@ from typing import Any
 
 import grpc
 
+from rangekv.common import dialing
 from rangekv.common import errors as E
 from rangekv.v1 import (
     kv_pb2,
@@ -169,7 +170,7 @@ def run(main: Callable[[], Coroutine[Any, Any, int]], target: str = "") -> int:
 
 
 def channel(addr: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(addr)
+    return dialing.insecure_channel(addr)
 
 
 # --- data verbs --------------------------------------------------------------------------

@@ -20,6 +20,7 @@ and nothing here is called.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -84,10 +85,16 @@ class KubeStatefulSets:
         from kubernetes.client.exceptions import ApiException
 
         def read() -> int:
-            sts = self._apps.read_namespaced_stateful_set(
-                name, namespace, _request_timeout=self._timeout
+            # The raw object, not the client's model: one field is all we need, and
+            # it should not hinge on how strictly a client release validates the rest.
+            resp = self._apps.read_namespaced_stateful_set(
+                name, namespace, _request_timeout=self._timeout, _preload_content=False
             )
-            return int(sts.spec.replicas if sts.spec.replicas is not None else 1)
+            obj = json.loads(resp.data)  # type: ignore[attr-defined]  # raw urllib3 response
+            replicas = obj.get("spec", {}).get("replicas", 1)  # the API's default is 1
+            if not isinstance(replicas, int) or replicas < 0:
+                raise ValueError(f"spec.replicas is {replicas!r}")
+            return replicas
 
         try:
             return await asyncio.to_thread(read)

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from rangekv.common import dialing
 from rangekv.common.tasks import cancel_and_wait
 from rangekv.raft import Message, MessageType
 from rangekv.v1 import raft_pb2, raft_pb2_grpc, types_pb2
@@ -253,7 +254,7 @@ class _LaneWorker:
             return None
         if addr != self._addr or self._stub is None:
             await self._disconnect()
-            self._channel = grpc.aio.insecure_channel(addr, options=self.env.config.channel_options)
+            self._channel = dialing.insecure_channel(addr, options=self.env.config.channel_options)
             self._stub = raft_pb2_grpc.RaftTransportStub(self._channel)
             self._addr = addr
         return self._stub

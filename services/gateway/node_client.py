@@ -39,6 +39,7 @@ from typing import Any
 
 import grpc
 
+from rangekv.common import dialing
 from rangekv.common import errors as E
 from rangekv.v1 import replica_pb2, replica_pb2_grpc, types_pb2
 
@@ -176,7 +177,7 @@ class NodeClients:
         if max_inflight < 1:
             raise ValueError(f"max_inflight must be >= 1, got {max_inflight}")
         self._channel_factory = channel_factory or (
-            lambda addr: grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS)
+            lambda addr: dialing.insecure_channel(addr, options=CHANNEL_OPTIONS)
         )
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._streams: dict[str, NodeStream] = {}

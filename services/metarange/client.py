@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import grpc
 
+from rangekv.common import dialing
 from rangekv.common import errors as E
 from rangekv.v1 import meta_pb2, meta_pb2_grpc
 
@@ -45,7 +46,7 @@ class MetaClient:
     def _stub(self, address: str) -> meta_pb2_grpc.MetaStub:
         ch = self._channels.get(address)
         if ch is None:
-            ch = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            ch = dialing.insecure_channel(address, options=CHANNEL_OPTIONS)
             self._channels[address] = ch
         return meta_pb2_grpc.MetaStub(ch)
 

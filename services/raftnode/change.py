@@ -62,6 +62,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from rangekv.common import dialing
 from rangekv.common import errors as E
 from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor, ReplicaType
 from rangekv.common.tasks import cancel_and_wait
@@ -513,7 +514,7 @@ class ReplicaChanger:
             if node_id == me or not h.live or h.draining:
                 continue
             try:
-                async with grpc.aio.insecure_channel(st.node.address) as channel:
+                async with dialing.insecure_channel(st.node.address) as channel:
                     info = await replica_pb2_grpc.ReplicaStub(channel).RangeInfo(
                         replica_pb2.RangeInfoRequest(), timeout=2
                     )

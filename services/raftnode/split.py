@@ -44,6 +44,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from rangekv.common import dialing
 from rangekv.common import errors as E
 from rangekv.common.descriptors import RangeDescriptor
 from rangekv.common.tasks import cancel_and_wait
@@ -124,7 +125,7 @@ class Peers:
             return None
         ch = self._channels.get(address)
         if ch is None:
-            ch = grpc.aio.insecure_channel(address)
+            ch = dialing.insecure_channel(address)
             self._channels[address] = ch
         return replica_pb2_grpc.ReplicaStub(ch)
 
