@@ -76,8 +76,12 @@ class KubeStatefulSets:
             if os.environ.get("KUBERNETES_SERVICE_HOST"):
                 config.load_incluster_config(client_configuration=configuration)
             else:
-                config.load_kube_config(client_configuration=configuration)
-        except (config.ConfigException, OSError) as exc:
+                # KUBECONFIG read now (the client reads it once, at import).
+                config.load_kube_config(
+                    config_file=os.environ.get("KUBECONFIG") or None,
+                    client_configuration=configuration,
+                )
+        except (config.ConfigException, OSError, TypeError, ValueError, AttributeError) as exc:
             raise KubeError(f"no Kubernetes API configuration: {exc}") from None
         return KubeStatefulSets(client.ApiClient(configuration), timeout=timeout)
 
