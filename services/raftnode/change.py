@@ -45,7 +45,11 @@ live nodes, leftover learners are promoted (or removed if their node is dead).
 Live voters are never removed by it, except on a decommissioning node: such a
 node takes no new replica and no lease; each of its voters is replaced (the
 new one added first, then the old one removed by a leaseholder elsewhere), and
-a leaseholder on it hands its lease to a voter that stays. The same queue garbage-collects replicas
+a leaseholder on it hands its lease to a voter that stays. Once nothing needs
+fixing, a leaseholder evens the load out one step per pass: it moves one of its
+ranges' replicas from a node holding at least two more than the emptiest node
+to that node (so a new node gets its share), or else hands one lease to a
+voter leading clearly fewer ranges (`plan_replica_move`, `plan_lease_move`). The same queue garbage-collects replicas
 that were removed while their node was away (meta's committed descriptor no
 longer names them).
 """
@@ -199,26 +203,50 @@ def plan_action(
 def plan_lease_move(
     led: list[tuple[int, tuple[int, ...]]], counts: dict[int, int], me: int
 ) -> tuple[int, int] | None:
-    """Which lease to hand away, if this node leads clearly more ranges than the mean.
+    """Which lease to hand away, if this node leads clearly more ranges than a voter.
 
     `led`: (range id, voter node ids) of the ranges this node leads; `counts`:
-    leases per live node (this node included). Moves one lease at a time, only
-    when this node is more than one above the mean (hysteresis, so leases do
-    not ping-pong), to the live voter holding the fewest leases, and only if
-    that strictly narrows the gap.
+    leases per live node (this node included). Moves one lease at a time, to
+    the live voter holding the fewest leases, and only when this node holds at
+    least two more than it: every move then narrows the spread, so leases never
+    ping-pong, and a new node with no lease gets one from a node with two
+    (a rule against the mean would leave it empty when the mean is about one).
     """
     if len(counts) < 2 or me not in counts:
-        return None
-    mean = sum(counts.values()) / len(counts)
-    if counts[me] <= mean + 1:
         return None
     for range_id, voters in sorted(led):
         candidates = [n for n in voters if n != me and n in counts]
         if not candidates:
             continue
         target = min(candidates, key=lambda n: (counts[n], n))
-        if counts[target] + 1 < counts[me]:
+        if counts[me] - counts[target] >= 2:
             return range_id, target
+    return None
+
+
+def plan_replica_move(
+    led: list[tuple[int, tuple[int, ...]]], counts: dict[int, int], me: int
+) -> tuple[int, int, int] | None:
+    """Which replica to move so that replica counts even out: (range id, from, to).
+
+    `led`: (range id, voter node ids) of the ranges this node leads; `counts`:
+    replicas per live, staying node (this node included). The target is the
+    node holding the fewest; a move is planned only from a voter holding at
+    least two more (hysteresis: counts within one of each other never move),
+    never from this node (a leaseholder does not remove itself), one at a time.
+    """
+    if len(counts) < 2:
+        return None
+    target = min(counts, key=lambda n: (counts[n], n))
+    for range_id, voters in sorted(led):
+        if target in voters:
+            continue
+        sources = [n for n in voters if n != me and n in counts]
+        if not sources:
+            continue
+        source = max(sources, key=lambda n: (counts[n], -n))
+        if counts[source] - counts[target] >= 2:
+            return range_id, source, target
     return None
 
 
@@ -496,18 +524,18 @@ class ReplicaChanger:
     async def _maybe_spread_leases(
         self, nodes: meta_pb2.ListNodesResponse, health: dict[int, NodeHealth]
     ) -> int:
-        """Hand one lease to a less loaded voter if this node leads clearly too many."""
+        """Balance the cluster one step: move a replica of a range this node leads
+        to a node holding clearly fewer replicas (a new node gets its share this
+        way), else hand one lease to a less loaded voter."""
         me = self.store.node_id
         if self.store.draining or health.get(me, NodeHealth(True, False)).draining:
             return 0  # a leaving node hands leases away (plan_action), it does not spread them
-        led = [
-            r
-            for r in self.store.replicas()
-            if not r.removed and r.raw_node.is_leader() and r.range_id not in self.busy
-        ]
-        if len(led) < 2:
+        mine = [r for r in self.store.replicas() if not r.removed and r.applied_index]
+        led = [r for r in mine if r.raw_node.is_leader() and r.range_id not in self.busy]
+        if not led:
             return 0
-        counts = {me: len(led)}
+        leases = {me: len(led)}
+        replicas = {me: len(mine)}
         for st in nodes.nodes:
             node_id = st.node.node_id
             h = health.get(node_id, NodeHealth(False, False))
@@ -521,9 +549,29 @@ class ReplicaChanger:
             except grpc.aio.AioRpcError:
                 continue  # unreachable now: not a candidate this round
             if info.draining:
-                continue  # shutting down: it would only have to hand the lease back
-            counts[node_id] = sum(1 for i in info.replicas if i.is_leader)
-        plan = plan_lease_move([(r.range_id, r.descriptor.voter_node_ids) for r in led], counts, me)
+                continue  # shutting down: it would only have to hand back what it got
+            leases[node_id] = sum(1 for i in info.replicas if i.is_leader)
+            replicas[node_id] = len(info.replicas)
+        voters = [(r.range_id, r.descriptor.voter_node_ids) for r in led]
+        move = plan_replica_move(voters, replicas, me)
+        if move is not None:
+            range_id, source, target = move
+            log.info(
+                "range %d: rebalancer: moving a replica from node %d to node %d",
+                range_id,
+                source,
+                target,
+            )
+            self.busy.add(range_id)
+            try:
+                await self._add_replica(range_id, target)
+                await self.change(range_id, REMOVE, source)
+            finally:
+                self.busy.discard(range_id)
+            return 1
+        if len(led) < 2:
+            return 0
+        plan = plan_lease_move(voters, leases, me)
         if plan is None:
             return 0
         range_id, target = plan
