@@ -334,3 +334,32 @@ def test_every_server_flag_is_reachable_through_values() -> None:
     claim = workload(tuned, "raftnode")["spec"]["volumeClaimTemplates"][0]["spec"]
     assert claim["storageClassName"] == "fast-ssd"
     assert claim["resources"]["requests"]["storage"] == "50Gi"
+
+
+def test_the_readme_section_matches_the_chart(defaults: Rendered) -> None:
+    """The names and values "Deploy on Kubernetes" uses are the ones the chart has."""
+    readme = (CHART.parents[1] / "README.md").read_text()
+    section = readme.split("## Deploy on Kubernetes", 1)[1].split("\n## ", 1)[0]
+    for text in (
+        f"svc/{RELEASE}-rangekv-gateway 50051:50051",
+        f"statefulset {RELEASE}-rangekv-raftnode",
+        "rangekv-node-certs",
+        "rangekv-client-certs",
+        "client.root.crt",
+        "--set tls.enabled=false",
+        "raftnode.replicas=N",
+        "whenScaled: Delete",
+        "whenDeleted: Retain",
+        "rangekv node decommission NODE_ID",
+    ):
+        assert text in section, text
+    with helm.Chart.load(str(CHART)) as chart:
+        merged = chart.merge_values({})
+    assert merged["tls"]["nodeSecret"] == "rangekv-node-certs"
+    assert merged["tls"]["clientSecret"] == "rangekv-client-certs"
+    assert merged["tls"]["clientName"] == "root"
+    assert merged["raftnode"]["persistentVolumeClaimRetentionPolicy"] == {
+        "whenDeleted": "Retain",
+        "whenScaled": "Delete",
+    }
+    assert defaults.component("Service", "gateway")["spec"]["ports"][0]["port"] == 50051
