@@ -12,6 +12,7 @@ the process asking (a raftnode scaled away on SIGTERM).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from rangekv.common import errors as E
 from rangekv.metarange.client import MetaClient
 from rangekv.metarange.records import NodeState
 from rangekv.v1 import meta_pb2
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,11 +78,21 @@ async def decommission_node(
     Without `wait` it returns after the first answer (the move goes on in the
     cluster). Raises NotFound for an unknown node, and DeadlineExceeded if the
     node still holds replicas after `timeout` seconds (the decommission goes on;
-    call again to keep following it). `on_progress` sees every answer.
+    call again to keep following it). An unavailable meta range is retried
+    until then. `on_progress` sees every answer.
     """
     deadline = monotonic() + timeout
     while True:
-        progress = DecommissionProgress.from_proto(await meta.decommission(node_id))
+        try:
+            progress = DecommissionProgress.from_proto(await meta.decommission(node_id))
+        except E.Unavailable as exc:
+            # The meta range is electing or unreachable for now: keep trying (the
+            # call is idempotent) until the deadline, unless asked not to wait.
+            if not wait or monotonic() >= deadline:
+                raise
+            log.info("decommission of node %d: meta range unavailable: %s", node_id, exc)
+            await sleep(min(poll_interval, max(0.0, deadline - monotonic())))
+            continue
         if on_progress is not None:
             on_progress(progress)
         if progress.done or not wait:

@@ -236,3 +236,21 @@ def test_decommission_node_follows_the_registry_to_the_end() -> None:
 
     with pytest.raises(E.DeadlineExceeded, match=r"95 replica\(s\) left .* after 5s"):
         _follow(_Registry(100), timeout=5.0, poll_interval=1.0)
+
+
+class _Flaky(_Registry):
+    """The meta range is unavailable for the first two calls (an election)."""
+
+    async def decommission(self, node_id: int) -> meta_pb2.DecommissionResponse:
+        self.calls += 1
+        if self.calls <= 2:
+            raise E.Unavailable("meta range unreachable: electing")
+        self.calls -= 1
+        return await super().decommission(node_id)
+
+
+def test_decommission_node_rides_out_an_unavailable_meta_range() -> None:
+    progress, seen = _follow(_Flaky(2))
+    assert progress.done and seen[-1] == "node 4: decommissioned"
+    with pytest.raises(E.Unavailable):
+        _follow(_Flaky(2), wait=False)
