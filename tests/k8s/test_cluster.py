@@ -1,7 +1,7 @@
 """The chart's pods run from the rendered manifests, under a client workload.
 
-`harness.Cluster` runs every rendered workload as local processes, exactly as
-the manifests say (see harness.py), with the raftnode StatefulSet held by a
+`manifest_cluster.Cluster` runs every rendered workload as local processes, exactly as
+the manifests say (see manifest_cluster.py), with the raftnode StatefulSet held by a
 kmock API-server emulator. A recorded client workload (gets, puts, CAS over a
 few keys, through the gateway Service's DNS name) runs throughout; at the end
 every key is read back and the whole history is judged by
@@ -41,7 +41,7 @@ from typing import Any
 import kmock
 import pytest
 from chart import NAMESPACE, render
-from harness import Cluster, kubeconfig_for
+from manifest_cluster import Cluster, kubeconfig_for
 
 from rangekv.check.history import HistoryRecorder, OpKind, Outcome
 from rangekv.check.kv_client import recorded_op
