@@ -363,3 +363,11 @@ def test_the_readme_section_matches_the_chart(defaults: Rendered) -> None:
         "whenScaled": "Delete",
     }
     assert defaults.component("Service", "gateway")["spec"]["ports"][0]["port"] == 50051
+
+
+def test_helm_lint_strict_finds_nothing_to_warn_about() -> None:
+    for values in ({}, {"tls": {"enabled": False}}, {"raftnode": {"replicas": 5}}):
+        report = helm.lint(str(CHART), values, strict=True, kube_version=f"v{KUBE_VERSION}")
+        assert report["errors"] == []
+        warnings = [m for m in report["messages"] if m["severity"] >= 2]
+        assert warnings == [], warnings
