@@ -179,17 +179,18 @@ class GracefulShutdown:
 
 
 def _handoff_target(replica: RangeReplica) -> int | None:
-    """The voter (replica id) with the most of the log, other than this one."""
+    """The voter (replica id) to lead next: one that answered recently (a peer
+    that is itself restarting cannot take over), with the most of the log."""
     progress = replica.raw_node.status().progress
-    best: tuple[int, int] | None = None
+    best: tuple[bool, int, int] | None = None
     for r in replica.descriptor.replicas:
         if r.replica_id == replica.replica_id or r.type != ReplicaType.VOTER:
             continue
         pr = progress.get(r.replica_id)
-        match = pr.match if pr is not None else 0
-        if best is None or match > best[0]:
-            best = (match, r.replica_id)
-    return None if best is None else best[1]
+        key = (pr.recent_active, pr.match) if pr is not None else (False, 0)
+        if best is None or key > best[:2]:
+            best = (*key, r.replica_id)
+    return None if best is None else best[2]
 
 
 __all__ = ["GracefulShutdown", "ShutdownConfig"]
