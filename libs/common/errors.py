@@ -12,15 +12,18 @@ This module is the only place that converts between the two::
      +-- Unavailable          retry later (retry_after); `outcome` for writes   UNAVAILABLE (+RetryInfo)
      |    +-- NotLeader          a raft service's follower, with the leader hint
      +-- DeadlineExceeded     the caller's deadline passed; `outcome` for writes  DEADLINE_EXCEEDED
-     +-- ResourceExhausted    overloaded; nothing was written                  RESOURCE_EXHAUSTED
+     +-- ResourceExhausted    overloaded; nothing was written                  RESOURCE_EXHAUSTED (+RetryInfo)
      +-- ConditionFailed      a conditional meta write met another value       FAILED_PRECONDITION
      +-- IntentExists         the key holds another transaction's intent       ABORTED
+     +-- FenceLost            a scan's snapshot is gone on a replica; restart   ABORTED (+RetryInfo)
+     +-- ClockOffset          a timestamp too far ahead of a node's clock      UNAVAILABLE (+RetryInfo)
      +-- InternalError        a bug                                            INTERNAL
 
-Between gateway and raftnode the routing errors, Unavailable, InvalidArgument and
-IntentExists travel in-band as ``rangekv.v1.ReplicaError`` (``to_replica_error`` /
-``from_replica_error``). Towards clients and on the Meta API every error is a gRPC
-status whose ``google.rpc.Status`` details carry the proto form (``to_rpc_status`` /
+Between gateway and raftnode the routing errors, Unavailable, InvalidArgument,
+IntentExists, FenceLost, ClockOffset and ResourceExhausted travel in-band as
+``rangekv.v1.ReplicaError`` (``to_replica_error`` / ``from_replica_error``).
+Towards clients and on the Meta API every error is a gRPC status whose
+``google.rpc.Status`` details carry the proto form (``to_rpc_status`` /
 ``from_rpc_error``), readable from any language.
 """
 
@@ -161,6 +164,41 @@ class IntentExists(RangeKVError):
         self.txn = txn
 
 
+class FenceLost(RangeKVError):
+    """A multi-range scan read under a fence the replica does not hold (any more):
+    its snapshot is gone there; the scan must start over. Nothing was written."""
+
+    code = grpc.StatusCode.ABORTED
+
+    def __init__(self, fence_id: bytes, reason: str, retry_after: float = 0.02) -> None:
+        super().__init__(f"scan snapshot lost ({reason}); retry the scan")
+        self.fence_id = fence_id
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class ClockOffset(RangeKVError):
+    """A timestamp more than the maximum clock offset ahead of a node's physical
+    clock: refused, never absorbed (someone's clock is wrong)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+    def __init__(
+        self, timestamp: types_pb2.Timestamp, physical_ns: int, max_offset_ns: int, node_id: int
+    ) -> None:
+        ahead_ms = (timestamp.wall_time - physical_ns) / 1e6
+        super().__init__(
+            f"timestamp {timestamp.wall_time}.{timestamp.logical} is {ahead_ms:.0f} ms ahead of "
+            f"node {node_id}'s clock; the maximum clock offset is {max_offset_ns / 1e6:.0f} ms "
+            "(a clock in the cluster is wrong)"
+        )
+        self.timestamp = timestamp
+        self.physical_ns = physical_ns
+        self.max_offset_ns = max_offset_ns
+        self.node_id = node_id
+        self.retry_after = 0.5
+
+
 class InternalError(RangeKVError):
     code = grpc.StatusCode.INTERNAL
 
@@ -216,6 +254,25 @@ def to_replica_error(exc: RangeKVError) -> errors_pb2.ReplicaError:
         return errors_pb2.ReplicaError(
             intent_exists=errors_pb2.IntentExistsError(key=exc.key, txn=exc.txn)
         )
+    if isinstance(exc, FenceLost):
+        return errors_pb2.ReplicaError(
+            fence_lost=errors_pb2.FenceLostError(fence_id=exc.fence_id, reason=exc.reason)
+        )
+    if isinstance(exc, ClockOffset):
+        return errors_pb2.ReplicaError(
+            clock_offset=errors_pb2.ClockOffsetError(
+                timestamp=exc.timestamp,
+                physical_nanos=exc.physical_ns,
+                max_offset_nanos=exc.max_offset_ns,
+                node_id=exc.node_id,
+            )
+        )
+    if isinstance(exc, ResourceExhausted):
+        return errors_pb2.ReplicaError(
+            resource_exhausted=errors_pb2.ResourceExhaustedError(
+                message=exc.message, retry_after=_duration(exc.retry_after)
+            )
+        )
     retry_after = exc.retry_after if isinstance(exc, Unavailable) else 0.1
     outcome = exc.outcome if isinstance(exc, Unavailable | DeadlineExceeded) else 0
     return errors_pb2.ReplicaError(
@@ -251,6 +308,14 @@ def from_replica_error(pb: errors_pb2.ReplicaError) -> RangeKVError:
         return InvalidArgument(pb.invalid_argument.field, pb.invalid_argument.message)
     if kind == "intent_exists":
         return IntentExists(pb.intent_exists.key, pb.intent_exists.txn)
+    if kind == "fence_lost":
+        return FenceLost(pb.fence_lost.fence_id, pb.fence_lost.reason)
+    if kind == "clock_offset":
+        c = pb.clock_offset
+        return ClockOffset(c.timestamp, c.physical_nanos, c.max_offset_nanos, c.node_id)
+    if kind == "resource_exhausted":
+        r = pb.resource_exhausted
+        return ResourceExhausted(r.message, r.retry_after.ToNanoseconds() / 1e9)
     if kind == "unavailable":
         u = pb.unavailable
         return Unavailable(
@@ -283,7 +348,7 @@ def to_rpc_status(exc: RangeKVError) -> grpc.Status:
                 )
             )
         )
-    if isinstance(exc, Unavailable | ResourceExhausted):
+    if isinstance(exc, Unavailable | ResourceExhausted | FenceLost | ClockOffset):
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=_duration(exc.retry_after))))
     if isinstance(exc, Unavailable | DeadlineExceeded) and exc.outcome:
         details.append(_pack(errors_pb2.RequestOutcomeDetail(outcome=_outcome_pb(exc.outcome))))
@@ -369,8 +434,10 @@ def from_rpc_error(err: grpc.RpcError, *, is_write: bool = False) -> RangeKVErro
 
 
 __all__ = [
+    "ClockOffset",
     "ConditionFailed",
     "DeadlineExceeded",
+    "FenceLost",
     "IntentExists",
     "InternalError",
     "InvalidArgument",

@@ -55,8 +55,8 @@ CHANNEL_OPTIONS = (
 #: Batches per (node, range, mode) on the wire at once (see the module docstring).
 DEFAULT_MAX_INFLIGHT = 2
 
-#: (node address, range id, inconsistent, read timestamp bytes, has writes)
-_BatchKey = tuple[str, int, bool, bytes, bool]
+#: (node address, range id, inconsistent, read timestamp bytes, has writes, fence id)
+_BatchKey = tuple[str, int, bool, bytes, bool, bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +82,8 @@ class _Pending:
     has_writes: bool = False
     #: The callers' W3C traceparents; None (not an empty list) while none is traced.
     traceparents: list[str] | None = None
+    #: The scan fence the reads are served under (b"": none).
+    fence_id: bytes = b""
 
 
 class NodeStream:
@@ -215,6 +217,7 @@ class NodeClients:
         inconsistent: bool = False,
         read_timestamp: types_pb2.Timestamp | None = None,
         traceparent: str = "",
+        fence_id: bytes = b"",
     ) -> asyncio.Future[BatchReply]:
         """Queue `ops` for `range_id` at `address`; they leave with every other op
         queued for the same (node, range, mode) in this loop iteration.
@@ -222,15 +225,16 @@ class NodeClients:
         The future resolves with this caller's results, or fails with the
         batch's error (a RangeKVError: routing errors, Unavailable, ...).
         `traceparent` (W3C; "" when untraced) rides along in the batch so the
-        node continues the caller's trace.
+        node continues the caller's trace. `fence_id`: the scan fence the reads
+        are served under (see rangekv.raftnode.fences); batches never mix fences.
         """
         ts_key = read_timestamp.SerializeToString() if read_timestamp is not None else b""
         # Reads and writes never share a batch: a batch fails as a whole, and a
         # read's failure must not be able to mask (and so re-send) an applied write.
-        key = (address, range_id, inconsistent, ts_key, has_writes)
+        key = (address, range_id, inconsistent, ts_key, has_writes, fence_id)
         pending = self._pending.get(key)
         if pending is None:
-            pending = _Pending(range_id, inconsistent, read_timestamp)
+            pending = _Pending(range_id, inconsistent, read_timestamp, fence_id=fence_id)
             self._pending[key] = pending
         fut: asyncio.Future[BatchReply] = asyncio.get_running_loop().create_future()
         pending.waiters.append((len(pending.ops), len(ops), fut))
@@ -258,7 +262,7 @@ class NodeClients:
                 continue
             self._inflight[key] = self._inflight.get(key, 0) + 1
             req = replica_pb2.ReplicaBatchRequest(
-                range_id=p.range_id, inconsistent=p.inconsistent, ops=p.ops
+                range_id=p.range_id, inconsistent=p.inconsistent, ops=p.ops, fence_id=p.fence_id
             )
             if p.read_timestamp is not None:
                 req.read_timestamp.CopyFrom(p.read_timestamp)
@@ -305,6 +309,7 @@ def _without_abandoned(p: _Pending) -> _Pending | None:
         p.read_timestamp,
         has_writes=p.has_writes,
         traceparents=p.traceparents,
+        fence_id=p.fence_id,
     )
     for start, count, fut in p.waiters:
         if not fut.done():

@@ -152,18 +152,32 @@ class Store(GroupHost):
         Every initial node bootstraps the same descriptor at the same synthetic
         snapshot, so their raft groups start identical. Idempotent.
         """
+        return self.bootstrap_ranges((descriptor,))
+
+    def bootstrap_ranges(self, descriptors: Sequence[RangeDescriptor]) -> bool:
+        """Create an initial layout of several ranges (tests and tools that start
+        a cluster pre-split); the same rules as `bootstrap`, for each range that
+        names this node. Idempotent: a node that holds any replica does nothing."""
         if self.replicas() or self.log_engine.group_ids():
             return False
-        mine = descriptor.replica_on(self.node_id)
-        if mine is None:
-            raise ValueError(f"node {self.node_id} is not in {descriptor}")
+        mine = [(d, d.replica_on(self.node_id)) for d in descriptors]
+        if all(r is None for _d, r in mine):
+            raise ValueError(f"node {self.node_id} is in none of {list(descriptors)}")
         batch = self.state_engine.new_batch()
-        batch.put_local(descriptor.range_id, DESCRIPTOR, descriptor.to_proto().SerializeToString())
-        batch.set_applied_state(descriptor.range_id, AppliedState(INITIAL_INDEX, INITIAL_TERM))
+        for descriptor, replica in mine:
+            if replica is None:
+                continue
+            batch.put_local(
+                descriptor.range_id, DESCRIPTOR, descriptor.to_proto().SerializeToString()
+            )
+            batch.set_applied_state(descriptor.range_id, AppliedState(INITIAL_INDEX, INITIAL_TERM))
         self.state_engine.commit(batch, force_sync=True)
-        self._write_initial_raft_state(descriptor, keep_existing=False)
-        self._add_replica(descriptor, mine.replica_id)
-        log.info("bootstrapped range %d %s", descriptor.range_id, _span(descriptor))
+        for descriptor, replica in mine:
+            if replica is None:
+                continue
+            self._write_initial_raft_state(descriptor, keep_existing=False)
+            self._add_replica(descriptor, replica.replica_id)
+            log.info("bootstrapped range %d %s", descriptor.range_id, _span(descriptor))
         return True
 
     def _write_initial_raft_state(
