@@ -15,6 +15,9 @@ This module is the only place that converts between the two::
      +-- ResourceExhausted    overloaded; nothing was written                  RESOURCE_EXHAUSTED
      +-- ConditionFailed      a conditional meta write met another value       FAILED_PRECONDITION
      +-- IntentExists         the key holds another transaction's intent       ABORTED
+     +-- NotFound             no such range or node (admin API)                NOT_FOUND
+     +-- FailedPrecondition   not possible in the cluster's current state      FAILED_PRECONDITION
+     +-- Unimplemented        not available in this version                    UNIMPLEMENTED
      +-- InternalError        a bug                                            INTERNAL
 
 Between gateway and raftnode the routing errors, Unavailable, InvalidArgument and
@@ -159,6 +162,24 @@ class IntentExists(RangeKVError):
         super().__init__(f"{key!r} holds an intent of transaction {txn.id.hex()}")
         self.key = key
         self.txn = txn
+
+
+class NotFound(RangeKVError):
+    """What an admin request names does not exist (a range id, a node id)."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class FailedPrecondition(RangeKVError):
+    """An admin request that the cluster's current state makes pointless or impossible."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unimplemented(RangeKVError):
+    """An operation this version declares but does not carry out yet."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
 
 
 class InternalError(RangeKVError):
@@ -359,6 +380,12 @@ def from_rpc_error(err: grpc.RpcError, *, is_write: bool = False) -> RangeKVErro
                     return InvalidArgument(v.field, v.description)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidArgument("", message)
+    if code == grpc.StatusCode.NOT_FOUND:
+        return NotFound(message)
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return FailedPrecondition(message)
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return Unimplemented(message)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceeded(message, outcome)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
@@ -371,9 +398,11 @@ def from_rpc_error(err: grpc.RpcError, *, is_write: bool = False) -> RangeKVErro
 __all__ = [
     "ConditionFailed",
     "DeadlineExceeded",
+    "FailedPrecondition",
     "IntentExists",
     "InternalError",
     "InvalidArgument",
+    "NotFound",
     "NotLeader",
     "NotLeaseHolder",
     "RangeKVError",
@@ -382,6 +411,7 @@ __all__ = [
     "ResourceExhausted",
     "RoutingError",
     "Unavailable",
+    "Unimplemented",
     "WriteOutcome",
     "from_replica_error",
     "from_rpc_error",
