@@ -181,7 +181,7 @@ async def admin_api(args: argparse.Namespace) -> AsyncIterator[AdminAPI]:
 
         def stub(address: str) -> replica_pb2_grpc.ReplicaStub:
             if address not in channels:
-                channels[address] = grpc.aio.insecure_channel(address)
+                channels[address] = channel(address)
             return replica_pb2_grpc.ReplicaStub(channels[address])
 
         try:

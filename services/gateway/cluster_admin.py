@@ -36,6 +36,8 @@ MAX_PAGE = 10_000
 MAX_CHANGES = 16
 #: Pause before looking for a leaseholder again (the lease is moving or being elected).
 RETRY_PAUSE = 0.1
+#: The share of a request's deadline one node may take to say what it hosts.
+NODE_SHARE = 0.5
 
 
 class MetaAdmin(Protocol):
@@ -167,13 +169,20 @@ class ClusterAdmin:
     # --- reads -------------------------------------------------------------------------
 
     async def reports(self, range_ids: Sequence[int], timeout: float) -> list[NodeReport]:
-        """The registry, and RangeInfo (of `range_ids`; empty = all) from every node at once."""
+        """The registry, and RangeInfo (of `range_ids`; empty = all) from every node at once.
+
+        Each node gets half of `timeout` (`NODE_SHARE`), so that a node that hangs
+        (paused, partitioned) is reported as unreachable within the caller's
+        deadline instead of failing the whole request.
+        """
         statuses = (await self._meta.list_nodes()).nodes
         reports = [NodeReport(s) for s in sorted(statuses, key=lambda s: s.node.node_id)]
+        node_timeout = timeout * NODE_SHARE
 
         async def ask(report: NodeReport) -> None:
             try:
-                info = await self._nodes.range_info(report.address, range_ids, timeout)
+                async with asyncio.timeout(node_timeout):
+                    info = await self._nodes.range_info(report.address, range_ids, node_timeout)
                 report.replicas = list(info.replicas)
             except (grpc.aio.AioRpcError, E.RangeKVError, TimeoutError) as exc:
                 report.error = rpc_failure_text(exc)

@@ -7,6 +7,7 @@ here without a cluster.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 
 import pytest
@@ -15,6 +16,7 @@ from rangekv.cli.admin import size_text, table
 from rangekv.cli.bench import OpStats, Timeline, format_table
 from rangekv.cli.kv import CLIError, escape, prefix_end, to_bytes
 from rangekv.cli.output import Output
+from rangekv.cli.plot import INSTALL_HINT, plot_missing
 
 
 def test_escape_keeps_text_and_escapes_what_breaks_lines() -> None:
@@ -111,3 +113,9 @@ def test_plain_output_when_piped_rich_on_a_terminal() -> None:
     assert out.rich
     out.table(["A", "B"], [["x", "live"]])
     assert "│" in drawn.getvalue() or "┃" in drawn.getvalue()  # a bordered rich table
+
+
+def test_plot_says_how_to_install_matplotlib(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert plot_missing() == ""  # the dev extra installs it
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert INSTALL_HINT in plot_missing()

@@ -68,6 +68,7 @@ class NodesTwin:
     meta: MetaTwin
     leader: dict[int, int]  # range id -> node id leading it
     down: set[int] = field(default_factory=set)
+    hung: set[int] = field(default_factory=set)  # nodes that never answer
     invalid_lease: set[int] = field(default_factory=set)  # range ids
     #: NotLeaseHolder answers a node gives before doing what it is asked.
     refusals: int = 0
@@ -83,6 +84,8 @@ class NodesTwin:
         self, address: str, range_ids: Sequence[int], timeout: float
     ) -> replica_pb2.RangeInfoResponse:
         node = self._node(address)
+        if node in self.hung:
+            await asyncio.Event().wait()
         infos = [
             replica_pb2.ReplicaInfo(
                 descriptor=d,
@@ -165,6 +168,16 @@ def test_list_ranges_names_leaseholders_sizes_and_unreachable_nodes() -> None:
         (3, "UNAVAILABLE")
     ]
     assert resp.next_start_key == b""
+
+
+def test_a_node_that_hangs_is_reported_within_the_deadline() -> None:
+    admin, _meta, _nodes = cluster(hung={2})
+    resp = run(admin.list_ranges(admin_pb2.AdminListRangesRequest(), 0.2))
+    assert isinstance(resp, admin_pb2.AdminListRangesResponse)
+    assert [r.descriptor.range_id for r in resp.ranges] == [1, 2]
+    assert resp.ranges[0].leaseholder_node_id == 1 and resp.ranges[1].leaseholder_node_id == 0
+    (down,) = resp.unreachable_nodes
+    assert down.node_id == 2 and down.error.startswith("DEADLINE_EXCEEDED")
 
 
 def test_list_ranges_pages_and_bounds_its_limit() -> None:
