@@ -2,7 +2,8 @@
 
     rangekv dev ...        run a local cluster
     rangekv put|get|del|cas|scan ...        talk to a gateway
-    rangekv ranges|nodes|transfer-lease|split|change-replicas ...   inspect and steer the cluster
+    rangekv ranges|nodes|split|transfer-lease|change-replicas|decommission ...
+                           inspect and steer the cluster (through a gateway's Admin API)
     rangekv bench ...      load generator
     rangekv raftnode|metarange|gateway ...  run one process of a cluster
 
@@ -35,6 +36,11 @@ VERBS: dict[str, tuple[str, str, str]] = {
         "rangekv.cli.admin",
         "change_replicas_main",
         "add or remove a range's replica on a node",
+    ),
+    "decommission": (
+        "rangekv.cli.admin",
+        "decommission_main",
+        "move every replica off a node (not available yet)",
     ),
     "bench": ("rangekv.cli.bench", "main", "load generator: put/get/mixed against a gateway"),
 }

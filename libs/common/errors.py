@@ -17,6 +17,9 @@ This module is the only place that converts between the two::
      +-- IntentExists         the key holds another transaction's intent       ABORTED
      +-- FenceLost            a scan's snapshot is gone on a replica; restart   ABORTED (+RetryInfo)
      +-- ClockOffset          a timestamp too far ahead of a node's clock      UNAVAILABLE (+RetryInfo)
+     +-- NotFound             no such range or node (admin API)                NOT_FOUND
+     +-- FailedPrecondition   not possible in the cluster's current state      FAILED_PRECONDITION
+     +-- Unimplemented        not available in this version                    UNIMPLEMENTED
      +-- InternalError        a bug                                            INTERNAL
 
 Between gateway and raftnode the routing errors, Unavailable, InvalidArgument,
@@ -197,6 +200,24 @@ class ClockOffset(RangeKVError):
         self.max_offset_ns = max_offset_ns
         self.node_id = node_id
         self.retry_after = 0.5
+
+
+class NotFound(RangeKVError):
+    """What an admin request names does not exist (a range id, a node id)."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class FailedPrecondition(RangeKVError):
+    """An admin request that the cluster's current state makes pointless or impossible."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unimplemented(RangeKVError):
+    """An operation this version declares but does not carry out yet."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
 
 
 class InternalError(RangeKVError):
@@ -424,6 +445,12 @@ def from_rpc_error(err: grpc.RpcError, *, is_write: bool = False) -> RangeKVErro
                     return InvalidArgument(v.field, v.description)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidArgument("", message)
+    if code == grpc.StatusCode.NOT_FOUND:
+        return NotFound(message)
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return FailedPrecondition(message)
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return Unimplemented(message)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceeded(message, outcome)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
@@ -437,10 +464,12 @@ __all__ = [
     "ClockOffset",
     "ConditionFailed",
     "DeadlineExceeded",
+    "FailedPrecondition",
     "FenceLost",
     "IntentExists",
     "InternalError",
     "InvalidArgument",
+    "NotFound",
     "NotLeader",
     "NotLeaseHolder",
     "RangeKVError",
@@ -449,6 +478,7 @@ __all__ = [
     "ResourceExhausted",
     "RoutingError",
     "Unavailable",
+    "Unimplemented",
     "WriteOutcome",
     "from_replica_error",
     "from_rpc_error",

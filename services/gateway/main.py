@@ -1,4 +1,4 @@
-"""`rangekv gateway`: serve the public KV API (stateless; run as many as you like).
+"""`rangekv gateway`: serve the public KV API and the Admin API (stateless; run as many as you like).
 
 rangekv gateway --listen-port 50051 --meta-addrs 127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103
 """
@@ -21,7 +21,9 @@ from rangekv.common.descriptors import RangeDescriptor
 from rangekv.common.entrypoint import service_main
 from rangekv.common.server import ServiceServer
 from rangekv.common.telemetry import Telemetry
+from rangekv.gateway.admin_service import ADMIN_SERVICE, AdminService
 from rangekv.gateway.cache_types import LookupResult, TelemetryCacheMetrics
+from rangekv.gateway.cluster_admin import ClusterAdmin, GrpcNodeAdmin
 from rangekv.gateway.dist_sender import (
     DEFAULT_READ_ATTEMPT_TIMEOUT,
     DistSender,
@@ -34,7 +36,7 @@ from rangekv.gateway.pusher import ReplicaTxnPusher
 from rangekv.gateway.range_cache import RangeCache
 from rangekv.metarange.client import MetaClient
 from rangekv.metarange.records import TxnMeta, TxnStatus
-from rangekv.v1 import kv_pb2_grpc
+from rangekv.v1 import admin_pb2_grpc, kv_pb2_grpc
 
 log = logging.getLogger("rangekv.gateway")
 
@@ -118,6 +120,12 @@ def build(
     return service, meta, nodes
 
 
+def build_admin(cfg: GatewayConfig, meta: MetaClient, nodes: NodeClients) -> AdminService:
+    """The Admin API over the gateway's own meta client and node channels."""
+    admin = ClusterAdmin(meta, GrpcNodeAdmin(nodes.stub))
+    return AdminService(admin, request_timeout=cfg.request_timeout)
+
+
 def export_retry_counters(telemetry: Telemetry, counters: RetryCounters) -> None:
     """Expose the DistSender's retry counters, so redirects per request can be measured.
 
@@ -141,16 +149,18 @@ def export_retry_counters(telemetry: Telemetry, counters: RetryCounters) -> None
 async def serve(server_config: ServerConfig, cfg: GatewayConfig) -> None:
     telemetry = Telemetry("gateway", otlp_endpoint=server_config.otlp_endpoint)
     service, meta, nodes = build(cfg, telemetry)
+    admin = build_admin(cfg, meta, nodes)
 
     def register(server: grpc.aio.Server) -> None:
         kv_pb2_grpc.add_KVServicer_to_server(service, server)
+        admin_pb2_grpc.add_AdminServicer_to_server(admin, server)
 
     server = ServiceServer(
         "gateway",
         server_config,
         telemetry,
         register=register,
-        service_names=("rangekv.v1.KV",),
+        service_names=("rangekv.v1.KV", ADMIN_SERVICE),
         logger=log,
     )
     await server.start()

@@ -31,6 +31,8 @@ class _LeaseReads:
             "rangekv_lease_read", "Consistent reads by how they were served", labels=("outcome",)
         )
         self.counts = {"hit": 0, "readindex": 0, "not_leader": 0}
+        for outcome in self.counts:  # every outcome's series starts at 0
+            self._counter.add(0, outcome=outcome)
 
     def add(self, outcome: str) -> None:
         self.counts[outcome] += 1
@@ -97,3 +99,14 @@ class NodeMetrics:
             "Ranges whose raft leader is on this node",
             lambda: sum(1 for r in store.replicas() if r.raw_node.is_leader()),
         )
+        self.telemetry.observable_gauge(
+            "rangekv_leases_valid",
+            "Ranges whose lease this node holds and may serve reads under now",
+            lambda: _valid_leases(store),
+        )
+
+
+def _valid_leases(store: Store) -> float:
+    """Read at scrape time: a lease status is a pure function of the replica's raft state."""
+    now = store.ctx.monotonic()
+    return float(sum(1 for r in store.replicas() if r.lease_status(now).state.name == "VALID"))
