@@ -332,7 +332,10 @@ class Raft:
             return
 
         if m.type is MT.HUP:
-            self._hup(transfer=False)
+            # A local HUP carrying CAMPAIGN_TRANSFER forces the election, as a
+            # leadership transfer does (voters skip their stickiness and boot quiet
+            # period for it). Only drivers that know no lease can be broken use it.
+            self._hup(transfer=m.context == CAMPAIGN_TRANSFER)
         elif m.type is MT.VOTE or m.type is MT.PRE_VOTE:
             self._step_vote(m)
         else:

@@ -147,6 +147,11 @@ class RaftGroup:
         self._inbox.append(msg)
         self._wake(self)
 
+    @property
+    def pending_ticks(self) -> int:
+        """Ticks queued since the last drain."""
+        return self._ticks
+
     def tick(self, now: float) -> None:
         self._ticks += 1
         self._tick_now = now
@@ -390,6 +395,25 @@ class RaftGroup:
         if self._read_waiting is not None:
             _fail(self._read_waiting, NotLeaderNow(why))
             self._read_waiting = None
+
+    def snapshot_refusal(self, message: Message, streamed_applied: int) -> str | None:
+        """Why a streamed snapshot must not be installed here, or None. Only in the
+        scheduler's section (it reads the core).
+
+        Installing one whose state is not newer than what this replica applied
+        would move the applied index back on disk while memory stays ahead, and
+        the entries in between would never be applied again."""
+        node = self.raw_node
+        snap = message.snapshot
+        if snap is None:
+            return "the message carries no snapshot"
+        if message.term < node.term():
+            return f"sent in term {message.term}, before the current term {node.term()}"
+        if snap.metadata.index <= node.commit_index():
+            return f"raft already holds the log up to {node.commit_index()}"
+        if streamed_applied <= self.applied_index:
+            return f"its state (applied {streamed_applied}) is not newer than {self.applied_index}"
+        return None
 
     def close(self, why: str = "replica closed") -> None:
         self.removed = True

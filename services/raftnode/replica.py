@@ -195,6 +195,9 @@ class RangeReplica(RaftGroup):
         #: Writes this leader proposed and has not applied yet, by proposal.
         self._inflight: dict[int, _Inflight] = {}
         self.fences = ScanFences(ctx.limits.fences)
+        #: Ticks during which this replica keeps forcing an election while no
+        #: leader is known (a split's right-hand side on the left leader's node).
+        self._forced_campaign_ticks = 0
         raw_gc = ctx.engine.get_local(descriptor.range_id, GC_THRESHOLD_KIND)
         #: Reads below this timestamp are refused: their versions may be gone.
         self.gc_threshold = Timestamp.decode(raw_gc) if raw_gc else Timestamp.MIN
@@ -630,6 +633,8 @@ class RangeReplica(RaftGroup):
         proposal: a batch touching a span whose fence is HELD stays queued, and
         the command's version base lies above the read timestamp of every
         RELEASED fence covering one of its keys."""
+        if self._forced_campaign_ticks and self.pending_ticks:
+            self._maybe_force_campaign()
         fences = self.fences
         if len(fences):
             fences.expire(self.ctx.monotonic())  # a lapsed hold frees what it blocked
@@ -680,6 +685,24 @@ class RangeReplica(RaftGroup):
                     fut.set_result(done.result()[start : start + count])
 
         proposal.add_done_callback(distribute)
+
+    def force_campaign(self, ticks: int) -> None:
+        """Win this new range's first election at once (see Store._create_split_rhs
+        for why that is safe for a split's right-hand side on the left leader's
+        node): force an election now, and again every other tick while no leader
+        is known, for `ticks` ticks (a vote can reach a peer that has not applied
+        the split yet, which drops it)."""
+        self._forced_campaign_ticks = ticks
+        self.raw_node.campaign(force=True)
+        self._wake(self)
+
+    def _maybe_force_campaign(self) -> None:
+        self._forced_campaign_ticks = max(0, self._forced_campaign_ticks - self.pending_ticks)
+        node = self.raw_node
+        if node.leader() or node.is_leader():
+            self._forced_campaign_ticks = 0
+        elif self._forced_campaign_ticks % 2 == 0:
+            node.campaign(force=True)
 
     def _landed(self, key: int, _proposal: asyncio.Future[Any]) -> None:
         self._inflight.pop(key, None)

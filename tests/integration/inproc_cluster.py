@@ -35,13 +35,15 @@ from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor
 from rangekv.gateway.cache_types import LookupResult
 from rangekv.gateway.node_client import BatchReply
 from rangekv.metarange.protocol import plan_split
-from rangekv.raft import LeaseState, Message, MessageType
+from rangekv.raft import HardState, LeaseState, Message, MessageType
 from rangekv.raftnode import txn as T
 from rangekv.raftnode.replica import RangeReplica
 from rangekv.raftnode.store import Store, StoreConfig
 from rangekv.replication.group import RaftTiming
-from rangekv.replication.host import HostConfig
+from rangekv.replication.host import Engines, HostConfig
+from rangekv.replication.log_engine import LogBatch, RaftLogEngine
 from rangekv.replication.mutations import Mutation
+from rangekv.replication.state_engine import StateBatch, StateEngine
 from rangekv.replication.sync_mode import FsmSyncMode
 from rangekv.v1 import raftcmd_pb2, replica_pb2, types_pb2
 
@@ -88,6 +90,8 @@ class Router:
         self._snapshot_gates: dict[tuple[int, int], asyncio.Event] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.delivered = 0
+        #: Deliveries scheduled on the event loop and not yet made.
+        self.in_flight = 0
         #: Snapshot streams by (from, to): how many chunks went through, how it ended.
         self.snapshot_results: list[tuple[int, int, int, bool]] = []
 
@@ -99,23 +103,32 @@ class Router:
             dst: int, group_id: int, msg: Message, desc: types_pb2.RangeDescriptor | None
         ) -> None:
             link = self.link(src, dst)
-            if link.cut or dst in self._cluster.stopped:
+            if link.cut:
+                return
+            if link.held and msg.type is not MessageType.SNAP:
+                link.queue.append((group_id, msg, desc))
+                return
+            if dst in self._cluster.stopped:
                 return
             if msg.type is MessageType.SNAP:
                 task = asyncio.ensure_future(self._stream(src, dst, group_id, msg, desc))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
                 return
-            if link.held:
-                link.queue.append((group_id, msg, desc))
-                return
-            asyncio.get_running_loop().call_soon(self._deliver, dst, group_id, msg, desc)
+            self._schedule(dst, group_id, msg, desc)
 
         return send
+
+    def _schedule(
+        self, dst: int, group_id: int, msg: Message, desc: types_pb2.RangeDescriptor | None
+    ) -> None:
+        self.in_flight += 1
+        asyncio.get_running_loop().call_soon(self._deliver, dst, group_id, msg, desc)
 
     def _deliver(
         self, dst: int, group_id: int, msg: Message, desc: types_pb2.RangeDescriptor | None
     ) -> None:
+        self.in_flight -= 1
         if dst in self._cluster.stopped:
             return
         self.delivered += 1
@@ -134,12 +147,20 @@ class Router:
             if dst != src:
                 self.hold(src, dst)
 
+    def take_held(
+        self, src: int, dst: int
+    ) -> list[tuple[int, Message, types_pb2.RangeDescriptor | None]]:
+        """Remove and return the messages held on src -> dst (the link stays held)."""
+        link = self.link(src, dst)
+        queued, link.queue = link.queue, []
+        return queued
+
     def release(self, src: int, dst: int) -> None:
         link = self.link(src, dst)
         link.held = False
         queued, link.queue = link.queue, []
         for group_id, msg, desc in queued:
-            asyncio.get_running_loop().call_soon(self._deliver, dst, group_id, msg, desc)
+            self._schedule(dst, group_id, msg, desc)
 
     def release_all(self) -> None:
         for src, dst in list(self._links):
@@ -216,6 +237,81 @@ def layout(*split_keys: bytes, nodes: Sequence[int] = (1, 2, 3)) -> list[RangeDe
     ]
 
 
+class PowerCutStateEngine(StateEngine):
+    """A state engine that can lose, in this process, what it wrote since its last sync.
+
+    A power cut loses the writes the OS had not flushed: for the state engine in
+    NOSYNC mode, every commit since the last sync (a synced commit makes all before
+    it durable, as a WAL fsync does). The process cannot be killed here, so each
+    unsynced commit records the values it replaced, and `power_cut` puts them back
+    -- newest first -- before the engine is closed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._undo: list[list[tuple[bytes, bytes | None]]] = []
+
+    def commit(self, batch: StateBatch, *, force_sync: bool = False) -> None:
+        if force_sync or self.sync_mode is FsmSyncMode.SYNC:
+            self._undo.clear()
+        else:
+            keys = set(batch.written_keys())
+            for lo, hi in batch.deleted_ranges():
+                keys.update(k for k, _v in self.iterate(lo, hi))
+            self._undo.append([(k, self.get(k)) for k in keys])
+        super().commit(batch, force_sync=force_sync)
+
+    def sync(self) -> None:
+        super().sync()
+        self._undo.clear()
+
+    def power_cut(self) -> int:
+        """Undo every unsynced commit; returns how many were lost."""
+        lost = len(self._undo)
+        batch = self.new_batch()
+        for undo in reversed(self._undo):
+            for key, old in undo:
+                if old is None:
+                    batch.delete(key)
+                else:
+                    batch.put(key, old)
+        self._undo.clear()
+        super().commit(batch, force_sync=True)
+        return lost
+
+
+class PowerCutLogEngine(RaftLogEngine):
+    """The raft-log twin of PowerCutStateEngine: its only unsynced writes are hard
+    states whose commit index alone moved; a power cut loses those written since
+    the last synced write (which, like a WAL fsync, makes everything before it
+    durable)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._undo: dict[int, HardState] = {}
+
+    def commit(self, batch: LogBatch, *, sync: bool = True) -> None:
+        if sync:
+            self._undo.clear()
+        else:
+            for gid in batch.group_ids:
+                self._undo.setdefault(gid, self.storage(gid).initial_state()[0])
+        super().commit(batch, sync=sync)
+
+    def power_cut(self) -> None:
+        if self._undo:
+            batch = self.new_batch()
+            for gid, hs in self._undo.items():
+                batch.set_hard_state(gid, hs)
+            self._undo.clear()
+            super().commit(batch, sync=True)
+
+
+def power_cut_engines(config: HostConfig) -> Engines:
+    log_engine = PowerCutLogEngine.open(config.data_dir / "raftlog")
+    state_engine = PowerCutStateEngine.open(config.data_dir / "state", config.fsm_sync_mode)
+    return log_engine, state_engine  # type: ignore[return-value]
+
+
 class InProcCluster:
     """N real stores in this process; see the module docstring."""
 
@@ -230,6 +326,7 @@ class InProcCluster:
         log_retain_entries: int = 2000,
         store_factory: Callable[[StoreConfig, dict[str, Any]], Store] | None = None,
         mutation: Mutation = Mutation.NONE,
+        power_cuts: bool = False,
     ) -> None:
         self.base = base
         self.ranges = list(ranges)
@@ -244,6 +341,8 @@ class InProcCluster:
         self.stopped: set[int] = set()
         self._store_factory = store_factory
         self.mutation = mutation
+        #: Engines that can lose their unsynced writes (`power_cut`).
+        self.power_cuts = power_cuts
 
     def _config(self, node: int) -> StoreConfig:
         return StoreConfig(
@@ -265,6 +364,8 @@ class InProcCluster:
             "monotonic": self.clock.monotonic,
             "wall_ns": self.clock.wall_of(node),
         }
+        if self.power_cuts:
+            kwargs["open_engines"] = power_cut_engines
         config = self._config(node)
         if self._store_factory is not None:
             return self._store_factory(config, kwargs)
@@ -283,12 +384,31 @@ class InProcCluster:
         self.stopped.add(node)
         await self.stores[node].stop()
 
-    async def restart_node(self, node: int) -> Store:
+    async def power_cut(self, node: int) -> int:
+        """Cut `node`'s power: it stops, losing what its engines had not synced.
+        Returns how many state commits were lost."""
+        store = self.stores[node]
+        self.stopped.add(node)
+        await store.scheduler.stop()
+        state, log_engine = store.state_engine, store.log_engine
+        assert isinstance(state, PowerCutStateEngine) and isinstance(log_engine, PowerCutLogEngine)
+        lost = state.power_cut()
+        log_engine.power_cut()
+        await store.stop()
+        return lost
+
+    async def restart_node(
+        self, node: int, before_start: Callable[[Store], None] | None = None
+    ) -> Store:
+        """Open `node` again from its disk; `before_start` runs once its replicas
+        are loaded and before its scheduler runs (to place a message first)."""
         store = self._open(node)
         store.load_replicas()
-        store.scheduler.start()
         self.stores[node] = store
         self.stopped.discard(node)
+        if before_start is not None:
+            before_start(store)
+        store.scheduler.start()
         return store
 
     async def close(self) -> None:
@@ -317,9 +437,11 @@ class InProcCluster:
     ) -> None:
         """Let the cluster run (ticking, when `tick`) until `predicate()` holds.
 
-        Real time only bounds the wait; the outcome never depends on it: each
-        round checks the predicate, then ticks once and lets the event loop and
-        the schedulers' fsync threads run.
+        Real time only bounds the wait; the outcome never depends on it: time moves
+        one tick only once every scheduler is idle and no message is on its way, so
+        how many ticks something takes depends on the raft traffic, not on how fast
+        this machine fsyncs. (A snapshot stream or a client call may still be
+        running: those are the test's to wait for.)
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -328,9 +450,15 @@ class InProcCluster:
                 return
             if loop.time() > deadline:
                 raise AssertionError(f"timed out after {rounds} rounds waiting for {what}")
-            if tick:
+            if tick and self.quiet():
                 self.tick()
-            await asyncio.sleep(0.002)
+            await asyncio.sleep(0.001)
+
+    def quiet(self) -> bool:
+        """No message on its way and every live scheduler idle."""
+        return self.router.in_flight == 0 and all(
+            store.scheduler.idle for n, store in self.stores.items() if n not in self.stopped
+        )
 
     # --- replicas ---------------------------------------------------------------------
 

@@ -5,23 +5,30 @@ streaming a snapshot to a lagging follower (node 3); the stream stalls; the
 lease moves to node 2, which catches node 3 up from its log, and a new write
 (k2) is acknowledged and applied on node 3; then the stale stream from node 1
 finishes. If node 3 ingested it, k2 would be gone from node 3 for good: its
-applied index stays ahead of the data, so nothing is ever re-applied.
+applied index stays ahead of the data, so nothing is ever re-applied. The
+`stale_snapshot_ingest` mutation (the old unchecked ingest) must lose k2.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from inproc_cluster import InProcCluster, layout
 
+from rangekv.replication.mutations import Mutation
 from rangekv.replication.sync_mode import FsmSyncMode
 
+MODES = pytest.mark.parametrize("mode", [FsmSyncMode.SYNC, FsmSyncMode.NOSYNC], ids=str)
 
-@pytest.fixture(params=[FsmSyncMode.SYNC, FsmSyncMode.NOSYNC], ids=lambda m: m.value)
-async def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[InProcCluster]:
-    c = InProcCluster(tmp_path, layout(), sync_mode=request.param, log_retain_entries=0)
+
+@contextlib.asynccontextmanager
+async def started(
+    tmp_path: Path, mode: FsmSyncMode, mutation: Mutation = Mutation.NONE
+) -> AsyncIterator[InProcCluster]:
+    c = InProcCluster(tmp_path, layout(), sync_mode=mode, log_retain_entries=0, mutation=mutation)
     await c.start()
     try:
         await c.elect_all({1: 1})
@@ -30,7 +37,8 @@ async def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterat
         await c.close()
 
 
-async def test_a_stale_snapshot_does_not_overwrite_newer_state(cluster: InProcCluster) -> None:
+async def stale_stream_after_catch_up(cluster: InProcCluster) -> bytes | None:
+    """Run the interleaving; returns what node 3 answers for k2 as leaseholder."""
     router = cluster.router
     # Node 3 falls behind: nothing from the leader reaches it.
     router.cut(1, 3)
@@ -41,8 +49,7 @@ async def test_a_stale_snapshot_does_not_overwrite_newer_state(cluster: InProcCl
     gate = router.hold_snapshots(1, 3)
     router.heal(1, 3)
     await cluster.until(
-        lambda: router.streams_in_flight == 1,
-        "node 1 to start streaming a snapshot to node 3",
+        lambda: router.streams_in_flight == 1, "node 1 to start streaming a snapshot to node 3"
     )
     # The lease moves to node 2, which catches node 3 up from its own log.
     router.cut(1, 3)
@@ -58,6 +65,21 @@ async def test_a_stale_snapshot_does_not_overwrite_newer_state(cluster: InProcCl
     await cluster.until(lambda: len(router.snapshot_results) >= 1, "the stale stream to end")
     router.heal(1, 3)
     await cluster.make_leaseholder(1, 3)
-    assert await cluster.get(3, 1, b"k2") == b"v2", "an acknowledged write was lost"
     assert await cluster.get(3, 1, b"k1") == b"v1"
-    assert cluster.replica(3, 1).applied_index >= applied
+    return await cluster.get(3, 1, b"k2")
+
+
+@MODES
+async def test_a_stale_snapshot_does_not_overwrite_newer_state(
+    tmp_path: Path, mode: FsmSyncMode
+) -> None:
+    async with started(tmp_path, mode) as cluster:
+        assert await stale_stream_after_catch_up(cluster) == b"v2", "an acknowledged write was lost"
+        src, dst, _chunks, installed = cluster.router.snapshot_results[0]
+        assert (src, dst, installed) == (1, 3, False), "the stale snapshot was installed"
+
+
+@MODES
+async def test_the_stale_snapshot_mutation_is_caught(tmp_path: Path, mode: FsmSyncMode) -> None:
+    async with started(tmp_path, mode, Mutation.STALE_SNAPSHOT_INGEST) as cluster:
+        assert await stale_stream_after_catch_up(cluster) is None, "the mutation went unnoticed"
