@@ -144,9 +144,13 @@ class DeadlineExceeded(RangeKVError):
 class ResourceExhausted(RangeKVError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
-    def __init__(self, message: str, retry_after: float = 0.1) -> None:
+    def __init__(
+        self, message: str, retry_after: float = 0.1, *, answer_too_large: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        #: The batch asked for more than one answer may carry: split it and ask again.
+        self.answer_too_large = answer_too_large
 
 
 class ConditionFailed(RangeKVError):
@@ -291,7 +295,9 @@ def to_replica_error(exc: RangeKVError) -> errors_pb2.ReplicaError:
     if isinstance(exc, ResourceExhausted):
         return errors_pb2.ReplicaError(
             resource_exhausted=errors_pb2.ResourceExhaustedError(
-                message=exc.message, retry_after=_duration(exc.retry_after)
+                message=exc.message,
+                retry_after=_duration(exc.retry_after),
+                answer_too_large=exc.answer_too_large,
             )
         )
     retry_after = exc.retry_after if isinstance(exc, Unavailable) else 0.1
@@ -336,7 +342,9 @@ def from_replica_error(pb: errors_pb2.ReplicaError) -> RangeKVError:
         return ClockOffset(c.timestamp, c.physical_nanos, c.max_offset_nanos, c.node_id)
     if kind == "resource_exhausted":
         r = pb.resource_exhausted
-        return ResourceExhausted(r.message, r.retry_after.ToNanoseconds() / 1e9)
+        return ResourceExhausted(
+            r.message, r.retry_after.ToNanoseconds() / 1e9, answer_too_large=r.answer_too_large
+        )
     if kind == "unavailable":
         u = pb.unavailable
         return Unavailable(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 
-from .errors import InvariantViolation, ProposalDropped, StorageError
+from .errors import InvariantViolation, ProposalDropped, StorageError, UncommittedSizeExceeded
 from .lease import QuorumAckTracker, ReadOnly, ReadRequest
 from .log import RaftLog
 from .progress import Progress
@@ -691,7 +691,7 @@ class Raft:
             size += len(d)
         limit = self.max_uncommitted_size
         if limit and self.uncommitted_size and self.uncommitted_size + size > limit:
-            raise ProposalDropped("too many uncommitted bytes; retry after commits")
+            raise UncommittedSizeExceeded("too many uncommitted bytes; retry after commits")
         self.uncommitted_size += size
         term, first = self.term, self.log.last_index() + 1
         ents = [Entry(term, first + k, etype, d) for k, d in enumerate(datas)]

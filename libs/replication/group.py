@@ -39,6 +39,7 @@ from rangekv.raft import (
     RawNode,
     Ready,
     StateType,
+    UncommittedSizeExceeded,
 )
 from rangekv.replication.mutations import Mutation
 
@@ -57,6 +58,11 @@ class ProposalAbandoned(GroupError):
 
 class NotLeaderNow(GroupError):
     """The proposal or read was refused before it entered the log; nothing was done."""
+
+
+class Overloaded(GroupError):
+    """The leader's uncommitted log is over its byte budget: the proposal was refused
+    before it entered the log (nothing was done); retry after a short pause."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +217,8 @@ class RaftGroup:
             ) from None
         except NotLeaderNow:
             raise not_leader() from None
+        except Overloaded as exc:
+            raise E.ResourceExhausted(f"{what}: {exc}", retry_after=0.05) from None
         except ProposalAbandoned as exc:
             raise E.Unavailable(
                 f"{what}: {exc}; it may or may not have been applied",
@@ -305,6 +313,10 @@ class RaftGroup:
             datas.append(_TAG.pack(self._incarnation, self._seq) + command)
         try:
             node.propose_batch(datas)
+        except UncommittedSizeExceeded as exc:
+            for _command, fut in queued:
+                _fail(fut, Overloaded(str(exc)))
+            return
         except ProposalDropped as exc:
             for _command, fut in queued:
                 _fail(fut, NotLeaderNow(str(exc)))

@@ -57,6 +57,9 @@ class HostConfig:
     log_retain_entries: int = 2000
     truncate_interval: float = 5.0
     snapshot_chunk_bytes: int = 1 << 20
+    #: Bytes of proposals a leader holds uncommitted before refusing more
+    #: (RESOURCE_EXHAUSTED; raft's max_uncommitted_entries_size).
+    max_uncommitted_bytes: int = 64 << 20
     #: Test-only deliberately broken behaviour (mutations.py); NONE otherwise.
     mutation: Mutation = Mutation.NONE
     #: Test-only: kill -9 loses unsynced state writes like a power cut
@@ -147,6 +150,7 @@ class GroupHost:
                 rng_seed=self._rng.getrandbits(32),
                 max_inflight_msgs=256,
                 max_size_per_msg=1 << 20,
+                max_uncommitted_entries_size=self.host_config.max_uncommitted_bytes,
             ),
             storage,
         )
@@ -199,14 +203,16 @@ class GroupHost:
         adopt: Callable[[dict[bytes, bytes]], None] | None = None,
     ) -> bool:
         """Install a streamed snapshot of `group` (its state spans and the SNAP
-        message), or refuse it; True when installed.
+        message); True once raft has seen the message.
 
         Invariant: a replica's applied index never goes backwards, in memory or on
         disk. The stream is gathered into one batch off the scheduler; the checks
         (`RaftGroup.snapshot_refusal`: current term, raft would adopt it, the
         streamed state is newer than what was applied) and the install run in the
         scheduler's section, where no apply can interleave: the state (synced), the
-        applied index and the core's restore go in together. A crash between the
+        applied index and the core's restore go in together. A snapshot that fails
+        the checks installs no state, but raft still gets its message (it restores
+        only a log it lacks, over state that is at least as new). A crash between the
         state write and the raft log's snapshot write restarts with the applied
         index ahead of the log, which the group already handles (it skips entries
         at or below its applied index). `adopt` sees the streamed range-local pairs
@@ -237,13 +243,16 @@ class GroupHost:
             if group.removed or self.scheduler.group(group.group_id) is not group:
                 return False
             why = group.snapshot_refusal(message, streamed.index)
-            if why is not None:
-                log.info("refusing snapshot of group %d: %s", group.group_id, why)
-                return False
-            self.state_engine.commit(batch, force_sync=True)
-            group.applied_index = streamed.index
-            if adopt is not None:
-                adopt(local)
+            if why is None:
+                self.state_engine.commit(batch, force_sync=True)
+                group.applied_index = streamed.index
+                if adopt is not None:
+                    adopt(local)
+            else:
+                log.info("snapshot of group %d: state not installed: %s", group.group_id, why)
+            # Raft sees the message either way: it restores only what it lacks, and
+            # its answer tells the leader where this replica stands (a leader never
+            # told would keep sending snapshots).
             group.raw_node.step(message)
             self.scheduler.wake(group)
             return True

@@ -67,3 +67,27 @@ def warning_line(mutation: Mutation) -> str | None:
         f"!!!!! TEST MUTATION ACTIVE: {ENV_VAR}={mutation.value} -- this process is "
         "DELIBERATELY BROKEN and must never serve real data !!!!!"
     )
+
+
+POWER_LOSS_ENV = "RANGEKV_TEST_POWER_LOSS"
+
+
+def parse_power_loss(environ: Mapping[str, str] | None = None) -> bool:
+    """RANGEKV_TEST_POWER_LOSS=1: kill -9 of this process loses its unsynced state
+    writes, as a power cut would (see StateEngine.open). Unset or 0: off."""
+    env = os.environ if environ is None else environ
+    raw = env.get(POWER_LOSS_ENV, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise ValueError(f"{POWER_LOSS_ENV}={raw!r} is not 0 or 1")
+
+
+def power_loss_warning(power_loss: bool) -> str | None:
+    if not power_loss:
+        return None
+    return (
+        f"!!!!! TEST POWER-LOSS EMULATION ACTIVE: {POWER_LOSS_ENV}=1 -- a kill -9 of this "
+        "process LOSES unsynced writes, on purpose !!!!!"
+    )

@@ -80,6 +80,9 @@ class ReplicaLimits:
     #: Write operations queued on one replica (not yet proposed) before new
     #: writes are refused with RESOURCE_EXHAUSTED.
     max_queued_writes: int = 20_000
+    #: Bytes one batch of reads may answer (bigger: ResourceExhausted, and the
+    #: gateway splits the batch), so that no answer can break the shared stream.
+    max_read_response_bytes: int = 16 << 20
     fences: FenceLimits = field(default_factory=FenceLimits)
 
     def __post_init__(self) -> None:
@@ -304,6 +307,8 @@ class RangeReplica(RaftGroup):
                 with self.ctx.engine.snapshot() as view:
                     for i in reads:
                         results[i] = self._evaluate_read(req.ops[i], ts, view)
+            if len(reads) > 1:
+                self._check_answer_size(results)
             if req.fence_id:
                 self._maybe_end_fence(req, results)
             read_ts = ts
@@ -326,6 +331,20 @@ class RangeReplica(RaftGroup):
         if read_ts is not None:
             resp.read_timestamp.CopyFrom(ts_to_proto(read_ts))
         return resp
+
+    def _check_answer_size(self, results: list[replica_pb2.ReplicaOpResult | None]) -> None:
+        """An answer bigger than the budget would break the stream it shares with
+        other requests (writes on it would come back of unknown outcome): refuse
+        it instead; the gateway splits the batch (reads only, so nothing to undo)."""
+        size = sum(r.ByteSize() for r in results if r is not None)
+        if size > self.ctx.limits.max_read_response_bytes:
+            self.ctx.refusals.add("overloaded")
+            raise E.ResourceExhausted(
+                f"range {self.range_id}: the answer to this batch of reads would be {size} "
+                f"bytes, over {self.ctx.limits.max_read_response_bytes}; split it",
+                retry_after=0.0,
+                answer_too_large=True,
+            )
 
     def _check_read_timestamp(self, read_ts: Timestamp) -> None:
         """Refuse what cannot be served honestly: below the GC threshold (versions

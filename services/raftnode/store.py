@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from rangekv.common.descriptors import RangeDescriptor, ReplicaType
-from rangekv.common.hlc import HybridClock, Timestamp
+from rangekv.common.hlc import ClockOffsetError, HybridClock, Timestamp
 from rangekv.raft import ConfState, HardState, Message, MessageType, Snapshot, SnapshotMetadata
 from rangekv.raftnode.keys import data_span, txn_record_span
 from rangekv.raftnode.replica import (
@@ -96,6 +96,8 @@ class Store(GroupHost):
             descriptor_for_key=self._descriptor_for_key,
             on_replica_change=self._on_replica_change,
         )
+        #: When a clock-offset refusal was last logged, per sender (rate limit).
+        self._offset_logged: dict[int, float] = {}
         #: Replicas being destroyed (range id): a destroy runs once.
         self._destroying: set[int] = set()
         self.replicas_destroyed = 0
@@ -338,6 +340,33 @@ class Store(GroupHost):
         finally:
             self._destroying.discard(gid)
         self.replicas_destroyed += 1
+
+    # --- other nodes' clocks -----------------------------------------------------------
+
+    def clock_now(self) -> types_pb2.Timestamp:
+        """This node's hybrid clock, for stamping outgoing raft batches."""
+        now = self.hlc.now()
+        return types_pb2.Timestamp(wall_time=now.wall_time, logical=now.logical)
+
+    def admit_clock(self, sender: int, clock: types_pb2.Timestamp) -> bool:
+        """Whether raft traffic stamped with `clock` by node `sender` is taken.
+
+        A sender whose clock is more than the maximum offset ahead of ours is
+        refused and counted: followed, its timestamps (committed through raft,
+        then absorbed by every replica at apply) would drag every clock of the
+        cluster ahead. Cut off, it cannot lead nor ack, and the cluster goes on
+        without it. Otherwise its clock is absorbed (bounded by that check)."""
+        remote = Timestamp(clock.wall_time, clock.logical)
+        try:
+            self.hlc.update(remote)
+        except ClockOffsetError as exc:
+            self.ctx.refusals.add("clock_offset")
+            now = self._monotonic()
+            if now - self._offset_logged.get(sender, -1e9) > 10.0:
+                self._offset_logged[sender] = now
+                log.error("refusing raft traffic from node %d: %s", sender, exc)
+            return False
+        return True
 
     def _descriptor_for_key(self, key: bytes) -> RangeDescriptor | None:
         for replica in self.replicas():

@@ -37,7 +37,7 @@ from rangekv.gateway.node_client import BatchReply
 from rangekv.metarange.protocol import plan_split
 from rangekv.raft import HardState, LeaseState, Message, MessageType
 from rangekv.raftnode import txn as T
-from rangekv.raftnode.replica import RangeReplica
+from rangekv.raftnode.replica import RangeReplica, ReplicaLimits
 from rangekv.raftnode.store import Store, StoreConfig
 from rangekv.replication.group import RaftTiming
 from rangekv.replication.host import Engines, HostConfig
@@ -327,6 +327,8 @@ class InProcCluster:
         store_factory: Callable[[StoreConfig, dict[str, Any]], Store] | None = None,
         mutation: Mutation = Mutation.NONE,
         power_cuts: bool = False,
+        limits: ReplicaLimits | None = None,
+        max_uncommitted_bytes: int = 64 << 20,
     ) -> None:
         self.base = base
         self.ranges = list(ranges)
@@ -343,6 +345,8 @@ class InProcCluster:
         self.mutation = mutation
         #: Engines that can lose their unsynced writes (`power_cut`).
         self.power_cuts = power_cuts
+        self.limits = limits or ReplicaLimits()
+        self.max_uncommitted_bytes = max_uncommitted_bytes
 
     def _config(self, node: int) -> StoreConfig:
         return StoreConfig(
@@ -353,7 +357,9 @@ class InProcCluster:
                 fsm_sync_mode=self.sync_mode,
                 log_retain_entries=self.log_retain_entries,
                 mutation=self.mutation,
+                max_uncommitted_bytes=self.max_uncommitted_bytes,
             ),
+            limits=self.limits,
             max_clock_offset_ns=self.max_clock_offset_ns,
         )
 

@@ -218,3 +218,17 @@ async def test_the_no_scan_fence_mutation_is_caught(tmp_path: Path) -> None:
     async with started(tmp_path, Mutation.NO_SCAN_FENCE) as cluster:
         rows = await writes_during_a_scan(cluster)
     assert b"b" in rows and b"y" not in rows, f"the mutation went unnoticed: {rows}"
+
+
+async def test_raft_traffic_from_a_clock_beyond_the_offset_is_refused(
+    two_ranges: InProcCluster,
+) -> None:
+    """A peer whose clock is beyond the maximum offset is refused (and counted),
+    never followed; one within the offset is absorbed."""
+    store = two_ranges.stores[1]
+    now = two_ranges.clock.wall_ns(1)
+    assert not store.admit_clock(9, types_pb2.Timestamp(wall_time=now + 2_000 * MS))
+    assert store.ctx.refusals.counts["clock_offset"] == 1  # type: ignore[attr-defined]
+    assert store.hlc.now().wall_time < now + 1_000 * MS, "the refused clock was absorbed"
+    assert store.admit_clock(9, types_pb2.Timestamp(wall_time=now + 300 * MS))
+    assert store.hlc.now().wall_time >= now + 300 * MS

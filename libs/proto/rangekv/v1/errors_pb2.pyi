@@ -125,12 +125,14 @@ class ClockOffsetError(_message.Message):
     def __init__(self, timestamp: _Optional[_Union[_types_pb2.Timestamp, _Mapping]] = ..., physical_nanos: _Optional[int] = ..., max_offset_nanos: _Optional[int] = ..., node_id: _Optional[int] = ...) -> None: ...
 
 class ResourceExhaustedError(_message.Message):
-    __slots__ = ("message", "retry_after")
+    __slots__ = ("message", "retry_after", "answer_too_large")
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     RETRY_AFTER_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_TOO_LARGE_FIELD_NUMBER: _ClassVar[int]
     message: str
     retry_after: _duration_pb2.Duration
-    def __init__(self, message: _Optional[str] = ..., retry_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    answer_too_large: bool
+    def __init__(self, message: _Optional[str] = ..., retry_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., answer_too_large: _Optional[bool] = ...) -> None: ...
 
 class UnavailableError(_message.Message):
     __slots__ = ("message", "retry_after", "outcome")
