@@ -9,8 +9,13 @@ concurrency N is the throughput N such clients get.
 Workloads: `put` (random keys of a keyspace of `--keys`), `get` (the keyspace
 is written first with Batch calls, so gets find values) and `mixed`
 (`--read-fraction` gets, the rest puts). A progress bar goes to stderr (~5
-updates a second, on a terminal or with --progress always); the final table
-(or `--json`) goes to stdout.
+updates a second; rich on a terminal, a plain line with --progress always
+elsewhere); the final table (rich on a terminal, plain text when piped, or
+`--json`) goes to stdout. Latency percentiles come from HdrHistograms.
+
+`--out FILE.json` keeps the figures plus a timeline (throughput, p50 and p99
+per `--interval` seconds); `--plot FILE.png` draws that timeline (needs
+matplotlib: `pip install 'rangekv[plot]'`).
 
 The client shares the machine with the cluster it measures: its own CPU cost
 per call counts. `--channels` spreads the loops over several HTTP/2
@@ -28,44 +33,75 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
+from hdrh.histogram import HdrHistogram
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from rangekv.cli.kv import DEFAULT_ADDR, fail, rpc_error_line
+from rangekv.cli.kv import DEFAULT_ADDR, channel, fail, rpc_error_line
+from rangekv.cli.output import Output
+from rangekv.cli.plot import plot_missing, plot_run
 from rangekv.v1 import kv_pb2, kv_pb2_grpc
 
 PRELOAD_BATCH = 200
+#: Most timeline windows a run may have (--duration / --interval), so --out stays bounded.
+MAX_WINDOWS = 100_000
 CHANNEL_OPTIONS = (("grpc.use_local_subchannel_pool", 1),)
+
+
+#: Latencies are recorded in microseconds, from 1 us to 60 s, to 3 significant digits.
+LOWEST_US = 1
+HIGHEST_US = 60_000_000
+DIGITS = 3
+
+
+def _histogram(digits: int = DIGITS) -> HdrHistogram:
+    return HdrHistogram(LOWEST_US, HIGHEST_US, digits)
+
+
+def _record(hist: HdrHistogram, latency_ns: int) -> None:
+    hist.record_value(min(HIGHEST_US, max(LOWEST_US, latency_ns // 1000)))
+
+
+def _ms(hist: HdrHistogram, percentile: float) -> float:
+    return round(hist.get_value_at_percentile(percentile) / 1000, 3)
 
 
 @dataclass
 class OpStats:
-    """Latencies (ns) of the successful operations of one kind, and failures by code."""
+    """Latencies of the successful operations of one kind (an HdrHistogram), failures by code.
 
-    latencies: list[int] = field(default_factory=list)
+    An HdrHistogram keeps every latency within 0.1% in a fixed few hundred KiB,
+    however long the run, instead of a list of every sample.
+    """
+
+    histogram: HdrHistogram = field(default_factory=_histogram)
     errors: Counter[str] = field(default_factory=Counter)
 
+    def record(self, latency_ns: int) -> None:
+        _record(self.histogram, latency_ns)
+
+    def merge(self, other: OpStats) -> None:
+        self.histogram.add(other.histogram)
+        self.errors.update(other.errors)
+
     def summary(self, elapsed: float) -> dict[str, Any]:
-        lat = sorted(self.latencies)
-        n = len(lat)
-
-        def pct(q: float) -> float | None:
-            if not n:
-                return None
-            return round(lat[min(n - 1, int(q * n))] / 1e6, 3)
-
+        h = self.histogram
+        n = int(h.get_total_count())
         return {
             "ops": n,
             "ops_per_s": round(n / elapsed, 1) if elapsed > 0 else 0.0,
             "latency_ms": {
-                "mean": round(sum(lat) / n / 1e6, 3) if n else None,
-                "p50": pct(0.50),
-                "p99": pct(0.99),
-                "p99.9": pct(0.999),
-                "max": round(lat[-1] / 1e6, 3) if n else None,
+                "mean": round(h.get_mean_value() / 1000, 3) if n else None,
+                "p50": _ms(h, 50) if n else None,
+                "p99": _ms(h, 99) if n else None,
+                "p99.9": _ms(h, 99.9) if n else None,
+                "max": round(h.get_max_value() / 1000, 3) if n else None,
             },
             "errors": sum(self.errors.values()),
             "errors_by_code": dict(self.errors),
@@ -73,8 +109,63 @@ class OpStats:
 
 
 @dataclass
+class Timeline:
+    """Throughput and latency percentiles per `interval` seconds of a run, for --out and --plot.
+
+    Records arrive in completion order (one event loop, one clock), so a window
+    is summarised as soon as a record lands in a later one, and only the current
+    window keeps a histogram (2 significant digits: a plot needs no more).
+    """
+
+    interval: float = 1.0
+    windows: list[dict[str, Any]] = field(default_factory=list)
+    _index: int = 0
+    _current: HdrHistogram = field(default_factory=lambda: _histogram(2))
+    _errors: int = 0
+
+    def record(self, at: float, latency_ns: int | None) -> None:
+        """An operation that finished `at` seconds into the run (None latency: it failed)."""
+        index = max(0, int(at / self.interval))
+        while index > self._index:
+            self._close()
+        if latency_ns is None:
+            self._errors += 1
+        else:
+            _record(self._current, latency_ns)
+
+    def _close(self) -> None:
+        h = self._current
+        n = int(h.get_total_count())
+        self.windows.append(
+            {
+                "t_s": round((self._index + 1) * self.interval, 3),
+                "ops": n,
+                "ops_per_s": round(n / self.interval, 1),
+                "p50_ms": _ms(h, 50) if n else None,
+                "p99_ms": _ms(h, 99) if n else None,
+                "errors": self._errors,
+            }
+        )
+        h.reset()
+        self._errors = 0
+        self._index += 1
+
+    def finish(self, elapsed: float) -> list[dict[str, Any]]:
+        """Close every window up to `elapsed` (the last one may be partial) and return them."""
+        while self._index * self.interval < elapsed:
+            last_fraction = min(1.0, (elapsed - self._index * self.interval) / self.interval)
+            self._close()
+            if last_fraction < 1.0 and self.windows:
+                # A partial last window: its rate is over the time it covered.
+                w = self.windows[-1]
+                w["t_s"] = round(elapsed, 3)
+                w["ops_per_s"] = round(w["ops"] / (last_fraction * self.interval), 1)
+        return self.windows
+
+
+@dataclass
 class Bench:
-    """One run: its parameters, shared counters, and per-operation stats."""
+    """One run: its parameters, shared counters, per-operation stats and the timeline."""
 
     workload: str
     concurrency: int
@@ -84,14 +175,21 @@ class Bench:
     keys: int
     read_fraction: float
     timeout: float
+    interval: float = 1.0
+    #: The clock latencies and the timeline are measured with (nanoseconds).
+    clock_ns: Callable[[], int] = time.perf_counter_ns
     stats: dict[str, OpStats] = field(default_factory=dict)
+    timeline: Timeline = field(default_factory=Timeline)
     issued: int = 0
     done: int = 0
     failed: int = 0
     stopping: bool = False
-    started: float = 0.0
+    started_ns: int = 0
     elapsed: float = 0.0
     client_cpu: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.timeline = Timeline(self.interval)
 
     def key(self, i: int) -> bytes:
         return b"bench/%08d" % i
@@ -99,14 +197,17 @@ class Bench:
     def budget_left(self) -> bool:
         return not self.stopping and (self.max_ops <= 0 or self.issued < self.max_ops)
 
+    def since_start(self) -> float:
+        return (self.clock_ns() - self.started_ns) / 1e9
+
     async def loop(self, stub: kv_pb2_grpc.KVStub, seed: int) -> None:
         """One closed-loop client: one operation in flight at a time."""
         rng = random.Random(seed)
-        value = os.urandom(self.value_size)
+        value = rng.randbytes(self.value_size)
         gets = self.stats.setdefault("get", OpStats())
         puts = self.stats.setdefault("put", OpStats())
         read_fraction = {"get": 1.0, "put": 0.0}.get(self.workload, self.read_fraction)
-        clock = time.perf_counter_ns
+        clock = self.clock_ns
         while self.budget_left():
             self.issued += 1
             key = self.key(rng.randrange(self.keys))
@@ -121,18 +222,22 @@ class Bench:
             except grpc.aio.AioRpcError as exc:
                 stats.errors[exc.code().name] += 1
                 self.failed += 1
+                self.timeline.record((clock() - self.started_ns) / 1e9, None)
                 if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
                     # Do not spin on a cluster that is down; back off a little.
                     await asyncio.sleep(0.05)
                 continue
-            stats.latencies.append(clock() - t0)
+            t1 = clock()
+            stats.record(t1 - t0)
+            self.timeline.record((t1 - self.started_ns) / 1e9, t1 - t0)
             self.done += 1
 
     def summary(self) -> dict[str, Any]:
+        """The figures `--json` prints (a stable format: scripts depend on it)."""
         total = OpStats()
         for s in self.stats.values():
-            total.latencies.extend(s.latencies)
-            total.errors.update(s.errors)
+            total.merge(s)
+        ops = int(total.histogram.get_total_count())
         return {
             "workload": self.workload,
             "concurrency": self.concurrency,
@@ -142,22 +247,19 @@ class Bench:
             **total.summary(self.elapsed),
             # This process's own CPU per operation: the share of the machine
             # the load generator took from the cluster it measures.
-            "client_cpu_us_per_op": (
-                round(self.client_cpu / len(total.latencies) * 1e6, 1) if total.latencies else None
-            ),
+            "client_cpu_us_per_op": (round(self.client_cpu / ops * 1e6, 1) if ops else None),
             "by_op": {
                 name: s.summary(self.elapsed)
                 for name, s in sorted(self.stats.items())
-                if s.latencies or s.errors
+                if s.histogram.get_total_count() or s.errors
             },
         }
 
 
 def _bar(bench: Bench, width: int = 30) -> str:
-    elapsed = time.monotonic() - bench.started
-    frac = min(1.0, elapsed / bench.duration) if bench.duration > 0 else 0.0
-    if bench.max_ops > 0:
-        frac = max(frac, min(1.0, bench.issued / bench.max_ops))
+    """The plain progress line (`--progress always` when stderr is not a terminal)."""
+    elapsed = bench.since_start()
+    frac = _fraction(bench, elapsed)
     filled = int(frac * width)
     rate = bench.done / elapsed if elapsed > 0 else 0.0
     return (
@@ -166,7 +268,14 @@ def _bar(bench: Bench, width: int = 30) -> str:
     )
 
 
-async def _progress(bench: Bench, stop: asyncio.Event) -> None:
+def _fraction(bench: Bench, elapsed: float) -> float:
+    frac = min(1.0, elapsed / bench.duration) if bench.duration > 0 else 0.0
+    if bench.max_ops > 0:
+        frac = max(frac, min(1.0, bench.issued / bench.max_ops))
+    return frac
+
+
+async def _plain_progress(bench: Bench, stop: asyncio.Event) -> None:
     while not stop.is_set():
         sys.stderr.write(_bar(bench))
         sys.stderr.flush()
@@ -174,6 +283,32 @@ async def _progress(bench: Bench, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), 0.2)
     sys.stderr.write(_bar(bench) + "\n")
     sys.stderr.flush()
+
+
+async def _rich_progress(bench: Bench, stop: asyncio.Event) -> None:
+    """A live bar on the terminal: elapsed, operations, rate and errors."""
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[ops]:>8} ops  {task.fields[rate]:>7.0f} ops/s"),
+        TextColumn("[red]{task.fields[errors]} errors"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
+        task = progress.add_task(bench.workload, total=1.0, ops=0, rate=0.0, errors=0)
+        while True:
+            elapsed = bench.since_start()
+            progress.update(
+                task,
+                completed=_fraction(bench, elapsed),
+                ops=bench.done,
+                rate=bench.done / elapsed if elapsed > 0 else 0.0,
+                errors=bench.failed,
+            )
+            if stop.is_set():
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.2)
 
 
 async def preload(stubs: list[kv_pb2_grpc.KVStub], bench: Bench) -> None:
@@ -197,7 +332,8 @@ async def preload(stubs: list[kv_pb2_grpc.KVStub], bench: Bench) -> None:
     await asyncio.gather(*(write(n, c) for n, c in enumerate(chunks)))
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One run against `args.addr`: the summary and the timeline."""
     bench = Bench(
         workload=args.workload,
         concurrency=args.concurrency,
@@ -207,9 +343,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         keys=args.keys,
         read_fraction=args.read_fraction,
         timeout=args.timeout,
+        interval=args.interval,
     )
     channels = [
-        grpc.aio.insecure_channel(args.addr, options=CHANNEL_OPTIONS)
+        channel(args.addr, options=CHANNEL_OPTIONS)
         for _ in range(max(1, min(args.channels, args.concurrency)))
     ]
     try:
@@ -220,7 +357,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await ch.close()
         raise ConnectionError(f"cannot reach {args.addr} within {args.timeout}s") from None
     stubs = [kv_pb2_grpc.KVStub(ch) for ch in channels]
-    show_progress = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
+    on_terminal = sys.stderr.isatty()
+    show_progress = args.progress == "always" or (args.progress == "auto" and on_terminal)
     try:
         if args.workload in ("get", "mixed") and not args.no_preload:
             if show_progress:
@@ -228,8 +366,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await preload(stubs, bench)
         stop = asyncio.Event()
         cpu0 = time.process_time()
-        bench.started = time.monotonic()
-        progress = asyncio.ensure_future(_progress(bench, stop)) if show_progress else None
+        bench.started_ns = bench.clock_ns()
+        progress = None
+        if show_progress:
+            draw = _rich_progress if on_terminal else _plain_progress
+            progress = asyncio.ensure_future(draw(bench, stop))
         loops = [
             asyncio.ensure_future(bench.loop(stubs[i % len(stubs)], seed=args.seed + i))
             for i in range(args.concurrency)
@@ -240,7 +381,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         except TimeoutError:
             bench.stopping = True  # every loop finishes its operation in flight
             await waiter
-        bench.elapsed = time.monotonic() - bench.started
+        bench.elapsed = bench.since_start()
         bench.client_cpu = time.process_time() - cpu0
         stop.set()
         if progress is not None:
@@ -248,24 +389,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         for ch in channels:
             await ch.close()
-    return bench.summary()
+    return bench.summary(), bench.timeline.finish(bench.elapsed)
 
 
-def _ms(v: float | None) -> str:
+def _ms_text(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
-def format_table(result: dict[str, Any]) -> str:
-    head = (
-        f"workload {result['workload']}  concurrency {result['concurrency']}  "
-        f"value {result['value_size']} B  keys {result['keys']}  "
-        f"elapsed {result['elapsed_s']:.1f} s"
-    )
-    headers = ["op", "ops", "ops/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "errors"]
-    rows = []
-    named = [(name, s) for name, s in result["by_op"].items()]
+TABLE_HEADERS = ["op", "ops", "ops/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "errors"]
+
+
+def table_rows(result: dict[str, Any]) -> list[list[str]]:
+    named = list(result["by_op"].items())
     if len(named) != 1:
         named.append(("total", result))
+    rows = []
     for name, s in named:
         lat = s["latency_ms"]
         rows.append(
@@ -273,23 +411,65 @@ def format_table(result: dict[str, Any]) -> str:
                 name,
                 str(s["ops"]),
                 f"{s['ops_per_s']:.0f}",
-                _ms(lat["p50"]),
-                _ms(lat["p99"]),
-                _ms(lat["p99.9"]),
-                _ms(lat["max"]),
+                _ms_text(lat["p50"]),
+                _ms_text(lat["p99"]),
+                _ms_text(lat["p99.9"]),
+                _ms_text(lat["max"]),
                 str(s["errors"]),
             ]
         )
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines = [head, ""]
-    lines.append("  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True)))
-    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return rows
+
+
+def _heading(result: dict[str, Any]) -> str:
+    return (
+        f"workload {result['workload']}  concurrency {result['concurrency']}  "
+        f"value {result['value_size']} B  keys {result['keys']}  "
+        f"elapsed {result['elapsed_s']:.1f} s"
+    )
+
+
+def _footer(result: dict[str, Any]) -> list[str]:
+    lines = []
     if result.get("client_cpu_us_per_op") is not None:
         lines.append(f"client CPU {result['client_cpu_us_per_op']:.0f} us/op")
     errors = result.get("errors_by_code") or {}
     if errors:
         lines.append("errors: " + ", ".join(f"{k} {v}" for k, v in sorted(errors.items())))
-    return "\n".join(lines)
+    return lines
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The plain report (what a pipe or a file gets): heading, table, client CPU, errors."""
+    rows = table_rows(result)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(TABLE_HEADERS)]
+    lines = [_heading(result), ""]
+    lines.append("  ".join(h.rjust(w) for h, w in zip(TABLE_HEADERS, widths, strict=True)))
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join([*lines, *_footer(result)])
+
+
+def report(result: dict[str, Any], out: Output) -> None:
+    """The human report: a rich table on a terminal, `format_table` text otherwise."""
+    if not out.rich:
+        out.line(format_table(result))
+        return
+    out.table(
+        TABLE_HEADERS,
+        table_rows(result),
+        title=_heading(result),
+        right=[False, *([True] * (len(TABLE_HEADERS) - 1))],
+    )
+    for line in _footer(result):
+        out.line(line, style="red" if line.startswith("errors") else "")
+
+
+def write_out(
+    path: Path, result: dict[str, Any], timeline: list[dict[str, Any]], interval: float
+) -> None:
+    """--out: the summary `--json` prints, plus the run's timeline."""
+    document = {**result, "interval_s": interval, "timeline": timeline}
+    path.write_text(json.dumps(document, indent=2) + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -308,24 +488,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--timeout", type=float, default=5.0, help="per-operation deadline (s)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.add_argument(
+        "--out", type=Path, help="also write the figures and the per-interval timeline as JSON"
+    )
+    p.add_argument(
+        "--plot", type=Path, help="draw throughput and p50/p99 over time into a PNG file"
+    )
+    p.add_argument(
+        "--interval", type=float, default=1.0, help="timeline resolution in seconds (default 1)"
+    )
     args = p.parse_args(argv)
     if args.concurrency < 1 or args.keys < 1 or args.value_size < 0 or args.duration <= 0:
         p.error("--concurrency and --keys must be >= 1, --duration > 0, --value-size >= 0")
     if not 0.0 <= args.read_fraction <= 1.0:
         p.error("--read-fraction must be in [0, 1]")
+    if args.interval <= 0 or args.duration / args.interval > MAX_WINDOWS:
+        p.error(f"--interval must be > 0 and leave at most {MAX_WINDOWS} windows in --duration")
+    if args.plot is not None:
+        missing = plot_missing()
+        if missing:
+            fail(missing)
+            return 1
     try:
-        result = asyncio.run(run(args))
+        result, timeline = asyncio.run(run(args))
     except grpc.aio.AioRpcError as exc:
         fail(rpc_error_line(exc, args.addr))
         return 1
     except (ConnectionError, OSError) as exc:
         fail(f"UNAVAILABLE: {exc}")
         return 1
+    try:
+        if args.out is not None:
+            write_out(args.out, result, timeline, args.interval)
+        if args.plot is not None:
+            plot_run(result, timeline, args.plot)
+    except OSError as exc:
+        fail(f"cannot write the bench's files: {exc}")
+        return 1
     if args.json:
         print(json.dumps(result))
     else:
-        print(format_table(result))
+        report(result, Output.for_stream())
     return 0 if result["ops"] else 1
 
 
-__all__ = ["Bench", "OpStats", "format_table", "main", "run"]
+__all__ = [
+    "Bench",
+    "OpStats",
+    "Timeline",
+    "format_table",
+    "main",
+    "run",
+    "table_rows",
+    "write_out",
+]

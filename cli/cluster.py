@@ -2,8 +2,10 @@
 
 Every process is a child (`python -m rangekv.cli.main VERB ...`) with its own
 log file; a child is ready when it logs its one ready line. Ports are chosen
-once and kept in DATA/cluster.json so that a cluster started again on the same
-folder resumes with the same addresses (the meta range's voters are static).
+once (gRPC and Prometheus ports alike, below the kernel's ephemeral range) and
+kept in DATA/cluster.json so that a cluster started again on the same folder
+resumes with the same addresses (the meta range's voters are static) and the
+same metrics endpoints.
 """
 
 from __future__ import annotations
@@ -57,13 +59,34 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
             s.close()
 
 
+def metrics_key(kind: str, index: int) -> str:
+    """The name a process's metrics port is kept under in cluster.json (`node2`)."""
+    return f"{kind}{index}"
+
+
 @dataclass
 class Layout:
-    """Ports of every process, persisted so a restart finds the same cluster."""
+    """Ports of every process, persisted so a restart finds the same cluster.
+
+    `metrics` holds each process's Prometheus port (`meta1`, `node2`,
+    `gateway1`, ...), chosen like the gRPC ports (below the ephemeral range) so
+    that dashboards and scrape configs keep pointing at the same place across
+    restarts. A cluster.json written before metrics ports were kept gets them
+    added on its next start.
+    """
 
     meta: dict[int, int]
     nodes: dict[int, int]
     gateways: list[int]
+    metrics: dict[str, int] = field(default_factory=dict)
+
+    def names(self) -> list[str]:
+        """Every process's metrics key, in start order."""
+        return [
+            *(metrics_key("meta", i) for i in self.meta),
+            *(metrics_key("node", i) for i in self.nodes),
+            *(metrics_key("gateway", n + 1) for n in range(len(self.gateways))),
+        ]
 
     @staticmethod
     def load_or_create(path: Path, n_meta: int, n_nodes: int, gateway_ports: list[int]) -> Layout:
@@ -73,19 +96,36 @@ class Layout:
                 {int(k): v for k, v in raw["meta"].items()},
                 {int(k): v for k, v in raw["nodes"].items()},
                 list(raw["gateways"]),
+                {str(k): int(v) for k, v in raw.get("metrics", {}).items()},
             )
             layout.gateways = gateway_ports or layout.gateways
-            return layout
-        layout = Layout(
-            {i: free_port() for i in range(1, n_meta + 1)},
-            {i: free_port() for i in range(1, n_nodes + 1)},
-            gateway_ports,
-        )
+        else:
+            layout = Layout(
+                {i: free_port() for i in range(1, n_meta + 1)},
+                {i: free_port() for i in range(1, n_nodes + 1)},
+                gateway_ports,
+            )
+        missing = [name for name in layout.names() if name not in layout.metrics]
+        if missing or not path.exists():
+            taken = {*layout.meta.values(), *layout.nodes.values(), *layout.gateways}
+            taken |= set(layout.metrics.values())
+            fresh = [p for p in free_ports(len(missing) + len(taken)) if p not in taken]
+            layout.metrics.update(zip(missing, fresh, strict=False))
+            layout.save(path)
+        return layout
+
+    def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(
-            json.dumps({"meta": layout.meta, "nodes": layout.nodes, "gateways": layout.gateways})
+            json.dumps(
+                {
+                    "meta": self.meta,
+                    "nodes": self.nodes,
+                    "gateways": self.gateways,
+                    "metrics": self.metrics,
+                }
+            )
         )
-        return layout
 
 
 @dataclass
@@ -219,6 +259,8 @@ class LocalCluster:
                     node_ids,
                     "--shutdown-grace-seconds",
                     "1",
+                    "--metrics-port",
+                    str(self.layout.metrics[metrics_key("meta", i)]),
                 ],
                 logs / f"metarange{i}.log",
                 env,
@@ -244,6 +286,8 @@ class LocalCluster:
                     self.meta_addrs,
                     "--shutdown-grace-seconds",
                     "1",
+                    "--metrics-port",
+                    str(self.layout.metrics[metrics_key("node", i)]),
                     *(extra_node_args or []),
                 ],
                 logs / f"raftnode{i}.log",
@@ -254,7 +298,15 @@ class LocalCluster:
         self.gateways = [
             Child(
                 f"gateway {n + 1}" if len(self.layout.gateways) > 1 else "gateway",
-                ["gateway", "--listen-port", str(port), "--meta-addrs", self.meta_addrs],
+                [
+                    "gateway",
+                    "--listen-port",
+                    str(port),
+                    "--meta-addrs",
+                    self.meta_addrs,
+                    "--metrics-port",
+                    str(self.layout.metrics[metrics_key("gateway", n + 1)]),
+                ],
                 logs / f"gateway{n + 1}.log",
                 env,
             )

@@ -66,6 +66,8 @@ def screen(cluster: LocalCluster) -> str:
         "Try:",
         f"  rangekv put hello world --addr {gw}",
         f"  rangekv get hello --addr {gw}",
+        f"  rangekv ranges --addr {gw}        (and nodes, split, transfer-lease, ...)",
+        f"  rangekv bench --addr {gw} --duration 10 --plot bench.png",
         f"  grpcurl -plaintext {gw} list",
         f'  grpcurl -plaintext -d \'{{"key": "aGVsbG8=", "value": "d29ybGQ="}}\' {gw} rangekv.v1.KV/Put',
         f'  grpcurl -plaintext -d \'{{"key": "aGVsbG8="}}\' {gw} rangekv.v1.KV/Get',

@@ -26,6 +26,7 @@ from typing import Any
 
 import grpc
 
+from rangekv.cli.output import error_line
 from rangekv.common import dialing
 from rangekv.common import errors as E
 from rangekv.v1 import (
@@ -54,26 +55,31 @@ def _parser(verb: str, description: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(prog=f"rangekv {verb}", description=description)
 
 
-def add_common(parser: argparse.ArgumentParser, *, gateway: bool = True) -> None:
-    """--addr/--json/--timeout (and --meta/--data for admin verbs)."""
+def add_common(parser: argparse.ArgumentParser, *, admin: bool = False) -> None:
+    """--addr/--json/--timeout, and for admin verbs --data/--meta (see `rangekv.cli.target`)."""
     default_addr = os.environ.get("RANGEKV_ADDR", DEFAULT_ADDR)
-    if gateway:
+    if not admin:
         parser.add_argument(
             "--addr", default=default_addr, help=f"gateway host:port (default {default_addr})"
         )
     else:
-        # Accepted for uniformity with the data verbs; admin verbs talk to the
-        # meta range and the nodes, which the gateway does not expose.
-        parser.add_argument("--addr", default=default_addr, help=argparse.SUPPRESS)
+        # None marks "not given", so that --data and --meta can be told apart from
+        # the default gateway address.
         parser.add_argument(
-            "--meta",
-            default=os.environ.get("RANGEKV_META", ""),
-            help="metarange addresses, comma-separated (default: from DATA/cluster.json)",
+            "--addr",
+            default=None,
+            help=f"gateway host:port (default: $RANGEKV_ADDR, else {DEFAULT_ADDR})",
         )
         parser.add_argument(
             "--data",
-            default=DEFAULT_DATA,
-            help=f"data folder of a `rangekv dev` cluster (default {DEFAULT_DATA})",
+            default=None,
+            help="data folder of a `rangekv dev` cluster: use its gateway (from DATA/cluster.json)",
+        )
+        parser.add_argument(
+            "--meta",
+            default=os.environ.get("RANGEKV_META", ""),
+            help="metarange addresses, comma-separated: ask the meta range and the nodes "
+            "directly, without a gateway (for when the gateways are down)",
         )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument(
@@ -129,8 +135,8 @@ def emit_json(obj: Any) -> None:
 
 
 def fail(message: str) -> None:
-    """The one stderr line every failure prints."""
-    print(f"rangekv: {' '.join(message.split())}", file=sys.stderr, flush=True)
+    """The one stderr line every failure prints (red on a terminal)."""
+    error_line(message)
 
 
 def rpc_error_line(exc: grpc.RpcError, target: str = "") -> str:
@@ -169,8 +175,13 @@ def run(main: Callable[[], Coroutine[Any, Any, int]], target: str = "") -> int:
         return 1
 
 
-def channel(addr: str) -> grpc.aio.Channel:
-    return dialing.insecure_channel(addr)
+def channel(addr: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+    """THE way the CLI connects to a gateway (every verb, bench included).
+
+    One function, so that transport security and credentials are added in one place
+    (and the test-only hosts file of `rangekv.common.dialing` is honoured).
+    """
+    return dialing.insecure_channel(addr, options=list(options))
 
 
 # --- data verbs --------------------------------------------------------------------------
@@ -377,7 +388,9 @@ def scan_main(argv: Sequence[str]) -> int:
 
 __all__ = [
     "CLIError",
+    "add_common",
     "cas_main",
+    "channel",
     "del_main",
     "get_main",
     "put_main",

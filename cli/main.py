@@ -2,7 +2,8 @@
 
     rangekv dev ...        run a local cluster
     rangekv put|get|del|cas|scan ...        talk to a gateway
-    rangekv ranges|nodes|transfer-lease|split|change-replicas ...   inspect and steer the cluster
+    rangekv ranges|nodes|split|transfer-lease|change-replicas|decommission ...
+                           inspect and steer the cluster (through a gateway's Admin API)
     rangekv node decommission|recommission N ...   retire a storage node (or take it back)
     rangekv bench ...      load generator
     rangekv raftnode|metarange|gateway ...  run one process of a cluster
@@ -37,10 +38,15 @@ VERBS: dict[str, tuple[str, str, str]] = {
         "change_replicas_main",
         "add or remove a range's replica on a node",
     ),
+    "decommission": (
+        "rangekv.cli.admin",
+        "decommission_main",
+        "move every replica off a node (through the Admin API; see also `node`)",
+    ),
     "node": (
         "rangekv.cli.node",
         "main",
-        "decommission (or recommission) a storage node: move its replicas away for good",
+        "decommission (or recommission) a storage node and follow it to the end",
     ),
     "bench": ("rangekv.cli.bench", "main", "load generator: put/get/mixed against a gateway"),
 }

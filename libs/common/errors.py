@@ -12,15 +12,21 @@ This module is the only place that converts between the two::
      +-- Unavailable          retry later (retry_after); `outcome` for writes   UNAVAILABLE (+RetryInfo)
      |    +-- NotLeader          a raft service's follower, with the leader hint
      +-- DeadlineExceeded     the caller's deadline passed; `outcome` for writes  DEADLINE_EXCEEDED
-     +-- ResourceExhausted    overloaded; nothing was written                  RESOURCE_EXHAUSTED
+     +-- ResourceExhausted    overloaded; nothing was written                  RESOURCE_EXHAUSTED (+RetryInfo)
      +-- ConditionFailed      a conditional meta write met another value       FAILED_PRECONDITION
      +-- IntentExists         the key holds another transaction's intent       ABORTED
+     +-- FenceLost            a scan's snapshot is gone on a replica; restart   ABORTED (+RetryInfo)
+     +-- ClockOffset          a timestamp too far ahead of a node's clock      UNAVAILABLE (+RetryInfo)
+     +-- NotFound             no such range or node (admin API)                NOT_FOUND
+     +-- FailedPrecondition   not possible in the cluster's current state      FAILED_PRECONDITION
+     +-- Unimplemented        not available in this version                    UNIMPLEMENTED
      +-- InternalError        a bug                                            INTERNAL
 
-Between gateway and raftnode the routing errors, Unavailable, InvalidArgument and
-IntentExists travel in-band as ``rangekv.v1.ReplicaError`` (``to_replica_error`` /
-``from_replica_error``). Towards clients and on the Meta API every error is a gRPC
-status whose ``google.rpc.Status`` details carry the proto form (``to_rpc_status`` /
+Between gateway and raftnode the routing errors, Unavailable, InvalidArgument,
+IntentExists, FenceLost, ClockOffset and ResourceExhausted travel in-band as
+``rangekv.v1.ReplicaError`` (``to_replica_error`` / ``from_replica_error``).
+Towards clients and on the Meta API every error is a gRPC status whose
+``google.rpc.Status`` details carry the proto form (``to_rpc_status`` /
 ``from_rpc_error``), readable from any language.
 """
 
@@ -138,9 +144,13 @@ class DeadlineExceeded(RangeKVError):
 class ResourceExhausted(RangeKVError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
-    def __init__(self, message: str, retry_after: float = 0.1) -> None:
+    def __init__(
+        self, message: str, retry_after: float = 0.1, *, answer_too_large: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        #: The batch asked for more than one answer may carry: split it and ask again.
+        self.answer_too_large = answer_too_large
 
 
 class ConditionFailed(RangeKVError):
@@ -161,17 +171,57 @@ class IntentExists(RangeKVError):
         self.txn = txn
 
 
+class FenceLost(RangeKVError):
+    """A multi-range scan read under a fence the replica does not hold (any more):
+    its snapshot is gone there; the scan must start over. Nothing was written."""
+
+    code = grpc.StatusCode.ABORTED
+
+    def __init__(self, fence_id: bytes, reason: str, retry_after: float = 0.02) -> None:
+        super().__init__(f"scan snapshot lost ({reason}); retry the scan")
+        self.fence_id = fence_id
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class ClockOffset(RangeKVError):
+    """A timestamp more than the maximum clock offset ahead of a node's physical
+    clock: refused, never absorbed (someone's clock is wrong)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+    def __init__(
+        self, timestamp: types_pb2.Timestamp, physical_ns: int, max_offset_ns: int, node_id: int
+    ) -> None:
+        ahead_ms = (timestamp.wall_time - physical_ns) / 1e6
+        super().__init__(
+            f"timestamp {timestamp.wall_time}.{timestamp.logical} is {ahead_ms:.0f} ms ahead of "
+            f"node {node_id}'s clock; the maximum clock offset is {max_offset_ns / 1e6:.0f} ms "
+            "(a clock in the cluster is wrong)"
+        )
+        self.timestamp = timestamp
+        self.physical_ns = physical_ns
+        self.max_offset_ns = max_offset_ns
+        self.node_id = node_id
+        self.retry_after = 0.5
+
+
+class NotFound(RangeKVError):
+    """What an admin request names does not exist (a range id, a node id)."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
 class FailedPrecondition(RangeKVError):
-    """The system is not in the state the request needs (e.g. a node state change
-    out of order); the message says which state, so the caller can act on it."""
+    """An admin request that the cluster's current state makes pointless or impossible."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
-class NotFound(RangeKVError):
-    """The named thing (e.g. a node id) does not exist."""
+class Unimplemented(RangeKVError):
+    """An operation this version declares but does not carry out yet."""
 
-    code = grpc.StatusCode.NOT_FOUND
+    code = grpc.StatusCode.UNIMPLEMENTED
 
 
 class InternalError(RangeKVError):
@@ -229,6 +279,27 @@ def to_replica_error(exc: RangeKVError) -> errors_pb2.ReplicaError:
         return errors_pb2.ReplicaError(
             intent_exists=errors_pb2.IntentExistsError(key=exc.key, txn=exc.txn)
         )
+    if isinstance(exc, FenceLost):
+        return errors_pb2.ReplicaError(
+            fence_lost=errors_pb2.FenceLostError(fence_id=exc.fence_id, reason=exc.reason)
+        )
+    if isinstance(exc, ClockOffset):
+        return errors_pb2.ReplicaError(
+            clock_offset=errors_pb2.ClockOffsetError(
+                timestamp=exc.timestamp,
+                physical_nanos=exc.physical_ns,
+                max_offset_nanos=exc.max_offset_ns,
+                node_id=exc.node_id,
+            )
+        )
+    if isinstance(exc, ResourceExhausted):
+        return errors_pb2.ReplicaError(
+            resource_exhausted=errors_pb2.ResourceExhaustedError(
+                message=exc.message,
+                retry_after=_duration(exc.retry_after),
+                answer_too_large=exc.answer_too_large,
+            )
+        )
     retry_after = exc.retry_after if isinstance(exc, Unavailable) else 0.1
     outcome = exc.outcome if isinstance(exc, Unavailable | DeadlineExceeded) else 0
     return errors_pb2.ReplicaError(
@@ -264,6 +335,16 @@ def from_replica_error(pb: errors_pb2.ReplicaError) -> RangeKVError:
         return InvalidArgument(pb.invalid_argument.field, pb.invalid_argument.message)
     if kind == "intent_exists":
         return IntentExists(pb.intent_exists.key, pb.intent_exists.txn)
+    if kind == "fence_lost":
+        return FenceLost(pb.fence_lost.fence_id, pb.fence_lost.reason)
+    if kind == "clock_offset":
+        c = pb.clock_offset
+        return ClockOffset(c.timestamp, c.physical_nanos, c.max_offset_nanos, c.node_id)
+    if kind == "resource_exhausted":
+        r = pb.resource_exhausted
+        return ResourceExhausted(
+            r.message, r.retry_after.ToNanoseconds() / 1e9, answer_too_large=r.answer_too_large
+        )
     if kind == "unavailable":
         u = pb.unavailable
         return Unavailable(
@@ -296,7 +377,7 @@ def to_rpc_status(exc: RangeKVError) -> grpc.Status:
                 )
             )
         )
-    if isinstance(exc, Unavailable | ResourceExhausted):
+    if isinstance(exc, Unavailable | ResourceExhausted | FenceLost | ClockOffset):
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=_duration(exc.retry_after))))
     if isinstance(exc, Unavailable | DeadlineExceeded) and exc.outcome:
         details.append(_pack(errors_pb2.RequestOutcomeDetail(outcome=_outcome_pb(exc.outcome))))
@@ -372,23 +453,27 @@ def from_rpc_error(err: grpc.RpcError, *, is_write: bool = False) -> RangeKVErro
                     return InvalidArgument(v.field, v.description)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidArgument("", message)
+    if code == grpc.StatusCode.NOT_FOUND:
+        return NotFound(message)
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return FailedPrecondition(message)
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return Unimplemented(message)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceeded(message, outcome)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return ResourceExhausted(message, retry_after)
-    if code == grpc.StatusCode.FAILED_PRECONDITION:
-        return FailedPrecondition(message)
-    if code == grpc.StatusCode.NOT_FOUND:
-        return NotFound(message)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN):
         return Unavailable(message, retry_after, outcome)
     return InternalError(f"{code.name}: {message}")
 
 
 __all__ = [
+    "ClockOffset",
     "ConditionFailed",
     "DeadlineExceeded",
     "FailedPrecondition",
+    "FenceLost",
     "IntentExists",
     "InternalError",
     "InvalidArgument",
@@ -401,6 +486,7 @@ __all__ = [
     "ResourceExhausted",
     "RoutingError",
     "Unavailable",
+    "Unimplemented",
     "WriteOutcome",
     "from_replica_error",
     "from_rpc_error",

@@ -171,6 +171,17 @@ class HybridClock:
             self._last = ts
             return ts
 
+    def physical_now(self) -> int:
+        """The physical clock's reading (nanoseconds)."""
+        return self._physical_now()
+
+    def check_offset(self, remote: Timestamp) -> None:
+        """Raise `ClockOffsetError` when `remote` is more than the maximum offset
+        ahead of our physical clock; absorb nothing either way."""
+        physical = self._physical_now()
+        if remote.wall_time - physical > self._max_offset_ns:
+            raise ClockOffsetError(remote, physical, self._max_offset_ns)
+
     def forward(self, ts: Timestamp) -> None:
         """Make every later `now()` exceed `ts`, with no offset check.
 

@@ -14,6 +14,7 @@ from .errors import (
     StepLocalMessage,
     StorageError,
     Unavailable,
+    UncommittedSizeExceeded,
 )
 from .rawnode import RawNode
 from .storage import MemoryStorage, Storage, with_commit_floor
@@ -75,5 +76,6 @@ __all__ = [
     "Storage",
     "StorageError",
     "Unavailable",
+    "UncommittedSizeExceeded",
     "with_commit_floor",
 ]

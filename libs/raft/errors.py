@@ -33,6 +33,12 @@ class ProposalDropped(RaftError):
     """
 
 
+class UncommittedSizeExceeded(ProposalDropped):
+    """The leader's uncommitted entries already hold `max_uncommitted_entries_size`
+    bytes: the proposal is refused until commits catch up (back-pressure, not a
+    leadership problem; nothing entered the log)."""
+
+
 class StepLocalMessage(RaftError):
     """A local-only message type (HUP, BEAT, ...) was handed to RawNode.step."""
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 
-from .errors import InvariantViolation, ProposalDropped, StorageError
+from .errors import InvariantViolation, ProposalDropped, StorageError, UncommittedSizeExceeded
 from .lease import QuorumAckTracker, ReadOnly, ReadRequest
 from .log import RaftLog
 from .progress import Progress
@@ -332,7 +332,10 @@ class Raft:
             return
 
         if m.type is MT.HUP:
-            self._hup(transfer=False)
+            # A local HUP carrying CAMPAIGN_TRANSFER forces the election, as a
+            # leadership transfer does (voters skip their stickiness and boot quiet
+            # period for it). Only drivers that know no lease can be broken use it.
+            self._hup(transfer=m.context == CAMPAIGN_TRANSFER)
         elif m.type is MT.VOTE or m.type is MT.PRE_VOTE:
             self._step_vote(m)
         else:
@@ -688,7 +691,7 @@ class Raft:
             size += len(d)
         limit = self.max_uncommitted_size
         if limit and self.uncommitted_size and self.uncommitted_size + size > limit:
-            raise ProposalDropped("too many uncommitted bytes; retry after commits")
+            raise UncommittedSizeExceeded("too many uncommitted bytes; retry after commits")
         self.uncommitted_size += size
         term, first = self.term, self.log.last_index() + 1
         ents = [Entry(term, first + k, etype, d) for k, d in enumerate(datas)]

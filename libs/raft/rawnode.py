@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .errors import StepLocalMessage
-from .raft import Raft
+from .raft import CAMPAIGN_TRANSFER, Raft
 from .storage import Storage
 from .types import (
     ConfChange,
@@ -54,9 +54,15 @@ class RawNode:
         """Advance the logical clock one tick; `now` only stamps lease rounds."""
         self.raft.tick(now)
 
-    def campaign(self) -> None:
-        """Start an election now (subject to PreVote like a timeout would be)."""
-        self.raft.step(Message(MessageType.HUP, self.raft.id, self.raft.id))
+    def campaign(self, *, force: bool = False) -> None:
+        """Start an election now (subject to PreVote like a timeout would be).
+
+        `force`: a forced election, like the one a leadership transfer starts:
+        no pre-vote, and voters grant it even in their stickiness or boot quiet
+        period. Safe only when the driver knows that no node can hold a lease
+        the election could break (e.g. a range that never had a leader)."""
+        context = CAMPAIGN_TRANSFER if force else b""
+        self.raft.step(Message(MessageType.HUP, self.raft.id, self.raft.id, context=context))
 
     def propose(self, data: bytes) -> int:
         """Propose one entry; returns its index. Raises ProposalDropped."""
@@ -206,6 +212,14 @@ class RawNode:
     def leader(self) -> int:
         """The known leader's id, or NONE (0)."""
         return self.raft.lead
+
+    def term(self) -> int:
+        """The current term (cheaper than `status()` on hot paths)."""
+        return self.raft.term
+
+    def commit_index(self) -> int:
+        """The highest log index known committed."""
+        return self.raft.log.committed
 
     def soft_state(self) -> SoftState:
         return self.raft.soft_state()

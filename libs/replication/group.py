@@ -39,6 +39,7 @@ from rangekv.raft import (
     RawNode,
     Ready,
     StateType,
+    UncommittedSizeExceeded,
 )
 from rangekv.replication.mutations import Mutation
 
@@ -57,6 +58,11 @@ class ProposalAbandoned(GroupError):
 
 class NotLeaderNow(GroupError):
     """The proposal or read was refused before it entered the log; nothing was done."""
+
+
+class Overloaded(GroupError):
+    """The leader's uncommitted log is over its byte budget: the proposal was refused
+    before it entered the log (nothing was done); retry after a short pause."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +153,11 @@ class RaftGroup:
         self._inbox.append(msg)
         self._wake(self)
 
+    @property
+    def pending_ticks(self) -> int:
+        """Ticks queued since the last drain."""
+        return self._ticks
+
     def tick(self, now: float) -> None:
         self._ticks += 1
         self._tick_now = now
@@ -206,6 +217,8 @@ class RaftGroup:
             ) from None
         except NotLeaderNow:
             raise not_leader() from None
+        except Overloaded as exc:
+            raise E.ResourceExhausted(f"{what}: {exc}", retry_after=0.05) from None
         except ProposalAbandoned as exc:
             raise E.Unavailable(
                 f"{what}: {exc}; it may or may not have been applied",
@@ -300,6 +313,10 @@ class RaftGroup:
             datas.append(_TAG.pack(self._incarnation, self._seq) + command)
         try:
             node.propose_batch(datas)
+        except UncommittedSizeExceeded as exc:
+            for _command, fut in queued:
+                _fail(fut, Overloaded(str(exc)))
+            return
         except ProposalDropped as exc:
             for _command, fut in queued:
                 _fail(fut, NotLeaderNow(str(exc)))
@@ -390,6 +407,25 @@ class RaftGroup:
         if self._read_waiting is not None:
             _fail(self._read_waiting, NotLeaderNow(why))
             self._read_waiting = None
+
+    def snapshot_refusal(self, message: Message, streamed_applied: int) -> str | None:
+        """Why a streamed snapshot must not be installed here, or None. Only in the
+        scheduler's section (it reads the core).
+
+        Installing one whose state is not newer than what this replica applied
+        would move the applied index back on disk while memory stays ahead, and
+        the entries in between would never be applied again."""
+        node = self.raw_node
+        snap = message.snapshot
+        if snap is None:
+            return "the message carries no snapshot"
+        if message.term < node.term():
+            return f"sent in term {message.term}, before the current term {node.term()}"
+        if snap.metadata.index <= node.commit_index():
+            return f"raft already holds the log up to {node.commit_index()}"
+        if streamed_applied <= self.applied_index:
+            return f"its state (applied {streamed_applied}) is not newer than {self.applied_index}"
+        return None
 
     def close(self, why: str = "replica closed") -> None:
         self.removed = True

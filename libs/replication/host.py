@@ -30,7 +30,13 @@ from rangekv.replication.log_engine import RaftLogEngine
 from rangekv.replication.mutations import Mutation
 from rangekv.replication.scheduler import RaftScheduler, SchedulerMetrics
 from rangekv.replication.snapshot_data import decode_chunk, encode_chunks
-from rangekv.replication.state_engine import APPLIED_STATE, AppliedState, StateEngine
+from rangekv.replication.state_engine import (
+    APPLIED_STATE,
+    AppliedState,
+    StateEngine,
+    range_local_key,
+    range_local_span,
+)
 from rangekv.replication.sync_mode import FsmSyncMode
 from rangekv.v1 import types_pb2
 
@@ -51,8 +57,14 @@ class HostConfig:
     log_retain_entries: int = 2000
     truncate_interval: float = 5.0
     snapshot_chunk_bytes: int = 1 << 20
+    #: Bytes of proposals a leader holds uncommitted before refusing more
+    #: (RESOURCE_EXHAUSTED; raft's max_uncommitted_entries_size).
+    max_uncommitted_bytes: int = 64 << 20
     #: Test-only deliberately broken behaviour (mutations.py); NONE otherwise.
     mutation: Mutation = Mutation.NONE
+    #: Test-only: kill -9 loses unsynced state writes like a power cut
+    #: (RANGEKV_TEST_POWER_LOSS; StateEngine.open explains).
+    power_loss: bool = False
 
     def __post_init__(self) -> None:
         if self.node_id <= 0:
@@ -61,6 +73,18 @@ class HostConfig:
             raise ValueError("log_retain_entries must be >= 0")
         if self.truncate_interval <= 0:
             raise ValueError("truncate_interval must be > 0")
+
+
+Engines = tuple[RaftLogEngine, StateEngine]
+
+
+def open_rocksdb_engines(config: HostConfig) -> Engines:
+    """The process's two engines on disk, under `config.data_dir`."""
+    log_engine = RaftLogEngine.open(config.data_dir / "raftlog")
+    state_engine = StateEngine.open(
+        config.data_dir / "state", config.fsm_sync_mode, power_loss=config.power_loss
+    )
+    return log_engine, state_engine
 
 
 class GroupHost:
@@ -73,12 +97,12 @@ class GroupHost:
         send_raft: SendRaft,
         scheduler_metrics: SchedulerMetrics | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        open_engines: Callable[[HostConfig], Engines] | None = None,
     ) -> None:
         self.host_config = config
         self._send_raft = send_raft
         self._monotonic = monotonic
-        self.log_engine = RaftLogEngine.open(config.data_dir / "raftlog")
-        self.state_engine = StateEngine.open(config.data_dir / "state", config.fsm_sync_mode)
+        self.log_engine, self.state_engine = (open_engines or open_rocksdb_engines)(config)
         self.scheduler = RaftScheduler(
             self.log_engine,
             self.state_engine,
@@ -126,6 +150,7 @@ class GroupHost:
                 rng_seed=self._rng.getrandbits(32),
                 max_inflight_msgs=256,
                 max_size_per_msg=1 << 20,
+                max_uncommitted_entries_size=self.host_config.max_uncommitted_bytes,
             ),
             storage,
         )
@@ -169,20 +194,70 @@ class GroupHost:
         finally:
             snap.close()
 
-    async def ingest_snapshot(
-        self, spans: Sequence[Span], chunks: AsyncIterator[bytes]
-    ) -> AppliedState | None:
-        """Replace `spans` by the streamed pairs in ONE synced batch; returns nothing
-        but raises on a bad stream (then nothing was written)."""
+    async def install_snapshot(
+        self,
+        group: RaftGroup,
+        message: Message,
+        spans: Sequence[Span],
+        chunks: AsyncIterator[bytes],
+        adopt: Callable[[dict[bytes, bytes]], None] | None = None,
+    ) -> bool:
+        """Install a streamed snapshot of `group` (its state spans and the SNAP
+        message); True once raft has seen the message.
+
+        Invariant: a replica's applied index never goes backwards, in memory or on
+        disk. The stream is gathered into one batch off the scheduler; the checks
+        (`RaftGroup.snapshot_refusal`: current term, raft would adopt it, the
+        streamed state is newer than what was applied) and the install run in the
+        scheduler's section, where no apply can interleave: the state (synced), the
+        applied index and the core's restore go in together. A snapshot that fails
+        the checks installs no state, but raft still gets its message (it restores
+        only a log it lacks, over state that is at least as new). A crash between the
+        state write and the raft log's snapshot write restarts with the applied
+        index ahead of the log, which the group already handles (it skips entries
+        at or below its applied index). `adopt` sees the streamed range-local pairs
+        (descriptor, GC threshold) once installed."""
         batch = self.state_engine.new_batch()
         for lo, hi in spans:
             if hi is not None:
                 batch.delete_range(lo, hi)
+        local_lo, local_hi = range_local_span(group.group_id)
+        local: dict[bytes, bytes] = {}
         async for chunk in chunks:
             for key, value in decode_chunk(chunk):
                 batch.put(key, value)
-        await asyncio.to_thread(self.state_engine.commit, batch, force_sync=True)
-        return None
+                if local_lo <= key < local_hi:
+                    local[key] = value
+        raw = local.get(range_local_key(group.group_id, APPLIED_STATE))
+        streamed = AppliedState.decode(raw) if raw else AppliedState(0, 0)
+        if self.host_config.mutation is Mutation.STALE_SNAPSHOT_INGEST:
+            # TEST MUTATION: the old unchecked ingest, beside the scheduler.
+            await asyncio.to_thread(self.state_engine.commit, batch, force_sync=True)
+            group.applied_index = max(group.applied_index, streamed.index)
+            if adopt is not None:
+                adopt(local)
+            group.deliver(message)
+            return True
+
+        def install() -> bool:
+            if group.removed or self.scheduler.group(group.group_id) is not group:
+                return False
+            why = group.snapshot_refusal(message, streamed.index)
+            if why is None:
+                self.state_engine.commit(batch, force_sync=True)
+                group.applied_index = streamed.index
+                if adopt is not None:
+                    adopt(local)
+            else:
+                log.info("snapshot of group %d: state not installed: %s", group.group_id, why)
+            # Raft sees the message either way: it restores only what it lacks, and
+            # its answer tells the leader where this replica stands (a leader never
+            # told would keep sending snapshots).
+            group.raw_node.step(message)
+            self.scheduler.wake(group)
+            return True
+
+        return await self.scheduler.call_in_section(install)
 
     # --- background loops -------------------------------------------------------------
 

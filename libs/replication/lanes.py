@@ -132,6 +132,10 @@ class TelemetryTransportMetrics:
             "Raft sends that failed (peer unreachable, stream broken, wrong node)",
             labels=("lane", "code"),
         )
+        # The drop series of every (lane, type) pair start at 0, so a dashboard
+        # shows "no drops" rather than no data.
+        for msg_type, lane in _LANE_OF.items():
+            self.dispatch_drop_total.add(0, lane=lane.label, type=msg_type.name.lower())
 
 
 class InMemoryCounter:

@@ -527,6 +527,11 @@ class LogBatch:
     def group_count(self) -> int:
         return len(self._views)
 
+    @property
+    def group_ids(self) -> tuple[int, ...]:
+        """The groups this batch writes to."""
+        return tuple(self._views)
+
     def append(self, group_id: int, entries: Sequence[Entry]) -> None:
         """Append `entries`, replacing any conflicting suffix (MemoryStorage.append)."""
         wb = self._batch()

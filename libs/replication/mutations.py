@@ -3,7 +3,8 @@
 A mutation is switched on by ONE environment variable, read once at process
 start (by the raftnode's entry point) and passed down as a frozen value:
 
-    RANGEKV_TEST_MUTATION=lease_without_check | ack_before_quorum
+    RANGEKV_TEST_MUTATION=lease_without_check | ack_before_quorum | no_scan_fence
+        | stale_snapshot_ingest
 
 * ``lease_without_check``: a replica that is (or still believes it is) the raft
   leader serves reads from its local state without checking its lease or
@@ -12,6 +13,13 @@ start (by the raftnode's entry point) and passed down as a frozen value:
 * ``ack_before_quorum``: the leader applies its new entries and acknowledges
   the writes as soon as they are appended to its own log, before any quorum
   holds them; a leader that dies right after the ack loses acknowledged writes.
+* ``no_scan_fence``: writes ignore scan fences (a held fence does not block them,
+  a released one does not push their versions above the scan's timestamp, and
+  a hold does not wait for writes already proposed), so a multi-range scan is
+  no longer one snapshot.
+* ``stale_snapshot_ingest``: a replica ingests every streamed snapshot, even one
+  older than what it already applied, outside the scheduler's section (and
+  its applied index stays ahead of the data it now holds).
 
 Off (``none``) by default; an active one is logged loudly at startup. The
 tests in ``tests/chaos/test_chaos.py`` assert that the harness catches each.
@@ -30,6 +38,8 @@ class Mutation(enum.Enum):
     NONE = "none"
     LEASE_WITHOUT_CHECK = "lease_without_check"
     ACK_BEFORE_QUORUM = "ack_before_quorum"
+    NO_SCAN_FENCE = "no_scan_fence"
+    STALE_SNAPSHOT_INGEST = "stale_snapshot_ingest"
 
 
 def parse_mutation(environ: Mapping[str, str] | None = None) -> Mutation:
@@ -56,4 +66,28 @@ def warning_line(mutation: Mutation) -> str | None:
     return (
         f"!!!!! TEST MUTATION ACTIVE: {ENV_VAR}={mutation.value} -- this process is "
         "DELIBERATELY BROKEN and must never serve real data !!!!!"
+    )
+
+
+POWER_LOSS_ENV = "RANGEKV_TEST_POWER_LOSS"
+
+
+def parse_power_loss(environ: Mapping[str, str] | None = None) -> bool:
+    """RANGEKV_TEST_POWER_LOSS=1: kill -9 of this process loses its unsynced state
+    writes, as a power cut would (see StateEngine.open). Unset or 0: off."""
+    env = os.environ if environ is None else environ
+    raw = env.get(POWER_LOSS_ENV, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise ValueError(f"{POWER_LOSS_ENV}={raw!r} is not 0 or 1")
+
+
+def power_loss_warning(power_loss: bool) -> str | None:
+    if not power_loss:
+        return None
+    return (
+        f"!!!!! TEST POWER-LOSS EMULATION ACTIVE: {POWER_LOSS_ENV}=1 -- a kill -9 of this "
+        "process LOSES unsynced writes, on purpose !!!!!"
     )

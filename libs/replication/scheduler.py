@@ -30,7 +30,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from rangekv.raft import Message, MessageType, Ready
 from rangekv.replication.group import RaftGroup, _fail, _resolve
@@ -38,6 +38,8 @@ from rangekv.replication.mutations import Mutation
 from rangekv.replication.sync_mode import FsmSyncMode
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: What a leader may send before its own log write is durable.
 _LEADER_EARLY = frozenset({MessageType.APP, MessageType.HEARTBEAT})
@@ -119,6 +121,7 @@ class RaftScheduler:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._post_apply: list[Callable[[], None]] = []
+        self._in_iteration = False
         #: Test-only (mutations.py); NONE in every real deployment.
         self._mutation = mutation
 
@@ -156,6 +159,30 @@ class RaftScheduler:
         self._post_apply.append(fn)
         self._wakeup.set()
 
+    def call_in_section(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """Run `fn` inside the scheduler's section -- between iterations, when no
+        apply is in flight and the cores may be called -- and hand its result
+        (or exception) to the returned future."""
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+
+        def run() -> None:
+            try:
+                result = fn()
+            except BaseException as exc:
+                if not fut.done():
+                    fut.set_exception(exc)
+            else:
+                if not fut.done():
+                    fut.set_result(result)
+
+        self.after_apply(run)
+        return fut
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no iteration running (tests step time only then)."""
+        return not (self._in_iteration or self._dirty or self._post_apply or self._wakeup.is_set())
+
     # --- lifecycle ------------------------------------------------------------------
 
     def start(self) -> None:
@@ -173,6 +200,7 @@ class RaftScheduler:
         while not self._stopping:
             await self._wakeup.wait()
             self._wakeup.clear()
+            self._in_iteration = True
             try:
                 await self.run_once()
             except Exception:
@@ -180,6 +208,8 @@ class RaftScheduler:
                 # safely any more, so stop the process loudly rather than limp on.
                 log.critical("raft scheduler iteration failed; stopping", exc_info=True)
                 raise
+            finally:
+                self._in_iteration = False
 
     async def run_once(self) -> int:
         """One iteration over the woken groups; returns how many had a Ready."""

@@ -151,6 +151,8 @@ class _Env:
     on_wrong_node: WrongNodeCallback | None
     metrics: TransportMetrics
     config: TransportConfig
+    #: Stamps every batch with the sender's clock (receivers refuse one too far ahead).
+    clock: Callable[[], types_pb2.Timestamp] | None = None
 
     def error(self, lane: Lane, code: str) -> None:
         self.metrics.dispatch_errors_total.add(1, lane=lane.label, code=code)
@@ -303,6 +305,8 @@ class _StreamLane(_LaneWorker):
             lane=self.lane.value,
             messages=[message_to_proto(g, m, d) for g, m, d in batch],
         )
+        if self.env.clock is not None:
+            request.sender_clock.CopyFrom(self.env.clock())
         # Set before the write: a wrong_node answer may be read before the
         # write's completion is.
         self._last_batch = batch
@@ -476,6 +480,7 @@ class RaftTransport:
         metrics: TransportMetrics | None = None,
         on_wrong_node: WrongNodeCallback | None = None,
         config: TransportConfig | None = None,
+        clock: Callable[[], types_pb2.Timestamp] | None = None,
     ) -> None:
         self._env = _Env(
             node_id=node_id,
@@ -486,6 +491,7 @@ class RaftTransport:
             on_wrong_node=on_wrong_node,
             metrics=metrics if metrics is not None else InMemoryTransportMetrics(),
             config=config if config is not None else TransportConfig(),
+            clock=clock,
         )
         self._peers: dict[int, tuple[_LaneWorker, ...]] = {}
         self._closed = False

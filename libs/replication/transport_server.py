@@ -19,7 +19,7 @@ from typing import Final
 
 import grpc
 
-from rangekv.v1 import raft_pb2, raft_pb2_grpc
+from rangekv.v1 import raft_pb2, raft_pb2_grpc, types_pb2
 
 from .raft_codec import DecodedMessage, message_from_proto, messages_from_proto
 
@@ -80,10 +80,15 @@ class RaftTransportServicer(raft_pb2_grpc.RaftTransportServicer):
         node_id: int,
         handle: BatchHandler,
         handle_snapshot: SnapshotHandler,
+        admit_clock: Callable[[int, types_pb2.Timestamp], bool] | None = None,
     ) -> None:
+        """`admit_clock(sender, clock)`: False refuses a batch whose sender's clock is
+        too far ahead of ours (the batch is dropped: raft copes with lost messages,
+        and a node with a wrong clock is cut off instead of followed)."""
         self._node_id = node_id
         self._handle = handle
         self._handle_snapshot = handle_snapshot
+        self._admit_clock = admit_clock
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         raft_pb2_grpc.add_RaftTransportServicer_to_server(self, server)
@@ -107,6 +112,12 @@ class RaftTransportServicer(raft_pb2_grpc.RaftTransportServicer):
                 )
                 yield raft_pb2.RaftStreamResponse(wrong_node=True, node_id=node_id)
                 return
+            if (
+                self._admit_clock is not None
+                and request.HasField("sender_clock")
+                and not self._admit_clock(request.from_node_id, request.sender_clock)
+            ):
+                continue
             try:
                 batch = messages_from_proto(request.messages)
             except ValueError:

@@ -257,6 +257,11 @@ class TelemetryCacheMetrics:
         self._pushes = t.counter(
             "rangekv_gateway_intents_pushed", "Meta intents pushed, by outcome.", labels=("status",)
         )
+        # Every series starts at 0, so a dashboard shows "none yet" rather than no data.
+        for counter in (self._hits, self._misses, self._lookups, self._coalesced):
+            counter.add(0)
+        for reason in EvictionReason:
+            self._evictions.add(0, reason=reason.value)
 
     def hit(self) -> None:
         self._hits.add()

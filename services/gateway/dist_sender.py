@@ -20,14 +20,9 @@ sent, or the node said so) is never retried: the caller gets UNAVAILABLE with
 WRITE_OUTCOME_UNKNOWN. Running out of time gives DEADLINE_EXCEEDED (reads,
 writes that never left) with a retry hint, never a hang.
 
-Scans walk the ranges in key order at ONE MVCC timestamp T and advance by the
-end key of the descriptor the answering replica actually used, so a stale
-cache can neither skip keys nor return one twice. T is the gateway's wall
-clock plus the maximum clock offset between nodes: every write acknowledged
-before the scan began carries a timestamp from some leaseholder's clock, which
-is at most that offset ahead of ours, so it is <= T and visible; each node
-serving a part of the scan moves its clock past T first, so writes it accepts
-afterwards land above T and cannot appear in the middle of the snapshot.
+Scans are one snapshot across ranges, read in pages at one MVCC timestamp
+chosen from the ranges' own clocks under scan fences: see rangekv.gateway.scan
+(the gateway's clock plays no part in it).
 """
 
 from __future__ import annotations
@@ -48,6 +43,7 @@ from rangekv.common.telemetry import end_span_with, traceparent
 from rangekv.gateway.cache_types import EvictionReason, EvictionToken
 from rangekv.gateway.node_client import BatchReply, NodeClients
 from rangekv.gateway.range_cache import RangeCache
+from rangekv.gateway.scan import ScanConfig, Scanner
 from rangekv.v1 import replica_pb2, types_pb2
 
 
@@ -122,17 +118,14 @@ class DistSender:
         backoff_max: float = 1.0,
         rng: random.Random | None = None,
         monotonic: Callable[[], float] = time.monotonic,
-        wall_ns: Callable[[], int] = time.time_ns,
-        max_clock_offset_ns: int = 500_000_000,
         read_attempt_timeout: float = DEFAULT_READ_ATTEMPT_TIMEOUT,
         tracer: trace.Tracer | None = None,
+        scan_config: ScanConfig | None = None,
     ) -> None:
         """`tracer`: None unless tracing is on (then each call to a node is a
         client span, its traceparent carried in the node batch)."""
         self.cache = cache
         self._tracer = tracer
-        self._wall_ns = wall_ns
-        self._max_offset_ns = max_clock_offset_ns
         self.nodes = nodes
         self.directory = directory
         self.timeout = timeout
@@ -144,6 +137,7 @@ class DistSender:
         self._rng = rng or random.Random()
         self._monotonic = monotonic
         self.counters = RetryCounters()
+        self.scanner = Scanner(self, self, scan_config, rng=self._rng, monotonic=monotonic)
 
     # --- point operations ---------------------------------------------------------------
 
@@ -156,8 +150,11 @@ class DistSender:
         inconsistent: bool = False,
         read_timestamp: types_pb2.Timestamp | None = None,
         timeout: float | None = None,
+        fence_id: bytes = b"",
     ) -> BatchReply:
-        """Run one operation on the range owning `key`; returns its reply."""
+        """Run one operation on the range owning `key`; returns its reply.
+
+        `fence_id`: the scan fence a read is served under (rangekv.gateway.scan)."""
         deadline = self._monotonic() + (timeout or self.timeout)
         backoff = self._backoff_initial
         last: E.RangeKVError | None = None
@@ -185,6 +182,7 @@ class DistSender:
                     inconsistent,
                     read_timestamp,
                     deadline,
+                    fence_id,
                 )
             if isinstance(outcome, BatchReply):
                 self.cache.maybe_confirm(token)
@@ -212,6 +210,7 @@ class DistSender:
         inconsistent: bool,
         read_timestamp: types_pb2.Timestamp | None,
         deadline: float,
+        fence_id: bytes = b"",
     ) -> BatchReply | E.RangeKVError:
         desc = token.descriptor
         order = list(replicas)
@@ -250,6 +249,7 @@ class DistSender:
                 inconsistent=inconsistent,
                 read_timestamp=read_timestamp,
                 traceparent=parent,
+                fence_id=fence_id,
             )
             if span is not None:
                 # The span lasts as long as the node call, even past our deadline.
@@ -306,7 +306,7 @@ class DistSender:
 
     # --- scans --------------------------------------------------------------------------
 
-    async def scan(
+    def scan(
         self,
         start: bytes,
         end: bytes,
@@ -315,37 +315,16 @@ class DistSender:
         inconsistent: bool = False,
         timeout: float | None = None,
     ) -> AsyncIterator[tuple[list[types_pb2.KeyValue], types_pb2.Timestamp]]:
-        """Yield (kvs, read timestamp) chunks of [start, end) in key order."""
-        read_ts = types_pb2.Timestamp(wall_time=self._wall_ns() + self._max_offset_ns)
-        cursor = start
-        remaining = limit or 0
-        while True:
-            op = replica_pb2.ReplicaOp(
-                scan=replica_pb2.ScanOp(start_key=cursor, end_key=end, limit=remaining)
-            )
-            reply = await self.send(
-                cursor,
-                op,
-                is_write=False,
-                inconsistent=inconsistent,
-                read_timestamp=read_ts,
-                timeout=timeout,
-            )
-            result = reply.results[0].scan
-            kvs = list(result.kvs)
-            if kvs:
-                yield kvs, read_ts
-            if limit:
-                remaining -= len(kvs)
-                if remaining <= 0:
-                    return
-            if result.resume_key:
-                cursor = result.resume_key
-                continue
-            used = RangeDescriptor.from_proto(reply.descriptor)
-            if not used.end_key or (end and used.end_key >= end):
-                return
-            cursor = used.end_key
+        """Yield (kvs, read timestamp) chunks of [start, end) in key order: one
+        snapshot across ranges (rangekv.gateway.scan)."""
+        return self.scanner.scan(
+            start, end, limit, inconsistent=inconsistent, timeout=timeout or self.timeout
+        )
+
+    async def lookup(self, key: bytes) -> RangeDescriptor:
+        """The descriptor the cache routes `key` with (a scan's piece planning)."""
+        entry, _token = await self.cache.lookup(key)
+        return entry.descriptor
 
 
 def _out_of_time(last: E.RangeKVError | None, is_write: bool) -> E.RangeKVError:

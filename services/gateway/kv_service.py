@@ -26,12 +26,40 @@ MAX_BATCH = 10_000
 class KVLimits:
     max_key_bytes: int = 4096
     max_value_bytes: int = 1 << 20
+    #: Operations in flight at once (a Batch counts each of its operations);
+    #: past it new calls are refused with RESOURCE_EXHAUSTED, nothing written.
+    max_inflight_ops: int = 10_000
+
+
+class Admission:
+    """The gateway's budget of operations in flight: what is not admitted is
+    refused at once (RESOURCE_EXHAUSTED + RetryInfo) instead of queued without
+    bound behind the ones being served."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.inflight = 0
+        self.refused = 0
+
+    def enter(self, ops: int = 1) -> None:
+        if self.inflight + ops > self.limit and self.inflight:
+            self.refused += 1
+            raise E.ResourceExhausted(
+                f"the gateway is serving {self.inflight} operations, its limit is "
+                f"{self.limit}; retry shortly",
+                retry_after=0.05,
+            )
+        self.inflight += ops
+
+    def leave(self, ops: int = 1) -> None:
+        self.inflight -= ops
 
 
 class KVService(kv_pb2_grpc.KVServicer):
     def __init__(self, sender: DistSender, limits: KVLimits | None = None) -> None:
         self._sender = sender
         self._limits = limits or KVLimits()
+        self.admission = Admission(self._limits.max_inflight_ops)
 
     # --- validation -----------------------------------------------------------------
 
@@ -102,20 +130,32 @@ class KVService(kv_pb2_grpc.KVServicer):
         self, request: kv_pb2.GetRequest, context: grpc.aio.ServicerContext
     ) -> kv_pb2.GetResponse:
         self._key("key", request.key)
-        return await self._get(request)
+        self.admission.enter()
+        try:
+            return await self._get(request)
+        finally:
+            self.admission.leave()
 
     async def Put(
         self, request: kv_pb2.PutRequest, context: grpc.aio.ServicerContext
     ) -> kv_pb2.PutResponse:
         self._key("key", request.key)
         self._value("value", request.value)
-        return await self._put(request)
+        self.admission.enter()
+        try:
+            return await self._put(request)
+        finally:
+            self.admission.leave()
 
     async def Delete(
         self, request: kv_pb2.DeleteRequest, context: grpc.aio.ServicerContext
     ) -> kv_pb2.DeleteResponse:
         self._key("key", request.key)
-        return await self._delete(request)
+        self.admission.enter()
+        try:
+            return await self._delete(request)
+        finally:
+            self.admission.leave()
 
     async def CompareAndSwap(
         self, request: kv_pb2.CompareAndSwapRequest, context: grpc.aio.ServicerContext
@@ -123,7 +163,11 @@ class KVService(kv_pb2_grpc.KVServicer):
         self._key("key", request.key)
         self._value("new_value", request.new_value)
         self._value("expected_value", request.expected_value)
-        return await self._cas(request)
+        self.admission.enter()
+        try:
+            return await self._cas(request)
+        finally:
+            self.admission.leave()
 
     async def Scan(
         self, request: kv_pb2.ScanRequest, context: grpc.aio.ServicerContext
@@ -133,10 +177,14 @@ class KVService(kv_pb2_grpc.KVServicer):
         if request.end_key and request.end_key <= request.start_key:
             raise E.InvalidArgument("end_key", "must be greater than start_key (or empty)")
         inconsistent = request.consistency == kv_pb2.READ_CONSISTENCY_INCONSISTENT
-        async for kvs, read_ts in self._sender.scan(
-            request.start_key, request.end_key, request.limit, inconsistent=inconsistent
-        ):
-            yield kv_pb2.ScanResponse(kvs=kvs, read_timestamp=read_ts)
+        self.admission.enter()
+        try:
+            async for kvs, read_ts in self._sender.scan(
+                request.start_key, request.end_key, request.limit, inconsistent=inconsistent
+            ):
+                yield kv_pb2.ScanResponse(kvs=kvs, read_timestamp=read_ts)
+        finally:
+            self.admission.leave()
 
     async def Batch(
         self, request: kv_pb2.BatchRequest, context: grpc.aio.ServicerContext
@@ -150,10 +198,15 @@ class KVService(kv_pb2_grpc.KVServicer):
             "delete": self._delete,
             "compare_and_swap": self._cas,
         }
-        results = await asyncio.gather(
-            *(calls[k](getattr(r, k)) for k, r in zip(kinds, request.requests, strict=True)),
-            return_exceptions=True,
-        )
+        ops = max(1, len(kinds))
+        self.admission.enter(ops)
+        try:
+            results = await asyncio.gather(
+                *(calls[k](getattr(r, k)) for k, r in zip(kinds, request.requests, strict=True)),
+                return_exceptions=True,
+            )
+        finally:
+            self.admission.leave(ops)
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             raise _batch_failure(kinds, results, failures)

@@ -1,4 +1,4 @@
-"""`rangekv gateway`: serve the public KV API (stateless; run as many as you like).
+"""`rangekv gateway`: serve the public KV API and the Admin API (stateless; run as many as you like).
 
 rangekv gateway --listen-port 50051 --meta-addrs 127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103
 """
@@ -6,6 +6,7 @@ rangekv gateway --listen-port 50051 --meta-addrs 127.0.0.1:7101,127.0.0.1:7102,1
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +22,9 @@ from rangekv.common.descriptors import RangeDescriptor
 from rangekv.common.entrypoint import service_main
 from rangekv.common.server import ServiceServer
 from rangekv.common.telemetry import Telemetry
+from rangekv.gateway.admin_service import ADMIN_SERVICE, AdminService
 from rangekv.gateway.cache_types import LookupResult, TelemetryCacheMetrics
+from rangekv.gateway.cluster_admin import ClusterAdmin, GrpcNodeAdmin
 from rangekv.gateway.dist_sender import (
     DEFAULT_READ_ATTEMPT_TIMEOUT,
     DistSender,
@@ -32,9 +35,11 @@ from rangekv.gateway.kv_service import KVLimits, KVService
 from rangekv.gateway.node_client import DEFAULT_MAX_INFLIGHT, NodeClients
 from rangekv.gateway.pusher import ReplicaTxnPusher
 from rangekv.gateway.range_cache import RangeCache
+from rangekv.gateway.scan import ScanConfig
 from rangekv.metarange.client import MetaClient
+from rangekv.metarange.decommission import decommission_for_admin, recommission_for_admin
 from rangekv.metarange.records import TxnMeta, TxnStatus
-from rangekv.v1 import kv_pb2_grpc
+from rangekv.v1 import admin_pb2_grpc, kv_pb2_grpc
 
 log = logging.getLogger("rangekv.gateway")
 
@@ -54,6 +59,17 @@ class GatewayConfig:
         help="seconds a read waits for one replica before asking the next (a paused or "
         "cut-off leaseholder must not hold reads until their deadline; writes never move)",
     )
+    max_inflight_ops: int = setting(
+        10_000,
+        help="client operations served at once; more are refused with RESOURCE_EXHAUSTED "
+        "(and a retry delay), nothing written",
+    )
+    scan_page_bytes: int = setting(256 << 10, help="bytes of rows a scan asks a node for per page")
+    scan_buffer_bytes: int = setting(
+        1 << 20,
+        help="bytes of a scan's rows held back before the first is sent, so that a small "
+        "scan whose snapshot is lost restarts invisibly",
+    )
     max_inflight_batches: int = setting(
         DEFAULT_MAX_INFLIGHT,
         help="node batches per (node, range, mode) on the wire at once; more ops wait "
@@ -67,6 +83,9 @@ class GatewayConfig:
         require(self.request_timeout > 0, "request_timeout", "must be > 0")
         require(self.read_attempt_timeout > 0, "read_attempt_timeout", "must be > 0")
         require(self.max_inflight_batches >= 1, "max_inflight_batches", "must be >= 1")
+        require(self.max_inflight_ops >= 1, "max_inflight_ops", "must be >= 1")
+        require(self.scan_page_bytes >= 1, "scan_page_bytes", "must be >= 1")
+        require(self.scan_buffer_bytes >= 0, "scan_buffer_bytes", "must be >= 0")
 
     def addresses(self) -> list[str]:
         return [a.strip() for a in self.meta_addrs.split(",") if a.strip()]
@@ -111,11 +130,26 @@ def build(
         timeout=cfg.request_timeout,
         read_attempt_timeout=cfg.read_attempt_timeout,
         tracer=telemetry.active_tracer if telemetry is not None else None,
+        scan_config=ScanConfig(page_bytes=cfg.scan_page_bytes, buffer_bytes=cfg.scan_buffer_bytes),
+    )
+    service = KVService(
+        sender, KVLimits(cfg.max_key_bytes, cfg.max_value_bytes, cfg.max_inflight_ops)
     )
     if telemetry is not None:
         export_retry_counters(telemetry, sender.counters)
-    service = KVService(sender, KVLimits(cfg.max_key_bytes, cfg.max_value_bytes))
+        export_scan_and_load_counters(telemetry, sender, service)
     return service, meta, nodes
+
+
+def build_admin(cfg: GatewayConfig, meta: MetaClient, nodes: NodeClients) -> AdminService:
+    """The Admin API over the gateway's own meta client and node channels."""
+    admin = ClusterAdmin(meta, GrpcNodeAdmin(nodes.stub))
+    return AdminService(
+        admin,
+        request_timeout=cfg.request_timeout,
+        decommission=functools.partial(decommission_for_admin, meta),
+        recommission=functools.partial(recommission_for_admin, meta),
+    )
 
 
 def export_retry_counters(telemetry: Telemetry, counters: RetryCounters) -> None:
@@ -138,19 +172,51 @@ def export_retry_counters(telemetry: Telemetry, counters: RetryCounters) -> None
     )
 
 
+def export_scan_and_load_counters(telemetry: Telemetry, sender: DistSender, kv: KVService) -> None:
+    """Scans (and their restarts by reason), split read batches, refused calls."""
+    stats = sender.scanner.stats
+    telemetry.observable_gauge(
+        "rangekv_gateway_scans", "Scans since start (monotonic).", lambda: float(stats.scans)
+    )
+    telemetry.observable_gauge(
+        "rangekv_gateway_scan_restarts",
+        "Scans started over since start, by reason (monotonic): the snapshot was lost "
+        "(lease moved, range split, fence lapsed) or a clock was refused.",
+        lambda: {(r,): float(stats.restarts.get(r, 0)) for r in ("fence_lost", "clock_offset")},
+        labels=("reason",),
+    )
+    telemetry.observable_gauge(
+        "rangekv_gateway_scans_aborted",
+        "Scans that lost their snapshot after rows were sent (answered ABORTED).",
+        lambda: float(stats.aborted),
+    )
+    telemetry.observable_gauge(
+        "rangekv_gateway_split_batches",
+        "Node read batches split because their answer would have been too large.",
+        lambda: float(sender.nodes.split_batches),
+    )
+    telemetry.observable_gauge(
+        "rangekv_gateway_refused",
+        "Client calls refused at admission (RESOURCE_EXHAUSTED), since start.",
+        lambda: float(kv.admission.refused),
+    )
+
+
 async def serve(server_config: ServerConfig, cfg: GatewayConfig) -> None:
     telemetry = Telemetry("gateway", otlp_endpoint=server_config.otlp_endpoint)
     service, meta, nodes = build(cfg, telemetry)
+    admin = build_admin(cfg, meta, nodes)
 
     def register(server: grpc.aio.Server) -> None:
         kv_pb2_grpc.add_KVServicer_to_server(service, server)
+        admin_pb2_grpc.add_AdminServicer_to_server(admin, server)
 
     server = ServiceServer(
         "gateway",
         server_config,
         telemetry,
         register=register,
-        service_names=("rangekv.v1.KV",),
+        service_names=("rangekv.v1.KV", ADMIN_SERVICE),
         logger=log,
     )
     await server.start()

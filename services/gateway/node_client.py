@@ -56,8 +56,9 @@ CHANNEL_OPTIONS = (
 #: Batches per (node, range, mode) on the wire at once (see the module docstring).
 DEFAULT_MAX_INFLIGHT = 2
 
-#: (node address, range id, inconsistent, read timestamp bytes, has writes)
-_BatchKey = tuple[str, int, bool, bytes, bool]
+#: (node address, range id, inconsistent, read timestamp bytes, has writes, fence id,
+#: solo: 0, or a number of its own for a batch that must not be merged with others)
+_BatchKey = tuple[str, int, bool, bytes, bool, bytes, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,8 @@ class _Pending:
     has_writes: bool = False
     #: The callers' W3C traceparents; None (not an empty list) while none is traced.
     traceparents: list[str] | None = None
+    #: The scan fence the reads are served under (b"": none).
+    fence_id: bytes = b""
 
 
 class NodeStream:
@@ -188,6 +191,9 @@ class NodeClients:
         self._flush_scheduled = False
         self.batches_sent = 0
         self.ops_sent = 0
+        #: Read batches split because their answer would have been too large.
+        self.split_batches = 0
+        self._solo_ids = itertools.count(1)
 
     def channel(self, address: str) -> grpc.aio.Channel:
         ch = self._channels.get(address)
@@ -216,6 +222,8 @@ class NodeClients:
         inconsistent: bool = False,
         read_timestamp: types_pb2.Timestamp | None = None,
         traceparent: str = "",
+        fence_id: bytes = b"",
+        solo: bool = False,
     ) -> asyncio.Future[BatchReply]:
         """Queue `ops` for `range_id` at `address`; they leave with every other op
         queued for the same (node, range, mode) in this loop iteration.
@@ -223,15 +231,25 @@ class NodeClients:
         The future resolves with this caller's results, or fails with the
         batch's error (a RangeKVError: routing errors, Unavailable, ...).
         `traceparent` (W3C; "" when untraced) rides along in the batch so the
-        node continues the caller's trace.
+        node continues the caller's trace. `fence_id`: the scan fence the reads
+        are served under (see rangekv.raftnode.fences); batches never mix fences.
+        `solo`: these ops leave in a batch of their own.
         """
         ts_key = read_timestamp.SerializeToString() if read_timestamp is not None else b""
         # Reads and writes never share a batch: a batch fails as a whole, and a
         # read's failure must not be able to mask (and so re-send) an applied write.
-        key = (address, range_id, inconsistent, ts_key, has_writes)
+        key = (
+            address,
+            range_id,
+            inconsistent,
+            ts_key,
+            has_writes,
+            fence_id,
+            next(self._solo_ids) if solo else 0,
+        )
         pending = self._pending.get(key)
         if pending is None:
-            pending = _Pending(range_id, inconsistent, read_timestamp)
+            pending = _Pending(range_id, inconsistent, read_timestamp, fence_id=fence_id)
             self._pending[key] = pending
         fut: asyncio.Future[BatchReply] = asyncio.get_running_loop().create_future()
         pending.waiters.append((len(pending.ops), len(ops), fut))
@@ -259,7 +277,7 @@ class NodeClients:
                 continue
             self._inflight[key] = self._inflight.get(key, 0) + 1
             req = replica_pb2.ReplicaBatchRequest(
-                range_id=p.range_id, inconsistent=p.inconsistent, ops=p.ops
+                range_id=p.range_id, inconsistent=p.inconsistent, ops=p.ops, fence_id=p.fence_id
             )
             if p.read_timestamp is not None:
                 req.read_timestamp.CopyFrom(p.read_timestamp)
@@ -268,7 +286,7 @@ class NodeClients:
             self.batches_sent += 1
             self.ops_sent += len(p.ops)
             sent = self._stream(key[0]).submit(req, p.has_writes)
-            sent.add_done_callback(functools.partial(_distribute, pending=p))
+            sent.add_done_callback(functools.partial(self._distribute, key=key, pending=p))
             sent.add_done_callback(functools.partial(self._answered, key))
 
     def _answered(self, key: _BatchKey, _done: asyncio.Future[Any]) -> None:
@@ -278,6 +296,70 @@ class NodeClients:
             self._inflight[key] = left
         if key in self._pending:
             self._schedule_flush()
+
+    def _distribute(
+        self,
+        done: asyncio.Future[replica_pb2.ReplicaBatchResponse],
+        key: _BatchKey,
+        pending: _Pending,
+    ) -> None:
+        """Hand every caller its share of the node's answer (or the batch's error).
+
+        A batch of reads whose answer the node found too large (it refuses rather
+        than break the shared stream) is split: each caller's ops go again, alone."""
+        p = pending
+        exc = done.exception()
+        resp: replica_pb2.ReplicaBatchResponse | None = None
+        if exc is None:
+            resp = done.result()
+            if resp.HasField("error"):
+                exc = E.from_replica_error(resp.error)
+            elif len(resp.results) != len(p.ops):
+                exc = E.InternalError(
+                    f"node answered {len(resp.results)} results for {len(p.ops)} operations"
+                )
+        if (
+            isinstance(exc, E.ResourceExhausted)
+            and exc.answer_too_large
+            and not p.has_writes
+            and len(p.waiters) > 1
+        ):
+            self._split(key, p)
+            return
+        for start, count, fut in p.waiters:
+            if fut.done():
+                continue
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                assert resp is not None
+                fut.set_result(
+                    BatchReply(
+                        list(resp.results[start : start + count]),
+                        resp.descriptor,
+                        resp.read_timestamp,
+                        resp.lease_sequence,
+                    )
+                )
+
+    def _split(self, key: _BatchKey, p: _Pending) -> None:
+        """Send each caller's reads of `p` as a batch of its own."""
+        address, range_id, inconsistent, _ts, _writes, fence_id, _solo = key
+        self.split_batches += 1
+        for start, count, fut in p.waiters:
+            if fut.done():
+                continue
+            alone = self.submit(
+                address,
+                range_id,
+                p.ops[start : start + count],
+                has_writes=False,
+                inconsistent=inconsistent,
+                read_timestamp=p.read_timestamp,
+                fence_id=fence_id,
+                solo=True,
+            )
+            alone.add_done_callback(functools.partial(_pass_on, fut))
 
     async def close(self) -> None:
         for stream in self._streams.values():
@@ -306,6 +388,7 @@ def _without_abandoned(p: _Pending) -> _Pending | None:
         p.read_timestamp,
         has_writes=p.has_writes,
         traceparents=p.traceparents,
+        fence_id=p.fence_id,
     )
     for start, count, fut in p.waiters:
         if not fut.done():
@@ -314,28 +397,12 @@ def _without_abandoned(p: _Pending) -> _Pending | None:
     return kept if kept.waiters else None
 
 
-def _distribute(done: asyncio.Future[replica_pb2.ReplicaBatchResponse], pending: _Pending) -> None:
-    p = pending
-    exc = done.exception()
-    if exc is None:
-        resp = done.result()
-        if resp.HasField("error"):
-            exc = E.from_replica_error(resp.error)
-        elif len(resp.results) != len(p.ops):
-            exc = E.InternalError(
-                f"node answered {len(resp.results)} results for {len(p.ops)} operations"
-            )
-    for start, count, fut in p.waiters:
-        if fut.done():
-            continue
-        if exc is not None:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(
-                BatchReply(
-                    list(resp.results[start : start + count]),
-                    resp.descriptor,
-                    resp.read_timestamp,
-                    resp.lease_sequence,
-                )
-            )
+def _pass_on(target: asyncio.Future[BatchReply], done: asyncio.Future[BatchReply]) -> None:
+    if target.done():
+        return
+    if done.cancelled():
+        target.cancel()
+    elif (exc := done.exception()) is not None:
+        target.set_exception(exc)
+    else:
+        target.set_result(done.result())

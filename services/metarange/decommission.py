@@ -12,6 +12,7 @@ the process asking (a raftnode scaled away on SIGTERM).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from rangekv.common import errors as E
 from rangekv.metarange.client import MetaClient
 from rangekv.metarange.records import NodeState
-from rangekv.v1 import meta_pb2
+from rangekv.v1 import admin_pb2, meta_pb2
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ class DecommissionProgress:
     replicas: int
     #: Some of those ranges (the registry lists at most 100).
     range_ids: tuple[int, ...]
+    #: The registry entry as the meta range answered it.
+    status: meta_pb2.NodeStatus
 
     @property
     def done(self) -> bool:
@@ -49,6 +52,7 @@ class DecommissionProgress:
             live=resp.node.live,
             replicas=resp.replicas,
             range_ids=tuple(resp.range_ids),
+            status=resp.node,
         )
 
     def describe(self) -> str:
@@ -106,9 +110,41 @@ async def decommission_node(
         await sleep(min(poll_interval, max(0.0, deadline - monotonic())))
 
 
+async def decommission_for_admin(
+    meta: MetaClient, request: admin_pb2.AdminDecommissionRequest, timeout: float
+) -> admin_pb2.AdminDecommissionResponse:
+    """`rangekv.v1.Admin/Decommission` (the gateway's DecommissionFn): start the
+    decommission and follow it until it is done or the request's deadline is
+    near, then answer how far it got (the move goes on; ask again to follow it)."""
+    seen: list[DecommissionProgress] = []
+    budget = max(0.0, timeout - min(1.0, timeout / 4))  # answer before the caller's deadline
+    # Not done by then: the last progress is the answer.
+    with contextlib.suppress(E.DeadlineExceeded):
+        await decommission_node(
+            meta, request.node_id, timeout=budget, poll_interval=0.5, on_progress=seen.append
+        )
+    last = seen[-1]
+    return admin_pb2.AdminDecommissionResponse(status=last.status, replicas_remaining=last.replicas)
+
+
 async def recommission_node(meta: MetaClient, node_id: int) -> meta_pb2.NodeStatus:
     """Take a DECOMMISSIONING node back to ACTIVE (FailedPrecondition once it is gone)."""
     return (await meta.recommission(node_id)).node
 
 
-__all__ = ["DecommissionProgress", "decommission_node", "recommission_node"]
+async def recommission_for_admin(
+    meta: MetaClient, request: admin_pb2.AdminRecommissionRequest, timeout: float
+) -> admin_pb2.AdminRecommissionResponse:
+    """`rangekv.v1.Admin/Recommission` (the gateway's RecommissionFn)."""
+    return admin_pb2.AdminRecommissionResponse(
+        status=await recommission_node(meta, request.node_id)
+    )
+
+
+__all__ = [
+    "DecommissionProgress",
+    "decommission_for_admin",
+    "decommission_node",
+    "recommission_for_admin",
+    "recommission_node",
+]

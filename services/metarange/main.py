@@ -19,6 +19,8 @@ from pathlib import Path
 
 import grpc
 
+from rangekv.common.clock import test_clock_offset_ns, wall_clock
+from rangekv.common.clock import warning_line as clock_warning
 from rangekv.common.config import (
     ConfigError,
     ServerConfig,
@@ -154,7 +156,13 @@ async def serve(server_config: ServerConfig, cfg: MetarangeConfig) -> None:
         return await host.handle_snapshot(group_id, msg, chunks)
 
     raft_service = RaftTransportServicer(node_id, host.handle_raft, handle_snapshot)
-    meta_service = MetaService(host, liveness_ttl_ns=int(cfg.liveness_ttl * 1e9))
+    offset_ns = test_clock_offset_ns()  # RANGEKV_TEST_CLOCK_OFFSET_MS: read once, here
+    if (loud := clock_warning(offset_ns)) is not None:
+        for _ in range(3):
+            log.warning("%s", loud)
+    meta_service = MetaService(
+        host, liveness_ttl_ns=int(cfg.liveness_ttl * 1e9), wall_ns=wall_clock(offset_ns)
+    )
 
     def register(server: grpc.aio.Server) -> None:
         meta_pb2_grpc.add_MetaServicer_to_server(meta_service, server)

@@ -165,8 +165,4 @@ class MetaHost(GroupHost):
         replica = self.replica
         if replica is None or group_id != META_GROUP_ID or message.to != replica.replica_id:
             return False
-        await self.ingest_snapshot(self.snapshot_spans(replica), chunks)
-        applied = self.applied_state(META_GROUP_ID)
-        replica.applied_index = max(replica.applied_index, applied.index)
-        replica.deliver(message)
-        return True
+        return await self.install_snapshot(replica, message, self.snapshot_spans(replica), chunks)

@@ -501,7 +501,7 @@ class ReplicaChanger:
         """One pass over this node's replicas; returns how many actions ran."""
         assert self.meta is not None
         nodes = await self.meta.list_nodes()
-        health = node_health(nodes, time.time_ns(), self.config.dead_after)
+        health = node_health(nodes, self.store.hlc.physical_now(), self.config.dead_after)
         done = 0
         for replica in list(self.store.replicas()):
             if (

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from rangekv.common.config import require, setting
 from rangekv.raftnode.change import ReplicaChangeConfig
+from rangekv.raftnode.fences import FenceLimits
 from rangekv.raftnode.replica import ReplicaLimits
 from rangekv.raftnode.shutdown import ShutdownConfig
 from rangekv.raftnode.split import CRASH_POINTS, SplitConfig
@@ -68,6 +69,11 @@ class RaftnodeConfig:
     max_clock_drift: float = setting(
         0.05, help="bound on clock rate drift between nodes (fraction); shortens the lease"
     )
+    max_clock_offset: float = setting(
+        0.5,
+        help="seconds two clocks of the cluster may differ by; a timestamp (or a peer's "
+        "clock) further ahead of this node's clock is refused",
+    )
     log_retain_entries: int = setting(
         2000, help="raft log entries kept below the applied index after truncation"
     )
@@ -82,6 +88,27 @@ class RaftnodeConfig:
         2.0, help="seconds a read-index may take before UNAVAILABLE"
     )
     write_timeout: float = setting(5.0, help="seconds a write may take to apply before UNAVAILABLE")
+    max_queued_writes: int = setting(
+        20_000,
+        help="write operations one range may queue before new ones get RESOURCE_EXHAUSTED",
+    )
+    max_uncommitted_bytes: int = setting(
+        64 << 20,
+        help="bytes of proposals a range's leader holds uncommitted before refusing more "
+        "(RESOURCE_EXHAUSTED)",
+    )
+    max_scan_page_bytes: int = setting(
+        1 << 20, help="bytes of keys and values one scan page (one node answer) may carry"
+    )
+    max_read_response_bytes: int = setting(
+        16 << 20,
+        help="bytes one batch of reads may answer; a bigger answer is refused "
+        "(RESOURCE_EXHAUSTED) and the gateway splits the batch",
+    )
+    max_stream_inflight: int = setting(
+        1024, help="batches of one gateway stream served at once (the rest wait)"
+    )
+    max_scan_fences: int = setting(1024, help="scan fences one range may hold at once")
     txn_expiry: float = setting(
         5.0,
         help="seconds a split transaction's record may go without a heartbeat before a push "
@@ -145,6 +172,16 @@ class RaftnodeConfig:
         require(self.log_retain_entries >= 0, "log_retain_entries", "must be >= 0")
         require(self.max_key_bytes > 0, "max_key_bytes", "must be > 0")
         require(self.max_value_bytes > 0, "max_value_bytes", "must be > 0")
+        require(self.max_clock_offset > 0, "max_clock_offset", "must be > 0")
+        for name in (
+            "max_queued_writes",
+            "max_uncommitted_bytes",
+            "max_scan_page_bytes",
+            "max_read_response_bytes",
+            "max_stream_inflight",
+            "max_scan_fences",
+        ):
+            require(getattr(self, name) > 0, name, "must be > 0")
         require(self.gc_ttl > 0, "gc_ttl", "must be > 0")
         require(self.gc_interval > 0, "gc_interval", "must be > 0")
         require(self.txn_expiry > 0, "txn_expiry", "must be > 0")
@@ -175,6 +212,10 @@ class RaftnodeConfig:
             read_index_timeout=self.read_index_timeout,
             write_timeout=self.write_timeout,
             gc_ttl=self.gc_ttl,
+            max_queued_writes=self.max_queued_writes,
+            max_scan_page_bytes=self.max_scan_page_bytes,
+            max_read_response_bytes=self.max_read_response_bytes,
+            fences=FenceLimits(max_fences=self.max_scan_fences),
         )
 
     def replica_changes(self) -> ReplicaChangeConfig:

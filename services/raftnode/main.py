@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from rangekv.common import errors as E
+from rangekv.common.clock import test_clock_offset_ns, wall_clock
+from rangekv.common.clock import warning_line as clock_warning
 from rangekv.common.config import ConfigError, ServerConfig
 from rangekv.common.descriptors import first_range
 from rangekv.common.entrypoint import service_main
@@ -38,7 +40,12 @@ from rangekv.raftnode.split import SplitCoordinator
 from rangekv.raftnode.store import Store, StoreConfig
 from rangekv.raftnode.telemetry import NodeMetrics
 from rangekv.replication.host import HostConfig
-from rangekv.replication.mutations import parse_mutation, warning_line
+from rangekv.replication.mutations import (
+    parse_mutation,
+    parse_power_loss,
+    power_loss_warning,
+    warning_line,
+)
 from rangekv.replication.raft_codec import message_from_proto
 from rangekv.replication.sync_mode import parse_fsm_sync_mode
 from rangekv.replication.transport import RaftTransport
@@ -78,10 +85,14 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
     mode, warning = parse_fsm_sync_mode(node_config.fsm_sync_mode)
     if warning:
         log.warning("%s", warning)
-    mutation = parse_mutation()  # RANGEKV_TEST_MUTATION: read once, here, then passed down
-    if (loud := warning_line(mutation)) is not None:
-        for _ in range(3):
-            log.warning("%s", loud)
+    # Test-only settings: read once, here, then passed down; each one is loud.
+    mutation = parse_mutation()  # RANGEKV_TEST_MUTATION
+    offset_ns = test_clock_offset_ns()  # RANGEKV_TEST_CLOCK_OFFSET_MS
+    power_loss = parse_power_loss()  # RANGEKV_TEST_POWER_LOSS
+    for loud in (warning_line(mutation), clock_warning(offset_ns), power_loss_warning(power_loss)):
+        if loud is not None:
+            for _ in range(3):
+                log.warning("%s", loud)
     peers = parse_peers(node_config.peers)
     telemetry = Telemetry("raftnode", node_id=node_id, otlp_endpoint=server_config.otlp_endpoint)
     metrics = NodeMetrics(telemetry, mode)
@@ -101,6 +112,7 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
         on_snapshot_status=lambda n, g, r, failed: store_ref[0].report_snapshot(n, g, r, failed),
         snapshot_source=snapshot_source,
         metrics=metrics.transport,
+        clock=lambda: store_ref[0].clock_now(),
     )
     store = Store(
         StoreConfig(
@@ -112,13 +124,17 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
                 log_retain_entries=node_config.log_retain_entries,
                 truncate_interval=node_config.truncate_interval,
                 mutation=mutation,
+                power_loss=power_loss,
+                max_uncommitted_bytes=node_config.max_uncommitted_bytes,
             ),
             limits=node_config.limits(),
             gc_interval=node_config.gc_interval,
+            max_clock_offset_ns=int(node_config.max_clock_offset * 1e9),
         ),
         resolve_address=lambda n: peers.get(n, ""),
         send_raft=transport.send,
         scheduler_metrics=metrics.scheduler,
+        wall_ns=wall_clock(offset_ns),
     )
     store_ref.append(store)
     metrics.attach(store)
@@ -130,12 +146,19 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
         group_id, msg, _desc = message_from_proto(header.message)
         return await store.handle_snapshot(group_id, msg, header.descriptor, chunks)
 
-    raft_service = RaftTransportServicer(node_id, store.handle_raft, handle_snapshot)
+    raft_service = RaftTransportServicer(
+        node_id, store.handle_raft, handle_snapshot, admit_clock=store.admit_clock
+    )
     splits = SplitCoordinator(store, meta, node_config.split())
     if node_config.split_crash_after:
         log.warning("split fault point armed: exit after %s", node_config.split_crash_after)
     changes = ReplicaChanger(store, meta, splits, node_config.replica_changes())
-    replica_service = ReplicaService(store, splits=splits, changes=changes)
+    replica_service = ReplicaService(
+        store,
+        splits=splits,
+        changes=changes,
+        max_stream_inflight=node_config.max_stream_inflight,
+    )
 
     def register(server: object) -> None:
         replica_pb2_grpc.add_ReplicaServicer_to_server(replica_service, server)

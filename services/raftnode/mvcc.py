@@ -27,6 +27,8 @@ replica must refuse reads below the threshold it has collected up to.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -51,8 +53,10 @@ __all__ = [
     "gc_threshold",
     "get",
     "latest_commit_ts",
+    "live_rows",
     "put",
     "scan",
+    "scan_page",
 ]
 
 _LIVE: Final = b"\x01"
@@ -147,12 +151,40 @@ def scan(
 ) -> list[tuple[bytes, bytes]]:
     """Live (key, value) pairs in [start, end) at `read_ts`, ascending, at most `limit`.
 
-    `end == b""` means unbounded. Every version is visited (no skip-seek),
-    which GC keeps cheap by bounding the number of versions per key.
+    `end == b""` means unbounded.
     """
     if limit <= 0:
         raise ValueError(f"limit must be > 0, got {limit}")
-    out: list[tuple[bytes, bytes]] = []
+    return list(itertools.islice(live_rows(reader, start, end, read_ts), limit))
+
+
+def scan_page(
+    reader: Reader, start: bytes, end: bytes, read_ts: Timestamp, limit: int, max_bytes: int
+) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """One page of a scan: at most `limit` rows and about `max_bytes` of keys and
+    values (a page holds at least one row, and stops after the row that reaches
+    the budget). Returns the rows and the key to resume at (b"": nothing is left)."""
+    if limit <= 0 or max_bytes <= 0:
+        raise ValueError(f"limit and max_bytes must be > 0, got {limit} and {max_bytes}")
+    rows: list[tuple[bytes, bytes]] = []
+    size = 0
+    it = live_rows(reader, start, end, read_ts)
+    for key, value in it:
+        if len(rows) >= limit or size >= max_bytes:
+            return rows, rows[-1][0] + b"\x00"
+        rows.append((key, value))
+        size += len(key) + len(value)
+    return rows, b""
+
+
+def live_rows(
+    reader: Reader, start: bytes, end: bytes, read_ts: Timestamp
+) -> Iterator[tuple[bytes, bytes]]:
+    """Live (key, value) pairs in [start, end) at `read_ts`, ascending, lazily.
+
+    Every version is visited (no skip-seek), which GC keeps cheap by bounding
+    the number of versions per key.
+    """
     lo, hi = data_span(start, end)
     cur_prefix = b""
     cur_key = b""
@@ -169,10 +201,7 @@ def scan(
         resolved = True
         value = _decode_value(stored, raw)
         if value is not None:
-            out.append((cur_key, value))
-            if len(out) >= limit:
-                break
-    return out
+            yield cur_key, value
 
 
 def evaluate_cas(

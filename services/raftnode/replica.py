@@ -24,6 +24,7 @@ until applied here) or `read.lease` / `read.read_index` under it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -34,12 +35,14 @@ from opentelemetry import trace
 
 from rangekv.common import errors as E
 from rangekv.common.descriptors import RangeDescriptor
-from rangekv.common.hlc import HybridClock, Timestamp
+from rangekv.common.hlc import ClockOffsetError, HybridClock, Timestamp
 from rangekv.common.telemetry import SpanSet
 from rangekv.raft import ConfChange, Entry, RawNode, Ready
 from rangekv.raftnode import mvcc, txn
+from rangekv.raftnode.fences import FenceLimits, FenceState, ScanFences
 from rangekv.raftnode.keys import txn_record_key
 from rangekv.replication.group import NotLeaderNow, RaftGroup
+from rangekv.replication.mutations import Mutation
 from rangekv.replication.state_engine import DESCRIPTOR as DESCRIPTOR_KIND
 from rangekv.replication.state_engine import GC_THRESHOLD as GC_THRESHOLD_KIND
 from rangekv.replication.state_engine import (
@@ -54,6 +57,8 @@ log = logging.getLogger(__name__)
 
 WRITE_KINDS = frozenset({"put", "delete", "compare_and_swap"})
 READ_KINDS = frozenset({"get", "scan"})
+#: Operations keyed by a span rather than a key.
+SPAN_KINDS = frozenset({"scan", "fence"})
 #: Span name of a consistent read's read point, by how it was obtained.
 READ_SPANS: Final = {"hit": "read.lease", "readindex": "read.read_index"}
 
@@ -69,9 +74,29 @@ class ReplicaLimits:
     write_timeout: float = 5.0
     #: MVCC versions older than this (and shadowed) are garbage-collected.
     gc_ttl: float = 600.0
+    #: One scan page: at most this many keys and about this many bytes.
+    max_scan_page_rows: int = 10_000
+    max_scan_page_bytes: int = 1 << 20
+    #: Write operations queued on one replica (not yet proposed) before new
+    #: writes are refused with RESOURCE_EXHAUSTED.
+    max_queued_writes: int = 20_000
+    #: Bytes one batch of reads may answer (bigger: ResourceExhausted, and the
+    #: gateway splits the batch), so that no answer can break the shared stream.
+    max_read_response_bytes: int = 16 << 20
+    fences: FenceLimits = field(default_factory=FenceLimits)
 
     def __post_init__(self) -> None:
-        if self.max_key_bytes <= 0 or self.max_value_bytes <= 0 or self.max_ops_per_batch <= 0:
+        if (
+            min(
+                self.max_key_bytes,
+                self.max_value_bytes,
+                self.max_ops_per_batch,
+                self.max_scan_page_rows,
+                self.max_scan_page_bytes,
+                self.max_queued_writes,
+            )
+            <= 0
+        ):
             raise ValueError("replica limits must be positive")
 
 
@@ -91,6 +116,22 @@ class ReadOutcomeCounter:
         self.counts[outcome] += 1
 
 
+class RefusalCounter(Protocol):
+    """Counts requests refused on purpose, by reason: clock_offset | overloaded | fence_lost."""
+
+    def add(self, reason: str) -> None: ...
+
+
+class Refusals:
+    """An in-memory RefusalCounter (telemetry provides the exported one)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def add(self, reason: str) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+
+
 @dataclass
 class ReplicaContext:
     """What every replica of a node shares."""
@@ -102,6 +143,7 @@ class ReplicaContext:
     resolve_address: Callable[[int], str]
     monotonic: Callable[[], float] = time.monotonic
     reads: ReadCounter | None = None
+    refusals: RefusalCounter = field(default_factory=Refusals)
     on_leader_change: Callable[[], None] | None = None
     #: Called (inside apply) when a split trigger narrows `replica` to `left`:
     #: the store writes the right-hand range's initial state into `batch` and
@@ -151,6 +193,14 @@ class RangeReplica(RaftGroup):
         self.replica_id = replica_id
         self.applied_index = applied.index
         self._write_queue: list[tuple[list[replica_pb2.ReplicaOp], asyncio.Future[Any]]] = []
+        #: Write operations in `_write_queue` (bounded by limits.max_queued_writes).
+        self._queued_writes = 0
+        #: Writes this leader proposed and has not applied yet, by proposal.
+        self._inflight: dict[int, _Inflight] = {}
+        self.fences = ScanFences(ctx.limits.fences)
+        #: Ticks during which this replica keeps forcing an election while no
+        #: leader is known (a split's right-hand side on the left leader's node).
+        self._forced_campaign_ticks = 0
         raw_gc = ctx.engine.get_local(descriptor.range_id, GC_THRESHOLD_KIND)
         #: Reads below this timestamp are refused: their versions may be gone.
         self.gc_threshold = Timestamp.decode(raw_gc) if raw_gc else Timestamp.MIN
@@ -216,27 +266,36 @@ class RangeReplica(RaftGroup):
         kinds = self._validate(req)
         has_writes = any(k in WRITE_KINDS for k in kinds)
         has_reads = any(k in READ_KINDS for k in kinds)
+        fencing = "fence" in kinds
         if has_writes and req.inconsistent:
             raise E.InvalidArgument("inconsistent", "only reads may be inconsistent")
+        if fencing and (len(set(kinds)) > 1 or req.inconsistent or req.fence_id):
+            raise E.InvalidArgument("ops", "fence operations go alone in a consistent batch")
+        if req.fence_id and (has_writes or req.inconsistent):
+            raise E.InvalidArgument("fence_id", "only consistent reads are served under a fence")
         self._check_keys(req)
         results: list[replica_pb2.ReplicaOpResult | None] = [None] * len(req.ops)
         read_ts = ts_from_proto(req.read_timestamp) if req.HasField("read_timestamp") else None
         if read_ts is not None:
-            if read_ts < self.gc_threshold:
+            self._check_read_timestamp(read_ts)
+            if not (req.inconsistent or req.fence_id or fencing):
                 raise E.InvalidArgument(
                     "read_timestamp",
-                    f"{read_ts} is below the range's GC threshold {self.gc_threshold}",
+                    "a consistent read at a chosen timestamp is served under a scan fence "
+                    "(fence_id); without one the node picks the timestamp",
                 )
-            # The gateway reads ahead of its clock by the maximum offset (see the
-            # DistSender): absorb it without the offset check, so that every write
-            # this node accepts from now on is versioned above the read.
-            self.ctx.hlc.forward(read_ts)
+        if fencing:
+            await self._await_read_point(spans)
+            self._check_keys(req)
+            return await self._fence_batch(req, read_ts)
         if has_reads:
             if not req.inconsistent:
                 before = self.descriptor
                 await self._await_read_point(spans)
                 if self.descriptor is not before:
                     self._check_keys(req)  # a split applied while we waited
+            if req.fence_id:
+                read_ts = await self._fenced_read_timestamp(req, read_ts)
             ts = read_ts if read_ts is not None else self.ctx.hlc.now()
             reads = [i for i, kind in enumerate(kinds) if kind in READ_KINDS]
             if len(reads) == 1:
@@ -248,6 +307,10 @@ class RangeReplica(RaftGroup):
                 with self.ctx.engine.snapshot() as view:
                     for i in reads:
                         results[i] = self._evaluate_read(req.ops[i], ts, view)
+            if len(reads) > 1:
+                self._check_answer_size(results)
+            if req.fence_id:
+                self._maybe_end_fence(req, results)
             read_ts = ts
         # Writes go last: every check that can fail a batch (read timestamp, read
         # point, key ranges) has passed before anything is proposed, so an error
@@ -269,6 +332,156 @@ class RangeReplica(RaftGroup):
             resp.read_timestamp.CopyFrom(ts_to_proto(read_ts))
         return resp
 
+    def _check_answer_size(self, results: list[replica_pb2.ReplicaOpResult | None]) -> None:
+        """An answer bigger than the budget would break the stream it shares with
+        other requests (writes on it would come back of unknown outcome): refuse
+        it instead; the gateway splits the batch (reads only, so nothing to undo)."""
+        size = sum(r.ByteSize() for r in results if r is not None)
+        if size > self.ctx.limits.max_read_response_bytes:
+            self.ctx.refusals.add("overloaded")
+            raise E.ResourceExhausted(
+                f"range {self.range_id}: the answer to this batch of reads would be {size} "
+                f"bytes, over {self.ctx.limits.max_read_response_bytes}; split it",
+                retry_after=0.0,
+                answer_too_large=True,
+            )
+
+    def _check_read_timestamp(self, read_ts: Timestamp) -> None:
+        """Refuse what cannot be served honestly: below the GC threshold (versions
+        may be gone), or more than the maximum clock offset ahead of this node's
+        physical clock (a wrong clock somewhere: refused and counted, never
+        absorbed -- nothing here moves this node's clock)."""
+        if read_ts < self.gc_threshold:
+            raise E.InvalidArgument(
+                "read_timestamp",
+                f"{read_ts} is below the range's GC threshold {self.gc_threshold}",
+            )
+        try:
+            self.ctx.hlc.check_offset(read_ts)
+        except ClockOffsetError as exc:
+            self.ctx.refusals.add("clock_offset")
+            raise E.ClockOffset(
+                ts_to_proto(read_ts), exc.local_physical_ns, exc.max_offset_ns, self.ctx.node_id
+            ) from None
+
+    # --- scan fences (see rangekv.raftnode.fences) --------------------------------------
+
+    async def _fence_batch(
+        self, req: replica_pb2.ReplicaBatchRequest, release_at: Timestamp | None
+    ) -> replica_pb2.ReplicaBatchResponse:
+        """HOLD (no read timestamp) or RELEASE (at the read timestamp) each fence."""
+        results = []
+        now = self.ctx.monotonic()
+        for op in req.ops:
+            f = op.fence
+            start, end = self._clip(f.start_key, f.end_key)
+            try:
+                if release_at is None:
+                    self.fences.hold(f.fence_id, start, end, f.hold_millis / 1000, now)
+                    # Writes already proposed to the span apply first: none of them may
+                    # land at or below the timestamp this range answers.
+                    await self._await_inflight(start, end)
+                    fenced_at = self.ctx.hlc.now()
+                else:
+                    self.fences.release(f.fence_id, release_at, now)
+                    self._wake(self)  # writes that waited on the fence may go
+                    fenced_at = release_at
+            except E.FenceLost:
+                self.ctx.refusals.add("fence_lost")
+                raise
+            except BaseException:
+                if release_at is None:
+                    self.fences.done(f.fence_id)
+                    self._wake(self)
+                raise
+            results.append(
+                replica_pb2.ReplicaOpResult(
+                    fence=replica_pb2.FenceResult(
+                        timestamp=ts_to_proto(fenced_at), start_key=start, end_key=end
+                    )
+                )
+            )
+        return replica_pb2.ReplicaBatchResponse(
+            results=results,
+            descriptor=self.descriptor_pb,
+            lease_sequence=self.raw_node.raft.term,
+        )
+
+    async def _fenced_read_timestamp(
+        self, req: replica_pb2.ReplicaBatchRequest, read_ts: Timestamp | None
+    ) -> Timestamp:
+        """The timestamp reads under `req.fence_id` are served at.
+
+        With a read timestamp: the fence must be this leaseholder's, released at it
+        (a fence still held is released now). Without: a scan of one range opens
+        its fence here, at this replica's clock once the writes already proposed
+        to the span have applied."""
+        now = self.ctx.monotonic()
+        start, end = self._read_span(req)
+        try:
+            if read_ts is None:
+                await self._await_inflight(start, end)
+                read_ts = self.ctx.hlc.now()
+                self.fences.open(req.fence_id, start, end, read_ts, self.ctx.monotonic())
+                return read_ts
+            fence = self.fences.get(req.fence_id)
+            if fence is not None and fence.state is FenceState.HELD:
+                self.fences.release(req.fence_id, read_ts, now)
+                self._wake(self)
+            self.fences.check_read(req.fence_id, read_ts, start, end, now)
+        except E.FenceLost:
+            self.ctx.refusals.add("fence_lost")
+            raise
+        return read_ts
+
+    def _maybe_end_fence(
+        self,
+        req: replica_pb2.ReplicaBatchRequest,
+        results: list[replica_pb2.ReplicaOpResult | None],
+    ) -> None:
+        """The scan read the last page under its fence here: forget the fence."""
+        _start, end = self._read_span(req)
+        for res in results:
+            if res is not None and res.WhichOneof("result") == "scan" and res.scan.resume_key:
+                return
+        fence = self.fences.get(req.fence_id)
+        if fence is not None and fence.end == end:
+            self.fences.done(req.fence_id)
+
+    def _read_span(self, req: replica_pb2.ReplicaBatchRequest) -> tuple[bytes, bytes]:
+        """The span the reads of `req` cover, clipped to the range."""
+        starts, ends = [], []
+        for op in req.ops:
+            kind = op.WhichOneof("op")
+            if kind == "scan":
+                start, end = self._clip(op.scan.start_key, op.scan.end_key)
+            else:
+                key = getattr(op, kind).key  # type: ignore[arg-type]
+                start, end = key, key + b"\x00"
+            starts.append(start)
+            ends.append(end)
+        end = b"" if b"" in ends else max(ends)
+        return min(starts), end
+
+    def _clip(self, start: bytes, end: bytes) -> tuple[bytes, bytes]:
+        desc = self.descriptor
+        return max(start, desc.start_key), _min_end(end, desc.end_key)
+
+    async def _await_inflight(self, start: bytes, end: bytes) -> None:
+        """Wait until every write this leader proposed to [start, end) is applied (or
+        failed): reads that follow must not miss a write that lands below them."""
+        waiting = [w.future for w in self._inflight.values() if w.overlaps(start, end)]
+        if not waiting:
+            return
+        timeout = self.ctx.limits.write_timeout
+        _done, pending = await asyncio.wait(waiting, timeout=timeout)
+        if pending:
+            raise E.Unavailable(
+                f"range {self.range_id}: writes proposed before this scan did not apply "
+                f"within {timeout}s",
+                retry_after=0.2,
+            )
+
     # --- validation and routing checks -------------------------------------------------
 
     def _validate(self, req: replica_pb2.ReplicaBatchRequest) -> list[str]:
@@ -283,11 +496,13 @@ class RangeReplica(RaftGroup):
             if kind is None:
                 raise E.InvalidArgument(f"ops[{i}]", "operation not set")
             body = getattr(op, kind)
-            if kind == "scan":
-                if body.limit < 0:
-                    raise E.InvalidArgument(f"ops[{i}].scan.limit", "must be >= 0")
+            if kind in SPAN_KINDS:
+                if kind == "scan" and (body.limit < 0 or body.max_bytes < 0):
+                    raise E.InvalidArgument(f"ops[{i}].scan", "limit and max_bytes must be >= 0")
                 if body.end_key and body.end_key <= body.start_key:
-                    raise E.InvalidArgument(f"ops[{i}].scan.end_key", "must be > start_key")
+                    raise E.InvalidArgument(f"ops[{i}].{kind}.end_key", "must be > start_key")
+                if kind == "fence" and not 8 <= len(body.fence_id) <= 64:
+                    raise E.InvalidArgument(f"ops[{i}].fence.fence_id", "must be 8 to 64 bytes")
             else:
                 _check_key(f"ops[{i}].{kind}.key", body.key, limits)
             if kind == "put":
@@ -298,6 +513,8 @@ class RangeReplica(RaftGroup):
                     f"ops[{i}].compare_and_swap.expected_value", body.expected_value, limits
                 )
             kinds.append(kind)
+        if req.fence_id and not 8 <= len(req.fence_id) <= 64:
+            raise E.InvalidArgument("fence_id", "must be 8 to 64 bytes")
         return kinds
 
     def _check_keys(self, req: replica_pb2.ReplicaBatchRequest) -> None:
@@ -305,14 +522,14 @@ class RangeReplica(RaftGroup):
         for op in req.ops:
             kind = op.WhichOneof("op")
             body = getattr(op, kind)  # type: ignore[arg-type]
-            if kind == "scan":
+            if kind in SPAN_KINDS:
                 ok = desc.contains_key(body.start_key) or (
                     body.start_key < desc.start_key and desc.overlaps(body.start_key, body.end_key)
                 )
             else:
                 ok = desc.contains_key(body.key)
             if not ok:
-                raise self.key_mismatch(body.start_key if kind == "scan" else body.key)
+                raise self.key_mismatch(body.start_key if kind in SPAN_KINDS else body.key)
 
     def key_mismatch(self, key: bytes) -> E.RangeKeyMismatch:
         """RangeKeyMismatch naming this replica's descriptor and, when this node
@@ -380,15 +597,11 @@ class RangeReplica(RaftGroup):
             kv = types_pb2.KeyValue(key=op.get.key, value=value, version=_ts_pb(version))
             return replica_pb2.ReplicaOpResult(get=replica_pb2.GetResult(found=True, kv=kv))
         scan = op.scan
-        desc = self.descriptor
-        start = max(scan.start_key, desc.start_key)
-        end = _min_end(scan.end_key, desc.end_key)
-        limit = scan.limit or 1 << 62
-        rows = mvcc.scan(reader, start, end, ts, limit + 1)
-        resume = b""
-        if len(rows) > limit:
-            rows = rows[:limit]
-            resume = rows[-1][0] + b"\x00"
+        start, end = self._clip(scan.start_key, scan.end_key)
+        limits = self.ctx.limits
+        rows_cap = min(scan.limit or limits.max_scan_page_rows, limits.max_scan_page_rows)
+        bytes_cap = min(scan.max_bytes or limits.max_scan_page_bytes, limits.max_scan_page_bytes)
+        rows, resume = mvcc.scan_page(reader, start, end, ts, rows_cap, bytes_cap)
         kvs = [types_pb2.KeyValue(key=k, value=v) for k, v in rows]
         return replica_pb2.ReplicaOpResult(scan=replica_pb2.ScanResult(kvs=kvs, resume_key=resume))
 
@@ -405,8 +618,16 @@ class RangeReplica(RaftGroup):
     async def _propose_writes(
         self, writes: list[replica_pb2.ReplicaOp], spans: SpanSet | None = None
     ) -> list[replica_pb2.ReplicaOpResult]:
+        queued = self._queued_writes + len(writes)
+        if queued > self.ctx.limits.max_queued_writes:
+            self.ctx.refusals.add("overloaded")
+            raise E.ResourceExhausted(
+                f"range {self.range_id}: {self._queued_writes} writes are queued; retry later",
+                retry_after=0.05,
+            )
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._write_queue.append((writes, fut))
+        self._queued_writes = queued
         self._wake(self)
         if spans is None:
             results = await self._await_applied(fut, "write")
@@ -424,16 +645,53 @@ class RangeReplica(RaftGroup):
         return results  # type: ignore[no-any-return]
 
     def before_drain(self) -> None:
-        """Merge every queued client write batch into ONE raft command."""
+        """Merge every queued client write batch into ONE raft command.
+
+        Scan fences (rangekv.raftnode.fences) decide two things here, in the
+        scheduler's section, so nothing can slip between the check and the
+        proposal: a batch touching a span whose fence is HELD stays queued, and
+        the command's version base lies above the read timestamp of every
+        RELEASED fence covering one of its keys."""
+        if self._forced_campaign_ticks and self.pending_ticks:
+            self._maybe_force_campaign()
+        fences = self.fences
+        if len(fences):
+            fences.expire(self.ctx.monotonic())  # a lapsed hold frees what it blocked
+        if self.mutation is Mutation.NO_SCAN_FENCE:
+            fences = _NO_FENCES  # TEST MUTATION: writes ignore every scan fence
         if not self._write_queue:
             return
         queued, self._write_queue = self._write_queue, []
-        cmd = raftcmd_pb2.RaftCommand(timestamp=ts_to_proto(self.ctx.hlc.now()))
-        spans = []
+        ready: list[tuple[list[replica_pb2.ReplicaOp], asyncio.Future[Any]]] = []
+        keys: list[bytes] = []
         for ops, fut in queued:
+            if fut.done():  # the caller gave up; nothing was proposed for it
+                self._queued_writes -= len(ops)
+                continue
+            op_keys = [getattr(op, op.WhichOneof("op")).key for op in ops]  # type: ignore[arg-type]
+            if fences.any_held and fences.blocks(op_keys):
+                self._write_queue.append((ops, fut))
+                continue
+            ready.append((ops, fut))
+            keys.extend(op_keys)
+            self._queued_writes -= len(ops)
+        if not ready:
+            return
+        base = self.ctx.hlc.now()
+        floor = fences.floor(keys)
+        if floor >= base:
+            base = floor.next()
+            self.ctx.hlc.forward(base)
+        cmd = raftcmd_pb2.RaftCommand(timestamp=ts_to_proto(base))
+        spans = []
+        for ops, fut in ready:
             spans.append((len(cmd.writes), len(ops), fut))
             cmd.writes.extend(ops)
         proposal = self.propose(cmd.SerializeToString())
+        if self.mutation is not Mutation.NO_SCAN_FENCE:
+            key = id(proposal)
+            self._inflight[key] = _Inflight(proposal, min(keys), max(keys), frozenset(keys))
+            proposal.add_done_callback(functools.partial(self._landed, key))
 
         def distribute(done: asyncio.Future[Any]) -> None:
             exc = done.exception()
@@ -446,6 +704,27 @@ class RangeReplica(RaftGroup):
                     fut.set_result(done.result()[start : start + count])
 
         proposal.add_done_callback(distribute)
+
+    def force_campaign(self, ticks: int) -> None:
+        """Win this new range's first election at once (see Store._create_split_rhs
+        for why that is safe for a split's right-hand side on the left leader's
+        node): force an election now, and again every other tick while no leader
+        is known, for `ticks` ticks (a vote can reach a peer that has not applied
+        the split yet, which drops it)."""
+        self._forced_campaign_ticks = ticks
+        self.raw_node.campaign(force=True)
+        self._wake(self)
+
+    def _maybe_force_campaign(self) -> None:
+        self._forced_campaign_ticks = max(0, self._forced_campaign_ticks - self.pending_ticks)
+        node = self.raw_node
+        if node.leader() or node.is_leader():
+            self._forced_campaign_ticks = 0
+        elif self._forced_campaign_ticks % 2 == 0:
+            node.campaign(force=True)
+
+    def _landed(self, key: int, _proposal: asyncio.Future[Any]) -> None:
+        self._inflight.pop(key, None)
 
     def apply_command(self, entry: Entry, command: bytes, batch: StateBatch) -> Any:
         cmd = raftcmd_pb2.RaftCommand.FromString(command)
@@ -636,6 +915,9 @@ class RangeReplica(RaftGroup):
                     fut.set_result(self.descriptor)
 
     def on_soft_state(self, rd: Any) -> None:
+        # Fences die with the lease: a later leaseholder knows nothing of them, so a
+        # read under one must be refused (it would not see writes made meanwhile).
+        self.fences.clear()
         if self.ctx.on_leader_change is not None:
             self.ctx.on_leader_change()
 
@@ -671,11 +953,29 @@ class RangeReplica(RaftGroup):
         )
 
 
+#: TEST MUTATION no_scan_fence: the fences writes see (none).
+_NO_FENCES: Final = ScanFences()
+
 #: What a command's writes answer when the range no longer holds their keys.
 OUTSIDE_RANGE: Final = object()
 #: Bytes a stored MVCC version adds to its user key and value (prefix, escaping, timestamp).
 VERSION_OVERHEAD: Final = 16
 TXN_ID_LEN: Final = 16
+
+
+@dataclass(frozen=True, slots=True)
+class _Inflight:
+    """A proposed write command: its keys, and its future (done once applied here)."""
+
+    future: asyncio.Future[Any]
+    low: bytes
+    high: bytes
+    keys: frozenset[bytes]
+
+    def overlaps(self, start: bytes, end: bytes) -> bool:
+        if self.high < start or (end and self.low >= end):
+            return False
+        return any(start <= k and (not end or k < end) for k in self.keys)
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,8 +34,10 @@ class ReplicaService(replica_pb2_grpc.ReplicaServicer):
         transfer_timeout: float = 5.0,
         splits: SplitCoordinator | None = None,
         changes: ReplicaChanger | None = None,
+        max_stream_inflight: int = 1024,
     ) -> None:
         self._store = store
+        self._max_stream_inflight = max_stream_inflight
         self._transfer_timeout = transfer_timeout
         self._splits = splits or SplitCoordinator(store, None, SplitConfig())
         self._changes = changes or ReplicaChanger(
@@ -61,16 +63,27 @@ class ReplicaService(replica_pb2_grpc.ReplicaServicer):
         request_iterator: AsyncIterator[replica_pb2.BatchStreamRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[replica_pb2.BatchStreamResponse]:
-        """Serve batches concurrently; answer each as soon as it is done."""
+        """Serve batches concurrently; answer each as soon as it is done.
+
+        Bounded: at most `max_stream_inflight` batches of one stream are served at
+        once; past that the stream is not read (gRPC flow control pushes back on
+        the sender), so one gateway cannot make a node queue without limit."""
         out: asyncio.Queue[replica_pb2.BatchStreamResponse | None] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
+        slots = asyncio.Semaphore(self._max_stream_inflight)
 
         async def serve(req: replica_pb2.BatchStreamRequest) -> None:
-            resp = await self._batch(req.batch)
-            await out.put(replica_pb2.BatchStreamResponse(request_id=req.request_id, batch=resp))
+            try:
+                resp = await self._batch(req.batch)
+                await out.put(
+                    replica_pb2.BatchStreamResponse(request_id=req.request_id, batch=resp)
+                )
+            finally:
+                slots.release()
 
         async def reader() -> None:
             async for req in request_iterator:
+                await slots.acquire()
                 task = asyncio.ensure_future(serve(req))
                 pending.add(task)
                 task.add_done_callback(pending.discard)

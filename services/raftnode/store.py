@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from rangekv.common.descriptors import RangeDescriptor, ReplicaType
-from rangekv.common.hlc import HybridClock
+from rangekv.common.hlc import ClockOffsetError, HybridClock, Timestamp
 from rangekv.raft import ConfState, HardState, Message, MessageType, Snapshot, SnapshotMetadata
 from rangekv.raftnode.keys import data_span, txn_record_span
 from rangekv.raftnode.replica import (
@@ -26,7 +26,7 @@ from rangekv.raftnode.replica import (
     ReplicaLimits,
 )
 from rangekv.replication.group import RaftGroup
-from rangekv.replication.host import GroupHost, HostConfig, SendRaft, Span
+from rangekv.replication.host import Engines, GroupHost, HostConfig, SendRaft, Span
 from rangekv.replication.scheduler import SchedulerMetrics
 from rangekv.replication.state_engine import (
     DESCRIPTOR,
@@ -72,12 +72,14 @@ class Store(GroupHost):
         scheduler_metrics: SchedulerMetrics | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         wall_ns: Callable[[], int] = time.time_ns,
+        open_engines: Callable[[HostConfig], Engines] | None = None,
     ) -> None:
         super().__init__(
             config.host,
             send_raft=send_raft,
             scheduler_metrics=scheduler_metrics,
             monotonic=monotonic,
+            open_engines=open_engines,
         )
         self.config = config
         self.node_id = config.host.node_id
@@ -96,6 +98,8 @@ class Store(GroupHost):
         )
         #: Shutting down or decommissioning: peers hand this node no lease (RangeInfo).
         self.draining = False
+        #: When a clock-offset refusal was last logged, per sender (rate limit).
+        self._offset_logged: dict[int, float] = {}
         #: Replicas being destroyed (range id): a destroy runs once.
         self._destroying: set[int] = set()
         self.replicas_destroyed = 0
@@ -154,18 +158,32 @@ class Store(GroupHost):
         Every initial node bootstraps the same descriptor at the same synthetic
         snapshot, so their raft groups start identical. Idempotent.
         """
+        return self.bootstrap_ranges((descriptor,))
+
+    def bootstrap_ranges(self, descriptors: Sequence[RangeDescriptor]) -> bool:
+        """Create an initial layout of several ranges (tests and tools that start
+        a cluster pre-split); the same rules as `bootstrap`, for each range that
+        names this node. Idempotent: a node that holds any replica does nothing."""
         if self.replicas() or self.log_engine.group_ids():
             return False
-        mine = descriptor.replica_on(self.node_id)
-        if mine is None:
-            raise ValueError(f"node {self.node_id} is not in {descriptor}")
+        mine = [(d, d.replica_on(self.node_id)) for d in descriptors]
+        if all(r is None for _d, r in mine):
+            raise ValueError(f"node {self.node_id} is in none of {list(descriptors)}")
         batch = self.state_engine.new_batch()
-        batch.put_local(descriptor.range_id, DESCRIPTOR, descriptor.to_proto().SerializeToString())
-        batch.set_applied_state(descriptor.range_id, AppliedState(INITIAL_INDEX, INITIAL_TERM))
+        for descriptor, replica in mine:
+            if replica is None:
+                continue
+            batch.put_local(
+                descriptor.range_id, DESCRIPTOR, descriptor.to_proto().SerializeToString()
+            )
+            batch.set_applied_state(descriptor.range_id, AppliedState(INITIAL_INDEX, INITIAL_TERM))
         self.state_engine.commit(batch, force_sync=True)
-        self._write_initial_raft_state(descriptor, keep_existing=False)
-        self._add_replica(descriptor, mine.replica_id)
-        log.info("bootstrapped range %d %s", descriptor.range_id, _span(descriptor))
+        for descriptor, replica in mine:
+            if replica is None:
+                continue
+            self._write_initial_raft_state(descriptor, keep_existing=False)
+            self._add_replica(descriptor, replica.replica_id)
+            log.info("bootstrapped range %d %s", descriptor.range_id, _span(descriptor))
         return True
 
     def _write_initial_raft_state(
@@ -248,13 +266,26 @@ class Store(GroupHost):
             if stored
             else right
         )
+        if self.state_engine.sync_mode == FsmSyncMode.NOSYNC:
+            # The right-hand side's state (descriptor, applied index: in the split's
+            # unsynced apply batch) must be durable before its raft state is: a log
+            # that survives a power cut without its state would be recreated empty
+            # and replayed against data its entries do not belong to.
+            self.state_engine.sync()
         self._write_initial_raft_state(desc, keep_existing=True)
         replica = self._add_replica(desc, mine.replica_id)
         if campaign:
-            # The LHS leader's node starts the RHS election at once, instead of
-            # leaving the new range without a leader for an election timeout.
-            replica.raw_node.campaign()
-            self.scheduler.wake(replica)
+            # The left-hand leader's node starts the right-hand election at once,
+            # FORCED: the new group's replicas start in the boot quiet period
+            # (their raft state has a term), which would refuse a normal campaign
+            # for a whole election timeout. Forcing is safe here and only here:
+            # the group never had a leader, so no lease can be broken, and this
+            # node applied the split, so its left-hand side no longer serves the
+            # right-hand keys. Every other replica still waits out the quiet
+            # period, which keeps a right-hand leader from appearing elsewhere
+            # while a left-hand leaseholder that has not applied the split yet
+            # could still serve those keys.
+            replica.force_campaign(self.host_config.timing.election_ticks)
 
     # --- replica changes -------------------------------------------------------------------
 
@@ -311,6 +342,33 @@ class Store(GroupHost):
         finally:
             self._destroying.discard(gid)
         self.replicas_destroyed += 1
+
+    # --- other nodes' clocks -----------------------------------------------------------
+
+    def clock_now(self) -> types_pb2.Timestamp:
+        """This node's hybrid clock, for stamping outgoing raft batches."""
+        now = self.hlc.now()
+        return types_pb2.Timestamp(wall_time=now.wall_time, logical=now.logical)
+
+    def admit_clock(self, sender: int, clock: types_pb2.Timestamp) -> bool:
+        """Whether raft traffic stamped with `clock` by node `sender` is taken.
+
+        A sender whose clock is more than the maximum offset ahead of ours is
+        refused and counted: followed, its timestamps (committed through raft,
+        then absorbed by every replica at apply) would drag every clock of the
+        cluster ahead. Cut off, it cannot lead nor ack, and the cluster goes on
+        without it. Otherwise its clock is absorbed (bounded by that check)."""
+        remote = Timestamp(clock.wall_time, clock.logical)
+        try:
+            self.hlc.update(remote)
+        except ClockOffsetError as exc:
+            self.ctx.refusals.add("clock_offset")
+            now = self._monotonic()
+            if now - self._offset_logged.get(sender, -1e9) > 10.0:
+                self._offset_logged[sender] = now
+                log.error("refusing raft traffic from node %d: %s", sender, exc)
+            return False
+        return True
 
     def _descriptor_for_key(self, key: bytes) -> RangeDescriptor | None:
         for replica in self.replicas():
@@ -382,6 +440,17 @@ class Store(GroupHost):
         mine = desc.replica_on(self.node_id)
         if mine is None or mine.replica_id != msg.to:
             return None
+        if self.log_engine.storage(group_id).snapshot().index >= INITIAL_INDEX:
+            # An initialized raft log with no state under it (only a lost state
+            # write can leave that): replaying it over an empty state machine would
+            # apply its entries to data they do not belong to. Wait for the split
+            # that creates it to be re-applied, or for a snapshot.
+            log.warning(
+                "range %d: raft log without state on this node; not recreating it from "
+                "a peer's message",
+                group_id,
+            )
+            return None
         log.info("creating replica %d of range %d on demand", mine.replica_id, group_id)
         return self._add_replica(desc, mine.replica_id)
 
@@ -429,16 +498,20 @@ class Store(GroupHost):
         # Create the replica first (empty raft state), so that its core never
         # starts with an applied index its log does not know.
         replica = self.replica(group_id) or self._add_replica(desc, mine.replica_id)
-        await self.ingest_snapshot(_range_spans(group_id, desc), chunks)
-        applied = self.applied_state(group_id)
-        replica.applied_index = max(replica.applied_index, applied.index)
-        stored = self.state_engine.get_local(group_id, DESCRIPTOR)
-        if stored:
-            replica.descriptor = RangeDescriptor.from_proto(
-                types_pb2.RangeDescriptor.FromString(stored)
-            )
-        replica.deliver(message)
-        return True
+
+        def adopt(local: dict[bytes, bytes]) -> None:
+            stored = local.get(range_local_key(group_id, DESCRIPTOR))
+            if stored:
+                replica.descriptor = RangeDescriptor.from_proto(
+                    types_pb2.RangeDescriptor.FromString(stored)
+                )
+            gc = local.get(range_local_key(group_id, GC_THRESHOLD))
+            replica.gc_threshold = Timestamp.decode(gc) if gc else Timestamp.MIN
+            replica.approx_size = None
+
+        return await self.install_snapshot(
+            replica, message, _range_spans(group_id, desc), chunks, adopt
+        )
 
 
 def _names(desc_pb: types_pb2.RangeDescriptor | None, node_id: int, replica_id: int) -> bool:

@@ -11,6 +11,10 @@ Names (Prometheus, after the exporter's suffixes):
   rangekv_raft_leader_changes_total          observed leader changes, all ranges
   rangekv_ranges, rangekv_ranges_led         replicas hosted / led by this node
   rangekv_event_loop_lag_seconds             from the common server scaffolding
+  rangekv_node_refused_total{reason}         refused on purpose: clock_offset (a timestamp or
+                                             a peer's clock beyond the max offset), overloaded
+                                             (queued writes over budget), fence_lost (a scan
+                                             read under a fence this leaseholder does not hold)
 """
 
 from __future__ import annotations
@@ -31,10 +35,28 @@ class _LeaseReads:
             "rangekv_lease_read", "Consistent reads by how they were served", labels=("outcome",)
         )
         self.counts = {"hit": 0, "readindex": 0, "not_leader": 0}
+        for outcome in self.counts:  # every outcome's series starts at 0
+            self._counter.add(0, outcome=outcome)
 
     def add(self, outcome: str) -> None:
         self.counts[outcome] += 1
         self._counter.add(1, outcome=outcome)
+
+
+class _Refusals:
+    REASONS = ("clock_offset", "overloaded", "fence_lost")
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self._counter = telemetry.counter(
+            "rangekv_node_refused", "Requests refused on purpose, by reason", labels=("reason",)
+        )
+        self.counts = dict.fromkeys(self.REASONS, 0)
+        for reason in self.REASONS:
+            self._counter.add(0, reason=reason)
+
+    def add(self, reason: str) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        self._counter.add(1, reason=reason)
 
 
 class _SchedulerMetrics:
@@ -76,6 +98,7 @@ class NodeMetrics:
         self.transport = TelemetryTransportMetrics(telemetry)
         self.scheduler = _SchedulerMetrics(telemetry)
         self.lease_reads = _LeaseReads(telemetry)
+        self.refusals = _Refusals(telemetry)
         self.leader_changes = telemetry.counter(
             "rangekv_raft_leader_changes", "Leader changes observed by this node's replicas"
         )
@@ -88,6 +111,7 @@ class NodeMetrics:
 
     def attach(self, store: Store) -> None:
         store.ctx.reads = self.lease_reads
+        store.ctx.refusals = self.refusals
         store.ctx.on_leader_change = lambda: self.leader_changes.add(1)
         self.telemetry.observable_gauge(
             "rangekv_ranges", "Range replicas hosted by this node", lambda: len(store.replicas())
@@ -97,3 +121,14 @@ class NodeMetrics:
             "Ranges whose raft leader is on this node",
             lambda: sum(1 for r in store.replicas() if r.raw_node.is_leader()),
         )
+        self.telemetry.observable_gauge(
+            "rangekv_leases_valid",
+            "Ranges whose lease this node holds and may serve reads under now",
+            lambda: _valid_leases(store),
+        )
+
+
+def _valid_leases(store: Store) -> float:
+    """Read at scrape time: a lease status is a pure function of the replica's raft state."""
+    now = store.ctx.monotonic()
+    return float(sum(1 for r in store.replicas() if r.lease_status(now).state.name == "VALID"))

@@ -141,3 +141,15 @@ def test_health_of_the_gateway(cluster: DevCluster) -> None:
         grpcurl(cluster.addr, "grpc.health.v1.Health/Check", data={"service": "rangekv.v1.KV"})
     )
     assert named["status"] == "SERVING"
+
+
+def test_admin_api_by_reflection(cluster: DevCluster) -> None:
+    """The operator API is on the gateway, callable with nothing but grpcurl."""
+    assert "rangekv.v1.Admin" in grpcurl(cluster.addr, "list").split()
+    described = grpcurl(cluster.addr, "describe", "rangekv.v1.Admin")
+    for rpc in ("ListRanges", "ListNodes", "SplitRange", "TransferLease", "ChangeReplicas"):
+        assert f"rpc {rpc} (" in described, described
+    nodes = json.loads(grpcurl(cluster.addr, "rangekv.v1.Admin/ListNodes", data={}))["nodes"]
+    assert sorted(int(n["status"]["node"]["node_id"]) for n in nodes) == [1, 2, 3]
+    ranges = json.loads(grpcurl(cluster.addr, "rangekv.v1.Admin/ListRanges", data={}))
+    assert ranges["ranges"][0]["descriptor"]["range_id"] == "1"

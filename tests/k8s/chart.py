@@ -37,6 +37,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         }
     },
     "service-monitor": {"metrics": {"serviceMonitor": {"enabled": True}}},
+    "dashboards": {"dashboards": {"enabled": True}},
     "node-port": {"gateway": {"service": {"type": "NodePort", "nodePort": 30051}}},
     "load-balancer": {
         "gateway": {"service": {"type": "LoadBalancer", "loadBalancerSourceRanges": ["10.0.0.0/8"]}}

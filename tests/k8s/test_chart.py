@@ -75,7 +75,11 @@ def test_every_value_set_renders_and_is_valid_kubernetes(name: str) -> None:
 
 def test_the_templates_cover_every_object() -> None:
     r = render(
-        {"networkPolicy": {"enabled": True}, "metrics": {"serviceMonitor": {"enabled": True}}}
+        {
+            "networkPolicy": {"enabled": True},
+            "metrics": {"serviceMonitor": {"enabled": True}},
+            "dashboards": {"enabled": True},
+        }
     )
     kinds = Counter(o["kind"] for o in r.objects)
     assert kinds == {
@@ -88,6 +92,7 @@ def test_the_templates_cover_every_object() -> None:
         "RoleBinding": 1,
         "NetworkPolicy": 3,
         "ServiceMonitor": 1,
+        "ConfigMap": 1,
         "Pod": 1,
     }
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import socket
+from pathlib import Path
 
-from rangekv.cli.cluster import LISTEN_PORTS, free_port, free_ports
+from rangekv.cli.cluster import LISTEN_PORTS, Layout, free_port, free_ports
 
 
 def test_ports_are_distinct_bindable_and_never_ephemeral() -> None:
@@ -17,3 +19,27 @@ def test_ports_are_distinct_bindable_and_never_ephemeral() -> None:
     p = free_port()
     with socket.socket() as s:
         s.bind(("127.0.0.1", p))
+
+
+def test_metrics_ports_are_kept_in_cluster_json(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.json"
+    first = Layout.load_or_create(path, 3, 3, [free_port()])
+    assert sorted(first.metrics) == sorted(
+        ["meta1", "meta2", "meta3", "node1", "node2", "node3", "gateway1"]
+    )
+    grpc_ports = {*first.meta.values(), *first.nodes.values(), *first.gateways}
+    metrics = set(first.metrics.values())
+    assert len(metrics) == 7 and not metrics & grpc_ports
+    assert all(p in LISTEN_PORTS for p in metrics)
+    again = Layout.load_or_create(path, 3, 3, [])
+    assert again.metrics == first.metrics  # a restart keeps them
+
+
+def test_a_layout_without_metrics_ports_gets_them_once(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.json"
+    path.write_text(json.dumps({"meta": {"1": 20001}, "nodes": {"1": 20002}, "gateways": [20003]}))
+    layout = Layout.load_or_create(path, 1, 1, [])
+    assert sorted(layout.metrics) == ["gateway1", "meta1", "node1"]
+    assert not set(layout.metrics.values()) & {20001, 20002, 20003}
+    assert json.loads(path.read_text())["metrics"] == layout.metrics
+    assert Layout.load_or_create(path, 1, 1, []).metrics == layout.metrics

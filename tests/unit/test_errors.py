@@ -58,6 +58,9 @@ STATUS_CASES: list[tuple[E.RangeKVError, grpc.StatusCode]] = [
     (E.IntentExists(b"k", TXN), grpc.StatusCode.ABORTED),
     (E.ResourceExhausted("too many proposals", 0.2), grpc.StatusCode.RESOURCE_EXHAUSTED),
     (E.NotLeaseHolder(7, ReplicaDescriptor(4, 9), "h:1", 12, DESC), grpc.StatusCode.UNAVAILABLE),
+    (E.NotFound("no node hosts range 9"), grpc.StatusCode.NOT_FOUND),
+    (E.FailedPrecondition("range 2 already starts at b'm'"), grpc.StatusCode.FAILED_PRECONDITION),
+    (E.Unimplemented("decommission is not available"), grpc.StatusCode.UNIMPLEMENTED),
 ]
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import pytest
 
+from rangekv.common import errors as E
 from rangekv.gateway.node_client import NodeClients, NodeStream
 from rangekv.v1 import replica_pb2
 
@@ -171,3 +172,36 @@ def test_a_broken_stream_ends_its_request_generator() -> None:
 
     sent = asyncio.run(run())
     assert [r.batch.range_id for r in sent] == [1]
+
+
+async def test_a_read_batch_whose_answer_is_too_large_is_split() -> None:
+    """The node refuses a merged read batch whose answer would be too large (it
+    would break the stream other requests share); each caller's reads go again
+    in a batch of their own, and every caller gets its own answer."""
+    clients = NodeClients(channel_factory=lambda addr: None)  # type: ignore[arg-type,return-value]
+    stream = _AnsweringStream()
+    clients._stream = lambda address: stream  # type: ignore[assignment,method-assign]
+    gets = [
+        clients.submit(
+            "n1", 7, [replica_pb2.ReplicaOp(get=replica_pb2.GetOp(key=b"%d" % i))], has_writes=False
+        )
+        for i in range(3)
+    ]
+    await asyncio.sleep(0)
+    assert [len(b.ops) for b, _ in stream.sent] == [3]
+    too_large = E.ResourceExhausted("too large", retry_after=0.0, answer_too_large=True)
+    stream.futures[0].set_result(
+        replica_pb2.ReplicaBatchResponse(error=E.to_replica_error(too_large))
+    )
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert [len(b.ops) for b, _ in stream.sent] == [3, 1, 1, 1]
+    for i in (1, 2, 3):
+        stream.futures[i].set_result(
+            replica_pb2.ReplicaBatchResponse(
+                results=[replica_pb2.ReplicaOpResult(get=replica_pb2.GetResult(found=False))]
+            )
+        )
+    replies = await asyncio.gather(*gets)
+    assert [len(r.results) for r in replies] == [1, 1, 1]
+    assert clients.split_batches == 1

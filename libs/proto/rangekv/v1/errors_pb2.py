@@ -26,15 +26,15 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from rangekv.v1 import types_pb2 as rangekv_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17rangekv/v1/errors.proto\x12\nrangekv.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x16rangekv/v1/types.proto\"\xc1\x01\n\x13NotLeaseHolderError\x12\x10\n\x08range_id\x18\x01 \x01(\x04\x12\x32\n\x0bleaseholder\x18\x02 \x01(\x0b\x32\x1d.rangekv.v1.ReplicaDescriptor\x12\x1b\n\x13leaseholder_address\x18\x03 \x01(\t\x12\x16\n\x0elease_sequence\x18\x04 \x01(\x04\x12/\n\ndescriptor\x18\x05 \x01(\x0b\x32\x1b.rangekv.v1.RangeDescriptor\"e\n\x15RangeKeyMismatchError\x12\x1a\n\x12requested_range_id\x18\x01 \x01(\x04\x12\x30\n\x0b\x64\x65scriptors\x18\x02 \x03(\x0b\x32\x1b.rangekv.v1.RangeDescriptor\"7\n\x12RangeNotFoundError\x12\x10\n\x08range_id\x18\x01 \x01(\x04\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\"N\n\x0eNotLeaderError\x12\x16\n\x0eleader_node_id\x18\x01 \x01(\x04\x12\x16\n\x0eleader_address\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\"P\n\x14\x43onditionFailedError\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12+\n\x06\x61\x63tual\x18\x02 \x01(\x0b\x32\x1b.rangekv.v1.RangeDescriptor\"B\n\x11IntentExistsError\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12 \n\x03txn\x18\x02 \x01(\x0b\x32\x13.rangekv.v1.TxnMeta\"A\n\x14RequestOutcomeDetail\x12)\n\x07outcome\x18\x01 \x01(\x0e\x32\x18.rangekv.v1.WriteOutcome\"\xfb\x02\n\x0cReplicaError\x12;\n\x10not_lease_holder\x18\x01 \x01(\x0b\x32\x1f.rangekv.v1.NotLeaseHolderErrorH\x00\x12?\n\x12range_key_mismatch\x18\x02 \x01(\x0b\x32!.rangekv.v1.RangeKeyMismatchErrorH\x00\x12\x39\n\x0frange_not_found\x18\x03 \x01(\x0b\x32\x1e.rangekv.v1.RangeNotFoundErrorH\x00\x12\x33\n\x0bunavailable\x18\x04 \x01(\x0b\x32\x1c.rangekv.v1.UnavailableErrorH\x00\x12<\n\x10invalid_argument\x18\x05 \x01(\x0b\x32 .rangekv.v1.InvalidArgumentErrorH\x00\x12\x36\n\rintent_exists\x18\x06 \x01(\x0b\x32\x1d.rangekv.v1.IntentExistsErrorH\x00\x42\x07\n\x05\x65rror\"~\n\x10UnavailableError\x12\x0f\n\x07message\x18\x01 \x01(\t\x12.\n\x0bretry_after\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12)\n\x07outcome\x18\x03 \x01(\x0e\x32\x18.rangekv.v1.WriteOutcome\"6\n\x14InvalidArgumentError\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t*g\n\x0cWriteOutcome\x12\x1d\n\x19WRITE_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n\x19WRITE_OUTCOME_NOT_APPLIED\x10\x01\x12\x19\n\x15WRITE_OUTCOME_UNKNOWN\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17rangekv/v1/errors.proto\x12\nrangekv.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x16rangekv/v1/types.proto\"\xc1\x01\n\x13NotLeaseHolderError\x12\x10\n\x08range_id\x18\x01 \x01(\x04\x12\x32\n\x0bleaseholder\x18\x02 \x01(\x0b\x32\x1d.rangekv.v1.ReplicaDescriptor\x12\x1b\n\x13leaseholder_address\x18\x03 \x01(\t\x12\x16\n\x0elease_sequence\x18\x04 \x01(\x04\x12/\n\ndescriptor\x18\x05 \x01(\x0b\x32\x1b.rangekv.v1.RangeDescriptor\"e\n\x15RangeKeyMismatchError\x12\x1a\n\x12requested_range_id\x18\x01 \x01(\x04\x12\x30\n\x0b\x64\x65scriptors\x18\x02 \x03(\x0b\x32\x1b.rangekv.v1.RangeDescriptor\"7\n\x12RangeNotFoundError\x12\x10\n\x08range_id\x18\x01 \x01(\x04\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\"N\n\x0eNotLeaderError\x12\x16\n\x0eleader_node_id\x18\x01 \x01(\x04\x12\x16\n\x0eleader_address\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\"P\n\x14\x43onditionFailedError\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12+\n\x06\x61\x63tual\x18\x02 \x01(\x0b\x32\x1b.rangekv.v1.RangeDescriptor\"B\n\x11IntentExistsError\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12 \n\x03txn\x18\x02 \x01(\x0b\x32\x13.rangekv.v1.TxnMeta\"A\n\x14RequestOutcomeDetail\x12)\n\x07outcome\x18\x01 \x01(\x0e\x32\x18.rangekv.v1.WriteOutcome\"\xa5\x04\n\x0cReplicaError\x12;\n\x10not_lease_holder\x18\x01 \x01(\x0b\x32\x1f.rangekv.v1.NotLeaseHolderErrorH\x00\x12?\n\x12range_key_mismatch\x18\x02 \x01(\x0b\x32!.rangekv.v1.RangeKeyMismatchErrorH\x00\x12\x39\n\x0frange_not_found\x18\x03 \x01(\x0b\x32\x1e.rangekv.v1.RangeNotFoundErrorH\x00\x12\x33\n\x0bunavailable\x18\x04 \x01(\x0b\x32\x1c.rangekv.v1.UnavailableErrorH\x00\x12<\n\x10invalid_argument\x18\x05 \x01(\x0b\x32 .rangekv.v1.InvalidArgumentErrorH\x00\x12\x36\n\rintent_exists\x18\x06 \x01(\x0b\x32\x1d.rangekv.v1.IntentExistsErrorH\x00\x12\x30\n\nfence_lost\x18\x07 \x01(\x0b\x32\x1a.rangekv.v1.FenceLostErrorH\x00\x12\x34\n\x0c\x63lock_offset\x18\x08 \x01(\x0b\x32\x1c.rangekv.v1.ClockOffsetErrorH\x00\x12@\n\x12resource_exhausted\x18\t \x01(\x0b\x32\".rangekv.v1.ResourceExhaustedErrorH\x00\x42\x07\n\x05\x65rror\"2\n\x0e\x46\x65nceLostError\x12\x10\n\x08\x66\x65nce_id\x18\x01 \x01(\x0c\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x7f\n\x10\x43lockOffsetError\x12(\n\ttimestamp\x18\x01 \x01(\x0b\x32\x15.rangekv.v1.Timestamp\x12\x16\n\x0ephysical_nanos\x18\x02 \x01(\x03\x12\x18\n\x10max_offset_nanos\x18\x03 \x01(\x03\x12\x0f\n\x07node_id\x18\x04 \x01(\x04\"s\n\x16ResourceExhaustedError\x12\x0f\n\x07message\x18\x01 \x01(\t\x12.\n\x0bretry_after\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10\x61nswer_too_large\x18\x03 \x01(\x08\"~\n\x10UnavailableError\x12\x0f\n\x07message\x18\x01 \x01(\t\x12.\n\x0bretry_after\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12)\n\x07outcome\x18\x03 \x01(\x0e\x32\x18.rangekv.v1.WriteOutcome\"6\n\x14InvalidArgumentError\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t*g\n\x0cWriteOutcome\x12\x1d\n\x19WRITE_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n\x19WRITE_OUTCOME_NOT_APPLIED\x10\x01\x12\x19\n\x15WRITE_OUTCOME_UNKNOWN\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rangekv.v1.errors_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WRITEOUTCOME']._serialized_start=1314
-  _globals['_WRITEOUTCOME']._serialized_end=1417
+  _globals['_WRITEOUTCOME']._serialized_start=1782
+  _globals['_WRITEOUTCOME']._serialized_end=1885
   _globals['_NOTLEASEHOLDERERROR']._serialized_start=96
   _globals['_NOTLEASEHOLDERERROR']._serialized_end=289
   _globals['_RANGEKEYMISMATCHERROR']._serialized_start=291
@@ -50,9 +50,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REQUESTOUTCOMEDETAIL']._serialized_start=681
   _globals['_REQUESTOUTCOMEDETAIL']._serialized_end=746
   _globals['_REPLICAERROR']._serialized_start=749
-  _globals['_REPLICAERROR']._serialized_end=1128
-  _globals['_UNAVAILABLEERROR']._serialized_start=1130
-  _globals['_UNAVAILABLEERROR']._serialized_end=1256
-  _globals['_INVALIDARGUMENTERROR']._serialized_start=1258
-  _globals['_INVALIDARGUMENTERROR']._serialized_end=1312
+  _globals['_REPLICAERROR']._serialized_end=1298
+  _globals['_FENCELOSTERROR']._serialized_start=1300
+  _globals['_FENCELOSTERROR']._serialized_end=1350
+  _globals['_CLOCKOFFSETERROR']._serialized_start=1352
+  _globals['_CLOCKOFFSETERROR']._serialized_end=1479
+  _globals['_RESOURCEEXHAUSTEDERROR']._serialized_start=1481
+  _globals['_RESOURCEEXHAUSTEDERROR']._serialized_end=1596
+  _globals['_UNAVAILABLEERROR']._serialized_start=1598
+  _globals['_UNAVAILABLEERROR']._serialized_end=1724
+  _globals['_INVALIDARGUMENTERROR']._serialized_start=1726
+  _globals['_INVALIDARGUMENTERROR']._serialized_end=1780
 # @@protoc_insertion_point(module_scope)

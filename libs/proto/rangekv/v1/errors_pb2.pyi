@@ -83,20 +83,56 @@ class RequestOutcomeDetail(_message.Message):
     def __init__(self, outcome: _Optional[_Union[WriteOutcome, str]] = ...) -> None: ...
 
 class ReplicaError(_message.Message):
-    __slots__ = ("not_lease_holder", "range_key_mismatch", "range_not_found", "unavailable", "invalid_argument", "intent_exists")
+    __slots__ = ("not_lease_holder", "range_key_mismatch", "range_not_found", "unavailable", "invalid_argument", "intent_exists", "fence_lost", "clock_offset", "resource_exhausted")
     NOT_LEASE_HOLDER_FIELD_NUMBER: _ClassVar[int]
     RANGE_KEY_MISMATCH_FIELD_NUMBER: _ClassVar[int]
     RANGE_NOT_FOUND_FIELD_NUMBER: _ClassVar[int]
     UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
     INVALID_ARGUMENT_FIELD_NUMBER: _ClassVar[int]
     INTENT_EXISTS_FIELD_NUMBER: _ClassVar[int]
+    FENCE_LOST_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_EXHAUSTED_FIELD_NUMBER: _ClassVar[int]
     not_lease_holder: NotLeaseHolderError
     range_key_mismatch: RangeKeyMismatchError
     range_not_found: RangeNotFoundError
     unavailable: UnavailableError
     invalid_argument: InvalidArgumentError
     intent_exists: IntentExistsError
-    def __init__(self, not_lease_holder: _Optional[_Union[NotLeaseHolderError, _Mapping]] = ..., range_key_mismatch: _Optional[_Union[RangeKeyMismatchError, _Mapping]] = ..., range_not_found: _Optional[_Union[RangeNotFoundError, _Mapping]] = ..., unavailable: _Optional[_Union[UnavailableError, _Mapping]] = ..., invalid_argument: _Optional[_Union[InvalidArgumentError, _Mapping]] = ..., intent_exists: _Optional[_Union[IntentExistsError, _Mapping]] = ...) -> None: ...
+    fence_lost: FenceLostError
+    clock_offset: ClockOffsetError
+    resource_exhausted: ResourceExhaustedError
+    def __init__(self, not_lease_holder: _Optional[_Union[NotLeaseHolderError, _Mapping]] = ..., range_key_mismatch: _Optional[_Union[RangeKeyMismatchError, _Mapping]] = ..., range_not_found: _Optional[_Union[RangeNotFoundError, _Mapping]] = ..., unavailable: _Optional[_Union[UnavailableError, _Mapping]] = ..., invalid_argument: _Optional[_Union[InvalidArgumentError, _Mapping]] = ..., intent_exists: _Optional[_Union[IntentExistsError, _Mapping]] = ..., fence_lost: _Optional[_Union[FenceLostError, _Mapping]] = ..., clock_offset: _Optional[_Union[ClockOffsetError, _Mapping]] = ..., resource_exhausted: _Optional[_Union[ResourceExhaustedError, _Mapping]] = ...) -> None: ...
+
+class FenceLostError(_message.Message):
+    __slots__ = ("fence_id", "reason")
+    FENCE_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    fence_id: bytes
+    reason: str
+    def __init__(self, fence_id: _Optional[bytes] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ClockOffsetError(_message.Message):
+    __slots__ = ("timestamp", "physical_nanos", "max_offset_nanos", "node_id")
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    PHYSICAL_NANOS_FIELD_NUMBER: _ClassVar[int]
+    MAX_OFFSET_NANOS_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    timestamp: _types_pb2.Timestamp
+    physical_nanos: int
+    max_offset_nanos: int
+    node_id: int
+    def __init__(self, timestamp: _Optional[_Union[_types_pb2.Timestamp, _Mapping]] = ..., physical_nanos: _Optional[int] = ..., max_offset_nanos: _Optional[int] = ..., node_id: _Optional[int] = ...) -> None: ...
+
+class ResourceExhaustedError(_message.Message):
+    __slots__ = ("message", "retry_after", "answer_too_large")
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_TOO_LARGE_FIELD_NUMBER: _ClassVar[int]
+    message: str
+    retry_after: _duration_pb2.Duration
+    answer_too_large: bool
+    def __init__(self, message: _Optional[str] = ..., retry_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., answer_too_large: _Optional[bool] = ...) -> None: ...
 
 class UnavailableError(_message.Message):
     __slots__ = ("message", "retry_after", "outcome")

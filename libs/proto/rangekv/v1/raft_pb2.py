@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from rangekv.v1 import types_pb2 as rangekv_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15rangekv/v1/raft.proto\x12\nrangekv.v1\x1a\x16rangekv/v1/types.proto\"_\n\tRaftEntry\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\x04\x12\'\n\x04type\x18\x03 \x01(\x0e\x32\x19.rangekv.v1.RaftEntryType\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"1\n\rRaftConfState\x12\x0e\n\x06voters\x18\x01 \x03(\x04\x12\x10\n\x08learners\x18\x02 \x03(\x04\"b\n\x14RaftSnapshotMetadata\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12-\n\nconf_state\x18\x03 \x01(\x0b\x32\x19.rangekv.v1.RaftConfState\"\xee\x02\n\x0bRaftMessage\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12\x0c\n\x04type\x18\x02 \x01(\r\x12\x15\n\rto_replica_id\x18\x03 \x01(\x04\x12\x17\n\x0f\x66rom_replica_id\x18\x04 \x01(\x04\x12\x0c\n\x04term\x18\x05 \x01(\x04\x12\x10\n\x08log_term\x18\x06 \x01(\x04\x12\r\n\x05index\x18\x07 \x01(\x04\x12&\n\x07\x65ntries\x18\x08 \x03(\x0b\x32\x15.rangekv.v1.RaftEntry\x12\x0e\n\x06\x63ommit\x18\t \x01(\x04\x12\x0e\n\x06reject\x18\n \x01(\x08\x12\x13\n\x0breject_hint\x18\x0b \x01(\x04\x12\x0f\n\x07\x63ontext\x18\x0c \x01(\x0c\x12\r\n\x05round\x18\r \x01(\x04\x12\x32\n\x08snapshot\x18\x0e \x01(\x0b\x32 .rangekv.v1.RaftSnapshotMetadata\x12/\n\ndescriptor\x18\x0f \x01(\x0b\x32\x1b.rangekv.v1.RangeDescriptor\"\x8c\x01\n\x11RaftStreamRequest\x12\x14\n\x0c\x66rom_node_id\x18\x01 \x01(\x04\x12\x12\n\nto_node_id\x18\x02 \x01(\x04\x12\"\n\x04lane\x18\x03 \x01(\x0e\x32\x14.rangekv.v1.RaftLane\x12)\n\x08messages\x18\x04 \x03(\x0b\x32\x17.rangekv.v1.RaftMessage\"9\n\x12RaftStreamResponse\x12\x12\n\nwrong_node\x18\x01 \x01(\x08\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\"\xaa\x01\n\x0eSnapshotHeader\x12\x14\n\x0c\x66rom_node_id\x18\x01 \x01(\x04\x12\x12\n\nto_node_id\x18\x02 \x01(\x04\x12(\n\x07message\x18\x03 \x01(\x0b\x32\x17.rangekv.v1.RaftMessage\x12/\n\ndescriptor\x18\x04 \x01(\x0b\x32\x1b.rangekv.v1.RangeDescriptor\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x04\"]\n\x13SendSnapshotRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.rangekv.v1.SnapshotHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04last\x18\x03 \x01(\x08\"8\n\x14SendSnapshotResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t*\x86\x01\n\x08RaftLane\x12\x19\n\x15RAFT_LANE_UNSPECIFIED\x10\x00\x12\x17\n\x13RAFT_LANE_HEARTBEAT\x10\x01\x12\x19\n\x15RAFT_LANE_REPLICATION\x10\x02\x12\x16\n\x12RAFT_LANE_SNAPSHOT\x10\x03\x12\x13\n\x0fRAFT_LANE_OTHER\x10\x04*m\n\rRaftEntryType\x12\x1f\n\x1bRAFT_ENTRY_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16RAFT_ENTRY_TYPE_NORMAL\x10\x01\x12\x1f\n\x1bRAFT_ENTRY_TYPE_CONF_CHANGE\x10\x02\x32\xb5\x01\n\rRaftTransport\x12O\n\nRaftStream\x12\x1d.rangekv.v1.RaftStreamRequest\x1a\x1e.rangekv.v1.RaftStreamResponse(\x01\x30\x01\x12S\n\x0cSendSnapshot\x12\x1f.rangekv.v1.SendSnapshotRequest\x1a .rangekv.v1.SendSnapshotResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15rangekv/v1/raft.proto\x12\nrangekv.v1\x1a\x16rangekv/v1/types.proto\"_\n\tRaftEntry\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\x04\x12\'\n\x04type\x18\x03 \x01(\x0e\x32\x19.rangekv.v1.RaftEntryType\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"1\n\rRaftConfState\x12\x0e\n\x06voters\x18\x01 \x03(\x04\x12\x10\n\x08learners\x18\x02 \x03(\x04\"b\n\x14RaftSnapshotMetadata\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12-\n\nconf_state\x18\x03 \x01(\x0b\x32\x19.rangekv.v1.RaftConfState\"\xee\x02\n\x0bRaftMessage\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12\x0c\n\x04type\x18\x02 \x01(\r\x12\x15\n\rto_replica_id\x18\x03 \x01(\x04\x12\x17\n\x0f\x66rom_replica_id\x18\x04 \x01(\x04\x12\x0c\n\x04term\x18\x05 \x01(\x04\x12\x10\n\x08log_term\x18\x06 \x01(\x04\x12\r\n\x05index\x18\x07 \x01(\x04\x12&\n\x07\x65ntries\x18\x08 \x03(\x0b\x32\x15.rangekv.v1.RaftEntry\x12\x0e\n\x06\x63ommit\x18\t \x01(\x04\x12\x0e\n\x06reject\x18\n \x01(\x08\x12\x13\n\x0breject_hint\x18\x0b \x01(\x04\x12\x0f\n\x07\x63ontext\x18\x0c \x01(\x0c\x12\r\n\x05round\x18\r \x01(\x04\x12\x32\n\x08snapshot\x18\x0e \x01(\x0b\x32 .rangekv.v1.RaftSnapshotMetadata\x12/\n\ndescriptor\x18\x0f \x01(\x0b\x32\x1b.rangekv.v1.RangeDescriptor\"\xb9\x01\n\x11RaftStreamRequest\x12\x14\n\x0c\x66rom_node_id\x18\x01 \x01(\x04\x12\x12\n\nto_node_id\x18\x02 \x01(\x04\x12\"\n\x04lane\x18\x03 \x01(\x0e\x32\x14.rangekv.v1.RaftLane\x12)\n\x08messages\x18\x04 \x03(\x0b\x32\x17.rangekv.v1.RaftMessage\x12+\n\x0csender_clock\x18\x05 \x01(\x0b\x32\x15.rangekv.v1.Timestamp\"9\n\x12RaftStreamResponse\x12\x12\n\nwrong_node\x18\x01 \x01(\x08\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\"\xaa\x01\n\x0eSnapshotHeader\x12\x14\n\x0c\x66rom_node_id\x18\x01 \x01(\x04\x12\x12\n\nto_node_id\x18\x02 \x01(\x04\x12(\n\x07message\x18\x03 \x01(\x0b\x32\x17.rangekv.v1.RaftMessage\x12/\n\ndescriptor\x18\x04 \x01(\x0b\x32\x1b.rangekv.v1.RangeDescriptor\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x04\"]\n\x13SendSnapshotRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x1a.rangekv.v1.SnapshotHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04last\x18\x03 \x01(\x08\"8\n\x14SendSnapshotResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t*\x86\x01\n\x08RaftLane\x12\x19\n\x15RAFT_LANE_UNSPECIFIED\x10\x00\x12\x17\n\x13RAFT_LANE_HEARTBEAT\x10\x01\x12\x19\n\x15RAFT_LANE_REPLICATION\x10\x02\x12\x16\n\x12RAFT_LANE_SNAPSHOT\x10\x03\x12\x13\n\x0fRAFT_LANE_OTHER\x10\x04*m\n\rRaftEntryType\x12\x1f\n\x1bRAFT_ENTRY_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16RAFT_ENTRY_TYPE_NORMAL\x10\x01\x12\x1f\n\x1bRAFT_ENTRY_TYPE_CONF_CHANGE\x10\x02\x32\xb5\x01\n\rRaftTransport\x12O\n\nRaftStream\x12\x1d.rangekv.v1.RaftStreamRequest\x1a\x1e.rangekv.v1.RaftStreamResponse(\x01\x30\x01\x12S\n\x0cSendSnapshot\x12\x1f.rangekv.v1.SendSnapshotRequest\x1a .rangekv.v1.SendSnapshotResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rangekv.v1.raft_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RAFTLANE']._serialized_start=1207
-  _globals['_RAFTLANE']._serialized_end=1341
-  _globals['_RAFTENTRYTYPE']._serialized_start=1343
-  _globals['_RAFTENTRYTYPE']._serialized_end=1452
+  _globals['_RAFTLANE']._serialized_start=1252
+  _globals['_RAFTLANE']._serialized_end=1386
+  _globals['_RAFTENTRYTYPE']._serialized_start=1388
+  _globals['_RAFTENTRYTYPE']._serialized_end=1497
   _globals['_RAFTENTRY']._serialized_start=61
   _globals['_RAFTENTRY']._serialized_end=156
   _globals['_RAFTCONFSTATE']._serialized_start=158
@@ -45,15 +45,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RAFTMESSAGE']._serialized_start=310
   _globals['_RAFTMESSAGE']._serialized_end=676
   _globals['_RAFTSTREAMREQUEST']._serialized_start=679
-  _globals['_RAFTSTREAMREQUEST']._serialized_end=819
-  _globals['_RAFTSTREAMRESPONSE']._serialized_start=821
-  _globals['_RAFTSTREAMRESPONSE']._serialized_end=878
-  _globals['_SNAPSHOTHEADER']._serialized_start=881
-  _globals['_SNAPSHOTHEADER']._serialized_end=1051
-  _globals['_SENDSNAPSHOTREQUEST']._serialized_start=1053
-  _globals['_SENDSNAPSHOTREQUEST']._serialized_end=1146
-  _globals['_SENDSNAPSHOTRESPONSE']._serialized_start=1148
-  _globals['_SENDSNAPSHOTRESPONSE']._serialized_end=1204
-  _globals['_RAFTTRANSPORT']._serialized_start=1455
-  _globals['_RAFTTRANSPORT']._serialized_end=1636
+  _globals['_RAFTSTREAMREQUEST']._serialized_end=864
+  _globals['_RAFTSTREAMRESPONSE']._serialized_start=866
+  _globals['_RAFTSTREAMRESPONSE']._serialized_end=923
+  _globals['_SNAPSHOTHEADER']._serialized_start=926
+  _globals['_SNAPSHOTHEADER']._serialized_end=1096
+  _globals['_SENDSNAPSHOTREQUEST']._serialized_start=1098
+  _globals['_SENDSNAPSHOTREQUEST']._serialized_end=1191
+  _globals['_SENDSNAPSHOTRESPONSE']._serialized_start=1193
+  _globals['_SENDSNAPSHOTRESPONSE']._serialized_end=1249
+  _globals['_RAFTTRANSPORT']._serialized_start=1500
+  _globals['_RAFTTRANSPORT']._serialized_end=1681
 # @@protoc_insertion_point(module_scope)

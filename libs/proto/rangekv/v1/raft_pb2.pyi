@@ -95,16 +95,18 @@ class RaftMessage(_message.Message):
     def __init__(self, group_id: _Optional[int] = ..., type: _Optional[int] = ..., to_replica_id: _Optional[int] = ..., from_replica_id: _Optional[int] = ..., term: _Optional[int] = ..., log_term: _Optional[int] = ..., index: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[RaftEntry, _Mapping]]] = ..., commit: _Optional[int] = ..., reject: _Optional[bool] = ..., reject_hint: _Optional[int] = ..., context: _Optional[bytes] = ..., round: _Optional[int] = ..., snapshot: _Optional[_Union[RaftSnapshotMetadata, _Mapping]] = ..., descriptor: _Optional[_Union[_types_pb2.RangeDescriptor, _Mapping]] = ...) -> None: ...
 
 class RaftStreamRequest(_message.Message):
-    __slots__ = ("from_node_id", "to_node_id", "lane", "messages")
+    __slots__ = ("from_node_id", "to_node_id", "lane", "messages", "sender_clock")
     FROM_NODE_ID_FIELD_NUMBER: _ClassVar[int]
     TO_NODE_ID_FIELD_NUMBER: _ClassVar[int]
     LANE_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    SENDER_CLOCK_FIELD_NUMBER: _ClassVar[int]
     from_node_id: int
     to_node_id: int
     lane: RaftLane
     messages: _containers.RepeatedCompositeFieldContainer[RaftMessage]
-    def __init__(self, from_node_id: _Optional[int] = ..., to_node_id: _Optional[int] = ..., lane: _Optional[_Union[RaftLane, str]] = ..., messages: _Optional[_Iterable[_Union[RaftMessage, _Mapping]]] = ...) -> None: ...
+    sender_clock: _types_pb2.Timestamp
+    def __init__(self, from_node_id: _Optional[int] = ..., to_node_id: _Optional[int] = ..., lane: _Optional[_Union[RaftLane, str]] = ..., messages: _Optional[_Iterable[_Union[RaftMessage, _Mapping]]] = ..., sender_clock: _Optional[_Union[_types_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class RaftStreamResponse(_message.Message):
     __slots__ = ("wrong_node", "node_id")

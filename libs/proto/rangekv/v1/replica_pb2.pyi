@@ -21,20 +21,22 @@ REPLICA_CHANGE_TYPE_PROMOTE_VOTER: ReplicaChangeType
 REPLICA_CHANGE_TYPE_REMOVE: ReplicaChangeType
 
 class ReplicaBatchRequest(_message.Message):
-    __slots__ = ("range_id", "routed_generation", "read_timestamp", "inconsistent", "ops", "traceparents")
+    __slots__ = ("range_id", "routed_generation", "read_timestamp", "inconsistent", "ops", "traceparents", "fence_id")
     RANGE_ID_FIELD_NUMBER: _ClassVar[int]
     ROUTED_GENERATION_FIELD_NUMBER: _ClassVar[int]
     READ_TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     INCONSISTENT_FIELD_NUMBER: _ClassVar[int]
     OPS_FIELD_NUMBER: _ClassVar[int]
     TRACEPARENTS_FIELD_NUMBER: _ClassVar[int]
+    FENCE_ID_FIELD_NUMBER: _ClassVar[int]
     range_id: int
     routed_generation: int
     read_timestamp: _types_pb2.Timestamp
     inconsistent: bool
     ops: _containers.RepeatedCompositeFieldContainer[ReplicaOp]
     traceparents: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, range_id: _Optional[int] = ..., routed_generation: _Optional[int] = ..., read_timestamp: _Optional[_Union[_types_pb2.Timestamp, _Mapping]] = ..., inconsistent: _Optional[bool] = ..., ops: _Optional[_Iterable[_Union[ReplicaOp, _Mapping]]] = ..., traceparents: _Optional[_Iterable[str]] = ...) -> None: ...
+    fence_id: bytes
+    def __init__(self, range_id: _Optional[int] = ..., routed_generation: _Optional[int] = ..., read_timestamp: _Optional[_Union[_types_pb2.Timestamp, _Mapping]] = ..., inconsistent: _Optional[bool] = ..., ops: _Optional[_Iterable[_Union[ReplicaOp, _Mapping]]] = ..., traceparents: _Optional[_Iterable[str]] = ..., fence_id: _Optional[bytes] = ...) -> None: ...
 
 class ReplicaBatchResponse(_message.Message):
     __slots__ = ("results", "error", "read_timestamp", "descriptor", "lease_sequence")
@@ -67,18 +69,20 @@ class BatchStreamResponse(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., batch: _Optional[_Union[ReplicaBatchResponse, _Mapping]] = ...) -> None: ...
 
 class ReplicaOp(_message.Message):
-    __slots__ = ("get", "put", "delete", "compare_and_swap", "scan")
+    __slots__ = ("get", "put", "delete", "compare_and_swap", "scan", "fence")
     GET_FIELD_NUMBER: _ClassVar[int]
     PUT_FIELD_NUMBER: _ClassVar[int]
     DELETE_FIELD_NUMBER: _ClassVar[int]
     COMPARE_AND_SWAP_FIELD_NUMBER: _ClassVar[int]
     SCAN_FIELD_NUMBER: _ClassVar[int]
+    FENCE_FIELD_NUMBER: _ClassVar[int]
     get: GetOp
     put: PutOp
     delete: DeleteOp
     compare_and_swap: CompareAndSwapOp
     scan: ScanOp
-    def __init__(self, get: _Optional[_Union[GetOp, _Mapping]] = ..., put: _Optional[_Union[PutOp, _Mapping]] = ..., delete: _Optional[_Union[DeleteOp, _Mapping]] = ..., compare_and_swap: _Optional[_Union[CompareAndSwapOp, _Mapping]] = ..., scan: _Optional[_Union[ScanOp, _Mapping]] = ...) -> None: ...
+    fence: FenceOp
+    def __init__(self, get: _Optional[_Union[GetOp, _Mapping]] = ..., put: _Optional[_Union[PutOp, _Mapping]] = ..., delete: _Optional[_Union[DeleteOp, _Mapping]] = ..., compare_and_swap: _Optional[_Union[CompareAndSwapOp, _Mapping]] = ..., scan: _Optional[_Union[ScanOp, _Mapping]] = ..., fence: _Optional[_Union[FenceOp, _Mapping]] = ...) -> None: ...
 
 class GetOp(_message.Message):
     __slots__ = ("key",)
@@ -113,28 +117,44 @@ class CompareAndSwapOp(_message.Message):
     def __init__(self, key: _Optional[bytes] = ..., expected_value: _Optional[bytes] = ..., expect_absent: _Optional[bool] = ..., new_value: _Optional[bytes] = ...) -> None: ...
 
 class ScanOp(_message.Message):
-    __slots__ = ("start_key", "end_key", "limit")
+    __slots__ = ("start_key", "end_key", "limit", "max_bytes")
     START_KEY_FIELD_NUMBER: _ClassVar[int]
     END_KEY_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     start_key: bytes
     end_key: bytes
     limit: int
-    def __init__(self, start_key: _Optional[bytes] = ..., end_key: _Optional[bytes] = ..., limit: _Optional[int] = ...) -> None: ...
+    max_bytes: int
+    def __init__(self, start_key: _Optional[bytes] = ..., end_key: _Optional[bytes] = ..., limit: _Optional[int] = ..., max_bytes: _Optional[int] = ...) -> None: ...
+
+class FenceOp(_message.Message):
+    __slots__ = ("start_key", "end_key", "fence_id", "hold_millis")
+    START_KEY_FIELD_NUMBER: _ClassVar[int]
+    END_KEY_FIELD_NUMBER: _ClassVar[int]
+    FENCE_ID_FIELD_NUMBER: _ClassVar[int]
+    HOLD_MILLIS_FIELD_NUMBER: _ClassVar[int]
+    start_key: bytes
+    end_key: bytes
+    fence_id: bytes
+    hold_millis: int
+    def __init__(self, start_key: _Optional[bytes] = ..., end_key: _Optional[bytes] = ..., fence_id: _Optional[bytes] = ..., hold_millis: _Optional[int] = ...) -> None: ...
 
 class ReplicaOpResult(_message.Message):
-    __slots__ = ("get", "put", "delete", "compare_and_swap", "scan")
+    __slots__ = ("get", "put", "delete", "compare_and_swap", "scan", "fence")
     GET_FIELD_NUMBER: _ClassVar[int]
     PUT_FIELD_NUMBER: _ClassVar[int]
     DELETE_FIELD_NUMBER: _ClassVar[int]
     COMPARE_AND_SWAP_FIELD_NUMBER: _ClassVar[int]
     SCAN_FIELD_NUMBER: _ClassVar[int]
+    FENCE_FIELD_NUMBER: _ClassVar[int]
     get: GetResult
     put: PutResult
     delete: DeleteResult
     compare_and_swap: CompareAndSwapResult
     scan: ScanResult
-    def __init__(self, get: _Optional[_Union[GetResult, _Mapping]] = ..., put: _Optional[_Union[PutResult, _Mapping]] = ..., delete: _Optional[_Union[DeleteResult, _Mapping]] = ..., compare_and_swap: _Optional[_Union[CompareAndSwapResult, _Mapping]] = ..., scan: _Optional[_Union[ScanResult, _Mapping]] = ...) -> None: ...
+    fence: FenceResult
+    def __init__(self, get: _Optional[_Union[GetResult, _Mapping]] = ..., put: _Optional[_Union[PutResult, _Mapping]] = ..., delete: _Optional[_Union[DeleteResult, _Mapping]] = ..., compare_and_swap: _Optional[_Union[CompareAndSwapResult, _Mapping]] = ..., scan: _Optional[_Union[ScanResult, _Mapping]] = ..., fence: _Optional[_Union[FenceResult, _Mapping]] = ...) -> None: ...
 
 class GetResult(_message.Message):
     __slots__ = ("found", "kv")
@@ -173,6 +193,16 @@ class ScanResult(_message.Message):
     kvs: _containers.RepeatedCompositeFieldContainer[_types_pb2.KeyValue]
     resume_key: bytes
     def __init__(self, kvs: _Optional[_Iterable[_Union[_types_pb2.KeyValue, _Mapping]]] = ..., resume_key: _Optional[bytes] = ...) -> None: ...
+
+class FenceResult(_message.Message):
+    __slots__ = ("timestamp", "start_key", "end_key")
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    START_KEY_FIELD_NUMBER: _ClassVar[int]
+    END_KEY_FIELD_NUMBER: _ClassVar[int]
+    timestamp: _types_pb2.Timestamp
+    start_key: bytes
+    end_key: bytes
+    def __init__(self, timestamp: _Optional[_Union[_types_pb2.Timestamp, _Mapping]] = ..., start_key: _Optional[bytes] = ..., end_key: _Optional[bytes] = ...) -> None: ...
 
 class AdminSplitRequest(_message.Message):
     __slots__ = ("range_id", "split_key")

@@ -1,0 +1,657 @@
+"""Real storage nodes in one process, over a network and a clock the test controls.
+
+Each node is a real `rangekv.raftnode.store.Store`: RocksDB engines on disk, the
+real raft scheduler (group commit, fsync in worker threads), real replicas and
+their Replica API (`RangeReplica.batch`). What is replaced is only what lies
+between the nodes and around them:
+
+* the network is a `Router` that hands raft messages from one store to another
+  in the same event loop; a test can hold a link (messages queue until it is
+  released), cut it (messages are dropped), and hold a snapshot stream in the
+  middle of its chunks;
+* time is a `FakeClock`: monotonic time (ticks, leases) moves only when the test
+  calls `tick()`, and every node's wall clock is that time plus a per-node offset
+  the test can set (skewed clocks, clocks stepping back);
+* nothing runs in the background but the schedulers: no ticker, no truncation,
+  no GC loop (the test ticks and truncates when it wants to).
+
+So a test can put an operation exactly where it wants in the interleaving of
+raft traffic and client calls, and the outcome does not depend on the machine's
+speed. `InProcNodeClients` lets the gateway's DistSender run against these
+nodes in the same process (a twin of the gateway's node client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rangekv.common import errors as E
+from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor
+from rangekv.gateway.cache_types import LookupResult
+from rangekv.gateway.node_client import BatchReply
+from rangekv.metarange.protocol import plan_split
+from rangekv.raft import HardState, LeaseState, Message, MessageType
+from rangekv.raftnode import txn as T
+from rangekv.raftnode.replica import RangeReplica, ReplicaLimits
+from rangekv.raftnode.store import Store, StoreConfig
+from rangekv.replication.group import RaftTiming
+from rangekv.replication.host import Engines, HostConfig
+from rangekv.replication.log_engine import LogBatch, RaftLogEngine
+from rangekv.replication.mutations import Mutation
+from rangekv.replication.state_engine import StateBatch, StateEngine
+from rangekv.replication.sync_mode import FsmSyncMode
+from rangekv.v1 import raftcmd_pb2, replica_pb2, types_pb2
+
+#: Wall time (ns) at which every FakeClock starts: a realistic epoch value.
+EPOCH_NS = 1_800_000_000 * 10**9
+
+
+class FakeClock:
+    """Monotonic seconds moved by the test; wall clocks derived from it, per node."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self._start = self.now
+        self.offsets_ns: dict[int, int] = {}
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def wall_ns(self, node: int) -> int:
+        """Node `node`'s wall clock: true time plus its offset (node 0: the test's)."""
+        return EPOCH_NS + int((self.now - self._start) * 1e9) + self.offsets_ns.get(node, 0)
+
+    def wall_of(self, node: int) -> Callable[[], int]:
+        return lambda: self.wall_ns(node)
+
+
+@dataclass
+class _Link:
+    held: bool = False
+    cut: bool = False
+    queue: list[tuple[int, Message, types_pb2.RangeDescriptor | None]] = field(default_factory=list)
+
+
+class Router:
+    """Raft traffic between the in-process stores, under the test's control."""
+
+    def __init__(self, cluster: InProcCluster) -> None:
+        self._cluster = cluster
+        self._links: dict[tuple[int, int], _Link] = {}
+        #: (from, to) -> event that a snapshot stream waits on between chunks.
+        self._snapshot_gates: dict[tuple[int, int], asyncio.Event] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.delivered = 0
+        #: Deliveries scheduled on the event loop and not yet made.
+        self.in_flight = 0
+        #: Snapshot streams by (from, to): how many chunks went through, how it ended.
+        self.snapshot_results: list[tuple[int, int, int, bool]] = []
+
+    def link(self, src: int, dst: int) -> _Link:
+        return self._links.setdefault((src, dst), _Link())
+
+    def sender(self, src: int) -> Callable[[int, int, Message, Any], None]:
+        def send(
+            dst: int, group_id: int, msg: Message, desc: types_pb2.RangeDescriptor | None
+        ) -> None:
+            link = self.link(src, dst)
+            if link.cut:
+                return
+            if link.held and msg.type is not MessageType.SNAP:
+                link.queue.append((group_id, msg, desc))
+                return
+            if dst in self._cluster.stopped:
+                return
+            if msg.type is MessageType.SNAP:
+                task = asyncio.ensure_future(self._stream(src, dst, group_id, msg, desc))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                return
+            self._schedule(dst, group_id, msg, desc)
+
+        return send
+
+    def _schedule(
+        self, dst: int, group_id: int, msg: Message, desc: types_pb2.RangeDescriptor | None
+    ) -> None:
+        self.in_flight += 1
+        asyncio.get_running_loop().call_soon(self._deliver, dst, group_id, msg, desc)
+
+    def _deliver(
+        self, dst: int, group_id: int, msg: Message, desc: types_pb2.RangeDescriptor | None
+    ) -> None:
+        self.in_flight -= 1
+        if dst in self._cluster.stopped:
+            return
+        self.delivered += 1
+        self._cluster.stores[dst].handle_raft([(group_id, msg, desc)])
+
+    def hold(self, src: int, dst: int) -> None:
+        self.link(src, dst).held = True
+
+    def hold_all_to(self, dst: int) -> None:
+        for src in self._cluster.stores:
+            if src != dst:
+                self.hold(src, dst)
+
+    def hold_all_from(self, src: int) -> None:
+        for dst in self._cluster.stores:
+            if dst != src:
+                self.hold(src, dst)
+
+    def take_held(
+        self, src: int, dst: int
+    ) -> list[tuple[int, Message, types_pb2.RangeDescriptor | None]]:
+        """Remove and return the messages held on src -> dst (the link stays held)."""
+        link = self.link(src, dst)
+        queued, link.queue = link.queue, []
+        return queued
+
+    def release(self, src: int, dst: int) -> None:
+        link = self.link(src, dst)
+        link.held = False
+        queued, link.queue = link.queue, []
+        for group_id, msg, desc in queued:
+            self._schedule(dst, group_id, msg, desc)
+
+    def release_all(self) -> None:
+        for src, dst in list(self._links):
+            self.release(src, dst)
+
+    def cut(self, src: int, dst: int) -> None:
+        link = self.link(src, dst)
+        link.cut = True
+        link.queue.clear()
+
+    def heal(self, src: int, dst: int) -> None:
+        self.link(src, dst).cut = False
+
+    # --- snapshots --------------------------------------------------------------------
+
+    @property
+    def streams_in_flight(self) -> int:
+        """Snapshot streams started and not yet ended."""
+        return len(self._tasks)
+
+    def hold_snapshots(self, src: int, dst: int) -> asyncio.Event:
+        """Streams src -> dst stop after their first chunk until the event is set."""
+        gate = asyncio.Event()
+        self._snapshot_gates[(src, dst)] = gate
+        return gate
+
+    async def _stream(
+        self,
+        src: int,
+        dst: int,
+        group_id: int,
+        msg: Message,
+        desc: types_pb2.RangeDescriptor | None,
+    ) -> None:
+        sender = self._cluster.stores[src]
+        receiver = self._cluster.stores[dst]
+        sent = 0
+
+        async def chunks() -> AsyncIterator[bytes]:
+            nonlocal sent
+            async for chunk in sender.snapshot_source(group_id, msg):
+                sent += 1
+                yield chunk
+                gate = self._snapshot_gates.get((src, dst))
+                if gate is not None:
+                    await gate.wait()
+
+        ok = False
+        try:
+            if desc is not None and dst not in self._cluster.stopped:
+                ok = await receiver.handle_snapshot(group_id, msg, desc, chunks())
+        finally:
+            self.snapshot_results.append((src, dst, sent, ok))
+            if src not in self._cluster.stopped:
+                sender.report_snapshot(dst, group_id, msg.to, failed=not ok)
+
+    async def close(self) -> None:
+        for gate in self._snapshot_gates.values():
+            gate.set()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def layout(*split_keys: bytes, nodes: Sequence[int] = (1, 2, 3)) -> list[RangeDescriptor]:
+    """Ranges [b"", k1), [k1, k2), ... [kn, b"") with ids 1.., each on `nodes`."""
+    bounds = [b"", *split_keys, b""]
+    replicas = tuple(ReplicaDescriptor(n, n) for n in nodes)
+    return [
+        RangeDescriptor(
+            i + 1, bounds[i], bounds[i + 1], replicas, generation=1, next_replica_id=max(nodes) + 1
+        )
+        for i in range(len(bounds) - 1)
+    ]
+
+
+class PowerCutStateEngine(StateEngine):
+    """A state engine that can lose, in this process, what it wrote since its last sync.
+
+    A power cut loses the writes the OS had not flushed: for the state engine in
+    NOSYNC mode, every commit since the last sync (a synced commit makes all before
+    it durable, as a WAL fsync does). The process cannot be killed here, so each
+    unsynced commit records the values it replaced, and `power_cut` puts them back
+    -- newest first -- before the engine is closed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._undo: list[list[tuple[bytes, bytes | None]]] = []
+
+    def commit(self, batch: StateBatch, *, force_sync: bool = False) -> None:
+        if force_sync or self.sync_mode is FsmSyncMode.SYNC:
+            self._undo.clear()
+        else:
+            keys = set(batch.written_keys())
+            for lo, hi in batch.deleted_ranges():
+                keys.update(k for k, _v in self.iterate(lo, hi))
+            self._undo.append([(k, self.get(k)) for k in keys])
+        super().commit(batch, force_sync=force_sync)
+
+    def sync(self) -> None:
+        super().sync()
+        self._undo.clear()
+
+    def power_cut(self) -> int:
+        """Undo every unsynced commit; returns how many were lost."""
+        lost = len(self._undo)
+        batch = self.new_batch()
+        for undo in reversed(self._undo):
+            for key, old in undo:
+                if old is None:
+                    batch.delete(key)
+                else:
+                    batch.put(key, old)
+        self._undo.clear()
+        super().commit(batch, force_sync=True)
+        return lost
+
+
+class PowerCutLogEngine(RaftLogEngine):
+    """The raft-log twin of PowerCutStateEngine: its only unsynced writes are hard
+    states whose commit index alone moved; a power cut loses those written since
+    the last synced write (which, like a WAL fsync, makes everything before it
+    durable)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._undo: dict[int, HardState] = {}
+
+    def commit(self, batch: LogBatch, *, sync: bool = True) -> None:
+        if sync:
+            self._undo.clear()
+        else:
+            for gid in batch.group_ids:
+                self._undo.setdefault(gid, self.storage(gid).initial_state()[0])
+        super().commit(batch, sync=sync)
+
+    def power_cut(self) -> None:
+        if self._undo:
+            batch = self.new_batch()
+            for gid, hs in self._undo.items():
+                batch.set_hard_state(gid, hs)
+            self._undo.clear()
+            super().commit(batch, sync=True)
+
+
+def power_cut_engines(config: HostConfig) -> Engines:
+    log_engine = PowerCutLogEngine.open(config.data_dir / "raftlog")
+    state_engine = PowerCutStateEngine.open(config.data_dir / "state", config.fsm_sync_mode)
+    return log_engine, state_engine  # type: ignore[return-value]
+
+
+class InProcCluster:
+    """N real stores in this process; see the module docstring."""
+
+    def __init__(
+        self,
+        base: Path,
+        ranges: Sequence[RangeDescriptor],
+        *,
+        sync_mode: FsmSyncMode = FsmSyncMode.SYNC,
+        timing: RaftTiming | None = None,
+        max_clock_offset_ns: int = 500_000_000,
+        log_retain_entries: int = 2000,
+        store_factory: Callable[[StoreConfig, dict[str, Any]], Store] | None = None,
+        mutation: Mutation = Mutation.NONE,
+        power_cuts: bool = False,
+        limits: ReplicaLimits | None = None,
+        max_uncommitted_bytes: int = 64 << 20,
+    ) -> None:
+        self.base = base
+        self.ranges = list(ranges)
+        self.node_ids = sorted({r.node_id for d in ranges for r in d.replicas})
+        self.clock = FakeClock()
+        self.timing = timing or RaftTiming()
+        self.sync_mode = sync_mode
+        self.max_clock_offset_ns = max_clock_offset_ns
+        self.log_retain_entries = log_retain_entries
+        self.router = Router(self)
+        self.stores: dict[int, Store] = {}
+        self.stopped: set[int] = set()
+        self._store_factory = store_factory
+        self.mutation = mutation
+        #: Engines that can lose their unsynced writes (`power_cut`).
+        self.power_cuts = power_cuts
+        self.limits = limits or ReplicaLimits()
+        self.max_uncommitted_bytes = max_uncommitted_bytes
+
+    def _config(self, node: int) -> StoreConfig:
+        return StoreConfig(
+            host=HostConfig(
+                node_id=node,
+                data_dir=self.base / f"n{node}",
+                timing=self.timing,
+                fsm_sync_mode=self.sync_mode,
+                log_retain_entries=self.log_retain_entries,
+                mutation=self.mutation,
+                max_uncommitted_bytes=self.max_uncommitted_bytes,
+            ),
+            limits=self.limits,
+            max_clock_offset_ns=self.max_clock_offset_ns,
+        )
+
+    def _open(self, node: int) -> Store:
+        kwargs: dict[str, Any] = {
+            "resolve_address": lambda n: f"node-{n}",
+            "send_raft": self.router.sender(node),
+            "monotonic": self.clock.monotonic,
+            "wall_ns": self.clock.wall_of(node),
+        }
+        if self.power_cuts:
+            kwargs["open_engines"] = power_cut_engines
+        config = self._config(node)
+        if self._store_factory is not None:
+            return self._store_factory(config, kwargs)
+        return Store(config, **kwargs)
+
+    async def start(self) -> None:
+        for node in self.node_ids:
+            store = self._open(node)
+            if not store.load_replicas():
+                store.bootstrap_ranges(self.ranges)
+            store.scheduler.start()
+            self.stores[node] = store
+
+    async def stop_node(self, node: int) -> None:
+        """Stop a node cleanly (engines closed); `restart_node` opens it again."""
+        self.stopped.add(node)
+        await self.stores[node].stop()
+
+    async def power_cut(self, node: int) -> int:
+        """Cut `node`'s power: it stops, losing what its engines had not synced.
+        Returns how many state commits were lost."""
+        store = self.stores[node]
+        self.stopped.add(node)
+        await store.scheduler.stop()
+        state, log_engine = store.state_engine, store.log_engine
+        assert isinstance(state, PowerCutStateEngine) and isinstance(log_engine, PowerCutLogEngine)
+        lost = state.power_cut()
+        log_engine.power_cut()
+        await store.stop()
+        return lost
+
+    async def restart_node(
+        self, node: int, before_start: Callable[[Store], None] | None = None
+    ) -> Store:
+        """Open `node` again from its disk; `before_start` runs once its replicas
+        are loaded and before its scheduler runs (to place a message first)."""
+        store = self._open(node)
+        store.load_replicas()
+        self.stores[node] = store
+        self.stopped.discard(node)
+        if before_start is not None:
+            before_start(store)
+        store.scheduler.start()
+        return store
+
+    async def close(self) -> None:
+        await self.router.close()
+        for node, store in self.stores.items():
+            if node not in self.stopped:
+                self.stopped.add(node)
+                await store.stop()
+
+    # --- time -------------------------------------------------------------------------
+
+    def tick(self, ticks: int = 1) -> None:
+        for _ in range(ticks):
+            self.clock.advance(self.timing.tick_interval)
+            for node, store in self.stores.items():
+                if node not in self.stopped:
+                    store.scheduler.tick_all(self.clock.now)
+
+    async def until(
+        self,
+        predicate: Callable[[], bool],
+        what: str,
+        *,
+        timeout: float = 15.0,
+        tick: bool = True,
+    ) -> None:
+        """Let the cluster run (ticking, when `tick`) until `predicate()` holds.
+
+        Real time only bounds the wait; the outcome never depends on it: time moves
+        one tick only once every scheduler is idle and no message is on its way, so
+        how many ticks something takes depends on the raft traffic, not on how fast
+        this machine fsyncs. (A snapshot stream or a client call may still be
+        running: those are the test's to wait for.)
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        for rounds in itertools.count():
+            if predicate():
+                return
+            if loop.time() > deadline:
+                raise AssertionError(f"timed out after {rounds} rounds waiting for {what}")
+            if tick and self.quiet():
+                self.tick()
+            await asyncio.sleep(0.001)
+
+    def quiet(self) -> bool:
+        """No message on its way and every live scheduler idle."""
+        return self.router.in_flight == 0 and all(
+            store.scheduler.idle for n, store in self.stores.items() if n not in self.stopped
+        )
+
+    # --- replicas ---------------------------------------------------------------------
+
+    def replica(self, node: int, range_id: int) -> RangeReplica:
+        replica = self.stores[node].replica(range_id)
+        if replica is None:
+            raise AssertionError(f"node {node} has no replica of range {range_id}")
+        return replica
+
+    def leaseholder(self, range_id: int) -> int | None:
+        """The node whose replica of `range_id` holds a valid lease now, if any."""
+        for node, store in self.stores.items():
+            if node in self.stopped:
+                continue
+            replica = store.replica(range_id)
+            if replica is not None and (
+                replica.lease_status(self.clock.now).state is LeaseState.VALID
+            ):
+                return node
+        return None
+
+    async def make_leaseholder(self, range_id: int, node: int) -> None:
+        """Move range `range_id`'s lease to `node` (electing first if need be)."""
+        target = self.replica(node, range_id)
+
+        def done() -> bool:
+            if self.leaseholder(range_id) == node:
+                return True
+            holder = next(
+                (
+                    self.replica(n, range_id)
+                    for n in self.stores
+                    if n not in self.stopped
+                    and self.stores[n].replica(range_id) is not None
+                    and self.replica(n, range_id).is_leader
+                ),
+                None,
+            )
+            if holder is not None and holder is not target:
+                holder.transfer_leadership(target.replica_id)
+            return False
+
+        await self.until(done, f"node {node} to hold the lease of range {range_id}")
+
+    async def elect_all(self, leaders: dict[int, int] | None = None) -> None:
+        """Give every range a leaseholder (`leaders`: range id -> node, where it matters)."""
+        for desc in self.ranges:
+            want = (leaders or {}).get(desc.range_id)
+            if want is not None:
+                await self.make_leaseholder(desc.range_id, want)
+            else:
+                await self.until(
+                    lambda rid=desc.range_id: self.leaseholder(rid) is not None,  # type: ignore[misc]
+                    f"a leaseholder for range {desc.range_id}",
+                )
+
+    def descriptors(self) -> list[RangeDescriptor]:
+        """The newest descriptor of every range any live node holds."""
+        newest: dict[int, RangeDescriptor] = {}
+        for node, store in self.stores.items():
+            if node in self.stopped:
+                continue
+            for replica in store.replicas():
+                d = replica.descriptor
+                if d.range_id not in newest or d.generation > newest[d.range_id].generation:
+                    newest[d.range_id] = d
+        return sorted(newest.values(), key=lambda d: d.start_key)
+
+    async def split(self, range_id: int, key: bytes, right_id: int) -> RangeDescriptor:
+        """Split `range_id` at `key` through raft on its leaseholder: the split
+        transaction's record (CREATE, then COMMIT with the split trigger), without
+        the meta range (the in-process cluster has none). Returns the right side."""
+        holder = self.leaseholder(range_id)
+        if holder is None:
+            raise AssertionError(f"range {range_id} has no leaseholder")
+        replica = self.replica(holder, range_id)
+        plan = plan_split(replica.descriptor, key, right_id, bytes([range_id]) * 16)
+        right, left = plan.updates
+        txn = plan.txn.to_proto()
+        await replica.propose_txn_op(raftcmd_pb2.TxnOp(kind=T.CREATE, txn=txn))
+        commit = raftcmd_pb2.TxnOp(kind=T.COMMIT, txn=txn)
+        commit.split_left.CopyFrom(left.to_proto())
+        commit.split_right.CopyFrom(right.to_proto())
+        rec = await replica.propose_txn_op(commit)
+        if rec is None or rec.status != T.COMMITTED:
+            raise AssertionError(f"split of range {range_id} at {key!r} did not commit: {rec}")
+        self.ranges.append(right)
+        return right
+
+    # --- the Replica API --------------------------------------------------------------
+
+    async def batch(
+        self,
+        node: int,
+        range_id: int,
+        ops: Iterable[replica_pb2.ReplicaOp],
+        **fields: Any,
+    ) -> replica_pb2.ReplicaBatchResponse:
+        """One Replica.Batch call on `node`; raises the mapped error when it failed."""
+        req = replica_pb2.ReplicaBatchRequest(range_id=range_id, ops=list(ops), **fields)
+        resp = await self.replica(node, range_id).batch(req)
+        if resp.HasField("error"):
+            raise E.from_replica_error(resp.error)
+        return resp
+
+    async def put(self, node: int, range_id: int, key: bytes, value: bytes) -> types_pb2.Timestamp:
+        op = replica_pb2.ReplicaOp(put=replica_pb2.PutOp(key=key, value=value))
+        resp = await self.batch(node, range_id, [op])
+        return resp.results[0].put.version
+
+    async def get(self, node: int, range_id: int, key: bytes) -> bytes | None:
+        op = replica_pb2.ReplicaOp(get=replica_pb2.GetOp(key=key))
+        resp = await self.batch(node, range_id, [op])
+        res = resp.results[0].get
+        return res.kv.value if res.found else None
+
+
+class InProcNodeClients:
+    """A twin of the gateway's `NodeClients` answered by an InProcCluster.
+
+    Addresses are ``node-N``. `gate(node, range_id)`, when set, is awaited before
+    a request reaches its node: a test parks a request there to place it in time.
+    """
+
+    def __init__(
+        self,
+        cluster: InProcCluster,
+        gate: Callable[[int, int, replica_pb2.ReplicaBatchRequest], Awaitable[None]] | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self.gate = gate
+        self.requests: list[tuple[int, replica_pb2.ReplicaBatchRequest]] = []
+
+    def submit(
+        self,
+        address: str,
+        range_id: int,
+        ops: list[replica_pb2.ReplicaOp],
+        *,
+        has_writes: bool,
+        inconsistent: bool = False,
+        read_timestamp: types_pb2.Timestamp | None = None,
+        traceparent: str = "",
+        **extra: Any,
+    ) -> asyncio.Future[BatchReply]:
+        node = int(address.removeprefix("node-"))
+        req = replica_pb2.ReplicaBatchRequest(range_id=range_id, ops=ops, inconsistent=inconsistent)
+        if read_timestamp is not None:
+            req.read_timestamp.CopyFrom(read_timestamp)
+        for name, value in extra.items():
+            if value is None:
+                continue
+            if isinstance(value, types_pb2.Timestamp):
+                getattr(req, name).CopyFrom(value)
+            else:
+                setattr(req, name, value)
+
+        async def call() -> BatchReply:
+            if self.gate is not None:
+                await self.gate(node, range_id, req)
+            self.requests.append((node, req))
+            if node in self.cluster.stopped:
+                raise E.Unavailable(f"node {node} is down")
+            replica = self.cluster.stores[node].replica(range_id)
+            if replica is None:
+                raise E.RangeNotFound(range_id, node)
+            resp = await replica.batch(req)
+            if resp.HasField("error"):
+                raise E.from_replica_error(resp.error)
+            return BatchReply(
+                list(resp.results), resp.descriptor, resp.read_timestamp, resp.lease_sequence
+            )
+
+        return asyncio.ensure_future(call())
+
+    async def close(self) -> None:
+        return None
+
+
+def meta_lookup_of(cluster: InProcCluster) -> Callable[[bytes, int], Awaitable[LookupResult]]:
+    """A MetaLookup answered from the stores' own descriptors (always current)."""
+
+    async def lookup(key: bytes, prefetch: int) -> LookupResult:
+        descs = cluster.descriptors()
+        at = [i for i, d in enumerate(descs) if d.contains_key(key)]
+        if not at:
+            raise E.Unavailable(f"no range holds {key!r}")
+        return LookupResult(descriptors=tuple(descs[at[0] : at[0] + 1 + prefetch]))
+
+    return lookup

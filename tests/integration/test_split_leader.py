@@ -1,0 +1,60 @@
+"""The right-hand range of a split has a leaseholder at once, and only where it is safe.
+
+Counted in raft ticks on the in-process cluster (time moves only when the test
+ticks), so the figures do not depend on the machine: a new right-hand range
+used to sit in the restart quiet period for a whole election timeout (10 ticks)
+before anyone could win an election; the left-hand leaseholder's node now wins
+it at once, and no other replica can win during that period.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from inproc_cluster import InProcCluster, layout
+
+#: Ticks the right-hand side may take to get a leaseholder (a lease needs a
+#: heartbeat round after the election; the quiet period alone is 10 ticks).
+AT_ONCE_TICKS = 3
+
+
+async def test_right_hand_range_gets_a_leaseholder_at_once(tmp_path: Path) -> None:
+    cluster = InProcCluster(tmp_path, layout())
+    await cluster.start()
+    try:
+        await cluster.elect_all({1: 2})
+        await cluster.put(2, 1, b"k", b"v")
+        right = await cluster.split(1, b"m", 2)
+        start = cluster.clock.now
+        await cluster.until(
+            lambda: cluster.leaseholder(right.range_id) is not None,
+            "a leaseholder for the right-hand range",
+        )
+        ticks = round((cluster.clock.now - start) / cluster.timing.tick_interval)
+        assert cluster.leaseholder(right.range_id) == 2, "not the left-hand leaseholder's node"
+        assert ticks <= AT_ONCE_TICKS, f"the right-hand range waited {ticks} ticks"
+        await cluster.put(2, right.range_id, b"x", b"y")
+    finally:
+        await cluster.close()
+
+
+async def test_elsewhere_the_quiet_period_still_holds(tmp_path: Path) -> None:
+    """The left-hand leaseholder's node stops right after the split: the other
+    replicas of the right-hand range must sit out the quiet period (an election
+    timeout) before any of them can win -- a left-hand leaseholder that had not
+    applied the split yet could still be serving those keys."""
+    cluster = InProcCluster(tmp_path, layout())
+    await cluster.start()
+    try:
+        await cluster.elect_all({1: 2})
+        right = await cluster.split(1, b"m", 2)
+        await cluster.stop_node(2)
+        start = cluster.clock.now
+        await cluster.until(
+            lambda: cluster.leaseholder(right.range_id) is not None,
+            "a leaseholder for the right-hand range",
+        )
+        ticks = round((cluster.clock.now - start) / cluster.timing.tick_interval)
+        assert ticks >= cluster.timing.election_ticks, f"a leader after only {ticks} ticks"
+    finally:
+        await cluster.close()
