@@ -54,8 +54,16 @@ def test_node_decommission_by_hand(tmp_path: Path) -> None:
             for k, v in data.items():
                 await put(kv, k, v)
 
+            # Each call follows the move for up to --timeout: a short one shows progress.
             done = await asyncio.to_thread(
-                rangekv_cli, "node", "decommission", "3", "--meta", cluster.meta_addrs
+                rangekv_cli,
+                "node",
+                "decommission",
+                "3",
+                "--meta",
+                cluster.meta_addrs,
+                "--timeout",
+                "2",
             )
             assert done.returncode == 0, done.stderr
             assert done.stdout.strip().splitlines()[-1] == "node 3: decommissioned"
