@@ -21,7 +21,8 @@ every key is read back and the whole history is judged by
 
 `TLS` is the one switch to run both with the chart's default TLS once the
 processes take --certs-dir (the harness then needs the Secrets' files).
-RANGEKV_K8S_LONG=1 makes the workload run longer between steps.
+RANGEKV_K8S_LONG=1 runs the workload longer between steps, and scales
+3 -> 5 -> 3 twice (the second time the new pods are new nodes again).
 """
 
 from __future__ import annotations
@@ -298,35 +299,47 @@ def test_scale_raftnodes_3_5_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
                     raise AssertionError(f"{exc}: {last[-1]}") from None
             meta = MetaClient(meta_addresses(cluster), timeout=5)
             raftnodes = cluster.statefulset("raftnode")
+            cycles = 2 if LONG else 1
+            led: dict[int, int] = {}
             try:
                 async with workload(cluster) as w:
                     await after_ops(w, 100)
-                    await raftnodes.scale(5)
-                    await raftnodes.wait_ready(120)
+                    for cycle in range(cycles):
+                        # Fresh volumes: the new pods are new nodes (ids from the meta range).
+                        new_ids = [4 + 2 * cycle, 5 + 2 * cycle]
+                        await raftnodes.scale(5)
+                        await raftnodes.wait_ready(120)
 
-                    async def new_nodes_serve() -> dict[int, int] | None:
-                        nodes = await node_view(meta)
-                        if sorted(nodes) != [1, 2, 3, 4, 5]:
-                            return None
-                        descs = await layout(meta)
-                        held = Counter(r.node_id for d in descs for r in d.replicas)
-                        if held[4] == 0 or held[5] == 0:
-                            return None
-                        led = {n: await leases(nodes[n].node.address) for n in (4, 5)}
-                        return led if all(led.values()) else None
+                        async def new_nodes_serve(
+                            new_ids: list[int] = new_ids,
+                        ) -> dict[int, int] | None:
+                            nodes = await node_view(meta)
+                            if not all(n in nodes for n in new_ids):
+                                return None
+                            descs = await layout(meta)
+                            held = Counter(r.node_id for d in descs for r in d.replicas)
+                            if not all(held[n] for n in new_ids):
+                                return None
+                            got = {n: await leases(nodes[n].node.address) for n in new_ids}
+                            return got if all(got.values()) else None
 
-                    led = await until(
-                        new_nodes_serve, 150, "nodes 4 and 5 to hold replicas and leases"
-                    )
-                    await after_ops(w, 200 if LONG else 50)
-                    removed = await raftnodes.scale(3)
-                    await after_ops(w, 200 if LONG else 50)
+                        led = await until(
+                            new_nodes_serve,
+                            150,
+                            f"nodes {new_ids} to hold replicas and leases",
+                        )
+                        await after_ops(w, 200 if LONG else 50)
+                        removed = await raftnodes.scale(3)
+                        assert removed == {
+                            f"{raftnodes.name}-3": 0,
+                            f"{raftnodes.name}-4": 0,
+                        }
+                        await after_ops(w, 200 if LONG else 50)
                 verdict = judge(w)
-                print(f"scale 3 -> 5 -> 3: leases on new nodes {led}; {verdict}", flush=True)
-                assert removed == {
-                    f"{raftnodes.name}-3": 0,
-                    f"{raftnodes.name}-4": 0,
-                }
+                print(
+                    f"scale 3 -> 5 -> 3 (x{cycles}): leases on new nodes {led}; {verdict}",
+                    flush=True,
+                )
 
                 async def settled() -> list[Any] | None:
                     nodes = await node_view(meta)
@@ -340,12 +353,10 @@ def test_scale_raftnodes_3_5_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
                 descs = await until(settled, 60, "every range on 3 live voters")
                 assert len(descs) == 5
                 nodes = await node_view(meta)
+                retired = range(4, 4 + 2 * cycles)
                 assert {n: nodes[n].state for n in nodes} == {
-                    1: meta_pb2.NODE_STATE_ACTIVE,
-                    2: meta_pb2.NODE_STATE_ACTIVE,
-                    3: meta_pb2.NODE_STATE_ACTIVE,
-                    4: meta_pb2.NODE_STATE_DECOMMISSIONED,
-                    5: meta_pb2.NODE_STATE_DECOMMISSIONED,
+                    **{n: meta_pb2.NODE_STATE_ACTIVE for n in (1, 2, 3)},
+                    **{n: meta_pb2.NODE_STATE_DECOMMISSIONED for n in retired},
                 }
                 assert not list((tmp_path / "pvc").glob(f"data-{raftnodes.name}-[34]"))
                 assert w.outcomes[Outcome.UNKNOWN.value] == 0, w.report()
