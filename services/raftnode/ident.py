@@ -17,12 +17,15 @@ message saying what to do.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rangekv.common.config import ConfigError
+
+log = logging.getLogger(__name__)
 
 STORE_FILE = "store.json"
 
@@ -85,6 +88,7 @@ async def resolve_identity(
     ordinal: int | None,
     bootstrap_nodes: Sequence[int],
     allocate: Callable[[], Awaitable[int]],
+    registered: Callable[[int], Awaitable[bool | None]] | None = None,
 ) -> StoreIdent:
     """The node id this process runs as, saved in the data folder (module doc).
 
@@ -92,6 +96,13 @@ async def resolve_identity(
     configured ``--node-id``; a StatefulSet ordinal below the number of
     bootstrap nodes takes that bootstrap id; otherwise a fresh id from the meta
     range (``allocate``). A retired store raises StoreRetired.
+
+    A bootstrap id that the store registry already knows (``registered``) while
+    the folder holds no identity means the node's volume was lost: starting it
+    empty under its old id could let it vote with a log it no longer has, so the
+    store starts as a new node with a fresh id instead (None from
+    ``registered``: the registry cannot say yet, as on a first install, and the
+    bootstrap id is taken).
     """
     stored = StoreIdent.load(data_dir)
     if stored is not None:
@@ -107,6 +118,19 @@ async def resolve_identity(
         node_id = configured
     elif ordinal is not None and ordinal < len(bootstrap_nodes):
         node_id = bootstrap_nodes[ordinal]
+        if registered is not None and await registered(node_id):
+            lost = node_id
+            node_id = await allocate()
+            log.warning(
+                "%s holds no store, but node %d is in the store registry: its volume was "
+                "lost. This store starts as a new node, %d; node %d's replicas are replaced "
+                "once it is dead (or now: rangekv node decommission %d)",
+                data_dir,
+                lost,
+                node_id,
+                lost,
+                lost,
+            )
     elif ordinal is not None:
         node_id = await allocate()
     else:

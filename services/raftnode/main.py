@@ -71,6 +71,7 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
             ordinal=server_config.ordinal,
             bootstrap_nodes=bootstrap_ids,
             allocate=lambda: _allocate_node_id(meta),
+            registered=lambda node_id: _registered(meta, node_id),
         )
         if meta is not None:
             await _refuse_if_retired(meta, ident, data_dir)
@@ -239,6 +240,17 @@ async def _allocate_node_id(meta: MetaClient | None) -> int:
             continue
         log.info("new store: node id %d from the meta range", resp.first)
         return int(resp.first)
+
+
+async def _registered(meta: MetaClient | None, node_id: int) -> bool | None:
+    """Whether the store registry knows `node_id` (None: no meta range to ask now)."""
+    if meta is None:
+        return None
+    try:
+        nodes = await meta.list_nodes()
+    except E.RangeKVError:
+        return None
+    return any(st.node.node_id == node_id for st in nodes.nodes)
 
 
 async def _refuse_if_retired(meta: MetaClient, ident: StoreIdent, data_dir: Path) -> None:

@@ -11,23 +11,25 @@ from rangekv.common.config import ConfigError
 from rangekv.raftnode.ident import STORE_FILE, StoreIdent, StoreRetired, resolve_identity
 
 
-def resolve(data: Path, *, configured: int = 0, ordinal: int | None = None) -> StoreIdent:
-    allocated: list[int] = []
-
+def resolve(
+    data: Path, *, configured: int = 0, ordinal: int | None = None, known: bool | None = None
+) -> StoreIdent:
     async def allocate() -> int:
-        allocated.append(7)
         return 7
 
-    ident = asyncio.run(
+    async def registered(node_id: int) -> bool | None:
+        return known
+
+    return asyncio.run(
         resolve_identity(
             data,
             configured=configured,
             ordinal=ordinal,
             bootstrap_nodes=(1, 2, 3),
             allocate=allocate,
+            registered=registered,
         )
     )
-    return ident
 
 
 def test_bootstrap_ordinals_take_the_bootstrap_ids_and_later_ones_ask_meta(tmp_path: Path) -> None:
@@ -54,3 +56,12 @@ def test_a_folder_names_its_node_and_a_retired_one_is_refused(tmp_path: Path) ->
     (tmp_path / "bad" / STORE_FILE).write_text('{"node_id": "x"}')
     with pytest.raises(ConfigError, match="names no node id"):
         StoreIdent.load(tmp_path / "bad")
+
+
+def test_a_bootstrap_pod_that_lost_its_volume_starts_as_a_new_node(tmp_path: Path) -> None:
+    # First install: the registry cannot say yet (None) or does not know node 1.
+    assert resolve(tmp_path / "a", ordinal=0, known=None).node_id == 1
+    assert resolve(tmp_path / "b", ordinal=0, known=False).node_id == 1
+    # Node 1 is registered but this volume is empty: a new node, never node 1 again.
+    assert resolve(tmp_path / "c", ordinal=0, known=True).node_id == 7
+    assert StoreIdent.load(tmp_path / "c") == StoreIdent(7)
