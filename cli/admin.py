@@ -25,6 +25,7 @@ from rangekv.cli.kv import (
     add_common,
     add_hex,
     channel,
+    channel_opener,
     emit_json,
     json_bytes,
     rpc_error_line,
@@ -33,6 +34,7 @@ from rangekv.cli.kv import (
     to_bytes,
 )
 from rangekv.common import errors as E
+from rangekv.common.tls import ChannelOpener
 from rangekv.metarange.client import MetaClient
 from rangekv.v1 import meta_pb2, replica_pb2, replica_pb2_grpc, types_pb2
 
@@ -101,15 +103,17 @@ class ClusterView:
         return None
 
 
-async def range_info(address: str, timeout: float) -> replica_pb2.RangeInfoResponse:
-    async with channel(address) as ch:
+async def range_info(
+    opener: ChannelOpener, address: str, timeout: float
+) -> replica_pb2.RangeInfoResponse:
+    async with opener(address) as ch:
         return await replica_pb2_grpc.ReplicaStub(ch).RangeInfo(
             replica_pb2.RangeInfoRequest(), timeout=timeout
         )
 
 
 async def cluster_view(
-    meta: MetaClient, timeout: float, *, with_ranges: bool = True
+    meta: MetaClient, timeout: float, *, with_ranges: bool = True, opener: ChannelOpener
 ) -> ClusterView:
     """Descriptors from meta, the registry, and RangeInfo from every node in parallel.
 
@@ -133,7 +137,7 @@ async def cluster_view(
 
     async def fill(view: NodeView) -> None:
         try:
-            view.replicas = list((await range_info(view.address, timeout)).replicas)
+            view.replicas = list((await range_info(opener, view.address, timeout)).replicas)
         except grpc.aio.AioRpcError as exc:
             view.error = rpc_error_line(exc, view.address)
 
@@ -177,7 +181,8 @@ def _size_text(size: int) -> str:
 
 
 def _meta_client(args: argparse.Namespace) -> MetaClient:
-    return MetaClient(meta_addresses(args), timeout=args.timeout)
+    opener = channel_opener(args, internal=True)
+    return MetaClient(meta_addresses(args), timeout=args.timeout, channels=opener)
 
 
 def ranges_main(argv: Sequence[str]) -> int:
@@ -192,7 +197,7 @@ def ranges_main(argv: Sequence[str]) -> int:
     async def main() -> int:
         meta = _meta_client(args)
         try:
-            view = await cluster_view(meta, args.timeout)
+            view = await cluster_view(meta, args.timeout, opener=meta.opener)
         finally:
             await meta.close()
         records: list[dict[str, Any]] = []
@@ -263,7 +268,7 @@ def nodes_main(argv: Sequence[str]) -> int:
     async def main() -> int:
         meta = _meta_client(args)
         try:
-            view = await cluster_view(meta, args.timeout, with_ranges=False)
+            view = await cluster_view(meta, args.timeout, with_ranges=False, opener=meta.opener)
         finally:
             await meta.close()
         now_ns = time.time_ns()
@@ -325,7 +330,7 @@ def nodes_main(argv: Sequence[str]) -> int:
 async def _leaseholder_of(
     meta: MetaClient, range_id: int, timeout: float
 ) -> tuple[ClusterView, NodeView]:
-    view = await cluster_view(meta, timeout, with_ranges=False)
+    view = await cluster_view(meta, timeout, with_ranges=False, opener=meta.opener)
     lh = view.leaseholder(range_id)
     if lh is None:
         if not view.infos(range_id):
@@ -363,7 +368,7 @@ def transfer_lease_main(argv: Sequence[str]) -> int:
                 if view.node(args.node_id) is None:
                     raise CLIError(f"INVALID_ARGUMENT: node {args.node_id} is not in the registry")
                 remaining = max(0.1, deadline - loop.time())
-                async with channel(holder.address) as ch:
+                async with channel(args, holder.address, internal=True) as ch:
                     resp = await replica_pb2_grpc.ReplicaStub(ch).TransferLease(
                         replica_pb2.TransferLeaseRequest(
                             range_id=args.range_id, target_node_id=args.node_id
@@ -411,7 +416,7 @@ def split_main(argv: Sequence[str]) -> int:
             raise CLIError("INVALID_ARGUMENT: split key must not be empty", code=2)
         meta = _meta_client(args)
         try:
-            view = await cluster_view(meta, args.timeout)
+            view = await cluster_view(meta, args.timeout, opener=meta.opener)
         finally:
             await meta.close()
         desc = view.range_for(key)
@@ -423,7 +428,7 @@ def split_main(argv: Sequence[str]) -> int:
         if lh is None:
             raise CLIError(f"UNAVAILABLE: range {desc.range_id} has no leader right now; try again")
         try:
-            async with channel(lh[0].address) as ch:
+            async with channel(args, lh[0].address, internal=True) as ch:
                 resp = await replica_pb2_grpc.ReplicaStub(ch).AdminSplit(
                     replica_pb2.AdminSplitRequest(range_id=desc.range_id, split_key=key),
                     timeout=args.timeout,
@@ -486,7 +491,7 @@ def change_replicas_main(argv: Sequence[str]) -> int:
         changes = [
             replica_pb2.ReplicaChange(type=t, node_id=args.node_id) for t in _CHANGES[args.action]
         ]
-        async with channel(holder.address) as ch:
+        async with channel(args, holder.address, internal=True) as ch:
             resp = await replica_pb2_grpc.ReplicaStub(ch).ChangeReplicas(
                 replica_pb2.ChangeReplicasRequest(range_id=args.range_id, changes=changes),
                 timeout=args.timeout,

@@ -34,7 +34,15 @@ from typing import Any
 
 import grpc
 
-from rangekv.cli.kv import DEFAULT_ADDR, fail, rpc_error_line
+from rangekv.cli.kv import (
+    DEFAULT_ADDR,
+    DEFAULT_DATA,
+    CLIError,
+    add_security,
+    channel_opener,
+    fail,
+    rpc_error_line,
+)
 from rangekv.v1 import kv_pb2, kv_pb2_grpc
 
 PRELOAD_BATCH = 200
@@ -208,8 +216,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         read_fraction=args.read_fraction,
         timeout=args.timeout,
     )
+    opener = channel_opener(args)
     channels = [
-        grpc.aio.insecure_channel(args.addr, options=CHANNEL_OPTIONS)
+        opener(args.addr, CHANNEL_OPTIONS)
         for _ in range(max(1, min(args.channels, args.concurrency)))
     ]
     try:
@@ -308,6 +317,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--timeout", type=float, default=5.0, help="per-operation deadline (s)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.add_argument(
+        "--data",
+        default=DEFAULT_DATA,
+        help=f"data folder of a `rangekv dev` cluster, for its certs/ (default {DEFAULT_DATA})",
+    )
+    add_security(p)
     args = p.parse_args(argv)
     if args.concurrency < 1 or args.keys < 1 or args.value_size < 0 or args.duration <= 0:
         p.error("--concurrency and --keys must be >= 1, --duration > 0, --value-size >= 0")
@@ -321,6 +336,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConnectionError, OSError) as exc:
         fail(f"UNAVAILABLE: {exc}")
         return 1
+    except CLIError as exc:
+        fail(exc.message)
+        return exc.code
     if args.json:
         print(json.dumps(result))
     else:

@@ -4,6 +4,7 @@
     rangekv put|get|del|cas|scan ...        talk to a gateway
     rangekv ranges|nodes|transfer-lease|split|change-replicas ...   inspect and steer the cluster
     rangekv bench ...      load generator
+    rangekv cert ...       make certificates (create-ca, create-node, create-client, list)
     rangekv raftnode|metarange|gateway ...  run one process of a cluster
 
 Each verb parses its own flags (and RANGEKV_* environment variables) in one
@@ -37,6 +38,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
         "add or remove a range's replica on a node",
     ),
     "bench": ("rangekv.cli.bench", "main", "load generator: put/get/mixed against a gateway"),
+    "cert": ("rangekv.cli.cert", "main", "create-ca|create-node|create-client|list certificates"),
 }
 
 

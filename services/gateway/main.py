@@ -21,6 +21,7 @@ from rangekv.common.descriptors import RangeDescriptor
 from rangekv.common.entrypoint import service_main
 from rangekv.common.server import ServiceServer
 from rangekv.common.telemetry import Telemetry
+from rangekv.common.tls import ChannelOpener, node_channels
 from rangekv.gateway.cache_types import LookupResult, TelemetryCacheMetrics
 from rangekv.gateway.dist_sender import (
     DEFAULT_READ_ATTEMPT_TIMEOUT,
@@ -73,11 +74,15 @@ class GatewayConfig:
 
 
 def build(
-    cfg: GatewayConfig, telemetry: Telemetry | None = None
+    cfg: GatewayConfig,
+    telemetry: Telemetry | None = None,
+    channels: ChannelOpener | None = None,
 ) -> tuple[KVService, MetaClient, NodeClients]:
-    """Wire a gateway's parts (also used by tests that run one in-process)."""
-    meta = MetaClient(cfg.addresses())
-    nodes = NodeClients(max_inflight=cfg.max_inflight_batches)
+    """Wire a gateway's parts (also used by tests that run one in-process).
+
+    ``channels`` dial the meta range and the nodes (plaintext if None)."""
+    meta = MetaClient(cfg.addresses(), channels=channels)
+    nodes = NodeClients(max_inflight=cfg.max_inflight_batches, channels=channels)
 
     async def meta_lookup(key: bytes, prefetch: int) -> LookupResult:
         return LookupResult.from_proto(await meta.lookup_range(key, prefetch=prefetch))
@@ -140,7 +145,7 @@ def export_retry_counters(telemetry: Telemetry, counters: RetryCounters) -> None
 
 async def serve(server_config: ServerConfig, cfg: GatewayConfig) -> None:
     telemetry = Telemetry("gateway", otlp_endpoint=server_config.otlp_endpoint)
-    service, meta, nodes = build(cfg, telemetry)
+    service, meta, nodes = build(cfg, telemetry, node_channels(server_config.security))
 
     def register(server: grpc.aio.Server) -> None:
         kv_pb2_grpc.add_KVServicer_to_server(service, server)

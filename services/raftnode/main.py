@@ -20,6 +20,7 @@ from rangekv.common.entrypoint import service_main
 from rangekv.common.server import ServiceServer
 from rangekv.common.tasks import cancel_and_wait
 from rangekv.common.telemetry import Telemetry
+from rangekv.common.tls import node_channels
 from rangekv.metarange.client import MetaClient
 from rangekv.raft import Message
 from rangekv.raftnode.change import ReplicaChanger
@@ -54,7 +55,8 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
             log.warning("%s", loud)
     peers = parse_peers(node_config.peers)
     meta_addrs = [a.strip() for a in node_config.meta_addrs.split(",") if a.strip()]
-    meta = MetaClient(meta_addrs) if meta_addrs else None
+    channels = node_channels(server_config.security)
+    meta = MetaClient(meta_addrs, channels=channels) if meta_addrs else None
     telemetry = Telemetry("raftnode", node_id=node_id, otlp_endpoint=server_config.otlp_endpoint)
     metrics = NodeMetrics(telemetry, mode)
 
@@ -73,6 +75,7 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
         on_snapshot_status=lambda n, g, r, failed: store_ref[0].report_snapshot(n, g, r, failed),
         snapshot_source=snapshot_source,
         metrics=metrics.transport,
+        channels=channels,
     )
     store = Store(
         StoreConfig(
@@ -103,7 +106,7 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
         return await store.handle_snapshot(group_id, msg, header.descriptor, chunks)
 
     raft_service = RaftTransportServicer(node_id, store.handle_raft, handle_snapshot)
-    splits = SplitCoordinator(store, meta, node_config.split())
+    splits = SplitCoordinator(store, meta, node_config.split(), channels=channels)
     if node_config.split_crash_after:
         log.warning("split fault point armed: exit after %s", node_config.split_crash_after)
     changes = ReplicaChanger(store, meta, splits, node_config.replica_changes())
