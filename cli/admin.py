@@ -181,8 +181,9 @@ def _size_text(size: int) -> str:
 
 
 def _meta_client(args: argparse.Namespace) -> MetaClient:
+    addresses = meta_addresses(args)  # first: no layout is the clearer error
     opener = channel_opener(args, internal=True)
-    return MetaClient(meta_addresses(args), timeout=args.timeout, channels=opener)
+    return MetaClient(addresses, timeout=args.timeout, channels=opener)
 
 
 def ranges_main(argv: Sequence[str]) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -199,6 +200,11 @@ class DevCluster:
         if self.process is not None:
             self.process.close()
 
+    def grpcurl_flags(self) -> list[str]:
+        """What the ready screen tells grpcurl users to pass."""
+        assert self.process is not None
+        return printed_grpcurl_flags(self.process.output)
+
 
 def rangekv(
     *args: str, timeout: float = 60.0, exe: Sequence[str] | None = None
@@ -206,6 +212,16 @@ def rangekv(
     """Run the `rangekv` CLI as a user would; stdout/stderr captured as text."""
     cmd = [*(exe or [sys.executable, "-m", "rangekv.cli.main"]), *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def printed_grpcurl_flags(output: str) -> list[str]:
+    """The flags `rangekv dev` prints for grpcurl (the `grpcurl ... ADDR list` line of its
+    ready screen): -cacert/-cert/-key for a secure cluster, -plaintext for --insecure."""
+    for line in output.splitlines():
+        words = shlex.split(line.strip())
+        if len(words) >= 3 and words[0] == "grpcurl" and words[-1] == "list":
+            return words[1:-2]
+    raise AssertionError(f"no `grpcurl ... list` line on the ready screen:\n{output}")
 
 
 def find_grpcurl() -> str | None:

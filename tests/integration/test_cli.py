@@ -45,7 +45,7 @@ def one_error_line(result: subprocess.CompletedProcess[str], code: int = 1) -> s
 
 
 def test_put_get_del(cluster: DevCluster) -> None:
-    a = ["--addr", cluster.addr]
+    a = ["--addr", cluster.addr, "--data", str(cluster.data)]
     assert ok(rangekv("put", "cli/k1", "hello world", *a)).strip() == "OK"
     assert ok(rangekv("get", "cli/k1", *a)) == "hello world\n"
     got = json.loads(ok(rangekv("get", "cli/k1", "--json", *a)))
@@ -68,7 +68,7 @@ def test_put_get_del(cluster: DevCluster) -> None:
 
 
 def test_cas(cluster: DevCluster) -> None:
-    a = ["--addr", cluster.addr]
+    a = ["--addr", cluster.addr, "--data", str(cluster.data)]
     assert ok(rangekv("cas", "cli/cas", "v1", "--expect-absent", *a)).strip() == "OK"
     failed = rangekv("cas", "cli/cas", "v2", "--expect-absent", *a)
     assert "cas failed: current value is v1" in one_error_line(failed)
@@ -94,7 +94,7 @@ def test_scan(cluster: DevCluster) -> None:
             await kv_pb2_grpc.KVStub(ch).Batch(req, timeout=30)
 
     asyncio.run(load())
-    a = ["--addr", cluster.addr]
+    a = ["--addr", cluster.addr, "--data", str(cluster.data)]
     lines = ok(rangekv("scan", "--prefix", "cli/scan/", *a)).splitlines()
     # One key<TAB>value per line, in key order; the tab inside the value is escaped.
     assert lines == [f"{k.decode()}\tv\\t{k.decode()}" for k in keys]
@@ -163,8 +163,27 @@ def test_transfer_lease(cluster: DevCluster) -> None:
         assert time.monotonic() < deadline, "the lease did not settle on the target"
     assert "already holds the lease" in ok(rangekv("transfer-lease", "1", str(target), *d))
     # The gateway follows the move.
-    ok(rangekv("put", "cli/after-transfer", "x", "--addr", cluster.addr, "--timeout", "10"))
-    assert ok(rangekv("get", "cli/after-transfer", "--addr", cluster.addr)).strip() == "x"
+    ok(
+        rangekv(
+            "put",
+            "cli/after-transfer",
+            "x",
+            "--addr",
+            cluster.addr,
+            "--data",
+            str(cluster.data),
+            "--timeout",
+            "10",
+        )
+    )
+    assert (
+        ok(
+            rangekv(
+                "get", "cli/after-transfer", "--addr", cluster.addr, "--data", str(cluster.data)
+            )
+        ).strip()
+        == "x"
+    )
 
     err = one_error_line(rangekv("transfer-lease", "1", "9", *d))
     assert "node 9" in err
@@ -174,10 +193,16 @@ def test_transfer_lease(cluster: DevCluster) -> None:
 def test_errors_are_one_line(cluster: DevCluster, tmp_path: Path) -> None:
     unreachable = one_error_line(rangekv("get", "k", "--addr", "127.0.0.1:1", "--timeout", "3"))
     assert unreachable.startswith("rangekv: UNAVAILABLE: cannot reach 127.0.0.1:1"), unreachable
-    empty = one_error_line(rangekv("put", "", "v", "--addr", cluster.addr))
+    empty = one_error_line(
+        rangekv("put", "", "v", "--addr", cluster.addr, "--data", str(cluster.data))
+    )
     assert empty.startswith("rangekv: INVALID_ARGUMENT:"), empty
-    assert one_error_line(rangekv("get", "zz", "--hex", "--addr", cluster.addr), code=2)
-    usage = rangekv("cas", "k", "v", "--addr", cluster.addr)  # neither --expect nor --expect-absent
+    assert one_error_line(
+        rangekv("get", "zz", "--hex", "--addr", cluster.addr, "--data", str(cluster.data)), code=2
+    )
+    usage = rangekv(
+        "cas", "k", "v", "--addr", cluster.addr, "--data", str(cluster.data)
+    )  # neither --expect nor --expect-absent
     assert usage.returncode == 2
     assert rangekv("no-such-verb").returncode == 2
     no_layout = one_error_line(rangekv("ranges", "--data", str(tmp_path)))
@@ -190,7 +215,16 @@ def test_errors_are_one_line(cluster: DevCluster, tmp_path: Path) -> None:
 
 def test_bench(cluster: DevCluster) -> None:
     result = rangekv(
-        "bench", "--addr", cluster.addr, "--duration", "3", "--concurrency", "8", timeout=60
+        "bench",
+        "--addr",
+        cluster.addr,
+        "--data",
+        str(cluster.data),
+        "--duration",
+        "3",
+        "--concurrency",
+        "8",
+        timeout=60,
     )
     out = ok(result)
     lines = out.strip().splitlines()
@@ -238,6 +272,19 @@ def test_bench(cluster: DevCluster) -> None:
     lat = mixed["latency_ms"]
     assert 0 < lat["p50"] <= lat["p99"] <= lat["p99.9"] <= lat["max"]
     bounded = json.loads(
-        ok(rangekv("bench", "--addr", cluster.addr, "--ops", "20", "--concurrency", "4", "--json"))
+        ok(
+            rangekv(
+                "bench",
+                "--addr",
+                cluster.addr,
+                "--data",
+                str(cluster.data),
+                "--ops",
+                "20",
+                "--concurrency",
+                "4",
+                "--json",
+            )
+        )
     )
     assert bounded["ops"] == 20
