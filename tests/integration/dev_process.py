@@ -25,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from rangekv.cli.cluster import free_port
+from rangekv.common.config import SecurityConfig
+from rangekv.common.tls import ChannelOpener, client_channels
 
 READY_LINE = "Stop: Ctrl-C"
 
@@ -199,6 +201,10 @@ class DevCluster:
     def close(self) -> None:
         if self.process is not None:
             self.process.close()
+
+    def client_channels(self) -> ChannelOpener:
+        """Channels as the dev cluster's admin client (the pair `rangekv dev` made)."""
+        return client_channels(SecurityConfig(certs_dir=self.data / "certs"), "admin")
 
     def grpcurl_flags(self) -> list[str]:
         """What the ready screen tells grpcurl users to pass."""

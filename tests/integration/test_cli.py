@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 from dev_process import DevCluster, rangekv
 
@@ -84,7 +83,7 @@ def test_scan(cluster: DevCluster) -> None:
     keys = [f"cli/scan/{i:03d}".encode() for i in range(25)]
 
     async def load() -> None:
-        async with grpc.aio.insecure_channel(cluster.addr) as ch:
+        async with cluster.client_channels()(cluster.addr) as ch:
             req = kv_pb2.BatchRequest(
                 requests=[
                     kv_pb2.BatchRequestItem(put=kv_pb2.PutRequest(key=k, value=b"v\t" + k))
@@ -129,7 +128,13 @@ def test_ranges_and_nodes(cluster: DevCluster) -> None:
     # --meta works as well as the dev layout.
     meta = ",".join(cluster.addresses("meta"))
     assert (
-        json.loads(ok(rangekv("ranges", "--json", "--meta", meta)))["ranges"][0]["range_id"]
+        json.loads(
+            ok(
+                rangekv(
+                    "ranges", "--json", "--meta", meta, "--certs-dir", str(cluster.data / "certs")
+                )
+            )
+        )["ranges"][0]["range_id"]
         == ranges[0]["range_id"]
     )
 
@@ -191,7 +196,9 @@ def test_transfer_lease(cluster: DevCluster) -> None:
 
 
 def test_errors_are_one_line(cluster: DevCluster, tmp_path: Path) -> None:
-    unreachable = one_error_line(rangekv("get", "k", "--addr", "127.0.0.1:1", "--timeout", "3"))
+    unreachable = one_error_line(
+        rangekv("get", "k", "--addr", "127.0.0.1:1", "--timeout", "3", "--data", str(cluster.data))
+    )
     assert unreachable.startswith("rangekv: UNAVAILABLE: cannot reach 127.0.0.1:1"), unreachable
     empty = one_error_line(
         rangekv("put", "", "v", "--addr", cluster.addr, "--data", str(cluster.data))
