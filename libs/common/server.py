@@ -43,7 +43,7 @@ from opentelemetry.context import Context
 from rangekv.common.auth import Authorizer
 from rangekv.common.certs import Role
 from rangekv.common.config import ServerConfig
-from rangekv.common.errors import DeadlineExceeded, RangeKVError, to_rpc_status
+from rangekv.common.errors import DeadlineExceeded, InvalidArgument, RangeKVError, to_rpc_status
 from rangekv.common.logs import log_ready
 from rangekv.common.telemetry import EventLoopLagMonitor, Histogram, Telemetry
 from rangekv.common.tls import ServerCredentialsSource
@@ -103,6 +103,56 @@ def _context_code(context: grpc.aio.ServicerContext) -> str:
     except Exception:  # older grpc or an unusual context: the metric label is best effort
         return "UNKNOWN"
     return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+
+
+class Undecodable:
+    """What a request that is not valid protobuf for its method deserializes to.
+
+    gRPC would answer UNKNOWN and log a traceback for a deserializer that raises;
+    the interceptor turns this into INVALID_ARGUMENT naming the method instead.
+    """
+
+    __slots__ = ("method", "reason")
+
+    def __init__(self, method: str, reason: str) -> None:
+        self.method = method
+        self.reason = reason
+
+    def error(self) -> InvalidArgument:
+        return InvalidArgument(
+            "", f"{self.method}: the request is not valid protobuf: {self.reason}"
+        )
+
+
+def _tolerant(
+    deserialize: Callable[[bytes], Any] | None, method: str
+) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:  # DecodeError, or anything a custom deserializer raises
+            return Undecodable(method, str(exc)[:_MAX_DETAIL])
+
+    return decode
+
+
+def _on_loop(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        result = behavior(request, context)
+        return await result if inspect.isawaitable(result) else result
+
+    return call
+
+
+async def _decoded(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """A request stream that ends in INVALID_ARGUMENT at the first undecodable message."""
+    async for request in requests:
+        if isinstance(request, Undecodable):
+            raise request.error()
+        yield request
 
 
 def _expired(exc: Exception, bound: object, method: str, deadline: float | None) -> Exception:
@@ -171,25 +221,25 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap(handler.unary_unary, method, bounded=True),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer, method),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap(handler.unary_stream, method, bounded=True),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer, method),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
                 self._wrap(handler.stream_unary, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer, method),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
                 self._wrap(handler.stream_stream, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer, method),
                 response_serializer=handler.response_serializer,
             )
         return handler  # type: ignore[no-any-return]
@@ -204,20 +254,32 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             return self._wrap_generator(behavior, method, role, deadline)
         if inspect.iscoroutinefunction(behavior):
             return self._wrap_coroutine(behavior, method, role, deadline)
-        if role is not None:
-            # Nothing here can check a synchronous handler's caller: refuse it, loudly.
+        if role is not None and not bounded:
+            # A synchronous stream handler: nothing here can check its caller. Refuse it.
             async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 await context.abort(
                     grpc.StatusCode.UNIMPLEMENTED, f"{method}: not served on a secure server"
                 )
 
-            self._log.error("%s: synchronous handler on a secure server; refusing it", method)
             return refuse
+        if role is not None:
+            # A synchronous unary handler (grpc's aio Health.List is one): checked, then
+            # run on the loop like the rest (such handlers only read in-memory state).
+            return self._wrap_coroutine(_on_loop(behavior), method, role, deadline)
         return behavior
 
-    def _admit(self, method: str, role: Role | None, context: grpc.aio.ServicerContext) -> None:
+    def _admit(
+        self, method: str, role: Role | None, request: Any, context: grpc.aio.ServicerContext
+    ) -> Any:
+        """Check the caller, then the request: the request (a stream's iterator checked
+        message by message) if both are fine; raise otherwise."""
         if role is not None and self._authorizer is not None:
             self._authorizer.check(method, role, context)
+        if isinstance(request, Undecodable):
+            raise request.error()
+        if hasattr(request, "__aiter__"):
+            return _decoded(request)
+        return request
 
     @staticmethod
     def _timeout(deadline: float | None, context: grpc.aio.ServicerContext) -> Any:
@@ -236,7 +298,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             with self._observe(method, context) as outcome:
                 bound = None
                 try:
-                    self._admit(method, role, context)
+                    request = self._admit(method, role, request, context)
                     async with self._timeout(deadline, context) as bound:
                         return await behavior(request, context)
                 except grpc.aio.AbortError:
@@ -260,7 +322,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             with self._observe(method, context) as outcome:
                 bound = None
                 try:
-                    self._admit(method, role, context)
+                    request = self._admit(method, role, request, context)
                     async with (
                         self._timeout(deadline, context) as bound,
                         contextlib.aclosing(behavior(request, context)) as responses,
@@ -279,6 +341,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
     @staticmethod
     def _code_for(exc: Exception) -> str:
+        if isinstance(exc, NotImplementedError):
+            return "UNIMPLEMENTED"
         return exc.code.name if isinstance(exc, RangeKVError) else "INTERNAL"
 
     @contextlib.contextmanager
@@ -322,6 +386,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             else:
                 self._log.debug("%s failed: %s %s", method, exc.code.name, exc.message)
             await context.abort_with_status(to_rpc_status(exc))
+        elif isinstance(exc, NotImplementedError):
+            # A generated servicer's default method (e.g. grpc's aio Health.List).
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented")
         else:
             self._log.error("unhandled exception in %s", method, exc_info=exc)
             await context.abort(grpc.StatusCode.INTERNAL, internal_message(method, exc))
@@ -479,7 +546,10 @@ class ServiceServer:
         limits: probes send tiny messages and few at a time.
         """
         health_server = grpc.aio.server(
-            options=[*server_options(64 * 1024, max_concurrent_streams=16)]
+            interceptors=[
+                ErrorInterceptor(self._log, default_deadline=self.config.default_deadline_seconds)
+            ],
+            options=[*server_options(64 * 1024, max_concurrent_streams=16)],
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, health_server)
         bind = join_host_port(self.config.listen_host, self.config.health_port)

@@ -261,6 +261,8 @@ def test_bench(cluster: DevCluster) -> None:
                 "bench",
                 "--addr",
                 cluster.addr,
+                "--data",
+                str(cluster.data),
                 "--workload",
                 "mixed",
                 "--duration",

@@ -320,8 +320,10 @@ async def _ready_line(argv: list[str]) -> tuple[str, str]:
 def test_insecure_is_explicit_and_loud() -> None:
     text, ready = asyncio.run(
         _ready_line(
-            [sys.executable, "-m", "rangekv.cli.main", "gateway", "--meta-addrs", "127.0.0.1:1"]
-            + ["--insecure", "--metrics-port", "-1"]
+            [
+                *(sys.executable, "-m", "rangekv.cli.main", "gateway"),
+                *("--meta-addrs", "127.0.0.1:1", "--insecure", "--metrics-port", "-1"),
+            ]
         )
     )
     assert text.count("INSECURE MODE") >= 3, text
