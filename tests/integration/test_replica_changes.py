@@ -235,6 +235,7 @@ def test_add_and_remove_replica(tmp_path: Path) -> None:
             await async_wait_for(victim_empty, 20, f"node {victim} to destroy its replica")
             # the old replica now answers RangeNotFound; the gateway keeps working
             resp = await replica_call(
+                cluster,
                 node_child(cluster, victim).address,
                 "Batch",
                 replica_pb2.ReplicaBatchRequest(
