@@ -233,3 +233,25 @@ async def _error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
     except grpc.aio.AioRpcError as exc:
         return exc
     raise AssertionError("the call succeeded")
+
+
+def test_dev_screen_prints_tls_flags_or_a_loud_warning(tmp_path: Path) -> None:
+    from rangekv.cli.cluster import LocalCluster
+    from rangekv.cli.dev import screen
+
+    secure = LocalCluster(tmp_path / "s", gateway_ports=[20001], say=lambda _line: None)
+    text = screen(secure)
+    d = tmp_path / "s" / "certs"
+    assert (
+        f"grpcurl -cacert {d}/ca.crt -cert {d}/client.admin.crt -key {d}/client.admin.key" in text
+    )
+    assert (d / "client.admin.key").exists() and "INSECURE" not in text
+    before = (d / "ca.crt").read_bytes()
+    LocalCluster(tmp_path / "s", gateway_ports=[20001], say=lambda _line: None)
+    assert (d / "ca.crt").read_bytes() == before  # reused, not remade
+    insecure = LocalCluster(tmp_path / "i", gateway_ports=[20002], insecure=True)
+    text = screen(insecure)
+    assert "INSECURE MODE" in text and "grpcurl -plaintext" in text
+    assert not (tmp_path / "i" / "certs").exists()
+    assert all("--insecure" in c.args for c in insecure.children)
+    assert all("--certs-dir" in c.args for c in secure.children)
