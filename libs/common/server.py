@@ -43,8 +43,15 @@ from opentelemetry.context import Context
 from rangekv.common.auth import Authorizer
 from rangekv.common.certs import Role
 from rangekv.common.config import ServerConfig
-from rangekv.common.errors import DeadlineExceeded, InvalidArgument, RangeKVError, to_rpc_status
+from rangekv.common.errors import RangeKVError, to_rpc_status
 from rangekv.common.logs import log_ready
+from rangekv.common.rpc_guards import (
+    Undecodable,
+    checked_stream,
+    default_deadline_error,
+    on_loop,
+    tolerant_deserializer,
+)
 from rangekv.common.telemetry import EventLoopLagMonitor, Histogram, Telemetry
 from rangekv.common.tls import ServerCredentialsSource
 
@@ -105,65 +112,6 @@ def _context_code(context: grpc.aio.ServicerContext) -> str:
     return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
 
 
-class Undecodable:
-    """What a request that is not valid protobuf for its method deserializes to.
-
-    gRPC would answer UNKNOWN and log a traceback for a deserializer that raises;
-    the interceptor turns this into INVALID_ARGUMENT naming the method instead.
-    """
-
-    __slots__ = ("method", "reason")
-
-    def __init__(self, method: str, reason: str) -> None:
-        self.method = method
-        self.reason = reason
-
-    def error(self) -> InvalidArgument:
-        return InvalidArgument(
-            "", f"{self.method}: the request is not valid protobuf: {self.reason}"
-        )
-
-
-def _tolerant(
-    deserialize: Callable[[bytes], Any] | None, method: str
-) -> Callable[[bytes], Any] | None:
-    if deserialize is None:
-        return None
-
-    def decode(data: bytes) -> Any:
-        try:
-            return deserialize(data)
-        except Exception as exc:  # DecodeError, or anything a custom deserializer raises
-            return Undecodable(method, str(exc)[:_MAX_DETAIL])
-
-    return decode
-
-
-def _on_loop(behavior: Callable[..., Any]) -> Callable[..., Any]:
-    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        result = behavior(request, context)
-        return await result if inspect.isawaitable(result) else result
-
-    return call
-
-
-async def _decoded(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    """A request stream that ends in INVALID_ARGUMENT at the first undecodable message."""
-    async for request in requests:
-        if isinstance(request, Undecodable):
-            raise request.error()
-        yield request
-
-
-def _expired(exc: Exception, bound: object, method: str, deadline: float | None) -> Exception:
-    """The default deadline's TimeoutError as DEADLINE_EXCEEDED; any other error as is."""
-    if isinstance(exc, TimeoutError) and isinstance(bound, asyncio.Timeout) and bound.expired():
-        return DeadlineExceeded(
-            f"{method}: no deadline was set and the default of {deadline:g}s passed"
-        )
-    return exc
-
-
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Turns exceptions escaping any handler into statuses; times and traces every RPC.
 
@@ -221,25 +169,25 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap(handler.unary_unary, method, bounded=True),
-                request_deserializer=_tolerant(handler.request_deserializer, method),
+                request_deserializer=tolerant_deserializer(handler.request_deserializer, method),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap(handler.unary_stream, method, bounded=True),
-                request_deserializer=_tolerant(handler.request_deserializer, method),
+                request_deserializer=tolerant_deserializer(handler.request_deserializer, method),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
                 self._wrap(handler.stream_unary, method),
-                request_deserializer=_tolerant(handler.request_deserializer, method),
+                request_deserializer=tolerant_deserializer(handler.request_deserializer, method),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
                 self._wrap(handler.stream_stream, method),
-                request_deserializer=_tolerant(handler.request_deserializer, method),
+                request_deserializer=tolerant_deserializer(handler.request_deserializer, method),
                 response_serializer=handler.response_serializer,
             )
         return handler  # type: ignore[no-any-return]
@@ -265,7 +213,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if role is not None:
             # A synchronous unary handler (grpc's aio Health.List is one): checked, then
             # run on the loop like the rest (such handlers only read in-memory state).
-            return self._wrap_coroutine(_on_loop(behavior), method, role, deadline)
+            return self._wrap_coroutine(on_loop(behavior), method, role, deadline)
         return behavior
 
     def _admit(
@@ -278,7 +226,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if isinstance(request, Undecodable):
             raise request.error()
         if hasattr(request, "__aiter__"):
-            return _decoded(request)
+            return checked_stream(request)
         return request
 
     @staticmethod
@@ -305,7 +253,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                     outcome["code"] = _context_code(context)
                     raise
                 except Exception as exc:
-                    exc = _expired(exc, bound, method, deadline)
+                    exc = default_deadline_error(exc, bound, method, deadline)
                     outcome["code"] = self._code_for(exc)
                     await self._abort(exc, method, context)
 
@@ -333,7 +281,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                     outcome["code"] = _context_code(context)
                     raise
                 except Exception as exc:
-                    exc = _expired(exc, bound, method, deadline)
+                    exc = default_deadline_error(exc, bound, method, deadline)
                     outcome["code"] = self._code_for(exc)
                     await self._abort(exc, method, context)
 
