@@ -208,10 +208,7 @@ def test_client_certificates_cannot_call_internal_apis_node_can(
             out.append(await refusal(replica.Batch(replica_pb2.ReplicaBatchRequest(), timeout=5)))
             out.append(await refusal(replica.PushTxn(replica_pb2.PushTxnRequest(), timeout=5)))
             raft = raft_pb2_grpc.RaftTransportStub(ch)
-            stream = raft.RaftStream(timeout=5)
-            await stream.write(raft_pb2.RaftStreamRequest(from_node_id=99, to_node_id=1))
-            await stream.done_writing()
-            out.append(await refusal(_drain(stream)))
+            out.append(await refusal(_raft_stream(raft)))
         async with opener(meta_address) as ch:
             meta = meta_pb2_grpc.MetaStub(ch)
             out.append(
@@ -230,7 +227,11 @@ def test_client_certificates_cannot_call_internal_apis_node_can(
     secure_cluster.run(body())
 
 
-async def _drain(stream: grpc.aio.StreamStreamCall) -> None:
+async def _raft_stream(raft: raft_pb2_grpc.RaftTransportStub) -> None:
+    """One (wrongly addressed) raft batch; the call's error, if any, raised."""
+    stream = raft.RaftStream(timeout=5)
+    await stream.write(raft_pb2.RaftStreamRequest(from_node_id=99, to_node_id=1))
+    await stream.done_writing()
     async for _ in stream:
         pass
 
