@@ -37,7 +37,6 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import SecureCluster
 from fuzz_messages import draw_message, draw_payload
 from google.protobuf.descriptor import Descriptor, MethodDescriptor
 from google.protobuf.message import DecodeError, Message
@@ -45,6 +44,7 @@ from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from secure_cluster import SecureCluster
 
 from rangekv.common.certs import Role
 from rangekv.common.tls import ChannelOpener

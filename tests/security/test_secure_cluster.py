@@ -21,9 +21,9 @@ import urllib.request
 
 import grpc
 import pytest
-from conftest import NOW, SecureCluster
 from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from secure_cluster import NOW, SecureCluster
 
 from rangekv.common import certs
 from rangekv.common.certs import NODE_CERT, NODE_KEY, NODE_SERVER_NAME, Role
