@@ -83,9 +83,9 @@ async def gateway_counters(cluster: LocalCluster) -> Counter[str]:
     return out
 
 
-async def range_info(address: str) -> replica_pb2.ReplicaInfo | None:
+async def range_info(cluster: LocalCluster, address: str) -> replica_pb2.ReplicaInfo | None:
     try:
-        async with grpc.aio.insecure_channel(address) as ch:
+        async with cluster.node_channels()(address) as ch:
             resp = await replica_pb2_grpc.ReplicaStub(ch).RangeInfo(
                 replica_pb2.RangeInfoRequest(range_ids=[RANGE_ID]), timeout=2.0
             )
@@ -96,7 +96,7 @@ async def range_info(address: str) -> replica_pb2.ReplicaInfo | None:
 
 async def leaseholder(cluster: LocalCluster) -> int | None:
     for nid, child in zip(cluster.layout.nodes, cluster.nodes, strict=True):
-        info = await range_info(child.address)
+        info = await range_info(cluster, child.address)
         if info is not None and info.is_leader and info.lease_valid:
             return nid
     return None
@@ -108,7 +108,7 @@ async def move_lease(cluster: LocalCluster, timeout: float = 15.0) -> float:
     began = time.monotonic()
     holder = await async_wait_for(lambda: leaseholder(cluster), timeout, "a leaseholder")
     target = ids[(ids.index(holder) + 1) % len(ids)]
-    async with grpc.aio.insecure_channel(cluster.nodes[ids.index(holder)].address) as ch:
+    async with cluster.node_channels()(cluster.nodes[ids.index(holder)].address) as ch:
         resp = await replica_pb2_grpc.ReplicaStub(ch).TransferLease(
             replica_pb2.TransferLeaseRequest(range_id=RANGE_ID, target_node_id=target),
             timeout=timeout,
@@ -117,7 +117,7 @@ async def move_lease(cluster: LocalCluster, timeout: float = 15.0) -> float:
         raise RuntimeError(f"TransferLease to node {target} refused: {resp.error}")
 
     async def moved() -> bool:
-        info = await range_info(cluster.nodes[ids.index(target)].address)
+        info = await range_info(cluster, cluster.nodes[ids.index(target)].address)
         return info is not None and info.is_leader and info.lease_valid
 
     await async_wait_for(moved, timeout, f"node {target} to hold the lease")
@@ -158,7 +158,7 @@ async def bench(args: argparse.Namespace) -> None:
         )
         try:
             await cluster.start()
-            channels = [grpc.aio.insecure_channel(g.address) for g in cluster.gateways]
+            channels = [cluster.client_channels()(g.address) for g in cluster.gateways]
             stubs = [kv_pb2_grpc.KVStub(ch) for ch in channels]
             keys = [b"bench/%06d" % i for i in range(args.keys)]
             item = kv_pb2.BatchRequestItem

@@ -5,6 +5,7 @@
     rangekv ranges|nodes|split|transfer-lease|change-replicas|decommission ...
                            inspect and steer the cluster (through a gateway's Admin API)
     rangekv bench ...      load generator
+    rangekv cert ...       make certificates (create-ca, create-node, create-client, list)
     rangekv raftnode|metarange|gateway ...  run one process of a cluster
 
 Each verb parses its own flags (and RANGEKV_* environment variables) in one
@@ -43,6 +44,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
         "move every replica off a node (not available yet)",
     ),
     "bench": ("rangekv.cli.bench", "main", "load generator: put/get/mixed against a gateway"),
+    "cert": ("rangekv.cli.cert", "main", "create-ca|create-node|create-client|list certificates"),
 }
 
 

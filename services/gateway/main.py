@@ -21,6 +21,7 @@ from rangekv.common.descriptors import RangeDescriptor
 from rangekv.common.entrypoint import service_main
 from rangekv.common.server import ServiceServer
 from rangekv.common.telemetry import Telemetry
+from rangekv.common.tls import ChannelOpener, node_channels
 from rangekv.gateway.admin_service import ADMIN_SERVICE, AdminService
 from rangekv.gateway.cache_types import LookupResult, TelemetryCacheMetrics
 from rangekv.gateway.cluster_admin import ClusterAdmin, GrpcNodeAdmin
@@ -90,11 +91,15 @@ class GatewayConfig:
 
 
 def build(
-    cfg: GatewayConfig, telemetry: Telemetry | None = None
+    cfg: GatewayConfig,
+    telemetry: Telemetry | None = None,
+    channels: ChannelOpener | None = None,
 ) -> tuple[KVService, MetaClient, NodeClients]:
-    """Wire a gateway's parts (also used by tests that run one in-process)."""
-    meta = MetaClient(cfg.addresses())
-    nodes = NodeClients(max_inflight=cfg.max_inflight_batches)
+    """Wire a gateway's parts (also used by tests that run one in-process).
+
+    ``channels`` dial the meta range and the nodes (plaintext if None)."""
+    meta = MetaClient(cfg.addresses(), channels=channels)
+    nodes = NodeClients(max_inflight=cfg.max_inflight_batches, channels=channels)
 
     async def meta_lookup(key: bytes, prefetch: int) -> LookupResult:
         return LookupResult.from_proto(await meta.lookup_range(key, prefetch=prefetch))
@@ -197,7 +202,7 @@ def export_scan_and_load_counters(telemetry: Telemetry, sender: DistSender, kv: 
 
 async def serve(server_config: ServerConfig, cfg: GatewayConfig) -> None:
     telemetry = Telemetry("gateway", otlp_endpoint=server_config.otlp_endpoint)
-    service, meta, nodes = build(cfg, telemetry)
+    service, meta, nodes = build(cfg, telemetry, node_channels(server_config.security))
     admin = build_admin(cfg, meta, nodes)
 
     def register(server: grpc.aio.Server) -> None:

@@ -17,6 +17,7 @@ from typing import TypeVar
 import grpc
 
 from rangekv.common import errors as E
+from rangekv.common.tls import ChannelOpener, PlaintextChannels
 from rangekv.v1 import meta_pb2, meta_pb2_grpc
 
 T = TypeVar("T")
@@ -32,20 +33,25 @@ class MetaClient:
         timeout: float = 5.0,
         rng: random.Random | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        channels: ChannelOpener | None = None,
     ) -> None:
+        """``channels``: how replicas are dialled (TLS with this process's identity in a
+        secure cluster; plaintext if None)."""
         if not addresses:
             raise ValueError("MetaClient needs at least one metarange address")
         self.addresses = list(addresses)
         self.timeout = timeout
         self._rng = rng or random.Random()
         self._monotonic = monotonic
+        #: How this client dials (shared with callers that reach the same cluster).
+        self.opener: ChannelOpener = channels if channels is not None else PlaintextChannels()
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._leader: str | None = None
 
     def _stub(self, address: str) -> meta_pb2_grpc.MetaStub:
         ch = self._channels.get(address)
         if ch is None:
-            ch = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            ch = self.opener(address, CHANNEL_OPTIONS)
             self._channels[address] = ch
         return meta_pb2_grpc.MetaStub(ch)
 

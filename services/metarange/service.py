@@ -96,7 +96,11 @@ class MetaService(meta_pb2_grpc.MetaServicer):
     async def ResolveIntent(
         self, request: meta_pb2.ResolveIntentRequest, context: grpc.aio.ServicerContext
     ) -> meta_pb2.ResolveIntentResponse:
-        cmd = ResolveIntent(request.meta_key, request.txn_id, TxnStatus(request.status))
+        try:
+            status = TxnStatus(request.status)
+        except ValueError:
+            raise E.InvalidArgument("status", f"unknown txn status {request.status}") from None
+        cmd = ResolveIntent(request.meta_key, request.txn_id, status)
         result = await self._replica.execute(cmd)
         return meta_pb2.ResolveIntentResponse(resolved=result.resolved)
 

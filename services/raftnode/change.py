@@ -71,7 +71,7 @@ from rangekv.raftnode.replica import RangeReplica
 from rangekv.raftnode.split import SplitCoordinator, _write_request
 from rangekv.raftnode.store import INITIAL_INDEX, Store
 from rangekv.replication.group import NotLeaderNow
-from rangekv.v1 import meta_pb2, raftcmd_pb2, replica_pb2, replica_pb2_grpc
+from rangekv.v1 import meta_pb2, raftcmd_pb2, replica_pb2
 
 log = logging.getLogger(__name__)
 
@@ -481,10 +481,9 @@ class ReplicaChanger:
             if node_id == me or not health.get(node_id, NodeHealth(False, False)).live:
                 continue
             try:
-                async with grpc.aio.insecure_channel(st.node.address) as channel:
-                    info = await replica_pb2_grpc.ReplicaStub(channel).RangeInfo(
-                        replica_pb2.RangeInfoRequest(), timeout=2
-                    )
+                info = await self.splits.peers.stub_at(st.node.address).RangeInfo(
+                    replica_pb2.RangeInfoRequest(), timeout=2
+                )
             except grpc.aio.AioRpcError:
                 continue  # unreachable now: not a candidate this round
             counts[node_id] = sum(1 for i in info.replicas if i.is_leader)

@@ -22,6 +22,7 @@ from rangekv.common.entrypoint import service_main
 from rangekv.common.server import ServiceServer
 from rangekv.common.tasks import cancel_and_wait
 from rangekv.common.telemetry import Telemetry
+from rangekv.common.tls import node_channels
 from rangekv.metarange.client import MetaClient
 from rangekv.raft import Message
 from rangekv.raftnode.change import ReplicaChanger
@@ -65,7 +66,8 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
                 log.warning("%s", loud)
     peers = parse_peers(node_config.peers)
     meta_addrs = [a.strip() for a in node_config.meta_addrs.split(",") if a.strip()]
-    meta = MetaClient(meta_addrs) if meta_addrs else None
+    channels = node_channels(server_config.security)
+    meta = MetaClient(meta_addrs, channels=channels) if meta_addrs else None
     telemetry = Telemetry("raftnode", node_id=node_id, otlp_endpoint=server_config.otlp_endpoint)
     metrics = NodeMetrics(telemetry, mode)
 
@@ -85,6 +87,7 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
         snapshot_source=snapshot_source,
         metrics=metrics.transport,
         clock=lambda: store_ref[0].clock_now(),
+        channels=channels,
     )
     store = Store(
         StoreConfig(
@@ -121,7 +124,7 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
     raft_service = RaftTransportServicer(
         node_id, store.handle_raft, handle_snapshot, admit_clock=store.admit_clock
     )
-    splits = SplitCoordinator(store, meta, node_config.split())
+    splits = SplitCoordinator(store, meta, node_config.split(), channels=channels)
     if node_config.split_crash_after:
         log.warning("split fault point armed: exit after %s", node_config.split_crash_after)
     changes = ReplicaChanger(store, meta, splits, node_config.replica_changes())

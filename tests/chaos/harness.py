@@ -68,6 +68,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import chaos_tls
 import grpc
 from netns import NetLab, try_netlab
 
@@ -157,7 +158,7 @@ def alive(child: Child) -> bool:
 
 async def replica_call(address: str, method: str, request: Any, timeout: float = 5.0) -> Any:
     """One Replica RPC on a fresh channel (a restarted node must not meet a stale one)."""
-    async with grpc.aio.insecure_channel(address) as ch:
+    async with chaos_tls.channel(address) as ch:
         return await getattr(replica_pb2_grpc.ReplicaStub(ch), method)(request, timeout=timeout)
 
 
@@ -220,7 +221,7 @@ class Cluster:
             if not alive(child):
                 continue
             try:
-                async with grpc.aio.insecure_channel(child.address) as ch:
+                async with chaos_tls.channel(child.address) as ch:
                     info = await meta_pb2_grpc.MetaStub(ch).ClusterInfo(
                         meta_pb2.ClusterInfoRequest(), timeout=2
                     )
@@ -595,7 +596,7 @@ class Nemesis:
                 await asyncio.sleep(0.1)
                 continue
             self.probe_n += 1
-            async with grpc.aio.insecure_channel(self.c.node(holder).address) as ch:
+            async with chaos_tls.channel(self.c.node(holder).address) as ch:
                 op = await direct_op(
                     next(self.probe_cid),
                     replica_pb2_grpc.ReplicaStub(ch),
@@ -622,7 +623,7 @@ class Nemesis:
         arrive only after a reconnect: that is what makes the stale read of a
         broken build certain rather than a race (the mutation test uses 20 s)."""
         rid, holder, child, pause_for = await self._pause_target("before the pause", pause_for)
-        async with grpc.aio.insecure_channel(child.address) as ch:
+        async with chaos_tls.channel(child.address) as ch:
             stub = replica_pb2_grpc.ReplicaStub(ch)
             await stub.RangeInfo(replica_pb2.RangeInfoRequest(), timeout=2)  # connect now
             fault = self.begin("pause", child.name, f"leaseholder of range {rid}")
@@ -685,7 +686,7 @@ class Nemesis:
         )
         child = self.c.node(holder)
         others = [n for n in self.c.lc.nodes if n is not child and alive(n)]
-        async with grpc.aio.insecure_channel(child.address) as ch:
+        async with chaos_tls.channel(child.address) as ch:
             stub = replica_pb2_grpc.ReplicaStub(ch)
             await stub.RangeInfo(replica_pb2.RangeInfoRequest(), timeout=2)
             fault = self.begin(
@@ -878,7 +879,7 @@ class Nemesis:
         of stale reads (reads of a value other than the fresh one that it served)."""
         lab = self._lab()
         rid, holder, child, pause_for = await self._pause_target("before the partition", pause_for)
-        async with grpc.aio.insecure_channel(child.address) as ch:
+        async with chaos_tls.channel(child.address) as ch:
             stub = replica_pb2_grpc.ReplicaStub(ch)
             await stub.RangeInfo(replica_pb2.RangeInfoRequest(), timeout=2)  # connect now
             fault = self.begin(
@@ -961,6 +962,7 @@ async def started_cluster(cfg: ChaosConfig, lab: NetLab | None) -> AsyncIterator
         env=env,
         extra_node_args=NODE_ARGS,
         say=lambda _line: None,
+        certs_dir=chaos_tls.certs_dir(),
     )
     if cfg.mutation:
         for child in lc.nodes:
@@ -1029,7 +1031,7 @@ async def run_chaos_async(cfg: ChaosConfig, schedule: Schedule | None = None) ->
     async with network_lab(cfg) as (lab, no_lab_reason), started_cluster(cfg, lab) as lc:
         cluster = Cluster(lc, lab)
         startup = time.monotonic() - wall0
-        channels = [grpc.aio.insecure_channel(g.address) for g in lc.gateways]
+        channels = [chaos_tls.channel(g.address) for g in lc.gateways]
         stubs = [kv_pb2_grpc.KVStub(ch) for ch in channels]
         try:
             await wait_healthy(stubs)
