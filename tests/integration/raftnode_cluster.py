@@ -678,3 +678,7 @@ class ClusterClient:
             for key, result in zip(part, resp.results, strict=True):
                 out[key] = result.get.kv.value if result.get.found else None
         return out
+
+
+#: The `raftnode_cluster` fixture's factory: `raftnode_cluster(n=3, args=[...], env={...})`.
+ClusterFactory = Callable[..., RaftnodeCluster]
