@@ -35,7 +35,9 @@ from rangekv.replication.host import HostConfig
 from rangekv.replication.mutations import (
     parse_mutation,
     parse_power_loss,
+    parse_snapshot_delay,
     power_loss_warning,
+    snapshot_delay_warning,
     warning_line,
 )
 from rangekv.replication.raft_codec import message_from_proto
@@ -60,7 +62,13 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
     mutation = parse_mutation()  # RANGEKV_TEST_MUTATION
     offset_ns = test_clock_offset_ns()  # RANGEKV_TEST_CLOCK_OFFSET_MS
     power_loss = parse_power_loss()  # RANGEKV_TEST_POWER_LOSS
-    for loud in (warning_line(mutation), clock_warning(offset_ns), power_loss_warning(power_loss)):
+    snapshot_delay = parse_snapshot_delay()  # RANGEKV_TEST_SNAPSHOT_DELAY_MS
+    for loud in (
+        warning_line(mutation),
+        clock_warning(offset_ns),
+        power_loss_warning(power_loss),
+        snapshot_delay_warning(snapshot_delay),
+    ):
         if loud is not None:
             for _ in range(3):
                 log.warning("%s", loud)
@@ -100,6 +108,7 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
                 truncate_interval=node_config.truncate_interval,
                 mutation=mutation,
                 power_loss=power_loss,
+                snapshot_send_delay=snapshot_delay,
                 max_uncommitted_bytes=node_config.max_uncommitted_bytes,
             ),
             limits=node_config.limits(),
