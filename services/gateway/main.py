@@ -79,8 +79,13 @@ def build(
     meta = MetaClient(cfg.addresses())
     nodes = NodeClients(max_inflight=cfg.max_inflight_batches)
 
-    async def meta_lookup(key: bytes, prefetch: int) -> LookupResult:
-        return LookupResult.from_proto(await meta.lookup_range(key, prefetch=prefetch))
+    async def meta_lookup(key: bytes, prefetch: int, *, consistent: bool = False) -> LookupResult:
+        # A consistent lookup is the cache's re-read at the meta leader (rule R): with
+        # intents, so that a committed but unresolved change can be pushed.
+        resp = await meta.lookup_range(
+            key, prefetch=prefetch, consistent=consistent, include_intents=consistent
+        )
+        return LookupResult.from_proto(resp)
 
     async def push(
         txn: TxnMeta,
