@@ -137,6 +137,12 @@ def export_retry_counters(telemetry: Telemetry, counters: RetryCounters) -> None
         labels=("reason",),
     )
     telemetry.observable_gauge(
+        "rangekv_gateway_backoffs",
+        "Backoffs a request waited out since start, by reason (monotonic).",
+        lambda: {(reason,): float(n) for reason, n in dict(counters.backoffs).items()},
+        labels=("reason",),
+    )
+    telemetry.observable_gauge(
         "rangekv_gateway_redirects",
         "NotLeaseHolder redirects followed since start (monotonic).",
         lambda: float(counters.redirects),
