@@ -40,6 +40,7 @@ __all__ = [
     "MetaLookup",
     "TelemetryCacheMetrics",
     "TxnPusher",
+    "mismatch_reason",
 ]
 
 
@@ -306,6 +307,16 @@ class TelemetryCacheMetrics:
 
     def lease_dropped(self) -> None:
         self._leases_dropped.add()
+
+
+def mismatch_reason(
+    routed: RangeDescriptor, descriptors: Sequence[RangeDescriptor]
+) -> EvictionReason:
+    """How a RangeKeyMismatch is counted: whether it carried a descriptor newer than the
+    one the request was routed with (else it taught nothing, and meta is re-read)."""
+    if any(d.generation > routed.generation for d in descriptors):
+        return EvictionReason.RANGE_KEY_MISMATCH
+    return EvictionReason.MISMATCH_UNCHANGED
 
 
 def replicas_missing(

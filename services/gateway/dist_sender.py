@@ -56,7 +56,7 @@ from opentelemetry import trace
 from rangekv.common import errors as E
 from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor
 from rangekv.common.telemetry import end_span_with, traceparent
-from rangekv.gateway.cache_types import EvictionReason, EvictionToken
+from rangekv.gateway.cache_types import EvictionReason, EvictionToken, mismatch_reason
 from rangekv.gateway.node_client import BatchReply, NodeClients
 from rangekv.gateway.range_cache import RangeCache
 from rangekv.gateway.retry_policy import Backoff, ReplicaOrder, RouteState, after_not_lease_holder
@@ -358,12 +358,7 @@ class DistSender:
                 if step.end_pass:
                     return _Failed(err, reason)
             except E.RangeKeyMismatch as err:
-                evicted_reason = (
-                    EvictionReason.RANGE_KEY_MISMATCH
-                    if any(d.generation > desc.generation for d in err.descriptors)
-                    else EvictionReason.MISMATCH_UNCHANGED
-                )
-                self.counters.retry(evicted_reason.value)
+                self.counters.retry(mismatch_reason(desc, err.descriptors).value)
                 self.cache.maybe_evict_for_mismatch(token, err)
                 state.stale = desc  # rule R: the next lookup must find something newer
                 return _Failed(err, None)

@@ -10,37 +10,29 @@ descriptors and the descriptors of in-flight changes) unless it can prove it
 stale, and generations are what proves it. The rules, each named where it is
 applied (and counted under the :class:`EvictionReason` label shown):
 
-- G (insert): committed descriptors never overlap one another. An incoming
-  descriptor removes every overlapping one older than it (``superseded``),
-  even when it is itself dropped because another overlapping one is newer
-  still: the generations covering a key only grow, so an older overlap is
-  stale either way. Equal generation, range and span is the same entry
-  (leaseholder info is merged); equal generation otherwise cannot happen with
-  sound generations, and the incoming one wins (``conflict``).
-- I (insert): an intent of an unresolved descriptor transaction may overlap a
-  committed descriptor only while it is newer (higher generation); a committed
-  descriptor at least as new proves it dead (``stale_intent``) or, when it is
+- G (insert): committed descriptors never overlap; an incoming one removes
+  the older ones it overlaps (``superseded``), even when a newer overlapping
+  one keeps it out (the generations covering a key only grow); equal
+  generation with another span cannot happen soundly, the incoming one wins
+  (``conflict``); the same descriptor merges leaseholder info.
+- I (insert): an intent may overlap a committed descriptor only while it is
+  newer; one at least as new proves it dead (``stale_intent``) or, when it is
   the intent's own descriptor, committed (``intent_committed``).
 - P (proven invalid): RangeKeyMismatch, RangeNotFound on every replica, or no
-  replica reachable removes the routed entry (compare-and-evict on the token:
-  a no-op once the cache holds a different entry); the error's descriptors go
-  in by rule G. A mismatch carrying nothing newer than the routed descriptor is
-  counted apart (``mismatch_unchanged``).
+  replica reachable removes the routed entry (compare-and-evict on the token);
+  the error's descriptors go in by rule G (``range_key_mismatch``, or
+  ``mismatch_unchanged`` when it carried nothing newer).
 - R (re-read): a lookup given the descriptor a request just proved wrong
-  (``stale``) takes no answer at most as new as it from the cache or from an
-  inconsistent lookup; it then reads meta at its leader (consistent, with
-  intents) and returns that answer whatever it says.
+  (``stale``) takes nothing at most as new from the cache or an inconsistent
+  read; it re-reads meta at its leader and returns that answer.
 - V (proven valid): a request that succeeded removes overlapping entries
   older than the one it used (``confirmed_newer``).
-- L (leaseholder): a NotLeaseHolder hint is taken only to a replica of the
-  descriptor the cache holds afterwards (the error's, when it is at least as
-  new as the cached one; a hint from an older descriptor is ignored); a lower
-  lease sequence never overwrites a higher one; a newer descriptor in the
-  error replaces the cached one. L2: a cached leaseholder that a newer
-  descriptor no longer lists is dropped (its sequence stays, as a floor). L3:
-  the replica that answered a consistent request is the leaseholder.
-- C (coalescing): a miss joins the lookup in flight for its key, or waits for
-  the nearest ones below and above it (:mod:`rangekv.gateway.lookup_flights`).
+- L (leaseholder): a NotLeaseHolder hint is taken only to a member of the
+  descriptor held afterwards (the error's if at least as new, else the
+  cached one); lease sequences never go back. L2: a newer descriptor drops a
+  cached leaseholder it does not list. L3: a consistent answer names its
+  replica.
+- C (coalescing): :mod:`rangekv.gateway.lookup_flights`.
 - T (intents): see :mod:`rangekv.gateway.meta_walk`; outcomes learned by a push
   convert or drop every cached intent of that transaction
   (``intent_committed`` / ``intent_aborted``) and are resolved in meta.
@@ -70,6 +62,7 @@ from rangekv.gateway.cache_types import (
     LookupResult,
     MetaLookup,
     TxnPusher,
+    mismatch_reason,
     replicas_missing,
 )
 from rangekv.gateway.interval_tree import IntervalMap, spans_overlap
@@ -460,9 +453,6 @@ class RangeCache:
         if reason is not None:
             self.metrics.evicted(reason)
 
-    def _committed_covering(self, key: bytes) -> CacheEntry | None:
-        return self.peek(key)
-
     # --- feedback from requests (rules P, V, L) ----------------------------------------
 
     def maybe_evict(
@@ -503,9 +493,7 @@ class RangeCache:
         than the routed one, else as ``mismatch_unchanged`` (it taught nothing: the
         caller re-reads meta, rule R).
         """
-        routed = token.entry.generation
-        newer = any(d.generation > routed for d in err.descriptors)
-        reason = EvictionReason.RANGE_KEY_MISMATCH if newer else EvictionReason.MISMATCH_UNCHANGED
+        reason = mismatch_reason(token.descriptor, err.descriptors)
         return self.maybe_evict(token, reason, err.descriptors)
 
     def maybe_confirm(self, token: EvictionToken) -> int:
@@ -535,20 +523,16 @@ class RangeCache:
     ) -> EvictionToken | None:
         """Rule L: learn what a NotLeaseHolder says; returns the token to route with next.
 
-        The hint is taken (the returned entry names ``err.leaseholder`` at
-        ``err.lease_sequence``) only when the hinted replica is a member of the
-        descriptor the cache holds afterwards: the error's when it is at least as
-        new as the cached one, else the cached one (with a pending change's
-        replicas). Otherwise the returned entry keeps the cached lease, and the
-        caller moves on to the next replica. A newer descriptor in the error
-        replaces the cached one; a cached leaseholder it no longer lists is
-        dropped with it (rule L2). None when the cache has no entry for the range
-        any more (look it up again).
+        The returned entry names ``err.leaseholder`` only if the hint was taken: the
+        hinted replica is a member of the descriptor held afterwards (the error's
+        when at least as new as the cached one, else the cached one with a pending
+        change's replicas). A newer descriptor replaces the cached one and drops a
+        leaseholder it does not list (L2). None: the range is no longer cached.
         """
         routed = token.entry
         current = self._entries.get(routed.slot)
         if current is None:
-            current = self._committed_covering(routed.start_key)
+            current = self.peek(routed.start_key)
             if current is not None and current.descriptor.range_id != routed.descriptor.range_id:
                 current = None
         base = current if current is not None else routed
