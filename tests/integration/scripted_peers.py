@@ -89,7 +89,9 @@ def _scan_order(desc: RangeDescriptor) -> tuple[bool, bytes]:
 class ScriptedNode(replica_pb2_grpc.ReplicaServicer):
     """One storage node: records every batch, answers with :attr:`script`."""
 
-    def __init__(self, node_id: int, store: dict[bytes, bytes], descriptor: RangeDescriptor):
+    def __init__(
+        self, node_id: int, store: dict[bytes, bytes], descriptor: RangeDescriptor
+    ) -> None:
         self.node_id = node_id
         self.store = store
         #: What :meth:`serve` reports as the descriptor it used (tests may change it).
@@ -186,7 +188,10 @@ class MetaScript:
         """Consistent lookups the leader answered (a follower refuses them: NotLeader)."""
         return sum(1 for c in self.lookups if c.consistent and c.replica == self.leader)
 
-    def answer(self, key: bytes, prefetch: int, consistent: bool, intents: bool) -> object:
+    def answer(
+        self, key: bytes, prefetch: int, consistent: bool, intents: bool
+    ) -> meta_pb2.LookupRangeResponse:
+        """The forward scan from `key`: the covering descriptor and `prefetch` more."""
         layout = self.truth if consistent or self.lagging is None else self.lagging
         following = sorted(
             (d for d in layout if not d.end_key or d.end_key > key), key=_scan_order
@@ -217,10 +222,8 @@ class ScriptedMeta(meta_pb2_grpc.MetaServicer):
             leader = self.peers[self.script.leader]
             err = E.NotLeader(self.script.leader + 1, leader.address, 1)
             await context.abort_with_status(E.to_rpc_status(err))
-        include = not consistent or getattr(request, "include_intents", False)
-        answer = self.script.answer(request.key, request.prefetch, consistent, include)
-        assert isinstance(answer, meta_pb2.LookupRangeResponse)
-        return answer
+        include = not consistent or request.include_intents
+        return self.script.answer(request.key, request.prefetch, consistent, include)
 
     async def ListNodes(
         self, request: meta_pb2.ListNodesRequest, context: grpc.aio.ServicerContext
