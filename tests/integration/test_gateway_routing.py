@@ -9,6 +9,9 @@ both the client's answer and what the gateway paid for it:
   names a leaseholder the cache cannot route to (a node in no descriptor it
   holds, with the same descriptor, none, or a newer one that lacks it): the
   next replica is asked at once, and the one that served is asked first next.
+* `test_two_replicas_naming_each_other_at_one_lease_sequence_do_not_hold_the_request`
+  -- a hint whose lease sequence is not higher than one already followed does
+  not send the request back to a replica it asked; the others are asked.
 * `test_a_lagging_leaseholder_is_asked_a_bounded_number_of_times` -- the
   cached leaseholder keeps answering NotLeaseHolder with an OLDER descriptor:
   asked a bounded number of times, then the other replicas, with no lookup
@@ -128,6 +131,26 @@ def test_a_lagging_leaseholder_is_asked_a_bounded_number_of_times() -> None:
             assert cluster.meta.count() == 1, "a lagging replica is no reason to look up"
             assert await metric(cluster, "rangekv_gateway_cache_evictions_total") == 0
             assert await metric(cluster, "rangekv_gateway_retries", reason="lagging_replica") >= 1
+
+    run(body)
+
+
+def test_two_replicas_naming_each_other_at_one_lease_sequence_do_not_hold_the_request() -> None:
+    """n1 and n2 each say the other holds the lease, at the same sequence (a lease in
+    limbo, or two replicas each behind the other): following the second hint back to
+    n1 gains nothing, so the pass goes on to n3, which serves."""
+
+    async def body() -> None:
+        async with scripted_cluster([WHOLE], gateway_args=GATEWAY_ARGS) as cluster:
+            n1, n2, n3 = (cluster.nodes[n] for n in (1, 2, 3))
+            n1.script = not_lease_holder(ReplicaDescriptor(2, 2), 5, WHOLE, n2.address)
+            n2.script = not_lease_holder(ReplicaDescriptor(1, 1), 5, WHOLE, n1.address)
+            n3.lease_sequence = 6
+            got = await get(cluster, b"b")
+            assert not got.found
+            assert cluster.node_counts() == {1: 1, 2: 1, 3: 1}
+            assert await metric(cluster, "rangekv_gateway_retries", reason="lease_not_newer") == 1
+            assert await metric(cluster, "rangekv_gateway_backoffs") == 0
 
     run(body)
 
