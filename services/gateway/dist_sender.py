@@ -59,7 +59,7 @@ from rangekv.common.telemetry import end_span_with, traceparent
 from rangekv.gateway.cache_types import EvictionReason, EvictionToken, mismatch_reason
 from rangekv.gateway.node_client import BatchReply, NodeClients
 from rangekv.gateway.range_cache import RangeCache
-from rangekv.gateway.retry_policy import Backoff, ReplicaOrder, RouteState, after_not_lease_holder
+from rangekv.gateway.retry_policy import ReplicaOrder, RouteState, after_not_lease_holder
 from rangekv.v1 import replica_pb2, types_pb2
 
 
@@ -209,7 +209,7 @@ class DistSender:
     ) -> BatchReply:
         """Run one operation on the range owning `key`; returns its reply."""
         deadline = self._monotonic() + (timeout or self.timeout)
-        state = RouteState(Backoff(self._backoff_initial, self._backoff_max, self._rng))
+        state = RouteState()
         last: E.RangeKVError | None = None
         while True:
             remaining = deadline - self._monotonic()
@@ -255,7 +255,9 @@ class DistSender:
 
     async def _back_off(self, state: RouteState, reason: str, deadline: float) -> None:
         self.counters.backoff(reason)
-        await self._sleep(state.backoff.delay(deadline - self._monotonic()))
+        remaining = deadline - self._monotonic()
+        initial, maximum = self._backoff_initial, self._backoff_max
+        await self._sleep(state.next_backoff(initial, maximum, self._rng, remaining))
 
     async def _try_replicas(
         self,
@@ -279,10 +281,13 @@ class DistSender:
             if remaining <= 0:
                 return _Failed(last, None)
             tried += 1
-            try:
-                address = await asyncio.wait_for(self.directory.address(replica.node_id), remaining)
-            except TimeoutError:
-                return _Failed(last, None)
+            address = self.directory.get(replica.node_id)
+            if address is None:  # unknown yet: ask the registry, within the deadline
+                try:
+                    lookup = self.directory.address(replica.node_id)
+                    address = await asyncio.wait_for(lookup, remaining)
+                except TimeoutError:
+                    return _Failed(last, None)
             if address is None:
                 unreachable += 1
                 reason = "no_address"

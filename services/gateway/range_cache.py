@@ -164,9 +164,10 @@ class RangeCache:
     ) -> tuple[CacheEntry, EvictionToken] | None:
         """What :meth:`lookup` answers when the cache alone can, without awaiting
         anything (no intent to push, nothing to look up); None otherwise."""
-        if any(e.speculative and e.intent_status is None for e in self.covering(key)):
+        entries = self.covering(key)
+        if any(e.speculative and e.intent_status is None for e in entries):
             return None
-        entry = self._routing_entry(key)
+        entry = self._routing_entry(key, entries)
         if entry is None or not _newer(entry, stale):
             return None
         self.metrics.hit()
@@ -287,9 +288,13 @@ class RangeCache:
             self._learn(outcome.statuses, set())
         return self._routing_entry(key)
 
-    def _routing_entry(self, key: bytes) -> CacheEntry | None:
-        """The committed entry covering ``key``, with a pending replica change's extras."""
-        entries = self.covering(key)
+    def _routing_entry(
+        self, key: bytes, entries: list[CacheEntry] | None = None
+    ) -> CacheEntry | None:
+        """The committed entry covering ``key`` (of ``entries``, the ones covering it, if
+        the caller has them), with a pending replica change's extras."""
+        if entries is None:
+            entries = self.covering(key)
         committed = next((e for e in entries if not e.speculative), None)
         if committed is None:
             return None
@@ -566,7 +571,10 @@ class RangeCache:
         """Rule L3: ``replica`` answered a consistent request routed with ``token``, so it
         held the lease at ``lease_sequence``: route there first next time. Ignored when
         the entry is gone, or the cache knows a higher lease sequence (rule L)."""
-        current = self._entries.get(token.entry.slot)
+        routed = token.entry
+        if routed.leaseholder == replica and routed.lease_sequence >= lease_sequence:
+            return  # routed there already: nothing new (and no hashing on the hot path)
+        current = self._entries.get(routed.slot)
         if current is None or current.speculative:
             return
         if lease_sequence < current.lease_sequence or (

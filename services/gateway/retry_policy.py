@@ -32,10 +32,9 @@ replicas, and the consistent re-read of meta (rule R), is in the DistSender
 
 from __future__ import annotations
 
-import collections
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor
 from rangekv.common.errors import NotLeaseHolder
@@ -121,19 +120,39 @@ def _leaseholder_first(
     return order
 
 
-@dataclass
+@dataclass(slots=True)
 class RouteState:
-    """What one request has learned so far, across its passes."""
+    """What one request has learned so far, across its passes.
 
-    backoff: Backoff
+    Cheap to make (one per request): the backoff and the lagging counts appear
+    only when a request needs them.
+    """
+
+    #: The request's backoff, made at its first wait (see :meth:`next_backoff`).
+    backoff: Backoff | None = None
     #: The highest lease sequence this request routed with or was redirected to.
     lease_sequence: int = -1
     #: Redirects followed at once in the current pass.
     redirects_in_pass: int = 0
     #: Times each node answered as a lagging leaseholder.
-    lagging: collections.Counter[int] = field(default_factory=collections.Counter)
+    lagging: dict[int, int] | None = None
     #: A descriptor proven wrong for the key; the next lookup must find a newer one (rule R).
     stale: RangeDescriptor | None = None
+
+    def next_backoff(
+        self, initial: float, maximum: float, rng: random.Random, remaining: float
+    ) -> float:
+        """The next wait of this request's backoff (made on first use)."""
+        if self.backoff is None:
+            self.backoff = Backoff(initial, maximum, rng)
+        return self.backoff.delay(remaining)
+
+    def lagged(self, node_id: int) -> int:
+        """Count one more lagging answer of ``node_id``; how many so far."""
+        if self.lagging is None:
+            self.lagging = {}
+        self.lagging[node_id] = self.lagging.get(node_id, 0) + 1
+        return self.lagging[node_id]
 
     def start_pass(self, entry: CacheEntry) -> None:
         self.redirects_in_pass = 0
@@ -190,8 +209,7 @@ def after_not_lease_holder(
     older = err.descriptor is not None and err.descriptor.generation < routed.generation
     holder = routed.leaseholder
     if older and holder is not None and holder.node_id == asked.node_id:
-        state.lagging[asked.node_id] += 1
-        return Step("lagging_replica", end_pass=state.lagging[asked.node_id] < LAGGING_ATTEMPTS)
+        return Step("lagging_replica", end_pass=state.lagged(asked.node_id) < LAGGING_ATTEMPTS)
     if hinted is None or hinted.node_id == asked.node_id:
         return Step("no_leaseholder")
     if (

@@ -30,7 +30,7 @@ OLDER = RangeDescriptor(1, b"", b"", (N2, N3, N4), generation=2)
 
 
 def state() -> RouteState:
-    return RouteState(Backoff(0.02, 1.0, random.Random(7)))
+    return RouteState()
 
 
 def test_backoff_doubles_to_its_cap_with_jitter_and_never_passes_the_deadline() -> None:
