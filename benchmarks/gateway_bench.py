@@ -331,7 +331,12 @@ def report(
         print(f"  {label:<21} {n}  = {n * per_k:.2f} per 1,000 requests{extra}")
 
     lat = sorted(load.latencies) or [0.0]
-    mode = "lease moves" + (" + splits" if args.split_every > 0 else "")
+    parts = [
+        name
+        for name, on in (("lease moves", args.move_every > 0), ("splits", args.split_every > 0))
+        if on
+    ]
+    mode = " + ".join(parts) or "no nemesis"
     print(
         f"gateway_bench ({mode}): {args.clients} clients over 2 gateways, "
         f"{args.write_fraction:.0%} writes, {args.keys} keys, {elapsed:.1f}s, "
