@@ -101,8 +101,13 @@ def build(
     meta = MetaClient(cfg.addresses(), channels=channels)
     nodes = NodeClients(max_inflight=cfg.max_inflight_batches, channels=channels)
 
-    async def meta_lookup(key: bytes, prefetch: int) -> LookupResult:
-        return LookupResult.from_proto(await meta.lookup_range(key, prefetch=prefetch))
+    async def meta_lookup(key: bytes, prefetch: int, *, consistent: bool = False) -> LookupResult:
+        # A consistent lookup is the cache's re-read at the meta leader (rule R): with
+        # intents, so that a committed but unresolved change can be pushed.
+        resp = await meta.lookup_range(
+            key, prefetch=prefetch, consistent=consistent, include_intents=consistent
+        )
+        return LookupResult.from_proto(resp)
 
     async def push(
         txn: TxnMeta,
@@ -161,6 +166,12 @@ def export_retry_counters(telemetry: Telemetry, counters: RetryCounters) -> None
         "rangekv_gateway_retries",
         "Routing retries since start, by reason (monotonic).",
         lambda: {(reason,): float(n) for reason, n in dict(counters.retries).items()},
+        labels=("reason",),
+    )
+    telemetry.observable_gauge(
+        "rangekv_gateway_backoffs",
+        "Backoffs a request waited out since start, by reason (monotonic).",
+        lambda: {(reason,): float(n) for reason, n in dict(counters.backoffs).items()},
         labels=("reason",),
     )
     telemetry.observable_gauge(

@@ -123,12 +123,27 @@ class MetaClient:
     # --- the API ------------------------------------------------------------------------
 
     async def lookup_range(
-        self, key: bytes, *, prefetch: int = 8, consistent: bool = False
+        self,
+        key: bytes,
+        *,
+        prefetch: int = 8,
+        consistent: bool = False,
+        include_intents: bool = False,
+        timeout: float | None = None,
     ) -> meta_pb2.LookupRangeResponse:
+        """Records covering `key` and `prefetch` following ones.
+
+        INCONSISTENT (the default) asks any replica; `consistent` asks the
+        leader (following NotLeader hints), and `include_intents` makes that
+        read return intents as well. `timeout` bounds the call (default: the
+        client's).
+        """
         mode = meta_pb2.LOOKUP_MODE_CONSISTENT if consistent else meta_pb2.LOOKUP_MODE_INCONSISTENT
-        req = meta_pb2.LookupRangeRequest(key=key, prefetch=prefetch, mode=mode)
+        req = meta_pb2.LookupRangeRequest(
+            key=key, prefetch=prefetch, mode=mode, include_intents=include_intents
+        )
         return await self._call(
-            lambda s, t: s.LookupRange(req, timeout=t), any_replica=not consistent
+            lambda s, t: s.LookupRange(req, timeout=t), any_replica=not consistent, timeout=timeout
         )
 
     async def list_ranges(
