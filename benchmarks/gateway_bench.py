@@ -1,23 +1,28 @@
-"""What lease moves cost the gateway: meta lookups and retries per 1,000 requests (by hand).
+"""What lease moves (and splits) cost the gateway: meta lookups and redirects per 1,000 requests.
 
-    python benchmarks/gateway_bench.py [--seconds 20] [--move-every 2] [--clients 16]
-                                       [--write-fraction 0.1] [--keys 1000]
+    python benchmarks/gateway_bench.py [--seconds 20] [--move-every 2] [--split-every 0]
+                                       [--clients 16] [--write-fraction 0.1] [--keys 1000]
 
 Starts a `LocalCluster` (3 metarange, 3 raftnodes, 2 gateways) in a temp dir,
 loads `--keys` keys, then runs closed-loop clients that read (and, with
-`--write-fraction`, write) random keys through both gateways while the lease
-of the (only) range moves to the next node every `--move-every` seconds.
+`--write-fraction`, write) random keys through both gateways while, every
+`--move-every` seconds, the lease of a range moves to the next replica. With
+`--split-every S` a range is also split every S seconds at a random key, so
+the workload mixes lease moves with descriptor changes: the lease that moves
+is then the one of the range owning a random key.
 
 Why these figures: a gateway that trusts NotLeaseHolder hints should pay
 about one redirect per client call in flight when the lease moves and no meta
 lookup at all (the descriptor did not change, only the leaseholder), so
 lookups per 1,000 requests should stay near zero and redirects per 1,000
-requests should be of the order of (moves x concurrency) / requests. The
-counters come from the gateways' Prometheus endpoints
-(rangekv_gateway_meta_lookups_total, rangekv_gateway_redirects,
-rangekv_gateway_retries{reason}), read before and after the measured window so
-start-up and the load phase are not counted. Splits join the workload when
-the splits issue lands.
+requests should be of the order of (moves x concurrency) / requests. A split
+costs each gateway a RangeKeyMismatch per range it had cached (whose
+descriptors route the retry) and rarely a lookup. The counters come from the
+gateways' Prometheus endpoints (rangekv_gateway_meta_lookups_total by mode,
+rangekv_gateway_redirects, rangekv_gateway_retries{reason},
+rangekv_gateway_backoffs{reason}, rangekv_gateway_cache_evictions_total{reason}),
+read before and after the measured window so start-up and the load phase are
+not counted; a counter an older gateway does not export reads as 0.
 
 The clients run in this process and share the machine's cores with eight
 server processes; on a small machine ops/s is a floor, not a ceiling.
@@ -28,25 +33,36 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import re
 import statistics
 import sys
 import tempfile
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
 
 import grpc
-from raftnode_cluster import async_wait_for, free_ports, metric_value
+from raftnode_cluster import free_ports
 
 from rangekv.cli.cluster import LocalCluster
+from rangekv.common.descriptors import RangeDescriptor
 from rangekv.v1 import kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
 
-RANGE_ID = 1
-RETRY_REASONS = ("unavailable", "no_address", "range_key_mismatch", "range_not_found")
+#: The labelled gateway counters summed into the report: (metric, label) -> report prefix.
+LABELLED = {
+    ("rangekv_gateway_retries", "reason"): "retries",
+    ("rangekv_gateway_backoffs", "reason"): "backoffs",
+    ("rangekv_gateway_cache_evictions_total", "reason"): "evictions",
+    ("rangekv_gateway_meta_lookups_total", "mode"): "lookups",
+}
+
+_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 @dataclass
@@ -62,9 +78,28 @@ class Load:
         return self.ok + sum(self.errors.values())
 
 
+@dataclass
+class Nemesis:
+    """What the lease mover and the splitter did during the window."""
+
+    moves: list[float] = field(default_factory=list)
+    splits: list[float] = field(default_factory=list)
+    refused: Counter[str] = field(default_factory=Counter)
+
+
 def fetch_metrics(address: str) -> str:
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as resp:
         return str(resp.read().decode())
+
+
+def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample of `name` with its labels."""
+    out = []
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if m is not None and m.group("name") == name:
+            out.append((dict(_LABEL.findall(m.group("labels") or "")), float(m.group("value"))))
+    return out
 
 
 async def gateway_counters(cluster: LocalCluster) -> Counter[str]:
@@ -72,56 +107,122 @@ async def gateway_counters(cluster: LocalCluster) -> Counter[str]:
     out: Counter[str] = Counter()
     for gw in cluster.gateways:
         text = await asyncio.to_thread(fetch_metrics, gw.metrics)
-        out["meta_lookups"] += int(metric_value(text, "rangekv_gateway_meta_lookups_total"))
-        out["coalesced"] += int(metric_value(text, "rangekv_gateway_meta_lookups_coalesced_total"))
-        out["cache_misses"] += int(metric_value(text, "rangekv_gateway_cache_misses_total"))
-        out["redirects"] += int(metric_value(text, "rangekv_gateway_redirects"))
-        for reason in RETRY_REASONS:
-            out[f"retries:{reason}"] += int(
-                metric_value(text, "rangekv_gateway_retries", reason=reason)
-            )
+        for name, key in (
+            ("rangekv_gateway_meta_lookups_coalesced_total", "coalesced"),
+            ("rangekv_gateway_cache_misses_total", "cache_misses"),
+            ("rangekv_gateway_redirects", "redirects"),
+        ):
+            out[key] += int(sum(v for _, v in samples(text, name)))
+        for (name, label), prefix in LABELLED.items():
+            for labels, value in samples(text, name):
+                out[f"{prefix}:{labels.get(label, 'all')}"] += int(value)
     return out
 
 
-async def range_info(address: str) -> replica_pb2.ReplicaInfo | None:
-    try:
-        async with grpc.aio.insecure_channel(address) as ch:
-            resp = await replica_pb2_grpc.ReplicaStub(ch).RangeInfo(
-                replica_pb2.RangeInfoRequest(range_ids=[RANGE_ID]), timeout=2.0
-            )
-    except grpc.aio.AioRpcError:
-        return None
-    return resp.replicas[0] if resp.replicas else None
+# ----------------------------------------------------------------------------- the nemesis
 
 
-async def leaseholder(cluster: LocalCluster) -> int | None:
+async def replica_views(cluster: LocalCluster) -> list[tuple[int, replica_pb2.ReplicaInfo]]:
+    """(node id, view) of every replica on every node that answers."""
+    views = []
     for nid, child in zip(cluster.layout.nodes, cluster.nodes, strict=True):
-        info = await range_info(child.address)
-        if info is not None and info.is_leader and info.lease_valid:
-            return nid
-    return None
+        try:
+            async with cluster.node_channels()(child.address) as ch:
+                resp = await replica_pb2_grpc.ReplicaStub(ch).RangeInfo(
+                    replica_pb2.RangeInfoRequest(), timeout=2.0
+                )
+        except grpc.aio.AioRpcError:
+            continue
+        views.extend((nid, info) for info in resp.replicas)
+    return views
 
 
-async def move_lease(cluster: LocalCluster, timeout: float = 15.0) -> float:
-    """Move the lease to the next node; returns how long it took to hold there."""
-    ids = list(cluster.layout.nodes)
+async def owner(cluster: LocalCluster, key: bytes) -> tuple[RangeDescriptor, int] | None:
+    """The newest descriptor covering `key` and the node leading it (None: no leader now)."""
+    best: tuple[RangeDescriptor, int] | None = None
+    for nid, info in await replica_views(cluster):
+        desc = RangeDescriptor.from_proto(info.descriptor)
+        if not (info.is_leader and info.lease_valid and desc.contains_key(key)):
+            continue
+        if best is None or desc.generation > best[0].generation:
+            best = (desc, nid)
+    return best
+
+
+async def replica_call(cluster: LocalCluster, node_id: int, method: str, request: object) -> object:
+    child = cluster.nodes[list(cluster.layout.nodes).index(node_id)]
+    async with cluster.node_channels()(child.address) as ch:
+        return await getattr(replica_pb2_grpc.ReplicaStub(ch), method)(request, timeout=15.0)
+
+
+async def move_lease(cluster: LocalCluster, key: bytes, nemesis: Nemesis) -> None:
+    """Move the lease of the range owning `key` to its next replica; wait until it holds."""
     began = time.monotonic()
-    holder = await async_wait_for(lambda: leaseholder(cluster), timeout, "a leaseholder")
-    target = ids[(ids.index(holder) + 1) % len(ids)]
-    async with grpc.aio.insecure_channel(cluster.nodes[ids.index(holder)].address) as ch:
-        resp = await replica_pb2_grpc.ReplicaStub(ch).TransferLease(
-            replica_pb2.TransferLeaseRequest(range_id=RANGE_ID, target_node_id=target),
-            timeout=timeout,
-        )
+    found = await owner(cluster, key)
+    if found is None:
+        nemesis.refused["move: no leaseholder"] += 1
+        return
+    desc, holder = found
+    nodes = [r.node_id for r in desc.replicas]
+    target = nodes[(nodes.index(holder) + 1) % len(nodes)]
+    resp = await replica_call(
+        cluster,
+        holder,
+        "TransferLease",
+        replica_pb2.TransferLeaseRequest(range_id=desc.range_id, target_node_id=target),
+    )
+    assert isinstance(resp, replica_pb2.TransferLeaseResponse)
     if resp.HasField("error"):
-        raise RuntimeError(f"TransferLease to node {target} refused: {resp.error}")
+        nemesis.refused["move: refused"] += 1
+        return
+    deadline = time.monotonic() + 15.0
+    while time.monotonic() < deadline:
+        now = await owner(cluster, key)
+        if now is not None and now[1] == target:
+            nemesis.moves.append(time.monotonic() - began)
+            return
+        await asyncio.sleep(0.05)  # polling interval of a condition with a deadline
+    nemesis.refused["move: not held in 15 s"] += 1
 
-    async def moved() -> bool:
-        info = await range_info(cluster.nodes[ids.index(target)].address)
-        return info is not None and info.is_leader and info.lease_valid
 
-    await async_wait_for(moved, timeout, f"node {target} to hold the lease")
-    return time.monotonic() - began
+async def split_at(cluster: LocalCluster, key: bytes, nemesis: Nemesis) -> None:
+    """Split the range owning `key` at `key` (AdminSplit on its leaseholder)."""
+    began = time.monotonic()
+    found = await owner(cluster, key)
+    if found is None or found[0].start_key == key:
+        nemesis.refused["split: no leaseholder or already a boundary"] += 1
+        return
+    desc, holder = found
+    resp = await replica_call(
+        cluster,
+        holder,
+        "AdminSplit",
+        replica_pb2.AdminSplitRequest(range_id=desc.range_id, split_key=key),
+    )
+    assert isinstance(resp, replica_pb2.AdminSplitResponse)
+    if resp.HasField("error"):
+        nemesis.refused["split: refused"] += 1
+        return
+    nemesis.splits.append(time.monotonic() - began)
+
+
+async def every(seconds: float, stop: asyncio.Event, action: Callable[[], Awaitable[None]]) -> None:
+    """Run `action()` every `seconds` until `stop` (0: never)."""
+    if seconds <= 0:
+        return
+    while True:
+        try:
+            await asyncio.wait_for(stop.wait(), seconds)  # the workload's schedule
+            return
+        except TimeoutError:
+            pass
+        try:
+            await action()
+        except grpc.aio.AioRpcError as err:
+            print(f"  nemesis: {err.code().name}: {err.details()}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- the load
 
 
 async def client(
@@ -152,13 +253,14 @@ async def client(
 
 
 async def bench(args: argparse.Namespace) -> None:
+    rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
         cluster = LocalCluster(
             Path(tmp), gateway_ports=free_ports(2), say=lambda line: print(line, file=sys.stderr)
         )
         try:
             await cluster.start()
-            channels = [grpc.aio.insecure_channel(g.address) for g in cluster.gateways]
+            channels = [cluster.client_channels()(g.address) for g in cluster.gateways]
             stubs = [kv_pb2_grpc.KVStub(ch) for ch in channels]
             keys = [b"bench/%06d" % i for i in range(args.keys)]
             item = kv_pb2.BatchRequestItem
@@ -175,41 +277,73 @@ async def bench(args: argparse.Namespace) -> None:
             for kv in stubs:  # warm both caches, so the window measures moves, not start-up
                 await kv.Get(kv_pb2.GetRequest(key=keys[0]), timeout=15)
 
+            split_keys = rng.sample(keys[1:], k=len(keys) - 1)
             before = await gateway_counters(cluster)
             load = Load()
+            nemesis = Nemesis()
             stop = asyncio.Event()
             workers = [
                 asyncio.create_task(client(c, stubs, keys, args.write_fraction, load, stop))
                 for c in range(args.clients)
             ]
+            movers = [
+                asyncio.create_task(
+                    every(
+                        args.move_every,
+                        stop,
+                        lambda: move_lease(cluster, rng.choice(keys), nemesis),
+                    )
+                ),
+                asyncio.create_task(
+                    every(
+                        args.split_every,
+                        stop,
+                        lambda: split_at(cluster, split_keys.pop(), nemesis),
+                    )
+                ),
+            ]
             began = time.monotonic()
-            moves: list[float] = []
             try:
-                while time.monotonic() - began < args.seconds:
-                    await asyncio.sleep(args.move_every)  # the workload's schedule of lease moves
-                    if time.monotonic() - began >= args.seconds:
-                        break
-                    moves.append(await move_lease(cluster))
+                await asyncio.sleep(args.seconds)  # the measured window
             finally:
                 stop.set()
-                await asyncio.gather(*workers)
+                await asyncio.gather(*workers, *movers)
             elapsed = time.monotonic() - began
             after = await gateway_counters(cluster)
             for ch in channels:
                 await ch.close()
         finally:
             await cluster.stop()
+    report(args, load, nemesis, after - before, elapsed)
 
-    delta = after - before
-    delta.update({k: 0 for k in after if k not in delta})
+
+def report(
+    args: argparse.Namespace, load: Load, nemesis: Nemesis, delta: Counter[str], elapsed: float
+) -> None:
     requests = load.requests
     per_k = 1000.0 / max(requests, 1)
-    retries = sum(v for k, v in delta.items() if k.startswith("retries:"))
+
+    def by(prefix: str) -> dict[str, int]:
+        return {k.split(":", 1)[1]: v for k, v in delta.items() if k.startswith(prefix + ":") and v}
+
+    def line(label: str, n: int, detail: dict[str, int] | str = "") -> None:
+        extra = f"  {detail}" if detail else ""
+        print(f"  {label:<21} {n}  = {n * per_k:.2f} per 1,000 requests{extra}")
+
     lat = sorted(load.latencies) or [0.0]
+    parts = [
+        name
+        for name, on in (("lease moves", args.move_every > 0), ("splits", args.split_every > 0))
+        if on
+    ]
+    mode = " + ".join(parts) or "no nemesis"
     print(
-        f"gateway_bench: {args.clients} clients over 2 gateways, {args.write_fraction:.0%} writes, "
-        f"{args.keys} keys, {elapsed:.1f}s, {len(moves)} lease moves "
-        f"(each held after {statistics.median(moves) if moves else 0:.2f}s median)"
+        f"gateway_bench ({mode}): {args.clients} clients over 2 gateways, "
+        f"{args.write_fraction:.0%} writes, {args.keys} keys, {elapsed:.1f}s, "
+        f"{len(nemesis.moves)} lease moves (each held after "
+        f"{statistics.median(nemesis.moves) if nemesis.moves else 0:.2f}s median), "
+        f"{len(nemesis.splits)} splits"
+        + (f", nemesis refusals {dict(nemesis.refused)}" if nemesis.refused else "")
     )
     print(f"  requests              {requests}  ({load.ok} ok, errors {dict(load.errors) or 0})")
     print(f"  ops/s                 {load.ok / elapsed:.0f}")
@@ -217,32 +351,33 @@ async def bench(args: argparse.Namespace) -> None:
         f"  latency ms            p50 {lat[len(lat) // 2] * 1e3:.1f}  "
         f"p99 {lat[int(len(lat) * 0.99)] * 1e3:.1f}  max {lat[-1] * 1e3:.0f}"
     )
-    print(
-        f"  meta lookups          {delta['meta_lookups']}  = {delta['meta_lookups'] * per_k:.2f} "
-        f"per 1,000 requests  (cache misses {delta['cache_misses']}, "
-        f"coalesced {delta['coalesced']})"
+    lookups = by("lookups")
+    line(
+        "meta lookups",
+        sum(lookups.values()),
+        f"{lookups or {}} (cache misses {delta['cache_misses']}, coalesced {delta['coalesced']})",
     )
-    print(
-        f"  redirects (NLH)       {delta['redirects']}  = {delta['redirects'] * per_k:.2f} "
-        "per 1,000 requests"
-    )
-    reasons = {k.split(":", 1)[1]: v for k, v in delta.items() if k.startswith("retries:") and v}
-    by_reason = f"  {reasons}" if reasons else ""
-    print(
-        f"  other retries         {retries}  = {retries * per_k:.2f} per 1,000 requests{by_reason}"
-    )
-    print(
-        f"  redirects + retries   {(delta['redirects'] + retries) * per_k:.2f} per 1,000 requests"
-    )
+    line("redirects (NLH)", delta["redirects"])
+    retries = by("retries")
+    line("other retries", sum(retries.values()), retries)
+    backoffs = by("backoffs")
+    line("backoffs", sum(backoffs.values()), backoffs)
+    evictions = by("evictions")
+    line("cache evictions", sum(evictions.values()), evictions)
+    line("redirects + retries", delta["redirects"] + sum(retries.values()))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the measured window")
     parser.add_argument("--move-every", type=float, default=2.0, help="seconds between lease moves")
+    parser.add_argument(
+        "--split-every", type=float, default=0.0, help="seconds between splits (0: no splits)"
+    )
     parser.add_argument("--clients", type=int, default=16, help="concurrent closed-loop clients")
     parser.add_argument("--write-fraction", type=float, default=0.1, help="share of Puts")
     parser.add_argument("--keys", type=int, default=1000, help="keys loaded and read")
+    parser.add_argument("--seed", type=int, default=1, help="seeds which range moves and splits")
     asyncio.run(bench(parser.parse_args()))
 
 

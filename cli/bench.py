@@ -43,7 +43,15 @@ from hdrh.histogram import HdrHistogram
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from rangekv.cli.kv import DEFAULT_ADDR, channel, fail, rpc_error_line
+from rangekv.cli.kv import (
+    DEFAULT_ADDR,
+    DEFAULT_DATA,
+    CLIError,
+    add_security,
+    channel_opener,
+    fail,
+    rpc_error_line,
+)
 from rangekv.cli.output import Output
 from rangekv.cli.plot import plot_missing, plot_run
 from rangekv.v1 import kv_pb2, kv_pb2_grpc
@@ -345,8 +353,9 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, 
         timeout=args.timeout,
         interval=args.interval,
     )
+    opener = channel_opener(args)
     channels = [
-        channel(args.addr, options=CHANNEL_OPTIONS)
+        opener(args.addr, CHANNEL_OPTIONS)
         for _ in range(max(1, min(args.channels, args.concurrency)))
     ]
     try:
@@ -497,6 +506,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--interval", type=float, default=1.0, help="timeline resolution in seconds (default 1)"
     )
+    p.add_argument(
+        "--data",
+        default=DEFAULT_DATA,
+        help=f"data folder of a `rangekv dev` cluster, for its certs/ (default {DEFAULT_DATA})",
+    )
+    add_security(p)
     args = p.parse_args(argv)
     if args.concurrency < 1 or args.keys < 1 or args.value_size < 0 or args.duration <= 0:
         p.error("--concurrency and --keys must be >= 1, --duration > 0, --value-size >= 0")
@@ -517,6 +532,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConnectionError, OSError) as exc:
         fail(f"UNAVAILABLE: {exc}")
         return 1
+    except CLIError as exc:
+        fail(exc.message)
+        return exc.code
     try:
         if args.out is not None:
             write_out(args.out, result, timeline, args.interval)

@@ -6,12 +6,19 @@ once (gRPC and Prometheus ports alike, below the kernel's ephemeral range) and
 kept in DATA/cluster.json so that a cluster started again on the same folder
 resumes with the same addresses (the meta range's voters are static) and the
 same metrics endpoints.
+
+Secure unless asked otherwise: the cluster's certificates (a CA, one node
+certificate every process shares, an ``admin`` client) are created under
+DATA/certs on first start and reused after; ``insecure=True`` runs plaintext.
+:meth:`LocalCluster.client_channels` and :meth:`LocalCluster.node_channels` open
+channels to it the way a client and a node would.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import json
 import os
 import random
@@ -22,7 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rangekv.common.certs import NODE_SERVER_NAME, ensure_dev_certs
+from rangekv.common.config import SecurityConfig
 from rangekv.common.logs import parse_ready_line
+from rangekv.common.tls import ChannelOpener, client_channels, node_channels
 
 #: Where listening ports are picked from: below Linux's default ephemeral range
 #: (32768-60999). A port the kernel handed out by binding to 0 comes FROM that
@@ -227,11 +237,30 @@ class LocalCluster:
         extra_node_args: list[str] | None = None,
         say: Callable[[str], None] = print,
         first_range_nodes: int = 0,
+        insecure: bool = False,
+        certs_dir: Path | None = None,
     ) -> None:
         """`first_range_nodes`: how many of the nodes (the lowest ids) hold the
-        first range (0: all); the others start empty, for replicas to be added."""
+        first range (0: all); the others start empty, for replicas to be added.
+        `insecure`: plaintext; else mutual TLS with the certificates in `certs_dir`
+        (default DATA/certs, created when missing)."""
         self.data = data
         self.say = say
+        self.insecure = insecure
+        self.certs_dir = None if insecure else (certs_dir or data / "certs")
+        if self.certs_dir is not None:
+            ensure_dev_certs(self.certs_dir, datetime.datetime.now(datetime.UTC), say)
+        self.security = (
+            SecurityConfig.plaintext()
+            if self.certs_dir is None
+            else SecurityConfig(certs_dir=self.certs_dir)
+        )
+        # --no-insecure: a RANGEKV_INSECURE in the environment must not meet --certs-dir.
+        tls_args = (
+            ["--insecure"]
+            if self.certs_dir is None
+            else ["--no-insecure", "--certs-dir", str(self.certs_dir)]
+        )
         self.layout = Layout.load_or_create(
             data / "cluster.json", n_meta, n_nodes, gateway_ports or [free_port()]
         )
@@ -261,6 +290,7 @@ class LocalCluster:
                     "1",
                     "--metrics-port",
                     str(self.layout.metrics[metrics_key("meta", i)]),
+                    *tls_args,
                 ],
                 logs / f"metarange{i}.log",
                 env,
@@ -288,6 +318,7 @@ class LocalCluster:
                     "1",
                     "--metrics-port",
                     str(self.layout.metrics[metrics_key("node", i)]),
+                    *tls_args,
                     *(extra_node_args or []),
                 ],
                 logs / f"raftnode{i}.log",
@@ -306,6 +337,7 @@ class LocalCluster:
                     self.meta_addrs,
                     "--metrics-port",
                     str(self.layout.metrics[metrics_key("gateway", n + 1)]),
+                    *tls_args,
                 ],
                 logs / f"gateway{n + 1}.log",
                 env,
@@ -314,6 +346,17 @@ class LocalCluster:
         ]
         self._watchers: list[asyncio.Task[None]] = []
         self.stopping = False
+
+    def client_channels(self, name: str = "admin") -> ChannelOpener:
+        """Channels as the client NAME (default the ``admin`` client), e.g. to a gateway.
+
+        The server is checked to be a node of the cluster (as for :meth:`node_channels`)
+        rather than by host name, so this works whatever address a process listens on."""
+        return client_channels(self.security, name, server_name=NODE_SERVER_NAME)
+
+    def node_channels(self) -> ChannelOpener:
+        """Channels as a node of this cluster (for the internal Replica/Meta/raft APIs)."""
+        return node_channels(self.security)
 
     @property
     def children(self) -> list[Child]:

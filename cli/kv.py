@@ -18,17 +18,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
 
 from rangekv.cli.output import error_line
-from rangekv.common import dialing
 from rangekv.common import errors as E
+from rangekv.common.certs import CA_CERT, NODE_SERVER_NAME
+from rangekv.common.config import ConfigError, SecurityConfig, add_arguments, from_args
+from rangekv.common.tls import ChannelOpener, client_channels
 from rangekv.v1 import (
     kv_pb2,
     kv_pb2_grpc,
@@ -56,11 +60,18 @@ def _parser(verb: str, description: str) -> argparse.ArgumentParser:
 
 
 def add_common(parser: argparse.ArgumentParser, *, admin: bool = False) -> None:
-    """--addr/--json/--timeout, and for admin verbs --data/--meta (see `rangekv.cli.target`)."""
+    """--addr/--json/--timeout, the TLS flags and --data (for admin verbs also --meta;
+    see `rangekv.cli.target`)."""
     default_addr = os.environ.get("RANGEKV_ADDR", DEFAULT_ADDR)
     if not admin:
         parser.add_argument(
             "--addr", default=default_addr, help=f"gateway host:port (default {default_addr})"
+        )
+        parser.add_argument(
+            "--data",
+            default=DEFAULT_DATA,
+            help=f"data folder of a `rangekv dev` cluster, whose certs/ are used when no "
+            f"TLS flag is given (default {DEFAULT_DATA})",
         )
     else:
         # None marks "not given", so that --data and --meta can be told apart from
@@ -84,6 +95,53 @@ def add_common(parser: argparse.ArgumentParser, *, admin: bool = False) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument(
         "--timeout", type=float, default=5.0, help="deadline in seconds (default 5)"
+    )
+    add_security(parser)
+
+
+SECURITY_ENV = (
+    "RANGEKV_CERTS_DIR",
+    "RANGEKV_CA_CERT",
+    "RANGEKV_CERT",
+    "RANGEKV_KEY",
+    "RANGEKV_INSECURE",
+)
+
+
+def add_security(parser: argparse.ArgumentParser) -> None:
+    """The services' TLS flags (--certs-dir, --ca-cert, --cert, --key, --insecure) and --client."""
+    add_arguments(parser, SecurityConfig)
+    parser.add_argument(
+        "--client",
+        default=os.environ.get("RANGEKV_CLIENT") or None,
+        metavar="NAME",
+        help="use client.NAME.crt/.key from --certs-dir [env RANGEKV_CLIENT; default: "
+        "client.admin, else the only client pair, else node.crt]",
+    )
+
+
+def security(args: argparse.Namespace) -> SecurityConfig:
+    """The TLS settings of a CLI call: flags > environment > DATA/certs of a dev cluster."""
+    given = any(
+        getattr(args, f.name, argparse.SUPPRESS) is not argparse.SUPPRESS
+        for f in dataclasses.fields(SecurityConfig)
+    ) or any(v in os.environ for v in SECURITY_ENV)
+    # Admin verbs leave --data unset unless given (it also names a gateway there);
+    # for certificates the default dev folder is looked at either way.
+    data = getattr(args, "data", None) or DEFAULT_DATA
+    if not given and (Path(data) / "certs" / CA_CERT).exists():
+        return SecurityConfig(certs_dir=Path(data) / "certs")
+    try:
+        return from_args(SecurityConfig, args)
+    except ConfigError as exc:
+        raise CLIError(f"{exc.reason} (or --data DIR of a `rangekv dev` cluster)", code=2) from None
+
+
+def channel_opener(args: argparse.Namespace, *, internal: bool = False) -> ChannelOpener:
+    """Channels for this call. ``internal``: to a node or meta replica at a registry
+    address, checked to be a node of the cluster rather than by host name."""
+    return client_channels(
+        security(args), args.client, server_name=NODE_SERVER_NAME if internal else None
     )
 
 
@@ -175,13 +233,16 @@ def run(main: Callable[[], Coroutine[Any, Any, int]], target: str = "") -> int:
         return 1
 
 
-def channel(addr: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
-    """THE way the CLI connects to a gateway (every verb, bench included).
-
-    One function, so that transport security and credentials are added in one place
-    (and the test-only hosts file of `rangekv.common.dialing` is honoured).
-    """
-    return dialing.insecure_channel(addr, options=list(options))
+def channel(
+    args: argparse.Namespace,
+    addr: str,
+    *,
+    internal: bool = False,
+    options: Sequence[tuple[str, Any]] = (),
+) -> grpc.aio.Channel:
+    """THE way the CLI connects (every verb, bench included): TLS as `args` say
+    (`security`); `internal` for a node or meta replica rather than a gateway."""
+    return channel_opener(args, internal=internal)(addr, list(options))
 
 
 # --- data verbs --------------------------------------------------------------------------
@@ -203,7 +264,7 @@ def get_main(argv: Sequence[str]) -> int:
 
     async def main() -> int:
         key = to_bytes(args, args.key, "key")
-        async with channel(args.addr) as ch:
+        async with channel(args, args.addr) as ch:
             resp = await kv_pb2_grpc.KVStub(ch).Get(
                 kv_pb2.GetRequest(key=key, consistency=_consistency(args)), timeout=args.timeout
             )
@@ -233,7 +294,7 @@ def put_main(argv: Sequence[str]) -> int:
     async def main() -> int:
         key = to_bytes(args, args.key, "key")
         value = to_bytes(args, args.value, "value")
-        async with channel(args.addr) as ch:
+        async with channel(args, args.addr) as ch:
             resp = await kv_pb2_grpc.KVStub(ch).Put(
                 kv_pb2.PutRequest(key=key, value=value), timeout=args.timeout
             )
@@ -255,7 +316,7 @@ def del_main(argv: Sequence[str]) -> int:
 
     async def main() -> int:
         key = to_bytes(args, args.key, "key")
-        async with channel(args.addr) as ch:
+        async with channel(args, args.addr) as ch:
             resp = await kv_pb2_grpc.KVStub(ch).Delete(
                 kv_pb2.DeleteRequest(key=key), timeout=args.timeout
             )
@@ -291,7 +352,7 @@ def cas_main(argv: Sequence[str]) -> int:
             expect_absent=args.expect_absent,
             expected_value=b"" if args.expect_absent else to_bytes(args, args.expect, "value"),
         )
-        async with channel(args.addr) as ch:
+        async with channel(args, args.addr) as ch:
             resp = await kv_pb2_grpc.KVStub(ch).CompareAndSwap(req, timeout=args.timeout)
         current = resp.current.value if resp.HasField("current") else None
         if args.json:
@@ -351,7 +412,7 @@ def scan_main(argv: Sequence[str]) -> int:
             start_key=start, end_key=end, limit=args.limit, consistency=_consistency(args)
         )
         count = 0
-        async with channel(args.addr) as ch:
+        async with channel(args, args.addr) as ch:
             # A scan may be long: the deadline bounds each wait for the next
             # chunk rather than the whole stream.
             call = kv_pb2_grpc.KVStub(ch).Scan(req)

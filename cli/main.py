@@ -6,6 +6,7 @@
                            inspect and steer the cluster (through a gateway's Admin API)
     rangekv node decommission|recommission N ...   retire a storage node (or take it back)
     rangekv bench ...      load generator
+    rangekv cert ...       make certificates (create-ca, create-node, create-client, list)
     rangekv raftnode|metarange|gateway ...  run one process of a cluster
 
 Each verb parses its own flags (and RANGEKV_* environment variables) in one
@@ -49,6 +50,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
         "decommission (or recommission) a storage node and follow it to the end",
     ),
     "bench": ("rangekv.cli.bench", "main", "load generator: put/get/mixed against a gateway"),
+    "cert": ("rangekv.cli.cert", "main", "create-ca|create-node|create-client|list certificates"),
 }
 
 

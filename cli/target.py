@@ -28,7 +28,7 @@ from typing import Protocol
 
 import grpc
 
-from rangekv.cli.kv import DEFAULT_ADDR, CLIError, channel
+from rangekv.cli.kv import DEFAULT_ADDR, CLIError, channel, channel_opener
 from rangekv.gateway.admin_service import (
     DecommissionFn,
     RecommissionFn,
@@ -204,12 +204,14 @@ async def admin_api(args: argparse.Namespace) -> AsyncIterator[AdminAPI]:
         addresses = [a.strip() for a in args.meta.split(",") if a.strip()]
         if not addresses:
             raise CLIError("--meta names no address", code=2)
-        meta = MetaClient(addresses, timeout=args.timeout)
+        meta = MetaClient(
+            addresses, timeout=args.timeout, channels=channel_opener(args, internal=True)
+        )
         channels: dict[str, grpc.aio.Channel] = {}
 
         def stub(address: str) -> replica_pb2_grpc.ReplicaStub:
             if address not in channels:
-                channels[address] = channel(address)
+                channels[address] = channel(args, address, internal=True)
             return replica_pb2_grpc.ReplicaStub(channels[address])
 
         try:
@@ -223,7 +225,7 @@ async def admin_api(args: argparse.Namespace) -> AsyncIterator[AdminAPI]:
             for ch in channels.values():
                 await ch.close()
         return
-    async with channel(gateway_address(args)) as ch:
+    async with channel(args, gateway_address(args)) as ch:
         yield GatewayAdmin(ch)
 
 

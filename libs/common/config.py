@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from rangekv.common.certs import CA_CERT, NODE_CERT, NODE_KEY, client_files
+
 T = TypeVar("T")
 
 ENV_PREFIX = "RANGEKV_"
@@ -68,6 +70,7 @@ class ConfigField:
     parse: Callable[[str], Any] | None = None
     choices: tuple[str, ...] = ()
     metavar: str | None = None
+    flag: str | None = None
 
 
 def setting(
@@ -78,15 +81,19 @@ def setting(
     parse: Callable[[str], Any] | None = None,
     choices: Sequence[str] = (),
     metavar: str | None = None,
+    flag: str | None = None,
 ) -> Any:
     """Declare a documented configuration field.
 
-    ``env`` defaults to ``RANGEKV_<FIELD_NAME>``; ``parse`` defaults to one
+    ``flag`` defaults to ``--field-name`` (set it when the field's name would
+    collide with a command's own arguments); ``env`` defaults to ``RANGEKV_<FIELD_NAME>``; ``parse`` defaults to one
     derived from the field's annotation (str, int, float, bool, Path, or an
     optional of those, where an empty string means None). A field without a
     default is required: it must come from the flag or the environment.
     """
-    meta = ConfigField(help=help, env=env, parse=parse, choices=tuple(choices), metavar=metavar)
+    meta = ConfigField(
+        help=help, env=env, parse=parse, choices=tuple(choices), metavar=metavar, flag=flag
+    )
     return dataclasses.field(default=default, metadata={_META_KEY: meta})
 
 
@@ -190,7 +197,7 @@ def _specs(cls: type) -> list[_Spec]:
         specs.append(
             _Spec(
                 name=f.name,
-                flag=flag_name(f.name),
+                flag=meta.flag or flag_name(f.name),
                 env=meta.env or env_name(f.name),
                 help=meta.help,
                 parse=meta.parse or default_parse,
@@ -305,8 +312,121 @@ def describe(config: object) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(config):  # type: ignore[arg-type]
         value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = describe(value)
         out[f.name] = str(value) if isinstance(value, Path) else value
     return out
+
+
+# --- transport security -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """TLS settings shared by every service and the CLI (mutual TLS unless --insecure)."""
+
+    certs_dir: Path | None = setting(  # noqa: RUF009 -- setting() is dataclasses.field()
+        None,
+        help="directory with ca.crt, node.crt/node.key (services) and "
+        "client.NAME.crt/client.NAME.key (clients)",
+    )
+    # Fields named *_path so that they never collide with a command's own `key`.
+    ca_cert_path: Path | None = setting(  # noqa: RUF009
+        None,
+        flag="--ca-cert",
+        env="RANGEKV_CA_CERT",
+        help="CA certificate that signs every peer (overrides DIR/ca.crt)",
+    )
+    cert_path: Path | None = setting(  # noqa: RUF009
+        None,
+        flag="--cert",
+        env="RANGEKV_CERT",
+        help="this process's certificate (overrides the one in --certs-dir)",
+    )
+    key_path: Path | None = setting(  # noqa: RUF009
+        None,
+        flag="--key",
+        env="RANGEKV_KEY",
+        help="this process's private key (overrides the one in --certs-dir)",
+    )
+    insecure: bool = setting(
+        False, help="plaintext, no authentication: only for trying things out on loopback"
+    )
+
+    def __post_init__(self) -> None:
+        explicit = [self.ca_cert_path, self.cert_path, self.key_path]
+        if self.insecure:
+            if self.certs_dir is not None or any(p is not None for p in explicit):
+                raise ConfigError(
+                    "insecure",
+                    "--insecure cannot be combined with --certs-dir/--ca-cert/--cert/--key "
+                    "(RANGEKV_CERTS_DIR, RANGEKV_CA_CERT, RANGEKV_CERT, RANGEKV_KEY): pick one",
+                )
+            return
+        if self.certs_dir is None and not all(p is not None for p in explicit):
+            raise ConfigError(
+                "insecure",
+                "no certificates: pass --certs-dir DIR (env RANGEKV_CERTS_DIR) or "
+                "--ca-cert, --cert and --key; or --insecure (env RANGEKV_INSECURE=1) for "
+                "plaintext without authentication (`rangekv cert --help` makes certificates)",
+            )
+
+    @staticmethod
+    def plaintext() -> SecurityConfig:
+        return SecurityConfig(insecure=True)
+
+    def node_files(self) -> TLSFiles:
+        """CA, certificate and key of a rangekv process (``node.crt``/``node.key``)."""
+        return self._files(NODE_CERT, NODE_KEY)
+
+    def client_files(self, name: str | None = None) -> TLSFiles:
+        """A client's files: --cert/--key, else ``client.NAME.*`` in --certs-dir.
+
+        Without a name: ``client.admin.*`` if present, else the only client pair,
+        else the node pair (an operator on a node machine).
+        """
+        if self.certs_dir is None or (self.cert_path is not None and self.key_path is not None):
+            return self._files(NODE_CERT, NODE_KEY)
+        if name:
+            return self._files(*client_files(name))
+        if (self.certs_dir / client_files("admin")[0]).exists():
+            return self._files(*client_files("admin"))
+        pairs = sorted(self.certs_dir.glob("client.*.crt"))
+        if len(pairs) == 1:
+            stem = pairs[0].name[: -len(".crt")]
+            return self._files(f"{stem}.crt", f"{stem}.key")
+        return self._files(NODE_CERT, NODE_KEY)
+
+    def _files(self, cert_name: str, key_name: str) -> TLSFiles:
+        if self.insecure:
+            raise ConfigError("insecure", "no certificate files in --insecure mode")
+        d = self.certs_dir
+        ca = self.ca_cert_path or (d / CA_CERT if d else None)
+        cert = self.cert_path or (d / cert_name if d else None)
+        key = self.key_path or (d / key_name if d else None)
+        assert ca is not None and cert is not None and key is not None  # __post_init__
+        return TLSFiles(ca, cert, key)
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """Where one identity's CA, certificate and key are."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    def stamp(self) -> tuple[tuple[int, int, int], ...]:
+        """Changes whenever any of the files is replaced or rewritten (cheap: three stats)."""
+        out = []
+        for path in (self.ca, self.cert, self.key):
+            try:
+                st = os.stat(path)
+            except OSError:
+                out.append((0, 0, 0))
+            else:
+                out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+        return tuple(out)
 
 
 # --- the configuration every gRPC service shares -------------------------------------
@@ -315,8 +435,6 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 METRICS_DISABLED = -1
 """``metrics_port`` value that turns the Prometheus endpoint off."""
-HEALTH_DISABLED = -1
-"""``health_port`` value (the default) that serves health on the main port only."""
 
 
 def _port_ok(port: int, *, allow_disabled: bool = False) -> bool:
@@ -338,11 +456,6 @@ class ServerConfig:
     metrics_host: str = setting("127.0.0.1", help="address the Prometheus endpoint binds to")
     metrics_port: int = setting(
         0, help="Prometheus endpoint port; 0 picks a free port, -1 disables the endpoint"
-    )
-    health_port: int = setting(
-        HEALTH_DISABLED,
-        help="plaintext port serving only grpc.health.v1 (Kubernetes gRPC probes speak no "
-        "TLS); -1 disables it, 0 picks a free port, reported in the ready line",
     )
     node_id: int = setting(0, help="this process's node id; 0 for processes that are not nodes")
     pod_name: str = setting(
@@ -373,6 +486,19 @@ class ServerConfig:
     shutdown_grace_seconds: float = setting(
         5.0, help="on SIGTERM/SIGINT, how long in-flight RPCs may take to finish"
     )
+    health_port: int = setting(
+        -1,
+        help="separate PLAINTEXT port serving only grpc.health.v1 (for Kubernetes gRPC probes, "
+        "which cannot speak TLS); 0 picks a free port, -1 disables it",
+    )
+    max_concurrent_streams: int = setting(
+        256, help="most concurrent calls (HTTP/2 streams) one client connection may have open"
+    )
+    default_deadline_seconds: float = setting(
+        60.0,
+        help="deadline given to a unary-request call that arrives without one "
+        "(long-lived streams such as raft's are exempt)",
+    )
     event_loop: str = setting(
         "uvloop",
         help="asyncio event loop: uvloop (libuv; about a fifth less CPU per gRPC call, "
@@ -381,9 +507,25 @@ class ServerConfig:
         choices=EVENT_LOOPS,
     )
 
+    #: Transport security, parsed from its own flags (SecurityConfig) by the entry
+    #: point. The in-code default is plaintext so that a ServerConfig built by hand
+    #: in a test needs no certificates; a process started from flags and environment
+    #: gets no such default (SecurityConfig refuses to be neither secure nor --insecure).
+    security: SecurityConfig = dataclasses.field(default_factory=SecurityConfig.plaintext)
+
     def __post_init__(self) -> None:
         check_choices(self)
         require(self.listen_host != "", "listen_host", "must not be empty")
+        require(
+            1 <= self.max_concurrent_streams <= 100_000,
+            "max_concurrent_streams",
+            f"must be in [1, 100000], got {self.max_concurrent_streams}",
+        )
+        require(
+            self.default_deadline_seconds > 0,
+            "default_deadline_seconds",
+            f"must be > 0, got {self.default_deadline_seconds}",
+        )
         require(
             _port_ok(self.listen_port),
             "listen_port",
@@ -422,8 +564,8 @@ class ServerConfig:
         return self.metrics_port != METRICS_DISABLED
 
     @property
-    def health_enabled(self) -> bool:
-        return self.health_port != HEALTH_DISABLED
+    def health_port_enabled(self) -> bool:
+        return self.health_port != METRICS_DISABLED
 
     @property
     def ordinal(self) -> int | None:
@@ -441,13 +583,14 @@ def pod_ordinal(pod_name: str) -> int | None:
 
 __all__ = [
     "ENV_PREFIX",
-    "HEALTH_DISABLED",
     "LOG_FORMATS",
     "LOG_LEVELS",
     "METRICS_DISABLED",
     "ConfigError",
     "ConfigField",
+    "SecurityConfig",
     "ServerConfig",
+    "TLSFiles",
     "add_arguments",
     "check_choices",
     "describe",

@@ -1,9 +1,10 @@
 """Where a gRPC channel to ``host:port`` really goes: DNS, or a test's hosts file.
 
-Every channel rangekv opens to a peer, the meta range or a gateway goes through
-:func:`insecure_channel` here. In production this is plain gRPC: the target is
-the address as given and DNS resolves it (in Kubernetes, the headless Services'
-pod names).
+Every channel rangekv opens to a peer, the meta range or a gateway comes from a
+channel opener (`rangekv.common.tls`), and every opener asks :func:`dial_target`
+here where to dial. In production that is plain gRPC: the target is the
+address as given and DNS resolves it (in Kubernetes, the headless Services' pod
+names).
 
 ``RANGEKV_HOSTS_FILE`` names a hosts-format file (``IP NAME [NAME...]`` per
 line, ``#`` comments) whose names win over DNS, for tests only: the
@@ -59,18 +60,22 @@ def _mapping() -> dict[str, str]:
     return mapping
 
 
-def dial_target(address: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
-    """(gRPC target, extra channel options) for ``host:port`` (module doc)."""
+def dial_target(
+    address: str, tls_name: str | None = None
+) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    """(gRPC target, extra channel options) for ``host:port`` (module doc).
+
+    ``tls_name``: the name a TLS channel checks the server's certificate for
+    (None: the host dialled, as a mapped channel keeps it)."""
     host, sep, port = address.rpartition(":")
-    if not sep or not host:
-        return address, ()
-    ip = _mapping().get(host.lower())
+    ip = _mapping().get(host.lower()) if sep and host else None
     if ip is None:
-        return address, ()
+        override = (("grpc.ssl_target_name_override", tls_name),) if tls_name else ()
+        return address, override
     target = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
     return target, (
         ("grpc.default_authority", address),
-        ("grpc.ssl_target_name_override", host),
+        ("grpc.ssl_target_name_override", tls_name or host),
     )
 
 
@@ -80,4 +85,17 @@ def insecure_channel(address: str, options: Sequence[tuple[str, Any]] = ()) -> g
     return grpc.aio.insecure_channel(target, options=[*options, *extra])
 
 
-__all__ = ["HOSTS_FILE_ENV", "dial_target", "insecure_channel", "parse_hosts"]
+def secure_channel(
+    address: str,
+    credentials: grpc.ChannelCredentials,
+    options: Sequence[tuple[str, Any]] = (),
+    *,
+    tls_name: str | None = None,
+) -> grpc.aio.Channel:
+    """``grpc.aio.secure_channel`` to ``address``, honouring the hosts file; the
+    server's certificate is checked for ``tls_name`` (None: the host dialled)."""
+    target, extra = dial_target(address, tls_name)
+    return grpc.aio.secure_channel(target, credentials, options=[*options, *extra])
+
+
+__all__ = ["HOSTS_FILE_ENV", "dial_target", "insecure_channel", "parse_hosts", "secure_channel"]

@@ -1,7 +1,8 @@
 """The one way a rangekv service process starts: flags + env -> frozen configs -> asyncio.
 
 Every service (`rangekv raftnode`, `metarange`, `gateway`) parses the generic
-ServerConfig plus its own config dataclass in one place, sets up logging, and
+ServerConfig, the SecurityConfig (TLS; secure unless --insecure) and its own
+config dataclass in one place, sets up logging, and
 runs its `serve` coroutine; a configuration error is one line and exit code 2.
 """
 
@@ -15,8 +16,15 @@ import os
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
-from rangekv.common.config import ConfigError, ServerConfig, add_arguments, from_args_or_exit
+from rangekv.common.config import (
+    ConfigError,
+    SecurityConfig,
+    ServerConfig,
+    add_arguments,
+    from_args_or_exit,
+)
 from rangekv.common.logs import setup_logging_from_config
+from rangekv.common.tls import warn_if_insecure
 
 C = TypeVar("C")
 
@@ -32,9 +40,12 @@ def service_main(
 ) -> int:
     parser = argparse.ArgumentParser(prog=f"rangekv {service}", description=description)
     add_arguments(parser, ServerConfig)
+    add_arguments(parser, SecurityConfig)
     add_arguments(parser, config_cls)
     args = parser.parse_args(argv)
     server_config = from_args_or_exit(parser, ServerConfig, args, os.environ)
+    security = from_args_or_exit(parser, SecurityConfig, args, os.environ)
+    server_config = dataclasses.replace(server_config, security=security)
     config = from_args_or_exit(parser, config_cls, args, os.environ)
     if needs_node_id and server_config.node_id <= 0 and server_config.ordinal is not None:
         # A StatefulSet pod: its ordinal is its identity (node ids start at 1).
@@ -46,6 +57,7 @@ def service_main(
             "(or --pod-name a StatefulSet pod's name)\n",
         )
     setup_logging_from_config(service, server_config)
+    warn_if_insecure(security, logging.getLogger(f"rangekv.{service}"))
     try:
         with asyncio.Runner(loop_factory=loop_factory(server_config.event_loop)) as runner:
             runner.run(serve(server_config, config))

@@ -228,6 +228,18 @@ class InternalError(RangeKVError):
     code = grpc.StatusCode.INTERNAL
 
 
+class Unauthenticated(RangeKVError):
+    """The caller presented no identity this cluster knows (see rangekv.common.auth)."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(RangeKVError):
+    """The caller's identity lacks the role the method needs (see rangekv.common.auth)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 # --- in-band: rangekv.v1.ReplicaError ------------------------------------------------
 
 
@@ -465,6 +477,10 @@ def from_rpc_error(err: grpc.RpcError, *, is_write: bool = False) -> RangeKVErro
         return ResourceExhausted(message, retry_after)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN):
         return Unavailable(message, retry_after, outcome)
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return Unauthenticated(message)
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return PermissionDenied(message)
     return InternalError(f"{code.name}: {message}")
 
 
@@ -480,11 +496,13 @@ __all__ = [
     "NotFound",
     "NotLeader",
     "NotLeaseHolder",
+    "PermissionDenied",
     "RangeKVError",
     "RangeKeyMismatch",
     "RangeNotFound",
     "ResourceExhausted",
     "RoutingError",
+    "Unauthenticated",
     "Unavailable",
     "Unimplemented",
     "WriteOutcome",

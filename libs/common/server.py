@@ -2,8 +2,10 @@
 
 :class:`ServiceServer` gives each service the same outside: gRPC reflection and
 ``grpc.health.v1`` (so ``grpcurl`` and Kubernetes probes need nothing from this
-repository), the same message-size and keepalive options, a Prometheus
-endpoint, one ready line, and a graceful stop on SIGTERM/SIGINT that first
+repository), mutual TLS with a role check on every call (rangekv.common.tls,
+rangekv.common.auth; plaintext only with --insecure), an optional plaintext
+health-only port for probes, the same message-size, stream and keepalive limits,
+a default deadline for calls that carry none, a Prometheus endpoint, one ready line, and a graceful stop on SIGTERM/SIGINT that first
 flips health to NOT_SERVING (so load balancers drain) and then lets in-flight
 RPCs finish within a grace period::
 
@@ -55,10 +57,20 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 
+from rangekv.common.auth import Authorizer
+from rangekv.common.certs import Role
 from rangekv.common.config import ServerConfig
 from rangekv.common.errors import RangeKVError, to_rpc_status
 from rangekv.common.logs import log_ready
+from rangekv.common.rpc_guards import (
+    Undecodable,
+    checked_stream,
+    default_deadline_error,
+    on_loop,
+    tolerant_deserializer,
+)
 from rangekv.common.telemetry import EventLoopLagMonitor, Histogram, Telemetry
+from rangekv.common.tls import ServerCredentialsSource
 
 HEALTH_SERVICE = health.SERVICE_NAME
 PROBE_STARTUP = "rangekv.startup"
@@ -72,10 +84,14 @@ _MAX_DETAIL = 200
 Register = Callable[[grpc.aio.Server], None]
 
 
-def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+def server_options(
+    max_message_bytes: int, max_concurrent_streams: int = 256
+) -> list[tuple[str, Any]]:
     """Channel arguments every rangekv server uses, and why.
 
     - message sizes: raft snapshots and batch responses exceed gRPC's 4 MiB default;
+      and a bound, so one message cannot take the process's memory;
+    - concurrent streams per connection: one client cannot open calls without end;
     - keepalive: detect dead peers (a crashed node, a dropped NAT mapping) within
       ~40 s instead of at the next write, and accept the clients' own pings;
     - no SO_REUSEPORT: a second process on the same fixed port must fail to
@@ -84,6 +100,7 @@ def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_concurrent_streams", max_concurrent_streams),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
@@ -127,8 +144,17 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     ``AbortError`` passes through with the status the handler chose.
     """
 
-    def __init__(self, logger: logging.Logger, telemetry: Telemetry | None = None) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        telemetry: Telemetry | None = None,
+        *,
+        authorizer: Authorizer | None = None,
+        default_deadline: float | None = None,
+    ) -> None:
         self._log = logger
+        self._authorizer = authorizer
+        self._default_deadline = default_deadline
         self._clock = telemetry.clock if telemetry is not None else None
         # None when tracing is off: then no carrier is parsed and no span is built.
         self._tracer: trace.Tracer | None = telemetry.active_tracer if telemetry else None
@@ -163,62 +189,120 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     def _wrap_handler(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
+                self._wrap(handler.unary_unary, method, bounded=True),
+                request_deserializer=tolerant_deserializer(handler.request_deserializer, method),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
+                self._wrap(handler.unary_stream, method, bounded=True),
+                request_deserializer=tolerant_deserializer(handler.request_deserializer, method),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
                 self._wrap(handler.stream_unary, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=tolerant_deserializer(handler.request_deserializer, method),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
                 self._wrap(handler.stream_stream, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=tolerant_deserializer(handler.request_deserializer, method),
                 response_serializer=handler.response_serializer,
             )
         return handler  # type: ignore[no-any-return]
 
-    def _wrap(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+    def _wrap(
+        self, behavior: Callable[..., Any], method: str, *, bounded: bool = False
+    ) -> Callable[..., Any]:
+        """``bounded``: a unary-request call, given the default deadline when it has none."""
+        role = self._authorizer.required(method) if self._authorizer is not None else None
+        deadline = self._default_deadline if bounded else None
         if inspect.isasyncgenfunction(behavior):
-            return self._wrap_generator(behavior, method)
+            return self._wrap_generator(behavior, method, role, deadline)
         if inspect.iscoroutinefunction(behavior):
-            return self._wrap_coroutine(behavior, method)
+            return self._wrap_coroutine(behavior, method, role, deadline)
+        if role is not None and not bounded:
+            # A synchronous stream handler: nothing here can check its caller. Refuse it.
+            async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                await context.abort(
+                    grpc.StatusCode.UNIMPLEMENTED, f"{method}: not served on a secure server"
+                )
+
+            return refuse
+        if role is not None:
+            # A synchronous unary handler (grpc's aio Health.List is one): checked, then
+            # run on the loop like the rest (such handlers only read in-memory state).
+            return self._wrap_coroutine(on_loop(behavior), method, role, deadline)
         return behavior
 
-    def _wrap_coroutine(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+    def _admit(
+        self, method: str, role: Role | None, request: Any, context: grpc.aio.ServicerContext
+    ) -> Any:
+        """Check the caller, then the request: the request (a stream's iterator checked
+        message by message) if both are fine; raise otherwise."""
+        if role is not None and self._authorizer is not None:
+            self._authorizer.check(method, role, context)
+        if isinstance(request, Undecodable):
+            raise request.error()
+        if hasattr(request, "__aiter__"):
+            return checked_stream(request)
+        return request
+
+    @staticmethod
+    def _timeout(deadline: float | None, context: grpc.aio.ServicerContext) -> Any:
+        if deadline is None or context.time_remaining() is not None:
+            return contextlib.nullcontext()
+        return asyncio.timeout(deadline)
+
+    def _wrap_coroutine(
+        self,
+        behavior: Callable[..., Any],
+        method: str,
+        role: Role | None = None,
+        deadline: float | None = None,
+    ) -> Callable[..., Any]:
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
             with self._observe(method, context) as outcome:
+                bound = None
                 try:
-                    return await behavior(request, context)
+                    request = self._admit(method, role, request, context)
+                    async with self._timeout(deadline, context) as bound:
+                        return await behavior(request, context)
                 except grpc.aio.AbortError:
                     outcome["code"] = _context_code(context)
                     raise
                 except Exception as exc:
+                    exc = default_deadline_error(exc, bound, method, deadline)
                     outcome["code"] = self._code_for(exc)
                     await self._abort(exc, method, context)
 
         return handle
 
-    def _wrap_generator(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+    def _wrap_generator(
+        self,
+        behavior: Callable[..., Any],
+        method: str,
+        role: Role | None = None,
+        deadline: float | None = None,
+    ) -> Callable[..., Any]:
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             with self._observe(method, context) as outcome:
+                bound = None
                 try:
-                    async with contextlib.aclosing(behavior(request, context)) as responses:
+                    request = self._admit(method, role, request, context)
+                    async with (
+                        self._timeout(deadline, context) as bound,
+                        contextlib.aclosing(behavior(request, context)) as responses,
+                    ):
                         async for response in responses:
                             yield response
                 except grpc.aio.AbortError:
                     outcome["code"] = _context_code(context)
                     raise
                 except Exception as exc:
+                    exc = default_deadline_error(exc, bound, method, deadline)
                     outcome["code"] = self._code_for(exc)
                     await self._abort(exc, method, context)
 
@@ -226,6 +310,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
     @staticmethod
     def _code_for(exc: Exception) -> str:
+        if isinstance(exc, NotImplementedError):
+            return "UNIMPLEMENTED"
         return exc.code.name if isinstance(exc, RangeKVError) else "INTERNAL"
 
     @contextlib.contextmanager
@@ -269,6 +355,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             else:
                 self._log.debug("%s failed: %s %s", method, exc.code.name, exc.message)
             await context.abort_with_status(to_rpc_status(exc))
+        elif isinstance(exc, NotImplementedError):
+            # A generated servicer's default method (e.g. grpc's aio Health.List).
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented")
         else:
             self._log.error("unhandled exception in %s", method, exc_info=exc)
             await context.abort(grpc.StatusCode.INTERNAL, internal_message(method, exc))
@@ -316,6 +405,8 @@ class ServiceServer:
         self._initially_serving = initially_serving
         self._server: grpc.aio.Server | None = None
         self._health_server: grpc.aio.Server | None = None
+        #: The reloading server credentials, when secure (after :meth:`start`).
+        self.credentials: ServerCredentialsSource | None = None
         self._monitor: EventLoopLagMonitor | None = None
         self._stopped = False
 
@@ -368,9 +459,25 @@ class ServiceServer:
         """
         if self._server is not None:
             raise RuntimeError(f"{self.service} server already started")
+        security = self.config.security
+        credentials = None
+        authorizer = None
+        if not security.insecure:
+            self.credentials = ServerCredentialsSource(security.node_files(), self._log)
+            credentials = self.credentials.credentials()
+            authorizer = Authorizer(self.telemetry)
+        interceptor = ErrorInterceptor(
+            self._log,
+            self.telemetry,
+            authorizer=authorizer,
+            default_deadline=self.config.default_deadline_seconds,
+        )
         server = grpc.aio.server(
-            interceptors=[ErrorInterceptor(self._log, self.telemetry), *self._interceptors],
-            options=[*server_options(self.config.max_message_bytes), *self._extra_options],
+            interceptors=[interceptor, *self._interceptors],
+            options=[
+                *server_options(self.config.max_message_bytes, self.config.max_concurrent_streams),
+                *self._extra_options,
+            ],
         )
         self._server = server
         self._register(server)
@@ -386,7 +493,10 @@ class ServiceServer:
         await self.set_serving(PROBE_LIVENESS)
         bind = join_host_port(self.config.listen_host, self.config.listen_port)
         try:
-            port = server.add_insecure_port(bind)
+            if credentials is None:
+                port = server.add_insecure_port(bind)
+            else:
+                port = server.add_secure_port(bind, credentials)
         except RuntimeError as exc:
             raise OSError(f"{self.service}: cannot bind gRPC server to {bind}: {exc}") from None
         if port == 0:
@@ -394,8 +504,8 @@ class ServiceServer:
         self.port = port
         await server.start()
         try:
-            if self.config.health_enabled:
-                await self._start_health_port()
+            if self.config.health_port_enabled:
+                await self._start_health_server()
             if self.config.metrics_enabled:
                 self.metrics_port = self.telemetry.serve_metrics(
                     self.config.metrics_port, self.config.metrics_host
@@ -409,25 +519,36 @@ class ServiceServer:
         if self.config.node_id:
             extra["node"] = self.config.node_id
         extra["metrics"] = self.metrics_address or "disabled"
-        if self.health_address is not None:
-            extra["health"] = self.health_address
+        if self.health_port is not None:
+            extra["health"] = join_host_port(self.config.listen_host, self.health_port)
+        extra["tls"] = "off" if security.insecure else "mtls"
         await self.set_serving(PROBE_STARTUP)
         log_ready(self._log, self.service, self.address, **extra)
 
-    async def _start_health_port(self) -> None:
-        """A second, plaintext server with the health servicer only (module doc)."""
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+    async def _start_health_server(self) -> None:
+        """The plaintext probe port: ``grpc.health.v1`` and nothing else.
+
+        Kubernetes gRPC probes cannot present a certificate, so health also
+        answers here, from the same servicer (same names, same statuses). Small
+        limits: probes send tiny messages and few at a time.
+        """
+        health_server = grpc.aio.server(
+            interceptors=[
+                ErrorInterceptor(self._log, default_deadline=self.config.default_deadline_seconds)
+            ],
+            options=[*server_options(64 * 1024, max_concurrent_streams=16)],
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, health_server)
         bind = join_host_port(self.config.listen_host, self.config.health_port)
         try:
-            port = server.add_insecure_port(bind)
+            port = health_server.add_insecure_port(bind)
         except RuntimeError as exc:
-            raise OSError(f"{self.service}: cannot bind the health port to {bind}: {exc}") from None
+            raise OSError(f"{self.service}: cannot bind health port to {bind}: {exc}") from None
         if port == 0:
-            raise OSError(f"{self.service}: cannot bind the health port to {bind}")
-        self._health_server = server
+            raise OSError(f"{self.service}: cannot bind health port to {bind}")
+        await health_server.start()
+        self._health_server = health_server
         self.health_port = port
-        await server.start()
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain and stop: health NOT_SERVING, refuse new RPCs, wait up to ``grace``.

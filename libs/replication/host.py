@@ -65,6 +65,10 @@ class HostConfig:
     #: Test-only: kill -9 loses unsynced state writes like a power cut
     #: (RANGEKV_TEST_POWER_LOSS; StateEngine.open explains).
     power_loss: bool = False
+    #: Test-only: seconds this node waits before sending each snapshot chunk
+    #: (RANGEKV_TEST_SNAPSHOT_DELAY_MS), so a chaos schedule can make a stale
+    #: snapshot arrive after the follower was caught up another way.
+    snapshot_send_delay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.node_id <= 0:
@@ -188,7 +192,10 @@ class GroupHost:
                 for lo, hi in spans:
                     yield from snap.iterate(lo, hi)
 
+            delay = self.host_config.snapshot_send_delay
             for chunk in encode_chunks(pairs(), self.host_config.snapshot_chunk_bytes):
+                if delay:
+                    await asyncio.sleep(delay)  # TEST ONLY: a slow snapshot stream
                 yield chunk
                 await asyncio.sleep(0)  # let heartbeats and requests through between chunks
         finally:

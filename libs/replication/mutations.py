@@ -91,3 +91,31 @@ def power_loss_warning(power_loss: bool) -> str | None:
         f"!!!!! TEST POWER-LOSS EMULATION ACTIVE: {POWER_LOSS_ENV}=1 -- a kill -9 of this "
         "process LOSES unsynced writes, on purpose !!!!!"
     )
+
+
+SNAPSHOT_DELAY_ENV = "RANGEKV_TEST_SNAPSHOT_DELAY_MS"
+
+
+def parse_snapshot_delay(environ: Mapping[str, str] | None = None) -> float:
+    """RANGEKV_TEST_SNAPSHOT_DELAY_MS=N: wait N ms before sending each snapshot chunk
+    (a slow stream, so a stale snapshot can arrive late). Seconds; 0 when unset."""
+    env = os.environ if environ is None else environ
+    raw = env.get(SNAPSHOT_DELAY_ENV, "").strip()
+    if not raw:
+        return 0.0
+    try:
+        delay = float(raw) / 1000
+    except ValueError:
+        raise ValueError(f"{SNAPSHOT_DELAY_ENV}={raw!r} is not a number of milliseconds") from None
+    if delay < 0:
+        raise ValueError(f"{SNAPSHOT_DELAY_ENV} must be >= 0")
+    return delay
+
+
+def snapshot_delay_warning(delay: float) -> str | None:
+    if not delay:
+        return None
+    return (
+        f"!!!!! TEST SNAPSHOT DELAY ACTIVE: {SNAPSHOT_DELAY_ENV}={delay * 1000:g} -- every "
+        "snapshot this node sends is DELIBERATELY SLOW !!!!!"
+    )

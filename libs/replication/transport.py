@@ -39,8 +39,8 @@ from dataclasses import dataclass
 
 import grpc
 
-from rangekv.common import dialing
 from rangekv.common.tasks import cancel_and_wait
+from rangekv.common.tls import ChannelOpener, PlaintextChannels
 from rangekv.raft import Message, MessageType
 from rangekv.v1 import raft_pb2, raft_pb2_grpc, types_pb2
 
@@ -151,6 +151,7 @@ class _Env:
     on_wrong_node: WrongNodeCallback | None
     metrics: TransportMetrics
     config: TransportConfig
+    channels: ChannelOpener
     #: Stamps every batch with the sender's clock (receivers refuse one too far ahead).
     clock: Callable[[], types_pb2.Timestamp] | None = None
 
@@ -256,7 +257,7 @@ class _LaneWorker:
             return None
         if addr != self._addr or self._stub is None:
             await self._disconnect()
-            self._channel = dialing.insecure_channel(addr, options=self.env.config.channel_options)
+            self._channel = self.env.channels(addr, self.env.config.channel_options)
             self._stub = raft_pb2_grpc.RaftTransportStub(self._channel)
             self._addr = addr
         return self._stub
@@ -480,8 +481,10 @@ class RaftTransport:
         metrics: TransportMetrics | None = None,
         on_wrong_node: WrongNodeCallback | None = None,
         config: TransportConfig | None = None,
+        channels: ChannelOpener | None = None,
         clock: Callable[[], types_pb2.Timestamp] | None = None,
     ) -> None:
+        """``channels``: how lanes dial peers (mutual TLS in a secure cluster; plaintext if None)."""
         self._env = _Env(
             node_id=node_id,
             resolve=resolve,
@@ -491,6 +494,7 @@ class RaftTransport:
             on_wrong_node=on_wrong_node,
             metrics=metrics if metrics is not None else InMemoryTransportMetrics(),
             config=config if config is not None else TransportConfig(),
+            channels=channels if channels is not None else PlaintextChannels(),
             clock=clock,
         )
         self._peers: dict[int, tuple[_LaneWorker, ...]] = {}

@@ -40,6 +40,7 @@ __all__ = [
     "MetaLookup",
     "TelemetryCacheMetrics",
     "TxnPusher",
+    "mismatch_reason",
 ]
 
 
@@ -56,8 +57,11 @@ class EvictionReason(enum.StrEnum):
     INTENT_COMMITTED = "intent_committed"
     #: intent rule: the intent's transaction aborted
     INTENT_ABORTED = "intent_aborted"
-    #: proven invalid: the range answered RangeKeyMismatch
+    #: proven invalid: the range answered RangeKeyMismatch with a newer descriptor
     RANGE_KEY_MISMATCH = "range_key_mismatch"
+    #: proven invalid: RangeKeyMismatch carrying nothing newer than the routed descriptor
+    #: (the request re-reads meta at its leader and backs off if that is no newer either)
+    MISMATCH_UNCHANGED = "mismatch_unchanged"
     #: proven invalid: every replica answered RangeNotFound
     RANGE_NOT_FOUND = "range_not_found"
     #: proven invalid: no replica was reachable
@@ -161,9 +165,18 @@ class LookupResult:
 
 
 class MetaLookup(Protocol):
-    """Scans the meta range forward from meta(key), inconsistently (committed + intents)."""
+    """Scans the meta range forward from meta(key), returning committed records and intents.
 
-    async def __call__(self, key: bytes, prefetch: int) -> LookupResult: ...
+    By default from any replica's applied state (INCONSISTENT: cheap, may lag);
+    ``consistent=True`` reads at the meta leader (CONSISTENT, intents included),
+    which the cache asks for only when an inconsistent answer was no newer than
+    a descriptor a request just proved wrong. Callers pass ``consistent`` only
+    when it is true.
+    """
+
+    async def __call__(
+        self, key: bytes, prefetch: int, *, consistent: bool = False
+    ) -> LookupResult: ...
 
 
 class TxnPusher(Protocol):
@@ -201,9 +214,10 @@ class CacheMetrics(Protocol):
     def hit(self) -> None: ...
     def miss(self) -> None: ...
     def evicted(self, reason: EvictionReason, count: int = 1) -> None: ...
-    def lookup(self) -> None: ...
+    def lookup(self, consistent: bool = False) -> None: ...
     def coalesced(self) -> None: ...
     def intent_pushed(self, status: TxnStatus | None) -> None: ...
+    def lease_dropped(self) -> None: ...
 
 
 @dataclass
@@ -212,8 +226,11 @@ class InMemoryCacheMetrics:
 
     hits: int = 0
     misses: int = 0
+    #: every lookup sent, consistent ones included
     lookups: int = 0
+    consistent_lookups: int = 0
     coalesced_lookups: int = 0
+    leases_dropped: int = 0
     evictions: collections.Counter[str] = field(default_factory=collections.Counter)
     pushes: collections.Counter[str] = field(default_factory=collections.Counter)
 
@@ -226,14 +243,18 @@ class InMemoryCacheMetrics:
     def evicted(self, reason: EvictionReason, count: int = 1) -> None:
         self.evictions[reason.value] += count
 
-    def lookup(self) -> None:
+    def lookup(self, consistent: bool = False) -> None:
         self.lookups += 1
+        self.consistent_lookups += consistent
 
     def coalesced(self) -> None:
         self.coalesced_lookups += 1
 
     def intent_pushed(self, status: TxnStatus | None) -> None:
         self.pushes[status.name.lower() if status is not None else "error"] += 1
+
+    def lease_dropped(self) -> None:
+        self.leases_dropped += 1
 
     @property
     def intents_pushed(self) -> int:
@@ -250,16 +271,26 @@ class TelemetryCacheMetrics:
         self._evictions = t.counter(
             "rangekv_gateway_cache_evictions", "Cache entries removed, by rule.", labels=("reason",)
         )
-        self._lookups = t.counter("rangekv_gateway_meta_lookups", "Meta range lookups sent.")
+        self._lookups = t.counter(
+            "rangekv_gateway_meta_lookups",
+            "Meta range lookups sent, by mode (consistent: a re-read at the meta leader).",
+            labels=("mode",),
+        )
         self._coalesced = t.counter(
             "rangekv_gateway_meta_lookups_coalesced", "Misses answered by another's lookup."
         )
         self._pushes = t.counter(
             "rangekv_gateway_intents_pushed", "Meta intents pushed, by outcome.", labels=("status",)
         )
+        self._leases_dropped = t.counter(
+            "rangekv_gateway_cache_leases_dropped",
+            "Cached leaseholders cleared because a newer descriptor no longer lists them.",
+        )
         # Every series starts at 0, so a dashboard shows "none yet" rather than no data.
-        for counter in (self._hits, self._misses, self._lookups, self._coalesced):
+        for counter in (self._hits, self._misses, self._coalesced, self._leases_dropped):
             counter.add(0)
+        for mode in ("inconsistent", "consistent"):
+            self._lookups.add(0, mode=mode)
         for reason in EvictionReason:
             self._evictions.add(0, reason=reason.value)
 
@@ -272,14 +303,27 @@ class TelemetryCacheMetrics:
     def evicted(self, reason: EvictionReason, count: int = 1) -> None:
         self._evictions.add(count, reason=reason.value)
 
-    def lookup(self) -> None:
-        self._lookups.add()
+    def lookup(self, consistent: bool = False) -> None:
+        self._lookups.add(mode="consistent" if consistent else "inconsistent")
 
     def coalesced(self) -> None:
         self._coalesced.add()
 
     def intent_pushed(self, status: TxnStatus | None) -> None:
         self._pushes.add(status=status.name.lower() if status is not None else "error")
+
+    def lease_dropped(self) -> None:
+        self._leases_dropped.add()
+
+
+def mismatch_reason(
+    routed: RangeDescriptor, descriptors: Sequence[RangeDescriptor]
+) -> EvictionReason:
+    """How a RangeKeyMismatch is counted: whether it carried a descriptor newer than the
+    one the request was routed with (else it taught nothing, and meta is re-read)."""
+    if any(d.generation > routed.generation for d in descriptors):
+        return EvictionReason.RANGE_KEY_MISMATCH
+    return EvictionReason.MISMATCH_UNCHANGED
 
 
 def replicas_missing(

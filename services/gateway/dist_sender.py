@@ -1,24 +1,35 @@
 """The DistSender: turn one key (or span) into calls to the right range's leaseholder.
 
-Routing loop for one operation, until its deadline:
-  1. look the key up in the descriptor cache (a miss costs one coalesced meta lookup);
-  2. try the cached leaseholder first, then the other replicas;
-  3. NotLeaseHolder -> trust the hint (RangeCache.maybe_update_leaseholder) and go
-     to the hinted node at once, no backoff; RangeKeyMismatch -> evict the entry we
-     routed with, insert the error's descriptors, re-route (usually zero lookups);
-     RangeNotFound / unreachable -> next replica, then evict; Unavailable -> next
-     replica, then capped exponential backoff with jitter;
-  4. success -> maybe_confirm the entry.
+Routing loop for one operation, until its deadline (the rules are tabled in
+OVERVIEW.md beside this file; the replica-level ones live in
+:mod:`rangekv.gateway.retry_policy`):
+  1. look the key up in the descriptor cache (a miss costs one coalesced meta
+     lookup; the lookup is bounded by the deadline);
+  2. one pass over the range's replicas, the cached leaseholder first, each
+     replica once: NotLeaseHolder -> the cache learns the hint; a redirect to a
+     higher lease sequence than the request has seen is followed at once, a hint
+     the cache did not take means the next replica, a lagging leaseholder is
+     asked again only a bounded number of times; RangeNotFound / unreachable ->
+     the next replica;
+  3. RangeKeyMismatch, or RangeNotFound from every replica, proves the routed
+     descriptor wrong: it is evicted and the next lookup must find a newer one,
+     re-reading meta at its leader when an inconsistent read finds nothing newer
+     (rule R); if even that is no newer, the request backs off before using it;
+  4. any pass that ends without an answer and without new information backs off
+     (capped exponential with jitter, seeded rng); success -> maybe_confirm the
+     entry, and a consistent answer names its replica as leaseholder.
 A read that a replica does not answer within `read_attempt_timeout` (the
 process is paused, or a cut link holds the request) is asked of the next
 replica: a read has no effect, so asking twice is safe, and without this a
 stopped leaseholder would hold every read until its caller's deadline. A
 write is never re-sent that way: once sent it may still apply (a paused
 leader that wakes up in time commits it), so it waits for its answer or its
-deadline. A write whose outcome is unknown (the stream broke after it was
-sent, or the node said so) is never retried: the caller gets UNAVAILABLE with
-WRITE_OUTCOME_UNKNOWN. Running out of time gives DEADLINE_EXCEEDED (reads,
-writes that never left) with a retry hint, never a hang.
+deadline, and a write still in flight at the deadline gives DEADLINE_EXCEEDED
+with WRITE_OUTCOME_UNKNOWN. A write whose outcome is unknown (the stream broke
+after it was sent, or the node said so) is never retried: the caller gets
+UNAVAILABLE with WRITE_OUTCOME_UNKNOWN. Running out of time with nothing in
+flight (every attempt was refused or never left) gives UNAVAILABLE with
+WRITE_OUTCOME_NOT_APPLIED and a retry hint, never a hang.
 
 Scans are one snapshot across ranges, read in pages at one MVCC timestamp
 chosen from the ranges' own clocks under scan fences: see rangekv.gateway.scan
@@ -32,7 +43,7 @@ import contextlib
 import functools
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from opentelemetry import trace
@@ -40,22 +51,36 @@ from opentelemetry import trace
 from rangekv.common import errors as E
 from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor
 from rangekv.common.telemetry import end_span_with, traceparent
-from rangekv.gateway.cache_types import EvictionReason, EvictionToken
+from rangekv.gateway.cache_types import EvictionReason, EvictionToken, mismatch_reason
 from rangekv.gateway.node_client import BatchReply, NodeClients
 from rangekv.gateway.range_cache import RangeCache
+from rangekv.gateway.retry_policy import ReplicaOrder, RouteState, after_not_lease_holder
 from rangekv.gateway.scan import ScanConfig, Scanner
 from rangekv.v1 import replica_pb2, types_pb2
 
 
 @dataclass
 class RetryCounters:
-    """Retries by reason and redirects; telemetry reads these."""
+    """Retries and backoffs by reason, and redirects followed; telemetry reads these.
+
+    Retry reasons: what made a replica not answer (``no_address``,
+    ``slow_replica``, ``unavailable``, ``range_not_found``,
+    ``range_key_mismatch``, ``mismatch_unchanged``, and the NotLeaseHolder
+    kinds of :mod:`rangekv.gateway.retry_policy`). Backoff reasons: why a
+    request waited (``meta_lookup``, ``stale_descriptor``, ``unreachable``,
+    ``lagging_replica``, ``lease_not_newer``, ``redirect_limit``, or the last
+    retry reason of a pass that ended without an answer).
+    """
 
     retries: dict[str, int] = field(default_factory=dict)
+    backoffs: dict[str, int] = field(default_factory=dict)
     redirects: int = 0
 
     def retry(self, reason: str) -> None:
         self.retries[reason] = self.retries.get(reason, 0) + 1
+
+    def backoff(self, reason: str) -> None:
+        self.backoffs[reason] = self.backoffs.get(reason, 0) + 1
 
 
 class NodeDirectory:
@@ -106,6 +131,24 @@ class NodeDirectory:
 DEFAULT_READ_ATTEMPT_TIMEOUT = 1.5
 
 
+@dataclass(frozen=True, slots=True)
+class _Served:
+    """A pass that got an answer: from `replica` at `address`, routed with `token`."""
+
+    reply: BatchReply
+    token: EvictionToken
+    replica: ReplicaDescriptor
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    """A pass without an answer; `backoff` names why to wait first (None: go on at once)."""
+
+    error: E.RangeKVError
+    backoff: str | None
+
+
 class DistSender:
     def __init__(
         self,
@@ -120,10 +163,12 @@ class DistSender:
         monotonic: Callable[[], float] = time.monotonic,
         read_attempt_timeout: float = DEFAULT_READ_ATTEMPT_TIMEOUT,
         tracer: trace.Tracer | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         scan_config: ScanConfig | None = None,
     ) -> None:
         """`tracer`: None unless tracing is on (then each call to a node is a
-        client span, its traceparent carried in the node batch)."""
+        client span, its traceparent carried in the node batch). `rng` jitters
+        the backoff and `sleep` waits it out (injected, so tests can count)."""
         self.cache = cache
         self._tracer = tracer
         self.nodes = nodes
@@ -134,10 +179,17 @@ class DistSender:
         self._read_attempt_timeout = read_attempt_timeout
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
+        if not 0 < backoff_initial <= backoff_max:
+            raise ValueError(
+                f"need 0 < backoff_initial <= backoff_max, got {backoff_initial}, {backoff_max}"
+            )
         self._rng = rng or random.Random()
         self._monotonic = monotonic
+        self._sleep = sleep
         self.counters = RetryCounters()
-        self.scanner = Scanner(self, self, scan_config, rng=self._rng, monotonic=monotonic)
+        self.scanner = Scanner(
+            self, self, scan_config, rng=self._rng, monotonic=monotonic, sleep=sleep
+        )
 
     # --- point operations ---------------------------------------------------------------
 
@@ -156,77 +208,92 @@ class DistSender:
 
         `fence_id`: the scan fence a read is served under (rangekv.gateway.scan)."""
         deadline = self._monotonic() + (timeout or self.timeout)
-        backoff = self._backoff_initial
+        state = RouteState()
         last: E.RangeKVError | None = None
-        # Leaseholders we were redirected to since the last backoff: a hint is
-        # followed at once, but a hint we already followed (the lease is moving,
-        # or the hinted node is down) waits for the backoff instead of spinning.
-        followed: set[int] = set()
         while True:
-            if self._monotonic() >= deadline:
+            remaining = deadline - self._monotonic()
+            if remaining <= 0:
                 raise _out_of_time(last, is_write)
             try:
-                entry, token = await self.cache.lookup(key)
+                # A plain hit needs no task; a miss waits for meta at most until the deadline.
+                found = self.cache.hit(key, stale=state.stale)
+                if found is None:
+                    lookup = self.cache.lookup(key, stale=state.stale)
+                    found = await asyncio.wait_for(lookup, remaining)
+                entry, token = found
+            except TimeoutError:
+                slow = E.Unavailable("the meta range did not answer the lookup in time")
+                raise _out_of_time(last or slow, is_write) from None
             except E.Unavailable as err:
                 # Meta had no descriptor for the key (not bootstrapped yet, or an
                 # inconsistent read from a lagging replica) or was unreachable: nothing
                 # was sent, so back off and look again until the deadline.
-                outcome: BatchReply | E.RangeKVError = err
-            else:
-                outcome = await self._try_replicas(
-                    token,
-                    entry.routing_replicas(),
-                    entry.leaseholder,
-                    op,
-                    is_write,
-                    inconsistent,
-                    read_timestamp,
-                    deadline,
-                    fence_id,
-                )
-            if isinstance(outcome, BatchReply):
-                self.cache.maybe_confirm(token)
-                return outcome
-            last = outcome
-            if isinstance(outcome, E.RangeKeyMismatch):
-                continue  # the cache learned the new descriptors: re-route at once
-            if isinstance(outcome, E.NotLeaseHolder) and outcome.leaseholder is not None:
-                hinted = outcome.leaseholder.node_id
-                if hinted not in followed:
-                    followed.add(hinted)
-                    continue  # a fresh hint: go there at once, no backoff
-            followed.clear()
-            delay = min(backoff, max(0.0, deadline - self._monotonic()))
-            await asyncio.sleep(delay * (0.5 + self._rng.random()))
-            backoff = min(backoff * 2, self._backoff_max)
+                last = err
+                await self._back_off(state, "meta_lookup", deadline)
+                continue
+            if state.stale is not None and entry.generation <= state.stale.generation:
+                # Rule R: even meta's leader names nothing newer than what just failed.
+                await self._back_off(state, "stale_descriptor", deadline)
+            state.stale = None
+            outcome = await self._try_replicas(
+                token, state, op, is_write, inconsistent, read_timestamp, deadline, fence_id
+            )
+            if isinstance(outcome, _Served):
+                self.cache.maybe_confirm(outcome.token)
+                if not inconsistent:  # only the leaseholder answers a consistent request
+                    self.cache.maybe_learn_leaseholder(
+                        outcome.token,
+                        outcome.replica,
+                        outcome.address,
+                        outcome.reply.lease_sequence,
+                    )
+                return outcome.reply
+            last = outcome.error
+            if outcome.backoff is not None:
+                await self._back_off(state, outcome.backoff, deadline)
+
+    async def _back_off(self, state: RouteState, reason: str, deadline: float) -> None:
+        self.counters.backoff(reason)
+        remaining = deadline - self._monotonic()
+        initial, maximum = self._backoff_initial, self._backoff_max
+        await self._sleep(state.next_backoff(initial, maximum, self._rng, remaining))
 
     async def _try_replicas(
         self,
         token: EvictionToken,
-        replicas: tuple[ReplicaDescriptor, ...],
-        leaseholder: ReplicaDescriptor | None,
+        state: RouteState,
         op: replica_pb2.ReplicaOp,
         is_write: bool,
         inconsistent: bool,
         read_timestamp: types_pb2.Timestamp | None,
         deadline: float,
         fence_id: bytes = b"",
-    ) -> BatchReply | E.RangeKVError:
+    ) -> _Served | _Failed:
+        """One pass over the range's replicas (module docstring, retry_policy)."""
         desc = token.descriptor
-        order = list(replicas)
-        if leaseholder is not None:
-            order.sort(key=lambda r: r.node_id != leaseholder.node_id)
-        not_found = unreachable = 0
+        state.start_pass(token.entry)
+        order = ReplicaOrder(token.entry.routing_replicas(), token.entry.leaseholder)
+        tried = not_found = unreachable = 0
+        reason = "no_replica"
         last: E.RangeKVError = E.Unavailable(f"range {desc.range_id}: no replica answered")
-        for replica in order:
-            address = await self.directory.address(replica.node_id)
-            if address is None:
-                unreachable += 1
-                self.counters.retry("no_address")
-                continue
+        while (replica := order.next()) is not None:
             remaining = deadline - self._monotonic()
             if remaining <= 0:
-                return last
+                return _Failed(last, None)
+            tried += 1
+            address = self.directory.get(replica.node_id)
+            if address is None:  # unknown yet: ask the registry, within the deadline
+                try:
+                    lookup = self.directory.address(replica.node_id)
+                    address = await asyncio.wait_for(lookup, remaining)
+                except TimeoutError:
+                    return _Failed(last, None)
+            if address is None:
+                unreachable += 1
+                reason = "no_address"
+                self.counters.retry(reason)
+                continue
+            remaining = deadline - self._monotonic()
             span: trace.Span | None = None
             parent = ""
             if self._tracer is not None:
@@ -258,7 +325,7 @@ class DistSender:
             try:
                 # On timeout wait_for cancels `submitted`: that gives up only this
                 # caller's place (dropped from its batch if the batch has not left).
-                return await asyncio.wait_for(submitted, wait)
+                reply = await asyncio.wait_for(submitted, wait)
             except TimeoutError:
                 if is_write:
                     raise E.DeadlineExceeded(
@@ -266,43 +333,67 @@ class DistSender:
                         E.WriteOutcome.UNKNOWN,
                     ) from None
                 if wait >= remaining:
-                    return E.DeadlineExceeded("deadline exceeded")
+                    return _Failed(E.DeadlineExceeded("deadline exceeded"), None)
                 # A slow or stopped replica: ask the next one (module docstring).
                 last = E.Unavailable(
                     f"range {desc.range_id}: node {replica.node_id} did not answer a read "
                     f"within {wait:.2f}s"
                 )
-                self.counters.retry("slow_replica")
+                reason = "slow_replica"
+                self.counters.retry(reason)
             except E.NotLeaseHolder as err:
-                self.counters.redirects += 1
-                self.cache.maybe_update_leaseholder(token, err)
                 last = err
-                if err.leaseholder is None or err.leaseholder.node_id == replica.node_id:
-                    continue  # no usable hint (an election is running): ask the next replica
-                if err.leaseholder_address:
-                    self.directory.set(err.leaseholder.node_id, err.leaseholder_address)
-                return err
+                routed = token.entry
+                updated = self.cache.maybe_update_leaseholder(token, err)
+                if updated is not None:
+                    if updated.descriptor != desc:  # a newer descriptor came with the error
+                        desc = updated.descriptor
+                        order.reroute(updated.entry.routing_replicas(), updated.entry.leaseholder)
+                    token = updated
+                step = after_not_lease_holder(
+                    state, order, replica, routed, updated.entry if updated else None, err
+                )
+                reason = step.reason
+                if step.go_to is not None:
+                    self.counters.redirects += 1
+                    if err.leaseholder_address:
+                        self.directory.set(step.go_to.node_id, err.leaseholder_address)
+                    order.go_to(step.go_to)
+                    continue
+                self.counters.retry(reason)
+                if step.end_pass:
+                    return _Failed(err, reason)
             except E.RangeKeyMismatch as err:
-                self.counters.retry("range_key_mismatch")
+                self.counters.retry(mismatch_reason(desc, err.descriptors).value)
                 self.cache.maybe_evict_for_mismatch(token, err)
-                return err
+                state.stale = desc  # rule R: the next lookup must find something newer
+                return _Failed(err, None)
             except E.RangeNotFound as err:
                 not_found += 1
                 last = err
-                self.counters.retry("range_not_found")
+                reason = "range_not_found"
+                self.counters.retry(reason)
             except E.Unavailable as err:
                 if is_write and err.outcome == E.WriteOutcome.UNKNOWN:
                     raise
                 unreachable += 1
                 last = err
-                self.counters.retry("unavailable")
-        if not_found == len(order):
+                reason = "unavailable"
+                self.counters.retry(reason)
+            else:
+                return _Served(reply, token, replica, address)
+        if not_found and not_found == tried:
+            # Rule R: the range is gone from every replica we know; look for a newer one.
             self.cache.maybe_evict(token, EvictionReason.RANGE_NOT_FOUND)
-        elif unreachable + not_found == len(order) and unreachable:
+            state.stale = desc
+            return _Failed(last, None)
+        if unreachable and unreachable + not_found == tried:
             self.cache.maybe_evict(token, EvictionReason.UNREACHABLE)
-            with contextlib.suppress(E.RangeKVError):
-                await self.directory.refresh()
-        return last
+            with contextlib.suppress(E.RangeKVError, TimeoutError):
+                remaining = max(0.0, deadline - self._monotonic())
+                await asyncio.wait_for(self.directory.refresh(), remaining)
+            return _Failed(last, "unreachable")
+        return _Failed(last, reason)
 
     # --- scans --------------------------------------------------------------------------
 
@@ -328,6 +419,9 @@ class DistSender:
 
 
 def _out_of_time(last: E.RangeKVError | None, is_write: bool) -> E.RangeKVError:
+    """The deadline passed between attempts: nothing is in flight and every attempt
+    was refused before it could apply (an attempt of unknown outcome is raised at
+    once), so even a write was NOT applied."""
     why = last.message if last is not None else "no answer"
     return E.Unavailable(
         f"could not reach the range's leaseholder before the deadline: {why}",

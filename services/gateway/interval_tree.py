@@ -2,8 +2,8 @@
 
 The descriptor cache needs more than a sorted map of non-overlapping ranges:
 while a split or replica-change transaction is unresolved it keeps the
-committed descriptor *and* the intent's descriptor, which overlap (reference
-text 004, "the maximal approach"). So this map answers two questions over
+committed descriptor *and* the intent's descriptor, which overlap (the cache
+keeps whatever it cannot prove stale). So this map answers two questions over
 possibly-overlapping spans:
 
 - ``covering(key)``: every span that contains ``key``;

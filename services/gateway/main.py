@@ -22,6 +22,7 @@ from rangekv.common.descriptors import RangeDescriptor
 from rangekv.common.entrypoint import service_main
 from rangekv.common.server import ServiceServer
 from rangekv.common.telemetry import Telemetry
+from rangekv.common.tls import ChannelOpener, node_channels
 from rangekv.gateway.admin_service import ADMIN_SERVICE, AdminService
 from rangekv.gateway.cache_types import LookupResult, TelemetryCacheMetrics
 from rangekv.gateway.cluster_admin import ClusterAdmin, GrpcNodeAdmin
@@ -92,14 +93,23 @@ class GatewayConfig:
 
 
 def build(
-    cfg: GatewayConfig, telemetry: Telemetry | None = None
+    cfg: GatewayConfig,
+    telemetry: Telemetry | None = None,
+    channels: ChannelOpener | None = None,
 ) -> tuple[KVService, MetaClient, NodeClients]:
-    """Wire a gateway's parts (also used by tests that run one in-process)."""
-    meta = MetaClient(cfg.addresses())
-    nodes = NodeClients(max_inflight=cfg.max_inflight_batches)
+    """Wire a gateway's parts (also used by tests that run one in-process).
 
-    async def meta_lookup(key: bytes, prefetch: int) -> LookupResult:
-        return LookupResult.from_proto(await meta.lookup_range(key, prefetch=prefetch))
+    ``channels`` dial the meta range and the nodes (plaintext if None)."""
+    meta = MetaClient(cfg.addresses(), channels=channels)
+    nodes = NodeClients(max_inflight=cfg.max_inflight_batches, channels=channels)
+
+    async def meta_lookup(key: bytes, prefetch: int, *, consistent: bool = False) -> LookupResult:
+        # A consistent lookup is the cache's re-read at the meta leader (rule R): with
+        # intents, so that a committed but unresolved change can be pushed.
+        resp = await meta.lookup_range(
+            key, prefetch=prefetch, consistent=consistent, include_intents=consistent
+        )
+        return LookupResult.from_proto(resp)
 
     async def push(
         txn: TxnMeta,
@@ -166,6 +176,12 @@ def export_retry_counters(telemetry: Telemetry, counters: RetryCounters) -> None
         labels=("reason",),
     )
     telemetry.observable_gauge(
+        "rangekv_gateway_backoffs",
+        "Backoffs a request waited out since start, by reason (monotonic).",
+        lambda: {(reason,): float(n) for reason, n in dict(counters.backoffs).items()},
+        labels=("reason",),
+    )
+    telemetry.observable_gauge(
         "rangekv_gateway_redirects",
         "NotLeaseHolder redirects followed since start (monotonic).",
         lambda: float(counters.redirects),
@@ -204,7 +220,7 @@ def export_scan_and_load_counters(telemetry: Telemetry, sender: DistSender, kv: 
 
 async def serve(server_config: ServerConfig, cfg: GatewayConfig) -> None:
     telemetry = Telemetry("gateway", otlp_endpoint=server_config.otlp_endpoint)
-    service, meta, nodes = build(cfg, telemetry)
+    service, meta, nodes = build(cfg, telemetry, node_channels(server_config.security))
     admin = build_admin(cfg, meta, nodes)
 
     def register(server: grpc.aio.Server) -> None:

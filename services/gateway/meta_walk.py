@@ -1,7 +1,6 @@
 """Which descriptor is the truth for a key, given meta records that may be stale or intents.
 
-This is the conclusion of reference text 004, as DESIGN.md states it: walk the
-records covering the key in scan order (by meta key, i.e. by end key with the
+The rule: walk the records covering the key in scan order (by meta key, i.e. by end key with the
 unbounded end last; at one meta key the intent sits *over* the committed
 version, so it is met first). For an intent, learn its transaction's status
 (push it):
@@ -14,10 +13,10 @@ version, so it is met first). For an intent, learn its transaction's status
   the caller routes with the union of both replica sets instead of waiting.
 
 The first committed descriptor reached with no live intent over it is the
-truth. The counterexample of the reference (an aborted split at B leaving an
-intent at meta(B), then a committed split at C) is why the walk does not stop
-at the first intent: the stale intent at meta(B) is discarded and the walk
-goes on to meta(C).
+truth. An aborted split of [A, D) at B that left an intent at meta(B),
+followed by a committed split at C, is why the walk does not stop at the
+first intent: the stale intent at meta(B) is discarded and the walk goes on
+to meta(C).
 
 The walk itself neither pushes nor caches: ``status_of`` does (the cache
 supplies it with memoised outcomes, coalesced pushes and metrics), so this

@@ -39,8 +39,8 @@ from typing import Any
 
 import grpc
 
-from rangekv.common import dialing
 from rangekv.common import errors as E
+from rangekv.common.tls import ChannelOpener, PlaintextChannels
 from rangekv.v1 import replica_pb2, replica_pb2_grpc, types_pb2
 
 log = logging.getLogger(__name__)
@@ -175,13 +175,13 @@ class NodeClients:
         self,
         *,
         channel_factory: Callable[[str], grpc.aio.Channel] | None = None,
+        channels: ChannelOpener | None = None,
         max_inflight: int = DEFAULT_MAX_INFLIGHT,
     ) -> None:
         if max_inflight < 1:
             raise ValueError(f"max_inflight must be >= 1, got {max_inflight}")
-        self._channel_factory = channel_factory or (
-            lambda addr: dialing.insecure_channel(addr, options=CHANNEL_OPTIONS)
-        )
+        opener = channels if channels is not None else PlaintextChannels()
+        self._channel_factory = channel_factory or (lambda addr: opener(addr, CHANNEL_OPTIONS))
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._streams: dict[str, NodeStream] = {}
         self._max_inflight = max_inflight

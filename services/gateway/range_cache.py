@@ -5,31 +5,34 @@ Shape (CockroachDB's rangecache, adapted): a lookup returns an immutable
 request later learns (the range moved, the lease moved, the route worked)
 comes back through that token, and every method that may decline to act is
 named ``maybe_*``. Descriptors live in an interval map that may hold
-overlapping spans, because the cache implements the *maximal approach* of
-reference text 004 made safe by generations: it keeps everything it was told
-unless it can prove it stale. The rules, each named where it is applied (and
-counted under the :class:`EvictionReason` label shown):
+overlapping spans: the cache keeps everything it was told (committed
+descriptors and the descriptors of in-flight changes) unless it can prove it
+stale, and generations are what proves it. The rules, each named where it is
+applied (and counted under the :class:`EvictionReason` label shown):
 
-- G (insert): committed descriptors never overlap one another. Of two that
-  overlap, the higher ``generation`` wins: an incoming descriptor never evicts
-  a newer one (it is dropped), older ones are removed (``superseded``). Equal
-  generation, range and span is the same entry (leaseholder info is merged);
-  equal generation otherwise cannot happen with sound generations, and the
-  incoming one wins (``conflict``).
-- I (insert): an intent of an unresolved descriptor transaction may overlap a
-  committed descriptor only while it is newer (higher generation); a committed
-  descriptor at least as new proves it dead (``stale_intent``) or, when it is
+- G (insert): committed descriptors never overlap; an incoming one removes
+  the older ones it overlaps (``superseded``), even when a newer overlapping
+  one keeps it out (the generations covering a key only grow); equal
+  generation with another span cannot happen soundly, the incoming one wins
+  (``conflict``); the same descriptor merges leaseholder info.
+- I (insert): an intent may overlap a committed descriptor only while it is
+  newer; one at least as new proves it dead (``stale_intent``) or, when it is
   the intent's own descriptor, committed (``intent_committed``).
 - P (proven invalid): RangeKeyMismatch, RangeNotFound on every replica, or no
-  replica reachable removes the routed entry (compare-and-evict on the token:
-  a no-op once the cache holds a different entry); the error's descriptors go
-  in by rule G.
+  replica reachable removes the routed entry (compare-and-evict on the token);
+  the error's descriptors go in by rule G (``range_key_mismatch``, or
+  ``mismatch_unchanged`` when it carried nothing newer).
+- R (re-read): a lookup given the descriptor a request just proved wrong
+  (``stale``) takes nothing at most as new from the cache or an inconsistent
+  read; it re-reads meta at its leader and returns that answer.
 - V (proven valid): a request that succeeded removes overlapping entries
   older than the one it used (``confirmed_newer``).
-- L (leaseholder): a NotLeaseHolder hint is followed even to a replica absent
-  from the cached descriptor, provided the error's descriptor is at least as
-  new; an older one is ignored; a lower lease sequence never overwrites a
-  higher one; a newer descriptor in the error replaces the cached one.
+- L (leaseholder): a NotLeaseHolder hint is taken only to a member of the
+  descriptor held afterwards (the error's if at least as new, else the
+  cached one); lease sequences never go back. L2: a newer descriptor drops a
+  cached leaseholder it does not list. L3: a consistent answer names its
+  replica.
+- C (coalescing): :mod:`rangekv.gateway.lookup_flights`.
 - T (intents): see :mod:`rangekv.gateway.meta_walk`; outcomes learned by a push
   convert or drop every cached intent of that transaction
   (``intent_committed`` / ``intent_aborted``) and are resolved in meta.
@@ -44,9 +47,9 @@ import asyncio
 import collections
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-from rangekv.common.descriptors import RangeDescriptor
+from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor
 from rangekv.common.errors import NotLeaseHolder, RangeKeyMismatch, RangeKVError, Unavailable
 from rangekv.gateway.cache_types import (
     CacheEntry,
@@ -59,21 +62,24 @@ from rangekv.gateway.cache_types import (
     LookupResult,
     MetaLookup,
     TxnPusher,
+    mismatch_reason,
     replicas_missing,
 )
 from rangekv.gateway.interval_tree import IntervalMap, spans_overlap
+from rangekv.gateway.lookup_flights import LookupFlights, wait_all
 from rangekv.gateway.meta_walk import Record, WalkOutcome, resolve_key
 from rangekv.metarange.records import Intent, TxnStatus
 
 __all__ = ["RangeCache"]
 
 
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    """What an in-flight lookup hands the misses that waited for it."""
+def _newer(entry: CacheEntry, stale: RangeDescriptor | None) -> bool:
+    """Whether ``entry`` may answer a lookup that proved ``stale`` wrong (rule R).
 
-    entry: CacheEntry | None
-    error: Exception | None
+    Generations of the descriptors covering one key only grow (splits and
+    replica changes bump them, nothing merges), whatever the range id.
+    """
+    return stale is None or entry.generation > stale.generation
 
 
 def _same_range(a: RangeDescriptor, b: RangeDescriptor) -> bool:
@@ -131,7 +137,7 @@ class RangeCache:
         self._by_txn: dict[bytes, set[EntrySlot]] = {}
         # Final transaction outcomes never change, so they are safe to remember.
         self._outcomes: collections.OrderedDict[bytes, TxnStatus] = collections.OrderedDict()
-        self._inflight: dict[bytes, asyncio.Future[_Answer]] = {}
+        self._flights = LookupFlights()
         self._pushes: dict[bytes, asyncio.Future[TxnStatus | None]] = {}
 
     # --- reading without side effects ---------------------------------------------
@@ -153,61 +159,84 @@ class RangeCache:
 
     # --- lookup ---------------------------------------------------------------------
 
-    async def lookup(self, key: bytes) -> tuple[CacheEntry, EvictionToken]:
+    def hit(
+        self, key: bytes, *, stale: RangeDescriptor | None = None
+    ) -> tuple[CacheEntry, EvictionToken] | None:
+        """What :meth:`lookup` answers when the cache alone can, without awaiting
+        anything (no intent to push, nothing to look up); None otherwise."""
+        entries = self.covering(key)
+        if any(e.speculative and e.intent_status is None for e in entries):
+            return None
+        entry = self._routing_entry(key, entries)
+        if entry is None or not _newer(entry, stale):
+            return None
+        self.metrics.hit()
+        return entry, EvictionToken(entry)
+
+    async def lookup(
+        self, key: bytes, *, stale: RangeDescriptor | None = None
+    ) -> tuple[CacheEntry, EvictionToken]:
         """The entry to route ``key`` with, from the cache or the meta range.
 
-        Misses coalesce: a miss waits for an in-flight lookup of the same key
-        (and, once, for the nearest in-flight lookup below it, whose prefetch
-        is likely to cover it), re-checks the cache, and only then starts its
-        own lookup. Raises Unavailable when meta has no descriptor for the key.
+        ``stale`` is a descriptor the caller just proved wrong for ``key`` (rule
+        R): an entry at most as new as it is not taken from the cache nor from
+        an inconsistent lookup; meta is then read again at its leader
+        (consistently, intents included) and that answer is returned whatever
+        its generation, for the caller to back off from if it is no newer.
+
+        Misses coalesce (rule C, :mod:`rangekv.gateway.lookup_flights`): a miss
+        joins the lookup in flight for its key, or waits for the nearest ones
+        below and above it and re-checks the cache, and only then looks up
+        itself, once. Raises Unavailable when meta has no descriptor for the key.
         """
         entry = await self._cached(key)
-        if entry is not None:
+        if entry is not None and _newer(entry, stale):
             self.metrics.hit()
             return entry, EvictionToken(entry)
         self.metrics.miss()
-        tried_nearby = False
-        while True:
-            future = self._inflight.get(key)
-            exact = future is not None
-            if future is None and not tried_nearby and self._prefetch > 0:
-                tried_nearby = True
-                future = self._nearest_inflight_below(key)
-            if future is None:
-                return await self._lookup_as_owner(key)
-            answer = await asyncio.shield(future)
-            entry = await self._cached(key)
-            if entry is None and exact and answer.error is not None:
-                raise answer.error
-            if entry is None and exact:
-                entry = answer.entry
-            if entry is not None:
-                self.metrics.coalesced()
-                return entry, EvictionToken(entry)
-            # The nearby lookup did not cover the key, or its owner was cancelled.
+        answer = None
+        if self._flights.get(key, False) is None:
+            answer = await self._after_nearby_lookups(key)
+        if answer is None:
+            answer = await self._shared_lookup(key, consistent=False)
+        if not _newer(answer, stale):
+            answer = await self._shared_lookup(key, consistent=True)
+        return answer, EvictionToken(answer)
 
-    def _nearest_inflight_below(self, key: bytes) -> asyncio.Future[_Answer] | None:
-        below = [k for k in self._inflight if k <= key]
-        return self._inflight[max(below)] if below else None
+    async def _after_nearby_lookups(self, key: bytes) -> CacheEntry | None:
+        """Wait for the in-flight lookups nearest ``key``; the entry covering it after them."""
+        flights = self._flights.nearby(key)
+        if not flights:
+            return None
+        answers = await wait_all(flights)
+        entry = await self._cached(key)
+        if entry is None:
+            entry = next((a for a in answers if a.descriptor.contains_key(key)), None)
+        if entry is not None:
+            self.metrics.coalesced()
+        return entry
 
-    async def _lookup_as_owner(self, key: bytes) -> tuple[CacheEntry, EvictionToken]:
-        future: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
-        answer = _Answer(None, None)  # what waiters see if this task is cancelled
-        try:
-            entry = await self._lookup_once(key)
-            answer = _Answer(entry, None)
-            return entry, EvictionToken(entry)
-        except Exception as exc:
-            answer = _Answer(None, exc)
-            raise
-        finally:
-            del self._inflight[key]
-            future.set_result(answer)
+    async def _shared_lookup(self, key: bytes, *, consistent: bool) -> CacheEntry:
+        """Join the lookup of ``key`` in flight (this mode), or start it; its answer."""
+        flight = self._flights.get(key, consistent)
+        joined = flight is not None
+        if flight is None:
+            flight = self._flights.start(
+                key, consistent, lambda: self._lookup_once(key, consistent)
+            )
+        answer = await asyncio.shield(flight)
+        if not joined:
+            return answer
+        self.metrics.coalesced()
+        cached = await self._cached(key)  # the cache may have learned more since it landed
+        return cached if cached is not None and cached.generation >= answer.generation else answer
 
-    async def _lookup_once(self, key: bytes) -> CacheEntry:
-        self.metrics.lookup()
-        result = await self._meta_lookup(key, self._prefetch)
+    async def _lookup_once(self, key: bytes, consistent: bool) -> CacheEntry:
+        self.metrics.lookup(consistent)
+        if consistent:
+            result = await self._meta_lookup(key, self._prefetch, consistent=True)
+        else:
+            result = await self._meta_lookup(key, self._prefetch)
         records = [Record(d) for d in result.descriptors]
         records += [Record(i.descriptor, i) for i in result.intents]
         outcome = await resolve_key(key, records, self._status_of)
@@ -259,9 +288,13 @@ class RangeCache:
             self._learn(outcome.statuses, set())
         return self._routing_entry(key)
 
-    def _routing_entry(self, key: bytes) -> CacheEntry | None:
-        """The committed entry covering ``key``, with a pending replica change's extras."""
-        entries = self.covering(key)
+    def _routing_entry(
+        self, key: bytes, entries: list[CacheEntry] | None = None
+    ) -> CacheEntry | None:
+        """The committed entry covering ``key`` (of ``entries``, the ones covering it, if
+        the caller has them), with a pending replica change's extras."""
+        if entries is None:
+            entries = self.covering(key)
         committed = next((e for e in entries if not e.speculative), None)
         if committed is None:
             return None
@@ -362,17 +395,14 @@ class RangeCache:
         return self._insert_committed(new, overlaps)
 
     def _insert_committed(self, new: CacheEntry, overlaps: list[CacheEntry]) -> CacheEntry | None:
+        # Rule G. Whether or not `new` stays, it proves every overlapping entry older
+        # than it stale: the keys they share have been covered by a descriptor of
+        # `new`'s generation, and the generations covering a key only grow. So those
+        # go first (with mixed generations around it, the older ones must not keep
+        # serving), and then `new` is dropped if an overlapping one is newer still.
+        newer = any(not o.speculative and o.generation > new.generation for o in overlaps)
         same: CacheEntry | None = None
         for old in overlaps:
-            if old.speculative:
-                continue
-            if old.generation > new.generation:
-                return None  # rule G: never evict a newer overlapping descriptor
-            if _same_range(old.descriptor, new.descriptor):
-                same = old
-        for old in overlaps:
-            if old is same:
-                continue
             if old.speculative:
                 if _same_range(old.descriptor, new.descriptor):
                     self._remove(old.slot, EvictionReason.INTENT_COMMITTED)  # rule I
@@ -380,9 +410,15 @@ class RangeCache:
                     self._remove(old.slot, EvictionReason.STALE_INTENT)  # rule I
                 # else: a newer intent; freshness undecided until it is pushed
             elif old.generation < new.generation:
-                self._remove(old.slot, EvictionReason.SUPERSEDED)  # rule G
-            else:
-                self._remove(old.slot, EvictionReason.CONFLICT)  # rule G, equal generation
+                self._remove(old.slot, EvictionReason.SUPERSEDED)
+            elif old.generation > new.generation:
+                continue  # never evict a newer overlapping descriptor
+            elif _same_range(old.descriptor, new.descriptor):
+                same = old
+            elif not newer:
+                self._remove(old.slot, EvictionReason.CONFLICT)  # equal generation
+        if newer:
+            return None
         if same is not None:
             new = _merge_lease(same, new)
             if same.slot != new.slot:
@@ -422,9 +458,6 @@ class RangeCache:
         if reason is not None:
             self.metrics.evicted(reason)
 
-    def _committed_covering(self, key: bytes) -> CacheEntry | None:
-        return self.peek(key)
-
     # --- feedback from requests (rules P, V, L) ----------------------------------------
 
     def maybe_evict(
@@ -445,23 +478,28 @@ class RangeCache:
         for desc in replacements:
             carried = CacheEntry(desc)
             holder = routed.leaseholder
-            if (
-                desc.range_id == routed.descriptor.range_id
-                and holder is not None
-                and desc.replica_on(holder.node_id) is not None
-            ):
-                carried = replace(
-                    carried,
-                    leaseholder=holder,
-                    leaseholder_address=routed.leaseholder_address,
-                    lease_sequence=routed.lease_sequence,
-                )
+            if desc.range_id == routed.descriptor.range_id:
+                # The lease sequence carries over (it never goes back); the holder only if
+                # the new descriptor still lists it (rule L2).
+                carried = replace(carried, lease_sequence=routed.lease_sequence)
+                if holder is not None and desc.replica_on(holder.node_id) is not None:
+                    carried = replace(
+                        carried, leaseholder=holder, leaseholder_address=routed.leaseholder_address
+                    )
+                elif holder is not None:
+                    self.metrics.lease_dropped()
             self._insert(carried, set())
         return evicted
 
     def maybe_evict_for_mismatch(self, token: EvictionToken, err: RangeKeyMismatch) -> bool:
-        """Rule P for RangeKeyMismatch: the error's descriptors replace the routed one."""
-        return self.maybe_evict(token, EvictionReason.RANGE_KEY_MISMATCH, err.descriptors)
+        """Rule P for RangeKeyMismatch: the error's descriptors replace the routed one.
+
+        Counted as ``range_key_mismatch`` when the error carries a descriptor newer
+        than the routed one, else as ``mismatch_unchanged`` (it taught nothing: the
+        caller re-reads meta, rule R).
+        """
+        reason = mismatch_reason(token.descriptor, err.descriptors)
+        return self.maybe_evict(token, reason, err.descriptors)
 
     def maybe_confirm(self, token: EvictionToken) -> int:
         """Rule V: the routed entry served a request; drop overlapping entries older than it.
@@ -488,16 +526,18 @@ class RangeCache:
     def maybe_update_leaseholder(
         self, token: EvictionToken, err: NotLeaseHolder
     ) -> EvictionToken | None:
-        """Rule L: follow a NotLeaseHolder hint; returns the token to route with next.
+        """Rule L: learn what a NotLeaseHolder says; returns the token to route with next.
 
-        The returned entry's leaseholder is where to go (unchanged when the
-        hint was ignored). None when the cache has no entry for the range any
-        more (look it up again).
+        The returned entry names ``err.leaseholder`` only if the hint was taken: the
+        hinted replica is a member of the descriptor held afterwards (the error's
+        when at least as new as the cached one, else the cached one with a pending
+        change's replicas). A newer descriptor replaces the cached one and drops a
+        leaseholder it does not list (L2). None: the range is no longer cached.
         """
         routed = token.entry
         current = self._entries.get(routed.slot)
         if current is None:
-            current = self._committed_covering(routed.start_key)
+            current = self.peek(routed.start_key)
             if current is not None and current.descriptor.range_id != routed.descriptor.range_id:
                 current = None
         base = current if current is not None else routed
@@ -506,19 +546,42 @@ class RangeCache:
         if desc is not None and desc.range_id != base.descriptor.range_id:
             return unchanged  # the error is about another range
         if desc is not None and desc.generation < base.generation:
-            return unchanged  # rule L: a hint from an older descriptor is the rebalancing thrash
+            return unchanged  # an older descriptor: a lagging replica, nothing to learn
+        target = desc if desc is not None else base.descriptor
+        members = {r.node_id for r in target.replicas}
+        if _same_range(target, routed.descriptor):
+            members.update(r.node_id for r in routed.extra_replicas)
         lease = (base.leaseholder, base.leaseholder_address, base.lease_sequence)
         holder = err.leaseholder
-        if holder is not None and err.lease_sequence >= base.lease_sequence:
-            listed = {r.node_id for r in base.routing_replicas() + routed.routing_replicas()}
-            vouched = desc is not None or holder.node_id in listed
-            if vouched:  # rule L: absent from our descriptor is fine when the error's is as new
-                lease = (holder, err.leaseholder_address, err.lease_sequence)
-        target = desc if desc is not None else base.descriptor
+        usable = holder is not None and holder.node_id in members
+        if usable and err.lease_sequence >= base.lease_sequence:
+            lease = (holder, err.leaseholder_address, err.lease_sequence)
+        moved = not _same_range(target, base.descriptor)
+        if moved and lease[0] is not None and lease[0].node_id not in members:
+            lease = (None, "", lease[2])  # rule L2: the lease left with its replica
+            self.metrics.lease_dropped()
         stored = self._insert(CacheEntry(target, *lease), set())
         if stored is None:
             return unchanged
         return EvictionToken(stored)
+
+    def maybe_learn_leaseholder(
+        self, token: EvictionToken, replica: ReplicaDescriptor, address: str, lease_sequence: int
+    ) -> None:
+        """Rule L3: ``replica`` answered a consistent request routed with ``token``, so it
+        held the lease at ``lease_sequence``: route there first next time. Ignored when
+        the entry is gone, or the cache knows a higher lease sequence (rule L)."""
+        routed = token.entry
+        if routed.leaseholder == replica and routed.lease_sequence >= lease_sequence:
+            return  # routed there already: nothing new (and no hashing on the hot path)
+        current = self._entries.get(routed.slot)
+        if current is None or current.speculative:
+            return
+        if lease_sequence < current.lease_sequence or (
+            current.leaseholder is not None and current.leaseholder.node_id == replica.node_id
+        ):
+            return
+        self._insert(CacheEntry(current.descriptor, replica, address, lease_sequence), set())
 
     # --- for tests ----------------------------------------------------------------------
 

@@ -16,8 +16,8 @@ from typing import TypeVar
 
 import grpc
 
-from rangekv.common import dialing
 from rangekv.common import errors as E
+from rangekv.common.tls import ChannelOpener, PlaintextChannels
 from rangekv.v1 import meta_pb2, meta_pb2_grpc
 
 T = TypeVar("T")
@@ -33,20 +33,25 @@ class MetaClient:
         timeout: float = 5.0,
         rng: random.Random | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        channels: ChannelOpener | None = None,
     ) -> None:
+        """``channels``: how replicas are dialled (TLS with this process's identity in a
+        secure cluster; plaintext if None)."""
         if not addresses:
             raise ValueError("MetaClient needs at least one metarange address")
         self.addresses = list(addresses)
         self.timeout = timeout
         self._rng = rng or random.Random()
         self._monotonic = monotonic
+        #: How this client dials (shared with callers that reach the same cluster).
+        self.opener: ChannelOpener = channels if channels is not None else PlaintextChannels()
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._leader: str | None = None
 
     def _stub(self, address: str) -> meta_pb2_grpc.MetaStub:
         ch = self._channels.get(address)
         if ch is None:
-            ch = dialing.insecure_channel(address, options=CHANNEL_OPTIONS)
+            ch = self.opener(address, CHANNEL_OPTIONS)
             self._channels[address] = ch
         return meta_pb2_grpc.MetaStub(ch)
 
@@ -118,12 +123,27 @@ class MetaClient:
     # --- the API ------------------------------------------------------------------------
 
     async def lookup_range(
-        self, key: bytes, *, prefetch: int = 8, consistent: bool = False
+        self,
+        key: bytes,
+        *,
+        prefetch: int = 8,
+        consistent: bool = False,
+        include_intents: bool = False,
+        timeout: float | None = None,
     ) -> meta_pb2.LookupRangeResponse:
+        """Records covering `key` and `prefetch` following ones.
+
+        INCONSISTENT (the default) asks any replica; `consistent` asks the
+        leader (following NotLeader hints), and `include_intents` makes that
+        read return intents as well. `timeout` bounds the call (default: the
+        client's).
+        """
         mode = meta_pb2.LOOKUP_MODE_CONSISTENT if consistent else meta_pb2.LOOKUP_MODE_INCONSISTENT
-        req = meta_pb2.LookupRangeRequest(key=key, prefetch=prefetch, mode=mode)
+        req = meta_pb2.LookupRangeRequest(
+            key=key, prefetch=prefetch, mode=mode, include_intents=include_intents
+        )
         return await self._call(
-            lambda s, t: s.LookupRange(req, timeout=t), any_replica=not consistent
+            lambda s, t: s.LookupRange(req, timeout=t), any_replica=not consistent, timeout=timeout
         )
 
     async def list_ranges(

@@ -32,6 +32,7 @@ from rangekv.common.entrypoint import service_main
 from rangekv.common.server import ServiceServer
 from rangekv.common.tasks import cancel_and_wait
 from rangekv.common.telemetry import Telemetry
+from rangekv.common.tls import node_channels
 from rangekv.metarange.commands import Bootstrap
 from rangekv.metarange.replica import MetaHost
 from rangekv.metarange.service import MetaService
@@ -124,6 +125,7 @@ async def serve(server_config: ServerConfig, cfg: MetarangeConfig) -> None:
         on_snapshot_status=lambda n, g, r, f: host_ref[0].report_snapshot(n, g, r, f),
         snapshot_source=snapshot_source,
         metrics=TelemetryTransportMetrics(telemetry),
+        channels=node_channels(server_config.security),
     )
     host = MetaHost(
         HostConfig(

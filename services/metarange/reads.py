@@ -18,8 +18,9 @@ committed value). The scan has two phases:
 * prefetch phase: up to `prefetch` further groups, for the caller's cache.
 
 CONSISTENT mode sees committed records only (intent-only groups do not
-exist for it); INCONSISTENT mode returns intents as well, separately, each
-with its transaction, so the caller can push them (`resolution`).
+exist for it) unless the caller asks for intents too; INCONSISTENT mode
+returns intents as well, separately, each with its transaction, so the caller
+can push them (`resolution`).
 """
 
 from __future__ import annotations
@@ -188,16 +189,21 @@ def next_id(reader: Reader, kind: IdKind) -> int:
 # --- lookups ----------------------------------------------------------------------------
 
 
-def lookup(reader: Reader, key: bytes, prefetch: int, mode: LookupMode) -> LookupResult:
-    """The records covering `key`, then up to `prefetch` following groups (module doc)."""
-    inconsistent = mode is LookupMode.INCONSISTENT
+def lookup(
+    reader: Reader, key: bytes, prefetch: int, mode: LookupMode, include_intents: bool = False
+) -> LookupResult:
+    """The records covering `key`, then up to `prefetch` following groups (module doc).
+
+    `include_intents` makes a CONSISTENT lookup see intents as an INCONSISTENT one does.
+    """
+    with_intents = mode is LookupMode.INCONSISTENT or include_intents
     descriptors: list[RangeDescriptor] = []
     intents: list[Intent] = []
     covering = True
     remaining = max(prefetch, 0)
     scanned = 0
     for group in iter_groups(reader, lookup_start(key)):
-        intent = group.intent if inconsistent else None
+        intent = group.intent if with_intents else None
         if group.committed is None and intent is None:
             continue
         if not covering:

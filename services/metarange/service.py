@@ -4,7 +4,9 @@ Writes (intents, resolves, heartbeats, id allocation) go through the meta
 raft group on its leader; a follower answers UNAVAILABLE with a NotLeaderError
 naming the leader. Lookups in INCONSISTENT mode are served by any replica from
 its applied state (so they keep answering while the group elects); CONSISTENT
-lookups take the lease / read-index path on the leader. Errors are raised as
+lookups take the lease / read-index path on the leader, and return intents
+too when asked (`include_intents`: what a gateway re-reads after a descriptor
+proved wrong). Errors are raised as
 RangeKVError and mapped to gRPC statuses once, by the server's interceptor.
 """
 
@@ -73,7 +75,7 @@ class MetaService(meta_pb2_grpc.MetaServicer):
         await self._replica.read_point(mode == LookupMode.CONSISTENT)
         self._host.counters.lookups[mode.name.lower()] += 1
         result = MetaStateMachine.lookup(
-            self._host.state_engine, request.key, request.prefetch, mode
+            self._host.state_engine, request.key, request.prefetch, mode, request.include_intents
         )
         return result.to_lookup_proto()
 
@@ -112,7 +114,11 @@ class MetaService(meta_pb2_grpc.MetaServicer):
     async def ResolveIntent(
         self, request: meta_pb2.ResolveIntentRequest, context: grpc.aio.ServicerContext
     ) -> meta_pb2.ResolveIntentResponse:
-        cmd = ResolveIntent(request.meta_key, request.txn_id, TxnStatus(request.status))
+        try:
+            status = TxnStatus(request.status)
+        except ValueError:
+            raise E.InvalidArgument("status", f"unknown txn status {request.status}") from None
+        cmd = ResolveIntent(request.meta_key, request.txn_id, status)
         result = await self._replica.execute(cmd)
         return meta_pb2.ResolveIntentResponse(resolved=result.resolved)
 

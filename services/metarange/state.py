@@ -274,8 +274,10 @@ class MetaStateMachine:
     # --- reads (any Reader: engine, snapshot, batch view) -------------------------------
 
     @staticmethod
-    def lookup(reader: Reader, key: bytes, prefetch: int, mode: LookupMode) -> LookupResult:
-        return reads.lookup(reader, key, prefetch, mode)
+    def lookup(
+        reader: Reader, key: bytes, prefetch: int, mode: LookupMode, include_intents: bool = False
+    ) -> LookupResult:
+        return reads.lookup(reader, key, prefetch, mode, include_intents)
 
     @staticmethod
     def list_ranges(

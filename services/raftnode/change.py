@@ -66,7 +66,6 @@ from dataclasses import dataclass
 
 import grpc
 
-from rangekv.common import dialing
 from rangekv.common import errors as E
 from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor, ReplicaType
 from rangekv.common.tasks import cancel_and_wait
@@ -79,7 +78,7 @@ from rangekv.raftnode.replica import RangeReplica
 from rangekv.raftnode.split import SplitCoordinator, _write_request
 from rangekv.raftnode.store import INITIAL_INDEX, Store
 from rangekv.replication.group import NotLeaderNow
-from rangekv.v1 import meta_pb2, raftcmd_pb2, replica_pb2, replica_pb2_grpc
+from rangekv.v1 import meta_pb2, raftcmd_pb2, replica_pb2
 
 log = logging.getLogger(__name__)
 
@@ -542,10 +541,9 @@ class ReplicaChanger:
             if node_id == me or not h.live or h.draining:
                 continue
             try:
-                async with dialing.insecure_channel(st.node.address) as channel:
-                    info = await replica_pb2_grpc.ReplicaStub(channel).RangeInfo(
-                        replica_pb2.RangeInfoRequest(), timeout=2
-                    )
+                info = await self.splits.peers.stub_at(st.node.address).RangeInfo(
+                    replica_pb2.RangeInfoRequest(), timeout=2
+                )
             except grpc.aio.AioRpcError:
                 continue  # unreachable now: not a candidate this round
             if info.draining:

@@ -29,6 +29,7 @@ from rangekv.common.logs import setup_logging_from_config
 from rangekv.common.server import ServiceServer
 from rangekv.common.tasks import cancel_and_wait
 from rangekv.common.telemetry import Telemetry
+from rangekv.common.tls import node_channels
 from rangekv.metarange.client import MetaClient
 from rangekv.raft import Message
 from rangekv.raftnode.change import ReplicaChanger
@@ -43,7 +44,9 @@ from rangekv.replication.host import HostConfig
 from rangekv.replication.mutations import (
     parse_mutation,
     parse_power_loss,
+    parse_snapshot_delay,
     power_loss_warning,
+    snapshot_delay_warning,
     warning_line,
 )
 from rangekv.replication.raft_codec import message_from_proto
@@ -62,7 +65,8 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
         raise ConfigError("data_dir", "a raftnode needs --data-dir")
     data_dir = Path(server_config.data_dir)
     meta_addrs = [a.strip() for a in node_config.meta_addrs.split(",") if a.strip()]
-    meta = MetaClient(meta_addrs) if meta_addrs else None
+    channels = node_channels(server_config.security)
+    meta = MetaClient(meta_addrs, channels=channels) if meta_addrs else None
     bootstrap_ids = parse_node_ids(node_config.bootstrap_nodes)
     try:
         ident = await resolve_identity(
@@ -90,7 +94,13 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
     mutation = parse_mutation()  # RANGEKV_TEST_MUTATION
     offset_ns = test_clock_offset_ns()  # RANGEKV_TEST_CLOCK_OFFSET_MS
     power_loss = parse_power_loss()  # RANGEKV_TEST_POWER_LOSS
-    for loud in (warning_line(mutation), clock_warning(offset_ns), power_loss_warning(power_loss)):
+    snapshot_delay = parse_snapshot_delay()  # RANGEKV_TEST_SNAPSHOT_DELAY_MS
+    for loud in (
+        warning_line(mutation),
+        clock_warning(offset_ns),
+        power_loss_warning(power_loss),
+        snapshot_delay_warning(snapshot_delay),
+    ):
         if loud is not None:
             for _ in range(3):
                 log.warning("%s", loud)
@@ -114,6 +124,7 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
         snapshot_source=snapshot_source,
         metrics=metrics.transport,
         clock=lambda: store_ref[0].clock_now(),
+        channels=channels,
     )
     store = Store(
         StoreConfig(
@@ -126,6 +137,7 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
                 truncate_interval=node_config.truncate_interval,
                 mutation=mutation,
                 power_loss=power_loss,
+                snapshot_send_delay=snapshot_delay,
                 max_uncommitted_bytes=node_config.max_uncommitted_bytes,
             ),
             limits=node_config.limits(),
@@ -150,7 +162,7 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
     raft_service = RaftTransportServicer(
         node_id, store.handle_raft, handle_snapshot, admit_clock=store.admit_clock
     )
-    splits = SplitCoordinator(store, meta, node_config.split())
+    splits = SplitCoordinator(store, meta, node_config.split(), channels=channels)
     if node_config.split_crash_after:
         log.warning("split fault point armed: exit after %s", node_config.split_crash_after)
     changes = ReplicaChanger(store, meta, splits, node_config.replica_changes())

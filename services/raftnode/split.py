@@ -44,10 +44,10 @@ from dataclasses import dataclass
 
 import grpc
 
-from rangekv.common import dialing
 from rangekv.common import errors as E
 from rangekv.common.descriptors import RangeDescriptor
 from rangekv.common.tasks import cancel_and_wait
+from rangekv.common.tls import ChannelOpener, PlaintextChannels
 from rangekv.metarange.client import MetaClient
 from rangekv.metarange.commands import WriteIntent
 from rangekv.metarange.protocol import DescriptorTxn, plan_split
@@ -115,17 +115,22 @@ async def push_local(
 class Peers:
     """Replica stubs towards the other nodes, by node id."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, channels: ChannelOpener | None = None) -> None:
         self._store = store
+        self._open = channels if channels is not None else PlaintextChannels()
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def stub(self, node_id: int) -> replica_pb2_grpc.ReplicaStub | None:
         address = self._store.ctx.resolve_address(node_id)
         if not address:
             return None
+        return self.stub_at(address)
+
+    def stub_at(self, address: str) -> replica_pb2_grpc.ReplicaStub:
+        """A stub for the node at ``address`` (one cached channel per address)."""
         ch = self._channels.get(address)
         if ch is None:
-            ch = dialing.insecure_channel(address)
+            ch = self._open(address)
             self._channels[address] = ch
         return replica_pb2_grpc.ReplicaStub(ch)
 
@@ -197,11 +202,12 @@ class SplitCoordinator:
         config: SplitConfig,
         *,
         exit_process: Callable[[int], None] = os._exit,
+        channels: ChannelOpener | None = None,
     ) -> None:
         self.store = store
         self.meta = meta
         self.config = config
-        self.peers = Peers(store)
+        self.peers = Peers(store, channels)
         self.txns = TxnClient(store, self.peers, config)
         self._exit = exit_process
         self._locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)

@@ -62,12 +62,14 @@ import random
 import signal
 import sys
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import chaos_tls
 import grpc
 from netns import NetLab, try_netlab
 
@@ -83,6 +85,8 @@ from rangekv.check import (
 from rangekv.check.kv_client import recorded_op
 from rangekv.cli.cluster import Child, LocalCluster, free_port
 from rangekv.common import errors as E
+from rangekv.common.clock import ENV_VAR as CLOCK_ENV
+from rangekv.replication.mutations import POWER_LOSS_ENV
 from rangekv.v1 import kv_pb2, kv_pb2_grpc, meta_pb2, meta_pb2_grpc, replica_pb2, replica_pb2_grpc
 
 CLIENT_TIMEOUT = 15.0  # above the gateway's own request timeout (10 s)
@@ -100,11 +104,31 @@ ALL_FAULTS = (
     "partition_leaseholder",
     "partition_halves",
     "partition_pause",
+    "clock",
+    "snapshot_race",
 )
+#: Where the register keys are split at start, so that a scan of them spans ranges.
+REG_SPLITS = (b"reg/2", b"reg/4")
+#: The span the snapshot scanners read: every register key, across those ranges.
+REG_SPAN = (b"reg/", b"reg0")
+#: The raftnodes' maximum clock offset (their default; the clock fault stays
+#: within 80% of it, or goes to 2.5x it on one node at a time).
+MAX_OFFSET_MS = 500
 #: Faults that need the network namespaces (dropped, and reported, when unavailable).
 PARTITION_FAULTS = ("partition_leaseholder", "partition_halves", "partition_pause")
 PROBE_CLIENT = 900  # client ids of the nemesis's own recorded operations
-NODE_ARGS = ["--txn-expiry", "2.0", "--split-check-interval", "1.0"]
+NODE_ARGS = [
+    "--txn-expiry",
+    "2.0",
+    "--split-check-interval",
+    "1.0",
+    # Aggressive log truncation: a follower that falls a little behind needs a
+    # snapshot, so snapshots race lease moves (the snapshot_race fault).
+    "--log-retain-entries",
+    "20",
+    "--truncate-interval",
+    "0.5",
+]
 
 
 @dataclass
@@ -127,6 +151,11 @@ class ChaosConfig:
     #: Run each raftnode in its own network namespace (netns.py) so that links can be
     #: cut; when that is impossible the run goes on without partition faults.
     partitions: bool = True
+    #: Scanners whose scans of REG_SPAN go into the history (judged as snapshots).
+    n_snapshot_scanners: int = 2
+    #: In FSM sync mode nosync, raftnodes lose their unsynced state writes on
+    #: kill -9 (RANGEKV_TEST_POWER_LOSS): every raftnode kill is a power cut.
+    power_loss: bool = True
 
 
 @dataclass
@@ -157,7 +186,7 @@ def alive(child: Child) -> bool:
 
 async def replica_call(address: str, method: str, request: Any, timeout: float = 5.0) -> Any:
     """One Replica RPC on a fresh channel (a restarted node must not meet a stale one)."""
-    async with grpc.aio.insecure_channel(address) as ch:
+    async with chaos_tls.channel(address) as ch:
         return await getattr(replica_pb2_grpc.ReplicaStub(ch), method)(request, timeout=timeout)
 
 
@@ -214,13 +243,41 @@ class Cluster:
                     return rid, nid
         return rid, None
 
+    async def voters(self, range_id: int) -> list[int]:
+        """The voters of `range_id` as the newest descriptor any node holds says."""
+        best: replica_pb2.ReplicaInfo | None = None
+        for nid in self.ids:
+            for info in await self.infos(nid):
+                d = info.descriptor
+                if d.range_id == range_id and (
+                    best is None or d.generation > best.descriptor.generation
+                ):
+                    best = info
+        if best is None:
+            return []
+        voter = 1  # REPLICA_TYPE_VOTER
+        return [r.node_id for r in best.descriptor.replicas if r.type == voter]
+
+    async def clock_refusals(self, exclude: Child | None = None) -> int:
+        """rangekv_node_refused_total{reason="clock_offset"} summed over live raftnodes."""
+        total = 0
+        for child in self.lc.nodes:
+            if child is exclude or not alive(child) or child.name in self.paused:
+                continue
+            try:
+                text = await asyncio.to_thread(scrape, child.metrics)
+            except OSError:
+                continue
+            total += metric_sum(text, "rangekv_node_refused_total", 'reason="clock_offset"')
+        return total
+
     async def meta_leader(self) -> Child | None:
         """The metarange replica that leads the meta range, as a live replica says."""
         for child in self.lc.meta:
             if not alive(child):
                 continue
             try:
-                async with grpc.aio.insecure_channel(child.address) as ch:
+                async with chaos_tls.channel(child.address) as ch:
                     info = await meta_pb2_grpc.MetaStub(ch).ClusterInfo(
                         meta_pb2.ClusterInfoRequest(), timeout=2
                     )
@@ -230,6 +287,24 @@ class Cluster:
             if info.leader_node_id in ids:
                 return self.lc.meta[ids.index(info.leader_node_id)]
         return None
+
+
+def scrape(url: str) -> str:
+    """One Prometheus scrape (a metrics endpoint is HOST:PORT or a URL)."""
+    if not url.startswith("http"):
+        url = f"http://{url}/metrics"
+    with urllib.request.urlopen(url, timeout=3) as resp:
+        return str(resp.read().decode())
+
+
+def metric_sum(text: str, name: str, label: str = "") -> float:
+    """Sum of the samples of `name` (with `label` among its labels, if given)."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and (not label or label in line):
+            with contextlib.suppress(ValueError, IndexError):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def set_arg(args: list[str], flag: str, value: str) -> None:
@@ -295,6 +370,7 @@ class Stats:
     scans_partial: int = 0
     scan_errors: Counter[str] = field(default_factory=Counter)
     scan_failures: list[str] = field(default_factory=list)
+    snapshot_scans: int = 0
 
     def count(self, op: Operation) -> None:
         self.outcomes[op.outcome.value] += 1
@@ -451,6 +527,37 @@ async def scanner(
         await asyncio.sleep(rng.uniform(0.1, 0.3))  # pacing
 
 
+async def snapshot_scanner(
+    sid: int,
+    stubs: list[kv_pb2_grpc.KVStub],
+    rec: HistoryRecorder,
+    stats: Stats,
+    stop: asyncio.Event,
+    seed: int,
+) -> None:
+    """Scans of every register key (they span several ranges), recorded in the
+    history as SCAN operations: the checker judges each as a read of the whole
+    span at one instant. A failed scan had no effect (FAIL). (Limited and paged
+    scans are the structural scanner's; the gateway pages these internally.)"""
+    rng = random.Random(seed * 1000 + 700 + sid)
+    start, end = REG_SPAN
+    while not stop.is_set():
+        kv = rng.choice(stubs)
+        handle = rec.invoke(2000 + sid, OpKind.SCAN, start, end=end)
+        rows: list[tuple[bytes, bytes]] = []
+        try:
+            call = kv.Scan(kv_pb2.ScanRequest(start_key=start, end_key=end), timeout=CLIENT_TIMEOUT)
+            async for resp in call:
+                rows.extend((k.key, k.value) for k in resp.kvs)
+        except grpc.aio.AioRpcError as err:
+            stats.scan_errors[f"snapshot {err.code().name}"] += 1
+            stats.count(rec.fail(handle))
+        else:
+            stats.snapshot_scans += 1
+            stats.count(rec.ok(handle, rows=rows))
+        await asyncio.sleep(rng.uniform(0.02, 0.1))
+
+
 # ----------------------------------------------------------------------------- nemesis
 
 
@@ -472,6 +579,8 @@ class Nemesis:
         self.stubs = stubs
         self.t0 = t0
         self.faults: list[Fault] = []
+        #: Times peers refused a node whose clock was beyond the bound (fault_clock).
+        self.clock_refusals = 0
         self.probe_n = 0
         self.probe_cid = itertools.count(PROBE_CLIENT)
 
@@ -559,7 +668,10 @@ class Nemesis:
         else:
             child, why = self.rng.choice(self.c.lc.gateways), "random gateway"
         down = self.rng.uniform(0.5, 3.0)
-        fault = self.begin("kill -9", child.name, f"{why}; down {down:.1f}s")
+        kind = "kill -9"
+        if child in self.c.lc.nodes and self.c.lc.nodes and POWER_LOSS_ENV in child.env:
+            kind = "power-loss"  # kill -9 loses this node's unsynced state writes
+        fault = self.begin(kind, child.name, f"{why}; down {down:.1f}s")
         await self.kill9(child)
         await asyncio.sleep(down)
         await self.restart(child)
@@ -595,7 +707,7 @@ class Nemesis:
                 await asyncio.sleep(0.1)
                 continue
             self.probe_n += 1
-            async with grpc.aio.insecure_channel(self.c.node(holder).address) as ch:
+            async with chaos_tls.channel(self.c.node(holder).address) as ch:
                 op = await direct_op(
                     next(self.probe_cid),
                     replica_pb2_grpc.ReplicaStub(ch),
@@ -622,7 +734,7 @@ class Nemesis:
         arrive only after a reconnect: that is what makes the stale read of a
         broken build certain rather than a race (the mutation test uses 20 s)."""
         rid, holder, child, pause_for = await self._pause_target("before the pause", pause_for)
-        async with grpc.aio.insecure_channel(child.address) as ch:
+        async with chaos_tls.channel(child.address) as ch:
             stub = replica_pb2_grpc.ReplicaStub(ch)
             await stub.RangeInfo(replica_pb2.RangeInfoRequest(), timeout=2)  # connect now
             fault = self.begin("pause", child.name, f"leaseholder of range {rid}")
@@ -685,7 +797,7 @@ class Nemesis:
         )
         child = self.c.node(holder)
         others = [n for n in self.c.lc.nodes if n is not child and alive(n)]
-        async with grpc.aio.insecure_channel(child.address) as ch:
+        async with chaos_tls.channel(child.address) as ch:
             stub = replica_pb2_grpc.ReplicaStub(ch)
             await stub.RangeInfo(replica_pb2.RangeInfoRequest(), timeout=2)
             fault = self.begin(
@@ -746,6 +858,89 @@ class Nemesis:
         )
         err = str(E.from_replica_error(resp.error)) if resp.HasField("error") else "ok"
         self.end(fault, err)
+
+    async def split_at(self, key: bytes) -> str:
+        """Split the range holding `key` at `key` (AdminSplit on its leaseholder)."""
+        rid, holder = await self.c.range_of(key)
+        if holder is None:
+            raise TimeoutError(f"range {rid} has no leader")
+        resp = await replica_call(
+            self.c.node(holder).address,
+            "AdminSplit",
+            replica_pb2.AdminSplitRequest(range_id=rid, split_key=key),
+            timeout=20,
+        )
+        return str(E.from_replica_error(resp.error)) if resp.HasField("error") else "ok"
+
+    async def restart_with_clock(self, child: Child, offset_ms: float) -> None:
+        """kill -9, then start `child` again with its wall clock off by `offset_ms`
+        (RANGEKV_TEST_CLOCK_OFFSET_MS, read once at start)."""
+        env = dict(child.env)
+        if offset_ms:
+            env[CLOCK_ENV] = f"{offset_ms:g}"
+        else:
+            env.pop(CLOCK_ENV, None)
+        child.env = env
+        await self.kill9(child)
+        await self.restart(child)
+
+    async def fault_clock(self) -> None:
+        """Move one raftnode's clock: within 80% of the maximum offset (nothing may
+        break), or, one time in four, 2.5 times beyond it for a few seconds: its
+        peers must refuse its raft traffic (counted), never follow its clock."""
+        child = self.rng.choice(self.c.lc.nodes)
+        beyond = self.rng.random() < 0.25
+        if beyond:
+            offset = 2.5 * MAX_OFFSET_MS
+        else:
+            offset = round(self.rng.uniform(-0.8, 0.8) * MAX_OFFSET_MS)
+        fault = self.begin("clock", child.name, f"offset {offset:+.0f} ms")
+        refused_before = await self.c.clock_refusals(exclude=child)
+        await self.restart_with_clock(child, offset)
+        if not beyond:
+            self.end(fault, "within the bound")
+            return
+        await asyncio.sleep(self.rng.uniform(3.0, 5.0))
+        refused = await self.c.clock_refusals(exclude=child) - refused_before
+        self.clock_refusals += refused
+        await self.restart_with_clock(child, 0)
+        self.end(fault, f"beyond the bound: refused {refused} times by its peers; clock restored")
+
+    async def fault_snapshot_race(self) -> None:
+        """A follower pauses long enough to need a snapshot (logs are truncated to 20
+        entries), resumes, and the lease moves away at once: the old leaseholder may
+        still be streaming its snapshot while the new one catches the follower up
+        from its log. A stale snapshot must never overwrite newer state."""
+        key = self.rng.choice(REG_KEYS)
+        rid, holder = await self.c.range_of(key)
+        if holder is None:
+            raise TimeoutError(f"range {rid} has no leader")
+        voters = await self.c.voters(rid)
+        followers = [n for n in voters if n != holder]
+        if len(followers) < 2:
+            raise TimeoutError(f"range {rid} has fewer than 3 voters")
+        lagging, target = self.rng.sample(followers, 2)
+        child = self.c.node(lagging)
+        pause = self.rng.uniform(1.5, 3.0)
+        fault = self.begin(
+            "snapshot-race",
+            f"range {rid}",
+            f"node {lagging} paused {pause:.1f}s, then lease {holder} -> {target}",
+        )
+        child.signal(signal.SIGSTOP)
+        self.c.paused.add(child.name)
+        try:
+            await asyncio.sleep(pause)
+        finally:
+            child.signal(signal.SIGCONT)
+            self.c.paused.discard(child.name)
+        resp = await replica_call(
+            self.c.node(holder).address,
+            "TransferLease",
+            replica_pb2.TransferLeaseRequest(range_id=rid, target_node_id=target),
+        )
+        err = str(E.from_replica_error(resp.error)) if resp.HasField("error") else "ok"
+        self.end(fault, f"transfer: {err}")
 
     async def _change(
         self, address: str, rid: int, generation: int, node: int, *types: int
@@ -878,7 +1073,7 @@ class Nemesis:
         of stale reads (reads of a value other than the fresh one that it served)."""
         lab = self._lab()
         rid, holder, child, pause_for = await self._pause_target("before the partition", pause_for)
-        async with grpc.aio.insecure_channel(child.address) as ch:
+        async with chaos_tls.channel(child.address) as ch:
             stub = replica_pb2_grpc.ReplicaStub(ch)
             await stub.RangeInfo(replica_pb2.RangeInfoRequest(), timeout=2)  # connect now
             fault = self.begin(
@@ -961,10 +1156,15 @@ async def started_cluster(cfg: ChaosConfig, lab: NetLab | None) -> AsyncIterator
         env=env,
         extra_node_args=NODE_ARGS,
         say=lambda _line: None,
+        certs_dir=chaos_tls.certs_dir(),
     )
+    node_env = dict(env)
     if cfg.mutation:
-        for child in lc.nodes:
-            child.env = {**env, "RANGEKV_TEST_MUTATION": cfg.mutation}
+        node_env["RANGEKV_TEST_MUTATION"] = cfg.mutation
+    if cfg.power_loss and cfg.sync_mode == "nosync":
+        node_env[POWER_LOSS_ENV] = "1"
+    for child in lc.nodes:
+        child.env = dict(node_env)
     if lab is not None:
         place_in_namespaces(lc, lab)
     try:
@@ -1029,7 +1229,7 @@ async def run_chaos_async(cfg: ChaosConfig, schedule: Schedule | None = None) ->
     async with network_lab(cfg) as (lab, no_lab_reason), started_cluster(cfg, lab) as lc:
         cluster = Cluster(lc, lab)
         startup = time.monotonic() - wall0
-        channels = [grpc.aio.insecure_channel(g.address) for g in lc.gateways]
+        channels = [chaos_tls.channel(g.address) for g in lc.gateways]
         stubs = [kv_pb2_grpc.KVStub(ch) for ch in channels]
         try:
             await wait_healthy(stubs)
@@ -1042,6 +1242,11 @@ async def run_chaos_async(cfg: ChaosConfig, schedule: Schedule | None = None) ->
             )
             t0 = time.monotonic()
             nemesis = Nemesis(cluster, cfg, rec, stats, stubs, t0)
+            for key in REG_SPLITS:  # the snapshot scans span ranges from the start
+                split = await nemesis.split_at(key)
+                nemesis.faults.append(
+                    Fault("split", "setup", 0.0, nemesis.now(), f"{key!r}: {split}")
+                )
             stop = asyncio.Event()
             workers = [
                 *(
@@ -1051,6 +1256,10 @@ async def run_chaos_async(cfg: ChaosConfig, schedule: Schedule | None = None) ->
                 *(
                     asyncio.create_task(scanner(s, stubs, stats, stop, cfg.seed))
                     for s in range(cfg.n_scanners)
+                ),
+                *(
+                    asyncio.create_task(snapshot_scanner(s, stubs, rec, stats, stop, cfg.seed))
+                    for s in range(cfg.n_snapshot_scanners)
                 ),
             ]
             try:
@@ -1093,7 +1302,9 @@ async def run_chaos_async(cfg: ChaosConfig, schedule: Schedule | None = None) ->
         "by_outcome": dict(stats.outcomes),
         "by_kind": dict(sorted(stats.by_kind.items())),
         "errors": dict(stats.errors.most_common(12)),
+        "clock_refusals": nemesis.clock_refusals,
         "scans": {
+            "snapshot_scans_ok": stats.snapshot_scans,
             "complete_ok": stats.scans_ok,
             "partial": stats.scans_partial,
             "errors": dict(stats.scan_errors),
@@ -1141,8 +1352,10 @@ def summary_text(report: dict[str, Any]) -> str:
         f"time: {report['seconds']}",
         f"operations: {report['operations']} {report['by_outcome']}",
         f"faults: {dict(faults)} (partitions: {report['partitions']})",
-        f"scans: {report['scans']['complete_ok']} complete ok, "
+        f"scans: {report['scans']['snapshot_scans_ok']} snapshot scans judged by the checker; "
+        f"structural: {report['scans']['complete_ok']} complete ok, "
         f"{report['scans']['partial']} cut short, failures {len(report['scans']['failures'])}",
+        f"clock: peers refused a node beyond the max offset {report['clock_refusals']} times",
         f"checker: {verdict} in {report['checker']['seconds']}s "
         f"({report['checker']['keys_checked']} keys)",
     ]

@@ -9,15 +9,13 @@ whatever happened.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
-from raftnode_cluster import RaftnodeCluster
+from raftnode_cluster import ClusterFactory, RaftnodeCluster
 
 CLUSTERS = pytest.StashKey[list[RaftnodeCluster]]()
-
-ClusterFactory = Callable[..., RaftnodeCluster]
 
 
 @pytest.fixture

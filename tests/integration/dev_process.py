@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -24,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from rangekv.cli.cluster import free_port
+from rangekv.common.config import SecurityConfig
+from rangekv.common.tls import ChannelOpener, client_channels
 
 READY_LINE = "Stop: Ctrl-C"
 
@@ -199,6 +202,15 @@ class DevCluster:
         if self.process is not None:
             self.process.close()
 
+    def client_channels(self) -> ChannelOpener:
+        """Channels as the dev cluster's admin client (the pair `rangekv dev` made)."""
+        return client_channels(SecurityConfig(certs_dir=self.data / "certs"), "admin")
+
+    def grpcurl_flags(self) -> list[str]:
+        """What the ready screen tells grpcurl users to pass."""
+        assert self.process is not None
+        return printed_grpcurl_flags(self.process.output)
+
 
 def rangekv(
     *args: str, timeout: float = 60.0, exe: Sequence[str] | None = None
@@ -206,6 +218,16 @@ def rangekv(
     """Run the `rangekv` CLI as a user would; stdout/stderr captured as text."""
     cmd = [*(exe or [sys.executable, "-m", "rangekv.cli.main"]), *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def printed_grpcurl_flags(output: str) -> list[str]:
+    """The flags `rangekv dev` prints for grpcurl (the `grpcurl ... ADDR list` line of its
+    ready screen): -cacert/-cert/-key for a secure cluster, -plaintext for --insecure."""
+    for line in output.splitlines():
+        words = shlex.split(line.strip())
+        if len(words) >= 3 and words[0] == "grpcurl" and words[-1] == "list":
+            return words[1:-2]
+    raise AssertionError(f"no `grpcurl ... list` line on the ready screen:\n{output}")
 
 
 def find_grpcurl() -> str | None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import os
 import signal
 from collections.abc import Iterable, Mapping, Sequence
@@ -38,7 +39,10 @@ from raftnode_cluster import async_wait_for, free_ports
 
 from rangekv.cli.cluster import Child
 from rangekv.common import errors as E
+from rangekv.common.certs import ensure_dev_certs
+from rangekv.common.config import SecurityConfig
 from rangekv.common.descriptors import RangeDescriptor
+from rangekv.common.tls import node_channels
 from rangekv.metarange.client import MetaClient
 from rangekv.metarange.commands import ResolveIntent, WriteIntent
 from rangekv.metarange.keys import meta_key
@@ -146,6 +150,9 @@ class MetaCluster:
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.base_dir = base_dir
+        self.certs_dir = base_dir / "certs"
+        ensure_dev_certs(self.certs_dir, datetime.datetime.now(datetime.UTC))
+        self.channels = node_channels(SecurityConfig(certs_dir=self.certs_dir))
         self.ports = dict(zip(range(1, n + 1), free_ports(n), strict=True))
         peers = ",".join(f"{i}=127.0.0.1:{p}" for i, p in self.ports.items())
         self.children: dict[int, Child] = {
@@ -165,6 +172,8 @@ class MetaCluster:
                     peers,
                     "--first-range-nodes",
                     ",".join(map(str, first_range_nodes)),
+                    "--certs-dir",
+                    str(self.certs_dir),
                     *args,
                 ],
                 base_dir / "logs" / f"metarange{i}.log",
@@ -257,12 +266,12 @@ class MetaCluster:
         """A stub bound to ONE replica (no leader following): for per-replica checks."""
         ch = self._channels.get(node_id)
         if ch is None:
-            ch = grpc.aio.insecure_channel(self.address(node_id))
+            ch = self.channels(self.address(node_id))
             self._channels[node_id] = ch
         return meta_pb2_grpc.MetaStub(ch)
 
     def client(self, timeout: float = 5.0) -> MetaClient:
-        return MetaClient(self.addresses, timeout=timeout)
+        return MetaClient(self.addresses, timeout=timeout, channels=self.channels)
 
     async def info(self, node_id: int) -> meta_pb2.ClusterInfoResponse | None:
         """ClusterInfo from one replica, or None if it does not answer."""

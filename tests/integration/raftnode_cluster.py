@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import inspect
 import os
 import re
@@ -37,7 +38,10 @@ from typing import Any, TypeVar
 import grpc
 
 from rangekv.cli.cluster import free_ports
+from rangekv.common.certs import ensure_dev_certs
+from rangekv.common.config import SecurityConfig
 from rangekv.common.logs import parse_ready_line
+from rangekv.common.tls import ChannelOpener, node_channels
 from rangekv.v1 import errors_pb2, replica_pb2, replica_pb2_grpc
 
 __all__ = [
@@ -250,6 +254,10 @@ class RaftnodeCluster:
         ids = list(range(1, n + 1))
         self.ports = dict(zip(ids, ports, strict=True))
         self.peers = ",".join(f"{i}=127.0.0.1:{p}" for i, p in self.ports.items())
+        # Mutual TLS, as in production: one CA and node certificate for the cluster.
+        self.certs_dir = base_dir / "certs"
+        ensure_dev_certs(self.certs_dir, datetime.datetime.now(datetime.UTC))
+        self.channels = node_channels(SecurityConfig(certs_dir=self.certs_dir))
         node_env = {k: v for k, v in os.environ.items() if not k.startswith("RANGEKV_")}
         node_env.update(env or {})
         self.nodes: dict[int, NodeProcess] = {}
@@ -271,6 +279,8 @@ class RaftnodeCluster:
                 self.peers,
                 "--bootstrap-nodes",
                 ",".join(map(str, ids)),
+                "--certs-dir",
+                str(self.certs_dir),
                 *args,
             ]
             self.nodes[i] = NodeProcess(
@@ -333,7 +343,7 @@ class RaftnodeCluster:
 
     def client(self) -> ClusterClient:
         """A client for this cluster; create it inside the event loop that uses it."""
-        return ClusterClient(self.addresses)
+        return ClusterClient(self.addresses, self.channels)
 
     async def metrics(self, node_id: int) -> str:
         return await asyncio.to_thread(fetch_metrics, self.nodes[node_id].metrics_address)
@@ -435,8 +445,9 @@ class ClusterClient:
     client inside the loop (asyncio.run) that uses it, and close it there.
     """
 
-    def __init__(self, addresses: Mapping[int, str]) -> None:
+    def __init__(self, addresses: Mapping[int, str], channels: ChannelOpener) -> None:
         self.addresses = dict(addresses)
+        self._open = channels
         self._channels: dict[int, grpc.aio.Channel] = {}
         self._stubs: dict[int, replica_pb2_grpc.ReplicaStub] = {}
         self.leader_hint = min(self.addresses)
@@ -446,7 +457,7 @@ class ClusterClient:
     def stub(self, node_id: int) -> replica_pb2_grpc.ReplicaStub:
         stub = self._stubs.get(node_id)
         if stub is None:
-            channel = grpc.aio.insecure_channel(self.addresses[node_id], options=CHANNEL_OPTIONS)
+            channel = self._open(self.addresses[node_id], CHANNEL_OPTIONS)
             self._channels[node_id] = channel
             stub = self._stubs[node_id] = replica_pb2_grpc.ReplicaStub(channel)
         return stub
@@ -667,3 +678,7 @@ class ClusterClient:
             for key, result in zip(part, resp.results, strict=True):
                 out[key] = result.get.kv.value if result.get.found else None
         return out
+
+
+#: The `raftnode_cluster` fixture's factory: `raftnode_cluster(n=3, args=[...], env={...})`.
+ClusterFactory = Callable[..., RaftnodeCluster]

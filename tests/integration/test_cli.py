@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 from dev_process import DevCluster, rangekv
 
@@ -45,7 +44,7 @@ def one_error_line(result: subprocess.CompletedProcess[str], code: int = 1) -> s
 
 
 def test_put_get_del(cluster: DevCluster) -> None:
-    a = ["--addr", cluster.addr]
+    a = ["--addr", cluster.addr, "--data", str(cluster.data)]
     assert ok(rangekv("put", "cli/k1", "hello world", *a)).strip() == "OK"
     assert ok(rangekv("get", "cli/k1", *a)) == "hello world\n"
     got = json.loads(ok(rangekv("get", "cli/k1", "--json", *a)))
@@ -68,7 +67,7 @@ def test_put_get_del(cluster: DevCluster) -> None:
 
 
 def test_cas(cluster: DevCluster) -> None:
-    a = ["--addr", cluster.addr]
+    a = ["--addr", cluster.addr, "--data", str(cluster.data)]
     assert ok(rangekv("cas", "cli/cas", "v1", "--expect-absent", *a)).strip() == "OK"
     failed = rangekv("cas", "cli/cas", "v2", "--expect-absent", *a)
     assert "cas failed: current value is v1" in one_error_line(failed)
@@ -84,7 +83,7 @@ def test_scan(cluster: DevCluster) -> None:
     keys = [f"cli/scan/{i:03d}".encode() for i in range(25)]
 
     async def load() -> None:
-        async with grpc.aio.insecure_channel(cluster.addr) as ch:
+        async with cluster.client_channels()(cluster.addr) as ch:
             req = kv_pb2.BatchRequest(
                 requests=[
                     kv_pb2.BatchRequestItem(put=kv_pb2.PutRequest(key=k, value=b"v\t" + k))
@@ -94,7 +93,7 @@ def test_scan(cluster: DevCluster) -> None:
             await kv_pb2_grpc.KVStub(ch).Batch(req, timeout=30)
 
     asyncio.run(load())
-    a = ["--addr", cluster.addr]
+    a = ["--addr", cluster.addr, "--data", str(cluster.data)]
     lines = ok(rangekv("scan", "--prefix", "cli/scan/", *a)).splitlines()
     # One key<TAB>value per line, in key order; the tab inside the value is escaped.
     assert lines == [f"{k.decode()}\tv\\t{k.decode()}" for k in keys]
@@ -129,7 +128,13 @@ def test_ranges_and_nodes(cluster: DevCluster) -> None:
     # --meta works as well as the dev layout.
     meta = ",".join(cluster.addresses("meta"))
     assert (
-        json.loads(ok(rangekv("ranges", "--json", "--meta", meta)))["ranges"][0]["range_id"]
+        json.loads(
+            ok(
+                rangekv(
+                    "ranges", "--json", "--meta", meta, "--certs-dir", str(cluster.data / "certs")
+                )
+            )
+        )["ranges"][0]["range_id"]
         == ranges[0]["range_id"]
     )
 
@@ -163,8 +168,27 @@ def test_transfer_lease(cluster: DevCluster) -> None:
         assert time.monotonic() < deadline, "the lease did not settle on the target"
     assert "already holds the lease" in ok(rangekv("transfer-lease", "1", str(target), *d))
     # The gateway follows the move.
-    ok(rangekv("put", "cli/after-transfer", "x", "--addr", cluster.addr, "--timeout", "10"))
-    assert ok(rangekv("get", "cli/after-transfer", "--addr", cluster.addr)).strip() == "x"
+    ok(
+        rangekv(
+            "put",
+            "cli/after-transfer",
+            "x",
+            "--addr",
+            cluster.addr,
+            "--data",
+            str(cluster.data),
+            "--timeout",
+            "10",
+        )
+    )
+    assert (
+        ok(
+            rangekv(
+                "get", "cli/after-transfer", "--addr", cluster.addr, "--data", str(cluster.data)
+            )
+        ).strip()
+        == "x"
+    )
 
     err = one_error_line(rangekv("transfer-lease", "1", "9", *d))
     assert "node 9" in err
@@ -172,12 +196,20 @@ def test_transfer_lease(cluster: DevCluster) -> None:
 
 
 def test_errors_are_one_line(cluster: DevCluster, tmp_path: Path) -> None:
-    unreachable = one_error_line(rangekv("get", "k", "--addr", "127.0.0.1:1", "--timeout", "3"))
+    unreachable = one_error_line(
+        rangekv("get", "k", "--addr", "127.0.0.1:1", "--timeout", "3", "--data", str(cluster.data))
+    )
     assert unreachable.startswith("rangekv: UNAVAILABLE: cannot reach 127.0.0.1:1"), unreachable
-    empty = one_error_line(rangekv("put", "", "v", "--addr", cluster.addr))
+    empty = one_error_line(
+        rangekv("put", "", "v", "--addr", cluster.addr, "--data", str(cluster.data))
+    )
     assert empty.startswith("rangekv: INVALID_ARGUMENT:"), empty
-    assert one_error_line(rangekv("get", "zz", "--hex", "--addr", cluster.addr), code=2)
-    usage = rangekv("cas", "k", "v", "--addr", cluster.addr)  # neither --expect nor --expect-absent
+    assert one_error_line(
+        rangekv("get", "zz", "--hex", "--addr", cluster.addr, "--data", str(cluster.data)), code=2
+    )
+    usage = rangekv(
+        "cas", "k", "v", "--addr", cluster.addr, "--data", str(cluster.data)
+    )  # neither --expect nor --expect-absent
     assert usage.returncode == 2
     assert rangekv("no-such-verb").returncode == 2
     no_layout = one_error_line(rangekv("ranges", "--data", str(tmp_path)))
@@ -190,7 +222,16 @@ def test_errors_are_one_line(cluster: DevCluster, tmp_path: Path) -> None:
 
 def test_bench(cluster: DevCluster) -> None:
     result = rangekv(
-        "bench", "--addr", cluster.addr, "--duration", "3", "--concurrency", "8", timeout=60
+        "bench",
+        "--addr",
+        cluster.addr,
+        "--data",
+        str(cluster.data),
+        "--duration",
+        "3",
+        "--concurrency",
+        "8",
+        timeout=60,
     )
     out = ok(result)
     lines = out.strip().splitlines()
@@ -220,6 +261,8 @@ def test_bench(cluster: DevCluster) -> None:
                 "bench",
                 "--addr",
                 cluster.addr,
+                "--data",
+                str(cluster.data),
                 "--workload",
                 "mixed",
                 "--duration",
@@ -238,6 +281,19 @@ def test_bench(cluster: DevCluster) -> None:
     lat = mixed["latency_ms"]
     assert 0 < lat["p50"] <= lat["p99"] <= lat["p99.9"] <= lat["max"]
     bounded = json.loads(
-        ok(rangekv("bench", "--addr", cluster.addr, "--ops", "20", "--concurrency", "4", "--json"))
+        ok(
+            rangekv(
+                "bench",
+                "--addr",
+                cluster.addr,
+                "--data",
+                str(cluster.data),
+                "--ops",
+                "20",
+                "--concurrency",
+                "4",
+                "--json",
+            )
+        )
     )
     assert bounded["ops"] == 20

@@ -90,7 +90,7 @@ async def running_cluster(base: Path, n_gateways: int = 2) -> AsyncIterator[Loca
 
 @contextlib.asynccontextmanager
 async def kv_stubs(cluster: LocalCluster) -> AsyncIterator[list[kv_pb2_grpc.KVStub]]:
-    channels = [grpc.aio.insecure_channel(g.address) for g in cluster.gateways]
+    channels = [cluster.client_channels()(g.address) for g in cluster.gateways]
     try:
         yield [kv_pb2_grpc.KVStub(ch) for ch in channels]
     finally:
@@ -106,14 +106,14 @@ def node_child(cluster: LocalCluster, node_id: int) -> Child:
     return cluster.nodes[node_ids(cluster).index(node_id)]
 
 
-async def range_info(address: str) -> replica_pb2.ReplicaInfo | None:
+async def range_info(cluster: LocalCluster, address: str) -> replica_pb2.ReplicaInfo | None:
     """This node's view of range 1, or None when it does not answer.
 
     A fresh channel per call: a long-lived channel to a node that was killed
     would sit in gRPC's reconnect backoff after the node came back.
     """
     try:
-        async with grpc.aio.insecure_channel(address) as ch:
+        async with cluster.node_channels()(address) as ch:
             resp = await replica_pb2_grpc.ReplicaStub(ch).RangeInfo(
                 replica_pb2.RangeInfoRequest(range_ids=[RANGE_ID]), timeout=2.0
             )
@@ -127,7 +127,7 @@ async def leaseholder(cluster: LocalCluster, exclude: int | None = None) -> int 
     for nid, child in zip(node_ids(cluster), cluster.nodes, strict=True):
         if nid == exclude or child.proc is None or child.proc.returncode is not None:
             continue
-        info = await range_info(child.address)
+        info = await range_info(cluster, child.address)
         if info is not None and info.is_leader and info.lease_valid:
             return nid
     return None
@@ -149,7 +149,7 @@ async def transfer_lease(cluster: LocalCluster, target: int, timeout: float = 20
         if holder is not None:
             child = node_child(cluster, holder)
             try:
-                async with grpc.aio.insecure_channel(child.address) as ch:
+                async with cluster.node_channels()(child.address) as ch:
                     resp = await replica_pb2_grpc.ReplicaStub(ch).TransferLease(
                         replica_pb2.TransferLeaseRequest(range_id=RANGE_ID, target_node_id=target),
                         timeout=5.0,
@@ -157,7 +157,7 @@ async def transfer_lease(cluster: LocalCluster, target: int, timeout: float = 20
                 last = str(resp.error) if resp.HasField("error") else "ok"
             except grpc.aio.AioRpcError as exc:
                 last = f"{exc.code().name}: {exc.details()}"
-        info = await range_info(node_child(cluster, target).address)
+        info = await range_info(cluster, node_child(cluster, target).address)
         if info is not None and info.is_leader and info.lease_valid:
             return
         await asyncio.sleep(0.1)  # polling interval of a condition with a deadline
@@ -487,8 +487,8 @@ async def nemesis(cluster: LocalCluster, stats: Stats) -> None:
         holder = await leaseholder(cluster)
         if holder is None:
             return False
-        lead = await range_info(cluster.nodes[ids.index(holder)].address)
-        mine = await range_info(child.address)
+        lead = await range_info(cluster, cluster.nodes[ids.index(holder)].address)
+        mine = await range_info(cluster, child.address)
         return lead is not None and mine is not None and mine.applied_index >= lead.commit_index
 
     await async_wait_for(caught_up, 30, f"node {victim} to catch up after its restart")

@@ -22,9 +22,13 @@ _why_not = grpcurl_runs(GRPCURL)
 pytestmark = pytest.mark.skipif(bool(_why_not), reason=_why_not)
 
 
+#: The TLS flags `rangekv dev` printed on its ready screen (set by the fixture).
+FLAGS: list[str] = []
+
+
 def grpcurl(*args: str, data: object | None = None) -> str:
     assert GRPCURL is not None
-    cmd = [GRPCURL, "-plaintext"]
+    cmd = [GRPCURL, *FLAGS]
     if data is not None:
         cmd += ["-d", json.dumps(data)]
     done = subprocess.run(
@@ -42,7 +46,10 @@ def b64(raw: bytes) -> str:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
     c = DevCluster(tmp_path_factory.mktemp("grpcurl") / "data")
     try:
-        yield c.start()
+        c.start()
+        FLAGS[:] = c.grpcurl_flags()
+        assert "-cacert" in FLAGS, FLAGS  # secure by default
+        yield c
     finally:
         c.close()
 
@@ -113,7 +120,7 @@ def _split_json_stream(text: str) -> list[str]:
 def test_errors_reach_grpcurl(cluster: DevCluster) -> None:
     assert GRPCURL is not None
     done = subprocess.run(
-        [GRPCURL, "-plaintext", "-d", json.dumps({"key": ""}), cluster.addr, "rangekv.v1.KV/Put"],
+        [GRPCURL, *FLAGS, "-d", json.dumps({"key": ""}), cluster.addr, "rangekv.v1.KV/Put"],
         capture_output=True,
         text=True,
         timeout=60,

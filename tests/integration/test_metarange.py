@@ -530,6 +530,11 @@ def test_inconsistent_lookups_answer_from_followers_while_electing(harness: Harn
             assert not got.intents
             got = await client.lookup_range(b"u", prefetch=0, consistent=False)
             assert [i.txn.id for i in got.intents] == [pending.txn.id]
+            # ... and, when asked, the leader's consistent read returns the intent too
+            # (what a gateway re-reads after a descriptor proved wrong).
+            got = await client.lookup_range(b"u", prefetch=0, consistent=True, include_intents=True)
+            assert [RangeDescriptor.from_proto(d) for d in got.descriptors] == [tail]
+            assert [i.txn.id for i in got.intents] == [pending.txn.id]
         finally:
             await client.close()
 

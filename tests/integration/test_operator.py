@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from dev_process import DevCluster, rangekv
 
@@ -33,6 +32,8 @@ DASHBOARD = ROOT / "helm" / "rangekv" / "dashboards" / "rangekv.json"
 CONFIGMAP = ROOT / "helm" / "rangekv" / "templates" / "dashboard-configmap.yaml"
 #: Verbs that run a process rather than talk to a cluster.
 PROCESS_VERBS = {"raftnode", "metarange", "gateway", "dev"}
+#: Verbs that work on local files, not on a cluster (checked on their own below).
+LOCAL_VERBS = {"cert"}
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
         yield c.start()
     finally:
         c.close()
+
+
+def certs(cluster: DevCluster) -> list[str]:
+    """The dev cluster's admin client certificates (who the CLI is, not where)."""
+    return ["--certs-dir", str(cluster.data / "certs")]
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
@@ -61,8 +67,9 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_every_verb_with_addr_alone(cluster: DevCluster, tmp_path: Path) -> None:
-    """Each verb gets `--addr` and nothing else that names the cluster (no --data, no --meta)."""
-    a = ["--addr", cluster.addr, "--json", "--timeout", "20"]
+    """Each verb gets `--addr` and nothing else that names the cluster (no --data, no
+    --meta); the client's identity comes from its certificates, as any client's would."""
+    a = ["--addr", cluster.addr, *certs(cluster), "--json", "--timeout", "20"]
     ran: set[str] = set()
 
     def cli(verb: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -118,8 +125,13 @@ def test_every_verb_with_addr_alone(cluster: DevCluster, tmp_path: Path) -> None
     bench = as_json(cli("bench", "--ops", "30", "--concurrency", "3", "--keys", "20"))
     assert bench["ops"] == 30 and bench["errors"] == 0
 
-    admin_and_data = {v for v in VERBS if v not in PROCESS_VERBS}
+    admin_and_data = {v for v in VERBS if v not in PROCESS_VERBS | LOCAL_VERBS}
     assert ran == admin_and_data, f"verbs not exercised: {admin_and_data - ran}"
+    # The local verb works on the certificate folder alone.
+    listed = subprocess.run(
+        [*_exe(), "cert", "list", *certs(cluster)], capture_output=True, text=True, timeout=60
+    )
+    assert listed.returncode == 0 and "admin" in listed.stdout, listed
 
 
 def _exe() -> list[str]:
@@ -132,7 +144,9 @@ def _wait_for_leaseholder(cluster: DevCluster, range_id: int, timeout: float = 3
     """The node holding a valid lease of `range_id` (a new range elects first)."""
     deadline = time.monotonic() + timeout
     while True:
-        ranges = json.loads(ok(rangekv("ranges", "--json", "--addr", cluster.addr)))["ranges"]
+        ranges = json.loads(
+            ok(rangekv("ranges", "--json", "--addr", cluster.addr, *certs(cluster)))
+        )["ranges"]
         (r,) = [r for r in ranges if r["range_id"] == range_id]
         if r["leaseholder"] and r["lease_valid"]:
             return int(r["leaseholder"])
@@ -140,12 +154,14 @@ def _wait_for_leaseholder(cluster: DevCluster, range_id: int, timeout: float = 3
 
 
 def test_admin_errors_are_one_line_with_a_status(cluster: DevCluster) -> None:
-    a = ["--addr", cluster.addr]
+    a = ["--addr", cluster.addr, *certs(cluster)]
     missing = one_error_line(rangekv("transfer-lease", "999", "1", *a))
     assert missing.startswith("rangekv: NOT_FOUND: no node hosts range 999"), missing
     unknown = one_error_line(rangekv("transfer-lease", "1", "9", *a))
     assert unknown.startswith("rangekv: NOT_FOUND: node 9 is not in the registry"), unknown
-    down = one_error_line(rangekv("ranges", "--addr", "127.0.0.1:1", "--timeout", "3"))
+    down = one_error_line(
+        rangekv("ranges", "--addr", "127.0.0.1:1", *certs(cluster), "--timeout", "3")
+    )
     assert down.startswith("rangekv: UNAVAILABLE: cannot reach 127.0.0.1:1"), down
 
 
@@ -155,6 +171,7 @@ def test_bench_out_and_plot(cluster: DevCluster, tmp_path: Path) -> None:
         "bench",
         "--addr",
         cluster.addr,
+        *certs(cluster),
         "--duration",
         "2",
         "--interval",
@@ -200,7 +217,7 @@ def _dashboard_queries() -> list[tuple[str, str]]:
 def test_dashboard_queries_name_exported_metrics(cluster: DevCluster) -> None:
     # Traffic first, so that the request, raft and cache histograms hold samples.
     async def load() -> None:
-        async with grpc.aio.insecure_channel(cluster.addr) as ch:
+        async with cluster.client_channels()(cluster.addr) as ch:
             stub = kv_pb2_grpc.KVStub(ch)
             for i in range(20):
                 await stub.Put(kv_pb2.PutRequest(key=b"dash/%d" % i, value=b"v"), timeout=20)

@@ -112,7 +112,7 @@ async def lease_holder(cluster: LocalCluster) -> int | None:
     """The node holding a valid lease on range 1, if one does."""
     for node_id, child in zip(cluster.layout.nodes, cluster.nodes, strict=True):
         try:
-            async with grpc.aio.insecure_channel(child.address) as ch:
+            async with cluster.node_channels()(child.address) as ch:
                 info = await replica_pb2_grpc.ReplicaStub(ch).RangeInfo(
                     replica_pb2.RangeInfoRequest(range_ids=[RANGE_ID]), timeout=2.0
                 )
@@ -148,7 +148,7 @@ async def _test_put_and_get(tmp_path: Path) -> None:
     )
     try:
         await cluster.start()
-        async with grpc.aio.insecure_channel(cluster.gateways[0].address) as channel:
+        async with cluster.client_channels()(cluster.gateways[0].address) as channel:
             kv = kv_pb2_grpc.KVStub(channel)
 
             async def warm() -> bool:

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import pytest
-from dev_process import DevProcess, find_grpcurl, free_port, grpcurl_runs
+from dev_process import DevProcess, find_grpcurl, free_port, grpcurl_runs, printed_grpcurl_flags
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +75,7 @@ def test_readme_first_command(tmp_path: Path) -> None:
 
     def rangekv(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(cli), *args, "--addr", addr],
+            [str(cli), *args, "--addr", addr, "--data", str(data)],
             capture_output=True,
             text=True,
             timeout=60,
@@ -101,9 +101,10 @@ def test_readme_first_command(tmp_path: Path) -> None:
         why_not = grpcurl_runs(exe)
         if not why_not:
             assert exe is not None
+            flags = printed_grpcurl_flags(first.output)
             body = {"key": _b64(b"readme/grpcurl"), "value": _b64(b"from grpcurl")}
             done = subprocess.run(
-                [exe, "-plaintext", "-d", json.dumps(body), addr, "rangekv.v1.KV/Put"],
+                [exe, *flags, "-d", json.dumps(body), addr, "rangekv.v1.KV/Put"],
                 capture_output=True,
                 text=True,
                 timeout=60,
@@ -113,7 +114,7 @@ def test_readme_first_command(tmp_path: Path) -> None:
             done = subprocess.run(
                 [
                     exe,
-                    "-plaintext",
+                    *flags,
                     "-d",
                     json.dumps({"key": _b64(b"readme/cli")}),
                     addr,

@@ -115,7 +115,7 @@ async def change_replicas(
         )
         try:
             resp = await replica_call(
-                node_child(cluster, holder).address, "ChangeReplicas", req, timeout=45.0
+                cluster, node_child(cluster, holder).address, "ChangeReplicas", req, timeout=45.0
             )
         except grpc.aio.AioRpcError as exc:
             last = f"{exc.code().name}: {exc.details()}"
@@ -141,7 +141,7 @@ async def settled(cluster: LocalCluster, meta: MetaClient) -> list[RangeDescript
     for nid, child in zip(node_ids(cluster), cluster.nodes, strict=True):
         if not alive(child):
             continue
-        infos = await range_infos(child.address)
+        infos = await range_infos(cluster, child.address)
         if infos is None:
             return None
         held = sorted(
@@ -153,13 +153,15 @@ async def settled(cluster: LocalCluster, meta: MetaClient) -> list[RangeDescript
     return committed
 
 
-async def inconsistent_get(address: str, range_id: int, key: bytes) -> bytes | None:
+async def inconsistent_get(
+    cluster: LocalCluster, address: str, range_id: int, key: bytes
+) -> bytes | None:
     req = replica_pb2.ReplicaBatchRequest(
         range_id=range_id,
         inconsistent=True,
         ops=[replica_pb2.ReplicaOp(get=replica_pb2.GetOp(key=key))],
     )
-    resp = await replica_call(address, "Batch", req)
+    resp = await replica_call(cluster, address, "Batch", req)
     assert isinstance(resp, replica_pb2.ReplicaBatchResponse)
     if resp.HasField("error"):
         return None
@@ -200,13 +202,13 @@ def test_add_and_remove_replica(tmp_path: Path) -> None:
             layout = await async_wait_for(lambda: settled(cluster, meta), 30, "meta and nodes")
             assert layout == [desc]
             n4 = node_child(cluster, 4).address
-            infos = await range_infos(n4)
+            infos = await range_infos(cluster, n4)
             assert infos is not None and [i.descriptor.range_id for i in infos] == [1]
             assert RangeDescriptor.from_proto(infos[0].descriptor) == desc
 
             async def n4_has_all() -> bool:
                 for k, v in data.items():
-                    if await inconsistent_get(n4, 1, k) != v:
+                    if await inconsistent_get(cluster, n4, 1, k) != v:
                         return False
                 return True
 
@@ -227,12 +229,13 @@ def test_add_and_remove_replica(tmp_path: Path) -> None:
             assert layout == [desc]
 
             async def victim_empty() -> bool:
-                infos = await range_infos(node_child(cluster, victim).address)
+                infos = await range_infos(cluster, node_child(cluster, victim).address)
                 return infos == []
 
             await async_wait_for(victim_empty, 20, f"node {victim} to destroy its replica")
             # the old replica now answers RangeNotFound; the gateway keeps working
             resp = await replica_call(
+                cluster,
                 node_child(cluster, victim).address,
                 "Batch",
                 replica_pb2.ReplicaBatchRequest(

@@ -238,10 +238,12 @@ def test_tls_on_and_off(defaults: Rendered) -> None:
         "name": "certs",
         "secret": {"secretName": "rangekv-client-certs", "defaultMode": 0o400},
     } in test_on["volumes"]
-    assert env_of(test_on["containers"][0])["RANGEKV_CLIENT_NAME"] == "root"
+    assert env_of(test_on["containers"][0])["RANGEKV_CLIENT"] == "root"
     assert env_of(off.of_kind("Pod")[0]["spec"]["containers"][0])["RANGEKV_INSECURE"] == "true"
     hosts = f"{RELEASE}-rangekv-raftnode.{NAMESPACE}.svc.cluster.local"
-    assert f"rangekv cert create-node --host '*.{RELEASE}-rangekv-metarange" in defaults.notes
+    assert "rangekv cert create-node node --certs-dir ./certs" in defaults.notes
+    assert f"--host '*.{RELEASE}-rangekv-metarange" in defaults.notes
+    assert "rangekv cert create-client root --role admin" in defaults.notes
     assert f"--host '*.{hosts}'" in defaults.notes
     assert "--certs-dir ./certs" in defaults.notes and "-plaintext" not in defaults.notes
     assert "grpcurl -plaintext" in off.notes and "create-node" not in off.notes

@@ -253,6 +253,8 @@ def test_rolling_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 def rangekv_cli(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, HOSTS_FILE_ENV: str(cluster.hosts_path)}
+    if not TLS:
+        env["RANGEKV_INSECURE"] = "1"
     return subprocess.run(
         [sys.executable, "-m", "rangekv.cli.main", *args],
         capture_output=True,

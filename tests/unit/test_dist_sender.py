@@ -242,3 +242,126 @@ def test_a_write_to_a_replica_that_does_not_answer_is_never_sent_elsewhere() -> 
 def test_read_attempt_timeout_must_be_positive() -> None:
     with pytest.raises(ValueError, match="read_attempt_timeout"):
         make_sender(FakeNodes(lambda _addr: reply()), read_attempt_timeout=0)
+
+
+# --- issue 14: redirects by lease sequence, the deadline ---------------------------------
+
+
+class ScriptedAnswers(FakeNodes):
+    """Each address answers with its next scripted answer (the last one repeats)."""
+
+    def __init__(self, script: dict[str, list[BatchReply | E.RangeKVError]]) -> None:
+        super().__init__(self._next)
+        self.script = script
+
+    def _next(self, address: str) -> BatchReply | E.RangeKVError:
+        answers = self.script[address]
+        return answers.pop(0) if len(answers) > 1 else answers[0]
+
+
+def nlh(holder: ReplicaDescriptor, seq: int) -> E.NotLeaseHolder:
+    return E.NotLeaseHolder(1, holder, f"n{holder.node_id}", seq, WHOLE)
+
+
+def slow_backoff_sender(nodes: FakeNodes) -> DistSender:
+    """Any backoff would sleep at least half of the 2 s deadline."""
+    sender = make_sender(nodes, timeout=2.0)
+    sender._backoff_initial = sender._backoff_max = 30.0
+    return sender
+
+
+def test_redirects_to_ever_higher_lease_sequences_are_followed_at_once() -> None:
+    """Issue 14, item 7: the lease moves n2 -> n3 -> n1 -> n2 while the request chases it.
+    Every redirect names a higher lease sequence than any seen, so none waits, even
+    when it leads back to a node already asked ("already hinted" backed off there)."""
+
+    async def body() -> None:
+        nodes = ScriptedAnswers(
+            {
+                "n1": [nlh(N2, 6), nlh(N2, 9)],
+                "n2": [nlh(N3, 7), reply()],
+                "n3": [nlh(N1, 8)],
+            }
+        )
+        sender = slow_backoff_sender(nodes)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await sender.send(b"k", GET, is_write=False)
+        assert loop.time() - began < 0.5, "a backoff was taken"
+        assert nodes.calls == ["n1", "n2", "n3", "n1", "n2"]
+        assert sender.counters.redirects == 4 and not sender.counters.backoffs
+
+    asyncio.run(body())
+
+
+def test_a_hint_no_newer_than_one_followed_moves_on_to_a_replica_not_yet_asked() -> None:
+    """Issue 14, items 1 and 7: n1 and n2 name each other at the same lease sequence.
+    Going back to n1 would spin; the next replica (n3) has not been asked yet."""
+
+    async def body() -> None:
+        nodes = ScriptedAnswers({"n1": [nlh(N2, 5)], "n2": [nlh(N1, 5)], "n3": [reply()]})
+        sender = slow_backoff_sender(nodes)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await sender.send(b"k", GET, is_write=False)
+        assert loop.time() - began < 0.5, "a backoff was taken"
+        assert nodes.calls == ["n1", "n2", "n3"]
+        assert sender.counters.retries == {"lease_not_newer": 1}
+
+    asyncio.run(body())
+
+
+class FakeClock:
+    """`monotonic` and `sleep` for a DistSender: sleeping advances the clock at once."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        self.sleeps.append(delay)
+        self.now += delay
+        await asyncio.sleep(0)
+
+
+def test_a_flapping_lease_backs_off_after_each_pass() -> None:
+    """Every replica names another at one lease sequence, forever: each pass asks each
+    replica once, then the request backs off (capped exponential with jitter)."""
+
+    async def body() -> None:
+        nodes = ScriptedAnswers({"n1": [nlh(N2, 5)], "n2": [nlh(N1, 5)], "n3": [nlh(N1, 5)]})
+        clock = FakeClock()
+        sender = make_sender(nodes, timeout=5.0)
+        sender._monotonic, sender._sleep = clock.monotonic, clock.sleep
+        with pytest.raises(E.Unavailable) as info:
+            await sender.send(b"k", PUT, is_write=True)
+        assert info.value.outcome is E.WriteOutcome.NOT_APPLIED
+        passes = len(clock.sleeps)
+        assert 4 <= passes <= 12, clock.sleeps
+        assert len(nodes.calls) <= 3 * (passes + 1), (len(nodes.calls), passes)
+        assert sender.counters.backoffs == {"lease_not_newer": passes}
+        assert all(b <= 1.5 for b in clock.sleeps)  # capped at 1 s, jitter below 1.5x
+
+    asyncio.run(body())
+
+
+def test_a_meta_lookup_that_does_not_answer_is_bounded_by_the_deadline() -> None:
+    """The meta client's own timeout (5 s) must not outlast the request's deadline."""
+
+    async def body() -> None:
+        never = asyncio.Event()
+
+        async def hung(key: bytes, prefetch: int) -> LookupResult:
+            await never.wait()
+            raise AssertionError("unreachable")
+
+        sender = make_sender(FakeNodes(lambda _addr: reply()), hung, timeout=0.3)
+        with pytest.raises(E.Unavailable) as info:
+            await asyncio.wait_for(sender.send(b"k", PUT, is_write=True), 3.0)
+        assert info.value.outcome is E.WriteOutcome.NOT_APPLIED
+        assert "did not answer the lookup in time" in info.value.message
+
+    asyncio.run(body())

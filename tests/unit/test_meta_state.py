@@ -377,6 +377,8 @@ def test_lookup_modes_separate_intents(meta: Meta, layout: list[RangeDescriptor]
     consistent = meta.sm.lookup(meta.engine, b"a\x01", 1, LookupMode.CONSISTENT)
     assert consistent.descriptors == (layout[3], layout[4]) and consistent.intents == ()
     inconsistent = meta.sm.lookup(meta.engine, b"a\x01", 1, LookupMode.INCONSISTENT)
+    with_intents = meta.sm.lookup(meta.engine, b"a\x01", 1, LookupMode.CONSISTENT, True)
+    assert with_intents == inconsistent  # a leader's re-read sees what a scan meets
     assert inconsistent.descriptors == (layout[3], layout[4])
     left, right = plan.updates[1], plan.updates[0]
     assert [(i.meta_key, i.descriptor) for i in inconsistent.intents] == [

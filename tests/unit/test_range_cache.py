@@ -69,18 +69,21 @@ class ScriptedMeta:
         self.expired: set[bytes] = set()
         self.stale: collections.deque[LookupResult] = collections.deque()
         self.lookups: list[bytes] = []
+        self.consistent_lookups: list[bytes] = []
         self.pushes: list[bytes] = []
         self.resolutions: list[tuple[bytes, bytes, TxnStatus]] = []
         self.hold: asyncio.Event | None = None
 
     # --- the ports the cache uses ---
 
-    async def lookup(self, key: bytes, prefetch: int) -> LookupResult:
+    async def lookup(self, key: bytes, prefetch: int, *, consistent: bool = False) -> LookupResult:
         self.lookups.append(key)
+        if consistent:
+            self.consistent_lookups.append(key)
         await asyncio.sleep(0)
         if self.hold is not None:
             await self.hold.wait()
-        if self.stale:
+        if self.stale and not consistent:  # a lagging replica; the leader is never stale
             return self.stale.popleft()
         descriptors: list[RangeDescriptor] = []
         intents: list[Intent] = []
@@ -244,6 +247,24 @@ def test_the_same_descriptor_merges_leaseholder_info() -> None:
     assert len(cache) == 1 and not counters(cache).evictions
 
 
+def test_an_insert_over_mixed_generations_removes_the_older_and_yields_to_the_newer() -> None:
+    """Issue 14, item 5: {A[a,m) g2, B[m,z) g4} + C[b,y) g3. C proves A stale (the keys
+    they share were covered at g3 since), and B proves C stale: A goes, C stays out,
+    and b is then a miss that looks up instead of being served by A."""
+    a = desc(1, b"a", b"m", 2)
+    b = desc(2, b"m", b"z", 4)
+    c = desc(1, b"b", b"y", 3)
+    meta = ScriptedMeta(desc(1, b"a", b"b", 5), desc(3, b"b", b"m", 5), b)
+    cache = make_cache(meta, prefetch=0)
+    cache.maybe_insert_descriptors([a, b])
+    assert cache.maybe_insert(CacheEntry(c)) is None
+    assert [e.descriptor for e in cache.entries()] == [b]
+    assert counters(cache).evictions[EvictionReason.SUPERSEDED] == 1
+    cache.check()
+    assert run(cache.lookup(b"b"))[0].descriptor == desc(3, b"b", b"m", 5)
+    assert meta.lookups == [b"b"]
+
+
 # --- rule P: compare-and-evict ----------------------------------------------------------
 
 
@@ -296,12 +317,11 @@ def test_confirm_keeps_the_routed_entry_and_is_a_no_op_once_it_is_gone() -> None
 # --- rule L: NotLeaseHolder hints -------------------------------------------------------
 
 
-@pytest.mark.parametrize("newer", [False, True], ids=["equal-generation", "newer-generation"])
-def test_a_hint_naming_a_replica_absent_from_the_descriptor_is_followed(newer: bool) -> None:
+def test_a_hint_naming_a_replica_only_a_newer_descriptor_lists_is_followed() -> None:
     meta = ScriptedMeta(ROOT)
     cache = make_cache(meta)
     _, token = run(cache.lookup(b"a"))
-    theirs = desc(1, b"", b"", 2, (N2, N3, N4)) if newer else ROOT
+    theirs = desc(1, b"", b"", 2, (N2, N3, N4))
     err = NotLeaseHolder(1, N4, "n4:1", 7, theirs)
     redirected = cache.maybe_update_leaseholder(token, err)
     assert redirected is not None
@@ -310,6 +330,49 @@ def test_a_hint_naming_a_replica_absent_from_the_descriptor_is_followed(newer: b
     assert (entry.descriptor, entry.leaseholder, entry.lease_sequence) == (theirs, N4, 7)
     assert meta.lookups == [b"a"], "following the hint must cost no lookup"
     cache.check()
+
+
+@pytest.mark.parametrize(
+    "theirs",
+    [ROOT, None, desc(1, b"", b"", 2)],
+    ids=["same-descriptor", "no-descriptor", "newer-descriptor-without-it"],
+)
+def test_a_hint_naming_a_replica_outside_the_descriptor_is_not_taken(
+    theirs: RangeDescriptor | None,
+) -> None:
+    """Issue 14, item 1: a leaseholder in no descriptor the cache would hold cannot be
+    routed to; the entry keeps no lease (and takes a newer descriptor if one came)."""
+    cache = make_cache(ScriptedMeta(ROOT))
+    _, token = run(cache.lookup(b"a"))
+    after = cache.maybe_update_leaseholder(token, NotLeaseHolder(1, N4, "n4:1", 7, theirs))
+    assert after is not None and after.entry.leaseholder is None
+    assert after.entry.descriptor == (theirs or ROOT)
+    cache.check()
+
+
+def test_a_newer_descriptor_without_the_cached_leaseholder_drops_the_lease() -> None:
+    """Issue 14, item 4: the lease leaves with its replica, whether the newer descriptor
+    comes with a NotLeaseHolder (whose own hint is not taken) or a mismatch."""
+    cache = make_cache(ScriptedMeta())
+    cache.maybe_insert(CacheEntry(ROOT, N1, "n1:1", 5))
+    token = run(cache.lookup(b"a"))[1]
+    without_n1 = desc(1, b"", b"", 2, (N2, N3, N4))
+    # The hint names n2 at an older lease sequence: the descriptor is taken, the hint not.
+    after = cache.maybe_update_leaseholder(token, NotLeaseHolder(1, N2, "n2:1", 4, without_n1))
+    assert after is not None
+    assert (after.entry.descriptor, after.entry.leaseholder, after.entry.lease_sequence) == (
+        without_n1,
+        None,
+        5,
+    ), "the lease sequence stays as a floor; the holder is gone"
+    assert counters(cache).leases_dropped == 1
+    # The same through a RangeKeyMismatch carrying the newer descriptor.
+    other = make_cache(ScriptedMeta())
+    other.maybe_insert(CacheEntry(ROOT, N1, "n1:1", 5))
+    routed = run(other.lookup(b"a"))[1]
+    other.maybe_evict_for_mismatch(routed, RangeKeyMismatch(1, (without_n1,)))
+    assert other.peek(b"a") == CacheEntry(without_n1, None, "", 5)
+    assert counters(other).leases_dropped == 1
 
 
 def test_a_hint_with_an_older_descriptor_is_ignored() -> None:
@@ -378,6 +441,110 @@ def test_concurrent_misses_in_one_range_cost_one_lookup() -> None:
 
     run(main())
     assert meta.lookups == [b"a"]
+
+
+@pytest.mark.parametrize("order", ["key-order", "reverse-order", "middle-first"])
+def test_concurrent_misses_in_one_range_cost_one_lookup_in_any_order(order: str) -> None:
+    """Issue 14, item 6: after a split at "an", misses for an0, an1, an2 share one lookup
+    whatever order they arrive in (each waits for the nearest lookup below or above)."""
+    left, right = desc(1, b"", b"an", 2), desc(2, b"an", b"", 2)
+    meta = ScriptedMeta(left, right)
+    cache = make_cache(meta)
+    keys = {
+        "key-order": [b"an0", b"an1", b"an2"],
+        "reverse-order": [b"an2", b"an1", b"an0"],
+        "middle-first": [b"an1", b"an2", b"an0"],
+    }[order]
+
+    async def main() -> list[tuple[CacheEntry, object]]:
+        meta.hold = asyncio.Event()
+        calls = [asyncio.ensure_future(cache.lookup(k)) for k in keys]
+        await asyncio.sleep(0)
+        meta.hold.set()
+        return await asyncio.gather(*calls)
+
+    assert {e.descriptor for e, _ in run(main())} == {right}
+    assert meta.lookups == [keys[0]]
+    assert counters(cache).coalesced_lookups == 2
+
+
+def test_a_miss_the_nearby_lookup_does_not_cover_looks_up_exactly_once() -> None:
+    left, right = desc(1, b"", b"an", 2), desc(2, b"an", b"", 2)
+    meta = ScriptedMeta(left, right)
+    cache = make_cache(meta, prefetch=0)
+
+    async def main() -> list[tuple[CacheEntry, object]]:
+        meta.hold = asyncio.Event()
+        calls = [asyncio.ensure_future(cache.lookup(k)) for k in (b"an2", b"a0")]
+        await asyncio.sleep(0)
+        meta.hold.set()
+        return await asyncio.gather(*calls)
+
+    assert [e.descriptor for e, _ in run(main())] == [right, left]
+    assert meta.lookups == [b"an2", b"a0"]
+
+
+def test_a_lookup_outlives_the_request_that_started_it() -> None:
+    """The first miss gives up (its deadline); the others still get the one answer."""
+    meta = ScriptedMeta(ROOT)
+    cache = make_cache(meta)
+
+    async def main() -> list[tuple[CacheEntry, object]]:
+        meta.hold = asyncio.Event()
+        first = asyncio.ensure_future(cache.lookup(b"k"))
+        await asyncio.sleep(0)
+        others = [asyncio.ensure_future(cache.lookup(b"k")) for _ in range(3)]
+        await asyncio.sleep(0)
+        first.cancel()
+        meta.hold.set()
+        return await asyncio.gather(*others)
+
+    assert {e.descriptor for e, _ in run(main())} == {ROOT}
+    assert meta.lookups == [b"k"]
+
+
+# --- rule R: re-reading meta after a descriptor proved wrong ----------------------------
+
+
+def test_a_lookup_no_newer_than_the_stale_descriptor_is_repeated_at_the_meta_leader() -> None:
+    """Issue 14, item 3: a lagging meta replica still answers with the descriptor that
+    just failed; the cache then reads meta consistently (at its leader)."""
+    meta = ScriptedMeta(ROOT)
+    cache = make_cache(meta)
+    _, token = run(cache.lookup(b"x"))
+    left, right = meta.split(ROOT, b"m", 2)
+    assert cache.maybe_evict(token, EvictionReason.RANGE_NOT_FOUND)
+    meta.stale.append(LookupResult((ROOT,)))
+    entry, _ = run(cache.lookup(b"x", stale=ROOT))
+    assert entry.descriptor == right
+    assert meta.consistent_lookups == [b"x"] and len(meta.lookups) == 3
+    # An inconsistent answer newer than the bound is enough: no consistent read.
+    assert run(cache.lookup(b"a", stale=ROOT))[0].descriptor == left
+    assert len(meta.lookups) == 4 and meta.consistent_lookups == [b"x"]
+    assert counters(cache).consistent_lookups == 1
+
+
+def test_a_cached_entry_no_newer_than_the_stale_descriptor_is_not_a_hit() -> None:
+    meta = ScriptedMeta(ROOT)
+    cache = make_cache(meta)
+    run(cache.lookup(b"x"))
+    _, right = meta.split(ROOT, b"m", 2)
+    meta.stale.append(LookupResult((ROOT,)))  # and meta's followers lag too
+    assert cache.hit(b"x", stale=ROOT) is None
+    entry, _ = run(cache.lookup(b"x", stale=ROOT))
+    assert entry.descriptor == right
+    assert meta.consistent_lookups == [b"x"]
+
+
+def test_the_consistent_answer_is_returned_even_when_it_is_no_newer() -> None:
+    """Meta's leader agrees with the descriptor that failed: the caller gets it (and
+    backs off), the cache does not loop."""
+    meta = ScriptedMeta(ROOT)
+    cache = make_cache(meta)
+    run(cache.lookup(b"x"))
+    entry, _ = run(cache.lookup(b"x", stale=ROOT))
+    assert entry.descriptor == ROOT
+    assert len(meta.lookups) == 3 and meta.consistent_lookups == [b"x"]
 
 
 def test_a_failed_lookup_fails_its_waiters_and_the_next_miss_retries() -> None:

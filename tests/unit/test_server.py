@@ -261,7 +261,7 @@ def test_ready_line_printed_exactly_once(log_stream: io.StringIO) -> None:
     ready = [line for line in log_stream.getvalue().splitlines() if " ready: " in line]
     assert len(ready) == 1, ready  # logged although the level is WARNING
     assert f"rangekv kvtest ready: node=3 grpc={seen['grpc']} metrics={seen['metrics']}" in ready[0]
-    assert parse_ready_line(ready[0]) == {"service": "kvtest", "node": "3", **seen}
+    assert parse_ready_line(ready[0]) == {"service": "kvtest", "node": "3", "tls": "off", **seen}
 
 
 def test_ready_line_in_json_with_metrics_disabled() -> None:

@@ -41,14 +41,16 @@ NODE_STATE_DECOMMISSIONING: NodeState
 NODE_STATE_DECOMMISSIONED: NodeState
 
 class LookupRangeRequest(_message.Message):
-    __slots__ = ("key", "prefetch", "mode")
+    __slots__ = ("key", "prefetch", "mode", "include_intents")
     KEY_FIELD_NUMBER: _ClassVar[int]
     PREFETCH_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_INTENTS_FIELD_NUMBER: _ClassVar[int]
     key: bytes
     prefetch: int
     mode: LookupMode
-    def __init__(self, key: _Optional[bytes] = ..., prefetch: _Optional[int] = ..., mode: _Optional[_Union[LookupMode, str]] = ...) -> None: ...
+    include_intents: bool
+    def __init__(self, key: _Optional[bytes] = ..., prefetch: _Optional[int] = ..., mode: _Optional[_Union[LookupMode, str]] = ..., include_intents: _Optional[bool] = ...) -> None: ...
 
 class DescriptorIntent(_message.Message):
     __slots__ = ("meta_key", "descriptor", "txn")
