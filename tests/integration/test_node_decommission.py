@@ -47,6 +47,7 @@ def test_node_decommission_by_hand(tmp_path: Path) -> None:
             kv_stubs(cluster) as (kv,),
             meta_client(cluster) as meta,
         ):
+            certs = ["--certs-dir", str(cluster.certs_dir)]  # the cluster's own (mutual TLS)
             for key in (b"p", b"g"):
                 await admin_split(cluster, 1, key)
             await async_wait_for(lambda: settled(cluster, meta), 30, "the splits")
@@ -62,6 +63,7 @@ def test_node_decommission_by_hand(tmp_path: Path) -> None:
                 "3",
                 "--meta",
                 cluster.meta_addrs,
+                *certs,
                 "--timeout",
                 "2",
             )
@@ -81,16 +83,16 @@ def test_node_decommission_by_hand(tmp_path: Path) -> None:
             await check_data(kv, data)
 
             nodes = await asyncio.to_thread(
-                rangekv_cli, "nodes", "--json", "--meta", cluster.meta_addrs
+                rangekv_cli, "nodes", "--json", "--meta", cluster.meta_addrs, *certs
             )
             states = {n["node_id"]: n["state"] for n in json.loads(nodes.stdout)["nodes"]}
             assert states == {1: "active", 2: "active", 3: "decommissioned", 4: "active"}
             again = await asyncio.to_thread(
-                rangekv_cli, "node", "decommission", "3", "--meta", cluster.meta_addrs
+                rangekv_cli, "node", "decommission", "3", "--meta", cluster.meta_addrs, *certs
             )
             assert again.returncode == 0 and "decommissioned" in again.stdout  # idempotent
             back = await asyncio.to_thread(
-                rangekv_cli, "node", "recommission", "3", "--meta", cluster.meta_addrs
+                rangekv_cli, "node", "recommission", "3", "--meta", cluster.meta_addrs, *certs
             )
             assert back.returncode == 1 and "FAILED_PRECONDITION" in back.stderr
 
