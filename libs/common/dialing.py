@@ -61,22 +61,22 @@ def _mapping() -> dict[str, str]:
 
 
 def dial_target(
-    address: str, tls_name: str | None = None
+    address: str, tls_name: str | None = None, *, secure: bool = False
 ) -> tuple[str, tuple[tuple[str, Any], ...]]:
     """(gRPC target, extra channel options) for ``host:port`` (module doc).
 
-    ``tls_name``: the name a TLS channel checks the server's certificate for
-    (None: the host dialled, as a mapped channel keeps it)."""
+    ``secure``: a TLS channel, whose server certificate is checked for
+    ``tls_name`` (None: for the host dialled, which a mapped channel keeps; gRPC
+    then takes the call's authority from that name too)."""
     host, sep, port = address.rpartition(":")
     ip = _mapping().get(host.lower()) if sep and host else None
     if ip is None:
-        override = (("grpc.ssl_target_name_override", tls_name),) if tls_name else ()
+        override = (("grpc.ssl_target_name_override", tls_name),) if secure and tls_name else ()
         return address, override
     target = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-    return target, (
-        ("grpc.default_authority", address),
-        ("grpc.ssl_target_name_override", tls_name or host),
-    )
+    if secure:
+        return target, (("grpc.ssl_target_name_override", tls_name or host),)
+    return target, (("grpc.default_authority", address),)
 
 
 def insecure_channel(address: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
@@ -94,7 +94,7 @@ def secure_channel(
 ) -> grpc.aio.Channel:
     """``grpc.aio.secure_channel`` to ``address``, honouring the hosts file; the
     server's certificate is checked for ``tls_name`` (None: the host dialled)."""
-    target, extra = dial_target(address, tls_name)
+    target, extra = dial_target(address, tls_name, secure=True)
     return grpc.aio.secure_channel(target, credentials, options=[*options, *extra])
 
 

@@ -19,8 +19,9 @@ every key is read back and the whole history is judged by
   range ends with 3 live voters on the remaining nodes, and their volumes
   are deleted (whenScaled: Delete).
 
-`TLS` is the one switch to run both with the chart's default TLS once the
-processes take --certs-dir (the harness then needs the Secrets' files).
+The rolling restart runs with the chart's default, TLS (the two Secrets made
+as the README says, mounted into the pods), and in plaintext; the scale test
+with TLS.
 RANGEKV_K8S_LONG=1 runs the workload longer between steps, and scales
 3 -> 5 -> 3 twice (the second time the new pods are new nodes again).
 """
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import os
 import random
 import subprocess
@@ -47,24 +49,37 @@ from manifest_cluster import Cluster, kubeconfig_for
 from rangekv.check.history import HistoryRecorder, OpKind, Outcome
 from rangekv.check.kv_client import recorded_op
 from rangekv.check.linearizability import check_history
-from rangekv.common import dialing
+from rangekv.common.certs import (
+    CA_CERT,
+    NODE_CERT,
+    NODE_KEY,
+    NODE_SERVER_NAME,
+    Role,
+    client_files,
+    create_ca,
+    create_client,
+    create_node,
+    write_atomic,
+    write_pair,
+)
+from rangekv.common.config import SecurityConfig
 from rangekv.common.dialing import HOSTS_FILE_ENV
+from rangekv.common.tls import ChannelOpener, client_channels
 from rangekv.metarange.client import MetaClient
 from rangekv.v1 import kv_pb2_grpc, meta_pb2, replica_pb2, replica_pb2_grpc
 
 pytestmark = pytest.mark.timeout(600)
 
-TLS = False  # the one switch (module doc)
 LONG = os.environ.get("RANGEKV_K8S_LONG", "").strip().lower() in ("1", "true", "yes")
 CLIENTS = 4
 KEYS = [b"k8s-%c%d" % (c, i) for c in b"bgmrw" for i in range(3)]
 OP_TIMEOUT = 10.0
 
 
-def values() -> dict[str, Any]:
+def values(tls: bool) -> dict[str, Any]:
     """The chart's values for these tests: small and quick, otherwise the defaults."""
     return {
-        "tls": {"enabled": TLS},
+        "tls": {"enabled": tls},
         "gateway": {"replicas": 1, "settings": {"shutdown-grace-seconds": 2}},
         "metarange": {"settings": {"shutdown-grace-seconds": 1, "liveness-ttl": 4}},
         "raftnode": {
@@ -129,13 +144,11 @@ async def client(cid: int, kv: kv_pb2_grpc.KVStub, w: Workload) -> None:
 
 @contextlib.asynccontextmanager
 async def running(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **over: Any
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, tls: bool
 ) -> AsyncIterator[Cluster]:
-    """`helm install` of the chart into the harness, with the API-server emulator."""
-    vals = values()
-    for key, value in over.items():
-        vals[key] = {**vals.get(key, {}), **value}
-    rendered = render(vals)
+    """`helm install` of the chart into the harness, with the API-server emulator
+    (and, with `tls`, the two Secrets the chart mounts)."""
+    rendered = render(values(tls))
     async with kmock.KubernetesEmulator() as api, kmock.Server(api) as server:
         api.resources["apps/v1/statefulsets"] = {}
 
@@ -153,6 +166,8 @@ async def running(
             say=lambda line: print(line, flush=True),
         )
         monkeypatch.setenv(HOSTS_FILE_ENV, str(cluster.hosts_path))
+        if tls:
+            make_secrets(cluster)
         try:
             await cluster.install()
             yield cluster
@@ -164,6 +179,43 @@ async def running(
                 await asyncio.wait_for(cluster.stop(), 60)
             finally:
                 cluster.kill_all()
+
+
+def make_secrets(cluster: Cluster) -> None:
+    """What an operator creates before `helm install` (README): a CA, the node
+    identity naming what clients dial (the gateway Service), a client identity."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca = create_ca(now)
+    gateway = gateway_address(cluster).rsplit(":", 1)[0]
+    node = create_node(ca, "node", [gateway, gateway.split(".")[0], "localhost"], now)
+    node_dir = cluster.secret_dir("rangekv-node-certs")
+    write_pair(node_dir, NODE_CERT, NODE_KEY, node, overwrite=False)
+    client_dir = cluster.secret_dir("rangekv-client-certs")
+    write_pair(
+        client_dir,
+        *client_files("root"),
+        create_client(ca, "root", Role.ADMIN, now),
+        overwrite=False,
+    )
+    for folder in (node_dir, client_dir):
+        write_atomic(folder / CA_CERT, ca.cert_pem, 0o644)
+
+
+def security(cluster: Cluster) -> SecurityConfig:
+    """The test's own identity: the client Secret's files, or plaintext."""
+    client_dir = cluster.secret_dir("rangekv-client-certs")
+    if (client_dir / CA_CERT).exists():
+        return SecurityConfig(certs_dir=client_dir)
+    return SecurityConfig(insecure=True)
+
+
+def channels(cluster: Cluster, *, internal: bool = False) -> ChannelOpener:
+    """Channels to the gateway Service, or (`internal`) to nodes and meta replicas."""
+    return client_channels(
+        security(cluster),
+        "root" if not security(cluster).insecure else None,
+        server_name=NODE_SERVER_NAME if internal else None,
+    )
 
 
 def gateway_address(cluster: Cluster) -> str:
@@ -183,7 +235,7 @@ def meta_addresses(cluster: Cluster) -> list[str]:
 @contextlib.asynccontextmanager
 async def workload(cluster: Cluster) -> AsyncIterator[Workload]:
     w = Workload()
-    async with dialing.insecure_channel(gateway_address(cluster)) as channel:
+    async with channels(cluster)(gateway_address(cluster)) as channel:
         kv = kv_pb2_grpc.KVStub(channel)
         tasks = [asyncio.ensure_future(client(i, kv, w)) for i in range(CLIENTS)]
         try:
@@ -225,9 +277,10 @@ def judge(w: Workload) -> str:
     return f"{len(ops)} operations, linearizable ({result.keys_checked} keys); {w.report()}"
 
 
-def test_rolling_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("tls", [True, False], ids=["tls", "plaintext"])
+def test_rolling_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tls: bool) -> None:
     async def body() -> None:
-        async with running(tmp_path, monkeypatch) as cluster:
+        async with running(tmp_path, monkeypatch, tls=tls) as cluster:
             code, out = await cluster.helm_test()
             assert code == 0 and "put and get through" in out, out
             async with workload(cluster) as w:
@@ -238,7 +291,7 @@ def test_rolling_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
                     codes[component] = await sts.rolling_restart()
                     await after_ops(w, 200 if LONG else 50)
             verdict = judge(w)
-            print(f"rolling restart: {verdict}", flush=True)
+            print(f"rolling restart ({'tls' if tls else 'plaintext'}): {verdict}", flush=True)
             assert codes == {"metarange": [0, 0, 0], "raftnode": [0, 0, 0]}
             assert max(cluster.max_unavailable_seen.values()) == 1, cluster.max_unavailable_seen
             restarts = {p.name: p.restarts for p in cluster.pods() if "-gateway-" not in p.name}
@@ -253,8 +306,11 @@ def test_rolling_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 def rangekv_cli(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, HOSTS_FILE_ENV: str(cluster.hosts_path)}
-    if not TLS:
+    sec = security(cluster)
+    if sec.insecure:
         env["RANGEKV_INSECURE"] = "1"
+    else:
+        env["RANGEKV_CERTS_DIR"] = str(sec.certs_dir)
     return subprocess.run(
         [sys.executable, "-m", "rangekv.cli.main", *args],
         capture_output=True,
@@ -273,8 +329,8 @@ async def layout(meta: MetaClient) -> list[Any]:
     return [] if resp.intents else list(resp.descriptors)
 
 
-async def leases(address: str) -> int:
-    async with dialing.insecure_channel(address) as ch:
+async def leases(cluster: Cluster, address: str) -> int:
+    async with channels(cluster, internal=True)(address) as ch:
         info = await replica_pb2_grpc.ReplicaStub(ch).RangeInfo(
             replica_pb2.RangeInfoRequest(), timeout=5
         )
@@ -283,7 +339,7 @@ async def leases(address: str) -> int:
 
 def test_scale_raftnodes_3_5_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async def body() -> None:
-        async with running(tmp_path, monkeypatch) as cluster:
+        async with running(tmp_path, monkeypatch, tls=True) as cluster:
             meta_addrs = ",".join(meta_addresses(cluster))
             for key in ("g", "m", "r", "w"):
                 last: list[str] = []
@@ -299,7 +355,9 @@ def test_scale_raftnodes_3_5_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
                     await until(split, 60, f"split at {key}")
                 except TimeoutError as exc:
                     raise AssertionError(f"{exc}: {last[-1]}") from None
-            meta = MetaClient(meta_addresses(cluster), timeout=5)
+            meta = MetaClient(
+                meta_addresses(cluster), timeout=5, channels=channels(cluster, internal=True)
+            )
             raftnodes = cluster.statefulset("raftnode")
             cycles = 2 if LONG else 1
             led: dict[int, int] = {}
@@ -322,7 +380,7 @@ def test_scale_raftnodes_3_5_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
                             held = Counter(r.node_id for d in descs for r in d.replicas)
                             if not all(held[n] for n in new_ids):
                                 return None
-                            got = {n: await leases(nodes[n].node.address) for n in new_ids}
+                            got = {n: await leases(cluster, nodes[n].node.address) for n in new_ids}
                             return got if all(got.values()) else None
 
                         led = await until(

@@ -27,10 +27,18 @@ def test_mapped_names_keep_their_authority_others_go_to_dns(
     monkeypatch.setenv(HOSTS_FILE_ENV, str(hosts))
     target, options = dial_target("pod-0.svc.ns:7000")
     assert target == "127.9.9.2:7000"
-    assert dict(options) == {
-        "grpc.default_authority": "pod-0.svc.ns:7000",
-        "grpc.ssl_target_name_override": "pod-0.svc.ns",
-    }
+    assert dict(options) == {"grpc.default_authority": "pod-0.svc.ns:7000"}
+    # TLS: the certificate is checked for the name dialled, or the one asked for.
+    assert dial_target("pod-0.svc.ns:7000", secure=True)[1] == (
+        ("grpc.ssl_target_name_override", "pod-0.svc.ns"),
+    )
+    assert dial_target("pod-0.svc.ns:7000", "node.rangekv", secure=True)[1] == (
+        ("grpc.ssl_target_name_override", "node.rangekv"),
+    )
+    assert dial_target("elsewhere:1", "node.rangekv", secure=True) == (
+        "elsewhere:1",
+        (("grpc.ssl_target_name_override", "node.rangekv"),),
+    )
     assert dial_target("elsewhere:7000") == ("elsewhere:7000", ())
     # The file is re-read when it changes (a pod came or went).
     hosts.write_text("127.9.9.5 pod-0.svc.ns\n")
