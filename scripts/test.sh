@@ -16,6 +16,6 @@ buf lint
 echo "==> generated stubs are fresh"
 python scripts/gen_protos.py --check
 echo "==> mypy"
-python scripts/typecheck.py
+mypy
 echo "==> pytest"
 python -m pytest "$@"

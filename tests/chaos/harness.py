@@ -86,7 +86,7 @@ from rangekv.check.kv_client import recorded_op
 from rangekv.cli.cluster import Child, LocalCluster, free_port
 from rangekv.common import errors as E
 from rangekv.common.clock import ENV_VAR as CLOCK_ENV
-from rangekv.replication.mutations import POWER_LOSS_ENV
+from rangekv.replication.mutations import POWER_LOSS_ENV, SNAPSHOT_DELAY_ENV
 from rangekv.v1 import kv_pb2, kv_pb2_grpc, meta_pb2, meta_pb2_grpc, replica_pb2, replica_pb2_grpc
 
 CLIENT_TIMEOUT = 15.0  # above the gateway's own request timeout (10 s)
@@ -242,6 +242,14 @@ class Cluster:
                 if info.descriptor.range_id == rid and info.is_leader and info.lease_valid:
                     return rid, nid
         return rid, None
+
+    async def holder_of(self, range_id: int) -> int | None:
+        """The node whose replica of `range_id` leads with a valid lease, if any."""
+        for nid in self.ids:
+            for info in await self.infos(nid):
+                if info.descriptor.range_id == range_id and info.is_leader and info.lease_valid:
+                    return nid
+        return None
 
     async def voters(self, range_id: int) -> list[int]:
         """The voters of `range_id` as the newest descriptor any node holds says."""
@@ -941,6 +949,94 @@ class Nemesis:
         )
         err = str(E.from_replica_error(resp.error)) if resp.HasField("error") else "ok"
         self.end(fault, f"transfer: {err}")
+
+    async def move_lease(self, rid: int, target: int, timeout: float = 20.0) -> None:
+        """Transfer range `rid`'s lease to node `target` and wait until it holds it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            holder = await self.c.holder_of(rid)
+            if holder == target:
+                return
+            if holder is not None:
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await replica_call(
+                        self.c.node(holder).address,
+                        "TransferLease",
+                        replica_pb2.TransferLeaseRequest(range_id=rid, target_node_id=target),
+                    )
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"range {rid}'s lease did not move to node {target}")
+
+    async def slow_snapshot_race(self, key: bytes) -> Fault:
+        """A stale snapshot arrives after its follower was caught up another way.
+
+        The leaseholder L of `key`'s range is restarted so that it sends every
+        snapshot slowly (RANGEKV_TEST_SNAPSHOT_DELAY_MS) and takes the lease back;
+        a follower F pauses until it needs a snapshot (logs keep 20 entries), and
+        resumes: L starts streaming. The lease moves to the third voter M at once,
+        which catches F up (its own snapshot, then its log) while recorded writes
+        of `key` are acknowledged; then L's stale stream completes. The lease goes
+        to F and `key` is read through the gateways: a replica that ingested the
+        stale stream answers an overwritten value (the checker must say so)."""
+        rid, holder = await self.c.range_of(key)
+        voters = await self.c.voters(rid)
+        if holder is None or len(voters) < 3:
+            raise TimeoutError(f"range {rid}: no leader or fewer than 3 voters")
+        lead, lagging, other = holder, *[n for n in voters if n != holder][:2]
+        fault = self.begin(
+            "slow-snapshot-race",
+            f"range {rid}",
+            f"L=node {lead} (slow snapshots), F=node {lagging}, M=node {other}",
+        )
+        slow = self.c.node(lead)
+        slow.env = {**slow.env, SNAPSHOT_DELAY_ENV: "3000"}
+        await self.kill9(slow)
+        await self.restart(slow)
+        await self.move_lease(rid, lead)
+        follower = self.c.node(lagging)
+        follower.signal(signal.SIGSTOP)
+        self.c.paused.add(follower.name)
+        try:
+            for _ in range(30):  # enough log for L and M to truncate past F
+                await self.write_key(key)
+            await asyncio.sleep(1.2)  # two truncation passes
+        finally:
+            follower.signal(signal.SIGCONT)
+            self.c.paused.discard(follower.name)
+        await asyncio.sleep(0.5)  # L starts its (slow) snapshot to F
+        await self.move_lease(rid, other)
+        for _ in range(3):
+            await self.write_key(key)
+        await asyncio.sleep(3.5)  # L's stale stream ends
+        await self.move_lease(rid, lagging)
+        for _ in range(4):
+            await kv_op(
+                next(self.probe_cid),
+                self.rng.choice(self.stubs),
+                self.rec,
+                self.stats,
+                OpKind.GET,
+                key,
+            )
+        slow.env = {k: v for k, v in slow.env.items() if k != SNAPSHOT_DELAY_ENV}
+        await self.kill9(slow)
+        await self.restart(slow)
+        self.end(fault, "read through the gateways after the lease moved to F")
+        return fault
+
+    async def write_key(self, key: bytes) -> Operation:
+        """A recorded PUT of a fresh value of `key` through a gateway."""
+        self.probe_n += 1
+        return await kv_op(
+            next(self.probe_cid),
+            self.rng.choice(self.stubs),
+            self.rec,
+            self.stats,
+            OpKind.PUT,
+            key,
+            b"w%d" % self.probe_n,
+        )
 
     async def _change(
         self, address: str, rid: int, generation: int, node: int, *types: int

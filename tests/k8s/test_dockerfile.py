@@ -86,7 +86,12 @@ def test_everything_copied_from_the_context_exists_and_is_not_ignored() -> None:
             kept = [p for p in files if not _ignored(str(p.relative_to(REPO)), patterns)]
             assert kept, f"COPY {source}: .dockerignore leaves nothing of it in the context"
     # the package folders pyproject.toml builds from are all in the context
-    for folder in ("libs/rangekv", "libs/proto/rangekv/v1", "services/raftnode", "cli"):
+    for folder in (
+        "libs/proto/rangekv/v1",
+        "libs/common/rangekv/common",
+        "services/raftnode/rangekv/raftnode",
+        "cli/rangekv/cli",
+    ):
         assert not _ignored(f"{folder}/__init__.py", patterns), folder
 
 
