@@ -39,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,8 +126,8 @@ class StreamSession:
     # --- the writer: the handler's response stream -------------------------------------
 
     async def run(
-        self, requests: AsyncIterator[kv_pb2.StreamRequest]
-    ) -> AsyncIterator[kv_pb2.StreamResponse]:
+        self, requests: AsyncIterable[kv_pb2.StreamRequest]
+    ) -> AsyncGenerator[kv_pb2.StreamResponse, None]:
         """Serve the call: yields the answer messages; raises the stream-level error."""
         self._stats.opened += 1
         self._stats.open += 1
@@ -181,7 +181,7 @@ class StreamSession:
 
     # --- the reader -------------------------------------------------------------------
 
-    async def _read(self, requests: AsyncIterator[kv_pb2.StreamRequest]) -> None:
+    async def _read(self, requests: AsyncIterable[kv_pb2.StreamRequest]) -> None:
         async for message in requests:
             self._stats.messages_in += 1
             received = self._monotonic()
