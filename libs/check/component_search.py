@@ -108,7 +108,6 @@ would fire.
 from __future__ import annotations
 
 import bisect
-import itertools
 from collections.abc import Callable, Sequence
 
 from rangekv.check.component_model import (
@@ -145,60 +144,8 @@ class ComponentSearch(ComponentModel):
             [o.complete for o in self.ok_ops],
             [o.invoke for o in self.unk_ops],
         )
-        self._build_class_lists()
+        self.build_class_lists(self.lists.unk_rank, len(self.lists.rank))
         self.deepest: tuple[list[Frame], int, int, int] | None = None
-
-    def _build_class_lists(self) -> None:
-        """Thread the unknown classes on lists the search can walk cheaply.
-
-        Class ``c`` is node ``c + 1``.  A class that sets its key blindly
-        (``M_SET``) is on its key's list; a class that swaps only if its key
-        holds ``a`` (``M_MAYBE``) is on the list of that (key, value), so the
-        search only ever walks classes that would fire.  Each list is
-        circular through a sentinel node and ordered by the invocation of
-        the class's first member; ``first_rank`` of a sentinel is past every
-        entry, so one comparison ends a walk at the end of a list or at the
-        first class invoked too late.  Exhausted classes are unlinked
-        during the search (and relinked on backtrack).
-        """
-        n_cls = len(self.classes)
-        n_keys = len(self.keys)
-        unk_rank = self.lists.unk_rank
-        past = len(self.lists.rank) + len(unk_rank) + 1
-        self.set_head = [n_cls + 1 + k for k in range(n_keys)]
-        self.maybe_head = [0] * (self.n_global + 1)
-        members: dict[int, list[int]] = {head: [] for head in self.set_head}
-        for c, (k, code, a, _) in enumerate(self.cls_sig):
-            if code == M_SET:
-                head = self.set_head[k]
-            else:
-                g = self.base[k] + a
-                if not self.maybe_head[g]:
-                    self.maybe_head[g] = n_cls + 1 + len(members)  # a new sentinel
-                    members[self.maybe_head[g]] = []
-                head = self.maybe_head[g]
-            members[head].append(c + 1)
-        size = n_cls + 1 + len(members)
-        self.cnxt = [0] * size
-        self.cprv = [0] * size
-        self.first_rank = [past] * size
-        for c, cls in enumerate(self.classes):
-            self.first_rank[c + 1] = unk_rank[cls[0]]
-        for head, nodes in members.items():
-            ring = [head, *nodes, head]
-            for a, b in itertools.pairwise(ring):
-                self.cnxt[a] = b
-                self.cprv[b] = a
-        self.prod_classes: list[list[int]] = [[] for _ in range(self.n_global + 1)]
-        for c, (k, code, a, b) in enumerate(self.cls_sig):
-            self.prod_classes[self.base[k] + (a if code == M_SET else b)].append(c)
-        # The OK ops that need / write each (key, value), in invocation order.
-        self.needers: list[list[int]] = [[] for _ in range(self.n_global + 1)]
-        self.writers: list[list[int]] = [[] for _ in range(self.n_global + 1)]
-        for i, cons in enumerate(self.ok_cons):
-            for g in cons:
-                self.needers[g].append(i)
-            self.writers[self.ok_prod[i]].append(i)
 
     def run(self, deadline: float | None, clock: Callable[[], float]) -> bool:
         """Depth-first search; True if a linearization exists."""
