@@ -82,7 +82,7 @@ from rangekv.check import (
     load_history,
     save_history,
 )
-from rangekv.check.kv_client import recorded_op
+from rangekv.check.kv_client import recorded_op, recorded_scan
 from rangekv.cli.cluster import Child, LocalCluster, free_port
 from rangekv.common import errors as E
 from rangekv.common.clock import ENV_VAR as CLOCK_ENV
@@ -545,24 +545,20 @@ async def snapshot_scanner(
 ) -> None:
     """Scans of every register key (they span several ranges), recorded in the
     history as SCAN operations: the checker judges each as a read of the whole
-    span at one instant. A failed scan had no effect (FAIL). (Limited and paged
-    scans are the structural scanner's; the gateway pages these internally.)"""
+    span at one instant (a scan cut short by its limit, of the span up to its
+    last row). A failed scan had no effect (FAIL)."""
     rng = random.Random(seed * 1000 + 700 + sid)
     start, end = REG_SPAN
     while not stop.is_set():
-        kv = rng.choice(stubs)
-        handle = rec.invoke(2000 + sid, OpKind.SCAN, start, end=end)
-        rows: list[tuple[bytes, bytes]] = []
-        try:
-            call = kv.Scan(kv_pb2.ScanRequest(start_key=start, end_key=end), timeout=CLIENT_TIMEOUT)
-            async for resp in call:
-                rows.extend((k.key, k.value) for k in resp.kvs)
-        except grpc.aio.AioRpcError as err:
+        limit = rng.choice([0, 0, 0, 2])
+        op, err = await recorded_scan(
+            2000 + sid, rng.choice(stubs), rec, start, end, limit, timeout=CLIENT_TIMEOUT
+        )
+        stats.count(op)
+        if err is not None:
             stats.scan_errors[f"snapshot {err.code().name}"] += 1
-            stats.count(rec.fail(handle))
         else:
             stats.snapshot_scans += 1
-            stats.count(rec.ok(handle, rows=rows))
         await asyncio.sleep(rng.uniform(0.02, 0.1))
 
 
@@ -867,9 +863,15 @@ class Nemesis:
         err = str(E.from_replica_error(resp.error)) if resp.HasField("error") else "ok"
         self.end(fault, err)
 
-    async def split_at(self, key: bytes) -> str:
-        """Split the range holding `key` at `key` (AdminSplit on its leaseholder)."""
+    async def split_at(self, key: bytes, wait: float = 15.0) -> str:
+        """Split the range holding `key` at `key` (AdminSplit on its leaseholder),
+        waiting up to `wait` seconds for the range to have a leader."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
         rid, holder = await self.c.range_of(key)
+        while holder is None and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+            rid, holder = await self.c.range_of(key)
         if holder is None:
             raise TimeoutError(f"range {rid} has no leader")
         resp = await replica_call(
@@ -915,10 +917,11 @@ class Nemesis:
         self.end(fault, f"beyond the bound: refused {refused} times by its peers; clock restored")
 
     async def fault_snapshot_race(self) -> None:
-        """A follower pauses long enough to need a snapshot (logs are truncated to 20
-        entries), resumes, and the lease moves away at once: the old leaseholder may
-        still be streaming its snapshot while the new one catches the follower up
-        from its log. A stale snapshot must never overwrite newer state."""
+        """A follower is down long enough to need a snapshot (logs keep 20 entries),
+        comes back, and the lease moves away at once: the old leaseholder may
+        still be streaming its snapshot while the new one catches the follower up.
+        (A paused follower would not do: the leader keeps streaming appends into
+        its socket, and it catches up from them; a dead one misses them.)"""
         key = self.rng.choice(REG_KEYS)
         rid, holder = await self.c.range_of(key)
         if holder is None:
@@ -929,19 +932,17 @@ class Nemesis:
             raise TimeoutError(f"range {rid} has fewer than 3 voters")
         lagging, target = self.rng.sample(followers, 2)
         child = self.c.node(lagging)
-        pause = self.rng.uniform(1.5, 3.0)
+        down = self.rng.uniform(1.5, 3.0)
         fault = self.begin(
             "snapshot-race",
             f"range {rid}",
-            f"node {lagging} paused {pause:.1f}s, then lease {holder} -> {target}",
+            f"node {lagging} down {down:.1f}s, then lease {holder} -> {target}",
         )
-        child.signal(signal.SIGSTOP)
-        self.c.paused.add(child.name)
-        try:
-            await asyncio.sleep(pause)
-        finally:
-            child.signal(signal.SIGCONT)
-            self.c.paused.discard(child.name)
+        await self.kill9(child)
+        for _ in range(25):  # more log than the 20 entries kept
+            await self.write_key(key)
+        await asyncio.sleep(down)
+        await self.restart(child)
         resp = await replica_call(
             self.c.node(holder).address,
             "TransferLease",
@@ -973,8 +974,8 @@ class Nemesis:
 
         The leaseholder L of `key`'s range is restarted so that it sends every
         snapshot slowly (RANGEKV_TEST_SNAPSHOT_DELAY_MS) and takes the lease back;
-        a follower F pauses until it needs a snapshot (logs keep 20 entries), and
-        resumes: L starts streaming. The lease moves to the third voter M at once,
+        a follower F is down until it needs a snapshot (logs keep 20 entries), and
+        restarts: L starts streaming. The lease moves to the third voter M at once,
         which catches F up (its own snapshot, then its log) while recorded writes
         of `key` are acknowledged; then L's stale stream completes. The lease goes
         to F and `key` is read through the gateways: a replica that ingested the
@@ -995,16 +996,20 @@ class Nemesis:
         await self.restart(slow)
         await self.move_lease(rid, lead)
         follower = self.c.node(lagging)
-        follower.signal(signal.SIGSTOP)
-        self.c.paused.add(follower.name)
-        try:
-            for _ in range(30):  # enough log for L and M to truncate past F
-                await self.write_key(key)
-            await asyncio.sleep(1.2)  # two truncation passes
-        finally:
-            follower.signal(signal.SIGCONT)
-            self.c.paused.discard(follower.name)
-        await asyncio.sleep(0.5)  # L starts its (slow) snapshot to F
+        await self.kill9(follower)  # dead, not paused: it must miss the appends
+        for _ in range(30):  # enough log for L and M to truncate past F
+            await self.write_key(key)
+        await asyncio.sleep(1.2)  # two truncation passes
+        mark = slow.log_path.stat().st_size
+        await self.restart(follower)
+        started = f"snapshot of group {rid} for replica "
+
+        async def streaming() -> bool:
+            with slow.log_path.open("rb") as f:
+                f.seek(mark)
+                return started.encode() in f.read()
+
+        await wait_for(streaming, 15, "L to start its slow snapshot to F", 0.05)
         await self.move_lease(rid, other)
         for _ in range(3):
             await self.write_key(key)

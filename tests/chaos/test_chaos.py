@@ -152,7 +152,9 @@ async def stale_snapshot_schedule(nemesis: Nemesis) -> None:
     not be set up: a leaseholder not found in time on a loaded machine)."""
     for _ in range(3):
         try:
-            await nemesis.slow_snapshot_race(b"reg/3")
+            # A key in a register range that only this schedule writes, so that the
+            # last value written before the stale stream lands is the one to read.
+            await nemesis.slow_snapshot_race(b"reg/2+race")
             return
         except (TimeoutError, grpc.aio.AioRpcError) as exc:
             nemesis.faults.append(

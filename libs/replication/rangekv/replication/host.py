@@ -186,6 +186,12 @@ class GroupHost:
             raise LookupError(f"group {group_id} is not on this node")
         spans = self.snapshot_spans(group)
         snap = self.state_engine.snapshot()
+        log.info(
+            "snapshot of group %d for replica %d: streaming state at applied %d",
+            group_id,
+            message.to,
+            group.applied_index,
+        )
         try:
 
             def pairs() -> Iterator[tuple[bytes, bytes]]:
@@ -239,6 +245,11 @@ class GroupHost:
         streamed = AppliedState.decode(raw) if raw else AppliedState(0, 0)
         if self.host_config.mutation is Mutation.STALE_SNAPSHOT_INGEST:
             # TEST MUTATION: the old unchecked ingest, beside the scheduler.
+            log.info(
+                "snapshot of group %d: ingesting state at applied %d unchecked (mutation)",
+                group.group_id,
+                streamed.index,
+            )
             await asyncio.to_thread(self.state_engine.commit, batch, force_sync=True)
             group.applied_index = max(group.applied_index, streamed.index)
             if adopt is not None:
@@ -251,6 +262,11 @@ class GroupHost:
                 return False
             why = group.snapshot_refusal(message, streamed.index)
             if why is None:
+                log.info(
+                    "snapshot of group %d: installing state at applied %d",
+                    group.group_id,
+                    streamed.index,
+                )
                 self.state_engine.commit(batch, force_sync=True)
                 group.applied_index = streamed.index
                 if adopt is not None:
@@ -355,6 +371,7 @@ class GroupHost:
         self.log_engine.commit(batch)
         for replica, target in targets:
             self.log_engine.compact(replica.group_id, target)
+            log.debug("raft log of group %d truncated through %d", replica.group_id, target)
         return len(targets)
 
     async def stop(self) -> None:
