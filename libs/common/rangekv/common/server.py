@@ -359,10 +359,20 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         elif isinstance(exc, NotImplementedError):
             # A generated servicer's default method (e.g. grpc's aio Health.List).
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented")
+        elif _server_stopping(exc):
+            # The server is shutting down under a stream still being read: not a
+            # bug, and nobody is left to answer.
+            self._log.debug("%s ended: the server is stopping", method)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is stopping")
         else:
             self._log.error("unhandled exception in %s", method, exc_info=exc)
             await context.abort(grpc.StatusCode.INTERNAL, internal_message(method, exc))
         raise AssertionError("context.abort returned")  # pragma: no cover
+
+
+def _server_stopping(exc: BaseException) -> bool:
+    """Whether `exc` is grpc's "server already stopped" (a stream read during shutdown)."""
+    return type(exc).__name__ == "_ServerStoppedError"
 
 
 class ServiceServer:
