@@ -46,13 +46,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import grpc
-from testkit.cluster import Cluster, ClusterSpec, running_cluster
+from testkit.cluster import ClusterSpec, running_cluster
 from testkit.kv import kv_stubs, load
-from testkit.metrics import metric_samples
+from testkit.metrics import gateway_counters
 from testkit.replicas import Replicas
 
 from rangekv.v1 import kv_pb2, kv_pb2_grpc
 
+#: The gateway counters summed into the report: metric -> report key.
+SUMMED = {
+    "rangekv_gateway_meta_lookups_coalesced_total": "coalesced",
+    "rangekv_gateway_cache_misses_total": "cache_misses",
+    "rangekv_gateway_redirects": "redirects",
+}
 #: The labelled gateway counters summed into the report: (metric, label) -> report prefix.
 LABELLED = {
     ("rangekv_gateway_retries", "reason"): "retries",
@@ -76,7 +82,7 @@ class Load:
 
 
 @dataclass
-class Nemesis:
+class NemesisTally:
     """What the lease mover and the splitter did during the window."""
 
     moves: list[float] = field(default_factory=list)
@@ -84,27 +90,10 @@ class Nemesis:
     refused: Counter[str] = field(default_factory=Counter)
 
 
-async def gateway_counters(cluster: Cluster) -> Counter[str]:
-    """The gateway counters this benchmark reports, summed over both gateways."""
-    out: Counter[str] = Counter()
-    for gw in cluster.gateways:
-        text = await cluster.metrics(gw)
-        for name, key in (
-            ("rangekv_gateway_meta_lookups_coalesced_total", "coalesced"),
-            ("rangekv_gateway_cache_misses_total", "cache_misses"),
-            ("rangekv_gateway_redirects", "redirects"),
-        ):
-            out[key] += int(sum(v for _, v in metric_samples(text, name)))
-        for (name, label), prefix in LABELLED.items():
-            for labels, value in metric_samples(text, name):
-                out[f"{prefix}:{labels.get(label, 'all')}"] += int(value)
-    return out
-
-
 # ----------------------------------------------------------------------------- the nemesis
 
 
-async def move_lease(replicas: Replicas, key: bytes, nemesis: Nemesis) -> None:
+async def move_lease(replicas: Replicas, key: bytes, nemesis: NemesisTally) -> None:
     """Move the lease of the range owning `key` to its next replica; wait until it holds."""
     began = time.monotonic()
     range_id, holder = await replicas.leaseholder_of(key)
@@ -122,7 +111,7 @@ async def move_lease(replicas: Replicas, key: bytes, nemesis: Nemesis) -> None:
     nemesis.moves.append(time.monotonic() - began)
 
 
-async def split_at(replicas: Replicas, key: bytes, nemesis: Nemesis) -> None:
+async def split_range_at(replicas: Replicas, key: bytes, nemesis: NemesisTally) -> None:
     """Split the range owning `key` at `key` (AdminSplit on its leader)."""
     began = time.monotonic()
     range_id, _leader = await replicas.owner(key)
@@ -200,9 +189,9 @@ async def bench(args: argparse.Namespace) -> None:
                 await kv.Get(kv_pb2.GetRequest(key=keys[0]), timeout=15)
 
             split_keys = rng.sample(keys[1:], k=len(keys) - 1)
-            before = await gateway_counters(cluster)
+            before = await gateway_counters(cluster, SUMMED, LABELLED)
             load_ = Load()
-            nemesis = Nemesis()
+            nemesis = NemesisTally()
             stop = asyncio.Event()
             workers = [
                 asyncio.create_task(client(c, stubs, keys, args.write_fraction, load_, stop))
@@ -220,7 +209,7 @@ async def bench(args: argparse.Namespace) -> None:
                     every(
                         args.split_every,
                         stop,
-                        lambda: split_at(replicas, split_keys.pop(), nemesis),
+                        lambda: split_range_at(replicas, split_keys.pop(), nemesis),
                     )
                 ),
             ]
@@ -231,12 +220,12 @@ async def bench(args: argparse.Namespace) -> None:
                 stop.set()
                 await asyncio.gather(*workers, *movers)
             elapsed = time.monotonic() - began
-            after = await gateway_counters(cluster)
+            after = await gateway_counters(cluster, SUMMED, LABELLED)
     report(args, load_, nemesis, after - before, elapsed)
 
 
 def report(
-    args: argparse.Namespace, load: Load, nemesis: Nemesis, delta: Counter[str], elapsed: float
+    args: argparse.Namespace, load: Load, nemesis: NemesisTally, delta: Counter[str], elapsed: float
 ) -> None:
     requests = load.requests
     per_k = 1000.0 / max(requests, 1)

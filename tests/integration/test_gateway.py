@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from collections.abc import Awaitable
 from pathlib import Path
 
@@ -41,7 +40,7 @@ from testkit.kv import (
     paged_scan,
     scan_rows,
 )
-from testkit.metrics import metric_value
+from testkit.metrics import gateway_counters
 from testkit.replicas import Replicas
 from testkit.waiting import async_wait_for
 from testkit.workload import Workload, WorkloadSpec, possible_final_values
@@ -231,21 +230,12 @@ async def nemesis(cluster: Cluster, phases: dict[str, float]) -> None:
     await asyncio.sleep(2.0)
 
 
-RETRY_REASONS = ("unavailable", "no_address", "range_key_mismatch", "range_not_found")
-
-
-async def gateway_counters(cluster: Cluster) -> dict[str, int]:
-    """Redirects, retries by reason and meta lookups, summed over the gateways."""
-    totals: Counter[str] = Counter()
-    for gw in cluster.gateways:
-        text = await cluster.metrics(gw)
-        totals["redirects"] += int(metric_value(text, "rangekv_gateway_redirects"))
-        for reason in RETRY_REASONS:
-            totals[f"retries:{reason}"] += int(
-                metric_value(text, "rangekv_gateway_retries", reason=reason)
-            )
-        totals["meta_lookups"] += int(metric_value(text, "rangekv_gateway_meta_lookups_total"))
-    return dict(totals)
+#: What the summary reports of the gateways: redirects, retries by reason, lookups.
+COUNTED = {
+    "rangekv_gateway_redirects": "redirects",
+    "rangekv_gateway_meta_lookups_total": "lookups",
+}
+RETRIES = {("rangekv_gateway_retries", "reason"): "retries"}
 
 
 async def test_lease_moves_and_node_restart(clusters: ClusterFactory, tmp_path: Path) -> None:
@@ -274,7 +264,7 @@ async def test_lease_moves_and_node_restart(clusters: ClusterFactory, tmp_path: 
                 op = await workload.kv.read_until_ok(100 + g, kv, key, timeout=30, interval=0.2)
                 final[(g, key)] = op.read
         final_scans = [await scan_rows(kv) for kv in stubs]
-        counters = await gateway_counters(cluster)
+        counters = await gateway_counters(cluster, COUNTED, RETRIES)
 
     ops = workload.operations()
     history_file = tmp_path / "history.json"

@@ -34,6 +34,7 @@ import grpc
 import pytest
 from testkit.cluster import META_ONLY
 from testkit.fixtures import ClusterFactory
+from testkit.kv import rpc_error
 from testkit.meta import MetaReplicas, MetaView, commit_split, write_request
 from testkit.waiting import async_wait_for
 
@@ -59,15 +60,6 @@ def rng() -> random.Random:
     seed = int(os.environ.get("RANGEKV_TEST_SEED") or random.randrange(1 << 32))
     print(f"RANGEKV_TEST_SEED={seed}")
     return random.Random(seed)
-
-
-async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError | None:
-    """None if `call` succeeded, else its error (for asserting on status codes)."""
-    try:
-        await call
-    except grpc.aio.AioRpcError as exc:
-        return exc
-    return None
 
 
 def lookup_req(key: bytes, consistent: bool, prefetch: int = 8) -> meta_pb2.LookupRangeRequest:

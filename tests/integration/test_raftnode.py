@@ -45,7 +45,7 @@ def error_kind(resp: replica_pb2.ReplicaBatchResponse) -> str | None:
     return resp.error.WhichOneof("error") if resp.HasField("error") else None
 
 
-def ok(resp: replica_pb2.ReplicaBatchResponse) -> replica_pb2.ReplicaBatchResponse:
+def no_error(resp: replica_pb2.ReplicaBatchResponse) -> replica_pb2.ReplicaBatchResponse:
     assert error_kind(resp) is None, f"unexpected error: {resp.error}"
     return resp
 
@@ -89,7 +89,7 @@ async def test_reads_and_writes_through_the_leaseholder(clusters: ClusterFactory
         leader = await client.leaseholder()
 
         async def one(op: replica_pb2.ReplicaOp) -> replica_pb2.ReplicaOpResult:
-            resp = ok(await client.batch(leader, [op]))
+            resp = no_error(await client.batch(leader, [op]))
             return resp.results[0]
 
         # Put and get, overwrite with a newer version.
@@ -122,8 +122,8 @@ async def test_reads_and_writes_through_the_leaseholder(clusters: ClusterFactory
 
         # Scan with limit and resume_key; deleted keys and keys outside the span
         # never show; binary keys keep byte order.
-        ok(await client.batch(leader, [put_op(b"s/%02d" % i, b"%d" % i) for i in range(25)]))
-        ok(await client.batch(leader, [put_op(b"r/x", b"-"), put_op(b"t/x", b"-")]))
+        no_error(await client.batch(leader, [put_op(b"s/%02d" % i, b"%d" % i) for i in range(25)]))
+        no_error(await client.batch(leader, [put_op(b"r/x", b"-"), put_op(b"t/x", b"-")]))
         assert (await one(delete_op(b"s/05"))).delete.deleted
         expected = [b"s/%02d" % i for i in range(25) if i != 5]
         seen: list[bytes] = []
@@ -142,7 +142,7 @@ async def test_reads_and_writes_through_the_leaseholder(clusters: ClusterFactory
         assert [kv.key for kv in whole.kvs] == expected and not whole.resume_key
         assert [kv.value for kv in whole.kvs][:2] == [b"0", b"1"]
         binary = [b"b", b"b\x00", b"b\x00\x00", b"b\x01", b"b\xff", b"b\xff\xff"]
-        ok(await client.batch(leader, [put_op(k, k) for k in reversed(binary)]))
+        no_error(await client.batch(leader, [put_op(k, k) for k in reversed(binary)]))
         scanned = (await one(scan_op(b"b", b"c"))).scan
         assert [kv.key for kv in scanned.kvs] == binary
 
@@ -216,7 +216,7 @@ async def test_follower_answers_not_lease_holder_with_hint(clusters: ClusterFact
         assert await client.get(b"k", via=leader) is None
         served_by, resp = await client.send([put_op(b"k", b"routed")], via=followers[0])
         assert served_by == leader and client.stats["hints"] == 1
-        assert ok(resp).results[0].put.version.wall_time > 0
+        assert no_error(resp).results[0].put.version.wall_time > 0
         assert await client.get(b"k", via=followers[1]) == b"routed"
 
 
@@ -316,10 +316,10 @@ async def test_restart_of_every_node_recovers_all_data(clusters: ClusterFactory,
         # losing one, would show.
         keys = sorted(expected)
         _node, resp = await client.send([put_op(k, b"v2-" + k) for k in keys[:60]])
-        ok(resp)
+        no_error(resp)
         expected.update({k: b"v2-" + k for k in keys[:60]})
         _node, resp = await client.send([delete_op(k) for k in keys[60:100]])
-        assert all(r.delete.deleted for r in ok(resp).results)
+        assert all(r.delete.deleted for r in no_error(resp).results)
         expected.update(dict.fromkeys(keys[60:100]))
         counter = None
         for n in range(20):
@@ -367,7 +367,7 @@ async def test_lease_reads_check_once_per_batch(clusters: ClusterFactory) -> Non
     async with ReplicaClient.of(cluster) as client:
         leader = await client.leaseholder()
         keys = [b"e/%03d" % i for i in range(100)]
-        ok(await client.batch(leader, [put_op(k, k) for k in keys]))
+        no_error(await client.batch(leader, [put_op(k, k) for k in keys]))
         gets = [get_op(k) for k in keys]
         info = await client.range_info(leader)
         assert info is not None and info.lease_valid
@@ -376,7 +376,7 @@ async def test_lease_reads_check_once_per_batch(clusters: ClusterFactory) -> Non
         before = await lease_reads(cluster, leader)
         for b in range(batches):
             ops = [*gets, scan_op(b"e/", b"e0", limit=50)] if b == batches - 1 else gets
-            resp = ok(await client.batch(leader, ops))
+            resp = no_error(await client.batch(leader, ops))
             # Every read of a batch sees its own key (one iterator serves them all).
             assert [r.get.kv.value for r in resp.results[:100]] == keys
             if len(ops) > 100:
@@ -407,7 +407,7 @@ async def test_lease_reads_check_once_per_batch(clusters: ClusterFactory) -> Non
             await async_wait_for(lease_gone, 10, "the leader to lose its lease")
             before = await lease_reads(cluster, leader)
             for _ in range(5):
-                resp = ok(await client.batch(leader, gets))
+                resp = no_error(await client.batch(leader, gets))
                 assert all(r.get.found for r in resp.results)
             after = await lease_reads(cluster, leader)
             assert after["readindex"] - before["readindex"] == 5

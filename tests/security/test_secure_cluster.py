@@ -24,6 +24,7 @@ import pytest
 from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from secure_cluster import NOW, SecureCluster
+from testkit.kv import rpc_error
 
 from rangekv.common import certs
 from rangekv.common.certs import NODE_CERT, NODE_KEY, NODE_SERVER_NAME, Role
@@ -50,15 +51,6 @@ async def health_check(opener: ChannelOpener, address: str) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
-async def refusal(call: object) -> grpc.aio.AioRpcError | None:
-    """The error of an awaited call, or None when it succeeded."""
-    try:
-        await call  # type: ignore[misc]
-    except grpc.aio.AioRpcError as exc:
-        return exc
-    return None
-
-
 async def test_plaintext_is_refused_on_every_port(secure_cluster: SecureCluster) -> None:
     for child in secure_cluster.lc.children:
         code = await health_check(PlaintextChannels(), child.address)
@@ -82,7 +74,9 @@ async def test_health_port_is_plaintext_and_serves_health_only(
                 timeout=5,
             )
             assert named.status == health_pb2.HealthCheckResponse.SERVING
-            err = await refusal(kv_pb2_grpc.KVStub(ch).Get(kv_pb2.GetRequest(key=b"k"), timeout=5))
+            err = await rpc_error(
+                kv_pb2_grpc.KVStub(ch).Get(kv_pb2.GetRequest(key=b"k"), timeout=5)
+            )
             assert err is not None and err.code() is grpc.StatusCode.UNIMPLEMENTED
 
 
@@ -122,7 +116,7 @@ async def test_read_client_cannot_put(secure_cluster: SecureCluster) -> None:
             kv.Delete(kv_pb2.DeleteRequest(key=b"sec/a"), timeout=10),
             kv.Batch(kv_pb2.BatchRequest(), timeout=10),
         ):
-            err = await refusal(call)
+            err = await rpc_error(call)
             assert err is not None and err.code() is grpc.StatusCode.PERMISSION_DENIED
             assert "needs role write or higher" in (err.details() or ""), err.details()
             assert "client reader (role read)" in (err.details() or ""), err.details()
@@ -161,7 +155,7 @@ async def test_write_client_cannot_split_admin_can(secure_cluster: SecureCluster
     address = await _leader_address(admin, secure_cluster)
     request = replica_pb2.AdminSplitRequest(range_id=1, split_key=b"sec/split")
     async with writer(address) as ch:
-        err = await refusal(replica_pb2_grpc.ReplicaStub(ch).AdminSplit(request, timeout=10))
+        err = await rpc_error(replica_pb2_grpc.ReplicaStub(ch).AdminSplit(request, timeout=10))
         assert err is not None and err.code() is grpc.StatusCode.PERMISSION_DENIED
         assert "AdminSplit needs role admin" in (err.details() or ""), err.details()
     async with admin(address) as ch:
@@ -181,14 +175,14 @@ async def test_client_certificates_cannot_call_internal_apis_node_can(
         out = []
         async with opener(node_address) as ch:
             replica = replica_pb2_grpc.ReplicaStub(ch)
-            out.append(await refusal(replica.Batch(replica_pb2.ReplicaBatchRequest(), timeout=5)))
-            out.append(await refusal(replica.PushTxn(replica_pb2.PushTxnRequest(), timeout=5)))
+            out.append(await rpc_error(replica.Batch(replica_pb2.ReplicaBatchRequest(), timeout=5)))
+            out.append(await rpc_error(replica.PushTxn(replica_pb2.PushTxnRequest(), timeout=5)))
             raft = raft_pb2_grpc.RaftTransportStub(ch)
-            out.append(await refusal(_raft_stream(raft)))
+            out.append(await rpc_error(_raft_stream(raft)))
         async with opener(meta_address) as ch:
             meta = meta_pb2_grpc.MetaStub(ch)
             out.append(
-                await refusal(meta.AllocateIds(meta_pb2.AllocateIdsRequest(count=1), timeout=5))
+                await rpc_error(meta.AllocateIds(meta_pb2.AllocateIdsRequest(count=1), timeout=5))
             )
         return out
 

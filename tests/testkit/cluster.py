@@ -166,9 +166,6 @@ class Cluster:
     def meta_replica(self, replica_id: int) -> Child:
         return self.lc.meta[self.meta_ids.index(replica_id)]
 
-    def node_id(self, child: Child) -> int:
-        return self.node_ids[self.lc.nodes.index(child)]
-
     def node_address(self, node_id: int) -> str:
         """Where node `node_id` listens (from its ready line once it ran)."""
         return self.node(node_id).address or f"127.0.0.1:{self.lc.layout.nodes[node_id]}"
@@ -318,8 +315,8 @@ async def _reap(child: Child) -> None:
 async def running_cluster(
     base: Path, spec: ClusterSpec | None = None, *, say: Callable[[str], None] | None = None
 ) -> AsyncIterator[Cluster]:
-    """A started cluster that is killed whatever happens (for code outside pytest:
-    benchmarks and the chaos harness; tests use the `clusters` fixture)."""
+    """A started cluster that is killed whatever happens (for code outside pytest,
+    such as the benchmarks; tests use the `clusters` fixture)."""
     cluster = Cluster(base, spec, say=say)
     try:
         await cluster.start()

@@ -1,15 +1,18 @@
 """The public KV API through a cluster's gateways, the way any client uses it.
 
-Stubs to every gateway, scans with all their chunks, pages of scans, and the
+Stubs to every gateway, scans with all their chunks, pages of scans, the
 structural checks a scan result must pass (strictly ordered: no key twice,
-none out of order).
+none out of order), and a call's gRPC error as a value to assert on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
+from typing import Any
+
+import grpc
 
 from rangekv.metarange.client import MetaClient
 from rangekv.v1 import kv_pb2, kv_pb2_grpc
@@ -26,6 +29,7 @@ __all__ = [
     "ordering_problem",
     "paged_scan",
     "put",
+    "rpc_error",
     "scan_keys",
     "scan_rows",
 ]
@@ -112,6 +116,15 @@ async def paged_scan(
         if len(rows) < page:
             return
         cursor = rows[-1][0] + b"\x00"
+
+
+async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError | None:
+    """None if `call` succeeded, else its error (for asserting on status codes)."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as exc:
+        return exc
+    return None
 
 
 def ordering_problem(keys: list[bytes]) -> str | None:

@@ -6,10 +6,17 @@ Tests and benchmarks judge what a process did by its counters
 
 from __future__ import annotations
 
+import asyncio
 import re
 import urllib.request
+from collections import Counter
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-__all__ = ["fetch_metrics", "metric_samples", "metric_value"]
+if TYPE_CHECKING:
+    from testkit.cluster import Cluster
+
+__all__ = ["fetch_metrics", "gateway_counters", "metric_samples", "metric_value"]
 
 _SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
@@ -41,3 +48,22 @@ def metric_value(text: str, name: str, **labels: str) -> float:
         for have, value in metric_samples(text, name)
         if all(have.get(k) == v for k, v in labels.items())
     )
+
+
+async def gateway_counters(
+    cluster: Cluster,
+    sums: Mapping[str, str] | None = None,
+    by_label: Mapping[tuple[str, str], str] | None = None,
+) -> Counter[str]:
+    """Counters summed over the cluster's gateways: `sums` maps a metric name to the
+    key of the sum of all its samples; `by_label` maps (metric, label) to a prefix,
+    one key `prefix:value` per value of that label (`prefix:all` where it is absent)."""
+    out: Counter[str] = Counter()
+    for gateway in cluster.gateways:
+        text = await asyncio.to_thread(fetch_metrics, gateway.metrics)
+        for name, key in (sums or {}).items():
+            out[key] += int(sum(v for _, v in metric_samples(text, name)))
+        for (name, label), prefix in (by_label or {}).items():
+            for labels, value in metric_samples(text, name):
+                out[f"{prefix}:{labels.get(label, 'all')}"] += int(value)
+    return out

@@ -4,18 +4,10 @@ from __future__ import annotations
 
 import time
 import urllib.request
-from collections.abc import Iterator
 
 import pytest
 
 from rangekv.common.telemetry import EVENT_LOOP_LAG, Telemetry
-
-
-@pytest.fixture
-def telemetry() -> Iterator[Telemetry]:
-    t = Telemetry("test", node_id=1)
-    yield t
-    t.shutdown()
 
 
 def test_counter_with_fixed_labels_reaches_prometheus_text(telemetry: Telemetry) -> None:
