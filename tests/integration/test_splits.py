@@ -34,7 +34,7 @@ from testkit.cluster import ClusterSpec
 from testkit.fixtures import ClusterFactory
 from testkit.kv import check_data, kv_stubs, load, meta_client, put, scan_keys
 from testkit.meta import meta_layout
-from testkit.ranges import bounds_layout, check_routing, wait_layout
+from testkit.ranges import bounds_layout, check_routing, nodes_hold, wait_layout
 from testkit.replicas import ADD_LEARNER, PROMOTE, REMOVE, Replicas
 from testkit.waiting import async_wait_for
 from testkit.workload import ClientMix, Workload, WorkloadSpec
@@ -236,10 +236,7 @@ async def split_at(replicas: Replicas, meta: MetaClient, key: bytes) -> None:
             return False
         return True
 
-    try:
-        await async_wait_for(attempt, 30, f"a split at {key!r}")
-    except TimeoutError as exc:
-        raise TimeoutError(f"{exc} (last: {last})") from None
+    await async_wait_for(attempt, 30, f"a split at {key!r}", seen=lambda: last)
 
 
 async def remove_a_follower(replicas: Replicas, range_id: int) -> int:
@@ -345,16 +342,9 @@ async def test_auto_split_by_size(clusters: ClusterFactory) -> None:
                 return None
             if len(sizes) != len(committed) or max(sizes) >= SIZE_THRESHOLD:
                 return None
-            want = sorted((d.range_id, d.start_key, d.generation) for d in committed)
-            for descs in nodes.values():
-                if sorted((d.range_id, d.start_key, d.generation) for d in descs) != want:
-                    return None
-            return committed
+            return committed if nodes_hold(nodes, committed) else None
 
-        try:
-            await async_wait_for(split_enough, 60, "size-based splits to settle")
-        except TimeoutError as exc:
-            raise TimeoutError(f"{exc}; last seen: {last}") from None
+        await async_wait_for(split_enough, 60, "size-based splits to settle", seen=lambda: last)
         await check_data(kv, data)
         keys = await scan_keys(kv, b"auto/", b"auto0")
         assert keys == sorted(data)

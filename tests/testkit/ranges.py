@@ -15,7 +15,7 @@ from testkit.meta import meta_layout
 from testkit.replicas import Replicas
 from testkit.waiting import async_wait_for
 
-__all__ = ["bounds_layout", "check_routing", "settled", "spans", "wait_layout"]
+__all__ = ["bounds_layout", "check_routing", "nodes_hold", "settled", "spans", "wait_layout"]
 
 
 def spans(descs: list[RangeDescriptor]) -> list[tuple[bytes, bytes]]:
@@ -25,6 +25,16 @@ def spans(descs: list[RangeDescriptor]) -> list[tuple[bytes, bytes]]:
 def bounds_layout(bounds: list[bytes]) -> list[tuple[bytes, bytes]]:
     """The spans that sorted split points (starting with b"") cut the keyspace into."""
     return [*zip(bounds, [*bounds[1:], b""], strict=True)]
+
+
+def nodes_hold(nodes: dict[int, list[RangeDescriptor]], committed: list[RangeDescriptor]) -> bool:
+    """Whether every node holds exactly the `committed` ranges (ids, start keys and
+    generations as meta has them)."""
+    want = sorted((d.range_id, d.start_key, d.generation) for d in committed)
+    return all(
+        sorted((d.range_id, d.start_key, d.generation) for d in descs) == want
+        for descs in nodes.values()
+    )
 
 
 async def wait_layout(
@@ -45,16 +55,9 @@ async def wait_layout(
         last = f"meta {spans(committed)} + {n_intents} intents; nodes {held}"
         if n_intents or spans(committed) != expected or nodes is None:
             return None
-        want = sorted((d.range_id, d.start_key, d.generation) for d in committed)
-        for descs in nodes.values():
-            if sorted((d.range_id, d.start_key, d.generation) for d in descs) != want:
-                return None
-        return committed
+        return committed if nodes_hold(nodes, committed) else None
 
-    try:
-        return await async_wait_for(agreed, timeout, f"layout {expected}")
-    except TimeoutError as exc:
-        raise TimeoutError(f"{exc}; last seen: {last}") from None
+    return await async_wait_for(agreed, timeout, f"layout {expected}", seen=lambda: last)
 
 
 async def settled(replicas: Replicas, meta: MetaClient) -> list[RangeDescriptor] | None:

@@ -244,10 +244,8 @@ class Replicas:
                 return None
             return got
 
-        try:
-            return await async_wait_for(attempt, timeout, f"a split of range {range_id} at {key!r}")
-        except TimeoutError as exc:
-            raise TimeoutError(f"{exc} (last: {last})") from None
+        what = f"a split of range {range_id} at {key!r}"
+        return await async_wait_for(attempt, timeout, what, seen=lambda: last)
 
     async def change_replicas(
         self, range_id: int, changes: Sequence[tuple[int, int]], timeout: float = 60.0
@@ -276,7 +274,5 @@ class Replicas:
                 return None
             return RangeDescriptor.from_proto(resp.descriptor)
 
-        try:
-            return await async_wait_for(attempt, timeout, f"replica change of range {range_id}")
-        except TimeoutError as exc:
-            raise TimeoutError(f"{exc} (last: {last})") from None
+        what = f"replica change of range {range_id}"
+        return await async_wait_for(attempt, timeout, what, seen=lambda: last)

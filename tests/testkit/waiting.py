@@ -31,21 +31,38 @@ def wait_for(pred: Callable[[], T], timeout: float, what: str, interval: float =
 
 @overload
 async def async_wait_for(
-    pred: Callable[[], Awaitable[T | None]], timeout: float, what: str, interval: float = 0.05
+    pred: Callable[[], Awaitable[T | None]],
+    timeout: float,
+    what: str,
+    interval: float = 0.05,
+    *,
+    seen: Callable[[], str] | None = None,
 ) -> T: ...
 
 
 @overload
 async def async_wait_for(
-    pred: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05
+    pred: Callable[[], T | None],
+    timeout: float,
+    what: str,
+    interval: float = 0.05,
+    *,
+    seen: Callable[[], str] | None = None,
 ) -> T: ...
 
 
 async def async_wait_for(
-    pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
+    pred: Callable[[], Any],
+    timeout: float,
+    what: str,
+    interval: float = 0.05,
+    *,
+    seen: Callable[[], str] | None = None,
 ) -> Any:
     """Async `wait_for`: `pred` may be a plain function or return an awaitable; the
-    first truthy value it gives is returned."""
+    first truthy value it gives is returned. On timeout the error says what was
+    waited for and, with `seen`, what was seen last (e.g. a refusal the predicate
+    recorded)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -55,5 +72,6 @@ async def async_wait_for(
         if value:
             return value
         if loop.time() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}")
+            last = f"; last seen: {seen()}" if seen is not None else ""
+            raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}{last}")
         await asyncio.sleep(interval)  # polling interval of a condition with a deadline
