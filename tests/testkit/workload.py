@@ -254,7 +254,7 @@ class Workload:
     """The clients and scanners of `spec` through `stubs`, all recorded in one history.
 
     `await load()` writes the never-deleted keys; `start()` runs everyone until
-    `await stop()` (or use `async with workload.running():`)."""
+    `await stop()`, which lets each finish (and record) the operation in flight."""
 
     def __init__(
         self,
