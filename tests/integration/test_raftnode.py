@@ -352,8 +352,8 @@ async def test_restart_of_every_node_recovers_all_data(clusters: ClusterFactory,
 
 async def test_lease_reads_check_once_per_batch(clusters: ClusterFactory) -> None:
     """A batch of 100 gets costs one lease check: a hit under a valid lease, and ONE
-    read-index round trip when the lease is gone (reference text 003's failure
-    was one read-index per storage read).
+    read-index round trip when the lease is gone (the failure this guards against
+    is one read-index per storage read, which swamps the raft dispatcher).
 
     To take the lease away while the leader keeps its quorum, one follower is
     killed and the lease is transferred to it: the TIMEOUT_NOW the leader sends

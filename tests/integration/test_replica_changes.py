@@ -26,7 +26,7 @@ import contextlib
 
 import grpc
 import pytest
-from testkit.cluster import ClusterSpec
+from testkit.cluster import SPARE_NODE
 from testkit.fixtures import ClusterFactory
 from testkit.kv import check_data, get, kv_stubs, meta_client, put
 from testkit.meta import meta_layout
@@ -39,31 +39,11 @@ from rangekv.v1 import replica_pb2
 
 pytestmark = pytest.mark.timeout(240)
 
-#: 4 raftnodes, the first range on nodes 1-3; quick liveness, rebalancing and death.
-SPEC = ClusterSpec(
-    n_nodes=4,
-    first_range_nodes=3,
-    node_args=(
-        "--txn-expiry",
-        "1.0",
-        "--split-check-interval",
-        "0.5",
-        "--registry-interval",
-        "0.5",
-        "--rebalance-interval",
-        "0.5",
-        "--dead-after",
-        "2",
-    ),
-    env={"RANGEKV_LIVENESS_TTL": "2"},
-)
-
-
 KEYS = [b"%c%02d" % (c, i) for c in b"bfkpu" for i in range(8)]
 
 
 async def test_add_and_remove_replica(clusters: ClusterFactory) -> None:
-    cluster = await clusters.start(SPEC)
+    cluster = await clusters.start(SPARE_NODE)
     replicas = Replicas(cluster)
     async with kv_stubs(cluster) as (kv,), meta_client(cluster) as meta:
         data = {k: b"v-" + k for k in KEYS}
@@ -127,7 +107,7 @@ async def test_add_and_remove_replica(clusters: ClusterFactory) -> None:
 
 
 async def test_dead_node_is_replaced(clusters: ClusterFactory) -> None:
-    cluster = await clusters.start(SPEC)
+    cluster = await clusters.start(SPARE_NODE)
     replicas = Replicas(cluster)
     async with kv_stubs(cluster) as (kv,), meta_client(cluster) as meta:
         for key in (b"p", b"g"):  # range 1 keeps the left-hand side

@@ -40,6 +40,7 @@ __all__ = [
     "GROUPS",
     "META_ONLY",
     "NODES_ONLY",
+    "SPARE_NODE",
     "Cluster",
     "ClusterSpec",
     "alive",
@@ -82,6 +83,18 @@ class ClusterSpec:
 NODES_ONLY = ClusterSpec(n_meta=0, n_gateways=0)
 #: Three metarange replicas whose first range names raftnodes 1, 2, 3 (never started).
 META_ONLY = ClusterSpec(n_gateways=0, groups=("meta",))
+#: Four raftnodes, the first range on nodes 1-3 (node 4 spare), and every background
+#: loop quick: transaction expiry, split checks, registry heartbeats and the rebalancer
+#: within a second, a node dead 2 s after its liveness (TTL 2 s) lapsed.
+SPARE_NODE = ClusterSpec(
+    n_nodes=4,
+    first_range_nodes=3,
+    node_args=(
+        *("--txn-expiry", "1.0", "--split-check-interval", "0.5"),
+        *("--registry-interval", "0.5", "--rebalance-interval", "0.5", "--dead-after", "2"),
+    ),
+    env={"RANGEKV_LIVENESS_TTL": "2"},
+)
 
 
 def alive(child: Child) -> bool:
@@ -178,6 +191,11 @@ class Cluster:
     @property
     def node_addresses(self) -> dict[int, str]:
         return {i: self.node_address(i) for i in self.node_ids}
+
+    @property
+    def certs_dir(self) -> Path | None:
+        """The cluster's certificates (None: plaintext)."""
+        return self.lc.certs_dir
 
     @property
     def meta_addrs(self) -> list[str]:

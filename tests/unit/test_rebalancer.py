@@ -116,9 +116,12 @@ def test_lease_moves_from_the_most_loaded_node_to_the_least_loaded_voter() -> No
     assert plan_lease_move(led, {1: 4, 2: 0, 3: 1}, me=1) == (1, 2)
 
 
-def test_no_lease_move_within_one_of_the_mean() -> None:
-    # Hysteresis: 2 vs a mean of 1.67 is not worth a transfer (leases would ping-pong).
+def test_no_lease_move_within_one_of_the_emptiest_voter() -> None:
+    # Hysteresis: 2 vs 1 is not worth a transfer (leases would ping-pong).
     assert plan_lease_move([(1, (1, 2, 3)), (2, (1, 2, 3))], {1: 2, 2: 2, 3: 1}, me=1) is None
+    # A new node with none gets one from a node with two, mean or not.
+    led = [(1, (1, 2, 5)), (2, (1, 3, 4))]
+    assert plan_lease_move(led, {1: 2, 2: 1, 3: 2, 4: 0, 5: 0}, me=1) == (1, 5)
 
 
 def test_no_lease_move_to_a_node_without_a_voter() -> None:
@@ -129,3 +132,17 @@ def test_no_lease_move_to_a_node_without_a_voter() -> None:
 
 def test_no_lease_move_when_alone() -> None:
     assert plan_lease_move([(1, (1,)), (2, (1,))], {1: 2}, me=1) is None
+
+
+def test_replicas_move_to_the_emptiest_node_with_hysteresis() -> None:
+    from rangekv.raftnode.change import plan_replica_move
+
+    led = [(1, (1, 2, 3)), (2, (1, 2, 3)), (3, (1, 2, 4))]
+    # A new node 5 holds nothing: a replica of a range it is not in moves there,
+    # from the fullest voter that is not this node (1).
+    assert plan_replica_move(led, {1: 6, 2: 6, 3: 5, 4: 1, 5: 0}, 1) == (1, 2, 5)
+    # Within one of each other: nothing moves.
+    assert plan_replica_move(led, {1: 4, 2: 4, 3: 3, 4: 4, 5: 3}, 1) is None
+    # Never from the leaseholder itself.
+    assert plan_replica_move([(1, (1, 5, 6))], {1: 9, 5: 1, 6: 1, 7: 0}, 1) is None
+    assert plan_replica_move(led, {1: 3}, 1) is None

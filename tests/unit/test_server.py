@@ -18,7 +18,13 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from rangekv.common import errors as E
 from rangekv.common.config import ServerConfig
 from rangekv.common.logs import parse_ready_line, setup_logging
-from rangekv.common.server import ServiceServer
+from rangekv.common.server import (
+    PROBE_LIVENESS,
+    PROBE_READINESS,
+    PROBE_STARTUP,
+    PROBES,
+    ServiceServer,
+)
 from rangekv.common.telemetry import Telemetry
 from rangekv.v1 import kv_pb2, kv_pb2_grpc, types_pb2
 
@@ -178,6 +184,40 @@ async def test_reflection_and_health() -> None:
         assert reply.status == NOT_SERVING
 
     await _serve(body)
+
+
+async def test_probe_services_and_the_plaintext_health_port() -> None:
+    """startup / liveness / readiness answer on the main port and on --health-port
+    (one servicer); draining turns readiness off and leaves liveness on."""
+
+    async def body(server: ServiceServer, channel: grpc.aio.Channel, kv: _KV, t: Telemetry) -> None:
+        assert server.health_address is not None and server.health_address != server.address
+        async with grpc.aio.insecure_channel(server.health_address) as health_channel:
+            for ch in (channel, health_channel):
+                health = health_pb2_grpc.HealthStub(ch)
+                for name in PROBES:
+                    reply = await health.Check(
+                        health_pb2.HealthCheckRequest(service=name), timeout=5
+                    )
+                    assert reply.status == SERVING, name
+            # The health port serves health only.
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await kv_pb2_grpc.KVStub(health_channel).Get(kv_pb2.GetRequest(key=b"k"), timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+            await server.begin_drain()
+            health = health_pb2_grpc.HealthStub(health_channel)
+            want = {
+                PROBE_STARTUP: SERVING,
+                PROBE_LIVENESS: SERVING,
+                PROBE_READINESS: NOT_SERVING,
+                "": NOT_SERVING,
+            }
+            for name, status in want.items():
+                reply = await health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+                assert reply.status == status, name
+
+    await _serve(body, health_port=0)
 
 
 async def test_metrics_endpoint_and_rpc_metrics() -> None:

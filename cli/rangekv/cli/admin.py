@@ -26,7 +26,7 @@ from rangekv.cli.kv import (
 )
 from rangekv.cli.output import Output, table
 from rangekv.cli.target import admin_api, describe_target
-from rangekv.v1 import admin_pb2, replica_pb2, types_pb2
+from rangekv.v1 import admin_pb2, meta_pb2, replica_pb2, types_pb2
 
 PAGE = 1000
 
@@ -167,6 +167,9 @@ def node_record(n: admin_pb2.NodeSummary, now_ns: int) -> dict[str, Any]:
         "address": n.status.node.address,
         "metrics_address": n.status.node.metrics_address,
         "live": n.status.live,
+        "state": meta_pb2.NodeState.Name(n.status.state or meta_pb2.NODE_STATE_ACTIVE)
+        .removeprefix("NODE_STATE_")
+        .lower(),
         "last_heartbeat_age_s": None if age is None else round(age, 3),
         "reachable": n.reachable,
         "replicas": n.replica_count if n.reachable else None,
@@ -179,6 +182,7 @@ NODE_HEADERS = [
     "NODE",
     "ADDRESS",
     "LIVENESS",
+    "STATE",
     "HEARTBEAT",
     "REPLICAS",
     "LEASES",
@@ -193,6 +197,7 @@ def node_row(r: dict[str, Any]) -> list[str]:
         str(r["node_id"]),
         str(r["address"]),
         "live" if r["live"] else "DEAD",
+        str(r["state"]),
         "-" if age is None else f"{age:.1f}s ago",
         "-" if r["error"] else str(r["replicas"]),
         "-" if r["error"] else str(r["leases"]),

@@ -4,6 +4,7 @@
     rangekv put|get|del|cas|scan ...        talk to a gateway
     rangekv ranges|nodes|split|transfer-lease|change-replicas|decommission ...
                            inspect and steer the cluster (through a gateway's Admin API)
+    rangekv node decommission|recommission N ...   retire a storage node (or take it back)
     rangekv bench ...      load generator
     rangekv cert ...       make certificates (create-ca, create-node, create-client, list)
     rangekv raftnode|metarange|gateway ...  run one process of a cluster
@@ -41,7 +42,12 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "decommission": (
         "rangekv.cli.admin",
         "decommission_main",
-        "move every replica off a node (not available yet)",
+        "move every replica off a node (through the Admin API; see also `node`)",
+    ),
+    "node": (
+        "rangekv.cli.node",
+        "main",
+        "decommission (or recommission) a storage node and follow it to the end",
     ),
     "bench": ("rangekv.cli.bench", "main", "load generator: put/get/mixed against a gateway"),
     "cert": ("rangekv.cli.cert", "main", "create-ca|create-node|create-client|list certificates"),

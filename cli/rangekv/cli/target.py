@@ -18,6 +18,7 @@ response protos, and errors arrive as gRPC errors (gateway) or RangeKVErrors
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 from collections.abc import AsyncIterator
@@ -28,9 +29,15 @@ from typing import Protocol
 import grpc
 
 from rangekv.cli.kv import DEFAULT_ADDR, CLIError, channel, channel_opener
-from rangekv.gateway.admin_service import decommission
+from rangekv.gateway.admin_service import (
+    DecommissionFn,
+    RecommissionFn,
+    decommission,
+    recommission,
+)
 from rangekv.gateway.cluster_admin import ClusterAdmin, GrpcNodeAdmin
 from rangekv.metarange.client import MetaClient
+from rangekv.metarange.decommission import decommission_for_admin, recommission_for_admin
 from rangekv.v1 import admin_pb2, admin_pb2_grpc, replica_pb2_grpc
 
 
@@ -60,6 +67,10 @@ class AdminAPI(Protocol):
     async def decommission(
         self, req: admin_pb2.AdminDecommissionRequest, timeout: float
     ) -> admin_pb2.AdminDecommissionResponse: ...
+
+    async def recommission(
+        self, req: admin_pb2.AdminRecommissionRequest, timeout: float
+    ) -> admin_pb2.AdminRecommissionResponse: ...
 
 
 class GatewayAdmin:
@@ -98,12 +109,24 @@ class GatewayAdmin:
     ) -> admin_pb2.AdminDecommissionResponse:
         return await self._stub.Decommission(req, timeout=timeout)
 
+    async def recommission(
+        self, req: admin_pb2.AdminRecommissionRequest, timeout: float
+    ) -> admin_pb2.AdminRecommissionResponse:
+        return await self._stub.Recommission(req, timeout=timeout)
+
 
 class LocalAdmin:
     """`AdminAPI` run in this process against the meta range and the nodes (`--meta`)."""
 
-    def __init__(self, admin: ClusterAdmin) -> None:
+    def __init__(
+        self,
+        admin: ClusterAdmin,
+        decommission: DecommissionFn | None = None,
+        recommission: RecommissionFn | None = None,
+    ) -> None:
         self._admin = admin
+        self._decommission = decommission
+        self._recommission = recommission
 
     async def list_ranges(
         self, req: admin_pb2.AdminListRangesRequest, timeout: float
@@ -133,7 +156,12 @@ class LocalAdmin:
     async def decommission(
         self, req: admin_pb2.AdminDecommissionRequest, timeout: float
     ) -> admin_pb2.AdminDecommissionResponse:
-        return await decommission(None, req, timeout)
+        return await decommission(self._decommission, req, timeout)
+
+    async def recommission(
+        self, req: admin_pb2.AdminRecommissionRequest, timeout: float
+    ) -> admin_pb2.AdminRecommissionResponse:
+        return await recommission(self._recommission, req, timeout)
 
 
 def dev_gateway(data: str) -> str:
@@ -187,7 +215,11 @@ async def admin_api(args: argparse.Namespace) -> AsyncIterator[AdminAPI]:
             return replica_pb2_grpc.ReplicaStub(channels[address])
 
         try:
-            yield LocalAdmin(ClusterAdmin(meta, GrpcNodeAdmin(stub)))
+            yield LocalAdmin(
+                ClusterAdmin(meta, GrpcNodeAdmin(stub)),
+                decommission=functools.partial(decommission_for_admin, meta),
+                recommission=functools.partial(recommission_for_admin, meta),
+            )
         finally:
             await meta.close()
             for ch in channels.values():

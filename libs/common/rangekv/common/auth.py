@@ -50,6 +50,9 @@ METHOD_ROLES: Mapping[str, Role] = {
     "/rangekv.v1.Meta/ListRanges": Role.ADMIN,
     "/rangekv.v1.Meta/ListNodes": Role.ADMIN,
     "/rangekv.v1.Meta/ClusterInfo": Role.ADMIN,
+    # Retiring a node (the Admin API's Decommission/Recommission with --meta).
+    "/rangekv.v1.Meta/Decommission": Role.ADMIN,
+    "/rangekv.v1.Meta/Recommission": Role.ADMIN,
     # Internal: only rangekv processes.
     "/rangekv.v1.Replica/": Role.NODE,
     "/rangekv.v1.Meta/": Role.NODE,

@@ -458,6 +458,12 @@ class ServerConfig:
         0, help="Prometheus endpoint port; 0 picks a free port, -1 disables the endpoint"
     )
     node_id: int = setting(0, help="this process's node id; 0 for processes that are not nodes")
+    pod_name: str = setting(
+        "",
+        help="the Kubernetes pod this process runs in (downward API metadata.name); a "
+        "StatefulSet pod's name ends in its ordinal, which gives a node without --node-id "
+        "its identity",
+    )
     data_dir: Path | None = setting(  # noqa: RUF009 -- setting() is dataclasses.field()
         None, help="directory for persistent state (unset: none)"
     )
@@ -511,11 +517,6 @@ class ServerConfig:
         check_choices(self)
         require(self.listen_host != "", "listen_host", "must not be empty")
         require(
-            _port_ok(self.health_port, allow_disabled=True),
-            "health_port",
-            f"must be -1 (disabled), 0 (pick a free port) or 1..65535, got {self.health_port}",
-        )
-        require(
             1 <= self.max_concurrent_streams <= 100_000,
             "max_concurrent_streams",
             f"must be in [1, 100000], got {self.max_concurrent_streams}",
@@ -535,6 +536,11 @@ class ServerConfig:
             _port_ok(self.metrics_port, allow_disabled=True),
             "metrics_port",
             f"must be -1 (disabled), 0 (pick a free port) or 1..65535, got {self.metrics_port}",
+        )
+        require(
+            _port_ok(self.health_port, allow_disabled=True),
+            "health_port",
+            f"must be -1 (disabled), 0 (pick a free port) or 1..65535, got {self.health_port}",
         )
         require(self.node_id >= 0, "node_id", f"must be >= 0, got {self.node_id}")
         require(
@@ -561,6 +567,19 @@ class ServerConfig:
     def health_port_enabled(self) -> bool:
         return self.health_port != METRICS_DISABLED
 
+    @property
+    def ordinal(self) -> int | None:
+        """The StatefulSet ordinal of this process's pod (None outside a StatefulSet)."""
+        return pod_ordinal(self.pod_name) if self.pod_name else None
+
+
+def pod_ordinal(pod_name: str) -> int | None:
+    """``rk-raftnode-4`` -> 4: a StatefulSet names its pods ``<set>-<ordinal>``."""
+    _prefix, sep, tail = pod_name.rpartition("-")
+    if not sep or not _prefix or not tail.isdigit() or (len(tail) > 1 and tail[0] == "0"):
+        return None
+    return int(tail)
+
 
 __all__ = [
     "ENV_PREFIX",
@@ -580,6 +599,7 @@ __all__ = [
     "from_args",
     "from_args_or_exit",
     "parse_bool",
+    "pod_ordinal",
     "require",
     "setting",
 ]

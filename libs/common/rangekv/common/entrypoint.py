@@ -47,8 +47,15 @@ def service_main(
     security = from_args_or_exit(parser, SecurityConfig, args, os.environ)
     server_config = dataclasses.replace(server_config, security=security)
     config = from_args_or_exit(parser, config_cls, args, os.environ)
+    if needs_node_id and server_config.node_id <= 0 and server_config.ordinal is not None:
+        # A StatefulSet pod: its ordinal is its identity (node ids start at 1).
+        server_config = dataclasses.replace(server_config, node_id=server_config.ordinal + 1)
     if needs_node_id and server_config.node_id <= 0:
-        parser.exit(2, f"{parser.prog}: error: --node-id must be a positive integer\n")
+        parser.exit(
+            2,
+            f"{parser.prog}: error: --node-id must be a positive integer "
+            "(or --pod-name a StatefulSet pod's name)\n",
+        )
     setup_logging_from_config(service, server_config)
     warn_if_insecure(security, logging.getLogger(f"rangekv.{service}"))
     try:

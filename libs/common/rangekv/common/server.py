@@ -16,6 +16,23 @@ RPCs finish within a grace period::
     )
     await server.run_until_signalled()
 
+Kubernetes probes ask ``grpc.health.v1`` for three service names with distinct
+meanings (constants below), never for the services themselves:
+
+- ``rangekv.startup``: the process has finished starting (state loaded, ports
+  bound). Until it does, the kubelet holds back the other two probes.
+- ``rangekv.liveness``: the event loop answers. It never depends on peers, a
+  quorum or the meta range: a node cut off from its peers must not be
+  restarted for it (that would only add restarts to a partition). It stays
+  SERVING while the process drains on SIGTERM, however long that takes.
+- ``rangekv.readiness``: the process serves. NOT_SERVING while it drains
+  (:meth:`ServiceServer.begin_drain`) so Services stop routing to it. Not
+  dependent on peers either, so that pods which start together never wait for
+  each other (no ``helm install --wait`` deadlock).
+
+``--health-port`` adds a plaintext port serving only that health servicer (the
+same one, so both ports always agree): Kubernetes gRPC probes cannot speak TLS.
+
 :class:`ErrorInterceptor` is the one place where an exception escaping a handler
 becomes a status: a :class:`~rangekv.common.errors.RangeKVError` becomes its own
 status with structured details (``to_rpc_status``); anything else is a bug and
@@ -29,7 +46,7 @@ import contextlib
 import inspect
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextvars import Token
 from typing import Any, NoReturn
 
@@ -56,6 +73,10 @@ from rangekv.common.telemetry import EventLoopLagMonitor, Histogram, Telemetry
 from rangekv.common.tls import ServerCredentialsSource
 
 HEALTH_SERVICE = health.SERVICE_NAME
+PROBE_STARTUP = "rangekv.startup"
+PROBE_READINESS = "rangekv.readiness"
+PROBE_LIVENESS = "rangekv.liveness"
+PROBES = (PROBE_STARTUP, PROBE_READINESS, PROBE_LIVENESS)
 REFLECTION_SERVICE = reflection.SERVICE_NAME
 RPC_DURATION = "rangekv_rpc_server_duration_seconds"
 _MAX_DETAIL = 200
@@ -373,6 +394,8 @@ class ServiceServer:
         self.health = health.aio.HealthServicer()
         self.port: int | None = None
         self.metrics_port: int | None = None
+        self.health_port: int | None = None
+        self.draining = False
         self.stop_requested = asyncio.Event()
         self.signal_handlers_installed = asyncio.Event()
         self._register = register
@@ -382,8 +405,6 @@ class ServiceServer:
         self._initially_serving = initially_serving
         self._server: grpc.aio.Server | None = None
         self._health_server: grpc.aio.Server | None = None
-        #: The plaintext health-only port, when enabled (after :meth:`start`).
-        self.health_port: int | None = None
         #: The reloading server credentials, when secure (after :meth:`start`).
         self.credentials: ServerCredentialsSource | None = None
         self._monitor: EventLoopLagMonitor | None = None
@@ -395,6 +416,13 @@ class ServiceServer:
         if self.port is None:
             raise RuntimeError("server not started")
         return join_host_port(self.config.listen_host, self.port)
+
+    @property
+    def health_address(self) -> str | None:
+        """``host:port`` of the plaintext health port, if one is configured."""
+        if self.health_port is None:
+            return None
+        return join_host_port(self.config.listen_host, self.health_port)
 
     @property
     def metrics_address(self) -> str | None:
@@ -411,6 +439,15 @@ class ServiceServer:
     async def set_not_serving(self, service_name: str = "") -> None:
         """Report ``service_name`` ("" = the whole server) as NOT_SERVING, e.g. while catching up."""
         await self.health.set(service_name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def begin_drain(self) -> None:
+        """Stop being ready (Services stop routing here) while staying alive and
+        serving what still arrives: the first step of a graceful shutdown."""
+        if self.draining:
+            return
+        self.draining = True
+        for name in ("", *self.service_names, PROBE_READINESS):
+            await self.set_not_serving(name)
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -448,11 +485,12 @@ class ServiceServer:
         reflection.enable_server_reflection(
             [*self.service_names, HEALTH_SERVICE, REFLECTION_SERVICE], server
         )
-        for name in ("", *self.service_names):
+        for name in ("", *self.service_names, PROBE_READINESS):
             if self._initially_serving:
                 await self.set_serving(name)
             else:
                 await self.set_not_serving(name)
+        await self.set_serving(PROBE_LIVENESS)
         bind = join_host_port(self.config.listen_host, self.config.listen_port)
         try:
             if credentials is None:
@@ -484,6 +522,7 @@ class ServiceServer:
         if self.health_port is not None:
             extra["health"] = join_host_port(self.config.listen_host, self.health_port)
         extra["tls"] = "off" if security.insecure else "mtls"
+        await self.set_serving(PROBE_STARTUP)
         log_ready(self._log, self.service, self.address, **extra)
 
     async def _start_health_server(self) -> None:
@@ -550,13 +589,16 @@ class ServiceServer:
         self,
         grace: float | None = None,
         signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+        before_stop: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """Start (if needed), serve until SIGTERM/SIGINT or :meth:`request_stop`, stop.
 
         Handlers are installed with ``loop.add_signal_handler`` so the signal is
         handled on the event loop, never in the middle of a handler, and are
         removed again before returning. ``signal_handlers_installed`` is set once
-        a signal would be handled cleanly.
+        a signal would be handled cleanly. ``before_stop`` runs after the stop
+        request and before the server stops, still serving (a raftnode hands its
+        leases away there); an error in it is logged, and the server stops anyway.
         """
         if self._server is None:
             await self.start()
@@ -568,6 +610,11 @@ class ServiceServer:
                 installed.append(sig)
             self.signal_handlers_installed.set()
             await self.stop_requested.wait()
+            if before_stop is not None:
+                try:
+                    await before_stop()
+                except Exception:
+                    self._log.exception("%s: graceful shutdown step failed", self.service)
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
@@ -588,6 +635,10 @@ class ServiceServer:
 
 __all__ = [
     "HEALTH_SERVICE",
+    "PROBES",
+    "PROBE_LIVENESS",
+    "PROBE_READINESS",
+    "PROBE_STARTUP",
     "REFLECTION_SERVICE",
     "RPC_DURATION",
     "ErrorInterceptor",

@@ -17,7 +17,8 @@ Outgoing channels come from a :class:`ChannelOpener`. Between rangekv processes
 name :data:`~rangekv.common.certs.NODE_SERVER_NAME` that only node certificates
 carry, whatever address the registry gave; clients of the gateway
 (:func:`client_channels`) check the host name they dialled, as any TLS client does.
-Openers re-read changed files too, so a new channel presents the new certificate.
+Openers re-read changed files too, so a new channel presents the new certificate,
+and dial through `rangekv.common.dialing` (a test-only hosts file can map names).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from rangekv.common import dialing
 from rangekv.common.certs import NODE_SERVER_NAME
 from rangekv.common.config import ConfigError, SecurityConfig, TLSFiles
 
@@ -142,7 +144,7 @@ class PlaintextChannels:
     secure = False
 
     def __call__(self, address: str, options: ChannelOptions = ()) -> grpc.aio.Channel:
-        return grpc.aio.insecure_channel(address, options=list(options))
+        return dialing.insecure_channel(address, options)
 
 
 class TLSChannels:
@@ -179,10 +181,9 @@ class TLSChannels:
         return self._creds
 
     def __call__(self, address: str, options: ChannelOptions = ()) -> grpc.aio.Channel:
-        opts = list(options)
-        if self.server_name:
-            opts.append(("grpc.ssl_target_name_override", self.server_name))
-        return grpc.aio.secure_channel(address, self.credentials(), options=opts)
+        return dialing.secure_channel(
+            address, self.credentials(), options, tls_name=self.server_name
+        )
 
 
 def node_channels(security: SecurityConfig) -> ChannelOpener:

@@ -142,3 +142,15 @@ class AdminDecommissionResponse(_message.Message):
     status: _meta_pb2.NodeStatus
     replicas_remaining: int
     def __init__(self, status: _Optional[_Union[_meta_pb2.NodeStatus, _Mapping]] = ..., replicas_remaining: _Optional[int] = ...) -> None: ...
+
+class AdminRecommissionRequest(_message.Message):
+    __slots__ = ("node_id",)
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    def __init__(self, node_id: _Optional[int] = ...) -> None: ...
+
+class AdminRecommissionResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: _meta_pb2.NodeStatus
+    def __init__(self, status: _Optional[_Union[_meta_pb2.NodeStatus, _Mapping]] = ...) -> None: ...

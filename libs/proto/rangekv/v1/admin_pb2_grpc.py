@@ -80,6 +80,11 @@ class AdminStub:
                 request_serializer=rangekv_dot_v1_dot_admin__pb2.AdminDecommissionRequest.SerializeToString,
                 response_deserializer=rangekv_dot_v1_dot_admin__pb2.AdminDecommissionResponse.FromString,
                 _registered_method=True)
+        self.Recommission = channel.unary_unary(
+                '/rangekv.v1.Admin/Recommission',
+                request_serializer=rangekv_dot_v1_dot_admin__pb2.AdminRecommissionRequest.SerializeToString,
+                response_deserializer=rangekv_dot_v1_dot_admin__pb2.AdminRecommissionResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -141,7 +146,19 @@ class AdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Decommission(self, request, context):
-        """Decommission moves every replica off a node so that it can be retired.
+        """Decommission moves every replica off a node so that it can be retired:
+        the node becomes DECOMMISSIONING, the rebalancers move its replicas and
+        leases, and once nothing is left it is DECOMMISSIONED for good. The call
+        follows the move until it is done or its deadline is near, and answers how
+        far it got (the move goes on; call again to follow it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Recommission(self, request, context):
+        """Recommission takes a node that is still DECOMMISSIONING back to ACTIVE
+        (FAILED_PRECONDITION once it is DECOMMISSIONED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -179,6 +196,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Decommission,
                     request_deserializer=rangekv_dot_v1_dot_admin__pb2.AdminDecommissionRequest.FromString,
                     response_serializer=rangekv_dot_v1_dot_admin__pb2.AdminDecommissionResponse.SerializeToString,
+            ),
+            'Recommission': grpc.unary_unary_rpc_method_handler(
+                    servicer.Recommission,
+                    request_deserializer=rangekv_dot_v1_dot_admin__pb2.AdminRecommissionRequest.FromString,
+                    response_serializer=rangekv_dot_v1_dot_admin__pb2.AdminRecommissionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -359,6 +381,33 @@ class Admin:
             '/rangekv.v1.Admin/Decommission',
             rangekv_dot_v1_dot_admin__pb2.AdminDecommissionRequest.SerializeToString,
             rangekv_dot_v1_dot_admin__pb2.AdminDecommissionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Recommission(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rangekv.v1.Admin/Recommission',
+            rangekv_dot_v1_dot_admin__pb2.AdminRecommissionRequest.SerializeToString,
+            rangekv_dot_v1_dot_admin__pb2.AdminRecommissionResponse.FromString,
             options,
             channel_credentials,
             insecure,

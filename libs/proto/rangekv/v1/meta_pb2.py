@@ -26,17 +26,19 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from rangekv.v1 import types_pb2 as rangekv_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15rangekv/v1/meta.proto\x12\nrangekv.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x16rangekv/v1/types.proto\"r\n\x12LookupRangeRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x10\n\x08prefetch\x18\x02 \x01(\x05\x12$\n\x04mode\x18\x03 \x01(\x0e\x32\x16.rangekv.v1.LookupMode\x12\x17\n\x0finclude_intents\x18\x04 \x01(\x08\"w\n\x10\x44\x65scriptorIntent\x12\x10\n\x08meta_key\x18\x01 \x01(\x0c\x12/\n\ndescriptor\x18\x02 \x01(\x0b\x32\x1b.rangekv.v1.RangeDescriptor\x12 \n\x03txn\x18\x03 \x01(\x0b\x32\x13.rangekv.v1.TxnMeta\"v\n\x13LookupRangeResponse\x12\x30\n\x0b\x64\x65scriptors\x18\x01 \x03(\x0b\x32\x1b.rangekv.v1.RangeDescriptor\x12-\n\x07intents\x18\x02 \x03(\x0b\x32\x1c.rangekv.v1.DescriptorIntent\"N\n\x11ListRangesRequest\x12\x11\n\tstart_key\x18\x01 \x01(\x0c\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x17\n\x0finclude_intents\x18\x03 \x01(\x08\"u\n\x12ListRangesResponse\x12\x30\n\x0b\x64\x65scriptors\x18\x01 \x03(\x0b\x32\x1b.rangekv.v1.RangeDescriptor\x12-\n\x07intents\x18\x02 \x03(\x0b\x32\x1c.rangekv.v1.DescriptorIntent\"\xbf\x01\n\x12WriteIntentRequest\x12 \n\x03txn\x18\x01 \x01(\x0b\x32\x13.rangekv.v1.TxnMeta\x12/\n\ndescriptor\x18\x02 \x01(\x0b\x32\x1b.rangekv.v1.RangeDescriptor\x12-\n\x08\x65xpected\x18\x03 \x01(\x0b\x32\x1b.rangekv.v1.RangeDescriptor\x12\x15\n\rexpect_absent\x18\x04 \x01(\x08\x12\x10\n\x08lock_key\x18\x05 \x01(\x0c\"\'\n\x13WriteIntentResponse\x12\x10\n\x08meta_key\x18\x01 \x01(\x0c\"_\n\x14ResolveIntentRequest\x12\x10\n\x08meta_key\x18\x01 \x01(\x0c\x12\x0e\n\x06txn_id\x18\x02 \x01(\x0c\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.rangekv.v1.TxnStatus\")\n\x15ResolveIntentResponse\x12\x10\n\x08resolved\x18\x01 \x01(\x08\"E\n\x12\x41llocateIdsRequest\x12 \n\x04kind\x18\x01 \x01(\x0e\x32\x12.rangekv.v1.IdKind\x12\r\n\x05\x63ount\x18\x02 \x01(\r\"3\n\x13\x41llocateIdsResponse\x12\r\n\x05\x66irst\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\r\"<\n\x10HeartbeatRequest\x12(\n\x04node\x18\x01 \x01(\x0b\x32\x1a.rangekv.v1.NodeDescriptor\"D\n\x11HeartbeatResponse\x12/\n\x0cliveness_ttl\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x12\n\x10ListNodesRequest\"f\n\nNodeStatus\x12(\n\x04node\x18\x01 \x01(\x0b\x32\x1a.rangekv.v1.NodeDescriptor\x12\x0c\n\x04live\x18\x02 \x01(\x08\x12 \n\x18last_heartbeat_wall_time\x18\x03 \x01(\x03\":\n\x11ListNodesResponse\x12%\n\x05nodes\x18\x01 \x03(\x0b\x32\x16.rangekv.v1.NodeStatus\"\x14\n\x12\x43lusterInfoRequest\"\x8d\x01\n\x13\x43lusterInfoResponse\x12\x14\n\x0c\x62ootstrapped\x18\x01 \x01(\x08\x12\x16\n\x0eleader_node_id\x18\x02 \x01(\x04\x12\x16\n\x0eleader_address\x18\x03 \x01(\t\x12\x30\n\x0b\x66irst_range\x18\x04 \x01(\x0b\x32\x1b.rangekv.v1.RangeDescriptor*c\n\nLookupMode\x12\x1b\n\x17LOOKUP_MODE_UNSPECIFIED\x10\x00\x12\x1a\n\x16LOOKUP_MODE_CONSISTENT\x10\x01\x12\x1c\n\x18LOOKUP_MODE_INCONSISTENT\x10\x02*F\n\x06IdKind\x12\x17\n\x13ID_KIND_UNSPECIFIED\x10\x00\x12\x11\n\rID_KIND_RANGE\x10\x01\x12\x10\n\x0cID_KIND_NODE\x10\x02\x32\xfd\x04\n\x04Meta\x12N\n\x0bLookupRange\x12\x1e.rangekv.v1.LookupRangeRequest\x1a\x1f.rangekv.v1.LookupRangeResponse\x12K\n\nListRanges\x12\x1d.rangekv.v1.ListRangesRequest\x1a\x1e.rangekv.v1.ListRangesResponse\x12N\n\x0bWriteIntent\x12\x1e.rangekv.v1.WriteIntentRequest\x1a\x1f.rangekv.v1.WriteIntentResponse\x12T\n\rResolveIntent\x12 .rangekv.v1.ResolveIntentRequest\x1a!.rangekv.v1.ResolveIntentResponse\x12N\n\x0b\x41llocateIds\x12\x1e.rangekv.v1.AllocateIdsRequest\x1a\x1f.rangekv.v1.AllocateIdsResponse\x12H\n\tHeartbeat\x12\x1c.rangekv.v1.HeartbeatRequest\x1a\x1d.rangekv.v1.HeartbeatResponse\x12H\n\tListNodes\x12\x1c.rangekv.v1.ListNodesRequest\x1a\x1d.rangekv.v1.ListNodesResponse\x12N\n\x0b\x43lusterInfo\x12\x1e.rangekv.v1.ClusterInfoRequest\x1a\x1f.rangekv.v1.ClusterInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15rangekv/v1/meta.proto\x12\nrangekv.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x16rangekv/v1/types.proto\"r\n\x12LookupRangeRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x10\n\x08prefetch\x18\x02 \x01(\x05\x12$\n\x04mode\x18\x03 \x01(\x0e\x32\x16.rangekv.v1.LookupMode\x12\x17\n\x0finclude_intents\x18\x04 \x01(\x08\"w\n\x10\x44\x65scriptorIntent\x12\x10\n\x08meta_key\x18\x01 \x01(\x0c\x12/\n\ndescriptor\x18\x02 \x01(\x0b\x32\x1b.rangekv.v1.RangeDescriptor\x12 \n\x03txn\x18\x03 \x01(\x0b\x32\x13.rangekv.v1.TxnMeta\"v\n\x13LookupRangeResponse\x12\x30\n\x0b\x64\x65scriptors\x18\x01 \x03(\x0b\x32\x1b.rangekv.v1.RangeDescriptor\x12-\n\x07intents\x18\x02 \x03(\x0b\x32\x1c.rangekv.v1.DescriptorIntent\"N\n\x11ListRangesRequest\x12\x11\n\tstart_key\x18\x01 \x01(\x0c\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x17\n\x0finclude_intents\x18\x03 \x01(\x08\"u\n\x12ListRangesResponse\x12\x30\n\x0b\x64\x65scriptors\x18\x01 \x03(\x0b\x32\x1b.rangekv.v1.RangeDescriptor\x12-\n\x07intents\x18\x02 \x03(\x0b\x32\x1c.rangekv.v1.DescriptorIntent\"\xbf\x01\n\x12WriteIntentRequest\x12 \n\x03txn\x18\x01 \x01(\x0b\x32\x13.rangekv.v1.TxnMeta\x12/\n\ndescriptor\x18\x02 \x01(\x0b\x32\x1b.rangekv.v1.RangeDescriptor\x12-\n\x08\x65xpected\x18\x03 \x01(\x0b\x32\x1b.rangekv.v1.RangeDescriptor\x12\x15\n\rexpect_absent\x18\x04 \x01(\x08\x12\x10\n\x08lock_key\x18\x05 \x01(\x0c\"\'\n\x13WriteIntentResponse\x12\x10\n\x08meta_key\x18\x01 \x01(\x0c\"_\n\x14ResolveIntentRequest\x12\x10\n\x08meta_key\x18\x01 \x01(\x0c\x12\x0e\n\x06txn_id\x18\x02 \x01(\x0c\x12%\n\x06status\x18\x03 \x01(\x0e\x32\x15.rangekv.v1.TxnStatus\")\n\x15ResolveIntentResponse\x12\x10\n\x08resolved\x18\x01 \x01(\x08\"E\n\x12\x41llocateIdsRequest\x12 \n\x04kind\x18\x01 \x01(\x0e\x32\x12.rangekv.v1.IdKind\x12\r\n\x05\x63ount\x18\x02 \x01(\r\"3\n\x13\x41llocateIdsResponse\x12\r\n\x05\x66irst\x18\x01 \x01(\x04\x12\r\n\x05\x63ount\x18\x02 \x01(\r\"<\n\x10HeartbeatRequest\x12(\n\x04node\x18\x01 \x01(\x0b\x32\x1a.rangekv.v1.NodeDescriptor\"D\n\x11HeartbeatResponse\x12/\n\x0cliveness_ttl\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x12\n\x10ListNodesRequest\"\x8c\x01\n\nNodeStatus\x12(\n\x04node\x18\x01 \x01(\x0b\x32\x1a.rangekv.v1.NodeDescriptor\x12\x0c\n\x04live\x18\x02 \x01(\x08\x12 \n\x18last_heartbeat_wall_time\x18\x03 \x01(\x03\x12$\n\x05state\x18\x04 \x01(\x0e\x32\x15.rangekv.v1.NodeState\":\n\x11ListNodesResponse\x12%\n\x05nodes\x18\x01 \x03(\x0b\x32\x16.rangekv.v1.NodeStatus\"\x14\n\x12\x43lusterInfoRequest\"\x8d\x01\n\x13\x43lusterInfoResponse\x12\x14\n\x0c\x62ootstrapped\x18\x01 \x01(\x08\x12\x16\n\x0eleader_node_id\x18\x02 \x01(\x04\x12\x16\n\x0eleader_address\x18\x03 \x01(\t\x12\x30\n\x0b\x66irst_range\x18\x04 \x01(\x0b\x32\x1b.rangekv.v1.RangeDescriptor\"&\n\x13\x44\x65\x63ommissionRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\"a\n\x14\x44\x65\x63ommissionResponse\x12$\n\x04node\x18\x01 \x01(\x0b\x32\x16.rangekv.v1.NodeStatus\x12\x10\n\x08replicas\x18\x02 \x01(\r\x12\x11\n\trange_ids\x18\x03 \x03(\x04\"&\n\x13RecommissionRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\"<\n\x14RecommissionResponse\x12$\n\x04node\x18\x01 \x01(\x0b\x32\x16.rangekv.v1.NodeStatus*c\n\nLookupMode\x12\x1b\n\x17LOOKUP_MODE_UNSPECIFIED\x10\x00\x12\x1a\n\x16LOOKUP_MODE_CONSISTENT\x10\x01\x12\x1c\n\x18LOOKUP_MODE_INCONSISTENT\x10\x02*F\n\x06IdKind\x12\x17\n\x13ID_KIND_UNSPECIFIED\x10\x00\x12\x11\n\rID_KIND_RANGE\x10\x01\x12\x10\n\x0cID_KIND_NODE\x10\x02*}\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11NODE_STATE_ACTIVE\x10\x01\x12\x1e\n\x1aNODE_STATE_DECOMMISSIONING\x10\x02\x12\x1d\n\x19NODE_STATE_DECOMMISSIONED\x10\x03\x32\xa3\x06\n\x04Meta\x12N\n\x0bLookupRange\x12\x1e.rangekv.v1.LookupRangeRequest\x1a\x1f.rangekv.v1.LookupRangeResponse\x12K\n\nListRanges\x12\x1d.rangekv.v1.ListRangesRequest\x1a\x1e.rangekv.v1.ListRangesResponse\x12N\n\x0bWriteIntent\x12\x1e.rangekv.v1.WriteIntentRequest\x1a\x1f.rangekv.v1.WriteIntentResponse\x12T\n\rResolveIntent\x12 .rangekv.v1.ResolveIntentRequest\x1a!.rangekv.v1.ResolveIntentResponse\x12N\n\x0b\x41llocateIds\x12\x1e.rangekv.v1.AllocateIdsRequest\x1a\x1f.rangekv.v1.AllocateIdsResponse\x12H\n\tHeartbeat\x12\x1c.rangekv.v1.HeartbeatRequest\x1a\x1d.rangekv.v1.HeartbeatResponse\x12H\n\tListNodes\x12\x1c.rangekv.v1.ListNodesRequest\x1a\x1d.rangekv.v1.ListNodesResponse\x12N\n\x0b\x43lusterInfo\x12\x1e.rangekv.v1.ClusterInfoRequest\x1a\x1f.rangekv.v1.ClusterInfoResponse\x12Q\n\x0c\x44\x65\x63ommission\x12\x1f.rangekv.v1.DecommissionRequest\x1a .rangekv.v1.DecommissionResponse\x12Q\n\x0cRecommission\x12\x1f.rangekv.v1.RecommissionRequest\x1a .rangekv.v1.RecommissionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rangekv.v1.meta_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LOOKUPMODE']._serialized_start=1630
-  _globals['_LOOKUPMODE']._serialized_end=1729
-  _globals['_IDKIND']._serialized_start=1731
-  _globals['_IDKIND']._serialized_end=1801
+  _globals['_LOOKUPMODE']._serialized_start=1910
+  _globals['_LOOKUPMODE']._serialized_end=2009
+  _globals['_IDKIND']._serialized_start=2011
+  _globals['_IDKIND']._serialized_end=2081
+  _globals['_NODESTATE']._serialized_start=2083
+  _globals['_NODESTATE']._serialized_end=2208
   _globals['_LOOKUPRANGEREQUEST']._serialized_start=93
   _globals['_LOOKUPRANGEREQUEST']._serialized_end=207
   _globals['_DESCRIPTORINTENT']._serialized_start=209
@@ -65,14 +67,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEATRESPONSE']._serialized_end=1278
   _globals['_LISTNODESREQUEST']._serialized_start=1280
   _globals['_LISTNODESREQUEST']._serialized_end=1298
-  _globals['_NODESTATUS']._serialized_start=1300
-  _globals['_NODESTATUS']._serialized_end=1402
-  _globals['_LISTNODESRESPONSE']._serialized_start=1404
-  _globals['_LISTNODESRESPONSE']._serialized_end=1462
-  _globals['_CLUSTERINFOREQUEST']._serialized_start=1464
-  _globals['_CLUSTERINFOREQUEST']._serialized_end=1484
-  _globals['_CLUSTERINFORESPONSE']._serialized_start=1487
-  _globals['_CLUSTERINFORESPONSE']._serialized_end=1628
-  _globals['_META']._serialized_start=1804
-  _globals['_META']._serialized_end=2441
+  _globals['_NODESTATUS']._serialized_start=1301
+  _globals['_NODESTATUS']._serialized_end=1441
+  _globals['_LISTNODESRESPONSE']._serialized_start=1443
+  _globals['_LISTNODESRESPONSE']._serialized_end=1501
+  _globals['_CLUSTERINFOREQUEST']._serialized_start=1503
+  _globals['_CLUSTERINFOREQUEST']._serialized_end=1523
+  _globals['_CLUSTERINFORESPONSE']._serialized_start=1526
+  _globals['_CLUSTERINFORESPONSE']._serialized_end=1667
+  _globals['_DECOMMISSIONREQUEST']._serialized_start=1669
+  _globals['_DECOMMISSIONREQUEST']._serialized_end=1707
+  _globals['_DECOMMISSIONRESPONSE']._serialized_start=1709
+  _globals['_DECOMMISSIONRESPONSE']._serialized_end=1806
+  _globals['_RECOMMISSIONREQUEST']._serialized_start=1808
+  _globals['_RECOMMISSIONREQUEST']._serialized_end=1846
+  _globals['_RECOMMISSIONRESPONSE']._serialized_start=1848
+  _globals['_RECOMMISSIONRESPONSE']._serialized_end=1908
+  _globals['_META']._serialized_start=2211
+  _globals['_META']._serialized_end=3014
 # @@protoc_insertion_point(module_scope)

@@ -22,12 +22,23 @@ class IdKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ID_KIND_UNSPECIFIED: _ClassVar[IdKind]
     ID_KIND_RANGE: _ClassVar[IdKind]
     ID_KIND_NODE: _ClassVar[IdKind]
+
+class NodeState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NODE_STATE_UNSPECIFIED: _ClassVar[NodeState]
+    NODE_STATE_ACTIVE: _ClassVar[NodeState]
+    NODE_STATE_DECOMMISSIONING: _ClassVar[NodeState]
+    NODE_STATE_DECOMMISSIONED: _ClassVar[NodeState]
 LOOKUP_MODE_UNSPECIFIED: LookupMode
 LOOKUP_MODE_CONSISTENT: LookupMode
 LOOKUP_MODE_INCONSISTENT: LookupMode
 ID_KIND_UNSPECIFIED: IdKind
 ID_KIND_RANGE: IdKind
 ID_KIND_NODE: IdKind
+NODE_STATE_UNSPECIFIED: NodeState
+NODE_STATE_ACTIVE: NodeState
+NODE_STATE_DECOMMISSIONING: NodeState
+NODE_STATE_DECOMMISSIONED: NodeState
 
 class LookupRangeRequest(_message.Message):
     __slots__ = ("key", "prefetch", "mode", "include_intents")
@@ -146,14 +157,16 @@ class ListNodesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("node", "live", "last_heartbeat_wall_time")
+    __slots__ = ("node", "live", "last_heartbeat_wall_time", "state")
     NODE_FIELD_NUMBER: _ClassVar[int]
     LIVE_FIELD_NUMBER: _ClassVar[int]
     LAST_HEARTBEAT_WALL_TIME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
     node: _types_pb2.NodeDescriptor
     live: bool
     last_heartbeat_wall_time: int
-    def __init__(self, node: _Optional[_Union[_types_pb2.NodeDescriptor, _Mapping]] = ..., live: _Optional[bool] = ..., last_heartbeat_wall_time: _Optional[int] = ...) -> None: ...
+    state: NodeState
+    def __init__(self, node: _Optional[_Union[_types_pb2.NodeDescriptor, _Mapping]] = ..., live: _Optional[bool] = ..., last_heartbeat_wall_time: _Optional[int] = ..., state: _Optional[_Union[NodeState, str]] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
     __slots__ = ("nodes",)
@@ -176,3 +189,31 @@ class ClusterInfoResponse(_message.Message):
     leader_address: str
     first_range: _types_pb2.RangeDescriptor
     def __init__(self, bootstrapped: _Optional[bool] = ..., leader_node_id: _Optional[int] = ..., leader_address: _Optional[str] = ..., first_range: _Optional[_Union[_types_pb2.RangeDescriptor, _Mapping]] = ...) -> None: ...
+
+class DecommissionRequest(_message.Message):
+    __slots__ = ("node_id",)
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    def __init__(self, node_id: _Optional[int] = ...) -> None: ...
+
+class DecommissionResponse(_message.Message):
+    __slots__ = ("node", "replicas", "range_ids")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    RANGE_IDS_FIELD_NUMBER: _ClassVar[int]
+    node: NodeStatus
+    replicas: int
+    range_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, node: _Optional[_Union[NodeStatus, _Mapping]] = ..., replicas: _Optional[int] = ..., range_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class RecommissionRequest(_message.Message):
+    __slots__ = ("node_id",)
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    def __init__(self, node_id: _Optional[int] = ...) -> None: ...
+
+class RecommissionResponse(_message.Message):
+    __slots__ = ("node",)
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    node: NodeStatus
+    def __init__(self, node: _Optional[_Union[NodeStatus, _Mapping]] = ...) -> None: ...

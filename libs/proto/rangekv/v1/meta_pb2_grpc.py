@@ -42,6 +42,7 @@ class MetaStub:
     it and resolve first. Details:
     rangekv.v1.IntentExistsError.
     INVALID_ARGUMENT     malformed input; nothing was written.
+    NOT_FOUND            the node is not in the store registry.
     """
 
     def __init__(self, channel):
@@ -90,6 +91,16 @@ class MetaStub:
                 request_serializer=rangekv_dot_v1_dot_meta__pb2.ClusterInfoRequest.SerializeToString,
                 response_deserializer=rangekv_dot_v1_dot_meta__pb2.ClusterInfoResponse.FromString,
                 _registered_method=True)
+        self.Decommission = channel.unary_unary(
+                '/rangekv.v1.Meta/Decommission',
+                request_serializer=rangekv_dot_v1_dot_meta__pb2.DecommissionRequest.SerializeToString,
+                response_deserializer=rangekv_dot_v1_dot_meta__pb2.DecommissionResponse.FromString,
+                _registered_method=True)
+        self.Recommission = channel.unary_unary(
+                '/rangekv.v1.Meta/Recommission',
+                request_serializer=rangekv_dot_v1_dot_meta__pb2.RecommissionRequest.SerializeToString,
+                response_deserializer=rangekv_dot_v1_dot_meta__pb2.RecommissionResponse.FromString,
+                _registered_method=True)
 
 
 class MetaServicer:
@@ -109,6 +120,7 @@ class MetaServicer:
     it and resolve first. Details:
     rangekv.v1.IntentExistsError.
     INVALID_ARGUMENT     malformed input; nothing was written.
+    NOT_FOUND            the node is not in the store registry.
     """
 
     def LookupRange(self, request, context):
@@ -168,6 +180,26 @@ class MetaServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Decommission(self, request, context):
+        """Decommission retires a storage node, and reports how far that got: an
+        ACTIVE node becomes DECOMMISSIONING (the rebalancer then moves its
+        replicas and leases to other nodes); a DECOMMISSIONING node that no range
+        names any more becomes DECOMMISSIONED, for good: its store is refused if it
+        ever starts again. Idempotent: call it again to follow the progress (a
+        DECOMMISSIONED node is answered, not refused). NOT_FOUND: no such node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Recommission(self, request, context):
+        """Recommission takes a DECOMMISSIONING node back to ACTIVE (a decommission
+        started by mistake). FAILED_PRECONDITION once it is DECOMMISSIONED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MetaServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -211,6 +243,16 @@ def add_MetaServicer_to_server(servicer, server):
                     request_deserializer=rangekv_dot_v1_dot_meta__pb2.ClusterInfoRequest.FromString,
                     response_serializer=rangekv_dot_v1_dot_meta__pb2.ClusterInfoResponse.SerializeToString,
             ),
+            'Decommission': grpc.unary_unary_rpc_method_handler(
+                    servicer.Decommission,
+                    request_deserializer=rangekv_dot_v1_dot_meta__pb2.DecommissionRequest.FromString,
+                    response_serializer=rangekv_dot_v1_dot_meta__pb2.DecommissionResponse.SerializeToString,
+            ),
+            'Recommission': grpc.unary_unary_rpc_method_handler(
+                    servicer.Recommission,
+                    request_deserializer=rangekv_dot_v1_dot_meta__pb2.RecommissionRequest.FromString,
+                    response_serializer=rangekv_dot_v1_dot_meta__pb2.RecommissionResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'rangekv.v1.Meta', rpc_method_handlers)
@@ -236,6 +278,7 @@ class Meta:
     it and resolve first. Details:
     rangekv.v1.IntentExistsError.
     INVALID_ARGUMENT     malformed input; nothing was written.
+    NOT_FOUND            the node is not in the store registry.
     """
 
     @staticmethod
@@ -444,6 +487,60 @@ class Meta:
             '/rangekv.v1.Meta/ClusterInfo',
             rangekv_dot_v1_dot_meta__pb2.ClusterInfoRequest.SerializeToString,
             rangekv_dot_v1_dot_meta__pb2.ClusterInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Decommission(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rangekv.v1.Meta/Decommission',
+            rangekv_dot_v1_dot_meta__pb2.DecommissionRequest.SerializeToString,
+            rangekv_dot_v1_dot_meta__pb2.DecommissionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Recommission(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rangekv.v1.Meta/Recommission',
+            rangekv_dot_v1_dot_meta__pb2.RecommissionRequest.SerializeToString,
+            rangekv_dot_v1_dot_meta__pb2.RecommissionResponse.FromString,
             options,
             channel_credentials,
             insecure,

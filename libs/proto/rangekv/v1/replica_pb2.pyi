@@ -293,12 +293,14 @@ class ReplicaInfo(_message.Message):
     def __init__(self, descriptor: _Optional[_Union[_types_pb2.RangeDescriptor, _Mapping]] = ..., replica_id: _Optional[int] = ..., is_leader: _Optional[bool] = ..., lease_valid: _Optional[bool] = ..., lease_sequence: _Optional[int] = ..., leader_replica_id: _Optional[int] = ..., applied_index: _Optional[int] = ..., commit_index: _Optional[int] = ..., approximate_size_bytes: _Optional[int] = ...) -> None: ...
 
 class RangeInfoResponse(_message.Message):
-    __slots__ = ("node_id", "replicas")
+    __slots__ = ("node_id", "replicas", "draining")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
     node_id: int
     replicas: _containers.RepeatedCompositeFieldContainer[ReplicaInfo]
-    def __init__(self, node_id: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaInfo, _Mapping]]] = ...) -> None: ...
+    draining: bool
+    def __init__(self, node_id: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaInfo, _Mapping]]] = ..., draining: _Optional[bool] = ...) -> None: ...
 
 class PushTxnRequest(_message.Message):
     __slots__ = ("range_id", "txn")

@@ -5,9 +5,9 @@ gateway's request timeout) and is handed to :class:`ClusterAdmin`, which
 reads the meta range and asks the storage nodes. Its RangeKVErrors become
 gRPC statuses once, in the server's interceptor, like the KV API's.
 
-Decommission is declared in the contract but not carried out by this version:
-it answers UNIMPLEMENTED with a message saying so, until the mechanism that
-drains a node is wired here (`DecommissionFn`).
+Decommission and Recommission are carried out by the cluster's decommission
+mechanism (`rangekv.metarange.decommission`), handed in as `DecommissionFn` /
+`RecommissionFn`; without them they answer UNIMPLEMENTED with a message saying so.
 """
 
 from __future__ import annotations
@@ -27,6 +27,11 @@ DecommissionFn = Callable[
 ]
 """Drains a node within a deadline in seconds (the cluster's decommission mechanism)."""
 
+RecommissionFn = Callable[
+    [admin_pb2.AdminRecommissionRequest, float], Awaitable[admin_pb2.AdminRecommissionResponse]
+]
+"""Takes a node still decommissioning back, within a deadline in seconds."""
+
 
 class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(
@@ -35,10 +40,12 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         *,
         request_timeout: float,
         decommission: DecommissionFn | None = None,
+        recommission: RecommissionFn | None = None,
     ) -> None:
         self._admin = admin
         self._request_timeout = request_timeout
         self._decommission = decommission
+        self._recommission = recommission
 
     def _timeout(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()
@@ -76,6 +83,11 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.AdminDecommissionResponse:
         return await decommission(self._decommission, request, self._timeout(context))
 
+    async def Recommission(
+        self, request: admin_pb2.AdminRecommissionRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.AdminRecommissionResponse:
+        return await recommission(self._recommission, request, self._timeout(context))
+
 
 async def decommission(
     fn: DecommissionFn | None, request: admin_pb2.AdminDecommissionRequest, timeout: float
@@ -92,4 +104,22 @@ async def decommission(
     return await fn(request, timeout)
 
 
-__all__ = ["ADMIN_SERVICE", "AdminService", "DecommissionFn", "decommission"]
+async def recommission(
+    fn: RecommissionFn | None, request: admin_pb2.AdminRecommissionRequest, timeout: float
+) -> admin_pb2.AdminRecommissionResponse:
+    """Validate, then take the node back with `fn`, or say plainly that this version cannot."""
+    if not request.node_id:
+        raise E.InvalidArgument("node_id", "must not be 0")
+    if fn is None:
+        raise E.Unimplemented(f"recommission of node {request.node_id} is not available here")
+    return await fn(request, timeout)
+
+
+__all__ = [
+    "ADMIN_SERVICE",
+    "AdminService",
+    "DecommissionFn",
+    "RecommissionFn",
+    "decommission",
+    "recommission",
+]

@@ -6,6 +6,7 @@ rangekv gateway --listen-port 50051 --meta-addrs 127.0.0.1:7101,127.0.0.1:7102,1
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from rangekv.gateway.pusher import ReplicaTxnPusher
 from rangekv.gateway.range_cache import RangeCache
 from rangekv.gateway.scan import ScanConfig
 from rangekv.metarange.client import MetaClient
+from rangekv.metarange.decommission import decommission_for_admin, recommission_for_admin
 from rangekv.metarange.records import TxnMeta, TxnStatus
 from rangekv.v1 import admin_pb2_grpc, kv_pb2_grpc
 
@@ -152,7 +154,12 @@ def build(
 def build_admin(cfg: GatewayConfig, meta: MetaClient, nodes: NodeClients) -> AdminService:
     """The Admin API over the gateway's own meta client and node channels."""
     admin = ClusterAdmin(meta, GrpcNodeAdmin(nodes.stub))
-    return AdminService(admin, request_timeout=cfg.request_timeout)
+    return AdminService(
+        admin,
+        request_timeout=cfg.request_timeout,
+        decommission=functools.partial(decommission_for_admin, meta),
+        recommission=functools.partial(recommission_for_admin, meta),
+    )
 
 
 def export_retry_counters(telemetry: Telemetry, counters: RetryCounters) -> None:

@@ -183,6 +183,15 @@ class MetaClient:
             lambda s, t: s.ListNodes(meta_pb2.ListNodesRequest(), timeout=t), any_replica=True
         )
 
+    async def decommission(self, node_id: int) -> meta_pb2.DecommissionResponse:
+        """Start or finish a node's decommission and read its progress (idempotent)."""
+        req = meta_pb2.DecommissionRequest(node_id=node_id)
+        return await self._call(lambda s, t: s.Decommission(req, timeout=t))
+
+    async def recommission(self, node_id: int) -> meta_pb2.RecommissionResponse:
+        req = meta_pb2.RecommissionRequest(node_id=node_id)
+        return await self._call(lambda s, t: s.Recommission(req, timeout=t))
+
     async def cluster_info(self) -> meta_pb2.ClusterInfoResponse:
         return await self._call(
             lambda s, t: s.ClusterInfo(meta_pb2.ClusterInfoRequest(), timeout=t), any_replica=True

@@ -12,6 +12,7 @@ and documented (`records.encode_value`: format byte 1 + JSON)::
     {"op": "heartbeat",      "node": {"id", "a", "m"}, "wall": i64 ns}
     {"op": "allocate_ids",   "kind": 1 | 2, "n": u32}
     {"op": "bootstrap",      "d": descriptor}
+    {"op": "set_node_state", "node": u64, "st": 1 | 2 | 3}
 
 A decoder meeting an unknown ``op`` or format refuses the command (the
 refusal is deterministic on every replica) instead of guessing.
@@ -32,6 +33,8 @@ from rangekv.metarange.records import (
     TXN_ID_LEN,
     IdKind,
     NodeDescriptor,
+    NodeRecord,
+    NodeState,
     TxnMeta,
     TxnStatus,
     decode_value,
@@ -54,6 +57,8 @@ __all__ = [
     "HeartbeatResult",
     "ResolveIntent",
     "ResolveIntentResult",
+    "SetNodeState",
+    "SetNodeStateResult",
     "WriteIntent",
     "WriteIntentResult",
     "decode_command",
@@ -154,7 +159,20 @@ class Bootstrap:
             raise InvalidArgument("first_range.range_id", "must be non-zero")
 
 
-Command = WriteIntent | ResolveIntent | Heartbeat | AllocateIds | Bootstrap
+@dataclass(frozen=True, slots=True)
+class SetNodeState:
+    """Move a registered node to `state` (records.NODE_STATE_CHANGES say which
+    moves are allowed; DECOMMISSIONED also needs that no range names the node)."""
+
+    node_id: int
+    state: NodeState
+
+    def __post_init__(self) -> None:
+        if self.node_id <= 0:
+            raise InvalidArgument("node_id", "must be positive")
+
+
+Command = WriteIntent | ResolveIntent | Heartbeat | AllocateIds | Bootstrap | SetNodeState
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,8 +208,20 @@ class BootstrapResult:
     first_range: RangeDescriptor | None
 
 
+@dataclass(frozen=True, slots=True)
+class SetNodeStateResult:
+    """The registry entry after the change (unchanged when it was already there)."""
+
+    record: NodeRecord
+
+
 CommandResult = (
-    WriteIntentResult | ResolveIntentResult | HeartbeatResult | AllocateIdsResult | BootstrapResult
+    WriteIntentResult
+    | ResolveIntentResult
+    | HeartbeatResult
+    | AllocateIdsResult
+    | BootstrapResult
+    | SetNodeStateResult
 )
 
 
@@ -224,6 +254,8 @@ def _to_json(cmd: Command) -> dict[str, Any]:
         }
     if isinstance(cmd, AllocateIds):
         return {"op": "allocate_ids", "kind": int(cmd.kind), "n": cmd.count}
+    if isinstance(cmd, SetNodeState):
+        return {"op": "set_node_state", "node": cmd.node_id, "st": int(cmd.state)}
     return {"op": "bootstrap", "d": descriptor_to_json(cmd.first)}
 
 
@@ -256,6 +288,11 @@ def _from_json(obj: dict[str, Any]) -> Command:
         return AllocateIds(IdKind(obj["kind"]), int(obj["n"]))
     if op == "bootstrap":
         return Bootstrap(descriptor_from_json(obj["d"]))
+    if op == "set_node_state":
+        node = obj["node"]
+        if not isinstance(node, int) or isinstance(node, bool):
+            raise ValueError(f"set_node_state node: expected an integer, got {node!r}")
+        return SetNodeState(node, NodeState(obj["st"]))
     raise ValueError(f"unknown meta command op {op!r}")
 
 

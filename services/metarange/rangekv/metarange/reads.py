@@ -71,6 +71,7 @@ __all__ = [
     "list_ranges",
     "lookup",
     "next_id",
+    "ranges_on_node",
 ]
 
 #: Most groups the covering phase reads before giving up (a corrupt layout).
@@ -263,3 +264,18 @@ def list_nodes(reader: Reader, now: int, ttl: int) -> list[NodeStatus]:
     """Every registered node, by id; live iff its last heartbeat is within `ttl`
     nanoseconds of `now` (the reader's clock: liveness is never stored)."""
     return [_decode_node(k, v).status(now, ttl) for k, v in reader.iterate(*node_span())]
+
+
+def ranges_on_node(reader: Reader, node_id: int) -> list[int]:
+    """Ids of the ranges whose committed descriptor or intent names `node_id`.
+
+    What a decommission waits for: a node is empty once no record, settled or
+    in flight, gives it a replica. One pass over the meta records (one per range).
+    """
+    found: list[int] = []
+    for group in iter_groups(reader):
+        for desc in (group.committed, group.intent.descriptor if group.intent else None):
+            if desc is not None and desc.replica_on(node_id) is not None:
+                found.append(desc.range_id)
+                break
+    return found

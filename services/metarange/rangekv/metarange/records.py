@@ -10,7 +10,8 @@ owned here, versioned explicitly, and readable with nothing but a JSON parser
                  "r": [[node_id, replica_id, type], ...]}       type: 1 voter, 2 learner
     txn         {"id": hex (16 bytes), "rk": hex record key, "k": str kind}
     intent      {"d": descriptor, "t": txn}
-    node        {"id": u64, "a": str address, "m": str metrics address, "hb": i64 wall ns}
+    node        {"id": u64, "a": str address, "m": str metrics address, "hb": i64 wall ns,
+                 "st": state}     st: 2 decommissioning, 3 decommissioned; absent: active
 
 Conversions to and from the wire protos live here too, so a service handler
 is a thin shell around `state` and `reads`.
@@ -29,12 +30,14 @@ from rangekv.v1 import meta_pb2, types_pb2
 
 __all__ = [
     "FORMAT",
+    "NODE_STATE_CHANGES",
     "TXN_ID_LEN",
     "CorruptRecordError",
     "IdKind",
     "Intent",
     "NodeDescriptor",
     "NodeRecord",
+    "NodeState",
     "NodeStatus",
     "TxnMeta",
     "TxnStatus",
@@ -76,6 +79,33 @@ class IdKind(enum.IntEnum):
 
     RANGE = meta_pb2.ID_KIND_RANGE
     NODE = meta_pb2.ID_KIND_NODE
+
+
+class NodeState(enum.IntEnum):
+    """Where a storage node is in its life; values are the wire enum's numbers.
+
+    ACTIVE -> DECOMMISSIONING -> DECOMMISSIONED, and DECOMMISSIONING -> ACTIVE
+    (recommission). DECOMMISSIONED is final: the state machine refuses to leave
+    it, refuses the node's heartbeats, and the node's store refuses to start.
+    """
+
+    ACTIVE = meta_pb2.NODE_STATE_ACTIVE
+    DECOMMISSIONING = meta_pb2.NODE_STATE_DECOMMISSIONING
+    DECOMMISSIONED = meta_pb2.NODE_STATE_DECOMMISSIONED
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+#: The state changes the registry accepts (anything else is FAILED_PRECONDITION).
+NODE_STATE_CHANGES = frozenset(
+    {
+        (NodeState.ACTIVE, NodeState.DECOMMISSIONING),
+        (NodeState.DECOMMISSIONING, NodeState.ACTIVE),
+        (NodeState.DECOMMISSIONING, NodeState.DECOMMISSIONED),
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,13 +170,15 @@ class NodeDescriptor:
 
 @dataclass(frozen=True, slots=True)
 class NodeRecord:
-    """A registry entry as stored: the node and its last applied heartbeat."""
+    """A registry entry as stored: the node, its last applied heartbeat, its state."""
 
     node: NodeDescriptor
     last_heartbeat: int
+    state: NodeState = NodeState.ACTIVE
 
     def status(self, now: int, ttl: int) -> NodeStatus:
-        return NodeStatus(self.node, now - self.last_heartbeat <= ttl, self.last_heartbeat)
+        live = now - self.last_heartbeat <= ttl
+        return NodeStatus(self.node, live, self.last_heartbeat, self.state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,12 +188,14 @@ class NodeStatus:
     node: NodeDescriptor
     live: bool
     last_heartbeat_wall_time: int
+    state: NodeState = NodeState.ACTIVE
 
     def to_proto(self) -> meta_pb2.NodeStatus:
         return meta_pb2.NodeStatus(
             node=self.node.to_proto(),
             live=self.live,
             last_heartbeat_wall_time=self.last_heartbeat_wall_time,
+            state=self.state.value,  # type: ignore[arg-type]
         )
 
 
@@ -237,14 +271,23 @@ def intent_from_json(mk: bytes, obj: Any) -> Intent:
 
 def node_to_json(rec: NodeRecord) -> dict[str, Any]:
     n = rec.node
-    return {"id": n.node_id, "a": n.address, "m": n.metrics_address, "hb": rec.last_heartbeat}
+    out: dict[str, Any] = {
+        "id": n.node_id,
+        "a": n.address,
+        "m": n.metrics_address,
+        "hb": rec.last_heartbeat,
+    }
+    if rec.state is not NodeState.ACTIVE:  # an active node's record reads as it always did
+        out["st"] = int(rec.state)
+    return out
 
 
 def node_from_json(obj: Any) -> NodeRecord:
     address, metrics, hb = obj["a"], obj["m"], obj["hb"]
     if not (isinstance(address, str) and isinstance(metrics, str) and isinstance(hb, int)):
         raise ValueError(f"node record: bad field types in {obj!r}")
-    return NodeRecord(NodeDescriptor(_uint(obj["id"], "node_id"), address, metrics), hb)
+    state = NodeState(obj.get("st", NodeState.ACTIVE))
+    return NodeRecord(NodeDescriptor(_uint(obj["id"], "node_id"), address, metrics), hb, state)
 
 
 def encode_value(obj: dict[str, Any]) -> bytes:

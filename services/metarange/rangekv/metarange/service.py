@@ -20,15 +20,31 @@ from google.protobuf import duration_pb2
 
 from rangekv.common import errors as E
 from rangekv.common.descriptors import RangeDescriptor
-from rangekv.metarange.commands import AllocateIds, Heartbeat, ResolveIntent, WriteIntent
+from rangekv.metarange import reads
+from rangekv.metarange.commands import (
+    AllocateIds,
+    Heartbeat,
+    ResolveIntent,
+    SetNodeState,
+    WriteIntent,
+)
 from rangekv.metarange.reads import LookupMode
-from rangekv.metarange.records import IdKind, NodeDescriptor, TxnMeta, TxnStatus
+from rangekv.metarange.records import (
+    IdKind,
+    NodeDescriptor,
+    NodeRecord,
+    NodeState,
+    TxnMeta,
+    TxnStatus,
+)
 from rangekv.metarange.replica import MetaHost, MetaReplica
 from rangekv.metarange.state import MetaStateMachine
 from rangekv.v1 import meta_pb2, meta_pb2_grpc
 
 MAX_PREFETCH = 1000
 MAX_LIST = 10_000
+#: Range ids a DecommissionResponse lists (the count is always complete).
+MAX_LISTED_RANGES = 100
 
 
 class MetaService(meta_pb2_grpc.MetaServicer):
@@ -147,3 +163,48 @@ class MetaService(meta_pb2_grpc.MetaServicer):
         if first is not None:
             resp.first_range.CopyFrom(first.to_proto())
         return resp
+
+    # --- decommissioning ------------------------------------------------------------------
+
+    def _node(self, node_id: int) -> NodeRecord:
+        if node_id <= 0:
+            raise E.InvalidArgument("node_id", "must be positive")
+        record = reads.get_node(self._host.state_engine, node_id)
+        if record is None:
+            raise E.NotFound(f"node {node_id} is not in the store registry")
+        return record
+
+    async def Decommission(
+        self, request: meta_pb2.DecommissionRequest, context: grpc.aio.ServicerContext
+    ) -> meta_pb2.DecommissionResponse:
+        """Start (ACTIVE -> DECOMMISSIONING) or finish (-> DECOMMISSIONED once no
+        range names the node) a decommission, and say how far it is. Writes only
+        when the state moves; the finishing check is repeated at apply time."""
+        replica = self._replica
+        await replica.read_point(True)
+        record = self._node(request.node_id)
+        if record.state is NodeState.ACTIVE:
+            await replica.execute(SetNodeState(request.node_id, NodeState.DECOMMISSIONING))
+        left = reads.ranges_on_node(self._host.state_engine, request.node_id)
+        record = self._node(request.node_id)
+        if record.state is NodeState.DECOMMISSIONING and not left:
+            try:
+                await replica.execute(SetNodeState(request.node_id, NodeState.DECOMMISSIONED))
+            except E.FailedPrecondition:  # a range took a replica there meanwhile
+                left = reads.ranges_on_node(self._host.state_engine, request.node_id)
+            record = self._node(request.node_id)
+        return meta_pb2.DecommissionResponse(
+            node=record.status(self._wall_ns(), self._ttl).to_proto(),
+            replicas=len(left),
+            range_ids=left[:MAX_LISTED_RANGES],
+        )
+
+    async def Recommission(
+        self, request: meta_pb2.RecommissionRequest, context: grpc.aio.ServicerContext
+    ) -> meta_pb2.RecommissionResponse:
+        replica = self._replica
+        await replica.read_point(True)
+        self._node(request.node_id)
+        result = await replica.execute(SetNodeState(request.node_id, NodeState.ACTIVE))
+        status = result.record.status(self._wall_ns(), self._ttl)
+        return meta_pb2.RecommissionResponse(node=status.to_proto())

@@ -26,7 +26,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from rangekv.common.descriptors import RangeDescriptor
-from rangekv.common.errors import ConditionFailed, IntentExists, InvalidArgument, RangeKVError
+from rangekv.common.errors import (
+    ConditionFailed,
+    FailedPrecondition,
+    IntentExists,
+    InvalidArgument,
+    NotFound,
+    RangeKVError,
+)
 from rangekv.metarange import reads
 from rangekv.metarange.commands import (
     AllocateIds,
@@ -39,6 +46,8 @@ from rangekv.metarange.commands import (
     HeartbeatResult,
     ResolveIntent,
     ResolveIntentResult,
+    SetNodeState,
+    SetNodeStateResult,
     WriteIntent,
     WriteIntentResult,
     decode_command,
@@ -55,9 +64,11 @@ from rangekv.metarange.keys import (
 )
 from rangekv.metarange.reads import LookupMode, LookupResult
 from rangekv.metarange.records import (
+    NODE_STATE_CHANGES,
     IdKind,
     Intent,
     NodeRecord,
+    NodeState,
     NodeStatus,
     TxnStatus,
     descriptor_to_json,
@@ -67,10 +78,18 @@ from rangekv.metarange.records import (
 )
 from rangekv.replication.state_engine import Reader, StateBatch
 
-__all__ = ["REFUSALS", "MetaStateMachine"]
+__all__ = ["REFUSALS", "MetaStateMachine", "decommissioned_message"]
 
 #: The errors a command may be refused with (deterministically, on every replica).
-REFUSALS = (ConditionFailed, IntentExists, InvalidArgument)
+REFUSALS = (ConditionFailed, IntentExists, InvalidArgument, FailedPrecondition, NotFound)
+
+
+def decommissioned_message(node_id: int) -> str:
+    """What a decommissioned node is told, wherever it tries to come back."""
+    return (
+        f"node {node_id} is decommissioned: its store may never rejoin the cluster; "
+        "delete its data (in Kubernetes: its PersistentVolumeClaim) to start a new node"
+    )
 
 
 def _u64(value: int) -> bytes:
@@ -109,6 +128,8 @@ class MetaStateMachine:
             return self.heartbeat(cmd, batch)
         if isinstance(cmd, AllocateIds):
             return self.allocate_ids(cmd, batch)
+        if isinstance(cmd, SetNodeState):
+            return self.set_node_state(cmd, batch)
         return self.bootstrap(cmd, batch)
 
     # --- commands ---------------------------------------------------------------------
@@ -181,15 +202,45 @@ class MetaStateMachine:
         return ResolveIntentResult(True)
 
     def heartbeat(self, cmd: Heartbeat, batch: StateBatch) -> HeartbeatResult:
-        """Upsert the node; a heartbeat older than the stored one is ignored, so a
-        delayed heartbeat from before a restart cannot restore an old address."""
+        """Upsert the node, keeping its state; a heartbeat older than the stored
+        one is ignored, so a delayed heartbeat from before a restart cannot
+        restore an old address. A decommissioned node's heartbeat is refused:
+        it must not look live (or rejoin) again."""
         reader = batch.reader()
         current = reads.get_node(reader, cmd.node.node_id)
+        if current is not None and current.state is NodeState.DECOMMISSIONED:
+            raise FailedPrecondition(decommissioned_message(cmd.node.node_id))
         if current is not None and cmd.wall_time_ns < current.last_heartbeat:
             return HeartbeatResult(current.node, current.last_heartbeat)
-        record = NodeRecord(cmd.node, cmd.wall_time_ns)
+        state = current.state if current is not None else NodeState.ACTIVE
+        record = NodeRecord(cmd.node, cmd.wall_time_ns, state)
         batch.put(node_key(cmd.node.node_id), encode_value(node_to_json(record)))
         return HeartbeatResult(cmd.node, cmd.wall_time_ns)
+
+    def set_node_state(self, cmd: SetNodeState, batch: StateBatch) -> SetNodeStateResult:
+        """Move a node along NODE_STATE_CHANGES. DECOMMISSIONED is checked here,
+        at apply time, against every record: a range that gained a replica on
+        the node since the caller looked keeps it from being retired."""
+        reader = batch.reader()
+        current = reads.get_node(reader, cmd.node_id)
+        if current is None:
+            raise NotFound(f"node {cmd.node_id} is not in the store registry")
+        if current.state is cmd.state:
+            return SetNodeStateResult(current)
+        if (current.state, cmd.state) not in NODE_STATE_CHANGES:
+            raise FailedPrecondition(
+                f"node {cmd.node_id} is {current.state.label}: it cannot become {cmd.state.label}"
+            )
+        if cmd.state is NodeState.DECOMMISSIONED:
+            left = reads.ranges_on_node(reader, cmd.node_id)
+            if left:
+                raise FailedPrecondition(
+                    f"node {cmd.node_id} still holds replicas of {len(left)} range(s), "
+                    f"e.g. r{left[0]}"
+                )
+        record = NodeRecord(current.node, current.last_heartbeat, cmd.state)
+        batch.put(node_key(cmd.node_id), encode_value(node_to_json(record)))
+        return SetNodeStateResult(record)
 
     def allocate_ids(self, cmd: AllocateIds, batch: StateBatch) -> AllocateIdsResult:
         first = reads.next_id(batch.reader(), cmd.kind)

@@ -42,7 +42,14 @@ The rebalancer (`plan_action`, run by `ReplicaChanger`'s queue on every
 leaseholder) keeps each range at the replication factor: a voter on a node the
 registry has not seen for `dead_after` is replaced, missing voters are added on
 live nodes, leftover learners are promoted (or removed if their node is dead).
-Live voters are never removed by it. The same queue garbage-collects replicas
+Live voters are never removed by it, except on a decommissioning node: such a
+node takes no new replica and no lease; each of its voters is replaced (the
+new one added first, then the old one removed by a leaseholder elsewhere), and
+a leaseholder on it hands its lease to a voter that stays. Once nothing needs
+fixing, a leaseholder evens the load out one step per pass: it moves one of its
+ranges' replicas from a node holding at least two more than the emptiest node
+to that node (so a new node gets its share), or else hands one lease to a
+voter leading clearly fewer ranges (`plan_replica_move`, `plan_lease_move`). The same queue garbage-collects replicas
 that were removed while their node was away (meta's committed descriptor no
 longer names them).
 """
@@ -109,24 +116,33 @@ class NodeHealth:
 
     live: bool
     dead: bool
+    #: Decommissioning (or decommissioned): its replicas and leases must go elsewhere.
+    draining: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Action:
-    """One step of the rebalancer: add (learner + promote) | promote | remove."""
+    """One step of the rebalancer: add (learner + promote) | promote | remove |
+    transfer (hand the lease to the voter on `node_id`)."""
 
     kind: str
     node_id: int
 
 
+_LEAVING_STATES = (meta_pb2.NODE_STATE_DECOMMISSIONING, meta_pb2.NODE_STATE_DECOMMISSIONED)
+
+
 def node_health(
     nodes: meta_pb2.ListNodesResponse, now_wall_ns: int, dead_after: float
 ) -> dict[int, NodeHealth]:
-    """Live as the registry says; dead when not live and unheard of for `dead_after`."""
+    """Live as the registry says; dead when not live and unheard of for `dead_after`;
+    draining when decommissioning."""
     out = {}
     for st in nodes.nodes:
         silent = (now_wall_ns - st.last_heartbeat_wall_time) / 1e9
-        out[st.node.node_id] = NodeHealth(st.live, not st.live and silent >= dead_after)
+        out[st.node.node_id] = NodeHealth(
+            st.live, not st.live and silent >= dead_after, st.state in _LEAVING_STATES
+        )
     return out
 
 
@@ -139,56 +155,97 @@ def plan_action(
     """What the leaseholder of `desc` should do next to keep it at the replication
     factor (None: nothing). Pure: the unit tests drive it.
 
-    - a learner (a crashed add's leftover): promote it, or remove it if its node is dead;
-    - fewer live voters than the factor and a live node without a replica: add there
-      (spread by range id over the candidates);
-    - a dead voter once enough live voters exist (the replacement joined): remove it.
-    Never removes a live voter nor the leaseholder's own replica.
+    - a learner (a crashed add's leftover): promote it, or remove it if its node is
+      dead or draining;
+    - fewer voters on staying nodes (neither dead nor draining) than the factor and a
+      staying live node without a replica: add there (spread by range id);
+    - a dead voter once enough live voters exist (the replacement joined): remove it;
+    - a draining voter once enough staying voters exist: remove it;
+    - the leaseholder itself draining, and a staying voter to take over (after the
+      adds that can be made): hand the lease to it.
+    Never removes a live voter of a staying node, nor the leaseholder's own replica.
     """
 
     def dead(node_id: int) -> bool:
         h = health.get(node_id)
         return node_id != leader_node and h is not None and h.dead
 
+    def draining(node_id: int) -> bool:
+        h = health.get(node_id)
+        return h is not None and h.draining
+
     for r in desc.replicas:
         if r.type == ReplicaType.LEARNER:
-            return Action("remove" if dead(r.node_id) else "promote", r.node_id)
+            gone = dead(r.node_id) or draining(r.node_id)
+            return Action("remove" if gone else "promote", r.node_id)
     voters = desc.voter_node_ids
     live_voters = [n for n in voters if not dead(n)]
     dead_voters = [n for n in voters if dead(n)]
+    staying = [n for n in live_voters if not draining(n)]
+    leaving = [n for n in live_voters if draining(n) and n != leader_node]
     candidates = sorted(
-        n for n, h in health.items() if h.live and not h.dead and desc.replica_on(n) is None
+        n
+        for n, h in health.items()
+        if h.live and not h.dead and not h.draining and desc.replica_on(n) is None
     )
-    if len(live_voters) < replication_factor and candidates:
+    if len(staying) < replication_factor and candidates:
         return Action("add", candidates[desc.range_id % len(candidates)])
     if dead_voters and len(live_voters) >= replication_factor:
         return Action("remove", dead_voters[0])  # its replacement has joined
+    if leaving and len(staying) >= replication_factor:
+        return Action("remove", leaving[0])
+    if draining(leader_node) and staying:
+        return Action("transfer", staying[desc.range_id % len(staying)])
     return None
 
 
 def plan_lease_move(
     led: list[tuple[int, tuple[int, ...]]], counts: dict[int, int], me: int
 ) -> tuple[int, int] | None:
-    """Which lease to hand away, if this node leads clearly more ranges than the mean.
+    """Which lease to hand away, if this node leads clearly more ranges than a voter.
 
     `led`: (range id, voter node ids) of the ranges this node leads; `counts`:
-    leases per live node (this node included). Moves one lease at a time, only
-    when this node is more than one above the mean (hysteresis, so leases do
-    not ping-pong), to the live voter holding the fewest leases, and only if
-    that strictly narrows the gap.
+    leases per live node (this node included). Moves one lease at a time, to
+    the live voter holding the fewest leases, and only when this node holds at
+    least two more than it: every move then narrows the spread, so leases never
+    ping-pong, and a new node with no lease gets one from a node with two
+    (a rule against the mean would leave it empty when the mean is about one).
     """
     if len(counts) < 2 or me not in counts:
-        return None
-    mean = sum(counts.values()) / len(counts)
-    if counts[me] <= mean + 1:
         return None
     for range_id, voters in sorted(led):
         candidates = [n for n in voters if n != me and n in counts]
         if not candidates:
             continue
         target = min(candidates, key=lambda n: (counts[n], n))
-        if counts[target] + 1 < counts[me]:
+        if counts[me] - counts[target] >= 2:
             return range_id, target
+    return None
+
+
+def plan_replica_move(
+    led: list[tuple[int, tuple[int, ...]]], counts: dict[int, int], me: int
+) -> tuple[int, int, int] | None:
+    """Which replica to move so that replica counts even out: (range id, from, to).
+
+    `led`: (range id, voter node ids) of the ranges this node leads; `counts`:
+    replicas per live, staying node (this node included). The target is the
+    node holding the fewest; a move is planned only from a voter holding at
+    least two more (hysteresis: counts within one of each other never move),
+    never from this node (a leaseholder does not remove itself), one at a time.
+    """
+    if len(counts) < 2:
+        return None
+    target = min(counts, key=lambda n: (counts[n], n))
+    for range_id, voters in sorted(led):
+        if target in voters:
+            continue
+        sources = [n for n in voters if n != me and n in counts]
+        if not sources:
+            continue
+        source = max(sources, key=lambda n: (counts[n], -n))
+        if counts[source] - counts[target] >= 2:
+            return range_id, source, target
     return None
 
 
@@ -466,19 +523,22 @@ class ReplicaChanger:
     async def _maybe_spread_leases(
         self, nodes: meta_pb2.ListNodesResponse, health: dict[int, NodeHealth]
     ) -> int:
-        """Hand one lease to a less loaded voter if this node leads clearly too many."""
+        """Balance the cluster one step: move a replica of a range this node leads
+        to a node holding clearly fewer replicas (a new node gets its share this
+        way), else hand one lease to a less loaded voter."""
         me = self.store.node_id
-        led = [
-            r
-            for r in self.store.replicas()
-            if not r.removed and r.raw_node.is_leader() and r.range_id not in self.busy
-        ]
-        if len(led) < 2:
+        if self.store.draining or health.get(me, NodeHealth(True, False)).draining:
+            return 0  # a leaving node hands leases away (plan_action), it does not spread them
+        mine = [r for r in self.store.replicas() if not r.removed and r.applied_index]
+        led = [r for r in mine if r.raw_node.is_leader() and r.range_id not in self.busy]
+        if not led:
             return 0
-        counts = {me: len(led)}
+        leases = {me: len(led)}
+        replicas = {me: len(mine)}
         for st in nodes.nodes:
             node_id = st.node.node_id
-            if node_id == me or not health.get(node_id, NodeHealth(False, False)).live:
+            h = health.get(node_id, NodeHealth(False, False))
+            if node_id == me or not h.live or h.draining:
                 continue
             try:
                 info = await self.splits.peers.stub_at(st.node.address).RangeInfo(
@@ -486,8 +546,30 @@ class ReplicaChanger:
                 )
             except grpc.aio.AioRpcError:
                 continue  # unreachable now: not a candidate this round
-            counts[node_id] = sum(1 for i in info.replicas if i.is_leader)
-        plan = plan_lease_move([(r.range_id, r.descriptor.voter_node_ids) for r in led], counts, me)
+            if info.draining:
+                continue  # shutting down: it would only have to hand back what it got
+            leases[node_id] = sum(1 for i in info.replicas if i.is_leader)
+            replicas[node_id] = len(info.replicas)
+        voters = [(r.range_id, r.descriptor.voter_node_ids) for r in led]
+        move = plan_replica_move(voters, replicas, me)
+        if move is not None:
+            range_id, source, target = move
+            log.info(
+                "range %d: rebalancer: moving a replica from node %d to node %d",
+                range_id,
+                source,
+                target,
+            )
+            self.busy.add(range_id)
+            try:
+                await self._add_replica(range_id, target)
+                await self.change(range_id, REMOVE, source)
+            finally:
+                self.busy.discard(range_id)
+            return 1
+        if len(led) < 2:
+            return 0
+        plan = plan_lease_move(voters, leases, me)
         if plan is None:
             return 0
         range_id, target = plan
@@ -506,7 +588,11 @@ class ReplicaChanger:
         if action is None:
             return 0
         log.info("range %d: rebalancer: %s node %d", replica.range_id, action.kind, action.node_id)
-        if action.kind == "add":
+        if action.kind == "transfer":
+            target = replica.descriptor.replica_on(action.node_id)
+            if target is not None:
+                replica.transfer_leadership(target.replica_id)
+        elif action.kind == "add":
             await self.add_replica(replica.range_id, action.node_id)
         elif action.kind == "promote":
             await self.promote(replica.range_id, action.node_id)

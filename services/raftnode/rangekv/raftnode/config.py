@@ -8,6 +8,7 @@ from rangekv.common.config import require, setting
 from rangekv.raftnode.change import ReplicaChangeConfig
 from rangekv.raftnode.fences import FenceLimits
 from rangekv.raftnode.replica import ReplicaLimits
+from rangekv.raftnode.shutdown import ShutdownConfig
 from rangekv.raftnode.split import CRASH_POINTS, SplitConfig
 from rangekv.replication.group import RaftTiming
 
@@ -138,7 +139,24 @@ class RaftnodeConfig:
         60.0, help="seconds a new learner may take to catch up before the add gives up"
     )
 
+    pod_namespace: str = setting(
+        "",
+        help="the pod's namespace (downward API metadata.namespace); with --pod-name, turns "
+        "on the Kubernetes lifecycle: on SIGTERM a pod whose ordinal is at or above its "
+        "StatefulSet's spec.replicas decommissions before it exits (unset: off)",
+    )
+    decommission_timeout: float = setting(
+        240.0,
+        help="on a scale-down, seconds the decommission may take before the node exits "
+        "anyway (keep it below the pod's terminationGracePeriodSeconds)",
+    )
+    handoff_timeout: float = setting(
+        5.0, help="on SIGTERM, seconds the node may take to hand its leases to other nodes"
+    )
+
     def __post_init__(self) -> None:
+        require(self.decommission_timeout > 0, "decommission_timeout", "must be > 0")
+        require(self.handoff_timeout >= 0, "handoff_timeout", "must be >= 0")
         try:
             parse_peers(self.peers)
         except ValueError as exc:
@@ -206,6 +224,11 @@ class RaftnodeConfig:
             dead_after=self.dead_after,
             check_interval=self.rebalance_interval,
             catchup_timeout=self.catchup_timeout,
+        )
+
+    def shutdown(self) -> ShutdownConfig:
+        return ShutdownConfig(
+            decommission_timeout=self.decommission_timeout, handoff_timeout=self.handoff_timeout
         )
 
     def split(self) -> SplitConfig:

@@ -3,6 +3,9 @@
     rangekv raftnode --node-id 1 --listen-port 7001 --data-dir data/n1 \\
         --peers 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003 --bootstrap-nodes 1,2,3
 
+In a StatefulSet, --pod-name replaces --node-id (rangekv.raftnode.ident) and,
+with --pod-namespace, turns on the SIGTERM lifecycle (rangekv.raftnode.shutdown).
+
 Flags and RANGEKV_* environment variables are read here and nowhere else; the
 resulting frozen configs are passed down.
 """
@@ -10,15 +13,19 @@ resulting frozen configs are passed down.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+from rangekv.common import errors as E
 from rangekv.common.clock import test_clock_offset_ns, wall_clock
 from rangekv.common.clock import warning_line as clock_warning
 from rangekv.common.config import ConfigError, ServerConfig
 from rangekv.common.descriptors import first_range
 from rangekv.common.entrypoint import service_main
+from rangekv.common.kube import KubeError, KubeStatefulSets, PodIdentity, StatefulSets
+from rangekv.common.logs import setup_logging_from_config
 from rangekv.common.server import ServiceServer
 from rangekv.common.tasks import cancel_and_wait
 from rangekv.common.telemetry import Telemetry
@@ -27,7 +34,9 @@ from rangekv.metarange.client import MetaClient
 from rangekv.raft import Message
 from rangekv.raftnode.change import ReplicaChanger
 from rangekv.raftnode.config import RaftnodeConfig, parse_node_ids, parse_peers
+from rangekv.raftnode.ident import StoreIdent, StoreRetired, resolve_identity
 from rangekv.raftnode.service import ReplicaService
+from rangekv.raftnode.shutdown import GracefulShutdown
 from rangekv.raftnode.split import SplitCoordinator
 from rangekv.raftnode.store import Store, StoreConfig
 from rangekv.raftnode.telemetry import NodeMetrics
@@ -44,7 +53,7 @@ from rangekv.replication.raft_codec import message_from_proto
 from rangekv.replication.sync_mode import parse_fsm_sync_mode
 from rangekv.replication.transport import RaftTransport
 from rangekv.replication.transport_server import RaftTransportServicer
-from rangekv.v1 import raft_pb2, replica_pb2_grpc
+from rangekv.v1 import meta_pb2, raft_pb2, replica_pb2_grpc
 
 log = logging.getLogger("rangekv.raftnode")
 
@@ -52,9 +61,32 @@ SERVICE_NAMES = ("rangekv.v1.Replica", "rangekv.v1.RaftTransport")
 
 
 async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> None:
-    node_id = server_config.node_id
     if server_config.data_dir is None:
         raise ConfigError("data_dir", "a raftnode needs --data-dir")
+    data_dir = Path(server_config.data_dir)
+    meta_addrs = [a.strip() for a in node_config.meta_addrs.split(",") if a.strip()]
+    channels = node_channels(server_config.security)
+    meta = MetaClient(meta_addrs, channels=channels) if meta_addrs else None
+    bootstrap_ids = parse_node_ids(node_config.bootstrap_nodes)
+    try:
+        ident = await resolve_identity(
+            data_dir,
+            configured=server_config.node_id,
+            ordinal=server_config.ordinal,
+            bootstrap_nodes=bootstrap_ids,
+            allocate=lambda: _allocate_node_id(meta),
+            registered=lambda node_id: _registered(meta, node_id),
+        )
+        if meta is not None:
+            await _refuse_if_retired(meta, ident, data_dir)
+    except BaseException:
+        if meta is not None:
+            await meta.close()
+        raise
+    if ident.node_id != server_config.node_id:
+        server_config = dataclasses.replace(server_config, node_id=ident.node_id)
+        setup_logging_from_config("raftnode", server_config)  # log lines name the node
+    node_id = ident.node_id
     mode, warning = parse_fsm_sync_mode(node_config.fsm_sync_mode)
     if warning:
         log.warning("%s", warning)
@@ -73,9 +105,6 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
             for _ in range(3):
                 log.warning("%s", loud)
     peers = parse_peers(node_config.peers)
-    meta_addrs = [a.strip() for a in node_config.meta_addrs.split(",") if a.strip()]
-    channels = node_channels(server_config.security)
-    meta = MetaClient(meta_addrs, channels=channels) if meta_addrs else None
     telemetry = Telemetry("raftnode", node_id=node_id, otlp_endpoint=server_config.otlp_endpoint)
     metrics = NodeMetrics(telemetry, mode)
 
@@ -101,7 +130,7 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
         StoreConfig(
             host=HostConfig(
                 node_id=node_id,
-                data_dir=Path(server_config.data_dir),
+                data_dir=data_dir,
                 timing=node_config.timing(),
                 fsm_sync_mode=mode,
                 log_retain_entries=node_config.log_retain_entries,
@@ -149,7 +178,6 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
         raft_service.add_to_server(server)  # type: ignore[arg-type]
 
     loaded = store.load_replicas()
-    bootstrap_ids = parse_node_ids(node_config.bootstrap_nodes)
     if not loaded and bootstrap_ids and node_id in bootstrap_ids:
         store.bootstrap(first_range(bootstrap_ids))
     server = ServiceServer(
@@ -159,6 +187,18 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
         register=register,  # type: ignore[arg-type]
         service_names=SERVICE_NAMES,
         logger=log,
+    )
+    pod = PodIdentity(server_config.pod_name, node_config.pod_namespace)
+    shutdown = GracefulShutdown(
+        store=store,
+        server=server,
+        changes=changes,
+        splits=splits,
+        meta=meta,
+        pod=pod,
+        statefulsets=_statefulsets(pod),
+        data_dir=data_dir,
+        config=node_config.shutdown(),
     )
     store.start()
     splits.start()
@@ -170,10 +210,12 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
         advertised = f"{host}:{server.port}"
         metrics_addr = server.metrics_address or ""
         registry = asyncio.ensure_future(
-            _registry_loop(meta, node_id, advertised, metrics_addr, peers, node_config)
+            _registry_loop(
+                meta, node_id, advertised, metrics_addr, peers, node_config, server, shutdown
+            )
         )
     try:
-        await server.run_until_signalled()
+        await server.run_until_signalled(before_stop=shutdown.run)
     finally:
         await cancel_and_wait([registry])
         await changes.stop()
@@ -185,6 +227,58 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
         telemetry.shutdown()
 
 
+def _statefulsets(pod: PodIdentity) -> StatefulSets | None:
+    """The API server, when this pod is in a StatefulSet; None (lifecycle off) otherwise."""
+    if not pod.in_cluster:
+        return None
+    try:
+        return KubeStatefulSets.connect()
+    except KubeError as exc:
+        log.warning("Kubernetes lifecycle off: %s", exc)
+        return None
+
+
+async def _allocate_node_id(meta: MetaClient | None) -> int:
+    """A fresh node id from the meta range, waiting until it is bootstrapped."""
+    if meta is None:
+        raise ConfigError("meta_addrs", "a new node without a bootstrap id needs --meta-addrs")
+    while True:
+        try:
+            resp = await meta.allocate_ids(meta_pb2.ID_KIND_NODE, 1)
+        except E.Unavailable as exc:
+            log.info("waiting for the meta range to hand out a node id: %s", exc.message)
+            # Polling: the meta range answers once it is bootstrapped.
+            await asyncio.sleep(1.0)
+            continue
+        log.info("new store: node id %d from the meta range", resp.first)
+        return int(resp.first)
+
+
+async def _registered(meta: MetaClient | None, node_id: int) -> bool | None:
+    """Whether the store registry knows `node_id` (None: no meta range to ask now)."""
+    if meta is None:
+        return None
+    try:
+        nodes = await meta.list_nodes()
+    except E.RangeKVError:
+        return None
+    return any(st.node.node_id == node_id for st in nodes.nodes)
+
+
+async def _refuse_if_retired(meta: MetaClient, ident: StoreIdent, data_dir: Path) -> None:
+    """A store the registry says is DECOMMISSIONED never serves again (even if the
+    marker in its folder was lost); meta being unreachable is no reason not to start."""
+    try:
+        nodes = await meta.list_nodes()
+    except E.RangeKVError as exc:
+        log.warning("store registry not reachable at startup: %s", exc)
+        return
+    for st in nodes.nodes:
+        if st.node.node_id == ident.node_id and st.state == meta_pb2.NODE_STATE_DECOMMISSIONED:
+            ident.retired().save(data_dir)
+            raise StoreRetired(ident.node_id, data_dir)
+
+
 async def _registry_loop(
     meta: MetaClient,
     node_id: int,
@@ -192,11 +286,16 @@ async def _registry_loop(
     metrics_address: str,
     peers: dict[int, str],
     cfg: RaftnodeConfig,
+    server: ServiceServer,
+    shutdown: GracefulShutdown,
 ) -> None:
     """Keep this node registered (and live) in meta, and `peers` fresh from it.
 
     Addresses may change across restarts; the registry is the truth once it
-    answers, the static --peers map is only the starting point.
+    answers, the static --peers map is only the starting point. A refused
+    heartbeat means the node was decommissioned while running: it then holds
+    nothing, marks its store retired and stops being ready, and waits to be
+    stopped (it does not exit: a StatefulSet would only restart it).
     """
     while True:
         try:
@@ -205,6 +304,11 @@ async def _registry_loop(
             for status in nodes.nodes:
                 if status.node.address:
                     peers[status.node.node_id] = status.node.address
+        except E.FailedPrecondition as exc:
+            if not shutdown.decommissioned:
+                log.warning("%s", exc.message)
+                shutdown.mark_retired()
+                await server.begin_drain()
         except Exception as exc:  # meta unreachable for now: keep serving, try again
             log.warning("store registry heartbeat failed: %s", exc)
         await asyncio.sleep(cfg.registry_interval)
@@ -217,5 +321,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__.splitlines()[0],
         config_cls=RaftnodeConfig,
         serve=serve,
-        needs_node_id=True,
+        needs_node_id=False,  # resolved by `serve` (rangekv.raftnode.ident)
     )

@@ -126,7 +126,9 @@ class ReplicaService(replica_pb2_grpc.ReplicaServicer):
                     approximate_size_bytes=replica.approx_size or 0,
                 )
             )
-        return replica_pb2.RangeInfoResponse(node_id=self._store.node_id, replicas=infos)
+        return replica_pb2.RangeInfoResponse(
+            node_id=self._store.node_id, replicas=infos, draining=self._store.draining
+        )
 
     async def TransferLease(
         self, request: replica_pb2.TransferLeaseRequest, context: grpc.aio.ServicerContext

@@ -96,6 +96,8 @@ class Store(GroupHost):
             descriptor_for_key=self._descriptor_for_key,
             on_replica_change=self._on_replica_change,
         )
+        #: Shutting down or decommissioning: peers hand this node no lease (RangeInfo).
+        self.draining = False
         #: When a clock-offset refusal was last logged, per sender (rate limit).
         self._offset_logged: dict[int, float] = {}
         #: Replicas being destroyed (range id): a destroy runs once.
