@@ -98,6 +98,18 @@ class WorkloadStats:
         self.outcomes[op.outcome.value] += 1
         self.by_kind[f"{op.kind.value} {op.outcome.value}"] += 1
 
+    @property
+    def acknowledged(self) -> int:
+        return self.outcomes[Outcome.OK.value]
+
+    def report(self) -> str:
+        """One line: outcomes and the commonest errors."""
+        return (
+            f"ok={self.outcomes[Outcome.OK.value]} failed={self.outcomes[Outcome.FAIL.value]} "
+            f"unknown={self.outcomes[Outcome.UNKNOWN.value]} "
+            f"errors={dict(self.messages.most_common(6))}"
+        )
+
 
 class RecordedKV:
     """Operations through the gateways' KV stubs, recorded into `rec` and counted in `stats`."""
@@ -262,9 +274,11 @@ class Workload:
         stubs: Sequence[kv_pb2_grpc.KVStub],
         rec: HistoryRecorder | None = None,
         stats: WorkloadStats | None = None,
+        *,
+        timeout: float = CLIENT_TIMEOUT,
     ) -> None:
         self.spec = spec
-        self.kv = RecordedKV(stubs, rec, stats)
+        self.kv = RecordedKV(stubs, rec, stats, timeout=timeout)
         self.rec = self.kv.rec
         self.stats = self.kv.stats
         self._stop = asyncio.Event()
