@@ -25,4 +25,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev]'
   touch "$stamp"
 fi
+# buf reads the googleapis protos the contract imports from build/proto-deps.
+"$VENV/bin/python" scripts/gen_protos.py --deps >/dev/null
 echo "==> $VENV is ready ($("$VENV/bin/python" --version))"

@@ -11,6 +11,7 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 from dev_process import DevCluster, ok, one_error_line, rangekv
 from testkit.kv import load
 
@@ -274,3 +275,35 @@ def test_bench(dev_cluster: DevCluster) -> None:
         )
     )
     assert bounded["ops"] == 20
+
+
+@pytest.mark.parametrize("client", ["stream", "direct"])
+def test_bench_through_the_client_library(dev_cluster: DevCluster, client: str) -> None:
+    """`--client stream` (KV/Stream through the gateway) and `--client direct` (routing in
+    the bench's process, the meta range found from --data) measure the same way."""
+    result = json.loads(
+        ok(
+            rangekv(
+                "bench",
+                "--addr",
+                dev_cluster.addr,
+                "--data",
+                str(dev_cluster.data),
+                "--client",
+                client,
+                "--workload",
+                "mixed",
+                "--keys",
+                "50",
+                "--duration",
+                "2",
+                "--concurrency",
+                "8",
+                "--json",
+                timeout=90,
+            )
+        )
+    )
+    assert result["client"] == client
+    assert result["ops"] > 0 and result["errors"] == 0, result
+    assert set(result["by_op"]) == {"get", "put"}

@@ -114,6 +114,44 @@ def _split_json_stream(text: str) -> list[str]:
     return docs
 
 
+def test_kv_stream_by_reflection(dev_cluster: DevCluster) -> None:
+    """KV/Stream from grpcurl: several JSON messages in, tagged answers out, a failed
+    request answered with its google.rpc.Status (details resolved by reflection)."""
+    assert GRPCURL is not None
+    described = grpcurl(dev_cluster.addr, "describe", "rangekv.v1.KV")
+    assert (
+        "rpc Stream ( stream .rangekv.v1.StreamRequest ) returns "
+        "( stream .rangekv.v1.StreamResponse )" in described
+    ), described
+    first = {
+        "requests": [
+            {"request_id": 1, "put": {"key": b64(b"grpcurl/s"), "value": b64(b"streamed")}},
+            {"request_id": 2, "put": {"key": "", "value": b64(b"x")}},
+            {"request_id": 3, "batch": {"requests": [{"get": {"key": b64(b"grpcurl/a")}}]}},
+        ]
+    }
+    second = {"requests": [{"request_id": 4, "get": {"key": b64(b"grpcurl/zz")}}]}
+    done = subprocess.run(
+        [GRPCURL, *FLAGS, "-d", "@", dev_cluster.addr, "rangekv.v1.KV/Stream"],
+        input=json.dumps(first) + "\n" + json.dumps(second),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    answers = {
+        int(a["request_id"]): a
+        for doc in _split_json_stream(done.stdout)
+        for a in json.loads(doc)["responses"]
+    }
+    assert sorted(answers) == [1, 2, 3, 4], done.stdout
+    assert int(answers[1]["put"]["version"]["wall_time"]) > 0
+    error = answers[2]["error"]
+    assert error["code"] == 3 and error["message"] == "key: must not be empty", error
+    assert error["details"][0]["@type"] == "type.googleapis.com/google.rpc.BadRequest"
+    assert "batch" in answers[3] and "get" in answers[4]
+
+
 def test_errors_reach_grpcurl(dev_cluster: DevCluster) -> None:
     assert GRPCURL is not None
     done = subprocess.run(

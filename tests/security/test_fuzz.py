@@ -14,7 +14,9 @@ Checked: every answer is a proper status (never UNKNOWN, INTERNAL or DATA_LOSS);
 no process exits or logs a traceback; nothing partial is written: the KV calls
 the fuzzer made are replayed on a model (an acknowledged write applies, a refused
 one applies nothing, an uncertain one may or may not), and a scan of the whole
-keyspace afterwards must be one the model allows.
+keyspace afterwards must be one the model allows. KV/Stream is modelled request
+by request from its tagged answers (an answer's google.rpc.Status must be proper
+too; requests of one call run concurrently, so keys they share are uncertain).
 
 Internal calls that could change cluster state legitimately (raft messages,
 replica batches, splits, lease and replica changes, txn records) are aimed at a
@@ -76,7 +78,7 @@ PINNED = {
     "rangekv.v1.RaftTransport": {"RaftStream", "SendSnapshot"},
 }
 UNDECODABLE_ONLY = {"rangekv.v1.Meta": {"WriteIntent", "Heartbeat"}}
-MODEL = {"Put", "Delete", "CompareAndSwap", "Batch"}
+MODEL = {"Put", "Delete", "CompareAndSwap", "Batch", "Stream"}
 
 
 @dataclass(frozen=True)
@@ -219,6 +221,20 @@ def _item_key(item: kv_pb2.BatchRequestItem) -> bytes | None:
     return None if which in (None, "get") else getattr(item, which).key
 
 
+def _stream_item_keys(item: kv_pb2.StreamRequestItem) -> list[bytes]:
+    """The keys a KV/Stream request writes."""
+    kind = item.WhichOneof("request")
+    if kind == "batch":
+        return [k for b in item.batch.requests if (k := _item_key(b)) is not None]
+    if kind in (None, "get"):
+        return []
+    return [getattr(item, kind).key]
+
+
+def _code(number: int) -> grpc.StatusCode:
+    return next((c for c in grpc.StatusCode if c.value[0] == number), grpc.StatusCode.UNKNOWN)
+
+
 def _as_item(method: str, request: Message) -> kv_pb2.BatchRequestItem:
     item = kv_pb2.BatchRequestItem()
     name = {"Put": "put", "Delete": "delete", "CompareAndSwap": "compare_and_swap"}[method]
@@ -303,6 +319,7 @@ class Fuzzer:
         for kind, _ in payloads:
             self.stats.kinds[kind] += 1
         response: bytes | None = None
+        answers: list[bytes] = []
         code = grpc.StatusCode.OK
         details = ""
         try:
@@ -330,8 +347,8 @@ class Fuzzer:
                     with contextlib.suppress(grpc.aio.UsageError):
                         await call.done_writing()
                 if m.server_streaming:
-                    async for _ in call:
-                        pass
+                    async for answer in call:
+                        answers.append(answer)
                 else:
                     response = await call
             elif m.server_streaming:
@@ -364,7 +381,9 @@ class Fuzzer:
         self.stats.codes[code.name] += 1
         if code in IMPROPER:
             self.stats.improper.append(f"{target} {payloads[0][0]}: {code.name} {details[:200]}")
-        if target.mode == "model":
+        if target.mode == "model" and target.method.name == "Stream":
+            self._record_stream(target, [p for _k, p in payloads], answers)
+        elif target.mode == "model":
             self._record(target, payloads[0][1], response, code)
 
     def _record(
@@ -378,6 +397,53 @@ class Fuzzer:
         if not certain:
             self.stats.uncertain_writes += 1
         self.model.apply(target.method.name, request, out, certain)
+
+    def _record_stream(self, target: Target, payloads: list[bytes], answers: list[bytes]) -> None:
+        """Replay a KV/Stream call on the model, request by request (module docstring)."""
+        items: list[kv_pb2.StreamRequestItem] = []
+        for payload in payloads:
+            decoded = _decode(target.request_type, payload)
+            if decoded is None:
+                break  # the gateway read nothing after an undecodable message
+            assert isinstance(decoded, kv_pb2.StreamRequest)
+            items.extend(decoded.requests)
+        by_id: dict[int, kv_pb2.StreamResponseItem] = {}
+        for raw in answers:
+            for answer in kv_pb2.StreamResponse.FromString(raw).responses:
+                by_id[answer.request_id] = answer
+                if answer.HasField("error"):
+                    code = _code(answer.error.code)
+                    self.stats.codes[f"stream:{code.name}"] += 1
+                    if code in IMPROPER:
+                        self.stats.improper.append(
+                            f"{target} request {answer.request_id}: {code.name} "
+                            f"{answer.error.message[:200]}"
+                        )
+        ids = [i.request_id for i in items]
+        keys = [k for i in items for k in _stream_item_keys(i)]
+        shared = {k for k in keys if keys.count(k) > 1}
+        for item in items:
+            kind = item.WhichOneof("request")
+            if kind in (None, "get"):
+                continue
+            answer = by_id.get(item.request_id) if ids.count(item.request_id) == 1 else None
+            result = answer.WhichOneof("response") if answer is not None else None
+            refused = (
+                answer is not None
+                and result == "error"
+                and _code(answer.error.code) not in UNCERTAIN
+            )
+            certain = refused or (
+                result not in (None, "error") and not shared & set(_stream_item_keys(item))
+            )
+            if not certain:
+                self.stats.uncertain_writes += 1
+            response = getattr(answer, kind) if result == kind and answer is not None else None
+            if kind == "batch":
+                self.model.apply("Batch", item.batch, response, certain)
+            else:
+                method = {"put": "Put", "delete": "Delete", "compare_and_swap": "CompareAndSwap"}
+                self.model.apply(method[kind], getattr(item, kind), response, certain)
 
     async def keyspace(self) -> dict[bytes, bytes]:
         async with self.admin(self.address("gateway")) as ch:

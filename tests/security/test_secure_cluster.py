@@ -138,6 +138,65 @@ async def test_read_client_cannot_put(secure_cluster: SecureCluster) -> None:
     assert line is not None and float(line.rsplit(" ", 1)[1]) >= 1, metrics.decode()[-2000:]
 
 
+async def test_read_client_sends_only_reads_on_the_stream(secure_cluster: SecureCluster) -> None:
+    """KV/Stream is open to a read client, and each write on it is refused alone
+    (PERMISSION_DENIED for that request, counted), never written, the stream going on."""
+    reader = secure_cluster.client("reader", Role.READ)
+    writer = secure_cluster.client("writer", Role.WRITE)
+
+    def op(rid: int, **body: object) -> kv_pb2.StreamRequestItem:
+        return kv_pb2.StreamRequestItem(request_id=rid, **body)  # type: ignore[arg-type]
+
+    async with writer(secure_cluster.gateway.address) as ch:
+        await kv_pb2_grpc.KVStub(ch).Put(kv_pb2.PutRequest(key=b"sec/s", value=b"1"), timeout=10)
+    gets = kv_pb2.BatchRequest(
+        requests=[kv_pb2.BatchRequestItem(get=kv_pb2.GetRequest(key=b"sec/s"))]
+    )
+    puts = kv_pb2.BatchRequest(
+        requests=[kv_pb2.BatchRequestItem(put=kv_pb2.PutRequest(key=b"sec/s", value=b"3"))]
+    )
+    requests = [
+        op(1, get=kv_pb2.GetRequest(key=b"sec/s")),
+        op(2, put=kv_pb2.PutRequest(key=b"sec/s", value=b"2")),
+        op(3, delete=kv_pb2.DeleteRequest(key=b"sec/s")),
+        op(4, compare_and_swap=kv_pb2.CompareAndSwapRequest(key=b"sec/s", new_value=b"2")),
+        op(5, batch=gets),
+        op(6, batch=puts),
+    ]
+    async with reader(secure_cluster.gateway.address) as ch:
+        kv = kv_pb2_grpc.KVStub(ch)
+        call = kv.Stream(timeout=30)
+        await call.write(kv_pb2.StreamRequest(requests=requests))
+        await call.done_writing()
+        got = {}
+        while (message := await call.read()) is not grpc.aio.EOF:
+            got.update({a.request_id: a for a in message.responses})
+        assert await call.code() is grpc.StatusCode.OK
+        assert sorted(got) == [1, 2, 3, 4, 5, 6]
+        assert got[1].get.kv.value == b"1" and got[5].batch.responses[0].get.found
+        for rid in (2, 3, 4, 6):
+            status = got[rid].error
+            assert status.code == grpc.StatusCode.PERMISSION_DENIED.value[0], got[rid]
+            assert "needs role write or higher" in status.message, status.message
+            assert "client reader (role read)" in status.message, status.message
+        after = await kv.Get(kv_pb2.GetRequest(key=b"sec/s"), timeout=10)
+        assert after.kv.value == b"1"  # nothing was written
+    metrics = urllib.request.urlopen(
+        f"http://{secure_cluster.gateway.metrics}/metrics", timeout=10
+    ).read()
+    line = next(
+        (
+            ln
+            for ln in metrics.decode().splitlines()
+            if ln.startswith("rangekv_auth_refusals_total")
+            and 'method="/rangekv.v1.KV/Stream"' in ln
+            and 'code="PERMISSION_DENIED"' in ln
+        ),
+        None,
+    )
+    assert line is not None and float(line.rsplit(" ", 1)[1]) >= 4, metrics.decode()[-2000:]
+
+
 async def _leader_address(opener: ChannelOpener, cluster: SecureCluster) -> str:
     for child in cluster.lc.nodes:
         async with opener(child.address) as ch:

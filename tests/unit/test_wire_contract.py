@@ -27,7 +27,7 @@ def test_public_services_exist() -> None:
 
     assert kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name == "rangekv.v1.KV"
     rpcs = {m.name for m in kv_pb2.DESCRIPTOR.services_by_name["KV"].methods}
-    assert rpcs == {"Get", "Put", "Delete", "CompareAndSwap", "Scan", "Batch"}
+    assert rpcs == {"Get", "Put", "Delete", "CompareAndSwap", "Scan", "Batch", "Stream"}
     assert "Replica" in replica_pb2.DESCRIPTOR.services_by_name
     assert "Meta" in meta_pb2.DESCRIPTOR.services_by_name
     assert "RaftTransport" in raft_pb2.DESCRIPTOR.services_by_name
@@ -50,6 +50,14 @@ def test_kv_field_names_are_the_contract() -> None:
     assert {"succeeded", "current"} <= fields(kv_pb2.CompareAndSwapResponse)
     assert {"start_key", "end_key", "limit"} <= fields(kv_pb2.ScanRequest)
     assert {"kvs"} <= fields(kv_pb2.ScanResponse)
+    assert {"requests"} <= fields(kv_pb2.StreamRequest)
+    assert {"request_id", "timeout", "get", "put", "delete", "compare_and_swap", "batch"} <= (
+        fields(kv_pb2.StreamRequestItem)
+    )
+    assert {"responses"} <= fields(kv_pb2.StreamResponse)
+    assert {"request_id", "get", "put", "delete", "compare_and_swap", "batch", "error"} <= (
+        fields(kv_pb2.StreamResponseItem)
+    )
     assert {"key", "value", "version"} <= fields(types_pb2.KeyValue)
 
 

@@ -20,6 +20,13 @@ matplotlib: `pip install 'rangekv[plot]'`).
 The client shares the machine with the cluster it measures: its own CPU cost
 per call counts. `--channels` spreads the loops over several HTTP/2
 connections.
+
+`--client` picks the path (rangekv.cli.bench_ops): `unary` (one gRPC call per
+operation, the default), `stream` (rangekv.client: operations multiplexed on
+KV/Stream through the gateway) or `direct` (rangekv.client routing in this
+process straight to the leaseholders; the meta range from `--meta-addrs` or
+`--data`'s cluster.json, and a node certificate when secure). The TLS client
+certificate's name is `--client-name` here.
 """
 
 from __future__ import annotations
@@ -43,6 +50,15 @@ from hdrh.histogram import HdrHistogram
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from rangekv.cli.bench_ops import (
+    CLIENTS,
+    UNARY_CHANNEL_OPTIONS,
+    BenchOps,
+    UnaryOps,
+    error_code,
+    open_client_ops,
+)
+from rangekv.cli.bench_report import format_table, report, table_rows, write_out
 from rangekv.cli.kv import (
     DEFAULT_ADDR,
     DEFAULT_DATA,
@@ -51,15 +67,16 @@ from rangekv.cli.kv import (
     channel_opener,
     fail,
     rpc_error_line,
+    security,
 )
 from rangekv.cli.output import Output
 from rangekv.cli.plot import plot_missing, plot_run
-from rangekv.v1 import kv_pb2, kv_pb2_grpc
+from rangekv.common import errors as E
+from rangekv.v1 import kv_pb2_grpc
 
 PRELOAD_BATCH = 200
 #: Most timeline windows a run may have (--duration / --interval), so --out stays bounded.
 MAX_WINDOWS = 100_000
-CHANNEL_OPTIONS = (("grpc.use_local_subchannel_pool", 1),)
 
 
 #: Latencies are recorded in microseconds, from 1 us to 60 s, to 3 significant digits.
@@ -184,6 +201,8 @@ class Bench:
     read_fraction: float
     timeout: float
     interval: float = 1.0
+    #: The path measured (rangekv.cli.bench_ops.CLIENTS, or another name a script uses).
+    client: str = "unary"
     #: The clock latencies and the timeline are measured with (nanoseconds).
     clock_ns: Callable[[], int] = time.perf_counter_ns
     stats: dict[str, OpStats] = field(default_factory=dict)
@@ -208,7 +227,7 @@ class Bench:
     def since_start(self) -> float:
         return (self.clock_ns() - self.started_ns) / 1e9
 
-    async def loop(self, stub: kv_pb2_grpc.KVStub, seed: int) -> None:
+    async def loop(self, ops: BenchOps, seed: int) -> None:
         """One closed-loop client: one operation in flight at a time."""
         rng = random.Random(seed)
         value = rng.randbytes(self.value_size)
@@ -224,14 +243,15 @@ class Bench:
             t0 = clock()
             try:
                 if is_read:
-                    await stub.Get(kv_pb2.GetRequest(key=key), timeout=self.timeout)
+                    await ops.get(key, self.timeout)
                 else:
-                    await stub.Put(kv_pb2.PutRequest(key=key, value=value), timeout=self.timeout)
-            except grpc.aio.AioRpcError as exc:
-                stats.errors[exc.code().name] += 1
+                    await ops.put(key, value, self.timeout)
+            except (grpc.aio.AioRpcError, E.RangeKVError) as exc:
+                code = error_code(exc) or "UNKNOWN"
+                stats.errors[code] += 1
                 self.failed += 1
                 self.timeline.record((clock() - self.started_ns) / 1e9, None)
-                if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
+                if code in ("UNAVAILABLE", "RESOURCE_EXHAUSTED"):
                     # Do not spin on a cluster that is down; back off a little.
                     await asyncio.sleep(0.05)
                 continue
@@ -248,6 +268,7 @@ class Bench:
         ops = int(total.histogram.get_total_count())
         return {
             "workload": self.workload,
+            "client": self.client,
             "concurrency": self.concurrency,
             "value_size": self.value_size,
             "keys": self.keys,
@@ -319,8 +340,8 @@ async def _rich_progress(bench: Bench, stop: asyncio.Event) -> None:
                 await asyncio.wait_for(stop.wait(), 0.2)
 
 
-async def preload(stubs: list[kv_pb2_grpc.KVStub], bench: Bench) -> None:
-    """Write every key once (Batch calls), so that gets read real values."""
+async def preload(ops: Sequence[BenchOps], bench: Bench) -> None:
+    """Write every key once (in batches), so that gets read real values."""
     value = os.urandom(bench.value_size)
     chunks = [
         range(i, min(bench.keys, i + PRELOAD_BATCH)) for i in range(0, bench.keys, PRELOAD_BATCH)
@@ -328,16 +349,62 @@ async def preload(stubs: list[kv_pb2_grpc.KVStub], bench: Bench) -> None:
     sem = asyncio.Semaphore(4)
 
     async def write(n: int, chunk: range) -> None:
-        req = kv_pb2.BatchRequest(
-            requests=[
-                kv_pb2.BatchRequestItem(put=kv_pb2.PutRequest(key=bench.key(i), value=value))
-                for i in chunk
-            ]
-        )
         async with sem:
-            await stubs[n % len(stubs)].Batch(req, timeout=max(30.0, bench.timeout))
+            keys = [bench.key(i) for i in chunk]
+            await ops[n % len(ops)].put_many(keys, value, max(30.0, bench.timeout))
 
     await asyncio.gather(*(write(n, c) for n, c in enumerate(chunks)))
+
+
+async def measure(
+    bench: Bench, ops: Sequence[BenchOps], *, seed: int, preload_keys: bool, progress: str
+) -> None:
+    """Preload (for reads) and run ``bench``'s loops over ``ops`` (loop i uses ops[i % n]),
+    showing progress on stderr as ``progress`` says (auto, always, never)."""
+    on_terminal = sys.stderr.isatty()
+    show_progress = progress == "always" or (progress == "auto" and on_terminal)
+    if bench.workload in ("get", "mixed") and preload_keys:
+        if show_progress:
+            print(f"writing {bench.keys} keys first...", file=sys.stderr, flush=True)
+        await preload(ops, bench)
+    stop = asyncio.Event()
+    cpu0 = time.process_time()
+    bench.started_ns = bench.clock_ns()
+    drawing = None
+    if show_progress:
+        draw = _rich_progress if on_terminal else _plain_progress
+        drawing = asyncio.ensure_future(draw(bench, stop))
+    loops = [
+        asyncio.ensure_future(bench.loop(ops[i % len(ops)], seed=seed + i))
+        for i in range(bench.concurrency)
+    ]
+    waiter = asyncio.gather(*loops)
+    try:
+        await asyncio.wait_for(asyncio.shield(waiter), bench.duration)
+    except TimeoutError:
+        bench.stopping = True  # every loop finishes its operation in flight
+        await waiter
+    bench.elapsed = bench.since_start()
+    bench.client_cpu = time.process_time() - cpu0
+    stop.set()
+    if drawing is not None:
+        await drawing
+
+
+def _meta_addrs(args: argparse.Namespace) -> str:
+    """--meta-addrs, else the meta range of the `rangekv dev` cluster in --data."""
+    if args.meta_addrs:
+        return str(args.meta_addrs)
+    path = Path(args.data) / "cluster.json"
+    try:
+        ports = json.loads(path.read_text())["meta"].values()
+    except (OSError, ValueError, KeyError, AttributeError) as exc:
+        raise CLIError(
+            f"--client direct needs --meta-addrs HOST:PORT,... (or --data DIR of a "
+            f"`rangekv dev` cluster; {path}: {exc})",
+            code=2,
+        ) from None
+    return ",".join(f"127.0.0.1:{int(p)}" for p in ports)
 
 
 async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -352,12 +419,35 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, 
         read_fraction=args.read_fraction,
         timeout=args.timeout,
         interval=args.interval,
+        client=args.client,
     )
+    connections = max(1, min(args.channels, args.concurrency))
+    if args.client != "unary":
+        try:
+            client_ops = await open_client_ops(
+                args.client,
+                addr=args.addr,
+                meta_addrs=_meta_addrs(args) if args.client == "direct" else "",
+                connections=connections,
+                timeout=args.timeout,
+                security=security(args),
+                client_name=args.client_name,
+            )
+        except E.Unavailable as exc:
+            raise ConnectionError(exc.message) from None
+        try:
+            await measure(
+                bench,
+                [client_ops],
+                seed=args.seed,
+                preload_keys=not args.no_preload,
+                progress=args.progress,
+            )
+        finally:
+            await client_ops.client.close()
+        return bench.summary(), bench.timeline.finish(bench.elapsed)
     opener = channel_opener(args)
-    channels = [
-        opener(args.addr, CHANNEL_OPTIONS)
-        for _ in range(max(1, min(args.channels, args.concurrency)))
-    ]
+    channels = [opener(args.addr, UNARY_CHANNEL_OPTIONS) for _ in range(connections)]
     try:
         for ch in channels:
             await asyncio.wait_for(ch.channel_ready(), args.timeout)
@@ -365,133 +455,45 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, 
         for ch in channels:
             await ch.close()
         raise ConnectionError(f"cannot reach {args.addr} within {args.timeout}s") from None
-    stubs = [kv_pb2_grpc.KVStub(ch) for ch in channels]
-    on_terminal = sys.stderr.isatty()
-    show_progress = args.progress == "always" or (args.progress == "auto" and on_terminal)
     try:
-        if args.workload in ("get", "mixed") and not args.no_preload:
-            if show_progress:
-                print(f"writing {args.keys} keys first...", file=sys.stderr, flush=True)
-            await preload(stubs, bench)
-        stop = asyncio.Event()
-        cpu0 = time.process_time()
-        bench.started_ns = bench.clock_ns()
-        progress = None
-        if show_progress:
-            draw = _rich_progress if on_terminal else _plain_progress
-            progress = asyncio.ensure_future(draw(bench, stop))
-        loops = [
-            asyncio.ensure_future(bench.loop(stubs[i % len(stubs)], seed=args.seed + i))
-            for i in range(args.concurrency)
-        ]
-        waiter = asyncio.gather(*loops)
-        try:
-            await asyncio.wait_for(asyncio.shield(waiter), args.duration)
-        except TimeoutError:
-            bench.stopping = True  # every loop finishes its operation in flight
-            await waiter
-        bench.elapsed = bench.since_start()
-        bench.client_cpu = time.process_time() - cpu0
-        stop.set()
-        if progress is not None:
-            await progress
+        ops = [UnaryOps(kv_pb2_grpc.KVStub(ch)) for ch in channels]
+        await measure(
+            bench, ops, seed=args.seed, preload_keys=not args.no_preload, progress=args.progress
+        )
     finally:
         for ch in channels:
             await ch.close()
     return bench.summary(), bench.timeline.finish(bench.elapsed)
 
 
-def _ms_text(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}"
-
-
-TABLE_HEADERS = ["op", "ops", "ops/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "errors"]
-
-
-def table_rows(result: dict[str, Any]) -> list[list[str]]:
-    named = list(result["by_op"].items())
-    if len(named) != 1:
-        named.append(("total", result))
-    rows = []
-    for name, s in named:
-        lat = s["latency_ms"]
-        rows.append(
-            [
-                name,
-                str(s["ops"]),
-                f"{s['ops_per_s']:.0f}",
-                _ms_text(lat["p50"]),
-                _ms_text(lat["p99"]),
-                _ms_text(lat["p99.9"]),
-                _ms_text(lat["max"]),
-                str(s["errors"]),
-            ]
-        )
-    return rows
-
-
-def _heading(result: dict[str, Any]) -> str:
-    return (
-        f"workload {result['workload']}  concurrency {result['concurrency']}  "
-        f"value {result['value_size']} B  keys {result['keys']}  "
-        f"elapsed {result['elapsed_s']:.1f} s"
-    )
-
-
-def _footer(result: dict[str, Any]) -> list[str]:
-    lines = []
-    if result.get("client_cpu_us_per_op") is not None:
-        lines.append(f"client CPU {result['client_cpu_us_per_op']:.0f} us/op")
-    errors = result.get("errors_by_code") or {}
-    if errors:
-        lines.append("errors: " + ", ".join(f"{k} {v}" for k, v in sorted(errors.items())))
-    return lines
-
-
-def format_table(result: dict[str, Any]) -> str:
-    """The plain report (what a pipe or a file gets): heading, table, client CPU, errors."""
-    rows = table_rows(result)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(TABLE_HEADERS)]
-    lines = [_heading(result), ""]
-    lines.append("  ".join(h.rjust(w) for h, w in zip(TABLE_HEADERS, widths, strict=True)))
-    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join([*lines, *_footer(result)])
-
-
-def report(result: dict[str, Any], out: Output) -> None:
-    """The human report: a rich table on a terminal, `format_table` text otherwise."""
-    if not out.rich:
-        out.line(format_table(result))
-        return
-    out.table(
-        TABLE_HEADERS,
-        table_rows(result),
-        title=_heading(result),
-        right=[False, *([True] * (len(TABLE_HEADERS) - 1))],
-    )
-    for line in _footer(result):
-        out.line(line, style="red" if line.startswith("errors") else "")
-
-
-def write_out(
-    path: Path, result: dict[str, Any], timeline: list[dict[str, Any]], interval: float
-) -> None:
-    """--out: the summary `--json` prints, plus the run's timeline."""
-    document = {**result, "interval_s": interval, "timeline": timeline}
-    path.write_text(json.dumps(document, indent=2) + "\n")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="rangekv bench", description=__doc__.splitlines()[0])
     p.add_argument("--addr", default=os.environ.get("RANGEKV_ADDR", DEFAULT_ADDR))
     p.add_argument("--workload", choices=("put", "get", "mixed"), default="put")
+    p.add_argument(
+        "--client",
+        choices=CLIENTS,
+        default="unary",
+        help="unary: a gRPC call per operation (default); stream: rangekv.client over "
+        "KV/Stream; direct: rangekv.client routing in-process to the leaseholders",
+    )
+    p.add_argument(
+        "--meta-addrs",
+        default=os.environ.get("RANGEKV_CLIENT_META_ADDRS", ""),
+        help="metarange replicas HOST:PORT,... for --client direct (default: from --data)",
+    )
     p.add_argument("--concurrency", type=int, default=16, help="concurrent clients (default 16)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds (default 10)")
     p.add_argument("--ops", type=int, default=0, help="stop after N operations (default: none)")
     p.add_argument("--value-size", type=int, default=100, help="bytes per value (default 100)")
     p.add_argument("--keys", type=int, default=1000, help="keyspace size (default 1000)")
     p.add_argument("--read-fraction", type=float, default=0.5, help="gets in `mixed` (default 0.5)")
-    p.add_argument("--channels", type=int, default=1, help="gRPC connections (default 1)")
+    p.add_argument(
+        "--channels",
+        type=int,
+        default=1,
+        help="gRPC connections to the gateway (unary, stream; default 1)",
+    )
     p.add_argument("--no-preload", action="store_true", help="do not write the keyspace first")
     p.add_argument("--progress", choices=("auto", "always", "never"), default="auto")
     p.add_argument("--seed", type=int, default=1)
@@ -511,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULT_DATA,
         help=f"data folder of a `rangekv dev` cluster, for its certs/ (default {DEFAULT_DATA})",
     )
-    add_security(p)
+    add_security(p, client_flag="--client-name")
     args = p.parse_args(argv)
     if args.concurrency < 1 or args.keys < 1 or args.value_size < 0 or args.duration <= 0:
         p.error("--concurrency and --keys must be >= 1, --duration > 0, --value-size >= 0")
@@ -528,6 +530,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result, timeline = asyncio.run(run(args))
     except grpc.aio.AioRpcError as exc:
         fail(rpc_error_line(exc, args.addr))
+        return 1
+    except E.RangeKVError as exc:
+        fail(f"{exc.code.name}: {exc.message}")
         return 1
     except (ConnectionError, OSError) as exc:
         fail(f"UNAVAILABLE: {exc}")
@@ -556,6 +561,8 @@ __all__ = [
     "Timeline",
     "format_table",
     "main",
+    "measure",
+    "preload",
     "run",
     "table_rows",
     "write_out",

@@ -108,11 +108,13 @@ SECURITY_ENV = (
 )
 
 
-def add_security(parser: argparse.ArgumentParser) -> None:
-    """The services' TLS flags (--certs-dir, --ca-cert, --cert, --key, --insecure) and --client."""
+def add_security(parser: argparse.ArgumentParser, client_flag: str = "--client") -> None:
+    """The services' TLS flags (--certs-dir, --ca-cert, --cert, --key, --insecure) and the
+    client certificate's name (``client_flag``, --client except where that means more)."""
     add_arguments(parser, SecurityConfig)
     parser.add_argument(
-        "--client",
+        client_flag,
+        dest="client_name",
         default=os.environ.get("RANGEKV_CLIENT") or None,
         metavar="NAME",
         help="use client.NAME.crt/.key from --certs-dir [env RANGEKV_CLIENT; default: "
@@ -141,7 +143,7 @@ def channel_opener(args: argparse.Namespace, *, internal: bool = False) -> Chann
     """Channels for this call. ``internal``: to a node or meta replica at a registry
     address, checked to be a node of the cluster rather than by host name."""
     return client_channels(
-        security(args), args.client, server_name=NODE_SERVER_NAME if internal else None
+        security(args), args.client_name, server_name=NODE_SERVER_NAME if internal else None
     )
 
 

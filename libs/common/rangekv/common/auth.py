@@ -20,11 +20,20 @@ A refusal is a :class:`~rangekv.common.errors.Unauthenticated` (no rangekv
 identity in the certificate) or :class:`~rangekv.common.errors.PermissionDenied`
 (a role too low), whose message names the method, the identity and the role it
 lacks, and is counted in ``rangekv_auth_refusals_total{method,code}``.
+
+A method that carries operations of different roles (``KV/Stream``: reads and
+writes on one call) is listed with the least of them, and its handler checks
+each operation against the caller: the interceptor leaves the checked caller in
+:func:`current_caller` (a context variable of the call's task), and
+:meth:`Caller.require` refuses one operation, counted like any refusal, without
+ending the call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 import grpc
 
@@ -38,6 +47,8 @@ METHOD_ROLES: Mapping[str, Role] = {
     # Public KV API (gateway).
     "/rangekv.v1.KV/Get": Role.READ,
     "/rangekv.v1.KV/Scan": Role.READ,
+    # Reads and writes on one call: each operation is checked by the gateway (Caller).
+    "/rangekv.v1.KV/Stream": Role.READ,
     "/rangekv.v1.KV/": Role.WRITE,  # Put, Delete, CompareAndSwap, Batch
     # Cluster administration (gateway's Admin service).
     "/rangekv.v1.Admin/": Role.ADMIN,
@@ -134,9 +145,55 @@ class Authorizer:
         if self._refusals is not None:
             self._refusals.add(1, method=method, code=code.name)
 
+    def refuse_operation(self, method: str, identity: Identity, role: Role, what: str) -> None:
+        """Refuse (and count) one operation of a call ``identity`` may make, if it
+        needs ``role``; ``what`` names the operation in the message."""
+        if identity.role < role:
+            self._count(method, grpc.StatusCode.PERMISSION_DENIED)
+            raise E.PermissionDenied(
+                f"{method}: {what} needs {_needs(role)}; {identity.describe()} does not have it"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The checked caller of the call being served (see :func:`current_caller`)."""
+
+    method: str
+    identity: Identity
+    authorizer: Authorizer
+
+    def require(self, role: Role, what: str) -> None:
+        """Raise PermissionDenied (counted) unless the caller has ``role`` for ``what``."""
+        self.authorizer.refuse_operation(self.method, self.identity, role, what)
+
+
+_CALLER: ContextVar[Caller | None] = ContextVar("rangekv_caller", default=None)
+
+
+def current_caller() -> Caller | None:
+    """Who is calling the RPC being served, as checked by the server's interceptor.
+
+    None when the server checks no identities (``--insecure``): then every
+    operation is allowed, as every method is."""
+    return _CALLER.get()
+
+
+def set_caller(caller: Caller) -> None:
+    """Record the checked caller for the handler (the interceptor's job)."""
+    _CALLER.set(caller)
+
 
 def _needs(role: Role) -> str:
     return "a node certificate" if role is Role.NODE else f"role {role.label} or higher"
 
 
-__all__ = ["METHOD_ROLES", "REFUSALS", "Authorizer", "required_role"]
+__all__ = [
+    "METHOD_ROLES",
+    "REFUSALS",
+    "Authorizer",
+    "Caller",
+    "current_caller",
+    "required_role",
+    "set_caller",
+]

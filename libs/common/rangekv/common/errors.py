@@ -27,7 +27,10 @@ IntentExists, FenceLost, ClockOffset and ResourceExhausted travel in-band as
 ``rangekv.v1.ReplicaError`` (``to_replica_error`` / ``from_replica_error``).
 Towards clients and on the Meta API every error is a gRPC status whose
 ``google.rpc.Status`` details carry the proto form (``to_rpc_status`` /
-``from_rpc_error``), readable from any language.
+``from_rpc_error``), readable from any language. On KV/Stream, where one call
+carries many requests, a failed request is answered with that same
+``google.rpc.Status`` as a value (``to_status_proto`` / ``from_status_proto``):
+one mapping, two carriers.
 """
 
 from __future__ import annotations
@@ -376,6 +379,11 @@ def _pack(msg: object) -> any_pb2.Any:
 
 def to_rpc_status(exc: RangeKVError) -> grpc.Status:
     """The gRPC status (with structured details) a server aborts a call with."""
+    return rpc_status.to_status(to_status_proto(exc))
+
+
+def to_status_proto(exc: RangeKVError) -> status_pb2.Status:
+    """The google.rpc.Status of ``exc``: code, message and structured details."""
     details: list[any_pb2.Any] = []
     if isinstance(exc, InvalidArgument):
         details.append(
@@ -413,7 +421,10 @@ def to_rpc_status(exc: RangeKVError) -> grpc.Status:
     if isinstance(exc, IntentExists):
         details.append(_pack(errors_pb2.IntentExistsError(key=exc.key, txn=exc.txn)))
     code = exc.code.value[0]
-    return rpc_status.to_status(status_pb2.Status(code=code, message=exc.message, details=details))
+    return status_pb2.Status(code=code, message=exc.message, details=details)
+
+
+_CODES: dict[int, grpc.StatusCode] = {c.value[0]: c for c in grpc.StatusCode}
 
 
 def _status_details(err: grpc.RpcError) -> status_pb2.Status | None:
@@ -428,7 +439,20 @@ def from_rpc_error(err: grpc.RpcError, *, is_write: bool = False) -> RangeKVErro
     """The exception a failed gRPC call stands for (client side)."""
     code: grpc.StatusCode = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     message: str = (err.details() if hasattr(err, "details") else "") or str(code)
-    status = _status_details(err)
+    return _from_status(code, message, _status_details(err), is_write)
+
+
+def from_status_proto(status: status_pb2.Status, *, is_write: bool = False) -> RangeKVError:
+    """The exception a google.rpc.Status stands for (a KV/Stream answer, client side).
+
+    ``is_write``: without a RequestOutcomeDetail, a failed write's outcome is UNKNOWN."""
+    code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+    return _from_status(code, status.message or code.name, status, is_write)
+
+
+def _from_status(
+    code: grpc.StatusCode, message: str, status: status_pb2.Status | None, is_write: bool
+) -> RangeKVError:
     retry_after = 0.1
     outcome = WriteOutcome.UNKNOWN if is_write else WriteOutcome.UNSPECIFIED
     if status is not None:
@@ -465,6 +489,12 @@ def from_rpc_error(err: grpc.RpcError, *, is_write: bool = False) -> RangeKVErro
                     return InvalidArgument(v.field, v.description)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidArgument("", message)
+    if code == grpc.StatusCode.ABORTED:
+        # The one ABORTED without an IntentExistsError detail: a scan lost its snapshot.
+        lost = FenceLost(b"", message, retry_after)
+        lost.message = message  # already says what was lost; not wrapped twice
+        lost.args = (message,)
+        return lost
     if code == grpc.StatusCode.NOT_FOUND:
         return NotFound(message)
     if code == grpc.StatusCode.FAILED_PRECONDITION:
@@ -508,6 +538,8 @@ __all__ = [
     "WriteOutcome",
     "from_replica_error",
     "from_rpc_error",
+    "from_status_proto",
     "to_replica_error",
     "to_rpc_status",
+    "to_status_proto",
 ]

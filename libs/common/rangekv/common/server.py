@@ -57,7 +57,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 
-from rangekv.common.auth import Authorizer
+from rangekv.common.auth import Authorizer, Caller, set_caller
 from rangekv.common.certs import Role
 from rangekv.common.config import ServerConfig
 from rangekv.common.errors import RangeKVError, to_rpc_status
@@ -243,7 +243,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         """Check the caller, then the request: the request (a stream's iterator checked
         message by message) if both are fine; raise otherwise."""
         if role is not None and self._authorizer is not None:
-            self._authorizer.check(method, role, context)
+            identity = self._authorizer.check(method, role, context)
+            set_caller(Caller(method, identity, self._authorizer))
         if isinstance(request, Undecodable):
             raise request.error()
         if hasattr(request, "__aiter__"):

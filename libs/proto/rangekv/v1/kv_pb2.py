@@ -22,46 +22,56 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from rangekv.v1 import types_pb2 as rangekv_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13rangekv/v1/kv.proto\x12\nrangekv.v1\x1a\x16rangekv/v1/types.proto\"K\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x30\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x1b.rangekv.v1.ReadConsistency\">\n\x0bGetResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12 \n\x02kv\x18\x02 \x01(\x0b\x32\x14.rangekv.v1.KeyValue\"(\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"5\n\x0bPutResponse\x12&\n\x07version\x18\x01 \x01(\x0b\x32\x15.rangekv.v1.Timestamp\"\x1c\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"I\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\x12&\n\x07version\x18\x02 \x01(\x0b\x32\x15.rangekv.v1.Timestamp\"f\n\x15\x43ompareAndSwapRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x16\n\x0e\x65xpected_value\x18\x02 \x01(\x0c\x12\x15\n\rexpect_absent\x18\x03 \x01(\x08\x12\x11\n\tnew_value\x18\x04 \x01(\x0c\"R\n\x16\x43ompareAndSwapResponse\x12\x11\n\tsucceeded\x18\x01 \x01(\x08\x12%\n\x07\x63urrent\x18\x02 \x01(\x0b\x32\x14.rangekv.v1.KeyValue\"r\n\x0bScanRequest\x12\x11\n\tstart_key\x18\x01 \x01(\x0c\x12\x0f\n\x07\x65nd_key\x18\x02 \x01(\x0c\x12\r\n\x05limit\x18\x03 \x01(\x03\x12\x30\n\x0b\x63onsistency\x18\x04 \x01(\x0e\x32\x1b.rangekv.v1.ReadConsistency\"`\n\x0cScanResponse\x12!\n\x03kvs\x18\x01 \x03(\x0b\x32\x14.rangekv.v1.KeyValue\x12-\n\x0eread_timestamp\x18\x02 \x01(\x0b\x32\x15.rangekv.v1.Timestamp\">\n\x0c\x42\x61tchRequest\x12.\n\x08requests\x18\x01 \x03(\x0b\x32\x1c.rangekv.v1.BatchRequestItem\"\xd7\x01\n\x10\x42\x61tchRequestItem\x12%\n\x03get\x18\x01 \x01(\x0b\x32\x16.rangekv.v1.GetRequestH\x00\x12%\n\x03put\x18\x02 \x01(\x0b\x32\x16.rangekv.v1.PutRequestH\x00\x12+\n\x06\x64\x65lete\x18\x03 \x01(\x0b\x32\x19.rangekv.v1.DeleteRequestH\x00\x12=\n\x10\x63ompare_and_swap\x18\x04 \x01(\x0b\x32!.rangekv.v1.CompareAndSwapRequestH\x00\x42\t\n\x07request\"A\n\rBatchResponse\x12\x30\n\tresponses\x18\x01 \x03(\x0b\x32\x1d.rangekv.v1.BatchResponseItem\"\xdd\x01\n\x11\x42\x61tchResponseItem\x12&\n\x03get\x18\x01 \x01(\x0b\x32\x17.rangekv.v1.GetResponseH\x00\x12&\n\x03put\x18\x02 \x01(\x0b\x32\x17.rangekv.v1.PutResponseH\x00\x12,\n\x06\x64\x65lete\x18\x03 \x01(\x0b\x32\x1a.rangekv.v1.DeleteResponseH\x00\x12>\n\x10\x63ompare_and_swap\x18\x04 \x01(\x0b\x32\".rangekv.v1.CompareAndSwapResponseH\x00\x42\n\n\x08response*y\n\x0fReadConsistency\x12 \n\x1cREAD_CONSISTENCY_UNSPECIFIED\x10\x00\x12!\n\x1dREAD_CONSISTENCY_LINEARIZABLE\x10\x01\x12!\n\x1dREAD_CONSISTENCY_INCONSISTENT\x10\x02\x32\x89\x03\n\x02KV\x12\x36\n\x03Get\x12\x16.rangekv.v1.GetRequest\x1a\x17.rangekv.v1.GetResponse\x12\x36\n\x03Put\x12\x16.rangekv.v1.PutRequest\x1a\x17.rangekv.v1.PutResponse\x12?\n\x06\x44\x65lete\x12\x19.rangekv.v1.DeleteRequest\x1a\x1a.rangekv.v1.DeleteResponse\x12W\n\x0e\x43ompareAndSwap\x12!.rangekv.v1.CompareAndSwapRequest\x1a\".rangekv.v1.CompareAndSwapResponse\x12;\n\x04Scan\x12\x17.rangekv.v1.ScanRequest\x1a\x18.rangekv.v1.ScanResponse0\x01\x12<\n\x05\x42\x61tch\x12\x18.rangekv.v1.BatchRequest\x1a\x19.rangekv.v1.BatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13rangekv/v1/kv.proto\x12\nrangekv.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17google/rpc/status.proto\x1a\x16rangekv/v1/types.proto\"K\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x30\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x1b.rangekv.v1.ReadConsistency\">\n\x0bGetResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12 \n\x02kv\x18\x02 \x01(\x0b\x32\x14.rangekv.v1.KeyValue\"(\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"5\n\x0bPutResponse\x12&\n\x07version\x18\x01 \x01(\x0b\x32\x15.rangekv.v1.Timestamp\"\x1c\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"I\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\x12&\n\x07version\x18\x02 \x01(\x0b\x32\x15.rangekv.v1.Timestamp\"f\n\x15\x43ompareAndSwapRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x16\n\x0e\x65xpected_value\x18\x02 \x01(\x0c\x12\x15\n\rexpect_absent\x18\x03 \x01(\x08\x12\x11\n\tnew_value\x18\x04 \x01(\x0c\"R\n\x16\x43ompareAndSwapResponse\x12\x11\n\tsucceeded\x18\x01 \x01(\x08\x12%\n\x07\x63urrent\x18\x02 \x01(\x0b\x32\x14.rangekv.v1.KeyValue\"r\n\x0bScanRequest\x12\x11\n\tstart_key\x18\x01 \x01(\x0c\x12\x0f\n\x07\x65nd_key\x18\x02 \x01(\x0c\x12\r\n\x05limit\x18\x03 \x01(\x03\x12\x30\n\x0b\x63onsistency\x18\x04 \x01(\x0e\x32\x1b.rangekv.v1.ReadConsistency\"`\n\x0cScanResponse\x12!\n\x03kvs\x18\x01 \x03(\x0b\x32\x14.rangekv.v1.KeyValue\x12-\n\x0eread_timestamp\x18\x02 \x01(\x0b\x32\x15.rangekv.v1.Timestamp\">\n\x0c\x42\x61tchRequest\x12.\n\x08requests\x18\x01 \x03(\x0b\x32\x1c.rangekv.v1.BatchRequestItem\"\xd7\x01\n\x10\x42\x61tchRequestItem\x12%\n\x03get\x18\x01 \x01(\x0b\x32\x16.rangekv.v1.GetRequestH\x00\x12%\n\x03put\x18\x02 \x01(\x0b\x32\x16.rangekv.v1.PutRequestH\x00\x12+\n\x06\x64\x65lete\x18\x03 \x01(\x0b\x32\x19.rangekv.v1.DeleteRequestH\x00\x12=\n\x10\x63ompare_and_swap\x18\x04 \x01(\x0b\x32!.rangekv.v1.CompareAndSwapRequestH\x00\x42\t\n\x07request\"A\n\rBatchResponse\x12\x30\n\tresponses\x18\x01 \x03(\x0b\x32\x1d.rangekv.v1.BatchResponseItem\"\xdd\x01\n\x11\x42\x61tchResponseItem\x12&\n\x03get\x18\x01 \x01(\x0b\x32\x17.rangekv.v1.GetResponseH\x00\x12&\n\x03put\x18\x02 \x01(\x0b\x32\x17.rangekv.v1.PutResponseH\x00\x12,\n\x06\x64\x65lete\x18\x03 \x01(\x0b\x32\x1a.rangekv.v1.DeleteResponseH\x00\x12>\n\x10\x63ompare_and_swap\x18\x04 \x01(\x0b\x32\".rangekv.v1.CompareAndSwapResponseH\x00\x42\n\n\x08response\"@\n\rStreamRequest\x12/\n\x08requests\x18\x01 \x03(\x0b\x32\x1d.rangekv.v1.StreamRequestItem\"\xc3\x02\n\x11StreamRequestItem\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12%\n\x03get\x18\x03 \x01(\x0b\x32\x16.rangekv.v1.GetRequestH\x00\x12%\n\x03put\x18\x04 \x01(\x0b\x32\x16.rangekv.v1.PutRequestH\x00\x12+\n\x06\x64\x65lete\x18\x05 \x01(\x0b\x32\x19.rangekv.v1.DeleteRequestH\x00\x12=\n\x10\x63ompare_and_swap\x18\x06 \x01(\x0b\x32!.rangekv.v1.CompareAndSwapRequestH\x00\x12)\n\x05\x62\x61tch\x18\x07 \x01(\x0b\x32\x18.rangekv.v1.BatchRequestH\x00\x42\t\n\x07request\"C\n\x0eStreamResponse\x12\x31\n\tresponses\x18\x01 \x03(\x0b\x32\x1e.rangekv.v1.StreamResponseItem\"\xc3\x02\n\x12StreamResponseItem\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12&\n\x03get\x18\x02 \x01(\x0b\x32\x17.rangekv.v1.GetResponseH\x00\x12&\n\x03put\x18\x03 \x01(\x0b\x32\x17.rangekv.v1.PutResponseH\x00\x12,\n\x06\x64\x65lete\x18\x04 \x01(\x0b\x32\x1a.rangekv.v1.DeleteResponseH\x00\x12>\n\x10\x63ompare_and_swap\x18\x05 \x01(\x0b\x32\".rangekv.v1.CompareAndSwapResponseH\x00\x12*\n\x05\x62\x61tch\x18\x06 \x01(\x0b\x32\x19.rangekv.v1.BatchResponseH\x00\x12#\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\n\n\x08response*y\n\x0fReadConsistency\x12 \n\x1cREAD_CONSISTENCY_UNSPECIFIED\x10\x00\x12!\n\x1dREAD_CONSISTENCY_LINEARIZABLE\x10\x01\x12!\n\x1dREAD_CONSISTENCY_INCONSISTENT\x10\x02\x32\xce\x03\n\x02KV\x12\x36\n\x03Get\x12\x16.rangekv.v1.GetRequest\x1a\x17.rangekv.v1.GetResponse\x12\x36\n\x03Put\x12\x16.rangekv.v1.PutRequest\x1a\x17.rangekv.v1.PutResponse\x12?\n\x06\x44\x65lete\x12\x19.rangekv.v1.DeleteRequest\x1a\x1a.rangekv.v1.DeleteResponse\x12W\n\x0e\x43ompareAndSwap\x12!.rangekv.v1.CompareAndSwapRequest\x1a\".rangekv.v1.CompareAndSwapResponse\x12;\n\x04Scan\x12\x17.rangekv.v1.ScanRequest\x1a\x18.rangekv.v1.ScanResponse0\x01\x12<\n\x05\x42\x61tch\x12\x18.rangekv.v1.BatchRequest\x1a\x19.rangekv.v1.BatchResponse\x12\x43\n\x06Stream\x12\x19.rangekv.v1.StreamRequest\x1a\x1a.rangekv.v1.StreamResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rangekv.v1.kv_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_READCONSISTENCY']._serialized_start=1377
-  _globals['_READCONSISTENCY']._serialized_end=1498
-  _globals['_GETREQUEST']._serialized_start=59
-  _globals['_GETREQUEST']._serialized_end=134
-  _globals['_GETRESPONSE']._serialized_start=136
-  _globals['_GETRESPONSE']._serialized_end=198
-  _globals['_PUTREQUEST']._serialized_start=200
-  _globals['_PUTREQUEST']._serialized_end=240
-  _globals['_PUTRESPONSE']._serialized_start=242
-  _globals['_PUTRESPONSE']._serialized_end=295
-  _globals['_DELETEREQUEST']._serialized_start=297
-  _globals['_DELETEREQUEST']._serialized_end=325
-  _globals['_DELETERESPONSE']._serialized_start=327
-  _globals['_DELETERESPONSE']._serialized_end=400
-  _globals['_COMPAREANDSWAPREQUEST']._serialized_start=402
-  _globals['_COMPAREANDSWAPREQUEST']._serialized_end=504
-  _globals['_COMPAREANDSWAPRESPONSE']._serialized_start=506
-  _globals['_COMPAREANDSWAPRESPONSE']._serialized_end=588
-  _globals['_SCANREQUEST']._serialized_start=590
-  _globals['_SCANREQUEST']._serialized_end=704
-  _globals['_SCANRESPONSE']._serialized_start=706
-  _globals['_SCANRESPONSE']._serialized_end=802
-  _globals['_BATCHREQUEST']._serialized_start=804
-  _globals['_BATCHREQUEST']._serialized_end=866
-  _globals['_BATCHREQUESTITEM']._serialized_start=869
-  _globals['_BATCHREQUESTITEM']._serialized_end=1084
-  _globals['_BATCHRESPONSE']._serialized_start=1086
-  _globals['_BATCHRESPONSE']._serialized_end=1151
-  _globals['_BATCHRESPONSEITEM']._serialized_start=1154
-  _globals['_BATCHRESPONSEITEM']._serialized_end=1375
-  _globals['_KV']._serialized_start=1501
-  _globals['_KV']._serialized_end=1894
+  _globals['_READCONSISTENCY']._serialized_start=2221
+  _globals['_READCONSISTENCY']._serialized_end=2342
+  _globals['_GETREQUEST']._serialized_start=116
+  _globals['_GETREQUEST']._serialized_end=191
+  _globals['_GETRESPONSE']._serialized_start=193
+  _globals['_GETRESPONSE']._serialized_end=255
+  _globals['_PUTREQUEST']._serialized_start=257
+  _globals['_PUTREQUEST']._serialized_end=297
+  _globals['_PUTRESPONSE']._serialized_start=299
+  _globals['_PUTRESPONSE']._serialized_end=352
+  _globals['_DELETEREQUEST']._serialized_start=354
+  _globals['_DELETEREQUEST']._serialized_end=382
+  _globals['_DELETERESPONSE']._serialized_start=384
+  _globals['_DELETERESPONSE']._serialized_end=457
+  _globals['_COMPAREANDSWAPREQUEST']._serialized_start=459
+  _globals['_COMPAREANDSWAPREQUEST']._serialized_end=561
+  _globals['_COMPAREANDSWAPRESPONSE']._serialized_start=563
+  _globals['_COMPAREANDSWAPRESPONSE']._serialized_end=645
+  _globals['_SCANREQUEST']._serialized_start=647
+  _globals['_SCANREQUEST']._serialized_end=761
+  _globals['_SCANRESPONSE']._serialized_start=763
+  _globals['_SCANRESPONSE']._serialized_end=859
+  _globals['_BATCHREQUEST']._serialized_start=861
+  _globals['_BATCHREQUEST']._serialized_end=923
+  _globals['_BATCHREQUESTITEM']._serialized_start=926
+  _globals['_BATCHREQUESTITEM']._serialized_end=1141
+  _globals['_BATCHRESPONSE']._serialized_start=1143
+  _globals['_BATCHRESPONSE']._serialized_end=1208
+  _globals['_BATCHRESPONSEITEM']._serialized_start=1211
+  _globals['_BATCHRESPONSEITEM']._serialized_end=1432
+  _globals['_STREAMREQUEST']._serialized_start=1434
+  _globals['_STREAMREQUEST']._serialized_end=1498
+  _globals['_STREAMREQUESTITEM']._serialized_start=1501
+  _globals['_STREAMREQUESTITEM']._serialized_end=1824
+  _globals['_STREAMRESPONSE']._serialized_start=1826
+  _globals['_STREAMRESPONSE']._serialized_end=1893
+  _globals['_STREAMRESPONSEITEM']._serialized_start=1896
+  _globals['_STREAMRESPONSEITEM']._serialized_end=2219
+  _globals['_KV']._serialized_start=2345
+  _globals['_KV']._serialized_end=2807
 # @@protoc_insertion_point(module_scope)

@@ -85,6 +85,11 @@ class KVStub:
                 request_serializer=rangekv_dot_v1_dot_kv__pb2.BatchRequest.SerializeToString,
                 response_deserializer=rangekv_dot_v1_dot_kv__pb2.BatchResponse.FromString,
                 _registered_method=True)
+        self.Stream = channel.stream_stream(
+                '/rangekv.v1.KV/Stream',
+                request_serializer=rangekv_dot_v1_dot_kv__pb2.StreamRequest.SerializeToString,
+                response_deserializer=rangekv_dot_v1_dot_kv__pb2.StreamResponse.FromString,
+                _registered_method=True)
 
 
 class KVServicer:
@@ -157,6 +162,31 @@ class KVServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Stream(self, request_iterator, context):
+        """Stream is a long-lived bidirectional stream of tagged requests, so that a
+        busy client pays the cost of a gRPC call once per connection instead of
+        once per operation. Each message carries one or more requests (Get, Put,
+        Delete, CompareAndSwap or a whole Batch), each with an id the client
+        chooses; each request gets exactly one answer carrying its id, in
+        whatever order the requests finish, and several answers may share a
+        message. An answer is the unary call's response, or the google.rpc.Status
+        that call would have ended with (same codes, same details: BadRequest,
+        RetryInfo, RequestOutcomeDetail), for that request alone: one failed
+        request never ends the stream. The stream itself ends with a status only
+        for what concerns it as a whole (an undecodable message, the caller's
+        identity); requests still in flight are answered first.
+
+        Flow control: the gateway works on at most a bounded number of requests
+        per stream (--stream-max-inflight) and stops reading the stream while it
+        is at that bound or while its answers wait for a slow reader, so a client
+        that sends faster than it reads is slowed down, never buffered without
+        limit. Roles: a `read` client may send only Gets (and Batches of Gets);
+        a write answers PERMISSION_DENIED for that request.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -189,6 +219,11 @@ def add_KVServicer_to_server(servicer, server):
                     servicer.Batch,
                     request_deserializer=rangekv_dot_v1_dot_kv__pb2.BatchRequest.FromString,
                     response_serializer=rangekv_dot_v1_dot_kv__pb2.BatchResponse.SerializeToString,
+            ),
+            'Stream': grpc.stream_stream_rpc_method_handler(
+                    servicer.Stream,
+                    request_deserializer=rangekv_dot_v1_dot_kv__pb2.StreamRequest.FromString,
+                    response_serializer=rangekv_dot_v1_dot_kv__pb2.StreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -374,6 +409,33 @@ class KV:
             '/rangekv.v1.KV/Batch',
             rangekv_dot_v1_dot_kv__pb2.BatchRequest.SerializeToString,
             rangekv_dot_v1_dot_kv__pb2.BatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/rangekv.v1.KV/Stream',
+            rangekv_dot_v1_dot_kv__pb2.StreamRequest.SerializeToString,
+            rangekv_dot_v1_dot_kv__pb2.StreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

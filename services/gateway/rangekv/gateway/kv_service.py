@@ -4,6 +4,10 @@ Input is validated here, before anything is sent, so a bad request gets
 INVALID_ARGUMENT and nothing is written (a Batch with one bad operation is
 refused whole). Everything else is the DistSender's; its RangeKVErrors become
 gRPC statuses once, in the server's interceptor.
+
+KV/Stream carries the same operations on one long-lived call; its session
+(rangekv.gateway.kv_stream) runs each request through :meth:`KVService.serve`,
+the same validation, admission and operations as the unary calls.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ from typing import Any
 import grpc
 
 from rangekv.common import errors as E
+from rangekv.common.auth import current_caller
+from rangekv.common.certs import Role
 from rangekv.gateway.dist_sender import DistSender
+from rangekv.gateway.kv_stream import StreamLimits, StreamSession, StreamStats
 from rangekv.v1 import kv_pb2, kv_pb2_grpc, replica_pb2
 
 MAX_BATCH = 10_000
@@ -55,11 +62,28 @@ class Admission:
         self.inflight -= ops
 
 
+#: The operations a Batch item (and a KV/Stream request) may carry, by oneof name.
+ITEM_KINDS = ("get", "put", "delete", "compare_and_swap")
+
+
 class KVService(kv_pb2_grpc.KVServicer):
-    def __init__(self, sender: DistSender, limits: KVLimits | None = None) -> None:
+    def __init__(
+        self,
+        sender: DistSender,
+        limits: KVLimits | None = None,
+        stream_limits: StreamLimits | None = None,
+    ) -> None:
         self._sender = sender
         self._limits = limits or KVLimits()
         self.admission = Admission(self._limits.max_inflight_ops)
+        self.stream_limits = stream_limits or StreamLimits()
+        self.stream_stats = StreamStats()
+        self._calls: dict[str, Callable[[Any, float | None], Awaitable[Any]]] = {
+            "get": self._get,
+            "put": self._put,
+            "delete": self._delete,
+            "compare_and_swap": self._cas,
+        }
 
     # --- validation -----------------------------------------------------------------
 
@@ -92,25 +116,35 @@ class KVService(kv_pb2_grpc.KVServicer):
 
     # --- operations -----------------------------------------------------------------
 
-    async def _get(self, req: kv_pb2.GetRequest) -> kv_pb2.GetResponse:
+    async def _get(
+        self, req: kv_pb2.GetRequest, timeout: float | None = None
+    ) -> kv_pb2.GetResponse:
         inconsistent = req.consistency == kv_pb2.READ_CONSISTENCY_INCONSISTENT
         op = replica_pb2.ReplicaOp(get=replica_pb2.GetOp(key=req.key))
-        reply = await self._sender.send(req.key, op, is_write=False, inconsistent=inconsistent)
+        reply = await self._sender.send(
+            req.key, op, is_write=False, inconsistent=inconsistent, timeout=timeout
+        )
         res = reply.results[0].get
         return kv_pb2.GetResponse(found=res.found, kv=res.kv if res.found else None)
 
-    async def _put(self, req: kv_pb2.PutRequest) -> kv_pb2.PutResponse:
+    async def _put(
+        self, req: kv_pb2.PutRequest, timeout: float | None = None
+    ) -> kv_pb2.PutResponse:
         op = replica_pb2.ReplicaOp(put=replica_pb2.PutOp(key=req.key, value=req.value))
-        reply = await self._sender.send(req.key, op, is_write=True)
+        reply = await self._sender.send(req.key, op, is_write=True, timeout=timeout)
         return kv_pb2.PutResponse(version=reply.results[0].put.version)
 
-    async def _delete(self, req: kv_pb2.DeleteRequest) -> kv_pb2.DeleteResponse:
+    async def _delete(
+        self, req: kv_pb2.DeleteRequest, timeout: float | None = None
+    ) -> kv_pb2.DeleteResponse:
         op = replica_pb2.ReplicaOp(delete=replica_pb2.DeleteOp(key=req.key))
-        reply = await self._sender.send(req.key, op, is_write=True)
+        reply = await self._sender.send(req.key, op, is_write=True, timeout=timeout)
         res = reply.results[0].delete
         return kv_pb2.DeleteResponse(deleted=res.deleted, version=res.version)
 
-    async def _cas(self, req: kv_pb2.CompareAndSwapRequest) -> kv_pb2.CompareAndSwapResponse:
+    async def _cas(
+        self, req: kv_pb2.CompareAndSwapRequest, timeout: float | None = None
+    ) -> kv_pb2.CompareAndSwapResponse:
         op = replica_pb2.ReplicaOp(
             compare_and_swap=replica_pb2.CompareAndSwapOp(
                 key=req.key,
@@ -119,7 +153,7 @@ class KVService(kv_pb2_grpc.KVServicer):
                 new_value=req.new_value,
             )
         )
-        reply = await self._sender.send(req.key, op, is_write=True)
+        reply = await self._sender.send(req.key, op, is_write=True, timeout=timeout)
         res = reply.results[0].compare_and_swap
         current = res.current if res.HasField("current") else None
         return kv_pb2.CompareAndSwapResponse(succeeded=res.succeeded, current=current)
@@ -172,6 +206,13 @@ class KVService(kv_pb2_grpc.KVServicer):
     async def Scan(
         self, request: kv_pb2.ScanRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[kv_pb2.ScanResponse]:
+        async for chunk in self.scan(request):
+            yield chunk
+
+    async def scan(
+        self, request: kv_pb2.ScanRequest, timeout: float | None = None
+    ) -> AsyncIterator[kv_pb2.ScanResponse]:
+        """A Scan's chunks, validated and admitted like the RPC (also for in-process use)."""
         if request.limit < 0:
             raise E.InvalidArgument("limit", "must be >= 0 (0 means no limit)")
         if request.end_key and request.end_key <= request.start_key:
@@ -180,7 +221,11 @@ class KVService(kv_pb2_grpc.KVServicer):
         self.admission.enter()
         try:
             async for kvs, read_ts in self._sender.scan(
-                request.start_key, request.end_key, request.limit, inconsistent=inconsistent
+                request.start_key,
+                request.end_key,
+                request.limit,
+                inconsistent=inconsistent,
+                timeout=timeout,
             ):
                 yield kv_pb2.ScanResponse(kvs=kvs, read_timestamp=read_ts)
         finally:
@@ -189,20 +234,26 @@ class KVService(kv_pb2_grpc.KVServicer):
     async def Batch(
         self, request: kv_pb2.BatchRequest, context: grpc.aio.ServicerContext
     ) -> kv_pb2.BatchResponse:
+        return await self._batch(request, self.check_batch(request), None)
+
+    def check_batch(self, request: kv_pb2.BatchRequest) -> list[str]:
+        """Validate a Batch whole (nothing is sent unless every item is fine); its kinds."""
         if len(request.requests) > MAX_BATCH:
             raise E.InvalidArgument("requests", f"at most {MAX_BATCH} operations")
-        kinds = [self._check_item(f"requests[{i}]", r) for i, r in enumerate(request.requests)]
-        calls: dict[str, Callable[[Any], Awaitable[Any]]] = {
-            "get": self._get,
-            "put": self._put,
-            "delete": self._delete,
-            "compare_and_swap": self._cas,
-        }
+        return [self._check_item(f"requests[{i}]", r) for i, r in enumerate(request.requests)]
+
+    async def _batch(
+        self, request: kv_pb2.BatchRequest, kinds: list[str], timeout: float | None
+    ) -> kv_pb2.BatchResponse:
+        calls = self._calls
         ops = max(1, len(kinds))
         self.admission.enter(ops)
         try:
             results = await asyncio.gather(
-                *(calls[k](getattr(r, k)) for k, r in zip(kinds, request.requests, strict=True)),
+                *(
+                    calls[k](getattr(r, k), timeout)
+                    for k, r in zip(kinds, request.requests, strict=True)
+                ),
                 return_exceptions=True,
             )
         finally:
@@ -215,6 +266,49 @@ class KVService(kv_pb2_grpc.KVServicer):
             for kind, res in zip(kinds, results, strict=True)
         ]
         return kv_pb2.BatchResponse(responses=items)
+
+    # --- KV/Stream ----------------------------------------------------------------------
+
+    async def serve(self, kind: str, body: Any, timeout: float | None) -> Any:
+        """One KV/Stream request, exactly as its unary call: validated, the caller's
+        role checked for writes, admitted, run (``kind``: a StreamRequestItem oneof
+        name; ``timeout``: None for the gateway's own). Raises what the call would."""
+        # The role first, as the interceptor checks a unary call's before its input.
+        if kind == "batch":
+            if any(item.WhichOneof("request") not in (None, "get") for item in body.requests):
+                _require_write("a Batch with writes")
+            return await self._batch(body, self.check_batch(body), timeout)
+        if kind != "get":
+            _require_write(_OP_NAMES[kind])
+        self._key("key", body.key)
+        if kind == "put":
+            self._value("value", body.value)
+        elif kind == "compare_and_swap":
+            self._value("new_value", body.new_value)
+            self._value("expected_value", body.expected_value)
+        self.admission.enter()
+        try:
+            return await self._calls[kind](body, timeout)
+        finally:
+            self.admission.leave()
+
+    async def Stream(
+        self,
+        request_iterator: AsyncIterator[kv_pb2.StreamRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[kv_pb2.StreamResponse]:
+        session = StreamSession(self.serve, self.stream_limits, self.stream_stats)
+        async for frame in session.run(request_iterator):
+            yield frame
+
+
+_OP_NAMES = {"put": "Put", "delete": "Delete", "compare_and_swap": "CompareAndSwap"}
+
+
+def _require_write(what: str) -> None:
+    caller = current_caller()
+    if caller is not None:
+        caller.require(Role.WRITE, what)
 
 
 def _batch_failure(

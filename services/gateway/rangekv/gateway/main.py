@@ -33,6 +33,7 @@ from rangekv.gateway.dist_sender import (
     RetryCounters,
 )
 from rangekv.gateway.kv_service import KVLimits, KVService
+from rangekv.gateway.kv_stream import StreamLimits
 from rangekv.gateway.node_client import DEFAULT_MAX_INFLIGHT, NodeClients
 from rangekv.gateway.pusher import ReplicaTxnPusher
 from rangekv.gateway.range_cache import RangeCache
@@ -71,6 +72,12 @@ class GatewayConfig:
         help="bytes of a scan's rows held back before the first is sent, so that a small "
         "scan whose snapshot is lost restarts invisibly",
     )
+    stream_max_inflight: int = setting(
+        1000,
+        help="requests one KV/Stream call may have open (running, or answered and not yet "
+        "sent); at the bound the gateway stops reading that stream, so a client that sends "
+        "faster than it reads is slowed down, not buffered",
+    )
     max_inflight_batches: int = setting(
         DEFAULT_MAX_INFLIGHT,
         help="node batches per (node, range, mode) on the wire at once; more ops wait "
@@ -85,6 +92,7 @@ class GatewayConfig:
         require(self.read_attempt_timeout > 0, "read_attempt_timeout", "must be > 0")
         require(self.max_inflight_batches >= 1, "max_inflight_batches", "must be >= 1")
         require(self.max_inflight_ops >= 1, "max_inflight_ops", "must be >= 1")
+        require(self.stream_max_inflight >= 1, "stream_max_inflight", "must be >= 1")
         require(self.scan_page_bytes >= 1, "scan_page_bytes", "must be >= 1")
         require(self.scan_buffer_bytes >= 0, "scan_buffer_bytes", "must be >= 0")
 
@@ -96,10 +104,13 @@ def build(
     cfg: GatewayConfig,
     telemetry: Telemetry | None = None,
     channels: ChannelOpener | None = None,
+    *,
+    max_message_bytes: int = ServerConfig.max_message_bytes,
 ) -> tuple[KVService, MetaClient, NodeClients]:
     """Wire a gateway's parts (also used by tests that run one in-process).
 
-    ``channels`` dial the meta range and the nodes (plaintext if None)."""
+    ``channels`` dial the meta range and the nodes (plaintext if None);
+    ``max_message_bytes``: the server's, so that no stream answer exceeds it."""
     meta = MetaClient(cfg.addresses(), channels=channels)
     nodes = NodeClients(max_inflight=cfg.max_inflight_batches, channels=channels)
 
@@ -143,7 +154,13 @@ def build(
         scan_config=ScanConfig(page_bytes=cfg.scan_page_bytes, buffer_bytes=cfg.scan_buffer_bytes),
     )
     service = KVService(
-        sender, KVLimits(cfg.max_key_bytes, cfg.max_value_bytes, cfg.max_inflight_ops)
+        sender,
+        KVLimits(cfg.max_key_bytes, cfg.max_value_bytes, cfg.max_inflight_ops),
+        StreamLimits(
+            max_inflight=cfg.stream_max_inflight,
+            request_timeout=cfg.request_timeout,
+            max_message_bytes=max_message_bytes,
+        ),
     )
     if telemetry is not None:
         export_retry_counters(telemetry, sender.counters)
@@ -216,11 +233,38 @@ def export_scan_and_load_counters(telemetry: Telemetry, sender: DistSender, kv: 
         "Client calls refused at admission (RESOURCE_EXHAUSTED), since start.",
         lambda: float(kv.admission.refused),
     )
+    streams = kv.stream_stats
+    telemetry.observable_gauge(
+        "rangekv_gateway_streams_open", "KV/Stream calls open now.", lambda: float(streams.open)
+    )
+    telemetry.observable_gauge(
+        "rangekv_gateway_stream_requests",
+        "Requests received on KV/Stream calls since start (monotonic).",
+        lambda: float(streams.requests),
+    )
+    telemetry.observable_gauge(
+        "rangekv_gateway_stream_messages",
+        "KV/Stream messages since start, by direction (monotonic): requests and answers "
+        "share messages, so requests per message is the batching achieved.",
+        lambda: {("in",): float(streams.messages_in), ("out",): float(streams.messages_out)},
+        labels=("direction",),
+    )
+    telemetry.observable_gauge(
+        "rangekv_gateway_stream_failures",
+        "KV/Stream requests answered with an error since start, by code (monotonic).",
+        lambda: {(code,): float(n) for code, n in dict(streams.failed).items()},
+        labels=("code",),
+    )
 
 
 async def serve(server_config: ServerConfig, cfg: GatewayConfig) -> None:
     telemetry = Telemetry("gateway", otlp_endpoint=server_config.otlp_endpoint)
-    service, meta, nodes = build(cfg, telemetry, node_channels(server_config.security))
+    service, meta, nodes = build(
+        cfg,
+        telemetry,
+        node_channels(server_config.security),
+        max_message_bytes=server_config.max_message_bytes,
+    )
     admin = build_admin(cfg, meta, nodes)
 
     def register(server: grpc.aio.Server) -> None:
