@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
 
 import pytest
+from dev_process import rangekv
 from testkit.cluster import SPARE_NODE
 from testkit.fixtures import ClusterFactory
 from testkit.kv import check_data, kv_stubs, meta_client, put
@@ -30,16 +30,6 @@ from testkit.waiting import async_wait_for
 from rangekv.common.descriptors import RangeDescriptor
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def rangekv_cli(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "rangekv.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ},
-    )
 
 
 async def test_node_decommission_by_hand(clusters: ClusterFactory) -> None:
@@ -57,7 +47,7 @@ async def test_node_decommission_by_hand(clusters: ClusterFactory) -> None:
 
         # Each call follows the move for up to --timeout, then asks again.
         done = await asyncio.to_thread(
-            rangekv_cli,
+            rangekv,
             "node",
             "decommission",
             "3",
@@ -66,6 +56,7 @@ async def test_node_decommission_by_hand(clusters: ClusterFactory) -> None:
             *certs,
             "--timeout",
             "2",
+            timeout=120,
         )
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip().splitlines()[-1] == "node 3: decommissioned"
@@ -83,16 +74,16 @@ async def test_node_decommission_by_hand(clusters: ClusterFactory) -> None:
         await check_data(kv, data)
 
         nodes = await asyncio.to_thread(
-            rangekv_cli, "nodes", "--json", "--meta", meta_addrs, *certs
+            rangekv, "nodes", "--json", "--meta", meta_addrs, *certs, timeout=120
         )
         states = {n["node_id"]: n["state"] for n in json.loads(nodes.stdout)["nodes"]}
         assert states == {1: "active", 2: "active", 3: "decommissioned", 4: "active"}
         again = await asyncio.to_thread(
-            rangekv_cli, "node", "decommission", "3", "--meta", meta_addrs, *certs
+            rangekv, "node", "decommission", "3", "--meta", meta_addrs, *certs, timeout=120
         )
         assert again.returncode == 0 and "decommissioned" in again.stdout  # idempotent
         back = await asyncio.to_thread(
-            rangekv_cli, "node", "recommission", "3", "--meta", meta_addrs, *certs
+            rangekv, "node", "recommission", "3", "--meta", meta_addrs, *certs, timeout=120
         )
         assert back.returncode == 1 and "FAILED_PRECONDITION" in back.stderr
 

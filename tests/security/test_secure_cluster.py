@@ -17,7 +17,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import urllib.request
 
 import grpc
 import pytest
@@ -25,6 +24,7 @@ from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from secure_cluster import NOW, SecureCluster
 from testkit.kv import rpc_error
+from testkit.metrics import fetch_metrics, metric_value
 
 from rangekv.common import certs
 from rangekv.common.certs import NODE_CERT, NODE_KEY, NODE_SERVER_NAME, Role
@@ -122,20 +122,8 @@ async def test_read_client_cannot_put(secure_cluster: SecureCluster) -> None:
             assert "client reader (role read)" in (err.details() or ""), err.details()
         got = await kv.Get(kv_pb2.GetRequest(key=b"sec/a"), timeout=10)
         assert got.kv.value == b"1"  # nothing was written
-    metrics = urllib.request.urlopen(
-        f"http://{secure_cluster.gateway.metrics}/metrics", timeout=10
-    ).read()
-    line = next(
-        (
-            ln
-            for ln in metrics.decode().splitlines()
-            if ln.startswith("rangekv_auth_refusals_total")
-            and 'method="/rangekv.v1.KV/Put"' in ln
-            and 'code="PERMISSION_DENIED"' in ln
-        ),
-        None,
-    )
-    assert line is not None and float(line.rsplit(" ", 1)[1]) >= 1, metrics.decode()[-2000:]
+    refused = await asyncio.to_thread(permission_refusals, secure_cluster, "/rangekv.v1.KV/Put")
+    assert refused >= 1, refused
 
 
 async def test_read_client_sends_only_reads_on_the_stream(secure_cluster: SecureCluster) -> None:
@@ -181,20 +169,16 @@ async def test_read_client_sends_only_reads_on_the_stream(secure_cluster: Secure
             assert "client reader (role read)" in status.message, status.message
         after = await kv.Get(kv_pb2.GetRequest(key=b"sec/s"), timeout=10)
         assert after.kv.value == b"1"  # nothing was written
-    metrics = urllib.request.urlopen(
-        f"http://{secure_cluster.gateway.metrics}/metrics", timeout=10
-    ).read()
-    line = next(
-        (
-            ln
-            for ln in metrics.decode().splitlines()
-            if ln.startswith("rangekv_auth_refusals_total")
-            and 'method="/rangekv.v1.KV/Stream"' in ln
-            and 'code="PERMISSION_DENIED"' in ln
-        ),
-        None,
+    refused = await asyncio.to_thread(permission_refusals, secure_cluster, "/rangekv.v1.KV/Stream")
+    assert refused >= 4, refused
+
+
+def permission_refusals(cluster: SecureCluster, method: str) -> float:
+    """The gateway's rangekv_auth_refusals_total{method, code=PERMISSION_DENIED}."""
+    text = fetch_metrics(cluster.gateway.metrics)
+    return metric_value(
+        text, "rangekv_auth_refusals_total", method=method, code="PERMISSION_DENIED"
     )
-    assert line is not None and float(line.rsplit(" ", 1)[1]) >= 4, metrics.decode()[-2000:]
 
 
 async def _leader_address(opener: ChannelOpener, cluster: SecureCluster) -> str:
