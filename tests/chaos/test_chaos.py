@@ -64,7 +64,7 @@ def report_dir(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
 
 @pytest.mark.timeout(int(DURATION) + 420)
 @pytest.mark.parametrize("sync_mode", ["sync", "nosync"])
-async def test_chaos(sync_mode: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_chaos(sync_mode: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     seed = int(os.environ.get("RANGEKV_CHAOS_SEED", SEEDS[sync_mode]))
     cfg = ChaosConfig(
         seed=seed,
@@ -72,7 +72,7 @@ async def test_chaos(sync_mode: str, tmp_path: Path, request: pytest.FixtureRequ
         sync_mode=sync_mode,
         report_dir=report_dir(tmp_path, request),
     )
-    result = await run_chaos(cfg)
+    result = run_chaos(cfg)
     summary = (result.report_dir / "summary.txt").read_text()
     print(summary)
     assert result.ok is True, summary
@@ -168,7 +168,7 @@ def mutation_config(seed: int, mutation: str, base: Path) -> ChaosConfig:
 
 
 @pytest.mark.timeout(300)
-async def test_fixed_schedules_pass_without_mutation(
+def test_fixed_schedules_pass_without_mutation(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """The control: the mutation tests' schedules against the correct build pass, so
@@ -181,7 +181,7 @@ async def test_fixed_schedules_pass_without_mutation(
         await isolate_schedule(nemesis)
         await stale_snapshot_schedule(nemesis)
 
-    result = await run_chaos(mutation_config(9, "", report_dir(tmp_path, request)), all_four)
+    result = run_chaos(mutation_config(9, "", report_dir(tmp_path, request)), all_four)
     summary = (result.report_dir / "summary.txt").read_text()
     print(summary)
     assert result.ok is True, summary
@@ -203,7 +203,7 @@ async def test_fixed_schedules_pass_without_mutation(
 
 
 @pytest.mark.timeout(300)
-async def test_harness_catches_lease_without_check(
+def test_harness_catches_lease_without_check(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """A leader that serves reads without checking its lease: cut from its raft peers
@@ -213,7 +213,7 @@ async def test_harness_catches_lease_without_check(
     without them: the pause alone races the new leader's messages)."""
 
     cfg = mutation_config(7, "lease_without_check", report_dir(tmp_path, request))
-    result = await run_chaos(cfg, partition_pause_schedule)
+    result = run_chaos(cfg, partition_pause_schedule)
     summary = (result.report_dir / "summary.txt").read_text()
     print(summary)
     require_partitions(result)
@@ -223,22 +223,20 @@ async def test_harness_catches_lease_without_check(
 
 
 @pytest.mark.timeout(300)
-async def test_harness_catches_ack_before_quorum(
-    tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
+def test_harness_catches_ack_before_quorum(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """A leader that acknowledges writes before a quorum holds them: cut off from
     every follower, it acks a write and is killed; the followers elect a leader
     without it, and the acknowledged write is gone. The checker must fail."""
 
     cfg = mutation_config(8, "ack_before_quorum", report_dir(tmp_path, request))
-    result = await run_chaos(cfg, isolate_schedule)
+    result = run_chaos(cfg, isolate_schedule)
     summary = (result.report_dir / "summary.txt").read_text()
     print(summary)
     assert result.ok is False, f"the harness missed a lost acknowledged write:\n{summary}"
 
 
 @pytest.mark.timeout(300)
-async def test_harness_catches_stale_snapshot_ingest(
+def test_harness_catches_stale_snapshot_ingest(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """A replica that ingests every snapshot, even one older than what it applied:
@@ -246,7 +244,7 @@ async def test_harness_catches_stale_snapshot_ingest(
     caught up by the new one, and the follower, once leaseholder, answers reads
     with overwritten values. The checker must fail."""
     cfg = mutation_config(10, "stale_snapshot_ingest", report_dir(tmp_path, request))
-    result = await run_chaos(cfg, stale_snapshot_schedule)
+    result = run_chaos(cfg, stale_snapshot_schedule)
     summary = (result.report_dir / "summary.txt").read_text()
     print(summary)
     assert result.ok is False, f"the harness missed a stale snapshot:\n{summary}"
