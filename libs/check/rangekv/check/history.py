@@ -19,23 +19,21 @@ an ambiguous reply as ``FAIL`` would make the checker report false
 anomalies; treating it as ``OK`` is impossible because there is no reply to
 check.  Hence three outcomes, and ``complete = math.inf`` for ``UNKNOWN``.
 
-This module also holds :func:`generate_register_history`, a seeded
-generator of histories that are linearizable by construction.  It exists
-so the checker's own tests and benchmark exercise realistic, large inputs
-without a running cluster.
+A ``SCAN`` is the one operation that spans keys: it observed every key of
+its span at one instant, and the checker holds it to exactly that (see
+:class:`Operation`).  Seeded generators of histories that are linearizable
+by construction live in :mod:`rangekv.check.generate`.
 """
 
 from __future__ import annotations
 
 import enum
-import heapq
 import json
 import math
-import random
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +43,8 @@ __all__ = [
     "OpKind",
     "Operation",
     "Outcome",
+    "Row",
     "from_json",
-    "generate_register_history",
     "load_history",
     "save_history",
     "to_json",
@@ -54,12 +52,17 @@ __all__ = [
 
 
 class OpKind(enum.Enum):
-    """What a client asked the store to do with one key."""
+    """What a client asked the store to do: one key, or (``SCAN``) a span of keys."""
 
     GET = "GET"
     PUT = "PUT"
     DELETE = "DELETE"
     CAS = "CAS"
+    SCAN = "SCAN"
+
+
+Row = tuple[bytes, bytes]
+"""One live key and its value, as a scan returned it."""
 
 
 class Outcome(enum.Enum):
@@ -75,7 +78,7 @@ class Outcome(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Operation:
-    """One client operation on one key, with its real-time interval.
+    """One client operation on one key (or a span of keys), with its real-time interval.
 
     Field meanings by kind (``None`` always stands for "key absent" except
     where noted):
@@ -89,6 +92,19 @@ class Operation:
       CAS, ``succeeded`` says whether it swapped; a CAS that did not swap
       may report the value it saw in ``read``.  Because ``None`` there means
       "not reported", an unswapped CAS cannot report "absent".
+    * ``SCAN``: ``key`` is the first key of the span (inclusive) and ``end``
+      its exclusive end; ``end=None`` means unbounded (to the end of the
+      keyspace -- what the wire's empty ``end_key`` means), otherwise ``end``
+      must be greater than ``key``.  ``rows`` (OK only) are the live
+      key/value pairs the scan returned, in strictly increasing key order,
+      every key inside the span.  An OK scan asserts that at ONE instant
+      inside ``[invoke, complete]`` every key of the span listed in ``rows``
+      held that value and every other key of the span was absent.  A scan
+      that FAILED or is UNKNOWN constrains nothing.  A scan cut short by a
+      limit (it returned ``limit`` rows) saw nothing after its last row, so
+      its caller records ``end = last returned key + b"\\x00"`` (the
+      smallest key after it); a limited scan that returned fewer rows than
+      the limit saw its whole span and keeps the requested ``end``.
     """
 
     client: int
@@ -101,10 +117,23 @@ class Operation:
     expected: bytes | None = None
     read: bytes | None = None
     succeeded: bool = True
+    end: bytes | None = None
+    rows: tuple[Row, ...] = ()
+
+    def covers(self, key: bytes) -> bool:
+        """Whether this operation touches ``key``: a SCAN every key of its
+        span ``[self.key, self.end)``, any other operation its one key."""
+        if self.kind is not OpKind.SCAN:
+            return key == self.key
+        return self.key <= key and (self.end is None or key < self.end)
 
     def describe(self) -> str:
         """A one-line human-readable rendering used in checker explanations."""
         parts = [f"client {self.client} {self.kind.value}"]
+        if self.kind is OpKind.SCAN:
+            parts.append(f"[{_show_key(self.key)}, {_show_end(self.end)})")
+        else:
+            parts.append(_show_key(self.key))
         if self.kind is OpKind.PUT:
             parts.append(f"{_show(self.value)}")
         elif self.kind is OpKind.CAS:
@@ -114,6 +143,8 @@ class Operation:
         if self.outcome is Outcome.OK:
             if self.kind is OpKind.GET:
                 parts.append(f"read={_show(self.read)}")
+            elif self.kind is OpKind.SCAN:
+                parts.append(f"rows={_show_rows(self.rows)}")
             elif self.kind in (OpKind.CAS, OpKind.DELETE):
                 parts.append(f"succeeded={self.succeeded}")
                 if self.kind is OpKind.CAS and not self.succeeded and self.read is not None:
@@ -127,6 +158,23 @@ def _show(value: bytes | None) -> str:
         return "<absent>"
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _show_key(key: bytes) -> str:
+    text = repr(key)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _show_end(end: bytes | None) -> str:
+    return "<end of keyspace>" if end is None else _show_key(end)
+
+
+def _show_rows(rows: Sequence[Row], show: int = 6) -> str:
+    """``{k: v, ...}``, at most ``show`` rows, then how many more there are."""
+    items = [f"{_show_key(k)}: {_show(v)}" for k, v in rows[:show]]
+    if len(rows) > show:
+        items.append(f"... {len(rows) - show} more")
+    return "{" + ", ".join(items) + "}"
 
 
 # --------------------------------------------------------------------------
@@ -149,6 +197,7 @@ class _Pending:
     invoke: float
     value: bytes | None
     expected: bytes | None
+    end: bytes | None
 
 
 class HistoryRecorder:
@@ -163,6 +212,12 @@ class HistoryRecorder:
 
     All methods are short and non-blocking apart from the lock, so calling
     them from an event loop is fine.
+
+    A scan is recorded like any other operation:
+    ``invoke(client, OpKind.SCAN, start, end=end)`` (``end=None``:
+    unbounded), then ``ok(handle, rows=..., truncated=...)`` with the rows
+    it returned; ``truncated=True`` says it stopped at its limit, and the
+    recorded span then ends just after its last row (see :class:`Operation`).
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -180,20 +235,36 @@ class HistoryRecorder:
         *,
         value: bytes | None = None,
         expected: bytes | None = None,
+        end: bytes | None = None,
     ) -> OpHandle:
-        """Record that ``client`` is about to send an operation; returns its handle."""
+        """Record that ``client`` is about to send an operation; returns its handle.
+
+        ``end`` is a SCAN's exclusive end (``None``: unbounded).
+        """
         now = self._clock()
         with self._lock:
             handle = OpHandle(self._next)
             self._next += 1
-            self._pending[handle.index] = _Pending(client, kind, key, now, value, expected)
+            self._pending[handle.index] = _Pending(client, kind, key, now, value, expected, end)
         return handle
 
     def ok(
-        self, handle: OpHandle, *, read: bytes | None = None, succeeded: bool = True
+        self,
+        handle: OpHandle,
+        *,
+        read: bytes | None = None,
+        succeeded: bool = True,
+        rows: Iterable[Row] = (),
+        truncated: bool = False,
     ) -> Operation:
-        """Record a reply; ``read``/``succeeded`` carry its contents."""
-        return self._complete(handle, Outcome.OK, read=read, succeeded=succeeded)
+        """Record a reply; ``read``/``succeeded``/``rows`` carry its contents.
+
+        ``truncated``: a SCAN returned as many rows as its limit allowed, so it
+        saw nothing past its last row.
+        """
+        return self._complete(
+            handle, Outcome.OK, read=read, succeeded=succeeded, rows=rows, truncated=truncated
+        )
 
     def fail(self, handle: OpHandle) -> Operation:
         """Record that the operation definitely did not take effect."""
@@ -210,7 +281,10 @@ class HistoryRecorder:
         *,
         read: bytes | None = None,
         succeeded: bool = True,
+        rows: Iterable[Row] = (),
+        truncated: bool = False,
     ) -> Operation:
+        got_rows = tuple((bytes(k), bytes(v)) for k, v in rows)
         with self._lock:
             pending = self._pending.pop(handle.index, None)
             if pending is None:
@@ -228,6 +302,8 @@ class HistoryRecorder:
                 expected=pending.expected,
                 read=read if outcome is Outcome.OK else None,
                 succeeded=succeeded if outcome is Outcome.OK else True,
+                end=got_rows[-1][0] + b"\x00" if truncated and got_rows else pending.end,
+                rows=got_rows if outcome is Outcome.OK else (),
             )
             self._done[handle.index] = op
             return op
@@ -250,6 +326,7 @@ class HistoryRecorder:
                     outcome=Outcome.UNKNOWN,
                     value=p.value,
                     expected=p.expected,
+                    end=p.end,
                 )
                 items.append((index, op))
         items.sort(key=lambda item: item[0])
@@ -265,7 +342,10 @@ class HistoryRecorder:
 # --------------------------------------------------------------------------
 
 _FORMAT = "rangekv-history"
-_VERSION = 1
+_VERSION = 2
+"""Version 2 added scans (``end`` and ``rows``, written for SCAN records
+only); version 1 documents are still read (they hold no scans)."""
+_READABLE = (1, 2)
 
 
 def _hex(value: bytes | None) -> str | None:
@@ -280,6 +360,22 @@ def _unhex(value: Any) -> bytes | None:
     return bytes.fromhex(value)
 
 
+def _unhex_rows(value: Any) -> tuple[Row, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of [key, value] rows, got {value!r}")
+    rows: list[Row] = []
+    for item in value:
+        if not (isinstance(item, list) and len(item) == 2):
+            raise ValueError(f"expected a [key, value] row, got {item!r}")
+        k, v = _unhex(item[0]), _unhex(item[1])
+        if k is None or v is None:
+            raise ValueError(f"a row needs a key and a value, got {item!r}")
+        rows.append((k, v))
+    return tuple(rows)
+
+
 def to_json(ops: Iterable[Operation], *, indent: int | None = None) -> str:
     """Serialise a history; bytes become hex and an infinite completion ``null``.
 
@@ -288,30 +384,32 @@ def to_json(ops: Iterable[Operation], *, indent: int | None = None) -> str:
     """
     records = []
     for op in ops:
-        records.append(
-            {
-                "client": op.client,
-                "kind": op.kind.value,
-                "key": op.key.hex(),
-                "invoke": op.invoke,
-                "complete": None if math.isinf(op.complete) else op.complete,
-                "outcome": op.outcome.value,
-                "value": _hex(op.value),
-                "expected": _hex(op.expected),
-                "read": _hex(op.read),
-                "succeeded": op.succeeded,
-            }
-        )
+        record: dict[str, Any] = {
+            "client": op.client,
+            "kind": op.kind.value,
+            "key": op.key.hex(),
+            "invoke": op.invoke,
+            "complete": None if math.isinf(op.complete) else op.complete,
+            "outcome": op.outcome.value,
+            "value": _hex(op.value),
+            "expected": _hex(op.expected),
+            "read": _hex(op.read),
+            "succeeded": op.succeeded,
+        }
+        if op.kind is OpKind.SCAN:
+            record["end"] = _hex(op.end)
+            record["rows"] = [[k.hex(), v.hex()] for k, v in op.rows]
+        records.append(record)
     doc = {"format": _FORMAT, "version": _VERSION, "operations": records}
     return json.dumps(doc, indent=indent, allow_nan=False)
 
 
 def from_json(text: str) -> list[Operation]:
-    """Parse a history written by :func:`to_json`."""
+    """Parse a history written by :func:`to_json` (this version or an older one)."""
     doc = json.loads(text)
     if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
         raise ValueError("not a rangekv history document")
-    if doc.get("version") != _VERSION:
+    if doc.get("version") not in _READABLE:
         raise ValueError(f"unsupported history version {doc.get('version')!r}")
     ops: list[Operation] = []
     for rec in doc["operations"]:
@@ -331,6 +429,8 @@ def from_json(text: str) -> list[Operation]:
                 expected=_unhex(rec.get("expected")),
                 read=_unhex(rec.get("read")),
                 succeeded=bool(rec.get("succeeded", True)),
+                end=_unhex(rec.get("end")),
+                rows=_unhex_rows(rec.get("rows")),
             )
         )
     return ops
@@ -344,103 +444,3 @@ def save_history(path: str | Path, ops: Iterable[Operation]) -> None:
 def load_history(path: str | Path) -> list[Operation]:
     """Read a history written by :func:`save_history`."""
     return from_json(Path(path).read_text(encoding="utf-8"))
-
-
-# --------------------------------------------------------------------------
-# Synthetic histories
-# --------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Planned:
-    op: Operation
-    point: float  # linearization point (or when it would have been)
-    effective: bool  # whether it actually takes effect
-
-
-def generate_register_history(
-    *,
-    seed: int,
-    n_ops: int,
-    clients: int = 16,
-    keys: int = 1,
-    unknown_rate: float = 0.005,
-    fail_rate: float = 0.005,
-    mix: tuple[float, float, float, float] = (0.4, 0.3, 0.2, 0.1),
-) -> list[Operation]:
-    """A linearizable history produced by a simulated atomic register store.
-
-    Each client issues operations one after another.  Every operation gets
-    a random interval and a linearization point inside it; the operations
-    are then executed against a plain dict in linearization-point order,
-    which is by definition a valid linearization, and the results are
-    written back.  ``UNKNOWN`` operations take effect with probability 1/2
-    and their clients move on after a timeout; ``FAIL`` operations never
-    take effect.  ``mix`` is the (get, put, cas, delete) proportion.
-    Values are unique per write, so reads pin the order down, which is the
-    hard case for a checker.
-    """
-    rng = random.Random(seed)
-    key_names = [b"k%d" % i for i in range(keys)]
-    recent: dict[bytes, list[bytes]] = {k: [] for k in key_names}
-    kinds = [OpKind.GET, OpKind.PUT, OpKind.CAS, OpKind.DELETE]
-    plans: list[_Planned] = []
-    ready = [(rng.uniform(0.0, 1.0), c) for c in range(clients)]
-    heapq.heapify(ready)
-    written = 0
-    for _ in range(n_ops):
-        start, client = heapq.heappop(ready)
-        key = rng.choice(key_names)
-        kind = rng.choices(kinds, weights=mix)[0]
-        value: bytes | None = None
-        expected: bytes | None = None
-        if kind in (OpKind.PUT, OpKind.CAS):
-            written += 1
-            value = b"v%d" % written
-        if kind is OpKind.CAS:
-            pool = recent[key]
-            expected = rng.choice(pool) if pool and rng.random() < 0.9 else None
-        if value is not None:
-            recent[key] = (recent[key] + [value])[-4:]
-        point = start + rng.uniform(0.0, 1.0)
-        complete = point + rng.uniform(0.0, 1.0)
-        roll = rng.random()
-        if roll < unknown_rate:
-            outcome, effective, complete = Outcome.UNKNOWN, rng.random() < 0.5, math.inf
-            next_start = point + 3.0  # the client times out and moves on
-        elif roll < unknown_rate + fail_rate:
-            outcome, effective = Outcome.FAIL, False
-            next_start = complete
-        else:
-            outcome, effective = Outcome.OK, True
-            next_start = complete
-        heapq.heappush(ready, (next_start + rng.uniform(0.0, 0.2), client))
-        op = Operation(client, kind, key, start, complete, outcome, value, expected)
-        plans.append(_Planned(op, point, effective))
-
-    store: dict[bytes, bytes] = {}
-    result: list[Operation] = []
-    for plan in sorted(plans, key=lambda p: p.point):
-        op = plan.op
-        current = store.get(op.key)
-        if plan.effective:
-            if op.kind is OpKind.GET:
-                op = replace(op, read=current)
-            elif op.kind is OpKind.PUT:
-                assert op.value is not None
-                store[op.key] = op.value
-            elif op.kind is OpKind.DELETE:
-                op = replace(op, succeeded=store.pop(op.key, None) is not None)
-            else:
-                swapped = current == op.expected
-                if swapped:
-                    if op.value is None:
-                        store.pop(op.key, None)
-                    else:
-                        store[op.key] = op.value
-                op = replace(op, succeeded=swapped, read=None if swapped else current)
-            if op.outcome is not Outcome.OK:
-                op = replace(op, read=None, succeeded=True)
-        result.append(op)
-    result.sort(key=lambda o: (o.invoke, o.client))
-    return result

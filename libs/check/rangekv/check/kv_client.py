@@ -4,7 +4,8 @@ The integration tests and the chaos harness drive real gateways and check
 what they saw with `check_history`. What a client may claim about an
 operation that failed is subtle, and must be the same everywhere:
 
-* a failed read has no effect: FAIL;
+* a failed read (GET or SCAN, even one that streamed some rows first) has
+  no effect: FAIL;
 * a failed write is FAIL only when the gateway says nothing was written -
   INVALID_ARGUMENT or RESOURCE_EXHAUSTED (input refused), or UNAVAILABLE /
   DEADLINE_EXCEEDED carrying WRITE_OUTCOME_NOT_APPLIED. Anything else (our own
@@ -24,7 +25,7 @@ _INPUT_REFUSED = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXH
 
 def failed_outcome(kind: OpKind, err: grpc.aio.AioRpcError) -> Outcome:
     """What a client can know of an operation the gateway answered with `err`."""
-    if kind is OpKind.GET or err.code() in _INPUT_REFUSED:
+    if kind in (OpKind.GET, OpKind.SCAN) or err.code() in _INPUT_REFUSED:
         return Outcome.FAIL
     exc = E.from_rpc_error(err, is_write=True)
     applied = exc.outcome if isinstance(exc, E.Unavailable | E.DeadlineExceeded) else None
@@ -70,4 +71,33 @@ async def recorded_op(
         return rec.unknown(handle), err
 
 
-__all__ = ["failed_outcome", "recorded_op"]
+async def recorded_scan(
+    cid: int,
+    kv: kv_pb2_grpc.KVStub,
+    rec: HistoryRecorder,
+    start: bytes,
+    end: bytes | None = None,
+    limit: int = 0,
+    *,
+    timeout: float,
+) -> tuple[Operation, grpc.aio.AioRpcError | None]:
+    """Scan ``[start, end)`` through a gateway and record it; returns it and its error.
+
+    ``end=None`` is unbounded (sent as the wire's empty ``end_key``);
+    ``limit=0`` means no limit.  A scan that returned ``limit`` rows is
+    recorded as cut short (its span ends just after its last row), so it
+    claims nothing about the keys it did not reach.  The rows of every
+    streamed response are one scan: one read timestamp, one instant.
+    """
+    handle = rec.invoke(cid, OpKind.SCAN, start, end=end)
+    rows: list[tuple[bytes, bytes]] = []
+    try:
+        request = kv_pb2.ScanRequest(start_key=start, end_key=end or b"", limit=limit)
+        async for resp in kv.Scan(request, timeout=timeout):
+            rows.extend((item.key, item.value) for item in resp.kvs)
+    except grpc.aio.AioRpcError as err:
+        return rec.fail(handle), err
+    return rec.ok(handle, rows=rows, truncated=0 < limit <= len(rows)), None
+
+
+__all__ = ["failed_outcome", "recorded_op", "recorded_scan"]

@@ -8,8 +8,15 @@ returned?  A store promising strong consistency must pass this for every
 history; the simulator and the chaos harness produce them, this judges.
 
 *P-compositionality.*  Linearizability is local: a history is linearizable
-iff its restriction to each object is.  Every operation touches one key, so
-each key is checked alone, as a register whose state is absent or a value.
+iff its restriction to each object is.  A single-key operation touches one
+key, so each key is checked alone, as a register whose state is absent or a
+value.  A SCAN reads every key of its span at one instant, so keys that
+scans tie together form one object, checked jointly
+(:mod:`rangekv.check.partition`, :mod:`rangekv.check.component_search`)
+after each of its keys passed alone with every scan counting as a read of
+it (a cheap necessary condition that refutes most bad scans quickly).
+This module is the register search; everything below describes it, and
+the joint search re-derives each rule for several keys.
 
 *Search.*  Per key, a depth-first search in the style of Wing & Gong with
 Lowe's improvement (the scheme porcupine also uses).  Invocations and
@@ -70,12 +77,12 @@ hinges on an exact tie would more often be a false alarm than a bug.
 
 from __future__ import annotations
 
-import itertools
-import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from rangekv.check.component_explain import explain_component
+from rangekv.check.component_search import ComponentSearch
 from rangekv.check.history import Operation, Outcome
 from rangekv.check.model import (
     ABSENT,
@@ -89,10 +96,10 @@ from rangekv.check.model import (
     KeyModel,
     step,
 )
+from rangekv.check.partition import Component, partition
+from rangekv.check.wgl import CHECK_CLOCK_EVERY, Failure, SearchTimeout, build_lists, explain
 
 __all__ = ["CheckResult", "check_history"]
-
-_CHECK_CLOCK_EVERY = 1024
 
 # Search modes and the ways an operation can have been placed.
 _M_READS, _M_WRITES, _M_UNKNOWN, _M_BACKTRACK = range(4)
@@ -105,8 +112,11 @@ class CheckResult:
 
     ``ok`` is ``True`` (linearizable), ``False`` (not) or ``None`` (the
     timeout expired before a verdict; nothing can be concluded).
-    ``failed_key`` names the first key found non-linearizable, and
-    ``explanation`` says what went wrong there in terms a human can chase.
+    ``failed_keys`` are the keys of the first component found
+    non-linearizable -- one key, or the keys scans tie together -- and
+    ``failed_key`` the smallest of them; ``explanation`` says what went
+    wrong there in terms a human can chase.  ``keys_checked`` counts the
+    keys of the components that passed (and of the failing one).
     """
 
     ok: bool | None
@@ -114,78 +124,35 @@ class CheckResult:
     failed_key: bytes | None
     explanation: str
     elapsed: float
-
-
-class _Timeout(Exception):
-    pass
-
-
-@dataclass(slots=True)
-class _Failure:
-    placed: list[Operation]
-    state: str
-    stuck: Operation
-    candidates: list[tuple[Operation, str]]
-    total: int
+    failed_keys: tuple[bytes, ...] = ()
 
 
 class _KeySearch(KeyModel):
     """The search for one key, over its compiled model.  Built once, run once."""
 
-    def __init__(self, ops: Sequence[Operation]) -> None:
-        super().__init__(ops)
+    def __init__(self, ops: Sequence[Operation], key: bytes | None = None) -> None:
+        super().__init__(ops, key)
         self._build_lists()
         self.deepest: tuple[list[tuple[int, int, int, int, int, int]], int, int] | None = None
 
     def _build_lists(self) -> None:
-        m, k = len(self.ok_ops), len(self.unk_ops)
         for o in self.ok_ops:
             if not o.complete >= o.invoke:
                 raise ValueError(f"operation completes before it is invoked: {o.describe()}")
-        # Events sort by time, calls before completions at equal times (the
-        # tie rule), then by op index so the order is deterministic.
-        events: list[tuple[float, int, int, int]] = []
-        for i, o in enumerate(self.ok_ops):
-            events.append((o.invoke, 0, 0, i))
-            events.append((o.complete, 1, 0, i))
-        for u, o in enumerate(self.unk_ops):
-            events.append((o.invoke, 0, 1, u))
-        events.sort()
-        # Main list: nodes 1..2m, head 0, tail 2m+1.  Unknown list: 1..k.
-        self.head, self.tail = 0, 2 * m + 1
-        self.node_op = [-1] * (2 * m + 2)
-        self.node_call = [False] * (2 * m + 2)
-        self.rank = [0] * (2 * m + 2)
-        self.rank[self.tail] = len(events)
-        self.match = [0] * (2 * m + 2)
-        self.unk_rank = [0] * (k + 2)
-        call_node = self.call_node = [0] * m
-        order = [self.head]
-        next_node = 1
-        for pos, (_, is_return, is_unknown, idx) in enumerate(events):
-            if is_unknown:
-                self.unk_rank[idx + 1] = pos
-                continue
-            node = next_node
-            next_node += 1
-            order.append(node)
-            self.node_op[node] = idx
-            self.rank[node] = pos
-            if is_return:
-                self.match[call_node[idx]] = node
-                self.match[node] = call_node[idx]
-            else:
-                self.node_call[node] = True
-                call_node[idx] = node
-        order.append(self.tail)
-        self.nxt = [0] * (2 * m + 2)
-        self.prv = [0] * (2 * m + 2)
-        for a, b in itertools.pairwise(order):
-            self.nxt[a] = b
-            self.prv[b] = a
+        lists = build_lists(
+            [o.invoke for o in self.ok_ops],
+            [o.complete for o in self.ok_ops],
+            [o.invoke for o in self.unk_ops],
+        )
+        self.head, self.tail = lists.head, lists.tail
+        self.nxt, self.prv = lists.nxt, lists.prv
+        self.node_op, self.node_call = lists.node_op, lists.node_call
+        self.match, self.rank, self.call_node = lists.match, lists.rank, lists.call_node
+        # Unknown list: nodes 1..k in invocation order, head 0, tail k+1.
+        k = len(self.unk_ops)
+        self.unk_rank = [0, *lists.unk_rank, lists.rank[lists.tail]]
         self.unxt = [*range(1, k + 2), k + 1]
         self.uprv = [0, *range(0, k + 1)]
-        self.unk_rank[k + 1] = len(events)
 
     # -- search ---------------------------------------------------------
 
@@ -240,8 +207,8 @@ class _KeySearch(KeyModel):
         left = 0
         while True:
             steps += 1
-            if deadline is not None and steps % _CHECK_CLOCK_EVERY == 0 and clock() > deadline:
-                raise _Timeout
+            if deadline is not None and steps % CHECK_CLOCK_EVERY == 0 and clock() > deadline:
+                raise SearchTimeout
 
             if mode == _M_READS:
                 # Partial-order reduction: an operation that leaves the state
@@ -417,7 +384,7 @@ class _KeySearch(KeyModel):
             mode = _M_READS
             node = nxt[head]
 
-    def failure(self) -> _Failure:
+    def failure(self) -> Failure:
         """Describe the deepest dead end the last :meth:`run` reached."""
         assert self.deepest is not None, "run() found no dead end"
         stack, state, stuck = self.deepest
@@ -454,7 +421,7 @@ class _KeySearch(KeyModel):
             if u not in placed_unk and self.unk_rank[u + 1] < limit
         ]
         candidates.sort(key=lambda c: c[0].invoke)
-        return _Failure(
+        return Failure(
             placed=[
                 self.unk_ops[n - 1] if how == _UNKNOWN else self.ok_ops[self.node_op[n]]
                 for n, how, *_ in stack
@@ -466,70 +433,45 @@ class _KeySearch(KeyModel):
         )
 
 
-def _explain(key: bytes, f: _Failure, show: int = 12) -> str:
-    lines = [
-        f"key {key!r} is not linearizable.",
-        f"The longest partial linearization found places {len(f.placed)} operation(s) "
-        f"(the history has {f.total} OK ones); it ends with:",
-    ]
-    tail = f.placed[-show:]
-    if len(f.placed) > len(tail):
-        lines.append(f"  ... {len(f.placed) - len(tail)} earlier operation(s)")
-    lines += [f"  {o.describe()}" for o in tail] or ["  (nothing)"]
-    lines.append(f"leaving the key as {f.state}.")
-    lines.append("From there this operation must be linearized before it completes, but cannot be:")
-    lines.append(f"  {f.stuck.describe()}")
-    lines.append("because no operation that could go next leads anywhere:")
-    lines += [f"  {o.describe()}: {reason}" for o, reason in f.candidates[:show]]
-    if len(f.candidates) > show:
-        lines.append(f"  ... and {len(f.candidates) - show} more")
-    return "\n".join(lines)
-
-
 def check_history(
     ops: Iterable[Operation],
     *,
     timeout: float | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> CheckResult:
-    """Decide whether ``ops`` is linearizable for a register-per-key store.
+    """Decide whether ``ops`` is linearizable for a key-value store.
 
-    Keys are checked independently, in sorted order; the first
-    non-linearizable key stops the check.  ``timeout`` (seconds, measured
-    with ``clock``) bounds the whole check; on expiry ``ok`` is ``None``
-    unless a violation was already found.  Raises ``ValueError`` for
-    malformed operations (an OK/FAIL operation completing before it was
-    invoked, a PUT without a value).
+    Keys are checked independently -- one register per key -- except keys
+    that scans tie together, which are checked jointly (see
+    :mod:`rangekv.check.partition`); components go in order of their
+    smallest key, and the first non-linearizable one stops the check.
+    ``timeout`` (seconds, measured with ``clock``) bounds the whole check;
+    on expiry ``ok`` is ``None`` unless a violation was already found.
+    Raises ``ValueError`` for malformed operations (an OK/FAIL operation
+    completing before it was invoked, a PUT without a value, a scan with
+    an empty span or rows out of order or outside its span).
     """
     start = clock()
     deadline = None if timeout is None else start + timeout
-    by_key: dict[bytes, list[Operation]] = {}
-    for op in ops:
-        if op.outcome is Outcome.FAIL:
-            if not op.complete >= op.invoke:
-                raise ValueError(f"operation completes before it is invoked: {op.describe()}")
-            continue
-        if math.isnan(op.invoke):
-            raise ValueError(f"operation without an invocation time: {op.describe()}")
-        by_key.setdefault(op.key, []).append(op)
-
     checked = 0
-    for key in sorted(by_key):
-        search = _KeySearch(by_key[key])
+    for component in partition(ops):
+        keys = component.keys
         if deadline is not None and clock() > deadline:
-            return _timed_out(key, checked, start, clock)
+            return _timed_out(keys, checked, start, clock)
         try:
-            verdict = search.run(deadline, clock)
-        except _Timeout:
-            return _timed_out(key, checked, start, clock)
-        checked += 1
-        if not verdict:
+            failure = _judge(component, deadline, clock)
+        except SearchTimeout:
+            return _timed_out(keys, checked, start, clock)
+        checked += len(keys)
+        if failure is not None:
+            failed_keys, explanation = failure
             return CheckResult(
                 ok=False,
                 keys_checked=checked,
-                failed_key=key,
-                explanation=_explain(key, search.failure()),
+                failed_key=failed_keys[0],
+                explanation=explanation,
                 elapsed=clock() - start,
+                failed_keys=failed_keys,
             )
     return CheckResult(
         ok=True,
@@ -540,12 +482,55 @@ def check_history(
     )
 
 
-def _timed_out(key: bytes, checked: int, start: float, clock: Callable[[], float]) -> CheckResult:
+def _judge(
+    component: Component, deadline: float | None, clock: Callable[[], float]
+) -> tuple[tuple[bytes, ...], str] | None:
+    """None if the component is linearizable, else the keys at fault and why.
+
+    Keys tied by scans are first checked one by one, each scan counting as a
+    read of every key it covers: necessary, and cheap, and it refutes a
+    scan that saw a stale or impossible value of some key in a fraction of
+    the time the joint search needs to exhaust every alternative.  Raises
+    :class:`SearchTimeout` past ``deadline``.
+    """
+    keys = component.keys
+    for key in keys:
+        own = [o for o in component.ops if o.covers(key)] if component.joint else component.ops
+        search = _KeySearch(own, key)
+        if not search.run(deadline, clock):
+            headline = f"key {key!r} is not linearizable."
+            if component.joint:
+                headline += " (Scans that cover it count as reads of it.)"
+            return (key,), explain(headline, "the key", search.failure())
+    if not component.joint:
+        return None
+    joint = ComponentSearch(keys, component.ops)
+    began = clock()
+    if joint.run(deadline, clock):
+        return None
+    # Finding the culprit reruns the search on shorter histories; it may
+    # take a few times what the refutation took, and never the caller's time.
+    budget = clock() + 3 * (clock() - began) + 1.0
+    budget = budget if deadline is None else min(budget, deadline)
+    headline = f"keys {_show_keys(keys)} (read together by scans) are not linearizable."
+    return keys, explain_component(keys, component.ops, joint, headline, budget, clock)
+
+
+def _show_keys(keys: Sequence[bytes], show: int = 8) -> str:
+    shown = [repr(k) for k in keys[:show]]
+    if len(keys) > show:
+        shown.append(f"... {len(keys) - show} more")
+    return "[" + ", ".join(shown) + "]"
+
+
+def _timed_out(
+    keys: Sequence[bytes], checked: int, start: float, clock: Callable[[], float]
+) -> CheckResult:
+    what = f"key {keys[0]!r}" if len(keys) == 1 else f"keys {_show_keys(keys)}"
     return CheckResult(
         ok=None,
         keys_checked=checked,
         failed_key=None,
-        explanation=f"timed out while checking key {key!r} after {checked} key(s) passed; "
-        "no verdict",
+        explanation=f"timed out while checking {what} after {checked} key(s) passed; no verdict",
         elapsed=clock() - start,
     )

@@ -12,7 +12,9 @@ operations of one key into parallel lists of ints once, up front:
   search recognise more configurations as equal;
 * every operation becomes a transition ``(code, a, b)`` (see the ``T_*``
   constants) -- the outcome is folded in, so an OK GET that read ``v`` and
-  an unknown CAS are both one code with two int arguments;
+  an unknown CAS are both one code with two int arguments.  An OK SCAN
+  that covers this key is, for this key alone, a GET of it (its row for the
+  key, or absent), so it is compiled as one;
 * for the dead-value pruning, each OK operation records the state it
   *consumes* (must find) and each operation the state it *produces*.
 
@@ -44,15 +46,21 @@ class KeyModel:
     """The operations of one key, compiled.
 
     ``ok_ops`` (OK outcomes) and ``unk_ops`` (UNKNOWN outcomes that could
-    change the state; unknown GETs are dropped because they can neither
-    constrain nor affect anything) are sorted by invocation; every other
-    list is indexed in parallel with one of them.  FAIL operations must
-    already have been removed.
+    change the state; unknown GETs and SCANs are dropped because they can
+    neither constrain nor affect anything) are sorted by invocation; every
+    other list is indexed in parallel with one of them.  FAIL operations
+    must already have been removed.  ``key`` is the key checked; an OK SCAN
+    given here reads it (its row for ``key``, or absent).
     """
 
-    def __init__(self, ops: Sequence[Operation]) -> None:
+    def __init__(self, ops: Sequence[Operation], key: bytes | None = None) -> None:
+        self.key = key
         ok_ops = [o for o in ops if o.outcome is Outcome.OK]
-        unk_ops = [o for o in ops if o.outcome is Outcome.UNKNOWN and o.kind is not OpKind.GET]
+        unk_ops = [
+            o
+            for o in ops
+            if o.outcome is Outcome.UNKNOWN and o.kind not in (OpKind.GET, OpKind.SCAN)
+        ]
         self.ok_ops = sorted(ok_ops, key=lambda o: o.invoke)
         self.unk_ops = sorted(unk_ops, key=lambda o: o.invoke)
         self._intern()
@@ -62,6 +70,10 @@ class KeyModel:
         for o in self.ok_ops:
             if o.kind is OpKind.GET and o.read is not None:
                 observed.add(o.read)
+            if o.kind is OpKind.SCAN:
+                seen = self._scan_read(o)
+                if seen is not None:
+                    observed.add(seen)
             if o.kind is OpKind.CAS:
                 if o.expected is not None:
                     observed.add(o.expected)
@@ -94,6 +106,8 @@ class KeyModel:
                 return (T_CAS_MAYBE, sid(o.expected, write=False), sid(o.value, write=True))
             if o.kind is OpKind.GET:
                 return (T_GET, sid(o.read, write=False), 0)
+            if o.kind is OpKind.SCAN:
+                return (T_GET, sid(self._scan_read(o), write=False), 0)
             if o.kind is OpKind.DELETE:
                 return (T_DEL_YES, 0, 0) if o.succeeded else (T_DEL_NO, 0, 0)
             exp = sid(o.expected, write=False)
@@ -146,6 +160,10 @@ class KeyModel:
             elif code == T_DEL_YES:
                 self.ok_prod[i] = ABSENT
         self.unk_prod = [a if code == T_SET else b for code, a, b in unk_code]
+
+    def _scan_read(self, o: Operation) -> bytes | None:
+        """What an OK scan saw of this key: its row's value, or absent."""
+        return next((v for k, v in o.rows if k == self.key), None)
 
 
 def step(code: int, a: int, b: int, state: int) -> tuple[bool, int]:
