@@ -262,7 +262,7 @@ async def rangekv_targets(
             client_ops = await open_client_ops(
                 path,
                 addr=gateway,
-                meta_addrs=lc.meta_addrs,
+                meta_addrs=",".join(lc.meta_addrs),
                 connections=1,
                 timeout=10.0,
                 security=lc.security,

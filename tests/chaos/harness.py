@@ -759,7 +759,12 @@ class Nemesis:
         )
 
     async def _change(
-        self, holder: int, rid: int, generation: int, node: int, *types: int
+        self,
+        holder: int,
+        rid: int,
+        generation: int,
+        node: int,
+        *types: replica_pb2.ReplicaChangeType,
     ) -> tuple[int, str]:
         """One ChangeReplicas on node `holder`: (the new generation or 0, what happened)."""
         changes = [replica_pb2.ReplicaChange(type=t, node_id=node) for t in types]

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rangekv.cli.cluster import Child, LocalCluster, free_ports
+from rangekv.common.config import SecurityConfig
 from rangekv.common.tls import ChannelOpener
 from testkit.metrics import fetch_metrics
 
@@ -191,6 +192,11 @@ class Cluster:
     @property
     def node_addresses(self) -> dict[int, str]:
         return {i: self.node_address(i) for i in self.node_ids}
+
+    @property
+    def security(self) -> SecurityConfig:
+        """How a process of this cluster secures its channels (mutual TLS, or plaintext)."""
+        return self.lc.security
 
     @property
     def certs_dir(self) -> Path | None:

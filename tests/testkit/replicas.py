@@ -248,13 +248,16 @@ class Replicas:
         return await async_wait_for(attempt, timeout, what, seen=lambda: last)
 
     async def change_replicas(
-        self, range_id: int, changes: Sequence[tuple[int, int]], timeout: float = 60.0
+        self,
+        range_id: int,
+        changes: Sequence[tuple[replica_pb2.ReplicaChangeType, int]],
+        timeout: float = 60.0,
     ) -> RangeDescriptor:
         """ChangeReplicas (`changes`: (change type, node id) pairs) on the range's
         leader, retried while the lease moves, until the deadline; the new descriptor."""
         request = replica_pb2.ChangeReplicasRequest(
             range_id=range_id,
-            changes=[replica_pb2.ReplicaChange(type=t, node_id=n) for t, n in changes],  # type: ignore[arg-type]
+            changes=[replica_pb2.ReplicaChange(type=t, node_id=n) for t, n in changes],
         )
         last = "no attempt"
 

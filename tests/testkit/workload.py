@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from rangekv.check import HistoryRecorder, Operation, OpKind, Outcome
-from rangekv.check.kv_client import recorded_op
+from rangekv.check.kv_client import recorded_op, recorded_scan
 from rangekv.v1 import kv_pb2_grpc
 from testkit.kv import CLIENT_TIMEOUT, load, ordering_problem, paged_scan, scan_rows
 
@@ -207,15 +207,14 @@ class RecordedKV:
         start, end = span
         while not stop.is_set():
             kv = rng.choice(self.stubs)
-            handle = self.rec.invoke(2000 + sid, OpKind.SCAN, start, end=end)
-            try:
-                rows = await scan_rows(kv, start, end)
-            except grpc.aio.AioRpcError as err:
+            op, err = await recorded_scan(
+                2000 + sid, kv, self.rec, start, end or None, timeout=self.timeout
+            )
+            if err is not None:
                 self.stats.scan_errors[f"snapshot {err.code().name}"] += 1
-                self.stats.count(self.rec.fail(handle))
             else:
                 self.stats.snapshot_scans += 1
-                self.stats.count(self.rec.ok(handle, rows=rows))
+            self.stats.count(op)
             await asyncio.sleep(rng.uniform(0.02, 0.1))  # pacing
 
 
