@@ -55,7 +55,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
 from etcd_cluster import EtcdCluster, EtcdOps, find_etcd
+from testkit.cluster import Cluster, ClusterSpec
 
 from rangekv.cli.bench import Bench, measure, preload
 from rangekv.cli.bench_ops import (
@@ -64,7 +67,6 @@ from rangekv.cli.bench_ops import (
     UnaryOps,
     open_client_ops,
 )
-from rangekv.cli.cluster import LocalCluster
 from rangekv.cli.dev import wait_until_serving
 from rangekv.v1 import admin_pb2, admin_pb2_grpc, kv_pb2_grpc
 
@@ -188,7 +190,7 @@ async def run_one(
 # --- the clusters ------------------------------------------------------------------------
 
 
-async def split_and_spread(lc: LocalCluster, keys: int, ranges: int) -> None:
+async def split_and_spread(lc: Cluster, keys: int, ranges: int) -> None:
     """Split the bench keyspace into `ranges` ranges; leases round-robin over the nodes."""
     bench = Bench("put", 1, 1, 0, 0, keys, 0.0, 10.0)
     split_keys = [bench.key(i * keys // ranges) for i in range(1, ranges)]
@@ -214,7 +216,7 @@ async def split_and_spread(lc: LocalCluster, keys: int, ranges: int) -> None:
         say(f"  {len(ours)} ranges hold the bench keys; leases spread over nodes {nodes}")
 
 
-async def leaseholders(lc: LocalCluster, first_key: bytes) -> set[int]:
+async def leaseholders(lc: Cluster, first_key: bytes) -> set[int]:
     async with lc.client_channels()(lc.gateways[0].address) as ch:
         listed = await admin_pb2_grpc.AdminStub(ch).ListRanges(
             admin_pb2.AdminListRangesRequest(), timeout=30
@@ -227,7 +229,7 @@ async def leaseholders(lc: LocalCluster, first_key: bytes) -> set[int]:
     }
 
 
-def rangekv_stages(lc: LocalCluster, holders: set[int] | None) -> dict[str, list[int]]:
+def rangekv_stages(lc: Cluster, holders: set[int] | None) -> dict[str, list[int]]:
     def pid(child: Any) -> int:
         return int(child.proc.pid)
 
@@ -244,7 +246,7 @@ def rangekv_stages(lc: LocalCluster, holders: set[int] | None) -> dict[str, list
 
 
 async def rangekv_targets(
-    lc: LocalCluster, paths: Sequence[str], holders: set[int] | None
+    lc: Cluster, paths: Sequence[str], holders: set[int] | None
 ) -> list[Target]:
     gateway = lc.gateways[0].address
     metrics = [n.metrics for n in lc.nodes if n.metrics]
@@ -260,7 +262,7 @@ async def rangekv_targets(
             client_ops = await open_client_ops(
                 path,
                 addr=gateway,
-                meta_addrs=lc.meta_addrs,
+                meta_addrs=",".join(lc.meta_addrs),
                 connections=1,
                 timeout=10.0,
                 security=lc.security,
@@ -427,7 +429,7 @@ async def main_async(args: argparse.Namespace) -> int:
     base.mkdir(parents=True, exist_ok=True)
     say(f"compare_etcd: data and logs under {base}")
     etcd = EtcdCluster(binary, base / "etcd", say)
-    lc = LocalCluster(base / "rangekv", insecure=not args.secure, say=say)
+    lc = Cluster(base / "rangekv", ClusterSpec(insecure=not args.secure), say=say)
     targets: list[Target] = []
     samples: list[Sample] = []
     phases = ["1 range"] + ([f"{args.ranges} ranges"] if args.ranges > 1 else [])
@@ -453,7 +455,7 @@ async def main_async(args: argparse.Namespace) -> int:
         for t in targets:
             if t.close is not None:
                 await t.close()
-        await lc.stop()
+        await lc.stop()  # gracefully: the logs end as in a real shutdown
         etcd.stop()
     if not args.data:
         shutil.rmtree(base, ignore_errors=True)  # the logs of a failed run stay (raised above)

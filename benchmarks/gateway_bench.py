@@ -3,7 +3,8 @@
     python benchmarks/gateway_bench.py [--seconds 20] [--move-every 2] [--split-every 0]
                                        [--clients 16] [--write-fraction 0.1] [--keys 1000]
 
-Starts a `LocalCluster` (3 metarange, 3 raftnodes, 2 gateways) in a temp dir,
+Starts the test kit's cluster (tests/testkit: 3 metarange, 3 raftnodes, 2
+gateways) in a temp dir,
 loads `--keys` keys, then runs closed-loop clients that read (and, with
 `--write-fraction`, write) random keys through both gateways while, every
 `--move-every` seconds, the lease of a range moves to the next replica. With
@@ -33,26 +34,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import re
 import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import grpc
-from raftnode_cluster import free_ports
+from testkit.cluster import ClusterSpec, running_cluster
+from testkit.kv import kv_stubs, load
+from testkit.metrics import gateway_counters
+from testkit.replicas import Replicas
 
-from rangekv.cli.cluster import LocalCluster
-from rangekv.common.descriptors import RangeDescriptor
-from rangekv.v1 import kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
+from rangekv.v1 import kv_pb2, kv_pb2_grpc
 
+#: The gateway counters summed into the report: metric -> report key.
+SUMMED = {
+    "rangekv_gateway_meta_lookups_coalesced_total": "coalesced",
+    "rangekv_gateway_cache_misses_total": "cache_misses",
+    "rangekv_gateway_redirects": "redirects",
+}
 #: The labelled gateway counters summed into the report: (metric, label) -> report prefix.
 LABELLED = {
     ("rangekv_gateway_retries", "reason"): "retries",
@@ -60,9 +66,6 @@ LABELLED = {
     ("rangekv_gateway_cache_evictions_total", "reason"): "evictions",
     ("rangekv_gateway_meta_lookups_total", "mode"): "lookups",
 }
-
-_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)")
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 @dataclass
@@ -79,7 +82,7 @@ class Load:
 
 
 @dataclass
-class Nemesis:
+class NemesisTally:
     """What the lease mover and the splitter did during the window."""
 
     moves: list[float] = field(default_factory=list)
@@ -87,120 +90,36 @@ class Nemesis:
     refused: Counter[str] = field(default_factory=Counter)
 
 
-def fetch_metrics(address: str) -> str:
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as resp:
-        return str(resp.read().decode())
-
-
-def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
-    """Every sample of `name` with its labels."""
-    out = []
-    for line in text.splitlines():
-        m = _SAMPLE.match(line)
-        if m is not None and m.group("name") == name:
-            out.append((dict(_LABEL.findall(m.group("labels") or "")), float(m.group("value"))))
-    return out
-
-
-async def gateway_counters(cluster: LocalCluster) -> Counter[str]:
-    """The gateway counters this benchmark reports, summed over both gateways."""
-    out: Counter[str] = Counter()
-    for gw in cluster.gateways:
-        text = await asyncio.to_thread(fetch_metrics, gw.metrics)
-        for name, key in (
-            ("rangekv_gateway_meta_lookups_coalesced_total", "coalesced"),
-            ("rangekv_gateway_cache_misses_total", "cache_misses"),
-            ("rangekv_gateway_redirects", "redirects"),
-        ):
-            out[key] += int(sum(v for _, v in samples(text, name)))
-        for (name, label), prefix in LABELLED.items():
-            for labels, value in samples(text, name):
-                out[f"{prefix}:{labels.get(label, 'all')}"] += int(value)
-    return out
-
-
 # ----------------------------------------------------------------------------- the nemesis
 
 
-async def replica_views(cluster: LocalCluster) -> list[tuple[int, replica_pb2.ReplicaInfo]]:
-    """(node id, view) of every replica on every node that answers."""
-    views = []
-    for nid, child in zip(cluster.layout.nodes, cluster.nodes, strict=True):
-        try:
-            async with cluster.node_channels()(child.address) as ch:
-                resp = await replica_pb2_grpc.ReplicaStub(ch).RangeInfo(
-                    replica_pb2.RangeInfoRequest(), timeout=2.0
-                )
-        except grpc.aio.AioRpcError:
-            continue
-        views.extend((nid, info) for info in resp.replicas)
-    return views
-
-
-async def owner(cluster: LocalCluster, key: bytes) -> tuple[RangeDescriptor, int] | None:
-    """The newest descriptor covering `key` and the node leading it (None: no leader now)."""
-    best: tuple[RangeDescriptor, int] | None = None
-    for nid, info in await replica_views(cluster):
-        desc = RangeDescriptor.from_proto(info.descriptor)
-        if not (info.is_leader and info.lease_valid and desc.contains_key(key)):
-            continue
-        if best is None or desc.generation > best[0].generation:
-            best = (desc, nid)
-    return best
-
-
-async def replica_call(cluster: LocalCluster, node_id: int, method: str, request: object) -> object:
-    child = cluster.nodes[list(cluster.layout.nodes).index(node_id)]
-    async with cluster.node_channels()(child.address) as ch:
-        return await getattr(replica_pb2_grpc.ReplicaStub(ch), method)(request, timeout=15.0)
-
-
-async def move_lease(cluster: LocalCluster, key: bytes, nemesis: Nemesis) -> None:
+async def move_lease(replicas: Replicas, key: bytes, nemesis: NemesisTally) -> None:
     """Move the lease of the range owning `key` to its next replica; wait until it holds."""
     began = time.monotonic()
-    found = await owner(cluster, key)
-    if found is None:
+    range_id, holder = await replicas.leaseholder_of(key)
+    desc = await replicas.newest(range_id)
+    if holder is None or desc is None:
         nemesis.refused["move: no leaseholder"] += 1
         return
-    desc, holder = found
     nodes = [r.node_id for r in desc.replicas]
     target = nodes[(nodes.index(holder) + 1) % len(nodes)]
-    resp = await replica_call(
-        cluster,
-        holder,
-        "TransferLease",
-        replica_pb2.TransferLeaseRequest(range_id=desc.range_id, target_node_id=target),
-    )
-    assert isinstance(resp, replica_pb2.TransferLeaseResponse)
-    if resp.HasField("error"):
-        nemesis.refused["move: refused"] += 1
+    try:
+        await replicas.transfer_lease(range_id, target, timeout=15.0)
+    except TimeoutError:
+        nemesis.refused["move: not held in 15 s"] += 1
         return
-    deadline = time.monotonic() + 15.0
-    while time.monotonic() < deadline:
-        now = await owner(cluster, key)
-        if now is not None and now[1] == target:
-            nemesis.moves.append(time.monotonic() - began)
-            return
-        await asyncio.sleep(0.05)  # polling interval of a condition with a deadline
-    nemesis.refused["move: not held in 15 s"] += 1
+    nemesis.moves.append(time.monotonic() - began)
 
 
-async def split_at(cluster: LocalCluster, key: bytes, nemesis: Nemesis) -> None:
-    """Split the range owning `key` at `key` (AdminSplit on its leaseholder)."""
+async def split_range_at(replicas: Replicas, key: bytes, nemesis: NemesisTally) -> None:
+    """Split the range owning `key` at `key` (AdminSplit on its leader)."""
     began = time.monotonic()
-    found = await owner(cluster, key)
-    if found is None or found[0].start_key == key:
-        nemesis.refused["split: no leaseholder or already a boundary"] += 1
+    range_id, _leader = await replicas.owner(key)
+    desc = await replicas.newest(range_id)
+    if desc is None or desc.start_key == key:
+        nemesis.refused["split: no range or already a boundary"] += 1
         return
-    desc, holder = found
-    resp = await replica_call(
-        cluster,
-        holder,
-        "AdminSplit",
-        replica_pb2.AdminSplitRequest(range_id=desc.range_id, split_key=key),
-    )
-    assert isinstance(resp, replica_pb2.AdminSplitResponse)
-    if resp.HasField("error"):
+    if isinstance(await replicas.split(range_id, key), str):
         nemesis.refused["split: refused"] += 1
         return
     nemesis.splits.append(time.monotonic() - began)
@@ -252,38 +171,30 @@ async def client(
             load.latencies.append(time.monotonic() - began)
 
 
+def to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 async def bench(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
-        cluster = LocalCluster(
-            Path(tmp), gateway_ports=free_ports(2), say=lambda line: print(line, file=sys.stderr)
-        )
-        try:
-            await cluster.start()
-            channels = [cluster.client_channels()(g.address) for g in cluster.gateways]
-            stubs = [kv_pb2_grpc.KVStub(ch) for ch in channels]
+        async with (
+            running_cluster(Path(tmp), ClusterSpec(n_gateways=2), say=to_stderr) as cluster,
+            kv_stubs(cluster) as stubs,
+        ):
+            replicas = Replicas(cluster)
             keys = [b"bench/%06d" % i for i in range(args.keys)]
-            item = kv_pb2.BatchRequestItem
-            for i in range(0, len(keys), 500):
-                await stubs[0].Batch(
-                    kv_pb2.BatchRequest(
-                        requests=[
-                            item(put=kv_pb2.PutRequest(key=k, value=b"v"))
-                            for k in keys[i : i + 500]
-                        ]
-                    ),
-                    timeout=30,
-                )
+            await load(stubs[0], [(k, b"v") for k in keys])
             for kv in stubs:  # warm both caches, so the window measures moves, not start-up
                 await kv.Get(kv_pb2.GetRequest(key=keys[0]), timeout=15)
 
             split_keys = rng.sample(keys[1:], k=len(keys) - 1)
-            before = await gateway_counters(cluster)
-            load = Load()
-            nemesis = Nemesis()
+            before = await gateway_counters(cluster, SUMMED, LABELLED)
+            load_ = Load()
+            nemesis = NemesisTally()
             stop = asyncio.Event()
             workers = [
-                asyncio.create_task(client(c, stubs, keys, args.write_fraction, load, stop))
+                asyncio.create_task(client(c, stubs, keys, args.write_fraction, load_, stop))
                 for c in range(args.clients)
             ]
             movers = [
@@ -291,14 +202,14 @@ async def bench(args: argparse.Namespace) -> None:
                     every(
                         args.move_every,
                         stop,
-                        lambda: move_lease(cluster, rng.choice(keys), nemesis),
+                        lambda: move_lease(replicas, rng.choice(keys), nemesis),
                     )
                 ),
                 asyncio.create_task(
                     every(
                         args.split_every,
                         stop,
-                        lambda: split_at(cluster, split_keys.pop(), nemesis),
+                        lambda: split_range_at(replicas, split_keys.pop(), nemesis),
                     )
                 ),
             ]
@@ -309,16 +220,12 @@ async def bench(args: argparse.Namespace) -> None:
                 stop.set()
                 await asyncio.gather(*workers, *movers)
             elapsed = time.monotonic() - began
-            after = await gateway_counters(cluster)
-            for ch in channels:
-                await ch.close()
-        finally:
-            await cluster.stop()
-    report(args, load, nemesis, after - before, elapsed)
+            after = await gateway_counters(cluster, SUMMED, LABELLED)
+    report(args, load_, nemesis, after - before, elapsed)
 
 
 def report(
-    args: argparse.Namespace, load: Load, nemesis: Nemesis, delta: Counter[str], elapsed: float
+    args: argparse.Namespace, load: Load, nemesis: NemesisTally, delta: Counter[str], elapsed: float
 ) -> None:
     requests = load.requests
     per_k = 1000.0 / max(requests, 1)

@@ -3,8 +3,8 @@
     python benchmarks/metarange_bench.py [--seconds 5] [--concurrency 1,16]
                                          [--ranges 64] [--prefetch 8]
 
-Starts three `rangekv metarange` processes in a temp dir (the harness of
-tests/integration/metarange_cluster.py), splits the keyspace into `--ranges`
+Starts three `rangekv metarange` processes in a temp dir (the test kit's
+cluster, tests/testkit, meta range only), splits the keyspace into `--ranges`
 committed ranges (so every lookup scans real descriptor groups and returns
 `--prefetch` following ones, as a gateway's cache miss does), and measures
 LookupRange from ONE client - one `MetaClient`, i.e. one channel per replica
@@ -32,98 +32,43 @@ import argparse
 import asyncio
 import os
 import random
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from metarange_cluster import MetaCluster, commit_split
-from raftnode_cluster import fetch_metrics, metric_value
+from closed_loop import Cell, closed_loop, progress
+from testkit.cluster import META_ONLY, Cluster, running_cluster
+from testkit.meta import MetaReplicas, commit_split
+from testkit.metrics import metric_value
 
 from rangekv.common.descriptors import RangeDescriptor, first_range
 from rangekv.metarange.client import MetaClient
 from rangekv.v1 import meta_pb2
 
-T0 = time.monotonic()
-
-
-def progress(msg: str) -> None:
-    print(f"[{time.monotonic() - T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
-
-
-@dataclass
-class Cell:
-    """One measured cell: per-second completion counts and every latency."""
-
-    mode: str
-    concurrency: int
-    per_second: list[int] = field(default_factory=list)
-    latencies: list[float] = field(default_factory=list)
-    errors: int = 0
-    served: dict[int, float] = field(default_factory=dict)
-
-    @property
-    def rate(self) -> float:
-        return statistics.median(self.per_second) if self.per_second else 0.0
-
-    def pct(self, q: float) -> float:
-        if not self.latencies:
-            return float("nan")
-        data = sorted(self.latencies)
-        return data[min(len(data) - 1, int(q * len(data)))] * 1000.0
-
-
 Lookup = Callable[[bytes], Awaitable[meta_pb2.LookupRangeResponse]]
 
 
-async def closed_loop(
-    lookup: Lookup, keys: list[bytes], concurrency: int, seconds: float, warmup: float = 0.5
+async def lookup_cell(
+    lookup: Lookup, keys: list[bytes], concurrency: int, seconds: float, mode: str
 ) -> Cell:
-    """`concurrency` coroutines, each a loop of lookups of random keys, for
-    `warmup + seconds`; only calls started after the warm-up are counted."""
-    cell = Cell("", concurrency)
-    loop = asyncio.get_running_loop()
-    start = loop.time() + warmup
-    end = start + seconds
-    buckets = [0] * int(seconds)
+    """`concurrency` closed loops of lookups of random keys (see closed_loop.py)."""
     rng = random.Random(concurrency)
 
-    async def one() -> None:
-        while True:
-            t0 = loop.time()
-            if t0 >= end:
-                return
-            try:
-                resp = await lookup(keys[rng.randrange(len(keys))])
-                failed = not resp.descriptors and not resp.intents
-            except Exception:
-                failed = True
-            t1 = loop.time()
-            if t0 < start:
-                continue
-            if failed:
-                cell.errors += 1
-                continue
-            cell.latencies.append(t1 - t0)
-            second = int(t1 - start)
-            if second < len(buckets):
-                buckets[second] += 1
+    async def call(_c: int, _i: int) -> bool:
+        resp = await lookup(keys[rng.randrange(len(keys))])
+        return bool(resp.descriptors or resp.intents)
 
-    await asyncio.gather(*(one() for _ in range(concurrency)))
-    cell.per_second = buckets
-    return cell
+    return await closed_loop(call, concurrency, seconds, mode)
 
 
-async def lookups_served(cluster: MetaCluster) -> dict[int, float]:
+async def lookups_served(cluster: Cluster) -> dict[int, float]:
     """Lookups each replica has served so far (its rangekv_meta_lookups gauge)."""
     out = {}
-    for i in cluster.ids:
-        text = await asyncio.to_thread(fetch_metrics, cluster.children[i].metrics)
+    for i in cluster.meta_ids:
+        text = await cluster.metrics(cluster.meta_replica(i))
         out[i] = metric_value(text, "rangekv_meta_lookups")
     return out
 
@@ -141,18 +86,19 @@ async def split_into(client: MetaClient, ranges: int) -> list[RangeDescriptor]:
 
 
 async def benchmark(args: argparse.Namespace, base: Path) -> list[Cell]:
-    cluster = MetaCluster(base, args=["--shutdown-grace-seconds", "1"])
     progress(f"starting 3 metarange replicas in {base}")
-    await cluster.start()
     cells: list[Cell] = []
-    try:
-        leader = await cluster.wait_leader()
-        client = cluster.client()
+    async with (
+        running_cluster(base, META_ONLY, say=progress) as cluster,
+        MetaReplicas(cluster) as replicas,
+    ):
+        leader = await replicas.wait_leader()
+        client = replicas.client()
         layout = await split_into(client, args.ranges)
         progress(f"leader is replica {leader}; {len(layout)} committed ranges")
-        follower = next(i for i in cluster.ids if i != leader)
+        follower = next(i for i in replicas.ids if i != leader)
         keys = [b"k%05d" % random.Random(7).randrange(100_000) for _ in range(4096)]
-        follower_stub = cluster.stub(follower)
+        follower_stub = replicas.stub(follower)
         modes: dict[str, Lookup] = {
             "consistent": lambda k: client.lookup_range(k, prefetch=args.prefetch, consistent=True),
             "inconsistent": lambda k: client.lookup_range(
@@ -168,18 +114,15 @@ async def benchmark(args: argparse.Namespace, base: Path) -> list[Cell]:
         for mode, lookup in modes.items():
             for c in args.concurrency:
                 before = await lookups_served(cluster)
-                cell = await closed_loop(lookup, keys, c, args.seconds)
+                cell = await lookup_cell(lookup, keys, c, args.seconds, mode)
                 after = await lookups_served(cluster)
-                cell.mode = mode
-                cell.served = {i: after[i] - before[i] for i in cluster.ids}
+                cell.extra.update({f"served:{i}": after[i] - before[i] for i in replicas.ids})
                 cells.append(cell)
                 progress(
                     f"{mode:<28} c={c:<3} {cell.rate:7.0f} lookups/s  p50 {cell.pct(0.5):6.2f} ms"
                     f"  p99 {cell.pct(0.99):6.2f} ms  errors {cell.errors}"
                 )
         await client.close()
-    finally:
-        await cluster.close()
     return cells
 
 
@@ -191,9 +134,9 @@ def table(cells: list[Cell], leader_note: str) -> str:
     rule = "|" + "|".join("-" * (len(part)) for part in head.split("|")[1:-1]) + "|"
     rows = [head, rule]
     for c in cells:
-        served = "/".join(f"{c.served.get(i, 0):.0f}" for i in (1, 2, 3))
+        served = "/".join(f"{c.extra.get(f'served:{i}', 0):.0f}" for i in (1, 2, 3))
         rows.append(
-            f"| {c.mode:<28} | {c.concurrency:>4} | {c.rate:>18.0f} | {c.pct(0.5):>6.2f} "
+            f"| {c.label:<28} | {c.clients:>4} | {c.rate:>18.0f} | {c.pct(0.5):>6.2f} "
             f"| {c.pct(0.99):>6.2f} | {c.errors:>6} | {served:>18} |"
         )
     return "\n".join([*rows, leader_note])

@@ -2,8 +2,8 @@
 
     python benchmarks/raftnode_bench.py [--seconds 5] [--clients 1,16,64] [--value-size 128]
 
-Starts three `rangekv raftnode` processes in a temp dir (the harness of
-tests/integration/raftnode_cluster.py) and measures, with closed-loop clients
+Starts three `rangekv raftnode` processes in a temp dir (the test kit's
+cluster, tests/testkit, raftnodes only) and measures, with closed-loop clients
 each issuing unary `Batch` calls of ONE op to the leaseholder over grpc.aio:
 
   * put/s and get/s at 1, 16 and 64 concurrent clients: median of the
@@ -36,105 +36,40 @@ import asyncio
 import contextlib
 import os
 import random
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from raftnode_cluster import (
-    RANGE_ID,
-    ClusterClient,
-    RaftnodeCluster,
-    async_wait_for,
-    get_op,
-    metric_value,
-    put_op,
-)
+from closed_loop import Cell, closed_loop, progress
+from testkit.cluster import NODES_ONLY, Cluster, running_cluster
+from testkit.metrics import metric_value
+from testkit.replica_client import RANGE_ID, ReplicaClient, get_op, put_op
+from testkit.waiting import async_wait_for
 
 from rangekv.v1 import replica_pb2
 
-T0 = time.monotonic()
 
-
-def progress(msg: str) -> None:
-    print(f"[{time.monotonic() - T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
-
-
-@dataclass
-class Cell:
-    """One measured cell: per-second completion counts and every latency."""
-
-    label: str
-    clients: int
-    per_second: list[int] = field(default_factory=list)
-    latencies: list[float] = field(default_factory=list)
-    errors: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def rate(self) -> float:
-        return statistics.median(self.per_second) if self.per_second else 0.0
-
-    def pct(self, q: float) -> float:
-        if not self.latencies:
-            return float("nan")
-        data = sorted(self.latencies)
-        return data[min(len(data) - 1, int(q * len(data)))] * 1000.0
-
-
-async def closed_loop(
-    client: ClusterClient,
+async def batch_cell(
+    client: ReplicaClient,
     node: int,
     make_op: Callable[[int, int], replica_pb2.ReplicaOp],
     clients: int,
     seconds: float,
     label: str,
-    warmup: float = 0.5,
 ) -> Cell:
-    """`clients` coroutines, each a loop of one-op Batch calls to `node`, for
-    `warmup + seconds`; only calls started after the warm-up are counted."""
-    cell = Cell(label, clients)
+    """`clients` closed loops of one-op Batch calls to `node` (see closed_loop.py)."""
     stub = client.stub(node)
-    loop = asyncio.get_running_loop()
-    start = loop.time() + warmup
-    end = start + seconds
-    buckets = [0] * int(seconds)
-    calls = 0
 
-    async def one_client(c: int) -> None:
-        nonlocal calls
-        i = 0
-        while True:
-            t0 = loop.time()
-            if t0 >= end:
-                return
-            req = replica_pb2.ReplicaBatchRequest(range_id=RANGE_ID, ops=[make_op(c, i)])
-            i += 1
-            try:
-                resp = await stub.Batch(req, timeout=10)
-                failed = resp.HasField("error")
-            except Exception:
-                failed = True
-            t1 = loop.time()
-            calls += 1
-            if t0 < start:
-                continue
-            if failed:
-                cell.errors += 1
-                continue
-            cell.latencies.append(t1 - t0)
-            second = int(t1 - start)
-            if second < len(buckets):
-                buckets[second] += 1
+    async def call(c: int, i: int) -> bool:
+        req = replica_pb2.ReplicaBatchRequest(range_id=RANGE_ID, ops=[make_op(c, i)])
+        resp = await stub.Batch(req, timeout=10)
+        return not resp.HasField("error")
 
-    await asyncio.gather(*(one_client(c) for c in range(clients)))
-    cell.per_second = buckets
-    cell.extra["calls"] = calls  # every call, warm-up included (the counters include it)
+    cell = await closed_loop(call, clients, seconds, label)
     progress(
         f"{label:<28} c={clients:<3} {cell.rate:8.0f} ops/s  "
         f"p50 {cell.pct(0.5):6.2f} ms  p99 {cell.pct(0.99):6.2f} ms  errors {cell.errors}"
@@ -142,8 +77,8 @@ async def closed_loop(
     return cell
 
 
-async def leader_counters(cluster: RaftnodeCluster, node: int) -> dict[str, float]:
-    text = await cluster.metrics(node)
+async def leader_counters(cluster: Cluster, node: int) -> dict[str, float]:
+    text = await cluster.metrics(cluster.node(node))
     out = {
         "syncs": metric_value(text, "rangekv_raft_log_syncs_total"),
         "entries": metric_value(text, "rangekv_raft_entries_persisted_total"),
@@ -154,8 +89,8 @@ async def leader_counters(cluster: RaftnodeCluster, node: int) -> dict[str, floa
 
 
 async def put_cells(
-    cluster: RaftnodeCluster,
-    client: ClusterClient,
+    cluster: Cluster,
+    client: ReplicaClient,
     leader: int,
     clients: Sequence[int],
     seconds: float,
@@ -163,10 +98,10 @@ async def put_cells(
     label: str,
 ) -> list[Cell]:
     cells = []
-    followers = [n for n in cluster.running_ids() if n != leader]
+    followers = [n for n in cluster.running_node_ids() if n != leader]
     for c in clients:
         before = {n: await leader_counters(cluster, n) for n in (leader, *followers)}
-        cell = await closed_loop(
+        cell = await batch_cell(
             client,
             leader,
             lambda w, i: put_op(b"p/%d/%d" % (w, i % 1000), value),
@@ -200,77 +135,75 @@ async def benchmark(args: argparse.Namespace, base: Path) -> None:
 
     # --- sync cluster: put/get table, fsyncs per entry, lease vs read-index ----------
     progress("starting 3-node cluster (fsm sync mode: sync)")
-    with RaftnodeCluster(base / "sync", 3, args=["--fsm-sync-mode", "sync"]) as cluster:
-        cluster.start()
-        async with cluster.client() as client:
-            leader = await client.leaseholder()
-            progress(f"leaseholder: node {leader}; preloading {len(keys)} keys")
-            for i in range(0, len(keys), 100):
-                await client.send([put_op(k, value) for k in keys[i : i + 100]], via=leader)
-            puts = await put_cells(
-                cluster, client, leader, clients, args.seconds, value, "put (sync)"
+    sync = replace(NODES_ONLY, node_args=("--fsm-sync-mode", "sync"))
+    async with (
+        running_cluster(base / "sync", sync, say=progress) as cluster,
+        ReplicaClient.of(cluster) as client,
+    ):
+        leader = await client.leaseholder()
+        progress(f"leaseholder: node {leader}; preloading {len(keys)} keys")
+        for i in range(0, len(keys), 100):
+            await client.send([put_op(k, value) for k in keys[i : i + 100]], via=leader)
+        puts = await put_cells(cluster, client, leader, clients, args.seconds, value, "put (sync)")
+        gets = []
+        for c in clients:
+            gets.append(await batch_cell(client, leader, get_any, c, args.seconds, "get (lease)"))
+
+        progress("forcing read-index: kill a follower, transfer the lease to it")
+        victim = next(n for n in cluster.node_ids if n != leader)
+        info = await client.range_info(leader)
+        assert info is not None
+
+        async def caught_up() -> bool:
+            v = await client.range_info(victim)
+            return v is not None and v.applied_index >= info.commit_index
+
+        await async_wait_for(caught_up, 30, "the follower to catch up")
+        await cluster.kill(cluster.node(victim))
+        ri_clients = [c for c in (1, 16) if c in clients] or clients[:1]
+        lease2: list[Cell] = []
+        for c in ri_clients:
+            lease2.append(
+                await batch_cell(client, leader, get_any, c, args.seconds, "get (lease, 2 live)")
             )
-            gets = []
-            for c in clients:
-                gets.append(
-                    await closed_loop(client, leader, get_any, c, args.seconds, "get (lease)")
-                )
+        request = replica_pb2.TransferLeaseRequest(range_id=RANGE_ID, target_node_id=victim)
+        transfer = asyncio.ensure_future(client.stub(leader).TransferLease(request, timeout=30))
 
-            progress("forcing read-index: kill a follower, transfer the lease to it")
-            victim = next(n for n in cluster.nodes if n != leader)
-            info = await client.range_info(leader)
-            assert info is not None
+        async def lease_gone() -> bool:
+            i = await client.range_info(leader)
+            return i is not None and i.is_leader and not i.lease_valid
 
-            async def caught_up() -> bool:
-                v = await client.range_info(victim)
-                return v is not None and v.applied_index >= info.commit_index
-
-            await async_wait_for(caught_up, 30, "the follower to catch up")
-            await asyncio.to_thread(cluster.kill, victim)
-            ri_clients = [c for c in (1, 16) if c in clients] or clients[:1]
-            lease2: list[Cell] = []
-            for c in ri_clients:
-                lease2.append(
-                    await closed_loop(
-                        client, leader, get_any, c, args.seconds, "get (lease, 2 live)"
-                    )
-                )
-            request = replica_pb2.TransferLeaseRequest(range_id=RANGE_ID, target_node_id=victim)
-            transfer = asyncio.ensure_future(client.stub(leader).TransferLease(request, timeout=30))
-
-            async def lease_gone() -> bool:
-                i = await client.range_info(leader)
-                return i is not None and i.is_leader and not i.lease_valid
-
-            await async_wait_for(lease_gone, 10, "the leader to lose its lease")
-            before = await leader_counters(cluster, leader)
-            readindex: list[Cell] = []
-            for c in ri_clients:
-                readindex.append(
-                    await closed_loop(client, leader, get_any, c, args.seconds, "get (read-index)")
-                )
-            after = await leader_counters(cluster, leader)
-            transfer.cancel()
-            with contextlib.suppress(BaseException):
-                await transfer
-            ri_share = (after["readindex"] - before["readindex"]) / max(
-                1.0,
-                (after["readindex"] - before["readindex"]) + (after["hit"] - before["hit"]),
+        await async_wait_for(lease_gone, 10, "the leader to lose its lease")
+        before = await leader_counters(cluster, leader)
+        readindex: list[Cell] = []
+        for c in ri_clients:
+            readindex.append(
+                await batch_cell(client, leader, get_any, c, args.seconds, "get (read-index)")
             )
-            still = await client.range_info(leader)
-            assert still is not None and still.is_leader and not still.lease_valid
+        after = await leader_counters(cluster, leader)
+        transfer.cancel()
+        with contextlib.suppress(BaseException):
+            await transfer
+        ri_share = (after["readindex"] - before["readindex"]) / max(
+            1.0,
+            (after["readindex"] - before["readindex"]) + (after["hit"] - before["hit"]),
+        )
+        still = await client.range_info(leader)
+        assert still is not None and still.is_leader and not still.lease_valid
 
     # --- nosync cluster: puts only ---------------------------------------------------
     nosync: list[Cell] = []
     if not args.skip_nosync:
         progress("starting a fresh 3-node cluster (fsm sync mode: nosync)")
-        with RaftnodeCluster(base / "nosync", 3, args=["--fsm-sync-mode", "nosync"]) as cluster:
-            cluster.start()
-            async with cluster.client() as client:
-                leader = await client.leaseholder()
-                nosync = await put_cells(
-                    cluster, client, leader, clients, args.seconds, value, "put (nosync)"
-                )
+        nosync_spec = replace(NODES_ONLY, node_args=("--fsm-sync-mode", "nosync"))
+        async with (
+            running_cluster(base / "nosync", nosync_spec, say=progress) as cluster,
+            ReplicaClient.of(cluster) as client,
+        ):
+            leader = await client.leaseholder()
+            nosync = await put_cells(
+                cluster, client, leader, clients, args.seconds, value, "put (nosync)"
+            )
 
     # --- report ---------------------------------------------------------------------
     print()

@@ -1,9 +1,13 @@
-"""Suite-wide pytest options.
+"""Suite-wide pytest options and fixtures.
 
 RANGEKV_SLOW=1 runs the tests marked `@pytest.mark.slow` (fresh-clone README
 run, soaks). They take minutes each (the README test creates a virtualenv and
 installs every dependency from the package registry), so a plain `pytest` run
 skips them and says how to turn them on.
+
+The test kit (tests/testkit) is importable as `testkit` from every test folder
+(this file's folder is on sys.path); its fixtures (`clusters`) and its hook
+that attaches cluster logs to a failure report are registered here for all.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import os
 
 import pytest
+
+pytest_plugins = ("testkit.fixtures",)
 
 SLOW_ENV = "RANGEKV_SLOW"
 

@@ -1,14 +1,15 @@
 """The chaos harness: a real cluster, clients through both gateways, a seeded nemesis.
 
-`run_chaos(ChaosConfig(...))` starts a `LocalCluster` (separate processes:
-metarange replicas, raftnodes, gateways) in the chosen FSM sync mode, and then,
-for `duration` seconds:
+`run_chaos(ChaosConfig(...))` starts a cluster of the test kit
+(tests/testkit; separate processes: metarange replicas, raftnodes, gateways)
+in the chosen FSM sync mode, and then, for `duration` seconds:
 
-* clients do gets, puts, deletes and compare-and-swaps over a few register
-  keys through a random gateway each time (values are unique, so reads pin
-  the order down); scanners scan the whole keyspace (one call or paged) and
-  check that keys come strictly ordered, never twice, and that a complete
-  scan holds every key that is written once and never deleted;
+* the kit's recorded workload runs: clients do gets, puts, deletes and
+  compare-and-swaps over a few register keys through a random gateway each
+  time (values are unique, so reads pin the order down); scanners scan the
+  whole keyspace (one call or paged) and check that keys come strictly
+  ordered, never twice, and that a complete scan holds every key that is
+  written once and never deleted;
 * a nemesis, on a schedule drawn from `seed`, injects one fault at a time:
   - `kill`: kill -9 of a leaseholder (most often), the metarange leader,
     another raftnode, a metarange replica or a gateway, restarted after a
@@ -59,22 +60,27 @@ import itertools
 import json
 import math
 import random
-import signal
 import sys
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the test kit, run as a script
+
 import chaos_tls
 import grpc
 from netns import NetLab, try_netlab
+from testkit.cluster import Cluster, ClusterSpec, alive
+from testkit.kv import CLIENT_TIMEOUT, ordering_problem, scan_keys
+from testkit.metrics import fetch_metrics, metric_value
+from testkit.replicas import Replicas, error_text
+from testkit.waiting import async_wait_for
+from testkit.workload import ClientMix, RecordedKV, Workload, WorkloadSpec
 
 from rangekv.check import (
-    HistoryRecorder,
     Operation,
     OpKind,
     Outcome,
@@ -82,14 +88,12 @@ from rangekv.check import (
     load_history,
     save_history,
 )
-from rangekv.check.kv_client import recorded_op, recorded_scan
-from rangekv.cli.cluster import Child, LocalCluster, free_port
+from rangekv.cli.cluster import Child
 from rangekv.common import errors as E
 from rangekv.common.clock import ENV_VAR as CLOCK_ENV
 from rangekv.replication.mutations import POWER_LOSS_ENV, SNAPSHOT_DELAY_ENV
 from rangekv.v1 import kv_pb2, kv_pb2_grpc, meta_pb2, meta_pb2_grpc, replica_pb2, replica_pb2_grpc
 
-CLIENT_TIMEOUT = 15.0  # above the gateway's own request timeout (10 s)
 REG_KEYS = [b"reg/%d" % i for i in range(5)]
 SCAN_KEYS = [b"s/%03d" % i for i in range(60)]
 PROBE_KEY = b"probe"  # written only by the nemesis, so a stale read of it is unambiguous
@@ -180,108 +184,31 @@ class ChaosResult:
 # ----------------------------------------------------------------------------- cluster access
 
 
-def alive(child: Child) -> bool:
-    return child.proc is not None and child.proc.returncode is None
+class ChaosCluster:
+    """The kit's cluster plus what the nemesis needs: its network lab, the raftnodes'
+    view (`replicas`), the metarange leader and the clock refusals."""
 
-
-async def replica_call(address: str, method: str, request: Any, timeout: float = 5.0) -> Any:
-    """One Replica RPC on a fresh channel (a restarted node must not meet a stale one)."""
-    async with chaos_tls.channel(address) as ch:
-        return await getattr(replica_pb2_grpc.ReplicaStub(ch), method)(request, timeout=timeout)
-
-
-class Cluster:
-    """The LocalCluster plus what the nemesis needs to know about it."""
-
-    def __init__(self, lc: LocalCluster, lab: NetLab | None = None) -> None:
-        self.lc = lc
+    def __init__(self, cluster: Cluster, lab: NetLab | None = None) -> None:
+        self.cluster = cluster
         self.lab = lab
-        self.ids = list(lc.layout.nodes)
-        self.paused: set[str] = set()
-
-    def node(self, node_id: int) -> Child:
-        return self.lc.nodes[self.ids.index(node_id)]
-
-    async def infos(self, node_id: int) -> list[replica_pb2.ReplicaInfo]:
-        child = self.node(node_id)
-        if not alive(child) or child.name in self.paused:
-            return []
-        try:
-            resp = await replica_call(child.address, "RangeInfo", replica_pb2.RangeInfoRequest(), 2)
-        except grpc.aio.AioRpcError:
-            return []
-        return list(resp.replicas)
-
-    async def range_of(self, key: bytes) -> tuple[int, int | None]:
-        """(range id holding `key`, its leader's node id or None), as the nodes see it.
-
-        The highest generation any node reports wins (a node may lag a split)."""
-        best: tuple[int, int] | None = None  # (generation, range id)
-        leader: dict[int, int] = {}
-        for nid in self.ids:
-            for info in await self.infos(nid):
-                d = info.descriptor
-                if not info.applied_index:
-                    continue
-                covers = d.start_key <= key and (not d.end_key or key < d.end_key)
-                if covers and (best is None or d.generation > best[0]):
-                    best = (d.generation, d.range_id)
-                if info.is_leader:
-                    leader[d.range_id] = nid
-        if best is None:
-            return 0, None
-        return best[1], leader.get(best[1])
-
-    async def leaseholder(self, key: bytes, exclude: int | None = None) -> tuple[int, int | None]:
-        """(range id of `key`, node with a valid lease on it other than `exclude`)."""
-        rid, _ = await self.range_of(key)
-        for nid in self.ids:
-            if nid == exclude:
-                continue
-            for info in await self.infos(nid):
-                if info.descriptor.range_id == rid and info.is_leader and info.lease_valid:
-                    return rid, nid
-        return rid, None
-
-    async def holder_of(self, range_id: int) -> int | None:
-        """The node whose replica of `range_id` leads with a valid lease, if any."""
-        for nid in self.ids:
-            for info in await self.infos(nid):
-                if info.descriptor.range_id == range_id and info.is_leader and info.lease_valid:
-                    return nid
-        return None
-
-    async def voters(self, range_id: int) -> list[int]:
-        """The voters of `range_id` as the newest descriptor any node holds says."""
-        best: replica_pb2.ReplicaInfo | None = None
-        for nid in self.ids:
-            for info in await self.infos(nid):
-                d = info.descriptor
-                if d.range_id == range_id and (
-                    best is None or d.generation > best.descriptor.generation
-                ):
-                    best = info
-        if best is None:
-            return []
-        voter = 1  # REPLICA_TYPE_VOTER
-        return [r.node_id for r in best.descriptor.replicas if r.type == voter]
+        self.replicas = Replicas(cluster)
 
     async def clock_refusals(self, exclude: Child | None = None) -> int:
         """rangekv_node_refused_total{reason="clock_offset"} summed over live raftnodes."""
         total = 0
-        for child in self.lc.nodes:
-            if child is exclude or not alive(child) or child.name in self.paused:
+        for child in self.cluster.nodes:
+            if child is exclude or not self.cluster.usable(child):
                 continue
             try:
-                text = await asyncio.to_thread(scrape, child.metrics)
+                text = await asyncio.to_thread(fetch_metrics, child.metrics, 3.0)
             except OSError:
                 continue
-            total += metric_sum(text, "rangekv_node_refused_total", 'reason="clock_offset"')
+            total += int(metric_value(text, "rangekv_node_refused_total", reason="clock_offset"))
         return total
 
     async def meta_leader(self) -> Child | None:
         """The metarange replica that leads the meta range, as a live replica says."""
-        for child in self.lc.meta:
+        for child in self.cluster.meta:
             if not alive(child):
                 continue
             try:
@@ -291,28 +218,9 @@ class Cluster:
                     )
             except grpc.aio.AioRpcError:
                 continue
-            ids = list(self.lc.layout.meta)
-            if info.leader_node_id in ids:
-                return self.lc.meta[ids.index(info.leader_node_id)]
+            if info.leader_node_id in self.cluster.meta_ids:
+                return self.cluster.meta_replica(info.leader_node_id)
         return None
-
-
-def scrape(url: str) -> str:
-    """One Prometheus scrape (a metrics endpoint is HOST:PORT or a URL)."""
-    if not url.startswith("http"):
-        url = f"http://{url}/metrics"
-    with urllib.request.urlopen(url, timeout=3) as resp:
-        return str(resp.read().decode())
-
-
-def metric_sum(text: str, name: str, label: str = "") -> float:
-    """Sum of the samples of `name` (with `label` among its labels, if given)."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and (not label or label in line):
-            with contextlib.suppress(ValueError, IndexError):
-                total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def set_arg(args: list[str], flag: str, value: str) -> None:
@@ -323,11 +231,11 @@ def set_arg(args: list[str], flag: str, value: str) -> None:
         args += [flag, value]
 
 
-def place_in_namespaces(lc: LocalCluster, lab: NetLab) -> None:
+def place_in_namespaces(cluster: Cluster, lab: NetLab) -> None:
     """Run each raftnode inside its namespace on its identity address; metarange
     listens on the host address (reachable from every namespace over its root
     link), gateways stay on loopback and reach meta and the nodes from the root."""
-    host = lab.host_ip
+    lc, host = cluster.lc, lab.host_ip
     meta_peers = ",".join(f"{i}={host}:{p}" for i, p in lc.layout.meta.items())
     lc.meta_addrs = ",".join(f"{host}:{p}" for p in lc.layout.meta.values())
     for child in lc.meta:
@@ -338,23 +246,9 @@ def place_in_namespaces(lc: LocalCluster, lab: NetLab) -> None:
         set_arg(child.args, "--peers", node_peers)
         set_arg(child.args, "--meta-addrs", lc.meta_addrs)
         set_arg(child.args, "--listen-host", lab.node_ip(nid))
-        child.prefix = lab.prefix(nid)
+        cluster.place(child, lab.prefix(nid))
     for child in lc.gateways:
         set_arg(child.args, "--meta-addrs", lc.meta_addrs)
-
-
-async def wait_for(
-    pred: Callable[[], Awaitable[Any]], timeout: float, what: str, interval: float = 0.1
-) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await pred()
-        if value:
-            return value
-        if loop.time() >= deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 # ----------------------------------------------------------------------------- outcomes
@@ -369,52 +263,19 @@ def replica_write_outcome(exc: E.RangeKVError) -> Outcome:
     return Outcome.UNKNOWN
 
 
-@dataclass
-class Stats:
-    outcomes: Counter[str] = field(default_factory=Counter)
-    by_kind: Counter[str] = field(default_factory=Counter)
-    errors: Counter[str] = field(default_factory=Counter)
-    scans_ok: int = 0
-    scans_partial: int = 0
-    scan_errors: Counter[str] = field(default_factory=Counter)
-    scan_failures: list[str] = field(default_factory=list)
-    snapshot_scans: int = 0
-
-    def count(self, op: Operation) -> None:
-        self.outcomes[op.outcome.value] += 1
-        self.by_kind[f"{op.kind.value} {op.outcome.value}"] += 1
-
-
-async def kv_op(
-    cid: int,
-    kv: kv_pb2_grpc.KVStub,
-    rec: HistoryRecorder,
-    stats: Stats,
-    kind: OpKind,
-    key: bytes,
-    value: bytes | None = None,
-    expected: bytes | None = None,
-) -> Operation:
-    """One operation through a gateway, recorded with the outcome the client can know."""
-    op, err = await recorded_op(cid, kv, rec, kind, key, value, expected, timeout=CLIENT_TIMEOUT)
-    if err is not None:
-        stats.errors[f"{kind.value} {err.code().name}"] += 1
-    stats.count(op)
-    return op
-
-
 async def direct_op(
+    kv: RecordedKV,
     cid: int,
     stub: replica_pb2_grpc.ReplicaStub,
     range_id: int,
-    rec: HistoryRecorder,
-    stats: Stats,
     kind: OpKind,
     key: bytes,
     value: bytes | None = None,
     timeout: float = CLIENT_TIMEOUT,
 ) -> Operation:
-    """A GET or PUT sent straight to one replica (Replica.Batch), recorded."""
+    """A GET or PUT sent straight to one replica (Replica.Batch), recorded in `kv`'s
+    history and counted in its stats."""
+    rec, stats = kv.rec, kv.stats
     handle = rec.invoke(cid, kind, key, value=value)
     if kind is OpKind.GET:
         op_pb = replica_pb2.ReplicaOp(get=replica_pb2.GetOp(key=key))
@@ -445,142 +306,39 @@ async def direct_op(
 # ----------------------------------------------------------------------------- workload
 
 
-async def client(
-    cid: int,
-    stubs: list[kv_pb2_grpc.KVStub],
-    rec: HistoryRecorder,
-    stats: Stats,
-    stop: asyncio.Event,
-    seed: int,
-) -> None:
-    rng = random.Random(seed * 1000 + cid)
-    seen: dict[bytes, bytes | None] = {}
-    for n in itertools.count():
-        if stop.is_set():
-            return
-        kv = rng.choice(stubs)
-        key = rng.choice(REG_KEYS)
-        roll = rng.random()
-        value = b"c%d-%d" % (cid, n)
-        if roll < 0.4:
-            op = await kv_op(cid, kv, rec, stats, OpKind.GET, key)
-            if op.outcome is Outcome.OK:
-                seen[key] = op.read
-        elif roll < 0.65:
-            op = await kv_op(cid, kv, rec, stats, OpKind.PUT, key, value)
-            if op.outcome is Outcome.OK:
-                seen[key] = value
-        elif roll < 0.9:
-            op = await kv_op(cid, kv, rec, stats, OpKind.CAS, key, value, seen.get(key))
-            if op.outcome is Outcome.OK:
-                seen[key] = value if op.succeeded else op.read
-        else:
-            op = await kv_op(cid, kv, rec, stats, OpKind.DELETE, key)
-            if op.outcome is Outcome.OK:
-                seen[key] = None
-        await asyncio.sleep(rng.uniform(0.0, 0.03))  # pacing: leave CPU for the cluster
-
-
-async def scan_call(kv: kv_pb2_grpc.KVStub, start: bytes, end: bytes, limit: int) -> list[bytes]:
-    out: list[bytes] = []
-    call = kv.Scan(
-        kv_pb2.ScanRequest(start_key=start, end_key=end, limit=limit), timeout=CLIENT_TIMEOUT
+def workload_spec(cfg: ChaosConfig) -> WorkloadSpec:
+    """The kit's recorded workload as the chaos run uses it: clients on the register
+    keys, structural scanners of the whole keyspace, snapshot scanners of REG_SPAN."""
+    return WorkloadSpec(
+        keys=tuple(REG_KEYS),
+        never_deleted=tuple(SCAN_KEYS),
+        clients=cfg.n_clients,
+        scanners=cfg.n_scanners,
+        mix=ClientMix(get=0.4, put=0.25, cas=0.25, pause=(0.0, 0.03)),
+        scan_pages=(0, 0, 17),
+        scan_pause=(0.1, 0.3),
+        snapshot_scanners=cfg.n_snapshot_scanners,
+        snapshot_span=REG_SPAN,
+        seed=cfg.seed,
     )
-    async for resp in call:
-        out.extend(k.key for k in resp.kvs)
-    return out
-
-
-def ordering_problem(keys: list[bytes]) -> str | None:
-    for a, b in itertools.pairwise(keys):
-        if not a < b:
-            return f"{b!r} after {a!r} (a key twice or out of order)"
-    return None
-
-
-async def scanner(
-    sid: int, stubs: list[kv_pb2_grpc.KVStub], stats: Stats, stop: asyncio.Event, seed: int
-) -> None:
-    rng = random.Random(seed * 1000 + 500 + sid)
-    while not stop.is_set():
-        kv = rng.choice(stubs)
-        page = rng.choice([0, 0, 17])
-        keys: list[bytes] = []
-        complete = True
-        try:
-            if page:
-                cursor = b""
-                while True:
-                    got = await scan_call(kv, cursor, b"", page)
-                    keys.extend(got)
-                    if len(got) < page:
-                        break
-                    cursor = got[-1] + b"\x00"
-            else:
-                keys = await scan_call(kv, b"", b"", 0)
-        except grpc.aio.AioRpcError as err:
-            stats.scan_errors[err.code().name] += 1
-            complete = False
-        problem = ordering_problem(keys)
-        if problem is None and complete:
-            got_scan = [k for k in keys if k.startswith(b"s/")]
-            if got_scan != SCAN_KEYS:
-                problem = f"{len(got_scan)} of {len(SCAN_KEYS)} never-deleted keys"
-        if problem is not None:
-            stats.scan_failures.append(f"scanner {sid} page {page}: {problem}")
-        elif complete:
-            stats.scans_ok += 1
-        else:
-            stats.scans_partial += 1
-        await asyncio.sleep(rng.uniform(0.1, 0.3))  # pacing
-
-
-async def snapshot_scanner(
-    sid: int,
-    stubs: list[kv_pb2_grpc.KVStub],
-    rec: HistoryRecorder,
-    stats: Stats,
-    stop: asyncio.Event,
-    seed: int,
-) -> None:
-    """Scans of every register key (they span several ranges), recorded in the
-    history as SCAN operations: the checker judges each as a read of the whole
-    span at one instant (a scan cut short by its limit, of the span up to its
-    last row). A failed scan had no effect (FAIL)."""
-    rng = random.Random(seed * 1000 + 700 + sid)
-    start, end = REG_SPAN
-    while not stop.is_set():
-        limit = rng.choice([0, 0, 0, 2])
-        op, err = await recorded_scan(
-            2000 + sid, rng.choice(stubs), rec, start, end, limit, timeout=CLIENT_TIMEOUT
-        )
-        stats.count(op)
-        if err is not None:
-            stats.scan_errors[f"snapshot {err.code().name}"] += 1
-        else:
-            stats.snapshot_scans += 1
-        await asyncio.sleep(rng.uniform(0.02, 0.1))
 
 
 # ----------------------------------------------------------------------------- nemesis
 
 
 class Nemesis:
-    def __init__(
-        self,
-        cluster: Cluster,
-        cfg: ChaosConfig,
-        rec: HistoryRecorder,
-        stats: Stats,
-        stubs: list[kv_pb2_grpc.KVStub],
-        t0: float,
-    ) -> None:
+    def __init__(self, cluster: ChaosCluster, cfg: ChaosConfig, kv: RecordedKV, t0: float) -> None:
         self.c = cluster
+        #: The kit's cluster and its raftnodes' view.
+        self.cluster = cluster.cluster
+        self.replicas = cluster.replicas
         self.cfg = cfg
         self.rng = random.Random(cfg.seed)
-        self.rec = rec
-        self.stats = stats
-        self.stubs = stubs
+        #: Recorded operations through the gateways (the nemesis's own probes).
+        self.kv = kv
+        self.rec = kv.rec
+        self.stats = kv.stats
+        self.stubs = kv.stubs
         self.t0 = t0
         self.faults: list[Fault] = []
         #: Times peers refused a node whose clock was beyond the bound (fault_clock).
@@ -628,17 +386,16 @@ class Nemesis:
             fault = self.begin("heal", "network", f"{n} cut links restored")
             self.c.lab.heal()
             self.end(fault)
-        for child in self.c.lc.children:
-            if child.name in self.c.paused:
-                child.signal(signal.SIGCONT)
-                self.c.paused.discard(child.name)
+        for child in self.cluster.children:
+            if child.name in self.cluster.paused:
+                self.cluster.resume(child)
             if not alive(child):
                 await self.restart(child)
 
     async def restart(self, child: Child) -> None:
         for attempt in range(3):
             try:
-                await child.start(timeout=60)
+                await self.cluster.start_children([child], timeout=60)
                 return
             except (TimeoutError, RuntimeError) as exc:
                 self.faults.append(
@@ -647,9 +404,7 @@ class Nemesis:
                 await asyncio.sleep(1.0 + attempt)
 
     async def kill9(self, child: Child) -> None:
-        child.signal(signal.SIGKILL)
-        if child.proc is not None:
-            await child.proc.wait()
+        await self.cluster.kill(child)
 
     # --- faults -----------------------------------------------------------------------
 
@@ -659,21 +414,21 @@ class Nemesis:
         leader = await self.c.meta_leader() if 0.45 <= roll < 0.6 else None
         if roll < 0.45:
             key = self.rng.choice([*REG_KEYS, PROBE_KEY, *SCAN_KEYS[::20]])
-            _rid, holder = await self.c.leaseholder(key)
-            child = self.c.node(holder) if holder else self.rng.choice(self.c.lc.nodes)
+            _rid, holder = await self.replicas.leaseholder_of(key)
+            child = self.cluster.node(holder) if holder else self.rng.choice(self.cluster.nodes)
             why = f"leaseholder of {key!r}" if holder else "no leaseholder found"
         elif roll < 0.6:
-            child = leader or self.rng.choice(self.c.lc.meta)
+            child = leader or self.rng.choice(self.cluster.meta)
             why = "metarange leader" if leader else "metarange replica (no leader found)"
         elif roll < 0.7:
-            child, why = self.rng.choice(self.c.lc.nodes), "random raftnode"
+            child, why = self.rng.choice(self.cluster.nodes), "random raftnode"
         elif roll < 0.9:
-            child, why = self.rng.choice(self.c.lc.meta), "random metarange replica"
+            child, why = self.rng.choice(self.cluster.meta), "random metarange replica"
         else:
-            child, why = self.rng.choice(self.c.lc.gateways), "random gateway"
+            child, why = self.rng.choice(self.cluster.gateways), "random gateway"
         down = self.rng.uniform(0.5, 3.0)
         kind = "kill -9"
-        if child in self.c.lc.nodes and self.c.lc.nodes and POWER_LOSS_ENV in child.env:
+        if child in self.cluster.nodes and self.cluster.nodes and POWER_LOSS_ENV in child.env:
             kind = "power-loss"  # kill -9 loses this node's unsynced state writes
         fault = self.begin(kind, child.name, f"{why}; down {down:.1f}s")
         await self.kill9(child)
@@ -686,11 +441,9 @@ class Nemesis:
         for _ in range(20):
             self.probe_n += 1
             value = b"p%d" % self.probe_n
-            op = await kv_op(
+            op = await self.kv.op(
                 next(self.probe_cid),
                 self.rng.choice(self.stubs),
-                self.rec,
-                self.stats,
                 OpKind.PUT,
                 PROBE_KEY,
                 value,
@@ -706,18 +459,17 @@ class Nemesis:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 30
         while loop.time() < deadline:
-            rid, holder = await self.c.leaseholder(PROBE_KEY, exclude=paused)
+            rid, holder = await self.replicas.leaseholder_of(PROBE_KEY, exclude=paused)
             if holder is None:
                 await asyncio.sleep(0.1)
                 continue
             self.probe_n += 1
-            async with chaos_tls.channel(self.c.node(holder).address) as ch:
+            async with chaos_tls.channel(self.cluster.node(holder).address) as ch:
                 op = await direct_op(
+                    self.kv,
                     next(self.probe_cid),
                     replica_pb2_grpc.ReplicaStub(ch),
                     rid,
-                    self.rec,
-                    self.stats,
                     OpKind.PUT,
                     PROBE_KEY,
                     b"p%d" % self.probe_n,
@@ -743,15 +495,13 @@ class Nemesis:
             await stub.RangeInfo(replica_pb2.RangeInfoRequest(), timeout=2)  # connect now
             fault = self.begin("pause", child.name, f"leaseholder of range {rid}")
             started = time.monotonic()
-            child.signal(signal.SIGSTOP)
-            self.c.paused.add(child.name)
+            self.cluster.pause(child)
             try:
                 fresh = await self.probe_write_direct(holder)
                 reads = [self._probe_read(stub, rid, pause_for + 10) for _ in range(8)]
                 await asyncio.sleep(max(0.2, pause_for - (time.monotonic() - started)))
             finally:
-                child.signal(signal.SIGCONT)
-                self.c.paused.discard(child.name)
+                self.cluster.resume(child)
             got = await asyncio.gather(*reads)
         stale = sum(1 for op in got if op.outcome is Outcome.OK and op.read != fresh.value)
         served = sum(1 for op in got if op.outcome is Outcome.OK)
@@ -766,11 +516,11 @@ class Nemesis:
     ) -> tuple[int, int, Child, float]:
         """After a probe write: (range id, leaseholder, its process, pause length)."""
         await self.probe_write(why)
-        rid, holder = await wait_for(
-            lambda: self._holder(PROBE_KEY), 20, "a leaseholder of the probe key"
+        rid, holder = await async_wait_for(
+            lambda: self._holder(PROBE_KEY), 20, "a leaseholder of the probe key", 0.1
         )
         pause = pause_for if pause_for is not None else self.rng.uniform(2.5, 4.0)
-        return rid, holder, self.c.node(holder), pause
+        return rid, holder, self.cluster.node(holder), pause
 
     def _probe_read(
         self, stub: replica_pb2_grpc.ReplicaStub, rid: int, timeout: float
@@ -778,11 +528,10 @@ class Nemesis:
         """A recorded GET of the probe key sent straight to one node (no routing)."""
         return asyncio.ensure_future(
             direct_op(
+                self.kv,
                 next(self.probe_cid),
                 stub,
                 rid,
-                self.rec,
-                self.stats,
                 OpKind.GET,
                 PROBE_KEY,
                 timeout=timeout,
@@ -790,17 +539,17 @@ class Nemesis:
         )
 
     async def _holder(self, key: bytes) -> tuple[int, int] | None:
-        rid, holder = await self.c.leaseholder(key)
+        rid, holder = await self.replicas.leaseholder_of(key)
         return (rid, holder) if holder else None
 
     async def fault_isolate_write(self) -> Operation:
         """Stop every other raftnode, write straight to the leaseholder, kill it, resume."""
         await self.probe_write("before the isolation")
-        rid, holder = await wait_for(
-            lambda: self._holder(PROBE_KEY), 20, "a leaseholder of the probe key"
+        rid, holder = await async_wait_for(
+            lambda: self._holder(PROBE_KEY), 20, "a leaseholder of the probe key", 0.1
         )
-        child = self.c.node(holder)
-        others = [n for n in self.c.lc.nodes if n is not child and alive(n)]
+        child = self.cluster.node(holder)
+        others = [n for n in self.cluster.nodes if n is not child and alive(n)]
         async with chaos_tls.channel(child.address) as ch:
             stub = replica_pb2_grpc.ReplicaStub(ch)
             await stub.RangeInfo(replica_pb2.RangeInfoRequest(), timeout=2)
@@ -808,16 +557,14 @@ class Nemesis:
                 "isolate+kill -9", child.name, f"leaseholder of range {rid}; others stopped"
             )
             for other in others:
-                other.signal(signal.SIGSTOP)
-                self.c.paused.add(other.name)
+                self.cluster.pause(other)
             try:
                 self.probe_n += 1
                 op = await direct_op(
+                    self.kv,
                     next(self.probe_cid),
                     stub,
                     rid,
-                    self.rec,
-                    self.stats,
                     OpKind.PUT,
                     PROBE_KEY,
                     b"p%d" % self.probe_n,
@@ -826,8 +573,7 @@ class Nemesis:
                 await self.kill9(child)
             finally:
                 for other in others:
-                    other.signal(signal.SIGCONT)
-                    self.c.paused.discard(other.name)
+                    self.cluster.resume(other)
         await asyncio.sleep(self.rng.uniform(0.5, 2.0))
         await self.restart(child)
         self.end(fault, f"isolated write {op.outcome.value}; restarted")
@@ -835,32 +581,32 @@ class Nemesis:
 
     async def fault_transfer(self) -> None:
         key = self.rng.choice([*REG_KEYS, PROBE_KEY, *SCAN_KEYS[::10]])
-        rid, holder = await self.c.range_of(key)
+        rid, holder = await self.replicas.owner(key)
         if holder is None:
             raise TimeoutError(f"range {rid} has no leader")
-        target = self.rng.choice([n for n in self.c.ids if n != holder])
+        target = self.rng.choice([n for n in self.cluster.node_ids if n != holder])
         fault = self.begin("transfer", f"range {rid}", f"node {holder} -> node {target}")
-        resp = await replica_call(
-            self.c.node(holder).address,
+        resp = await self.replicas.call(
+            holder,
             "TransferLease",
             replica_pb2.TransferLeaseRequest(range_id=rid, target_node_id=target),
         )
-        err = str(E.from_replica_error(resp.error)) if resp.HasField("error") else "ok"
+        err = error_text(resp)
         self.end(fault, err)
 
     async def fault_split(self) -> None:
         key = self.rng.choice(SPLIT_CANDIDATES)
-        rid, holder = await self.c.range_of(key)
+        rid, holder = await self.replicas.owner(key)
         if holder is None:
             raise TimeoutError(f"range {rid} has no leader")
         fault = self.begin("split", f"range {rid}", f"at {key!r} on node {holder}")
-        resp = await replica_call(
-            self.c.node(holder).address,
+        resp = await self.replicas.call(
+            holder,
             "AdminSplit",
             replica_pb2.AdminSplitRequest(range_id=rid, split_key=key),
             timeout=20,
         )
-        err = str(E.from_replica_error(resp.error)) if resp.HasField("error") else "ok"
+        err = error_text(resp)
         self.end(fault, err)
 
     async def split_at(self, key: bytes, wait: float = 15.0) -> str:
@@ -868,19 +614,19 @@ class Nemesis:
         waiting up to `wait` seconds for the range to have a leader."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        rid, holder = await self.c.range_of(key)
+        rid, holder = await self.replicas.owner(key)
         while holder is None and loop.time() < deadline:
             await asyncio.sleep(0.1)
-            rid, holder = await self.c.range_of(key)
+            rid, holder = await self.replicas.owner(key)
         if holder is None:
             raise TimeoutError(f"range {rid} has no leader")
-        resp = await replica_call(
-            self.c.node(holder).address,
+        resp = await self.replicas.call(
+            holder,
             "AdminSplit",
             replica_pb2.AdminSplitRequest(range_id=rid, split_key=key),
             timeout=20,
         )
-        return str(E.from_replica_error(resp.error)) if resp.HasField("error") else "ok"
+        return error_text(resp)
 
     async def restart_with_clock(self, child: Child, offset_ms: float) -> None:
         """kill -9, then start `child` again with its wall clock off by `offset_ms`
@@ -898,7 +644,7 @@ class Nemesis:
         """Move one raftnode's clock: within 80% of the maximum offset (nothing may
         break), or, one time in four, 2.5 times beyond it for a few seconds: its
         peers must refuse its raft traffic (counted), never follow its clock."""
-        child = self.rng.choice(self.c.lc.nodes)
+        child = self.rng.choice(self.cluster.nodes)
         beyond = self.rng.random() < 0.25
         if beyond:
             offset = 2.5 * MAX_OFFSET_MS
@@ -923,15 +669,15 @@ class Nemesis:
         (A paused follower would not do: the leader keeps streaming appends into
         its socket, and it catches up from them; a dead one misses them.)"""
         key = self.rng.choice(REG_KEYS)
-        rid, holder = await self.c.range_of(key)
+        rid, holder = await self.replicas.owner(key)
         if holder is None:
             raise TimeoutError(f"range {rid} has no leader")
-        voters = await self.c.voters(rid)
+        voters = await self.replicas.voters(rid)
         followers = [n for n in voters if n != holder]
         if len(followers) < 2:
             raise TimeoutError(f"range {rid} has fewer than 3 voters")
         lagging, target = self.rng.sample(followers, 2)
-        child = self.c.node(lagging)
+        child = self.cluster.node(lagging)
         down = self.rng.uniform(1.5, 3.0)
         fault = self.begin(
             "snapshot-race",
@@ -943,31 +689,17 @@ class Nemesis:
             await self.write_key(key)
         await asyncio.sleep(down)
         await self.restart(child)
-        resp = await replica_call(
-            self.c.node(holder).address,
+        resp = await self.replicas.call(
+            holder,
             "TransferLease",
             replica_pb2.TransferLeaseRequest(range_id=rid, target_node_id=target),
         )
-        err = str(E.from_replica_error(resp.error)) if resp.HasField("error") else "ok"
+        err = error_text(resp)
         self.end(fault, f"transfer: {err}")
 
     async def move_lease(self, rid: int, target: int, timeout: float = 20.0) -> None:
         """Transfer range `rid`'s lease to node `target` and wait until it holds it."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while loop.time() < deadline:
-            holder = await self.c.holder_of(rid)
-            if holder == target:
-                return
-            if holder is not None:
-                with contextlib.suppress(grpc.aio.AioRpcError):
-                    await replica_call(
-                        self.c.node(holder).address,
-                        "TransferLease",
-                        replica_pb2.TransferLeaseRequest(range_id=rid, target_node_id=target),
-                    )
-            await asyncio.sleep(0.2)
-        raise TimeoutError(f"range {rid}'s lease did not move to node {target}")
+        await self.replicas.transfer_lease(rid, target, timeout=timeout)
 
     async def slow_snapshot_race(self, key: bytes) -> Fault:
         """A stale snapshot arrives after its follower was caught up another way.
@@ -980,8 +712,8 @@ class Nemesis:
         of `key` are acknowledged; then L's stale stream completes. The lease goes
         to F and `key` is read through the gateways: a replica that ingested the
         stale stream answers an overwritten value (the checker must say so)."""
-        rid, holder = await self.c.range_of(key)
-        voters = await self.c.voters(rid)
+        rid, holder = await self.replicas.owner(key)
+        voters = await self.replicas.voters(rid)
         if holder is None or len(voters) < 3:
             raise TimeoutError(f"range {rid}: no leader or fewer than 3 voters")
         lead, lagging, other = holder, *[n for n in voters if n != holder][:2]
@@ -990,12 +722,12 @@ class Nemesis:
             f"range {rid}",
             f"L=node {lead} (slow snapshots), F=node {lagging}, M=node {other}",
         )
-        slow = self.c.node(lead)
+        slow = self.cluster.node(lead)
         slow.env = {**slow.env, SNAPSHOT_DELAY_ENV: "3000"}
         await self.kill9(slow)
         await self.restart(slow)
         await self.move_lease(rid, lead)
-        follower = self.c.node(lagging)
+        follower = self.cluster.node(lagging)
         await self.kill9(follower)  # dead, not paused: it must miss the appends
         for _ in range(30):  # enough log for L and M to truncate past F
             await self.write_key(key)
@@ -1009,18 +741,16 @@ class Nemesis:
                 f.seek(mark)
                 return started.encode() in f.read()
 
-        await wait_for(streaming, 15, "L to start its slow snapshot to F", 0.05)
+        await async_wait_for(streaming, 15, "L to start its slow snapshot to F", 0.05)
         await self.move_lease(rid, other)
         for _ in range(3):
             await self.write_key(key)
         await asyncio.sleep(3.5)  # L's stale stream ends
         await self.move_lease(rid, lagging)
         for _ in range(4):
-            await kv_op(
+            await self.kv.op(
                 next(self.probe_cid),
                 self.rng.choice(self.stubs),
-                self.rec,
-                self.stats,
                 OpKind.GET,
                 key,
             )
@@ -1033,23 +763,26 @@ class Nemesis:
     async def write_key(self, key: bytes) -> Operation:
         """A recorded PUT of a fresh value of `key` through a gateway."""
         self.probe_n += 1
-        return await kv_op(
+        return await self.kv.op(
             next(self.probe_cid),
             self.rng.choice(self.stubs),
-            self.rec,
-            self.stats,
             OpKind.PUT,
             key,
             b"w%d" % self.probe_n,
         )
 
     async def _change(
-        self, address: str, rid: int, generation: int, node: int, *types: int
+        self,
+        holder: int,
+        rid: int,
+        generation: int,
+        node: int,
+        *types: replica_pb2.ReplicaChangeType,
     ) -> tuple[int, str]:
-        """One ChangeReplicas at `address`: (the new generation or 0, what happened)."""
+        """One ChangeReplicas on node `holder`: (the new generation or 0, what happened)."""
         changes = [replica_pb2.ReplicaChange(type=t, node_id=node) for t in types]
-        resp = await replica_call(
-            address,
+        resp = await self.replicas.call(
+            holder,
             "ChangeReplicas",
             replica_pb2.ChangeReplicasRequest(
                 range_id=rid, expected_generation=generation, changes=changes
@@ -1057,7 +790,7 @@ class Nemesis:
             timeout=45,
         )
         if resp.HasField("error"):
-            return 0, str(E.from_replica_error(resp.error))
+            return 0, error_text(resp)
         return resp.descriptor.generation, "ok"
 
     async def fault_change_replicas(self) -> None:
@@ -1065,27 +798,22 @@ class Nemesis:
         on a node without one (learner, catch-up, promotion) and remove another voter;
         where every node already holds the range, remove a voter and add it back."""
         key = self.rng.choice([*REG_KEYS, PROBE_KEY, *SCAN_KEYS[::10]])
-        rid, holder = await self.c.leaseholder(key)
+        rid, holder = await self.replicas.leaseholder_of(key)
         if holder is None:
             raise TimeoutError(f"range {rid} has no leaseholder")
-        infos = [i for i in await self.c.infos(holder) if i.descriptor.range_id == rid]
+        infos = await self.replicas.infos(holder, [rid])
         if not infos:
             raise TimeoutError(f"node {holder} no longer holds range {rid}")
         desc = infos[0].descriptor
         members = [r.node_id for r in desc.replicas]
-        usable = [
-            n
-            for n in self.c.ids
-            if alive(self.c.node(n)) and self.c.node(n).name not in self.c.paused
-        ]
-        spare = [n for n in self.c.ids if n not in members and n in usable]
+        usable = [n for n in self.cluster.node_ids if self.cluster.usable(self.cluster.node(n))]
+        spare = [n for n in self.cluster.node_ids if n not in members and n in usable]
         others = [n for n in members if n != holder]
         add_types = (
             replica_pb2.REPLICA_CHANGE_TYPE_ADD_LEARNER,
             replica_pb2.REPLICA_CHANGE_TYPE_PROMOTE_VOTER,
         )
         remove = replica_pb2.REPLICA_CHANGE_TYPE_REMOVE
-        address = self.c.node(holder).address
         if spare:
             new, victim = self.rng.choice(spare), self.rng.choice(others)
             plan = [(new, add_types), (victim, (remove,))]
@@ -1100,7 +828,7 @@ class Nemesis:
         generation, steps = desc.generation, []
         try:
             for node, types in plan:
-                generation, outcome = await self._change(address, rid, generation, node, *types)
+                generation, outcome = await self._change(holder, rid, generation, node, *types)
                 steps.append(outcome)
                 if not generation:
                     break
@@ -1114,7 +842,7 @@ class Nemesis:
         return self.c.lab
 
     async def _other_holder(self, key: bytes, old: int) -> tuple[int, int] | None:
-        rid, holder = await self.c.leaseholder(key, exclude=old)
+        rid, holder = await self.replicas.leaseholder_of(key, exclude=old)
         return (rid, holder) if holder else None
 
     async def fault_partition_leaseholder(self) -> None:
@@ -1122,7 +850,7 @@ class Nemesis:
         lease and the election timeout, then heal."""
         lab = self._lab()
         key = self.rng.choice([*REG_KEYS, PROBE_KEY, *SCAN_KEYS[::10]])
-        rid, holder = await self.c.leaseholder(key)
+        rid, holder = await self.replicas.leaseholder_of(key)
         if holder is None:
             raise TimeoutError(f"range {rid} has no leaseholder")
         hold = self.rng.uniform(2.5, 5.0)
@@ -1135,7 +863,7 @@ class Nemesis:
         lab.isolate(holder)
         try:
             try:
-                _rid, new = await wait_for(
+                _rid, new = await async_wait_for(
                     lambda: self._other_holder(key, holder), hold, "another leaseholder", 0.2
                 )
                 moved = f"node {new} took the lease after {time.monotonic() - started:.1f}s"
@@ -1149,7 +877,7 @@ class Nemesis:
     async def fault_partition_halves(self) -> None:
         """Split the raftnodes into a minority and a majority for a while, then heal."""
         lab = self._lab()
-        nodes = list(self.c.ids)
+        nodes = list(self.cluster.node_ids)
         self.rng.shuffle(nodes)
         minority = sorted(nodes[: self.rng.choice([1, 2])])
         majority = sorted(n for n in nodes if n not in minority)
@@ -1186,8 +914,7 @@ class Nemesis:
             lab.isolate(holder)
             got: list[Operation] = []
             try:
-                child.signal(signal.SIGSTOP)
-                self.c.paused.add(child.name)
+                self.cluster.pause(child)
                 try:
                     fresh = await self.probe_write_direct(holder)
                     queued = [
@@ -1195,8 +922,7 @@ class Nemesis:
                     ]
                     await asyncio.sleep(max(0.3, pause_for - (time.monotonic() - started)))
                 finally:
-                    child.signal(signal.SIGCONT)
-                    self.c.paused.discard(child.name)
+                    self.cluster.resume(child)
                 resumed = [
                     self._probe_read(stub, rid, pause_for + 15) for _ in range(reads - reads // 2)
                 ]
@@ -1214,17 +940,6 @@ class Nemesis:
 
 
 # ----------------------------------------------------------------------------- the run
-
-
-def log_tails(lc: LocalCluster, lines: int = 25) -> str:
-    parts = []
-    for child in lc.children:
-        try:
-            text = child.log_path.read_text(errors="replace").splitlines()[-lines:]
-        except OSError as exc:
-            text = [f"<no log: {exc}>"]
-        parts.append(f"----- {child.name} ({child.log_path}) -----\n" + "\n".join(text))
-    return "\n".join(parts)
 
 
 @contextlib.asynccontextmanager
@@ -1247,53 +962,45 @@ async def network_lab(cfg: ChaosConfig) -> AsyncIterator[tuple[NetLab | None, st
 
 
 @contextlib.asynccontextmanager
-async def started_cluster(cfg: ChaosConfig, lab: NetLab | None) -> AsyncIterator[LocalCluster]:
-    env = {"RANGEKV_FSM_SYNC_MODE": cfg.sync_mode}
-    lc = LocalCluster(
-        cfg.report_dir / "cluster",
-        n_meta=cfg.n_meta,
-        n_nodes=cfg.n_nodes,
-        gateway_ports=[free_port() for _ in range(cfg.n_gateways)],
-        env=env,
-        extra_node_args=NODE_ARGS,
-        say=lambda _line: None,
-        certs_dir=chaos_tls.certs_dir(),
-    )
-    node_env = dict(env)
+async def started_cluster(cfg: ChaosConfig, lab: NetLab | None) -> AsyncIterator[Cluster]:
+    """The kit's cluster in the run's sync mode (mutual TLS with the suite's
+    certificates), its raftnodes in their namespaces when there are any; killed
+    afterwards whatever happened."""
+    node_env: dict[str, str] = {}
     if cfg.mutation:
         node_env["RANGEKV_TEST_MUTATION"] = cfg.mutation
     if cfg.power_loss and cfg.sync_mode == "nosync":
         node_env[POWER_LOSS_ENV] = "1"
-    for child in lc.nodes:
-        child.env = dict(node_env)
+    spec = ClusterSpec(
+        n_meta=cfg.n_meta,
+        n_nodes=cfg.n_nodes,
+        n_gateways=cfg.n_gateways,
+        node_args=tuple(NODE_ARGS),
+        env={"RANGEKV_FSM_SYNC_MODE": cfg.sync_mode},
+        node_env=dict.fromkeys(range(1, cfg.n_nodes + 1), node_env),
+        certs_dir=chaos_tls.certs_dir(),
+    )
+    cluster = Cluster(cfg.report_dir / "cluster", spec)
     if lab is not None:
-        place_in_namespaces(lc, lab)
+        place_in_namespaces(cluster, lab)
     try:
-        await lc.start()
-        yield lc
+        await cluster.start()
+        yield cluster
     finally:
-        for child in lc.children:
-            child.signal(signal.SIGCONT)
-            child.signal(signal.SIGKILL)
-        await lc.stop()
+        await cluster.close()
 
 
-async def final_reads(
-    stubs: list[kv_pb2_grpc.KVStub], rec: HistoryRecorder, stats: Stats
-) -> list[str]:
+async def final_reads(kv: RecordedKV) -> list[str]:
     """Recorded reads of every key through each gateway, and a full scan through each."""
     problems = []
-    for g, kv in enumerate(stubs):
+    for g, stub in enumerate(kv.stubs):
         for key in [*REG_KEYS, PROBE_KEY]:
-            for _ in range(30):
-                op = await kv_op(800 + g, kv, rec, stats, OpKind.GET, key)
-                if op.outcome is Outcome.OK:
-                    break
-                await asyncio.sleep(0.5)
-            else:
+            try:
+                await kv.read_until_ok(800 + g, stub, key, timeout=30, interval=0.5)
+            except TimeoutError:
                 problems.append(f"gateway {g + 1}: no final read of {key!r} succeeded")
         try:
-            keys = await scan_call(kv, b"", b"", 0)
+            keys = await scan_keys(stub)
         except grpc.aio.AioRpcError as err:
             problems.append(f"gateway {g + 1}: final scan failed: {err.code().name}")
             continue
@@ -1314,7 +1021,7 @@ async def wait_healthy(stubs: list[kv_pb2_grpc.KVStub], timeout: float = 60) -> 
             return False
         return True
 
-    await wait_for(ok, timeout, "both gateways to serve reads", 0.5)
+    await async_wait_for(ok, timeout, "both gateways to serve reads", 0.5)
 
 
 Schedule = Callable[[Nemesis], Awaitable[None]]
@@ -1324,45 +1031,22 @@ async def run_chaos_async(cfg: ChaosConfig, schedule: Schedule | None = None) ->
     """One run; `schedule` replaces the random nemesis (the mutation tests use it)."""
     cfg.report_dir.mkdir(parents=True, exist_ok=True)
     wall0 = time.monotonic()
-    rec = HistoryRecorder()
-    stats = Stats()
     problems: list[str] = []
-    async with network_lab(cfg) as (lab, no_lab_reason), started_cluster(cfg, lab) as lc:
-        cluster = Cluster(lc, lab)
+    async with network_lab(cfg) as (lab, no_lab_reason), started_cluster(cfg, lab) as cluster:
         startup = time.monotonic() - wall0
-        channels = [chaos_tls.channel(g.address) for g in lc.gateways]
-        stubs = [kv_pb2_grpc.KVStub(ch) for ch in channels]
+        channels = [chaos_tls.channel(g.address) for g in cluster.gateways]
+        workload = Workload(workload_spec(cfg), [kv_pb2_grpc.KVStub(ch) for ch in channels])
         try:
-            await wait_healthy(stubs)
-            item = kv_pb2.BatchRequestItem
-            await stubs[0].Batch(
-                kv_pb2.BatchRequest(
-                    requests=[item(put=kv_pb2.PutRequest(key=k, value=b"s")) for k in SCAN_KEYS]
-                ),
-                timeout=CLIENT_TIMEOUT,
-            )
+            await wait_healthy(workload.kv.stubs)
+            await workload.load()
             t0 = time.monotonic()
-            nemesis = Nemesis(cluster, cfg, rec, stats, stubs, t0)
+            nemesis = Nemesis(ChaosCluster(cluster, lab), cfg, workload.kv, t0)
             for key in REG_SPLITS:  # the snapshot scans span ranges from the start
                 split = await nemesis.split_at(key)
                 nemesis.faults.append(
                     Fault("split", "setup", 0.0, nemesis.now(), f"{key!r}: {split}")
                 )
-            stop = asyncio.Event()
-            workers = [
-                *(
-                    asyncio.create_task(client(c, stubs, rec, stats, stop, cfg.seed))
-                    for c in range(cfg.n_clients)
-                ),
-                *(
-                    asyncio.create_task(scanner(s, stubs, stats, stop, cfg.seed))
-                    for s in range(cfg.n_scanners)
-                ),
-                *(
-                    asyncio.create_task(snapshot_scanner(s, stubs, rec, stats, stop, cfg.seed))
-                    for s in range(cfg.n_snapshot_scanners)
-                ),
-            ]
+            workload.start()
             try:
                 if schedule is None:
                     await nemesis.run(t0 + cfg.duration)
@@ -1370,21 +1054,21 @@ async def run_chaos_async(cfg: ChaosConfig, schedule: Schedule | None = None) ->
                     await schedule(nemesis)
             finally:
                 await nemesis.heal()
-                stop.set()
-                await asyncio.gather(*workers)
+                await workload.stop()
             workload_s = time.monotonic() - t0
-            await wait_healthy(stubs)
-            problems += await final_reads(stubs, rec, stats)
+            await wait_healthy(workload.kv.stubs)
+            problems += await final_reads(workload.kv)
         except BaseException:
-            (cfg.report_dir / "log_tails.txt").write_text(log_tails(lc))
+            (cfg.report_dir / "log_tails.txt").write_text(cluster.log_tails(25))
             raise
         finally:
             for ch in channels:
                 await ch.close()
         if problems:
-            (cfg.report_dir / "log_tails.txt").write_text(log_tails(lc))
+            (cfg.report_dir / "log_tails.txt").write_text(cluster.log_tails(25))
 
-    ops = rec.operations()
+    ops = workload.operations()
+    stats = workload.stats
     history_file = cfg.report_dir / "history.json"
     save_history(history_file, ops)
     result = check_history(ops, timeout=cfg.check_timeout)
@@ -1431,6 +1115,16 @@ async def run_chaos_async(cfg: ChaosConfig, schedule: Schedule | None = None) ->
     return ChaosResult(result.ok, result.explanation, report, cfg.report_dir, ops, problems)
 
 
+def run_chaos(cfg: ChaosConfig, schedule: Schedule | None = None) -> ChaosResult:
+    """One run on an event loop of its own.
+
+    The chaos tests stay synchronous and call this: pytest-asyncio marks every
+    `async def` test `asyncio`, and `-k` matches markers, so the documented
+    selections (`-k "test_chaos and sync and not nosync"`) would pick every test
+    of the module."""
+    return asyncio.run(run_chaos_async(cfg, schedule))
+
+
 def partitions_text(lab: NetLab | None, reason: str) -> str:
     if lab is None:
         return f"unavailable ({reason}); no partition faults injected"
@@ -1471,10 +1165,6 @@ def summary_text(report: dict[str, Any]) -> str:
     lines.append(f"history: {report['history']}")
     lines.append(f"replay: {report['replay']}")
     return "\n".join(lines)
-
-
-def run_chaos(cfg: ChaosConfig, schedule: Schedule | None = None) -> ChaosResult:
-    return asyncio.run(run_chaos_async(cfg, schedule))
 
 
 def main(argv: list[str]) -> int:

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from harness import PARTITION_FAULTS, ChaosConfig, Cluster, Nemesis, partitions_text
+from harness import PARTITION_FAULTS, ChaosCluster, ChaosConfig, Nemesis, partitions_text
 from netns import NetLab, ip, sweep_dead_runs, try_netlab
 
 # A line-driven socket agent run inside a namespace:
@@ -166,7 +166,7 @@ def test_without_namespaces_the_harness_says_so(monkeypatch: pytest.MonkeyPatch)
     lab, why = try_netlab([1, 2, 3])
     assert lab is None and "RANGEKV_CHAOS_NO_NETNS" in why
     assert partitions_text(None, why).startswith("unavailable (")
-    cluster = Cluster.__new__(Cluster)
+    cluster = ChaosCluster.__new__(ChaosCluster)
     cluster.lab = None
     nemesis = Nemesis.__new__(Nemesis)
     nemesis.c = cluster

@@ -220,6 +220,21 @@ def rangekv(
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    """The stdout of a command that must have succeeded."""
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr}"
+    return result.stdout
+
+
+def one_error_line(result: subprocess.CompletedProcess[str], code: int = 1) -> str:
+    """The CLI's failure contract: status `code`, exactly one `rangekv: ...` line on stderr."""
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("rangekv: "), lines[0]
+    return lines[0]
+
+
 def printed_grpcurl_flags(output: str) -> list[str]:
     """The flags `rangekv dev` prints for grpcurl (the `grpcurl ... ADDR list` line of its
     ready screen): -cacert/-cert/-key for a secure cluster, -plaintext for --insecure."""

@@ -24,11 +24,14 @@ nodes in the same process (a twin of the gateway's node client).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from testkit.replica_client import get_op, put_op
 
 from rangekv.common import errors as E
 from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor
@@ -571,15 +574,31 @@ class InProcCluster:
         return resp
 
     async def put(self, node: int, range_id: int, key: bytes, value: bytes) -> types_pb2.Timestamp:
-        op = replica_pb2.ReplicaOp(put=replica_pb2.PutOp(key=key, value=value))
-        resp = await self.batch(node, range_id, [op])
+        resp = await self.batch(node, range_id, [put_op(key, value)])
         return resp.results[0].put.version
 
     async def get(self, node: int, range_id: int, key: bytes) -> bytes | None:
-        op = replica_pb2.ReplicaOp(get=replica_pb2.GetOp(key=key))
-        resp = await self.batch(node, range_id, [op])
+        resp = await self.batch(node, range_id, [get_op(key)])
         res = resp.results[0].get
         return res.kv.value if res.found else None
+
+
+@contextlib.asynccontextmanager
+async def started(
+    base: Path,
+    ranges: Sequence[RangeDescriptor],
+    leaders: dict[int, int] | None = None,
+    **options: Any,
+) -> AsyncIterator[InProcCluster]:
+    """An InProcCluster (`options` as its constructor's) started with a leaseholder for
+    every range (`leaders`: range id -> node, where it matters), closed on exit."""
+    cluster = InProcCluster(base, ranges, **options)
+    await cluster.start()
+    try:
+        await cluster.elect_all(leaders)
+        yield cluster
+    finally:
+        await cluster.close()
 
 
 class InProcNodeClients:

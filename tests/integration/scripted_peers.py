@@ -35,12 +35,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tempfile
-import urllib.request
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from testkit.cluster import Cluster, ClusterSpec
+from testkit.metrics import fetch_metrics
 
 from rangekv.cli.cluster import Child
 from rangekv.common import errors as E
@@ -261,8 +262,7 @@ class ScriptedCluster:
 
     def metrics(self) -> str:
         """The gateway's Prometheus text (blocking; call through asyncio.to_thread)."""
-        with urllib.request.urlopen(f"http://{self.gateway.metrics}/metrics", timeout=5) as r:
-            return str(r.read().decode())
+        return fetch_metrics(self.gateway.metrics)
 
     def log(self) -> str:
         try:
@@ -313,28 +313,22 @@ async def scripted_cluster(
     if log_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="scripted-peers-")
         log_dir = Path(tmp.name)
-    gateway = Child(
-        "gateway",
-        [
-            "gateway",
-            "--listen-port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--meta-addrs",
-            ",".join(m.address for m in metas),
-            # The scripted peers speak plaintext: routing, not transport security,
-            # is what these tests are about.
-            "--insecure",
-            *gateway_args,
-        ],
-        log_dir / "gateway.log",
+    # The scripted peers speak plaintext: routing, not transport security, is what
+    # these tests are about.
+    spec = ClusterSpec(
+        n_meta=0,
+        n_nodes=0,
+        insecure=True,
+        gateway_args=tuple(gateway_args),
+        meta_addrs=tuple(m.address for m in metas),
     )
+    processes = Cluster(log_dir, spec)
+    gateway = processes.gateways[0]
     channel: grpc.aio.Channel | None = None
     try:
         for server in servers:
             await server.start()
-        await gateway.start()
+        await processes.start()
         channel = grpc.aio.insecure_channel(gateway.address)
         cluster = ScriptedCluster(nodes, script, gateway, channel)
         try:
@@ -345,7 +339,7 @@ async def scripted_cluster(
     finally:
         if channel is not None:
             await channel.close()
-        await gateway.stop()
+        await processes.stop()
         for server in servers:
             await server.stop(0)
         if tmp is not None:

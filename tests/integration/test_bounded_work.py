@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from inproc_cluster import InProcCluster, layout
+from testkit.replica_client import put_op
 
 from rangekv.common import errors as E
 from rangekv.raftnode.replica import ReplicaLimits
@@ -26,17 +27,15 @@ from rangekv.v1 import replica_pb2, types_pb2
 VALUE = b"x" * 1024
 
 
-def put_op(key: bytes, value: bytes = VALUE) -> replica_pb2.ReplicaOp:
-    return replica_pb2.ReplicaOp(put=replica_pb2.PutOp(key=key, value=value))
-
-
 async def test_a_scan_without_limit_is_answered_in_pages(tmp_path: Path) -> None:
     cluster = InProcCluster(tmp_path, layout())
     await cluster.start()
     try:
         await cluster.elect_all({1: 1})
         for start in range(0, 3000, 250):  # 3 MB of values in one range
-            await cluster.batch(1, 1, [put_op(b"k%06d" % i) for i in range(start, start + 250)])
+            await cluster.batch(
+                1, 1, [put_op(b"k%06d" % i, VALUE) for i in range(start, start + 250)]
+            )
         scan = replica_pb2.ReplicaOp(scan=replica_pb2.ScanOp(start_key=b"", end_key=b""))
         resp = await cluster.batch(1, 1, [scan], fence_id=b"f" * 16)
         size = resp.ByteSize()

@@ -7,44 +7,19 @@ admin verbs (`ranges`, `nodes`, `transfer-lease`) agreeing with the cluster.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dev_process import DevCluster, rangekv
+from dev_process import DevCluster, ok, one_error_line, rangekv
+from testkit.kv import load
 
-from rangekv.v1 import kv_pb2, kv_pb2_grpc
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
-    c = DevCluster(tmp_path_factory.mktemp("cli") / "data")
-    try:
-        yield c.start()
-    finally:
-        c.close()
+from rangekv.v1 import kv_pb2_grpc
 
 
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr}"
-    return result.stdout
-
-
-def one_error_line(result: subprocess.CompletedProcess[str], code: int = 1) -> str:
-    """The failure contract: status `code`, exactly one `rangekv: ...` line on stderr."""
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("rangekv: "), lines[0]
-    return lines[0]
-
-
-def test_put_get_del(cluster: DevCluster) -> None:
-    a = ["--addr", cluster.addr, "--data", str(cluster.data)]
+def test_put_get_del(dev_cluster: DevCluster) -> None:
+    a = ["--addr", dev_cluster.addr, "--data", str(dev_cluster.data)]
     assert ok(rangekv("put", "cli/k1", "hello world", *a)).strip() == "OK"
     assert ok(rangekv("get", "cli/k1", *a)) == "hello world\n"
     got = json.loads(ok(rangekv("get", "cli/k1", "--json", *a)))
@@ -66,8 +41,8 @@ def test_put_get_del(cluster: DevCluster) -> None:
     assert json.loads(missing_json.stdout) == {"key": "cli/k1", "found": False}
 
 
-def test_cas(cluster: DevCluster) -> None:
-    a = ["--addr", cluster.addr, "--data", str(cluster.data)]
+def test_cas(dev_cluster: DevCluster) -> None:
+    a = ["--addr", dev_cluster.addr, "--data", str(dev_cluster.data)]
     assert ok(rangekv("cas", "cli/cas", "v1", "--expect-absent", *a)).strip() == "OK"
     failed = rangekv("cas", "cli/cas", "v2", "--expect-absent", *a)
     assert "cas failed: current value is v1" in one_error_line(failed)
@@ -79,21 +54,11 @@ def test_cas(cluster: DevCluster) -> None:
     assert ok(rangekv("get", "cli/cas", *a)).strip() == "v2"
 
 
-def test_scan(cluster: DevCluster) -> None:
+async def test_scan(dev_cluster: DevCluster) -> None:
     keys = [f"cli/scan/{i:03d}".encode() for i in range(25)]
-
-    async def load() -> None:
-        async with cluster.client_channels()(cluster.addr) as ch:
-            req = kv_pb2.BatchRequest(
-                requests=[
-                    kv_pb2.BatchRequestItem(put=kv_pb2.PutRequest(key=k, value=b"v\t" + k))
-                    for k in keys
-                ]
-            )
-            await kv_pb2_grpc.KVStub(ch).Batch(req, timeout=30)
-
-    asyncio.run(load())
-    a = ["--addr", cluster.addr, "--data", str(cluster.data)]
+    async with dev_cluster.client_channels()(dev_cluster.addr) as ch:
+        await load(kv_pb2_grpc.KVStub(ch), [(k, b"v\t" + k) for k in keys], per_batch=100)
+    a = ["--addr", dev_cluster.addr, "--data", str(dev_cluster.data)]
     lines = ok(rangekv("scan", "--prefix", "cli/scan/", *a)).splitlines()
     # One key<TAB>value per line, in key order; the tab inside the value is escaped.
     assert lines == [f"{k.decode()}\tv\\t{k.decode()}" for k in keys]
@@ -109,8 +74,8 @@ def test_scan(cluster: DevCluster) -> None:
     assert rows[0]["value"] == "v\tcli/scan/000"
 
 
-def test_ranges_and_nodes(cluster: DevCluster) -> None:
-    d = ["--data", str(cluster.data)]
+def test_ranges_and_nodes(dev_cluster: DevCluster) -> None:
+    d = ["--data", str(dev_cluster.data)]
     table = ok(rangekv("ranges", *d)).splitlines()
     assert table[0].split() == [
         "RANGE",
@@ -126,12 +91,17 @@ def test_ranges_and_nodes(cluster: DevCluster) -> None:
     assert ranges and ranges[0]["start_key"] == "" and ranges[-1]["end_key"] == ""
     assert sorted(r["node_id"] for r in ranges[0]["replicas"]) == [1, 2, 3]
     # --meta works as well as the dev layout.
-    meta = ",".join(cluster.addresses("meta"))
+    meta = ",".join(dev_cluster.addresses("meta"))
     assert (
         json.loads(
             ok(
                 rangekv(
-                    "ranges", "--json", "--meta", meta, "--certs-dir", str(cluster.data / "certs")
+                    "ranges",
+                    "--json",
+                    "--meta",
+                    meta,
+                    "--certs-dir",
+                    str(dev_cluster.data / "certs"),
                 )
             )
         )["ranges"][0]["range_id"]
@@ -141,30 +111,30 @@ def test_ranges_and_nodes(cluster: DevCluster) -> None:
     nodes = json.loads(ok(rangekv("nodes", "--json", *d)))["nodes"]
     assert [n["node_id"] for n in nodes] == [1, 2, 3]
     assert all(n["live"] and n["reachable"] and n["replicas"] >= 1 for n in nodes)
-    assert sorted(n["address"] for n in nodes) == sorted(cluster.addresses("nodes"))
+    assert sorted(n["address"] for n in nodes) == sorted(dev_cluster.addresses("nodes"))
     assert ok(rangekv("nodes", *d)).splitlines()[0].split()[:3] == ["NODE", "ADDRESS", "LIVENESS"]
 
 
-def _leaseholder(cluster: DevCluster, range_id: int) -> int | None:
-    ranges = json.loads(ok(rangekv("ranges", "--json", "--data", str(cluster.data))))["ranges"]
+def _leaseholder(dev_cluster: DevCluster, range_id: int) -> int | None:
+    ranges = json.loads(ok(rangekv("ranges", "--json", "--data", str(dev_cluster.data))))["ranges"]
     (r,) = [r for r in ranges if r["range_id"] == range_id]
     return r["leaseholder"] if r["lease_valid"] else None
 
 
-def test_transfer_lease(cluster: DevCluster) -> None:
-    d = ["--data", str(cluster.data)]
+def test_transfer_lease(dev_cluster: DevCluster) -> None:
+    d = ["--data", str(dev_cluster.data)]
     deadline = time.monotonic() + 30
-    holder = _leaseholder(cluster, 1)
+    holder = _leaseholder(dev_cluster, 1)
     while holder is None:
         assert time.monotonic() < deadline, "range 1 never had a valid lease"
-        holder = _leaseholder(cluster, 1)
+        holder = _leaseholder(dev_cluster, 1)
     target = 1 + holder % 3
     moved = json.loads(
         ok(rangekv("transfer-lease", "1", str(target), "--json", "--timeout", "10", *d))
     )
     assert moved["moved"] is True and moved["to"] == target
     # The new leaseholder needs a quorum ack before its lease is valid: poll, with a deadline.
-    while _leaseholder(cluster, 1) != target:
+    while _leaseholder(dev_cluster, 1) != target:
         assert time.monotonic() < deadline, "the lease did not settle on the target"
     assert "already holds the lease" in ok(rangekv("transfer-lease", "1", str(target), *d))
     # The gateway follows the move.
@@ -174,9 +144,9 @@ def test_transfer_lease(cluster: DevCluster) -> None:
             "cli/after-transfer",
             "x",
             "--addr",
-            cluster.addr,
+            dev_cluster.addr,
             "--data",
-            str(cluster.data),
+            str(dev_cluster.data),
             "--timeout",
             "10",
         )
@@ -184,7 +154,12 @@ def test_transfer_lease(cluster: DevCluster) -> None:
     assert (
         ok(
             rangekv(
-                "get", "cli/after-transfer", "--addr", cluster.addr, "--data", str(cluster.data)
+                "get",
+                "cli/after-transfer",
+                "--addr",
+                dev_cluster.addr,
+                "--data",
+                str(dev_cluster.data),
             )
         ).strip()
         == "x"
@@ -195,38 +170,41 @@ def test_transfer_lease(cluster: DevCluster) -> None:
     assert "range 999" in one_error_line(rangekv("transfer-lease", "999", "1", *d))
 
 
-def test_errors_are_one_line(cluster: DevCluster, tmp_path: Path) -> None:
+def test_errors_are_one_line(dev_cluster: DevCluster, tmp_path: Path) -> None:
     unreachable = one_error_line(
-        rangekv("get", "k", "--addr", "127.0.0.1:1", "--timeout", "3", "--data", str(cluster.data))
+        rangekv(
+            "get", "k", "--addr", "127.0.0.1:1", "--timeout", "3", "--data", str(dev_cluster.data)
+        )
     )
     assert unreachable.startswith("rangekv: UNAVAILABLE: cannot reach 127.0.0.1:1"), unreachable
     empty = one_error_line(
-        rangekv("put", "", "v", "--addr", cluster.addr, "--data", str(cluster.data))
+        rangekv("put", "", "v", "--addr", dev_cluster.addr, "--data", str(dev_cluster.data))
     )
     assert empty.startswith("rangekv: INVALID_ARGUMENT:"), empty
     assert one_error_line(
-        rangekv("get", "zz", "--hex", "--addr", cluster.addr, "--data", str(cluster.data)), code=2
+        rangekv("get", "zz", "--hex", "--addr", dev_cluster.addr, "--data", str(dev_cluster.data)),
+        code=2,
     )
     usage = rangekv(
-        "cas", "k", "v", "--addr", cluster.addr, "--data", str(cluster.data)
+        "cas", "k", "v", "--addr", dev_cluster.addr, "--data", str(dev_cluster.data)
     )  # neither --expect nor --expect-absent
     assert usage.returncode == 2
     assert rangekv("no-such-verb").returncode == 2
     no_layout = one_error_line(rangekv("ranges", "--data", str(tmp_path)))
     assert "--meta" in no_layout
 
-    split = rangekv("split", "m", "--data", str(cluster.data))
+    split = rangekv("split", "m", "--data", str(dev_cluster.data))
     if split.returncode != 0:  # AdminSplit arrives with a later issue
         assert one_error_line(split).startswith("rangekv: UNIMPLEMENTED:")
 
 
-def test_bench(cluster: DevCluster) -> None:
+def test_bench(dev_cluster: DevCluster) -> None:
     result = rangekv(
         "bench",
         "--addr",
-        cluster.addr,
+        dev_cluster.addr,
         "--data",
-        str(cluster.data),
+        str(dev_cluster.data),
         "--duration",
         "3",
         "--concurrency",
@@ -260,9 +238,9 @@ def test_bench(cluster: DevCluster) -> None:
             rangekv(
                 "bench",
                 "--addr",
-                cluster.addr,
+                dev_cluster.addr,
                 "--data",
-                str(cluster.data),
+                str(dev_cluster.data),
                 "--workload",
                 "mixed",
                 "--duration",
@@ -285,9 +263,9 @@ def test_bench(cluster: DevCluster) -> None:
             rangekv(
                 "bench",
                 "--addr",
-                cluster.addr,
+                dev_cluster.addr,
                 "--data",
-                str(cluster.data),
+                str(dev_cluster.data),
                 "--ops",
                 "20",
                 "--concurrency",
@@ -300,7 +278,7 @@ def test_bench(cluster: DevCluster) -> None:
 
 
 @pytest.mark.parametrize("client", ["stream", "direct"])
-def test_bench_through_the_client_library(cluster: DevCluster, client: str) -> None:
+def test_bench_through_the_client_library(dev_cluster: DevCluster, client: str) -> None:
     """`--client stream` (KV/Stream through the gateway) and `--client direct` (routing in
     the bench's process, the meta range found from --data) measure the same way."""
     result = json.loads(
@@ -308,9 +286,9 @@ def test_bench_through_the_client_library(cluster: DevCluster, client: str) -> N
             rangekv(
                 "bench",
                 "--addr",
-                cluster.addr,
+                dev_cluster.addr,
                 "--data",
-                str(cluster.data),
+                str(dev_cluster.data),
                 "--client",
                 client,
                 "--workload",

@@ -12,7 +12,6 @@ import base64
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 from dev_process import DevCluster, find_grpcurl, grpcurl_runs
@@ -42,54 +41,52 @@ def b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
-    c = DevCluster(tmp_path_factory.mktemp("grpcurl") / "data")
-    try:
-        c.start()
-        FLAGS[:] = c.grpcurl_flags()
-        assert "-cacert" in FLAGS, FLAGS  # secure by default
-        yield c
-    finally:
-        c.close()
+@pytest.fixture(scope="module", autouse=True)
+def grpcurl_flags(dev_cluster: DevCluster) -> None:
+    FLAGS[:] = dev_cluster.grpcurl_flags()
+    assert "-cacert" in FLAGS, FLAGS  # secure by default
 
 
-def test_list_and_describe_gateway(cluster: DevCluster) -> None:
-    services = grpcurl(cluster.addr, "list").split()
+def test_list_and_describe_gateway(dev_cluster: DevCluster) -> None:
+    services = grpcurl(dev_cluster.addr, "list").split()
     assert "rangekv.v1.KV" in services
     assert "grpc.health.v1.Health" in services
-    described = grpcurl(cluster.addr, "describe", "rangekv.v1.KV")
+    described = grpcurl(dev_cluster.addr, "describe", "rangekv.v1.KV")
     for rpc in ("Get", "Put", "Delete", "CompareAndSwap", "Scan", "Batch"):
         assert f"rpc {rpc} (" in described, described
     assert "returns ( stream .rangekv.v1.ScanResponse )" in described
-    message = grpcurl(cluster.addr, "describe", "rangekv.v1.PutRequest")
+    message = grpcurl(dev_cluster.addr, "describe", "rangekv.v1.PutRequest")
     assert "bytes key = 1;" in message
 
 
-def test_put_get_scan_with_json_bodies(cluster: DevCluster) -> None:
+def test_put_get_scan_with_json_bodies(dev_cluster: DevCluster) -> None:
     put = json.loads(
         grpcurl(
-            cluster.addr,
+            dev_cluster.addr,
             "rangekv.v1.KV/Put",
             data={"key": b64(b"grpcurl/a"), "value": b64(b"first")},
         )
     )
     assert int(put["version"]["wall_time"]) > 0  # int64 is a JSON string
     grpcurl(
-        cluster.addr, "rangekv.v1.KV/Put", data={"key": b64(b"grpcurl/b"), "value": b64(b"second")}
+        dev_cluster.addr,
+        "rangekv.v1.KV/Put",
+        data={"key": b64(b"grpcurl/b"), "value": b64(b"second")},
     )
 
-    got = json.loads(grpcurl(cluster.addr, "rangekv.v1.KV/Get", data={"key": b64(b"grpcurl/a")}))
+    got = json.loads(
+        grpcurl(dev_cluster.addr, "rangekv.v1.KV/Get", data={"key": b64(b"grpcurl/a")})
+    )
     assert got["found"] is True
     assert base64.b64decode(got["kv"]["value"]) == b"first"
     missing = json.loads(
-        grpcurl(cluster.addr, "rangekv.v1.KV/Get", data={"key": b64(b"grpcurl/zz")})
+        grpcurl(dev_cluster.addr, "rangekv.v1.KV/Get", data={"key": b64(b"grpcurl/zz")})
     )
     assert not missing.get("found", False)
 
     # A server stream prints one JSON document per message.
     out = grpcurl(
-        cluster.addr,
+        dev_cluster.addr,
         "rangekv.v1.KV/Scan",
         data={"start_key": b64(b"grpcurl/"), "end_key": b64(b"grpcurl0")},
     )
@@ -117,11 +114,11 @@ def _split_json_stream(text: str) -> list[str]:
     return docs
 
 
-def test_kv_stream_by_reflection(cluster: DevCluster) -> None:
+def test_kv_stream_by_reflection(dev_cluster: DevCluster) -> None:
     """KV/Stream from grpcurl: several JSON messages in, tagged answers out, a failed
     request answered with its google.rpc.Status (details resolved by reflection)."""
     assert GRPCURL is not None
-    described = grpcurl(cluster.addr, "describe", "rangekv.v1.KV")
+    described = grpcurl(dev_cluster.addr, "describe", "rangekv.v1.KV")
     assert (
         "rpc Stream ( stream .rangekv.v1.StreamRequest ) returns "
         "( stream .rangekv.v1.StreamResponse )" in described
@@ -135,7 +132,7 @@ def test_kv_stream_by_reflection(cluster: DevCluster) -> None:
     }
     second = {"requests": [{"request_id": 4, "get": {"key": b64(b"grpcurl/zz")}}]}
     done = subprocess.run(
-        [GRPCURL, *FLAGS, "-d", "@", cluster.addr, "rangekv.v1.KV/Stream"],
+        [GRPCURL, *FLAGS, "-d", "@", dev_cluster.addr, "rangekv.v1.KV/Stream"],
         input=json.dumps(first) + "\n" + json.dumps(second),
         capture_output=True,
         text=True,
@@ -155,10 +152,10 @@ def test_kv_stream_by_reflection(cluster: DevCluster) -> None:
     assert "batch" in answers[3] and "get" in answers[4]
 
 
-def test_errors_reach_grpcurl(cluster: DevCluster) -> None:
+def test_errors_reach_grpcurl(dev_cluster: DevCluster) -> None:
     assert GRPCURL is not None
     done = subprocess.run(
-        [GRPCURL, *FLAGS, "-d", json.dumps({"key": ""}), cluster.addr, "rangekv.v1.KV/Put"],
+        [GRPCURL, *FLAGS, "-d", json.dumps({"key": ""}), dev_cluster.addr, "rangekv.v1.KV/Put"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -170,8 +167,8 @@ def test_errors_reach_grpcurl(cluster: DevCluster) -> None:
 @pytest.mark.parametrize(
     "kind,service", [("nodes", "rangekv.v1.Replica"), ("meta", "rangekv.v1.Meta")]
 )
-def test_list_and_health_on_every_service(cluster: DevCluster, kind: str, service: str) -> None:
-    addr = cluster.addresses(kind)[0]
+def test_list_and_health_on_every_service(dev_cluster: DevCluster, kind: str, service: str) -> None:
+    addr = dev_cluster.addresses(kind)[0]
     services = grpcurl(addr, "list").split()
     assert service in services
     assert "grpc.health.v1.Health" in services
@@ -180,21 +177,23 @@ def test_list_and_health_on_every_service(cluster: DevCluster, kind: str, servic
     assert health["status"] == "SERVING"
 
 
-def test_health_of_the_gateway(cluster: DevCluster) -> None:
-    assert json.loads(grpcurl(cluster.addr, "grpc.health.v1.Health/Check"))["status"] == "SERVING"
+def test_health_of_the_gateway(dev_cluster: DevCluster) -> None:
+    assert (
+        json.loads(grpcurl(dev_cluster.addr, "grpc.health.v1.Health/Check"))["status"] == "SERVING"
+    )
     named = json.loads(
-        grpcurl(cluster.addr, "grpc.health.v1.Health/Check", data={"service": "rangekv.v1.KV"})
+        grpcurl(dev_cluster.addr, "grpc.health.v1.Health/Check", data={"service": "rangekv.v1.KV"})
     )
     assert named["status"] == "SERVING"
 
 
-def test_admin_api_by_reflection(cluster: DevCluster) -> None:
+def test_admin_api_by_reflection(dev_cluster: DevCluster) -> None:
     """The operator API is on the gateway, callable with nothing but grpcurl."""
-    assert "rangekv.v1.Admin" in grpcurl(cluster.addr, "list").split()
-    described = grpcurl(cluster.addr, "describe", "rangekv.v1.Admin")
+    assert "rangekv.v1.Admin" in grpcurl(dev_cluster.addr, "list").split()
+    described = grpcurl(dev_cluster.addr, "describe", "rangekv.v1.Admin")
     for rpc in ("ListRanges", "ListNodes", "SplitRange", "TransferLease", "ChangeReplicas"):
         assert f"rpc {rpc} (" in described, described
-    nodes = json.loads(grpcurl(cluster.addr, "rangekv.v1.Admin/ListNodes", data={}))["nodes"]
+    nodes = json.loads(grpcurl(dev_cluster.addr, "rangekv.v1.Admin/ListNodes", data={}))["nodes"]
     assert sorted(int(n["status"]["node"]["node_id"]) for n in nodes) == [1, 2, 3]
-    ranges = json.loads(grpcurl(cluster.addr, "rangekv.v1.Admin/ListRanges", data={}))
+    ranges = json.loads(grpcurl(dev_cluster.addr, "rangekv.v1.Admin/ListRanges", data={}))
     assert ranges["ranges"][0]["descriptor"]["range_id"] == "1"

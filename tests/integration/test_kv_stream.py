@@ -1,4 +1,4 @@
-"""KV/Stream and rangekv.client through real processes (a secure LocalCluster).
+"""KV/Stream and rangekv.client through real processes (a secure cluster of the test kit).
 
 One cluster for the module (3 metarange replicas, 3 raftnodes, 1 gateway, mutual
 TLS; the gateway's streams bounded at STREAM_BOUND open requests). Checked:
@@ -20,18 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import random
-import signal
 import time
-import urllib.request
 from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 import pytest_asyncio
 from google.rpc import error_details_pb2
+from testkit.cluster import Cluster, ClusterSpec
+from testkit.metrics import fetch_metrics, metric_samples
 
 from rangekv.check import HistoryRecorder, OpKind, Outcome, check_history
-from rangekv.cli.cluster import LocalCluster, free_ports
 from rangekv.cli.dev import wait_until_serving
 from rangekv.client import Client, ClientConfig, Delete, Get, Put, connect
 from rangekv.common import errors as E
@@ -44,29 +43,23 @@ STREAM_BOUND = 16
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalCluster]:
-    lc = LocalCluster(
-        tmp_path_factory.mktemp("kvstream") / "data",
-        gateway_ports=free_ports(1),
-        env={"RANGEKV_STREAM_MAX_INFLIGHT": str(STREAM_BOUND)},
-        say=lambda _line: None,
-    )
+async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
+    spec = ClusterSpec(env={"RANGEKV_STREAM_MAX_INFLIGHT": str(STREAM_BOUND)})
+    lc = Cluster(tmp_path_factory.mktemp("kvstream") / "data", spec)
     try:
         await lc.start()
         await wait_until_serving(lc.gateways[0].address, lc.client_channels())
         yield lc
     finally:
-        for child in lc.gateways:
-            child.signal(signal.SIGCONT)  # never leave a paused process behind
-        await lc.stop()
+        await lc.close()  # a paused process is resumed and killed too
 
 
-def security(lc: LocalCluster) -> SecurityConfig:
+def security(lc: Cluster) -> SecurityConfig:
     assert lc.certs_dir is not None
     return SecurityConfig(certs_dir=lc.certs_dir)
 
 
-async def stream_client(lc: LocalCluster, **kw: object) -> Client:
+async def stream_client(lc: Cluster, **kw: object) -> Client:
     """rangekv.client through the gateway, as the dev cluster's admin client (by name)."""
     config = ClientConfig(addr=lc.gateways[0].address, **kw)  # type: ignore[arg-type]
     # The dev certificates name the node's hosts; check the gateway by its node name, as
@@ -74,18 +67,16 @@ async def stream_client(lc: LocalCluster, **kw: object) -> Client:
     return await connect(config, channels=lc.client_channels("admin"), ready_timeout=30)
 
 
-async def direct_client(lc: LocalCluster) -> Client:
+async def direct_client(lc: Cluster) -> Client:
     """rangekv.client routing in this process, with the cluster's node certificate."""
-    config = ClientConfig(route="direct", meta_addrs=lc.meta_addrs)
+    config = ClientConfig(route="direct", meta_addrs=",".join(lc.meta_addrs))
     return await connect(config, security(lc))
 
 
-def metric(lc: LocalCluster, name: str) -> float:
-    text = urllib.request.urlopen(f"http://{lc.gateways[0].metrics}/metrics", timeout=10).read()
-    for line in text.decode().splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no {name} on the gateway")
+def metric(lc: Cluster, name: str) -> float:
+    samples = metric_samples(fetch_metrics(lc.gateways[0].metrics), name)
+    assert samples, f"no {name} on the gateway"
+    return samples[0][1]
 
 
 def item(rid: int, **op: object) -> kv_pb2.StreamRequestItem:
@@ -93,7 +84,7 @@ def item(rid: int, **op: object) -> kv_pb2.StreamRequestItem:
 
 
 async def test_raw_stream_answers_each_request_with_a_result_or_its_status(
-    cluster: LocalCluster,
+    cluster: Cluster,
 ) -> None:
     async with cluster.client_channels()(cluster.gateways[0].address) as ch:
         call = kv_pb2_grpc.KVStub(ch).Stream(timeout=30)
@@ -140,7 +131,7 @@ async def test_raw_stream_answers_each_request_with_a_result_or_its_status(
         assert status.details[0].Unpack(bad) and bad.field_violations[0].field == field
 
 
-async def test_a_client_that_does_not_read_is_held_at_the_bound(cluster: LocalCluster) -> None:
+async def test_a_client_that_does_not_read_is_held_at_the_bound(cluster: Cluster) -> None:
     """The gateway stops reading a stream whose answers are not taken: it starts at most
     its bound of requests, plus the answers HTTP/2 flow control lets the transport hold."""
     big = b"x" * 200_000
@@ -173,7 +164,7 @@ async def test_a_client_that_does_not_read_is_held_at_the_bound(cluster: LocalCl
     assert answered == sent
 
 
-async def test_the_client_on_both_routes(cluster: LocalCluster) -> None:
+async def test_the_client_on_both_routes(cluster: Cluster) -> None:
     for open_client in (stream_client, direct_client):
         async with await open_client(cluster) as kv:
             route = open_client.__name__
@@ -193,11 +184,11 @@ async def test_the_client_on_both_routes(cluster: LocalCluster) -> None:
             assert await kv.delete(key) is True
 
 
-async def test_the_deadline_holds_when_the_gateway_is_paused(cluster: LocalCluster) -> None:
+async def test_the_deadline_holds_when_the_gateway_is_paused(cluster: Cluster) -> None:
     gateway = cluster.gateways[0]
     async with await stream_client(cluster) as kv:
         await kv.put(b"d/k", b"1")
-        gateway.signal(signal.SIGSTOP)
+        cluster.pause(gateway)
         try:
             for call in (kv.put(b"d/k", b"2", timeout=0.5), kv.get(b"d/k", timeout=0.5)):
                 started = time.monotonic()
@@ -206,17 +197,17 @@ async def test_the_deadline_holds_when_the_gateway_is_paused(cluster: LocalClust
                 assert time.monotonic() - started < 1.5
             # The write was sent: whether it applied is unknown (it will when resumed).
         finally:
-            gateway.signal(signal.SIGCONT)
+            cluster.resume(gateway)
         got = await kv.get(b"d/k", timeout=10)
         assert got is not None and got.value in (b"1", b"2")
         assert late.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-async def test_the_client_reconnects_and_retries_what_is_safe(cluster: LocalCluster) -> None:
+async def test_the_client_reconnects_and_retries_what_is_safe(cluster: Cluster) -> None:
     gateway = cluster.gateways[0]
     async with await stream_client(cluster) as kv:
         await kv.put(b"r/k", b"before")
-        await gateway.stop()
+        await cluster.stop(gateway)
         # While the gateway is down, nothing can be sent: reads and writes are NOT_APPLIED
         # and retried until the gateway is back (within their deadline).
         read = asyncio.ensure_future(kv.get(b"r/k", timeout=60))
@@ -224,7 +215,7 @@ async def test_the_client_reconnects_and_retries_what_is_safe(cluster: LocalClus
         async with asyncio.timeout(30):
             while kv.retries < 2:
                 await asyncio.sleep(0.05)  # until both have failed once and retry
-        await gateway.start()
+        await cluster.start_children([gateway])
         got = await read
         assert got is not None and got.value in (b"before", b"after")
         await write
@@ -234,7 +225,7 @@ async def test_the_client_reconnects_and_retries_what_is_safe(cluster: LocalClus
 
 
 async def test_a_concurrent_history_through_the_client_is_linearizable(
-    cluster: LocalCluster,
+    cluster: Cluster,
 ) -> None:
     rec = HistoryRecorder()
     keys = [b"h/%d" % i for i in range(4)]
@@ -286,11 +277,8 @@ async def test_a_concurrent_history_through_the_client_is_linearizable(
         async with asyncio.timeout(60):
             while len(rec) < 60:
                 await asyncio.sleep(0.01)  # until the history is under way
-        gateway = cluster.gateways[0]
-        gateway.signal(signal.SIGKILL)  # abruptly: requests in flight get no answer
-        assert gateway.proc is not None
-        await gateway.proc.wait()
-        await gateway.start()
+        # kill -9, abruptly: requests in flight get no answer; then start it again
+        await cluster.restart(cluster.gateways[0])
         restarted.set()
 
     try:

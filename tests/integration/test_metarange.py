@@ -12,10 +12,10 @@ gateway or a split coordinator would:
   leader, when consistent ones cannot;
 * the store registry: registration, address change, liveness expiry.
 
-Every test runs its async body in one `asyncio.run` (grpc.aio channels and
-asyncio subprocesses belong to one loop). Nothing sleeps to let something
-happen: waits poll an observable condition with a deadline. A failure carries
-every replica's log tail and the random seed (RANGEKV_TEST_SEED replays it).
+The clusters are the kit's (tests/testkit): the meta range's three replicas
+only. Nothing sleeps to let something happen: waits poll an observable
+condition with a deadline. A failure carries every replica's log tail and the
+random seed (RANGEKV_TEST_SEED replays it).
 """
 
 from __future__ import annotations
@@ -24,16 +24,19 @@ import asyncio
 import itertools
 import os
 import random
+import signal
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from metarange_cluster import MetaCluster, MetaView, commit_split, write_request
-from raftnode_cluster import async_wait_for
+from testkit.cluster import META_ONLY
+from testkit.fixtures import ClusterFactory
+from testkit.kv import rpc_error
+from testkit.meta import MetaReplicas, MetaView, commit_split, write_request
+from testkit.waiting import async_wait_for
 
 from rangekv.common import errors as E
 from rangekv.common.descriptors import RangeDescriptor, first_range
@@ -49,60 +52,14 @@ pytestmark = pytest.mark.timeout(120)
 #: The first range every test cluster bootstraps (storage nodes 1, 2, 3).
 FIRST = first_range((1, 2, 3))
 
-#: A graceful stop waits up to this long for in-flight RPCs, and the peers'
-#: inbound raft streams are long-lived RPCs: a stop takes the full grace
-#: (observed), so tests keep it short.
-ARGS = ("--shutdown-grace-seconds", "1")
-
-
-class Harness:
-    """Makes clusters for one test, and runs the test body so that every
-    cluster is torn down and a failure shows the replicas' logs and the seed."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.clusters: list[MetaCluster] = []
-        self.seed = int(os.environ.get("RANGEKV_TEST_SEED") or random.randrange(1 << 32))
-        self.rng = random.Random(self.seed)
-
-    def cluster(self, *extra_args: str) -> MetaCluster:
-        c = MetaCluster(self.base / f"cluster{len(self.clusters)}", args=[*ARGS, *extra_args])
-        self.clusters.append(c)
-        return c
-
-    def run(self, body: Callable[[], Awaitable[None]]) -> None:
-        async def main() -> None:
-            try:
-                await body()
-            except BaseException as exc:
-                exc.add_note(f"RANGEKV_TEST_SEED={self.seed}")
-                for c in self.clusters:
-                    exc.add_note(c.log_tails())
-                raise
-            finally:
-                for c in self.clusters:
-                    await c.close()
-
-        asyncio.run(main())
-
 
 @pytest.fixture
-def harness(tmp_path: Path) -> Iterator[Harness]:
-    h = Harness(tmp_path)
-    try:
-        yield h
-    finally:
-        for c in h.clusters:
-            c.kill_all_now()  # if the loop died before `close` could run
-
-
-async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError | None:
-    """None if `call` succeeded, else its error (for asserting on status codes)."""
-    try:
-        await call
-    except grpc.aio.AioRpcError as exc:
-        return exc
-    return None
+def rng() -> random.Random:
+    """The test's randomness; its seed is printed, so a failure shows it
+    (RANGEKV_TEST_SEED replays it)."""
+    seed = int(os.environ.get("RANGEKV_TEST_SEED") or random.randrange(1 << 32))
+    print(f"RANGEKV_TEST_SEED={seed}")
+    return random.Random(seed)
 
 
 def lookup_req(key: bytes, consistent: bool, prefetch: int = 8) -> meta_pb2.LookupRangeRequest:
@@ -113,22 +70,23 @@ def lookup_req(key: bytes, consistent: bool, prefetch: int = 8) -> meta_pb2.Look
 # ----------------------------------------------------------------------------- (a) bootstrap
 
 
-def test_bootstrap_records_one_first_range_across_restarts(harness: Harness) -> None:
+async def test_bootstrap_records_one_first_range_across_restarts(
+    clusters: ClusterFactory,
+) -> None:
     """Three replicas started at once record exactly one first range; graceful
     and kill -9 restarts of all of them record no other (bootstrap acts only on
     an empty meta, and the id counters it advanced survive)."""
-
-    async def body() -> None:
-        cluster = harness.cluster()
-        await cluster.start()  # all three at once: each will try to bootstrap when it leads
-        await cluster.wait_leader()
+    # all three at once: each will try to bootstrap when it leads
+    cluster = await clusters.start(META_ONLY)
+    async with MetaReplicas(cluster) as meta:
+        await meta.wait_leader()
         only_first = MetaView.of_layout([FIRST])
-        await cluster.wait_view(only_first, cluster.ids)
-        for i in cluster.ids:
-            info = await cluster.info(i)
+        await meta.wait_view(only_first, meta.ids)
+        for i in meta.ids:
+            info = await meta.info(i)
             assert info is not None and info.bootstrapped
             assert RangeDescriptor.from_proto(info.first_range) == FIRST
-        client = cluster.client()
+        client = meta.client()
         try:
             # Bootstrap moved the counters past the first range's ids.
             assert (await client.allocate_ids(meta_pb2.ID_KIND_RANGE, 1)).first == 2
@@ -136,24 +94,21 @@ def test_bootstrap_records_one_first_range_across_restarts(harness: Harness) -> 
 
             await cluster.stop()  # SIGTERM all, then start all at once again
             await cluster.start()
-            await cluster.wait_leader()
-            await cluster.wait_view(only_first, cluster.ids)
+            await meta.wait_leader()
+            await meta.wait_view(only_first, meta.ids)
             assert (await client.allocate_ids(meta_pb2.ID_KIND_RANGE, 1)).first == 3
 
             # Once meta(b"") no longer holds the first range, a fresh start must
             # still not re-create it over the split halves.
             split = await commit_split(client, FIRST, b"m")
             halves = MetaView.of_layout(split.updates)
-            await cluster.wait_view(halves, cluster.ids)
-            for i in cluster.ids:
-                await cluster.kill(i)
+            await meta.wait_view(halves, meta.ids)
+            await cluster.kill(*cluster.meta)
             await cluster.start()
-            await cluster.wait_leader()
-            await cluster.wait_view(halves, cluster.ids)
+            await meta.wait_leader()
+            await meta.wait_view(halves, meta.ids)
         finally:
             await client.close()
-
-    harness.run(body)
 
 
 # ----------------------------------------------------------------------------- (b) kill -9
@@ -318,19 +273,19 @@ class SplitDriver:
             done += 1
 
 
-def test_kill_leader_during_descriptor_transactions(harness: Harness) -> None:
+async def test_kill_leader_during_descriptor_transactions(
+    clusters: ClusterFactory, rng: random.Random
+) -> None:
     """kill -9 of the leader while a coordinator streams split transactions:
     every acknowledged intent write and resolve is in the new leader's meta
     (an op whose answer was lost may or may not be), the restarted old leader
     catches up, and conditional writes still refuse conflicts afterwards."""
 
-    async def body() -> None:
-        rng = harness.rng
-        cluster = harness.cluster()
-        await cluster.start()
-        leader = await cluster.wait_leader()
-        await cluster.wait_view(MetaView.of_layout([FIRST]), cluster.ids)
-        client = cluster.client()
+    cluster = await clusters.start(META_ONLY)
+    async with MetaReplicas(cluster) as meta:
+        leader = await meta.wait_leader()
+        await meta.wait_view(MetaView.of_layout([FIRST]), meta.ids)
+        client = meta.client()
         driver = SplitDriver(client, rng)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -342,12 +297,12 @@ def test_kill_leader_during_descriptor_transactions(harness: Harness) -> None:
                 lambda: driver.committed >= 4 or task.done(), 30, "4 committed splits"
             )
             assert not task.done(), task.exception()
-            leader = await cluster.leader() or leader  # in case leadership moved meanwhile
+            leader = await meta.leader() or leader  # in case leadership moved meanwhile
             target = len(driver.ops) + rng.randint(1, 6)
             killed_after: list[Op] = []
 
             def kill() -> None:
-                cluster.kill_now(leader)
+                cluster.meta_replica(leader).signal(signal.SIGKILL)
                 stop.set()  # the driver stops after the op in flight
 
             def on_send() -> None:
@@ -358,13 +313,13 @@ def test_kill_leader_during_descriptor_transactions(harness: Harness) -> None:
             driver.on_send = on_send
             await asyncio.wait_for(task, 30)
             driver.on_send = None
-            await cluster.reap(leader)
+            await cluster.reap(cluster.meta_replica(leader))
             assert killed_after, "the kill never happened"
 
             # Phase 2: the new leader holds every acknowledged op.
-            survivors = [i for i in cluster.ids if i != leader]
-            new_leader = await cluster.wait_leader(survivors)
-            view = await cluster.view(new_leader)
+            survivors = [i for i in meta.ids if i != leader]
+            new_leader = await meta.wait_leader(survivors)
+            view = await meta.view(new_leader)
             candidates = possible_views(driver.ops)
             if view not in candidates:
                 lost = [
@@ -384,14 +339,14 @@ def test_kill_leader_during_descriptor_transactions(harness: Harness) -> None:
 
             # Phase 3: the old leader rejoins; the coordinator recovers its
             # interrupted transaction and goes on splitting.
-            await cluster.start([leader])
+            await cluster.start_children([cluster.meta_replica(leader)])
             await driver.run(asyncio.Event(), txns=4)
             await check_conflicts_refused(driver, rng)
 
             # Phase 4: everything settled: every replica holds exactly the layout.
             assert driver.pending is None
             settled = MetaView.of_layout(driver.layout)
-            await cluster.wait_view(settled, cluster.ids)
+            await meta.wait_view(settled, meta.ids)
             for d in driver.layout:
                 got = await client.lookup_range(d.start_key, prefetch=0, consistent=True)
                 assert RangeDescriptor.from_proto(got.descriptors[0]) == d
@@ -399,8 +354,6 @@ def test_kill_leader_during_descriptor_transactions(harness: Harness) -> None:
         finally:
             stop.set()
             await client.close()
-
-    harness.run(body)
 
 
 def reflected(op: Op, view: MetaView) -> bool:
@@ -452,41 +405,42 @@ async def check_conflicts_refused(driver: SplitDriver, rng: random.Random) -> No
 # ----------------------------------------------------------------------------- (c) elections
 
 
-def test_inconsistent_lookups_answer_from_followers_while_electing(harness: Harness) -> None:
+async def test_inconsistent_lookups_answer_from_followers_while_electing(
+    clusters: ClusterFactory, rng: random.Random
+) -> None:
     """Kill -9 the leader and at once ask the surviving followers directly:
     inconsistent lookups answer with what they applied (committed descriptors
     and the pending intent, separately), consistent ones fail UNAVAILABLE until
     a new leader exists, then succeed with committed records only."""
 
-    async def body() -> None:
-        cluster = harness.cluster()
-        await cluster.start()
-        leader = await cluster.wait_leader()
-        client = cluster.client()
+    cluster = await clusters.start(META_ONLY)
+    async with MetaReplicas(cluster) as meta:
+        leader = await meta.wait_leader()
+        client = meta.client()
         try:
             # Layout ["", g) [g, p) [p, "") and a pending split of [p, "") at t
             # (its lock intent at meta(b"") = [t, "")).
             first = await commit_split(client, FIRST, b"g")
             second = await commit_split(client, first.updates[0], b"p")
             tail = second.updates[0]
-            pending = plan_split(tail, b"t", 99, harness.rng.randbytes(16))
+            pending = plan_split(tail, b"t", 99, rng.randbytes(16))
             await client.write_intent(write_request(pending.writes()[0]))
 
             keys = [b"", b"a", b"g", b"h", b"p", b"q", b"t", b"u", b"zzz"]
             expected = {
-                k: await cluster.stub(leader).LookupRange(lookup_req(k, False), timeout=2)
+                k: await meta.stub(leader).LookupRange(lookup_req(k, False), timeout=2)
                 for k in keys
             }
             answer = expected[b"u"]
             assert [RangeDescriptor.from_proto(d) for d in answer.descriptors] == [tail]
             assert [i.txn.id for i in answer.intents] == [pending.txn.id]
             assert RangeDescriptor.from_proto(answer.intents[0].descriptor) == pending.updates[0]
-            followers = [i for i in cluster.ids if i != leader]
+            followers = [i for i in meta.ids if i != leader]
 
             async def followers_applied() -> bool:
                 for f in followers:
                     for k in keys:
-                        got = await cluster.stub(f).LookupRange(lookup_req(k, False), timeout=2)
+                        got = await meta.stub(f).LookupRange(lookup_req(k, False), timeout=2)
                         if got != expected[k]:
                             return False
                 return True
@@ -494,9 +448,9 @@ def test_inconsistent_lookups_answer_from_followers_while_electing(harness: Harn
             await async_wait_for(followers_applied, 10, "followers to apply the layout")
 
             # Kill whoever leads now (leadership may have moved meanwhile).
-            leader = await cluster.wait_leader()
-            followers = [i for i in cluster.ids if i != leader]
-            cluster.kill_now(leader)
+            leader = await meta.wait_leader()
+            followers = [i for i in meta.ids if i != leader]
+            cluster.meta_replica(leader).signal(signal.SIGKILL)
             killed_at = time.monotonic()
             served = {f: 0 for f in followers}
             refused = {f: 0 for f in followers}
@@ -505,7 +459,7 @@ def test_inconsistent_lookups_answer_from_followers_while_electing(harness: Harn
                 assert time.monotonic() - killed_at < 20, "no new leader within 20 s"
                 k = keys[round_ % len(keys)]
                 for f in followers:
-                    stub = cluster.stub(f)
+                    stub = meta.stub(f)
                     got = await stub.LookupRange(lookup_req(k, False), timeout=2)
                     assert got == expected[k], f"follower {f} answered {got} for {k!r}"
                     served[f] += 1
@@ -521,7 +475,7 @@ def test_inconsistent_lookups_answer_from_followers_while_electing(harness: Harn
                 await asyncio.sleep(0.02)  # pacing of the probe loop, not synchronisation
             assert all(n >= 1 for n in served.values()), served
             assert sum(refused.values()) >= 1, "consistent lookups never failed: no election gap"
-            await cluster.reap(leader)
+            await cluster.reap(cluster.meta_replica(leader))
 
             # With a leader again, consistent lookups through the client see
             # committed records only; the pending intent survived the failover.
@@ -538,32 +492,31 @@ def test_inconsistent_lookups_answer_from_followers_while_electing(harness: Harn
         finally:
             await client.close()
 
-    harness.run(body)
-
 
 # ----------------------------------------------------------------------------- (d) registry
 
 
-def test_store_registry_heartbeats_addresses_and_liveness(harness: Harness) -> None:
+async def test_store_registry_heartbeats_addresses_and_liveness(
+    clusters: ClusterFactory,
+) -> None:
     """A heartbeat registers a node, a heartbeat from a new address moves it,
     and liveness lapses one TTL after the last heartbeat (judged by the reading
     replica's clock, on every replica) until the next heartbeat renews it."""
 
-    async def body() -> None:
-        cluster = harness.cluster("--liveness-ttl", "1")
-        await cluster.start()
-        await cluster.wait_leader()
-        client = cluster.client()
+    cluster = await clusters.start(META_ONLY, meta_args=("--liveness-ttl", "1"))
+    async with MetaReplicas(cluster) as meta:
+        await meta.wait_leader()
+        client = meta.client()
 
         async def nodes(replica: int) -> dict[int, meta_pb2.NodeStatus]:
-            resp = await cluster.stub(replica).ListNodes(meta_pb2.ListNodesRequest(), timeout=2)
+            resp = await meta.stub(replica).ListNodes(meta_pb2.ListNodesRequest(), timeout=2)
             return {s.node.node_id: s for s in resp.nodes}
 
         async def wait_all(
             pred: Callable[[dict[int, meta_pb2.NodeStatus]], bool], what: str
         ) -> None:
             async def everywhere() -> bool:
-                return all([pred(await nodes(i)) for i in cluster.ids])
+                return all([pred(await nodes(i)) for i in meta.ids])
 
             await async_wait_for(everywhere, 10, what)
 
@@ -573,7 +526,7 @@ def test_store_registry_heartbeats_addresses_and_liveness(harness: Harness) -> N
             await wait_all(
                 lambda ns: 7 in ns and ns[7].node.address == "127.0.0.1:7007", "node 7 registered"
             )
-            first_beat = (await nodes(cluster.ids[0]))[7].last_heartbeat_wall_time
+            first_beat = (await nodes(meta.ids[0]))[7].last_heartbeat_wall_time
 
             # The node restarted elsewhere: the next heartbeat moves it.
             await client.heartbeat(7, "127.0.0.1:7107")
@@ -590,15 +543,13 @@ def test_store_registry_heartbeats_addresses_and_liveness(harness: Harness) -> N
             # No more heartbeats from 7: every replica sees it die after the TTL.
             await client.heartbeat(7, "127.0.0.1:7107")
             await wait_all(lambda ns: not ns[7].live, "node 7 to lose liveness")
-            last = (await nodes(cluster.ids[0]))[7].last_heartbeat_wall_time
+            last = (await nodes(meta.ids[0]))[7].last_heartbeat_wall_time
             assert time.time_ns() - last >= 1_000_000_000, "liveness lapsed before the TTL"
 
             await client.heartbeat(7, "127.0.0.1:7107")
-            states = {i: (await nodes(i))[7] for i in cluster.ids}
-            leader = await cluster.leader()
+            states = {i: (await nodes(i))[7] for i in meta.ids}
+            leader = await meta.leader()
             assert leader is not None and states[leader].live  # the leader applied it
             await wait_all(lambda ns: ns[7].last_heartbeat_wall_time > last, "renewal applied")
         finally:
             await client.close()
-
-    harness.run(body)

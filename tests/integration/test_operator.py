@@ -10,18 +10,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-from dev_process import DevCluster, rangekv
+from dev_process import DevCluster, ok, one_error_line, rangekv
 
 from rangekv.cli.cluster import LISTEN_PORTS
 from rangekv.cli.main import VERBS
@@ -36,40 +33,19 @@ PROCESS_VERBS = {"raftnode", "metarange", "gateway", "dev"}
 LOCAL_VERBS = {"cert"}
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
-    c = DevCluster(tmp_path_factory.mktemp("operator") / "data")
-    try:
-        yield c.start()
-    finally:
-        c.close()
-
-
-def certs(cluster: DevCluster) -> list[str]:
+def certs(dev_cluster: DevCluster) -> list[str]:
     """The dev cluster's admin client certificates (who the CLI is, not where)."""
-    return ["--certs-dir", str(cluster.data / "certs")]
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr}"
-    return result.stdout
+    return ["--certs-dir", str(dev_cluster.data / "certs")]
 
 
 def as_json(result: subprocess.CompletedProcess[str]) -> Any:
     return json.loads(ok(result))
 
 
-def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("rangekv: "), result.stderr
-    return lines[0]
-
-
-def test_every_verb_with_addr_alone(cluster: DevCluster, tmp_path: Path) -> None:
+def test_every_verb_with_addr_alone(dev_cluster: DevCluster, tmp_path: Path) -> None:
     """Each verb gets `--addr` and nothing else that names the cluster (no --data, no
     --meta); the client's identity comes from its certificates, as any client's would."""
-    a = ["--addr", cluster.addr, *certs(cluster), "--json", "--timeout", "20"]
+    a = ["--addr", dev_cluster.addr, *certs(dev_cluster), "--json", "--timeout", "20"]
     ran: set[str] = set()
 
     def cli(verb: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -89,7 +65,7 @@ def test_every_verb_with_addr_alone(cluster: DevCluster, tmp_path: Path) -> None
     nodes = as_json(cli("nodes"))["nodes"]
     assert [n["node_id"] for n in nodes] == [1, 2, 3]
     assert all(n["live"] and n["reachable"] for n in nodes)
-    assert sorted(n["address"] for n in nodes) == sorted(cluster.addresses("nodes"))
+    assert sorted(n["address"] for n in nodes) == sorted(dev_cluster.addresses("nodes"))
 
     split = as_json(cli("split", "op/m"))
     left, right = split["left"]["range_id"], split["right"]["range_id"]
@@ -103,13 +79,13 @@ def test_every_verb_with_addr_alone(cluster: DevCluster, tmp_path: Path) -> None
         3,
     ]
 
-    holder = _wait_for_leaseholder(cluster, right)
+    holder = _wait_for_leaseholder(dev_cluster, right)
     target = 1 + holder % 3
     moved = as_json(cli("transfer-lease", str(right), str(target)))
     assert moved["range_id"] == right and moved["to"] == target and moved["moved"] is True
 
     # Remove a follower's replica of the new range, then add it back.
-    holder = _wait_for_leaseholder(cluster, right)
+    holder = _wait_for_leaseholder(dev_cluster, right)
     follower = 1 + holder % 3
     removed = as_json(cli("change-replicas", str(right), "remove", str(follower)))
     assert follower not in [r["node_id"] for r in removed["replicas"]]
@@ -129,7 +105,7 @@ def test_every_verb_with_addr_alone(cluster: DevCluster, tmp_path: Path) -> None
     assert ran == admin_and_data, f"verbs not exercised: {admin_and_data - ran}"
     # The local verb works on the certificate folder alone.
     listed = subprocess.run(
-        [*_exe(), "cert", "list", *certs(cluster)], capture_output=True, text=True, timeout=60
+        [*_exe(), "cert", "list", *certs(dev_cluster)], capture_output=True, text=True, timeout=60
     )
     assert listed.returncode == 0 and "admin" in listed.stdout, listed
 
@@ -140,12 +116,12 @@ def _exe() -> list[str]:
     return [sys.executable, "-m", "rangekv.cli.main"]
 
 
-def _wait_for_leaseholder(cluster: DevCluster, range_id: int, timeout: float = 30.0) -> int:
+def _wait_for_leaseholder(dev_cluster: DevCluster, range_id: int, timeout: float = 30.0) -> int:
     """The node holding a valid lease of `range_id` (a new range elects first)."""
     deadline = time.monotonic() + timeout
     while True:
         ranges = json.loads(
-            ok(rangekv("ranges", "--json", "--addr", cluster.addr, *certs(cluster)))
+            ok(rangekv("ranges", "--json", "--addr", dev_cluster.addr, *certs(dev_cluster)))
         )["ranges"]
         (r,) = [r for r in ranges if r["range_id"] == range_id]
         if r["leaseholder"] and r["lease_valid"]:
@@ -153,25 +129,25 @@ def _wait_for_leaseholder(cluster: DevCluster, range_id: int, timeout: float = 3
         assert time.monotonic() < deadline, f"range {range_id} never had a valid lease: {r}"
 
 
-def test_admin_errors_are_one_line_with_a_status(cluster: DevCluster) -> None:
-    a = ["--addr", cluster.addr, *certs(cluster)]
+def test_admin_errors_are_one_line_with_a_status(dev_cluster: DevCluster) -> None:
+    a = ["--addr", dev_cluster.addr, *certs(dev_cluster)]
     missing = one_error_line(rangekv("transfer-lease", "999", "1", *a))
     assert missing.startswith("rangekv: NOT_FOUND: no node hosts range 999"), missing
     unknown = one_error_line(rangekv("transfer-lease", "1", "9", *a))
     assert unknown.startswith("rangekv: NOT_FOUND: node 9 is not in the registry"), unknown
     down = one_error_line(
-        rangekv("ranges", "--addr", "127.0.0.1:1", *certs(cluster), "--timeout", "3")
+        rangekv("ranges", "--addr", "127.0.0.1:1", *certs(dev_cluster), "--timeout", "3")
     )
     assert down.startswith("rangekv: UNAVAILABLE: cannot reach 127.0.0.1:1"), down
 
 
-def test_bench_out_and_plot(cluster: DevCluster, tmp_path: Path) -> None:
+def test_bench_out_and_plot(dev_cluster: DevCluster, tmp_path: Path) -> None:
     png, out = tmp_path / "run.png", tmp_path / "run.json"
     result = rangekv(
         "bench",
         "--addr",
-        cluster.addr,
-        *certs(cluster),
+        dev_cluster.addr,
+        *certs(dev_cluster),
         "--duration",
         "2",
         "--interval",
@@ -214,17 +190,14 @@ def _dashboard_queries() -> list[tuple[str, str]]:
     ]
 
 
-def test_dashboard_queries_name_exported_metrics(cluster: DevCluster) -> None:
+async def test_dashboard_queries_name_exported_metrics(dev_cluster: DevCluster) -> None:
     # Traffic first, so that the request, raft and cache histograms hold samples.
-    async def load() -> None:
-        async with cluster.client_channels()(cluster.addr) as ch:
-            stub = kv_pb2_grpc.KVStub(ch)
-            for i in range(20):
-                await stub.Put(kv_pb2.PutRequest(key=b"dash/%d" % i, value=b"v"), timeout=20)
-                await stub.Get(kv_pb2.GetRequest(key=b"dash/%d" % i), timeout=20)
-
-    asyncio.run(load())
-    metrics = cluster.layout()["metrics"]
+    async with dev_cluster.client_channels()(dev_cluster.addr) as ch:
+        stub = kv_pb2_grpc.KVStub(ch)
+        for i in range(20):
+            await stub.Put(kv_pb2.PutRequest(key=b"dash/%d" % i, value=b"v"), timeout=20)
+            await stub.Get(kv_pb2.GetRequest(key=b"dash/%d" % i), timeout=20)
+    metrics = dev_cluster.layout()["metrics"]
     assert isinstance(metrics, dict)
     exported: set[str] = set()
     for port in metrics.values():
@@ -255,13 +228,14 @@ def test_dashboard_queries_name_exported_metrics(cluster: DevCluster) -> None:
     assert "$dashboards.enabled" in template
 
 
-def test_metrics_ports_are_the_kept_ones(cluster: DevCluster) -> None:
+def test_metrics_ports_are_the_kept_ones(dev_cluster: DevCluster) -> None:
     """The ready screen's metrics endpoints are cluster.json's, below the ephemeral range."""
-    assert cluster.process is not None
+    assert dev_cluster.process is not None
     shown = {
-        int(m) for m in re.findall(r"metrics http://127\.0\.0\.1:(\d+)/", cluster.process.output)
+        int(m)
+        for m in re.findall(r"metrics http://127\.0\.0\.1:(\d+)/", dev_cluster.process.output)
     }
-    kept = cluster.layout()["metrics"]
+    kept = dev_cluster.layout()["metrics"]
     assert isinstance(kept, dict)
     assert shown == set(kept.values()) and len(shown) == 7
     assert all(p in LISTEN_PORTS for p in shown)

@@ -1,7 +1,7 @@
 """Traces leave real processes over OTLP, and one request is one trace.
 
 A tiny OTLP collector (the `TraceService/Export` RPC of opentelemetry-proto, on
-this test's event loop) receives the spans of a `LocalCluster` started with
+this test's event loop) receives the spans of a cluster (the kit's) started with
 `RANGEKV_OTLP_ENDPOINT` pointing at it. The test sends a Put and a Get through
 the gateway with a W3C `traceparent` of its own, so their traces are known in
 advance, and checks that each arrived as ONE trace spanning two processes:
@@ -28,16 +28,16 @@ import asyncio
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
-from raftnode_cluster import async_wait_for, free_ports
+from testkit.fixtures import ClusterFactory
+from testkit.replicas import Replicas
+from testkit.waiting import async_wait_for
 
-from rangekv.cli.cluster import LocalCluster
-from rangekv.v1 import kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
+from rangekv.v1 import kv_pb2, kv_pb2_grpc
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -108,32 +108,15 @@ def attribute(span: trace_pb2.Span, key: str) -> int | str | bool:
     raise KeyError(key)
 
 
-async def lease_holder(cluster: LocalCluster) -> int | None:
-    """The node holding a valid lease on range 1, if one does."""
-    for node_id, child in zip(cluster.layout.nodes, cluster.nodes, strict=True):
-        try:
-            async with cluster.node_channels()(child.address) as ch:
-                info = await replica_pb2_grpc.ReplicaStub(ch).RangeInfo(
-                    replica_pb2.RangeInfoRequest(range_ids=[RANGE_ID]), timeout=2.0
-                )
-        except grpc.aio.AioRpcError:
-            continue
-        if info.replicas and info.replicas[0].is_leader and info.replicas[0].lease_valid:
-            return node_id
-    return None
-
-
 def new_traceparent() -> tuple[bytes, bytes, tuple[tuple[str, str]]]:
     """A fresh (trace id, parent span id, gRPC metadata carrying them)."""
     trace_id, span_id = os.urandom(16), os.urandom(8)
     return trace_id, span_id, (("traceparent", f"00-{trace_id.hex()}-{span_id.hex()}-01"),)
 
 
-def test_put_and_get_are_each_one_trace_from_gateway_to_raft(tmp_path: Path) -> None:
-    asyncio.run(_test_put_and_get(tmp_path))
-
-
-async def _test_put_and_get(tmp_path: Path) -> None:
+async def test_put_and_get_are_each_one_trace_from_gateway_to_raft(
+    clusters: ClusterFactory,
+) -> None:
     collector = Collector()
     otlp = grpc.aio.server()
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, otlp)
@@ -143,9 +126,8 @@ async def _test_put_and_get(tmp_path: Path) -> None:
         "RANGEKV_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}",
         "OTEL_BSP_SCHEDULE_DELAY": "100",  # export within ~0.1 s instead of 5 s
     }
-    cluster = LocalCluster(
-        tmp_path / "cluster", gateway_ports=free_ports(1), env=env, say=lambda _line: None
-    )
+    cluster = clusters.create(env=env)
+    replicas = Replicas(cluster)
     try:
         await cluster.start()
         async with cluster.client_channels()(cluster.gateways[0].address) as channel:
@@ -161,14 +143,16 @@ async def _test_put_and_get(tmp_path: Path) -> None:
             # The first range elects a leader and the gateway fills its cache
             # (untraced by us; those spans are roots of their own traces).
             await async_wait_for(warm, 60, "a first put through the gateway")
-            holder = await async_wait_for(lambda: lease_holder(cluster), 30, "a valid lease")
+            holder = await async_wait_for(
+                lambda: replicas.leaseholder(RANGE_ID), 30, "a valid lease"
+            )
 
             put_trace, put_parent, put_md = new_traceparent()
             await kv.Put(kv_pb2.PutRequest(key=b"traced", value=b"v"), metadata=put_md, timeout=15)
             get_trace, get_parent, get_md = new_traceparent()
             got = await kv.Get(kv_pb2.GetRequest(key=b"traced"), metadata=get_md, timeout=15)
             assert got.found and got.kv.value == b"v"
-            assert await lease_holder(cluster) == holder, "the lease moved during the test"
+            assert await replicas.leaseholder(RANGE_ID) == holder, "the lease moved during the test"
 
             put_names = {"/rangekv.v1.KV/Put", "node.batch", "replica.batch", "raft.commit"}
             get_names = {"/rangekv.v1.KV/Get", "node.batch", "replica.batch"}

@@ -19,14 +19,13 @@ runs the gateway's real DistSender against it, so the outcome is deterministic:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from inproc_cluster import InProcCluster, InProcNodeClients, layout, meta_lookup_of
+from inproc_cluster import InProcCluster, InProcNodeClients, layout, meta_lookup_of, started
 
 from rangekv.common import errors as E
 from rangekv.gateway.dist_sender import DistSender, NodeDirectory
@@ -78,21 +77,8 @@ async def scan_all(sender: DistSender, start: bytes = b"", end: bytes = b"") -> 
 @pytest.fixture
 async def two_ranges(tmp_path: Path) -> AsyncIterator[InProcCluster]:
     """Range 1 = [.., m) led by node 1, range 2 = [m, ..) led by node 2."""
-    async with started(tmp_path) as cluster:
+    async with started(tmp_path, layout(b"m"), {1: 1, 2: 2}) as cluster:
         yield cluster
-
-
-@contextlib.asynccontextmanager
-async def started(
-    tmp_path: Path, mutation: Mutation = Mutation.NONE
-) -> AsyncIterator[InProcCluster]:
-    cluster = InProcCluster(tmp_path, layout(b"m"), mutation=mutation)
-    await cluster.start()
-    try:
-        await cluster.elect_all({1: 1, 2: 2})
-        yield cluster
-    finally:
-        await cluster.close()
 
 
 async def test_scan_never_holds_a_later_write_without_an_earlier_one(
@@ -215,7 +201,9 @@ async def test_writes_during_a_scan_wait_for_its_fences(two_ranges: InProcCluste
 
 
 async def test_the_no_scan_fence_mutation_is_caught(tmp_path: Path) -> None:
-    async with started(tmp_path, Mutation.NO_SCAN_FENCE) as cluster:
+    async with started(
+        tmp_path, layout(b"m"), {1: 1, 2: 2}, mutation=Mutation.NO_SCAN_FENCE
+    ) as cluster:
         rows = await writes_during_a_scan(cluster)
     assert b"b" in rows and b"y" not in rows, f"the mutation went unnoticed: {rows}"
 

@@ -12,11 +12,10 @@ applied index stays ahead of the data, so nothing is ever re-applied. The
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from inproc_cluster import InProcCluster, layout
+from inproc_cluster import InProcCluster, layout, started
 
 from rangekv.replication.mutations import Mutation
 from rangekv.replication.sync_mode import FsmSyncMode
@@ -24,17 +23,13 @@ from rangekv.replication.sync_mode import FsmSyncMode
 MODES = pytest.mark.parametrize("mode", [FsmSyncMode.SYNC, FsmSyncMode.NOSYNC], ids=str)
 
 
-@contextlib.asynccontextmanager
-async def started(
+def single_range(
     tmp_path: Path, mode: FsmSyncMode, mutation: Mutation = Mutation.NONE
-) -> AsyncIterator[InProcCluster]:
-    c = InProcCluster(tmp_path, layout(), sync_mode=mode, log_retain_entries=0, mutation=mutation)
-    await c.start()
-    try:
-        await c.elect_all({1: 1})
-        yield c
-    finally:
-        await c.close()
+) -> contextlib.AbstractAsyncContextManager[InProcCluster]:
+    """Range 1 led by node 1; logs truncated at once (a lagging replica needs a snapshot)."""
+    return started(
+        tmp_path, layout(), {1: 1}, sync_mode=mode, log_retain_entries=0, mutation=mutation
+    )
 
 
 async def stale_stream_after_catch_up(cluster: InProcCluster) -> bytes | None:
@@ -73,12 +68,12 @@ async def stale_stream_after_catch_up(cluster: InProcCluster) -> bytes | None:
 async def test_a_stale_snapshot_does_not_overwrite_newer_state(
     tmp_path: Path, mode: FsmSyncMode
 ) -> None:
-    async with started(tmp_path, mode) as cluster:
+    async with single_range(tmp_path, mode) as cluster:
         assert await stale_stream_after_catch_up(cluster) == b"v2", "an acknowledged write was lost"
         assert cluster.router.snapshot_results[0][:2] == (1, 3)
 
 
 @MODES
 async def test_the_stale_snapshot_mutation_is_caught(tmp_path: Path, mode: FsmSyncMode) -> None:
-    async with started(tmp_path, mode, Mutation.STALE_SNAPSHOT_INGEST) as cluster:
+    async with single_range(tmp_path, mode, Mutation.STALE_SNAPSHOT_INGEST) as cluster:
         assert await stale_stream_after_catch_up(cluster) is None, "the mutation went unnoticed"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from inproc_cluster import InProcCluster, layout
+from inproc_cluster import layout, started
 
 #: Ticks the right-hand side may take to get a leaseholder (a lease needs a
 #: heartbeat round after the election; the quiet period alone is 10 ticks).
@@ -19,10 +19,7 @@ AT_ONCE_TICKS = 3
 
 
 async def test_right_hand_range_gets_a_leaseholder_at_once(tmp_path: Path) -> None:
-    cluster = InProcCluster(tmp_path, layout())
-    await cluster.start()
-    try:
-        await cluster.elect_all({1: 2})
+    async with started(tmp_path, layout(), {1: 2}) as cluster:
         await cluster.put(2, 1, b"k", b"v")
         right = await cluster.split(1, b"m", 2)
         start = cluster.clock.now
@@ -34,8 +31,6 @@ async def test_right_hand_range_gets_a_leaseholder_at_once(tmp_path: Path) -> No
         assert cluster.leaseholder(right.range_id) == 2, "not the left-hand leaseholder's node"
         assert ticks <= AT_ONCE_TICKS, f"the right-hand range waited {ticks} ticks"
         await cluster.put(2, right.range_id, b"x", b"y")
-    finally:
-        await cluster.close()
 
 
 async def test_elsewhere_the_quiet_period_still_holds(tmp_path: Path) -> None:
@@ -43,10 +38,7 @@ async def test_elsewhere_the_quiet_period_still_holds(tmp_path: Path) -> None:
     replicas of the right-hand range must sit out the quiet period (an election
     timeout) before any of them can win -- a left-hand leaseholder that had not
     applied the split yet could still be serving those keys."""
-    cluster = InProcCluster(tmp_path, layout())
-    await cluster.start()
-    try:
-        await cluster.elect_all({1: 2})
+    async with started(tmp_path, layout(), {1: 2}) as cluster:
         right = await cluster.split(1, b"m", 2)
         await cluster.stop_node(2)
         start = cluster.clock.now
@@ -56,5 +48,3 @@ async def test_elsewhere_the_quiet_period_still_holds(tmp_path: Path) -> None:
         )
         ticks = round((cluster.clock.now - start) / cluster.timing.tick_interval)
         assert ticks >= cluster.timing.election_ticks, f"a leader after only {ticks} ticks"
-    finally:
-        await cluster.close()

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from inproc_cluster import InProcCluster, layout
+from inproc_cluster import layout, started
 
 from rangekv.raftnode.store import INITIAL_INDEX, Store
 from rangekv.replication.state_engine import DESCRIPTOR
@@ -46,10 +46,9 @@ def groups_without_state(store: Store) -> list[int]:
 async def test_a_power_cut_right_after_a_split_leaves_no_log_without_state(
     tmp_path: Path,
 ) -> None:
-    cluster = InProcCluster(tmp_path, layout(), sync_mode=FsmSyncMode.NOSYNC, power_cuts=True)
-    await cluster.start()
-    try:
-        await cluster.elect_all({1: 1})
+    async with started(
+        tmp_path, layout(), {1: 1}, sync_mode=FsmSyncMode.NOSYNC, power_cuts=True
+    ) as cluster:
         await cluster.put(1, 1, b"n", b"1")
         right = await cluster.split(1, b"m", 2)
         await cluster.until(
@@ -68,17 +67,14 @@ async def test_a_power_cut_right_after_a_split_leaves_no_log_without_state(
         seen: list[int] = []
         await cluster.restart_node(3, before_start=lambda s: seen.extend(groups_without_state(s)))
         assert seen == [], f"raft groups with no state after the power cut: {seen}"
-    finally:
-        await cluster.close()
 
 
 async def test_after_a_power_cut_the_right_hand_side_converges(tmp_path: Path) -> None:
     """End to end: a compare-and-swap on the right-hand side that depends on a
     write made before the split reads back right on the node that lost power."""
-    cluster = InProcCluster(tmp_path, layout(), sync_mode=FsmSyncMode.NOSYNC, power_cuts=True)
-    await cluster.start()
-    try:
-        await cluster.elect_all({1: 1})
+    async with started(
+        tmp_path, layout(), {1: 1}, sync_mode=FsmSyncMode.NOSYNC, power_cuts=True
+    ) as cluster:
         await cluster.put(1, 1, b"n", b"1")
         right = await cluster.split(1, b"m", 2)
         await cluster.until(lambda: cluster.leaseholder(2) == 1, "range 2 led by node 1")
@@ -119,5 +115,3 @@ async def test_after_a_power_cut_the_right_hand_side_converges(tmp_path: Path) -
         )
         await cluster.make_leaseholder(right.range_id, 3)
         assert await cluster.get(3, right.range_id, b"n") == b"2", "node 3's copy diverged"
-    finally:
-        await cluster.close()

@@ -37,7 +37,6 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +44,10 @@ import kmock
 import pytest
 from chart import NAMESPACE, render
 from manifest_cluster import Cluster, kubeconfig_for
+from testkit.waiting import async_wait_for
+from testkit.workload import ClientMix, Workload, WorkloadSpec
 
-from rangekv.check.history import HistoryRecorder, OpKind, Outcome
-from rangekv.check.kv_client import recorded_op
+from rangekv.check.history import OpKind, Outcome
 from rangekv.check.linearizability import check_history
 from rangekv.common.certs import (
     CA_CERT,
@@ -95,51 +95,14 @@ def values(tls: bool) -> dict[str, Any]:
     }
 
 
-@dataclass
-class Workload:
-    rec: HistoryRecorder = field(default_factory=HistoryRecorder)
-    outcomes: Counter[str] = field(default_factory=Counter)
-    errors: Counter[str] = field(default_factory=Counter)
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def acknowledged(self) -> int:
-        return self.outcomes[Outcome.OK.value]
-
-    def report(self) -> str:
-        return (
-            f"ok={self.outcomes[Outcome.OK.value]} failed={self.outcomes[Outcome.FAIL.value]} "
-            f"unknown={self.outcomes[Outcome.UNKNOWN.value]} errors={dict(self.errors)}"
-        )
-
-
-async def client(cid: int, kv: kv_pb2_grpc.KVStub, w: Workload) -> None:
-    """Gets, puts of unique values and CAS from the last value seen, over KEYS."""
-    rng = random.Random(cid)
-    seen: dict[bytes, bytes | None] = {}
-    n = 0
-    while not w.stop.is_set():
-        n += 1
-        key = rng.choice(KEYS)
-        roll = rng.random()
-        value = b"c%d-%d" % (cid, n)
-        if roll < 0.4:
-            op, err = await recorded_op(cid, kv, w.rec, OpKind.GET, key, timeout=OP_TIMEOUT)
-        elif roll < 0.8:
-            op, err = await recorded_op(cid, kv, w.rec, OpKind.PUT, key, value, timeout=OP_TIMEOUT)
-        else:
-            op, err = await recorded_op(
-                cid, kv, w.rec, OpKind.CAS, key, value, seen.get(key), timeout=OP_TIMEOUT
-            )
-        if op.outcome is Outcome.OK:
-            if op.kind is OpKind.GET:
-                seen[key] = op.read
-            elif op.kind is OpKind.PUT or op.succeeded:
-                seen[key] = value
-        w.outcomes[op.outcome.value] += 1
-        if err is not None:
-            w.errors[f"{op.kind.value} {err.code().name}: {(err.details() or '')[:80]}"] += 1
-        await asyncio.sleep(0.005)  # pacing: a steady load, not a flood
+#: The kit's recorded workload: gets, puts of unique values and CAS from the last
+#: value seen, over KEYS, through the gateway Service; a steady load, not a flood.
+WORKLOAD = WorkloadSpec(
+    keys=tuple(KEYS),
+    clients=CLIENTS,
+    scanners=0,
+    mix=ClientMix(get=0.4, put=0.4, cas=0.2, pause=(0.005, 0.005)),
+)
 
 
 @contextlib.asynccontextmanager
@@ -234,74 +197,63 @@ def meta_addresses(cluster: Cluster) -> list[str]:
 
 @contextlib.asynccontextmanager
 async def workload(cluster: Cluster) -> AsyncIterator[Workload]:
-    w = Workload()
     async with channels(cluster)(gateway_address(cluster)) as channel:
         kv = kv_pb2_grpc.KVStub(channel)
-        tasks = [asyncio.ensure_future(client(i, kv, w)) for i in range(CLIENTS)]
+        w = Workload(WORKLOAD, [kv], timeout=OP_TIMEOUT)
+        w.start()
         try:
             yield w
         finally:
-            w.stop.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await w.stop()
         # Read every key back once all writers stopped: the checker then also
         # proves that the last acknowledged value of each key survived.
         for key in KEYS:
-            await recorded_op(99, kv, w.rec, OpKind.GET, key, timeout=OP_TIMEOUT)
+            await w.kv.op(99, kv, OpKind.GET, key)
 
 
-async def until(pred: Any, timeout: float, what: str) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        got = await pred()
-        if got:
-            return got
-        if loop.time() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout:.0f}s")
-        await asyncio.sleep(0.5)  # polling cluster state
+#: How often the tests poll cluster state.
+POLL = 0.5
 
 
 async def after_ops(w: Workload, n: int, timeout: float = 60.0) -> None:
-    target = w.acknowledged + n
-
-    async def enough() -> bool:
-        return w.acknowledged >= target
-
-    await until(enough, timeout, f"{n} more acknowledged operations")
+    target = w.stats.acknowledged + n
+    await async_wait_for(
+        lambda: w.stats.acknowledged >= target,
+        timeout,
+        f"{n} more acknowledged operations",
+        POLL,
+    )
 
 
 def judge(w: Workload) -> str:
-    ops = w.rec.operations()
+    ops = w.operations()
     result = check_history(ops, timeout=120)
     assert result.ok is True, result.explanation
-    return f"{len(ops)} operations, linearizable ({result.keys_checked} keys); {w.report()}"
+    return f"{len(ops)} operations, linearizable ({result.keys_checked} keys); {w.stats.report()}"
 
 
 @pytest.mark.parametrize("tls", [True, False], ids=["tls", "plaintext"])
-def test_rolling_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tls: bool) -> None:
-    async def body() -> None:
-        async with running(tmp_path, monkeypatch, tls=tls) as cluster:
-            code, out = await cluster.helm_test()
-            assert code == 0 and "put and get through" in out, out
-            async with workload(cluster) as w:
-                await after_ops(w, 100)
-                codes = {}
-                for component in ("metarange", "raftnode"):
-                    sts = cluster.statefulset(component)
-                    codes[component] = await sts.rolling_restart()
-                    await after_ops(w, 200 if LONG else 50)
-            verdict = judge(w)
-            print(f"rolling restart ({'tls' if tls else 'plaintext'}): {verdict}", flush=True)
-            assert codes == {"metarange": [0, 0, 0], "raftnode": [0, 0, 0]}
-            assert max(cluster.max_unavailable_seen.values()) == 1, cluster.max_unavailable_seen
-            restarts = {p.name: p.restarts for p in cluster.pods() if "-gateway-" not in p.name}
-            assert set(restarts.values()) == {1}, f"restarts besides the roll: {restarts}"
-            assert w.outcomes[Outcome.UNKNOWN.value] == 0, w.report()
-            assert w.outcomes[Outcome.FAIL.value] == 0, w.report()
-            code, out = await cluster.helm_test()
-            assert code == 0, out
-
-    asyncio.run(body())
+async def test_rolling_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tls: bool) -> None:
+    async with running(tmp_path, monkeypatch, tls=tls) as cluster:
+        code, out = await cluster.helm_test()
+        assert code == 0 and "put and get through" in out, out
+        async with workload(cluster) as w:
+            await after_ops(w, 100)
+            codes = {}
+            for component in ("metarange", "raftnode"):
+                sts = cluster.statefulset(component)
+                codes[component] = await sts.rolling_restart()
+                await after_ops(w, 200 if LONG else 50)
+        verdict = judge(w)
+        print(f"rolling restart ({'tls' if tls else 'plaintext'}): {verdict}", flush=True)
+        assert codes == {"metarange": [0, 0, 0], "raftnode": [0, 0, 0]}
+        assert max(cluster.max_unavailable_seen.values()) == 1, cluster.max_unavailable_seen
+        restarts = {p.name: p.restarts for p in cluster.pods() if "-gateway-" not in p.name}
+        assert set(restarts.values()) == {1}, f"restarts besides the roll: {restarts}"
+        assert w.stats.outcomes[Outcome.UNKNOWN.value] == 0, w.stats.report()
+        assert w.stats.outcomes[Outcome.FAIL.value] == 0, w.stats.report()
+        code, out = await cluster.helm_test()
+        assert code == 0, out
 
 
 def rangekv_cli(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
@@ -337,90 +289,88 @@ async def leases(cluster: Cluster, address: str) -> int:
     return sum(1 for r in info.replicas if r.is_leader and r.lease_valid)
 
 
-def test_scale_raftnodes_3_5_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    async def body() -> None:
-        async with running(tmp_path, monkeypatch, tls=True) as cluster:
-            meta_addrs = ",".join(meta_addresses(cluster))
-            for key in ("g", "m", "r", "w"):
-                last: list[str] = []
+async def test_scale_raftnodes_3_5_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with running(tmp_path, monkeypatch, tls=True) as cluster:
+        meta_addrs = ",".join(meta_addresses(cluster))
+        for key in ("g", "m", "r", "w"):
+            last: list[str] = []
 
-                async def split(key: str = key, last: list[str] = last) -> bool:
-                    done = await asyncio.to_thread(
-                        rangekv_cli, cluster, "split", key, "--meta", meta_addrs, "--timeout", "30"
-                    )
-                    last.append(done.stderr)
-                    return done.returncode == 0  # a new range may have no leader yet: again
-
-                try:
-                    await until(split, 60, f"split at {key}")
-                except TimeoutError as exc:
-                    raise AssertionError(f"{exc}: {last[-1]}") from None
-            meta = MetaClient(
-                meta_addresses(cluster), timeout=5, channels=channels(cluster, internal=True)
-            )
-            raftnodes = cluster.statefulset("raftnode")
-            cycles = 2 if LONG else 1
-            led: dict[int, int] = {}
-            try:
-                async with workload(cluster) as w:
-                    await after_ops(w, 100)
-                    for cycle in range(cycles):
-                        # Fresh volumes: the new pods are new nodes (ids from the meta range).
-                        new_ids = [4 + 2 * cycle, 5 + 2 * cycle]
-                        await raftnodes.scale(5)
-                        await raftnodes.wait_ready(120)
-
-                        async def new_nodes_serve(
-                            new_ids: list[int] = new_ids,
-                        ) -> dict[int, int] | None:
-                            nodes = await node_view(meta)
-                            if not all(n in nodes for n in new_ids):
-                                return None
-                            descs = await layout(meta)
-                            held = Counter(r.node_id for d in descs for r in d.replicas)
-                            if not all(held[n] for n in new_ids):
-                                return None
-                            got = {n: await leases(cluster, nodes[n].node.address) for n in new_ids}
-                            return got if all(got.values()) else None
-
-                        led = await until(
-                            new_nodes_serve,
-                            150,
-                            f"nodes {new_ids} to hold replicas and leases",
-                        )
-                        await after_ops(w, 200 if LONG else 50)
-                        removed = await raftnodes.scale(3)
-                        assert removed == {
-                            f"{raftnodes.name}-3": 0,
-                            f"{raftnodes.name}-4": 0,
-                        }
-                        await after_ops(w, 200 if LONG else 50)
-                verdict = judge(w)
-                print(
-                    f"scale 3 -> 5 -> 3 (x{cycles}): leases on new nodes {led}; {verdict}",
-                    flush=True,
+            async def split(key: str = key, last: list[str] = last) -> bool:
+                done = await asyncio.to_thread(
+                    rangekv_cli, cluster, "split", key, "--meta", meta_addrs, "--timeout", "30"
                 )
+                last.append(done.stderr)
+                return done.returncode == 0  # a new range may have no leader yet: again
 
-                async def settled() -> list[Any] | None:
-                    nodes = await node_view(meta)
-                    descs = await layout(meta)
-                    for d in descs:
-                        voters = sorted(r.node_id for r in d.replicas if r.type == 1)
-                        if voters != [1, 2, 3] or len(d.replicas) != 3:
+            try:
+                await async_wait_for(split, 60, f"split at {key}", POLL)
+            except TimeoutError as exc:
+                raise AssertionError(f"{exc}: {last[-1]}") from None
+        meta = MetaClient(
+            meta_addresses(cluster), timeout=5, channels=channels(cluster, internal=True)
+        )
+        raftnodes = cluster.statefulset("raftnode")
+        cycles = 2 if LONG else 1
+        led: dict[int, int] = {}
+        try:
+            async with workload(cluster) as w:
+                await after_ops(w, 100)
+                for cycle in range(cycles):
+                    # Fresh volumes: the new pods are new nodes (ids from the meta range).
+                    new_ids = [4 + 2 * cycle, 5 + 2 * cycle]
+                    await raftnodes.scale(5)
+                    await raftnodes.wait_ready(120)
+
+                    async def new_nodes_serve(
+                        new_ids: list[int] = new_ids,
+                    ) -> dict[int, int] | None:
+                        nodes = await node_view(meta)
+                        if not all(n in nodes for n in new_ids):
                             return None
-                    return descs if all(nodes[n].live for n in (1, 2, 3)) else None
+                        descs = await layout(meta)
+                        held = Counter(r.node_id for d in descs for r in d.replicas)
+                        if not all(held[n] for n in new_ids):
+                            return None
+                        got = {n: await leases(cluster, nodes[n].node.address) for n in new_ids}
+                        return got if all(got.values()) else None
 
-                descs = await until(settled, 60, "every range on 3 live voters")
-                assert len(descs) == 5
+                    led = await async_wait_for(
+                        new_nodes_serve,
+                        150,
+                        f"nodes {new_ids} to hold replicas and leases",
+                        POLL,
+                    )
+                    await after_ops(w, 200 if LONG else 50)
+                    removed = await raftnodes.scale(3)
+                    assert removed == {
+                        f"{raftnodes.name}-3": 0,
+                        f"{raftnodes.name}-4": 0,
+                    }
+                    await after_ops(w, 200 if LONG else 50)
+            verdict = judge(w)
+            print(
+                f"scale 3 -> 5 -> 3 (x{cycles}): leases on new nodes {led}; {verdict}",
+                flush=True,
+            )
+
+            async def settled() -> list[Any] | None:
                 nodes = await node_view(meta)
-                retired = range(4, 4 + 2 * cycles)
-                assert {n: nodes[n].state for n in nodes} == {
-                    **{n: meta_pb2.NODE_STATE_ACTIVE for n in (1, 2, 3)},
-                    **{n: meta_pb2.NODE_STATE_DECOMMISSIONED for n in retired},
-                }
-                assert not list((tmp_path / "pvc").glob(f"data-{raftnodes.name}-[34]"))
-                assert w.outcomes[Outcome.UNKNOWN.value] == 0, w.report()
-            finally:
-                await meta.close()
+                descs = await layout(meta)
+                for d in descs:
+                    voters = sorted(r.node_id for r in d.replicas if r.type == 1)
+                    if voters != [1, 2, 3] or len(d.replicas) != 3:
+                        return None
+                return descs if all(nodes[n].live for n in (1, 2, 3)) else None
 
-    asyncio.run(body())
+            descs = await async_wait_for(settled, 60, "every range on 3 live voters", POLL)
+            assert len(descs) == 5
+            nodes = await node_view(meta)
+            retired = range(4, 4 + 2 * cycles)
+            assert {n: nodes[n].state for n in nodes} == {
+                **{n: meta_pb2.NODE_STATE_ACTIVE for n in (1, 2, 3)},
+                **{n: meta_pb2.NODE_STATE_DECOMMISSIONED for n in retired},
+            }
+            assert not list((tmp_path / "pvc").glob(f"data-{raftnodes.name}-[34]"))
+            assert w.stats.outcomes[Outcome.UNKNOWN.value] == 0, w.stats.report()
+        finally:
+            await meta.close()

@@ -10,7 +10,6 @@ Role: `get` on that one StatefulSet, nothing else.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -61,39 +60,37 @@ def allowed(rules: list[dict[str, Any]], method: str, path: str) -> bool:
     )
 
 
-def test_scale_down_decision_through_the_real_client(
+async def test_scale_down_decision_through_the_real_client(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rendered = render({"raftnode": {"replicas": 5}})
     sts = rendered.component("StatefulSet", "raftnode")
     (role,) = rendered.of_kind("Role")
 
-    async def main() -> list[tuple[str, str]]:
-        async with kmock.KubernetesEmulator() as api, kmock.Server(api) as server:
-            api.resources["apps/v1/statefulsets"] = {}
-            api.objects["apps/v1/statefulsets", NAMESPACE, STS] = sts
-            monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-            monkeypatch.setenv(
-                "KUBECONFIG", str(kubeconfig(tmp_path / "kubeconfig", str(server.url).rstrip("/")))
-            )
-            sets = KubeStatefulSets.connect(timeout=5)
-            pod3, pod4 = PodIdentity(f"{STS}-3", NAMESPACE), PodIdentity(f"{STS}-4", NAMESPACE)
-            assert await sets.replicas(NAMESPACE, STS) == 5
-            assert not await scaled_away(pod3, sets) and not await scaled_away(pod4, sets)
-            # kubectl scale --replicas 3
-            api.objects["apps/v1/statefulsets", NAMESPACE, STS] = {
-                **sts,
-                "spec": {**sts["spec"], "replicas": 3},
-            }
-            assert await scaled_away(pod3, sets) and await scaled_away(pod4, sets)
-            assert not await scaled_away(PodIdentity(f"{STS}-2", NAMESPACE), sets)
-            # Outside a StatefulSet nothing is asked.
-            assert not await scaled_away(PodIdentity("", ""), sets)
-            with pytest.raises(KubeError, match="404"):
-                await sets.replicas(NAMESPACE, "someone-elses")
-            return [(str(r.method).rsplit(".", 1)[-1].upper(), r.url.path) for r in api]
+    async with kmock.KubernetesEmulator() as api, kmock.Server(api) as server:
+        api.resources["apps/v1/statefulsets"] = {}
+        api.objects["apps/v1/statefulsets", NAMESPACE, STS] = sts
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        monkeypatch.setenv(
+            "KUBECONFIG", str(kubeconfig(tmp_path / "kubeconfig", str(server.url).rstrip("/")))
+        )
+        sets = KubeStatefulSets.connect(timeout=5)
+        pod3, pod4 = PodIdentity(f"{STS}-3", NAMESPACE), PodIdentity(f"{STS}-4", NAMESPACE)
+        assert await sets.replicas(NAMESPACE, STS) == 5
+        assert not await scaled_away(pod3, sets) and not await scaled_away(pod4, sets)
+        # kubectl scale --replicas 3
+        api.objects["apps/v1/statefulsets", NAMESPACE, STS] = {
+            **sts,
+            "spec": {**sts["spec"], "replicas": 3},
+        }
+        assert await scaled_away(pod3, sets) and await scaled_away(pod4, sets)
+        assert not await scaled_away(PodIdentity(f"{STS}-2", NAMESPACE), sets)
+        # Outside a StatefulSet nothing is asked.
+        assert not await scaled_away(PodIdentity("", ""), sets)
+        with pytest.raises(KubeError, match="404"):
+            await sets.replicas(NAMESPACE, "someone-elses")
+        requests = [(str(r.method).rsplit(".", 1)[-1].upper(), r.url.path) for r in api]
 
-    requests = asyncio.run(main())
     assert len(requests) == 7
     assert all(method == "GET" for method, _ in requests)
     ours = [r for r in requests if r[1].endswith(f"/{STS}")]
@@ -103,14 +100,14 @@ def test_scale_down_decision_through_the_real_client(
     assert not allowed(role["rules"], *other)
 
 
-def test_an_unreachable_api_server_is_a_kube_error(
+async def test_an_unreachable_api_server_is_a_kube_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig(tmp_path / "kc", "http://127.0.0.1:9")))
     sets = KubeStatefulSets.connect(timeout=2)
     with pytest.raises(KubeError, match="reading statefulset"):
-        asyncio.run(sets.replicas(NAMESPACE, STS))
+        await sets.replicas(NAMESPACE, STS)
     (tmp_path / "garbage").write_text("clusters: 7\n")
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "garbage"))
     with pytest.raises(KubeError, match="no Kubernetes API configuration"):

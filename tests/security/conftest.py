@@ -15,9 +15,9 @@ def secure_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureC
     loop = LoopThread()
     cluster = SecureCluster(tmp_path_factory.mktemp("secure"), loop)
     try:
-        loop.run(cluster.lc.start())
+        loop.run(cluster.cluster.start())
         loop.run(wait_until_serving(cluster.gateway.address, cluster.lc.client_channels()))
         yield cluster
     finally:
-        loop.run(cluster.lc.stop())
+        loop.run(cluster.cluster.close())
         loop.close()

@@ -1,9 +1,12 @@
-"""A secure LocalCluster for a test module, and the certificates tests present.
+"""A secure cluster for a test module, and the certificates tests present.
 
-The cluster (3 metarange replicas, 3 raftnodes, 1 gateway; mutual TLS on every
-link; a plaintext health-only port on every process) runs on an event loop in a
-thread of its own for the whole module, so the children's stderr is always
-drained; tests submit coroutines to it with :meth:`SecureCluster.run`.
+The cluster is the test kit's (tests/testkit): 3 metarange replicas, 3
+raftnodes, 1 gateway; mutual TLS on every link; a plaintext health-only port
+on every process. It runs on an event loop in a thread of its own for the
+whole module, so the children's stderr is always drained, even while a
+synchronous test (the hypothesis fuzzer) holds the main thread: `async def`
+tests talk to it from their own loop (channels come from openers, made where
+they are used), synchronous ones submit coroutines with :meth:`SecureCluster.run`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rangekv.cli.cluster import Child, LocalCluster, free_ports
+from testkit.cluster import Cluster, ClusterSpec
+
+from rangekv.cli.cluster import Child, LocalCluster
 from rangekv.common import certs
 from rangekv.common.certs import NODE_SERVER_NAME, KeyPair, Role
 from rangekv.common.config import SecurityConfig
@@ -44,16 +49,12 @@ class LoopThread:
 
 
 class SecureCluster:
-    """A started secure LocalCluster and ways to reach it with various identities."""
+    """A secure cluster on its own loop thread and ways to reach it with various identities."""
 
     def __init__(self, base: Path, loop: LoopThread) -> None:
         self.loop = loop
-        self.lc = LocalCluster(
-            base / "data",
-            gateway_ports=free_ports(1),
-            env={"RANGEKV_HEALTH_PORT": "0"},
-            say=lambda _line: None,
-        )
+        self.cluster = Cluster(base / "data", ClusterSpec(env={"RANGEKV_HEALTH_PORT": "0"}))
+        self.lc: LocalCluster = self.cluster.lc
         assert self.lc.certs_dir is not None
         self.certs_dir: Path = self.lc.certs_dir
         self.ca = certs.load_ca(self.certs_dir)

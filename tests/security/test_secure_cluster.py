@@ -17,13 +17,14 @@ import socket
 import ssl
 import subprocess
 import sys
-import urllib.request
 
 import grpc
 import pytest
 from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from secure_cluster import NOW, SecureCluster
+from testkit.kv import rpc_error
+from testkit.metrics import fetch_metrics, metric_value
 
 from rangekv.common import certs
 from rangekv.common.certs import NODE_CERT, NODE_KEY, NODE_SERVER_NAME, Role
@@ -50,121 +51,82 @@ async def health_check(opener: ChannelOpener, address: str) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
-async def refusal(call: object) -> grpc.aio.AioRpcError | None:
-    """The error of an awaited call, or None when it succeeded."""
-    try:
-        await call  # type: ignore[misc]
-    except grpc.aio.AioRpcError as exc:
-        return exc
-    return None
+async def test_plaintext_is_refused_on_every_port(secure_cluster: SecureCluster) -> None:
+    for child in secure_cluster.lc.children:
+        code = await health_check(PlaintextChannels(), child.address)
+        assert code is grpc.StatusCode.UNAVAILABLE, (child.name, code)
+        # The same call with a node certificate is answered.
+        assert await health_check(secure_cluster.node(), child.address) is grpc.StatusCode.OK
 
 
-def test_plaintext_is_refused_on_every_port(secure_cluster: SecureCluster) -> None:
-    async def body() -> None:
-        for child in secure_cluster.lc.children:
-            code = await health_check(PlaintextChannels(), child.address)
-            assert code is grpc.StatusCode.UNAVAILABLE, (child.name, code)
-            # The same call with a node certificate is answered.
-            assert await health_check(secure_cluster.node(), child.address) is grpc.StatusCode.OK
-
-    secure_cluster.run(body())
-
-
-def test_health_port_is_plaintext_and_serves_health_only(secure_cluster: SecureCluster) -> None:
-    async def body() -> None:
-        for child in secure_cluster.lc.children:
-            assert child.ready is not None and child.ready.get("tls") == "mtls", child.ready
-            health = child.ready["health"]
-            assert await health_check(PlaintextChannels(), health) is grpc.StatusCode.OK
-            async with grpc.aio.insecure_channel(health) as ch:
-                named = await health_pb2_grpc.HealthStub(ch).Check(
-                    health_pb2.HealthCheckRequest(service="rangekv.v1.KV")
-                    if child in secure_cluster.lc.gateways
-                    else health_pb2.HealthCheckRequest(),
-                    timeout=5,
-                )
-                assert named.status == health_pb2.HealthCheckResponse.SERVING
-                err = await refusal(
-                    kv_pb2_grpc.KVStub(ch).Get(kv_pb2.GetRequest(key=b"k"), timeout=5)
-                )
-                assert err is not None and err.code() is grpc.StatusCode.UNIMPLEMENTED
-
-    secure_cluster.run(body())
+async def test_health_port_is_plaintext_and_serves_health_only(
+    secure_cluster: SecureCluster,
+) -> None:
+    for child in secure_cluster.lc.children:
+        assert child.ready is not None and child.ready.get("tls") == "mtls", child.ready
+        health = child.ready["health"]
+        assert await health_check(PlaintextChannels(), health) is grpc.StatusCode.OK
+        async with grpc.aio.insecure_channel(health) as ch:
+            named = await health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service="rangekv.v1.KV")
+                if child in secure_cluster.lc.gateways
+                else health_pb2.HealthCheckRequest(),
+                timeout=5,
+            )
+            assert named.status == health_pb2.HealthCheckResponse.SERVING
+            err = await rpc_error(
+                kv_pb2_grpc.KVStub(ch).Get(kv_pb2.GetRequest(key=b"k"), timeout=5)
+            )
+            assert err is not None and err.code() is grpc.StatusCode.UNIMPLEMENTED
 
 
-def test_certificate_of_another_ca_is_refused(secure_cluster: SecureCluster) -> None:
+async def test_certificate_of_another_ca_is_refused(secure_cluster: SecureCluster) -> None:
     other_ca = certs.create_ca(NOW, name="someone else's CA")
     intruder = certs.create_node(other_ca, "intruder", ["localhost"], NOW)
     # Trusting our CA but presenting theirs: the server refuses the client.
     theirs = secure_cluster.foreign("other-ca", intruder)
     # Trusting only their CA: the client refuses our servers.
     mutual = secure_cluster.foreign("other-ca-trust", intruder, ca_pem=other_ca.cert_pem)
-
-    async def body() -> None:
-        for child in (secure_cluster.gateway, *secure_cluster.lc.nodes, *secure_cluster.lc.meta):
-            assert await health_check(theirs, child.address) is grpc.StatusCode.UNAVAILABLE
-            assert await health_check(mutual, child.address) is grpc.StatusCode.UNAVAILABLE
-
-    secure_cluster.run(body())
+    for child in (secure_cluster.gateway, *secure_cluster.lc.nodes, *secure_cluster.lc.meta):
+        assert await health_check(theirs, child.address) is grpc.StatusCode.UNAVAILABLE
+        assert await health_check(mutual, child.address) is grpc.StatusCode.UNAVAILABLE
 
 
-def test_expired_certificate_is_refused(secure_cluster: SecureCluster) -> None:
+async def test_expired_certificate_is_refused(secure_cluster: SecureCluster) -> None:
     past = NOW - datetime.timedelta(days=30)
     expired = certs.create_client(
         secure_cluster.ca, "expired", Role.ADMIN, past, not_after=NOW - datetime.timedelta(days=1)
     )
     opener = secure_cluster.foreign("expired", expired)
-
-    async def body() -> None:
-        for child in (secure_cluster.gateway, secure_cluster.lc.nodes[0]):
-            assert await health_check(opener, child.address) is grpc.StatusCode.UNAVAILABLE
-
-    secure_cluster.run(body())
+    for child in (secure_cluster.gateway, secure_cluster.lc.nodes[0]):
+        assert await health_check(opener, child.address) is grpc.StatusCode.UNAVAILABLE
 
 
-def test_read_client_cannot_put(secure_cluster: SecureCluster) -> None:
+async def test_read_client_cannot_put(secure_cluster: SecureCluster) -> None:
     reader = secure_cluster.client("reader", Role.READ)
     writer = secure_cluster.client("writer", Role.WRITE)
-
-    async def body() -> None:
-        async with writer(secure_cluster.gateway.address) as ch:
-            await kv_pb2_grpc.KVStub(ch).Put(
-                kv_pb2.PutRequest(key=b"sec/a", value=b"1"), timeout=10
-            )
-        async with reader(secure_cluster.gateway.address) as ch:
-            kv = kv_pb2_grpc.KVStub(ch)
-            got = await kv.Get(kv_pb2.GetRequest(key=b"sec/a"), timeout=10)
-            assert got.kv.value == b"1"
-            for call in (
-                kv.Put(kv_pb2.PutRequest(key=b"sec/a", value=b"2"), timeout=10),
-                kv.Delete(kv_pb2.DeleteRequest(key=b"sec/a"), timeout=10),
-                kv.Batch(kv_pb2.BatchRequest(), timeout=10),
-            ):
-                err = await refusal(call)
-                assert err is not None and err.code() is grpc.StatusCode.PERMISSION_DENIED
-                assert "needs role write or higher" in (err.details() or ""), err.details()
-                assert "client reader (role read)" in (err.details() or ""), err.details()
-            got = await kv.Get(kv_pb2.GetRequest(key=b"sec/a"), timeout=10)
-            assert got.kv.value == b"1"  # nothing was written
-
-    secure_cluster.run(body())
-    metrics = urllib.request.urlopen(
-        f"http://{secure_cluster.gateway.metrics}/metrics", timeout=10
-    ).read()
-    line = next(
-        (
-            ln
-            for ln in metrics.decode().splitlines()
-            if ln.startswith("rangekv_auth_refusals_total")
-            and 'method="/rangekv.v1.KV/Put"' in ln
-            and 'code="PERMISSION_DENIED"' in ln
-        ),
-        None,
-    )
-    assert line is not None and float(line.rsplit(" ", 1)[1]) >= 1, metrics.decode()[-2000:]
+    async with writer(secure_cluster.gateway.address) as ch:
+        await kv_pb2_grpc.KVStub(ch).Put(kv_pb2.PutRequest(key=b"sec/a", value=b"1"), timeout=10)
+    async with reader(secure_cluster.gateway.address) as ch:
+        kv = kv_pb2_grpc.KVStub(ch)
+        got = await kv.Get(kv_pb2.GetRequest(key=b"sec/a"), timeout=10)
+        assert got.kv.value == b"1"
+        for call in (
+            kv.Put(kv_pb2.PutRequest(key=b"sec/a", value=b"2"), timeout=10),
+            kv.Delete(kv_pb2.DeleteRequest(key=b"sec/a"), timeout=10),
+            kv.Batch(kv_pb2.BatchRequest(), timeout=10),
+        ):
+            err = await rpc_error(call)
+            assert err is not None and err.code() is grpc.StatusCode.PERMISSION_DENIED
+            assert "needs role write or higher" in (err.details() or ""), err.details()
+            assert "client reader (role read)" in (err.details() or ""), err.details()
+        got = await kv.Get(kv_pb2.GetRequest(key=b"sec/a"), timeout=10)
+        assert got.kv.value == b"1"  # nothing was written
+    refused = await asyncio.to_thread(permission_refusals, secure_cluster, "/rangekv.v1.KV/Put")
+    assert refused >= 1, refused
 
 
-def test_read_client_sends_only_reads_on_the_stream(secure_cluster: SecureCluster) -> None:
+async def test_read_client_sends_only_reads_on_the_stream(secure_cluster: SecureCluster) -> None:
     """KV/Stream is open to a read client, and each write on it is refused alone
     (PERMISSION_DENIED for that request, counted), never written, the stream going on."""
     reader = secure_cluster.client("reader", Role.READ)
@@ -173,62 +135,53 @@ def test_read_client_sends_only_reads_on_the_stream(secure_cluster: SecureCluste
     def op(rid: int, **body: object) -> kv_pb2.StreamRequestItem:
         return kv_pb2.StreamRequestItem(request_id=rid, **body)  # type: ignore[arg-type]
 
-    async def body() -> None:
-        async with writer(secure_cluster.gateway.address) as ch:
-            await kv_pb2_grpc.KVStub(ch).Put(
-                kv_pb2.PutRequest(key=b"sec/s", value=b"1"), timeout=10
-            )
-        gets = kv_pb2.BatchRequest(
-            requests=[kv_pb2.BatchRequestItem(get=kv_pb2.GetRequest(key=b"sec/s"))]
-        )
-        puts = kv_pb2.BatchRequest(
-            requests=[kv_pb2.BatchRequestItem(put=kv_pb2.PutRequest(key=b"sec/s", value=b"3"))]
-        )
-        requests = [
-            op(1, get=kv_pb2.GetRequest(key=b"sec/s")),
-            op(2, put=kv_pb2.PutRequest(key=b"sec/s", value=b"2")),
-            op(3, delete=kv_pb2.DeleteRequest(key=b"sec/s")),
-            op(4, compare_and_swap=kv_pb2.CompareAndSwapRequest(key=b"sec/s", new_value=b"2")),
-            op(5, batch=gets),
-            op(6, batch=puts),
-        ]
-        async with reader(secure_cluster.gateway.address) as ch:
-            kv = kv_pb2_grpc.KVStub(ch)
-            call = kv.Stream(timeout=30)
-            await call.write(kv_pb2.StreamRequest(requests=requests))
-            await call.done_writing()
-            got = {}
-            while (message := await call.read()) is not grpc.aio.EOF:
-                got.update({a.request_id: a for a in message.responses})
-            assert await call.code() is grpc.StatusCode.OK
-            assert sorted(got) == [1, 2, 3, 4, 5, 6]
-            assert got[1].get.kv.value == b"1" and got[5].batch.responses[0].get.found
-            for rid in (2, 3, 4, 6):
-                status = got[rid].error
-                assert status.code == grpc.StatusCode.PERMISSION_DENIED.value[0], got[rid]
-                assert "needs role write or higher" in status.message, status.message
-                assert "client reader (role read)" in status.message, status.message
-            after = await kv.Get(kv_pb2.GetRequest(key=b"sec/s"), timeout=10)
-            assert after.kv.value == b"1"  # nothing was written
-
-    secure_cluster.run(body())
-    metrics = urllib.request.urlopen(
-        f"http://{secure_cluster.gateway.metrics}/metrics", timeout=10
-    ).read()
-    line = next(
-        (
-            ln
-            for ln in metrics.decode().splitlines()
-            if ln.startswith("rangekv_auth_refusals_total")
-            and 'method="/rangekv.v1.KV/Stream"' in ln
-            and 'code="PERMISSION_DENIED"' in ln
-        ),
-        None,
+    async with writer(secure_cluster.gateway.address) as ch:
+        await kv_pb2_grpc.KVStub(ch).Put(kv_pb2.PutRequest(key=b"sec/s", value=b"1"), timeout=10)
+    gets = kv_pb2.BatchRequest(
+        requests=[kv_pb2.BatchRequestItem(get=kv_pb2.GetRequest(key=b"sec/s"))]
     )
-    assert line is not None and float(line.rsplit(" ", 1)[1]) >= 4, metrics.decode()[-2000:]
+    puts = kv_pb2.BatchRequest(
+        requests=[kv_pb2.BatchRequestItem(put=kv_pb2.PutRequest(key=b"sec/s", value=b"3"))]
+    )
+    requests = [
+        op(1, get=kv_pb2.GetRequest(key=b"sec/s")),
+        op(2, put=kv_pb2.PutRequest(key=b"sec/s", value=b"2")),
+        op(3, delete=kv_pb2.DeleteRequest(key=b"sec/s")),
+        op(4, compare_and_swap=kv_pb2.CompareAndSwapRequest(key=b"sec/s", new_value=b"2")),
+        op(5, batch=gets),
+        op(6, batch=puts),
+    ]
+    async with reader(secure_cluster.gateway.address) as ch:
+        kv = kv_pb2_grpc.KVStub(ch)
+        call = kv.Stream(timeout=30)
+        await call.write(kv_pb2.StreamRequest(requests=requests))
+        await call.done_writing()
+        got = {}
+        while (message := await call.read()) is not grpc.aio.EOF:
+            got.update({a.request_id: a for a in message.responses})
+        assert await call.code() is grpc.StatusCode.OK
+        assert sorted(got) == [1, 2, 3, 4, 5, 6]
+        assert got[1].get.kv.value == b"1" and got[5].batch.responses[0].get.found
+        for rid in (2, 3, 4, 6):
+            status = got[rid].error
+            assert status.code == grpc.StatusCode.PERMISSION_DENIED.value[0], got[rid]
+            assert "needs role write or higher" in status.message, status.message
+            assert "client reader (role read)" in status.message, status.message
+        after = await kv.Get(kv_pb2.GetRequest(key=b"sec/s"), timeout=10)
+        assert after.kv.value == b"1"  # nothing was written
+    refused = await asyncio.to_thread(permission_refusals, secure_cluster, "/rangekv.v1.KV/Stream")
+    assert refused >= 4, refused
 
 
-async def _leaseholder(opener: ChannelOpener, cluster: SecureCluster) -> str:
+def permission_refusals(cluster: SecureCluster, method: str) -> float:
+    """The gateway's rangekv_auth_refusals_total{method, code=PERMISSION_DENIED}."""
+    text = fetch_metrics(cluster.gateway.metrics)
+    return metric_value(
+        text, "rangekv_auth_refusals_total", method=method, code="PERMISSION_DENIED"
+    )
+
+
+async def _leader_address(opener: ChannelOpener, cluster: SecureCluster) -> str:
     for child in cluster.lc.nodes:
         async with opener(child.address) as ch:
             info = await replica_pb2_grpc.ReplicaStub(ch).RangeInfo(
@@ -239,25 +192,21 @@ async def _leaseholder(opener: ChannelOpener, cluster: SecureCluster) -> str:
     raise AssertionError("no leader of range 1")
 
 
-def test_write_client_cannot_split_admin_can(secure_cluster: SecureCluster) -> None:
+async def test_write_client_cannot_split_admin_can(secure_cluster: SecureCluster) -> None:
     writer = secure_cluster.client("writer", Role.WRITE)
     admin = secure_cluster.client("operator", Role.ADMIN)
-
-    async def body() -> None:
-        address = await _leaseholder(admin, secure_cluster)
-        request = replica_pb2.AdminSplitRequest(range_id=1, split_key=b"sec/split")
-        async with writer(address) as ch:
-            err = await refusal(replica_pb2_grpc.ReplicaStub(ch).AdminSplit(request, timeout=10))
-            assert err is not None and err.code() is grpc.StatusCode.PERMISSION_DENIED
-            assert "AdminSplit needs role admin" in (err.details() or ""), err.details()
-        async with admin(address) as ch:
-            resp = await replica_pb2_grpc.ReplicaStub(ch).AdminSplit(request, timeout=30)
-            assert resp.right.start_key == b"sec/split", resp
-
-    secure_cluster.run(body())
+    address = await _leader_address(admin, secure_cluster)
+    request = replica_pb2.AdminSplitRequest(range_id=1, split_key=b"sec/split")
+    async with writer(address) as ch:
+        err = await rpc_error(replica_pb2_grpc.ReplicaStub(ch).AdminSplit(request, timeout=10))
+        assert err is not None and err.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert "AdminSplit needs role admin" in (err.details() or ""), err.details()
+    async with admin(address) as ch:
+        resp = await replica_pb2_grpc.ReplicaStub(ch).AdminSplit(request, timeout=30)
+        assert resp.right.start_key == b"sec/split", resp
 
 
-def test_client_certificates_cannot_call_internal_apis_node_can(
+async def test_client_certificates_cannot_call_internal_apis_node_can(
     secure_cluster: SecureCluster,
 ) -> None:
     admin = secure_cluster.client("operator", Role.ADMIN)
@@ -269,26 +218,23 @@ def test_client_certificates_cannot_call_internal_apis_node_can(
         out = []
         async with opener(node_address) as ch:
             replica = replica_pb2_grpc.ReplicaStub(ch)
-            out.append(await refusal(replica.Batch(replica_pb2.ReplicaBatchRequest(), timeout=5)))
-            out.append(await refusal(replica.PushTxn(replica_pb2.PushTxnRequest(), timeout=5)))
+            out.append(await rpc_error(replica.Batch(replica_pb2.ReplicaBatchRequest(), timeout=5)))
+            out.append(await rpc_error(replica.PushTxn(replica_pb2.PushTxnRequest(), timeout=5)))
             raft = raft_pb2_grpc.RaftTransportStub(ch)
-            out.append(await refusal(_raft_stream(raft)))
+            out.append(await rpc_error(_raft_stream(raft)))
         async with opener(meta_address) as ch:
             meta = meta_pb2_grpc.MetaStub(ch)
             out.append(
-                await refusal(meta.AllocateIds(meta_pb2.AllocateIdsRequest(count=1), timeout=5))
+                await rpc_error(meta.AllocateIds(meta_pb2.AllocateIdsRequest(count=1), timeout=5))
             )
         return out
 
-    async def body() -> None:
-        for err in await internal_calls(admin):
-            assert err is not None and err.code() is grpc.StatusCode.PERMISSION_DENIED, err
-            assert "needs a node certificate" in (err.details() or ""), err.details()
-        for err in await internal_calls(node):
-            # Answered by the service itself (an error about the request at most).
-            assert err is None or err.code() is not grpc.StatusCode.PERMISSION_DENIED, err
-
-    secure_cluster.run(body())
+    for err in await internal_calls(admin):
+        assert err is not None and err.code() is grpc.StatusCode.PERMISSION_DENIED, err
+        assert "needs a node certificate" in (err.details() or ""), err.details()
+    for err in await internal_calls(node):
+        # Answered by the service itself (an error about the request at most).
+        assert err is None or err.code() is not grpc.StatusCode.PERMISSION_DENIED, err
 
 
 async def _raft_stream(raft: raft_pb2_grpc.RaftTransportStub) -> None:
@@ -316,7 +262,7 @@ def _served_certificate(address: str, cluster: SecureCluster) -> x509.Certificat
     return x509.load_der_x509_certificate(der)
 
 
-def test_rotation_is_a_file_swap(secure_cluster: SecureCluster) -> None:
+async def test_rotation_is_a_file_swap(secure_cluster: SecureCluster) -> None:
     d = secure_cluster.certs_dir
     targets = [secure_cluster.gateway, secure_cluster.lc.nodes[1]]
     pids = [c.proc.pid for c in targets if c.proc is not None]
@@ -341,7 +287,7 @@ def test_rotation_is_a_file_swap(secure_cluster: SecureCluster) -> None:
             got = await kv.Get(kv_pb2.GetRequest(key=b"sec/rotated"), timeout=20)
             assert got.kv.value == b"yes"
 
-    secure_cluster.run(still_serving())
+    await still_serving()
 
 
 @pytest.mark.parametrize("verb", ["gateway", "raftnode", "metarange"])
@@ -382,14 +328,12 @@ async def _ready_line(argv: list[str]) -> tuple[str, str]:
         await proc.wait()
 
 
-def test_insecure_is_explicit_and_loud() -> None:
-    text, ready = asyncio.run(
-        _ready_line(
-            [
-                *(sys.executable, "-m", "rangekv.cli.main", "gateway"),
-                *("--meta-addrs", "127.0.0.1:1", "--insecure", "--metrics-port", "-1"),
-            ]
-        )
+async def test_insecure_is_explicit_and_loud() -> None:
+    text, ready = await _ready_line(
+        [
+            *(sys.executable, "-m", "rangekv.cli.main", "gateway"),
+            *("--meta-addrs", "127.0.0.1:1", "--insecure", "--metrics-port", "-1"),
+        ]
     )
     assert text.count("INSECURE MODE") >= 3, text
     assert "tls=off" in ready

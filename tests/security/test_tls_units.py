@@ -208,7 +208,7 @@ async def _serve(
     telemetry.shutdown()
 
 
-def test_default_deadline_and_message_limit_and_closed_default(certs_dir: Path) -> None:
+async def test_default_deadline_and_message_limit_and_closed_default(certs_dir: Path) -> None:
     security = SecurityConfig(certs_dir=certs_dir)
 
     async def body(server: ServiceServer) -> None:
@@ -224,9 +224,7 @@ def test_default_deadline_and_message_limit_and_closed_default(certs_dir: Path) 
             assert err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, err
             assert await ch.unary_unary("/t.T/Echo")(b"ok", timeout=10) == b"ok"
 
-    asyncio.run(
-        _serve(certs_dir, body, default_deadline_seconds=0.3, max_message_bytes=4 * 1024 * 1024)
-    )
+    await _serve(certs_dir, body, default_deadline_seconds=0.3, max_message_bytes=4 * 1024 * 1024)
 
 
 async def _error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:

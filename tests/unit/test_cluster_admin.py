@@ -151,13 +151,9 @@ def cluster(**nodes_kw: object) -> tuple[ClusterAdmin, MetaTwin, NodesTwin]:
     return ClusterAdmin(meta, nodes, retry_pause=0.001), meta, nodes
 
 
-def run(coro: object) -> object:
-    return asyncio.run(coro)  # type: ignore[arg-type]
-
-
-def test_list_ranges_names_leaseholders_sizes_and_unreachable_nodes() -> None:
+async def test_list_ranges_names_leaseholders_sizes_and_unreachable_nodes() -> None:
     admin, _meta, _nodes = cluster(down={3}, invalid_lease={2})
-    resp = run(admin.list_ranges(admin_pb2.AdminListRangesRequest(), 1.0))
+    resp = await admin.list_ranges(admin_pb2.AdminListRangesRequest(), 1.0)
     assert isinstance(resp, admin_pb2.AdminListRangesResponse)
     assert [r.descriptor.range_id for r in resp.ranges] == [1, 2]
     first, second = resp.ranges
@@ -170,9 +166,9 @@ def test_list_ranges_names_leaseholders_sizes_and_unreachable_nodes() -> None:
     assert resp.next_start_key == b""
 
 
-def test_a_node_that_hangs_is_reported_within_the_deadline() -> None:
+async def test_a_node_that_hangs_is_reported_within_the_deadline() -> None:
     admin, _meta, _nodes = cluster(hung={2})
-    resp = run(admin.list_ranges(admin_pb2.AdminListRangesRequest(), 0.2))
+    resp = await admin.list_ranges(admin_pb2.AdminListRangesRequest(), 0.2)
     assert isinstance(resp, admin_pb2.AdminListRangesResponse)
     assert [r.descriptor.range_id for r in resp.ranges] == [1, 2]
     assert resp.ranges[0].leaseholder_node_id == 1 and resp.ranges[1].leaseholder_node_id == 0
@@ -180,93 +176,89 @@ def test_a_node_that_hangs_is_reported_within_the_deadline() -> None:
     assert down.node_id == 2 and down.error.startswith("DEADLINE_EXCEEDED")
 
 
-def test_list_ranges_pages_and_bounds_its_limit() -> None:
+async def test_list_ranges_pages_and_bounds_its_limit() -> None:
     admin, _meta, _nodes = cluster()
-    page = run(admin.list_ranges(admin_pb2.AdminListRangesRequest(limit=1), 1.0))
+    page = await admin.list_ranges(admin_pb2.AdminListRangesRequest(limit=1), 1.0)
     assert isinstance(page, admin_pb2.AdminListRangesResponse)
     assert [r.descriptor.range_id for r in page.ranges] == [1]
     assert page.next_start_key == b"m"
     with pytest.raises(E.InvalidArgument, match="limit"):
-        run(admin.list_ranges(admin_pb2.AdminListRangesRequest(limit=10_001), 1.0))
+        await admin.list_ranges(admin_pb2.AdminListRangesRequest(limit=10_001), 1.0)
 
 
-def test_list_nodes_counts_replicas_and_leases() -> None:
+async def test_list_nodes_counts_replicas_and_leases() -> None:
     admin, _meta, _nodes = cluster(down={3})
-    resp = run(admin.list_nodes(admin_pb2.AdminListNodesRequest(), 1.0))
+    resp = await admin.list_nodes(admin_pb2.AdminListNodesRequest(), 1.0)
     assert isinstance(resp, admin_pb2.AdminListNodesResponse)
     got = [(n.status.node.node_id, n.reachable, n.replica_count, n.lease_count) for n in resp.nodes]
     assert got == [(1, True, 2, 1), (2, True, 2, 1), (3, False, 0, 0)]
     assert resp.nodes[2].error.startswith("UNAVAILABLE: node 3 is down")
 
 
-def test_transfer_lease_looks_again_when_the_lease_moved_meanwhile() -> None:
+async def test_transfer_lease_looks_again_when_the_lease_moved_meanwhile() -> None:
     admin, _meta, nodes = cluster(refusals=2)
     req = admin_pb2.AdminTransferLeaseRequest(range_id=1, target_node_id=3)
-    resp = run(admin.transfer_lease(req, 2.0))
+    resp = await admin.transfer_lease(req, 2.0)
     assert isinstance(resp, admin_pb2.AdminTransferLeaseResponse)
     assert (resp.from_node_id, resp.to_node_id, resp.moved, resp.lease_sequence) == (1, 3, True, 8)
     assert nodes.calls == [("transfer", 1)] * 3
-    again = run(admin.transfer_lease(req, 2.0))
+    again = await admin.transfer_lease(req, 2.0)
     assert isinstance(again, admin_pb2.AdminTransferLeaseResponse)
     assert not again.moved and again.from_node_id == 3
 
 
-def test_transfer_lease_errors_name_what_is_missing() -> None:
+async def test_transfer_lease_errors_name_what_is_missing() -> None:
     admin, _meta, _nodes = cluster()
     with pytest.raises(E.NotFound, match="node 9 is not in the registry"):
-        run(
-            admin.transfer_lease(
-                admin_pb2.AdminTransferLeaseRequest(range_id=1, target_node_id=9), 1
-            )
+        await admin.transfer_lease(
+            admin_pb2.AdminTransferLeaseRequest(range_id=1, target_node_id=9), 1
         )
     with pytest.raises(E.NotFound, match="no node hosts range 999"):
-        run(
-            admin.transfer_lease(
-                admin_pb2.AdminTransferLeaseRequest(range_id=999, target_node_id=1), 1
-            )
+        await admin.transfer_lease(
+            admin_pb2.AdminTransferLeaseRequest(range_id=999, target_node_id=1), 1
         )
     with pytest.raises(E.InvalidArgument, match="range_id"):
-        run(admin.transfer_lease(admin_pb2.AdminTransferLeaseRequest(target_node_id=1), 1))
+        await admin.transfer_lease(admin_pb2.AdminTransferLeaseRequest(target_node_id=1), 1)
 
 
-def test_no_leader_until_the_deadline_is_unavailable() -> None:
+async def test_no_leader_until_the_deadline_is_unavailable() -> None:
     admin, _meta, nodes = cluster()
     nodes.leader.clear()
     req = admin_pb2.AdminTransferLeaseRequest(range_id=1, target_node_id=2)
     with pytest.raises(E.Unavailable, match="gave up"):
-        run(admin.transfer_lease(req, 0.05))
+        await admin.transfer_lease(req, 0.05)
 
 
-def test_split_validates_and_asks_the_leaseholder() -> None:
+async def test_split_validates_and_asks_the_leaseholder() -> None:
     admin, _meta, nodes = cluster(refusals=1)
     with pytest.raises(E.InvalidArgument, match="split_key"):
-        run(admin.split_range(admin_pb2.AdminSplitRangeRequest(), 1.0))
+        await admin.split_range(admin_pb2.AdminSplitRangeRequest(), 1.0)
     with pytest.raises(E.FailedPrecondition, match="already starts"):
-        run(admin.split_range(admin_pb2.AdminSplitRangeRequest(split_key=b"m"), 1.0))
-    resp = run(admin.split_range(admin_pb2.AdminSplitRangeRequest(split_key=b"t"), 1.0))
+        await admin.split_range(admin_pb2.AdminSplitRangeRequest(split_key=b"m"), 1.0)
+    resp = await admin.split_range(admin_pb2.AdminSplitRangeRequest(split_key=b"t"), 1.0)
     assert isinstance(resp, admin_pb2.AdminSplitRangeResponse)
     assert (resp.left.end_key, resp.right.start_key) == (b"t", b"t")
     assert nodes.calls == [("split", 2), ("split", 2)]
 
 
-def test_change_replicas_validates_every_change() -> None:
+async def test_change_replicas_validates_every_change() -> None:
     admin, _meta, nodes = cluster()
     change = replica_pb2.ReplicaChange(type=replica_pb2.REPLICA_CHANGE_TYPE_REMOVE, node_id=3)
     with pytest.raises(E.InvalidArgument, match="changes"):
-        run(admin.change_replicas(admin_pb2.AdminChangeReplicasRequest(range_id=1), 1.0))
+        await admin.change_replicas(admin_pb2.AdminChangeReplicasRequest(range_id=1), 1.0)
     bad = admin_pb2.AdminChangeReplicasRequest(
         range_id=1, changes=[change, replica_pb2.ReplicaChange(node_id=2)]
     )
     with pytest.raises(E.InvalidArgument, match=r"changes\[1\].type"):
-        run(admin.change_replicas(bad, 1.0))
+        await admin.change_replicas(bad, 1.0)
     ok = admin_pb2.AdminChangeReplicasRequest(range_id=2, changes=[change])
-    resp = run(admin.change_replicas(ok, 1.0))
+    resp = await admin.change_replicas(ok, 1.0)
     assert isinstance(resp, admin_pb2.AdminChangeReplicasResponse)
     assert resp.descriptor.range_id == 2 and nodes.calls == [("change", 2)]
 
 
-def test_decommission_says_it_is_not_available_yet() -> None:
+async def test_decommission_says_it_is_not_available_yet() -> None:
     with pytest.raises(E.Unimplemented, match="not available in this version"):
-        run(decommission(None, admin_pb2.AdminDecommissionRequest(node_id=2), 1.0))
+        await decommission(None, admin_pb2.AdminDecommissionRequest(node_id=2), 1.0)
     with pytest.raises(E.InvalidArgument, match="node_id"):
-        run(decommission(None, admin_pb2.AdminDecommissionRequest(), 1.0))
+        await decommission(None, admin_pb2.AdminDecommissionRequest(), 1.0)

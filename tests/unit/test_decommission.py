@@ -3,7 +3,6 @@ rebalancer's moves off a draining node, and the function that follows a decommis
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -205,7 +204,7 @@ class _Registry:
         return resp
 
 
-def _follow(registry: _Registry, **kwargs: object) -> tuple[DecommissionProgress, list[str]]:
+async def _follow(registry: _Registry, **kwargs: object) -> tuple[DecommissionProgress, list[str]]:
     now = [0.0]
     seen: list[str] = []
 
@@ -222,20 +221,20 @@ def _follow(registry: _Registry, **kwargs: object) -> tuple[DecommissionProgress
             **kwargs,  # type: ignore[arg-type]
         )
 
-    return asyncio.run(main()), seen
+    return await main(), seen
 
 
-def test_decommission_node_follows_the_registry_to_the_end() -> None:
-    progress, seen = _follow(_Registry(3))
+async def test_decommission_node_follows_the_registry_to_the_end() -> None:
+    progress, seen = await _follow(_Registry(3))
     assert progress.done and progress.replicas == 0
     assert seen[0] == "node 4: decommissioning, 3 replica(s) left (r1, r2, r3)"
     assert seen[-1] == "node 4: decommissioned"
 
-    started, _ = _follow(_Registry(3), wait=False)
+    started, _ = await _follow(_Registry(3), wait=False)
     assert started.state is NodeState.DECOMMISSIONING and not started.done
 
     with pytest.raises(E.DeadlineExceeded, match=r"95 replica\(s\) left .* after 5s"):
-        _follow(_Registry(100), timeout=5.0, poll_interval=1.0)
+        await _follow(_Registry(100), timeout=5.0, poll_interval=1.0)
 
 
 class _Flaky(_Registry):
@@ -249,8 +248,8 @@ class _Flaky(_Registry):
         return await super().decommission(node_id)
 
 
-def test_decommission_node_rides_out_an_unavailable_meta_range() -> None:
-    progress, seen = _follow(_Flaky(2))
+async def test_decommission_node_rides_out_an_unavailable_meta_range() -> None:
+    progress, seen = await _follow(_Flaky(2))
     assert progress.done and seen[-1] == "node 4: decommissioned"
     with pytest.raises(E.Unavailable):
-        _follow(_Flaky(2), wait=False)
+        await _follow(_Flaky(2), wait=False)

@@ -87,7 +87,7 @@ def make_sender(
     )
 
 
-def test_a_meta_lookup_without_answer_is_retried_until_the_deadline() -> None:
+async def test_a_meta_lookup_without_answer_is_retried_until_the_deadline() -> None:
     """Right after start the meta range may not be bootstrapped (or a lagging replica
     answers an inconsistent lookup with nothing): the call must wait for it within its
     deadline, not fail at once. (Fixed in DistSender.send; found by the benchmark,
@@ -97,13 +97,10 @@ def test_a_meta_lookup_without_answer_is_retried_until_the_deadline() -> None:
     async def lookup(key: bytes, prefetch: int) -> LookupResult:
         return answers.pop(0)
 
-    async def body() -> None:
-        sender = make_sender(FakeNodes(lambda _addr: reply()), lookup, timeout=5.0)
-        got = await sender.send(b"k", GET, is_write=False)
-        assert not got.results[0].get.found
-        assert not answers
-
-    asyncio.run(body())
+    sender = make_sender(FakeNodes(lambda _addr: reply()), lookup, timeout=5.0)
+    got = await sender.send(b"k", GET, is_write=False)
+    assert not got.results[0].get.found
+    assert not answers
 
 
 def leaderless(address: str) -> E.RangeKVError:
@@ -120,17 +117,14 @@ def hint_to_dead_node(address: str) -> E.RangeKVError:
 
 
 @pytest.mark.parametrize("answer", [leaderless, hint_to_dead_node], ids=["no-hint", "dead-hint"])
-def test_not_lease_holder_without_a_usable_hint_backs_off(answer: Answer) -> None:
-    async def body() -> None:
-        nodes = FakeNodes(answer)
-        sender = make_sender(nodes, timeout=0.5)
-        with pytest.raises(E.Unavailable):
-            await sender.send(b"k", GET, is_write=False)
-        # Capped exponential backoff from 20 ms over 0.5 s is a handful of rounds of
-        # three replicas; a hot loop makes thousands of calls.
-        assert len(nodes.calls) < 100, f"{len(nodes.calls)} RPCs in 0.5 s"
-
-    asyncio.run(body())
+async def test_not_lease_holder_without_a_usable_hint_backs_off(answer: Answer) -> None:
+    nodes = FakeNodes(answer)
+    sender = make_sender(nodes, timeout=0.5)
+    with pytest.raises(E.Unavailable):
+        await sender.send(b"k", GET, is_write=False)
+    # Capped exponential backoff from 20 ms over 0.5 s is a handful of rounds of
+    # three replicas; a hot loop makes thousands of calls.
+    assert len(nodes.calls) < 100, f"{len(nodes.calls)} RPCs in 0.5 s"
 
 
 def closed_port() -> int:
@@ -139,20 +133,17 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_a_write_to_a_node_that_refuses_the_connection_was_not_applied() -> None:
-    async def body() -> None:
-        nodes = NodeClients()
-        put = replica_pb2.ReplicaOp(put=replica_pb2.PutOp(key=b"k", value=b"v"))
-        try:
-            with pytest.raises(E.Unavailable) as info:
-                await asyncio.wait_for(
-                    nodes.submit(f"127.0.0.1:{closed_port()}", 1, [put], has_writes=True), 10
-                )
-        finally:
-            await nodes.close()
-        assert info.value.outcome == E.WriteOutcome.NOT_APPLIED, info.value.message
-
-    asyncio.run(body())
+async def test_a_write_to_a_node_that_refuses_the_connection_was_not_applied() -> None:
+    nodes = NodeClients()
+    put = replica_pb2.ReplicaOp(put=replica_pb2.PutOp(key=b"k", value=b"v"))
+    try:
+        with pytest.raises(E.Unavailable) as info:
+            await asyncio.wait_for(
+                nodes.submit(f"127.0.0.1:{closed_port()}", 1, [put], has_writes=True), 10
+            )
+    finally:
+        await nodes.close()
+    assert info.value.outcome == E.WriteOutcome.NOT_APPLIED, info.value.message
 
 
 class PartlyFailingSender:
@@ -167,21 +158,18 @@ class PartlyFailingSender:
         return BatchReply([result], WHOLE.to_proto(), types_pb2.Timestamp(wall_time=1), 1)
 
 
-def test_a_batch_with_one_applied_write_is_not_reported_as_not_applied() -> None:
-    async def body() -> None:
-        service = KVService(PartlyFailingSender())  # type: ignore[arg-type]
-        item = kv_pb2.BatchRequestItem
-        request = kv_pb2.BatchRequest(
-            requests=[
-                item(put=kv_pb2.PutRequest(key=b"ok", value=b"v")),
-                item(put=kv_pb2.PutRequest(key=b"other", value=b"v")),
-            ]
-        )
-        with pytest.raises(E.Unavailable) as info:
-            await service.Batch(request, None)  # type: ignore[arg-type]
-        assert info.value.outcome == E.WriteOutcome.UNKNOWN
-
-    asyncio.run(body())
+async def test_a_batch_with_one_applied_write_is_not_reported_as_not_applied() -> None:
+    service = KVService(PartlyFailingSender())  # type: ignore[arg-type]
+    item = kv_pb2.BatchRequestItem
+    request = kv_pb2.BatchRequest(
+        requests=[
+            item(put=kv_pb2.PutRequest(key=b"ok", value=b"v")),
+            item(put=kv_pb2.PutRequest(key=b"other", value=b"v")),
+        ]
+    )
+    with pytest.raises(E.Unavailable) as info:
+        await service.Batch(request, None)  # type: ignore[arg-type]
+    assert info.value.outcome == E.WriteOutcome.UNKNOWN
 
 
 class SilentFirstNode(FakeNodes):
@@ -204,39 +192,31 @@ class SilentFirstNode(FakeNodes):
 PUT = replica_pb2.ReplicaOp(put=replica_pb2.PutOp(key=b"k", value=b"v"))
 
 
-def test_a_read_moves_on_from_a_replica_that_does_not_answer() -> None:
+async def test_a_read_moves_on_from_a_replica_that_does_not_answer() -> None:
     """The chaos suite saw reads wait their whole deadline on a paused leaseholder
     while another replica had long taken the lease."""
-
-    async def body() -> None:
-        nodes = SilentFirstNode(lambda _addr: reply())
-        sender = make_sender(nodes, timeout=5.0, read_attempt_timeout=0.1)
-        await sender.cache.lookup(b"k")
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        got = await sender.send(b"k", GET, is_write=False)
-        assert not got.results[0].get.found
-        assert nodes.calls == ["n1", "n2"]
-        assert loop.time() - start < 2.0  # not the 5 s deadline
-        assert nodes.held[0].cancelled()  # its place in the batch is given up
-        assert sender.counters.retries.get("slow_replica") == 1
-
-    asyncio.run(body())
+    nodes = SilentFirstNode(lambda _addr: reply())
+    sender = make_sender(nodes, timeout=5.0, read_attempt_timeout=0.1)
+    await sender.cache.lookup(b"k")
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    got = await sender.send(b"k", GET, is_write=False)
+    assert not got.results[0].get.found
+    assert nodes.calls == ["n1", "n2"]
+    assert loop.time() - start < 2.0  # not the 5 s deadline
+    assert nodes.held[0].cancelled()  # its place in the batch is given up
+    assert sender.counters.retries.get("slow_replica") == 1
 
 
-def test_a_write_to_a_replica_that_does_not_answer_is_never_sent_elsewhere() -> None:
+async def test_a_write_to_a_replica_that_does_not_answer_is_never_sent_elsewhere() -> None:
     """Once sent, a write may still apply (the paused leader wakes up and commits it),
     so sending it to another replica could apply it twice."""
-
-    async def body() -> None:
-        nodes = SilentFirstNode(lambda _addr: reply())
-        sender = make_sender(nodes, timeout=0.5, read_attempt_timeout=0.05)
-        with pytest.raises(E.DeadlineExceeded) as info:
-            await sender.send(b"k", PUT, is_write=True)
-        assert info.value.outcome is E.WriteOutcome.UNKNOWN
-        assert nodes.calls == ["n1"]
-
-    asyncio.run(body())
+    nodes = SilentFirstNode(lambda _addr: reply())
+    sender = make_sender(nodes, timeout=0.5, read_attempt_timeout=0.05)
+    with pytest.raises(E.DeadlineExceeded) as info:
+        await sender.send(b"k", PUT, is_write=True)
+    assert info.value.outcome is E.WriteOutcome.UNKNOWN
+    assert nodes.calls == ["n1"]
 
 
 def test_read_attempt_timeout_must_be_positive() -> None:
@@ -270,45 +250,37 @@ def slow_backoff_sender(nodes: FakeNodes) -> DistSender:
     return sender
 
 
-def test_redirects_to_ever_higher_lease_sequences_are_followed_at_once() -> None:
+async def test_redirects_to_ever_higher_lease_sequences_are_followed_at_once() -> None:
     """Issue 14, item 7: the lease moves n2 -> n3 -> n1 -> n2 while the request chases it.
     Every redirect names a higher lease sequence than any seen, so none waits, even
     when it leads back to a node already asked ("already hinted" backed off there)."""
-
-    async def body() -> None:
-        nodes = ScriptedAnswers(
-            {
-                "n1": [nlh(N2, 6), nlh(N2, 9)],
-                "n2": [nlh(N3, 7), reply()],
-                "n3": [nlh(N1, 8)],
-            }
-        )
-        sender = slow_backoff_sender(nodes)
-        loop = asyncio.get_running_loop()
-        began = loop.time()
-        await sender.send(b"k", GET, is_write=False)
-        assert loop.time() - began < 0.5, "a backoff was taken"
-        assert nodes.calls == ["n1", "n2", "n3", "n1", "n2"]
-        assert sender.counters.redirects == 4 and not sender.counters.backoffs
-
-    asyncio.run(body())
+    nodes = ScriptedAnswers(
+        {
+            "n1": [nlh(N2, 6), nlh(N2, 9)],
+            "n2": [nlh(N3, 7), reply()],
+            "n3": [nlh(N1, 8)],
+        }
+    )
+    sender = slow_backoff_sender(nodes)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await sender.send(b"k", GET, is_write=False)
+    assert loop.time() - began < 0.5, "a backoff was taken"
+    assert nodes.calls == ["n1", "n2", "n3", "n1", "n2"]
+    assert sender.counters.redirects == 4 and not sender.counters.backoffs
 
 
-def test_a_hint_no_newer_than_one_followed_moves_on_to_a_replica_not_yet_asked() -> None:
+async def test_a_hint_no_newer_than_one_followed_moves_on_to_a_replica_not_yet_asked() -> None:
     """Issue 14, items 1 and 7: n1 and n2 name each other at the same lease sequence.
     Going back to n1 would spin; the next replica (n3) has not been asked yet."""
-
-    async def body() -> None:
-        nodes = ScriptedAnswers({"n1": [nlh(N2, 5)], "n2": [nlh(N1, 5)], "n3": [reply()]})
-        sender = slow_backoff_sender(nodes)
-        loop = asyncio.get_running_loop()
-        began = loop.time()
-        await sender.send(b"k", GET, is_write=False)
-        assert loop.time() - began < 0.5, "a backoff was taken"
-        assert nodes.calls == ["n1", "n2", "n3"]
-        assert sender.counters.retries == {"lease_not_newer": 1}
-
-    asyncio.run(body())
+    nodes = ScriptedAnswers({"n1": [nlh(N2, 5)], "n2": [nlh(N1, 5)], "n3": [reply()]})
+    sender = slow_backoff_sender(nodes)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await sender.send(b"k", GET, is_write=False)
+    assert loop.time() - began < 0.5, "a backoff was taken"
+    assert nodes.calls == ["n1", "n2", "n3"]
+    assert sender.counters.retries == {"lease_not_newer": 1}
 
 
 class FakeClock:
@@ -327,41 +299,33 @@ class FakeClock:
         await asyncio.sleep(0)
 
 
-def test_a_flapping_lease_backs_off_after_each_pass() -> None:
+async def test_a_flapping_lease_backs_off_after_each_pass() -> None:
     """Every replica names another at one lease sequence, forever: each pass asks each
     replica once, then the request backs off (capped exponential with jitter)."""
-
-    async def body() -> None:
-        nodes = ScriptedAnswers({"n1": [nlh(N2, 5)], "n2": [nlh(N1, 5)], "n3": [nlh(N1, 5)]})
-        clock = FakeClock()
-        sender = make_sender(nodes, timeout=5.0)
-        sender._monotonic, sender._sleep = clock.monotonic, clock.sleep
-        with pytest.raises(E.Unavailable) as info:
-            await sender.send(b"k", PUT, is_write=True)
-        assert info.value.outcome is E.WriteOutcome.NOT_APPLIED
-        passes = len(clock.sleeps)
-        assert 4 <= passes <= 12, clock.sleeps
-        assert len(nodes.calls) <= 3 * (passes + 1), (len(nodes.calls), passes)
-        assert sender.counters.backoffs == {"lease_not_newer": passes}
-        assert all(b <= 1.5 for b in clock.sleeps)  # capped at 1 s, jitter below 1.5x
-
-    asyncio.run(body())
+    nodes = ScriptedAnswers({"n1": [nlh(N2, 5)], "n2": [nlh(N1, 5)], "n3": [nlh(N1, 5)]})
+    clock = FakeClock()
+    sender = make_sender(nodes, timeout=5.0)
+    sender._monotonic, sender._sleep = clock.monotonic, clock.sleep
+    with pytest.raises(E.Unavailable) as info:
+        await sender.send(b"k", PUT, is_write=True)
+    assert info.value.outcome is E.WriteOutcome.NOT_APPLIED
+    passes = len(clock.sleeps)
+    assert 4 <= passes <= 12, clock.sleeps
+    assert len(nodes.calls) <= 3 * (passes + 1), (len(nodes.calls), passes)
+    assert sender.counters.backoffs == {"lease_not_newer": passes}
+    assert all(b <= 1.5 for b in clock.sleeps)  # capped at 1 s, jitter below 1.5x
 
 
-def test_a_meta_lookup_that_does_not_answer_is_bounded_by_the_deadline() -> None:
+async def test_a_meta_lookup_that_does_not_answer_is_bounded_by_the_deadline() -> None:
     """The meta client's own timeout (5 s) must not outlast the request's deadline."""
+    never = asyncio.Event()
 
-    async def body() -> None:
-        never = asyncio.Event()
+    async def hung(key: bytes, prefetch: int) -> LookupResult:
+        await never.wait()
+        raise AssertionError("unreachable")
 
-        async def hung(key: bytes, prefetch: int) -> LookupResult:
-            await never.wait()
-            raise AssertionError("unreachable")
-
-        sender = make_sender(FakeNodes(lambda _addr: reply()), hung, timeout=0.3)
-        with pytest.raises(E.Unavailable) as info:
-            await asyncio.wait_for(sender.send(b"k", PUT, is_write=True), 3.0)
-        assert info.value.outcome is E.WriteOutcome.NOT_APPLIED
-        assert "did not answer the lookup in time" in info.value.message
-
-    asyncio.run(body())
+    sender = make_sender(FakeNodes(lambda _addr: reply()), hung, timeout=0.3)
+    with pytest.raises(E.Unavailable) as info:
+        await asyncio.wait_for(sender.send(b"k", PUT, is_write=True), 3.0)
+    assert info.value.outcome is E.WriteOutcome.NOT_APPLIED
+    assert "did not answer the lookup in time" in info.value.message

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 import pytest
 
@@ -65,22 +63,17 @@ STATUS_CASES: list[tuple[E.RangeKVError, grpc.StatusCode]] = [
 
 
 @pytest.mark.parametrize("exc,code", STATUS_CASES, ids=lambda c: type(c).__name__)
-def test_status_round_trip_over_real_grpc(exc: E.RangeKVError, code: grpc.StatusCode) -> None:
-    async def run() -> E.RangeKVError:
-        server = grpc.aio.server()
-        kv_pb2_grpc.add_KVServicer_to_server(_FailingKV(exc), server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                stub = kv_pb2_grpc.KVStub(channel)
-                try:
-                    await stub.Put(kv_pb2.PutRequest(key=b"k", value=b"v"), timeout=5)
-                except grpc.aio.AioRpcError as err:
-                    assert err.code() == code
-                    return E.from_rpc_error(err, is_write=True)
-                raise AssertionError("call did not fail")
-        finally:
-            await server.stop(None)
-
-    _same(asyncio.run(run()), exc)
+async def test_status_round_trip_over_real_grpc(exc: E.RangeKVError, code: grpc.StatusCode) -> None:
+    server = grpc.aio.server()
+    kv_pb2_grpc.add_KVServicer_to_server(_FailingKV(exc), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = kv_pb2_grpc.KVStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await stub.Put(kv_pb2.PutRequest(key=b"k", value=b"v"), timeout=5)
+    finally:
+        await server.stop(None)
+    assert failed.value.code() == code
+    _same(E.from_rpc_error(failed.value, is_write=True), exc)

@@ -10,7 +10,7 @@ from rangekv.check.kv_client import failed_outcome
 from rangekv.common import errors as E
 
 
-def rpc_error(exc: E.RangeKVError) -> grpc.aio.AioRpcError:
+def gateway_error(exc: E.RangeKVError) -> grpc.aio.AioRpcError:
     """The AioRpcError a client gets when the gateway answers with `exc`."""
     status = E.to_rpc_status(exc)
     return grpc.aio.AioRpcError(
@@ -28,10 +28,10 @@ UNKNOWN = E.Unavailable("stream broke", 0.05, outcome=E.WriteOutcome.UNKNOWN)
 @pytest.mark.parametrize(
     ("kind", "err", "want"),
     [
-        (OpKind.GET, rpc_error(UNKNOWN), Outcome.FAIL),  # a read has no effect
-        (OpKind.PUT, rpc_error(NOT_APPLIED), Outcome.FAIL),
-        (OpKind.PUT, rpc_error(UNKNOWN), Outcome.UNKNOWN),
-        (OpKind.CAS, rpc_error(E.InvalidArgument("key", "too long")), Outcome.FAIL),
+        (OpKind.GET, gateway_error(UNKNOWN), Outcome.FAIL),  # a read has no effect
+        (OpKind.PUT, gateway_error(NOT_APPLIED), Outcome.FAIL),
+        (OpKind.PUT, gateway_error(UNKNOWN), Outcome.UNKNOWN),
+        (OpKind.CAS, gateway_error(E.InvalidArgument("key", "too long")), Outcome.FAIL),
         (
             OpKind.DELETE,
             grpc.aio.AioRpcError(

@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import pytest
 
 from rangekv.common.metrics import Histogram
 from rangekv.common.telemetry import Telemetry
-
-
-@pytest.fixture
-def telemetry() -> Iterator[Telemetry]:
-    t = Telemetry("test", node_id=1)
-    yield t
-    t.shutdown()
 
 
 def test_value_on_a_bound_lands_in_that_bucket() -> None:

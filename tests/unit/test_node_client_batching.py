@@ -29,20 +29,17 @@ class _FakeStream:
         return fut
 
 
-def test_reads_and_writes_to_one_range_leave_in_separate_batches() -> None:
-    async def run() -> list[tuple[replica_pb2.ReplicaBatchRequest, bool]]:
-        clients = NodeClients(channel_factory=lambda addr: None)  # type: ignore[arg-type,return-value]
-        stream = _FakeStream()
-        clients._stream = lambda address: stream  # type: ignore[assignment,method-assign]
-        get = replica_pb2.ReplicaOp(get=replica_pb2.GetOp(key=b"k"))
-        put = replica_pb2.ReplicaOp(put=replica_pb2.PutOp(key=b"k", value=b"v"))
-        clients.submit("n1", 7, [get], has_writes=False)
-        clients.submit("n1", 7, [put], has_writes=True)
-        clients.submit("n1", 7, [get], has_writes=False)
-        await asyncio.sleep(0)  # let the per-iteration flush run
-        return stream.sent
-
-    sent = asyncio.run(run())
+async def test_reads_and_writes_to_one_range_leave_in_separate_batches() -> None:
+    clients = NodeClients(channel_factory=lambda addr: None)  # type: ignore[arg-type,return-value]
+    stream = _FakeStream()
+    clients._stream = lambda address: stream  # type: ignore[assignment,method-assign]
+    get = replica_pb2.ReplicaOp(get=replica_pb2.GetOp(key=b"k"))
+    put = replica_pb2.ReplicaOp(put=replica_pb2.PutOp(key=b"k", value=b"v"))
+    clients.submit("n1", 7, [get], has_writes=False)
+    clients.submit("n1", 7, [put], has_writes=True)
+    clients.submit("n1", 7, [get], has_writes=False)
+    await asyncio.sleep(0)  # let the per-iteration flush run
+    sent = stream.sent
     assert len(sent) == 2
     kinds = sorted((len(b.ops), w) for b, w in sent)
     assert kinds == [(1, True), (2, False)]
@@ -75,54 +72,48 @@ def _put(key: bytes) -> replica_pb2.ReplicaOp:
     return replica_pb2.ReplicaOp(put=replica_pb2.PutOp(key=key, value=b"v"))
 
 
-def test_ops_gather_behind_a_full_window_and_leave_together() -> None:
-    async def run() -> None:
-        clients = NodeClients(channel_factory=lambda addr: None, max_inflight=1)  # type: ignore[arg-type,return-value]
-        stream = _AnsweringStream()
-        clients._stream = lambda address: stream  # type: ignore[assignment,method-assign]
-        first = clients.submit("n1", 7, [_put(b"a")], has_writes=True)
+async def test_ops_gather_behind_a_full_window_and_leave_together() -> None:
+    clients = NodeClients(channel_factory=lambda addr: None, max_inflight=1)  # type: ignore[arg-type,return-value]
+    stream = _AnsweringStream()
+    clients._stream = lambda address: stream  # type: ignore[assignment,method-assign]
+    first = clients.submit("n1", 7, [_put(b"a")], has_writes=True)
+    await asyncio.sleep(0)
+    assert [len(b.ops) for b, _ in stream.sent] == [1]  # an idle window: no wait
+    later = [clients.submit("n1", 7, [_put(b"%d" % i)], has_writes=True) for i in range(5)]
+    other_range = clients.submit("n1", 8, [_put(b"x")], has_writes=True)
+    await asyncio.sleep(0)
+    # Range 7's window is full; range 8 has its own.
+    assert [(b.range_id, len(b.ops)) for b, _ in stream.sent] == [(7, 1), (8, 1)]
+    stream.answer(0)
+    await first
+    for _ in range(3):
         await asyncio.sleep(0)
-        assert [len(b.ops) for b, _ in stream.sent] == [1]  # an idle window: no wait
-        later = [clients.submit("n1", 7, [_put(b"%d" % i)], has_writes=True) for i in range(5)]
-        other_range = clients.submit("n1", 8, [_put(b"x")], has_writes=True)
-        await asyncio.sleep(0)
-        # Range 7's window is full; range 8 has its own.
-        assert [(b.range_id, len(b.ops)) for b, _ in stream.sent] == [(7, 1), (8, 1)]
-        stream.answer(0)
-        await first
-        for _ in range(3):
-            await asyncio.sleep(0)
-        assert [(b.range_id, len(b.ops)) for b, _ in stream.sent] == [(7, 1), (8, 1), (7, 5)]
-        stream.answer(2)
-        replies = await asyncio.gather(*later)
-        assert all(len(r.results) == 1 for r in replies)
-        assert not other_range.done()
-
-    asyncio.run(run())
+    assert [(b.range_id, len(b.ops)) for b, _ in stream.sent] == [(7, 1), (8, 1), (7, 5)]
+    stream.answer(2)
+    replies = await asyncio.gather(*later)
+    assert all(len(r.results) == 1 for r in replies)
+    assert not other_range.done()
 
 
-def test_callers_that_gave_up_while_waiting_are_not_sent() -> None:
-    async def run() -> None:
-        clients = NodeClients(channel_factory=lambda addr: None, max_inflight=1)  # type: ignore[arg-type,return-value]
-        stream = _AnsweringStream()
-        clients._stream = lambda address: stream  # type: ignore[assignment,method-assign]
-        clients.submit("n1", 7, [_put(b"a")], has_writes=True)
+async def test_callers_that_gave_up_while_waiting_are_not_sent() -> None:
+    clients = NodeClients(channel_factory=lambda addr: None, max_inflight=1)  # type: ignore[arg-type,return-value]
+    stream = _AnsweringStream()
+    clients._stream = lambda address: stream  # type: ignore[assignment,method-assign]
+    clients.submit("n1", 7, [_put(b"a")], has_writes=True)
+    await asyncio.sleep(0)
+    gave_up = clients.submit("n1", 7, [_put(b"b"), _put(b"c")], has_writes=True)
+    kept = clients.submit("n1", 7, [_put(b"d")], has_writes=True)
+    alone = clients.submit("n1", 9, [_put(b"e")], has_writes=True)
+    await asyncio.sleep(0)
+    gave_up.cancel()
+    stream.answer(0)
+    for _ in range(3):
         await asyncio.sleep(0)
-        gave_up = clients.submit("n1", 7, [_put(b"b"), _put(b"c")], has_writes=True)
-        kept = clients.submit("n1", 7, [_put(b"d")], has_writes=True)
-        alone = clients.submit("n1", 9, [_put(b"e")], has_writes=True)
-        await asyncio.sleep(0)
-        gave_up.cancel()
-        stream.answer(0)
-        for _ in range(3):
-            await asyncio.sleep(0)
-        keys = [[op.put.key for op in b.ops] for b, _ in stream.sent]
-        assert keys == [[b"a"], [b"e"], [b"d"]]
-        stream.answer(2)
-        assert len((await kept).results) == 1
-        assert not alone.done()
-
-    asyncio.run(run())
+    keys = [[op.put.key for op in b.ops] for b, _ in stream.sent]
+    assert keys == [[b"a"], [b"e"], [b"d"]]
+    stream.answer(2)
+    assert len((await kept).results) == 1
+    assert not alone.done()
 
 
 def test_window_must_hold_a_batch() -> None:
@@ -130,7 +121,7 @@ def test_window_must_hold_a_batch() -> None:
         NodeClients(channel_factory=lambda addr: None, max_inflight=0)  # type: ignore[arg-type,return-value]
 
 
-def test_a_broken_stream_ends_its_request_generator() -> None:
+async def test_a_broken_stream_ends_its_request_generator() -> None:
     """Before, grpc's task feeding a dead stream waited on the outbox forever and was
     garbage collected pending ("Task was destroyed but it is pending!" in the soak's
     gateway logs)."""
@@ -157,20 +148,17 @@ def test_a_broken_stream_ends_its_request_generator() -> None:
     async def drain(gen: Any) -> list[Any]:
         return [r async for r in gen]
 
-    async def run() -> list[Any]:
-        class AnyChannel:  # enough for ReplicaStub's constructor; the stub is replaced
-            def __getattr__(self, name: str) -> Any:
-                return lambda *args, **kwargs: None
+    class AnyChannel:  # enough for ReplicaStub's constructor; the stub is replaced
+        def __getattr__(self, name: str) -> Any:
+            return lambda *args, **kwargs: None
 
-        stream = NodeStream("n1", AnyChannel())  # type: ignore[arg-type]
-        stream._stub = FakeStub()  # type: ignore[assignment]
-        fut = stream.submit(replica_pb2.ReplicaBatchRequest(range_id=1), has_writes=False)
-        with pytest.raises(Exception, match="gone"):
-            await fut
-        assert stream.broken
-        return await asyncio.wait_for(drain(calls[0].requests), 2)
-
-    sent = asyncio.run(run())
+    stream = NodeStream("n1", AnyChannel())  # type: ignore[arg-type]
+    stream._stub = FakeStub()  # type: ignore[assignment]
+    fut = stream.submit(replica_pb2.ReplicaBatchRequest(range_id=1), has_writes=False)
+    with pytest.raises(Exception, match="gone"):
+        await fut
+    assert stream.broken
+    sent = await asyncio.wait_for(drain(calls[0].requests), 2)
     assert [r.batch.range_id for r in sent] == [1]
 
 

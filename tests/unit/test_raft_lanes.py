@@ -123,17 +123,15 @@ def test_drain_caps_batch_bytes_but_always_takes_one() -> None:
     assert [m.index for _, m, _ in q.drain(0)] == [3]
 
 
-def test_get_batch_waits_for_a_put() -> None:
-    async def main() -> list[Outbound]:
-        q = LaneQueue(4)
-        waiter = asyncio.ensure_future(q.get_batch(UNBOUNDED))
-        await asyncio.sleep(0)
-        assert not waiter.done()
-        q.put(msg(M.APP, index=1))
-        q.put(msg(M.APP, index=2))
-        return await asyncio.wait_for(waiter, 5)
-
-    assert [m.index for _, m, _ in asyncio.run(main())] == [1, 2]
+async def test_get_batch_waits_for_a_put() -> None:
+    q = LaneQueue(4)
+    waiter = asyncio.ensure_future(q.get_batch(UNBOUNDED))
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    q.put(msg(M.APP, index=1))
+    q.put(msg(M.APP, index=2))
+    batch: list[Outbound] = await asyncio.wait_for(waiter, 5)
+    assert [m.index for _, m, _ in batch] == [1, 2]
 
 
 def test_clear_returns_what_was_live() -> None:

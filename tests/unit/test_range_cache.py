@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Coroutine
 from typing import TypeVar
 
 import pytest
@@ -165,20 +164,16 @@ def counters(cache: RangeCache) -> InMemoryCacheMetrics:
     return cache.metrics
 
 
-def run(coro: Coroutine[object, object, T]) -> T:
-    return asyncio.run(coro)
-
-
 ROOT = desc(1, b"", b"", 1)
 
 
 # --- rule G: generations decide overlaps ---------------------------------------------
 
 
-def test_split_replaces_the_older_covering_descriptor() -> None:
+async def test_split_replaces_the_older_covering_descriptor() -> None:
     meta = ScriptedMeta(ROOT)
     cache = make_cache(meta)
-    entry, _ = run(cache.lookup(b"k"))
+    entry, _ = await cache.lookup(b"k")
     assert entry.descriptor == ROOT
     left, right = meta.split(ROOT, b"m", 2)
     cache.maybe_insert_descriptors([left])
@@ -190,25 +185,25 @@ def test_split_replaces_the_older_covering_descriptor() -> None:
     cache.check()
 
 
-def test_a_stale_descriptor_from_a_lookup_never_replaces_a_newer_one() -> None:
+async def test_a_stale_descriptor_from_a_lookup_never_replaces_a_newer_one() -> None:
     meta = ScriptedMeta(ROOT)
     left, right = meta.split(ROOT, b"m", 2)
     cache = make_cache(meta)
     cache.maybe_insert_descriptors([left])
     # A lagging meta replica answers the lookup for "x" with the pre-split descriptor.
     meta.stale.append(LookupResult((ROOT,)))
-    entry, token = run(cache.lookup(b"x"))
+    entry, token = await cache.lookup(b"x")
     assert entry.descriptor == ROOT  # the best answer for "x" it has: routed, not cached
     assert cache.peek(b"a") == CacheEntry(left), "last-writer-wins would have clobbered it"
     assert cache.peek(b"x") is None
     # The stale route fails with RangeKeyMismatch; the retry needs no lookup.
     cache.maybe_evict_for_mismatch(token, RangeKeyMismatch(1, (right,)))
-    assert run(cache.lookup(b"x"))[0].descriptor == right
+    assert (await cache.lookup(b"x"))[0].descriptor == right
     assert len(meta.lookups) == 1
     cache.check()
 
 
-def test_a_stale_prefetched_descriptor_never_replaces_a_newer_one() -> None:
+async def test_a_stale_prefetched_descriptor_never_replaces_a_newer_one() -> None:
     meta = ScriptedMeta(ROOT)
     left, right = meta.split(ROOT, b"m", 2)
     mid, tail = meta.split(right, b"t", 3)
@@ -216,7 +211,7 @@ def test_a_stale_prefetched_descriptor_never_replaces_a_newer_one() -> None:
     cache.maybe_insert_descriptors([mid])
     # The lookup for "a" is answered correctly for "a", but prefetches the stale [m, +inf).
     meta.stale.append(LookupResult((left, right)))
-    assert run(cache.lookup(b"a"))[0].descriptor == left
+    assert (await cache.lookup(b"a"))[0].descriptor == left
     assert cache.peek(b"n") == CacheEntry(mid)
     assert cache.peek(b"u") is None
     cache.maybe_insert_descriptors([tail, right, ROOT])  # more stale ones, in any order
@@ -247,7 +242,7 @@ def test_the_same_descriptor_merges_leaseholder_info() -> None:
     assert len(cache) == 1 and not counters(cache).evictions
 
 
-def test_an_insert_over_mixed_generations_removes_the_older_and_yields_to_the_newer() -> None:
+async def test_an_insert_over_mixed_generations_removes_the_older_and_yields_to_the_newer() -> None:
     """Issue 14, item 5: {A[a,m) g2, B[m,z) g4} + C[b,y) g3. C proves A stale (the keys
     they share were covered at g3 since), and B proves C stale: A goes, C stays out,
     and b is then a miss that looks up instead of being served by A."""
@@ -261,17 +256,17 @@ def test_an_insert_over_mixed_generations_removes_the_older_and_yields_to_the_ne
     assert [e.descriptor for e in cache.entries()] == [b]
     assert counters(cache).evictions[EvictionReason.SUPERSEDED] == 1
     cache.check()
-    assert run(cache.lookup(b"b"))[0].descriptor == desc(3, b"b", b"m", 5)
+    assert (await cache.lookup(b"b"))[0].descriptor == desc(3, b"b", b"m", 5)
     assert meta.lookups == [b"b"]
 
 
 # --- rule P: compare-and-evict ----------------------------------------------------------
 
 
-def test_compare_and_evict_is_a_no_op_when_the_cache_moved_on() -> None:
+async def test_compare_and_evict_is_a_no_op_when_the_cache_moved_on() -> None:
     meta = ScriptedMeta(ROOT)
     cache = make_cache(meta)
-    _, token = run(cache.lookup(b"a"))
+    _, token = await cache.lookup(b"a")
     left, _ = meta.split(ROOT, b"m", 2)
     cache.maybe_insert_descriptors([left])  # another request learned of the split
     assert not cache.maybe_evict(token, EvictionReason.UNREACHABLE)
@@ -279,10 +274,10 @@ def test_compare_and_evict_is_a_no_op_when_the_cache_moved_on() -> None:
     assert counters(cache).evictions[EvictionReason.UNREACHABLE] == 0
 
 
-def test_eviction_by_token_survives_a_leaseholder_update() -> None:
+async def test_eviction_by_token_survives_a_leaseholder_update() -> None:
     meta = ScriptedMeta(ROOT)
     cache = make_cache(meta)
-    _, token = run(cache.lookup(b"a"))
+    _, token = await cache.lookup(b"a")
     redirected = cache.maybe_update_leaseholder(token, NotLeaseHolder(1, N2, "n2:1", 3, ROOT))
     assert redirected is not None and redirected.entry.leaseholder == N2
     assert cache.maybe_evict(token, EvictionReason.RANGE_NOT_FOUND)
@@ -290,23 +285,23 @@ def test_eviction_by_token_survives_a_leaseholder_update() -> None:
     assert counters(cache).evictions[EvictionReason.RANGE_NOT_FOUND] == 1
 
 
-def test_range_key_mismatch_with_both_halves_routes_the_retry_with_zero_lookups() -> None:
+async def test_range_key_mismatch_with_both_halves_routes_the_retry_with_zero_lookups() -> None:
     meta = ScriptedMeta(ROOT)
     cache = make_cache(meta)
-    _, token = run(cache.lookup(b"a"))
+    _, token = await cache.lookup(b"a")
     left, right = meta.split(ROOT, b"m", 2)
     assert cache.maybe_evict_for_mismatch(token, RangeKeyMismatch(1, (left, right)))
-    assert run(cache.lookup(b"a"))[0].descriptor == left
-    assert run(cache.lookup(b"x"))[0].descriptor == right
+    assert (await cache.lookup(b"a"))[0].descriptor == left
+    assert (await cache.lookup(b"x"))[0].descriptor == right
     assert meta.lookups == [b"a"]
     assert counters(cache).evictions[EvictionReason.RANGE_KEY_MISMATCH] == 1
     cache.check()
 
 
-def test_confirm_keeps_the_routed_entry_and_is_a_no_op_once_it_is_gone() -> None:
+async def test_confirm_keeps_the_routed_entry_and_is_a_no_op_once_it_is_gone() -> None:
     meta = ScriptedMeta(ROOT)
     cache = make_cache(meta)
-    _, token = run(cache.lookup(b"a"))
+    _, token = await cache.lookup(b"a")
     assert cache.maybe_confirm(token) == 0
     assert cache.peek(b"a") == CacheEntry(ROOT)
     cache.maybe_insert_descriptors([desc(1, b"", b"m", 2)])
@@ -317,16 +312,16 @@ def test_confirm_keeps_the_routed_entry_and_is_a_no_op_once_it_is_gone() -> None
 # --- rule L: NotLeaseHolder hints -------------------------------------------------------
 
 
-def test_a_hint_naming_a_replica_only_a_newer_descriptor_lists_is_followed() -> None:
+async def test_a_hint_naming_a_replica_only_a_newer_descriptor_lists_is_followed() -> None:
     meta = ScriptedMeta(ROOT)
     cache = make_cache(meta)
-    _, token = run(cache.lookup(b"a"))
+    _, token = await cache.lookup(b"a")
     theirs = desc(1, b"", b"", 2, (N2, N3, N4))
     err = NotLeaseHolder(1, N4, "n4:1", 7, theirs)
     redirected = cache.maybe_update_leaseholder(token, err)
     assert redirected is not None
     assert (redirected.entry.leaseholder, redirected.entry.leaseholder_address) == (N4, "n4:1")
-    entry, _ = run(cache.lookup(b"q"))
+    entry, _ = await cache.lookup(b"q")
     assert (entry.descriptor, entry.leaseholder, entry.lease_sequence) == (theirs, N4, 7)
     assert meta.lookups == [b"a"], "following the hint must cost no lookup"
     cache.check()
@@ -337,25 +332,25 @@ def test_a_hint_naming_a_replica_only_a_newer_descriptor_lists_is_followed() -> 
     [ROOT, None, desc(1, b"", b"", 2)],
     ids=["same-descriptor", "no-descriptor", "newer-descriptor-without-it"],
 )
-def test_a_hint_naming_a_replica_outside_the_descriptor_is_not_taken(
+async def test_a_hint_naming_a_replica_outside_the_descriptor_is_not_taken(
     theirs: RangeDescriptor | None,
 ) -> None:
     """Issue 14, item 1: a leaseholder in no descriptor the cache would hold cannot be
     routed to; the entry keeps no lease (and takes a newer descriptor if one came)."""
     cache = make_cache(ScriptedMeta(ROOT))
-    _, token = run(cache.lookup(b"a"))
+    _, token = await cache.lookup(b"a")
     after = cache.maybe_update_leaseholder(token, NotLeaseHolder(1, N4, "n4:1", 7, theirs))
     assert after is not None and after.entry.leaseholder is None
     assert after.entry.descriptor == (theirs or ROOT)
     cache.check()
 
 
-def test_a_newer_descriptor_without_the_cached_leaseholder_drops_the_lease() -> None:
+async def test_a_newer_descriptor_without_the_cached_leaseholder_drops_the_lease() -> None:
     """Issue 14, item 4: the lease leaves with its replica, whether the newer descriptor
     comes with a NotLeaseHolder (whose own hint is not taken) or a mismatch."""
     cache = make_cache(ScriptedMeta())
     cache.maybe_insert(CacheEntry(ROOT, N1, "n1:1", 5))
-    token = run(cache.lookup(b"a"))[1]
+    token = (await cache.lookup(b"a"))[1]
     without_n1 = desc(1, b"", b"", 2, (N2, N3, N4))
     # The hint names n2 at an older lease sequence: the descriptor is taken, the hint not.
     after = cache.maybe_update_leaseholder(token, NotLeaseHolder(1, N2, "n2:1", 4, without_n1))
@@ -369,28 +364,28 @@ def test_a_newer_descriptor_without_the_cached_leaseholder_drops_the_lease() -> 
     # The same through a RangeKeyMismatch carrying the newer descriptor.
     other = make_cache(ScriptedMeta())
     other.maybe_insert(CacheEntry(ROOT, N1, "n1:1", 5))
-    routed = run(other.lookup(b"a"))[1]
+    routed = (await other.lookup(b"a"))[1]
     other.maybe_evict_for_mismatch(routed, RangeKeyMismatch(1, (without_n1,)))
     assert other.peek(b"a") == CacheEntry(without_n1, None, "", 5)
     assert counters(other).leases_dropped == 1
 
 
-def test_a_hint_with_an_older_descriptor_is_ignored() -> None:
+async def test_a_hint_with_an_older_descriptor_is_ignored() -> None:
     current = desc(1, b"", b"", 3, (N1, N2, N3))
     cache = make_cache(ScriptedMeta())
     cache.maybe_insert(CacheEntry(current, N1, "n1:1", 5))
-    token = run(cache.lookup(b"a"))[1]
+    token = (await cache.lookup(b"a"))[1]
     old = desc(1, b"", b"", 2, (N1, N3, N4))
     after = cache.maybe_update_leaseholder(token, NotLeaseHolder(1, N4, "n4:1", 9, old))
     assert after is not None and after.entry == CacheEntry(current, N1, "n1:1", 5)
     assert cache.entries() == [CacheEntry(current, N1, "n1:1", 5)]
 
 
-def test_a_lower_lease_sequence_never_overwrites_a_higher_one() -> None:
+async def test_a_lower_lease_sequence_never_overwrites_a_higher_one() -> None:
     d = desc(1, b"", b"", 3)
     cache = make_cache(ScriptedMeta())
     cache.maybe_insert(CacheEntry(d))
-    token = run(cache.lookup(b"a"))[1]
+    token = (await cache.lookup(b"a"))[1]
     t2 = cache.maybe_update_leaseholder(token, NotLeaseHolder(1, N2, "n2:1", 7, d))
     assert t2 is not None and t2.entry.leaseholder == N2
     # A replica that still believes in an older lease answers later.
@@ -405,10 +400,10 @@ def test_a_lower_lease_sequence_never_overwrites_a_higher_one() -> None:
     assert t5 is not None and cache.peek(b"a") == CacheEntry(d4, N3, "n3:1", 8)
 
 
-def test_a_hint_without_descriptor_is_followed_only_inside_the_descriptor() -> None:
+async def test_a_hint_without_descriptor_is_followed_only_inside_the_descriptor() -> None:
     cache = make_cache(ScriptedMeta())
     cache.maybe_insert(CacheEntry(ROOT))
-    token = run(cache.lookup(b"a"))[1]
+    token = (await cache.lookup(b"a"))[1]
     t = cache.maybe_update_leaseholder(token, NotLeaseHolder(1, N4, "n4:1", 2, None))
     assert t is not None and t.entry.leaseholder is None
     t = cache.maybe_update_leaseholder(token, NotLeaseHolder(1, N3, "n3:1", 2, None))
@@ -418,33 +413,33 @@ def test_a_hint_without_descriptor_is_followed_only_inside_the_descriptor() -> N
 # --- coalescing -------------------------------------------------------------------------
 
 
-def test_concurrent_misses_on_one_key_cost_one_lookup() -> None:
+async def test_concurrent_misses_on_one_key_cost_one_lookup() -> None:
     meta = ScriptedMeta(ROOT)
     cache = make_cache(meta)
 
     async def main() -> list[tuple[CacheEntry, object]]:
         return await asyncio.gather(*(cache.lookup(b"k") for _ in range(20)))
 
-    answers = run(main())
+    answers = await main()
     assert {e.descriptor for e, _ in answers} == {ROOT}
     assert meta.lookups == [b"k"]
     assert counters(cache).lookups == 1
     assert counters(cache).coalesced_lookups == 19
 
 
-def test_concurrent_misses_in_one_range_cost_one_lookup() -> None:
+async def test_concurrent_misses_in_one_range_cost_one_lookup() -> None:
     meta = ScriptedMeta(ROOT)
     cache = make_cache(meta)
 
     async def main() -> None:
         await asyncio.gather(*(cache.lookup(bytes([97 + i])) for i in range(20)))
 
-    run(main())
+    await main()
     assert meta.lookups == [b"a"]
 
 
 @pytest.mark.parametrize("order", ["key-order", "reverse-order", "middle-first"])
-def test_concurrent_misses_in_one_range_cost_one_lookup_in_any_order(order: str) -> None:
+async def test_concurrent_misses_in_one_range_cost_one_lookup_in_any_order(order: str) -> None:
     """Issue 14, item 6: after a split at "an", misses for an0, an1, an2 share one lookup
     whatever order they arrive in (each waits for the nearest lookup below or above)."""
     left, right = desc(1, b"", b"an", 2), desc(2, b"an", b"", 2)
@@ -463,12 +458,12 @@ def test_concurrent_misses_in_one_range_cost_one_lookup_in_any_order(order: str)
         meta.hold.set()
         return await asyncio.gather(*calls)
 
-    assert {e.descriptor for e, _ in run(main())} == {right}
+    assert {e.descriptor for e, _ in (await main())} == {right}
     assert meta.lookups == [keys[0]]
     assert counters(cache).coalesced_lookups == 2
 
 
-def test_a_miss_the_nearby_lookup_does_not_cover_looks_up_exactly_once() -> None:
+async def test_a_miss_the_nearby_lookup_does_not_cover_looks_up_exactly_once() -> None:
     left, right = desc(1, b"", b"an", 2), desc(2, b"an", b"", 2)
     meta = ScriptedMeta(left, right)
     cache = make_cache(meta, prefetch=0)
@@ -480,11 +475,11 @@ def test_a_miss_the_nearby_lookup_does_not_cover_looks_up_exactly_once() -> None
         meta.hold.set()
         return await asyncio.gather(*calls)
 
-    assert [e.descriptor for e, _ in run(main())] == [right, left]
+    assert [e.descriptor for e, _ in (await main())] == [right, left]
     assert meta.lookups == [b"an2", b"a0"]
 
 
-def test_a_lookup_outlives_the_request_that_started_it() -> None:
+async def test_a_lookup_outlives_the_request_that_started_it() -> None:
     """The first miss gives up (its deadline); the others still get the one answer."""
     meta = ScriptedMeta(ROOT)
     cache = make_cache(meta)
@@ -499,79 +494,79 @@ def test_a_lookup_outlives_the_request_that_started_it() -> None:
         meta.hold.set()
         return await asyncio.gather(*others)
 
-    assert {e.descriptor for e, _ in run(main())} == {ROOT}
+    assert {e.descriptor for e, _ in (await main())} == {ROOT}
     assert meta.lookups == [b"k"]
 
 
 # --- rule R: re-reading meta after a descriptor proved wrong ----------------------------
 
 
-def test_a_lookup_no_newer_than_the_stale_descriptor_is_repeated_at_the_meta_leader() -> None:
+async def test_a_lookup_no_newer_than_the_stale_descriptor_is_repeated_at_the_meta_leader() -> None:
     """Issue 14, item 3: a lagging meta replica still answers with the descriptor that
     just failed; the cache then reads meta consistently (at its leader)."""
     meta = ScriptedMeta(ROOT)
     cache = make_cache(meta)
-    _, token = run(cache.lookup(b"x"))
+    _, token = await cache.lookup(b"x")
     left, right = meta.split(ROOT, b"m", 2)
     assert cache.maybe_evict(token, EvictionReason.RANGE_NOT_FOUND)
     meta.stale.append(LookupResult((ROOT,)))
-    entry, _ = run(cache.lookup(b"x", stale=ROOT))
+    entry, _ = await cache.lookup(b"x", stale=ROOT)
     assert entry.descriptor == right
     assert meta.consistent_lookups == [b"x"] and len(meta.lookups) == 3
     # An inconsistent answer newer than the bound is enough: no consistent read.
-    assert run(cache.lookup(b"a", stale=ROOT))[0].descriptor == left
+    assert (await cache.lookup(b"a", stale=ROOT))[0].descriptor == left
     assert len(meta.lookups) == 4 and meta.consistent_lookups == [b"x"]
     assert counters(cache).consistent_lookups == 1
 
 
-def test_a_cached_entry_no_newer_than_the_stale_descriptor_is_not_a_hit() -> None:
+async def test_a_cached_entry_no_newer_than_the_stale_descriptor_is_not_a_hit() -> None:
     meta = ScriptedMeta(ROOT)
     cache = make_cache(meta)
-    run(cache.lookup(b"x"))
+    await cache.lookup(b"x")
     _, right = meta.split(ROOT, b"m", 2)
     meta.stale.append(LookupResult((ROOT,)))  # and meta's followers lag too
     assert cache.hit(b"x", stale=ROOT) is None
-    entry, _ = run(cache.lookup(b"x", stale=ROOT))
+    entry, _ = await cache.lookup(b"x", stale=ROOT)
     assert entry.descriptor == right
     assert meta.consistent_lookups == [b"x"]
 
 
-def test_the_consistent_answer_is_returned_even_when_it_is_no_newer() -> None:
+async def test_the_consistent_answer_is_returned_even_when_it_is_no_newer() -> None:
     """Meta's leader agrees with the descriptor that failed: the caller gets it (and
     backs off), the cache does not loop."""
     meta = ScriptedMeta(ROOT)
     cache = make_cache(meta)
-    run(cache.lookup(b"x"))
-    entry, _ = run(cache.lookup(b"x", stale=ROOT))
+    await cache.lookup(b"x")
+    entry, _ = await cache.lookup(b"x", stale=ROOT)
     assert entry.descriptor == ROOT
     assert len(meta.lookups) == 3 and meta.consistent_lookups == [b"x"]
 
 
-def test_a_failed_lookup_fails_its_waiters_and_the_next_miss_retries() -> None:
+async def test_a_failed_lookup_fails_its_waiters_and_the_next_miss_retries() -> None:
     meta = ScriptedMeta()  # nothing covers any key
     cache = make_cache(meta)
 
     async def main() -> list[BaseException | tuple[CacheEntry, object]]:
         return await asyncio.gather(*(cache.lookup(b"k") for _ in range(5)), return_exceptions=True)
 
-    assert all(isinstance(r, Unavailable) for r in run(main()))
+    assert all(isinstance(r, Unavailable) for r in await main())
     assert meta.lookups == [b"k"]
     meta.committed[b""] = ROOT
-    assert run(cache.lookup(b"k"))[0].descriptor == ROOT
+    assert (await cache.lookup(b"k"))[0].descriptor == ROOT
 
 
 # --- intents (rule T) ---------------------------------------------------------------------
 
 
-def test_an_intent_of_a_committed_split_is_used() -> None:
+async def test_an_intent_of_a_committed_split_is_used() -> None:
     meta = ScriptedMeta(ROOT)
     left, right, txn = meta.begin_split(ROOT, b"m", 1, 2)
     meta.txn_status[txn.id] = TxnStatus.COMMITTED  # committed, intents not yet resolved
     cache = make_cache(meta)
-    assert run(cache.lookup(b"a"))[0].descriptor == left
+    assert (await cache.lookup(b"a"))[0].descriptor == left
     assert meta.pushes == [txn.id]
     # The prefetched intent of the same transaction is known committed: no second push.
-    assert run(cache.lookup(b"x"))[0].descriptor == right
+    assert (await cache.lookup(b"x"))[0].descriptor == right
     assert meta.pushes == [txn.id] and len(meta.lookups) == 1
     assert set(meta.resolutions) == {
         (mk(b"m"), txn.id, TxnStatus.COMMITTED),
@@ -582,77 +577,77 @@ def test_an_intent_of_a_committed_split_is_used() -> None:
     cache.check()
 
 
-def test_an_intent_of_an_aborted_split_is_discarded() -> None:
+async def test_an_intent_of_an_aborted_split_is_discarded() -> None:
     meta = ScriptedMeta(ROOT)
     _, _, txn = meta.begin_split(ROOT, b"m", 1, 2)
     meta.txn_status[txn.id] = TxnStatus.ABORTED
     cache = make_cache(meta)
-    assert run(cache.lookup(b"a"))[0].descriptor == ROOT  # the scan meets both intents
-    assert run(cache.lookup(b"x"))[0].descriptor == ROOT
+    assert (await cache.lookup(b"a"))[0].descriptor == ROOT  # the scan meets both intents
+    assert (await cache.lookup(b"x"))[0].descriptor == ROOT
     assert meta.pushes == [txn.id] and meta.lookups == [b"a"]
     assert cache.entries() == [CacheEntry(ROOT)]
     assert {s for _, _, s in meta.resolutions} == {TxnStatus.ABORTED}
     assert not meta.intents and meta.committed == {b"": ROOT}
 
 
-def test_an_intent_of_a_pending_split_is_pushed_and_the_committed_descriptor_used() -> None:
+async def test_an_intent_of_a_pending_split_is_pushed_and_the_committed_descriptor_used() -> None:
     meta = ScriptedMeta(ROOT)
     left, right, txn = meta.begin_split(ROOT, b"m", 1, 2)
     cache = make_cache(meta)
-    assert run(cache.lookup(b"a"))[0].descriptor == ROOT
+    assert (await cache.lookup(b"a"))[0].descriptor == ROOT
     assert meta.pushes == [txn.id]
     assert counters(cache).pushes["pending"] == 1
     # The undecided pair stays; a hit does not push again.
     assert {e.descriptor for e in cache.entries() if e.speculative} == {left, right}
-    assert run(cache.lookup(b"x"))[0].descriptor == ROOT
+    assert (await cache.lookup(b"x"))[0].descriptor == ROOT
     assert meta.pushes == [txn.id] and len(meta.lookups) == 1
     cache.check()
     # The split commits; the old route fails, and the error's descriptors replace both.
     meta.txn_status[txn.id] = TxnStatus.COMMITTED
-    _, token = run(cache.lookup(b"x"))
+    _, token = await cache.lookup(b"x")
     cache.maybe_evict_for_mismatch(token, RangeKeyMismatch(1, (left, right)))
     assert [e.descriptor for e in cache.entries()] == [left, right]
     assert not any(e.speculative for e in cache.entries())
     cache.check()
 
 
-def test_a_pending_split_past_its_deadline_is_aborted_by_the_push() -> None:
+async def test_a_pending_split_past_its_deadline_is_aborted_by_the_push() -> None:
     meta = ScriptedMeta(ROOT)
     _, _, txn = meta.begin_split(ROOT, b"m", 1, 2)
     meta.expired.add(txn.id)
     cache = make_cache(meta)
-    assert run(cache.lookup(b"a"))[0].descriptor == ROOT
+    assert (await cache.lookup(b"a"))[0].descriptor == ROOT
     assert meta.txn_status[txn.id] is TxnStatus.ABORTED and not meta.intents
     assert cache.entries() == [CacheEntry(ROOT)]
 
 
-def test_a_pending_replica_change_routes_with_the_union_of_both_replica_sets() -> None:
+async def test_a_pending_replica_change_routes_with_the_union_of_both_replica_sets() -> None:
     meta = ScriptedMeta(ROOT)
     changed = desc(1, b"", b"", 2, (N1, N2, N4))
     meta.write_intent(changed, TxnMeta(txn_id(5), b"", "change-replicas"))
     cache = make_cache(meta)
-    entry, _ = run(cache.lookup(b"a"))
+    entry, _ = await cache.lookup(b"a")
     assert entry.descriptor == ROOT and entry.extra_replicas == (N4,)
     assert entry.routing_replicas() == (N1, N2, N3, N4)
-    again, _ = run(cache.lookup(b"b"))  # a hit keeps routing with the union
+    again, _ = await cache.lookup(b"b")  # a hit keeps routing with the union
     assert again.extra_replicas == (N4,) and len(meta.pushes) == 1
 
 
-def test_prefetched_intents_are_pushed_only_when_their_keys_are_used() -> None:
+async def test_prefetched_intents_are_pushed_only_when_their_keys_are_used() -> None:
     far = desc(2, b"m", b"", 1)
     meta = ScriptedMeta(desc(1, b"", b"m", 1), far)
     left, right, txn = meta.begin_split(far, b"t", 7, 3)
     meta.txn_status[txn.id] = TxnStatus.COMMITTED
     cache = make_cache(meta)
-    run(cache.lookup(b"a"))
+    await cache.lookup(b"a")
     assert meta.pushes == [] and any(e.speculative for e in cache.entries())
     cache.check()
-    assert run(cache.lookup(b"u"))[0].descriptor == right  # a hit that pushes
+    assert (await cache.lookup(b"u"))[0].descriptor == right  # a hit that pushes
     assert meta.pushes == [txn.id] and len(meta.lookups) == 1
     assert cache.peek(b"n") == CacheEntry(left)
 
 
-def test_the_reference_counterexample_resolves_every_key_to_the_truth() -> None:
+async def test_the_reference_counterexample_resolves_every_key_to_the_truth() -> None:
     # [A, D) split at B aborts, leaving intents at meta(B) and meta(D); meta(D)'s is
     # resolved; then a split at C commits, its intents unresolved. Both records at A.
     a, b, c, d = b"A", b"B", b"C", b"D"
@@ -671,14 +666,14 @@ def test_the_reference_counterexample_resolves_every_key_to_the_truth() -> None:
     for key, expected in truth.items():  # each key through a fresh cache and meta
         meta.committed, meta.intents = dict(snapshot[0]), dict(snapshot[1])
         fresh = make_cache(meta, prefetch=0)
-        assert run(fresh.lookup(key))[0].descriptor == expected, key
+        assert (await fresh.lookup(key))[0].descriptor == expected, key
         fresh.check()
     # One cache, all keys, prefetch on, meta as it was.
     meta.committed, meta.intents = dict(snapshot[0]), dict(snapshot[1])
     meta.pushes.clear()
     cache = make_cache(meta)
     for key, expected in truth.items():
-        assert run(cache.lookup(key))[0].descriptor == expected, key
+        assert (await cache.lookup(key))[0].descriptor == expected, key
     assert sorted(meta.pushes) == sorted([t1.id, t2.id])
     cache.check()
     # The walk resolved what it met, so the next reader pays no push.
@@ -686,18 +681,18 @@ def test_the_reference_counterexample_resolves_every_key_to_the_truth() -> None:
     meta.pushes.clear()
     again = make_cache(meta)
     for key, expected in truth.items():
-        assert run(again.lookup(key))[0].descriptor == expected, key
+        assert (await again.lookup(key))[0].descriptor == expected, key
     assert meta.pushes == []
 
 
 # --- rule S: size -----------------------------------------------------------------------
 
 
-def test_the_size_bound_evicts_the_least_recently_used() -> None:
+async def test_the_size_bound_evicts_the_least_recently_used() -> None:
     cache = make_cache(ScriptedMeta(), max_entries=4)
     ds = [desc(i + 1, bytes([97 + i]), bytes([98 + i]), 1) for i in range(10)]
     cache.maybe_insert_descriptors(ds[:4])
-    run(cache.lookup(b"a"))  # touch "a": now the most recently used
+    (await cache.lookup(b"a"))  # touch "a": now the most recently used
     cache.maybe_insert_descriptors(ds[4:7])
     assert [e.descriptor for e in cache.entries()] == [ds[0], ds[4], ds[5], ds[6]]
     cache.maybe_insert_descriptors(ds[7:])
@@ -712,16 +707,16 @@ def test_lookup_result_reads_the_wire_form() -> None:
     assert LookupResult.from_proto(pb) == LookupResult((ROOT,), (intent,))
 
 
-def test_prefetch_never_pushes_the_answer_out_of_a_small_cache() -> None:
+async def test_prefetch_never_pushes_the_answer_out_of_a_small_cache() -> None:
     ds = [desc(i + 1, bytes([97 + i]), bytes([98 + i]) if i < 9 else b"", 1) for i in range(10)]
     meta = ScriptedMeta(*ds)
     cache = make_cache(meta, max_entries=3)
-    assert run(cache.lookup(b"a"))[0].descriptor == ds[0]
-    assert run(cache.lookup(b"a"))[0].descriptor == ds[0]
+    assert (await cache.lookup(b"a"))[0].descriptor == ds[0]
+    assert (await cache.lookup(b"a"))[0].descriptor == ds[0]
     assert meta.lookups == [b"a"] and len(cache) == 3
 
 
-def test_telemetry_counters_are_exported() -> None:
+async def test_telemetry_counters_are_exported() -> None:
     telemetry = Telemetry("gateway")
     try:
         cache = RangeCache(
@@ -730,8 +725,8 @@ def test_telemetry_counters_are_exported() -> None:
             ScriptedMeta().resolve,
             metrics=TelemetryCacheMetrics(telemetry),
         )
-        run(cache.lookup(b"a"))
-        run(cache.lookup(b"a"))
+        await cache.lookup(b"a")
+        await cache.lookup(b"a")
         text = telemetry.metrics_text()
         assert "rangekv_gateway_cache_hits_total" in text
         assert "rangekv_gateway_meta_lookups_total" in text

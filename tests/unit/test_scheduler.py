@@ -111,7 +111,7 @@ def _leaders(nodes: Sequence[Node]) -> dict[int, int]:
     return out
 
 
-async def _run(tmp_path: Path) -> None:
+async def test_group_commit_apply_and_replay(tmp_path: Path) -> None:
     cluster: dict[int, Node] = {}
     for i in (1, 2, 3):
         cluster[i] = Node(i, tmp_path, cluster)
@@ -171,10 +171,6 @@ async def _run(tmp_path: Path) -> None:
             assert len(list(node.state.iterate(b"\x03g%d-" % gid, b"\x03g%d." % gid))) == 10
     for node in nodes2:
         await node.close()
-
-
-def test_group_commit_apply_and_replay(tmp_path: Path) -> None:
-    asyncio.run(_run(tmp_path))
 
 
 def test_lease_derivation_leaves_room_for_drift() -> None:

@@ -83,32 +83,28 @@ def _config(**overrides: object) -> ServerConfig:
     return ServerConfig(**values)  # type: ignore[arg-type]
 
 
-def _run(
+async def _serve(
     body: Callable[[ServiceServer, grpc.aio.Channel, _KV, Telemetry], Awaitable[None]],
     **config: object,
 ) -> None:
     """Start a server with ``_KV`` on 127.0.0.1:0, run ``body`` against it, stop it."""
-
-    async def main() -> None:
-        kv = _KV()
-        telemetry = Telemetry("kvtest", node_id=3)
-        server = ServiceServer(
-            "kvtest",
-            _config(**config),
-            telemetry,
-            register=lambda s: kv_pb2_grpc.add_KVServicer_to_server(kv, s),
-            service_names=[KV_SERVICE],
-        )
-        try:
-            async with server, grpc.aio.insecure_channel(server.address) as channel:
-                await asyncio.wait_for(body(server, channel, kv, telemetry), timeout=20)
-        finally:
-            telemetry.shutdown()
-
-    asyncio.run(main())
+    kv = _KV()
+    telemetry = Telemetry("kvtest", node_id=3)
+    server = ServiceServer(
+        "kvtest",
+        _config(**config),
+        telemetry,
+        register=lambda s: kv_pb2_grpc.add_KVServicer_to_server(kv, s),
+        service_names=[KV_SERVICE],
+    )
+    try:
+        async with server, grpc.aio.insecure_channel(server.address) as channel:
+            await asyncio.wait_for(body(server, channel, kv, telemetry), timeout=20)
+    finally:
+        telemetry.shutdown()
 
 
-def test_errors_become_statuses_without_tracebacks(log_stream: io.StringIO) -> None:
+async def test_errors_become_statuses_without_tracebacks(log_stream: io.StringIO) -> None:
     async def body(server: ServiceServer, channel: grpc.aio.Channel, kv: _KV, t: Telemetry) -> None:
         stub = kv_pb2_grpc.KVStub(channel)
 
@@ -152,14 +148,14 @@ def test_errors_become_statuses_without_tracebacks(log_stream: io.StringIO) -> N
             "internal error in /rangekv.v1.KV/Scan: ValueError: scan exploded"
         )
 
-    _run(body)
+    await _serve(body)
     lines = log_stream.getvalue().splitlines()
     errors = [line for line in lines if "unhandled exception in /rangekv.v1.KV/Put" in line]
     assert len(errors) == 1
     assert "Traceback" in errors[0] and "secret second line" in errors[0]  # the log has it all
 
 
-def test_reflection_and_health() -> None:
+async def test_reflection_and_health() -> None:
     async def body(server: ServiceServer, channel: grpc.aio.Channel, kv: _KV, t: Telemetry) -> None:
         reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
         call = reflection.ServerReflectionInfo(
@@ -187,10 +183,10 @@ def test_reflection_and_health() -> None:
         reply = await health.Check(health_pb2.HealthCheckRequest(service=KV_SERVICE), timeout=5)
         assert reply.status == NOT_SERVING
 
-    _run(body)
+    await _serve(body)
 
 
-def test_probe_services_and_the_plaintext_health_port() -> None:
+async def test_probe_services_and_the_plaintext_health_port() -> None:
     """startup / liveness / readiness answer on the main port and on --health-port
     (one servicer); draining turns readiness off and leaves liveness on."""
 
@@ -221,10 +217,10 @@ def test_probe_services_and_the_plaintext_health_port() -> None:
                 reply = await health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
                 assert reply.status == status, name
 
-    _run(body, health_port=0)
+    await _serve(body, health_port=0)
 
 
-def test_metrics_endpoint_and_rpc_metrics() -> None:
+async def test_metrics_endpoint_and_rpc_metrics() -> None:
     async def body(server: ServiceServer, channel: grpc.aio.Channel, kv: _KV, t: Telemetry) -> None:
         t.counter("rangekv_test_calls", "calls").add(3)
         with pytest.raises(grpc.aio.AioRpcError):
@@ -239,7 +235,7 @@ def test_metrics_endpoint_and_rpc_metrics() -> None:
         ) in text
         assert t.event_loop_monitor is not None  # started by the server, with the endpoint
 
-    _run(body)
+    await _serve(body)
 
 
 def _fetch(url: str) -> str:
@@ -247,7 +243,7 @@ def _fetch(url: str) -> str:
         return str(response.read().decode())
 
 
-def test_ready_line_printed_exactly_once(log_stream: io.StringIO) -> None:
+async def test_ready_line_printed_exactly_once(log_stream: io.StringIO) -> None:
     seen: dict[str, str] = {}
 
     async def body(server: ServiceServer, channel: grpc.aio.Channel, kv: _KV, t: Telemetry) -> None:
@@ -257,14 +253,14 @@ def test_ready_line_printed_exactly_once(log_stream: io.StringIO) -> None:
             await server.start()
         await server.set_serving()
 
-    _run(body)
+    await _serve(body)
     ready = [line for line in log_stream.getvalue().splitlines() if " ready: " in line]
     assert len(ready) == 1, ready  # logged although the level is WARNING
     assert f"rangekv kvtest ready: node=3 grpc={seen['grpc']} metrics={seen['metrics']}" in ready[0]
     assert parse_ready_line(ready[0]) == {"service": "kvtest", "node": "3", "tls": "off", **seen}
 
 
-def test_ready_line_in_json_with_metrics_disabled() -> None:
+async def test_ready_line_in_json_with_metrics_disabled() -> None:
     stream = io.StringIO()
     root = logging.getLogger()
     level = root.level
@@ -274,7 +270,7 @@ def test_ready_line_in_json_with_metrics_disabled() -> None:
         assert server.metrics_port is None
 
     try:
-        _run(body, metrics_port=-1)
+        await _serve(body, metrics_port=-1)
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
@@ -283,40 +279,37 @@ def test_ready_line_in_json_with_metrics_disabled() -> None:
     assert len(found) == 1 and found[0]["metrics"] == "disabled"
 
 
-def test_sigterm_drains_in_flight_rpcs_then_stops() -> None:
-    async def main() -> None:
-        kv = _KV()
-        telemetry = Telemetry("kvtest")
-        server = ServiceServer(
-            "kvtest",
-            _config(shutdown_grace_seconds=10.0),
-            telemetry,
-            register=lambda s: kv_pb2_grpc.add_KVServicer_to_server(kv, s),
-            service_names=[KV_SERVICE],
-        )
-        previous = signal.getsignal(signal.SIGTERM)
-        run = asyncio.create_task(server.run_until_signalled())
-        try:
-            await asyncio.wait_for(server.signal_handlers_installed.wait(), timeout=5)
-            async with grpc.aio.insecure_channel(server.address) as channel:
-                in_flight = asyncio.ensure_future(
-                    kv_pb2_grpc.KVStub(channel).Delete(kv_pb2.DeleteRequest(key=b"k"), timeout=10)
-                )
-                await asyncio.wait_for(kv.delete_entered.wait(), timeout=5)
-                os.kill(os.getpid(), signal.SIGTERM)
-                await asyncio.wait_for(server.stop_requested.wait(), timeout=5)
-                assert not run.done()  # draining: the in-flight Delete holds the grace period
-                kv.release_delete.set()
-                assert isinstance(await in_flight, kv_pb2.DeleteResponse)
-                await asyncio.wait_for(run, timeout=10)
-                with pytest.raises(grpc.aio.AioRpcError) as info:
-                    await kv_pb2_grpc.KVStub(channel).Get(kv_pb2.GetRequest(), timeout=2)
-                assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-        finally:
-            if not run.done():
-                server.request_stop()
-                await run
-            telemetry.shutdown()
-        assert signal.getsignal(signal.SIGTERM) == previous
-
-    asyncio.run(main())
+async def test_sigterm_drains_in_flight_rpcs_then_stops() -> None:
+    kv = _KV()
+    telemetry = Telemetry("kvtest")
+    server = ServiceServer(
+        "kvtest",
+        _config(shutdown_grace_seconds=10.0),
+        telemetry,
+        register=lambda s: kv_pb2_grpc.add_KVServicer_to_server(kv, s),
+        service_names=[KV_SERVICE],
+    )
+    previous = signal.getsignal(signal.SIGTERM)
+    run = asyncio.create_task(server.run_until_signalled())
+    try:
+        await asyncio.wait_for(server.signal_handlers_installed.wait(), timeout=5)
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            in_flight = asyncio.ensure_future(
+                kv_pb2_grpc.KVStub(channel).Delete(kv_pb2.DeleteRequest(key=b"k"), timeout=10)
+            )
+            await asyncio.wait_for(kv.delete_entered.wait(), timeout=5)
+            os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.wait_for(server.stop_requested.wait(), timeout=5)
+            assert not run.done()  # draining: the in-flight Delete holds the grace period
+            kv.release_delete.set()
+            assert isinstance(await in_flight, kv_pb2.DeleteResponse)
+            await asyncio.wait_for(run, timeout=10)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await kv_pb2_grpc.KVStub(channel).Get(kv_pb2.GetRequest(), timeout=2)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        if not run.done():
+            server.request_stop()
+            await run
+        telemetry.shutdown()
+    assert signal.getsignal(signal.SIGTERM) == previous

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -110,9 +109,9 @@ def _shutdown(tmp_path: Path, replicas: int, pod: str) -> tuple[GracefulShutdown
     return shutdown, parts
 
 
-def test_a_restart_hands_every_lease_to_an_active_up_to_date_voter(tmp_path: Path) -> None:
+async def test_a_restart_hands_every_lease_to_an_active_up_to_date_voter(tmp_path: Path) -> None:
     shutdown, parts = _shutdown(tmp_path, replicas=5, pod="rk-raftnode-3")
-    asyncio.run(shutdown.run())
+    await shutdown.run()
     assert parts["meta"].calls == 0  # ordinal 3 < 5 replicas: a restart, not a scale-down
     assert [r.transfers for r in parts["led"]] == [[2], [3]]  # active first, then most log
     assert parts["store"].draining and parts["server"].draining
@@ -120,14 +119,14 @@ def test_a_restart_hands_every_lease_to_an_active_up_to_date_voter(tmp_path: Pat
     assert StoreIdent.load(tmp_path) is None
 
 
-def test_a_pod_scaled_away_decommissions_then_hands_off(tmp_path: Path) -> None:
+async def test_a_pod_scaled_away_decommissions_then_hands_off(tmp_path: Path) -> None:
     shutdown, parts = _shutdown(tmp_path, replicas=3, pod="rk-raftnode-3")
-    asyncio.run(shutdown.run())
+    await shutdown.run()
     assert parts["meta"].calls == 2 and shutdown.decommissioned
     assert StoreIdent.load(tmp_path) == StoreIdent(4, decommissioned=True)
     # Outside a cluster the API is never asked.
     outside, parts = _shutdown(tmp_path / "o", replicas=3, pod="")
-    asyncio.run(outside.run())
+    await outside.run()
     assert parts["meta"].calls == 0
 
 

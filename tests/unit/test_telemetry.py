@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import urllib.request
-from collections.abc import Iterator
 
 import pytest
 
 from rangekv.common.telemetry import EVENT_LOOP_LAG, Telemetry
-
-
-@pytest.fixture
-def telemetry() -> Iterator[Telemetry]:
-    t = Telemetry("test", node_id=1)
-    yield t
-    t.shutdown()
 
 
 def test_counter_with_fixed_labels_reaches_prometheus_text(telemetry: Telemetry) -> None:
@@ -115,42 +106,35 @@ class _ScriptedClock:
         return self._now
 
 
-def test_lag_is_measured_with_the_injected_clock() -> None:
+async def test_lag_is_measured_with_the_injected_clock() -> None:
     # Monitor reads the clock before (due = t + interval) and after each wake-up.
     # First wake-up: due 0.0 + 0.01, woke at 0.26 -> lag 0.25.
     clock = _ScriptedClock([0.0, 0.26])
     telemetry = Telemetry("test", clock=clock)
-
-    async def run() -> None:
+    try:
         monitor = telemetry.start_event_loop_monitor(interval=0.01)
         try:
             await monitor.wait_until(lambda m: m.samples >= 1, timeout=5)
             assert monitor.max_lag == pytest.approx(0.25)
         finally:
             await monitor.stop()
-
-    try:
-        asyncio.run(run())
         assert telemetry.registry.get_sample_value(f"{EVENT_LOOP_LAG}_sum") == pytest.approx(0.25)
     finally:
         telemetry.shutdown()
 
 
-def test_blocked_loop_shows_up_in_lag_histogram(telemetry: Telemetry) -> None:
-    async def run() -> float:
-        monitor = telemetry.start_event_loop_monitor()
-        try:
-            await monitor.wait_until(lambda m: m.samples >= 1, timeout=5)
-            before = monitor.samples
-            deadline = time.monotonic() + 0.3
-            while time.monotonic() < deadline:  # block the loop synchronously
-                pass
-            await monitor.wait_until(lambda m: m.samples > before, timeout=5)
-            return monitor.max_lag
-        finally:
-            await monitor.stop()
-
-    max_lag = asyncio.run(run())
+async def test_blocked_loop_shows_up_in_lag_histogram(telemetry: Telemetry) -> None:
+    monitor = telemetry.start_event_loop_monitor()
+    try:
+        await monitor.wait_until(lambda m: m.samples >= 1, timeout=5)
+        before = monitor.samples
+        deadline = time.monotonic() + 0.3
+        while time.monotonic() < deadline:  # block the loop synchronously
+            pass
+        await monitor.wait_until(lambda m: m.samples > before, timeout=5)
+        max_lag = monitor.max_lag
+    finally:
+        await monitor.stop()
     assert max_lag >= 0.15
     lag_sum = telemetry.registry.get_sample_value(f"{EVENT_LOOP_LAG}_sum")
     count = telemetry.registry.get_sample_value(f"{EVENT_LOOP_LAG}_count")

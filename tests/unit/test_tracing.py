@@ -110,14 +110,14 @@ def test_telemetry_without_endpoint_has_no_active_tracer() -> None:
         telemetry.shutdown()
 
 
-def test_untraced_node_call_builds_no_carrier(no_carriers: None) -> None:
+async def test_untraced_node_call_builds_no_carrier(no_carriers: None) -> None:
     nodes = RecordingNodes()
     sender = make_sender(nodes, tracer=None)
-    asyncio.run(sender.send(b"k", PUT, is_write=True))
+    await sender.send(b"k", PUT, is_write=True)
     assert nodes.traceparents == [""]
 
 
-def test_untraced_batch_carries_no_traceparents() -> None:
+async def test_untraced_batch_carries_no_traceparents() -> None:
     sent: list[replica_pb2.ReplicaBatchRequest] = []
 
     class Stream:
@@ -125,22 +125,19 @@ def test_untraced_batch_carries_no_traceparents() -> None:
             sent.append(batch)
             return asyncio.get_running_loop().create_future()
 
-    async def run() -> None:
-        clients = NodeClients(channel_factory=lambda addr: None)  # type: ignore[arg-type,return-value]
-        clients._stream = lambda address: Stream()  # type: ignore[assignment,method-assign,return-value]
-        clients.submit("n1", 1, [PUT], has_writes=True)
-        clients.submit("n1", 1, [PUT], has_writes=True, traceparent="")
-        pending = next(iter(clients._pending.values()))
-        assert pending.traceparents is None  # not even an empty list per batch
-        await asyncio.sleep(0)  # let the per-iteration flush run
-
-    asyncio.run(run())
+    clients = NodeClients(channel_factory=lambda addr: None)  # type: ignore[arg-type,return-value]
+    clients._stream = lambda address: Stream()  # type: ignore[assignment,method-assign,return-value]
+    clients.submit("n1", 1, [PUT], has_writes=True)
+    clients.submit("n1", 1, [PUT], has_writes=True, traceparent="")
+    pending = next(iter(clients._pending.values()))
+    assert pending.traceparents is None  # not even an empty list per batch
+    await asyncio.sleep(0)  # let the per-iteration flush run
     assert len(sent) == 1 and len(sent[0].ops) == 2
     assert list(sent[0].traceparents) == []
     assert not sent[0].HasField("read_timestamp")
 
 
-def test_untraced_rpc_extracts_no_context(no_carriers: None) -> None:
+async def test_untraced_rpc_extracts_no_context(no_carriers: None) -> None:
     telemetry = Telemetry("test")
     interceptor = ErrorInterceptor(logging.getLogger("test"), telemetry)
 
@@ -148,16 +145,13 @@ def test_untraced_rpc_extracts_no_context(no_carriers: None) -> None:
         assert trace.get_current_span() is trace.INVALID_SPAN
         return request + "!"
 
-    async def run() -> str:
+    try:
         handler = interceptor._wrap_coroutine(behavior, "/t/M")
         context = SimpleNamespace(
             code=lambda: grpc.StatusCode.OK,
             invocation_metadata=lambda: (("traceparent", "x"),),
         )
-        return await handler("hi", context)  # type: ignore[no-any-return]
-
-    try:
-        assert asyncio.run(run()) == "hi!"
+        assert await handler("hi", context) == "hi!"
     finally:
         telemetry.shutdown()
 
@@ -180,13 +174,13 @@ def _fake_replica(tracer: trace.Tracer | None) -> tuple[RangeReplica, list[Any]]
     return replica, seen
 
 
-def test_untraced_replica_batch_builds_no_spans(no_carriers: None) -> None:
+async def test_untraced_replica_batch_builds_no_spans(no_carriers: None) -> None:
     traced_req = replica_pb2.ReplicaBatchRequest(range_id=1, ops=[PUT], traceparents=["00-x"])
     replica, seen = _fake_replica(tracer=None)
-    asyncio.run(replica.batch(traced_req))  # a traced caller, but this node does not trace
+    await replica.batch(traced_req)  # a traced caller, but this node does not trace
     tracer, exporter = memory_tracer()
     replica, seen2 = _fake_replica(tracer)
-    asyncio.run(replica.batch(replica_pb2.ReplicaBatchRequest(range_id=1, ops=[PUT])))
+    await replica.batch(replica_pb2.ReplicaBatchRequest(range_id=1, ops=[PUT]))
     assert seen == [None] and seen2 == [None]
     assert exporter.get_finished_spans() == ()
 
@@ -194,22 +188,18 @@ def test_untraced_replica_batch_builds_no_spans(no_carriers: None) -> None:
 # ---------------------------------------------------------------------------- tracing on
 
 
-def test_traced_request_is_one_trace_across_the_batch() -> None:
+async def test_traced_request_is_one_trace_across_the_batch() -> None:
     """gateway server span -> node.batch -> (wire) -> replica.batch -> raft.commit."""
     tracer, exporter = memory_tracer()
     nodes = RecordingNodes()
     sender = make_sender(nodes, tracer)
-
-    async def gateway() -> None:
-        with tracer.start_as_current_span("/rangekv.v1.KV/Put", kind=trace.SpanKind.SERVER):
-            await sender.send(b"k", PUT, is_write=True)
-
-    asyncio.run(gateway())
+    with tracer.start_as_current_span("/rangekv.v1.KV/Put", kind=trace.SpanKind.SERVER):
+        await sender.send(b"k", PUT, is_write=True)
     (carried,) = nodes.traceparents
     assert carried.startswith("00-")
     replica, seen = _fake_replica(tracer)
     req = replica_pb2.ReplicaBatchRequest(range_id=1, ops=[PUT], traceparents=[carried])
-    asyncio.run(replica.batch(req))
+    await replica.batch(req)
     assert isinstance(seen[0], SpanSet)
 
     spans = {s.name: s for s in exporter.get_finished_spans()}

@@ -9,7 +9,6 @@ deadline.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
@@ -71,36 +70,32 @@ def pusher(nodes: FakeNodes, lookup: Any = None, timeout: float = 2.0) -> Replic
     return ReplicaTxnPusher(nodes, directory(), lookup or no_lookup, timeout=timeout)  # type: ignore[arg-type]
 
 
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)
-
-
-def test_lock_intent_is_pushed_through_the_committed_descriptor() -> None:
+async def test_lock_intent_is_pushed_through_the_committed_descriptor() -> None:
     """meta(C) = [B, C) does not hold A: the committed [A, C) routes the push."""
     nodes = FakeNodes({("n1", 1): types_pb2.TXN_STATUS_COMMITTED})
-    assert run(pusher(nodes)(TXN, RIGHT, ORIGINAL)) is TxnStatus.COMMITTED
+    assert (await pusher(nodes)(TXN, RIGHT, ORIGINAL)) is TxnStatus.COMMITTED
     assert nodes.calls == [("n1", 1)]
 
 
-def test_not_leaseholder_hint_is_followed_even_outside_the_descriptor() -> None:
+async def test_not_leaseholder_hint_is_followed_even_outside_the_descriptor() -> None:
     hint = E.NotLeaseHolder(1, ReplicaDescriptor(4, 5), "n4", 7, LEFT)
     nodes = FakeNodes({("n1", 1): hint, ("n4", 1): types_pb2.TXN_STATUS_ABORTED})
-    assert run(pusher(nodes)(TXN, LEFT, None)) is TxnStatus.ABORTED
+    assert (await pusher(nodes)(TXN, LEFT, None)) is TxnStatus.ABORTED
     assert nodes.calls == [("n1", 1), ("n4", 1)]
 
 
-def test_range_key_mismatch_moves_to_the_range_holding_the_key() -> None:
+async def test_range_key_mismatch_moves_to_the_range_holding_the_key() -> None:
     """A stale committed descriptor whose range no longer holds the record key."""
     stale = RangeDescriptor(5, b"", b"z", REPLICAS, generation=2)
     mismatch = E.RangeKeyMismatch(5, (RangeDescriptor(5, b"", b"a", REPLICAS, 3), LEFT))
     nodes = FakeNodes(
         {(f"n{i}", 5): mismatch for i in (1, 2, 3)} | {("n2", 1): types_pb2.TXN_STATUS_PENDING}
     )
-    assert run(pusher(nodes)(TXN, RIGHT, stale)) is TxnStatus.PENDING
+    assert (await pusher(nodes)(TXN, RIGHT, stale)) is TxnStatus.PENDING
     assert nodes.calls[0] == ("n1", 5) and nodes.calls[-1] == ("n2", 1)
 
 
-def test_meta_lookup_when_no_descriptor_holds_the_record_key() -> None:
+async def test_meta_lookup_when_no_descriptor_holds_the_record_key() -> None:
     looked_up: list[bytes] = []
 
     async def lookup(key: bytes) -> meta_pb2.LookupRangeResponse:
@@ -108,13 +103,13 @@ def test_meta_lookup_when_no_descriptor_holds_the_record_key() -> None:
         return meta_pb2.LookupRangeResponse(descriptors=[LEFT.to_proto(), RIGHT.to_proto()])
 
     nodes = FakeNodes({("n3", 1): types_pb2.TXN_STATUS_COMMITTED})
-    assert run(pusher(nodes, lookup)(TXN, RIGHT, None)) is TxnStatus.COMMITTED
+    assert (await pusher(nodes, lookup)(TXN, RIGHT, None)) is TxnStatus.COMMITTED
     assert looked_up == [b"a"]
 
 
-def test_gives_up_at_the_deadline() -> None:
+async def test_gives_up_at_the_deadline() -> None:
     down = E.Unavailable("no quorum")
     nodes = FakeNodes({(f"n{i}", 1): down for i in (1, 2, 3)})
     with pytest.raises(E.Unavailable):
-        run(pusher(nodes, timeout=0.3)(TXN, LEFT, ORIGINAL))
+        await pusher(nodes, timeout=0.3)(TXN, LEFT, ORIGINAL)
     assert len(nodes.calls) >= 3

@@ -1,68 +1,43 @@
-"""A harness for real-process metarange clusters on loopback (tests and benchmarks).
+"""The meta range as tests see it: its replicas one at a time, its records as a value.
 
-Three `rangekv metarange` processes form the meta range's raft group, exactly
-as an operator runs them: flag parsing, RocksDB on disk, raft over gRPC,
-signals. Processes are `rangekv.cli.cluster.Child`ren (what `rangekv dev`
-runs), so the harness and the dev cluster agree on how a replica is started
-and when it is ready (its one ready line). Like `raftnode_cluster.py` it is
-free of pytest so `benchmarks/metarange_bench.py` can use it too.
-
-Everything here is asyncio: grpc.aio channels and asyncio subprocesses
-belong to one event loop, so a cluster lives and dies inside one
-`asyncio.run`. `kill_all_now` is the synchronous safety net a fixture calls
-when that loop is already gone.
-
-Synchronisation is by observable condition only: a replica is up when it
-logged its ready line, a leader exists when a replica says it leads, a
-replica has caught up when its local listing equals the expected one. Every
-wait polls with a deadline (`raftnode_cluster.async_wait_for`).
-
-Also here: the conversion of protocol commands (`rangekv.metarange.protocol`
-builds `WriteIntent` / `ResolveIntent`) into wire requests, and a
-replica's local view of the meta records (`MetaView`), which is what the
-tests compare with their models.
+Tests of the meta range (and the metarange benchmark) ask single replicas
+(who leads, what each one applied) and compare what a replica holds with a
+model: `MetaView` is a replica's records as a comparable value. Also here:
+protocol commands (`rangekv.metarange.protocol` builds `WriteIntent` /
+`ResolveIntent`) as wire requests, and a split run to completion for setting
+up layouts.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import datetime
 import os
-import signal
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
-from raftnode_cluster import async_wait_for, free_ports
 
-from rangekv.cli.cluster import Child
 from rangekv.common import errors as E
-from rangekv.common.certs import ensure_dev_certs
-from rangekv.common.config import SecurityConfig
 from rangekv.common.descriptors import RangeDescriptor
-from rangekv.common.tls import node_channels
 from rangekv.metarange.client import MetaClient
 from rangekv.metarange.commands import ResolveIntent, WriteIntent
 from rangekv.metarange.keys import meta_key
 from rangekv.metarange.protocol import DescriptorTxn, plan_split
 from rangekv.metarange.records import TxnStatus
 from rangekv.v1 import meta_pb2, meta_pb2_grpc
+from testkit.cluster import Cluster, alive
+from testkit.waiting import async_wait_for
 
 __all__ = [
-    "MetaCluster",
+    "MetaReplicas",
     "MetaView",
     "commit_split",
+    "meta_layout",
     "resolve_request",
     "write_request",
 ]
 
-#: Per-call deadline of the harness's direct calls to one replica.
+#: Per-call deadline of direct calls to one replica.
 CALL_TIMEOUT = 2.0
-
-
-# ----------------------------------------------------------------------------- wire helpers
 
 
 def write_request(cmd: WriteIntent) -> meta_pb2.WriteIntentRequest:
@@ -130,148 +105,57 @@ async def commit_split(client: MetaClient, original: RangeDescriptor, key: bytes
     return txn
 
 
-# ----------------------------------------------------------------------------- the cluster
+async def meta_layout(client: MetaClient) -> tuple[list[RangeDescriptor], int]:
+    """Committed descriptors in meta, and how many intents are left."""
+    listing = await client.list_ranges(include_intents=True)
+    return [RangeDescriptor.from_proto(d) for d in listing.descriptors], len(listing.intents)
 
 
-class MetaCluster:
-    """`n` metarange replicas (node ids 1..n) under `base_dir`, on fixed loopback ports.
+# ----------------------------------------------------------------------------- the replicas
 
-    Ports are chosen once so that a restarted replica comes back at the address
-    its peers (and `--peers`) know; every incarnation appends to the same log.
+
+class MetaReplicas:
+    """The metarange replicas of a running `Cluster`, asked one at a time.
+
+    Channels to single replicas are kept (one per replica) and closed by `close`;
+    `client()` is a MetaClient over all of them, as a node or gateway has one.
     """
 
-    def __init__(
-        self,
-        base_dir: Path,
-        n: int = 3,
-        *,
-        args: Sequence[str] = (),
-        first_range_nodes: Sequence[int] = (1, 2, 3),
-        env: Mapping[str, str] | None = None,
-    ) -> None:
-        self.base_dir = base_dir
-        self.certs_dir = base_dir / "certs"
-        ensure_dev_certs(self.certs_dir, datetime.datetime.now(datetime.UTC))
-        self.channels = node_channels(SecurityConfig(certs_dir=self.certs_dir))
-        self.ports = dict(zip(range(1, n + 1), free_ports(n), strict=True))
-        peers = ",".join(f"{i}=127.0.0.1:{p}" for i, p in self.ports.items())
-        self.children: dict[int, Child] = {
-            i: Child(
-                f"metarange {i}",
-                [
-                    "metarange",
-                    "--node-id",
-                    str(i),
-                    "--listen-port",
-                    str(port),
-                    "--metrics-port",
-                    "0",
-                    "--data-dir",
-                    str(base_dir / f"m{i}"),
-                    "--peers",
-                    peers,
-                    "--first-range-nodes",
-                    ",".join(map(str, first_range_nodes)),
-                    "--certs-dir",
-                    str(self.certs_dir),
-                    *args,
-                ],
-                base_dir / "logs" / f"metarange{i}.log",
-                dict(env or {}),
-            )
-            for i, port in self.ports.items()
-        }
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
         self._channels: dict[int, grpc.aio.Channel] = {}
-
-    # --- processes --------------------------------------------------------------------
 
     @property
     def ids(self) -> list[int]:
-        return sorted(self.children)
-
-    def address(self, node_id: int) -> str:
-        return f"127.0.0.1:{self.ports[node_id]}"
-
-    @property
-    def addresses(self) -> list[str]:
-        return [self.address(i) for i in self.ids]
-
-    def running(self, node_id: int) -> bool:
-        proc = self.children[node_id].proc
-        return proc is not None and proc.returncode is None
+        return self.cluster.meta_ids
 
     @property
     def running_ids(self) -> list[int]:
-        return [i for i in self.ids if self.running(i)]
-
-    async def start(self, node_ids: Iterable[int] | None = None, timeout: float = 30.0) -> None:
-        """Start replicas all at once and wait for each one's ready line."""
-        ids = self.ids if node_ids is None else list(node_ids)
-        await asyncio.gather(*(self.children[i].start(timeout) for i in ids))
-
-    def kill_now(self, node_id: int) -> None:
-        """SIGKILL, synchronously: callable from a callback at an exact moment."""
-        self.children[node_id].signal(signal.SIGKILL)
-
-    async def kill(self, node_id: int) -> None:
-        """kill -9 and reap."""
-        self.kill_now(node_id)
-        await self.reap(node_id)
-
-    async def reap(self, node_id: int) -> None:
-        child = self.children[node_id]
-        if child.proc is not None:
-            await child.proc.wait()
-        if child._pump_task is not None:
-            with contextlib.suppress(Exception):
-                await child._pump_task
-
-    async def stop(self, node_ids: Iterable[int] | None = None) -> None:
-        """SIGTERM (graceful), in parallel."""
-        ids = self.ids if node_ids is None else list(node_ids)
-        await asyncio.gather(*(self.children[i].stop() for i in ids))
-        for i in ids:
-            await self.reap(i)
+        return [i for i in self.ids if alive(self.cluster.meta_replica(i))]
 
     async def close(self) -> None:
-        """Close channels and kill -9 whatever still runs (test teardown)."""
         for ch in self._channels.values():
             await ch.close()
         self._channels.clear()
-        for i in self.running_ids:
-            await self.kill(i)
 
-    def kill_all_now(self) -> None:
-        """Synchronous last resort for a fixture finalizer (the loop may be gone)."""
-        for child in self.children.values():
-            proc = child.proc
-            if proc is not None and proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGKILL)
+    async def __aenter__(self) -> MetaReplicas:
+        return self
 
-    def log_tails(self, lines: int = 30) -> str:
-        out = []
-        for _node_id, child in sorted(self.children.items()):
-            try:
-                text = child.log_path.read_text(errors="replace").splitlines()[-lines:]
-            except FileNotFoundError:
-                text = ["(no log)"]
-            out.append(f"--- {child.name} ({child.log_path}) ---")
-            out.extend(text)
-        return "\n".join(out)
-
-    # --- talking to replicas ----------------------------------------------------------
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     def stub(self, node_id: int) -> meta_pb2_grpc.MetaStub:
         """A stub bound to ONE replica (no leader following): for per-replica checks."""
         ch = self._channels.get(node_id)
         if ch is None:
-            ch = self.channels(self.address(node_id))
+            ch = self.cluster.node_channels()(self.cluster.meta_address(node_id))
             self._channels[node_id] = ch
         return meta_pb2_grpc.MetaStub(ch)
 
     def client(self, timeout: float = 5.0) -> MetaClient:
-        return MetaClient(self.addresses, timeout=timeout, channels=self.channels)
+        return MetaClient(
+            self.cluster.meta_addrs, timeout=timeout, channels=self.cluster.node_channels()
+        )
 
     async def info(self, node_id: int) -> meta_pb2.ClusterInfoResponse | None:
         """ClusterInfo from one replica, or None if it does not answer."""
@@ -308,8 +192,7 @@ class MetaCluster:
                 return None
             return lead
 
-        lead = await async_wait_for(ready_leader, timeout, "a meta leader serving consistent reads")
-        return int(lead)
+        return await async_wait_for(ready_leader, timeout, "a meta leader serving consistent reads")
 
     async def view(self, node_id: int) -> MetaView:
         """Replica `node_id`'s applied meta records (ListRanges with intents is a
