@@ -43,11 +43,10 @@ from rangekv.common.certs import ensure_dev_certs
 from rangekv.common.config import SecurityConfig
 from rangekv.common.descriptors import RangeDescriptor
 from rangekv.common.tls import node_channels
+from rangekv.domain.descriptor_txn import DescriptorTxn, ResolveIntent, WriteIntent, plan_split
+from rangekv.domain.keys import meta_key
+from rangekv.domain.txn import TxnStatus
 from rangekv.metarange.client import MetaClient
-from rangekv.metarange.commands import ResolveIntent, WriteIntent
-from rangekv.metarange.keys import meta_key
-from rangekv.metarange.protocol import DescriptorTxn, plan_split
-from rangekv.metarange.records import TxnStatus
 from rangekv.v1 import meta_pb2, meta_pb2_grpc
 
 __all__ = [

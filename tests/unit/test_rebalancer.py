@@ -7,13 +7,10 @@ import pytest
 from rangekv.common import errors as E
 from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor, ReplicaType
 from rangekv.raft import ConfChangeType
-from rangekv.raftnode.change import (
-    ADD_LEARNER,
-    PROMOTE_VOTER,
-    REMOVE,
+from rangekv.raftnode.change import ADD_LEARNER, PROMOTE_VOTER, REMOVE, changed_replicas
+from rangekv.raftnode.rebalancer import (
     Action,
     NodeHealth,
-    changed_replicas,
     node_health,
     plan_action,
     plan_lease_move,

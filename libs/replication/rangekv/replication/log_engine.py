@@ -1,4 +1,5 @@
-"""The raft-log engine: one RocksDB holding the logs and hard states of MANY groups.
+"""The raft-log engine: one ordered store (RocksDB on disk) holding the logs and
+hard states of MANY groups.
 
 A node hosts hundreds of raft groups (one per range replica). Giving each its
 own file would cost one fsync per group per Ready round; here all groups share
@@ -31,6 +32,9 @@ the state engine, streamed from a `StateSnapshot` by the transport.
 Each group's storage keeps its first/last index, last term, truncated state,
 snapshot metadata and HardState in memory (loaded lazily on first use), so
 `term(last_index())`, `first_index()` etc. never touch the disk.
+
+Storage: written against `kv.KVStore`: RocksDB on disk (`open`),
+`memory_kv.MemoryKV` in a simulation (`in_memory`).
 """
 
 from __future__ import annotations
@@ -42,8 +46,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
-
-import rocksdict
 
 from rangekv.raft import (
     Compacted,
@@ -58,7 +60,9 @@ from rangekv.raft import (
     Unavailable,
     with_commit_floor,
 )
-from rangekv.replication.rocks import RocksHandle, open_raw
+from rangekv.replication.kv import KVBatch, KVStore
+from rangekv.replication.memory_kv import MemoryDisk, MemoryKV
+from rangekv.replication.rocks import RocksKV, StatisticsDisabledError
 
 __all__ = [
     "ConcurrentBatchError",
@@ -175,42 +179,43 @@ class _GroupState:
 
 
 class RaftLogEngine:
-    """RocksDB-backed raft logs for all groups on a node, with group commit."""
+    """Raft logs for all groups on a node, over one `KVStore`, with group commit."""
 
-    def __init__(self, handle: RocksHandle, path: Path) -> None:
-        self._handle = handle
-        self._db: rocksdict.Rdict | None = handle.db
+    def __init__(self, kv: KVStore, *, path: Path | None = None) -> None:
+        self._kv: KVStore | None = kv
         self._path = path
         self._groups: dict[int, _GroupState] = {}
         self._lock = threading.Lock()
-        self._sync_opts = rocksdict.WriteOptions()
-        self._sync_opts.sync = True
-        self._write_opts = rocksdict.WriteOptions()
-        self._nosync_opts = rocksdict.WriteOptions()
-        self._nosync_opts.sync = False
-        #: synced RocksDB writes (= fsyncs) issued, batches committed, entries written.
+        #: synced writes (= fsyncs) issued, batches committed, entries written.
         self.synced_writes = 0
         self.batches_committed = 0
         self.entries_written = 0
 
     @classmethod
     def open(cls, path: str | Path, *, statistics: bool = False) -> RaftLogEngine:
-        """Open the engine; `statistics` enables `rocksdb_wal_syncs()` (some overhead)."""
+        """Open the engine on RocksDB; `statistics` enables `rocksdb_wal_syncs()` (some overhead)."""
         path = Path(path)
-        return cls(open_raw(path, statistics=statistics), path)
+        return cls(RocksKV(path, statistics=statistics), path=path)
+
+    @classmethod
+    def in_memory(cls, disk: MemoryDisk) -> RaftLogEngine:
+        """The engine on a simulated disk (`memory_kv`), with the same durability rules."""
+        return cls(MemoryKV(disk))
 
     def rocksdb_wal_syncs(self) -> int:
         """RocksDB's own count of WAL fsyncs (engine opened with statistics=True)."""
-        return self._handle.wal_syncs()
+        if not isinstance(self._kv, RocksKV):
+            raise StatisticsDisabledError("only a RocksDB engine counts WAL syncs")
+        return self._kv.wal_syncs()
 
     @property
-    def path(self) -> Path:
+    def path(self) -> Path | None:
         return self._path
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        if self._kv is not None:
+            self._kv.close()
+            self._kv = None
             self._groups.clear()
 
     def __enter__(self) -> RaftLogEngine:
@@ -219,17 +224,15 @@ class RaftLogEngine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _live(self) -> rocksdict.Rdict:
-        if self._db is None:
+    def _live(self) -> KVStore:
+        if self._kv is None:
             raise LogEngineClosedError(f"raft log engine at {self._path} is closed")
-        return self._db
+        return self._kv
 
     # -- reading -------------------------------------------------------------
 
     def _get(self, key: bytes) -> bytes | None:
-        raw = self._live().get(key)
-        assert raw is None or isinstance(raw, bytes)
-        return raw
+        return self._live().get(key)
 
     def _state(self, group_id: int) -> _GroupState:
         st = self._groups.get(group_id)
@@ -250,13 +253,11 @@ class RaftLogEngine:
             _, t_index, t_term = _TRUNC.unpack(raw_trunc)
         last_index, last_term = t_index, t_term
         entry_prefix = prefix + _ENTRY
-        for key, raw in self._live().items(backwards=True, from_key=entry_prefix + b"\xff" * 8):
-            assert isinstance(key, bytes) and isinstance(raw, bytes)
-            if key.startswith(entry_prefix):
-                e = _decode_entry(key, raw)
-                if e.index > t_index:
-                    last_index, last_term = e.index, e.term
-            break
+        found = self._live().last_at_or_before(entry_prefix + b"\xff" * 8)
+        if found is not None and found[0].startswith(entry_prefix):
+            e = _decode_entry(*found)
+            if e.index > t_index:
+                last_index, last_term = e.index, e.term
         return _GroupState(
             hard_state=HardState() if raw_hs is None else _decode_hard_state(raw_hs),
             snapshot=SnapshotMetadata() if raw_snap is None else _decode_snapshot_meta(raw_snap),
@@ -267,11 +268,8 @@ class RaftLogEngine:
         )
 
     def _iter_entries(self, group_id: int, lo: int, hi: int) -> Iterator[Entry]:
-        read_opts = rocksdict.ReadOptions()
-        read_opts.set_iterate_upper_bound(_entry_key(group_id, hi))
         expect = lo
-        for key, raw in self._live().items(from_key=_entry_key(group_id, lo), read_opt=read_opts):
-            assert isinstance(key, bytes) and isinstance(raw, bytes)
+        for key, raw in self._live().iterate(_entry_key(group_id, lo), _entry_key(group_id, hi)):
             e = _decode_entry(key, raw)
             if e.index != expect:
                 raise LogCorruptionError(
@@ -303,13 +301,13 @@ class RaftLogEngine:
     def group_ids(self) -> list[int]:
         """Ids of every group with anything stored (one seek per group)."""
         out: list[int] = []
-        db = self._live()
+        kv = self._live()
         seek = _GROUP_PREFIX
         while True:
-            keys = db.keys(from_key=seek)
-            key = next(keys, None)
-            if not isinstance(key, bytes) or not key.startswith(_GROUP_PREFIX):
+            first = next(iter(kv.iterate(seek, None)), None)
+            if first is None or not first[0].startswith(_GROUP_PREFIX):
                 return out
+            key = first[0]
             (gid,) = _U64.unpack_from(key, 1)
             out.append(gid)
             if gid == _MAX_U64:
@@ -333,7 +331,7 @@ class RaftLogEngine:
                 return
             merged = {gid: self._merge(gid, batch) for gid in batch._views}
             wb = batch._seal()
-            self._live().write(wb, self._sync_opts if sync else self._write_opts)
+            self._live().write(wb, sync=sync)
             if sync:
                 self.synced_writes += 1
             self.batches_committed += 1
@@ -398,10 +396,10 @@ class RaftLogEngine:
             if index > st.last_index:
                 raise Unavailable(f"group {group_id}: compact {index}, last index {st.last_index}")
             term = self._term(group_id, st, index)
-            wb = rocksdict.WriteBatch(raw_mode=True)
+            wb = self._live().new_batch()
             wb.delete_range(_entry_key(group_id, 0), _entry_key(group_id, index + 1))
             wb.put(_group_prefix(group_id) + _TRUNCATED, _TRUNC.pack(_FORMAT, index, term))
-            self._live().write(wb, self._nosync_opts)
+            self._live().write(wb, sync=False)
             self._groups[group_id] = dataclasses.replace(
                 st, truncated_index=index, truncated_term=term
             )
@@ -410,10 +408,10 @@ class RaftLogEngine:
         """Remove every trace of a group (replica removed from this node); synced."""
         with self._lock:
             prefix = _group_prefix(group_id)
-            wb = rocksdict.WriteBatch(raw_mode=True)
+            wb = self._live().new_batch()
             end = _group_prefix(group_id + 1) if group_id < _MAX_U64 else b"\x02"
             wb.delete_range(prefix, end)
-            self._live().write(wb, self._sync_opts)
+            self._live().write(wb, sync=True)
             self.synced_writes += 1
             old = self._groups.pop(group_id, None)
             if old is not None:
@@ -487,12 +485,12 @@ class LogBatch:
 
     Operations are validated against a per-group view that already includes
     the earlier operations of this batch, and recorded in call order in one
-    RocksDB write batch.
+    write batch of the store.
     """
 
     def __init__(self, engine: RaftLogEngine) -> None:
         self.engine = engine
-        self._wb: rocksdict.WriteBatch | None = rocksdict.WriteBatch(raw_mode=True)
+        self._wb: KVBatch | None = engine._live().new_batch()
         self._views: dict[int, _GroupState] = {}
         self._bases: dict[int, _GroupState] = {}
         self._deps: dict[int, set[str]] = {}
@@ -501,12 +499,12 @@ class LogBatch:
         self._snapshotted: set[int] = set()
         self.entry_count = 0
 
-    def _batch(self) -> rocksdict.WriteBatch:
+    def _batch(self) -> KVBatch:
         if self._wb is None:
             raise RuntimeError("LogBatch was already committed")
         return self._wb
 
-    def _seal(self) -> rocksdict.WriteBatch:
+    def _seal(self) -> KVBatch:
         wb = self._batch()
         self._wb = None
         return wb

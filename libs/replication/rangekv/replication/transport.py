@@ -1,6 +1,7 @@
 """Raft transport, sender side: per-peer lanes over long-lived gRPC streams.
 
-The raft scheduler calls `RaftTransport.send` for every outgoing message of
+`RaftTransport` is the real `raft_network.RaftSender` (`MemoryNetwork` is its
+in-memory twin). The raft scheduler calls `RaftTransport.send` for every outgoing message of
 every group hosted in this process. `send` only classifies the message and
 appends it to a bounded in-memory queue: it never blocks and never awaits,
 because a scheduler stalled on one slow peer would stall every group.
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from rangekv.common.clock import Clock
 from rangekv.common.tasks import cancel_and_wait
 from rangekv.common.tls import ChannelOpener, PlaintextChannels
 from rangekv.raft import Message, MessageType
@@ -123,17 +125,18 @@ class _Backoff:
     """Capped exponential backoff with jitter, so peers that lost the same node
     do not reconnect in lockstep."""
 
-    __slots__ = ("_cap", "_delay", "_initial")
+    __slots__ = ("_cap", "_delay", "_initial", "_rng")
 
-    def __init__(self, initial: float, cap: float) -> None:
+    def __init__(self, initial: float, cap: float, rng: random.Random) -> None:
         self._initial = initial
         self._cap = cap
         self._delay = initial
+        self._rng = rng
 
     def next(self) -> float:
         delay = self._delay
         self._delay = min(self._cap, self._delay * 2)
-        return delay * random.uniform(0.5, 1.0)
+        return delay * self._rng.uniform(0.5, 1.0)
 
     def reset(self) -> None:
         self._delay = self._initial
@@ -152,8 +155,12 @@ class _Env:
     metrics: TransportMetrics
     config: TransportConfig
     channels: ChannelOpener
+    #: Backoff pauses and stream ages.
+    clock: Clock
+    #: Backoff jitter.
+    rng: random.Random
     #: Stamps every batch with the sender's clock (receivers refuse one too far ahead).
-    clock: Callable[[], types_pb2.Timestamp] | None = None
+    stamp: Callable[[], types_pb2.Timestamp] | None = None
 
     def error(self, lane: Lane, code: str) -> None:
         self.metrics.dispatch_errors_total.add(1, lane=lane.label, code=code)
@@ -197,7 +204,7 @@ class _LaneWorker:
             env.config.capacity(lane), coalesce_heartbeats=lane is Lane.HEARTBEAT
         )
         self._max_bytes = env.config.max_batch_bytes
-        self._backoff = _Backoff(env.config.backoff_initial, env.config.backoff_max)
+        self._backoff = _Backoff(env.config.backoff_initial, env.config.backoff_max, env.rng)
         self._addr: str | None = None
         self._channel: grpc.aio.Channel | None = None
         self._stub: raft_pb2_grpc.RaftTransportStub | None = None
@@ -241,7 +248,7 @@ class _LaneWorker:
                 self.env.unreachable(self.peer_id, group_id, msg.to)
 
     async def pause(self) -> None:
-        await asyncio.sleep(self._backoff.next())
+        await self.env.clock.sleep(self._backoff.next())
 
     def reset_backoff(self) -> None:
         self._backoff.reset()
@@ -306,8 +313,8 @@ class _StreamLane(_LaneWorker):
             lane=self.lane.value,
             messages=[message_to_proto(g, m, d) for g, m, d in batch],
         )
-        if self.env.clock is not None:
-            request.sender_clock.CopyFrom(self.env.clock())
+        if self.env.stamp is not None:
+            request.sender_clock.CopyFrom(self.env.stamp())
         # Set before the write: a wrong_node answer may be read before the
         # write's completion is.
         self._last_batch = batch
@@ -321,13 +328,13 @@ class _StreamLane(_LaneWorker):
             return
         # Only a stream that stayed up for a while proves the peer healthy; a
         # peer that accepts and then refuses every stream keeps backing off.
-        if asyncio.get_running_loop().time() - self._opened_at >= self.env.config.backoff_max:
+        if self.env.clock.monotonic() - self._opened_at >= self.env.config.backoff_max:
             self.reset_backoff()
 
     def _open(self, stub: raft_pb2_grpc.RaftTransportStub) -> grpc.aio.StreamStreamCall:
         call: grpc.aio.StreamStreamCall = stub.RaftStream()
         self._call = call
-        self._opened_at = asyncio.get_running_loop().time()
+        self._opened_at = self.env.clock.monotonic()
         self._last_batch = []
         self._reader = asyncio.get_running_loop().create_task(
             self._read(call, self._addr or ""),
@@ -478,13 +485,16 @@ class RaftTransport:
         on_unreachable: UnreachableCallback,
         on_snapshot_status: SnapshotStatusCallback,
         snapshot_source: SnapshotSource,
+        clock: Clock,
+        rng: random.Random,
         metrics: TransportMetrics | None = None,
         on_wrong_node: WrongNodeCallback | None = None,
         config: TransportConfig | None = None,
         channels: ChannelOpener | None = None,
-        clock: Callable[[], types_pb2.Timestamp] | None = None,
+        stamp: Callable[[], types_pb2.Timestamp] | None = None,
     ) -> None:
-        """``channels``: how lanes dial peers (mutual TLS in a secure cluster; plaintext if None)."""
+        """``channels``: how lanes dial peers (mutual TLS in a secure cluster; plaintext if
+        None); ``stamp``: this node's hybrid clock, stamped on every batch."""
         self._env = _Env(
             node_id=node_id,
             resolve=resolve,
@@ -496,6 +506,8 @@ class RaftTransport:
             config=config if config is not None else TransportConfig(),
             channels=channels if channels is not None else PlaintextChannels(),
             clock=clock,
+            rng=rng,
+            stamp=stamp,
         )
         self._peers: dict[int, tuple[_LaneWorker, ...]] = {}
         self._closed = False

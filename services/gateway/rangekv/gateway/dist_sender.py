@@ -42,17 +42,17 @@ import asyncio
 import contextlib
 import functools
 import random
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from opentelemetry import trace
 
 from rangekv.common import errors as E
+from rangekv.common.clock import Clock, SystemClock
 from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor
 from rangekv.common.telemetry import end_span_with, traceparent
 from rangekv.gateway.cache_types import EvictionReason, EvictionToken, mismatch_reason
-from rangekv.gateway.node_client import BatchReply, NodeClients
+from rangekv.gateway.node_client import BatchReply, NodeBatches
 from rangekv.gateway.range_cache import RangeCache
 from rangekv.gateway.retry_policy import ReplicaOrder, RouteState, after_not_lease_holder
 from rangekv.gateway.scan import ScanConfig, Scanner
@@ -86,8 +86,11 @@ class RetryCounters:
 class NodeDirectory:
     """node id -> address, from the store registry (refreshed on demand)."""
 
-    def __init__(self, fetch: Callable[[], object], *, min_refresh: float = 0.5) -> None:
+    def __init__(
+        self, fetch: Callable[[], object], *, min_refresh: float = 0.5, clock: Clock | None = None
+    ) -> None:
         self._fetch = fetch
+        self._clock: Clock = clock if clock is not None else SystemClock()
         self._addresses: dict[int, str] = {}
         self._min_refresh = min_refresh
         self._last_refresh = 0.0
@@ -101,7 +104,7 @@ class NodeDirectory:
         return self._addresses.get(node_id)
 
     async def refresh(self, *, force: bool = False) -> None:
-        now = time.monotonic()
+        now = self._clock.monotonic()
         if not force and now - self._last_refresh < self._min_refresh:
             return
         if self._refreshing is not None and not self._refreshing.done():
@@ -112,7 +115,7 @@ class NodeDirectory:
             nodes = await self._fetch()  # type: ignore[misc]
             for status in nodes.nodes:
                 self.set(status.node.node_id, status.node.address)
-            self._last_refresh = time.monotonic()
+            self._last_refresh = self._clock.monotonic()
         finally:
             self._refreshing.set_result(None)
 
@@ -153,22 +156,22 @@ class DistSender:
     def __init__(
         self,
         cache: RangeCache,
-        nodes: NodeClients,
+        nodes: NodeBatches,
         directory: NodeDirectory,
         *,
         timeout: float = 10.0,
         backoff_initial: float = 0.02,
         backoff_max: float = 1.0,
         rng: random.Random | None = None,
-        monotonic: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
         read_attempt_timeout: float = DEFAULT_READ_ATTEMPT_TIMEOUT,
         tracer: trace.Tracer | None = None,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         scan_config: ScanConfig | None = None,
     ) -> None:
         """`tracer`: None unless tracing is on (then each call to a node is a
         client span, its traceparent carried in the node batch). `rng` jitters
-        the backoff and `sleep` waits it out (injected, so tests can count)."""
+        the backoff and `clock` times deadlines and waits backoffs out (both
+        default to the system's; tests pass their own)."""
         self.cache = cache
         self._tracer = tracer
         self.nodes = nodes
@@ -183,13 +186,10 @@ class DistSender:
             raise ValueError(
                 f"need 0 < backoff_initial <= backoff_max, got {backoff_initial}, {backoff_max}"
             )
-        self._rng = rng or random.Random()
-        self._monotonic = monotonic
-        self._sleep = sleep
+        self._rng = rng if rng is not None else random.Random()
+        self._clock: Clock = clock if clock is not None else SystemClock()
         self.counters = RetryCounters()
-        self.scanner = Scanner(
-            self, self, scan_config, rng=self._rng, monotonic=monotonic, sleep=sleep
-        )
+        self.scanner = Scanner(self, self, scan_config, rng=self._rng, clock=self._clock)
 
     # --- point operations ---------------------------------------------------------------
 
@@ -207,11 +207,11 @@ class DistSender:
         """Run one operation on the range owning `key`; returns its reply.
 
         `fence_id`: the scan fence a read is served under (rangekv.gateway.scan)."""
-        deadline = self._monotonic() + (timeout or self.timeout)
+        deadline = self._clock.monotonic() + (timeout or self.timeout)
         state = RouteState()
         last: E.RangeKVError | None = None
         while True:
-            remaining = deadline - self._monotonic()
+            remaining = deadline - self._clock.monotonic()
             if remaining <= 0:
                 raise _out_of_time(last, is_write)
             try:
@@ -254,9 +254,9 @@ class DistSender:
 
     async def _back_off(self, state: RouteState, reason: str, deadline: float) -> None:
         self.counters.backoff(reason)
-        remaining = deadline - self._monotonic()
+        remaining = deadline - self._clock.monotonic()
         initial, maximum = self._backoff_initial, self._backoff_max
-        await self._sleep(state.next_backoff(initial, maximum, self._rng, remaining))
+        await self._clock.sleep(state.next_backoff(initial, maximum, self._rng, remaining))
 
     async def _try_replicas(
         self,
@@ -277,7 +277,7 @@ class DistSender:
         reason = "no_replica"
         last: E.RangeKVError = E.Unavailable(f"range {desc.range_id}: no replica answered")
         while (replica := order.next()) is not None:
-            remaining = deadline - self._monotonic()
+            remaining = deadline - self._clock.monotonic()
             if remaining <= 0:
                 return _Failed(last, None)
             tried += 1
@@ -293,7 +293,7 @@ class DistSender:
                 reason = "no_address"
                 self.counters.retry(reason)
                 continue
-            remaining = deadline - self._monotonic()
+            remaining = deadline - self._clock.monotonic()
             span: trace.Span | None = None
             parent = ""
             if self._tracer is not None:
@@ -390,7 +390,7 @@ class DistSender:
         if unreachable and unreachable + not_found == tried:
             self.cache.maybe_evict(token, EvictionReason.UNREACHABLE)
             with contextlib.suppress(E.RangeKVError, TimeoutError):
-                remaining = max(0.0, deadline - self._monotonic())
+                remaining = max(0.0, deadline - self._clock.monotonic())
                 await asyncio.wait_for(self.directory.refresh(), remaining)
             return _Failed(last, "unreachable")
         return _Failed(last, reason)

@@ -1,22 +1,24 @@
 """A client of the meta range for gateways, storage nodes and the CLI.
 
-It knows the addresses of every metarange replica, remembers which one led
-last, follows NotLeader hints at once, moves to the next replica when one is
-unreachable, and gives up at the call's deadline. Inconsistent lookups go to
-any replica (a follower answers them while the group elects).
+`MetaApi` is what its users need of the meta range; `MetaClient` is the real
+one: it knows the addresses of every metarange replica, remembers which one
+led last, follows NotLeader hints at once, moves to the next replica when one
+is unreachable, and gives up at the call's deadline. Inconsistent lookups go
+to any replica (a follower answers them while the group elects).
+`rangekv.metarange.local.MemoryMetaClient` is its in-memory twin (the meta
+state machine with no raft and no gRPC), for tests and simulations.
 """
 
 from __future__ import annotations
 
-import asyncio
 import random
-import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import grpc
 
 from rangekv.common import errors as E
+from rangekv.common.clock import Clock, SystemClock
 from rangekv.common.tls import ChannelOpener, PlaintextChannels
 from rangekv.v1 import meta_pb2, meta_pb2_grpc
 
@@ -25,24 +27,66 @@ T = TypeVar("T")
 CHANNEL_OPTIONS = (("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000))
 
 
+class MetaApi(Protocol):
+    """The meta range, as gateways, storage nodes and the CLI use it. Errors are
+    RangeKVErrors (NotLeader, Unavailable, ConditionFailed, ...)."""
+
+    async def lookup_range(
+        self,
+        key: bytes,
+        *,
+        prefetch: int = 8,
+        consistent: bool = False,
+        include_intents: bool = False,
+        timeout: float | None = None,
+    ) -> meta_pb2.LookupRangeResponse: ...
+
+    async def list_ranges(
+        self, start_key: bytes = b"", limit: int = 0, include_intents: bool = False
+    ) -> meta_pb2.ListRangesResponse: ...
+
+    async def write_intent(
+        self, req: meta_pb2.WriteIntentRequest
+    ) -> meta_pb2.WriteIntentResponse: ...
+
+    async def resolve_intent(
+        self, meta_key: bytes, txn_id: bytes, status: int
+    ) -> meta_pb2.ResolveIntentResponse: ...
+
+    async def allocate_ids(self, kind: int, count: int = 1) -> meta_pb2.AllocateIdsResponse: ...
+
+    async def heartbeat(
+        self, node_id: int, address: str, metrics_address: str = ""
+    ) -> meta_pb2.HeartbeatResponse: ...
+
+    async def list_nodes(self) -> meta_pb2.ListNodesResponse: ...
+
+    async def cluster_info(self) -> meta_pb2.ClusterInfoResponse: ...
+
+    async def close(self) -> None: ...
+
+
 class MetaClient:
+    """The `MetaApi` over gRPC (see the module docstring)."""
+
     def __init__(
         self,
         addresses: Sequence[str],
         *,
         timeout: float = 5.0,
         rng: random.Random | None = None,
-        monotonic: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
         channels: ChannelOpener | None = None,
     ) -> None:
         """``channels``: how replicas are dialled (TLS with this process's identity in a
-        secure cluster; plaintext if None)."""
+        secure cluster; plaintext if None); ``clock`` and ``rng`` (which replica to
+        try first) default to the system's."""
         if not addresses:
             raise ValueError("MetaClient needs at least one metarange address")
         self.addresses = list(addresses)
         self.timeout = timeout
-        self._rng = rng or random.Random()
-        self._monotonic = monotonic
+        self._rng = rng if rng is not None else random.Random()
+        self._clock: Clock = clock if clock is not None else SystemClock()
         #: How this client dials (shared with callers that reach the same cluster).
         self.opener: ChannelOpener = channels if channels is not None else PlaintextChannels()
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -68,7 +112,7 @@ class MetaClient:
         is_write: bool = False,
         timeout: float | None = None,
     ) -> T:
-        deadline = self._monotonic() + (timeout or self.timeout)
+        deadline = self._clock.monotonic() + (timeout or self.timeout)
         order = self.addresses[:]
         self._rng.shuffle(order)
         if self._leader in order and not any_replica:
@@ -78,7 +122,7 @@ class MetaClient:
         backoff = 0.02
         last: E.RangeKVError | None = None
         while True:
-            remaining = deadline - self._monotonic()
+            remaining = deadline - self._clock.monotonic()
             if remaining <= 0:
                 raise E.Unavailable(
                     f"meta range unreachable: {last.message if last else 'no answer'}",
@@ -113,7 +157,9 @@ class MetaClient:
                 else:
                     raise err from None
                 if attempt % len(order) == 0:
-                    await asyncio.sleep(min(backoff, max(0.0, deadline - self._monotonic())))
+                    await self._clock.sleep(
+                        min(backoff, max(0.0, deadline - self._clock.monotonic()))
+                    )
                     backoff = min(backoff * 2, 0.5)
                 continue
             if not any_replica:
@@ -195,4 +241,4 @@ def _reached(exc: grpc.aio.AioRpcError) -> bool:
     return not any(s in details for s in ("connect", "unreachable", "no route", "refused"))
 
 
-__all__ = ["MetaClient"]
+__all__ = ["MetaApi", "MetaClient"]

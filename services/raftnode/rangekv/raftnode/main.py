@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from rangekv.common.clock import test_clock_offset_ns, wall_clock
-from rangekv.common.clock import warning_line as clock_warning
+from rangekv.common.clock import Clock, SystemClock
 from rangekv.common.config import ConfigError, ServerConfig
 from rangekv.common.descriptors import first_range
 from rangekv.common.entrypoint import service_main
@@ -23,23 +23,21 @@ from rangekv.common.server import ServiceServer
 from rangekv.common.tasks import cancel_and_wait
 from rangekv.common.telemetry import Telemetry
 from rangekv.common.tls import node_channels
-from rangekv.metarange.client import MetaClient
+from rangekv.domain.peers import parse_node_ids, parse_peers
+from rangekv.metarange.client import MetaApi, MetaClient
 from rangekv.raft import Message
 from rangekv.raftnode.change import ReplicaChanger
-from rangekv.raftnode.config import RaftnodeConfig, parse_node_ids, parse_peers
+from rangekv.raftnode.config import RaftnodeConfig
+from rangekv.raftnode.descriptor_txn import DescriptorTxns
+from rangekv.raftnode.rebalancer import Rebalancer
 from rangekv.raftnode.service import ReplicaService
-from rangekv.raftnode.split import SplitCoordinator
+from rangekv.raftnode.split import SplitCoordinator, SplitQueue
 from rangekv.raftnode.store import Store, StoreConfig
 from rangekv.raftnode.telemetry import NodeMetrics
+from rangekv.raftnode.txn_push import Peers, TxnPusher
+from rangekv.replication.engines import RocksEngines
 from rangekv.replication.host import HostConfig
-from rangekv.replication.mutations import (
-    parse_mutation,
-    parse_power_loss,
-    parse_snapshot_delay,
-    power_loss_warning,
-    snapshot_delay_warning,
-    warning_line,
-)
+from rangekv.replication.mutations import TestFaults
 from rangekv.replication.raft_codec import message_from_proto
 from rangekv.replication.sync_mode import parse_fsm_sync_mode
 from rangekv.replication.transport import RaftTransport
@@ -59,23 +57,20 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
     if warning:
         log.warning("%s", warning)
     # Test-only settings: read once, here, then passed down; each one is loud.
-    mutation = parse_mutation()  # RANGEKV_TEST_MUTATION
-    offset_ns = test_clock_offset_ns()  # RANGEKV_TEST_CLOCK_OFFSET_MS
-    power_loss = parse_power_loss()  # RANGEKV_TEST_POWER_LOSS
-    snapshot_delay = parse_snapshot_delay()  # RANGEKV_TEST_SNAPSHOT_DELAY_MS
-    for loud in (
-        warning_line(mutation),
-        clock_warning(offset_ns),
-        power_loss_warning(power_loss),
-        snapshot_delay_warning(snapshot_delay),
-    ):
-        if loud is not None:
-            for _ in range(3):
-                log.warning("%s", loud)
+    faults = TestFaults.from_env(split_crash_after=node_config.split_crash_after)
+    for loud in faults.warnings():
+        for _ in range(3):
+            log.warning("%s", loud)
+    clock = SystemClock(faults.clock_offset_ns)
+    rng = random.Random()  # seeded from the OS: ids and incarnations differ across starts
     peers = parse_peers(node_config.peers)
     meta_addrs = [a.strip() for a in node_config.meta_addrs.split(",") if a.strip()]
     channels = node_channels(server_config.security)
-    meta = MetaClient(meta_addrs, channels=channels) if meta_addrs else None
+    meta = (
+        MetaClient(meta_addrs, channels=channels, clock=clock, rng=random.Random(rng.random()))
+        if meta_addrs
+        else None
+    )
     telemetry = Telemetry("raftnode", node_id=node_id, otlp_endpoint=server_config.otlp_endpoint)
     metrics = NodeMetrics(telemetry, mode)
 
@@ -93,22 +88,20 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
         on_unreachable=lambda n, g, r: store_ref[0].report_unreachable(n, g, r),
         on_snapshot_status=lambda n, g, r, failed: store_ref[0].report_snapshot(n, g, r, failed),
         snapshot_source=snapshot_source,
+        clock=clock,
+        rng=random.Random(rng.random()),
         metrics=metrics.transport,
-        clock=lambda: store_ref[0].clock_now(),
+        stamp=lambda: store_ref[0].clock_now(),
         channels=channels,
     )
     store = Store(
         StoreConfig(
             host=HostConfig(
                 node_id=node_id,
-                data_dir=Path(server_config.data_dir),
                 timing=node_config.timing(),
                 fsm_sync_mode=mode,
                 log_retain_entries=node_config.log_retain_entries,
                 truncate_interval=node_config.truncate_interval,
-                mutation=mutation,
-                power_loss=power_loss,
-                snapshot_send_delay=snapshot_delay,
                 max_uncommitted_bytes=node_config.max_uncommitted_bytes,
             ),
             limits=node_config.limits(),
@@ -116,9 +109,12 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
             max_clock_offset_ns=int(node_config.max_clock_offset * 1e9),
         ),
         resolve_address=lambda n: peers.get(n, ""),
-        send_raft=transport.send,
+        sender=transport,
+        open_engines=RocksEngines(Path(server_config.data_dir), power_loss=faults.power_loss),
+        clock=clock,
+        rng=random.Random(rng.random()),
+        faults=faults,
         scheduler_metrics=metrics.scheduler,
-        wall_ns=wall_clock(offset_ns),
     )
     store_ref.append(store)
     metrics.attach(store)
@@ -133,10 +129,21 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
     raft_service = RaftTransportServicer(
         node_id, store.handle_raft, handle_snapshot, admit_clock=store.admit_clock
     )
-    splits = SplitCoordinator(store, meta, node_config.split(), channels=channels)
-    if node_config.split_crash_after:
-        log.warning("split fault point armed: exit after %s", node_config.split_crash_after)
-    changes = ReplicaChanger(store, meta, splits, node_config.replica_changes())
+    split_config = node_config.split()
+    node_peers = Peers(store, channels)
+    pusher = TxnPusher(
+        store,
+        node_peers,
+        clock,
+        expiry=split_config.txn_expiry,
+        rpc_timeout=split_config.rpc_timeout,
+    )
+    txns = DescriptorTxns(store, meta, pusher, clock, random.Random(rng.random()))
+    splits = SplitCoordinator(txns, crash_after=faults.split_crash_after)
+    split_queue = SplitQueue(splits, split_config, clock)
+    change_config = node_config.replica_changes()
+    changes = ReplicaChanger(txns, change_config, clock)
+    rebalancer = Rebalancer(changes, meta, node_peers, change_config, clock)
     replica_service = ReplicaService(
         store,
         splits=splits,
@@ -161,8 +168,8 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
         logger=log,
     )
     store.start()
-    splits.start()
-    changes.start()
+    split_queue.start()
+    rebalancer.start()
     await server.start()
     registry: asyncio.Task[None] | None = None
     if meta is not None:
@@ -170,14 +177,15 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
         advertised = f"{host}:{server.port}"
         metrics_addr = server.metrics_address or ""
         registry = asyncio.ensure_future(
-            _registry_loop(meta, node_id, advertised, metrics_addr, peers, node_config)
+            _registry_loop(meta, node_id, advertised, metrics_addr, peers, node_config, clock)
         )
     try:
         await server.run_until_signalled()
     finally:
         await cancel_and_wait([registry])
-        await changes.stop()
-        await splits.stop()
+        await rebalancer.stop()
+        await split_queue.stop()
+        await node_peers.close()
         if meta is not None:
             await meta.close()
         await transport.close()
@@ -186,12 +194,13 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
 
 
 async def _registry_loop(
-    meta: MetaClient,
+    meta: MetaApi,
     node_id: int,
     address: str,
     metrics_address: str,
     peers: dict[int, str],
     cfg: RaftnodeConfig,
+    clock: Clock,
 ) -> None:
     """Keep this node registered (and live) in meta, and `peers` fresh from it.
 
@@ -207,7 +216,7 @@ async def _registry_loop(
                     peers[status.node.node_id] = status.node.address
         except Exception as exc:  # meta unreachable for now: keep serving, try again
             log.warning("store registry heartbeat failed: %s", exc)
-        await asyncio.sleep(cfg.registry_interval)
+        await clock.sleep(cfg.registry_interval)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
