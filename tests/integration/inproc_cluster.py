@@ -45,7 +45,7 @@ from rangekv.raftnode import txn as T
 from rangekv.raftnode.replica import RangeReplica
 from rangekv.raftnode.requests import ReplicaLimits
 from rangekv.raftnode.store import Store, StoreConfig
-from rangekv.replication.engines import Engines, RocksEngines
+from rangekv.replication.engines import EngineOpener, Engines, MemoryEngines, RocksEngines
 from rangekv.replication.host import HostConfig
 from rangekv.replication.log_engine import LogBatch, RaftLogEngine
 from rangekv.replication.mutations import Mutation, TestFaults
@@ -192,7 +192,13 @@ class InProcCluster:
         power_cuts: bool = False,
         limits: ReplicaLimits | None = None,
         max_uncommitted_bytes: int = 64 << 20,
+        engines: str = "rocksdb",
     ) -> None:
+        """`engines`: "rocksdb" (on disk under `base`) or "memory" (the engines' twins
+        on simulated disks, which keep what is durable across a node's restarts and
+        lose the rest in a power cut)."""
+        if engines not in ("rocksdb", "memory"):
+            raise ValueError(f"engines must be rocksdb or memory, not {engines!r}")
         self.base = base
         self.ranges = list(ranges)
         self.node_ids = sorted({r.node_id for d in ranges for r in d.replicas})
@@ -208,6 +214,8 @@ class InProcCluster:
         self._starts = itertools.count()
         #: Engines that can lose their unsynced writes (`power_cut`).
         self.power_cuts = power_cuts
+        #: The simulated disks of each node (engines="memory").
+        self.disks: dict[int, MemoryEngines] | None = {} if engines == "memory" else None
         self.limits = limits or ReplicaLimits()
         self.max_uncommitted_bytes = max_uncommitted_bytes
 
@@ -231,12 +239,17 @@ class InProcCluster:
 
     def _open(self, node: int) -> Store:
         data_dir = self.base / f"n{node}"
+        opener: EngineOpener
+        if self.disks is not None:
+            opener = self.disks.setdefault(node, MemoryEngines())
+        elif self.power_cuts:
+            opener = PowerCutEngines(data_dir)
+        else:
+            opener = RocksEngines(data_dir)
         kwargs: dict[str, Any] = {
             "resolve_address": lambda n: f"node-{n}",
             "sender": self.router.sender(node),
-            "open_engines": PowerCutEngines(data_dir)
-            if self.power_cuts
-            else RocksEngines(data_dir),
+            "open_engines": opener,
             "clock": self.clock.of(node),
             # Every start of a node draws new incarnations, as a real restart does.
             "rng": random.Random(node * 1000 + next(self._starts)),
@@ -269,10 +282,14 @@ class InProcCluster:
         store = self.stores[node]
         self.stopped.add(node)
         await store.scheduler.stop()
-        state, log_engine = store.state_engine, store.log_engine
-        assert isinstance(state, PowerCutStateEngine) and isinstance(log_engine, PowerCutLogEngine)
-        lost = state.power_cut()
-        log_engine.power_cut()
+        if self.disks is not None:
+            lost = self.disks[node].power_cut()
+        else:
+            state, log_engine = store.state_engine, store.log_engine
+            assert isinstance(state, PowerCutStateEngine)
+            assert isinstance(log_engine, PowerCutLogEngine)
+            lost = state.power_cut()
+            log_engine.power_cut()
         await store.stop()
         return lost
 

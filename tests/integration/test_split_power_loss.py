@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from inproc_cluster import InProcCluster, layout
 
 from rangekv.raftnode.store import INITIAL_INDEX, Store
@@ -43,10 +44,17 @@ def groups_without_state(store: Store) -> list[int]:
     return missing
 
 
+#: On disk (power-cut engines over RocksDB) and on the engines' in-memory twins.
+ENGINES = pytest.mark.parametrize("engines", ["rocksdb", "memory"])
+
+
+@ENGINES
 async def test_a_power_cut_right_after_a_split_leaves_no_log_without_state(
-    tmp_path: Path,
+    tmp_path: Path, engines: str
 ) -> None:
-    cluster = InProcCluster(tmp_path, layout(), sync_mode=FsmSyncMode.NOSYNC, power_cuts=True)
+    cluster = InProcCluster(
+        tmp_path, layout(), sync_mode=FsmSyncMode.NOSYNC, power_cuts=True, engines=engines
+    )
     await cluster.start()
     try:
         await cluster.elect_all({1: 1})
@@ -72,10 +80,15 @@ async def test_a_power_cut_right_after_a_split_leaves_no_log_without_state(
         await cluster.close()
 
 
-async def test_after_a_power_cut_the_right_hand_side_converges(tmp_path: Path) -> None:
+@ENGINES
+async def test_after_a_power_cut_the_right_hand_side_converges(
+    tmp_path: Path, engines: str
+) -> None:
     """End to end: a compare-and-swap on the right-hand side that depends on a
     write made before the split reads back right on the node that lost power."""
-    cluster = InProcCluster(tmp_path, layout(), sync_mode=FsmSyncMode.NOSYNC, power_cuts=True)
+    cluster = InProcCluster(
+        tmp_path, layout(), sync_mode=FsmSyncMode.NOSYNC, power_cuts=True, engines=engines
+    )
     await cluster.start()
     try:
         await cluster.elect_all({1: 1})
