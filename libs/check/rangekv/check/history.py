@@ -358,7 +358,7 @@ class _Planned:
     effective: bool  # whether it actually takes effect
 
 
-def generate_register_history(
+def generate_register_history(  # noqa: C901, PLR0912, PLR0915 -- a seeded random workload generator: one loop choosing among the op kinds
     *,
     seed: int,
     n_ops: int,

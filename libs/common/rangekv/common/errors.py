@@ -424,7 +424,7 @@ def _status_details(err: grpc.RpcError) -> status_pb2.Status | None:
     return None
 
 
-def from_rpc_error(err: grpc.RpcError, *, is_write: bool = False) -> RangeKVError:
+def from_rpc_error(err: grpc.RpcError, *, is_write: bool = False) -> RangeKVError:  # noqa: C901, PLR0912 -- the one mapping from wire errors back to exceptions, every code in one place
     """The exception a failed gRPC call stands for (client side)."""
     code: grpc.StatusCode = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     message: str = (err.details() if hasattr(err, "details") else "") or str(code)

@@ -145,6 +145,31 @@ class _Served:
 
 
 @dataclass(frozen=True, slots=True)
+class _Op:
+    """What one routed operation asks of a replica."""
+
+    op: replica_pb2.ReplicaOp
+    is_write: bool
+    inconsistent: bool
+    read_timestamp: types_pb2.Timestamp | None
+    fence_id: bytes
+
+
+@dataclass(slots=True)
+class _Pass:
+    """One pass over a range's replicas: the route it follows and what it met so far."""
+
+    token: EvictionToken
+    order: ReplicaOrder
+    last: E.RangeKVError
+    tried: int = 0
+    not_found: int = 0
+    unreachable: int = 0
+    #: Why the last replica did not answer (the backoff reason if the pass fails).
+    reason: str = "no_replica"
+
+
+@dataclass(frozen=True, slots=True)
 class _Failed:
     """A pass without an answer; `backoff` names why to wait first (None: go on at once)."""
 
@@ -207,6 +232,7 @@ class DistSender:
         """Run one operation on the range owning `key`; returns its reply.
 
         `fence_id`: the scan fence a read is served under (rangekv.gateway.scan)."""
+        req = _Op(op, is_write, inconsistent, read_timestamp, fence_id)
         deadline = self._clock.monotonic() + (timeout or self.timeout)
         state = RouteState()
         last: E.RangeKVError | None = None
@@ -235,9 +261,7 @@ class DistSender:
                 # Rule R: even meta's leader names nothing newer than what just failed.
                 await self._back_off(state, "stale_descriptor", deadline)
             state.stale = None
-            outcome = await self._try_replicas(
-                token, state, op, is_write, inconsistent, read_timestamp, deadline, fence_id
-            )
+            outcome = await self._try_replicas(token, state, req, deadline)
             if isinstance(outcome, _Served):
                 self.cache.maybe_confirm(outcome.token)
                 if not inconsistent:  # only the leaseholder answers a consistent request
@@ -259,141 +283,170 @@ class DistSender:
         await self._clock.sleep(state.next_backoff(initial, maximum, self._rng, remaining))
 
     async def _try_replicas(
-        self,
-        token: EvictionToken,
-        state: RouteState,
-        op: replica_pb2.ReplicaOp,
-        is_write: bool,
-        inconsistent: bool,
-        read_timestamp: types_pb2.Timestamp | None,
-        deadline: float,
-        fence_id: bytes = b"",
+        self, token: EvictionToken, state: RouteState, req: _Op, deadline: float
     ) -> _Served | _Failed:
         """One pass over the range's replicas (module docstring, retry_policy)."""
-        desc = token.descriptor
         state.start_pass(token.entry)
-        order = ReplicaOrder(token.entry.routing_replicas(), token.entry.leaseholder)
-        tried = not_found = unreachable = 0
-        reason = "no_replica"
-        last: E.RangeKVError = E.Unavailable(f"range {desc.range_id}: no replica answered")
-        while (replica := order.next()) is not None:
+        p = _Pass(
+            token,
+            ReplicaOrder(token.entry.routing_replicas(), token.entry.leaseholder),
+            last=E.Unavailable(f"range {token.descriptor.range_id}: no replica answered"),
+        )
+        while (replica := p.order.next()) is not None:
             remaining = deadline - self._clock.monotonic()
             if remaining <= 0:
-                return _Failed(last, None)
-            tried += 1
+                return _Failed(p.last, None)
+            p.tried += 1
             address = self.directory.get(replica.node_id)
             if address is None:  # unknown yet: ask the registry, within the deadline
                 try:
                     lookup = self.directory.address(replica.node_id)
                     address = await asyncio.wait_for(lookup, remaining)
                 except TimeoutError:
-                    return _Failed(last, None)
+                    return _Failed(p.last, None)
             if address is None:
-                unreachable += 1
-                reason = "no_address"
-                self.counters.retry(reason)
+                p.unreachable += 1
+                self._retry(p, "no_address")
                 continue
-            remaining = deadline - self._clock.monotonic()
-            span: trace.Span | None = None
-            parent = ""
-            if self._tracer is not None:
-                span = self._tracer.start_span(
-                    "node.batch",
-                    kind=trace.SpanKind.CLIENT,
-                    attributes={
-                        "rangekv.node_id": replica.node_id,
-                        "rangekv.range_id": desc.range_id,
-                        "rangekv.write": is_write,
-                        "server.address": address,
-                    },
-                )
-                parent = traceparent(span)
-            submitted = self.nodes.submit(
-                address,
-                desc.range_id,
-                [op],
-                has_writes=is_write,
-                inconsistent=inconsistent,
-                read_timestamp=read_timestamp,
-                traceparent=parent,
-                fence_id=fence_id,
+            outcome = await self._attempt(p, state, replica, address, req, deadline)
+            if outcome is not None:
+                return outcome
+        return await self._end_pass(p, state, deadline)
+
+    async def _attempt(
+        self,
+        p: _Pass,
+        state: RouteState,
+        replica: ReplicaDescriptor,
+        address: str,
+        req: _Op,
+        deadline: float,
+    ) -> _Served | _Failed | None:
+        """Ask one replica; an outcome ends the pass, None goes on to the next replica."""
+        remaining = deadline - self._clock.monotonic()
+        submitted = self._submit(p.token.descriptor, replica, address, req)
+        wait = remaining if req.is_write else min(remaining, self._read_attempt_timeout)
+        try:
+            # On timeout wait_for cancels `submitted`: that gives up only this
+            # caller's place (dropped from its batch if the batch has not left).
+            reply = await asyncio.wait_for(submitted, wait)
+        except TimeoutError:
+            return self._timed_out(p, replica, req, wait, remaining)
+        except E.NotLeaseHolder as err:
+            return self._redirected(p, state, replica, err)
+        except E.RangeKeyMismatch as err:
+            desc = p.token.descriptor
+            self.counters.retry(mismatch_reason(desc, err.descriptors).value)
+            self.cache.maybe_evict_for_mismatch(p.token, err)
+            state.stale = desc  # rule R: the next lookup must find something newer
+            return _Failed(err, None)
+        except E.RangeNotFound as err:
+            p.not_found += 1
+            p.last = err
+            self._retry(p, "range_not_found")
+        except E.Unavailable as err:
+            if req.is_write and err.outcome == E.WriteOutcome.UNKNOWN:
+                raise
+            p.unreachable += 1
+            p.last = err
+            self._retry(p, "unavailable")
+        else:
+            return _Served(reply, p.token, replica, address)
+        return None
+
+    def _submit(
+        self, desc: RangeDescriptor, replica: ReplicaDescriptor, address: str, req: _Op
+    ) -> asyncio.Future[BatchReply]:
+        """Hand the operation to the node (a client span around it when tracing)."""
+        span: trace.Span | None = None
+        parent = ""
+        if self._tracer is not None:
+            span = self._tracer.start_span(
+                "node.batch",
+                kind=trace.SpanKind.CLIENT,
+                attributes={
+                    "rangekv.node_id": replica.node_id,
+                    "rangekv.range_id": desc.range_id,
+                    "rangekv.write": req.is_write,
+                    "server.address": address,
+                },
             )
-            if span is not None:
-                # The span lasts as long as the node call, even past our deadline.
-                submitted.add_done_callback(functools.partial(end_span_with, span))
-            wait = remaining if is_write else min(remaining, self._read_attempt_timeout)
-            try:
-                # On timeout wait_for cancels `submitted`: that gives up only this
-                # caller's place (dropped from its batch if the batch has not left).
-                reply = await asyncio.wait_for(submitted, wait)
-            except TimeoutError:
-                if is_write:
-                    raise E.DeadlineExceeded(
-                        "deadline exceeded while the write was in flight; it may or may not apply",
-                        E.WriteOutcome.UNKNOWN,
-                    ) from None
-                if wait >= remaining:
-                    return _Failed(E.DeadlineExceeded("deadline exceeded"), None)
-                # A slow or stopped replica: ask the next one (module docstring).
-                last = E.Unavailable(
-                    f"range {desc.range_id}: node {replica.node_id} did not answer a read "
-                    f"within {wait:.2f}s"
-                )
-                reason = "slow_replica"
-                self.counters.retry(reason)
-            except E.NotLeaseHolder as err:
-                last = err
-                routed = token.entry
-                updated = self.cache.maybe_update_leaseholder(token, err)
-                if updated is not None:
-                    if updated.descriptor != desc:  # a newer descriptor came with the error
-                        desc = updated.descriptor
-                        order.reroute(updated.entry.routing_replicas(), updated.entry.leaseholder)
-                    token = updated
-                step = after_not_lease_holder(
-                    state, order, replica, routed, updated.entry if updated else None, err
-                )
-                reason = step.reason
-                if step.go_to is not None:
-                    self.counters.redirects += 1
-                    if err.leaseholder_address:
-                        self.directory.set(step.go_to.node_id, err.leaseholder_address)
-                    order.go_to(step.go_to)
-                    continue
-                self.counters.retry(reason)
-                if step.end_pass:
-                    return _Failed(err, reason)
-            except E.RangeKeyMismatch as err:
-                self.counters.retry(mismatch_reason(desc, err.descriptors).value)
-                self.cache.maybe_evict_for_mismatch(token, err)
-                state.stale = desc  # rule R: the next lookup must find something newer
-                return _Failed(err, None)
-            except E.RangeNotFound as err:
-                not_found += 1
-                last = err
-                reason = "range_not_found"
-                self.counters.retry(reason)
-            except E.Unavailable as err:
-                if is_write and err.outcome == E.WriteOutcome.UNKNOWN:
-                    raise
-                unreachable += 1
-                last = err
-                reason = "unavailable"
-                self.counters.retry(reason)
-            else:
-                return _Served(reply, token, replica, address)
-        if not_found and not_found == tried:
+            parent = traceparent(span)
+        submitted = self.nodes.submit(
+            address,
+            desc.range_id,
+            [req.op],
+            has_writes=req.is_write,
+            inconsistent=req.inconsistent,
+            read_timestamp=req.read_timestamp,
+            traceparent=parent,
+            fence_id=req.fence_id,
+        )
+        if span is not None:
+            # The span lasts as long as the node call, even past our deadline.
+            submitted.add_done_callback(functools.partial(end_span_with, span))
+        return submitted
+
+    def _timed_out(
+        self, p: _Pass, replica: ReplicaDescriptor, req: _Op, wait: float, remaining: float
+    ) -> _Failed | None:
+        if req.is_write:
+            raise E.DeadlineExceeded(
+                "deadline exceeded while the write was in flight; it may or may not apply",
+                E.WriteOutcome.UNKNOWN,
+            ) from None
+        if wait >= remaining:
+            return _Failed(E.DeadlineExceeded("deadline exceeded"), None)
+        # A slow or stopped replica: ask the next one (module docstring).
+        p.last = E.Unavailable(
+            f"range {p.token.descriptor.range_id}: node {replica.node_id} did not answer a "
+            f"read within {wait:.2f}s"
+        )
+        self._retry(p, "slow_replica")
+        return None
+
+    def _redirected(
+        self, p: _Pass, state: RouteState, replica: ReplicaDescriptor, err: E.NotLeaseHolder
+    ) -> _Failed | None:
+        """NotLeaseHolder: the cache learns the hint; follow it, go on, or end the pass."""
+        p.last = err
+        routed = p.token.entry
+        updated = self.cache.maybe_update_leaseholder(p.token, err)
+        if updated is not None:
+            if updated.descriptor != p.token.descriptor:  # a newer descriptor came with it
+                p.order.reroute(updated.entry.routing_replicas(), updated.entry.leaseholder)
+            p.token = updated
+        step = after_not_lease_holder(
+            state, p.order, replica, routed, updated.entry if updated else None, err
+        )
+        p.reason = step.reason
+        if step.go_to is not None:
+            self.counters.redirects += 1
+            if err.leaseholder_address:
+                self.directory.set(step.go_to.node_id, err.leaseholder_address)
+            p.order.go_to(step.go_to)
+            return None
+        self.counters.retry(p.reason)
+        return _Failed(err, p.reason) if step.end_pass else None
+
+    def _retry(self, p: _Pass, reason: str) -> None:
+        p.reason = reason
+        self.counters.retry(reason)
+
+    async def _end_pass(self, p: _Pass, state: RouteState, deadline: float) -> _Failed:
+        """Every replica was asked and none answered: what that proves about the route."""
+        if p.not_found and p.not_found == p.tried:
             # Rule R: the range is gone from every replica we know; look for a newer one.
-            self.cache.maybe_evict(token, EvictionReason.RANGE_NOT_FOUND)
-            state.stale = desc
-            return _Failed(last, None)
-        if unreachable and unreachable + not_found == tried:
-            self.cache.maybe_evict(token, EvictionReason.UNREACHABLE)
+            self.cache.maybe_evict(p.token, EvictionReason.RANGE_NOT_FOUND)
+            state.stale = p.token.descriptor
+            return _Failed(p.last, None)
+        if p.unreachable and p.unreachable + p.not_found == p.tried:
+            self.cache.maybe_evict(p.token, EvictionReason.UNREACHABLE)
             with contextlib.suppress(E.RangeKVError, TimeoutError):
                 remaining = max(0.0, deadline - self._clock.monotonic())
                 await asyncio.wait_for(self.directory.refresh(), remaining)
-            return _Failed(last, "unreachable")
-        return _Failed(last, reason)
+            return _Failed(p.last, "unreachable")
+        return _Failed(p.last, p.reason)
 
     # --- scans --------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import random
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from rangekv.common.clock import Clock, SystemClock
@@ -49,21 +50,35 @@ log = logging.getLogger("rangekv.raftnode")
 SERVICE_NAMES = ("rangekv.v1.Replica", "rangekv.v1.RaftTransport")
 
 
-async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> None:
+@dataclass
+class _Node:
+    """A storage node's parts, wired (`_assemble`) and not started yet."""
+
+    store: Store
+    transport: RaftTransport
+    meta: MetaApi | None
+    peers: Peers
+    split_queue: SplitQueue
+    rebalancer: Rebalancer
+    service: ReplicaService
+    raft_service: RaftTransportServicer
+    telemetry: Telemetry
+
+
+def _assemble(
+    server_config: ServerConfig,
+    node_config: RaftnodeConfig,
+    faults: TestFaults,
+    clock: Clock,
+    rng: random.Random,
+    peers: dict[int, str],
+) -> _Node:
+    """Build every part of the node from its configuration and the seams it is given."""
     node_id = server_config.node_id
-    if server_config.data_dir is None:
-        raise ConfigError("data_dir", "a raftnode needs --data-dir")
+    assert server_config.data_dir is not None
     mode, warning = parse_fsm_sync_mode(node_config.fsm_sync_mode)
     if warning:
         log.warning("%s", warning)
-    # Test-only settings: read once, here, then passed down; each one is loud.
-    faults = TestFaults.from_env(split_crash_after=node_config.split_crash_after)
-    for loud in faults.warnings():
-        for _ in range(3):
-            log.warning("%s", loud)
-    clock = SystemClock(faults.clock_offset_ns)
-    rng = random.Random()  # seeded from the OS: ids and incarnations differ across starts
-    peers = parse_peers(node_config.peers)
     meta_addrs = [a.strip() for a in node_config.meta_addrs.split(",") if a.strip()]
     channels = node_channels(server_config.security)
     meta = (
@@ -73,18 +88,14 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
     )
     telemetry = Telemetry("raftnode", node_id=node_id, otlp_endpoint=server_config.otlp_endpoint)
     metrics = NodeMetrics(telemetry, mode)
-
     store_ref: list[Store] = []
-
-    def resolve(peer: int) -> str | None:
-        return peers.get(peer)
 
     def snapshot_source(group_id: int, msg: Message) -> AsyncIterator[bytes]:
         return store_ref[0].snapshot_source(group_id, msg)
 
     transport = RaftTransport(
         node_id,
-        resolve,
+        peers.get,
         on_unreachable=lambda n, g, r: store_ref[0].report_unreachable(n, g, r),
         on_snapshot_status=lambda n, g, r, failed: store_ref[0].report_snapshot(n, g, r, failed),
         snapshot_source=snapshot_source,
@@ -140,20 +151,44 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
     )
     txns = DescriptorTxns(store, meta, pusher, clock, random.Random(rng.random()))
     splits = SplitCoordinator(txns, crash_after=faults.split_crash_after)
-    split_queue = SplitQueue(splits, split_config, clock)
     change_config = node_config.replica_changes()
     changes = ReplicaChanger(txns, change_config, clock)
-    rebalancer = Rebalancer(changes, meta, node_peers, change_config, clock)
-    replica_service = ReplicaService(
-        store,
-        splits=splits,
-        changes=changes,
-        max_stream_inflight=node_config.max_stream_inflight,
+    return _Node(
+        store=store,
+        transport=transport,
+        meta=meta,
+        peers=node_peers,
+        split_queue=SplitQueue(splits, split_config, clock),
+        rebalancer=Rebalancer(changes, meta, node_peers, change_config, clock),
+        service=ReplicaService(
+            store,
+            splits=splits,
+            changes=changes,
+            max_stream_inflight=node_config.max_stream_inflight,
+        ),
+        raft_service=raft_service,
+        telemetry=telemetry,
     )
 
+
+async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> None:
+    node_id = server_config.node_id
+    if server_config.data_dir is None:
+        raise ConfigError("data_dir", "a raftnode needs --data-dir")
+    # Test-only settings: read once, here, then passed down; each one is loud.
+    faults = TestFaults.from_env(split_crash_after=node_config.split_crash_after)
+    for loud in faults.warnings():
+        for _ in range(3):
+            log.warning("%s", loud)
+    clock = SystemClock(faults.clock_offset_ns)
+    rng = random.Random()  # seeded from the OS: ids and incarnations differ across starts
+    peers = parse_peers(node_config.peers)
+    node = _assemble(server_config, node_config, faults, clock, rng, peers)
+    store = node.store
+
     def register(server: object) -> None:
-        replica_pb2_grpc.add_ReplicaServicer_to_server(replica_service, server)
-        raft_service.add_to_server(server)  # type: ignore[arg-type]
+        replica_pb2_grpc.add_ReplicaServicer_to_server(node.service, server)
+        node.raft_service.add_to_server(server)  # type: ignore[arg-type]
 
     loaded = store.load_replicas()
     bootstrap_ids = parse_node_ids(node_config.bootstrap_nodes)
@@ -162,35 +197,41 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
     server = ServiceServer(
         "raftnode",
         server_config,
-        telemetry,
+        node.telemetry,
         register=register,  # type: ignore[arg-type]
         service_names=SERVICE_NAMES,
         logger=log,
     )
     store.start()
-    split_queue.start()
-    rebalancer.start()
+    node.split_queue.start()
+    node.rebalancer.start()
     await server.start()
     registry: asyncio.Task[None] | None = None
-    if meta is not None:
+    if node.meta is not None:
         host = node_config.advertise_host or server_config.listen_host
-        advertised = f"{host}:{server.port}"
-        metrics_addr = server.metrics_address or ""
         registry = asyncio.ensure_future(
-            _registry_loop(meta, node_id, advertised, metrics_addr, peers, node_config, clock)
+            _registry_loop(
+                node.meta,
+                node_id,
+                f"{host}:{server.port}",
+                server.metrics_address or "",
+                peers,
+                node_config,
+                clock,
+            )
         )
     try:
         await server.run_until_signalled()
     finally:
         await cancel_and_wait([registry])
-        await rebalancer.stop()
-        await split_queue.stop()
-        await node_peers.close()
-        if meta is not None:
-            await meta.close()
-        await transport.close()
+        await node.rebalancer.stop()
+        await node.split_queue.stop()
+        await node.peers.close()
+        if node.meta is not None:
+            await node.meta.close()
+        await node.transport.close()
         await store.stop()
-        telemetry.shutdown()
+        node.telemetry.shutdown()
 
 
 async def _registry_loop(

@@ -107,23 +107,37 @@ def decide(
     `now_wall` is the command's HLC wall time; `split_ok` says whether the
     range's descriptor is the one a split COMMIT expects.
     """
-    kind = op.kind
     if existing is None:
-        if kind == CREATE:
-            return Decision(
-                _record(op.txn, TxnStatus.PENDING, now_wall, list(op.intent_keys)), write=True
-            )
-        if kind in (PUSH, COMMIT, ABORT):
-            return Decision(_record(op.txn, TxnStatus.ABORTED, now_wall), write=True)
-        return Decision(None)
-    status = existing.status
-    if status != TxnStatus.PENDING:
-        if kind == CLEAR_INTENTS and existing.intent_keys:
-            rec = types_pb2.TxnRecord()
-            rec.CopyFrom(existing)
-            del rec.intent_keys[:]
-            return Decision(rec, write=True)
-        return Decision(existing)
+        return _decide_missing(op, now_wall)
+    if existing.status != TxnStatus.PENDING:
+        return _decide_final(op, existing)
+    return _decide_pending(op, existing, now_wall, split_ok)
+
+
+def _decide_missing(op: raftcmd_pb2.TxnOp, now_wall: int) -> Decision:
+    """No record yet: CREATE writes it PENDING; PUSH, COMMIT and ABORT make ABORTED final."""
+    if op.kind == CREATE:
+        pending = _record(op.txn, TxnStatus.PENDING, now_wall, list(op.intent_keys))
+        return Decision(pending, write=True)
+    if op.kind in (PUSH, COMMIT, ABORT):
+        return Decision(_record(op.txn, TxnStatus.ABORTED, now_wall), write=True)
+    return Decision(None)
+
+
+def _decide_final(op: raftcmd_pb2.TxnOp, existing: types_pb2.TxnRecord) -> Decision:
+    """A final record never changes status; CLEAR_INTENTS only forgets its intent keys."""
+    if op.kind == CLEAR_INTENTS and existing.intent_keys:
+        rec = types_pb2.TxnRecord()
+        rec.CopyFrom(existing)
+        del rec.intent_keys[:]
+        return Decision(rec, write=True)
+    return Decision(existing)
+
+
+def _decide_pending(
+    op: raftcmd_pb2.TxnOp, existing: types_pb2.TxnRecord, now_wall: int, split_ok: bool
+) -> Decision:
+    kind = op.kind
     if kind in (CREATE, HEARTBEAT):
         if now_wall <= existing.last_heartbeat.wall_time:
             return Decision(existing)
