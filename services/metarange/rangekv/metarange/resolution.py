@@ -1,13 +1,13 @@
 """Reader-side resolution: which descriptor is the truth for a key.
 
 A lookup (INCONSISTENT mode) hands back committed descriptors and intents; on
-their own neither is coherent (reference 004). This module turns them into
+their own neither is coherent (OVERVIEW.md says why). This module turns them into
 THE descriptor covering a key, given a way to learn a transaction's status
 (`push`: ask the transaction record, aborting it if it is expired and still
 pending). It is pure, so the gateway's range cache, the raftnode split
 coordinator and the tests share one implementation.
 
-The rule (DESIGN.md, "Reading meta"): walk the meta keys in scan order, each
+The rule (OVERVIEW.md, "Readers find the truth"): walk the meta keys in scan order, each
 key's intent before its committed value. For an intent covering the key, push
 its transaction:
 
