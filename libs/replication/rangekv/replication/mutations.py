@@ -1,10 +1,10 @@
 """Test-only mutations and faults: deliberately broken builds the chaos harness must catch.
 
 Every test-only behaviour of a process is one `TestFaults` value: read ONCE by
-the service's entry point (environment variables, and the split crash point
-flag), announced loudly, and handed to the components that act on it. No
-production config carries a test-only field; `NO_FAULTS` is what every real
-deployment runs with.
+the service's entry point from its environment variables (RANGEKV_TEST_*,
+RANGEKV_SPLIT_CRASH_AFTER), announced loudly, and handed to the components that
+act on it. No production config carries a test-only field; `NO_FAULTS` is what
+every real deployment runs with.
 
 A mutation is switched on by ONE environment variable, read once at process
 start (by the raftnode's entry point) and passed down as a frozen value:
@@ -44,6 +44,7 @@ from rangekv.common.clock import warning_line as clock_warning
 
 ENV_VAR = "RANGEKV_TEST_MUTATION"
 
+SPLIT_CRASH_ENV = "RANGEKV_SPLIT_CRASH_AFTER"
 #: Steps of a split after which `TestFaults.split_crash_after` exits the process.
 SPLIT_CRASH_POINTS: Final = ("record", "first_intent", "both_intents", "commit", "one_resolve")
 
@@ -143,7 +144,8 @@ class TestFaults:
     * `power_loss`: kill -9 loses unsynced state writes (`rocks` explains);
     * `snapshot_send_delay`: seconds waited before sending each snapshot chunk;
     * `clock_offset_ns`: the wall clock is shifted by this much (`common.clock`);
-    * `split_crash_after`: exit right after this step of a split (`SPLIT_CRASH_POINTS`).
+    * `split_crash_after`: exit right after this step of a split (`SPLIT_CRASH_POINTS`;
+      RANGEKV_SPLIT_CRASH_AFTER).
     """
 
     __test__: ClassVar[bool] = False  # not a pytest test class
@@ -156,22 +158,24 @@ class TestFaults:
 
     def __post_init__(self) -> None:
         if self.split_crash_after and self.split_crash_after not in SPLIT_CRASH_POINTS:
-            raise ValueError(f"split_crash_after must be one of {SPLIT_CRASH_POINTS}")
+            raise ValueError(
+                f"{SPLIT_CRASH_ENV}={self.split_crash_after!r} is not one of "
+                f"{'|'.join(SPLIT_CRASH_POINTS)}"
+            )
         if self.snapshot_send_delay < 0:
             raise ValueError("snapshot_send_delay must be >= 0")
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, *, split_crash_after: str = ""
-    ) -> TestFaults:
-        """The faults the environment asks for (RANGEKV_TEST_*), plus the split crash
-        point from the node's flags. Malformed values are errors, never ignored."""
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> TestFaults:
+        """The faults the environment asks for (RANGEKV_TEST_*, RANGEKV_SPLIT_CRASH_AFTER).
+        Malformed values are errors, never ignored."""
+        env = os.environ if environ is None else environ
         return cls(
-            mutation=parse_mutation(environ),
-            power_loss=parse_power_loss(environ),
-            snapshot_send_delay=parse_snapshot_delay(environ),
-            clock_offset_ns=test_clock_offset_ns(environ),
-            split_crash_after=split_crash_after,
+            mutation=parse_mutation(env),
+            power_loss=parse_power_loss(env),
+            snapshot_send_delay=parse_snapshot_delay(env),
+            clock_offset_ns=test_clock_offset_ns(env),
+            split_crash_after=env.get(SPLIT_CRASH_ENV, "").strip(),
         )
 
     def warnings(self) -> list[str]:

@@ -11,7 +11,6 @@ from rangekv.raftnode.change import ReplicaChangeConfig
 from rangekv.raftnode.fences import FenceLimits
 from rangekv.raftnode.requests import ReplicaLimits
 from rangekv.raftnode.split import SplitConfig
-from rangekv.replication.mutations import SPLIT_CRASH_POINTS
 from rangekv.replication.timing import RaftTiming
 
 
@@ -102,11 +101,6 @@ class RaftnodeConfig:
     split_check_interval: float = setting(
         10.0, help="seconds between range size checks and txn record cleanups"
     )
-    split_crash_after: str = setting(
-        "",
-        help="testing only: exit the process right after this step of a split "
-        f"({'|'.join(SPLIT_CRASH_POINTS)})",
-    )
 
     replication_factor: int = setting(3, help="voters every range should have (rebalancer)")
     dead_after: float = setting(
@@ -156,11 +150,6 @@ class RaftnodeConfig:
             self.replica_changes()
         except ValueError as exc:
             require(False, "replication_factor", str(exc))
-        require(
-            self.split_crash_after in ("", *SPLIT_CRASH_POINTS),
-            "split_crash_after",
-            f"must be one of {', '.join(SPLIT_CRASH_POINTS)}",
-        )
 
     def timing(self) -> RaftTiming:
         return RaftTiming(

@@ -176,7 +176,7 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
     if server_config.data_dir is None:
         raise ConfigError("data_dir", "a raftnode needs --data-dir")
     # Test-only settings: read once, here, then passed down; each one is loud.
-    faults = TestFaults.from_env(split_crash_after=node_config.split_crash_after)
+    faults = TestFaults.from_env()
     for loud in faults.warnings():
         for _ in range(3):
             log.warning("%s", loud)
