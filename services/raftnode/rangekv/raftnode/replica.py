@@ -32,19 +32,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from opentelemetry import trace
 
 from rangekv.common import errors as E
-from rangekv.common.clock import Clock
 from rangekv.common.descriptors import RangeDescriptor
-from rangekv.common.hlc import ClockOffsetError, HybridClock, Timestamp
+from rangekv.common.hlc import ClockOffsetError, Timestamp
 from rangekv.common.telemetry import SpanSet
 from rangekv.domain.txn import check_txn_id
 from rangekv.raft import LeaseStatus
 from rangekv.raftnode import mvcc
+from rangekv.raftnode.context import ReplicaContext
 from rangekv.raftnode.fences import FenceState, ScanFences
 from rangekv.raftnode.keys import txn_record_key
 from rangekv.raftnode.range_state import (
@@ -54,88 +53,18 @@ from rangekv.raftnode.range_state import (
     ts_from_proto,
     ts_to_proto,
 )
-from rangekv.raftnode.requests import READ_KINDS, WRITE_KINDS, ReplicaLimits, keys_outside, validate
+from rangekv.raftnode.requests import READ_KINDS, WRITE_KINDS, keys_outside, validate
 from rangekv.raftnode.writes import RangeWrites, op_key
 from rangekv.replication.group import NotLeaderNow, RaftGroup
-from rangekv.replication.host import GroupHost
-from rangekv.replication.state_engine import Reader, StateBatch, StateEngine
+from rangekv.replication.state_engine import Reader, StateBatch
 from rangekv.v1 import raftcmd_pb2, replica_pb2, types_pb2
 
-__all__ = ["RangeReplica", "ReadOutcomeCounter", "Refusals", "ReplicaContext"]
+__all__ = ["RangeReplica"]
 
 log = logging.getLogger(__name__)
 
 #: Span name of a consistent read's read point, by how it was obtained.
 READ_SPANS: Final = {"hit": "read.lease", "readindex": "read.read_index"}
-
-
-class ReadCounter(Protocol):
-    """Counts consistent reads by outcome: hit | readindex | not_leader."""
-
-    def add(self, outcome: str) -> None: ...
-
-
-class ReadOutcomeCounter:
-    """An in-memory ReadCounter (telemetry provides the exported one)."""
-
-    def __init__(self) -> None:
-        self.counts = {"hit": 0, "readindex": 0, "not_leader": 0}
-
-    def add(self, outcome: str) -> None:
-        self.counts[outcome] += 1
-
-
-class RefusalCounter(Protocol):
-    """Counts requests refused on purpose, by reason: clock_offset | overloaded | fence_lost."""
-
-    def add(self, reason: str) -> None: ...
-
-
-class Refusals:
-    """An in-memory RefusalCounter (telemetry provides the exported one)."""
-
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
-
-    def add(self, reason: str) -> None:
-        self.counts[reason] = self.counts.get(reason, 0) + 1
-
-
-@dataclass
-class ReplicaContext:
-    """What every replica of a node shares."""
-
-    node_id: int
-    host: GroupHost
-    hlc: HybridClock
-    limits: ReplicaLimits
-    resolve_address: Callable[[int], str]
-    clock: Clock
-    reads: ReadCounter | None = None
-    refusals: RefusalCounter = field(default_factory=Refusals)
-    on_leader_change: Callable[[], None] | None = None
-    #: Called (inside apply) when a split trigger narrows `replica` to `left`:
-    #: the store writes the right-hand range's initial state into `batch` and
-    #: creates its raft group once the batch is durable.
-    on_split: (
-        Callable[[RangeReplica, RangeDescriptor, RangeDescriptor, StateBatch], None] | None
-    ) = None
-    #: The descriptor of this node's replica holding a key, if any (for
-    #: RangeKeyMismatch answers that name the right-hand side of a split).
-    descriptor_for_key: Callable[[bytes], RangeDescriptor | None] | None = None
-    #: Called (inside apply) when a replica change installs a new descriptor:
-    #: the store refreshes the raft snapshot metadata (so a snapshot names a
-    #: new learner) and destroys a replica that was removed.
-    on_replica_change: Callable[[RangeReplica, RangeDescriptor], None] | None = None
-    #: Ids of the replica change transactions this node coordinates right now:
-    #: a push never aborts them (see rangekv.raftnode.change).
-    active_txns: set[bytes] = field(default_factory=set)
-    #: None unless tracing is on (Telemetry.active_tracer).
-    tracer: trace.Tracer | None = None
-
-    @property
-    def engine(self) -> StateEngine:
-        return self.host.state_engine
 
 
 class RangeReplica:

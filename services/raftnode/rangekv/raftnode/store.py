@@ -21,12 +21,9 @@ from rangekv.common.clock import Clock
 from rangekv.common.descriptors import RangeDescriptor, ReplicaType
 from rangekv.common.hlc import ClockOffsetError, HybridClock, Timestamp
 from rangekv.raft import ConfState, HardState, Message, MessageType, Snapshot, SnapshotMetadata
+from rangekv.raftnode.context import ReadOutcomeCounter, ReplicaContext
 from rangekv.raftnode.range_state import range_spans
-from rangekv.raftnode.replica import (
-    RangeReplica,
-    ReadOutcomeCounter,
-    ReplicaContext,
-)
+from rangekv.raftnode.replica import RangeReplica
 from rangekv.raftnode.requests import ReplicaLimits
 from rangekv.replication.engines import EngineOpener
 from rangekv.replication.host import GroupHost, HostConfig, Route
