@@ -168,6 +168,7 @@ class PowerCutEngines:
     """The engine opener of a node whose power the test can cut (RocksDB on disk)."""
 
     data_dir: Path
+    blocking: bool = True
 
     def __call__(self, sync_mode: FsmSyncMode) -> Engines:
         log_engine = PowerCutLogEngine.open(self.data_dir / "raftlog")

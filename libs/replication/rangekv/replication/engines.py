@@ -27,6 +27,12 @@ Engines = tuple[RaftLogEngine, StateEngine]
 class EngineOpener(Protocol):
     """Opens a process's engines (once per process start)."""
 
+    #: Whether the engines' writes block on a disk: then they run in worker
+    #: threads, beside the event loop; otherwise inline (a simulation stays
+    #: single-threaded, so its runs are reproducible).
+    @property
+    def blocking(self) -> bool: ...
+
     def __call__(self, sync_mode: FsmSyncMode) -> Engines: ...
 
 
@@ -39,6 +45,7 @@ class RocksEngines:
 
     data_dir: Path
     power_loss: bool = False
+    blocking: bool = True
 
     def __call__(self, sync_mode: FsmSyncMode) -> Engines:
         log_engine = RaftLogEngine.open(self.data_dir / "raftlog")
@@ -54,6 +61,9 @@ class MemoryEngines:
 
     log_disk: MemoryDisk = field(default_factory=MemoryDisk)
     state_disk: MemoryDisk = field(default_factory=MemoryDisk)
+    #: Commit inline: no thread, so a simulation is reproducible. A test that
+    #: wants the real interleaving of worker-thread commits sets it.
+    blocking: bool = False
 
     def __call__(self, sync_mode: FsmSyncMode) -> Engines:
         return RaftLogEngine.in_memory(self.log_disk), StateEngine.in_memory(

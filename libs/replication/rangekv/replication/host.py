@@ -22,7 +22,7 @@ import logging
 import random
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from rangekv.common.clock import Clock
 from rangekv.common.tasks import cancel_and_wait
@@ -48,6 +48,8 @@ from rangekv.v1 import types_pb2
 __all__ = ["GroupHost", "HostConfig", "Route", "Router"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Where an outgoing message goes: (node id, descriptor to attach or None).
 Route = tuple[int, types_pb2.RangeDescriptor | None]
@@ -106,11 +108,13 @@ class GroupHost:
         self._rng = rng
         self.faults = faults
         self.log_engine, self.state_engine = open_engines(config.fsm_sync_mode)
+        self._blocking_io = open_engines.blocking
         self.scheduler = RaftScheduler(
             self.log_engine,
             self.state_engine,
             self._send,
             metrics=scheduler_metrics,
+            blocking_io_in_thread=open_engines.blocking,
             mutation=faults.mutation,
             clock=clock,
         )
@@ -250,7 +254,7 @@ class GroupHost:
         streamed = AppliedState.decode(raw) if raw else AppliedState(0, 0)
         if self.faults.mutation is Mutation.STALE_SNAPSHOT_INGEST:
             # TEST MUTATION: the old unchecked ingest, beside the scheduler.
-            await asyncio.to_thread(self.state_engine.commit, batch, force_sync=True)
+            await self.run_blocking(lambda: self.state_engine.commit(batch, force_sync=True))
             group.applied_index = max(group.applied_index, streamed.index)
             group.state_machine.snapshot_installed(local)
             group.deliver(message)
@@ -273,6 +277,13 @@ class GroupHost:
             return True
 
         return await self.scheduler.call_in_section(install)
+
+    async def run_blocking(self, fn: Callable[[], T]) -> T:
+        """`fn()` (engine I/O): in a worker thread when the engines block on a disk,
+        inline otherwise (see `EngineOpener.blocking`)."""
+        if self._blocking_io:
+            return await asyncio.to_thread(fn)
+        return fn()
 
     # --- background loops -------------------------------------------------------------
 
@@ -323,7 +334,7 @@ class GroupHost:
             return 0
         if self.state_engine.sync_mode == FsmSyncMode.NOSYNC:
             # Durable through every target: they were applied before this sync.
-            await asyncio.to_thread(self.state_engine.sync)
+            await self.run_blocking(self.state_engine.sync)
         return await self.scheduler.call_in_section(lambda: self._truncate_now(candidates))
 
     def _truncatable(self, group_id: int, target: int) -> bool:

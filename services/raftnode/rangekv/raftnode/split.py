@@ -29,8 +29,8 @@ pending records and resolves the intents of final ones (the record lists its
 intent keys), so meta converges without anyone reading.
 
 The queue also splits ranges whose approximate size exceeds a threshold: sizes
-are estimated by scanning the range's MVCC span from an engine snapshot in a
-worker thread, then raised by every applied write (`RangeStateMachine.approx_size`).
+are estimated by scanning the range's MVCC span from an engine snapshot beside the
+event loop, then raised by every applied write (`RangeStateMachine.approx_size`).
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ class SplitQueue:
 
 async def middle_key(store: Store, replica: RangeReplica) -> tuple[int, bytes] | None:
     """(bytes of the range's MVCC data, the user key where half of them lie below),
-    from one engine snapshot scanned in a worker thread; None when there is no
+    from one engine snapshot scanned beside the event loop; None when there is no
     key strictly after the range's start to split at."""
     desc = replica.descriptor
     lo, hi = data_span(desc.start_key, desc.end_key)
@@ -253,7 +253,7 @@ async def middle_key(store: Store, replica: RangeReplica) -> tuple[int, bytes] |
         finally:
             snap.close()
 
-    return await asyncio.to_thread(scan)
+    return await store.host.run_blocking(scan)
 
 
 def _halfway(
