@@ -46,7 +46,7 @@ from rangekv.raftnode.replica import RangeReplica
 from rangekv.raftnode.requests import ReplicaLimits
 from rangekv.raftnode.store import Store, StoreConfig
 from rangekv.replication.engines import EngineOpener, Engines, MemoryEngines, RocksEngines
-from rangekv.replication.host import HostConfig
+from rangekv.replication.host import HostConfig, HostSeams
 from rangekv.replication.log_engine import LogBatch, RaftLogEngine
 from rangekv.replication.mutations import Mutation, TestFaults
 from rangekv.replication.raft_network import MemoryNetwork
@@ -188,7 +188,7 @@ class InProcCluster:
         timing: RaftTiming | None = None,
         max_clock_offset_ns: int = 500_000_000,
         log_retain_entries: int = 2000,
-        store_factory: Callable[[StoreConfig, dict[str, Any]], Store] | None = None,
+        store_factory: Callable[[StoreConfig, HostSeams], Store] | None = None,
         mutation: Mutation = Mutation.NONE,
         power_cuts: bool = False,
         limits: ReplicaLimits | None = None,
@@ -247,20 +247,19 @@ class InProcCluster:
             opener = PowerCutEngines(data_dir)
         else:
             opener = RocksEngines(data_dir)
-        kwargs: dict[str, Any] = {
-            "resolve_address": lambda n: f"node-{n}",
-            "sender": self.router.sender(node),
-            "open_engines": opener,
-            "clock": self.clock.of(node),
+        seams = HostSeams(
+            sender=self.router.sender(node),
+            open_engines=opener,
+            clock=self.clock.of(node),
             # Every start of a node draws new incarnations, as a real restart does.
-            "rng": random.Random(node * 1000 + next(self._starts)),
-            "faults": TestFaults(mutation=self.mutation),
-        }
+            rng=random.Random(node * 1000 + next(self._starts)),
+            faults=TestFaults(mutation=self.mutation),
+        )
         config = self._config(node)
         if self._store_factory is not None:
-            store = self._store_factory(config, kwargs)
+            store = self._store_factory(config, seams)
         else:
-            store = Store(config, **kwargs)
+            store = Store(config, seams, resolve_address=lambda n: f"node-{n}")
         self.router.attach(node, store)
         return store
 

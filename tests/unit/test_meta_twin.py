@@ -1,4 +1,4 @@
-"""`MemoryMetaClient`, the meta client's twin: the real service handlers and state
+"""`memory_meta_client`, the meta client's twin: the real service handlers and state
 machine, with no raft and no gRPC, answering as the meta range does."""
 
 from __future__ import annotations
@@ -14,17 +14,17 @@ from rangekv.domain.descriptor_txn import plan_split
 from rangekv.domain.txn import TxnStatus
 from rangekv.metarange.client import MetaApi
 from rangekv.metarange.commands import Bootstrap
-from rangekv.metarange.local import MemoryMetaClient
+from rangekv.metarange.local import LocalMeta, memory_meta_client
 from rangekv.v1 import meta_pb2
 
 
 def test_a_split_through_the_twin_reads_back_like_meta() -> None:
     async def main() -> None:
-        meta: MetaApi = MemoryMetaClient(ManualClock())
-        assert isinstance(meta, MemoryMetaClient)
+        backend = LocalMeta()
+        meta: MetaApi = memory_meta_client(ManualClock(), backend)
         with pytest.raises(E.Unavailable):  # not bootstrapped: what the service says
             await meta.allocate_ids(meta_pb2.ID_KIND_RANGE)
-        await meta.backend.execute(Bootstrap(first_range([1, 2, 3])))
+        await backend.execute(Bootstrap(first_range([1, 2, 3])))
         ids = await meta.allocate_ids(meta_pb2.ID_KIND_RANGE)
         original = first_range([1, 2, 3])
         plan = plan_split(original, b"m", ids.first, b"\x07" * 16)

@@ -6,7 +6,7 @@ mode), one scheduler (group commit), a ticker, log truncation, and snapshot
 streaming from a consistent engine snapshot. `GroupHost` is that machinery.
 A service composes it with what is its own: a `Router` (how replica ids map
 to nodes), the `StateMachine` and `CommandMerger` of each group it adds, and
-the seams the host is handed (engine opener, raft sender, clock, random
+the `HostSeams` it is handed (raft sender, engine opener, clock, random
 source, test faults).
 
 Log truncation keeps `log_retain_entries` entries below the applied index, so
@@ -45,7 +45,7 @@ from rangekv.replication.sync_mode import FsmSyncMode
 from rangekv.replication.timing import RaftTiming
 from rangekv.v1 import types_pb2
 
-__all__ = ["GroupHost", "HostConfig", "Route", "Router"]
+__all__ = ["GroupHost", "HostConfig", "HostSeams", "Route", "Router"]
 
 log = logging.getLogger(__name__)
 
@@ -86,37 +86,43 @@ class HostConfig:
             raise ValueError("truncate_interval must be > 0")
 
 
+@dataclass(frozen=True)
+class HostSeams:
+    """What a host is given from outside: every I/O seam, each with an in-memory twin.
+
+    `sender`: where outgoing raft messages go (`RaftTransport` | `MemoryNetwork`);
+    `open_engines`: the engines (`RocksEngines` | `MemoryEngines`); `clock` and
+    `rng` (seeded): time and chance; `faults`: test-only behaviour (`NO_FAULTS`
+    in production); `scheduler_metrics`: the scheduler's figures (telemetry)."""
+
+    sender: RaftSender
+    open_engines: EngineOpener
+    clock: Clock
+    rng: random.Random
+    faults: TestFaults = NO_FAULTS
+    scheduler_metrics: SchedulerMetrics | None = None
+
+
 class GroupHost:
     """Engines, scheduler, ticker, truncation and snapshots for a process's groups."""
 
-    def __init__(
-        self,
-        config: HostConfig,
-        *,
-        router: Router,
-        sender: RaftSender,
-        open_engines: EngineOpener,
-        clock: Clock,
-        rng: random.Random,
-        faults: TestFaults = NO_FAULTS,
-        scheduler_metrics: SchedulerMetrics | None = None,
-    ) -> None:
+    def __init__(self, config: HostConfig, router: Router, seams: HostSeams) -> None:
         self.config = config
         self._router = router
-        self._sender = sender
-        self.clock = clock
-        self._rng = rng
-        self.faults = faults
-        self.log_engine, self.state_engine = open_engines(config.fsm_sync_mode)
-        self._blocking_io = open_engines.blocking
+        self._sender = seams.sender
+        self.clock = seams.clock
+        self._rng = seams.rng
+        self.faults = seams.faults
+        self.log_engine, self.state_engine = seams.open_engines(config.fsm_sync_mode)
+        self._blocking_io = seams.open_engines.blocking
         self.scheduler = RaftScheduler(
             self.log_engine,
             self.state_engine,
             self._send,
-            metrics=scheduler_metrics,
-            blocking_io_in_thread=open_engines.blocking,
-            mutation=faults.mutation,
-            clock=clock,
+            metrics=seams.scheduler_metrics,
+            blocking_io_in_thread=self._blocking_io,
+            mutation=self.faults.mutation,
+            clock=self.clock,
         )
         self._tasks: list[asyncio.Task[None]] = []
 

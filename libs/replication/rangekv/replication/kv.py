@@ -18,10 +18,10 @@ The rules both keep:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
-__all__ = ["KVBatch", "KVSnapshot", "KVStore"]
+__all__ = ["KVBatch", "KVSnapshot", "KVStore", "OneWrite"]
 
 
 class KVBatch(Protocol):
@@ -75,3 +75,25 @@ class KVStore(Protocol):
     def snapshot(self) -> KVSnapshot: ...
 
     def close(self) -> None: ...
+
+
+class OneWrite:
+    """A store batch that an engine writes once: usable until sealed, refused after
+    (a store's batch is consumed by its write, and reusing one is a bug)."""
+
+    __slots__ = ("_batch", "_refused")
+
+    def __init__(self, batch: KVBatch, refused: Callable[[], Exception]) -> None:
+        self._batch: KVBatch | None = batch
+        self._refused = refused
+
+    def get(self) -> KVBatch:
+        if self._batch is None:
+            raise self._refused()
+        return self._batch
+
+    def seal(self) -> KVBatch:
+        """The batch, for its one write; any later use raises."""
+        batch = self.get()
+        self._batch = None
+        return batch

@@ -49,7 +49,7 @@ from rangekv.raft import (
     with_commit_floor,
 )
 from rangekv.replication import log_format as F
-from rangekv.replication.kv import KVBatch, KVStore
+from rangekv.replication.kv import KVBatch, KVStore, OneWrite
 from rangekv.replication.log_format import LogCorruptionError
 from rangekv.replication.memory_kv import MemoryDisk, MemoryKV
 from rangekv.replication.rocks import RocksKV, StatisticsDisabledError
@@ -410,7 +410,9 @@ class LogBatch:
 
     def __init__(self, engine: RaftLogEngine) -> None:
         self.engine = engine
-        self._wb: KVBatch | None = engine._live().new_batch()
+        self._wb = OneWrite(
+            engine._live().new_batch(), lambda: RuntimeError("LogBatch was already committed")
+        )
         self._views: dict[int, _GroupState] = {}
         self._bases: dict[int, _GroupState] = {}
         self._deps: dict[int, set[str]] = {}
@@ -420,14 +422,10 @@ class LogBatch:
         self.entry_count = 0
 
     def _batch(self) -> KVBatch:
-        if self._wb is None:
-            raise RuntimeError("LogBatch was already committed")
-        return self._wb
+        return self._wb.get()
 
     def _seal(self) -> KVBatch:
-        wb = self._batch()
-        self._wb = None
-        return wb
+        return self._wb.seal()
 
     def _view(self, group_id: int, deps: tuple[str, ...], writes: tuple[str, ...]) -> _GroupState:
         view = self._views.get(group_id)

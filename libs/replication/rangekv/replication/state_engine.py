@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
 
-from rangekv.replication.kv import KVBatch, KVSnapshot, KVStore
+from rangekv.replication.kv import KVBatch, KVSnapshot, KVStore, OneWrite
 from rangekv.replication.memory_kv import MemoryDisk, MemoryKV
 from rangekv.replication.rocks import RocksKV, StatisticsDisabledError
 from rangekv.replication.sync_mode import FsmSyncMode
@@ -297,21 +297,20 @@ class StateBatch:
 
     def __init__(self, engine: StateEngine) -> None:
         self.engine = engine
-        self._wb: KVBatch | None = engine._live().new_batch()
+        self._wb = OneWrite(
+            engine._live().new_batch(),
+            lambda: BatchAlreadyCommittedError("StateBatch was already committed"),
+        )
         self._overlay: dict[bytes, bytes | None] = {}
         self._sorted: list[bytes] | None = []
         self._range_tombstones: list[tuple[bytes, bytes]] = []
         self._ops = 0
 
     def _batch(self) -> KVBatch:
-        if self._wb is None:
-            raise BatchAlreadyCommittedError("StateBatch was already committed")
-        return self._wb
+        return self._wb.get()
 
     def _seal(self) -> KVBatch:
-        wb = self._batch()
-        self._wb = None
-        return wb
+        return self._wb.seal()
 
     def _touch(self, key: bytes, value: bytes | None) -> None:
         if key not in self._overlay and self._sorted is not None:

@@ -56,6 +56,7 @@ from .lanes import (
     lane_for,
 )
 from .raft_codec import message_to_proto
+from .raft_network import RaftEndpoint
 from .transport_server import MAX_MESSAGE_BYTES, SERVER_OPTIONS, RaftTransportServicer
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "RaftTransport",
     "RaftTransportServicer",
     "TransportConfig",
+    "transport_for",
 ]
 
 log = logging.getLogger(__name__)
@@ -585,3 +587,32 @@ class RaftTransport:
         self._closed = True
         peers, self._peers = self._peers, {}
         await asyncio.gather(*(w.stop() for peer in peers.values() for w in peer))
+
+
+def transport_for(
+    node_id: int,
+    resolve: Resolver,
+    endpoint: Callable[[], RaftEndpoint],
+    *,
+    clock: Clock,
+    rng: random.Random,
+    metrics: TransportMetrics | None = None,
+    channels: ChannelOpener | None = None,
+    stamp: Callable[[], types_pb2.Timestamp] | None = None,
+) -> RaftTransport:
+    """The transport of a process whose `RaftEndpoint` is `endpoint()`: it streams that
+    endpoint's snapshots and reports lost messages and snapshot outcomes to it. The
+    endpoint is looked up at each call, since it is built after (and with) the
+    transport."""
+    return RaftTransport(
+        node_id,
+        resolve,
+        on_unreachable=lambda n, g, r: endpoint().report_unreachable(n, g, r),
+        on_snapshot_status=lambda n, g, r, failed: endpoint().report_snapshot(n, g, r, failed),
+        snapshot_source=lambda g, m: endpoint().snapshot_source(g, m),
+        clock=clock,
+        rng=rng,
+        metrics=metrics,
+        channels=channels,
+        stamp=stamp,
+    )

@@ -5,8 +5,9 @@ one: it knows the addresses of every metarange replica, remembers which one
 led last, follows NotLeader hints at once, moves to the next replica when one
 is unreachable, and gives up at the call's deadline. Inconsistent lookups go
 to any replica (a follower answers them while the group elects).
-`rangekv.metarange.local.MemoryMetaClient` is its in-memory twin (the meta
-state machine with no raft and no gRPC), for tests and simulations.
+`rangekv.metarange.local.memory_meta_client` builds its in-memory twin (this
+client over the meta service's handlers in-process: no raft, no gRPC), for
+tests and simulations.
 """
 
 from __future__ import annotations
@@ -77,10 +78,12 @@ class MetaClient:
         rng: random.Random | None = None,
         clock: Clock | None = None,
         channels: ChannelOpener | None = None,
+        stubs: Callable[[str], meta_pb2_grpc.MetaStub] | None = None,
     ) -> None:
         """``channels``: how replicas are dialled (TLS with this process's identity in a
         secure cluster; plaintext if None); ``clock`` and ``rng`` (which replica to
-        try first) default to the system's."""
+        try first) default to the system's; ``stubs``: how an address becomes a stub
+        (over ``channels`` unless given: `local.memory_meta_client` serves in-process)."""
         if not addresses:
             raise ValueError("MetaClient needs at least one metarange address")
         self.addresses = list(addresses)
@@ -90,9 +93,12 @@ class MetaClient:
         #: How this client dials (shared with callers that reach the same cluster).
         self.opener: ChannelOpener = channels if channels is not None else PlaintextChannels()
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs = stubs
         self._leader: str | None = None
 
     def _stub(self, address: str) -> meta_pb2_grpc.MetaStub:
+        if self._stubs is not None:
+            return self._stubs(address)
         ch = self._channels.get(address)
         if ch is None:
             ch = self.opener(address, CHANNEL_OPTIONS)

@@ -1,20 +1,23 @@
-"""The in-memory twins of the meta range: `LocalMeta` and `MemoryMetaClient`.
+"""The in-memory twins of the meta range: `LocalMeta` and `memory_meta_client`.
 
 `LocalMeta` is a meta range of one replica with no raft: a command is applied
 by the real `MetaStateMachine` into a state engine (on a simulated disk by
 default) the moment it is executed, and every read is consistent.
-`MemoryMetaClient` is the `MetaApi` twin of `client.MetaClient`: its calls go
-through the real `MetaService` handlers over a `LocalMeta`, so validation,
-refusals and answers are exactly the service's -- only raft, the network and
-gRPC are missing. Tests and simulations of the storage nodes and the gateway
+`memory_meta_client` builds the `MetaApi` twin: the real `client.MetaClient`
+whose calls go to the real `MetaService` handlers over a `LocalMeta`, so
+validation, refusals and answers are exactly the service's -- only raft, the
+network and gRPC are missing. Tests and simulations of the storage nodes and the gateway
 use it where the meta range is not what they test.
 """
 
 from __future__ import annotations
 
+import random
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from rangekv.common.clock import Clock
+from rangekv.metarange.client import MetaClient
 from rangekv.metarange.commands import Command
 from rangekv.metarange.replica import MetaCounters
 from rangekv.metarange.service import MetaService
@@ -22,9 +25,8 @@ from rangekv.metarange.state import MetaStateMachine
 from rangekv.replication.memory_kv import MemoryDisk
 from rangekv.replication.state_engine import StateEngine
 from rangekv.replication.sync_mode import FsmSyncMode
-from rangekv.v1 import meta_pb2
 
-__all__ = ["LocalMeta", "MemoryMetaClient"]
+__all__ = ["LocalMeta", "memory_meta_client"]
 
 
 class LocalMeta:
@@ -56,63 +58,24 @@ class LocalMeta:
         return 1, "local"
 
 
-class MemoryMetaClient:
-    """The `MetaApi` over a `LocalMeta`, through the real service handlers."""
+class _LocalStub:
+    """A `MetaStub` whose calls are the service's handlers, in this process."""
 
-    def __init__(self, clock: Clock, backend: LocalMeta | None = None) -> None:
-        self.backend = backend if backend is not None else LocalMeta()
-        self.service = MetaService(self.backend, clock=clock)
+    def __init__(self, service: MetaService) -> None:
+        self._service = service
 
-    async def lookup_range(
-        self,
-        key: bytes,
-        *,
-        prefetch: int = 8,
-        consistent: bool = False,
-        include_intents: bool = False,
-        timeout: float | None = None,
-    ) -> meta_pb2.LookupRangeResponse:
-        mode = meta_pb2.LOOKUP_MODE_CONSISTENT if consistent else meta_pb2.LOOKUP_MODE_INCONSISTENT
-        req = meta_pb2.LookupRangeRequest(
-            key=key, prefetch=prefetch, mode=mode, include_intents=include_intents
-        )
-        return await self.service.LookupRange(req, None)  # type: ignore[arg-type]
+    def __getattr__(self, method: str) -> Callable[..., Awaitable[Any]]:
+        handler = getattr(self._service, method)
 
-    async def list_ranges(
-        self, start_key: bytes = b"", limit: int = 0, include_intents: bool = False
-    ) -> meta_pb2.ListRangesResponse:
-        req = meta_pb2.ListRangesRequest(
-            start_key=start_key, limit=limit, include_intents=include_intents
-        )
-        return await self.service.ListRanges(req, None)  # type: ignore[arg-type]
+        async def call(request: Any, timeout: float | None = None) -> Any:
+            return await handler(request, None)
 
-    async def write_intent(self, req: meta_pb2.WriteIntentRequest) -> meta_pb2.WriteIntentResponse:
-        return await self.service.WriteIntent(req, None)  # type: ignore[arg-type]
+        return call
 
-    async def resolve_intent(
-        self, meta_key: bytes, txn_id: bytes, status: int
-    ) -> meta_pb2.ResolveIntentResponse:
-        req = meta_pb2.ResolveIntentRequest(meta_key=meta_key, txn_id=txn_id, status=status)  # type: ignore[arg-type]
-        return await self.service.ResolveIntent(req, None)  # type: ignore[arg-type]
 
-    async def allocate_ids(self, kind: int, count: int = 1) -> meta_pb2.AllocateIdsResponse:
-        req = meta_pb2.AllocateIdsRequest(kind=kind, count=count)  # type: ignore[arg-type]
-        return await self.service.AllocateIds(req, None)  # type: ignore[arg-type]
-
-    async def heartbeat(
-        self, node_id: int, address: str, metrics_address: str = ""
-    ) -> meta_pb2.HeartbeatResponse:
-        req = meta_pb2.HeartbeatRequest()
-        req.node.node_id = node_id
-        req.node.address = address
-        req.node.metrics_address = metrics_address
-        return await self.service.Heartbeat(req, None)  # type: ignore[arg-type]
-
-    async def list_nodes(self) -> meta_pb2.ListNodesResponse:
-        return await self.service.ListNodes(meta_pb2.ListNodesRequest(), None)  # type: ignore[arg-type]
-
-    async def cluster_info(self) -> meta_pb2.ClusterInfoResponse:
-        return await self.service.ClusterInfo(meta_pb2.ClusterInfoRequest(), None)  # type: ignore[arg-type]
-
-    async def close(self) -> None:
-        return None
+def memory_meta_client(clock: Clock, backend: LocalMeta | None = None) -> MetaClient:
+    """A `MetaClient` answered by the real service handlers over `backend` (a fresh
+    `LocalMeta` if None), in this process: the `MetaApi` twin."""
+    service = MetaService(backend if backend is not None else LocalMeta(), clock=clock)
+    stub = _LocalStub(service)
+    return MetaClient(["local"], clock=clock, rng=random.Random(0), stubs=lambda _addr: stub)  # type: ignore[arg-type,return-value]

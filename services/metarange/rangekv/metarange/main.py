@@ -38,15 +38,14 @@ from rangekv.metarange.commands import Bootstrap
 from rangekv.metarange.replica import MetaHost
 from rangekv.metarange.service import MetaService
 from rangekv.metarange.state import MetaStateMachine
-from rangekv.raft import Message
 from rangekv.replication.engines import RocksEngines
-from rangekv.replication.host import HostConfig
+from rangekv.replication.host import HostConfig, HostSeams
 from rangekv.replication.lanes import TelemetryTransportMetrics
 from rangekv.replication.mutations import TestFaults
 from rangekv.replication.raft_codec import message_from_proto
 from rangekv.replication.sync_mode import parse_fsm_sync_mode
 from rangekv.replication.timing import RaftTiming
-from rangekv.replication.transport import RaftTransport
+from rangekv.replication.transport import transport_for
 from rangekv.replication.transport_server import RaftTransportServicer
 from rangekv.v1 import meta_pb2_grpc, raft_pb2
 
@@ -123,16 +122,10 @@ async def serve(server_config: ServerConfig, cfg: MetarangeConfig) -> None:
     rng = random.Random()  # seeded from the OS: incarnations differ across starts
     telemetry = Telemetry("metarange", node_id=node_id, otlp_endpoint=server_config.otlp_endpoint)
     host_ref: list[MetaHost] = []
-
-    def snapshot_source(group_id: int, msg: Message) -> AsyncIterator[bytes]:
-        return host_ref[0].snapshot_source(group_id, msg)
-
-    transport = RaftTransport(
+    transport = transport_for(
         node_id,
         peers.get,
-        on_unreachable=lambda n, g, r: host_ref[0].report_unreachable(n, g, r),
-        on_snapshot_status=lambda n, g, r, f: host_ref[0].report_snapshot(n, g, r, f),
-        snapshot_source=snapshot_source,
+        lambda: host_ref[0],
         clock=clock,
         rng=random.Random(rng.random()),
         metrics=TelemetryTransportMetrics(telemetry),
@@ -149,11 +142,13 @@ async def serve(server_config: ServerConfig, cfg: MetarangeConfig) -> None:
             fsm_sync_mode=mode,
             log_retain_entries=cfg.log_retain_entries,
         ),
+        HostSeams(
+            sender=transport,
+            open_engines=RocksEngines(Path(server_config.data_dir)),
+            clock=clock,
+            rng=random.Random(rng.random()),
+        ),
         peers=peers,
-        sender=transport,
-        open_engines=RocksEngines(Path(server_config.data_dir)),
-        clock=clock,
-        rng=random.Random(rng.random()),
     )
     host_ref.append(host)
     host.open_replica(tuple(sorted(peers)))

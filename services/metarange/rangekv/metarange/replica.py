@@ -12,23 +12,18 @@ ladder as ranges (RaftGroup.await_read_point).
 
 from __future__ import annotations
 
-import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from rangekv.common import errors as E
-from rangekv.common.clock import Clock
 from rangekv.metarange.commands import Command, encode_command
 from rangekv.metarange.keys import META_GROUP_ID
 from rangekv.metarange.state import MetaStateMachine
 from rangekv.raft import ConfState, HardState, Message, Snapshot, SnapshotMetadata
-from rangekv.replication.engines import EngineOpener
 from rangekv.replication.group import NotLeaderNow, RaftGroup
-from rangekv.replication.host import GroupHost, HostConfig, Route
-from rangekv.replication.mutations import NO_FAULTS, TestFaults
-from rangekv.replication.raft_network import Inbound, RaftSender
-from rangekv.replication.scheduler import SchedulerMetrics
+from rangekv.replication.host import GroupHost, HostConfig, HostSeams, Route
+from rangekv.replication.raft_network import Inbound
 from rangekv.replication.state_engine import AppliedState, StateEngine
 from rangekv.v1 import types_pb2
 
@@ -54,30 +49,16 @@ class MetaHost:
     def __init__(
         self,
         config: HostConfig,
+        seams: HostSeams,
         *,
         peers: dict[int, str],
-        sender: RaftSender,
-        open_engines: EngineOpener,
-        clock: Clock,
-        rng: random.Random,
-        faults: TestFaults = NO_FAULTS,
-        scheduler_metrics: SchedulerMetrics | None = None,
         read_index_timeout: float = 2.0,
         write_timeout: float = 5.0,
     ) -> None:
-        self.host = GroupHost(
-            config,
-            router=self,
-            sender=sender,
-            open_engines=open_engines,
-            clock=clock,
-            rng=rng,
-            faults=faults,
-            scheduler_metrics=scheduler_metrics,
-        )
+        self.host = GroupHost(config, self, seams)
         self.node_id = config.node_id
         self.peers = peers
-        self.clock = clock
+        self.clock = seams.clock
         self.read_index_timeout = read_index_timeout
         self.write_timeout = write_timeout
         self.counters = MetaCounters()

@@ -26,7 +26,6 @@ from rangekv.common.telemetry import Telemetry
 from rangekv.common.tls import node_channels
 from rangekv.domain.peers import parse_node_ids, parse_peers
 from rangekv.metarange.client import MetaApi, MetaClient
-from rangekv.raft import Message
 from rangekv.raftnode.change import ReplicaChanger
 from rangekv.raftnode.config import RaftnodeConfig
 from rangekv.raftnode.descriptor_txn import DescriptorTxns
@@ -37,11 +36,11 @@ from rangekv.raftnode.store import Store, StoreConfig
 from rangekv.raftnode.telemetry import NodeMetrics
 from rangekv.raftnode.txn_push import Peers, TxnPusher
 from rangekv.replication.engines import RocksEngines
-from rangekv.replication.host import HostConfig
+from rangekv.replication.host import HostConfig, HostSeams
 from rangekv.replication.mutations import TestFaults
 from rangekv.replication.raft_codec import message_from_proto
 from rangekv.replication.sync_mode import parse_fsm_sync_mode
-from rangekv.replication.transport import RaftTransport
+from rangekv.replication.transport import RaftTransport, transport_for
 from rangekv.replication.transport_server import RaftTransportServicer
 from rangekv.v1 import raft_pb2, replica_pb2_grpc
 
@@ -89,16 +88,10 @@ def _assemble(
     telemetry = Telemetry("raftnode", node_id=node_id, otlp_endpoint=server_config.otlp_endpoint)
     metrics = NodeMetrics(telemetry, mode)
     store_ref: list[Store] = []
-
-    def snapshot_source(group_id: int, msg: Message) -> AsyncIterator[bytes]:
-        return store_ref[0].snapshot_source(group_id, msg)
-
-    transport = RaftTransport(
+    transport = transport_for(
         node_id,
         peers.get,
-        on_unreachable=lambda n, g, r: store_ref[0].report_unreachable(n, g, r),
-        on_snapshot_status=lambda n, g, r, failed: store_ref[0].report_snapshot(n, g, r, failed),
-        snapshot_source=snapshot_source,
+        lambda: store_ref[0],
         clock=clock,
         rng=random.Random(rng.random()),
         metrics=metrics.transport,
@@ -119,13 +112,15 @@ def _assemble(
             gc_interval=node_config.gc_interval,
             max_clock_offset_ns=int(node_config.max_clock_offset * 1e9),
         ),
+        HostSeams(
+            sender=transport,
+            open_engines=RocksEngines(Path(server_config.data_dir), power_loss=faults.power_loss),
+            clock=clock,
+            rng=random.Random(rng.random()),
+            faults=faults,
+            scheduler_metrics=metrics.scheduler,
+        ),
         resolve_address=lambda n: peers.get(n, ""),
-        sender=transport,
-        open_engines=RocksEngines(Path(server_config.data_dir), power_loss=faults.power_loss),
-        clock=clock,
-        rng=random.Random(rng.random()),
-        faults=faults,
-        scheduler_metrics=metrics.scheduler,
     )
     store_ref.append(store)
     metrics.attach(store)

@@ -16,7 +16,6 @@ so such a replica may never apply its own removal).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import grpc
 from rangekv.common import errors as E
 from rangekv.common.clock import Clock
 from rangekv.common.descriptors import RangeDescriptor, ReplicaType
-from rangekv.common.tasks import cancel_and_wait
+from rangekv.common.tasks import Periodic
 from rangekv.metarange.client import MetaApi
 from rangekv.raftnode.change import REMOVE, ReplicaChangeConfig, ReplicaChanger
 from rangekv.raftnode.replica import RangeReplica
@@ -151,27 +150,14 @@ class Rebalancer:
         self.meta = meta
         self.peers = peers
         self.config = config
-        self._clock = clock
-        self._tasks: list[asyncio.Task[None]] = []
+        self._loop = Periodic("rebalancer", config.check_interval, self.rebalance_once, clock, log)
 
     def start(self) -> None:
         if self.config.check_interval and self.meta is not None:
-            loop = asyncio.get_running_loop()
-            self._tasks.append(loop.create_task(self._queue_loop(), name="replicate-queue"))
+            self._loop.start()
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._tasks)
-        self._tasks.clear()
-
-    async def _queue_loop(self) -> None:
-        while True:
-            await self._clock.sleep(self.config.check_interval)
-            try:
-                await self.rebalance_once()
-            except E.RangeKVError as exc:
-                log.info("rebalancer: %s", exc)
-            except Exception:
-                log.exception("rebalancer pass failed")
+        await self._loop.stop()
 
     async def rebalance_once(self) -> int:
         """One pass over this node's replicas; returns how many actions ran."""

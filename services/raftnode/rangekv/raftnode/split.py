@@ -35,7 +35,6 @@ event loop, then raised by every applied write (`RangeStateMachine.approx_size`)
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import Callable
@@ -44,7 +43,7 @@ from dataclasses import dataclass
 from rangekv.common import errors as E
 from rangekv.common.clock import Clock
 from rangekv.common.descriptors import RangeDescriptor
-from rangekv.common.tasks import cancel_and_wait
+from rangekv.common.tasks import Periodic
 from rangekv.domain.descriptor_txn import DescriptorTxn, plan_split
 from rangekv.domain.txn import TxnStatus
 from rangekv.raftnode import txn as T
@@ -148,30 +147,28 @@ class SplitQueue:
         self.splits = splits
         self.store = splits.store
         self.config = config
-        self._clock = clock
-        self._tasks: list[asyncio.Task[None]] = []
+        self._loop = Periodic(
+            "split-and-txn-queues", config.check_interval, self.pass_once, clock, log
+        )
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self._queue_loop(), name="split-and-txn-queues"))
+        self._loop.start()
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._tasks)
-        self._tasks.clear()
+        await self._loop.stop()
 
-    async def _queue_loop(self) -> None:
-        while True:
-            await self._clock.sleep(self.config.check_interval)
-            for replica in list(self.store.replicas()):
-                if not replica.is_leader or replica.applied_index < INITIAL_INDEX:
-                    continue
-                try:
-                    await self.clean_txn_records(replica)
-                    await self.maybe_split_by_size(replica)
-                except E.RangeKVError as exc:
-                    log.info("range %d: background split/txn work: %s", replica.range_id, exc)
-                except Exception:
-                    log.exception("range %d: background split/txn work failed", replica.range_id)
+    async def pass_once(self) -> None:
+        """One pass over the ranges this node leads (a range's failure spares the others)."""
+        for replica in list(self.store.replicas()):
+            if not replica.is_leader or replica.applied_index < INITIAL_INDEX:
+                continue
+            try:
+                await self.clean_txn_records(replica)
+                await self.maybe_split_by_size(replica)
+            except E.RangeKVError as exc:
+                log.info("range %d: background split/txn work: %s", replica.range_id, exc)
+            except Exception:
+                log.exception("range %d: background split/txn work failed", replica.range_id)
 
     async def clean_txn_records(self, replica: RangeReplica) -> int:
         """Abort expired pending records and resolve final records' intents; returns

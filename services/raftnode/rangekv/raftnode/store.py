@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
-from rangekv.common.clock import Clock
 from rangekv.common.descriptors import RangeDescriptor, ReplicaType
 from rangekv.common.hlc import ClockOffsetError, HybridClock, Timestamp
 from rangekv.raft import ConfState, HardState, Message, MessageType, Snapshot, SnapshotMetadata
@@ -25,12 +23,10 @@ from rangekv.raftnode.context import ReadOutcomeCounter, ReplicaContext
 from rangekv.raftnode.range_state import range_spans
 from rangekv.raftnode.replica import RangeReplica
 from rangekv.raftnode.requests import ReplicaLimits
-from rangekv.replication.engines import EngineOpener
-from rangekv.replication.host import GroupHost, HostConfig, Route
+from rangekv.replication.host import GroupHost, HostConfig, HostSeams, Route
 from rangekv.replication.log_engine import RaftLogEngine
-from rangekv.replication.mutations import NO_FAULTS, TestFaults
-from rangekv.replication.raft_network import Inbound, RaftSender
-from rangekv.replication.scheduler import RaftScheduler, SchedulerMetrics
+from rangekv.replication.raft_network import Inbound
+from rangekv.replication.scheduler import RaftScheduler
 from rangekv.replication.state_engine import (
     DESCRIPTOR,
     GC_THRESHOLD,
@@ -67,39 +63,20 @@ class Store:
     """The replicas of one node. Create, load or bootstrap, then `start()` in the loop."""
 
     def __init__(
-        self,
-        config: StoreConfig,
-        *,
-        resolve_address: Callable[[int], str],
-        sender: RaftSender,
-        open_engines: EngineOpener,
-        clock: Clock,
-        rng: random.Random,
-        faults: TestFaults = NO_FAULTS,
-        scheduler_metrics: SchedulerMetrics | None = None,
+        self, config: StoreConfig, seams: HostSeams, *, resolve_address: Callable[[int], str]
     ) -> None:
         self.config = config
         self.node_id = config.host.node_id
-        self.host = GroupHost(
-            config.host,
-            router=self,
-            sender=sender,
-            open_engines=open_engines,
-            clock=clock,
-            rng=rng,
-            faults=faults,
-            scheduler_metrics=scheduler_metrics,
-        )
-        self.clock = clock
-        self.faults = faults
-        self.hlc = HybridClock(clock.wall_ns, config.max_clock_offset_ns)
+        self.host = GroupHost(config.host, self, seams)
+        self.clock = seams.clock
+        self.hlc = HybridClock(self.clock.wall_ns, config.max_clock_offset_ns)
         self.ctx = ReplicaContext(
             node_id=self.node_id,
             host=self.host,
             hlc=self.hlc,
             limits=config.limits,
             resolve_address=resolve_address,
-            clock=clock,
+            clock=self.clock,
             reads=ReadOutcomeCounter(),
             on_split=self._on_split,
             descriptor_for_key=self._descriptor_for_key,
