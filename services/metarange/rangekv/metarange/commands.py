@@ -16,6 +16,15 @@ and documented (`records.encode_value`: format byte 1 + JSON)::
 A decoder meeting an unknown ``op`` or format refuses the command (the
 refusal is deterministic on every replica) instead of guessing.
 
+Why JSON here while a range's raft commands are protobuf (`raftcmd.proto`):
+the meta range's existing logs hold format-1 JSON entries, and a replica
+applies whatever the leader proposed. A build that proposed protobuf entries
+would have them refused (as an unknown format) by any replica still running an
+older build, while the upgraded replicas applied them: the replicas' states
+would diverge in the middle of a rolling upgrade. Switching needs a
+cluster-wide version gate first (every replica able to decode the new format
+before any leader writes it); until then the format stays as it is.
+
 Validation that does not depend on state happens when a command is built, so
 a proposer learns of bad input before anything reaches the log. The two intent
 commands, `WriteIntent` and `ResolveIntent`, are the descriptor-transaction
