@@ -20,5 +20,5 @@ del test_one_commit_for_50_groups_is_one_synced_write  # type: ignore[name-defin
 
 def test_the_engines_here_are_on_simulated_disks(tmp_path: Path) -> None:
     engine = RaftLogEngine.open(tmp_path / "log")
-    assert isinstance(engine._kv, MemoryKV)
+    assert isinstance(engine._live(), MemoryKV)
     engine.close()

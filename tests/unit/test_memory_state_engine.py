@@ -21,7 +21,7 @@ from rangekv.replication.sync_mode import FsmSyncMode
 
 def test_the_engines_here_are_on_simulated_disks(tmp_path: Path) -> None:
     engine = StateEngine.open(tmp_path / "state", FsmSyncMode.SYNC)
-    assert isinstance(engine._kv, MemoryKV)
+    assert isinstance(engine._live(), MemoryKV)
     engine.close()
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "lookup_start",
     "meta_key",
     "meta_span_end",
+    "min_end",
 ]
 
 _ESCAPE: Final = b"\x00\xff"
@@ -112,3 +113,12 @@ def meta_span_end(end_key: bytes) -> bytes:
     if not end_key:
         return _UNBOUNDED + b"\x00"
     return meta_key(end_key + b"\x00")
+
+
+def min_end(a: bytes, b: bytes) -> bytes:
+    """The smaller of two exclusive span ends, where empty means unbounded."""
+    if not a:
+        return b
+    if not b:
+        return a
+    return min(a, b)

@@ -19,9 +19,11 @@ The rules both keep:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
-__all__ = ["KVBatch", "KVSnapshot", "KVStore", "OneWrite"]
+__all__ = ["Held", "KVBatch", "KVSnapshot", "KVStore"]
+
+T = TypeVar("T")
 
 
 class KVBatch(Protocol):
@@ -77,23 +79,23 @@ class KVStore(Protocol):
     def close(self) -> None: ...
 
 
-class OneWrite:
-    """A store batch that an engine writes once: usable until sealed, refused after
-    (a store's batch is consumed by its write, and reusing one is a bug)."""
+class Held(Generic[T]):
+    """Something an engine uses until it lets it go: its store until it closes, a
+    batch until its one write. `get` after `release` raises `gone()` (a closed
+    store or a consumed batch is a bug to report, not a value to pass on)."""
 
-    __slots__ = ("_batch", "_refused")
+    __slots__ = ("_gone", "_value")
 
-    def __init__(self, batch: KVBatch, refused: Callable[[], Exception]) -> None:
-        self._batch: KVBatch | None = batch
-        self._refused = refused
+    def __init__(self, value: T, gone: Callable[[], Exception]) -> None:
+        self._value: T | None = value
+        self._gone = gone
 
-    def get(self) -> KVBatch:
-        if self._batch is None:
-            raise self._refused()
-        return self._batch
+    def get(self) -> T:
+        if self._value is None:
+            raise self._gone()
+        return self._value
 
-    def seal(self) -> KVBatch:
-        """The batch, for its one write; any later use raises."""
-        batch = self.get()
-        self._batch = None
-        return batch
+    def release(self) -> T | None:
+        """Let it go; returns it (None when it was let go already)."""
+        value, self._value = self._value, None
+        return value

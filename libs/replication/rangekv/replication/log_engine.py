@@ -49,7 +49,7 @@ from rangekv.raft import (
     with_commit_floor,
 )
 from rangekv.replication import log_format as F
-from rangekv.replication.kv import KVBatch, KVStore, OneWrite
+from rangekv.replication.kv import Held, KVBatch, KVStore
 from rangekv.replication.log_format import LogCorruptionError
 from rangekv.replication.memory_kv import MemoryDisk, MemoryKV
 from rangekv.replication.rocks import RocksKV, StatisticsDisabledError
@@ -104,7 +104,7 @@ class RaftLogEngine:
     """Raft logs for all groups on a node, over one `KVStore`, with group commit."""
 
     def __init__(self, kv: KVStore, *, path: Path | None = None) -> None:
-        self._kv: KVStore | None = kv
+        self._kv = Held(kv, lambda: LogEngineClosedError(f"raft log engine at {path} is closed"))
         self._path = path
         self._groups: dict[int, _GroupState] = {}
         self._lock = threading.Lock()
@@ -126,18 +126,19 @@ class RaftLogEngine:
 
     def rocksdb_wal_syncs(self) -> int:
         """RocksDB's own count of WAL fsyncs (engine opened with statistics=True)."""
-        if not isinstance(self._kv, RocksKV):
+        kv = self._live()
+        if not isinstance(kv, RocksKV):
             raise StatisticsDisabledError("only a RocksDB engine counts WAL syncs")
-        return self._kv.wal_syncs()
+        return kv.wal_syncs()
 
     @property
     def path(self) -> Path | None:
         return self._path
 
     def close(self) -> None:
-        if self._kv is not None:
-            self._kv.close()
-            self._kv = None
+        kv = self._kv.release()
+        if kv is not None:
+            kv.close()
             self._groups.clear()
 
     def __enter__(self) -> RaftLogEngine:
@@ -147,9 +148,7 @@ class RaftLogEngine:
         self.close()
 
     def _live(self) -> KVStore:
-        if self._kv is None:
-            raise LogEngineClosedError(f"raft log engine at {self._path} is closed")
-        return self._kv
+        return self._kv.get()
 
     # -- reading -------------------------------------------------------------
 
@@ -410,7 +409,7 @@ class LogBatch:
 
     def __init__(self, engine: RaftLogEngine) -> None:
         self.engine = engine
-        self._wb = OneWrite(
+        self._wb = Held(
             engine._live().new_batch(), lambda: RuntimeError("LogBatch was already committed")
         )
         self._views: dict[int, _GroupState] = {}
@@ -425,7 +424,9 @@ class LogBatch:
         return self._wb.get()
 
     def _seal(self) -> KVBatch:
-        return self._wb.seal()
+        batch = self._wb.get()
+        self._wb.release()
+        return batch
 
     def _view(self, group_id: int, deps: tuple[str, ...], writes: tuple[str, ...]) -> _GroupState:
         view = self._views.get(group_id)

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
 
-from rangekv.replication.kv import KVBatch, KVSnapshot, KVStore, OneWrite
+from rangekv.replication.kv import Held, KVBatch, KVSnapshot, KVStore
 from rangekv.replication.memory_kv import MemoryDisk, MemoryKV
 from rangekv.replication.rocks import RocksKV, StatisticsDisabledError
 from rangekv.replication.sync_mode import FsmSyncMode
@@ -175,7 +175,7 @@ class StateEngine:
     """The state machines of all ranges on this node, over one `KVStore`."""
 
     def __init__(self, kv: KVStore, sync_mode: FsmSyncMode, *, path: Path | None = None) -> None:
-        self._kv: KVStore | None = kv
+        self._kv = Held(kv, lambda: StateEngineClosedError(f"state engine at {path} is closed"))
         self._path = path
         self._sync_mode = sync_mode
         #: commits written, commits written with sync=True, explicit WAL syncs.
@@ -205,9 +205,10 @@ class StateEngine:
 
     def rocksdb_wal_syncs(self) -> int:
         """RocksDB's own count of WAL fsyncs (engine opened with statistics=True)."""
-        if not isinstance(self._kv, RocksKV):
+        kv = self._live()
+        if not isinstance(kv, RocksKV):
             raise StatisticsDisabledError("only a RocksDB engine counts WAL syncs")
-        return self._kv.wal_syncs()
+        return kv.wal_syncs()
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -221,9 +222,9 @@ class StateEngine:
 
     def close(self) -> None:
         """Close the store. Unsynced NOSYNC writes are handed to the OS, not fsynced."""
-        if self._kv is not None:
-            self._kv.close()
-            self._kv = None
+        kv = self._kv.release()
+        if kv is not None:
+            kv.close()
 
     def __enter__(self) -> StateEngine:
         return self
@@ -232,9 +233,7 @@ class StateEngine:
         self.close()
 
     def _live(self) -> KVStore:
-        if self._kv is None:
-            raise StateEngineClosedError(f"state engine at {self._path} is closed")
-        return self._kv
+        return self._kv.get()
 
     # -- writes ------------------------------------------------------------
 
@@ -297,7 +296,7 @@ class StateBatch:
 
     def __init__(self, engine: StateEngine) -> None:
         self.engine = engine
-        self._wb = OneWrite(
+        self._wb = Held(
             engine._live().new_batch(),
             lambda: BatchAlreadyCommittedError("StateBatch was already committed"),
         )
@@ -310,7 +309,9 @@ class StateBatch:
         return self._wb.get()
 
     def _seal(self) -> KVBatch:
-        return self._wb.seal()
+        batch = self._wb.get()
+        self._wb.release()
+        return batch
 
     def _touch(self, key: bytes, value: bytes | None) -> None:
         if key not in self._overlay and self._sorted is not None:

@@ -39,6 +39,7 @@ from typing import Any, Protocol
 from rangekv.common import errors as E
 from rangekv.common.clock import Clock, SystemClock
 from rangekv.common.descriptors import RangeDescriptor
+from rangekv.domain.keys import min_end
 from rangekv.gateway.node_client import BatchReply
 from rangekv.v1 import replica_pb2, types_pb2
 
@@ -232,7 +233,7 @@ class Scanner:
         key = start
         while True:
             desc = await self._lookup(key, deadline)
-            piece_end = _min_end(end, desc.end_key)
+            piece_end = min_end(end, desc.end_key)
             pieces.append(_Piece(key, piece_end))
             if not desc.end_key or (end and desc.end_key >= end):
                 return pieces
@@ -374,15 +375,6 @@ class Scanner:
             if not used.end_key or (end and used.end_key >= end):
                 return
             cursor = used.end_key
-
-
-def _min_end(a: bytes, b: bytes) -> bytes:
-    """The smaller of two exclusive ends, where empty means unbounded."""
-    if not a:
-        return b
-    if not b:
-        return a
-    return min(a, b)
 
 
 def _gaps(covered: list[_Piece], start: bytes, end: bytes) -> list[_Piece]:

@@ -40,6 +40,7 @@ from rangekv.common import errors as E
 from rangekv.common.descriptors import RangeDescriptor
 from rangekv.common.hlc import ClockOffsetError, Timestamp
 from rangekv.common.telemetry import SpanSet
+from rangekv.domain.keys import min_end
 from rangekv.domain.txn import check_txn_id
 from rangekv.raft import LeaseStatus
 from rangekv.raftnode import mvcc
@@ -433,7 +434,7 @@ class RangeReplica:
 
     def _clip(self, start: bytes, end: bytes) -> tuple[bytes, bytes]:
         desc = self.descriptor
-        return max(start, desc.start_key), _min_end(end, desc.end_key)
+        return max(start, desc.start_key), min_end(end, desc.end_key)
 
     async def _await_inflight(self, start: bytes, end: bytes) -> None:
         await self.writes.await_inflight(start, end, self.ctx.limits.write_timeout)
@@ -563,12 +564,3 @@ def _resolve(fut: asyncio.Future[RangeDescriptor], value: RangeDescriptor) -> No
 
 def _ts_pb(ts: Timestamp | None) -> types_pb2.Timestamp:
     return ts_to_proto(ts) if ts is not None else types_pb2.Timestamp()
-
-
-def _min_end(a: bytes, b: bytes) -> bytes:
-    """The smaller of two exclusive ends, where empty means unbounded."""
-    if not a:
-        return b
-    if not b:
-        return a
-    return min(a, b)
