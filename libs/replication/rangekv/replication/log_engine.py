@@ -52,7 +52,7 @@ from rangekv.replication import log_format as F
 from rangekv.replication.kv import Held, KVBatch, KVStore
 from rangekv.replication.log_format import LogCorruptionError
 from rangekv.replication.memory_kv import MemoryDisk, MemoryKV
-from rangekv.replication.rocks import RocksKV, StatisticsDisabledError
+from rangekv.replication.rocks import RocksKV, wal_syncs_of
 
 __all__ = [
     "ConcurrentBatchError",
@@ -126,10 +126,7 @@ class RaftLogEngine:
 
     def rocksdb_wal_syncs(self) -> int:
         """RocksDB's own count of WAL fsyncs (engine opened with statistics=True)."""
-        kv = self._live()
-        if not isinstance(kv, RocksKV):
-            raise StatisticsDisabledError("only a RocksDB engine counts WAL syncs")
-        return kv.wal_syncs()
+        return wal_syncs_of(self._live())
 
     @property
     def path(self) -> Path | None:

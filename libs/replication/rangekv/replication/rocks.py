@@ -43,7 +43,7 @@ from typing import Final, cast
 
 import rocksdict
 
-__all__ = ["KVClosedError", "RocksKV", "RocksSnapshot", "StatisticsDisabledError"]
+__all__ = ["KVClosedError", "RocksKV", "RocksSnapshot", "StatisticsDisabledError", "wal_syncs_of"]
 
 _WAL_SYNCED: Final = re.compile(r"^rocksdb\.wal\.synced COUNT : (\d+)$", re.MULTILINE)
 
@@ -199,3 +199,11 @@ class RocksSnapshot:
             yield key, value
             if self._owner is token:
                 self._cursor().next()
+
+
+def wal_syncs_of(kv: object) -> int:
+    """RocksDB's own count of WAL fsyncs under an engine (its store opened with
+    statistics); a store that is not RocksDB has none to count."""
+    if not isinstance(kv, RocksKV):
+        raise StatisticsDisabledError("only a RocksDB engine counts WAL syncs")
+    return kv.wal_syncs()

@@ -56,7 +56,7 @@ from typing import Final, Protocol
 
 from rangekv.replication.kv import Held, KVBatch, KVSnapshot, KVStore
 from rangekv.replication.memory_kv import MemoryDisk, MemoryKV
-from rangekv.replication.rocks import RocksKV, StatisticsDisabledError
+from rangekv.replication.rocks import RocksKV, wal_syncs_of
 from rangekv.replication.sync_mode import FsmSyncMode
 
 __all__ = [
@@ -205,10 +205,7 @@ class StateEngine:
 
     def rocksdb_wal_syncs(self) -> int:
         """RocksDB's own count of WAL fsyncs (engine opened with statistics=True)."""
-        kv = self._live()
-        if not isinstance(kv, RocksKV):
-            raise StatisticsDisabledError("only a RocksDB engine counts WAL syncs")
-        return kv.wal_syncs()
+        return wal_syncs_of(self._live())
 
     # -- lifecycle ---------------------------------------------------------
 
