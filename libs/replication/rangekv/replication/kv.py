@@ -99,3 +99,9 @@ class Held(Generic[T]):
         """Let it go; returns it (None when it was let go already)."""
         value, self._value = self._value, None
         return value
+
+    def take(self) -> T:
+        """`get` it one last time and let it go (a batch handed to its write)."""
+        value = self.get()
+        self._value = None
+        return value

@@ -421,9 +421,7 @@ class LogBatch:
         return self._wb.get()
 
     def _seal(self) -> KVBatch:
-        batch = self._wb.get()
-        self._wb.release()
-        return batch
+        return self._wb.take()
 
     def _view(self, group_id: int, deps: tuple[str, ...], writes: tuple[str, ...]) -> _GroupState:
         view = self._views.get(group_id)

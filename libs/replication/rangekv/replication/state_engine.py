@@ -306,9 +306,7 @@ class StateBatch:
         return self._wb.get()
 
     def _seal(self) -> KVBatch:
-        batch = self._wb.get()
-        self._wb.release()
-        return batch
+        return self._wb.take()
 
     def _touch(self, key: bytes, value: bytes | None) -> None:
         if key not in self._overlay and self._sorted is not None:
