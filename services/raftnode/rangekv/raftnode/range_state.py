@@ -26,7 +26,7 @@ operation outside the range answers `TxnApplied(None, outside=True)`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -88,10 +88,6 @@ class RangeEvents(Protocol):
         """A replica change installed `new` (transaction `txn_id`)."""
         ...
 
-    def version_applied(self, ts: Timestamp) -> None:
-        """A write was versioned at `ts` (the node's clock must not fall behind it)."""
-        ...
-
 
 def ts_to_proto(ts: Timestamp) -> types_pb2.Timestamp:
     return types_pb2.Timestamp(wall_time=ts.wall_time, logical=ts.logical)
@@ -116,11 +112,20 @@ def range_spans(range_id: int, desc: RangeDescriptor) -> list[Span]:
 class RangeStateMachine:
     """One range's replicated state (see the module docstring)."""
 
-    def __init__(self, descriptor: RangeDescriptor, engine: Reader, events: RangeEvents) -> None:
-        """`engine`: the live state engine (GC scans what is durable, not the batch)."""
+    def __init__(
+        self,
+        descriptor: RangeDescriptor,
+        engine: Reader,
+        events: RangeEvents,
+        versioned: Callable[[Timestamp], None],
+    ) -> None:
+        """`engine`: the live state engine (GC scans what is durable, not the batch);
+        `versioned(ts)`: a write was versioned at `ts` (the node's hybrid clock is
+        moved past it: it must never stamp a later write below an applied one)."""
         self.range_id = descriptor.range_id
         self._engine = engine
         self._events = events
+        self._versioned = versioned
         self._descriptor = descriptor
         self.descriptor_pb = descriptor.to_proto()
         raw_gc = engine.get(range_local_key(descriptor.range_id, GC_THRESHOLD))
@@ -228,7 +233,7 @@ class RangeStateMachine:
         current, latest = mvcc.get(reader, key, Timestamp.MAX)
         if latest is not None and latest >= ts:
             ts = latest.next()
-        self._events.version_applied(ts)
+        self._versioned(ts)
         if self.approx_size is not None:
             value = op.put.value if kind == "put" else op.compare_and_swap.new_value
             self.approx_size += len(key) + len(value) + VERSION_OVERHEAD

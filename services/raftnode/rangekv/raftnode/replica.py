@@ -77,7 +77,7 @@ class RangeReplica:
         self.replica_id = replica_id
         self.fences = ScanFences(ctx.limits.fences)
         host = ctx.host
-        self.state = RangeStateMachine(descriptor, ctx.engine, self)
+        self.state = RangeStateMachine(descriptor, ctx.engine, self, ctx.hlc.forward)
         self.writes = RangeWrites(
             self.range_id, self.fences, ctx.hlc, ctx.clock, mutation=host.faults.mutation
         )
@@ -135,9 +135,6 @@ class RangeReplica:
             self.ctx.host.scheduler.after_apply(lambda: _resolve(fut, self.descriptor))
         if self.ctx.on_replica_change is not None:
             self.ctx.on_replica_change(self, new)
-
-    def version_applied(self, ts: Timestamp) -> None:
-        self.ctx.hlc.forward(ts)
 
     def _role_changed(self) -> None:
         # Fences die with the lease: a later leaseholder knows nothing of them, so a
