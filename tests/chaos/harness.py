@@ -193,9 +193,11 @@ class ChaosCluster:
         self.lab = lab
         self.replicas = Replicas(cluster)
 
-    async def clock_refusals(self, exclude: Child | None = None) -> int:
-        """rangekv_node_refused_total{reason="clock_offset"} summed over live raftnodes."""
-        total = 0
+    async def clock_refusals(self, exclude: Child | None = None) -> dict[str, int]:
+        """rangekv_node_refused_total{reason="clock_offset"} of each usable raftnode
+        (by name) whose metrics answered; one that did not answer is left out, and
+        the caller sees it is missing (a count it cannot read is not a zero)."""
+        out: dict[str, int] = {}
         for child in self.cluster.nodes:
             if child is exclude or not self.cluster.usable(child):
                 continue
@@ -203,8 +205,9 @@ class ChaosCluster:
                 text = await asyncio.to_thread(fetch_metrics, child.metrics, 3.0)
             except OSError:
                 continue
-            total += int(metric_value(text, "rangekv_node_refused_total", reason="clock_offset"))
-        return total
+            refused = metric_value(text, "rangekv_node_refused_total", reason="clock_offset")
+            out[child.name] = int(refused)
+        return out
 
     async def meta_leader(self) -> Child | None:
         """The metarange replica that leads the meta range, as a live replica says."""
@@ -246,6 +249,9 @@ def place_in_namespaces(cluster: Cluster, lab: NetLab) -> None:
         set_arg(child.args, "--peers", node_peers)
         set_arg(child.args, "--meta-addrs", lc.meta_addrs)
         set_arg(child.args, "--listen-host", lab.node_ip(nid))
+        # Its metrics too: bound to the namespace's loopback, the harness could not
+        # read them from the host (and would count nothing where it must count).
+        set_arg(child.args, "--metrics-host", lab.node_ip(nid))
         cluster.place(child, lab.prefix(nid))
     for child in lc.gateways:
         set_arg(child.args, "--meta-addrs", lc.meta_addrs)
@@ -343,6 +349,10 @@ class Nemesis:
         self.faults: list[Fault] = []
         #: Times peers refused a node whose clock was beyond the bound (fault_clock).
         self.clock_refusals = 0
+        #: Beyond-the-bound clock faults whose refusals could be counted, and those of
+        #: them that saw none: a peer that followed such a clock is a failed run.
+        self.clock_beyond = 0
+        self.clock_unrefused: list[str] = []
         self.probe_n = 0
         self.probe_cid = itertools.count(PROBE_CLIENT)
 
@@ -640,12 +650,14 @@ class Nemesis:
         await self.kill9(child)
         await self.restart(child)
 
-    async def fault_clock(self) -> None:
+    async def fault_clock(self, beyond: bool | None = None) -> None:
         """Move one raftnode's clock: within 80% of the maximum offset (nothing may
-        break), or, one time in four, 2.5 times beyond it for a few seconds: its
-        peers must refuse its raft traffic (counted), never follow its clock."""
+        break), or, one time in four (`beyond`: always / never), 2.5 times beyond it
+        for a few seconds: its peers must refuse its raft traffic (counted; a fault
+        that saw no refusal is a problem of the run), never follow its clock."""
         child = self.rng.choice(self.cluster.nodes)
-        beyond = self.rng.random() < 0.25
+        if beyond is None:
+            beyond = self.rng.random() < 0.25
         if beyond:
             offset = 2.5 * MAX_OFFSET_MS
         else:
@@ -656,11 +668,22 @@ class Nemesis:
         if not beyond:
             self.end(fault, "within the bound")
             return
-        await asyncio.sleep(self.rng.uniform(3.0, 5.0))
-        refused = await self.c.clock_refusals(exclude=child) - refused_before
-        self.clock_refusals += refused
+        await asyncio.sleep(self.rng.uniform(3.0, 5.0))  # the fault's duration
+        refused_after = await self.c.clock_refusals(exclude=child)
         await self.restart_with_clock(child, 0)
-        self.end(fault, f"beyond the bound: refused {refused} times by its peers; clock restored")
+        both = refused_before.keys() & refused_after.keys()
+        if not both:
+            self.end(fault, "beyond the bound: no peer's metrics answered; clock restored")
+            return
+        refused = sum(refused_after[n] - refused_before[n] for n in both)
+        self.clock_refusals += refused
+        self.clock_beyond += 1
+        if refused == 0:
+            self.clock_unrefused.append(f"{fault.target} at {fault.start:.1f}s")
+        self.end(
+            fault,
+            f"beyond the bound: refused {refused} times by {len(both)} peers; clock restored",
+        )
 
     async def fault_snapshot_race(self) -> None:
         """A follower is down long enough to need a snapshot (logs keep 20 entries),
@@ -1058,6 +1081,10 @@ async def run_chaos_async(cfg: ChaosConfig, schedule: Schedule | None = None) ->
             workload_s = time.monotonic() - t0
             await wait_healthy(workload.kv.stubs)
             problems += await final_reads(workload.kv)
+            problems += [
+                f"no peer refused raft traffic from a clock beyond the bound: {where}"
+                for where in nemesis.clock_unrefused
+            ]
         except BaseException:
             (cfg.report_dir / "log_tails.txt").write_text(cluster.log_tails(25))
             raise
@@ -1088,6 +1115,7 @@ async def run_chaos_async(cfg: ChaosConfig, schedule: Schedule | None = None) ->
         "by_kind": dict(sorted(stats.by_kind.items())),
         "errors": dict(stats.errors.most_common(12)),
         "clock_refusals": nemesis.clock_refusals,
+        "clock_beyond_faults": nemesis.clock_beyond,
         "scans": {
             "snapshot_scans_ok": stats.snapshot_scans,
             "complete_ok": stats.scans_ok,
@@ -1150,7 +1178,8 @@ def summary_text(report: dict[str, Any]) -> str:
         f"scans: {report['scans']['snapshot_scans_ok']} snapshot scans judged by the checker; "
         f"structural: {report['scans']['complete_ok']} complete ok, "
         f"{report['scans']['partial']} cut short, failures {len(report['scans']['failures'])}",
-        f"clock: peers refused a node beyond the max offset {report['clock_refusals']} times",
+        f"clock: peers refused a node beyond the max offset {report['clock_refusals']} times "
+        f"in {report['clock_beyond_faults']} beyond-the-bound faults",
         f"checker: {verdict} in {report['checker']['seconds']}s "
         f"({report['checker']['keys_checked']} keys)",
     ]

@@ -182,6 +182,7 @@ def test_fixed_schedules_pass_without_mutation(
             await partition_pause_schedule(nemesis, attempts=1)
         await isolate_schedule(nemesis)
         await stale_snapshot_schedule(nemesis)
+        await nemesis.fault_clock(beyond=True)
 
     result = run_chaos(mutation_config(9, "", report_dir(tmp_path, request)), all_four)
     summary = (result.report_dir / "summary.txt").read_text()
@@ -191,6 +192,10 @@ def test_fixed_schedules_pass_without_mutation(
     assert stale_reads(result.ops) == 0, summary
     kinds = [f["kind"] for f in result.report["faults"]]
     assert "pause" in kinds and "isolate+kill -9" in kinds, summary
+    # The clock fault's refusals were counted, and there were some (a run whose
+    # harness cannot read them would report no refusal as a problem above).
+    assert result.report["clock_beyond_faults"] == 1, summary
+    assert result.report["clock_refusals"] > 0, summary
     assert any(
         f["kind"] == "slow-snapshot-race" and not f["detail"].startswith("skipped")
         for f in result.report["faults"]

@@ -3,22 +3,24 @@
 Each node is a real `rangekv.raftnode.store.Store`: RocksDB engines on disk, the
 real raft scheduler (group commit, fsync in worker threads), real replicas and
 their Replica API (`RangeReplica.batch`). What is replaced is only what lies
-between the nodes and around them:
+between the nodes and around them, by the in-memory twins the libraries ship:
 
-* the network is a `Router` that hands raft messages from one store to another
-  in the same event loop; a test can hold a link (messages queue until it is
-  released), cut it (messages are dropped), and hold a snapshot stream in the
-  middle of its chunks;
-* time is a `FakeClock`: monotonic time (ticks, leases) moves only when the test
-  calls `tick()`, and every node's wall clock is that time plus a per-node offset
-  the test can set (skewed clocks, clocks stepping back);
+* the network is a `MemoryNetwork` (rangekv.replication.raft_network) that hands
+  raft messages from one store to another in the same event loop; a test can
+  hold a link (messages queue until it is released), cut it (messages are
+  dropped), and hold a snapshot stream in the middle of its chunks;
+* time is a `FakeClock` over a `ManualClock` (rangekv.common.clock): monotonic
+  time (ticks, leases) moves only when the test calls `tick()`, and every node's
+  wall clock is that time plus a per-node offset the test can set (skewed
+  clocks, clocks stepping back);
 * nothing runs in the background but the schedulers: no ticker, no truncation,
   no GC loop (the test ticks and truncates when it wants to).
 
 So a test can put an operation exactly where it wants in the interleaving of
 raft traffic and client calls, and the outcome does not depend on the machine's
 speed. `InProcNodeClients` lets the gateway's DistSender run against these
-nodes in the same process (a twin of the gateway's node client).
+nodes in the same process (the gateway's `MemoryNodeClients` twin, answered by
+these replicas).
 """
 
 from __future__ import annotations
@@ -26,206 +28,61 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from testkit.replica_client import get_op, put_op
 
 from rangekv.common import errors as E
+from rangekv.common.clock import ClockView, ManualClock
 from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor
+from rangekv.domain.descriptor_txn import plan_split
+from rangekv.domain.txn import TxnStatus
 from rangekv.gateway.cache_types import LookupResult
-from rangekv.gateway.node_client import BatchReply
-from rangekv.metarange.protocol import plan_split
-from rangekv.raft import HardState, LeaseState, Message, MessageType
+from rangekv.gateway.node_client import MemoryNodeClients
+from rangekv.raft import HardState, LeaseState
 from rangekv.raftnode import txn as T
-from rangekv.raftnode.replica import RangeReplica, ReplicaLimits
+from rangekv.raftnode.replica import RangeReplica
+from rangekv.raftnode.requests import ReplicaLimits
 from rangekv.raftnode.store import Store, StoreConfig
-from rangekv.replication.group import RaftTiming
-from rangekv.replication.host import Engines, HostConfig
+from rangekv.replication.engines import EngineOpener, Engines, MemoryEngines, RocksEngines
+from rangekv.replication.host import HostConfig, HostSeams
 from rangekv.replication.log_engine import LogBatch, RaftLogEngine
-from rangekv.replication.mutations import Mutation
+from rangekv.replication.mutations import Mutation, TestFaults
+from rangekv.replication.raft_network import MemoryNetwork
 from rangekv.replication.state_engine import StateBatch, StateEngine
 from rangekv.replication.sync_mode import FsmSyncMode
+from rangekv.replication.timing import RaftTiming
 from rangekv.v1 import raftcmd_pb2, replica_pb2, types_pb2
-
-#: Wall time (ns) at which every FakeClock starts: a realistic epoch value.
-EPOCH_NS = 1_800_000_000 * 10**9
 
 
 class FakeClock:
     """Monotonic seconds moved by the test; wall clocks derived from it, per node."""
 
     def __init__(self) -> None:
-        self.now = 1000.0
-        self._start = self.now
+        self.manual = ManualClock()
         self.offsets_ns: dict[int, int] = {}
 
+    @property
+    def now(self) -> float:
+        return self.manual.now
+
     def monotonic(self) -> float:
-        return self.now
+        return self.manual.monotonic()
 
     def advance(self, seconds: float) -> None:
-        self.now += seconds
+        self.manual.advance(seconds)
 
     def wall_ns(self, node: int) -> int:
         """Node `node`'s wall clock: true time plus its offset (node 0: the test's)."""
-        return EPOCH_NS + int((self.now - self._start) * 1e9) + self.offsets_ns.get(node, 0)
+        return self.manual.wall_ns() + self.offsets_ns.get(node, 0)
 
-    def wall_of(self, node: int) -> Callable[[], int]:
-        return lambda: self.wall_ns(node)
-
-
-@dataclass
-class _Link:
-    held: bool = False
-    cut: bool = False
-    queue: list[tuple[int, Message, types_pb2.RangeDescriptor | None]] = field(default_factory=list)
-
-
-class Router:
-    """Raft traffic between the in-process stores, under the test's control."""
-
-    def __init__(self, cluster: InProcCluster) -> None:
-        self._cluster = cluster
-        self._links: dict[tuple[int, int], _Link] = {}
-        #: (from, to) -> event that a snapshot stream waits on between chunks.
-        self._snapshot_gates: dict[tuple[int, int], asyncio.Event] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self.delivered = 0
-        #: Deliveries scheduled on the event loop and not yet made.
-        self.in_flight = 0
-        #: Snapshot streams by (from, to): how many chunks went through, how it ended.
-        self.snapshot_results: list[tuple[int, int, int, bool]] = []
-
-    def link(self, src: int, dst: int) -> _Link:
-        return self._links.setdefault((src, dst), _Link())
-
-    def sender(self, src: int) -> Callable[[int, int, Message, Any], None]:
-        def send(
-            dst: int, group_id: int, msg: Message, desc: types_pb2.RangeDescriptor | None
-        ) -> None:
-            link = self.link(src, dst)
-            if link.cut:
-                return
-            if link.held and msg.type is not MessageType.SNAP:
-                link.queue.append((group_id, msg, desc))
-                return
-            if dst in self._cluster.stopped:
-                return
-            if msg.type is MessageType.SNAP:
-                task = asyncio.ensure_future(self._stream(src, dst, group_id, msg, desc))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-                return
-            self._schedule(dst, group_id, msg, desc)
-
-        return send
-
-    def _schedule(
-        self, dst: int, group_id: int, msg: Message, desc: types_pb2.RangeDescriptor | None
-    ) -> None:
-        self.in_flight += 1
-        asyncio.get_running_loop().call_soon(self._deliver, dst, group_id, msg, desc)
-
-    def _deliver(
-        self, dst: int, group_id: int, msg: Message, desc: types_pb2.RangeDescriptor | None
-    ) -> None:
-        self.in_flight -= 1
-        if dst in self._cluster.stopped:
-            return
-        self.delivered += 1
-        self._cluster.stores[dst].handle_raft([(group_id, msg, desc)])
-
-    def hold(self, src: int, dst: int) -> None:
-        self.link(src, dst).held = True
-
-    def hold_all_to(self, dst: int) -> None:
-        for src in self._cluster.stores:
-            if src != dst:
-                self.hold(src, dst)
-
-    def hold_all_from(self, src: int) -> None:
-        for dst in self._cluster.stores:
-            if dst != src:
-                self.hold(src, dst)
-
-    def take_held(
-        self, src: int, dst: int
-    ) -> list[tuple[int, Message, types_pb2.RangeDescriptor | None]]:
-        """Remove and return the messages held on src -> dst (the link stays held)."""
-        link = self.link(src, dst)
-        queued, link.queue = link.queue, []
-        return queued
-
-    def release(self, src: int, dst: int) -> None:
-        link = self.link(src, dst)
-        link.held = False
-        queued, link.queue = link.queue, []
-        for group_id, msg, desc in queued:
-            self._schedule(dst, group_id, msg, desc)
-
-    def release_all(self) -> None:
-        for src, dst in list(self._links):
-            self.release(src, dst)
-
-    def cut(self, src: int, dst: int) -> None:
-        link = self.link(src, dst)
-        link.cut = True
-        link.queue.clear()
-
-    def heal(self, src: int, dst: int) -> None:
-        self.link(src, dst).cut = False
-
-    # --- snapshots --------------------------------------------------------------------
-
-    @property
-    def streams_in_flight(self) -> int:
-        """Snapshot streams started and not yet ended."""
-        return len(self._tasks)
-
-    def hold_snapshots(self, src: int, dst: int) -> asyncio.Event:
-        """Streams src -> dst stop after their first chunk until the event is set."""
-        gate = asyncio.Event()
-        self._snapshot_gates[(src, dst)] = gate
-        return gate
-
-    async def _stream(
-        self,
-        src: int,
-        dst: int,
-        group_id: int,
-        msg: Message,
-        desc: types_pb2.RangeDescriptor | None,
-    ) -> None:
-        sender = self._cluster.stores[src]
-        receiver = self._cluster.stores[dst]
-        sent = 0
-
-        async def chunks() -> AsyncIterator[bytes]:
-            nonlocal sent
-            async for chunk in sender.snapshot_source(group_id, msg):
-                sent += 1
-                yield chunk
-                gate = self._snapshot_gates.get((src, dst))
-                if gate is not None:
-                    await gate.wait()
-
-        ok = False
-        try:
-            if desc is not None and dst not in self._cluster.stopped:
-                ok = await receiver.handle_snapshot(group_id, msg, desc, chunks())
-        finally:
-            self.snapshot_results.append((src, dst, sent, ok))
-            if src not in self._cluster.stopped:
-                sender.report_snapshot(dst, group_id, msg.to, failed=not ok)
-
-    async def close(self) -> None:
-        for gate in self._snapshot_gates.values():
-            gate.set()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+    def of(self, node: int) -> ClockView:
+        """Node `node`'s `Clock`."""
+        return self.manual.view(lambda: self.offsets_ns.get(node, 0))
 
 
 def layout(*split_keys: bytes, nodes: Sequence[int] = (1, 2, 3)) -> list[RangeDescriptor]:
@@ -309,10 +166,17 @@ class PowerCutLogEngine(RaftLogEngine):
             super().commit(batch, sync=True)
 
 
-def power_cut_engines(config: HostConfig) -> Engines:
-    log_engine = PowerCutLogEngine.open(config.data_dir / "raftlog")
-    state_engine = PowerCutStateEngine.open(config.data_dir / "state", config.fsm_sync_mode)
-    return log_engine, state_engine  # type: ignore[return-value]
+@dataclass(frozen=True)
+class PowerCutEngines:
+    """The engine opener of a node whose power the test can cut (RocksDB on disk)."""
+
+    data_dir: Path
+    blocking: bool = True
+
+    def __call__(self, sync_mode: FsmSyncMode) -> Engines:
+        log_engine = PowerCutLogEngine.open(self.data_dir / "raftlog")
+        state_engine = PowerCutStateEngine.open(self.data_dir / "state", sync_mode)
+        return log_engine, state_engine
 
 
 class InProcCluster:
@@ -327,12 +191,18 @@ class InProcCluster:
         timing: RaftTiming | None = None,
         max_clock_offset_ns: int = 500_000_000,
         log_retain_entries: int = 2000,
-        store_factory: Callable[[StoreConfig, dict[str, Any]], Store] | None = None,
+        store_factory: Callable[[StoreConfig, HostSeams], Store] | None = None,
         mutation: Mutation = Mutation.NONE,
         power_cuts: bool = False,
         limits: ReplicaLimits | None = None,
         max_uncommitted_bytes: int = 64 << 20,
+        engines: str = "rocksdb",
     ) -> None:
+        """`engines`: "rocksdb" (on disk under `base`) or "memory" (the engines' twins
+        on simulated disks, which keep what is durable across a node's restarts and
+        lose the rest in a power cut)."""
+        if engines not in ("rocksdb", "memory"):
+            raise ValueError(f"engines must be rocksdb or memory, not {engines!r}")
         self.base = base
         self.ranges = list(ranges)
         self.node_ids = sorted({r.node_id for d in ranges for r in d.replicas})
@@ -341,25 +211,30 @@ class InProcCluster:
         self.sync_mode = sync_mode
         self.max_clock_offset_ns = max_clock_offset_ns
         self.log_retain_entries = log_retain_entries
-        self.router = Router(self)
+        self.router = MemoryNetwork()
         self.stores: dict[int, Store] = {}
-        self.stopped: set[int] = set()
         self._store_factory = store_factory
         self.mutation = mutation
+        self._starts = itertools.count()
         #: Engines that can lose their unsynced writes (`power_cut`).
         self.power_cuts = power_cuts
+        #: The simulated disks of each node (engines="memory").
+        self.disks: dict[int, MemoryEngines] | None = {} if engines == "memory" else None
         self.limits = limits or ReplicaLimits()
         self.max_uncommitted_bytes = max_uncommitted_bytes
+
+    @property
+    def stopped(self) -> set[int]:
+        """Nodes that are down (the network neither delivers to nor from them)."""
+        return self.router.down
 
     def _config(self, node: int) -> StoreConfig:
         return StoreConfig(
             host=HostConfig(
                 node_id=node,
-                data_dir=self.base / f"n{node}",
                 timing=self.timing,
                 fsm_sync_mode=self.sync_mode,
                 log_retain_entries=self.log_retain_entries,
-                mutation=self.mutation,
                 max_uncommitted_bytes=self.max_uncommitted_bytes,
             ),
             limits=self.limits,
@@ -367,18 +242,29 @@ class InProcCluster:
         )
 
     def _open(self, node: int) -> Store:
-        kwargs: dict[str, Any] = {
-            "resolve_address": lambda n: f"node-{n}",
-            "send_raft": self.router.sender(node),
-            "monotonic": self.clock.monotonic,
-            "wall_ns": self.clock.wall_of(node),
-        }
-        if self.power_cuts:
-            kwargs["open_engines"] = power_cut_engines
+        data_dir = self.base / f"n{node}"
+        opener: EngineOpener
+        if self.disks is not None:
+            opener = self.disks.setdefault(node, MemoryEngines())
+        elif self.power_cuts:
+            opener = PowerCutEngines(data_dir)
+        else:
+            opener = RocksEngines(data_dir)
+        seams = HostSeams(
+            sender=self.router.sender(node),
+            open_engines=opener,
+            clock=self.clock.of(node),
+            # Every start of a node draws new incarnations, as a real restart does.
+            rng=random.Random(node * 1000 + next(self._starts)),
+            faults=TestFaults(mutation=self.mutation),
+        )
         config = self._config(node)
         if self._store_factory is not None:
-            return self._store_factory(config, kwargs)
-        return Store(config, **kwargs)
+            store = self._store_factory(config, seams)
+        else:
+            store = Store(config, seams, resolve_address=lambda n: f"node-{n}")
+        self.router.attach(node, store)
+        return store
 
     async def start(self) -> None:
         for node in self.node_ids:
@@ -399,10 +285,14 @@ class InProcCluster:
         store = self.stores[node]
         self.stopped.add(node)
         await store.scheduler.stop()
-        state, log_engine = store.state_engine, store.log_engine
-        assert isinstance(state, PowerCutStateEngine) and isinstance(log_engine, PowerCutLogEngine)
-        lost = state.power_cut()
-        log_engine.power_cut()
+        if self.disks is not None:
+            lost = self.disks[node].power_cut()
+        else:
+            state, log_engine = store.state_engine, store.log_engine
+            assert isinstance(state, PowerCutStateEngine)
+            assert isinstance(log_engine, PowerCutLogEngine)
+            lost = state.power_cut()
+            log_engine.power_cut()
         await store.stop()
         return lost
 
@@ -552,7 +442,7 @@ class InProcCluster:
         commit.split_left.CopyFrom(left.to_proto())
         commit.split_right.CopyFrom(right.to_proto())
         rec = await replica.propose_txn_op(commit)
-        if rec is None or rec.status != T.COMMITTED:
+        if rec is None or rec.status != TxnStatus.COMMITTED:
             raise AssertionError(f"split of range {range_id} at {key!r} did not commit: {rec}")
         self.ranges.append(right)
         return right
@@ -601,11 +491,12 @@ async def started(
         await cluster.close()
 
 
-class InProcNodeClients:
-    """A twin of the gateway's `NodeClients` answered by an InProcCluster.
+class InProcNodeClients(MemoryNodeClients):
+    """The gateway's `MemoryNodeClients`, answered by an InProcCluster's replicas.
 
-    Addresses are ``node-N``. `gate(node, range_id)`, when set, is awaited before
-    a request reaches its node: a test parks a request there to place it in time.
+    Addresses are ``node-N``. `gate(node, range_id, request)`, when set, is awaited
+    before a request reaches its node: a test parks a request there to place it in
+    time.
     """
 
     def __init__(
@@ -613,54 +504,22 @@ class InProcNodeClients:
         cluster: InProcCluster,
         gate: Callable[[int, int, replica_pb2.ReplicaBatchRequest], Awaitable[None]] | None = None,
     ) -> None:
+        super().__init__(self._serve)
         self.cluster = cluster
         self.gate = gate
-        self.requests: list[tuple[int, replica_pb2.ReplicaBatchRequest]] = []
 
-    def submit(
-        self,
-        address: str,
-        range_id: int,
-        ops: list[replica_pb2.ReplicaOp],
-        *,
-        has_writes: bool,
-        inconsistent: bool = False,
-        read_timestamp: types_pb2.Timestamp | None = None,
-        traceparent: str = "",
-        **extra: Any,
-    ) -> asyncio.Future[BatchReply]:
+    async def _serve(
+        self, address: str, req: replica_pb2.ReplicaBatchRequest
+    ) -> replica_pb2.ReplicaBatchResponse:
         node = int(address.removeprefix("node-"))
-        req = replica_pb2.ReplicaBatchRequest(range_id=range_id, ops=ops, inconsistent=inconsistent)
-        if read_timestamp is not None:
-            req.read_timestamp.CopyFrom(read_timestamp)
-        for name, value in extra.items():
-            if value is None:
-                continue
-            if isinstance(value, types_pb2.Timestamp):
-                getattr(req, name).CopyFrom(value)
-            else:
-                setattr(req, name, value)
-
-        async def call() -> BatchReply:
-            if self.gate is not None:
-                await self.gate(node, range_id, req)
-            self.requests.append((node, req))
-            if node in self.cluster.stopped:
-                raise E.Unavailable(f"node {node} is down")
-            replica = self.cluster.stores[node].replica(range_id)
-            if replica is None:
-                raise E.RangeNotFound(range_id, node)
-            resp = await replica.batch(req)
-            if resp.HasField("error"):
-                raise E.from_replica_error(resp.error)
-            return BatchReply(
-                list(resp.results), resp.descriptor, resp.read_timestamp, resp.lease_sequence
-            )
-
-        return asyncio.ensure_future(call())
-
-    async def close(self) -> None:
-        return None
+        if self.gate is not None:
+            await self.gate(node, req.range_id, req)
+        if node in self.cluster.stopped:
+            raise E.Unavailable(f"node {node} is down")
+        replica = self.cluster.stores[node].replica(req.range_id)
+        if replica is None:
+            raise E.RangeNotFound(req.range_id, node)
+        return await replica.batch(req)
 
 
 def meta_lookup_of(cluster: InProcCluster) -> Callable[[bytes, int], Awaitable[LookupResult]]:

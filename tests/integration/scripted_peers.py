@@ -46,7 +46,7 @@ from testkit.metrics import fetch_metrics
 from rangekv.cli.cluster import Child
 from rangekv.common import errors as E
 from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor
-from rangekv.metarange.records import Intent
+from rangekv.domain.txn import Intent
 from rangekv.v1 import (
     kv_pb2_grpc,
     meta_pb2,

@@ -21,7 +21,7 @@ from inproc_cluster import InProcCluster, layout
 from testkit.replica_client import put_op
 
 from rangekv.common import errors as E
-from rangekv.raftnode.replica import ReplicaLimits
+from rangekv.raftnode.requests import ReplicaLimits
 from rangekv.v1 import replica_pb2, types_pb2
 
 VALUE = b"x" * 1024
@@ -68,7 +68,7 @@ async def test_queued_writes_are_bounded(tmp_path: Path) -> None:
         fenced = await cluster.batch(1, 1, [hold])
         queued = [asyncio.ensure_future(cluster.put(1, 1, b"q%d" % i, b"v")) for i in range(4)]
         await cluster.until(
-            lambda: cluster.replica(1, 1)._queued_writes == 4, "4 queued", tick=False
+            lambda: cluster.replica(1, 1).queued_writes == 4, "4 queued", tick=False
         )
         with pytest.raises(E.ResourceExhausted) as refused:
             await cluster.put(1, 1, b"refused", b"v")
@@ -92,8 +92,8 @@ async def test_a_leader_over_its_uncommitted_budget_refuses_writes(tmp_path: Pat
         cluster.router.hold_all_from(1)  # nothing commits
         first = asyncio.ensure_future(cluster.put(1, 1, b"a", b"x" * 3000))
         leader = cluster.replica(1, 1)
-        last = leader.raw_node.raft.log.last_index()
-        await cluster.until(lambda: leader.raw_node.raft.log.last_index() > last, "a", tick=False)
+        last = leader.group.raw_node.last_index()
+        await cluster.until(lambda: leader.group.raw_node.last_index() > last, "a", tick=False)
         second = asyncio.ensure_future(cluster.put(1, 1, b"b", b"x" * 3000))
         with pytest.raises(E.ResourceExhausted):
             await asyncio.wait_for(second, 10)

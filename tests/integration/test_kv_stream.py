@@ -29,6 +29,7 @@ import pytest_asyncio
 from google.rpc import error_details_pb2
 from testkit.cluster import Cluster, ClusterSpec
 from testkit.metrics import fetch_metrics, metric_samples
+from testkit.waiting import async_wait_for
 
 from rangekv.check import HistoryRecorder, OpKind, Outcome, check_history
 from rangekv.cli.dev import wait_until_serving
@@ -212,9 +213,7 @@ async def test_the_client_reconnects_and_retries_what_is_safe(cluster: Cluster) 
         # and retried until the gateway is back (within their deadline).
         read = asyncio.ensure_future(kv.get(b"r/k", timeout=60))
         write = asyncio.ensure_future(kv.put(b"r/k", b"after", timeout=60))
-        async with asyncio.timeout(30):
-            while kv.retries < 2:
-                await asyncio.sleep(0.05)  # until both have failed once and retry
+        await async_wait_for(lambda: kv.retries >= 2, 30, "both requests to fail once and retry")
         await cluster.start_children([gateway])
         got = await read
         assert got is not None and got.value in (b"before", b"after")
@@ -274,9 +273,7 @@ async def test_a_concurrent_history_through_the_client_is_linearizable(
                     rec.unknown(handle)
 
     async def restart_gateway() -> None:
-        async with asyncio.timeout(60):
-            while len(rec) < 60:
-                await asyncio.sleep(0.01)  # until the history is under way
+        await async_wait_for(lambda: len(rec) >= 60, 60, "the history to be under way", 0.01)
         # kill -9, abruptly: requests in flight get no answer; then start it again
         await cluster.restart(cluster.gateways[0])
         restarted.set()

@@ -40,11 +40,10 @@ from testkit.waiting import async_wait_for
 
 from rangekv.common import errors as E
 from rangekv.common.descriptors import RangeDescriptor, first_range
+from rangekv.domain.descriptor_txn import DescriptorTxn, ResolveIntent, WriteIntent, plan_split
+from rangekv.domain.keys import meta_key
+from rangekv.domain.txn import TxnStatus
 from rangekv.metarange.client import MetaClient
-from rangekv.metarange.commands import ResolveIntent, WriteIntent
-from rangekv.metarange.keys import meta_key
-from rangekv.metarange.protocol import DescriptorTxn, plan_split
-from rangekv.metarange.records import TxnStatus
 from rangekv.v1 import meta_pb2
 
 pytestmark = pytest.mark.timeout(120)

@@ -28,9 +28,9 @@ import pytest
 from inproc_cluster import InProcCluster, InProcNodeClients, layout, meta_lookup_of, started
 
 from rangekv.common import errors as E
+from rangekv.domain.txn import TxnStatus
 from rangekv.gateway.dist_sender import DistSender, NodeDirectory
 from rangekv.gateway.range_cache import RangeCache
-from rangekv.metarange.records import TxnStatus
 from rangekv.replication.mutations import Mutation
 from rangekv.v1 import replica_pb2, types_pb2
 
@@ -57,7 +57,7 @@ def gateway(
         directory.set(n, f"node-{n}")
     return DistSender(
         cache,
-        InProcNodeClients(cluster, gate),  # type: ignore[arg-type]
+        InProcNodeClients(cluster, gate),
         directory,
         timeout=10.0,
         rng=random.Random(7),
@@ -99,10 +99,10 @@ async def test_scan_never_holds_a_later_write_without_an_earlier_one(
     # W_a is appended on node 1 but cannot commit: node 1's messages are held.
     cluster.router.hold_all_from(1)
     leader = cluster.replica(1, 1)
-    last = leader.raw_node.raft.log.last_index()
+    last = leader.group.raw_node.last_index()
     write_a = asyncio.ensure_future(cluster.put(1, 1, b"a", b"W_a"))
     await cluster.until(
-        lambda: leader.raw_node.raft.log.last_index() > last, "W_a proposed", tick=False
+        lambda: leader.group.raw_node.last_index() > last, "W_a proposed", tick=False
     )
 
     scan = asyncio.ensure_future(scan_all(gateway(cluster, 10, gate)))
@@ -182,7 +182,7 @@ async def writes_during_a_scan(cluster: InProcCluster) -> dict[bytes, bytes]:
         writes.append(write)
         # Let it finish if the store lets it; a held fence keeps it queued.
         await cluster.until(
-            lambda w=write, r=leader: w.done() or bool(r._write_queue),  # type: ignore[misc]
+            lambda w=write, r=leader: w.done() or bool(r.queued_writes),  # type: ignore[misc]
             f"{key!r} applied or held back",
             tick=False,
         )

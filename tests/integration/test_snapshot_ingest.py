@@ -21,14 +21,22 @@ from rangekv.replication.mutations import Mutation
 from rangekv.replication.sync_mode import FsmSyncMode
 
 MODES = pytest.mark.parametrize("mode", [FsmSyncMode.SYNC, FsmSyncMode.NOSYNC], ids=str)
+#: On RocksDB and on the engines' in-memory twins.
+ENGINES = pytest.mark.parametrize("engines", ["rocksdb", "memory"])
 
 
 def single_range(
-    tmp_path: Path, mode: FsmSyncMode, mutation: Mutation = Mutation.NONE
+    tmp_path: Path, mode: FsmSyncMode, engines: str, mutation: Mutation = Mutation.NONE
 ) -> contextlib.AbstractAsyncContextManager[InProcCluster]:
     """Range 1 led by node 1; logs truncated at once (a lagging replica needs a snapshot)."""
     return started(
-        tmp_path, layout(), {1: 1}, sync_mode=mode, log_retain_entries=0, mutation=mutation
+        tmp_path,
+        layout(),
+        {1: 1},
+        sync_mode=mode,
+        log_retain_entries=0,
+        mutation=mutation,
+        engines=engines,
     )
 
 
@@ -65,15 +73,19 @@ async def stale_stream_after_catch_up(cluster: InProcCluster) -> bytes | None:
 
 
 @MODES
+@ENGINES
 async def test_a_stale_snapshot_does_not_overwrite_newer_state(
-    tmp_path: Path, mode: FsmSyncMode
+    tmp_path: Path, mode: FsmSyncMode, engines: str
 ) -> None:
-    async with single_range(tmp_path, mode) as cluster:
+    async with single_range(tmp_path, mode, engines) as cluster:
         assert await stale_stream_after_catch_up(cluster) == b"v2", "an acknowledged write was lost"
         assert cluster.router.snapshot_results[0][:2] == (1, 3)
 
 
 @MODES
-async def test_the_stale_snapshot_mutation_is_caught(tmp_path: Path, mode: FsmSyncMode) -> None:
-    async with single_range(tmp_path, mode, Mutation.STALE_SNAPSHOT_INGEST) as cluster:
+@ENGINES
+async def test_the_stale_snapshot_mutation_is_caught(
+    tmp_path: Path, mode: FsmSyncMode, engines: str
+) -> None:
+    async with single_range(tmp_path, mode, engines, Mutation.STALE_SNAPSHOT_INGEST) as cluster:
         assert await stale_stream_after_catch_up(cluster) is None, "the mutation went unnoticed"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from inproc_cluster import layout, started
 
 from rangekv.raftnode.store import INITIAL_INDEX, Store
@@ -43,11 +44,21 @@ def groups_without_state(store: Store) -> list[int]:
     return missing
 
 
+#: On disk (power-cut engines over RocksDB) and on the engines' in-memory twins.
+ENGINES = pytest.mark.parametrize("engines", ["rocksdb", "memory"])
+
+
+@ENGINES
 async def test_a_power_cut_right_after_a_split_leaves_no_log_without_state(
-    tmp_path: Path,
+    tmp_path: Path, engines: str
 ) -> None:
     async with started(
-        tmp_path, layout(), {1: 1}, sync_mode=FsmSyncMode.NOSYNC, power_cuts=True
+        tmp_path,
+        layout(),
+        {1: 1},
+        sync_mode=FsmSyncMode.NOSYNC,
+        power_cuts=True,
+        engines=engines,
     ) as cluster:
         await cluster.put(1, 1, b"n", b"1")
         right = await cluster.split(1, b"m", 2)
@@ -69,11 +80,19 @@ async def test_a_power_cut_right_after_a_split_leaves_no_log_without_state(
         assert seen == [], f"raft groups with no state after the power cut: {seen}"
 
 
-async def test_after_a_power_cut_the_right_hand_side_converges(tmp_path: Path) -> None:
+@ENGINES
+async def test_after_a_power_cut_the_right_hand_side_converges(
+    tmp_path: Path, engines: str
+) -> None:
     """End to end: a compare-and-swap on the right-hand side that depends on a
     write made before the split reads back right on the node that lost power."""
     async with started(
-        tmp_path, layout(), {1: 1}, sync_mode=FsmSyncMode.NOSYNC, power_cuts=True
+        tmp_path,
+        layout(),
+        {1: 1},
+        sync_mode=FsmSyncMode.NOSYNC,
+        power_cuts=True,
+        engines=engines,
     ) as cluster:
         await cluster.put(1, 1, b"n", b"1")
         right = await cluster.split(1, b"m", 2)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ import grpc
 import pytest
 
 from rangekv.cli.cluster import free_port
+from rangekv.common.clock import SystemClock
 from rangekv.raft import ConfState, Message, MessageType, Snapshot, SnapshotMetadata
 from rangekv.replication.lanes import InMemoryTransportMetrics, Lane, lane_for
 from rangekv.replication.raft_codec import DecodedMessage, message_from_proto
@@ -139,6 +141,8 @@ def make_sender(
         on_unreachable=unreachable,
         on_snapshot_status=status,
         snapshot_source=source,
+        clock=SystemClock(),
+        rng=random.Random(1),
         metrics=metrics,
         on_wrong_node=wrong,
         config=config,

@@ -3,7 +3,7 @@
 Tests of the meta range (and the metarange benchmark) ask single replicas
 (who leads, what each one applied) and compare what a replica holds with a
 model: `MetaView` is a replica's records as a comparable value. Also here:
-protocol commands (`rangekv.metarange.protocol` builds `WriteIntent` /
+protocol commands (`rangekv.domain.descriptor_txn` builds `WriteIntent` /
 `ResolveIntent`) as wire requests, and a split run to completion for setting
 up layouts.
 """
@@ -18,11 +18,10 @@ import grpc
 
 from rangekv.common import errors as E
 from rangekv.common.descriptors import RangeDescriptor
+from rangekv.domain.descriptor_txn import DescriptorTxn, ResolveIntent, WriteIntent, plan_split
+from rangekv.domain.keys import meta_key
+from rangekv.domain.txn import TxnStatus
 from rangekv.metarange.client import MetaClient
-from rangekv.metarange.commands import ResolveIntent, WriteIntent
-from rangekv.metarange.keys import meta_key
-from rangekv.metarange.protocol import DescriptorTxn, plan_split
-from rangekv.metarange.records import TxnStatus
 from rangekv.v1 import meta_pb2, meta_pb2_grpc
 from testkit.cluster import Cluster, alive
 from testkit.waiting import async_wait_for

@@ -10,6 +10,7 @@ import pytest
 
 from rangekv.common import errors as E
 from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor, ReplicaType
+from rangekv.metarange.client import DecommissionProgress, decommission_node
 from rangekv.metarange.commands import (
     Bootstrap,
     Command,
@@ -20,7 +21,6 @@ from rangekv.metarange.commands import (
     decode_command,
     encode_command,
 )
-from rangekv.metarange.decommission import DecommissionProgress, decommission_node
 from rangekv.metarange.reads import get_node, ranges_on_node
 from rangekv.metarange.records import (
     NodeDescriptor,
@@ -32,7 +32,7 @@ from rangekv.metarange.records import (
     node_to_json,
 )
 from rangekv.metarange.state import MetaStateMachine
-from rangekv.raftnode.change import Action, NodeHealth, node_health, plan_action
+from rangekv.raftnode.rebalancer import Action, NodeHealth, node_health, plan_action
 from rangekv.replication.state_engine import StateEngine
 from rangekv.replication.sync_mode import FsmSyncMode
 from rangekv.v1 import meta_pb2

@@ -18,12 +18,12 @@ import pytest
 
 from rangekv.common import errors as E
 from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor
+from rangekv.domain.txn import TxnStatus
 from rangekv.gateway.cache_types import LookupResult
 from rangekv.gateway.dist_sender import DistSender, NodeDirectory
 from rangekv.gateway.kv_service import KVService
 from rangekv.gateway.node_client import BatchReply, NodeClients
 from rangekv.gateway.range_cache import RangeCache
-from rangekv.metarange.records import TxnStatus
 from rangekv.v1 import kv_pb2, replica_pb2, types_pb2
 
 N1, N2, N3 = (ReplicaDescriptor(n, n) for n in (1, 2, 3))
@@ -302,10 +302,11 @@ class FakeClock:
 async def test_a_flapping_lease_backs_off_after_each_pass() -> None:
     """Every replica names another at one lease sequence, forever: each pass asks each
     replica once, then the request backs off (capped exponential with jitter)."""
+
     nodes = ScriptedAnswers({"n1": [nlh(N2, 5)], "n2": [nlh(N1, 5)], "n3": [nlh(N1, 5)]})
     clock = FakeClock()
     sender = make_sender(nodes, timeout=5.0)
-    sender._monotonic, sender._sleep = clock.monotonic, clock.sleep
+    sender._clock = clock
     with pytest.raises(E.Unavailable) as info:
         await sender.send(b"k", PUT, is_write=True)
     assert info.value.outcome is E.WriteOutcome.NOT_APPLIED

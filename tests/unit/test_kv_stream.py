@@ -16,10 +16,12 @@ from typing import Any
 import grpc
 import pytest
 from google.rpc import error_details_pb2
+from testkit.waiting import async_wait_for
 
 from rangekv.common import errors as E
 from rangekv.common.auth import Authorizer, Caller, set_caller
 from rangekv.common.certs import Identity, Role
+from rangekv.domain.limits import KeyValueLimits
 from rangekv.gateway.kv_service import KVLimits, KVService
 from rangekv.gateway.kv_stream import StreamLimits, StreamSession, StreamStats
 from rangekv.gateway.node_client import BatchReply
@@ -129,8 +131,7 @@ async def test_answers_come_in_the_order_requests_finish() -> None:
     session = StreamSession(serve, StreamLimits(), StreamStats())
     gen = session.run(feed)
     first = asyncio.ensure_future(gen.__anext__())
-    while len(serve.started) < 2:
-        await asyncio.sleep(0)
+    await async_wait_for(lambda: len(serve.started) >= 2, 5, "both requests to start", 0)
     serve.release(b"fast", _result("put", kv_pb2.PutRequest()))
     frame = await first
     assert [i.request_id for i in frame.responses] == [2]
@@ -181,8 +182,7 @@ async def test_a_repeated_id_in_flight_ends_the_stream_after_the_others_are_answ
     session = StreamSession(serve, StreamLimits(), StreamStats())
     gen = session.run(feed)
     pending = asyncio.ensure_future(gen.__anext__())
-    while not serve.started:
-        await asyncio.sleep(0)
+    await async_wait_for(lambda: serve.started, 5, "the request to start", 0)
     serve.release(b"a", _result("put", kv_pb2.PutRequest()))
     frame = await pending
     assert [i.request_id for i in frame.responses] == [1]
@@ -315,7 +315,7 @@ async def test_admission_applies_per_request() -> None:
 
 
 async def test_the_same_validation_as_the_unary_calls() -> None:
-    kv = KVService(Sender(), KVLimits(max_key_bytes=4, max_value_bytes=4))  # type: ignore[arg-type]
+    kv = KVService(Sender(), KVLimits(KeyValueLimits(max_key_bytes=4, max_value_bytes=4)))  # type: ignore[arg-type]
     cases: Sequence[tuple[str, Any, str]] = [
         ("put", kv_pb2.PutRequest(key=b"", value=b"v"), "key"),
         ("put", kv_pb2.PutRequest(key=b"k", value=b"12345"), "value"),

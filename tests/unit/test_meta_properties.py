@@ -41,27 +41,28 @@ from hypothesis.stateful import (
 
 from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor
 from rangekv.common.errors import ConditionFailed, IntentExists, RangeKVError
+from rangekv.domain.descriptor_txn import (
+    DescriptorTxn,
+    ResolveIntent,
+    plan_replica_change,
+    plan_split,
+    replicas_with,
+    replicas_without,
+)
+from rangekv.domain.keys import meta_key
+from rangekv.domain.txn import Intent, TxnMeta, TxnStatus
 from rangekv.metarange.commands import (
     AllocateIds,
     AllocateIdsResult,
     Bootstrap,
     Command,
     CommandResult,
-    ResolveIntent,
     WriteIntentResult,
     encode_command,
 )
-from rangekv.metarange.keys import meta_key
 from rangekv.metarange.reads import LookupMode, iter_groups
-from rangekv.metarange.records import IdKind, Intent, TxnMeta, TxnStatus
-from rangekv.metarange.resolution import (
-    DescriptorTxn,
-    plan_replica_change,
-    plan_split,
-    replicas_with,
-    replicas_without,
-    resolve_descriptor,
-)
+from rangekv.metarange.records import IdKind
+from rangekv.metarange.resolution import resolve_descriptor
 from rangekv.metarange.state import MetaStateMachine
 from rangekv.replication.state_engine import StateEngine
 from rangekv.replication.sync_mode import FsmSyncMode

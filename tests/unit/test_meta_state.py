@@ -9,6 +9,15 @@ import pytest
 
 from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor
 from rangekv.common.errors import ConditionFailed, IntentExists, InvalidArgument, RangeKVError
+from rangekv.domain.descriptor_txn import (
+    ResolveIntent,
+    WriteIntent,
+    plan_replica_change,
+    plan_split,
+    replicas_with,
+)
+from rangekv.domain.keys import decode_meta_key, lookup_start, meta_key
+from rangekv.domain.txn import TxnMeta, TxnStatus
 from rangekv.metarange.commands import (
     AllocateIds,
     AllocateIdsResult,
@@ -18,24 +27,14 @@ from rangekv.metarange.commands import (
     CommandResult,
     Heartbeat,
     HeartbeatResult,
-    ResolveIntent,
     ResolveIntentResult,
-    WriteIntent,
     WriteIntentResult,
     decode_command,
     encode_command,
 )
-from rangekv.metarange.keys import (
-    RecordKind,
-    decode_meta_key,
-    decode_record_key,
-    lookup_start,
-    meta_key,
-    record_key,
-)
+from rangekv.metarange.keys import RecordKind, decode_record_key, record_key
 from rangekv.metarange.reads import LookupMode, get_committed, get_intent
-from rangekv.metarange.records import IdKind, NodeDescriptor, TxnMeta, TxnStatus
-from rangekv.metarange.resolution import plan_replica_change, plan_split, replicas_with
+from rangekv.metarange.records import IdKind, NodeDescriptor
 from rangekv.metarange.state import MetaStateMachine
 from rangekv.replication.state_engine import DATA_PREFIX, LOCAL_PREFIX, TXN_PREFIX, StateEngine
 from rangekv.replication.sync_mode import FsmSyncMode

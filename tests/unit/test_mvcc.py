@@ -11,13 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rangekv.common.hlc import Timestamp
+from rangekv.domain.keys import KeyDecodeError, decode_user_key, encode_user_key
 from rangekv.raftnode import mvcc
 from rangekv.raftnode.keys import (
-    KeyDecodeError,
     data_span,
-    decode_user_key,
     decode_version_key,
-    encode_user_key,
     txn_record_key,
     txn_record_span,
     version_key,

@@ -23,6 +23,7 @@ import pytest
 from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor
 from rangekv.common.errors import NotLeaseHolder, RangeKeyMismatch, Unavailable
 from rangekv.common.telemetry import Telemetry
+from rangekv.domain.txn import Intent, TxnMeta, TxnStatus
 from rangekv.gateway.cache_types import (
     CacheEntry,
     EvictionReason,
@@ -32,7 +33,6 @@ from rangekv.gateway.cache_types import (
 )
 from rangekv.gateway.interval_tree import end_order
 from rangekv.gateway.range_cache import RangeCache
-from rangekv.metarange.records import Intent, TxnMeta, TxnStatus
 from rangekv.v1 import meta_pb2
 
 T = TypeVar("T")

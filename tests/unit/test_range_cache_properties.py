@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 
 from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor
 from rangekv.common.errors import NotLeaseHolder
+from rangekv.domain.txn import Intent, TxnMeta, TxnStatus
 from rangekv.gateway.cache_types import CacheEntry, EvictionToken, LookupResult
 from rangekv.gateway.range_cache import RangeCache
-from rangekv.metarange.records import Intent, TxnMeta, TxnStatus
 
 PROBES = [b""] + [bytes([i]) for i in range(0, 256, 5)]
 

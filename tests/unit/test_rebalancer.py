@@ -7,13 +7,10 @@ import pytest
 from rangekv.common import errors as E
 from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor, ReplicaType
 from rangekv.raft import ConfChangeType
-from rangekv.raftnode.change import (
-    ADD_LEARNER,
-    PROMOTE_VOTER,
-    REMOVE,
+from rangekv.raftnode.change import ADD_LEARNER, PROMOTE_VOTER, REMOVE, changed_replicas
+from rangekv.raftnode.rebalancer import (
     Action,
     NodeHealth,
-    changed_replicas,
     node_health,
     plan_action,
     plan_lease_move,
@@ -135,7 +132,7 @@ def test_no_lease_move_when_alone() -> None:
 
 
 def test_replicas_move_to_the_emptiest_node_with_hysteresis() -> None:
-    from rangekv.raftnode.change import plan_replica_move
+    from rangekv.raftnode.rebalancer import plan_replica_move
 
     led = [(1, (1, 2, 3)), (2, (1, 2, 3)), (3, (1, 2, 4))]
     # A new node 5 holds nothing: a replica of a range it is not in moves there,

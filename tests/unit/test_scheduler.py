@@ -9,40 +9,55 @@ cover the transport.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import random
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from rangekv.raft import (
+    ConfChange,
     Config,
     ConfState,
-    Entry,
     HardState,
     Message,
     RawNode,
     Snapshot,
     SnapshotMetadata,
 )
-from rangekv.replication.group import RaftGroup, RaftTiming
+from rangekv.replication.group import RaftGroup
 from rangekv.replication.log_engine import RaftLogEngine
 from rangekv.replication.scheduler import CountingMetrics, RaftScheduler
 from rangekv.replication.state_engine import AppliedState, StateBatch, StateEngine
+from rangekv.replication.state_machine import Span
 from rangekv.replication.sync_mode import FsmSyncMode
+from rangekv.replication.timing import RaftTiming
 
 GROUPS = 20
 
 
-class CounterGroup(RaftGroup):
-    """A group whose commands append to a per-group list kept in the state engine."""
+class CounterState:
+    """A state machine whose commands append to a per-group list kept in the state engine."""
 
-    def apply_command(self, entry: Entry, command: bytes, batch: StateBatch) -> Any:
-        batch.put(b"\x03g%d-%08d" % (self.group_id, entry.index), command)
-        return entry.index
+    def __init__(self, group_id: int) -> None:
+        self.group_id = group_id
+
+    def apply_command(self, index: int, command: bytes, batch: StateBatch) -> Any:
+        batch.put(b"\x03g%d-%08d" % (self.group_id, index), command)
+        return index
+
+    def apply_conf_change(self, index: int, cc: ConfChange, batch: StateBatch) -> None:
+        return None
 
     def record_applied(self, index: int, term: int, batch: StateBatch) -> None:
         batch.set_applied_state(self.group_id, AppliedState(index, term))
+
+    def snapshot_spans(self) -> list[Span]:
+        return []
+
+    def snapshot_installed(self, local: Mapping[bytes, bytes]) -> None:
+        return None
 
 
 class Node:
@@ -74,8 +89,14 @@ class Node:
             ),
             storage,
         )
-        group = CounterGroup(gid, node, wake=self.scheduler.wake)
-        group.applied_index = applied
+        group = RaftGroup(
+            gid,
+            node,
+            CounterState(gid),
+            wake=self.scheduler.wake,
+            incarnation=random.getrandbits(63) | 1,  # differs across restarts
+            applied_index=applied,
+        )
         self.scheduler.add_group(group)
 
     def send(self, group: RaftGroup, messages: Sequence[Message]) -> None:

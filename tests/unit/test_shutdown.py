@@ -29,7 +29,7 @@ class _Replica:
             1,
             9,
         )
-        self.leading = True
+        self.is_leader = True
         self.transfers: list[int] = []
         status = SimpleNamespace(
             progress={
@@ -37,11 +37,27 @@ class _Replica:
                 for r, (active, match) in progress.items()
             }
         )
-        self.raw_node = SimpleNamespace(is_leader=lambda: self.leading, status=lambda: status)
+        self.raft_status = lambda: status
 
     def transfer_leadership(self, replica_id: int) -> None:
         self.transfers.append(replica_id)
-        self.leading = False
+        self.is_leader = False
+
+
+class _SleepAdvances:
+    """A clock whose sleep returns at once, having moved time on by as much."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wall_ns(self) -> int:
+        return int(self.now * 1e9)
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
 
 
 class _Stoppable:
@@ -83,28 +99,21 @@ def _shutdown(tmp_path: Path, replicas: int, pod: str) -> tuple[GracefulShutdown
     parts: dict[str, Any] = {
         "store": SimpleNamespace(node_id=4, draining=False, replicas=lambda: led),
         "server": _Server(),
-        "changes": _Stoppable(),
-        "splits": _Stoppable(),
+        "rebalancer": _Stoppable(),
+        "split_queue": _Stoppable(),
         "meta": _Meta(),
         "led": led,
     }
-    now = [0.0]
-
-    async def sleep(seconds: float) -> None:
-        now[0] += seconds
-
     shutdown = GracefulShutdown(
         store=parts["store"],
         server=parts["server"],
-        changes=parts["changes"],
-        splits=parts["splits"],
+        queues=(parts["rebalancer"], parts["split_queue"]),
         meta=parts["meta"],
         pod=PodIdentity(pod, "db"),
         statefulsets=FixedStatefulSets({("db", "rk-raftnode"): replicas}),
         data_dir=tmp_path,
         config=ShutdownConfig(decommission_timeout=30, handoff_timeout=5, poll_interval=0.5),
-        monotonic=lambda: now[0],
-        sleep=sleep,
+        clock=_SleepAdvances(),
     )
     return shutdown, parts
 
@@ -115,7 +124,7 @@ async def test_a_restart_hands_every_lease_to_an_active_up_to_date_voter(tmp_pat
     assert parts["meta"].calls == 0  # ordinal 3 < 5 replicas: a restart, not a scale-down
     assert [r.transfers for r in parts["led"]] == [[2], [3]]  # active first, then most log
     assert parts["store"].draining and parts["server"].draining
-    assert parts["changes"].stopped and parts["splits"].stopped
+    assert parts["rebalancer"].stopped and parts["split_queue"].stopped
     assert StoreIdent.load(tmp_path) is None
 
 

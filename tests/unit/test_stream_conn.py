@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
+from testkit.waiting import async_wait_for
 
 from rangekv.client.stream_conn import StreamConnection
 from rangekv.common import errors as E
@@ -83,9 +84,7 @@ def put_ok(rid: int) -> kv_pb2.StreamResponseItem:
 
 
 async def until(cond: Any) -> None:
-    async with asyncio.timeout(5):
-        while not cond():
-            await asyncio.sleep(0)
+    await async_wait_for(cond, 5, "the condition", 0)
 
 
 PUT = kv_pb2.PutRequest(key=b"k", value=b"v")

@@ -30,12 +30,12 @@ from rangekv.common import telemetry as telemetry_module
 from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor
 from rangekv.common.server import ErrorInterceptor
 from rangekv.common.telemetry import SpanSet, Telemetry, traceparent
+from rangekv.domain.txn import TxnStatus
 from rangekv.gateway import dist_sender as dist_sender_module
 from rangekv.gateway.cache_types import LookupResult
 from rangekv.gateway.dist_sender import DistSender, NodeDirectory
 from rangekv.gateway.node_client import BatchReply, NodeClients
 from rangekv.gateway.range_cache import RangeCache
-from rangekv.metarange.records import TxnStatus
 from rangekv.raftnode import replica as replica_module
 from rangekv.raftnode.replica import RangeReplica
 from rangekv.v1 import replica_pb2, types_pb2
@@ -160,7 +160,7 @@ def _fake_replica(tracer: trace.Tracer | None) -> tuple[RangeReplica, list[Any]]
     """A RangeReplica whose `_batch` only records the span set it was given."""
     replica = RangeReplica.__new__(RangeReplica)
     replica.ctx = SimpleNamespace(tracer=tracer, node_id=1)  # type: ignore[assignment]
-    replica._descriptor = WHOLE
+    replica.range_id = WHOLE.range_id
     seen: list[Any] = []
 
     async def batch(req: Any, spans: SpanSet | None = None) -> replica_pb2.ReplicaBatchResponse:

@@ -15,9 +15,9 @@ import pytest
 
 from rangekv.common import errors as E
 from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor
+from rangekv.domain.txn import TxnMeta, TxnStatus
 from rangekv.gateway.dist_sender import NodeDirectory
 from rangekv.gateway.pusher import ReplicaTxnPusher
-from rangekv.metarange.records import TxnMeta, TxnStatus
 from rangekv.v1 import meta_pb2, replica_pb2, types_pb2
 
 REPLICAS = (ReplicaDescriptor(1, 1), ReplicaDescriptor(2, 2), ReplicaDescriptor(3, 3))

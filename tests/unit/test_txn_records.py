@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor
+from rangekv.domain.txn import TxnStatus
 from rangekv.raftnode import txn as T
 from rangekv.v1 import raftcmd_pb2, types_pb2
 
@@ -51,7 +52,7 @@ class Record:
 
 def pending(at: int = 10 * SEC) -> Record:
     r = Record()
-    assert r.apply(op(T.CREATE), at) == T.PENDING
+    assert r.apply(op(T.CREATE), at) == TxnStatus.PENDING
     return r
 
 
@@ -62,14 +63,14 @@ def test_create_is_pending_with_heartbeat_and_intent_keys() -> None:
     assert list(r.stored.intent_keys) == [b"\x02"]
     assert r.stored.meta == META
     # creating again (a retried proposal) keeps it pending and refreshes the heartbeat
-    assert r.apply(op(T.CREATE), 11 * SEC) == T.PENDING
+    assert r.apply(op(T.CREATE), 11 * SEC) == TxnStatus.PENDING
     assert r.stored.last_heartbeat.wall_time == 11 * SEC
 
 
 def test_heartbeat_only_moves_forward() -> None:
     r = pending(10 * SEC)
-    assert r.apply(op(T.HEARTBEAT), 12 * SEC) == T.PENDING
-    assert r.apply(op(T.HEARTBEAT), 11 * SEC) == T.PENDING
+    assert r.apply(op(T.HEARTBEAT), 12 * SEC) == TxnStatus.PENDING
+    assert r.apply(op(T.HEARTBEAT), 11 * SEC) == TxnStatus.PENDING
     assert r.stored is not None and r.stored.last_heartbeat.wall_time == 12 * SEC
     assert Record().apply(op(T.HEARTBEAT), SEC) is None  # no record: nothing to heartbeat
 
@@ -77,63 +78,63 @@ def test_heartbeat_only_moves_forward() -> None:
 def test_push_of_unexpired_pending_changes_nothing() -> None:
     r = pending(10 * SEC)
     # expired_before = pusher's now - expiry; the heartbeat is newer: still live
-    assert r.apply(op(T.PUSH, expired_before=9 * SEC), 14 * SEC) == T.PENDING
-    assert r.apply(op(T.PUSH, expired_before=10 * SEC), 15 * SEC) == T.PENDING
+    assert r.apply(op(T.PUSH, expired_before=9 * SEC), 14 * SEC) == TxnStatus.PENDING
+    assert r.apply(op(T.PUSH, expired_before=10 * SEC), 15 * SEC) == TxnStatus.PENDING
 
 
 def test_push_of_expired_pending_aborts_and_then_commit_is_refused() -> None:
     r = pending(10 * SEC)
-    assert r.apply(op(T.PUSH, expired_before=10 * SEC + 1), 20 * SEC) == T.ABORTED
-    assert r.apply(op(T.COMMIT, split=True), 21 * SEC) == T.ABORTED
+    assert r.apply(op(T.PUSH, expired_before=10 * SEC + 1), 20 * SEC) == TxnStatus.ABORTED
+    assert r.apply(op(T.COMMIT, split=True), 21 * SEC) == TxnStatus.ABORTED
     assert r.splits == 0
-    assert r.apply(op(T.HEARTBEAT), 22 * SEC) == T.ABORTED
-    assert r.apply(op(T.CREATE), 22 * SEC) == T.ABORTED
+    assert r.apply(op(T.HEARTBEAT), 22 * SEC) == TxnStatus.ABORTED
+    assert r.apply(op(T.CREATE), 22 * SEC) == TxnStatus.ABORTED
 
 
 def test_push_of_missing_record_writes_aborted() -> None:
     r = Record()
-    assert r.apply(op(T.PUSH, expired_before=0), 5 * SEC) == T.ABORTED
-    assert r.stored is not None and r.stored.status == T.ABORTED
+    assert r.apply(op(T.PUSH, expired_before=0), 5 * SEC) == TxnStatus.ABORTED
+    assert r.stored is not None and r.stored.status == TxnStatus.ABORTED
     # a late coordinator can neither create nor commit it any more
-    assert r.apply(op(T.CREATE), 6 * SEC) == T.ABORTED
-    assert r.apply(op(T.COMMIT, split=True), 6 * SEC) == T.ABORTED
+    assert r.apply(op(T.CREATE), 6 * SEC) == TxnStatus.ABORTED
+    assert r.apply(op(T.COMMIT, split=True), 6 * SEC) == TxnStatus.ABORTED
     assert r.splits == 0
 
 
 @pytest.mark.parametrize("kind", [T.COMMIT, T.ABORT])
 def test_end_of_missing_record_is_aborted(kind: int) -> None:
-    assert Record().apply(op(kind), SEC) == T.ABORTED
+    assert Record().apply(op(kind), SEC) == TxnStatus.ABORTED
 
 
 def test_commit_is_idempotent_and_splits_once() -> None:
     r = pending()
-    assert r.apply(op(T.COMMIT, split=True), 11 * SEC) == T.COMMITTED
-    assert r.apply(op(T.COMMIT, split=True), 12 * SEC) == T.COMMITTED
+    assert r.apply(op(T.COMMIT, split=True), 11 * SEC) == TxnStatus.COMMITTED
+    assert r.apply(op(T.COMMIT, split=True), 12 * SEC) == TxnStatus.COMMITTED
     assert r.splits == 1
     # pushes and aborts after a commit answer COMMITTED and change nothing
-    assert r.apply(op(T.PUSH, expired_before=100 * SEC), 100 * SEC) == T.COMMITTED
-    assert r.apply(op(T.ABORT), 100 * SEC) == T.COMMITTED
+    assert r.apply(op(T.PUSH, expired_before=100 * SEC), 100 * SEC) == TxnStatus.COMMITTED
+    assert r.apply(op(T.ABORT), 100 * SEC) == TxnStatus.COMMITTED
 
 
 def test_abort_is_idempotent() -> None:
     r = pending()
-    assert r.apply(op(T.ABORT), 11 * SEC) == T.ABORTED
-    assert r.apply(op(T.ABORT), 12 * SEC) == T.ABORTED
-    assert r.apply(op(T.COMMIT), 13 * SEC) == T.ABORTED
+    assert r.apply(op(T.ABORT), 11 * SEC) == TxnStatus.ABORTED
+    assert r.apply(op(T.ABORT), 12 * SEC) == TxnStatus.ABORTED
+    assert r.apply(op(T.COMMIT), 13 * SEC) == TxnStatus.ABORTED
 
 
 def test_split_commit_against_a_changed_descriptor_aborts() -> None:
     r = pending()
-    assert r.apply(op(T.COMMIT, split=True), 11 * SEC, split_ok=False) == T.ABORTED
+    assert r.apply(op(T.COMMIT, split=True), 11 * SEC, split_ok=False) == TxnStatus.ABORTED
     assert r.splits == 0
 
 
 def test_clear_intents_only_on_final_records() -> None:
     r = pending()
-    assert r.apply(op(T.CLEAR_INTENTS), 11 * SEC) == T.PENDING
+    assert r.apply(op(T.CLEAR_INTENTS), 11 * SEC) == TxnStatus.PENDING
     assert r.stored is not None and list(r.stored.intent_keys) == [b"\x02"]
     r.apply(op(T.COMMIT), 12 * SEC)
-    assert r.apply(op(T.CLEAR_INTENTS), 13 * SEC) == T.COMMITTED
+    assert r.apply(op(T.CLEAR_INTENTS), 13 * SEC) == TxnStatus.COMMITTED
     assert not r.stored.intent_keys
 
 

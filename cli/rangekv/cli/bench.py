@@ -466,7 +466,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, 
     return bench.summary(), bench.timeline.finish(bench.elapsed)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901 -- the CLI verb's flow: parse, run, print, write --out/--plot
     p = argparse.ArgumentParser(prog="rangekv bench", description=__doc__.splitlines()[0])
     p.add_argument("--addr", default=os.environ.get("RANGEKV_ADDR", DEFAULT_ADDR))
     p.add_argument("--workload", choices=("put", "get", "mixed"), default="put")

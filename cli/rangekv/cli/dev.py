@@ -108,8 +108,9 @@ def screen(cluster: LocalCluster, data_flag: str = "") -> str:
     return "\n".join(lines)
 
 
-async def run(args: argparse.Namespace) -> int:
-    data = Path(args.data).resolve()
+async def run(args: argparse.Namespace, data: Path, default_data: bool) -> int:
+    """Run the cluster in `data` (resolved by the caller: no file system call
+    blocks the event loop here) until Ctrl-C; `default_data`: it is ./data/dev."""
     if not _port_free(args.port):
         print(f"rangekv dev: port {args.port} is in use; pick another with --port", file=sys.stderr)
         return 1
@@ -143,7 +144,6 @@ async def run(args: argparse.Namespace) -> int:
         say(f"rangekv dev: {exc}")
         await cluster.stop()
         return 1
-    default_data = Path("./data/dev").resolve() == data
     say(screen(cluster, "" if default_data or cluster.certs_dir is None else f" --data {data}"))
     cluster.watch()
     await stop.wait()
@@ -168,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.metaranges < 1 or args.nodes < 1:
         parser.error("--metaranges and --nodes must be at least 1")
+    data = Path(args.data).resolve()
+    default_data = Path("./data/dev").resolve() == data
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(run(args))
+        return asyncio.run(run(args, data, default_data))
     return 130

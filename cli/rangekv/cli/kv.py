@@ -383,7 +383,7 @@ def prefix_end(prefix: bytes) -> bytes:
     return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
-def scan_main(argv: Sequence[str]) -> int:
+def scan_main(argv: Sequence[str]) -> int:  # noqa: C901 -- the CLI verb's flow: parse, stream, print as table or json
     p = _parser(
         "scan",
         "Stream the keys of [START, END) as `key<TAB>value` lines, in key order, "

@@ -36,8 +36,7 @@ from rangekv.gateway.admin_service import (
     recommission,
 )
 from rangekv.gateway.cluster_admin import ClusterAdmin, GrpcNodeAdmin
-from rangekv.metarange.client import MetaClient
-from rangekv.metarange.decommission import decommission_for_admin, recommission_for_admin
+from rangekv.metarange.client import MetaClient, decommission_for_admin, recommission_for_admin
 from rangekv.v1 import admin_pb2, admin_pb2_grpc, replica_pb2_grpc
 
 

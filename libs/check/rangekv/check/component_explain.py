@@ -117,7 +117,7 @@ def _first_failing_cut(
     return hi, best
 
 
-def describe_failure(search: ComponentSearch) -> Failure:
+def describe_failure(search: ComponentSearch) -> Failure:  # noqa: C901, PLR0915 -- one report, section after section, read top to bottom
     """Describe the deepest dead end the search's last run reached."""
     assert search.deepest is not None, "run() found no dead end"
     stack, state, stuck, related = search.deepest

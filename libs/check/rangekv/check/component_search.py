@@ -147,7 +147,7 @@ class ComponentSearch(ComponentModel):
         self.build_class_lists(self.lists.unk_rank, len(self.lists.rank))
         self.deepest: tuple[list[Frame], int, int, int] | None = None
 
-    def run(self, deadline: float | None, clock: Callable[[], float]) -> bool:
+    def run(self, deadline: float | None, clock: Callable[[], float]) -> bool:  # noqa: C901, PLR0912, PLR0915 -- the multi-key search, inlined on purpose: the hot loop of every checked history
         """Depth-first search; True if a linearization exists."""
         m = len(self.ok_ops)
         if m == 0:
@@ -224,7 +224,7 @@ class ComponentSearch(ComponentModel):
         def placed(j: int) -> bool:
             return j < low or bool(bits >> (j - low) & 1)
 
-        def short_lived(k: int, v: int, own: int) -> bool:
+        def short_lived(k: int, v: int, own: int) -> bool:  # noqa: C901 -- part of the inlined hot loop
             # Key k is about to hold v, which nothing else can write again:
             # every op that needs it must come before the first op on k that
             # cannot leave it alone (see the module docstring).  Dead if one

@@ -156,7 +156,7 @@ class _KeySearch(KeyModel):
 
     # -- search ---------------------------------------------------------
 
-    def run(self, deadline: float | None, clock: Callable[[], float]) -> bool:
+    def run(self, deadline: float | None, clock: Callable[[], float]) -> bool:  # noqa: C901, PLR0912, PLR0915 -- the checker's depth-first search, inlined on purpose: it is the hot loop of every chaos and simulator run
         """Depth-first search; True if a linearization exists."""
         m = len(self.ok_ops)
         if m == 0:

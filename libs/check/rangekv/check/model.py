@@ -65,7 +65,7 @@ class KeyModel:
         self.unk_ops = sorted(unk_ops, key=lambda o: o.invoke)
         self._intern()
 
-    def _intern(self) -> None:
+    def _intern(self) -> None:  # noqa: C901, PLR0912, PLR0915 -- one pass mapping every observed value of every op kind to a small integer
         observed: set[bytes] = set()
         for o in self.ok_ops:
             if o.kind is OpKind.GET and o.read is not None:

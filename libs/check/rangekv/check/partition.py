@@ -88,7 +88,7 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def partition(ops: Iterable[Operation]) -> list[Component]:
+def partition(ops: Iterable[Operation]) -> list[Component]:  # noqa: C901, PLR0912 -- one pass over the history, one branch per op kind
     """Split a history into components, ordered by their smallest key.
 
     FAIL operations are dropped (no effect, nothing returned), as are

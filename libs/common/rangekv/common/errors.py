@@ -450,7 +450,7 @@ def from_status_proto(status: status_pb2.Status, *, is_write: bool = False) -> R
     return _from_status(code, status.message or code.name, status, is_write)
 
 
-def _from_status(
+def _from_status(  # noqa: C901, PLR0912 -- the one mapping from wire errors back to exceptions, every code in one place
     code: grpc.StatusCode, message: str, status: status_pb2.Status | None, is_write: bool
 ) -> RangeKVError:
     retry_after = 0.1

@@ -40,7 +40,8 @@ from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 LabelValue = str | int | bool
-Clock = Callable[[], float]
+#: A monotonic reading in seconds, for timing what a histogram records.
+Timer = Callable[[], float]
 LabelKey = tuple[str, ...]
 
 
@@ -141,7 +142,7 @@ class Histogram(Instrument):
         description: str,
         labels: tuple[str, ...],
         buckets: Sequence[float],
-        clock: Clock,
+        clock: Timer,
     ) -> None:
         super().__init__(name, labels)
         bounds = [float(b) for b in buckets]
@@ -195,7 +196,7 @@ def _bound_text(bound: float) -> str:
 class BoundHistogram:
     __slots__ = ("_clock", "_histogram", "_key")
 
-    def __init__(self, histogram: Histogram, key: LabelKey, clock: Clock) -> None:
+    def __init__(self, histogram: Histogram, key: LabelKey, clock: Timer) -> None:
         self._histogram = histogram
         self._key = key
         self._clock = clock
@@ -233,11 +234,11 @@ class HistogramCollector(Collector):
 __all__ = [
     "BoundCounter",
     "BoundHistogram",
-    "Clock",
     "Counter",
     "Histogram",
     "HistogramCollector",
     "Instrument",
     "LabelValue",
+    "Timer",
     "UpDownCounter",
 ]

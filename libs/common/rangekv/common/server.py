@@ -462,7 +462,7 @@ class ServiceServer:
 
     # --- lifecycle -----------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: C901 -- server assembly, one optional part (TLS, health port, reflection, metrics) after another
         """Build and bind the server, start it and the metrics, then log the ready line.
 
         The ready line is logged last, once everything it names is listening, and

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+import logging
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
+
+from rangekv.common.clock import Clock
+from rangekv.common.errors import RangeKVError
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any] | None]) -> None:
@@ -25,4 +29,46 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any] | None]) -> None:
             await task
 
 
-__all__ = ["cancel_and_wait"]
+class Periodic:
+    """`step()` every `interval` seconds of `clock`, from `start()` until `stop()`.
+
+    A failing step is logged and the next one runs on time: a background queue
+    (size-based splits, the rebalancer) must outlive what goes wrong in one pass.
+    A RangeKVError is an expected answer of the cluster (logged at info), any
+    other exception a bug (logged with its traceback)."""
+
+    def __init__(
+        self,
+        name: str,
+        interval: float,
+        step: Callable[[], Awaitable[object]],
+        clock: Clock,
+        log: logging.Logger,
+    ) -> None:
+        self.name = name
+        self._interval = interval
+        self._step = step
+        self._clock = clock
+        self._log = log
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        await cancel_and_wait([task])
+
+    async def _run(self) -> None:
+        while True:
+            await self._clock.sleep(self._interval)
+            try:
+                await self._step()
+            except RangeKVError as exc:
+                self._log.info("%s: %s", self.name, exc)
+            except Exception:
+                self._log.exception("%s pass failed", self.name)
+
+
+__all__ = ["Periodic", "cancel_and_wait"]

@@ -68,11 +68,11 @@ from prometheus_client import CollectorRegistry, generate_latest, make_wsgi_app
 from rangekv.common.metrics import (
     BoundCounter,
     BoundHistogram,
-    Clock,
     Counter,
     Histogram,
     HistogramCollector,
     Instrument,
+    Timer,
     UpDownCounter,
 )
 from rangekv.common.tasks import cancel_and_wait
@@ -130,7 +130,7 @@ class EventLoopLagMonitor:
     """
 
     def __init__(
-        self, histogram: Histogram, *, interval: float = 0.1, clock: Clock = time.monotonic
+        self, histogram: Histogram, *, interval: float = 0.1, clock: Timer = time.monotonic
     ) -> None:
         if interval <= 0:
             raise ValueError(f"interval must be > 0, got {interval}")
@@ -330,7 +330,7 @@ class Telemetry:
         *,
         node_id: int = 0,
         otlp_endpoint: str | None = None,
-        clock: Clock = time.monotonic,
+        clock: Timer = time.monotonic,
         logger: logging.Logger | None = None,
     ) -> None:
         self.service = service

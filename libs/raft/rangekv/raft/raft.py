@@ -348,54 +348,30 @@ class Raft:
         if t is MT.BEAT:
             self._open_round()
             self._bcast_heartbeat()
-            return
-        if t is MT.CHECK_QUORUM:
+        elif t is MT.CHECK_QUORUM:
             if not self.tracker.quorum_active(self.id):
                 self.become_follower(self.term, NONE)
             else:
                 self.tracker.reset_recent_active(self.id)
-            return
-        if t is MT.READ_INDEX:
+        elif t is MT.READ_INDEX:
             self._leader_read_index(m)
-            return
-        if t is MT.TRANSFER_LEADER:
+        elif t is MT.TRANSFER_LEADER:
             self._leader_transfer(m.sender)
-            return
-        pr = self.tracker.progress.get(m.sender)
-        if pr is None:
-            return  # a peer no longer in the configuration
+        else:
+            pr = self.tracker.progress.get(m.sender)
+            if pr is not None:  # else: a peer no longer in the configuration
+                self._step_leader_from_peer(m, pr)
+
+    def _step_leader_from_peer(self, m: Message, pr: Progress) -> None:
+        """A leader hears what became of what it sent `m.sender`."""
+        t = m.type
         if t is MT.APP_RESP:
             pr.recent_active = True
             self._record_ack(pr, m.round)
             if m.reject:
-                hint = m.reject_hint
-                if m.log_term > 0:
-                    hint = self.log.find_conflict_by_term(hint, m.log_term)
-                if pr.maybe_decr_to(m.index, hint):
-                    if pr.state is ProgressState.REPLICATE:
-                        pr.become_probe()
-                    self._send_append(m.sender)
-                return
-            was_paused = pr.is_paused()
-            updated = pr.maybe_update(m.index)
-            # A probe answered at exactly `match` also proves where the log ends.
-            if not updated and not (pr.state is ProgressState.PROBE and pr.match == m.index):
-                return
-            if pr.state is ProgressState.PROBE:
-                pr.become_replicate()
-            elif pr.state is ProgressState.SNAPSHOT and pr.match + 1 >= self.log.first_index():
-                pr.become_probe()
-                pr.become_replicate()
-            elif pr.state is ProgressState.REPLICATE:
-                pr.inflights.free_le(m.index)
-            if self._maybe_commit():
-                self._bcast_append()
-            elif was_paused:
-                self._send_append(m.sender)
-            while self._send_append(m.sender, send_if_empty=False):
-                pass  # fill the window
-            if m.sender == self.lead_transferee and pr.match == self.log.last_index():
-                self._send_timeout_now(m.sender)
+                self._leader_append_rejected(m, pr)
+            else:
+                self._leader_append_accepted(m, pr)
         elif t is MT.HEARTBEAT_RESP:
             pr.recent_active = True
             pr.probe_sent = False
@@ -414,6 +390,39 @@ class Raft:
             pr.probe_sent = True
         elif t is MT.UNREACHABLE and pr.state is ProgressState.REPLICATE:
             pr.become_probe()
+
+    def _leader_append_rejected(self, m: Message, pr: Progress) -> None:
+        """The follower's log does not match at `m.index`: probe further back."""
+        hint = m.reject_hint
+        if m.log_term > 0:
+            hint = self.log.find_conflict_by_term(hint, m.log_term)
+        if pr.maybe_decr_to(m.index, hint):
+            if pr.state is ProgressState.REPLICATE:
+                pr.become_probe()
+            self._send_append(m.sender)
+
+    def _leader_append_accepted(self, m: Message, pr: Progress) -> None:
+        """The follower holds our log up to `m.index`: advance, commit, send more."""
+        was_paused = pr.is_paused()
+        updated = pr.maybe_update(m.index)
+        # A probe answered at exactly `match` also proves where the log ends.
+        if not updated and not (pr.state is ProgressState.PROBE and pr.match == m.index):
+            return
+        if pr.state is ProgressState.PROBE:
+            pr.become_replicate()
+        elif pr.state is ProgressState.SNAPSHOT and pr.match + 1 >= self.log.first_index():
+            pr.become_probe()
+            pr.become_replicate()
+        elif pr.state is ProgressState.REPLICATE:
+            pr.inflights.free_le(m.index)
+        if self._maybe_commit():
+            self._bcast_append()
+        elif was_paused:
+            self._send_append(m.sender)
+        while self._send_append(m.sender, send_if_empty=False):
+            pass  # fill the window
+        if m.sender == self.lead_transferee and pr.match == self.log.last_index():
+            self._send_timeout_now(m.sender)
 
     def _leader_transfer(self, target: int) -> None:
         if self.tracker.progress.get(target) is None or target in self.tracker.learners:

@@ -221,5 +221,13 @@ class RawNode:
         """The highest log index known committed."""
         return self.raft.log.committed
 
+    def applied_index(self) -> int:
+        """The highest log index the driver reported applied (through `advance`)."""
+        return self.raft.log.applied
+
+    def last_index(self) -> int:
+        """The index of the last entry in the log, persisted or not."""
+        return self.raft.log.last_index()
+
     def soft_state(self) -> SoftState:
         return self.raft.soft_state()

@@ -9,27 +9,28 @@ takes a `Ready`, persists it with every other group's in one synced write,
 sends, applies, and advances. Keeping every core call inside that section is
 what makes the process a faithful driver of a deterministic state machine.
 
+What the log means is not the group's business: it applies committed entries
+through its `StateMachine` (state_machine.py), and merges concurrent writes
+through the serving layer's `CommandMerger` (proposals.py). The group is
+final: it is composed with those, never subclassed.
+
 Proposals are resolved when the proposing node applies them (a write is
 acknowledged only after commit by a quorum AND apply by the leaseholder).
 Each proposal's entry carries a tag (process incarnation + counter) so that
 after a restart no replayed entry can resolve a new caller's future.
-
-Subclasses implement `apply_command` (and may override the hooks) to turn
-committed commands into state-engine writes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Final
+from collections.abc import Callable, Sequence
+from typing import Any, Final, final
 
 from rangekv.common import errors as E
 from rangekv.raft import (
     ConfChange,
+    ConfState,
     Entry,
     EntryType,
     LeaseState,
@@ -39,9 +40,22 @@ from rangekv.raft import (
     RawNode,
     Ready,
     StateType,
+    Status,
     UncommittedSizeExceeded,
 )
 from rangekv.replication.mutations import Mutation
+from rangekv.replication.proposals import CommandMerger, ProposalQueue, Waiter, settle
+from rangekv.replication.state_engine import StateBatch
+from rangekv.replication.state_machine import StateMachine
+
+__all__ = [
+    "TAG_SIZE",
+    "GroupError",
+    "NotLeaderNow",
+    "Overloaded",
+    "ProposalAbandoned",
+    "RaftGroup",
+]
 
 _TAG: Final = struct.Struct(">QQ")  # incarnation, sequence
 TAG_SIZE: Final = _TAG.size
@@ -65,89 +79,96 @@ class Overloaded(GroupError):
     before it entered the log (nothing was done); retry after a short pause."""
 
 
-@dataclass(frozen=True, slots=True)
-class RaftTiming:
-    """Ticks, elections and the lease derived from them.
-
-    Lease derivation (why a new leader can never serve while an old lease is valid):
-    the lease of a round sent at leader time `s` lasts until `s + lease_duration`
-    on the leader's clock, i.e. at most `lease_duration * (1 + drift)` of real
-    time. Every voter that acknowledged that round heard from the leader after
-    `s` and (CheckQuorum + leader stickiness; a restarted node waits one election
-    timeout) grants no vote for `election_ticks` of its own ticks. It may have heard
-    the leader just before one of its ticks, so that is at least
-    `(election_ticks - 1) * tick_interval * (1 - drift)` of real time; a late tick
-    only lengthens the wait. So the lease is safe iff
-    `lease_duration * (1 + drift) < (election_ticks - 1) * tick_interval * (1 - drift)`;
-    we also subtract `lease_margin` for the time between stamping a round and the
-    heartbeat leaving the process.
-    """
-
-    tick_interval: float = 0.1
-    heartbeat_ticks: int = 1
-    election_ticks: int = 10
-    max_clock_drift: float = 0.05
-    lease_margin: float = 0.05
-
-    def __post_init__(self) -> None:
-        if self.tick_interval <= 0:
-            raise ValueError("tick_interval must be > 0")
-        if not 0 < self.heartbeat_ticks < self.election_ticks:
-            raise ValueError("need 0 < heartbeat_ticks < election_ticks")
-        if not 0 <= self.max_clock_drift < 0.5:
-            raise ValueError("max_clock_drift must be in [0, 0.5)")
-        if self.lease_duration <= self.heartbeat_ticks * self.tick_interval:
-            raise ValueError(
-                "the derived lease is not longer than a heartbeat interval; "
-                "raise election_ticks or lower max_clock_drift"
-            )
-
-    @property
-    def lease_duration(self) -> float:
-        safe_real = (self.election_ticks - 1) * self.tick_interval * (1 - self.max_clock_drift)
-        return safe_real / (1 + self.max_clock_drift) - self.lease_margin
+#: What a resolved entry hands back: who waits, and what they get.
+Resolved = list[tuple[Waiter, object]]
 
 
+@final
 class RaftGroup:
-    """A raft group's queued inputs, its pending proposals and its read waiters."""
+    """A raft group's core, its queued inputs, its pending proposals and its read waiters."""
 
     def __init__(
         self,
         group_id: int,
         raw_node: RawNode,
+        state_machine: StateMachine,
         *,
         wake: Callable[[RaftGroup], None],
-        incarnation: int | None = None,
+        incarnation: int,
+        applied_index: int,
+        merger: CommandMerger[Any] | None = None,
+        on_role_change: Callable[[], None] | None = None,
+        mutation: Mutation = Mutation.NONE,
     ) -> None:
+        """`incarnation` must differ across restarts of the process (tags of replayed
+        entries never match a new proposal); `applied_index` is where the state
+        machine's durable state stands; `on_role_change` runs when the group's role
+        or known leader changes; `mutation` is test-only (mutations.py)."""
         self.group_id = group_id
         self.raw_node = raw_node
+        self.state_machine = state_machine
         self._wake = wake
-        self._incarnation = incarnation if incarnation is not None else random.getrandbits(63) | 1
+        self._incarnation = incarnation
         self._seq = 0
+        self._on_role_change = on_role_change
+        self.mutation = mutation
         # Queued inputs, drained by the scheduler in `drain_inputs`.
         self._inbox: list[Message] = []
         self._ticks = 0
         self._tick_now = 0.0
-        self._to_propose: list[tuple[bytes, asyncio.Future[Any]]] = []
+        self.proposals: ProposalQueue[Any] = ProposalQueue(merger)
         self._to_propose_conf: list[tuple[ConfChange, asyncio.Future[Any]]] = []
         self._reports: list[tuple[str, int, bool]] = []
         self._transfer_to = 0
+        #: Ticks during which this group keeps forcing an election while no leader is known.
+        self._forced_campaign_ticks = 0
         # Read index: at most one request in the core per scheduler iteration.
         self._read_waiting: asyncio.Future[int] | None = None
         self._read_ctx = 0
         self._reads_in_core: dict[bytes, asyncio.Future[int]] = {}
         self._reads_to_serve: list[tuple[int, asyncio.Future[int]]] = []
         # Proposals in the log, by tag, resolved when applied here.
-        self._pending: dict[bytes, asyncio.Future[Any]] = {}
-        self.applied_index = 0
+        self._pending: dict[bytes, Waiter] = {}
+        #: How far the state machine applied (may lead the core's after a snapshot).
+        self.applied_index = applied_index
         #: Index of the last conf change applied (log truncation must not cut
-        #: below it, see the raftnode store).
+        #: below it: a snapshot records the current configuration).
         self.last_conf_index = 0
         self.removed = False
-        #: Test-only mutation (see mutations.py); the scheduler sets it in add_group.
-        self.mutation = Mutation.NONE
 
-    # --- inputs (any coroutine) -----------------------------------------------------
+    # --- the core, read-only ----------------------------------------------------------
+
+    @property
+    def replica_id(self) -> int:
+        return self.raw_node.id
+
+    @property
+    def is_leader(self) -> bool:
+        return self.raw_node.is_leader()
+
+    def leader(self) -> int:
+        """The replica id of the leader this replica believes in (0: none known)."""
+        return self.raw_node.leader()
+
+    def term(self) -> int:
+        return self.raw_node.term()
+
+    def commit_index(self) -> int:
+        return self.raw_node.commit_index()
+
+    def status(self) -> Status:
+        return self.raw_node.status()
+
+    def conf_state(self) -> ConfState:
+        return self.raw_node.conf_state()
+
+    def lease_status(self, now: float) -> LeaseStatus:
+        return self.raw_node.lease_status(now)
+
+    # --- inputs (any coroutine) -------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake(self)
 
     def deliver(self, msg: Message) -> None:
         self._inbox.append(msg)
@@ -176,14 +197,21 @@ class RaftGroup:
         self._wake(self)
 
     def propose(self, command: bytes) -> asyncio.Future[Any]:
-        """Queue a command; the future resolves with `apply_command`'s result on
-        this replica, or fails with NotLeaderNow / ProposalAbandoned."""
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._to_propose.append((command, fut))
+        """Queue a command; the future resolves with the state machine's result on
+        this replica, or fails with NotLeaderNow / Overloaded / ProposalAbandoned."""
+        fut = self.proposals.add_command(command)
+        self._wake(self)
+        return fut
+
+    def propose_part(self, items: Sequence[Any]) -> asyncio.Future[list[Any]]:
+        """Queue items to be merged with the other parts of this scheduler iteration
+        into one command (proposals.py); the future gets this caller's slice."""
+        fut = self.proposals.add_part(items)
         self._wake(self)
         return fut
 
     def propose_conf_change(self, cc: ConfChange) -> asyncio.Future[Any]:
+        """Resolves once the core took the change into its log (not once applied)."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._to_propose_conf.append((cc, fut))
         self._wake(self)
@@ -197,6 +225,15 @@ class RaftGroup:
             self._read_waiting = asyncio.get_running_loop().create_future()
             self._wake(self)
         return self._read_waiting
+
+    def force_campaign(self, ticks: int) -> None:
+        """Win this group's first election at once: force an election now, and again
+        every other tick while no leader is known, for `ticks` ticks (a vote can
+        reach a peer that does not host the group yet, which drops it). Only for a
+        group that never had a leader (no lease can be broken): the caller's call."""
+        self._forced_campaign_ticks = ticks
+        self.raw_node.campaign(force=True)
+        self._wake(self)
 
     async def await_applied(
         self,
@@ -225,9 +262,6 @@ class RaftGroup:
                 outcome=E.WriteOutcome.UNKNOWN,
             ) from None
 
-    def lease_status(self, now: float) -> LeaseStatus:
-        return self.raw_node.lease_status(now)
-
     async def await_read_point(
         self, now: float, timeout: float, count: Callable[[str], None] | None = None
     ) -> None:
@@ -254,16 +288,13 @@ class RaftGroup:
             count("readindex")
         await asyncio.wait_for(asyncio.shield(self.read_index()), timeout)
 
-    @property
-    def is_leader(self) -> bool:
-        return self.raw_node.is_leader()
-
     # --- scheduler side (synchronous, inside the scheduler's section) -----------------
 
     def drain_inputs(self) -> None:
         """Feed every queued input to the core. Only the scheduler calls this."""
         node = self.raw_node
-        self.before_drain()
+        if self._forced_campaign_ticks and self._ticks:
+            self._maybe_force_campaign()
         if self._ticks:
             ticks, self._ticks = self._ticks, 0
             for _ in range(ticks):
@@ -273,26 +304,63 @@ class RaftGroup:
             for msg in inbox:
                 node.step(msg)
         if self._reports:
-            reports, self._reports = self._reports, []
-            for kind, replica_id, failed in reports:
-                if kind == "unreachable":
-                    node.report_unreachable(replica_id)
-                else:
-                    node.report_snapshot(replica_id, failed)
+            self._drain_reports(node)
         if self._transfer_to:
             target, self._transfer_to = self._transfer_to, 0
             node.transfer_leadership(target)
-        if self._to_propose:
-            self._propose_queued(node)
+        self._propose_queued(node)
         if self._to_propose_conf:
-            confs, self._to_propose_conf = self._to_propose_conf, []
-            for cc, fut in confs:
-                try:
-                    node.propose_conf_change(cc)
-                except ProposalDropped as exc:
-                    _fail(fut, NotLeaderNow(str(exc)))
-                else:
-                    _resolve(fut, None)
+            self._propose_conf_changes(node)
+        self._request_read_index(node)
+
+    def _maybe_force_campaign(self) -> None:
+        self._forced_campaign_ticks = max(0, self._forced_campaign_ticks - self._ticks)
+        node = self.raw_node
+        if node.leader() or node.is_leader():
+            self._forced_campaign_ticks = 0
+        elif self._forced_campaign_ticks % 2 == 0:
+            node.campaign(force=True)
+
+    def _drain_reports(self, node: RawNode) -> None:
+        reports, self._reports = self._reports, []
+        for kind, replica_id, failed in reports:
+            if kind == "unreachable":
+                node.report_unreachable(replica_id)
+            else:
+                node.report_snapshot(replica_id, failed)
+
+    def _propose_queued(self, node: RawNode) -> None:
+        queued = self.proposals.take()
+        if not queued:
+            return
+        datas = []
+        for command, _waiter in queued:
+            self._seq += 1
+            datas.append(_TAG.pack(self._incarnation, self._seq) + command)
+        try:
+            node.propose_batch(datas)
+        except UncommittedSizeExceeded as exc:
+            for _command, waiter in queued:
+                settle(waiter, Overloaded(str(exc)))
+            return
+        except ProposalDropped as exc:
+            for _command, waiter in queued:
+                settle(waiter, NotLeaderNow(str(exc)))
+            return
+        for data, (_command, waiter) in zip(datas, queued, strict=True):
+            self._pending[data[:TAG_SIZE]] = waiter
+
+    def _propose_conf_changes(self, node: RawNode) -> None:
+        confs, self._to_propose_conf = self._to_propose_conf, []
+        for cc, fut in confs:
+            try:
+                node.propose_conf_change(cc)
+            except ProposalDropped as exc:
+                settle(fut, NotLeaderNow(str(exc)))
+            else:
+                settle(fut, None)
+
+    def _request_read_index(self, node: RawNode) -> None:
         waiting = self._read_waiting
         if (
             waiting is not None
@@ -305,59 +373,50 @@ class RaftGroup:
             self._read_waiting = None
             node.read_index(ctx)
 
-    def _propose_queued(self, node: RawNode) -> None:
-        queued, self._to_propose = self._to_propose, []
-        datas = []
-        for command, _fut in queued:
-            self._seq += 1
-            datas.append(_TAG.pack(self._incarnation, self._seq) + command)
-        try:
-            node.propose_batch(datas)
-        except UncommittedSizeExceeded as exc:
-            for _command, fut in queued:
-                _fail(fut, Overloaded(str(exc)))
-            return
-        except ProposalDropped as exc:
-            for _command, fut in queued:
-                _fail(fut, NotLeaderNow(str(exc)))
-            return
-        for data, (_command, fut) in zip(datas, queued, strict=True):
-            self._pending[data[:TAG_SIZE]] = fut
+    def take_ready(self) -> Ready | None:
+        """The core's next Ready, if it has one (scheduler only)."""
+        node = self.raw_node
+        return node.ready() if node.has_ready() else None
 
-    def apply_entries(self, rd: Ready, batch: Any) -> list[tuple[asyncio.Future[Any], Any]]:
+    def apply_entries(self, rd: Ready, batch: StateBatch) -> Resolved:
         """Apply rd's committed entries into the shared state batch.
 
-        Returns (future, result) pairs to resolve once the batch is durable.
+        Returns (waiter, result) pairs to settle once the batch is durable.
         Invariant: an entry at or below `applied_index` (already applied, e.g.
         replayed after a crash or covered by an ingested snapshot) has no state
         effect; a conf change still reaches the core, whose configuration is
         derived from the log.
         """
-        done: list[tuple[asyncio.Future[Any], Any]] = []
+        done: Resolved = []
         for entry in rd.committed_entries:
             if entry.type == EntryType.CONF_CHANGE:
                 cc = ConfChange.decode(entry.data)
                 self.raw_node.apply_conf_change(cc)
                 self.last_conf_index = entry.index
                 if entry.index > self.applied_index:
-                    self.apply_conf_change(entry, cc, batch)
+                    self.state_machine.apply_conf_change(entry.index, cc, batch)
             elif entry.index > self.applied_index and len(entry.data) >= TAG_SIZE:
-                result = self.apply_command(entry, entry.data[TAG_SIZE:], batch)
-                fut = self._pending.pop(entry.data[:TAG_SIZE], None)
-                if fut is not None:
-                    done.append((fut, result))
+                self._apply_command(entry, batch, done)
             if entry.index > self.applied_index:
                 self.applied_index = entry.index
         if rd.committed_entries:
-            self.record_applied(self.applied_index, rd.committed_entries[-1].term, batch)
+            self.state_machine.record_applied(
+                self.applied_index, rd.committed_entries[-1].term, batch
+            )
         return done
 
-    def apply_unreplicated(self, rd: Ready, batch: Any) -> list[tuple[asyncio.Future[Any], Any]]:
+    def _apply_command(self, entry: Entry, batch: StateBatch, done: Resolved) -> None:
+        result = self.state_machine.apply_command(entry.index, entry.data[TAG_SIZE:], batch)
+        waiter = self._pending.pop(entry.data[:TAG_SIZE], None)
+        if waiter is not None:
+            done.append((waiter, result))
+
+    def apply_unreplicated(self, rd: Ready, batch: StateBatch) -> Resolved:
         """TEST MUTATION ack_before_quorum only: apply this leader's newly appended
         entries (not yet on a quorum) as if committed, so their proposals are
         acknowledged at once. Stops at the first conf change. Entries applied
         here are skipped when they really commit (index <= applied_index)."""
-        done: list[tuple[asyncio.Future[Any], Any]] = []
+        done: Resolved = []
         last: Entry | None = None
         for entry in rd.entries:
             if entry.type == EntryType.CONF_CHANGE:
@@ -365,18 +424,17 @@ class RaftGroup:
             if entry.index <= self.applied_index:
                 continue
             if len(entry.data) >= TAG_SIZE:
-                result = self.apply_command(entry, entry.data[TAG_SIZE:], batch)
-                fut = self._pending.pop(entry.data[:TAG_SIZE], None)
-                if fut is not None:
-                    done.append((fut, result))
+                self._apply_command(entry, batch, done)
             self.applied_index = entry.index
             last = entry
         if last is not None:
-            self.record_applied(self.applied_index, last.term, batch)
+            self.state_machine.record_applied(self.applied_index, last.term, batch)
         return done
 
-    def after_advance(self, rd: Ready) -> None:
-        """Leadership changes, read states: run after the core advanced."""
+    def advance(self, rd: Ready) -> bool:
+        """The Ready was persisted, sent and applied: advance the core, then settle
+        leadership changes and read states. True when the core has more to do."""
+        self.raw_node.advance(rd)
         if rd.soft_state is not None and rd.soft_state.raft_state != StateType.LEADER:
             self._abandon_all("leadership lost")
         for rs in rd.read_states:
@@ -387,25 +445,26 @@ class RaftGroup:
             still = []
             for index, fut in self._reads_to_serve:
                 if index <= self.applied_index:
-                    _resolve(fut, index)
+                    settle(fut, index)
                 else:
                     still.append((index, fut))
             self._reads_to_serve = still
-        if rd.soft_state is not None:
-            self.on_soft_state(rd)
+        if rd.soft_state is not None and self._on_role_change is not None:
+            self._on_role_change()
+        return self.raw_node.has_ready()
 
     def _abandon_all(self, why: str) -> None:
         pending, self._pending = self._pending, {}
-        for fut in pending.values():
-            _fail(fut, ProposalAbandoned(why))
+        for waiter in pending.values():
+            settle(waiter, ProposalAbandoned(why))
         reads, self._reads_in_core = self._reads_in_core, {}
         for fut in reads.values():
-            _fail(fut, NotLeaderNow(why))
+            settle(fut, NotLeaderNow(why))
         for _index, fut in self._reads_to_serve:
-            _fail(fut, NotLeaderNow(why))
+            settle(fut, NotLeaderNow(why))
         self._reads_to_serve = []
         if self._read_waiting is not None:
-            _fail(self._read_waiting, NotLeaderNow(why))
+            settle(self._read_waiting, NotLeaderNow(why))
             self._read_waiting = None
 
     def snapshot_refusal(self, message: Message, streamed_applied: int) -> str | None:
@@ -427,37 +486,12 @@ class RaftGroup:
             return f"its state (applied {streamed_applied}) is not newer than {self.applied_index}"
         return None
 
+    def step_snapshot(self, message: Message) -> None:
+        """Hand a SNAP to the core (scheduler's section only; host.install_snapshot)."""
+        self.raw_node.step(message)
+        self._wake(self)
+
     def close(self, why: str = "replica closed") -> None:
         self.removed = True
         self._abandon_all(why)
-        for _command, fut in self._to_propose:
-            _fail(fut, NotLeaderNow(why))
-        self._to_propose = []
-
-    # --- hooks for subclasses -------------------------------------------------------
-
-    def before_drain(self) -> None:
-        """Called first in every drain: flush command batches into `propose`."""
-
-    def apply_command(self, entry: Entry, command: bytes, batch: Any) -> Any:
-        """Apply one committed command into `batch`; return the proposer's result."""
-        raise NotImplementedError
-
-    def apply_conf_change(self, entry: Entry, cc: ConfChange, batch: Any) -> None:
-        """State effects of a committed conf change (e.g. a new descriptor)."""
-
-    def record_applied(self, index: int, term: int, batch: Any) -> None:
-        """Write the applied index (and term) into `batch`, atomically with the effects."""
-
-    def on_soft_state(self, rd: Ready) -> None:
-        """Role or leader changed."""
-
-
-def _resolve(fut: asyncio.Future[Any], value: Any) -> None:
-    if not fut.done():
-        fut.set_result(value)
-
-
-def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:
-    if not fut.done():
-        fut.set_exception(exc)
+        self.proposals.fail_all(NotLeaderNow(why))

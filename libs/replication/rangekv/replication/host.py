@@ -3,9 +3,11 @@
 Both raftnode (many ranges) and metarange (one meta group) host raft groups
 the same way: one raft-log engine (always synced), one state engine (FSM sync
 mode), one scheduler (group commit), a ticker, log truncation, and snapshot
-streaming from a consistent engine snapshot. `GroupHost` is that machinery;
-a service subclasses it to say how replica ids map to nodes (`route`) and
-which state-engine spans a group's snapshot holds (`snapshot_spans`).
+streaming from a consistent engine snapshot. `GroupHost` is that machinery.
+A service composes it with what is its own: a `Router` (how replica ids map
+to nodes), the `StateMachine` and `CommandMerger` of each group it adds, and
+the `HostSeams` it is handed (raft sender, engine opener, clock, random
+source, test faults).
 
 Log truncation keeps `log_retain_entries` entries below the applied index, so
 a briefly lagging follower catches up from the log and only a far-behind one
@@ -18,32 +20,47 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
+from rangekv.common.clock import Clock
 from rangekv.common.tasks import cancel_and_wait
 from rangekv.raft import Config, Message, RawNode
-from rangekv.replication.group import RaftGroup, RaftTiming
-from rangekv.replication.log_engine import RaftLogEngine
-from rangekv.replication.mutations import Mutation
+from rangekv.replication.engines import EngineOpener
+from rangekv.replication.group import RaftGroup
+from rangekv.replication.mutations import NO_FAULTS, Mutation, TestFaults
+from rangekv.replication.proposals import CommandMerger
+from rangekv.replication.raft_network import RaftSender
 from rangekv.replication.scheduler import RaftScheduler, SchedulerMetrics
 from rangekv.replication.snapshot_data import decode_chunk, encode_chunks
 from rangekv.replication.state_engine import (
     APPLIED_STATE,
     AppliedState,
-    StateEngine,
     range_local_key,
     range_local_span,
 )
+from rangekv.replication.state_machine import Span, StateMachine
 from rangekv.replication.sync_mode import FsmSyncMode
+from rangekv.replication.timing import RaftTiming
 from rangekv.v1 import types_pb2
+
+__all__ = ["GroupHost", "HostConfig", "HostSeams", "Route", "Router"]
 
 log = logging.getLogger(__name__)
 
-SendRaft = Callable[[int, int, Message, types_pb2.RangeDescriptor | None], None]
-Span = tuple[bytes, bytes | None]
+T = TypeVar("T")
+
+#: Where an outgoing message goes: (node id, descriptor to attach or None).
+Route = tuple[int, types_pb2.RangeDescriptor | None]
+
+
+class Router(Protocol):
+    """How a service's replica ids map to nodes."""
+
+    def route(self, group_id: int, msg: Message) -> Route | None:
+        """Where `msg` of group `group_id` goes; None drops it (nobody to send to)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -51,7 +68,6 @@ class HostConfig:
     """What every raft-hosting process configures the same way."""
 
     node_id: int
-    data_dir: Path
     timing: RaftTiming = field(default_factory=RaftTiming)
     fsm_sync_mode: FsmSyncMode = FsmSyncMode.SYNC
     log_retain_entries: int = 2000
@@ -60,15 +76,6 @@ class HostConfig:
     #: Bytes of proposals a leader holds uncommitted before refusing more
     #: (RESOURCE_EXHAUSTED; raft's max_uncommitted_entries_size).
     max_uncommitted_bytes: int = 64 << 20
-    #: Test-only deliberately broken behaviour (mutations.py); NONE otherwise.
-    mutation: Mutation = Mutation.NONE
-    #: Test-only: kill -9 loses unsynced state writes like a power cut
-    #: (RANGEKV_TEST_POWER_LOSS; StateEngine.open explains).
-    power_loss: bool = False
-    #: Test-only: seconds this node waits before sending each snapshot chunk
-    #: (RANGEKV_TEST_SNAPSHOT_DELAY_MS), so a chaos schedule can make a stale
-    #: snapshot arrive after the follower was caught up another way.
-    snapshot_send_delay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.node_id <= 0:
@@ -79,55 +86,45 @@ class HostConfig:
             raise ValueError("truncate_interval must be > 0")
 
 
-Engines = tuple[RaftLogEngine, StateEngine]
+@dataclass(frozen=True)
+class HostSeams:
+    """What a host is given from outside: every I/O seam, each with an in-memory twin.
 
+    `sender`: where outgoing raft messages go (`RaftTransport` | `MemoryNetwork`);
+    `open_engines`: the engines (`RocksEngines` | `MemoryEngines`); `clock` and
+    `rng` (seeded): time and chance; `faults`: test-only behaviour (`NO_FAULTS`
+    in production); `scheduler_metrics`: the scheduler's figures (telemetry)."""
 
-def open_rocksdb_engines(config: HostConfig) -> Engines:
-    """The process's two engines on disk, under `config.data_dir`."""
-    log_engine = RaftLogEngine.open(config.data_dir / "raftlog")
-    state_engine = StateEngine.open(
-        config.data_dir / "state", config.fsm_sync_mode, power_loss=config.power_loss
-    )
-    return log_engine, state_engine
+    sender: RaftSender
+    open_engines: EngineOpener
+    clock: Clock
+    rng: random.Random
+    faults: TestFaults = NO_FAULTS
+    scheduler_metrics: SchedulerMetrics | None = None
 
 
 class GroupHost:
     """Engines, scheduler, ticker, truncation and snapshots for a process's groups."""
 
-    def __init__(
-        self,
-        config: HostConfig,
-        *,
-        send_raft: SendRaft,
-        scheduler_metrics: SchedulerMetrics | None = None,
-        monotonic: Callable[[], float] = time.monotonic,
-        open_engines: Callable[[HostConfig], Engines] | None = None,
-    ) -> None:
-        self.host_config = config
-        self._send_raft = send_raft
-        self._monotonic = monotonic
-        self.log_engine, self.state_engine = (open_engines or open_rocksdb_engines)(config)
+    def __init__(self, config: HostConfig, router: Router, seams: HostSeams) -> None:
+        self.config = config
+        self._router = router
+        self._sender = seams.sender
+        self.clock = seams.clock
+        self._rng = seams.rng
+        self.faults = seams.faults
+        self.log_engine, self.state_engine = seams.open_engines(config.fsm_sync_mode)
+        self._blocking_io = seams.open_engines.blocking
         self.scheduler = RaftScheduler(
             self.log_engine,
             self.state_engine,
             self._send,
-            metrics=scheduler_metrics,
-            mutation=config.mutation,
+            metrics=seams.scheduler_metrics,
+            blocking_io_in_thread=self._blocking_io,
+            mutation=self.faults.mutation,
+            clock=self.clock,
         )
         self._tasks: list[asyncio.Task[None]] = []
-        self._rng = random.Random()
-
-    # --- hooks --------------------------------------------------------------------------
-
-    def route(
-        self, group: RaftGroup, msg: Message
-    ) -> tuple[int, types_pb2.RangeDescriptor | None] | None:
-        """(node id, descriptor to attach or None) for an outgoing message; None drops it."""
-        raise NotImplementedError
-
-    def snapshot_spans(self, group: RaftGroup) -> list[Span]:
-        """The state-engine spans a snapshot of `group` consists of."""
-        raise NotImplementedError
 
     # --- groups -------------------------------------------------------------------------
 
@@ -135,9 +132,34 @@ class GroupHost:
         raw = self.state_engine.get_local(group_id, APPLIED_STATE)
         return AppliedState.decode(raw) if raw else AppliedState(0, 0)
 
-    def new_raw_node(self, group_id: int, replica_id: int, applied: AppliedState) -> RawNode:
-        """A RawNode over the group's stored log, resuming where the state machine is."""
-        timing = self.host_config.timing
+    def add_group(
+        self,
+        group_id: int,
+        replica_id: int,
+        state_machine: StateMachine,
+        *,
+        merger: CommandMerger[Any] | None = None,
+        on_role_change: Callable[[], None] | None = None,
+    ) -> RaftGroup:
+        """Start driving group `group_id`'s replica `replica_id` over its stored log,
+        resuming where the state machine's durable state is."""
+        applied = self.applied_state(group_id)
+        group = RaftGroup(
+            group_id,
+            self._raw_node(group_id, replica_id, applied),
+            state_machine,
+            wake=self.scheduler.wake,
+            incarnation=self._rng.getrandbits(63) | 1,
+            applied_index=applied.index,
+            merger=merger,
+            on_role_change=on_role_change,
+            mutation=self.faults.mutation,
+        )
+        self.scheduler.add_group(group)
+        return group
+
+    def _raw_node(self, group_id: int, replica_id: int, applied: AppliedState) -> RawNode:
+        timing = self.config.timing
         storage = self.log_engine.storage(group_id)
         hard_state, _conf = storage.initial_state()
         # The core's applied index must lie within what its log knows; the state
@@ -154,7 +176,7 @@ class GroupHost:
                 rng_seed=self._rng.getrandbits(32),
                 max_inflight_msgs=256,
                 max_size_per_msg=1 << 20,
-                max_uncommitted_entries_size=self.host_config.max_uncommitted_bytes,
+                max_uncommitted_entries_size=self.config.max_uncommitted_bytes,
             ),
             storage,
         )
@@ -163,9 +185,9 @@ class GroupHost:
 
     def _send(self, group: RaftGroup, messages: Sequence[Message]) -> None:
         for msg in messages:
-            route = self.route(group, msg)
+            route = self._router.route(group.group_id, msg)
             if route is not None:
-                self._send_raft(route[0], group.group_id, msg, route[1])
+                self._sender.send(route[0], group.group_id, msg, route[1])
 
     def report_unreachable(self, node_id: int, group_id: int, replica_id: int) -> None:
         group = self.scheduler.group(group_id)
@@ -184,7 +206,7 @@ class GroupHost:
         group = self.scheduler.group(group_id)
         if group is None:
             raise LookupError(f"group {group_id} is not on this node")
-        spans = self.snapshot_spans(group)
+        spans = group.state_machine.snapshot_spans()
         snap = self.state_engine.snapshot()
         log.info(
             "snapshot of group %d for replica %d: streaming state at applied %d",
@@ -198,10 +220,10 @@ class GroupHost:
                 for lo, hi in spans:
                     yield from snap.iterate(lo, hi)
 
-            delay = self.host_config.snapshot_send_delay
-            for chunk in encode_chunks(pairs(), self.host_config.snapshot_chunk_bytes):
+            delay = self.faults.snapshot_send_delay
+            for chunk in encode_chunks(pairs(), self.config.snapshot_chunk_bytes):
                 if delay:
-                    await asyncio.sleep(delay)  # TEST ONLY: a slow snapshot stream
+                    await self.clock.sleep(delay)  # TEST ONLY: a slow snapshot stream
                 yield chunk
                 await asyncio.sleep(0)  # let heartbeats and requests through between chunks
         finally:
@@ -213,7 +235,6 @@ class GroupHost:
         message: Message,
         spans: Sequence[Span],
         chunks: AsyncIterator[bytes],
-        adopt: Callable[[dict[bytes, bytes]], None] | None = None,
     ) -> bool:
         """Install a streamed snapshot of `group` (its state spans and the SNAP
         message); True once raft has seen the message.
@@ -228,8 +249,8 @@ class GroupHost:
         only a log it lacks, over state that is at least as new). A crash between the
         state write and the raft log's snapshot write restarts with the applied
         index ahead of the log, which the group already handles (it skips entries
-        at or below its applied index). `adopt` sees the streamed range-local pairs
-        (descriptor, GC threshold) once installed."""
+        at or below its applied index). The state machine reloads what it keeps in
+        memory from the streamed range-local pairs once installed."""
         batch = self.state_engine.new_batch()
         for lo, hi in spans:
             if hi is not None:
@@ -243,17 +264,16 @@ class GroupHost:
                     local[key] = value
         raw = local.get(range_local_key(group.group_id, APPLIED_STATE))
         streamed = AppliedState.decode(raw) if raw else AppliedState(0, 0)
-        if self.host_config.mutation is Mutation.STALE_SNAPSHOT_INGEST:
+        if self.faults.mutation is Mutation.STALE_SNAPSHOT_INGEST:
             # TEST MUTATION: the old unchecked ingest, beside the scheduler.
             log.info(
                 "snapshot of group %d: ingesting state at applied %d unchecked (mutation)",
                 group.group_id,
                 streamed.index,
             )
-            await asyncio.to_thread(self.state_engine.commit, batch, force_sync=True)
+            await self.run_blocking(lambda: self.state_engine.commit(batch, force_sync=True))
             group.applied_index = max(group.applied_index, streamed.index)
-            if adopt is not None:
-                adopt(local)
+            group.state_machine.snapshot_installed(local)
             group.deliver(message)
             return True
 
@@ -269,42 +289,50 @@ class GroupHost:
                 )
                 self.state_engine.commit(batch, force_sync=True)
                 group.applied_index = streamed.index
-                if adopt is not None:
-                    adopt(local)
+                group.state_machine.snapshot_installed(local)
             else:
                 log.info("snapshot of group %d: state not installed: %s", group.group_id, why)
             # Raft sees the message either way: it restores only what it lacks, and
             # its answer tells the leader where this replica stands (a leader never
             # told would keep sending snapshots).
-            group.raw_node.step(message)
-            self.scheduler.wake(group)
+            group.step_snapshot(message)
             return True
 
         return await self.scheduler.call_in_section(install)
+
+    async def run_blocking(self, fn: Callable[[], T]) -> T:
+        """`fn()` (engine I/O): in a worker thread when the engines block on a disk,
+        inline otherwise (see `EngineOpener.blocking`)."""
+        if self._blocking_io:
+            return await asyncio.to_thread(fn)
+        return fn()
 
     # --- background loops -------------------------------------------------------------
 
     def start(self) -> None:
         self.scheduler.start()
-        loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self._ticker(), name="raft-ticker"))
-        self._tasks.append(loop.create_task(self._truncator(), name="raft-log-truncation"))
+        self.spawn(self._ticker(), "raft-ticker")
+        self.spawn(self._truncator(), "raft-log-truncation")
+
+    def spawn(self, coro: Any, name: str) -> None:
+        """Run `coro` until `stop` (the host's background loops and its owner's)."""
+        self._tasks.append(asyncio.get_running_loop().create_task(coro, name=name))
 
     async def _ticker(self) -> None:
-        interval = self.host_config.timing.tick_interval
-        next_at = self._monotonic()
+        interval = self.config.timing.tick_interval
+        next_at = self.clock.monotonic()
         while True:
             next_at += interval
-            delay = next_at - self._monotonic()
+            delay = next_at - self.clock.monotonic()
             if delay > 0:
-                await asyncio.sleep(delay)
+                await self.clock.sleep(delay)
             else:
-                next_at = self._monotonic()  # we fell behind: never tick in a burst
-            self.scheduler.tick_all(self._monotonic())
+                next_at = self.clock.monotonic()  # we fell behind: never tick in a burst
+            self.scheduler.tick_all(self.clock.monotonic())
 
     async def _truncator(self) -> None:
         while True:
-            await asyncio.sleep(self.host_config.truncate_interval)
+            await self.clock.sleep(self.config.truncate_interval)
             try:
                 await self.truncate_logs()
             except Exception:
@@ -320,29 +348,16 @@ class GroupHost:
         ConcurrentBatchError, which stops the scheduler for good.
         """
         candidates = []
-        for replica in self.scheduler.groups.values():
-            target = replica.raw_node.raft.log.applied - self.host_config.log_retain_entries
-            if self._truncatable(replica.group_id, target):
-                candidates.append((replica, target))
+        for group in self.scheduler.groups.values():
+            target = group.raw_node.applied_index() - self.config.log_retain_entries
+            if self._truncatable(group.group_id, target):
+                candidates.append((group, target))
         if not candidates:
             return 0
         if self.state_engine.sync_mode == FsmSyncMode.NOSYNC:
             # Durable through every target: they were applied before this sync.
-            await asyncio.to_thread(self.state_engine.sync)
-        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-
-        def truncate_now() -> None:
-            try:
-                count = self._truncate_now(candidates)
-            except Exception as exc:  # reported by the truncator, not by the scheduler
-                if not done.done():
-                    done.set_exception(exc)
-            else:
-                if not done.done():
-                    done.set_result(count)
-
-        self.scheduler.after_apply(truncate_now)
-        return await done
+            await self.run_blocking(self.state_engine.sync)
+        return await self.scheduler.call_in_section(lambda: self._truncate_now(candidates))
 
     def _truncatable(self, group_id: int, target: int) -> bool:
         """Whether truncating through `target` removes anything. Not when a snapshot
@@ -354,24 +369,24 @@ class GroupHost:
 
     def _truncate_now(self, candidates: list[tuple[RaftGroup, int]]) -> int:
         targets = []
-        for replica, target in candidates:
+        for group, target in candidates:
             # The snapshot metadata records the CURRENT configuration, which is the
             # configuration at `target` only if no conf change was applied since.
             if (
-                not replica.removed
-                and self._truncatable(replica.group_id, target)
-                and target >= replica.last_conf_index
+                not group.removed
+                and self._truncatable(group.group_id, target)
+                and target >= group.last_conf_index
             ):
-                targets.append((replica, target))
+                targets.append((group, target))
         if not targets:
             return 0
         batch = self.log_engine.new_batch()
-        for replica, target in targets:
-            batch.create_snapshot(replica.group_id, target, replica.raw_node.conf_state())
+        for group, target in targets:
+            batch.create_snapshot(group.group_id, target, group.conf_state())
         self.log_engine.commit(batch)
-        for replica, target in targets:
-            self.log_engine.compact(replica.group_id, target)
-            log.debug("raft log of group %d truncated through %d", replica.group_id, target)
+        for group, target in targets:
+            self.log_engine.compact(group.group_id, target)
+            log.debug("raft log of group %d truncated through %d", group.group_id, target)
         return len(targets)
 
     async def stop(self) -> None:

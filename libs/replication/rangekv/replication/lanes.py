@@ -4,8 +4,8 @@ A node talks to each peer over four independent lanes (see raft.proto). The
 split exists because one slow kind of traffic must never hold up another: a
 50 MB snapshot or a burst of appends behind a full flow-control window would
 otherwise delay heartbeats past the election timeout and cause spurious
-elections (the incident behind the reference design: heartbeats starved by a
-single dispatch worker). Hence:
+elections (heartbeats starved by a single dispatch worker is a known way for a
+raft cluster to lose its leaders under load). Hence:
 
 - HEARTBEAT: small, latency-critical leadership traffic (heartbeats, votes,
   read-index, timeout-now). Coalesced: only the newest heartbeat per

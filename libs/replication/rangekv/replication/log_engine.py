@@ -1,4 +1,5 @@
-"""The raft-log engine: one RocksDB holding the logs and hard states of MANY groups.
+"""The raft-log engine: one ordered store (RocksDB on disk) holding the logs and
+hard states of MANY groups.
 
 A node hosts hundreds of raft groups (one per range replica). Giving each its
 own file would cost one fsync per group per Ready round; here all groups share
@@ -12,17 +13,8 @@ term) must be durable before any message that depends on them leaves the
 node. This engine is also the durability boundary of the state engine in
 `nosync` mode (see `sync_mode`), so it never runs unsynced for those writes.
 
-Key layout (integers big-endian, so byte order is numeric order)::
-
-    0x01 | group u64 | 'e' | index u64   -> entry        fmt u8, term u64, type u8, data
-    0x01 | group u64 | 'h'               -> HardState    fmt u8, term, vote, commit (u64)
-    0x01 | group u64 | 's'               -> snapshot     fmt u8, index, term, conf state
-    0x01 | group u64 | 't'               -> truncated    fmt u8, index, term
-
-`truncated` is the (index, term) of the entry just before the first retained
+The key layout and value encodings are `log_format`'s. `truncated` is the (index, term) of the entry just before the first retained
 one: the last snapshot or compaction point, MemoryStorage's dummy entry.
-Values start with a format byte so the layout can evolve; encoding uses
-`struct` (a protobuf round trip per entry would dominate the write path).
 
 Snapshots: only the metadata is stored here. `GroupStorage.snapshot()`
 returns it with empty `data`; the snapshot's content is the range's span of
@@ -31,25 +23,23 @@ the state engine, streamed from a `StateSnapshot` by the transport.
 Each group's storage keeps its first/last index, last term, truncated state,
 snapshot metadata and HardState in memory (loaded lazily on first use), so
 `term(last_index())`, `first_index()` etc. never touch the disk.
+
+Storage: written against `kv.KVStore`: RocksDB on disk (`open`),
+`memory_kv.MemoryKV` in a simulation (`in_memory`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import struct
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
-
-import rocksdict
 
 from rangekv.raft import (
     Compacted,
     ConfState,
     Entry,
-    EntryType,
     HardState,
     InvariantViolation,
     Snapshot,
@@ -58,7 +48,11 @@ from rangekv.raft import (
     Unavailable,
     with_commit_floor,
 )
-from rangekv.replication.rocks import RocksHandle, open_raw
+from rangekv.replication import log_format as F
+from rangekv.replication.kv import Held, KVBatch, KVStore
+from rangekv.replication.log_format import LogCorruptionError
+from rangekv.replication.memory_kv import MemoryDisk, MemoryKV
+from rangekv.replication.rocks import RocksKV, wal_syncs_of
 
 __all__ = [
     "ConcurrentBatchError",
@@ -69,81 +63,13 @@ __all__ = [
     "RaftLogEngine",
 ]
 
-_GROUP_PREFIX: Final = b"\x01"
-_ENTRY: Final = b"e"
-_HARD_STATE: Final = b"h"
-_SNAPSHOT: Final = b"s"
-_TRUNCATED: Final = b"t"
-_FORMAT: Final = 1
-_U64: Final = struct.Struct(">Q")
-_ENTRY_HDR: Final = struct.Struct(">BQB")
-_HARD: Final = struct.Struct(">BQQQ")
-_SNAP_HDR: Final = struct.Struct(">BQQII")
-_TRUNC: Final = struct.Struct(">BQQ")
-_MAX_U64: Final = (1 << 64) - 1
-
 
 class LogEngineClosedError(RuntimeError):
     """The engine was used after `close()`."""
 
 
-class LogCorruptionError(ValueError):
-    """A stored value does not decode or the log has a hole; names the key."""
-
-
 class ConcurrentBatchError(RuntimeError):
     """Another batch touching the same group was committed after this one began."""
-
-
-# -- keys and values ------------------------------------------------------------
-
-
-def _group_prefix(group_id: int) -> bytes:
-    return _GROUP_PREFIX + _U64.pack(group_id)
-
-
-def _entry_key(group_id: int, index: int) -> bytes:
-    return _group_prefix(group_id) + _ENTRY + _U64.pack(index)
-
-
-def _encode_entry(e: Entry) -> bytes:
-    return _ENTRY_HDR.pack(_FORMAT, e.term, e.type.value) + e.data
-
-
-def _decode_entry(key: bytes, raw: bytes) -> Entry:
-    if len(raw) < _ENTRY_HDR.size or raw[0] != _FORMAT:
-        raise LogCorruptionError(f"bad entry value at {key!r}: {raw[:16]!r}")
-    _, term, etype = _ENTRY_HDR.unpack_from(raw)
-    (index,) = _U64.unpack_from(key, len(key) - 8)
-    return Entry(term, index, EntryType(etype), raw[_ENTRY_HDR.size :])
-
-
-def _encode_hard_state(hs: HardState) -> bytes:
-    return _HARD.pack(_FORMAT, hs.term, hs.vote, hs.commit)
-
-
-def _decode_hard_state(raw: bytes) -> HardState:
-    if len(raw) != _HARD.size or raw[0] != _FORMAT:
-        raise LogCorruptionError(f"bad HardState value: {raw!r}")
-    _, term, vote, commit = _HARD.unpack(raw)
-    return HardState(term, vote, commit)
-
-
-def _encode_snapshot_meta(m: SnapshotMetadata) -> bytes:
-    cs = m.conf_state
-    head = _SNAP_HDR.pack(_FORMAT, m.index, m.term, len(cs.voters), len(cs.learners))
-    ids = (*cs.voters, *cs.learners)
-    return head + struct.pack(f">{len(ids)}Q", *ids)
-
-
-def _decode_snapshot_meta(raw: bytes) -> SnapshotMetadata:
-    if len(raw) < _SNAP_HDR.size or raw[0] != _FORMAT:
-        raise LogCorruptionError(f"bad snapshot metadata value: {raw!r}")
-    _, index, term, nv, nl = _SNAP_HDR.unpack_from(raw)
-    if len(raw) != _SNAP_HDR.size + 8 * (nv + nl):
-        raise LogCorruptionError(f"snapshot metadata length mismatch: {raw!r}")
-    ids = struct.unpack_from(f">{nv + nl}Q", raw, _SNAP_HDR.size)
-    return SnapshotMetadata(index, term, ConfState(tuple(ids[:nv]), tuple(ids[nv:])))
 
 
 # -- per-group cached state -----------------------------------------------------
@@ -175,42 +101,41 @@ class _GroupState:
 
 
 class RaftLogEngine:
-    """RocksDB-backed raft logs for all groups on a node, with group commit."""
+    """Raft logs for all groups on a node, over one `KVStore`, with group commit."""
 
-    def __init__(self, handle: RocksHandle, path: Path) -> None:
-        self._handle = handle
-        self._db: rocksdict.Rdict | None = handle.db
+    def __init__(self, kv: KVStore, *, path: Path | None = None) -> None:
+        self._kv = Held(kv, lambda: LogEngineClosedError(f"raft log engine at {path} is closed"))
         self._path = path
         self._groups: dict[int, _GroupState] = {}
         self._lock = threading.Lock()
-        self._sync_opts = rocksdict.WriteOptions()
-        self._sync_opts.sync = True
-        self._write_opts = rocksdict.WriteOptions()
-        self._nosync_opts = rocksdict.WriteOptions()
-        self._nosync_opts.sync = False
-        #: synced RocksDB writes (= fsyncs) issued, batches committed, entries written.
+        #: synced writes (= fsyncs) issued, batches committed, entries written.
         self.synced_writes = 0
         self.batches_committed = 0
         self.entries_written = 0
 
     @classmethod
     def open(cls, path: str | Path, *, statistics: bool = False) -> RaftLogEngine:
-        """Open the engine; `statistics` enables `rocksdb_wal_syncs()` (some overhead)."""
+        """Open the engine on RocksDB; `statistics` enables `rocksdb_wal_syncs()` (some overhead)."""
         path = Path(path)
-        return cls(open_raw(path, statistics=statistics), path)
+        return cls(RocksKV(path, statistics=statistics), path=path)
+
+    @classmethod
+    def in_memory(cls, disk: MemoryDisk) -> RaftLogEngine:
+        """The engine on a simulated disk (`memory_kv`), with the same durability rules."""
+        return cls(MemoryKV(disk))
 
     def rocksdb_wal_syncs(self) -> int:
         """RocksDB's own count of WAL fsyncs (engine opened with statistics=True)."""
-        return self._handle.wal_syncs()
+        return wal_syncs_of(self._live())
 
     @property
-    def path(self) -> Path:
+    def path(self) -> Path | None:
         return self._path
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        kv = self._kv.release()
+        if kv is not None:
+            kv.close()
             self._groups.clear()
 
     def __enter__(self) -> RaftLogEngine:
@@ -219,17 +144,13 @@ class RaftLogEngine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _live(self) -> rocksdict.Rdict:
-        if self._db is None:
-            raise LogEngineClosedError(f"raft log engine at {self._path} is closed")
-        return self._db
+    def _live(self) -> KVStore:
+        return self._kv.get()
 
     # -- reading -------------------------------------------------------------
 
     def _get(self, key: bytes) -> bytes | None:
-        raw = self._live().get(key)
-        assert raw is None or isinstance(raw, bytes)
-        return raw
+        return self._live().get(key)
 
     def _state(self, group_id: int) -> _GroupState:
         st = self._groups.get(group_id)
@@ -239,27 +160,23 @@ class RaftLogEngine:
         return st
 
     def _load(self, group_id: int) -> _GroupState:
-        prefix = _group_prefix(group_id)
-        raw_hs = self._get(prefix + _HARD_STATE)
-        raw_snap = self._get(prefix + _SNAPSHOT)
-        raw_trunc = self._get(prefix + _TRUNCATED)
+        prefix = F.group_prefix(group_id)
+        raw_hs = self._get(prefix + F.HARD_STATE)
+        raw_snap = self._get(prefix + F.SNAPSHOT)
+        raw_trunc = self._get(prefix + F.TRUNCATED)
         t_index = t_term = 0
         if raw_trunc is not None:
-            if len(raw_trunc) != _TRUNC.size or raw_trunc[0] != _FORMAT:
-                raise LogCorruptionError(f"bad truncated state of group {group_id}: {raw_trunc!r}")
-            _, t_index, t_term = _TRUNC.unpack(raw_trunc)
+            t_index, t_term = F.decode_truncated(group_id, raw_trunc)
         last_index, last_term = t_index, t_term
-        entry_prefix = prefix + _ENTRY
-        for key, raw in self._live().items(backwards=True, from_key=entry_prefix + b"\xff" * 8):
-            assert isinstance(key, bytes) and isinstance(raw, bytes)
-            if key.startswith(entry_prefix):
-                e = _decode_entry(key, raw)
-                if e.index > t_index:
-                    last_index, last_term = e.index, e.term
-            break
+        entry_prefix = prefix + F.ENTRY
+        found = self._live().last_at_or_before(entry_prefix + b"\xff" * 8)
+        if found is not None and found[0].startswith(entry_prefix):
+            e = F.decode_entry(*found)
+            if e.index > t_index:
+                last_index, last_term = e.index, e.term
         return _GroupState(
-            hard_state=HardState() if raw_hs is None else _decode_hard_state(raw_hs),
-            snapshot=SnapshotMetadata() if raw_snap is None else _decode_snapshot_meta(raw_snap),
+            hard_state=HardState() if raw_hs is None else F.decode_hard_state(raw_hs),
+            snapshot=SnapshotMetadata() if raw_snap is None else F.decode_snapshot_meta(raw_snap),
             truncated_index=t_index,
             truncated_term=t_term,
             last_index=last_index,
@@ -267,12 +184,9 @@ class RaftLogEngine:
         )
 
     def _iter_entries(self, group_id: int, lo: int, hi: int) -> Iterator[Entry]:
-        read_opts = rocksdict.ReadOptions()
-        read_opts.set_iterate_upper_bound(_entry_key(group_id, hi))
         expect = lo
-        for key, raw in self._live().items(from_key=_entry_key(group_id, lo), read_opt=read_opts):
-            assert isinstance(key, bytes) and isinstance(raw, bytes)
-            e = _decode_entry(key, raw)
+        for key, raw in self._live().iterate(F.entry_key(group_id, lo), F.entry_key(group_id, hi)):
+            e = F.decode_entry(key, raw)
             if e.index != expect:
                 raise LogCorruptionError(
                     f"group {group_id}: expected entry {expect}, found {e.index}"
@@ -291,10 +205,10 @@ class RaftLogEngine:
             return st.truncated_term
         if i == st.last_index:
             return st.last_term
-        raw = self._get(_entry_key(group_id, i))
+        raw = self._get(F.entry_key(group_id, i))
         if raw is None:
             raise LogCorruptionError(f"group {group_id}: entry {i} missing")
-        return _decode_entry(_entry_key(group_id, i), raw).term
+        return F.decode_entry(F.entry_key(group_id, i), raw).term
 
     def storage(self, group_id: int) -> GroupStorage:
         """The rangekv.raft `Storage` view of one group's log."""
@@ -303,18 +217,18 @@ class RaftLogEngine:
     def group_ids(self) -> list[int]:
         """Ids of every group with anything stored (one seek per group)."""
         out: list[int] = []
-        db = self._live()
-        seek = _GROUP_PREFIX
+        kv = self._live()
+        seek = F.GROUP_PREFIX
         while True:
-            keys = db.keys(from_key=seek)
-            key = next(keys, None)
-            if not isinstance(key, bytes) or not key.startswith(_GROUP_PREFIX):
+            first = next(iter(kv.iterate(seek, None)), None)
+            if first is None or not first[0].startswith(F.GROUP_PREFIX):
                 return out
-            (gid,) = _U64.unpack_from(key, 1)
+            key = first[0]
+            gid = F.decode_group_id(key)
             out.append(gid)
-            if gid == _MAX_U64:
+            if gid == F.MAX_U64:
                 return out
-            seek = _group_prefix(gid + 1)
+            seek = F.group_prefix(gid + 1)
 
     # -- writing -------------------------------------------------------------
 
@@ -333,7 +247,7 @@ class RaftLogEngine:
                 return
             merged = {gid: self._merge(gid, batch) for gid in batch._views}
             wb = batch._seal()
-            self._live().write(wb, self._sync_opts if sync else self._write_opts)
+            self._live().write(wb, sync=sync)
             if sync:
                 self.synced_writes += 1
             self.batches_committed += 1
@@ -398,10 +312,10 @@ class RaftLogEngine:
             if index > st.last_index:
                 raise Unavailable(f"group {group_id}: compact {index}, last index {st.last_index}")
             term = self._term(group_id, st, index)
-            wb = rocksdict.WriteBatch(raw_mode=True)
-            wb.delete_range(_entry_key(group_id, 0), _entry_key(group_id, index + 1))
-            wb.put(_group_prefix(group_id) + _TRUNCATED, _TRUNC.pack(_FORMAT, index, term))
-            self._live().write(wb, self._nosync_opts)
+            wb = self._live().new_batch()
+            wb.delete_range(F.entry_key(group_id, 0), F.entry_key(group_id, index + 1))
+            wb.put(F.group_prefix(group_id) + F.TRUNCATED, F.encode_truncated(index, term))
+            self._live().write(wb, sync=False)
             self._groups[group_id] = dataclasses.replace(
                 st, truncated_index=index, truncated_term=term
             )
@@ -409,11 +323,11 @@ class RaftLogEngine:
     def destroy(self, group_id: int) -> None:
         """Remove every trace of a group (replica removed from this node); synced."""
         with self._lock:
-            prefix = _group_prefix(group_id)
-            wb = rocksdict.WriteBatch(raw_mode=True)
-            end = _group_prefix(group_id + 1) if group_id < _MAX_U64 else b"\x02"
+            prefix = F.group_prefix(group_id)
+            wb = self._live().new_batch()
+            end = F.group_prefix(group_id + 1) if group_id < F.MAX_U64 else b"\x02"
             wb.delete_range(prefix, end)
-            self._live().write(wb, self._sync_opts)
+            self._live().write(wb, sync=True)
             self.synced_writes += 1
             old = self._groups.pop(group_id, None)
             if old is not None:
@@ -487,12 +401,14 @@ class LogBatch:
 
     Operations are validated against a per-group view that already includes
     the earlier operations of this batch, and recorded in call order in one
-    RocksDB write batch.
+    write batch of the store.
     """
 
     def __init__(self, engine: RaftLogEngine) -> None:
         self.engine = engine
-        self._wb: rocksdict.WriteBatch | None = rocksdict.WriteBatch(raw_mode=True)
+        self._wb = Held(
+            engine._live().new_batch(), lambda: RuntimeError("LogBatch was already committed")
+        )
         self._views: dict[int, _GroupState] = {}
         self._bases: dict[int, _GroupState] = {}
         self._deps: dict[int, set[str]] = {}
@@ -501,15 +417,11 @@ class LogBatch:
         self._snapshotted: set[int] = set()
         self.entry_count = 0
 
-    def _batch(self) -> rocksdict.WriteBatch:
-        if self._wb is None:
-            raise RuntimeError("LogBatch was already committed")
-        return self._wb
+    def _batch(self) -> KVBatch:
+        return self._wb.get()
 
-    def _seal(self) -> rocksdict.WriteBatch:
-        wb = self._batch()
-        self._wb = None
-        return wb
+    def _seal(self) -> KVBatch:
+        return self._wb.take()
 
     def _view(self, group_id: int, deps: tuple[str, ...], writes: tuple[str, ...]) -> _GroupState:
         view = self._views.get(group_id)
@@ -554,12 +466,12 @@ class LogBatch:
                 raise InvariantViolation(f"group {group_id}: entries not contiguous at {e.index}")
         new_last = entries[-1].index
         if new_last < view.last_index:
-            wb.delete_range(_entry_key(group_id, new_last + 1), _entry_key(group_id, _MAX_U64))
+            wb.delete_range(F.entry_key(group_id, new_last + 1), F.entry_key(group_id, F.MAX_U64))
         terms = self._pending_terms.setdefault(group_id, {})
         for stale in [i for i in terms if i >= start]:
             del terms[stale]
         for e in entries:
-            wb.put(_entry_key(group_id, e.index), _encode_entry(e))
+            wb.put(F.entry_key(group_id, e.index), F.encode_entry(e))
             terms[e.index] = e.term
         self.entry_count += len(entries)
         self._views[group_id] = dataclasses.replace(
@@ -569,7 +481,7 @@ class LogBatch:
     def set_hard_state(self, group_id: int, hs: HardState) -> None:
         wb = self._batch()
         view = self._view(group_id, (), ("hs_version",))
-        wb.put(_group_prefix(group_id) + _HARD_STATE, _encode_hard_state(hs))
+        wb.put(F.group_prefix(group_id) + F.HARD_STATE, F.encode_hard_state(hs))
         self._views[group_id] = dataclasses.replace(view, hard_state=hs)
 
     def apply_snapshot(self, group_id: int, snap: Snapshot) -> None:
@@ -580,10 +492,10 @@ class LogBatch:
             raise SnapshotOutOfDate(
                 f"group {group_id}: snapshot {snap.index} <= held {view.snapshot.index}"
             )
-        prefix = _group_prefix(group_id)
-        wb.delete_range(_entry_key(group_id, 0), _entry_key(group_id, _MAX_U64))
-        wb.put(prefix + _SNAPSHOT, _encode_snapshot_meta(snap.metadata))
-        wb.put(prefix + _TRUNCATED, _TRUNC.pack(_FORMAT, snap.index, snap.term))
+        prefix = F.group_prefix(group_id)
+        wb.delete_range(F.entry_key(group_id, 0), F.entry_key(group_id, F.MAX_U64))
+        wb.put(prefix + F.SNAPSHOT, F.encode_snapshot_meta(snap.metadata))
+        wb.put(prefix + F.TRUNCATED, F.encode_truncated(snap.index, snap.term))
         self._pending_terms[group_id] = {}
         self._snapshotted.add(group_id)
         self._views[group_id] = dataclasses.replace(
@@ -609,6 +521,6 @@ class LogBatch:
         if term is None:
             term = self.engine._term(group_id, view, index)
         meta = SnapshotMetadata(index, term, conf_state)
-        wb.put(_group_prefix(group_id) + _SNAPSHOT, _encode_snapshot_meta(meta))
+        wb.put(F.group_prefix(group_id) + F.SNAPSHOT, F.encode_snapshot_meta(meta))
         self._views[group_id] = dataclasses.replace(view, snapshot=meta)
         return meta

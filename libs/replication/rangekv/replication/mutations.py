@@ -1,4 +1,10 @@
-"""Test-only mutations: deliberately broken builds the chaos harness must catch.
+"""Test-only mutations and faults: deliberately broken builds the chaos harness must catch.
+
+Every test-only behaviour of a process is one `TestFaults` value: read ONCE by
+the service's entry point from its environment variables (RANGEKV_TEST_*,
+RANGEKV_SPLIT_CRASH_AFTER), announced loudly, and handed to the components that
+act on it. No production config carries a test-only field; `NO_FAULTS` is what
+every real deployment runs with.
 
 A mutation is switched on by ONE environment variable, read once at process
 start (by the raftnode's entry point) and passed down as a frozen value:
@@ -30,8 +36,17 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar, Final
+
+from rangekv.common.clock import test_clock_offset_ns
+from rangekv.common.clock import warning_line as clock_warning
 
 ENV_VAR = "RANGEKV_TEST_MUTATION"
+
+SPLIT_CRASH_ENV = "RANGEKV_SPLIT_CRASH_AFTER"
+#: Steps of a split after which `TestFaults.split_crash_after` exits the process.
+SPLIT_CRASH_POINTS: Final = ("record", "first_intent", "both_intents", "commit", "one_resolve")
 
 
 class Mutation(enum.Enum):
@@ -119,3 +134,62 @@ def snapshot_delay_warning(delay: float) -> str | None:
         f"!!!!! TEST SNAPSHOT DELAY ACTIVE: {SNAPSHOT_DELAY_ENV}={delay * 1000:g} -- every "
         "snapshot this node sends is DELIBERATELY SLOW !!!!!"
     )
+
+
+@dataclass(frozen=True, slots=True)
+class TestFaults:
+    """Every test-only fault of one process (all off by default).
+
+    * `mutation`: a deliberately broken behaviour (see `Mutation`);
+    * `power_loss`: kill -9 loses unsynced state writes (`rocks` explains);
+    * `snapshot_send_delay`: seconds waited before sending each snapshot chunk;
+    * `clock_offset_ns`: the wall clock is shifted by this much (`common.clock`);
+    * `split_crash_after`: exit right after this step of a split (`SPLIT_CRASH_POINTS`;
+      RANGEKV_SPLIT_CRASH_AFTER).
+    """
+
+    __test__: ClassVar[bool] = False  # not a pytest test class
+
+    mutation: Mutation = Mutation.NONE
+    power_loss: bool = False
+    snapshot_send_delay: float = 0.0
+    clock_offset_ns: int = 0
+    split_crash_after: str = ""
+
+    def __post_init__(self) -> None:
+        if self.split_crash_after and self.split_crash_after not in SPLIT_CRASH_POINTS:
+            raise ValueError(
+                f"{SPLIT_CRASH_ENV}={self.split_crash_after!r} is not one of "
+                f"{'|'.join(SPLIT_CRASH_POINTS)}"
+            )
+        if self.snapshot_send_delay < 0:
+            raise ValueError("snapshot_send_delay must be >= 0")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> TestFaults:
+        """The faults the environment asks for (RANGEKV_TEST_*, RANGEKV_SPLIT_CRASH_AFTER).
+        Malformed values are errors, never ignored."""
+        env = os.environ if environ is None else environ
+        return cls(
+            mutation=parse_mutation(env),
+            power_loss=parse_power_loss(env),
+            snapshot_send_delay=parse_snapshot_delay(env),
+            clock_offset_ns=test_clock_offset_ns(env),
+            split_crash_after=env.get(SPLIT_CRASH_ENV, "").strip(),
+        )
+
+    def warnings(self) -> list[str]:
+        """The loud startup lines for every active fault (empty when none is)."""
+        lines = [
+            warning_line(self.mutation),
+            clock_warning(self.clock_offset_ns),
+            power_loss_warning(self.power_loss),
+            snapshot_delay_warning(self.snapshot_send_delay),
+        ]
+        if self.split_crash_after:
+            lines.append(f"split fault point armed: exit after {self.split_crash_after}")
+        return [line for line in lines if line is not None]
+
+
+#: What every real deployment runs with.
+NO_FAULTS: Final = TestFaults()

@@ -7,7 +7,9 @@ Each iteration:
   3. persist ALL their snapshots, log entries and hard states in ONE synced
      write to the raft-log engine (group commit: one fsync serves every range
      and every client waiting on it);
-  4. send their messages (after persisting: a vote or an append response
+  4. send their messages: a leader's appends and heartbeats leave before the
+     write (the core counts the leader's own log toward commit only once it
+     is durable), everything else after it (a vote or an append response
      never leaves before what it promises is durable);
   5. apply ALL their committed entries into ONE state-engine batch, committed
      with the configured FSM sync mode (the raft log is the durability
@@ -27,14 +29,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from rangekv.raft import Message, MessageType, Ready
-from rangekv.replication.group import RaftGroup, _fail, _resolve
+from rangekv.common.clock import Clock, SystemClock
+from rangekv.raft import HardState, Message, MessageType, Ready, Snapshot
+from rangekv.replication.group import RaftGroup, Resolved
 from rangekv.replication.mutations import Mutation
+from rangekv.replication.proposals import settle
+from rangekv.replication.state_engine import StateBatch
 from rangekv.replication.sync_mode import FsmSyncMode
 
 log = logging.getLogger(__name__)
@@ -47,18 +51,22 @@ _LEADER_EARLY = frozenset({MessageType.APP, MessageType.HEARTBEAT})
 
 class LogBatchLike(Protocol):
     def append(self, group_id: int, entries: Sequence[Any]) -> None: ...
-    def set_hard_state(self, group_id: int, hs: Any) -> None: ...
-    def apply_snapshot(self, group_id: int, snap: Any) -> None: ...
+    def set_hard_state(self, group_id: int, hs: HardState) -> None: ...
+    def apply_snapshot(self, group_id: int, snap: Snapshot) -> None: ...
 
 
 class LogEngineLike(Protocol):
+    """What the scheduler needs of the raft-log engine (`log_engine.RaftLogEngine`)."""
+
     def new_batch(self) -> Any: ...
     def commit(self, batch: Any, *, sync: bool = True) -> None: ...
 
 
 class StateEngineLike(Protocol):
-    def new_batch(self) -> Any: ...
-    def commit(self, batch: Any) -> None: ...
+    """What the scheduler needs of the state engine (`state_engine.StateEngine`)."""
+
+    def new_batch(self) -> StateBatch: ...
+    def commit(self, batch: StateBatch) -> None: ...
     @property
     def sync_mode(self) -> FsmSyncMode: ...
 
@@ -93,6 +101,17 @@ class CountingMetrics:
 
 
 SendFn = Callable[[RaftGroup, Sequence[Message]], None]
+Readies = list[tuple[RaftGroup, Ready]]
+
+
+@dataclass(slots=True)
+class _Persisted:
+    """What the raft-log phase of an iteration wrote."""
+
+    entries: int = 0
+    seconds: float = 0.0
+    #: Messages of each group already sent before the write (a leader's appends).
+    sent_early: dict[int, list[Message]] = field(default_factory=dict)
 
 
 class RaftScheduler:
@@ -108,13 +127,16 @@ class RaftScheduler:
         max_groups_per_iteration: int = 256,
         blocking_io_in_thread: bool = True,
         mutation: Mutation = Mutation.NONE,
+        clock: Clock | None = None,
     ) -> None:
+        """`clock` times the phases for the metrics; `mutation` is test-only."""
         self._log_engine = log_engine
         self._state_engine = state_engine
         self._send = send
         self._metrics: SchedulerMetrics = metrics or CountingMetrics()
         self._max_groups = max_groups_per_iteration
         self._in_thread = blocking_io_in_thread
+        self._clock: Clock = clock if clock is not None else SystemClock()
         self._groups: dict[int, RaftGroup] = {}
         self._dirty: dict[int, RaftGroup] = {}
         self._wakeup = asyncio.Event()
@@ -128,7 +150,6 @@ class RaftScheduler:
     # --- membership -----------------------------------------------------------------
 
     def add_group(self, group: RaftGroup) -> None:
-        group.mutation = self._mutation
         self._groups[group.group_id] = group
         self.wake(group)
 
@@ -211,8 +232,32 @@ class RaftScheduler:
             finally:
                 self._in_iteration = False
 
+    # --- one iteration ----------------------------------------------------------------
+
     async def run_once(self) -> int:
         """One iteration over the woken groups; returns how many had a Ready."""
+        readies = self._collect_readies()
+        if not readies and not self._post_apply:
+            return 0
+        persisted = await self._persist(readies)  # 3. group commit of the raft log
+        self._send_the_rest(readies, persisted)  # 4. after what they promise is durable
+        resolved, n_applied, apply_s = await self._apply(readies)  # 5. one state batch
+        for waiter, result in resolved:  # 6. acknowledge, then advance
+            settle(waiter, result)
+        for group, rd in readies:
+            if group.advance(rd):
+                self.wake(group)
+        if self._post_apply:
+            post, self._post_apply = self._post_apply, []
+            for fn in post:
+                fn()
+        self._metrics.observe_iteration(
+            len(readies), persisted.entries, n_applied, persisted.seconds, apply_s
+        )
+        return len(readies)
+
+    def _collect_readies(self) -> Readies:
+        """Steps 1 and 2: drain the woken groups' inputs, take their Readies."""
         if len(self._dirty) > self._max_groups:
             ids = list(self._dirty)[: self._max_groups]
             woken = [self._dirty.pop(i) for i in ids]
@@ -220,19 +265,20 @@ class RaftScheduler:
         else:
             woken = list(self._dirty.values())
             self._dirty.clear()
-        readies: list[tuple[RaftGroup, Ready]] = []
+        readies: Readies = []
         for group in woken:
             if group.removed:
                 continue
             group.drain_inputs()
-            if group.raw_node.has_ready():
-                readies.append((group, group.raw_node.ready()))
-        if not readies and not self._post_apply:
-            return 0
+            rd = group.take_ready()
+            if rd is not None:
+                readies.append((group, rd))
+        return readies
 
-        # 3. group commit of the raft log.
+    async def _persist(self, readies: Readies) -> _Persisted:
+        """Every Ready's snapshot, entries and hard state in ONE raft-log write."""
+        out = _Persisted()
         log_batch = self._log_engine.new_batch()
-        n_entries = 0
         must_sync = False
         hard_states = False
         for group, rd in readies:
@@ -240,48 +286,55 @@ class RaftScheduler:
                 log_batch.apply_snapshot(group.group_id, rd.snapshot)
             if rd.entries:
                 log_batch.append(group.group_id, rd.entries)
-                n_entries += len(rd.entries)
+                out.entries += len(rd.entries)
             if rd.hard_state is not None:
                 log_batch.set_hard_state(group.group_id, rd.hard_state)
                 hard_states = True
             must_sync = must_sync or rd.must_sync or rd.snapshot is not None
-        # A leader's appends and heartbeats may leave before its own log write:
-        # the core counts the leader's own log toward commit only after advance
-        # (i.e. once it is durable), so a quorum of durable copies still decides
-        # (Raft thesis 10.2.1). Followers overlap their fsync with the leader's.
-        early: dict[int, list[Message]] = {}
-        for group, rd in readies:
-            if rd.messages and group.raw_node.is_leader():
-                ahead = [m for m in rd.messages if m.type in _LEADER_EARLY]
-                if ahead:
-                    early[group.group_id] = ahead
-                    self._send(group, ahead)
-        persist_s = 0.0
-        if must_sync or n_entries:
-            t0 = time.perf_counter()
+        out.sent_early = self._send_early(readies)
+        if must_sync or out.entries:
+            t0 = self._clock.monotonic()
             await self._blocking(self._log_engine.commit, log_batch)
-            persist_s = time.perf_counter() - t0
+            out.seconds = self._clock.monotonic() - t0
         elif hard_states:
             # Only commit indexes moved: nothing a message promises depends on them
             # (raft re-learns a lost commit index), so no fsync - but they ARE
             # written, so a restarted process resumes from them rather than from an
             # older commit index under what it already applied or truncated.
             self._log_engine.commit(log_batch, sync=False)
+        return out
 
-        # 4. messages leave only after what they promise is durable.
+    def _send_early(self, readies: Readies) -> dict[int, list[Message]]:
+        """A leader's appends and heartbeats may leave before its own log write:
+        the core counts the leader's own log toward commit only after advance
+        (i.e. once it is durable), so a quorum of durable copies still decides
+        (Raft thesis 10.2.1). Followers overlap their fsync with the leader's."""
+        early: dict[int, list[Message]] = {}
         for group, rd in readies:
-            if rd.messages:
-                if group.group_id in early:
-                    rest = [m for m in rd.messages if m.type not in _LEADER_EARLY]
-                else:
-                    rest = list(rd.messages)
-                if rest:
-                    self._send(group, rest)
+            if rd.messages and group.is_leader:
+                ahead = [m for m in rd.messages if m.type in _LEADER_EARLY]
+                if ahead:
+                    early[group.group_id] = ahead
+                    self._send(group, ahead)
+        return early
 
-        # 5. apply into one state batch.
-        t1 = time.perf_counter()
+    def _send_the_rest(self, readies: Readies, persisted: _Persisted) -> None:
+        for group, rd in readies:
+            if not rd.messages:
+                continue
+            if group.group_id in persisted.sent_early:
+                rest = [m for m in rd.messages if m.type not in _LEADER_EARLY]
+            else:
+                rest = list(rd.messages)
+            if rest:
+                self._send(group, rest)
+
+    async def _apply(self, readies: Readies) -> tuple[Resolved, int, float]:
+        """Every group's committed entries into ONE state batch, committed per the
+        FSM sync mode; returns what to settle, how many entries, how long."""
+        t1 = self._clock.monotonic()
         state_batch = self._state_engine.new_batch()
-        resolved: list[tuple[asyncio.Future[Any], Any]] = []
+        resolved: Resolved = []
         n_applied = 0
         for group, rd in readies:
             if rd.committed_entries:
@@ -301,25 +354,7 @@ class RaftScheduler:
                 self._state_engine.commit(state_batch)
             else:
                 await self._blocking(self._state_engine.commit, state_batch)
-        apply_s = time.perf_counter() - t1
-
-        # 6. acknowledge, then advance.
-        for fut, result in resolved:
-            if isinstance(result, BaseException):
-                _fail(fut, result)
-            else:
-                _resolve(fut, result)
-        for group, rd in readies:
-            group.raw_node.advance(rd)
-            group.after_advance(rd)
-            if group.raw_node.has_ready():
-                self.wake(group)
-        if self._post_apply:
-            post, self._post_apply = self._post_apply, []
-            for fn in post:
-                fn()
-        self._metrics.observe_iteration(len(readies), n_entries, n_applied, persist_s, apply_s)
-        return len(readies)
+        return resolved, n_applied, self._clock.monotonic() - t1
 
     async def _blocking(self, fn: Callable[[Any], None], arg: Any) -> None:
         if self._in_thread:

@@ -1,4 +1,4 @@
-"""The state-machine engine: one RocksDB (rocksdict, raw bytes) for MANY ranges.
+"""The state-machine engine: one ordered store (RocksDB on disk) for MANY ranges.
 
 Everything a replica's state machine owns lives here: MVCC user data, each
 range's applied index/term, descriptor and lease, and transaction records.
@@ -17,7 +17,7 @@ numeric order)::
     0x03 | enc(user key) | ~timestamp             MVCC versions (global)
 
 `enc` is the escaped, terminated user-key encoding of
-`rangekv.raftnode.keys` (order preserving, prefix free) and `~timestamp` is
+`rangekv.domain.keys` (order preserving, prefix free) and `~timestamp` is
 the bitwise-inverted 12-byte HLC timestamp, so the versions of one key are
 adjacent and newest first. User data is ordered by user key for the whole
 store, hence a range `[start, end)` is ONE contiguous span of 0x03 keys and
@@ -34,17 +34,15 @@ after it is idempotent. The batch offers a read view (`StateBatch.reader`)
 that sees its own pending writes over the engine, so a later command in the
 same batch (e.g. a CAS) observes an earlier one.
 
-Durability: `commit` fsyncs according to the `FsmSyncMode`; `sync()` forces
-the WAL to disk. In NOSYNC mode, `sync()` MUST be called before the raft log
+Durability: `commit` fsyncs according to the `FsmSyncMode`; `sync()` makes
+everything committed durable. In NOSYNC mode, `sync()` MUST be called before the raft log
 of any range is truncated: the raft log is the durability boundary of
 unsynced applies, and truncating it past what the state engine has durably
 applied would lose acknowledged writes forever after a machine crash.
 
-Snapshots: rocksdict 0.3.29's `Snapshot` honours its snapshot only for point
-gets; its `iter()/items()` silently read LIVE data (see `rocks`). A RocksDB
-iterator, however, pins an implicit snapshot at creation. `StateSnapshot`
-therefore holds ONE iterator and serves gets (seek) and span iteration from
-it; interleaved iterations re-seek transparently.
+Storage: the engine is written against `kv.KVStore`: RocksDB on disk
+(`open`), `memory_kv.MemoryKV` in a simulation (`in_memory`); the rules above
+hold on both. Snapshots are the store's point-in-time views.
 """
 
 from __future__ import annotations
@@ -56,9 +54,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
 
-import rocksdict
-
-from rangekv.replication.rocks import RocksHandle, open_raw
+from rangekv.replication.kv import Held, KVBatch, KVSnapshot, KVStore
+from rangekv.replication.memory_kv import MemoryDisk, MemoryKV
+from rangekv.replication.rocks import RocksKV, wal_syncs_of
 from rangekv.replication.sync_mode import FsmSyncMode
 
 __all__ = [
@@ -174,26 +172,12 @@ class SnapshotChunk:
 
 
 class StateEngine:
-    """RocksDB holding the state machines of all ranges on this node."""
+    """The state machines of all ranges on this node, over one `KVStore`."""
 
-    def __init__(
-        self, handle: RocksHandle, path: Path, sync_mode: FsmSyncMode, *, power_loss: bool = False
-    ) -> None:
-        self._handle = handle
-        self._db: rocksdict.Rdict | None = handle.db
+    def __init__(self, kv: KVStore, sync_mode: FsmSyncMode, *, path: Path | None = None) -> None:
+        self._kv = Held(kv, lambda: StateEngineClosedError(f"state engine at {path} is closed"))
         self._path = path
         self._sync_mode = sync_mode
-        #: TEST ONLY (RANGEKV_TEST_POWER_LOSS): see `open`.
-        self.power_loss = power_loss
-        self._write_opts = rocksdict.WriteOptions()
-        self._write_opts.sync = sync_mode is FsmSyncMode.SYNC
-        if power_loss and sync_mode is FsmSyncMode.NOSYNC:
-            # Unsynced writes skip the WAL: they live in the memtable only, so a
-            # kill -9 loses them, as a power cut loses what the OS had not written.
-            # (a property at runtime; the bundled stub calls it a method)
-            self._write_opts.disable_wal = True  # type: ignore[method-assign,assignment]
-        self._synced_opts = rocksdict.WriteOptions()
-        self._synced_opts.sync = True
         #: commits written, commits written with sync=True, explicit WAL syncs.
         self.commits = 0
         self.synced_commits = 0
@@ -208,26 +192,25 @@ class StateEngine:
         statistics: bool = False,
         power_loss: bool = False,
     ) -> StateEngine:
-        """Open the engine; `statistics` enables `rocksdb_wal_syncs()` (some overhead).
-
-        `power_loss` (TEST ONLY): in NOSYNC mode, make kill -9 behave like a power
-        cut. An unsynced commit normally reaches the WAL in the OS page cache, which
-        survives the death of the process, so no process-kill test can show what a
-        power cut loses. With `power_loss`, unsynced commits bypass the WAL (memtable
-        only: gone with the process), and `sync()` and synced commits first flush
-        the memtable, so that exactly what was written since the last sync is lost
-        -- what a real power cut may lose, and in the same order."""
+        """Open the engine on RocksDB; `statistics` enables `rocksdb_wal_syncs()` (some
+        overhead); `power_loss` is the test-only power-cut emulation (`rocks`)."""
         path = Path(path)
-        return cls(open_raw(path, statistics=statistics), path, sync_mode, power_loss=power_loss)
+        kv = RocksKV(path, statistics=statistics, power_loss=power_loss)
+        return cls(kv, sync_mode, path=path)
+
+    @classmethod
+    def in_memory(cls, disk: MemoryDisk, sync_mode: FsmSyncMode) -> StateEngine:
+        """The engine on a simulated disk (`memory_kv`), with the same durability rules."""
+        return cls(MemoryKV(disk), sync_mode)
 
     def rocksdb_wal_syncs(self) -> int:
         """RocksDB's own count of WAL fsyncs (engine opened with statistics=True)."""
-        return self._handle.wal_syncs()
+        return wal_syncs_of(self._live())
 
     # -- lifecycle ---------------------------------------------------------
 
     @property
-    def path(self) -> Path:
+    def path(self) -> Path | None:
         return self._path
 
     @property
@@ -235,10 +218,10 @@ class StateEngine:
         return self._sync_mode
 
     def close(self) -> None:
-        """Close the DB. Unsynced NOSYNC writes are flushed to the OS, not fsynced."""
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        """Close the store. Unsynced NOSYNC writes are handed to the OS, not fsynced."""
+        kv = self._kv.release()
+        if kv is not None:
+            kv.close()
 
     def __enter__(self) -> StateEngine:
         return self
@@ -246,10 +229,8 @@ class StateEngine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _live(self) -> rocksdict.Rdict:
-        if self._db is None:
-            raise StateEngineClosedError(f"state engine at {self._path} is closed")
-        return self._db
+    def _live(self) -> KVStore:
+        return self._kv.get()
 
     # -- writes ------------------------------------------------------------
 
@@ -267,44 +248,30 @@ class StateEngine:
             raise ValueError("batch belongs to a different StateEngine")
         wb = batch._seal()
         sync = force_sync or self._sync_mode is FsmSyncMode.SYNC
-        if sync and self.power_loss:
-            self._live().flush(True)  # what came before is durable before this is
-        self._live().write(wb, self._synced_opts if sync else self._write_opts)
+        self._live().write(wb, sync=sync)
         self.commits += 1
         if sync:
             self.synced_commits += 1
 
     def sync(self) -> None:
-        """Fsync the WAL so every committed batch is durable.
+        """Make every committed batch durable.
 
         Must precede raft log truncation in NOSYNC mode (module docstring).
         """
-        if self.power_loss:
-            self._live().flush(True)
-        self._live().flush_wal(True)
+        self._live().sync()
         self.wal_syncs += 1
 
     # -- reads (live) ------------------------------------------------------
 
     def get(self, key: bytes) -> bytes | None:
-        value = self._live().get(key)
-        assert value is None or isinstance(value, bytes)
-        return value
+        return self._live().get(key)
 
     def iterate(self, start: bytes, end: bytes | None) -> Iterator[tuple[bytes, bytes]]:
-        read_opts = rocksdict.ReadOptions()
-        if end is not None:
-            # NB: only the upper bound; rocksdict 0.3.29's set_iterate_lower_bound
-            # actually sets the upper bound. Seeking to `start` bounds the bottom.
-            read_opts.set_iterate_upper_bound(end)
-        for key, value in self._live().items(from_key=start, read_opt=read_opts):
-            assert isinstance(key, bytes) and isinstance(value, bytes)
-            yield key, value
+        return self._live().iterate(start, end)
 
     def snapshot(self) -> StateSnapshot:
         """A consistent point-in-time view; `close()` it promptly (it pins files)."""
-        db = self._live()
-        return StateSnapshot(db.iter(), db.latest_sequence_number())
+        return StateSnapshot(self._live().snapshot())
 
     # -- range-local metadata ---------------------------------------------
 
@@ -321,26 +288,25 @@ class StateBatch:
 
     Mirrors every operation into an in-memory overlay so `reader()` can show
     the batch's own writes over the engine (RocksDB's WriteBatchWithIndex is
-    not exposed by rocksdict).
+    not exposed by rocksdict, and the store's batches are write-only).
     """
 
     def __init__(self, engine: StateEngine) -> None:
         self.engine = engine
-        self._wb: rocksdict.WriteBatch | None = rocksdict.WriteBatch(raw_mode=True)
+        self._wb = Held(
+            engine._live().new_batch(),
+            lambda: BatchAlreadyCommittedError("StateBatch was already committed"),
+        )
         self._overlay: dict[bytes, bytes | None] = {}
         self._sorted: list[bytes] | None = []
         self._range_tombstones: list[tuple[bytes, bytes]] = []
         self._ops = 0
 
-    def _batch(self) -> rocksdict.WriteBatch:
-        if self._wb is None:
-            raise BatchAlreadyCommittedError("StateBatch was already committed")
-        return self._wb
+    def _batch(self) -> KVBatch:
+        return self._wb.get()
 
-    def _seal(self) -> rocksdict.WriteBatch:
-        wb = self._batch()
-        self._wb = None
-        return wb
+    def _seal(self) -> KVBatch:
+        return self._wb.take()
 
     def _touch(self, key: bytes, value: bytes | None) -> None:
         if key not in self._overlay and self._sorted is not None:
@@ -443,24 +409,20 @@ class BatchReader:
 
 
 class StateSnapshot:
-    """A point-in-time view of the whole engine, pinned by one RocksDB iterator.
+    """A point-in-time view of the whole engine (the store's snapshot)."""
 
-    All reads share the iterator's cursor; each `iterate` generator remembers
-    its position and re-seeks if another read moved the cursor meanwhile.
-    """
+    def __init__(self, view: KVSnapshot) -> None:
+        self._view: KVSnapshot | None = view
 
-    def __init__(self, it: rocksdict.RdictIter, sequence_number: int) -> None:
-        self._it: rocksdict.RdictIter | None = it
-        self._owner: object | None = None
-        self.sequence_number = sequence_number
-
-    def _cursor(self) -> rocksdict.RdictIter:
-        if self._it is None:
+    def _open(self) -> KVSnapshot:
+        if self._view is None:
             raise StateEngineClosedError("snapshot is closed")
-        return self._it
+        return self._view
 
     def close(self) -> None:
-        self._it = None
+        if self._view is not None:
+            self._view.close()
+            self._view = None
 
     def __enter__(self) -> StateSnapshot:
         return self
@@ -469,42 +431,10 @@ class StateSnapshot:
         self.close()
 
     def get(self, key: bytes) -> bytes | None:
-        it = self._cursor()
-        self._owner = None
-        it.seek(key)
-        if it.valid() and it.key() == key:
-            value = it.value()
-            assert isinstance(value, bytes)
-            return value
-        return None
+        return self._open().get(key)
 
     def iterate(self, start: bytes, end: bytes | None) -> Iterator[tuple[bytes, bytes]]:
-        token = object()
-        it = self._cursor()
-        self._owner = token
-        it.seek(start)
-        last: bytes | None = None
-        while True:
-            it = self._cursor()
-            if self._owner is not token:
-                # someone else moved the cursor: go back to where we were
-                assert last is not None
-                self._owner = token
-                it.seek(last)
-                if it.valid() and it.key() == last:
-                    it.next()
-            if not it.valid():
-                return
-            key = it.key()
-            assert isinstance(key, bytes)
-            if end is not None and key >= end:
-                return
-            value = it.value()
-            assert isinstance(value, bytes)
-            last = key
-            yield key, value
-            if self._owner is token:
-                self._cursor().next()
+        return self._open().iterate(start, end)
 
     def scan_chunk(
         self, start: bytes, end: bytes | None, *, max_bytes: int, max_keys: int = 1 << 30

@@ -1,6 +1,7 @@
 """Raft transport, sender side: per-peer lanes over long-lived gRPC streams.
 
-The raft scheduler calls `RaftTransport.send` for every outgoing message of
+`RaftTransport` is the real `raft_network.RaftSender` (`MemoryNetwork` is its
+in-memory twin). The raft scheduler calls `RaftTransport.send` for every outgoing message of
 every group hosted in this process. `send` only classifies the message and
 appends it to a bounded in-memory queue: it never blocks and never awaits,
 because a scheduler stalled on one slow peer would stall every group.
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from rangekv.common.clock import Clock
 from rangekv.common.tasks import cancel_and_wait
 from rangekv.common.tls import ChannelOpener, PlaintextChannels
 from rangekv.raft import Message, MessageType
@@ -54,7 +56,9 @@ from .lanes import (
     lane_for,
 )
 from .raft_codec import message_to_proto
-from .transport_server import MAX_MESSAGE_BYTES, SERVER_OPTIONS, RaftTransportServicer
+from .raft_network import RaftEndpoint
+from .transport_config import CHANNEL_OPTIONS, Backoff, TransportConfig
+from .transport_server import SERVER_OPTIONS, RaftTransportServicer
 
 __all__ = [
     "CHANNEL_OPTIONS",
@@ -62,6 +66,7 @@ __all__ = [
     "RaftTransport",
     "RaftTransportServicer",
     "TransportConfig",
+    "transport_for",
 ]
 
 log = logging.getLogger(__name__)
@@ -72,20 +77,6 @@ SnapshotStatusCallback = Callable[[int, int, int, bool], None]
 SnapshotSource = Callable[[int, Message], AsyncIterator[bytes]]
 WrongNodeCallback = Callable[[int, str], None]
 
-#: Options of every lane channel. Each lane gets its own subchannel pool, hence
-#: its own TCP connection. Keepalive finds a peer that vanished without a RST
-#: (otherwise a write could wait for the kernel's retransmission timeout); the
-#: receiving server must allow these pings (see SERVER_OPTIONS).
-CHANNEL_OPTIONS: tuple[tuple[str, int | str], ...] = (
-    ("grpc.use_local_subchannel_pool", 1),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-)
-
 # Indexed by MessageType number (`_value_`: an enum-keyed dict would cost an
 # interpreted `Enum.__hash__` per send). None for local types (HUP, BEAT, ...):
 # they must never leave the node, and `send` rejects them.
@@ -93,50 +84,6 @@ _SEND_LANE: tuple[Lane | None, ...] = tuple(
     None if t.is_local() else lane_for(t) for t in sorted(MessageType, key=lambda t: t.value)
 )
 _RPC_ERRORS = (grpc.aio.AioRpcError, asyncio.InvalidStateError)
-
-
-@dataclass(frozen=True, slots=True)
-class TransportConfig:
-    """Knobs of the sender; defaults follow the reference dispatcher's buffers."""
-
-    heartbeat_queue: int = 512
-    replication_queue: int = 1024
-    snapshot_queue: int = 4
-    other_queue: int = 16
-    # Cap on one RaftStreamRequest (estimated). Under gRPC's default 4 MiB
-    # receive limit even with one max-size (1 MiB) APP that did not fit.
-    max_batch_bytes: int = 2 << 20
-    backoff_initial: float = 0.05
-    backoff_max: float = 2.0
-    channel_options: tuple[tuple[str, int | str], ...] = CHANNEL_OPTIONS
-
-    def capacity(self, lane: Lane) -> int:
-        return {
-            Lane.HEARTBEAT: self.heartbeat_queue,
-            Lane.REPLICATION: self.replication_queue,
-            Lane.SNAPSHOT: self.snapshot_queue,
-            Lane.OTHER: self.other_queue,
-        }[lane]
-
-
-class _Backoff:
-    """Capped exponential backoff with jitter, so peers that lost the same node
-    do not reconnect in lockstep."""
-
-    __slots__ = ("_cap", "_delay", "_initial")
-
-    def __init__(self, initial: float, cap: float) -> None:
-        self._initial = initial
-        self._cap = cap
-        self._delay = initial
-
-    def next(self) -> float:
-        delay = self._delay
-        self._delay = min(self._cap, self._delay * 2)
-        return delay * random.uniform(0.5, 1.0)
-
-    def reset(self) -> None:
-        self._delay = self._initial
 
 
 @dataclass(slots=True)
@@ -152,8 +99,12 @@ class _Env:
     metrics: TransportMetrics
     config: TransportConfig
     channels: ChannelOpener
+    #: Backoff pauses and stream ages.
+    clock: Clock
+    #: Backoff jitter.
+    rng: random.Random
     #: Stamps every batch with the sender's clock (receivers refuse one too far ahead).
-    clock: Callable[[], types_pb2.Timestamp] | None = None
+    stamp: Callable[[], types_pb2.Timestamp] | None = None
 
     def error(self, lane: Lane, code: str) -> None:
         self.metrics.dispatch_errors_total.add(1, lane=lane.label, code=code)
@@ -197,7 +148,7 @@ class _LaneWorker:
             env.config.capacity(lane), coalesce_heartbeats=lane is Lane.HEARTBEAT
         )
         self._max_bytes = env.config.max_batch_bytes
-        self._backoff = _Backoff(env.config.backoff_initial, env.config.backoff_max)
+        self._backoff = Backoff(env.config.backoff_initial, env.config.backoff_max, env.rng)
         self._addr: str | None = None
         self._channel: grpc.aio.Channel | None = None
         self._stub: raft_pb2_grpc.RaftTransportStub | None = None
@@ -241,7 +192,7 @@ class _LaneWorker:
                 self.env.unreachable(self.peer_id, group_id, msg.to)
 
     async def pause(self) -> None:
-        await asyncio.sleep(self._backoff.next())
+        await self.env.clock.sleep(self._backoff.next())
 
     def reset_backoff(self) -> None:
         self._backoff.reset()
@@ -306,8 +257,8 @@ class _StreamLane(_LaneWorker):
             lane=self.lane.value,
             messages=[message_to_proto(g, m, d) for g, m, d in batch],
         )
-        if self.env.clock is not None:
-            request.sender_clock.CopyFrom(self.env.clock())
+        if self.env.stamp is not None:
+            request.sender_clock.CopyFrom(self.env.stamp())
         # Set before the write: a wrong_node answer may be read before the
         # write's completion is.
         self._last_batch = batch
@@ -321,13 +272,13 @@ class _StreamLane(_LaneWorker):
             return
         # Only a stream that stayed up for a while proves the peer healthy; a
         # peer that accepts and then refuses every stream keeps backing off.
-        if asyncio.get_running_loop().time() - self._opened_at >= self.env.config.backoff_max:
+        if self.env.clock.monotonic() - self._opened_at >= self.env.config.backoff_max:
             self.reset_backoff()
 
     def _open(self, stub: raft_pb2_grpc.RaftTransportStub) -> grpc.aio.StreamStreamCall:
         call: grpc.aio.StreamStreamCall = stub.RaftStream()
         self._call = call
-        self._opened_at = asyncio.get_running_loop().time()
+        self._opened_at = self.env.clock.monotonic()
         self._last_batch = []
         self._reader = asyncio.get_running_loop().create_task(
             self._read(call, self._addr or ""),
@@ -478,13 +429,16 @@ class RaftTransport:
         on_unreachable: UnreachableCallback,
         on_snapshot_status: SnapshotStatusCallback,
         snapshot_source: SnapshotSource,
+        clock: Clock,
+        rng: random.Random,
         metrics: TransportMetrics | None = None,
         on_wrong_node: WrongNodeCallback | None = None,
         config: TransportConfig | None = None,
         channels: ChannelOpener | None = None,
-        clock: Callable[[], types_pb2.Timestamp] | None = None,
+        stamp: Callable[[], types_pb2.Timestamp] | None = None,
     ) -> None:
-        """``channels``: how lanes dial peers (mutual TLS in a secure cluster; plaintext if None)."""
+        """``channels``: how lanes dial peers (mutual TLS in a secure cluster; plaintext if
+        None); ``stamp``: this node's hybrid clock, stamped on every batch."""
         self._env = _Env(
             node_id=node_id,
             resolve=resolve,
@@ -496,6 +450,8 @@ class RaftTransport:
             config=config if config is not None else TransportConfig(),
             channels=channels if channels is not None else PlaintextChannels(),
             clock=clock,
+            rng=rng,
+            stamp=stamp,
         )
         self._peers: dict[int, tuple[_LaneWorker, ...]] = {}
         self._closed = False
@@ -573,3 +529,32 @@ class RaftTransport:
         self._closed = True
         peers, self._peers = self._peers, {}
         await asyncio.gather(*(w.stop() for peer in peers.values() for w in peer))
+
+
+def transport_for(
+    node_id: int,
+    resolve: Resolver,
+    endpoint: Callable[[], RaftEndpoint],
+    *,
+    clock: Clock,
+    rng: random.Random,
+    metrics: TransportMetrics | None = None,
+    channels: ChannelOpener | None = None,
+    stamp: Callable[[], types_pb2.Timestamp] | None = None,
+) -> RaftTransport:
+    """The transport of a process whose `RaftEndpoint` is `endpoint()`: it streams that
+    endpoint's snapshots and reports lost messages and snapshot outcomes to it. The
+    endpoint is looked up at each call, since it is built after (and with) the
+    transport."""
+    return RaftTransport(
+        node_id,
+        resolve,
+        on_unreachable=lambda n, g, r: endpoint().report_unreachable(n, g, r),
+        on_snapshot_status=lambda n, g, r, failed: endpoint().report_snapshot(n, g, r, failed),
+        snapshot_source=lambda g, m: endpoint().snapshot_source(g, m),
+        clock=clock,
+        rng=rng,
+        metrics=metrics,
+        channels=channels,
+        stamp=stamp,
+    )

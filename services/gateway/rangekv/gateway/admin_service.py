@@ -6,7 +6,7 @@ reads the meta range and asks the storage nodes. Its RangeKVErrors become
 gRPC statuses once, in the server's interceptor, like the KV API's.
 
 Decommission and Recommission are carried out by the cluster's decommission
-mechanism (`rangekv.metarange.decommission`), handed in as `DecommissionFn` /
+mechanism (`rangekv.metarange.client`), handed in as `DecommissionFn` /
 `RecommissionFn`; without them they answer UNIMPLEMENTED with a message saying so.
 """
 

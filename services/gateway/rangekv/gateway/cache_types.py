@@ -26,7 +26,7 @@ from typing import Protocol
 
 from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor
 from rangekv.common.telemetry import Telemetry
-from rangekv.metarange.records import Intent, TxnMeta, TxnStatus
+from rangekv.domain.txn import Intent, TxnMeta, TxnStatus
 from rangekv.v1 import meta_pb2
 
 __all__ = [

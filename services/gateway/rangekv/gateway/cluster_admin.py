@@ -19,7 +19,6 @@ moved between the look and the ask, until the deadline.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
@@ -27,6 +26,7 @@ from typing import Protocol, TypeVar
 import grpc
 
 from rangekv.common import errors as E
+from rangekv.common.clock import Clock, SystemClock
 from rangekv.v1 import admin_pb2, meta_pb2, replica_pb2, replica_pb2_grpc, types_pb2
 
 T = TypeVar("T")
@@ -158,12 +158,12 @@ class ClusterAdmin:
         meta: MetaAdmin,
         nodes: NodeAdmin,
         *,
-        monotonic: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
         retry_pause: float = RETRY_PAUSE,
     ) -> None:
         self._meta = meta
         self._nodes = nodes
-        self._monotonic = monotonic
+        self._clock: Clock = clock if clock is not None else SystemClock()
         self._retry_pause = retry_pause
 
     # --- reads -------------------------------------------------------------------------
@@ -388,10 +388,10 @@ class ClusterAdmin:
         (after looking for the leaseholder again) is safe; every other error is
         the answer.
         """
-        deadline = self._monotonic() + timeout
+        deadline = self._clock.monotonic() + timeout
         last = "no leader found"
         while True:
-            remaining = deadline - self._monotonic()
+            remaining = deadline - self._clock.monotonic()
             if remaining <= 0:
                 raise E.Unavailable(f"gave up after {timeout:.1f}s: {last}; try again")
             try:
@@ -403,7 +403,9 @@ class ClusterAdmin:
             else:
                 if result is not None:
                     return result
-            await asyncio.sleep(min(self._retry_pause, max(0.0, deadline - self._monotonic())))
+            await self._clock.sleep(
+                min(self._retry_pause, max(0.0, deadline - self._clock.monotonic()))
+            )
 
 
 class _NoLeader(E.Unavailable):

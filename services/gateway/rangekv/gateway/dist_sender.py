@@ -42,17 +42,17 @@ import asyncio
 import contextlib
 import functools
 import random
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from opentelemetry import trace
 
 from rangekv.common import errors as E
+from rangekv.common.clock import Clock, SystemClock
 from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor
 from rangekv.common.telemetry import end_span_with, traceparent
 from rangekv.gateway.cache_types import EvictionReason, EvictionToken, mismatch_reason
-from rangekv.gateway.node_client import BatchReply, NodeClients
+from rangekv.gateway.node_client import BatchReply, NodeBatches
 from rangekv.gateway.range_cache import RangeCache
 from rangekv.gateway.retry_policy import ReplicaOrder, RouteState, after_not_lease_holder
 from rangekv.gateway.scan import ScanConfig, Scanner
@@ -86,8 +86,11 @@ class RetryCounters:
 class NodeDirectory:
     """node id -> address, from the store registry (refreshed on demand)."""
 
-    def __init__(self, fetch: Callable[[], object], *, min_refresh: float = 0.5) -> None:
+    def __init__(
+        self, fetch: Callable[[], object], *, min_refresh: float = 0.5, clock: Clock | None = None
+    ) -> None:
         self._fetch = fetch
+        self._clock: Clock = clock if clock is not None else SystemClock()
         self._addresses: dict[int, str] = {}
         self._min_refresh = min_refresh
         self._last_refresh = 0.0
@@ -101,7 +104,7 @@ class NodeDirectory:
         return self._addresses.get(node_id)
 
     async def refresh(self, *, force: bool = False) -> None:
-        now = time.monotonic()
+        now = self._clock.monotonic()
         if not force and now - self._last_refresh < self._min_refresh:
             return
         if self._refreshing is not None and not self._refreshing.done():
@@ -112,7 +115,7 @@ class NodeDirectory:
             nodes = await self._fetch()  # type: ignore[misc]
             for status in nodes.nodes:
                 self.set(status.node.node_id, status.node.address)
-            self._last_refresh = time.monotonic()
+            self._last_refresh = self._clock.monotonic()
         finally:
             self._refreshing.set_result(None)
 
@@ -142,6 +145,31 @@ class _Served:
 
 
 @dataclass(frozen=True, slots=True)
+class _Op:
+    """What one routed operation asks of a replica."""
+
+    op: replica_pb2.ReplicaOp
+    is_write: bool
+    inconsistent: bool
+    read_timestamp: types_pb2.Timestamp | None
+    fence_id: bytes
+
+
+@dataclass(slots=True)
+class _Pass:
+    """One pass over a range's replicas: the route it follows and what it met so far."""
+
+    token: EvictionToken
+    order: ReplicaOrder
+    last: E.RangeKVError
+    tried: int = 0
+    not_found: int = 0
+    unreachable: int = 0
+    #: Why the last replica did not answer (the backoff reason if the pass fails).
+    reason: str = "no_replica"
+
+
+@dataclass(frozen=True, slots=True)
 class _Failed:
     """A pass without an answer; `backoff` names why to wait first (None: go on at once)."""
 
@@ -153,22 +181,22 @@ class DistSender:
     def __init__(
         self,
         cache: RangeCache,
-        nodes: NodeClients,
+        nodes: NodeBatches,
         directory: NodeDirectory,
         *,
         timeout: float = 10.0,
         backoff_initial: float = 0.02,
         backoff_max: float = 1.0,
         rng: random.Random | None = None,
-        monotonic: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
         read_attempt_timeout: float = DEFAULT_READ_ATTEMPT_TIMEOUT,
         tracer: trace.Tracer | None = None,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         scan_config: ScanConfig | None = None,
     ) -> None:
         """`tracer`: None unless tracing is on (then each call to a node is a
         client span, its traceparent carried in the node batch). `rng` jitters
-        the backoff and `sleep` waits it out (injected, so tests can count)."""
+        the backoff and `clock` times deadlines and waits backoffs out (both
+        default to the system's; tests pass their own)."""
         self.cache = cache
         self._tracer = tracer
         self.nodes = nodes
@@ -183,13 +211,10 @@ class DistSender:
             raise ValueError(
                 f"need 0 < backoff_initial <= backoff_max, got {backoff_initial}, {backoff_max}"
             )
-        self._rng = rng or random.Random()
-        self._monotonic = monotonic
-        self._sleep = sleep
+        self._rng = rng if rng is not None else random.Random()
+        self._clock: Clock = clock if clock is not None else SystemClock()
         self.counters = RetryCounters()
-        self.scanner = Scanner(
-            self, self, scan_config, rng=self._rng, monotonic=monotonic, sleep=sleep
-        )
+        self.scanner = Scanner(self, self, scan_config, rng=self._rng, clock=self._clock)
 
     # --- point operations ---------------------------------------------------------------
 
@@ -207,11 +232,12 @@ class DistSender:
         """Run one operation on the range owning `key`; returns its reply.
 
         `fence_id`: the scan fence a read is served under (rangekv.gateway.scan)."""
-        deadline = self._monotonic() + (timeout or self.timeout)
+        req = _Op(op, is_write, inconsistent, read_timestamp, fence_id)
+        deadline = self._clock.monotonic() + (timeout or self.timeout)
         state = RouteState()
         last: E.RangeKVError | None = None
         while True:
-            remaining = deadline - self._monotonic()
+            remaining = deadline - self._clock.monotonic()
             if remaining <= 0:
                 raise _out_of_time(last, is_write)
             try:
@@ -235,9 +261,7 @@ class DistSender:
                 # Rule R: even meta's leader names nothing newer than what just failed.
                 await self._back_off(state, "stale_descriptor", deadline)
             state.stale = None
-            outcome = await self._try_replicas(
-                token, state, op, is_write, inconsistent, read_timestamp, deadline, fence_id
-            )
+            outcome = await self._try_replicas(token, state, req, deadline)
             if isinstance(outcome, _Served):
                 self.cache.maybe_confirm(outcome.token)
                 if not inconsistent:  # only the leaseholder answers a consistent request
@@ -254,146 +278,175 @@ class DistSender:
 
     async def _back_off(self, state: RouteState, reason: str, deadline: float) -> None:
         self.counters.backoff(reason)
-        remaining = deadline - self._monotonic()
+        remaining = deadline - self._clock.monotonic()
         initial, maximum = self._backoff_initial, self._backoff_max
-        await self._sleep(state.next_backoff(initial, maximum, self._rng, remaining))
+        await self._clock.sleep(state.next_backoff(initial, maximum, self._rng, remaining))
 
     async def _try_replicas(
-        self,
-        token: EvictionToken,
-        state: RouteState,
-        op: replica_pb2.ReplicaOp,
-        is_write: bool,
-        inconsistent: bool,
-        read_timestamp: types_pb2.Timestamp | None,
-        deadline: float,
-        fence_id: bytes = b"",
+        self, token: EvictionToken, state: RouteState, req: _Op, deadline: float
     ) -> _Served | _Failed:
         """One pass over the range's replicas (module docstring, retry_policy)."""
-        desc = token.descriptor
         state.start_pass(token.entry)
-        order = ReplicaOrder(token.entry.routing_replicas(), token.entry.leaseholder)
-        tried = not_found = unreachable = 0
-        reason = "no_replica"
-        last: E.RangeKVError = E.Unavailable(f"range {desc.range_id}: no replica answered")
-        while (replica := order.next()) is not None:
-            remaining = deadline - self._monotonic()
+        p = _Pass(
+            token,
+            ReplicaOrder(token.entry.routing_replicas(), token.entry.leaseholder),
+            last=E.Unavailable(f"range {token.descriptor.range_id}: no replica answered"),
+        )
+        while (replica := p.order.next()) is not None:
+            remaining = deadline - self._clock.monotonic()
             if remaining <= 0:
-                return _Failed(last, None)
-            tried += 1
+                return _Failed(p.last, None)
+            p.tried += 1
             address = self.directory.get(replica.node_id)
             if address is None:  # unknown yet: ask the registry, within the deadline
                 try:
                     lookup = self.directory.address(replica.node_id)
                     address = await asyncio.wait_for(lookup, remaining)
                 except TimeoutError:
-                    return _Failed(last, None)
+                    return _Failed(p.last, None)
             if address is None:
-                unreachable += 1
-                reason = "no_address"
-                self.counters.retry(reason)
+                p.unreachable += 1
+                self._retry(p, "no_address")
                 continue
-            remaining = deadline - self._monotonic()
-            span: trace.Span | None = None
-            parent = ""
-            if self._tracer is not None:
-                span = self._tracer.start_span(
-                    "node.batch",
-                    kind=trace.SpanKind.CLIENT,
-                    attributes={
-                        "rangekv.node_id": replica.node_id,
-                        "rangekv.range_id": desc.range_id,
-                        "rangekv.write": is_write,
-                        "server.address": address,
-                    },
-                )
-                parent = traceparent(span)
-            submitted = self.nodes.submit(
-                address,
-                desc.range_id,
-                [op],
-                has_writes=is_write,
-                inconsistent=inconsistent,
-                read_timestamp=read_timestamp,
-                traceparent=parent,
-                fence_id=fence_id,
+            outcome = await self._attempt(p, state, replica, address, req, deadline)
+            if outcome is not None:
+                return outcome
+        return await self._end_pass(p, state, deadline)
+
+    async def _attempt(
+        self,
+        p: _Pass,
+        state: RouteState,
+        replica: ReplicaDescriptor,
+        address: str,
+        req: _Op,
+        deadline: float,
+    ) -> _Served | _Failed | None:
+        """Ask one replica; an outcome ends the pass, None goes on to the next replica."""
+        remaining = deadline - self._clock.monotonic()
+        submitted = self._submit(p.token.descriptor, replica, address, req)
+        wait = remaining if req.is_write else min(remaining, self._read_attempt_timeout)
+        try:
+            # On timeout wait_for cancels `submitted`: that gives up only this
+            # caller's place (dropped from its batch if the batch has not left).
+            reply = await asyncio.wait_for(submitted, wait)
+        except TimeoutError:
+            return self._timed_out(p, replica, req, wait, remaining)
+        except E.NotLeaseHolder as err:
+            return self._redirected(p, state, replica, err)
+        except E.RangeKeyMismatch as err:
+            desc = p.token.descriptor
+            self.counters.retry(mismatch_reason(desc, err.descriptors).value)
+            self.cache.maybe_evict_for_mismatch(p.token, err)
+            state.stale = desc  # rule R: the next lookup must find something newer
+            return _Failed(err, None)
+        except E.RangeNotFound as err:
+            p.not_found += 1
+            p.last = err
+            self._retry(p, "range_not_found")
+        except E.Unavailable as err:
+            if req.is_write and err.outcome == E.WriteOutcome.UNKNOWN:
+                raise
+            p.unreachable += 1
+            p.last = err
+            self._retry(p, "unavailable")
+        else:
+            return _Served(reply, p.token, replica, address)
+        return None
+
+    def _submit(
+        self, desc: RangeDescriptor, replica: ReplicaDescriptor, address: str, req: _Op
+    ) -> asyncio.Future[BatchReply]:
+        """Hand the operation to the node (a client span around it when tracing)."""
+        span: trace.Span | None = None
+        parent = ""
+        if self._tracer is not None:
+            span = self._tracer.start_span(
+                "node.batch",
+                kind=trace.SpanKind.CLIENT,
+                attributes={
+                    "rangekv.node_id": replica.node_id,
+                    "rangekv.range_id": desc.range_id,
+                    "rangekv.write": req.is_write,
+                    "server.address": address,
+                },
             )
-            if span is not None:
-                # The span lasts as long as the node call, even past our deadline.
-                submitted.add_done_callback(functools.partial(end_span_with, span))
-            wait = remaining if is_write else min(remaining, self._read_attempt_timeout)
-            try:
-                # On timeout wait_for cancels `submitted`: that gives up only this
-                # caller's place (dropped from its batch if the batch has not left).
-                reply = await asyncio.wait_for(submitted, wait)
-            except TimeoutError:
-                if is_write:
-                    raise E.DeadlineExceeded(
-                        "deadline exceeded while the write was in flight; it may or may not apply",
-                        E.WriteOutcome.UNKNOWN,
-                    ) from None
-                if wait >= remaining:
-                    return _Failed(E.DeadlineExceeded("deadline exceeded"), None)
-                # A slow or stopped replica: ask the next one (module docstring).
-                last = E.Unavailable(
-                    f"range {desc.range_id}: node {replica.node_id} did not answer a read "
-                    f"within {wait:.2f}s"
-                )
-                reason = "slow_replica"
-                self.counters.retry(reason)
-            except E.NotLeaseHolder as err:
-                last = err
-                routed = token.entry
-                updated = self.cache.maybe_update_leaseholder(token, err)
-                if updated is not None:
-                    if updated.descriptor != desc:  # a newer descriptor came with the error
-                        desc = updated.descriptor
-                        order.reroute(updated.entry.routing_replicas(), updated.entry.leaseholder)
-                    token = updated
-                step = after_not_lease_holder(
-                    state, order, replica, routed, updated.entry if updated else None, err
-                )
-                reason = step.reason
-                if step.go_to is not None:
-                    self.counters.redirects += 1
-                    if err.leaseholder_address:
-                        self.directory.set(step.go_to.node_id, err.leaseholder_address)
-                    order.go_to(step.go_to)
-                    continue
-                self.counters.retry(reason)
-                if step.end_pass:
-                    return _Failed(err, reason)
-            except E.RangeKeyMismatch as err:
-                self.counters.retry(mismatch_reason(desc, err.descriptors).value)
-                self.cache.maybe_evict_for_mismatch(token, err)
-                state.stale = desc  # rule R: the next lookup must find something newer
-                return _Failed(err, None)
-            except E.RangeNotFound as err:
-                not_found += 1
-                last = err
-                reason = "range_not_found"
-                self.counters.retry(reason)
-            except E.Unavailable as err:
-                if is_write and err.outcome == E.WriteOutcome.UNKNOWN:
-                    raise
-                unreachable += 1
-                last = err
-                reason = "unavailable"
-                self.counters.retry(reason)
-            else:
-                return _Served(reply, token, replica, address)
-        if not_found and not_found == tried:
+            parent = traceparent(span)
+        submitted = self.nodes.submit(
+            address,
+            desc.range_id,
+            [req.op],
+            has_writes=req.is_write,
+            inconsistent=req.inconsistent,
+            read_timestamp=req.read_timestamp,
+            traceparent=parent,
+            fence_id=req.fence_id,
+        )
+        if span is not None:
+            # The span lasts as long as the node call, even past our deadline.
+            submitted.add_done_callback(functools.partial(end_span_with, span))
+        return submitted
+
+    def _timed_out(
+        self, p: _Pass, replica: ReplicaDescriptor, req: _Op, wait: float, remaining: float
+    ) -> _Failed | None:
+        if req.is_write:
+            raise E.DeadlineExceeded(
+                "deadline exceeded while the write was in flight; it may or may not apply",
+                E.WriteOutcome.UNKNOWN,
+            ) from None
+        if wait >= remaining:
+            return _Failed(E.DeadlineExceeded("deadline exceeded"), None)
+        # A slow or stopped replica: ask the next one (module docstring).
+        p.last = E.Unavailable(
+            f"range {p.token.descriptor.range_id}: node {replica.node_id} did not answer a "
+            f"read within {wait:.2f}s"
+        )
+        self._retry(p, "slow_replica")
+        return None
+
+    def _redirected(
+        self, p: _Pass, state: RouteState, replica: ReplicaDescriptor, err: E.NotLeaseHolder
+    ) -> _Failed | None:
+        """NotLeaseHolder: the cache learns the hint; follow it, go on, or end the pass."""
+        p.last = err
+        routed = p.token.entry
+        updated = self.cache.maybe_update_leaseholder(p.token, err)
+        if updated is not None:
+            if updated.descriptor != p.token.descriptor:  # a newer descriptor came with it
+                p.order.reroute(updated.entry.routing_replicas(), updated.entry.leaseholder)
+            p.token = updated
+        step = after_not_lease_holder(
+            state, p.order, replica, routed, updated.entry if updated else None, err
+        )
+        p.reason = step.reason
+        if step.go_to is not None:
+            self.counters.redirects += 1
+            if err.leaseholder_address:
+                self.directory.set(step.go_to.node_id, err.leaseholder_address)
+            p.order.go_to(step.go_to)
+            return None
+        self.counters.retry(p.reason)
+        return _Failed(err, p.reason) if step.end_pass else None
+
+    def _retry(self, p: _Pass, reason: str) -> None:
+        p.reason = reason
+        self.counters.retry(reason)
+
+    async def _end_pass(self, p: _Pass, state: RouteState, deadline: float) -> _Failed:
+        """Every replica was asked and none answered: what that proves about the route."""
+        if p.not_found and p.not_found == p.tried:
             # Rule R: the range is gone from every replica we know; look for a newer one.
-            self.cache.maybe_evict(token, EvictionReason.RANGE_NOT_FOUND)
-            state.stale = desc
-            return _Failed(last, None)
-        if unreachable and unreachable + not_found == tried:
-            self.cache.maybe_evict(token, EvictionReason.UNREACHABLE)
+            self.cache.maybe_evict(p.token, EvictionReason.RANGE_NOT_FOUND)
+            state.stale = p.token.descriptor
+            return _Failed(p.last, None)
+        if p.unreachable and p.unreachable + p.not_found == p.tried:
+            self.cache.maybe_evict(p.token, EvictionReason.UNREACHABLE)
             with contextlib.suppress(E.RangeKVError, TimeoutError):
-                remaining = max(0.0, deadline - self._monotonic())
+                remaining = max(0.0, deadline - self._clock.monotonic())
                 await asyncio.wait_for(self.directory.refresh(), remaining)
-            return _Failed(last, "unreachable")
-        return _Failed(last, reason)
+            return _Failed(p.last, "unreachable")
+        return _Failed(p.last, p.reason)
 
     # --- scans --------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -22,6 +22,7 @@ import grpc
 from rangekv.common import errors as E
 from rangekv.common.auth import current_caller
 from rangekv.common.certs import Role
+from rangekv.domain.limits import KeyValueLimits
 from rangekv.gateway.dist_sender import DistSender
 from rangekv.gateway.kv_stream import StreamLimits, StreamSession, StreamStats
 from rangekv.v1 import kv_pb2, kv_pb2_grpc, replica_pb2
@@ -31,8 +32,7 @@ MAX_BATCH = 10_000
 
 @dataclass(frozen=True, slots=True)
 class KVLimits:
-    max_key_bytes: int = 4096
-    max_value_bytes: int = 1 << 20
+    kv: KeyValueLimits = field(default_factory=KeyValueLimits)
     #: Operations in flight at once (a Batch counts each of its operations);
     #: past it new calls are refused with RESOURCE_EXHAUSTED, nothing written.
     max_inflight_ops: int = 10_000
@@ -88,18 +88,10 @@ class KVService(kv_pb2_grpc.KVServicer):
     # --- validation -----------------------------------------------------------------
 
     def _key(self, field: str, key: bytes) -> None:
-        if not key:
-            raise E.InvalidArgument(field, "must not be empty")
-        if len(key) > self._limits.max_key_bytes:
-            raise E.InvalidArgument(
-                field, f"{len(key)} bytes exceeds the limit of {self._limits.max_key_bytes}"
-            )
+        self._limits.kv.check_key(field, key)
 
     def _value(self, field: str, value: bytes) -> None:
-        if len(value) > self._limits.max_value_bytes:
-            raise E.InvalidArgument(
-                field, f"{len(value)} bytes exceeds the limit of {self._limits.max_value_bytes}"
-            )
+        self._limits.kv.check_value(field, value)
 
     def _check_item(self, prefix: str, item: kv_pb2.BatchRequestItem) -> str:
         kind = item.WhichOneof("request")

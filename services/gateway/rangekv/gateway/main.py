@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
 
+from rangekv.common.clock import Clock, SystemClock
 from rangekv.common.config import (
     ServerConfig,
     require,
@@ -23,6 +25,8 @@ from rangekv.common.entrypoint import service_main
 from rangekv.common.server import ServiceServer
 from rangekv.common.telemetry import Telemetry
 from rangekv.common.tls import ChannelOpener, node_channels
+from rangekv.domain.limits import KeyValueLimits, max_key_bytes_setting, max_value_bytes_setting
+from rangekv.domain.txn import TxnMeta, TxnStatus
 from rangekv.gateway.admin_service import ADMIN_SERVICE, AdminService
 from rangekv.gateway.cache_types import LookupResult, TelemetryCacheMetrics
 from rangekv.gateway.cluster_admin import ClusterAdmin, GrpcNodeAdmin
@@ -38,9 +42,7 @@ from rangekv.gateway.node_client import DEFAULT_MAX_INFLIGHT, NodeClients
 from rangekv.gateway.pusher import ReplicaTxnPusher
 from rangekv.gateway.range_cache import RangeCache
 from rangekv.gateway.scan import ScanConfig
-from rangekv.metarange.client import MetaClient
-from rangekv.metarange.decommission import decommission_for_admin, recommission_for_admin
-from rangekv.metarange.records import TxnMeta, TxnStatus
+from rangekv.metarange.client import MetaClient, decommission_for_admin, recommission_for_admin
 from rangekv.v1 import admin_pb2_grpc, kv_pb2_grpc
 
 log = logging.getLogger("rangekv.gateway")
@@ -54,8 +56,8 @@ class GatewayConfig:
     prefetch: int = setting(8, help="descriptors prefetched after the one a lookup needs")
     cache_size: int = setting(65_536, help="most range descriptors cached")
     request_timeout: float = setting(10.0, help="seconds a call may take before it gives up")
-    max_key_bytes: int = setting(4096, help="largest key accepted")
-    max_value_bytes: int = setting(1 << 20, help="largest value accepted")
+    max_key_bytes: int = max_key_bytes_setting()
+    max_value_bytes: int = max_value_bytes_setting()
     read_attempt_timeout: float = setting(
         DEFAULT_READ_ATTEMPT_TIMEOUT,
         help="seconds a read waits for one replica before asking the next (a paused or "
@@ -106,12 +108,19 @@ def build(
     channels: ChannelOpener | None = None,
     *,
     max_message_bytes: int = ServerConfig.max_message_bytes,
+    clock: Clock | None = None,
+    rng: random.Random | None = None,
 ) -> tuple[KVService, MetaClient, NodeClients]:
     """Wire a gateway's parts (also used by tests that run one in-process).
 
     ``channels`` dial the meta range and the nodes (plaintext if None);
-    ``max_message_bytes``: the server's, so that no stream answer exceeds it."""
-    meta = MetaClient(cfg.addresses(), channels=channels)
+    ``max_message_bytes``: the server's, so that no stream answer exceeds it;
+    ``clock`` and ``rng`` are the system's unless given (entry point: read once, here)."""
+    clock = clock if clock is not None else SystemClock()
+    rng = rng if rng is not None else random.Random()
+    meta = MetaClient(
+        cfg.addresses(), channels=channels, clock=clock, rng=random.Random(rng.random())
+    )
     nodes = NodeClients(max_inflight=cfg.max_inflight_batches, channels=channels)
 
     async def meta_lookup(key: bytes, prefetch: int, *, consistent: bool = False) -> LookupResult:
@@ -142,12 +151,16 @@ def build(
         prefetch=cfg.prefetch,
         metrics=TelemetryCacheMetrics(telemetry) if telemetry is not None else None,
     )
-    directory = NodeDirectory(meta.list_nodes)
-    pusher = ReplicaTxnPusher(nodes, directory, lambda k: meta.lookup_range(k, prefetch=0))
+    directory = NodeDirectory(meta.list_nodes, clock=clock)
+    pusher = ReplicaTxnPusher(
+        nodes, directory, lambda k: meta.lookup_range(k, prefetch=0), clock=clock
+    )
     sender = DistSender(
         cache,
         nodes,
         directory,
+        rng=random.Random(rng.random()),
+        clock=clock,
         timeout=cfg.request_timeout,
         read_attempt_timeout=cfg.read_attempt_timeout,
         tracer=telemetry.active_tracer if telemetry is not None else None,
@@ -155,7 +168,7 @@ def build(
     )
     service = KVService(
         sender,
-        KVLimits(cfg.max_key_bytes, cfg.max_value_bytes, cfg.max_inflight_ops),
+        KVLimits(KeyValueLimits(cfg.max_key_bytes, cfg.max_value_bytes), cfg.max_inflight_ops),
         StreamLimits(
             max_inflight=cfg.stream_max_inflight,
             request_timeout=cfg.request_timeout,
@@ -164,7 +177,7 @@ def build(
     )
     if telemetry is not None:
         export_retry_counters(telemetry, sender.counters)
-        export_scan_and_load_counters(telemetry, sender, service)
+        export_scan_and_load_counters(telemetry, sender, service, nodes)
     return service, meta, nodes
 
 
@@ -205,7 +218,9 @@ def export_retry_counters(telemetry: Telemetry, counters: RetryCounters) -> None
     )
 
 
-def export_scan_and_load_counters(telemetry: Telemetry, sender: DistSender, kv: KVService) -> None:
+def export_scan_and_load_counters(
+    telemetry: Telemetry, sender: DistSender, kv: KVService, nodes: NodeClients
+) -> None:
     """Scans (and their restarts by reason), split read batches, refused calls."""
     stats = sender.scanner.stats
     telemetry.observable_gauge(
@@ -226,7 +241,7 @@ def export_scan_and_load_counters(telemetry: Telemetry, sender: DistSender, kv: 
     telemetry.observable_gauge(
         "rangekv_gateway_split_batches",
         "Node read batches split because their answer would have been too large.",
-        lambda: float(sender.nodes.split_batches),
+        lambda: float(nodes.split_batches),
     )
     telemetry.observable_gauge(
         "rangekv_gateway_refused",

@@ -29,9 +29,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor
+from rangekv.domain.txn import Intent, TxnStatus
 from rangekv.gateway.cache_types import replicas_missing
 from rangekv.gateway.interval_tree import end_order
-from rangekv.metarange.records import Intent, TxnStatus
 
 __all__ = ["Record", "StatusOf", "WalkOutcome", "resolve_key", "scan_order"]
 

@@ -25,6 +25,10 @@ stream means its writes have an unknown outcome (they may apply); a request
 that never left the process failed cleanly. Callers get `Unavailable` with
 the matching `WriteOutcome` and decide (writes of unknown outcome are never
 retried).
+
+`NodeBatches` is the seam the DistSender calls; `NodeClients` is the real one,
+`MemoryNodeClients` its in-memory twin (each submission handed to an
+in-process handler, e.g. a storage node's replica, with no gRPC in between).
 """
 
 from __future__ import annotations
@@ -33,13 +37,14 @@ import asyncio
 import functools
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
 from rangekv.common import errors as E
+from rangekv.common.fan_out import FanOut
 from rangekv.common.tls import ChannelOpener, PlaintextChannels
 from rangekv.v1 import replica_pb2, replica_pb2_grpc, types_pb2
 
@@ -71,6 +76,29 @@ class BatchReply:
     lease_sequence: int
 
 
+class NodeBatches(Protocol):
+    """Batches of operations to storage nodes, as the DistSender submits them."""
+
+    def submit(
+        self,
+        address: str,
+        range_id: int,
+        ops: list[replica_pb2.ReplicaOp],
+        *,
+        has_writes: bool,
+        inconsistent: bool = False,
+        read_timestamp: types_pb2.Timestamp | None = None,
+        traceparent: str = "",
+        fence_id: bytes = b"",
+        solo: bool = False,
+    ) -> asyncio.Future[BatchReply]:
+        """The future resolves with this caller's results, or fails with the batch's
+        error (a RangeKVError: routing errors, Unavailable, ...)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
 @dataclass
 class _Pending:
     """Ops merged into one outgoing batch, and the callers waiting on them."""
@@ -78,9 +106,8 @@ class _Pending:
     range_id: int
     inconsistent: bool
     read_timestamp: types_pb2.Timestamp | None
-    ops: list[replica_pb2.ReplicaOp] = field(default_factory=list)
-    #: (first op, op count, caller) per submission, in `ops` order.
-    waiters: list[tuple[int, int, asyncio.Future[BatchReply]]] = field(default_factory=list)
+    #: The merged ops and which callers wait for which of them.
+    fan: FanOut[replica_pb2.ReplicaOp, BatchReply] = field(default_factory=FanOut)
     has_writes: bool = False
     #: The callers' W3C traceparents; None (not an empty list) while none is traced.
     traceparents: list[str] | None = None
@@ -252,8 +279,7 @@ class NodeClients:
             pending = _Pending(range_id, inconsistent, read_timestamp, fence_id=fence_id)
             self._pending[key] = pending
         fut: asyncio.Future[BatchReply] = asyncio.get_running_loop().create_future()
-        pending.waiters.append((len(pending.ops), len(ops), fut))
-        pending.ops.extend(ops)
+        pending.fan.add(ops, fut)
         pending.has_writes = pending.has_writes or has_writes
         if traceparent:
             if pending.traceparents is None:
@@ -277,14 +303,17 @@ class NodeClients:
                 continue
             self._inflight[key] = self._inflight.get(key, 0) + 1
             req = replica_pb2.ReplicaBatchRequest(
-                range_id=p.range_id, inconsistent=p.inconsistent, ops=p.ops, fence_id=p.fence_id
+                range_id=p.range_id,
+                inconsistent=p.inconsistent,
+                ops=p.fan.items,
+                fence_id=p.fence_id,
             )
             if p.read_timestamp is not None:
                 req.read_timestamp.CopyFrom(p.read_timestamp)
             if p.traceparents:
                 req.traceparents.extend(p.traceparents)
             self.batches_sent += 1
-            self.ops_sent += len(p.ops)
+            self.ops_sent += len(p.fan)
             sent = self._stream(key[0]).submit(req, p.has_writes)
             sent.add_done_callback(functools.partial(self._distribute, key=key, pending=p))
             sent.add_done_callback(functools.partial(self._answered, key))
@@ -314,45 +343,33 @@ class NodeClients:
             resp = done.result()
             if resp.HasField("error"):
                 exc = E.from_replica_error(resp.error)
-            elif len(resp.results) != len(p.ops):
+            elif len(resp.results) != len(p.fan):
                 exc = E.InternalError(
-                    f"node answered {len(resp.results)} results for {len(p.ops)} operations"
+                    f"node answered {len(resp.results)} results for {len(p.fan)} operations"
                 )
         if (
             isinstance(exc, E.ResourceExhausted)
             and exc.answer_too_large
             and not p.has_writes
-            and len(p.waiters) > 1
+            and len(p.fan.shares) > 1
         ):
             self._split(key, p)
             return
-        for start, count, fut in p.waiters:
-            if fut.done():
-                continue
-            if exc is not None:
-                fut.set_exception(exc)
-            else:
-                assert resp is not None
-                fut.set_result(
-                    BatchReply(
-                        list(resp.results[start : start + count]),
-                        resp.descriptor,
-                        resp.read_timestamp,
-                        resp.lease_sequence,
-                    )
-                )
+        if exc is not None:
+            p.fan.fail(exc)
+            return
+        assert resp is not None
+        p.fan.resolve(resp.results, functools.partial(_reply, resp))
 
     def _split(self, key: _BatchKey, p: _Pending) -> None:
         """Send each caller's reads of `p` as a batch of its own."""
         address, range_id, inconsistent, _ts, _writes, fence_id, _solo = key
         self.split_batches += 1
-        for start, count, fut in p.waiters:
-            if fut.done():
-                continue
+        for ops, fut in p.fan.slices():
             alone = self.submit(
                 address,
                 range_id,
-                p.ops[start : start + count],
+                ops,
                 has_writes=False,
                 inconsistent=inconsistent,
                 read_timestamp=p.read_timestamp,
@@ -380,21 +397,27 @@ def _never_connected(exc: grpc.aio.AioRpcError) -> bool:
 
 def _without_abandoned(p: _Pending) -> _Pending | None:
     """`p` minus the callers that are already answered (None if none is left)."""
-    if not any(fut.done() for _, _, fut in p.waiters):
+    live = p.fan.live()
+    if live is p.fan:
         return p
-    kept = _Pending(
+    if not live.shares:
+        return None
+    return _Pending(
         p.range_id,
         p.inconsistent,
         p.read_timestamp,
+        fan=live,
         has_writes=p.has_writes,
         traceparents=p.traceparents,
         fence_id=p.fence_id,
     )
-    for start, count, fut in p.waiters:
-        if not fut.done():
-            kept.waiters.append((len(kept.ops), count, fut))
-            kept.ops.extend(p.ops[start : start + count])
-    return kept if kept.waiters else None
+
+
+def _reply(
+    resp: replica_pb2.ReplicaBatchResponse, results: list[replica_pb2.ReplicaOpResult]
+) -> BatchReply:
+    """One caller's share of `resp`: its results, and what the whole answer says."""
+    return BatchReply(results, resp.descriptor, resp.read_timestamp, resp.lease_sequence)
 
 
 def _pass_on(target: asyncio.Future[BatchReply], done: asyncio.Future[BatchReply]) -> None:
@@ -406,3 +429,54 @@ def _pass_on(target: asyncio.Future[BatchReply], done: asyncio.Future[BatchReply
         target.set_exception(exc)
     else:
         target.set_result(done.result())
+
+
+#: Serves one batch in process: (node address, request) -> the node's answer.
+BatchHandler = Callable[
+    [str, replica_pb2.ReplicaBatchRequest], Awaitable[replica_pb2.ReplicaBatchResponse]
+]
+
+
+class MemoryNodeClients:
+    """The in-memory twin of `NodeClients`: every submission becomes one request,
+    built as the real client builds it, handed to `handler` in this process; the
+    answer is split and its errors mapped as the real client does (no merging:
+    each caller's ops go alone)."""
+
+    def __init__(self, handler: BatchHandler) -> None:
+        self._handler = handler
+        #: Every request handed over, by node address (in order).
+        self.requests: list[tuple[str, replica_pb2.ReplicaBatchRequest]] = []
+
+    def submit(
+        self,
+        address: str,
+        range_id: int,
+        ops: list[replica_pb2.ReplicaOp],
+        *,
+        has_writes: bool,
+        inconsistent: bool = False,
+        read_timestamp: types_pb2.Timestamp | None = None,
+        traceparent: str = "",
+        fence_id: bytes = b"",
+        solo: bool = False,
+    ) -> asyncio.Future[BatchReply]:
+        req = replica_pb2.ReplicaBatchRequest(
+            range_id=range_id, ops=ops, inconsistent=inconsistent, fence_id=fence_id
+        )
+        if read_timestamp is not None:
+            req.read_timestamp.CopyFrom(read_timestamp)
+        if traceparent:
+            req.traceparents.append(traceparent)
+
+        async def call() -> BatchReply:
+            self.requests.append((address, req))
+            resp = await self._handler(address, req)
+            if resp.HasField("error"):
+                raise E.from_replica_error(resp.error)
+            return _reply(resp, list(resp.results))
+
+        return asyncio.ensure_future(call())
+
+    async def close(self) -> None:
+        return None

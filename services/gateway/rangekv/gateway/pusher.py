@@ -20,17 +20,16 @@ intent as not live for this lookup).
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Awaitable, Callable
 
 import grpc
 
 from rangekv.common import errors as E
+from rangekv.common.clock import Clock, SystemClock
 from rangekv.common.descriptors import RangeDescriptor
+from rangekv.domain.txn import TxnMeta, TxnStatus
 from rangekv.gateway.dist_sender import NodeDirectory
 from rangekv.gateway.node_client import NodeClients
-from rangekv.metarange.records import TxnMeta, TxnStatus
 from rangekv.v1 import meta_pb2, replica_pb2
 
 __all__ = ["ReplicaTxnPusher"]
@@ -48,13 +47,13 @@ class ReplicaTxnPusher:
         lookup: RecordLookup,
         *,
         timeout: float = 3.0,
-        monotonic: Callable[[], float] = time.monotonic,
+        clock: Clock | None = None,
     ) -> None:
         self._nodes = nodes
         self._directory = directory
         self._lookup = lookup
         self._timeout = timeout
-        self._monotonic = monotonic
+        self._clock: Clock = clock if clock is not None else SystemClock()
         self.pushes = 0
 
     async def __call__(
@@ -64,7 +63,7 @@ class ReplicaTxnPusher:
         committed_descriptor: RangeDescriptor | None,
     ) -> TxnStatus:
         key = txn.record_key
-        deadline = self._monotonic() + self._timeout
+        deadline = self._clock.monotonic() + self._timeout
         candidates = [
             d for d in (intent_descriptor, committed_descriptor) if d and d.contains_key(key)
         ]
@@ -94,11 +93,11 @@ class ReplicaTxnPusher:
                 candidates.extend(d for d in err.descriptors if d.contains_key(key))
             except E.RangeKVError as err:
                 last = err
-                if self._monotonic() >= deadline:
+                if self._clock.monotonic() >= deadline:
                     break
                 candidates.append(desc)  # retry the same range after a pause
                 tried.discard((desc.range_id, desc.generation))
-                await asyncio.sleep(min(backoff, max(0.0, deadline - self._monotonic())))
+                await self._clock.sleep(min(backoff, max(0.0, deadline - self._clock.monotonic())))
                 backoff = min(backoff * 2, 0.5)
         raise E.Unavailable(f"could not push transaction {txn.id.hex()}: {last or 'no route'}")
 
@@ -114,7 +113,7 @@ class ReplicaTxnPusher:
                 continue
             visits[node_id] = visits.get(node_id, 0) + 1
             address = address or await self._directory.address(node_id)
-            remaining = deadline - self._monotonic()
+            remaining = deadline - self._clock.monotonic()
             if address is None or remaining <= 0:
                 continue
             self.pushes += 1

@@ -51,6 +51,7 @@ from dataclasses import replace
 
 from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor
 from rangekv.common.errors import NotLeaseHolder, RangeKeyMismatch, RangeKVError, Unavailable
+from rangekv.domain.txn import Intent, TxnStatus
 from rangekv.gateway.cache_types import (
     CacheEntry,
     CacheMetrics,
@@ -68,7 +69,6 @@ from rangekv.gateway.cache_types import (
 from rangekv.gateway.interval_tree import IntervalMap, spans_overlap
 from rangekv.gateway.lookup_flights import LookupFlights, wait_all
 from rangekv.gateway.meta_walk import Record, WalkOutcome, resolve_key
-from rangekv.metarange.records import Intent, TxnStatus
 
 __all__ = ["RangeCache"]
 

@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from rangekv.common import errors as E
+from rangekv.common.clock import Clock, SystemClock
 from rangekv.common.descriptors import RangeDescriptor
+from rangekv.domain.keys import min_end
 from rangekv.gateway.node_client import BatchReply
 from rangekv.v1 import replica_pb2, types_pb2
 
@@ -116,15 +117,13 @@ class Scanner:
         config: ScanConfig | None = None,
         *,
         rng: random.Random | None = None,
-        monotonic: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Clock | None = None,
     ) -> None:
         self._sender = sender
         self._pieces = pieces
         self.config = config or ScanConfig()
-        self._rng = rng or random.Random()
-        self._monotonic = monotonic
-        self._sleep = sleep
+        self._rng = rng if rng is not None else random.Random()
+        self._clock: Clock = clock if clock is not None else SystemClock()
         self.stats = ScanStats()
 
     async def scan(
@@ -132,7 +131,7 @@ class Scanner:
     ) -> AsyncIterator[Chunk]:
         """Yield (rows, read timestamp) chunks of [start, end) in key order."""
         self.stats.scans += 1
-        deadline = self._monotonic() + timeout
+        deadline = self._clock.monotonic() + timeout
         if inconsistent:
             async for chunk in self._inconsistent(start, end, limit, deadline):
                 yield chunk
@@ -167,14 +166,14 @@ class Scanner:
                         retry_after=0.05,
                     ) from None
                 self.stats.restart("fence_lost" if isinstance(err, E.FenceLost) else "clock_offset")
-                left = deadline - self._monotonic()
+                left = deadline - self._clock.monotonic()
                 if left <= 0:
                     raise E.Unavailable(
                         f"could not read a consistent snapshot before the deadline: {_reason(err)}",
                         retry_after=0.5,
                     ) from None
                 fenced = True
-                await self._sleep(min(left, backoff * (0.5 + self._rng.random())))
+                await self._clock.sleep(min(left, backoff * (0.5 + self._rng.random())))
                 backoff = min(backoff * 2, 0.5)
 
     # --- one attempt -----------------------------------------------------------------
@@ -234,7 +233,7 @@ class Scanner:
         key = start
         while True:
             desc = await self._lookup(key, deadline)
-            piece_end = _min_end(end, desc.end_key)
+            piece_end = min_end(end, desc.end_key)
             pieces.append(_Piece(key, piece_end))
             if not desc.end_key or (end and desc.end_key >= end):
                 return pieces
@@ -250,10 +249,10 @@ class Scanner:
             try:
                 return await self._pieces.lookup(key)
             except E.Unavailable:
-                left = deadline - self._monotonic()
+                left = deadline - self._clock.monotonic()
                 if left <= 0:
                     raise
-                await self._sleep(min(left, backoff))
+                await self._clock.sleep(min(left, backoff))
                 backoff = min(backoff * 2, 0.5)
 
     async def _hold_all(
@@ -261,7 +260,7 @@ class Scanner:
     ) -> tuple[list[_Piece], types_pb2.Timestamp]:
         """Hold a fence on every piece; fill the gaps a stale cache left. Returns the
         fenced pieces (in key order, covering the span) and T = max of their clocks."""
-        hold_deadline = min(deadline, self._monotonic() + self.config.fence_hold)
+        hold_deadline = min(deadline, self._clock.monotonic() + self.config.fence_hold)
         fenced: list[tuple[_Piece, types_pb2.Timestamp]] = []
         todo = pieces
         while todo:
@@ -334,12 +333,12 @@ class Scanner:
         blocked by it go on now, not when the holds lapse. Best effort."""
         for piece, ts in fenced:
             task = asyncio.ensure_future(
-                self._fence(piece, fence_id, ts, self._monotonic() + self.config.fence_hold)
+                self._fence(piece, fence_id, ts, self._clock.monotonic() + self.config.fence_hold)
             )
             task.add_done_callback(_ignore)
 
     def _left(self, deadline: float) -> float:
-        left = deadline - self._monotonic()
+        left = deadline - self._clock.monotonic()
         if left <= 0:
             raise E.DeadlineExceeded("the scan's deadline passed")
         return left
@@ -376,15 +375,6 @@ class Scanner:
             if not used.end_key or (end and used.end_key >= end):
                 return
             cursor = used.end_key
-
-
-def _min_end(a: bytes, b: bytes) -> bytes:
-    """The smaller of two exclusive ends, where empty means unbounded."""
-    if not a:
-        return b
-    if not b:
-        return a
-    return min(a, b)
 
 
 def _gaps(covered: list[_Piece], start: bytes, end: bytes) -> list[_Piece]:

@@ -17,8 +17,20 @@ and documented (`records.encode_value`: format byte 1 + JSON)::
 A decoder meeting an unknown ``op`` or format refuses the command (the
 refusal is deterministic on every replica) instead of guessing.
 
+Why JSON here while a range's raft commands are protobuf (`raftcmd.proto`):
+the meta range's existing logs hold format-1 JSON entries, and a replica
+applies whatever the leader proposed. A build that proposed protobuf entries
+would have them refused (as an unknown format) by any replica still running an
+older build, while the upgraded replicas applied them: the replicas' states
+would diverge in the middle of a rolling upgrade. Switching needs a
+cluster-wide version gate first (every replica able to decode the new format
+before any leader writes it); until then the format stays as it is.
+
 Validation that does not depend on state happens when a command is built, so
-a proposer learns of bad input before anything reaches the log.
+a proposer learns of bad input before anything reaches the log. The two intent
+commands, `WriteIntent` and `ResolveIntent`, are the descriptor-transaction
+protocol's own values (`rangekv.domain.descriptor_txn`); this module owns their
+encoding in the meta range's log.
 """
 
 from __future__ import annotations
@@ -28,15 +40,13 @@ from typing import Any, Final
 
 from rangekv.common.descriptors import RangeDescriptor
 from rangekv.common.errors import InvalidArgument
-from rangekv.metarange.keys import decode_meta_key, meta_key
+from rangekv.domain.descriptor_txn import ResolveIntent, WriteIntent
+from rangekv.domain.txn import TxnStatus
 from rangekv.metarange.records import (
-    TXN_ID_LEN,
     IdKind,
     NodeDescriptor,
     NodeRecord,
     NodeState,
-    TxnMeta,
-    TxnStatus,
     decode_value,
     descriptor_from_json,
     descriptor_to_json,
@@ -55,11 +65,9 @@ __all__ = [
     "CommandResult",
     "Heartbeat",
     "HeartbeatResult",
-    "ResolveIntent",
     "ResolveIntentResult",
     "SetNodeState",
     "SetNodeStateResult",
-    "WriteIntent",
     "WriteIntentResult",
     "decode_command",
     "encode_command",
@@ -67,59 +75,6 @@ __all__ = [
 
 #: Upper bound on one AllocateIds; keeps a typo from burning the id space.
 MAX_ALLOCATE: Final = 1 << 20
-
-
-@dataclass(frozen=True, slots=True)
-class WriteIntent:
-    """Write `descriptor` as `txn`'s intent at meta(descriptor.end_key).
-
-    Conditional on the committed value there: equal to `expected`, or absent
-    when `expect_absent`; exactly one of the two must be given. `lock_key`,
-    when set, is the meta key of the transaction's lock (the intent it wrote
-    first): the write also requires that key to still hold an intent of this
-    transaction, so a coordinator whose transaction was aborted and whose lock
-    was resolved away cannot add intents behind a newer transaction's back.
-    """
-
-    txn: TxnMeta
-    descriptor: RangeDescriptor
-    expected: RangeDescriptor | None = None
-    expect_absent: bool = False
-    lock_key: bytes | None = None
-
-    def __post_init__(self) -> None:
-        if (self.expected is None) != self.expect_absent:
-            raise InvalidArgument(
-                "expected", "give exactly one of an expected descriptor or expect_absent"
-            )
-        if self.expected is not None and self.expected.end_key != self.descriptor.end_key:
-            raise InvalidArgument(
-                "expected", "the expected descriptor must end where the new one ends"
-            )
-        if self.descriptor.range_id == 0:
-            raise InvalidArgument("descriptor.range_id", "must be non-zero")
-        if self.lock_key is not None:
-            decode_meta_key(self.lock_key)
-
-    @property
-    def meta_key(self) -> bytes:
-        return meta_key(self.descriptor.end_key)
-
-
-@dataclass(frozen=True, slots=True)
-class ResolveIntent:
-    """Commit or abort `txn_id`'s intent at `meta_key`; a no-op if it is not there."""
-
-    meta_key: bytes
-    txn_id: bytes
-    status: TxnStatus
-
-    def __post_init__(self) -> None:
-        decode_meta_key(self.meta_key)
-        if len(self.txn_id) != TXN_ID_LEN:
-            raise InvalidArgument("txn_id", f"must be {TXN_ID_LEN} bytes")
-        if self.status not in (TxnStatus.COMMITTED, TxnStatus.ABORTED):
-            raise InvalidArgument("status", "must be COMMITTED or ABORTED")
 
 
 @dataclass(frozen=True, slots=True)

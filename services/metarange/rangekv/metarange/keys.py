@@ -14,13 +14,13 @@ the engine's ordinary ``0x01`` range-local key (same batch, same replay rule)::
     0x10 0x04 | meta(end_key) | 'i'               the (single) intent at meta(end_key)
 
 ``meta(end_key)`` is the *logical* meta key, the one the wire carries
-(``DescriptorIntent.meta_key``, ``ResolveIntentRequest.meta_key``)::
+(``DescriptorIntent.meta_key``, ``ResolveIntentRequest.meta_key``), declared
+with the user-key encoding it builds on in `rangekv.domain.keys`::
 
     meta(k) = 0x01 | enc(k)     for a non-empty end key
     meta(b"") = 0x02            the end of the keyspace sorts after every key
 
-where ``enc`` is raftnode's escaped, terminated user-key encoding. Why this
-shape: (1) meta keys must sort exactly like end keys, whatever bytes they
+Why this shape: (1) meta keys must sort exactly like end keys, whatever bytes they
 hold (``0x00`` and ``0xff`` included), with the unbounded end last, because a
 lookup is a forward scan; (2) ``meta`` must be prefix free so that the one-byte
 sub-key suffix keeps the committed value and the intent of one meta key
@@ -36,27 +36,24 @@ import enum
 import struct
 from typing import Final
 
-from rangekv.common.errors import InvalidArgument
-from rangekv.raftnode.keys import KeyDecodeError, decode_user_key, encode_user_key
 from rangekv.replication.state_engine import prefix_end
 
 __all__ = [
     "BOOTSTRAP_KEY",
+    "META_GROUP_ID",
     "META_PREFIX",
     "RECORD_PREFIX",
     "RecordKind",
     "counter_key",
-    "decode_meta_key",
     "decode_record_key",
-    "lookup_start",
-    "meta_key",
-    "meta_span_end",
     "node_key",
     "node_span",
     "record_key",
     "records_span",
 ]
 
+#: The meta range's raft group id (its applied state is range-local to it).
+META_GROUP_ID: Final = 1
 #: First byte of every key the metarange state machine writes.
 META_PREFIX: Final = b"\x10"
 BOOTSTRAP_KEY: Final = META_PREFIX + b"\x01"
@@ -64,8 +61,6 @@ COUNTER_PREFIX: Final = META_PREFIX + b"\x02"
 NODE_PREFIX: Final = META_PREFIX + b"\x03"
 RECORD_PREFIX: Final = META_PREFIX + b"\x04"
 
-_BOUNDED: Final = b"\x01"
-_UNBOUNDED: Final = b"\x02"
 _U64: Final = struct.Struct(">Q")
 
 
@@ -74,47 +69,6 @@ class RecordKind(bytes, enum.Enum):
 
     COMMITTED = b"c"
     INTENT = b"i"
-
-
-def meta_key(end_key: bytes) -> bytes:
-    """The logical meta key of the descriptor ending at `end_key` (b"" = unbounded)."""
-    return _BOUNDED + encode_user_key(end_key) if end_key else _UNBOUNDED
-
-
-def decode_meta_key(mk: bytes) -> bytes:
-    """The end key a logical meta key stands for; InvalidArgument if malformed.
-
-    Meta keys arrive from the wire (ResolveIntent), so malformed input is a
-    caller error, not corruption.
-    """
-    if mk == _UNBOUNDED:
-        return b""
-    if mk.startswith(_BOUNDED):
-        try:
-            end_key, pos = decode_user_key(mk, 1)
-        except KeyDecodeError as exc:
-            raise InvalidArgument("meta_key", str(exc)) from None
-        if pos == len(mk) and end_key:
-            return end_key
-    raise InvalidArgument("meta_key", f"not a meta key: {mk!r}")
-
-
-def lookup_start(key: bytes) -> bytes:
-    """The first meta key a lookup of `key` must read.
-
-    The range covering `key` is the one with the smallest end key strictly
-    greater than `key` (or the unbounded one), so the scan starts at
-    ``meta(key + 0x00)``: ``key + 0x00`` is the smallest key above `key`, and
-    the record at ``meta(key)`` itself, a range ending AT `key`, is skipped.
-    """
-    return meta_key(key + b"\x00")
-
-
-def meta_span_end(end_key: bytes) -> bytes:
-    """Exclusive upper bound, in logical meta keys, of meta keys <= meta(end_key)."""
-    if not end_key:
-        return _UNBOUNDED + b"\x00"
-    return meta_key(end_key + b"\x00")
 
 
 def record_key(mk: bytes, kind: RecordKind) -> bytes:

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
-from rangekv.common.clock import test_clock_offset_ns, wall_clock
-from rangekv.common.clock import warning_line as clock_warning
+from rangekv.common.clock import Clock, SystemClock, test_clock_offset_ns
 from rangekv.common.config import (
     ConfigError,
     ServerConfig,
@@ -33,18 +33,19 @@ from rangekv.common.server import ServiceServer
 from rangekv.common.tasks import cancel_and_wait
 from rangekv.common.telemetry import Telemetry
 from rangekv.common.tls import node_channels
+from rangekv.domain.peers import parse_node_ids, parse_peers
 from rangekv.metarange.commands import Bootstrap
 from rangekv.metarange.replica import MetaHost
 from rangekv.metarange.service import MetaService
 from rangekv.metarange.state import MetaStateMachine
-from rangekv.raft import Message
-from rangekv.raftnode.config import parse_node_ids, parse_peers
-from rangekv.replication.group import RaftTiming
-from rangekv.replication.host import HostConfig
+from rangekv.replication.engines import RocksEngines
+from rangekv.replication.host import HostConfig, HostSeams
 from rangekv.replication.lanes import TelemetryTransportMetrics
+from rangekv.replication.mutations import TestFaults
 from rangekv.replication.raft_codec import message_from_proto
 from rangekv.replication.sync_mode import parse_fsm_sync_mode
-from rangekv.replication.transport import RaftTransport
+from rangekv.replication.timing import RaftTiming
+from rangekv.replication.transport import transport_for
 from rangekv.replication.transport_server import RaftTransportServicer
 from rangekv.v1 import meta_pb2_grpc, raft_pb2
 
@@ -83,23 +84,22 @@ class MetarangeConfig:
         require(self.liveness_ttl > 0, "liveness_ttl", "must be > 0")
 
 
-async def _bootstrap_when_leader(host: MetaHost, nodes: tuple[int, ...]) -> None:
+async def _bootstrap_when_leader(host: MetaHost, nodes: tuple[int, ...], clock: Clock) -> None:
     """Record the first range once this replica leads, unless meta already has it."""
     if not nodes:
         return
     while True:
-        replica = host.replica
-        if replica is not None and replica.raw_node.is_leader():
+        if host.is_leader():
             if MetaStateMachine.first_range(host.state_engine) is not None:
                 return
             try:
-                result = await replica.execute(Bootstrap(first_range(nodes)))
+                result = await host.execute(Bootstrap(first_range(nodes)))
             except Exception as exc:  # leadership moved, or no quorum yet: try again
                 log.info("bootstrap not done yet: %s", exc)
             else:
                 log.info("bootstrap: created=%s", result.created)
                 return
-        await asyncio.sleep(0.2)  # polling leadership; a new leader will do it if we lose it
+        await clock.sleep(0.2)  # polling leadership; a new leader will do it if we lose it
 
 
 async def serve(server_config: ServerConfig, cfg: MetarangeConfig) -> None:
@@ -112,25 +112,28 @@ async def serve(server_config: ServerConfig, cfg: MetarangeConfig) -> None:
     mode, warning = parse_fsm_sync_mode(cfg.fsm_sync_mode)
     if warning:
         log.warning("%s", warning)
+    # Test-only settings: read once, here. A meta replica acts on the clock offset alone
+    # (mutations, power loss and slow snapshots are the storage nodes' faults).
+    faults = TestFaults(clock_offset_ns=test_clock_offset_ns())
+    for loud in faults.warnings():
+        for _ in range(3):
+            log.warning("%s", loud)
+    clock = SystemClock(faults.clock_offset_ns)
+    rng = random.Random()  # seeded from the OS: incarnations differ across starts
     telemetry = Telemetry("metarange", node_id=node_id, otlp_endpoint=server_config.otlp_endpoint)
     host_ref: list[MetaHost] = []
-
-    def snapshot_source(group_id: int, msg: Message) -> AsyncIterator[bytes]:
-        return host_ref[0].snapshot_source(group_id, msg)
-
-    transport = RaftTransport(
+    transport = transport_for(
         node_id,
         peers.get,
-        on_unreachable=lambda n, g, r: host_ref[0].report_unreachable(n, g, r),
-        on_snapshot_status=lambda n, g, r, f: host_ref[0].report_snapshot(n, g, r, f),
-        snapshot_source=snapshot_source,
+        lambda: host_ref[0],
+        clock=clock,
+        rng=random.Random(rng.random()),
         metrics=TelemetryTransportMetrics(telemetry),
         channels=node_channels(server_config.security),
     )
     host = MetaHost(
         HostConfig(
             node_id=node_id,
-            data_dir=Path(server_config.data_dir),
             timing=RaftTiming(
                 tick_interval=cfg.tick_interval,
                 election_ticks=cfg.election_ticks,
@@ -139,8 +142,13 @@ async def serve(server_config: ServerConfig, cfg: MetarangeConfig) -> None:
             fsm_sync_mode=mode,
             log_retain_entries=cfg.log_retain_entries,
         ),
+        HostSeams(
+            sender=transport,
+            open_engines=RocksEngines(Path(server_config.data_dir)),
+            clock=clock,
+            rng=random.Random(rng.random()),
+        ),
         peers=peers,
-        send_raft=transport.send,
     )
     host_ref.append(host)
     host.open_replica(tuple(sorted(peers)))
@@ -155,16 +163,10 @@ async def serve(server_config: ServerConfig, cfg: MetarangeConfig) -> None:
         header: raft_pb2.SnapshotHeader, chunks: AsyncIterator[bytes]
     ) -> bool:
         group_id, msg, _desc = message_from_proto(header.message)
-        return await host.handle_snapshot(group_id, msg, chunks)
+        return await host.handle_snapshot(group_id, msg, None, chunks)
 
     raft_service = RaftTransportServicer(node_id, host.handle_raft, handle_snapshot)
-    offset_ns = test_clock_offset_ns()  # RANGEKV_TEST_CLOCK_OFFSET_MS: read once, here
-    if (loud := clock_warning(offset_ns)) is not None:
-        for _ in range(3):
-            log.warning("%s", loud)
-    meta_service = MetaService(
-        host, liveness_ttl_ns=int(cfg.liveness_ttl * 1e9), wall_ns=wall_clock(offset_ns)
-    )
+    meta_service = MetaService(host, clock=clock, liveness_ttl_ns=int(cfg.liveness_ttl * 1e9))
 
     def register(server: grpc.aio.Server) -> None:
         meta_pb2_grpc.add_MetaServicer_to_server(meta_service, server)
@@ -180,7 +182,7 @@ async def serve(server_config: ServerConfig, cfg: MetarangeConfig) -> None:
     )
     host.start()
     bootstrap = asyncio.ensure_future(
-        _bootstrap_when_leader(host, parse_node_ids(cfg.first_range_nodes))
+        _bootstrap_when_leader(host, parse_node_ids(cfg.first_range_nodes), clock)
     )
     await server.start()
     try:

@@ -31,12 +31,13 @@ from dataclasses import dataclass
 from typing import Final
 
 from rangekv.common.descriptors import RangeDescriptor
+from rangekv.domain.keys import lookup_start
+from rangekv.domain.txn import Intent
 from rangekv.metarange.keys import (
     BOOTSTRAP_KEY,
     RecordKind,
     counter_key,
     decode_record_key,
-    lookup_start,
     node_key,
     node_span,
     record_key,
@@ -45,7 +46,6 @@ from rangekv.metarange.keys import (
 from rangekv.metarange.records import (
     CorruptRecordError,
     IdKind,
-    Intent,
     NodeRecord,
     NodeStatus,
     decode_value,

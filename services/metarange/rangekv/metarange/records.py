@@ -1,5 +1,8 @@
 """The values the meta state machine stores and answers with, and their encoding.
 
+Transaction metadata and descriptor intents are shared with every service
+(`rangekv.domain.txn`); this module owns their stored form.
+
 Stored values and raft commands use one protobuf-free encoding: a format byte
 followed by compact JSON (sorted keys, bytes as lowercase hex). Why not the
 wire protos: a raft log outlives any one release, so its payload format is
@@ -25,22 +28,18 @@ from dataclasses import dataclass
 from typing import Any, Final, cast
 
 from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor, ReplicaType
-from rangekv.common.errors import InvalidArgument
+from rangekv.domain.txn import Intent, TxnMeta
 from rangekv.v1 import meta_pb2, types_pb2
 
 __all__ = [
     "FORMAT",
     "NODE_STATE_CHANGES",
-    "TXN_ID_LEN",
     "CorruptRecordError",
     "IdKind",
-    "Intent",
     "NodeDescriptor",
     "NodeRecord",
     "NodeState",
     "NodeStatus",
-    "TxnMeta",
-    "TxnStatus",
     "decode_value",
     "descriptor_from_json",
     "descriptor_to_json",
@@ -55,23 +54,10 @@ __all__ = [
 
 #: Format byte in front of every stored value and command.
 FORMAT: Final = 1
-TXN_ID_LEN: Final = 16
 
 
 class CorruptRecordError(ValueError):
     """A stored meta value does not decode (a bug or disk corruption, never input)."""
-
-
-class TxnStatus(enum.IntEnum):
-    """A transaction's state; values are the wire enum's numbers."""
-
-    PENDING = types_pb2.TXN_STATUS_PENDING
-    COMMITTED = types_pb2.TXN_STATUS_COMMITTED
-    ABORTED = types_pb2.TXN_STATUS_ABORTED
-
-    @property
-    def final(self) -> bool:
-        return self is not TxnStatus.PENDING
 
 
 class IdKind(enum.IntEnum):
@@ -106,48 +92,6 @@ NODE_STATE_CHANGES = frozenset(
         (NodeState.DECOMMISSIONING, NodeState.DECOMMISSIONED),
     }
 )
-
-
-@dataclass(frozen=True, slots=True)
-class TxnMeta:
-    """Who wrote an intent and where its record lives (``record_key``'s range)."""
-
-    id: bytes
-    record_key: bytes
-    kind: str = ""
-
-    def __post_init__(self) -> None:
-        if len(self.id) != TXN_ID_LEN:
-            raise InvalidArgument("txn.id", f"must be {TXN_ID_LEN} bytes, got {len(self.id)}")
-
-    def to_proto(self) -> types_pb2.TxnMeta:
-        return types_pb2.TxnMeta(id=self.id, record_key=self.record_key, kind=self.kind)
-
-    @staticmethod
-    def from_proto(pb: types_pb2.TxnMeta) -> TxnMeta:
-        return TxnMeta(id=pb.id, record_key=pb.record_key, kind=pb.kind)
-
-
-@dataclass(frozen=True, slots=True)
-class Intent:
-    """An uncommitted descriptor at ``meta_key`` (= meta(descriptor.end_key))."""
-
-    meta_key: bytes
-    descriptor: RangeDescriptor
-    txn: TxnMeta
-
-    def to_proto(self) -> meta_pb2.DescriptorIntent:
-        return meta_pb2.DescriptorIntent(
-            meta_key=self.meta_key, descriptor=self.descriptor.to_proto(), txn=self.txn.to_proto()
-        )
-
-    @staticmethod
-    def from_proto(pb: meta_pb2.DescriptorIntent) -> Intent:
-        return Intent(
-            meta_key=pb.meta_key,
-            descriptor=RangeDescriptor.from_proto(pb.descriptor),
-            txn=TxnMeta.from_proto(pb.txn),
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,13 +1,13 @@
 """Reader-side resolution: which descriptor is the truth for a key.
 
 A lookup (INCONSISTENT mode) hands back committed descriptors and intents; on
-their own neither is coherent (reference 004). This module turns them into
+their own neither is coherent (OVERVIEW.md says why). This module turns them into
 THE descriptor covering a key, given a way to learn a transaction's status
 (`push`: ask the transaction record, aborting it if it is expired and still
 pending). It is pure, so the gateway's range cache, the raftnode split
 coordinator and the tests share one implementation.
 
-The rule (DESIGN.md, "Reading meta"): walk the meta keys in scan order, each
+The rule (OVERVIEW.md, "Readers find the truth"): walk the meta keys in scan order, each
 key's intent before its committed value. For an intent covering the key, push
 its transaction:
 
@@ -21,7 +21,7 @@ committed intent is the truth. Every COMMITTED/ABORTED intent met is reported
 in `to_resolve`, so the caller can clean up what it learned (resolve is
 idempotent, so racing resolvers are harmless).
 
-Why this is right rests on the lock-first protocol (`protocol`): intents of
+Why this is right rests on the lock-first protocol (`rangekv.domain.descriptor_txn`): intents of
 different unresolved transactions never overlap, and a committed value at a
 key with no live intent is current. OVERVIEW.md spells out the argument; the
 property tests check it against a model.
@@ -34,26 +34,16 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from rangekv.common.descriptors import RangeDescriptor
-from rangekv.metarange.commands import ResolveIntent
-from rangekv.metarange.keys import meta_key
-from rangekv.metarange.protocol import (
-    DescriptorTxn,
-    plan_replica_change,
-    plan_split,
-    replicas_with,
-    replicas_without,
+from rangekv.domain.descriptor_txn import (
+    ResolveIntent,
 )
-from rangekv.metarange.records import Intent, TxnMeta, TxnStatus
+from rangekv.domain.keys import meta_key
+from rangekv.domain.txn import Intent, TxnMeta, TxnStatus
 
 __all__ = [
-    "DescriptorTxn",
     "PushFn",
     "Resolution",
     "Resolved",
-    "plan_replica_change",
-    "plan_split",
-    "replicas_with",
-    "replicas_without",
     "resolve_descriptor",
     "scan_groups",
 ]

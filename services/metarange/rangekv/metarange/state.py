@@ -1,10 +1,10 @@
 """The meta state machine: applying meta commands to the state engine.
 
-Pure apart from storage: no raft, no asyncio, no clock. The raft group
-(`rangekv.replication.group.RaftGroup` subclass in the service) calls
-`apply(command_bytes, batch)` for each committed entry with the scheduler's
-shared `StateBatch`; every read inside apply goes through `batch.reader()`, so
-a command sees the effects of earlier commands of the same batch.
+Pure apart from storage: no raft, no asyncio, no clock. It is the meta raft
+group's `StateMachine` (rangekv.replication.state_machine): the group calls
+`apply_command` for each committed entry with the scheduler's shared
+`StateBatch`; every read inside apply goes through `batch.reader()`, so a
+command sees the effects of earlier commands of the same batch.
 
 Refusals are values, not exceptions, at the `apply` boundary: a refused
 command is still a committed log entry that every replica applies identically
@@ -23,7 +23,7 @@ handed out twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from rangekv.common.descriptors import RangeDescriptor
 from rangekv.common.errors import (
@@ -34,6 +34,9 @@ from rangekv.common.errors import (
     NotFound,
     RangeKVError,
 )
+from rangekv.domain.descriptor_txn import ResolveIntent, WriteIntent
+from rangekv.domain.keys import lookup_start, meta_key, meta_span_end
+from rangekv.domain.txn import Intent, TxnStatus
 from rangekv.metarange import reads
 from rangekv.metarange.commands import (
     AllocateIds,
@@ -44,21 +47,18 @@ from rangekv.metarange.commands import (
     CommandResult,
     Heartbeat,
     HeartbeatResult,
-    ResolveIntent,
     ResolveIntentResult,
     SetNodeState,
     SetNodeStateResult,
-    WriteIntent,
     WriteIntentResult,
     decode_command,
 )
 from rangekv.metarange.keys import (
     BOOTSTRAP_KEY,
+    META_GROUP_ID,
+    META_PREFIX,
     RecordKind,
     counter_key,
-    lookup_start,
-    meta_key,
-    meta_span_end,
     node_key,
     record_key,
 )
@@ -66,17 +66,23 @@ from rangekv.metarange.reads import LookupMode, LookupResult
 from rangekv.metarange.records import (
     NODE_STATE_CHANGES,
     IdKind,
-    Intent,
     NodeRecord,
     NodeState,
     NodeStatus,
-    TxnStatus,
     descriptor_to_json,
     encode_value,
     intent_to_json,
     node_to_json,
 )
-from rangekv.replication.state_engine import Reader, StateBatch
+from rangekv.raft import ConfChange
+from rangekv.replication.state_engine import (
+    AppliedState,
+    Reader,
+    StateBatch,
+    prefix_end,
+    range_local_span,
+)
+from rangekv.replication.state_machine import Span
 
 __all__ = ["REFUSALS", "MetaStateMachine", "decommissioned_message"]
 
@@ -109,7 +115,7 @@ class MetaStateMachine:
         self.intents_resolved = 0
         self._lock_clears_span = lock_clears_span
 
-    # --- the raft-facing entry point --------------------------------------------------
+    # --- the raft-facing entry points (the StateMachine protocol) ---------------------
 
     def apply(self, command: bytes, batch: StateBatch) -> CommandResult | RangeKVError:
         """Apply one committed command; a refusal is returned, not raised (module doc)."""
@@ -117,6 +123,23 @@ class MetaStateMachine:
             return self.execute(decode_command(command), batch)
         except REFUSALS as exc:
             return exc
+
+    def apply_command(
+        self, index: int, command: bytes, batch: StateBatch
+    ) -> CommandResult | RangeKVError:
+        return self.apply(command, batch)
+
+    def apply_conf_change(self, index: int, cc: ConfChange, batch: StateBatch) -> None:
+        """Meta membership lives in the raft core alone: no state to change."""
+
+    def record_applied(self, index: int, term: int, batch: StateBatch) -> None:
+        batch.set_applied_state(META_GROUP_ID, AppliedState(index, term))
+
+    def snapshot_spans(self) -> list[Span]:
+        return [range_local_span(META_GROUP_ID), (META_PREFIX, prefix_end(META_PREFIX))]
+
+    def snapshot_installed(self, local: Mapping[bytes, bytes]) -> None:
+        """Nothing is kept in memory: every read goes to the engine."""
 
     def execute(self, cmd: Command, batch: StateBatch) -> CommandResult:
         """Apply a decoded command; raises the refusal (for in-process callers)."""

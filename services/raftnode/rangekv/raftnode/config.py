@@ -5,32 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rangekv.common.config import require, setting
+from rangekv.domain.limits import KeyValueLimits, max_key_bytes_setting, max_value_bytes_setting
+from rangekv.domain.peers import parse_node_ids, parse_peers
 from rangekv.raftnode.change import ReplicaChangeConfig
 from rangekv.raftnode.fences import FenceLimits
-from rangekv.raftnode.replica import ReplicaLimits
+from rangekv.raftnode.requests import ReplicaLimits
 from rangekv.raftnode.shutdown import ShutdownConfig
-from rangekv.raftnode.split import CRASH_POINTS, SplitConfig
-from rangekv.replication.group import RaftTiming
-
-
-def parse_peers(text: str) -> dict[int, str]:
-    """``"1=127.0.0.1:7001,2=127.0.0.1:7002"`` -> ``{1: "127.0.0.1:7001", 2: ...}``."""
-    peers: dict[int, str] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        node, sep, address = part.partition("=")
-        if not sep or not node.strip().isdigit() or not address.strip():
-            raise ValueError(f"peer {part!r} is not NODE_ID=HOST:PORT")
-        peers[int(node)] = address.strip()
-    return peers
-
-
-def parse_node_ids(text: str) -> tuple[int, ...]:
-    ids = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        if not part.isdigit() or int(part) <= 0:
-            raise ValueError(f"node id {part!r} is not a positive integer")
-        ids.append(int(part))
-    return tuple(ids)
+from rangekv.raftnode.split import SplitConfig
+from rangekv.replication.timing import RaftTiming
 
 
 @dataclass(frozen=True)
@@ -78,8 +60,8 @@ class RaftnodeConfig:
         2000, help="raft log entries kept below the applied index after truncation"
     )
     truncate_interval: float = setting(5.0, help="seconds between raft log truncation passes")
-    max_key_bytes: int = setting(4096, help="largest key accepted")
-    max_value_bytes: int = setting(1 << 20, help="largest value accepted")
+    max_key_bytes: int = max_key_bytes_setting()
+    max_value_bytes: int = max_value_bytes_setting()
     gc_ttl: float = setting(
         600.0, help="seconds MVCC versions stay readable after being overwritten"
     )
@@ -119,11 +101,6 @@ class RaftnodeConfig:
     )
     split_check_interval: float = setting(
         10.0, help="seconds between range size checks and txn record cleanups"
-    )
-    split_crash_after: str = setting(
-        "",
-        help="testing only: exit the process right after this step of a split "
-        f"({'|'.join(CRASH_POINTS)})",
     )
 
     replication_factor: int = setting(3, help="voters every range should have (rebalancer)")
@@ -191,11 +168,6 @@ class RaftnodeConfig:
             self.replica_changes()
         except ValueError as exc:
             require(False, "replication_factor", str(exc))
-        require(
-            self.split_crash_after in ("", *CRASH_POINTS),
-            "split_crash_after",
-            f"must be one of {', '.join(CRASH_POINTS)}",
-        )
 
     def timing(self) -> RaftTiming:
         return RaftTiming(
@@ -207,8 +179,7 @@ class RaftnodeConfig:
 
     def limits(self) -> ReplicaLimits:
         return ReplicaLimits(
-            max_key_bytes=self.max_key_bytes,
-            max_value_bytes=self.max_value_bytes,
+            kv=KeyValueLimits(self.max_key_bytes, self.max_value_bytes),
             read_index_timeout=self.read_index_timeout,
             write_timeout=self.write_timeout,
             gc_ttl=self.gc_ttl,
@@ -236,5 +207,4 @@ class RaftnodeConfig:
             txn_expiry=self.txn_expiry,
             size_threshold=self.split_size_threshold,
             check_interval=self.split_check_interval,
-            crash_after=self.split_crash_after,
         )

@@ -1,19 +1,9 @@
-"""Order-preserving encoding of user keys and MVCC version keys.
+"""The storage node's stored keys: MVCC versions and transaction records.
 
-User keys are arbitrary bytes. Stored keys must (1) sort exactly like the
-user keys and (2) keep all versions of one user key adjacent, with no other
-key's versions between them, whatever bytes the keys contain. A plain
-concatenation `user_key + timestamp` breaks (2): `b"a" + ts` and `b"a\\x00" + ts`
-interleave. So user keys are escaped and terminated:
-
-    0x00 -> 0x00 0xFF        (every 0x00 in the key)
-    terminator: 0x00 0x01
-
-Inside an escaped body a 0x00 is always followed by 0xFF, so the terminator
-`00 01` cannot occur there and sorts below any continuation (`00 FF` or any
-byte >= 0x01): a key sorts before every key it is a proper prefix of, and the
-encoding is prefix free, so comparison of two encoded keys is decided before
-any suffix. The version suffix is the 12-byte timestamp encoding with every
+User keys are stored in the escaped, terminated encoding of
+`rangekv.domain.keys` (order preserving, prefix free), so all versions of one
+user key are adjacent with no other key's versions between them, whatever
+bytes the keys contain. The version suffix is the 12-byte timestamp encoding with every
 bit inverted, so versions of a key sort newest first and "the newest version
 at or below ts" is the first key at or after `version_key(key, ts)`.
 """
@@ -23,50 +13,20 @@ from __future__ import annotations
 from typing import Final
 
 from rangekv.common.hlc import ENCODED_TIMESTAMP_LEN, Timestamp
+from rangekv.domain.keys import KeyDecodeError, decode_user_key, encode_user_key
+from rangekv.domain.txn import TXN_ID_LEN
 from rangekv.replication.state_engine import DATA_PREFIX, TXN_PREFIX, prefix_end
 
 __all__ = [
-    "KeyDecodeError",
     "data_span",
-    "decode_user_key",
     "decode_version_key",
-    "encode_user_key",
     "txn_record_key",
     "txn_record_span",
     "version_key",
     "version_prefix",
 ]
 
-_ESCAPE: Final = b"\x00\xff"
-_TERMINATOR: Final = b"\x00\x01"
 _INVERT: Final = bytes(range(255, -1, -1))  # translate table: b -> 255 - b
-TXN_ID_LEN: Final = 16
-
-
-class KeyDecodeError(ValueError):
-    """Stored bytes are not a valid encoded key."""
-
-
-def encode_user_key(user_key: bytes) -> bytes:
-    """Escaped, terminated encoding; order preserving and prefix free."""
-    return user_key.replace(b"\x00", _ESCAPE) + _TERMINATOR
-
-
-def decode_user_key(buf: bytes, pos: int = 0) -> tuple[bytes, int]:
-    """Decode an encoded user key at `buf[pos:]`; returns (user key, end offset)."""
-    out = bytearray()
-    while True:
-        zero = buf.find(b"\x00", pos)
-        if zero < 0 or zero + 1 >= len(buf):
-            raise KeyDecodeError(f"unterminated encoded key: {buf!r}")
-        out += buf[pos:zero]
-        marker = buf[zero + 1]
-        if marker == 0x01:
-            return bytes(out), zero + 2
-        if marker != 0xFF:
-            raise KeyDecodeError(f"bad escape 00 {marker:02x} at {zero} in {buf!r}")
-        out.append(0)
-        pos = zero + 2
 
 
 def version_prefix(user_key: bytes) -> bytes:

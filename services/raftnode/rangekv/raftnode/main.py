@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import random
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from rangekv.common import errors as E
-from rangekv.common.clock import test_clock_offset_ns, wall_clock
-from rangekv.common.clock import warning_line as clock_warning
+from rangekv.common.clock import Clock, SystemClock
 from rangekv.common.config import ConfigError, ServerConfig
 from rangekv.common.descriptors import first_range
 from rangekv.common.entrypoint import service_main
@@ -30,28 +31,25 @@ from rangekv.common.server import ServiceServer
 from rangekv.common.tasks import cancel_and_wait
 from rangekv.common.telemetry import Telemetry
 from rangekv.common.tls import node_channels
-from rangekv.metarange.client import MetaClient
-from rangekv.raft import Message
+from rangekv.domain.peers import parse_node_ids, parse_peers
+from rangekv.metarange.client import MetaApi, MetaClient
 from rangekv.raftnode.change import ReplicaChanger
-from rangekv.raftnode.config import RaftnodeConfig, parse_node_ids, parse_peers
+from rangekv.raftnode.config import RaftnodeConfig
+from rangekv.raftnode.descriptor_txn import DescriptorTxns
 from rangekv.raftnode.ident import StoreIdent, StoreRetired, resolve_identity
+from rangekv.raftnode.rebalancer import Rebalancer
 from rangekv.raftnode.service import ReplicaService
 from rangekv.raftnode.shutdown import GracefulShutdown
-from rangekv.raftnode.split import SplitCoordinator
+from rangekv.raftnode.split import SplitCoordinator, SplitQueue
 from rangekv.raftnode.store import Store, StoreConfig
 from rangekv.raftnode.telemetry import NodeMetrics
-from rangekv.replication.host import HostConfig
-from rangekv.replication.mutations import (
-    parse_mutation,
-    parse_power_loss,
-    parse_snapshot_delay,
-    power_loss_warning,
-    snapshot_delay_warning,
-    warning_line,
-)
+from rangekv.raftnode.txn_push import Peers, TxnPusher
+from rangekv.replication.engines import RocksEngines
+from rangekv.replication.host import HostConfig, HostSeams
+from rangekv.replication.mutations import TestFaults
 from rangekv.replication.raft_codec import message_from_proto
 from rangekv.replication.sync_mode import parse_fsm_sync_mode
-from rangekv.replication.transport import RaftTransport
+from rangekv.replication.transport import RaftTransport, transport_for
 from rangekv.replication.transport_server import RaftTransportServicer
 from rangekv.v1 import meta_pb2, raft_pb2, replica_pb2_grpc
 
@@ -60,94 +58,73 @@ log = logging.getLogger("rangekv.raftnode")
 SERVICE_NAMES = ("rangekv.v1.Replica", "rangekv.v1.RaftTransport")
 
 
-async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> None:
-    if server_config.data_dir is None:
-        raise ConfigError("data_dir", "a raftnode needs --data-dir")
-    data_dir = Path(server_config.data_dir)
-    meta_addrs = [a.strip() for a in node_config.meta_addrs.split(",") if a.strip()]
-    channels = node_channels(server_config.security)
-    meta = MetaClient(meta_addrs, channels=channels) if meta_addrs else None
-    bootstrap_ids = parse_node_ids(node_config.bootstrap_nodes)
-    try:
-        ident = await resolve_identity(
-            data_dir,
-            configured=server_config.node_id,
-            ordinal=server_config.ordinal,
-            bootstrap_nodes=bootstrap_ids,
-            allocate=lambda: _allocate_node_id(meta),
-            registered=lambda node_id: _registered(meta, node_id),
-        )
-        if meta is not None:
-            await _refuse_if_retired(meta, ident, data_dir)
-    except BaseException:
-        if meta is not None:
-            await meta.close()
-        raise
-    if ident.node_id != server_config.node_id:
-        server_config = dataclasses.replace(server_config, node_id=ident.node_id)
-        setup_logging_from_config("raftnode", server_config)  # log lines name the node
-    node_id = ident.node_id
+@dataclass
+class _Node:
+    """A storage node's parts, wired (`_assemble`) and not started yet."""
+
+    store: Store
+    transport: RaftTransport
+    meta: MetaApi | None
+    peers: Peers
+    split_queue: SplitQueue
+    rebalancer: Rebalancer
+    service: ReplicaService
+    raft_service: RaftTransportServicer
+    telemetry: Telemetry
+
+
+def _assemble(
+    server_config: ServerConfig,
+    node_config: RaftnodeConfig,
+    faults: TestFaults,
+    clock: Clock,
+    rng: random.Random,
+    peers: dict[int, str],
+    meta: MetaApi | None,
+) -> _Node:
+    """Build every part of the node from its configuration and the seams it is given."""
+    node_id = server_config.node_id
+    assert server_config.data_dir is not None
     mode, warning = parse_fsm_sync_mode(node_config.fsm_sync_mode)
     if warning:
         log.warning("%s", warning)
-    # Test-only settings: read once, here, then passed down; each one is loud.
-    mutation = parse_mutation()  # RANGEKV_TEST_MUTATION
-    offset_ns = test_clock_offset_ns()  # RANGEKV_TEST_CLOCK_OFFSET_MS
-    power_loss = parse_power_loss()  # RANGEKV_TEST_POWER_LOSS
-    snapshot_delay = parse_snapshot_delay()  # RANGEKV_TEST_SNAPSHOT_DELAY_MS
-    for loud in (
-        warning_line(mutation),
-        clock_warning(offset_ns),
-        power_loss_warning(power_loss),
-        snapshot_delay_warning(snapshot_delay),
-    ):
-        if loud is not None:
-            for _ in range(3):
-                log.warning("%s", loud)
-    peers = parse_peers(node_config.peers)
+    channels = node_channels(server_config.security)
     telemetry = Telemetry("raftnode", node_id=node_id, otlp_endpoint=server_config.otlp_endpoint)
     metrics = NodeMetrics(telemetry, mode)
-
     store_ref: list[Store] = []
-
-    def resolve(peer: int) -> str | None:
-        return peers.get(peer)
-
-    def snapshot_source(group_id: int, msg: Message) -> AsyncIterator[bytes]:
-        return store_ref[0].snapshot_source(group_id, msg)
-
-    transport = RaftTransport(
+    transport = transport_for(
         node_id,
-        resolve,
-        on_unreachable=lambda n, g, r: store_ref[0].report_unreachable(n, g, r),
-        on_snapshot_status=lambda n, g, r, failed: store_ref[0].report_snapshot(n, g, r, failed),
-        snapshot_source=snapshot_source,
+        peers.get,
+        lambda: store_ref[0],
+        clock=clock,
+        rng=random.Random(rng.random()),
         metrics=metrics.transport,
-        clock=lambda: store_ref[0].clock_now(),
+        stamp=lambda: store_ref[0].clock_now(),
         channels=channels,
     )
     store = Store(
         StoreConfig(
             host=HostConfig(
                 node_id=node_id,
-                data_dir=data_dir,
                 timing=node_config.timing(),
                 fsm_sync_mode=mode,
                 log_retain_entries=node_config.log_retain_entries,
                 truncate_interval=node_config.truncate_interval,
-                mutation=mutation,
-                power_loss=power_loss,
-                snapshot_send_delay=snapshot_delay,
                 max_uncommitted_bytes=node_config.max_uncommitted_bytes,
             ),
             limits=node_config.limits(),
             gc_interval=node_config.gc_interval,
             max_clock_offset_ns=int(node_config.max_clock_offset * 1e9),
         ),
+        HostSeams(
+            sender=transport,
+            open_engines=RocksEngines(Path(server_config.data_dir), power_loss=faults.power_loss),
+            clock=clock,
+            rng=random.Random(rng.random()),
+            faults=faults,
+            scheduler_metrics=metrics.scheduler,
+        ),
         resolve_address=lambda n: peers.get(n, ""),
-        send_raft=transport.send,
-        scheduler_metrics=metrics.scheduler,
-        wall_ns=wall_clock(offset_ns),
     )
     store_ref.append(store)
     metrics.attach(store)
@@ -162,20 +139,86 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
     raft_service = RaftTransportServicer(
         node_id, store.handle_raft, handle_snapshot, admit_clock=store.admit_clock
     )
-    splits = SplitCoordinator(store, meta, node_config.split(), channels=channels)
-    if node_config.split_crash_after:
-        log.warning("split fault point armed: exit after %s", node_config.split_crash_after)
-    changes = ReplicaChanger(store, meta, splits, node_config.replica_changes())
-    replica_service = ReplicaService(
+    split_config = node_config.split()
+    node_peers = Peers(store, channels)
+    pusher = TxnPusher(
         store,
-        splits=splits,
-        changes=changes,
-        max_stream_inflight=node_config.max_stream_inflight,
+        node_peers,
+        clock,
+        expiry=split_config.txn_expiry,
+        rpc_timeout=split_config.rpc_timeout,
+    )
+    txns = DescriptorTxns(store, meta, pusher, clock, random.Random(rng.random()))
+    splits = SplitCoordinator(txns, crash_after=faults.split_crash_after)
+    change_config = node_config.replica_changes()
+    changes = ReplicaChanger(txns, change_config, clock)
+    return _Node(
+        store=store,
+        transport=transport,
+        meta=meta,
+        peers=node_peers,
+        split_queue=SplitQueue(splits, split_config, clock),
+        rebalancer=Rebalancer(changes, meta, node_peers, change_config, clock),
+        service=ReplicaService(
+            store,
+            splits=splits,
+            changes=changes,
+            max_stream_inflight=node_config.max_stream_inflight,
+        ),
+        raft_service=raft_service,
+        telemetry=telemetry,
     )
 
+
+async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> None:
+    if server_config.data_dir is None:
+        raise ConfigError("data_dir", "a raftnode needs --data-dir")
+    data_dir = Path(server_config.data_dir)
+    # Test-only settings: read once, here, then passed down; each one is loud.
+    faults = TestFaults.from_env()
+    for loud in faults.warnings():
+        for _ in range(3):
+            log.warning("%s", loud)
+    clock = SystemClock(faults.clock_offset_ns)
+    rng = random.Random()  # seeded from the OS: ids and incarnations differ across starts
+    meta_addrs = [a.strip() for a in node_config.meta_addrs.split(",") if a.strip()]
+    meta = (
+        MetaClient(
+            meta_addrs,
+            channels=node_channels(server_config.security),
+            clock=clock,
+            rng=random.Random(rng.random()),
+        )
+        if meta_addrs
+        else None
+    )
+    bootstrap_ids = parse_node_ids(node_config.bootstrap_nodes)
+    try:
+        ident = await resolve_identity(
+            data_dir,
+            configured=server_config.node_id,
+            ordinal=server_config.ordinal,
+            bootstrap_nodes=bootstrap_ids,
+            allocate=lambda: _allocate_node_id(meta, clock),
+            registered=lambda node_id: _registered(meta, node_id),
+        )
+        if meta is not None:
+            await _refuse_if_retired(meta, ident, data_dir)
+    except BaseException:
+        if meta is not None:
+            await meta.close()
+        raise
+    if ident.node_id != server_config.node_id:
+        server_config = dataclasses.replace(server_config, node_id=ident.node_id)
+        setup_logging_from_config("raftnode", server_config)  # log lines name the node
+    node_id = ident.node_id
+    peers = parse_peers(node_config.peers)
+    node = _assemble(server_config, node_config, faults, clock, rng, peers, meta)
+    store = node.store
+
     def register(server: object) -> None:
-        replica_pb2_grpc.add_ReplicaServicer_to_server(replica_service, server)
-        raft_service.add_to_server(server)  # type: ignore[arg-type]
+        replica_pb2_grpc.add_ReplicaServicer_to_server(node.service, server)
+        node.raft_service.add_to_server(server)  # type: ignore[arg-type]
 
     loaded = store.load_replicas()
     if not loaded and bootstrap_ids and node_id in bootstrap_ids:
@@ -183,7 +226,7 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
     server = ServiceServer(
         "raftnode",
         server_config,
-        telemetry,
+        node.telemetry,
         register=register,  # type: ignore[arg-type]
         service_names=SERVICE_NAMES,
         logger=log,
@@ -192,39 +235,46 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
     shutdown = GracefulShutdown(
         store=store,
         server=server,
-        changes=changes,
-        splits=splits,
+        queues=(node.rebalancer, node.split_queue),
         meta=meta,
         pod=pod,
         statefulsets=_statefulsets(pod),
         data_dir=data_dir,
         config=node_config.shutdown(),
+        clock=clock,
     )
     store.start()
-    splits.start()
-    changes.start()
+    node.split_queue.start()
+    node.rebalancer.start()
     await server.start()
     registry: asyncio.Task[None] | None = None
     if meta is not None:
         host = node_config.advertise_host or server_config.listen_host
-        advertised = f"{host}:{server.port}"
-        metrics_addr = server.metrics_address or ""
         registry = asyncio.ensure_future(
             _registry_loop(
-                meta, node_id, advertised, metrics_addr, peers, node_config, server, shutdown
+                meta,
+                node_id,
+                f"{host}:{server.port}",
+                server.metrics_address or "",
+                peers,
+                node_config,
+                clock,
+                server,
+                shutdown,
             )
         )
     try:
         await server.run_until_signalled(before_stop=shutdown.run)
     finally:
         await cancel_and_wait([registry])
-        await changes.stop()
-        await splits.stop()
+        await node.rebalancer.stop()
+        await node.split_queue.stop()
+        await node.peers.close()
         if meta is not None:
             await meta.close()
-        await transport.close()
+        await node.transport.close()
         await store.stop()
-        telemetry.shutdown()
+        node.telemetry.shutdown()
 
 
 def _statefulsets(pod: PodIdentity) -> StatefulSets | None:
@@ -238,7 +288,7 @@ def _statefulsets(pod: PodIdentity) -> StatefulSets | None:
         return None
 
 
-async def _allocate_node_id(meta: MetaClient | None) -> int:
+async def _allocate_node_id(meta: MetaApi | None, clock: Clock) -> int:
     """A fresh node id from the meta range, waiting until it is bootstrapped."""
     if meta is None:
         raise ConfigError("meta_addrs", "a new node without a bootstrap id needs --meta-addrs")
@@ -248,13 +298,13 @@ async def _allocate_node_id(meta: MetaClient | None) -> int:
         except E.Unavailable as exc:
             log.info("waiting for the meta range to hand out a node id: %s", exc.message)
             # Polling: the meta range answers once it is bootstrapped.
-            await asyncio.sleep(1.0)
+            await clock.sleep(1.0)
             continue
         log.info("new store: node id %d from the meta range", resp.first)
         return int(resp.first)
 
 
-async def _registered(meta: MetaClient | None, node_id: int) -> bool | None:
+async def _registered(meta: MetaApi | None, node_id: int) -> bool | None:
     """Whether the store registry knows `node_id` (None: no meta range to ask now)."""
     if meta is None:
         return None
@@ -265,7 +315,7 @@ async def _registered(meta: MetaClient | None, node_id: int) -> bool | None:
     return any(st.node.node_id == node_id for st in nodes.nodes)
 
 
-async def _refuse_if_retired(meta: MetaClient, ident: StoreIdent, data_dir: Path) -> None:
+async def _refuse_if_retired(meta: MetaApi, ident: StoreIdent, data_dir: Path) -> None:
     """A store the registry says is DECOMMISSIONED never serves again (even if the
     marker in its folder was lost); meta being unreachable is no reason not to start."""
     try:
@@ -280,12 +330,13 @@ async def _refuse_if_retired(meta: MetaClient, ident: StoreIdent, data_dir: Path
 
 
 async def _registry_loop(
-    meta: MetaClient,
+    meta: MetaApi,
     node_id: int,
     address: str,
     metrics_address: str,
     peers: dict[int, str],
     cfg: RaftnodeConfig,
+    clock: Clock,
     server: ServiceServer,
     shutdown: GracefulShutdown,
 ) -> None:
@@ -311,7 +362,7 @@ async def _registry_loop(
                 await server.begin_drain()
         except Exception as exc:  # meta unreachable for now: keep serving, try again
             log.warning("store registry heartbeat failed: %s", exc)
-        await asyncio.sleep(cfg.registry_interval)
+        await clock.sleep(cfg.registry_interval)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,13 +33,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from rangekv.common.hlc import ENCODED_TIMESTAMP_LEN, Timestamp
-from rangekv.raftnode.keys import (
-    KeyDecodeError,
-    data_span,
-    decode_user_key,
-    version_key,
-    version_prefix,
-)
+from rangekv.domain.keys import KeyDecodeError, decode_user_key
+from rangekv.raftnode.keys import data_span, version_key, version_prefix
 from rangekv.replication.state_engine import DATA_PREFIX, Reader, StateBatch, prefix_end
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 Data calls answer in-band (results or one ReplicaError); the gRPC status of a
 call is OK unless the call itself failed. Splits and transaction records are
-served here too (`rangekv.raftnode.split`, `rangekv.raftnode.txn`), and
+served here too (`rangekv.raftnode.split`, `rangekv.raftnode.txn_push`), and
 replica changes (`rangekv.raftnode.change`).
 """
 
@@ -14,15 +14,14 @@ from collections.abc import AsyncIterator
 import grpc
 
 from rangekv.common import errors as E
+from rangekv.domain.txn import TxnStatus
+from rangekv.raft import LeaseState
 from rangekv.raftnode import txn as T
-from rangekv.raftnode.change import (
-    PROMOTE_VOTER,
-    ReplicaChangeConfig,
-    ReplicaChanger,
-)
+from rangekv.raftnode.change import PROMOTE_VOTER, ReplicaChanger
 from rangekv.raftnode.replica import RangeReplica
-from rangekv.raftnode.split import SplitConfig, SplitCoordinator, push_local
+from rangekv.raftnode.split import SplitCoordinator
 from rangekv.raftnode.store import Store
+from rangekv.raftnode.txn_push import push_local
 from rangekv.v1 import raftcmd_pb2, replica_pb2, replica_pb2_grpc
 
 
@@ -31,18 +30,18 @@ class ReplicaService(replica_pb2_grpc.ReplicaServicer):
         self,
         store: Store,
         *,
+        splits: SplitCoordinator,
+        changes: ReplicaChanger,
         transfer_timeout: float = 5.0,
-        splits: SplitCoordinator | None = None,
-        changes: ReplicaChanger | None = None,
         max_stream_inflight: int = 1024,
     ) -> None:
         self._store = store
+        self._clock = store.clock
         self._max_stream_inflight = max_stream_inflight
         self._transfer_timeout = transfer_timeout
-        self._splits = splits or SplitCoordinator(store, None, SplitConfig())
-        self._changes = changes or ReplicaChanger(
-            store, None, self._splits, ReplicaChangeConfig(check_interval=0)
-        )
+        self._splits = splits
+        self._changes = changes
+        self._txn_expiry = splits.txns.pusher.expiry
 
     async def Batch(
         self, request: replica_pb2.ReplicaBatchRequest, context: grpc.aio.ServicerContext
@@ -108,22 +107,22 @@ class ReplicaService(replica_pb2_grpc.ReplicaServicer):
     ) -> replica_pb2.RangeInfoResponse:
         wanted = set(request.range_ids)
         infos = []
-        now = self._store.ctx.monotonic()
+        now = self._clock.monotonic()
         for replica in self._store.replicas():
             if wanted and replica.range_id not in wanted:
                 continue
-            node = replica.raw_node
+            group = replica.group
             infos.append(
                 replica_pb2.ReplicaInfo(
                     descriptor=replica.descriptor.to_proto(),
                     replica_id=replica.replica_id,
-                    is_leader=node.is_leader(),
-                    lease_valid=replica.lease_status(now).state.name == "VALID",
-                    lease_sequence=node.raft.term,
-                    leader_replica_id=node.leader(),
+                    is_leader=group.is_leader,
+                    lease_valid=group.lease_status(now).state is LeaseState.VALID,
+                    lease_sequence=group.term(),
+                    leader_replica_id=group.leader(),
                     applied_index=replica.applied_index,
-                    commit_index=node.raft.log.committed,
-                    approximate_size_bytes=replica.approx_size or 0,
+                    commit_index=group.commit_index(),
+                    approximate_size_bytes=replica.state.approx_size or 0,
                 )
             )
         return replica_pb2.RangeInfoResponse(
@@ -143,16 +142,16 @@ class ReplicaService(replica_pb2_grpc.ReplicaServicer):
                 "target_node_id", f"node {request.target_node_id} has no replica of this range"
             )
             return replica_pb2.TransferLeaseResponse(error=E.to_replica_error(err2))
-        if not replica.raw_node.is_leader():
+        if not replica.is_leader:
             return replica_pb2.TransferLeaseResponse(
                 error=E.to_replica_error(replica.not_lease_holder())
             )
         replica.transfer_leadership(target.replica_id)
-        deadline = asyncio.get_running_loop().time() + self._transfer_timeout
-        while asyncio.get_running_loop().time() < deadline:
-            if replica.raw_node.leader() == target.replica_id:
-                return replica_pb2.TransferLeaseResponse(lease_sequence=replica.raw_node.raft.term)
-            await asyncio.sleep(0.02)  # polling the core's state; not a synchronisation sleep
+        deadline = self._clock.monotonic() + self._transfer_timeout
+        while self._clock.monotonic() < deadline:
+            if replica.group.leader() == target.replica_id:
+                return replica_pb2.TransferLeaseResponse(lease_sequence=replica.group.term())
+            await self._clock.sleep(0.02)  # polling the core's state; not a synchronisation sleep
         err3 = E.Unavailable(
             f"range {request.range_id}: lease did not move to node {request.target_node_id} "
             f"within {self._transfer_timeout}s"
@@ -208,9 +207,9 @@ class ReplicaService(replica_pb2_grpc.ReplicaServicer):
     ) -> replica_pb2.PushTxnResponse:
         try:
             replica = self._replica_or_error(request.range_id)
-            if not replica.raw_node.is_leader():
+            if not replica.is_leader:
                 raise replica.not_lease_holder()
-            rec = await push_local(replica, request.txn, self._splits.config.txn_expiry)
+            rec = await push_local(replica, request.txn, self._txn_expiry)
         except E.RangeKVError as exc:
             return replica_pb2.PushTxnResponse(error=E.to_replica_error(exc))
         return replica_pb2.PushTxnResponse(record=rec)
@@ -230,14 +229,14 @@ class ReplicaService(replica_pb2_grpc.ReplicaServicer):
     ) -> replica_pb2.EndTxnResponse:
         try:
             replica = self._replica_or_error(request.range_id)
-            if request.status == T.COMMITTED:
+            if request.status == TxnStatus.COMMITTED:
                 op = raftcmd_pb2.TxnOp(kind=T.COMMIT, txn=request.txn)
                 if request.HasField("split_left") or request.HasField("split_right"):
                     if not (request.HasField("split_left") and request.HasField("split_right")):
                         raise E.InvalidArgument("split_right", "a split needs both descriptors")
                     op.split_left.CopyFrom(request.split_left)
                     op.split_right.CopyFrom(request.split_right)
-            elif request.status == T.ABORTED:
+            elif request.status == TxnStatus.ABORTED:
                 op = raftcmd_pb2.TxnOp(kind=T.ABORT, txn=request.txn)
             else:
                 raise E.InvalidArgument("status", "must be COMMITTED or ABORTED")

@@ -27,23 +27,20 @@ hung process to the kubelet.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from rangekv.common import errors as E
+from rangekv.common.clock import Clock
 from rangekv.common.descriptors import ReplicaType
 from rangekv.common.kube import KubeError, PodIdentity, StatefulSets, scaled_away
 from rangekv.common.server import ServiceServer
-from rangekv.metarange.client import MetaClient
-from rangekv.metarange.decommission import DecommissionProgress, decommission_node
-from rangekv.raftnode.change import ReplicaChanger
+from rangekv.metarange.client import DecommissionProgress, MetaApi, decommission_node
 from rangekv.raftnode.ident import StoreIdent
 from rangekv.raftnode.replica import RangeReplica
-from rangekv.raftnode.split import SplitCoordinator
 from rangekv.raftnode.store import INITIAL_INDEX, Store
 
 log = logging.getLogger("rangekv.raftnode")
@@ -59,6 +56,12 @@ class ShutdownConfig:
     poll_interval: float = 0.5
 
 
+class BackgroundQueue(Protocol):
+    """A queue that starts changes on its own (split queue, rebalancer)."""
+
+    async def stop(self) -> None: ...
+
+
 class GracefulShutdown:
     """Runs steps 1-2 of the module doc; the server's own stop is step 3."""
 
@@ -67,27 +70,23 @@ class GracefulShutdown:
         *,
         store: Store,
         server: ServiceServer,
-        changes: ReplicaChanger,
-        splits: SplitCoordinator,
-        meta: MetaClient | None,
+        queues: Sequence[BackgroundQueue],
+        meta: MetaApi | None,
         pod: PodIdentity,
         statefulsets: StatefulSets | None,
         data_dir: Path,
         config: ShutdownConfig,
-        monotonic: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Clock,
     ) -> None:
         self.store = store
         self.server = server
-        self.changes = changes
-        self.splits = splits
+        self.queues = tuple(queues)
         self.meta = meta
         self.pod = pod
         self.statefulsets = statefulsets
         self.data_dir = data_dir
         self.config = config
-        self._monotonic = monotonic
-        self._sleep = sleep
+        self._clock = clock
         self.decommissioned = False
 
     async def run(self) -> None:
@@ -122,8 +121,8 @@ class GracefulShutdown:
                 timeout=self.config.decommission_timeout,
                 poll_interval=self.config.poll_interval,
                 on_progress=report,
-                monotonic=self._monotonic,
-                sleep=self._sleep,
+                monotonic=self._clock.monotonic,
+                sleep=self._clock.sleep,
             )
         except E.RangeKVError as exc:
             log.error("decommission of node %d unfinished: %s", self.store.node_id, exc)
@@ -141,16 +140,16 @@ class GracefulShutdown:
         """Step 2 (module doc)."""
         self.store.draining = True
         await self.server.begin_drain()
-        await self.changes.stop()
-        await self.splits.stop()
-        deadline = self._monotonic() + self.config.handoff_timeout
+        for queue in self.queues:
+            await queue.stop()
+        deadline = self._clock.monotonic() + self.config.handoff_timeout
         asked: dict[int, float] = {}
         while True:
             led = self._led()
             if not led:
                 log.info("node %d: no lease left here", self.store.node_id)
                 return
-            now = self._monotonic()
+            now = self._clock.monotonic()
             if now >= deadline:
                 log.warning(
                     "node %d: %d range(s) still led here after %.1fs: %s",
@@ -168,20 +167,20 @@ class GracefulShutdown:
                         replica.transfer_leadership(target)
                         asked[replica.range_id] = now
             # Polling raft state until the transfers took effect.
-            await self._sleep(min(0.05, self.config.poll_interval))
+            await self._clock.sleep(min(0.05, self.config.poll_interval))
 
     def _led(self) -> list[RangeReplica]:
         return [
             r
             for r in self.store.replicas()
-            if not r.removed and r.applied_index >= INITIAL_INDEX and r.raw_node.is_leader()
+            if not r.removed and r.applied_index >= INITIAL_INDEX and r.is_leader
         ]
 
 
 def _handoff_target(replica: RangeReplica) -> int | None:
     """The voter (replica id) to lead next: one that answered recently (a peer
     that is itself restarting cannot take over), with the most of the log."""
-    progress = replica.raw_node.status().progress
+    progress = replica.raft_status().progress
     best: tuple[bool, int, int] | None = None
     for r in replica.descriptor.replicas:
         if r.replica_id == replica.replica_id or r.type != ReplicaType.VOTER:

@@ -1,41 +1,40 @@
 """The store: every range replica of one storage node.
 
-A store is a `GroupHost` (engines, scheduler, ticker, log truncation, snapshot
-streaming) whose groups are ranges. It creates replicas at bootstrap, at
-restart (from the descriptors in the state engine) and on demand when a peer
-sends raft traffic for a range this node has never seen (heartbeats and
-snapshots carry the descriptor, so the node knows its replica id).
+A store composes a `GroupHost` (engines, scheduler, ticker, log truncation,
+snapshot streaming) with what is a storage node's own: it routes a range's
+raft messages to the nodes its descriptor names (the host's `Router`), and it
+creates replicas at bootstrap, at restart (from the descriptors in the state
+engine) and on demand when a peer sends raft traffic for a range this node has
+never seen (heartbeats and snapshots carry the descriptor, so the node knows
+its replica id). It is the node's `RaftEndpoint` (rangekv.replication.raft_network).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from rangekv.common.descriptors import RangeDescriptor, ReplicaType
 from rangekv.common.hlc import ClockOffsetError, HybridClock, Timestamp
 from rangekv.raft import ConfState, HardState, Message, MessageType, Snapshot, SnapshotMetadata
-from rangekv.raftnode.keys import data_span, txn_record_span
-from rangekv.raftnode.replica import (
-    RangeReplica,
-    ReadOutcomeCounter,
-    ReplicaContext,
-    ReplicaLimits,
-)
-from rangekv.replication.group import RaftGroup
-from rangekv.replication.host import Engines, GroupHost, HostConfig, SendRaft, Span
-from rangekv.replication.scheduler import SchedulerMetrics
+from rangekv.raftnode.context import ReadOutcomeCounter, ReplicaContext
+from rangekv.raftnode.range_state import range_spans
+from rangekv.raftnode.replica import RangeReplica
+from rangekv.raftnode.requests import ReplicaLimits
+from rangekv.replication.host import GroupHost, HostConfig, HostSeams, Route
+from rangekv.replication.log_engine import RaftLogEngine
+from rangekv.replication.raft_network import Inbound
+from rangekv.replication.scheduler import RaftScheduler
 from rangekv.replication.state_engine import (
     DESCRIPTOR,
     GC_THRESHOLD,
     LOCAL_PREFIX,
     AppliedState,
     StateBatch,
+    StateEngine,
     range_local_key,
-    range_local_span,
 )
 from rangekv.replication.sync_mode import FsmSyncMode
 from rangekv.v1 import types_pb2
@@ -60,42 +59,30 @@ class StoreConfig:
     gc_interval: float = 60.0
 
 
-class Store(GroupHost):
+class Store:
     """The replicas of one node. Create, load or bootstrap, then `start()` in the loop."""
 
     def __init__(
-        self,
-        config: StoreConfig,
-        *,
-        resolve_address: Callable[[int], str],
-        send_raft: SendRaft,
-        scheduler_metrics: SchedulerMetrics | None = None,
-        monotonic: Callable[[], float] = time.monotonic,
-        wall_ns: Callable[[], int] = time.time_ns,
-        open_engines: Callable[[HostConfig], Engines] | None = None,
+        self, config: StoreConfig, seams: HostSeams, *, resolve_address: Callable[[int], str]
     ) -> None:
-        super().__init__(
-            config.host,
-            send_raft=send_raft,
-            scheduler_metrics=scheduler_metrics,
-            monotonic=monotonic,
-            open_engines=open_engines,
-        )
         self.config = config
         self.node_id = config.host.node_id
-        self.hlc = HybridClock(wall_ns, config.max_clock_offset_ns)
+        self.host = GroupHost(config.host, self, seams)
+        self.clock = seams.clock
+        self.hlc = HybridClock(self.clock.wall_ns, config.max_clock_offset_ns)
         self.ctx = ReplicaContext(
             node_id=self.node_id,
-            engine=self.state_engine,
+            host=self.host,
             hlc=self.hlc,
             limits=config.limits,
             resolve_address=resolve_address,
-            monotonic=monotonic,
+            clock=self.clock,
             reads=ReadOutcomeCounter(),
             on_split=self._on_split,
             descriptor_for_key=self._descriptor_for_key,
             on_replica_change=self._on_replica_change,
         )
+        self._replicas: dict[int, RangeReplica] = {}
         #: Shutting down or decommissioning: peers hand this node no lease (RangeInfo).
         self.draining = False
         #: When a clock-offset refusal was last logged, per sender (rate limit).
@@ -104,14 +91,33 @@ class Store(GroupHost):
         self._destroying: set[int] = set()
         self.replicas_destroyed = 0
 
+    # --- the host's parts ------------------------------------------------------------
+
+    @property
+    def scheduler(self) -> RaftScheduler:
+        return self.host.scheduler
+
+    @property
+    def state_engine(self) -> StateEngine:
+        return self.host.state_engine
+
+    @property
+    def log_engine(self) -> RaftLogEngine:
+        return self.host.log_engine
+
+    def applied_state(self, range_id: int) -> AppliedState:
+        return self.host.applied_state(range_id)
+
+    async def truncate_logs(self) -> int:
+        return await self.host.truncate_logs()
+
     # --- replicas --------------------------------------------------------------------
 
     def replica(self, range_id: int) -> RangeReplica | None:
-        group = self.scheduler.group(range_id)
-        return group if isinstance(group, RangeReplica) else None
+        return self._replicas.get(range_id)
 
     def replicas(self) -> list[RangeReplica]:
-        return [g for g in self.scheduler.groups.values() if isinstance(g, RangeReplica)]
+        return list(self._replicas.values())
 
     def load_replicas(self) -> int:
         """Recreate every replica recorded in the state engine; returns how many."""
@@ -164,7 +170,7 @@ class Store(GroupHost):
         """Create an initial layout of several ranges (tests and tools that start
         a cluster pre-split); the same rules as `bootstrap`, for each range that
         names this node. Idempotent: a node that holds any replica does nothing."""
-        if self.replicas() or self.log_engine.group_ids():
+        if self._replicas or self.log_engine.group_ids():
             return False
         mine = [(d, d.replica_on(self.node_id)) for d in descriptors]
         if all(r is None for _d, r in mine):
@@ -209,6 +215,15 @@ class Store(GroupHost):
         log_batch.set_hard_state(gid, hard)
         self.log_engine.commit(log_batch)
 
+    def _add_replica(self, desc: RangeDescriptor, replica_id: int) -> RangeReplica:
+        replica = RangeReplica(self.ctx, desc, replica_id)
+        self._replicas[desc.range_id] = replica
+        return replica
+
+    def _drop_replica(self, range_id: int) -> None:
+        self._replicas.pop(range_id, None)
+        self.scheduler.remove_group(range_id)
+
     # --- splits ---------------------------------------------------------------------------
 
     def _on_split(
@@ -243,7 +258,7 @@ class Store(GroupHost):
             _span(right),
             rid,
         )
-        campaign = lhs.raw_node.is_leader()
+        campaign = lhs.is_leader
         self.scheduler.after_apply(lambda: self._create_split_rhs(right, campaign))
 
     def _create_split_rhs(self, right: RangeDescriptor, campaign: bool) -> None:
@@ -257,7 +272,7 @@ class Store(GroupHost):
             if existing.applied_index >= INITIAL_INDEX:
                 return  # already initialized (a snapshot, or a replayed split)
             # An uninitialized replica created from a heartbeat: it holds no state.
-            self.scheduler.remove_group(rid)
+            self._drop_replica(rid)
         if self.applied_state(rid).index < INITIAL_INDEX:
             return  # our split batch did not initialize it: nothing to create from
         stored = self.state_engine.get_local(rid, DESCRIPTOR)
@@ -285,7 +300,7 @@ class Store(GroupHost):
             # period, which keeps a right-hand leader from appearing elsewhere
             # while a left-hand leaseholder that has not applied the split yet
             # could still serve those keys.
-            replica.force_campaign(self.host_config.timing.election_ticks)
+            replica.group.force_campaign(self.config.host.timing.election_ticks)
 
     # --- replica changes -------------------------------------------------------------------
 
@@ -310,14 +325,14 @@ class Store(GroupHost):
             return
         gid = replica.range_id
         storage = self.log_engine.storage(gid)
-        index = replica.last_conf_index
+        index = replica.group.last_conf_index
         if index <= storage.snapshot().index or index > storage.last_index():
             return
         if self.state_engine.sync_mode == FsmSyncMode.NOSYNC:
             # The core restarts at the snapshot index: its effects must be durable.
             self.state_engine.sync()
         batch = self.log_engine.new_batch()
-        batch.create_snapshot(gid, index, replica.raw_node.conf_state())
+        batch.create_snapshot(gid, index, replica.group.conf_state())
         self.log_engine.commit(batch)
 
     def destroy_replica(self, replica: RangeReplica, why: str) -> None:
@@ -328,14 +343,14 @@ class Store(GroupHost):
     def _destroy_now(self, replica: RangeReplica, desc: RangeDescriptor) -> None:
         """In the scheduler's section: drop the group, its raft log and its state."""
         gid = replica.range_id
-        if self.scheduler.group(gid) is not replica or gid in self._destroying:
+        if self.replica(gid) is not replica or gid in self._destroying:
             return
         self._destroying.add(gid)
         try:
-            self.scheduler.remove_group(gid)
+            self._drop_replica(gid)
             self.log_engine.destroy(gid)
             batch = self.state_engine.new_batch()
-            for lo, hi in _range_spans(gid, desc):
+            for lo, hi in range_spans(gid, desc):
                 if hi is not None:
                     batch.delete_range(lo, hi)
             self.state_engine.commit(batch, force_sync=True)
@@ -363,7 +378,7 @@ class Store(GroupHost):
             self.hlc.update(remote)
         except ClockOffsetError as exc:
             self.ctx.refusals.add("clock_offset")
-            now = self._monotonic()
+            now = self.clock.monotonic()
             if now - self._offset_logged.get(sender, -1e9) > 10.0:
                 self._offset_logged[sender] = now
                 log.error("refusing raft traffic from node %d: %s", sender, exc)
@@ -371,49 +386,49 @@ class Store(GroupHost):
         return True
 
     def _descriptor_for_key(self, key: bytes) -> RangeDescriptor | None:
-        for replica in self.replicas():
+        replica = self.initialized_replica_for(key)
+        return replica.descriptor if replica is not None else None
+
+    def initialized_replica_for(self, key: bytes) -> RangeReplica | None:
+        """This node's initialized replica whose range holds `key`, if any."""
+        for replica in self._replicas.values():
             if replica.applied_index >= INITIAL_INDEX and replica.descriptor.contains_key(key):
-                return replica.descriptor
+                return replica
         return None
 
-    def _add_replica(self, desc: RangeDescriptor, replica_id: int) -> RangeReplica:
-        applied = self.applied_state(desc.range_id)
-        raw_node = self.new_raw_node(desc.range_id, replica_id, applied)
-        replica = RangeReplica(
-            self.ctx, desc, replica_id, raw_node, applied, wake=self.scheduler.wake
-        )
-        self.scheduler.add_group(replica)
-        return replica
+    # --- background -----------------------------------------------------------------------
 
     def start(self) -> None:
-        super().start()
-        self._tasks.append(asyncio.get_running_loop().create_task(self._gc_loop(), name="mvcc-gc"))
+        self.host.start()
+        self.host.spawn(self._gc_loop(), "mvcc-gc")
+
+    async def stop(self) -> None:
+        await self.host.stop()
 
     async def _gc_loop(self) -> None:
         """Every gc_interval, each range this node leads collects its old versions."""
         while True:
-            await asyncio.sleep(self.config.gc_interval)
+            await self.clock.sleep(self.config.gc_interval)
             for replica in self.replicas():
                 fut = replica.propose_gc()
                 if fut is not None:
                     fut.add_done_callback(_ignore_outcome)
 
-    # --- raft traffic -------------------------------------------------------------------
+    # --- raft traffic (Router and RaftEndpoint) ---------------------------------------------
 
-    def route(
-        self, group: RaftGroup, msg: Message
-    ) -> tuple[int, types_pb2.RangeDescriptor | None] | None:
-        assert isinstance(group, RangeReplica)
-        target = group.descriptor.replica_by_id(msg.to)
+    def route(self, group_id: int, msg: Message) -> Route | None:
+        replica = self._replicas.get(group_id)
+        if replica is None:
+            return None
+        target = replica.descriptor.replica_by_id(msg.to)
         if target is None:
             return None  # a replica removed from the descriptor: nobody to send to
         # The descriptor lets a node create a replica it has never heard of. Only
         # heartbeats (periodic, small) and snapshots carry it: not every append.
-        return target.node_id, group.descriptor_pb if msg.type in _CARRY_DESCRIPTOR else None
+        carried = replica.state.descriptor_pb if msg.type in _CARRY_DESCRIPTOR else None
+        return target.node_id, carried
 
-    def handle_raft(
-        self, messages: Sequence[tuple[int, Message, types_pb2.RangeDescriptor | None]]
-    ) -> None:
+    def handle_raft(self, messages: Sequence[Inbound]) -> None:
         """Deliver received raft messages to their replicas (never blocks)."""
         for group_id, msg, desc_pb in messages:
             replica = self.replica(group_id)
@@ -427,7 +442,16 @@ class Store(GroupHost):
                     # under a new replica id: the old incarnation goes.
                     self.destroy_replica(replica, f"superseded by replica {msg.to}")
                 continue  # addressed to another incarnation of this node's replica
-            replica.deliver(msg)
+            replica.group.deliver(msg)
+
+    def report_unreachable(self, node_id: int, group_id: int, replica_id: int) -> None:
+        self.host.report_unreachable(node_id, group_id, replica_id)
+
+    def report_snapshot(self, node_id: int, group_id: int, replica_id: int, failed: bool) -> None:
+        self.host.report_snapshot(node_id, group_id, replica_id, failed)
+
+    def snapshot_source(self, group_id: int, message: Message) -> AsyncIterator[bytes]:
+        return self.host.snapshot_source(group_id, message)
 
     def _maybe_create_uninitialized(
         self, group_id: int, msg: Message, desc_pb: types_pb2.RangeDescriptor | None
@@ -454,20 +478,16 @@ class Store(GroupHost):
         log.info("creating replica %d of range %d on demand", mine.replica_id, group_id)
         return self._add_replica(desc, mine.replica_id)
 
-    # --- snapshots ------------------------------------------------------------------------
-
-    def snapshot_spans(self, group: RaftGroup) -> list[Span]:
-        assert isinstance(group, RangeReplica)
-        return _range_spans(group.range_id, group.descriptor)
-
     async def handle_snapshot(
         self,
         group_id: int,
         message: Message,
-        desc_pb: types_pb2.RangeDescriptor,
+        desc_pb: types_pb2.RangeDescriptor | None,
         chunks: AsyncIterator[bytes],
     ) -> bool:
         """Ingest a streamed snapshot, then hand the SNAP message to raft."""
+        if desc_pb is None:
+            return False  # a range's snapshot always names its descriptor
         desc = RangeDescriptor.from_proto(desc_pb)
         mine = desc.replica_on(self.node_id)
         if mine is None or mine.replica_id != message.to:
@@ -482,7 +502,7 @@ class Store(GroupHost):
         existing = self.replica(group_id)
         if existing is not None and existing.replica_id != message.to:
             return False  # an older incarnation of this node's replica is still here
-        for other in self.replicas():
+        for other in self._replicas.values():
             if (
                 other.range_id != group_id
                 and other.applied_index >= INITIAL_INDEX
@@ -497,20 +517,9 @@ class Store(GroupHost):
                 return False
         # Create the replica first (empty raft state), so that its core never
         # starts with an applied index its log does not know.
-        replica = self.replica(group_id) or self._add_replica(desc, mine.replica_id)
-
-        def adopt(local: dict[bytes, bytes]) -> None:
-            stored = local.get(range_local_key(group_id, DESCRIPTOR))
-            if stored:
-                replica.descriptor = RangeDescriptor.from_proto(
-                    types_pb2.RangeDescriptor.FromString(stored)
-                )
-            gc = local.get(range_local_key(group_id, GC_THRESHOLD))
-            replica.gc_threshold = Timestamp.decode(gc) if gc else Timestamp.MIN
-            replica.approx_size = None
-
-        return await self.install_snapshot(
-            replica, message, _range_spans(group_id, desc), chunks, adopt
+        replica = existing or self._add_replica(desc, mine.replica_id)
+        return await self.host.install_snapshot(
+            replica.group, message, range_spans(group_id, desc), chunks
         )
 
 
@@ -524,13 +533,6 @@ def _conf_state(desc: RangeDescriptor) -> ConfState:
     voters = tuple(sorted(r.replica_id for r in desc.replicas if r.type == ReplicaType.VOTER))
     learners = tuple(sorted(r.replica_id for r in desc.replicas if r.type == ReplicaType.LEARNER))
     return ConfState(voters, learners)
-
-
-def _range_spans(range_id: int, desc: RangeDescriptor) -> list[Span]:
-    local_lo, local_hi = range_local_span(range_id)
-    txn_lo, txn_hi = txn_record_span(desc.start_key, desc.end_key)
-    data_lo, data_hi = data_span(desc.start_key, desc.end_key)
-    return [(local_lo, local_hi), (txn_lo, txn_hi), (data_lo, data_hi)]
 
 
 def _ignore_outcome(fut: asyncio.Future[object]) -> None:

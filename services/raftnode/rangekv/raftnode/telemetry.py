@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rangekv.common.telemetry import Telemetry
+from rangekv.raft import LeaseState
 from rangekv.replication.lanes import TelemetryTransportMetrics
 from rangekv.replication.sync_mode import FsmSyncMode
 
@@ -119,7 +120,7 @@ class NodeMetrics:
         self.telemetry.observable_gauge(
             "rangekv_ranges_led",
             "Ranges whose raft leader is on this node",
-            lambda: sum(1 for r in store.replicas() if r.raw_node.is_leader()),
+            lambda: sum(1 for r in store.replicas() if r.is_leader),
         )
         self.telemetry.observable_gauge(
             "rangekv_leases_valid",
@@ -130,5 +131,5 @@ class NodeMetrics:
 
 def _valid_leases(store: Store) -> float:
     """Read at scrape time: a lease status is a pure function of the replica's raft state."""
-    now = store.ctx.monotonic()
-    return float(sum(1 for r in store.replicas() if r.lease_status(now).state.name == "VALID"))
+    now = store.clock.monotonic()
+    return float(sum(1 for r in store.replicas() if r.lease_status(now).state is LeaseState.VALID))

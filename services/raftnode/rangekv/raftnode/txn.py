@@ -39,11 +39,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rangekv.common.descriptors import RangeDescriptor
+from rangekv.domain.txn import TxnStatus
 from rangekv.v1 import raftcmd_pb2, types_pb2
-
-PENDING = types_pb2.TXN_STATUS_PENDING
-COMMITTED = types_pb2.TXN_STATUS_COMMITTED
-ABORTED = types_pb2.TXN_STATUS_ABORTED
 
 CREATE = raftcmd_pb2.TXN_OP_KIND_CREATE
 HEARTBEAT = raftcmd_pb2.TXN_OP_KIND_HEARTBEAT
@@ -54,16 +51,14 @@ CLEAR_INTENTS = raftcmd_pb2.TXN_OP_KIND_CLEAR_INTENTS
 
 __all__ = [
     "ABORT",
-    "ABORTED",
     "CLEAR_INTENTS",
     "COMMIT",
-    "COMMITTED",
     "CREATE",
     "HEARTBEAT",
-    "PENDING",
     "PUSH",
     "Decision",
     "decide",
+    "record_status",
     "split_matches",
 ]
 
@@ -78,10 +73,21 @@ class Decision:
     split: bool = False
 
 
+def record_status(rec: types_pb2.TxnRecord | None) -> TxnStatus:
+    """The status a record stands for; no record at all is as good as ABORTED (a
+    push of a missing record writes ABORTED: see the module docstring)."""
+    if rec is None:
+        return TxnStatus.ABORTED
+    return TxnStatus(rec.status)
+
+
 def _record(
-    txn: types_pb2.TxnMeta, status: int, heartbeat: int, intent_keys: list[bytes] | None = None
+    txn: types_pb2.TxnMeta,
+    status: TxnStatus,
+    heartbeat: int,
+    intent_keys: list[bytes] | None = None,
 ) -> types_pb2.TxnRecord:
-    rec = types_pb2.TxnRecord(status=status)  # type: ignore[arg-type]
+    rec = types_pb2.TxnRecord(status=int(status))  # type: ignore[arg-type]
     rec.meta.CopyFrom(txn)
     rec.last_heartbeat.wall_time = heartbeat
     if intent_keys:
@@ -101,21 +107,37 @@ def decide(
     `now_wall` is the command's HLC wall time; `split_ok` says whether the
     range's descriptor is the one a split COMMIT expects.
     """
-    kind = op.kind
     if existing is None:
-        if kind == CREATE:
-            return Decision(_record(op.txn, PENDING, now_wall, list(op.intent_keys)), write=True)
-        if kind in (PUSH, COMMIT, ABORT):
-            return Decision(_record(op.txn, ABORTED, now_wall), write=True)
-        return Decision(None)
-    status = existing.status
-    if status != PENDING:
-        if kind == CLEAR_INTENTS and existing.intent_keys:
-            rec = types_pb2.TxnRecord()
-            rec.CopyFrom(existing)
-            del rec.intent_keys[:]
-            return Decision(rec, write=True)
-        return Decision(existing)
+        return _decide_missing(op, now_wall)
+    if existing.status != TxnStatus.PENDING:
+        return _decide_final(op, existing)
+    return _decide_pending(op, existing, now_wall, split_ok)
+
+
+def _decide_missing(op: raftcmd_pb2.TxnOp, now_wall: int) -> Decision:
+    """No record yet: CREATE writes it PENDING; PUSH, COMMIT and ABORT make ABORTED final."""
+    if op.kind == CREATE:
+        pending = _record(op.txn, TxnStatus.PENDING, now_wall, list(op.intent_keys))
+        return Decision(pending, write=True)
+    if op.kind in (PUSH, COMMIT, ABORT):
+        return Decision(_record(op.txn, TxnStatus.ABORTED, now_wall), write=True)
+    return Decision(None)
+
+
+def _decide_final(op: raftcmd_pb2.TxnOp, existing: types_pb2.TxnRecord) -> Decision:
+    """A final record never changes status; CLEAR_INTENTS only forgets its intent keys."""
+    if op.kind == CLEAR_INTENTS and existing.intent_keys:
+        rec = types_pb2.TxnRecord()
+        rec.CopyFrom(existing)
+        del rec.intent_keys[:]
+        return Decision(rec, write=True)
+    return Decision(existing)
+
+
+def _decide_pending(
+    op: raftcmd_pb2.TxnOp, existing: types_pb2.TxnRecord, now_wall: int, split_ok: bool
+) -> Decision:
+    kind = op.kind
     if kind in (CREATE, HEARTBEAT):
         if now_wall <= existing.last_heartbeat.wall_time:
             return Decision(existing)
@@ -126,21 +148,21 @@ def decide(
     if kind == PUSH:
         if existing.last_heartbeat.wall_time >= op.expired_before.wall_time:
             return Decision(existing)
-        return Decision(_final(existing, ABORTED), write=True)
+        return Decision(_final(existing, TxnStatus.ABORTED), write=True)
     if kind == COMMIT:
         is_split = op.HasField("split_left")
         if is_split and not split_ok:
-            return Decision(_final(existing, ABORTED), write=True)
-        return Decision(_final(existing, COMMITTED), write=True, split=is_split)
+            return Decision(_final(existing, TxnStatus.ABORTED), write=True)
+        return Decision(_final(existing, TxnStatus.COMMITTED), write=True, split=is_split)
     if kind == ABORT:
-        return Decision(_final(existing, ABORTED), write=True)
+        return Decision(_final(existing, TxnStatus.ABORTED), write=True)
     return Decision(existing)
 
 
-def _final(existing: types_pb2.TxnRecord, status: int) -> types_pb2.TxnRecord:
+def _final(existing: types_pb2.TxnRecord, status: TxnStatus) -> types_pb2.TxnRecord:
     rec = types_pb2.TxnRecord()
     rec.CopyFrom(existing)
-    rec.status = status  # type: ignore[assignment]
+    rec.status = int(status)  # type: ignore[assignment]
     return rec
 
 

@@ -53,7 +53,7 @@ class Network:
         """True while a partition or congestion is in place."""
         return bool(self.blocked or self.slow)
 
-    def partition(self, ids: Sequence[int], victim: int | None = None) -> str:
+    def partition(self, ids: Sequence[int], victim: int | None = None) -> str:  # noqa: C901 -- the nemesis's catalogue of partition patterns, one branch each
         """Cut a random pattern of links among ``ids``; returns a description for the trace.
 
         Patterns: a symmetric split into two random groups, the isolation of

@@ -183,7 +183,7 @@ class SimNode:
 
     # -- the driver loop ------------------------------------------------------
 
-    def handle_ready(
+    def handle_ready(  # noqa: C901 -- the simulator's driver loop, including its deliberately unsafe variants
         self,
         send: Callable[[Message], None],
         crash_after_persist: bool,

@@ -1,4 +1,4 @@
-"""The lock-first protocol of descriptor transactions, as plain command builders.
+"""The lock-first protocol of descriptor transactions, as plain values.
 
 A descriptor transaction (split, replica change) changes the range it read,
 `original` = [A, C), into `updates`. Its record lives at `original.start_key`
@@ -20,15 +20,21 @@ coordinator may crash after:
 Why the sweep: an aborted split of [A, D) at B whose meta(D) intent was
 resolved but whose meta(B) intent was left behind is invisible to the lock
 at meta(D). Without the sweep a later split of [A, D) at C succeeds and its
-meta(C) = [A, C) intent overlaps the stale meta(B) = [A, B): the reference
-discussion's counterexample, where reading meta(B) needs meta(C) to route
-the push of meta(B)'s own transaction. With the sweep, the leftover is gone
-before the lock is taken, so intents of different transactions never overlap.
+meta(C) = [A, C) intent overlaps the stale meta(B) = [A, B): reading meta(B)
+would then need meta(C) to route the push of meta(B)'s own transaction. With
+the sweep, the leftover is gone before the lock is taken, so intents of
+different transactions never overlap.
 
 Why the lock check on step 3: a coordinator does not learn that a pusher
 aborted its transaction until it tries to commit; without the check it could
 still write meta(B) after a newer transaction took the range, again leaving
 overlapping intents.
+
+`WriteIntent` and `ResolveIntent` are the two meta operations of the protocol:
+the meta range applies them (`rangekv.metarange.commands` encodes them into its
+raft log), coordinators send them (`to_request`). Validation that does not
+depend on state happens when they are built, so a proposer learns of bad input
+before anything reaches a log.
 
 `lock_first` and `hold_lock` exist so the tests can switch the rules off and
 watch the invariants break; production code never sets them.
@@ -41,17 +47,95 @@ from dataclasses import dataclass, replace
 
 from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor, ReplicaType
 from rangekv.common.errors import IntentExists, InvalidArgument
-from rangekv.metarange.commands import ResolveIntent, WriteIntent
-from rangekv.metarange.keys import lookup_start, meta_key, meta_span_end
-from rangekv.metarange.records import Intent, TxnMeta, TxnStatus
+from rangekv.domain.keys import decode_meta_key, lookup_start, meta_key, meta_span_end
+from rangekv.domain.txn import Intent, TxnMeta, TxnStatus, check_txn_id
+from rangekv.v1 import meta_pb2
 
 __all__ = [
     "DescriptorTxn",
+    "ResolveIntent",
+    "WriteIntent",
     "plan_replica_change",
     "plan_split",
     "replicas_with",
     "replicas_without",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class WriteIntent:
+    """Write `descriptor` as `txn`'s intent at meta(descriptor.end_key).
+
+    Conditional on the committed value there: equal to `expected`, or absent
+    when `expect_absent`; exactly one of the two must be given. `lock_key`,
+    when set, is the meta key of the transaction's lock (the intent it wrote
+    first): the write also requires that key to still hold an intent of this
+    transaction, so a coordinator whose transaction was aborted and whose lock
+    was resolved away cannot add intents behind a newer transaction's back.
+    """
+
+    txn: TxnMeta
+    descriptor: RangeDescriptor
+    expected: RangeDescriptor | None = None
+    expect_absent: bool = False
+    lock_key: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if (self.expected is None) != self.expect_absent:
+            raise InvalidArgument(
+                "expected", "give exactly one of an expected descriptor or expect_absent"
+            )
+        if self.expected is not None and self.expected.end_key != self.descriptor.end_key:
+            raise InvalidArgument(
+                "expected", "the expected descriptor must end where the new one ends"
+            )
+        if self.descriptor.range_id == 0:
+            raise InvalidArgument("descriptor.range_id", "must be non-zero")
+        if self.lock_key is not None:
+            decode_meta_key(self.lock_key)
+
+    @property
+    def meta_key(self) -> bytes:
+        return meta_key(self.descriptor.end_key)
+
+    def to_request(self) -> meta_pb2.WriteIntentRequest:
+        req = meta_pb2.WriteIntentRequest(
+            txn=self.txn.to_proto(),
+            descriptor=self.descriptor.to_proto(),
+            expect_absent=self.expect_absent,
+            lock_key=self.lock_key or b"",
+        )
+        if self.expected is not None:
+            req.expected.CopyFrom(self.expected.to_proto())
+        return req
+
+    @staticmethod
+    def from_request(req: meta_pb2.WriteIntentRequest) -> WriteIntent:
+        if not req.HasField("descriptor"):
+            raise InvalidArgument("descriptor", "required")
+        expected = RangeDescriptor.from_proto(req.expected) if req.HasField("expected") else None
+        return WriteIntent(
+            txn=TxnMeta.from_proto(req.txn),
+            descriptor=RangeDescriptor.from_proto(req.descriptor),
+            expected=expected,
+            expect_absent=req.expect_absent,
+            lock_key=req.lock_key or None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveIntent:
+    """Commit or abort `txn_id`'s intent at `meta_key`; a no-op if it is not there."""
+
+    meta_key: bytes
+    txn_id: bytes
+    status: TxnStatus
+
+    def __post_init__(self) -> None:
+        decode_meta_key(self.meta_key)
+        check_txn_id("txn_id", self.txn_id)
+        if self.status not in (TxnStatus.COMMITTED, TxnStatus.ABORTED):
+            raise InvalidArgument("status", "must be COMMITTED or ABORTED")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,11 +185,10 @@ class DescriptorTxn:
     ) -> list[ResolveIntent]:
         """Step 1: the resolves that clear the span of other transactions' intents.
 
-        `intents` is what the coordinator found (e.g. `MetaStateMachine.intents_in`
-        over `sweep_span`); intents outside the span and this transaction's own
-        (a restarted coordinator meets them) are ignored. Raises IntentExists
-        for an intent whose transaction is still pending: nothing may be
-        written over a live transaction's intents.
+        `intents` is what the coordinator found over `sweep_span`; intents outside
+        the span and this transaction's own (a restarted coordinator meets them)
+        are ignored. Raises IntentExists for an intent whose transaction is still
+        pending: nothing may be written over a live transaction's intents.
         """
         out: list[ResolveIntent] = []
         for intent in intents:
