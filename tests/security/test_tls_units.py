@@ -63,7 +63,7 @@ def test_role_table_is_longest_prefix_and_closed_by_default() -> None:
     assert required_role("/rangekv.v1.KV/Scan") is Role.READ
     assert required_role("/rangekv.v1.KV/Put") is Role.WRITE
     assert required_role("/rangekv.v1.KV/Batch") is Role.WRITE
-    # Reads and writes on one call: the gateway checks each write (tests/unit/test_kv_stream.py).
+    # Reads and writes on one call: the gateway checks each write (tests/unit/test_kv_stream_session.py).
     assert required_role("/rangekv.v1.KV/Stream") is Role.READ
     assert required_role("/rangekv.v1.Admin/Decommission") is Role.ADMIN
     assert required_role("/rangekv.v1.Replica/AdminSplit") is Role.ADMIN
