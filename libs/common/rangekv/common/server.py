@@ -275,9 +275,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                     outcome["code"] = _context_code(context)
                     raise
                 except Exception as exc:
-                    exc = default_deadline_error(exc, bound, method, deadline)
-                    outcome["code"] = self._code_for(exc)
-                    await self._abort(exc, method, context)
+                    await self._fail(exc, bound, method, deadline, outcome, context)
 
         return handle
 
@@ -303,11 +301,24 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                     outcome["code"] = _context_code(context)
                     raise
                 except Exception as exc:
-                    exc = default_deadline_error(exc, bound, method, deadline)
-                    outcome["code"] = self._code_for(exc)
-                    await self._abort(exc, method, context)
+                    await self._fail(exc, bound, method, deadline, outcome, context)
 
         return handle
+
+    async def _fail(
+        self,
+        exc: Exception,
+        bound: object,
+        method: str,
+        deadline: float | None,
+        outcome: dict[str, str],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        """The one way a handler's exception leaves: mapped once (a server-side default
+        deadline that fired becomes DEADLINE_EXCEEDED), counted under its code, aborted."""
+        exc = default_deadline_error(exc, bound, method, deadline)
+        outcome["code"] = self._code_for(exc)
+        await self._abort(exc, method, context)
 
     @staticmethod
     def _code_for(exc: Exception) -> str:
