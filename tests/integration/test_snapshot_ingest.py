@@ -15,7 +15,7 @@ import contextlib
 from pathlib import Path
 
 import pytest
-from inproc_cluster import InProcCluster, layout, started
+from testkit.inproc import InProcCluster, layout, started
 
 from rangekv.replication.mutations import Mutation
 from rangekv.replication.sync_mode import FsmSyncMode

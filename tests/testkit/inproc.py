@@ -34,8 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from testkit.replica_client import get_op, put_op
-
 from rangekv.common import errors as E
 from rangekv.common.clock import ClockView, ManualClock
 from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor
@@ -57,6 +55,7 @@ from rangekv.replication.state_engine import StateBatch, StateEngine
 from rangekv.replication.sync_mode import FsmSyncMode
 from rangekv.replication.timing import RaftTiming
 from rangekv.v1 import raftcmd_pb2, replica_pb2, types_pb2
+from testkit.replica_client import get_op, put_op
 
 
 class FakeClock:
