@@ -275,14 +275,14 @@ class InProcCluster:
 
     async def stop_node(self, node: int) -> None:
         """Stop a node cleanly (engines closed); `restart_node` opens it again."""
-        self.stopped.add(node)
+        self.router.take_down(node)
         await self.stores[node].stop()
 
     async def power_cut(self, node: int) -> int:
         """Cut `node`'s power: it stops, losing what its engines had not synced.
         Returns how many state commits were lost."""
         store = self.stores[node]
-        self.stopped.add(node)
+        self.router.take_down(node)
         await store.scheduler.stop()
         if self.disks is not None:
             lost = self.disks[node].power_cut()
