@@ -216,7 +216,7 @@ class SimClients:
             timer.cancel()
             if not task.done():
                 task.cancel()
-        if task.cancelled():
+        if not task.done() or task.cancelled():
             raise _Unknown("deadline")
         exc = task.exception()
         if exc is not None:

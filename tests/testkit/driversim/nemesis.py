@@ -22,8 +22,12 @@ tick. The events:
 * `clock` -- a node's wall clock moves to an offset within +-40% of the maximum
   clock offset (so any two clocks stay within it).
 
-`Weights` biases the draw; the default makes stalled snapshot streams and log
-truncation common, so seeds reach the snapshot paths, not only the log paths.
+`Weights` biases the draw. The default is tuned so that seeds reach the
+snapshot paths, not only the log paths, and the stale-snapshot race among them:
+truncation mostly on a leader's node, one node's snapshot streams stalled most
+of the time (mostly a leader's), frequent leadership moves (transfers to
+caught-up replicas, isolated leaders), few crashes (a crash breaks the streams
+of its node).
 """
 
 from __future__ import annotations
@@ -42,19 +46,19 @@ __all__ = ["Nemesis", "Weights"]
 class Weights:
     """Relative odds of each event per step (see the module docstring)."""
 
-    op: int = 30
-    tick: int = 30
+    op: int = 50
+    tick: int = 20
     cut: int = 4
     heal: int = 6
-    isolate: int = 2
+    isolate: int = 8
     hold: int = 3
     release: int = 4
     crash: int = 1
-    restart: int = 3
-    truncate: int = 5
+    restart: int = 2
+    truncate: int = 8
     stall: int = 4
-    unstall: int = 2
-    transfer: int = 3
+    unstall: int = 1
+    transfer: int = 12
     clock: int = 2
 
     def table(self) -> tuple[list[str], list[int]]:
@@ -123,7 +127,12 @@ class Nemesis:
         return f"cut {src}{'<' if both else ''}->{dst}"
 
     async def _isolate(self) -> str:
-        node = self.rng.choice(self.world.node_ids)
+        """Half the time a range leader's node (the others elect a new leader)."""
+        lead = self.world.leader(self.rng.choice(self.world.range_ids))
+        if lead is not None and self.rng.random() < 0.5:
+            node = lead[0]
+        else:
+            node = self.rng.choice(self.world.node_ids)
         router = self.world.cluster.router
         for other in self.world.node_ids:
             if other != node:
@@ -177,25 +186,42 @@ class Nemesis:
         return f"restart {node}"
 
     async def _truncate(self) -> str | None:
-        live = self.world.live_nodes()
-        node = self.rng.choice(live)
+        """Mostly on a range leader's node (whose log a lagging replica needs)."""
+        lead = self.world.leader(self.rng.choice(self.world.range_ids))
+        if lead is not None and self.rng.random() < 0.8:
+            node = lead[0]
+        else:
+            node = self.rng.choice(self.world.live_nodes())
         store = self.world.store(node)
         assert store is not None
         removed = await store.truncate_logs()
         return f"truncate {node} ({removed})"
 
     async def _stall(self) -> str:
-        src, dst = self._pair()
-        self.world.hold_snapshots(src, dst)
-        return f"stall snapshots {src}->{dst}"
+        """One node's snapshot streams go slow -- mostly a range leader's (who sends
+        snapshots): every stream it starts from now on stops after its first chunk
+        until `unstall` (or a crash of either end) lets it go. Only one node's: a new
+        leader's snapshot to the same lagging replica goes through meanwhile. So the
+        streams of the node stalled before go on now (late)."""
+        let_go = await self._unstall()
+        lead = self.world.leader(self.rng.choice(self.world.range_ids))
+        if lead is not None and self.rng.random() < 0.8:
+            src = lead[0]
+        else:
+            src = self.rng.choice(self.world.node_ids)
+        for dst in self.world.node_ids:
+            if dst != src:
+                self.world.hold_snapshots(src, dst)
+        return f"stall snapshots from {src}" + (" after " + let_go if let_go else "")
 
     async def _unstall(self) -> str | None:
+        """The stalled streams go on (late: what they carry may be old by now)."""
         held = sorted(self.world.held_snapshots)
         if not held:
             return None
-        src, dst = self.rng.choice(held)
-        self.world.release_snapshots(src, dst)
-        return f"unstall snapshots {src}->{dst}"
+        for src, dst in held:
+            self.world.release_snapshots(src, dst)
+        return "unstall snapshots"
 
     async def _transfer(self) -> str | None:
         range_id = self.rng.choice(self.world.range_ids)
@@ -206,6 +232,10 @@ class Nemesis:
         targets = [r for n, r in self.world.live_replicas(range_id) if n != node]
         if not targets:
             return None
+        if self.rng.random() < 0.7:
+            # Mostly to a replica that is caught up, as a rebalancer would.
+            best = max(r.applied_index for r in targets)
+            targets = [r for r in targets if r.applied_index == best]
         target = self.rng.choice(targets)
         replica.transfer_leadership(target.replica_id)
         return f"transfer range {range_id} {node}->replica {target.replica_id}"

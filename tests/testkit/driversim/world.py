@@ -77,6 +77,7 @@ class SimWorld:
         self.held_snapshots: dict[tuple[int, int], asyncio.Event] = {}
         #: Starts of each node (a restart is a new process: new incarnations).
         self.starts: dict[int, int] = dict.fromkeys(self.node_ids, 1)
+        self._streams_logged = 0
 
     # --- the run ------------------------------------------------------------------------
 
@@ -103,12 +104,22 @@ class SimWorld:
     async def settle(self) -> int:
         """Let the loop run until the cluster is quiet; returns the turns taken."""
         quiet = 0
+        turns = MAX_SETTLE_TURNS
         for turn in range(MAX_SETTLE_TURNS):
             await asyncio.sleep(0)
             quiet = quiet + 1 if self.cluster.quiet() else 0
             if quiet >= QUIET_TURNS:
-                return turn + 1
-        return MAX_SETTLE_TURNS
+                turns = turn + 1
+                break
+        self._log_streams()
+        return turns
+
+    def _log_streams(self) -> None:
+        """Trace the snapshot streams that ended since the last settle."""
+        results = self.cluster.router.snapshot_results
+        for src, dst, chunks, taken in results[self._streams_logged :]:
+            self.log(f"snapshot {src}->{dst} ended: {chunks} chunks, taken={taken}")
+        self._streams_logged = len(results)
 
     def tick(self, ticks: int = 1) -> None:
         self.cluster.tick(ticks)
