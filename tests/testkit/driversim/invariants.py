@@ -46,7 +46,7 @@ class Invariants:
         #: (range, applied index) -> (digest, node that had it first).
         self._states: dict[tuple[int, int], tuple[str, int]] = {}
         #: node -> MVCC versions its engine held at the last check.
-        self._versions: dict[int, set[bytes]] = {}
+        self._versions: dict[int, frozenset[bytes]] = {}
         #: range -> the highest commit index any of its replicas reported.
         self._committed: dict[int, int] = {}
         self.checks = 0

@@ -78,6 +78,8 @@ class SimWorld:
         #: Starts of each node (a restart is a new process: new incarnations).
         self.starts: dict[int, int] = dict.fromkeys(self.node_ids, 1)
         self._streams_logged = 0
+        self._state_cache: dict[tuple[int, int], tuple[tuple[int, ...], tuple[int, str]]] = {}
+        self._keys_cache: dict[int, tuple[tuple[int, ...], frozenset[bytes]]] = {}
 
     # --- the run ------------------------------------------------------------------------
 
@@ -190,13 +192,28 @@ class SimWorld:
     def range_for(self, key: bytes) -> int:
         return next(d.range_id for d in self.cluster.ranges if d.contains_key(key))
 
+    def _disk_stamp(self, node: int) -> tuple[int, int, int]:
+        """Changes whenever node `node`'s state engine may hold something new."""
+        assert self.cluster.disks is not None
+        disk = self.cluster.disks[node].state_disk
+        return disk.writes, disk.power_cuts, self.starts[node]
+
     def replica_state(self, node: int, range_id: int) -> tuple[int, str]:
         """(applied index, digest of the range's data, txn records and descriptor) of
-        one replica, as its engine holds them now."""
+        one replica, as its engine holds them now (recomputed only when the node's
+        state disk was written or the replica's applied index moved)."""
         store = self.cluster.stores[node]
         replica = store.replica(range_id)
         assert replica is not None
-        desc = replica.descriptor
+        stamp = (*self._disk_stamp(node), replica.applied_index)
+        cached = self._state_cache.get((node, range_id))
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        state = replica.applied_index, self._state_digest(store, replica.descriptor)
+        self._state_cache[(node, range_id)] = (stamp, state)
+        return state
+
+    def _state_digest(self, store: Store, desc: RangeDescriptor) -> str:
         h = hashlib.sha256(desc.to_proto().SerializeToString())
         for lo, hi in (
             data_span(desc.start_key, desc.end_key),
@@ -205,12 +222,18 @@ class SimWorld:
             for key, value in store.state_engine.iterate(lo, hi):
                 h.update(len(key).to_bytes(4, "big") + key)
                 h.update(len(value).to_bytes(4, "big") + value)
-        return replica.applied_index, h.hexdigest()[:16]
+        return h.hexdigest()[:16]
 
-    def data_keys(self, node: int) -> set[bytes]:
+    def data_keys(self, node: int) -> frozenset[bytes]:
         """Every MVCC version the node's engine holds (all ranges)."""
+        stamp = self._disk_stamp(node)
+        cached = self._keys_cache.get(node)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
         lo, hi = data_span(b"", b"")
-        return {key for key, _v in self.cluster.stores[node].state_engine.iterate(lo, hi)}
+        keys = frozenset(k for k, _v in self.cluster.stores[node].state_engine.iterate(lo, hi))
+        self._keys_cache[node] = (stamp, keys)
+        return keys
 
     # --- faults -------------------------------------------------------------------------
 
