@@ -196,10 +196,13 @@ class InProcCluster:
         limits: ReplicaLimits | None = None,
         max_uncommitted_bytes: int = 64 << 20,
         engines: str = "rocksdb",
+        rng: random.Random | None = None,
     ) -> None:
         """`engines`: "rocksdb" (on disk under `base`) or "memory" (the engines' twins
         on simulated disks, which keep what is durable across a node's restarts and
-        lose the rest in a power cut)."""
+        lose the rest in a power cut). `rng`: where each start of a node draws the
+        seed of its own rng (incarnations, election timeouts, txn ids); by default
+        a fixed function of the node and the start count."""
         if engines not in ("rocksdb", "memory"):
             raise ValueError(f"engines must be rocksdb or memory, not {engines!r}")
         self.base = base
@@ -215,6 +218,7 @@ class InProcCluster:
         self._store_factory = store_factory
         self.mutation = mutation
         self._starts = itertools.count()
+        self._rng = rng
         #: Engines that can lose their unsynced writes (`power_cut`).
         self.power_cuts = power_cuts
         #: The simulated disks of each node (engines="memory").
@@ -254,7 +258,11 @@ class InProcCluster:
             open_engines=opener,
             clock=self.clock.of(node),
             # Every start of a node draws new incarnations, as a real restart does.
-            rng=random.Random(node * 1000 + next(self._starts)),
+            rng=random.Random(
+                self._rng.getrandbits(64)
+                if self._rng is not None
+                else node * 1000 + next(self._starts)
+            ),
             faults=TestFaults(mutation=self.mutation),
         )
         config = self._config(node)

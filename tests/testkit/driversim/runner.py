@@ -5,10 +5,11 @@ nemesis steps -- each followed by a settle and every invariant -- then ends
 the faults (links healed and released, stalled streams let go, nodes restarted,
 clocks true), lets the cluster catch up, reads every key through the replicas,
 checks the invariants once more and the whole client history for
-linearizability. Everything random comes from ONE `random.Random(seed)`; the
-stores draw their incarnations and election seeds from per-start seeded rngs
-(`testkit.inproc`). A failure raises `SimulationFailure`: the seed, what broke,
-the command that replays it, and the tail of the trace.
+linearizability. Everything random comes from ONE `random.Random(seed)`: the
+nemesis draws from it, and every start of a store seeds its own rng
+(incarnations, election timeouts, txn ids) from it. A failure raises
+`SimulationFailure`: the seed, what broke, the command that replays it, and the
+tail of the trace.
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ async def _run(seed: int, cfg: SimConfig) -> SimResult:
         log_retain_entries=cfg.log_retain_entries,
         max_clock_offset_ns=cfg.max_clock_offset_ns,
         mutation=cfg.mutation,
+        rng=random.Random(rng.getrandbits(64)),
     )
     clients = SimClients(world, cfg.keys, cfg.deadline_ticks)
     invariants = Invariants(world)

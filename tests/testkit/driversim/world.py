@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import random
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -56,7 +57,9 @@ class SimWorld:
         log_retain_entries: int,
         max_clock_offset_ns: int,
         mutation: Mutation,
+        rng: random.Random,
     ) -> None:
+        """`rng`: where every start of a node draws its own rng's seed."""
         limits = ReplicaLimits(read_index_timeout=NEVER, write_timeout=NEVER)
         self.cluster = InProcCluster(
             Path("memory"),  # unused: the engines are MemoryEngines
@@ -68,6 +71,7 @@ class SimWorld:
             mutation=mutation,
             limits=limits,
             engines="memory",
+            rng=rng,
         )
         self.node_ids: tuple[int, ...] = tuple(self.cluster.node_ids)
         self.range_ids: tuple[int, ...] = tuple(d.range_id for d in self.cluster.ranges)
