@@ -10,6 +10,8 @@ tick. The events:
   again; `isolate` cuts a node off both ways from every other node;
 * `hold` / `release` -- a link queues its messages / delivers them late (all
   at once, after whatever other links delivered meanwhile: delay and reorder);
+* `garble` -- the messages queued on a held link are reordered, some
+  duplicated, some lost (they go when the link is released);
 * `crash` / `restart` -- a node's process dies, losing what its disks had not
   synced (a power cut: NOSYNC seeds lose applied state) / starts again from its
   disks (at most a minority is down at once);
@@ -60,6 +62,7 @@ class Weights:
     unstall: int = 1
     transfer: int = 12
     clock: int = 2
+    garble: int = 3
 
     def table(self) -> tuple[list[str], list[int]]:
         names = [f.name for f in fields(self)]
@@ -167,6 +170,25 @@ class Nemesis:
         queued = len(self.world.cluster.router.link(src, dst).queue)
         self.world.cluster.router.release(src, dst)
         return f"release {src}->{dst} ({queued} late)"
+
+    async def _garble(self) -> str | None:
+        router = self.world.cluster.router
+        links = [p for p in sorted(self.holds) if router.link(*p).queue]
+        if not links:
+            return None
+        src, dst = self.rng.choice(links)
+        queued = router.take_held(src, dst)
+        garbled = []
+        for inbound in queued:
+            roll = self.rng.random()
+            if roll < 0.15:
+                continue  # lost
+            garbled.append(inbound)
+            if roll > 0.8:
+                garbled.append(inbound)  # duplicated
+        self.rng.shuffle(garbled)
+        router.link(src, dst).queue.extend(garbled)
+        return f"garble {src}->{dst} ({len(queued)} -> {len(garbled)} messages, reordered)"
 
     async def _crash(self) -> str | None:
         live = self.world.live_nodes()
