@@ -8,7 +8,8 @@ NotLeaseHolder with a hint goes to the hinted node at once, without one (or a
 node that is down, or a replica that is gone) to the next node one tick later;
 a refusal that says nothing was applied (routing, NOT_APPLIED, overload) is
 retried; a write whose fate is unknown (UNAVAILABLE with WRITE_OUTCOME_UNKNOWN)
-is never retried. Every wait is bounded in simulated time: an operation that
+is never retried; a key that moved to another range (a split) is asked of
+that range. Every wait is bounded in simulated time: an operation that
 has no answer by its deadline is given up (UNKNOWN).
 
 Operations are recorded in a `rangekv.check.HistoryRecorder` whose clock is a
@@ -179,6 +180,9 @@ class SimClients:
         tick = self.world.cluster.timing.tick_interval
         req = self._request(op, range_id)
         while self.world.now < deadline:
+            current = self.world.range_for(op.key)  # splits move keys to new ranges
+            if current != range_id:
+                range_id, req = current, self._request(op, current)
             replica = self.world.replica(node, range_id)
             if replica is None:
                 node = self._next_node(node)

@@ -21,6 +21,9 @@ tick. The events:
   after their first chunk / go on (a stream stalled for many steps arrives
   with old state: what the stale-snapshot race needs);
 * `transfer` -- a range's leader hands leadership to another replica;
+* `split` -- a range's leaseholder splits it at a key strictly inside it
+  (one split at a time, at most `MAX_RANGES` ranges): the split transaction's
+  record through raft, the split trigger applied by every replica;
 * `clock` -- a node's wall clock moves to an offset within +-40% of the maximum
   clock offset (so any two clocks stay within it).
 
@@ -34,6 +37,7 @@ of its node).
 
 from __future__ import annotations
 
+import asyncio
 import random
 from dataclasses import dataclass, fields
 
@@ -41,7 +45,10 @@ from testkit.driversim.clients import SimClients
 from testkit.driversim.invariants import Invariants
 from testkit.driversim.world import SimWorld
 
-__all__ = ["Nemesis", "Weights"]
+__all__ = ["MAX_RANGES", "Nemesis", "Weights"]
+
+#: Splits stop once this many ranges exist.
+MAX_RANGES = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +70,7 @@ class Weights:
     transfer: int = 12
     clock: int = 2
     garble: int = 3
+    split: int = 2
 
     def table(self) -> tuple[list[str], list[int]]:
         names = [f.name for f in fields(self)]
@@ -90,6 +98,7 @@ class Nemesis:
         self.names, self.weights = weights.table()
         self.max_ops = max_ops_in_flight
         self.max_offset = max_clock_offset_ns
+        self.split_task: asyncio.Task[None] | None = None
         self.cuts: set[tuple[int, int]] = set()
         self.holds: set[tuple[int, int]] = set()
 
@@ -261,6 +270,38 @@ class Nemesis:
         target = self.rng.choice(targets)
         replica.transfer_leadership(target.replica_id)
         return f"transfer range {range_id} {node}->replica {target.replica_id}"
+
+    async def _split(self) -> str | None:
+        ranges = self.world.range_ids
+        if (self.split_task is not None and not self.split_task.done()) or len(
+            ranges
+        ) >= MAX_RANGES:
+            return None
+        range_id = self.rng.choice(ranges)
+        holders = self.world.leaseholders(range_id)
+        if not holders:
+            return None
+        node = holders[0]
+        replica = self.world.replica(node, range_id)
+        assert replica is not None
+        desc = replica.descriptor
+        inside = [k for k in self.clients.keys if k != desc.start_key and desc.contains_key(k)]
+        if not inside:
+            return None
+        key = self.rng.choice(inside)
+        right_id = max(ranges) + 1
+
+        async def split() -> None:
+            outcome = await self.world.split(node, range_id, key, right_id)
+            self.world.log(f"split of range {range_id} at {key!r}: {outcome}")
+
+        self.split_task = asyncio.get_running_loop().create_task(split())
+        return f"split range {range_id} at {key!r} on {node} (right: range {right_id})"
+
+    async def stop_splits(self) -> None:
+        if self.split_task is not None and not self.split_task.done():
+            self.split_task.cancel()
+            await asyncio.gather(self.split_task, return_exceptions=True)
 
     async def _clock(self) -> str:
         node = self.rng.choice(self.world.node_ids)

@@ -165,6 +165,7 @@ async def _run(seed: int, cfg: SimConfig) -> SimResult:
             trace_tail=tuple(world.trace[-cfg.trace_tail :]),
         )
     finally:
+        await nemesis.stop_splits()
         await clients.give_up_all()
         await world.close()
 

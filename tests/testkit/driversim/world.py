@@ -23,8 +23,12 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
+from rangekv.common import errors as E
 from rangekv.common.descriptors import RangeDescriptor
+from rangekv.domain.descriptor_txn import plan_split
+from rangekv.domain.txn import TxnStatus
 from rangekv.raft import LeaseState
+from rangekv.raftnode import txn as T
 from rangekv.raftnode.keys import data_span, txn_record_span
 from rangekv.raftnode.replica import RangeReplica
 from rangekv.raftnode.requests import ReplicaLimits
@@ -32,6 +36,7 @@ from rangekv.raftnode.store import Store
 from rangekv.replication.mutations import Mutation
 from rangekv.replication.sync_mode import FsmSyncMode
 from rangekv.replication.timing import RaftTiming
+from rangekv.v1 import raftcmd_pb2
 from testkit.inproc import InProcCluster, layout
 
 __all__ = ["SimWorld"]
@@ -59,7 +64,8 @@ class SimWorld:
         mutation: Mutation,
         rng: random.Random,
     ) -> None:
-        """`rng`: where every start of a node draws its own rng's seed."""
+        """`rng`: where every start of a node draws its own rng's seed, and split
+        transactions their ids."""
         limits = ReplicaLimits(read_index_timeout=NEVER, write_timeout=NEVER)
         self.cluster = InProcCluster(
             Path("memory"),  # unused: the engines are MemoryEngines
@@ -74,7 +80,7 @@ class SimWorld:
             rng=rng,
         )
         self.node_ids: tuple[int, ...] = tuple(self.cluster.node_ids)
-        self.range_ids: tuple[int, ...] = tuple(d.range_id for d in self.cluster.ranges)
+        self._known_ranges: set[int] = {d.range_id for d in self.cluster.ranges}
         self.trace: list[str] = []
         self.step = 0
         #: Snapshot streams held (src, dst) -> the gate that releases them.
@@ -82,6 +88,7 @@ class SimWorld:
         #: Starts of each node (a restart is a new process: new incarnations).
         self.starts: dict[int, int] = dict.fromkeys(self.node_ids, 1)
         self._streams_logged = 0
+        self.txn_ids = random.Random(rng.getrandbits(64))
         self._state_cache: dict[tuple[int, int], tuple[tuple[int, ...], tuple[int, str]]] = {}
         self._keys_cache: dict[int, tuple[tuple[int, ...], frozenset[bytes]]] = {}
 
@@ -190,11 +197,43 @@ class SimWorld:
         parts.append(f"stream results {router.snapshot_results[-4:]}")
         return "; ".join(parts)
 
-    def descriptor(self, range_id: int) -> RangeDescriptor:
-        return next(d for d in self.cluster.ranges if d.range_id == range_id)
+    @property
+    def range_ids(self) -> list[int]:
+        """Every range any node ever held (splits add ranges; nothing removes one)."""
+        for node in self.live_nodes():
+            store = self.cluster.stores[node]
+            self._known_ranges.update(r.range_id for r in store.replicas())
+        return sorted(self._known_ranges)
 
     def range_for(self, key: bytes) -> int:
-        return next(d.range_id for d in self.cluster.ranges if d.contains_key(key))
+        """The range that holds `key` by the newest descriptors the live nodes hold."""
+        holders = [d for d in self.cluster.descriptors() if d.contains_key(key)]
+        if not holders:
+            return next(d.range_id for d in self.cluster.ranges if d.contains_key(key))
+        return max(holders, key=lambda d: (d.generation, d.range_id)).range_id
+
+    async def split(self, node: int, range_id: int, key: bytes, right_id: int) -> str:
+        """Split `range_id` at `key` on node `node`'s replica (its leaseholder, when
+        asked): the split transaction's record through raft (CREATE, then COMMIT
+        with the split trigger), as `InProcCluster.split` does, with a txn id drawn
+        by the caller's rng. Returns what became of it."""
+        replica = self.replica(node, range_id)
+        if replica is None:
+            return "no replica"
+        plan = plan_split(replica.descriptor, key, right_id, self.txn_ids.randbytes(16))
+        right, left = plan.updates
+        txn = plan.txn.to_proto()
+        try:
+            await replica.propose_txn_op(raftcmd_pb2.TxnOp(kind=T.CREATE, txn=txn))
+            commit = raftcmd_pb2.TxnOp(kind=T.COMMIT, txn=txn)
+            commit.split_left.CopyFrom(left.to_proto())
+            commit.split_right.CopyFrom(right.to_proto())
+            record = await replica.propose_txn_op(commit)
+        except E.RangeKVError as exc:
+            return f"failed: {type(exc).__name__}"
+        if record is None or record.status != TxnStatus.COMMITTED:
+            return "not committed"
+        return "committed"
 
     def _disk_stamp(self, node: int) -> tuple[int, int, int]:
         """Changes whenever node `node`'s state engine may hold something new."""
