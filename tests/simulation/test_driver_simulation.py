@@ -4,9 +4,9 @@ Each seed runs three real `Store`s (raft groups, scheduler, range state
 machine, replicas) over `MemoryEngines`, a `MemoryNetwork` and a `ManualClock`
 (`testkit.driversim` says what is real, what is twinned and what is checked),
 with clients writing and reading through the replicas and a nemesis that cuts,
-holds and releases links, crashes and restarts nodes (losing unsynced state in
-NOSYNC seeds), truncates logs, stalls snapshot streams, moves leadership and
-skews clocks -- every invariant checked after every event, the history checked
+holds, garbles and releases links, crashes and restarts nodes (losing unsynced
+state in NOSYNC seeds), truncates logs, stalls snapshot streams, moves
+leadership, splits ranges and skews clocks -- every invariant checked after every event, the history checked
 for linearizability at the end. With the stale-snapshot mutation put back, seeds
 find the race (`test_the_stale_snapshot_mutation_is_caught_by_seeds`).
 
