@@ -11,15 +11,15 @@ never on what the simulator believes:
   of the range ever reported (a replica's own commit index may lag what it
   applied after a crash: commit-only hard states are written unsynced, and raft
   re-learns them from the leader);
-* **applied never goes back**: a replica's applied index only grows while its
-  process lives (a crash may lose unsynced applies in NOSYNC mode; the baseline
-  starts over when the process does);
+* **applied never goes back**: a replica's applied index only grows -- across
+  crashes too in SYNC mode (every apply is synced); in NOSYNC mode a crash may
+  lose unsynced applies, so there the baseline starts over with the process;
 * **same index, same state**: two replicas of a range at the same applied index
   hold the same data, txn records and descriptor (compared by digest, against
   the first replica seen at that index);
 * **no applied write is lost**: the MVCC versions a node's engine holds never
-  disappear while its process lives (nothing in the simulation collects
-  garbage, and a snapshot brings newer state, never less).
+  disappear (nothing in the simulation collects garbage, and a snapshot brings
+  newer state, never less) -- across crashes too in SYNC mode, as above.
 
 A violation raises `InvariantViolation` with what was seen.
 """
@@ -27,6 +27,7 @@ A violation raises `InvariantViolation` with what was seen.
 from __future__ import annotations
 
 from rangekv.raftnode.replica import RangeReplica
+from rangekv.replication.sync_mode import FsmSyncMode
 from testkit.driversim.world import SimWorld
 
 __all__ = ["InvariantViolation", "Invariants"]
@@ -52,7 +53,10 @@ class Invariants:
         self.checks = 0
 
     def forget_process(self, node: int) -> None:
-        """Node `node`'s process died: what it had not synced may be gone."""
+        """Node `node`'s process died: what it had not synced may be gone (NOSYNC
+        mode; in SYNC mode every apply was synced, so nothing may be)."""
+        if self.world.sync_mode is FsmSyncMode.SYNC:
+            return
         for key in [k for k in self._applied if k[0] == node]:
             del self._applied[key]
         self._versions.pop(node, None)

@@ -79,6 +79,7 @@ class SimWorld:
             engines="memory",
             rng=rng,
         )
+        self.sync_mode = sync_mode
         self.node_ids: tuple[int, ...] = tuple(self.cluster.node_ids)
         self._known_ranges: set[int] = {d.range_id for d in self.cluster.ranges}
         self.trace: list[str] = []
