@@ -96,9 +96,9 @@ def run_seed(seed: int, config: SimConfig | None = None) -> SimResult:
 
     The cyclic garbage collector is off during the run: it would finalize
     abandoned async generators at allocation-dependent moments, i.e. at
-    different points of two runs of the same seed."""
+    different points of two runs of the same seed. (What a run leaves behind is
+    collected after it, once the collector is back on.)"""
     cfg = config or SimConfig()
-    gc.collect()
     gc.disable()
     try:
         return asyncio.run(_run(seed, cfg))
