@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from testkit.driversim import SimConfig, SimulationFailure, run_seed
@@ -61,6 +64,22 @@ def test_the_same_seed_gives_the_same_run() -> None:
     assert first.history == second.history
     assert first.stats == second.stats
     assert run_seed(12).digest != first.digest
+
+
+def test_a_seed_is_the_same_run_in_a_fresh_process() -> None:
+    """What the reproduce command relies on: a seed replayed in another process,
+    under another hash seed (set and dict orders of bytes differ), is the same run."""
+    here = run_seed(3).digest
+    env = dict(os.environ, PYTHONHASHSEED="12345")
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), *filter(None, [env.get("PYTHONPATH")])]
+    )
+    code = "from testkit.driversim import run_seed; print(run_seed(3).digest)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == here
 
 
 #: Seeds the mutation test runs through, in order, until one catches it. With the
