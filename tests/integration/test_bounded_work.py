@@ -17,7 +17,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from inproc_cluster import InProcCluster, layout
+from testkit.inproc import InProcCluster, layout
 from testkit.replica_client import put_op
 
 from rangekv.common import errors as E

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from inproc_cluster import InProcCluster, layout
+from testkit.inproc import InProcCluster, layout
 
 from rangekv.replication.state_engine import DATA_PREFIX
 from rangekv.replication.sync_mode import FsmSyncMode

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from inproc_cluster import InProcCluster, InProcNodeClients, layout, meta_lookup_of, started
+from testkit.inproc import InProcCluster, InProcNodeClients, layout, meta_lookup_of, started
 
 from rangekv.common import errors as E
 from rangekv.domain.txn import TxnStatus

@@ -15,7 +15,7 @@ import contextlib
 from pathlib import Path
 
 import pytest
-from inproc_cluster import InProcCluster, layout, started
+from testkit.inproc import InProcCluster, layout, started
 
 from rangekv.replication.mutations import Mutation
 from rangekv.replication.sync_mode import FsmSyncMode
@@ -89,3 +89,36 @@ async def test_the_stale_snapshot_mutation_is_caught(
 ) -> None:
     async with single_range(tmp_path, mode, engines, Mutation.STALE_SNAPSHOT_INGEST) as cluster:
         assert await stale_stream_after_catch_up(cluster) is None, "the mutation went unnoticed"
+
+
+async def test_a_stream_to_a_node_that_stops_breaks_and_the_node_catches_up(
+    tmp_path: Path,
+) -> None:
+    """The receiver of a stalled snapshot stream loses power: the stream breaks (as
+    its gRPC stream would), the sender hears the snapshot failed, and once the node
+    is back it is caught up. (A stream that kept waiting on the dead receiver left
+    the leader waiting on that snapshot for good.)"""
+    async with single_range(tmp_path, FsmSyncMode.SYNC, "memory") as cluster:
+        router = cluster.router
+        router.cut(1, 3)
+        router.cut(2, 3)
+        await cluster.put(1, 1, b"k1", b"v1")
+        await cluster.stores[1].truncate_logs()
+        gate = router.hold_snapshots(1, 3)
+        router.heal(1, 3)
+        await cluster.until(lambda: router.streams_in_flight == 1, "a stream from node 1 to 3")
+        await cluster.power_cut(3)
+        await cluster.until(
+            lambda: router.streams_in_flight == 0, "the stream to break", tick=False
+        )
+        assert router.snapshot_results == [(1, 3, 1, False)]
+        gate.set()
+        router.heal(2, 3)
+        await cluster.restart_node(3)
+        await cluster.put(1, 1, b"k2", b"v2")
+        applied = cluster.replica(1, 1).applied_index
+        await cluster.until(
+            lambda: cluster.replica(3, 1).applied_index >= applied, "node 3 to catch up"
+        )
+        await cluster.make_leaseholder(1, 3)
+        assert await cluster.get(3, 1, b"k2") == b"v2"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from inproc_cluster import layout, started
+from testkit.inproc import layout, started
 
 #: Ticks the right-hand side may take to get a leaseholder (a lease needs a
 #: heartbeat round after the election; the quiet period alone is 10 ticks).

@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from inproc_cluster import layout, started
+from testkit.inproc import layout, started
 
 from rangekv.raftnode.store import INITIAL_INDEX, Store
 from rangekv.replication.state_engine import DESCRIPTOR

@@ -19,6 +19,9 @@ One of each, so that a fix or a stronger check reaches every suite at once:
 * :mod:`testkit.workload` -- the recorded random-client workload: operations
   through gateways recorded in a `rangekv.check.HistoryRecorder` for
   `check_history`, and scanners that check order and completeness.
+* :mod:`testkit.inproc` -- real storage nodes (`Store`s) in one process over the
+  libraries' twins (`MemoryNetwork`, `ManualClock`, RocksDB or `MemoryEngines`),
+  with time moved only by the test; the driver simulator builds on it.
 * :mod:`testkit.waiting`, :mod:`testkit.metrics` -- waits on conditions with
   deadlines, and Prometheus text read back.
 

@@ -92,6 +92,8 @@ class MemoryNetwork:
         #: (from, to) -> event that a snapshot stream waits on between chunks.
         self._snapshot_gates: dict[tuple[int, int], asyncio.Event] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: The (from, to) of each snapshot stream in flight.
+        self._stream_ends: dict[asyncio.Task[Any], tuple[int, int]] = {}
         self.delivered = 0
         #: Deliveries scheduled on the event loop and not yet made.
         self.in_flight = 0
@@ -121,7 +123,8 @@ class MemoryNetwork:
         if msg.type is MessageType.SNAP:
             task = asyncio.ensure_future(self._stream(src, dst, group_id, msg, desc))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._stream_ends[task] = (src, dst)
+            task.add_done_callback(self._stream_done)
             return
         self._schedule(dst, group_id, msg, desc)
 
@@ -139,6 +142,19 @@ class MemoryNetwork:
             return
         self.delivered += 1
         self.endpoints[dst].handle_raft([(group_id, msg, desc)])
+
+    def _stream_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        self._stream_ends.pop(task, None)
+
+    def take_down(self, node_id: int) -> None:
+        """Node `node_id` stops (its process ends): nothing reaches it any more, and
+        the snapshot streams it was sending or receiving break, as their gRPC
+        streams would (the sender, if up, hears that the snapshot failed)."""
+        self.down.add(node_id)
+        for task, (src, dst) in list(self._stream_ends.items()):
+            if node_id in (src, dst):
+                task.cancel()
 
     # --- the links, under the caller's control ------------------------------------------
 

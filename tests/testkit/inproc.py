@@ -34,8 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from testkit.replica_client import get_op, put_op
-
 from rangekv.common import errors as E
 from rangekv.common.clock import ClockView, ManualClock
 from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor
@@ -57,6 +55,7 @@ from rangekv.replication.state_engine import StateBatch, StateEngine
 from rangekv.replication.sync_mode import FsmSyncMode
 from rangekv.replication.timing import RaftTiming
 from rangekv.v1 import raftcmd_pb2, replica_pb2, types_pb2
+from testkit.replica_client import get_op, put_op
 
 
 class FakeClock:
@@ -197,10 +196,13 @@ class InProcCluster:
         limits: ReplicaLimits | None = None,
         max_uncommitted_bytes: int = 64 << 20,
         engines: str = "rocksdb",
+        rng: random.Random | None = None,
     ) -> None:
         """`engines`: "rocksdb" (on disk under `base`) or "memory" (the engines' twins
         on simulated disks, which keep what is durable across a node's restarts and
-        lose the rest in a power cut)."""
+        lose the rest in a power cut). `rng`: where each start of a node draws the
+        seed of its own rng (incarnations, election timeouts, txn ids); by default
+        a fixed function of the node and the start count."""
         if engines not in ("rocksdb", "memory"):
             raise ValueError(f"engines must be rocksdb or memory, not {engines!r}")
         self.base = base
@@ -216,6 +218,7 @@ class InProcCluster:
         self._store_factory = store_factory
         self.mutation = mutation
         self._starts = itertools.count()
+        self._rng = rng
         #: Engines that can lose their unsynced writes (`power_cut`).
         self.power_cuts = power_cuts
         #: The simulated disks of each node (engines="memory").
@@ -255,7 +258,11 @@ class InProcCluster:
             open_engines=opener,
             clock=self.clock.of(node),
             # Every start of a node draws new incarnations, as a real restart does.
-            rng=random.Random(node * 1000 + next(self._starts)),
+            rng=random.Random(
+                self._rng.getrandbits(64)
+                if self._rng is not None
+                else node * 1000 + next(self._starts)
+            ),
             faults=TestFaults(mutation=self.mutation),
         )
         config = self._config(node)
@@ -276,14 +283,14 @@ class InProcCluster:
 
     async def stop_node(self, node: int) -> None:
         """Stop a node cleanly (engines closed); `restart_node` opens it again."""
-        self.stopped.add(node)
+        self.router.take_down(node)
         await self.stores[node].stop()
 
     async def power_cut(self, node: int) -> int:
         """Cut `node`'s power: it stops, losing what its engines had not synced.
         Returns how many state commits were lost."""
         store = self.stores[node]
-        self.stopped.add(node)
+        self.router.take_down(node)
         await store.scheduler.stop()
         if self.disks is not None:
             lost = self.disks[node].power_cut()
