@@ -16,16 +16,15 @@ Knobs (environment):
 
 from __future__ import annotations
 
-import math
 import os
 from collections import Counter
 from dataclasses import replace
 
 import pytest
+from testkit.seeds import chunk_count, chunk_id, run_chunk
 
 from rangekv.raft.simulation import SimConfig, SimulationFailure, run_simulation
 
-SEEDS = int(os.environ.get("RANGEKV_SIM_SEEDS", "300"))
 CHUNK = 10
 
 
@@ -34,23 +33,9 @@ def config_for(seed: int, nodes: int | None = None) -> SimConfig:
     return SimConfig(nodes=nodes if nodes is not None else (3 if seed % 2 == 0 else 5))
 
 
-def _chunk_id(chunk: int) -> str:
-    lo = chunk * CHUNK
-    return f"seeds{lo}-{min(lo + CHUNK, SEEDS) - 1}"
-
-
-@pytest.mark.parametrize("chunk", range(math.ceil(SEEDS / CHUNK)), ids=_chunk_id)
+@pytest.mark.parametrize("chunk", range(chunk_count(CHUNK)), ids=chunk_id(CHUNK))
 def test_seeds(chunk: int) -> None:
-    failures: list[SimulationFailure] = []
-    for seed in range(chunk * CHUNK, min((chunk + 1) * CHUNK, SEEDS)):
-        try:
-            run_simulation(seed, config_for(seed))
-        except SimulationFailure as exc:
-            failures.append(exc)
-    if failures:
-        others = ", ".join(str(f.seed) for f in failures[1:])
-        also = f"\n(also failing in this chunk: seeds {others})" if others else ""
-        raise AssertionError(f"{failures[0]}{also}")
+    run_chunk(chunk, CHUNK, lambda seed: run_simulation(seed, config_for(seed)), SimulationFailure)
 
 
 def test_replay() -> None:

@@ -22,7 +22,6 @@ Knobs (environment):
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
@@ -31,30 +30,16 @@ from pathlib import Path
 
 import pytest
 from testkit.driversim import SimConfig, SimulationFailure, run_seed
+from testkit.seeds import chunk_count, chunk_id, run_chunk
 
 from rangekv.replication.mutations import Mutation, parse_mutation
 
-SEEDS = int(os.environ.get("RANGEKV_SIM_SEEDS", "300"))
 CHUNK = 25
 
 
-def _chunk_id(chunk: int) -> str:
-    lo = chunk * CHUNK
-    return f"seeds{lo}-{min(lo + CHUNK, SEEDS) - 1}"
-
-
-@pytest.mark.parametrize("chunk", range(math.ceil(SEEDS / CHUNK)), ids=_chunk_id)
+@pytest.mark.parametrize("chunk", range(chunk_count(CHUNK)), ids=chunk_id(CHUNK))
 def test_seeds(chunk: int) -> None:
-    failures: list[SimulationFailure] = []
-    for seed in range(chunk * CHUNK, min((chunk + 1) * CHUNK, SEEDS)):
-        try:
-            run_seed(seed)
-        except SimulationFailure as exc:
-            failures.append(exc)
-    if failures:
-        others = ", ".join(str(f.seed) for f in failures[1:])
-        also = f"\n(also failing in this chunk: seeds {others})" if others else ""
-        raise AssertionError(f"{failures[0]}{also}")
+    run_chunk(chunk, CHUNK, run_seed, SimulationFailure)
 
 
 def test_the_same_seed_gives_the_same_run() -> None:
