@@ -107,6 +107,8 @@ class Sample:
     #: rangekv only: operations per raft entry, log syncs per node per entry.
     ops_per_entry: float | None = None
     syncs_per_node_entry: float | None = None
+    #: The machine's 1-minute load average when the run ended (others share it).
+    load1: float = 0.0
 
 
 @dataclass
@@ -178,6 +180,7 @@ async def run_one(
         cluster_cpu_us=round(sum(after[p] - before[p] for p in pids) / ops * 1e6, 1),
         client_cpu_us=stages["client"],
         stages=stages,
+        load1=round(os.getloadavg()[0], 2),
     )
     if raft0 is not None and raft1 is not None and op == "put":
         entries = (raft1[0] - raft0[0]) / 3  # every entry is applied by three replicas
@@ -315,7 +318,8 @@ async def run_phase(
                 say(
                     f"[{counter[0]}/{total}] {phase} round {rnd + 1} {op} x{clients} "
                     f"{target.label}: {s.ops_per_s:.0f} ops/s, p50 {s.p50_ms:.2f} ms, cluster "
-                    f"{s.cluster_cpu_us:.0f} us/op, client {s.client_cpu_us:.0f} us/op"
+                    f"{s.cluster_cpu_us:.0f} us/op, client {s.client_cpu_us:.0f} us/op, "
+                    f"load {s.load1:.2f}"
                     + (f", {s.errors} errors" if s.errors else "")
                 )
     return samples
@@ -428,6 +432,7 @@ async def main_async(args: argparse.Namespace) -> int:
         return 2
     base.mkdir(parents=True, exist_ok=True)
     say(f"compare_etcd: data and logs under {base}")
+    load_at_start = os.getloadavg()
     etcd = EtcdCluster(binary, base / "etcd", say)
     lc = Cluster(base / "rangekv", ClusterSpec(insecure=not args.secure), say=say)
     targets: list[Target] = []
@@ -463,7 +468,9 @@ async def main_async(args: argparse.Namespace) -> int:
         f"rangekv ({'mutual TLS' if args.secure else 'insecure'}) vs etcd (plaintext), "
         f"{args.value_size}-byte values over {args.keys} keys, {args.seconds:g} s runs, "
         f"medians of {args.rounds} interleaved rounds; {os.cpu_count()} cores shared by "
-        "everything (noisy)"
+        "everything (noisy); load average (1, 5, 15 min) "
+        f"{' '.join(f'{x:.2f}' for x in load_at_start)} at the start, "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end"
     )
     print(header + "\n\n" + tables(samples, args, phases), flush=True)
     if args.out is not None:
