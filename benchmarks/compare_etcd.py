@@ -319,8 +319,7 @@ async def run_phase(
                     f"[{counter[0]}/{total}] {phase} round {rnd + 1} {op} x{clients} "
                     f"{target.label}: {s.ops_per_s:.0f} ops/s, p50 {s.p50_ms:.2f} ms, cluster "
                     f"{s.cluster_cpu_us:.0f} us/op, client {s.client_cpu_us:.0f} us/op, "
-                    f"load {s.load1:.2f}"
-                    + (f", {s.errors} errors" if s.errors else "")
+                    f"load {s.load1:.2f}" + (f", {s.errors} errors" if s.errors else "")
                 )
     return samples
 
