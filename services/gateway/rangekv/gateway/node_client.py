@@ -2,10 +2,15 @@
 
 Python pays ~350-430 µs of server CPU per unary gRPC call, so one RPC per
 client operation cannot scale. Instead, per node, the gateway keeps ONE
-long-lived `Replica.BatchStream` and, per (node, range, read mode), merges
-the operations that concurrent client calls submit into ONE
+long-lived `Replica.BatchFrames` stream and, per (node, range, read mode),
+merges the operations that concurrent client calls submit into ONE
 `ReplicaBatchRequest` (the node, in turn, turns a batch's writes into one raft
-command). Throughput then grows with concurrency.
+command). Throughput then grows with concurrency. A stream message still
+costs tens of µs on each side, and a node with many ranges would get one
+per range: so every batch of one event-loop turn to one node, whatever its
+range, travels in ONE frame (and the node answers in frames; see
+`rangekv.common.frames`). Nodes that predate BatchFrames get `BatchStream`,
+one batch per message (see `NodeStream`).
 
 How big a batch gets: at most `max_inflight` batches per (node, range, mode)
 are on the wire at once. Below that a submitted op leaves at the end of the
