@@ -4,8 +4,9 @@ sends `Replica.BatchFrames` and one that sends `Replica.BatchStream`, interleave
     python benchmarks/frames_ab.py                      # 64 ranges, unary put and get x64
     python benchmarks/frames_ab.py --ranges 1 --rounds 5 --seconds 5
 
-One `rangekv dev`-like cluster (--insecure) with TWO gateways: gateway 1 frames
-(the default), gateway 2 runs with RANGEKV_BATCH_FRAMES=0. The bench keyspace is
+One `rangekv dev`-like cluster (--insecure) with TWO gateways: one frames (the
+default), the other runs with RANGEKV_BATCH_FRAMES=0 (--framed-gateway says which:
+gateway 1 also preloads the keys, so swapping them shows what that costs). The bench keyspace is
 split into --ranges ranges with leases spread over the nodes; then every round
 runs each op through both gateways, the order alternating. Per run: ops/s, p50,
 and CPU per operation (µs, from /proc/PID/stat) of the gateway used, of the
@@ -39,7 +40,8 @@ from rangekv.v1 import kv_pb2_grpc
 async def run(args: argparse.Namespace) -> None:
     base = Path(tempfile.mkdtemp(prefix="frames-ab-"))
     lc = Cluster(base, ClusterSpec(insecure=True, n_gateways=2), say=say)
-    lc.gateways[1].env = {**lc.gateways[1].env, "RANGEKV_BATCH_FRAMES": "0"}
+    framed, unframed = (0, 1) if args.framed_gateway == 1 else (1, 0)
+    lc.gateways[unframed].env = {**lc.gateways[unframed].env, "RANGEKV_BATCH_FRAMES": "0"}
     load0 = os.getloadavg()
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
     try:
@@ -49,7 +51,7 @@ async def run(args: argparse.Namespace) -> None:
         if args.ranges > 1:
             await split_and_spread(lc, args.keys, args.ranges)
         ops = {}
-        for name, g in (("frames", lc.gateways[0]), ("stream", lc.gateways[1])):
+        for name, g in (("frames", lc.gateways[framed]), ("stream", lc.gateways[unframed])):
             ch = lc.client_channels()(g.address, UNARY_CHANNEL_OPTIONS)
             await asyncio.wait_for(ch.channel_ready(), 30)
             ops[name] = (UnaryOps(kv_pb2_grpc.KVStub(ch)), int(g.proc.pid))
@@ -87,7 +89,8 @@ async def run(args: argparse.Namespace) -> None:
         await lc.stop()
     print(
         f"frames A/B: {args.ranges} range(s), {args.clients} unary clients, {args.seconds:g} s "
-        f"runs, medians of {args.rounds} interleaved rounds; load average "
+        f"runs, BatchFrames on gateway {args.framed_gateway} (the one that preloaded: 1), "
+        f"medians of {args.rounds} interleaved rounds; load average "
         f"{' '.join(f'{x:.2f}' for x in load0)} at the start, "
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end\n"
     )
@@ -110,6 +113,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--keys", type=int, default=10_000)
     p.add_argument("--ops", default="put,get")
+    p.add_argument(
+        "--framed-gateway", type=int, choices=(1, 2), default=1, help="which gateway frames"
+    )
     args = p.parse_args()
     args.ops = [o for o in args.ops.split(",") if o in ("put", "get")]
     asyncio.run(run(args))
