@@ -31,7 +31,9 @@ Measured per run: ops/s and p50 latency; the CPU of every cluster process from
 per operation; per stage (client, gateway, leaseholder, followers, meta / etcd
 leader, followers); and for rangekv puts, operations per raft entry and log
 syncs per node per entry (the raftnodes' rangekv_raft_entries_applied_total and
-rangekv_raft_log_syncs_total). The tables go to stdout, progress to stderr;
+rangekv_raft_log_syncs_total), and the raft messages sent between the nodes per
+entry and per stream write (rangekv_raft_messages_sent_total,
+rangekv_raft_frames_sent_total). The tables go to stdout, progress to stderr;
 --out FILE.json keeps every sample.
 
 Everything shares this machine's cores with the load generator (and here with
@@ -107,6 +109,11 @@ class Sample:
     #: rangekv only: operations per raft entry, log syncs per node per entry.
     ops_per_entry: float | None = None
     syncs_per_node_entry: float | None = None
+    #: rangekv puts: raft messages sent between nodes per entry, and per stream write.
+    messages_per_entry: float | None = None
+    messages_per_frame: float | None = None
+    #: The machine's 1-minute load average when the run ended (others share it).
+    load1: float = 0.0
 
 
 @dataclass
@@ -125,18 +132,26 @@ class Target:
         return "etcd" if self.system == "etcd" else f"rangekv {self.path}"
 
 
-def scrape(endpoints: Sequence[str]) -> tuple[float, float]:
-    """Summed (entries applied, log syncs) over the raftnodes' metrics endpoints."""
-    applied = syncs = 0.0
+#: The raftnode counters a run reads before and after (summed over the nodes and labels).
+RAFT_COUNTERS = (
+    "rangekv_raft_entries_applied_total",
+    "rangekv_raft_log_syncs_total",
+    "rangekv_raft_frames_sent_total",
+    "rangekv_raft_messages_sent_total",
+)
+
+
+def scrape(endpoints: Sequence[str]) -> dict[str, float]:
+    """RAFT_COUNTERS summed over the raftnodes' metrics endpoints."""
+    out = dict.fromkeys(RAFT_COUNTERS, 0.0)
     for address in endpoints:
         with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as resp:
             text = resp.read().decode()
         for line in text.splitlines():
-            if line.startswith("rangekv_raft_entries_applied_total"):
-                applied += float(line.split()[-1])
-            elif line.startswith("rangekv_raft_log_syncs_total"):
-                syncs += float(line.split()[-1])
-    return applied, syncs
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            if name in out:
+                out[name] += float(line.split()[-1])
+    return out
 
 
 async def run_one(
@@ -178,12 +193,20 @@ async def run_one(
         cluster_cpu_us=round(sum(after[p] - before[p] for p in pids) / ops * 1e6, 1),
         client_cpu_us=stages["client"],
         stages=stages,
+        load1=round(os.getloadavg()[0], 2),
     )
     if raft0 is not None and raft1 is not None and op == "put":
-        entries = (raft1[0] - raft0[0]) / 3  # every entry is applied by three replicas
+        delta = {k: raft1[k] - raft0[k] for k in RAFT_COUNTERS}
+        # Every entry is applied by three replicas.
+        entries = delta["rangekv_raft_entries_applied_total"] / 3
         if entries > 0:
             sample.ops_per_entry = round(summary["ops"] / entries, 2)
-            sample.syncs_per_node_entry = round((raft1[1] - raft0[1]) / 3 / entries, 2)
+            syncs = delta["rangekv_raft_log_syncs_total"]
+            sample.syncs_per_node_entry = round(syncs / 3 / entries, 2)
+            messages = delta["rangekv_raft_messages_sent_total"]
+            sample.messages_per_entry = round(messages / entries, 1)
+            frames = delta["rangekv_raft_frames_sent_total"]
+            sample.messages_per_frame = round(messages / frames, 1) if frames else None
     return sample
 
 
@@ -315,8 +338,8 @@ async def run_phase(
                 say(
                     f"[{counter[0]}/{total}] {phase} round {rnd + 1} {op} x{clients} "
                     f"{target.label}: {s.ops_per_s:.0f} ops/s, p50 {s.p50_ms:.2f} ms, cluster "
-                    f"{s.cluster_cpu_us:.0f} us/op, client {s.client_cpu_us:.0f} us/op"
-                    + (f", {s.errors} errors" if s.errors else "")
+                    f"{s.cluster_cpu_us:.0f} us/op, client {s.client_cpu_us:.0f} us/op, "
+                    f"load {s.load1:.2f}" + (f", {s.errors} errors" if s.errors else "")
                 )
     return samples
 
@@ -339,6 +362,8 @@ def median_of(samples: list[Sample], **match: Any) -> dict[str, Any] | None:
         "stages": {k: med([s.stages.get(k) for s in chosen]) for k in stage_names},
         "ops_per_entry": med([s.ops_per_entry for s in chosen]),
         "syncs_per_node_entry": med([s.syncs_per_node_entry for s in chosen]),
+        "messages_per_entry": med([s.messages_per_entry for s in chosen]),
+        "messages_per_frame": med([s.messages_per_frame for s in chosen]),
         "runs": len(chosen),
         "errors": sum(s.errors for s in chosen),
     }
@@ -356,8 +381,9 @@ def tables(samples: list[Sample], args: argparse.Namespace, phases: list[str]) -
     ]
     stage_lines = [
         "| op | clients | system | ranges | client | gateway | leaseholder | followers | nodes "
-        "| meta | etcd leader | etcd followers | ops per raft entry | syncs per node per entry |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| meta | etcd leader | etcd followers | ops per raft entry | syncs per node per entry "
+        "| raft messages per entry | raft messages per frame |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for phase in phases:
         for op in args.ops:
@@ -404,7 +430,8 @@ def tables(samples: list[Sample], args: argparse.Namespace, phases: list[str]) -
                         f"{f(st.get('followers') if system == 'rangekv' else None)} | "
                         f"{f(st.get('nodes'))} | {f(st.get('meta'))} | {f(st.get('leader'))} | "
                         f"{f(st.get('followers') if system == 'etcd' else None)} | "
-                        f"{f(m['ops_per_entry'], 1)} | {f(m['syncs_per_node_entry'], 2)} |"
+                        f"{f(m['ops_per_entry'], 1)} | {f(m['syncs_per_node_entry'], 2)} | "
+                        f"{f(m['messages_per_entry'], 1)} | {f(m['messages_per_frame'], 1)} |"
                     )
     return "\n".join(
         [
@@ -428,6 +455,7 @@ async def main_async(args: argparse.Namespace) -> int:
         return 2
     base.mkdir(parents=True, exist_ok=True)
     say(f"compare_etcd: data and logs under {base}")
+    load_at_start = os.getloadavg()
     etcd = EtcdCluster(binary, base / "etcd", say)
     lc = Cluster(base / "rangekv", ClusterSpec(insecure=not args.secure), say=say)
     targets: list[Target] = []
@@ -463,7 +491,9 @@ async def main_async(args: argparse.Namespace) -> int:
         f"rangekv ({'mutual TLS' if args.secure else 'insecure'}) vs etcd (plaintext), "
         f"{args.value_size}-byte values over {args.keys} keys, {args.seconds:g} s runs, "
         f"medians of {args.rounds} interleaved rounds; {os.cpu_count()} cores shared by "
-        "everything (noisy)"
+        "everything (noisy); load average (1, 5, 15 min) "
+        f"{' '.join(f'{x:.2f}' for x in load_at_start)} at the start, "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end"
     )
     print(header + "\n\n" + tables(samples, args, phases), flush=True)
     if args.out is not None:

@@ -147,6 +147,24 @@ class ScriptedNode(replica_pb2_grpc.ReplicaServicer):
                 reply = replica_pb2.ReplicaBatchResponse(error=E.to_replica_error(reply))
             yield replica_pb2.BatchStreamResponse(request_id=item.request_id, batch=reply)
 
+    async def BatchFrames(
+        self,
+        request_iterator: AsyncIterator[replica_pb2.BatchFramesRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[replica_pb2.BatchFramesResponse]:
+        """BatchStream's answers, one frame per frame received."""
+        async for frame in request_iterator:
+            answers = []
+            for item in frame.requests:
+                self.requests.append(item.batch)
+                reply = self.script(item.batch)
+                if isinstance(reply, E.RangeKVError):
+                    reply = replica_pb2.ReplicaBatchResponse(error=E.to_replica_error(reply))
+                answers.append(
+                    replica_pb2.BatchStreamResponse(request_id=item.request_id, batch=reply)
+                )
+            yield replica_pb2.BatchFramesResponse(responses=answers)
+
 
 # ----------------------------------------------------------------------------- meta
 
@@ -271,6 +289,26 @@ class ScriptedCluster:
             return f"<no gateway log: {exc}>"
 
 
+def _replica_handler_without_frames(node: ScriptedNode) -> grpc.GenericRpcHandler:
+    """The Replica service of `node` minus BatchFrames (the method is then unknown)."""
+
+    class Capture:
+        handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+        def add_generic_rpc_handlers(self, _handlers: object) -> None:
+            return None
+
+        def add_registered_method_handlers(
+            self, _service: str, handlers: dict[str, grpc.RpcMethodHandler]
+        ) -> None:
+            self.handlers = handlers
+
+    capture = Capture()
+    replica_pb2_grpc.add_ReplicaServicer_to_server(node, capture)  # type: ignore[arg-type]
+    kept = {name: h for name, h in capture.handlers.items() if name != "BatchFrames"}
+    return grpc.method_handlers_generic_handler("rangekv.v1.Replica", kept)
+
+
 @contextlib.asynccontextmanager
 async def scripted_cluster(
     layout: Sequence[RangeDescriptor],
@@ -279,12 +317,15 @@ async def scripted_cluster(
     meta_replicas: int = 3,
     gateway_args: Sequence[str] = (),
     log_dir: Path | None = None,
+    nodes_without_frames: Sequence[int] = (),
 ) -> AsyncIterator[ScriptedCluster]:
     """Start the peers and a gateway; stop everything on exit, printing the gateway's
     log if the body failed (pytest shows a failing test's output).
 
     Every node starts serving with the first descriptor of `layout` that lists it;
-    the meta range's truth is `layout`.
+    the meta range's truth is `layout`. The nodes of `nodes_without_frames` do not
+    know Replica.BatchFrames (gRPC answers it UNIMPLEMENTED), as nodes of an older
+    version.
     """
     store: dict[bytes, bytes] = {}
     script = MetaScript(truth=list(layout))
@@ -295,7 +336,10 @@ async def scripted_cluster(
         own = next((d for d in layout if d.replica_on(nid) is not None), layout[0])
         node = ScriptedNode(nid, store, own)
         server = grpc.aio.server()
-        replica_pb2_grpc.add_ReplicaServicer_to_server(node, server)
+        if nid in nodes_without_frames:
+            server.add_generic_rpc_handlers((_replica_handler_without_frames(node),))
+        else:
+            replica_pb2_grpc.add_ReplicaServicer_to_server(node, server)
         node.address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
         servers.append(server)
         nodes[nid] = node

@@ -255,3 +255,26 @@ async def test_concurrent_misses_in_one_range_cost_one_lookup_in_any_order(order
 
 async def _at_least(cluster: ScriptedCluster, name: str, n: int) -> bool:
     return await metric(cluster, name) >= n
+
+
+# ----------------------------------------------------------------------------- framing
+
+
+async def test_a_node_without_batch_frames_is_served_over_batch_stream() -> None:
+    """A node that predates Replica.BatchFrames answers it UNIMPLEMENTED before serving
+    anything: that attempt counts as not applied, the gateway speaks BatchStream to
+    that node from then on, and the write is applied exactly once, there."""
+    async with scripted_cluster(
+        [WHOLE], gateway_args=GATEWAY_ARGS, nodes_without_frames=[1]
+    ) as cluster:
+        old, n2, n3 = cluster.nodes[1], cluster.nodes[2], cluster.nodes[3]
+        old.lease_sequence = 5
+        n1 = ReplicaDescriptor(1, 1)
+        n2.script = not_lease_holder(n1, 5, WHOLE, old.address)
+        n3.script = not_lease_holder(n1, 5, WHOLE, old.address)
+        await cluster.kv().Put(kv_pb2.PutRequest(key=b"k", value=b"v"), timeout=CLIENT_TIMEOUT)
+        assert cluster.node_counts()[1] == 1, cluster.node_counts()
+        assert old.requests[0].ops[0].put.key == b"k"
+        for _ in range(3):
+            assert (await get(cluster, b"k")).found
+        assert cluster.node_counts()[1] == 4, cluster.node_counts()

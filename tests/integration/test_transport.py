@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import pytest
+from testkit.waiting import async_wait_for
 
 from rangekv.cli.cluster import free_port
 from rangekv.common.clock import SystemClock
@@ -190,6 +191,12 @@ async def test_messages_arrive_in_order_per_lane_and_in_batches() -> None:
             assert len({lane_for(m.type) for _, m, _ in batch}) == 1
         assert sender.metrics.dispatch_drop_total.value() == 0
         assert sender.metrics.dispatch_errors_total.value() == 0
+        # The counters say the same: every write (frame) and every message in one
+        # (counted once a write completes, which may be just after its arrival).
+        messages = sender.metrics.messages_sent_total
+        await async_wait_for(lambda: messages.value() == len(sent) or None, 10, "counted")
+        assert sender.metrics.frames_sent_total.value() == len(rec.batches)
+        assert sender.metrics.messages_sent_total.value() == len(sent)
     finally:
         await sender.transport.close()
         await rec.server.stop(None)

@@ -68,6 +68,7 @@ PINNED = {
     "rangekv.v1.Replica": {
         "Batch",
         "BatchStream",
+        "BatchFrames",
         "AdminSplit",
         "TransferLease",
         "ChangeReplicas",

@@ -121,45 +121,142 @@ def test_window_must_hold_a_batch() -> None:
         NodeClients(channel_factory=lambda addr: None, max_inflight=0)  # type: ignore[arg-type,return-value]
 
 
-async def test_a_broken_stream_ends_its_request_generator() -> None:
+class _FakeCall:
+    """A stream call that fails at its first read with `code`."""
+
+    def __init__(self, requests: Any, code: grpc.StatusCode, details: str) -> None:
+        self.requests = requests
+        self._code = code
+        self._details = details
+
+    def __aiter__(self) -> _FakeCall:
+        return self
+
+    def cancel(self) -> None:
+        return None
+
+    async def __anext__(self) -> Any:
+        raise grpc.aio.AioRpcError(
+            self._code, grpc.aio.Metadata(), grpc.aio.Metadata(), self._details
+        )
+
+
+class _FakeStub:
+    """Both stream methods; every call fails as `code` says."""
+
+    def __init__(self, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE, details: str = "gone"):
+        self.calls: list[tuple[str, _FakeCall]] = []
+        self._code = code
+        self._details = details
+
+    def BatchStream(self, requests: Any) -> _FakeCall:
+        self.calls.append(("BatchStream", _FakeCall(requests, self._code, self._details)))
+        return self.calls[-1][1]
+
+    def BatchFrames(self, requests: Any) -> _FakeCall:
+        self.calls.append(("BatchFrames", _FakeCall(requests, self._code, self._details)))
+        return self.calls[-1][1]
+
+
+class _AnyChannel:  # enough for ReplicaStub's constructor; the stub is replaced
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+async def _drain(gen: Any) -> list[Any]:
+    return [r async for r in gen]
+
+
+@pytest.mark.parametrize("framed", [True, False])
+async def test_a_broken_stream_ends_its_request_generator(framed: bool) -> None:
     """Before, grpc's task feeding a dead stream waited on the outbox forever and was
     garbage collected pending ("Task was destroyed but it is pending!" in the soak's
     gateway logs)."""
+    stub = _FakeStub()
+    stream = NodeStream("n1", _AnyChannel(), framed=framed)  # type: ignore[arg-type]
+    stream._stub = stub  # type: ignore[assignment]
+    fut = stream.submit(replica_pb2.ReplicaBatchRequest(range_id=1), has_writes=True)
+    with pytest.raises(E.Unavailable, match="gone") as failed:
+        await fut
+    assert failed.value.outcome == E.WriteOutcome.UNKNOWN  # it may have reached the node
+    assert stream.broken and not stream.unimplemented
+    method, call = stub.calls[0]
+    assert method == ("BatchFrames" if framed else "BatchStream")
+    sent = await asyncio.wait_for(_drain(call.requests), 2)
+    if framed:
+        assert [[r.batch.range_id for r in f.requests] for f in sent] == [[1]]
+    else:
+        assert [r.batch.range_id for r in sent] == [1]
 
-    class FakeCall:
+
+async def test_one_flush_sends_every_range_of_a_node_in_one_frame() -> None:
+    """Batches for different ranges of one node, gathered in one loop turn, leave as
+    ONE BatchFrames message (one gRPC message instead of one per range)."""
+    frames: list[replica_pb2.BatchFramesRequest] = []
+    got_two = asyncio.Event()
+
+    class Call:
         def __init__(self, requests: Any) -> None:
-            self.requests = requests
+            self._task = asyncio.ensure_future(self._consume(requests))
+            self._cancelled = asyncio.Event()
 
-        def __aiter__(self) -> FakeCall:
+        async def _consume(self, requests: Any) -> None:
+            async for frame in requests:
+                frames.append(frame)
+                if len(frames) == 2:
+                    got_two.set()
+
+        def __aiter__(self) -> Call:
             return self
 
         async def __anext__(self) -> Any:
-            raise grpc.aio.AioRpcError(
-                grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "gone"
-            )
+            await self._cancelled.wait()  # never answers; the test looks at what left
+            raise asyncio.CancelledError
 
-    calls: list[FakeCall] = []
+        def cancel(self) -> None:
+            self._task.cancel()
+            self._cancelled.set()
 
-    class FakeStub:
-        def BatchStream(self, requests: Any) -> FakeCall:
-            calls.append(FakeCall(requests))
-            return calls[-1]
+    class Stub:
+        def BatchFrames(self, requests: Any) -> Call:
+            return Call(requests)
 
-    async def drain(gen: Any) -> list[Any]:
-        return [r async for r in gen]
+    clients = NodeClients(channel_factory=lambda addr: _AnyChannel())  # type: ignore[arg-type,return-value]
+    stream = clients._stream("n1")
+    stream._stub = Stub()  # type: ignore[assignment]
+    for range_id in (1, 2, 3):
+        clients.submit("n1", range_id, [_put(b"%d" % range_id)], has_writes=True)
+    clients.submit(
+        "n1", 1, [replica_pb2.ReplicaOp(get=replica_pb2.GetOp(key=b"1"))], has_writes=False
+    )
+    await asyncio.sleep(0)
+    clients.submit("n1", 4, [_put(b"4")], has_writes=True)  # a later loop turn
+    await asyncio.wait_for(got_two.wait(), 2)
+    first = [(r.batch.range_id, len(r.batch.ops)) for r in frames[0].requests]
+    assert sorted(first) == [(1, 1), (1, 1), (2, 1), (3, 1)]
+    assert [r.batch.range_id for r in frames[1].requests] == [4]
+    ids = [r.request_id for f in frames for r in f.requests]
+    assert len(set(ids)) == 5
+    await stream.close()
 
-    class AnyChannel:  # enough for ReplicaStub's constructor; the stub is replaced
-        def __getattr__(self, name: str) -> Any:
-            return lambda *args, **kwargs: None
 
-    stream = NodeStream("n1", AnyChannel())  # type: ignore[arg-type]
-    stream._stub = FakeStub()  # type: ignore[assignment]
-    fut = stream.submit(replica_pb2.ReplicaBatchRequest(range_id=1), has_writes=False)
-    with pytest.raises(Exception, match="gone"):
+async def test_a_node_without_batch_frames_gets_batch_stream_next() -> None:
+    """UNIMPLEMENTED before any answer: the method is unknown there, so nothing was
+    served: the requests fail as NOT applied (safe to send again), and the next
+    stream to that address is a BatchStream."""
+    clients = NodeClients(channel_factory=lambda addr: _AnyChannel())  # type: ignore[arg-type,return-value]
+    stub = _FakeStub(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+    first = clients._stream("n1")
+    first._stub = stub  # type: ignore[assignment]
+    fut = clients.submit("n1", 1, [_put(b"a")], has_writes=True)
+    with pytest.raises(E.Unavailable) as failed:
         await fut
-    assert stream.broken
-    sent = await asyncio.wait_for(drain(calls[0].requests), 2)
-    assert [r.batch.range_id for r in sent] == [1]
+    assert failed.value.outcome == E.WriteOutcome.NOT_APPLIED
+    assert first.unimplemented
+    second = clients._stream("n1")
+    assert second is not first and not second.framed
+    assert clients._stream("n2").framed  # other nodes keep frames
+    await first.close()
 
 
 async def test_a_read_batch_whose_answer_is_too_large_is_split() -> None:

@@ -68,6 +68,18 @@ class BatchStreamResponse(_message.Message):
     batch: ReplicaBatchResponse
     def __init__(self, request_id: _Optional[int] = ..., batch: _Optional[_Union[ReplicaBatchResponse, _Mapping]] = ...) -> None: ...
 
+class BatchFramesRequest(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[BatchStreamRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[BatchStreamRequest, _Mapping]]] = ...) -> None: ...
+
+class BatchFramesResponse(_message.Message):
+    __slots__ = ("responses",)
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    responses: _containers.RepeatedCompositeFieldContainer[BatchStreamResponse]
+    def __init__(self, responses: _Optional[_Iterable[_Union[BatchStreamResponse, _Mapping]]] = ...) -> None: ...
+
 class ReplicaOp(_message.Message):
     __slots__ = ("get", "put", "delete", "compare_and_swap", "scan", "fence")
     GET_FIELD_NUMBER: _ClassVar[int]

@@ -52,6 +52,11 @@ class ReplicaStub:
                 request_serializer=rangekv_dot_v1_dot_replica__pb2.BatchStreamRequest.SerializeToString,
                 response_deserializer=rangekv_dot_v1_dot_replica__pb2.BatchStreamResponse.FromString,
                 _registered_method=True)
+        self.BatchFrames = channel.stream_stream(
+                '/rangekv.v1.Replica/BatchFrames',
+                request_serializer=rangekv_dot_v1_dot_replica__pb2.BatchFramesRequest.SerializeToString,
+                response_deserializer=rangekv_dot_v1_dot_replica__pb2.BatchFramesResponse.FromString,
+                _registered_method=True)
         self.AdminSplit = channel.unary_unary(
                 '/rangekv.v1.Replica/AdminSplit',
                 request_serializer=rangekv_dot_v1_dot_replica__pb2.AdminSplitRequest.SerializeToString,
@@ -113,6 +118,17 @@ class ReplicaServicer:
         """BatchStream is a long-lived stream of batches from one gateway, so that
         concurrent client calls share one RPC. Responses carry the request_id of
         the batch they answer and may come out of order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchFrames(self, request_iterator, context):
+        """BatchFrames is BatchStream with many batches per stream message: a gateway
+        sends every batch it gathered for this node in one event-loop turn (for
+        all ranges) as one frame, and the node answers in frames holding whatever
+        finished together. gRPC's per-message cost is then paid per frame, not per
+        range. Same requests, same answers, same request_id matching as BatchStream.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -182,6 +198,11 @@ def add_ReplicaServicer_to_server(servicer, server):
                     servicer.BatchStream,
                     request_deserializer=rangekv_dot_v1_dot_replica__pb2.BatchStreamRequest.FromString,
                     response_serializer=rangekv_dot_v1_dot_replica__pb2.BatchStreamResponse.SerializeToString,
+            ),
+            'BatchFrames': grpc.stream_stream_rpc_method_handler(
+                    servicer.BatchFrames,
+                    request_deserializer=rangekv_dot_v1_dot_replica__pb2.BatchFramesRequest.FromString,
+                    response_serializer=rangekv_dot_v1_dot_replica__pb2.BatchFramesResponse.SerializeToString,
             ),
             'AdminSplit': grpc.unary_unary_rpc_method_handler(
                     servicer.AdminSplit,
@@ -281,6 +302,33 @@ class Replica:
             '/rangekv.v1.Replica/BatchStream',
             rangekv_dot_v1_dot_replica__pb2.BatchStreamRequest.SerializeToString,
             rangekv_dot_v1_dot_replica__pb2.BatchStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchFrames(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/rangekv.v1.Replica/BatchFrames',
+            rangekv_dot_v1_dot_replica__pb2.BatchFramesRequest.SerializeToString,
+            rangekv_dot_v1_dot_replica__pb2.BatchFramesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -32,6 +32,8 @@ from rangekv.v1 import raft_pb2, types_pb2
 __all__ = [
     "DROP_METRIC",
     "ERRORS_METRIC",
+    "FRAMES_METRIC",
+    "MESSAGES_METRIC",
     "UNBOUNDED",
     "Counter",
     "CounterFactory",
@@ -88,6 +90,11 @@ def lane_for(msg_type: MessageType) -> Lane:
 #: rangekv_raft_dispatch_errors_total{lane,code}.
 DROP_METRIC: Final = "rangekv_raft_dispatch_drop"
 ERRORS_METRIC: Final = "rangekv_raft_dispatch_errors"
+#: rangekv_raft_frames_sent_total{lane}, rangekv_raft_messages_sent_total{lane}: stream
+#: writes to peers, and the raft messages they carried (messages per frame is how
+#: well the lanes batch; per raft entry, what one entry costs on the wire).
+FRAMES_METRIC: Final = "rangekv_raft_frames_sent"
+MESSAGES_METRIC: Final = "rangekv_raft_messages_sent"
 
 
 class Counter(Protocol):
@@ -107,6 +114,16 @@ class TransportMetrics(Protocol):
     @property
     def dispatch_errors_total(self) -> Counter:
         """Labels lane, code: a send that failed (connect refused, stream broken, ...)."""
+        ...
+
+    @property
+    def frames_sent_total(self) -> Counter:
+        """Label lane: a stream write to a peer (one RaftStreamRequest)."""
+        ...
+
+    @property
+    def messages_sent_total(self) -> Counter:
+        """Label lane: the raft messages those writes carried."""
         ...
 
 
@@ -131,6 +148,12 @@ class TelemetryTransportMetrics:
             ERRORS_METRIC,
             "Raft sends that failed (peer unreachable, stream broken, wrong node)",
             labels=("lane", "code"),
+        )
+        self.frames_sent_total = telemetry.counter(
+            FRAMES_METRIC, "Stream writes of raft messages to peers", labels=("lane",)
+        )
+        self.messages_sent_total = telemetry.counter(
+            MESSAGES_METRIC, "Raft messages written to peers", labels=("lane",)
         )
         # The drop series of every (lane, type) pair start at 0, so a dashboard
         # shows "no drops" rather than no data.
@@ -158,6 +181,8 @@ class InMemoryTransportMetrics:
     def __init__(self) -> None:
         self.dispatch_drop_total = InMemoryCounter()
         self.dispatch_errors_total = InMemoryCounter()
+        self.frames_sent_total = InMemoryCounter()
+        self.messages_sent_total = InMemoryCounter()
 
 
 # ----------------------------------------------------------------------------- queue

@@ -264,6 +264,7 @@ class _StreamLane(_LaneWorker):
         self._last_batch = batch
         try:
             await call.write(request)
+            self._count_sent(len(batch))
         except _RPC_ERRORS as exc:
             self._last_batch = []
             self.report_lost(batch, await _failure_code(call, exc))
@@ -274,6 +275,11 @@ class _StreamLane(_LaneWorker):
         # peer that accepts and then refuses every stream keeps backing off.
         if self.env.clock.monotonic() - self._opened_at >= self.env.config.backoff_max:
             self.reset_backoff()
+
+    def _count_sent(self, messages: int) -> None:
+        metrics = self.env.metrics
+        metrics.frames_sent_total.add(1, lane=self.lane.label)
+        metrics.messages_sent_total.add(messages, lane=self.lane.label)
 
     def _open(self, stub: raft_pb2_grpc.RaftTransportStub) -> grpc.aio.StreamStreamCall:
         call: grpc.aio.StreamStreamCall = stub.RaftStream()

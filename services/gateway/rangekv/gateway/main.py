@@ -85,6 +85,11 @@ class GatewayConfig:
         help="node batches per (node, range, mode) on the wire at once; more ops wait "
         "and join the next batch (bigger batches under load, no wait when idle)",
     )
+    batch_frames: bool = setting(
+        True,
+        help="send a node every batch of one event-loop turn (all its ranges) in one "
+        "Replica.BatchFrames message; off: one Replica.BatchStream message per batch",
+    )
 
     def __post_init__(self) -> None:
         require(bool(self.addresses()), "meta_addrs", "name at least one metarange replica")
@@ -121,7 +126,9 @@ def build(
     meta = MetaClient(
         cfg.addresses(), channels=channels, clock=clock, rng=random.Random(rng.random())
     )
-    nodes = NodeClients(max_inflight=cfg.max_inflight_batches, channels=channels)
+    nodes = NodeClients(
+        max_inflight=cfg.max_inflight_batches, channels=channels, framed=cfg.batch_frames
+    )
 
     async def meta_lookup(key: bytes, prefetch: int, *, consistent: bool = False) -> LookupResult:
         # A consistent lookup is the cache's re-read at the meta leader (rule R): with

@@ -2,10 +2,15 @@
 
 Python pays ~350-430 µs of server CPU per unary gRPC call, so one RPC per
 client operation cannot scale. Instead, per node, the gateway keeps ONE
-long-lived `Replica.BatchStream` and, per (node, range, read mode), merges
-the operations that concurrent client calls submit into ONE
+long-lived `Replica.BatchFrames` stream and, per (node, range, read mode),
+merges the operations that concurrent client calls submit into ONE
 `ReplicaBatchRequest` (the node, in turn, turns a batch's writes into one raft
-command). Throughput then grows with concurrency.
+command). Throughput then grows with concurrency. A stream message still
+costs tens of µs on each side, and a node with many ranges would get one
+per range: so every batch of one event-loop turn to one node, whatever its
+range, travels in ONE frame (and the node answers in frames; see
+`rangekv.common.frames`). Nodes that predate BatchFrames get `BatchStream`,
+one batch per message (see `NodeStream`).
 
 How big a batch gets: at most `max_inflight` batches per (node, range, mode)
 are on the wire at once. Below that a submitted op leaves at the end of the
@@ -45,6 +50,7 @@ import grpc
 
 from rangekv.common import errors as E
 from rangekv.common.fan_out import FanOut
+from rangekv.common.frames import FRAME_MAX_BYTES, FrameQueue
 from rangekv.common.tls import ChannelOpener, PlaintextChannels
 from rangekv.v1 import replica_pb2, replica_pb2_grpc, types_pb2
 
@@ -116,60 +122,93 @@ class _Pending:
 
 
 class NodeStream:
-    """One BatchStream to one node address, with request multiplexing."""
+    """One stream of batches to one node address, with request multiplexing.
 
-    def __init__(self, address: str, channel: grpc.aio.Channel) -> None:
+    `framed` (the default): `Replica.BatchFrames`, every batch queued by the time
+    the previous frame was handed to gRPC in one stream message -- the batches
+    one flush sends to a node for all its ranges travel together. A node that
+    does not serve BatchFrames (an older version) answers UNIMPLEMENTED before
+    serving anything; the stream then fails its requests as not applied and
+    says so in `unimplemented`, and the next stream to that address is a
+    `Replica.BatchStream` (one batch per message)."""
+
+    def __init__(self, address: str, channel: grpc.aio.Channel, *, framed: bool = True) -> None:
         self.address = address
+        self.framed = framed
         self._stub = replica_pb2_grpc.ReplicaStub(channel)
         self._ids = itertools.count(1)
         self._inflight: dict[
             int, tuple[asyncio.Future[replica_pb2.ReplicaBatchResponse], bool]
         ] = {}
-        self._outbox: asyncio.Queue[replica_pb2.BatchStreamRequest | None] = asyncio.Queue()
+        self._outbox: FrameQueue[replica_pb2.BatchStreamRequest] = FrameQueue(
+            FRAME_MAX_BYTES if framed else 1
+        )
         self._call: grpc.aio.StreamStreamCall | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._answered = False
         self.broken = False
+        #: The node answered BatchFrames with UNIMPLEMENTED before serving anything.
+        self.unimplemented = False
 
     def _ensure_open(self) -> None:
         if self._call is not None:
             return
+        outbox = self._outbox
+
+        async def frames() -> object:
+            while requests := await outbox.next_frame():
+                yield replica_pb2.BatchFramesRequest(requests=requests)
 
         async def requests() -> object:
-            while True:
-                item = await self._outbox.get()
-                if item is None:
-                    return
-                yield item
+            while requests := await outbox.next_frame():
+                yield requests[0]  # frames of one (see __init__)
 
-        self._call = self._stub.BatchStream(requests())
+        if self.framed:
+            self._call = self._stub.BatchFrames(frames())
+        else:
+            self._call = self._stub.BatchStream(requests())
         self._reader = asyncio.ensure_future(self._read())
+
+    def _answer(self, resp: replica_pb2.BatchStreamResponse) -> None:
+        entry = self._inflight.pop(resp.request_id, None)
+        if entry is not None and not entry[0].done():
+            entry[0].set_result(resp.batch)
 
     async def _read(self) -> None:
         assert self._call is not None
         err: E.RangeKVError | None = None
-        never_connected = False
+        never_served = False
         try:
-            async for resp in self._call:
-                entry = self._inflight.pop(resp.request_id, None)
-                if entry is not None and not entry[0].done():
-                    entry[0].set_result(resp.batch)
+            if self.framed:
+                async for frame in self._call:
+                    self._answered = True
+                    for resp in frame.responses:
+                        self._answer(resp)
+            else:
+                async for resp in self._call:
+                    self._answer(resp)
         except grpc.aio.AioRpcError as exc:
             err = E.from_rpc_error(exc)
-            never_connected = _never_connected(exc)
+            never_served = _never_connected(exc)
+            if self.framed and not self._answered and exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                # The method is unknown there: nothing of this stream was served.
+                self.unimplemented = never_served = True
+                err = E.Unavailable(f"{self.address} does not serve BatchFrames", 0.0)
         except asyncio.CancelledError:
             err = E.Unavailable(f"stream to {self.address} closed")
         self.broken = True
         # End the request generator too: otherwise grpc's task consuming it waits on
         # the outbox forever and is garbage collected pending (logged as an error).
-        self._outbox.put_nowait(None)
+        self._outbox.close()
         reason = err.message if err else f"stream to {self.address} ended"
+        retry_after = 0.0 if self.unimplemented else 0.05
         for fut, has_writes in self._inflight.values():
             if not fut.done():
                 # A write is of unknown outcome once it may have reached the node;
                 # if the connection was never made, nothing was sent.
-                unknown = has_writes and not never_connected
+                unknown = has_writes and not never_served
                 outcome = E.WriteOutcome.UNKNOWN if unknown else E.WriteOutcome.NOT_APPLIED
-                fut.set_exception(E.Unavailable(reason, retry_after=0.05, outcome=outcome))
+                fut.set_exception(E.Unavailable(reason, retry_after=retry_after, outcome=outcome))
         self._inflight.clear()
 
     def submit(
@@ -184,11 +223,12 @@ class NodeStream:
         self._ensure_open()
         request_id = next(self._ids)
         self._inflight[request_id] = (fut, has_writes)
-        self._outbox.put_nowait(replica_pb2.BatchStreamRequest(request_id=request_id, batch=batch))
+        request = replica_pb2.BatchStreamRequest(request_id=request_id, batch=batch)
+        self._outbox.put(request, request.ByteSize() if self.framed else 1)
         return fut
 
     async def close(self) -> None:
-        self._outbox.put_nowait(None)
+        self._outbox.close()
         if self._call is not None:
             self._call.cancel()
         if self._reader is not None:
@@ -204,7 +244,9 @@ class NodeClients:
         channel_factory: Callable[[str], grpc.aio.Channel] | None = None,
         channels: ChannelOpener | None = None,
         max_inflight: int = DEFAULT_MAX_INFLIGHT,
+        framed: bool = True,
     ) -> None:
+        """`framed`: talk BatchFrames to nodes (see NodeStream); False: BatchStream."""
         if max_inflight < 1:
             raise ValueError(f"max_inflight must be >= 1, got {max_inflight}")
         opener = channels if channels is not None else PlaintextChannels()
@@ -221,6 +263,9 @@ class NodeClients:
         #: Read batches split because their answer would have been too large.
         self.split_batches = 0
         self._solo_ids = itertools.count(1)
+        self._framed = framed
+        #: Nodes that answered BatchFrames with UNIMPLEMENTED: they get BatchStream.
+        self._unframed: set[str] = set()
 
     def channel(self, address: str) -> grpc.aio.Channel:
         ch = self._channels.get(address)
@@ -235,7 +280,11 @@ class NodeClients:
     def _stream(self, address: str) -> NodeStream:
         stream = self._streams.get(address)
         if stream is None or stream.broken:
-            stream = NodeStream(address, self.channel(address))
+            if stream is not None and stream.unimplemented:
+                log.info("node %s does not serve BatchFrames; using BatchStream", address)
+                self._unframed.add(address)
+            framed = self._framed and address not in self._unframed
+            stream = NodeStream(address, self.channel(address), framed=framed)
             self._streams[address] = stream
         return stream
 

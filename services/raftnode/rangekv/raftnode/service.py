@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from rangekv.common import errors as E
+from rangekv.common.frames import FRAME_MAX_BYTES, FrameQueue
 from rangekv.domain.txn import TxnStatus
 from rangekv.raft import LeaseState
 from rangekv.raftnode import txn as T
@@ -62,41 +63,63 @@ class ReplicaService(replica_pb2_grpc.ReplicaServicer):
         request_iterator: AsyncIterator[replica_pb2.BatchStreamRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[replica_pb2.BatchStreamResponse]:
-        """Serve batches concurrently; answer each as soon as it is done.
+        """Serve batches concurrently; answer each as soon as it is done."""
+        async for answers in self._serve_stream(request_iterator, framed=False):
+            for answer in answers:
+                yield answer
+
+    async def BatchFrames(
+        self,
+        request_iterator: AsyncIterator[replica_pb2.BatchFramesRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[replica_pb2.BatchFramesResponse]:
+        """BatchStream with many requests per message: the answers finished while the
+        previous frame was being written leave together in the next one."""
+        async for answers in self._serve_stream(_unframe(request_iterator), framed=True):
+            yield replica_pb2.BatchFramesResponse(responses=answers)
+
+    async def _serve_stream(
+        self, requests: AsyncIterator[replica_pb2.BatchStreamRequest], *, framed: bool
+    ) -> AsyncIterator[list[replica_pb2.BatchStreamResponse]]:
+        """Serve a stream's batches concurrently; yield their answers as they finish:
+        one at a time, or (`framed`) all that are ready, up to FRAME_MAX_BYTES.
 
         Bounded: at most `max_stream_inflight` batches of one stream are served at
         once; past that the stream is not read (gRPC flow control pushes back on
         the sender), so one gateway cannot make a node queue without limit."""
-        out: asyncio.Queue[replica_pb2.BatchStreamResponse | None] = asyncio.Queue()
+        out: FrameQueue[replica_pb2.BatchStreamResponse] = FrameQueue(
+            FRAME_MAX_BYTES if framed else 1
+        )
         pending: set[asyncio.Task[None]] = set()
         slots = asyncio.Semaphore(self._max_stream_inflight)
 
         async def serve(req: replica_pb2.BatchStreamRequest) -> None:
             try:
                 resp = await self._batch(req.batch)
-                await out.put(
-                    replica_pb2.BatchStreamResponse(request_id=req.request_id, batch=resp)
-                )
+                answer = replica_pb2.BatchStreamResponse(request_id=req.request_id, batch=resp)
+                out.put(answer, answer.ByteSize() if framed else 1)
             finally:
                 slots.release()
 
         async def reader() -> None:
-            async for req in request_iterator:
-                await slots.acquire()
-                task = asyncio.ensure_future(serve(req))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
-            await out.put(None)
+            try:
+                async for req in requests:
+                    await slots.acquire()
+                    task = asyncio.ensure_future(serve(req))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                if pending:
+                    await asyncio.gather(*pending, return_exceptions=True)
+            finally:
+                out.close()
 
         read_task = asyncio.ensure_future(reader())
         try:
-            while True:
-                item = await out.get()
-                if item is None:
-                    break
-                yield item
+            while answers := await out.next_frame():
+                yield answers
+            await asyncio.wait([read_task])
+            if (failure := read_task.exception()) is not None:
+                raise failure  # e.g. an undecodable request: the stream's status says so
         finally:
             read_task.cancel()
             for task in list(pending):
@@ -244,3 +267,12 @@ class ReplicaService(replica_pb2_grpc.ReplicaServicer):
         except E.RangeKVError as exc:
             return replica_pb2.EndTxnResponse(error=E.to_replica_error(exc))
         return replica_pb2.EndTxnResponse(record=rec)
+
+
+async def _unframe(
+    frames: AsyncIterator[replica_pb2.BatchFramesRequest],
+) -> AsyncIterator[replica_pb2.BatchStreamRequest]:
+    """The requests of a BatchFrames stream, one by one, in order."""
+    async for frame in frames:
+        for request in frame.requests:
+            yield request

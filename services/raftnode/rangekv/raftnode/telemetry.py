@@ -4,6 +4,8 @@ Names (Prometheus, after the exporter's suffixes):
   rangekv_fsm_apply_sync_mode{mode}          1 for the configured FSM sync mode
   rangekv_lease_read_total{outcome}          hit | readindex | not_leader
   rangekv_raft_dispatch_drop_total{lane,type}, rangekv_raft_dispatch_errors_total{lane,code}
+  rangekv_raft_frames_sent_total{lane}, rangekv_raft_messages_sent_total{lane}
+                                             stream writes to peers, and the messages in them
   rangekv_raft_persist_seconds               group-commit write of the raft log (commit latency)
   rangekv_raft_apply_seconds                 apply of one scheduler iteration
   rangekv_raft_entries_persisted_total, rangekv_raft_entries_applied_total
