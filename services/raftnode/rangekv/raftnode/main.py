@@ -149,7 +149,9 @@ def _assemble(
         rpc_timeout=split_config.rpc_timeout,
     )
     txns = DescriptorTxns(store, meta, pusher, clock, random.Random(rng.random()))
-    splits = SplitCoordinator(txns, crash_after=faults.split_crash_after)
+    splits = SplitCoordinator(
+        txns, crash_after=faults.split_crash_after, rhs_serve_wait=split_config.rhs_serve_wait
+    )
     change_config = node_config.replica_changes()
     changes = ReplicaChanger(txns, change_config, clock)
     return _Node(
