@@ -111,6 +111,7 @@ def _assemble(
                 log_retain_entries=node_config.log_retain_entries,
                 truncate_interval=node_config.truncate_interval,
                 max_uncommitted_bytes=node_config.max_uncommitted_bytes,
+                quiesce_after_ticks=node_config.quiesce_after_ticks,
             ),
             limits=node_config.limits(),
             gc_interval=node_config.gc_interval,

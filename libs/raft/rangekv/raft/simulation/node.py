@@ -42,9 +42,9 @@ from rangekv.raft import (
     Snapshot,
     StateType,
 )
+from rangekv.raft.liveness_table import LivenessTable
 from rangekv.raft.quiesce import NO_LIVENESS
 from rangekv.raft.simulation.kv import ApplyResult, Command, KVStateMachine
-from rangekv.raft.simulation.liveness import SimLiveness
 
 
 class DriverError(AssertionError):
@@ -128,7 +128,7 @@ class SimNode:
         """Set once the node was removed from the cluster and shut down for good."""
         self.next_tick_local = 0.0
         self.ready_scheduled = False
-        self.liveness: SimLiveness | None = None
+        self.liveness: LivenessTable | None = None
         """Node-level liveness of this incarnation (quiescence on), else None."""
         self.ticks = 0
 
@@ -143,7 +143,7 @@ class SimNode:
         config: Config,
         global_now: float,
         tick_interval: float,
-        liveness: SimLiveness | None = None,
+        liveness: LivenessTable | None = None,
     ) -> None:
         """Boot (or reboot) from exactly what is in storage."""
         snap = self.storage.snapshot()

@@ -1,6 +1,6 @@
 """The simulated driver's quiescence: liveness heartbeats, lapses, quiescing idle leaders.
 
-With `SimConfig.quiesce` on, every node incarnation keeps a `SimLiveness` and,
+With `SimConfig.quiesce` on, every node incarnation keeps a `LivenessTable` and,
 after each of its ticks, this module:
 
 1. sends every peer node a liveness heartbeat each `heartbeat_tick` ticks;
@@ -24,25 +24,25 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rangekv.raft import StateType
-from rangekv.raft.simulation.events import LIVENESS
-from rangekv.raft.simulation.liveness import (
+from rangekv.raft.liveness_table import (
     SESSION_SPACING,
     LivenessAnswer,
     LivenessBeat,
-    SimLiveness,
+    LivenessTable,
 )
+from rangekv.raft.simulation.events import LIVENESS
 
 if TYPE_CHECKING:
     from rangekv.raft.simulation.cluster import Cluster
     from rangekv.raft.simulation.node import SimNode
 
 
-def new_liveness(c: Cluster, node: SimNode) -> SimLiveness | None:
+def new_liveness(c: Cluster, node: SimNode) -> LivenessTable | None:
     """A fresh table for a node (re)starting now; None with quiescence off."""
     if not c.cfg.quiesce:
         return None
     base = c.rng.randrange(1, 1 << 24) * SESSION_SPACING
-    return SimLiveness(node.id, base, node.local_now(c.now))
+    return LivenessTable(node.id, base, node.local_now(c.now))
 
 
 def on_tick(c: Cluster, node: SimNode) -> None:

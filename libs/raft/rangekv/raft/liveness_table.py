@@ -1,9 +1,10 @@
-"""Node-level liveness for the simulator: what quiesced groups' leases rest on.
+"""Node-level liveness: the table quiesced groups' leases rest on (pure; no I/O).
 
-One `SimLiveness` per node incarnation (volatile: a crash loses it, a restart
-draws a new session base). It is the `rangekv.raft.Liveness` the node's RawNode
-reads, and the table the simulated driver keeps (rangekv/raft/quiesce.py has the
-protocol and the lease argument):
+One `LivenessTable` per node process incarnation (volatile: a restart draws a
+new session base). Every group of the node reads it as its `rangekv.raft.Liveness`
+(through a view that maps the group's replica ids to node ids); the driver feeds
+it (quiesce.py has the protocol and the lease argument; the simulator's driver,
+`simulation/quiescence.py`, and rangekv.replication's `liveness.py` both use it):
 
 * every heartbeat interval a node sends each peer node a liveness heartbeat
   (sequence number, its clock reading before sending, its incarnation);
@@ -12,15 +13,15 @@ protocol and the lease argument):
   the sender for the lapse timeout, or hears a new incarnation of it;
 * the sender keeps the newest answer per peer.
 
-The messages travel over the simulated network (partitions, loss, delay,
-duplication), as Raft's do.
+The messages travel over the same network as Raft's (the simulated one, or the
+raft transport between processes). Times are the owning node's clock readings.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rangekv.raft import LivenessAck, LivenessStamp
+from .quiesce import LivenessAck, LivenessStamp
 
 #: Sessions toward one peer are `base + k`; bases are far apart per incarnation.
 SESSION_SPACING = 1 << 32
@@ -48,7 +49,7 @@ class LivenessAnswer:
     sent_at: float
 
 
-class SimLiveness:
+class LivenessTable:
     """One node incarnation's liveness table (implements `rangekv.raft.Liveness`)."""
 
     def __init__(self, node_id: int, session_base: int, started_at: float) -> None:

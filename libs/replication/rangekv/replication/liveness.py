@@ -1,0 +1,159 @@
+"""Node-level liveness between raft-hosting processes: what quiesced groups' leases rest on.
+
+A quiesced group (rangekv/raft/quiesce.py) neither ticks nor heartbeats; its
+leader's lease rests on liveness heartbeats its node exchanges with every peer
+node ONCE per heartbeat interval, whatever the number of groups they share.
+`NodeLiveness` is that exchange for one process incarnation:
+
+* the host's ticker calls `on_tick(now)`: every `heartbeat_ticks` ticks one
+  beat to each peer node (the clock read before sending), and every tick the
+  lapse check: a peer not heard for an election timeout is declared
+  unreachable -- a new session toward it begins, and `on_lapse(peer)` wakes
+  the quiesced followers that peer's node leads (the host does that);
+* a received beat is answered with this node's session toward the sender; a
+  beat from a new incarnation of the sender counts as a lapse first;
+* a received answer updates the table every group's `GroupLiveness` view reads.
+
+The messages are raft `Message`s on the reserved group `LIVENESS_GROUP` (0; no
+range or meta group uses it), so they travel the raft transport with its clock
+check, lanes and back-pressure: a beat is a HEARTBEAT (index = sequence,
+commit = the sender's incarnation, context = its send time), an answer a
+HEARTBEAT_RESP (index = sequence, commit = session, context = the beat's send
+time). The table itself is `rangekv.raft.liveness_table.LivenessTable` (pure),
+the one the raft simulator checks the lease argument with.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections.abc import Callable, Iterable
+from typing import Final
+
+from rangekv.raft import LivenessAck, LivenessStamp, Message, MessageType
+from rangekv.raft.liveness_table import (
+    SESSION_SPACING,
+    LivenessAnswer,
+    LivenessBeat,
+    LivenessTable,
+)
+from rangekv.replication.raft_network import RaftSender
+from rangekv.replication.timing import RaftTiming
+
+__all__ = ["LIVENESS_GROUP", "GroupLiveness", "NodeLiveness"]
+
+#: The raft group id liveness messages travel under (range and meta ids start at 1).
+LIVENESS_GROUP: Final = 0
+
+_TIME = struct.Struct(">d")
+#: Ticks between refreshes of the peer-node list (it changes with replica placement).
+PEER_REFRESH_TICKS = 10
+
+
+class GroupLiveness:
+    """One group's view of the node's table (`rangekv.raft.Liveness`): replica ids
+    of the group map to node ids through `node_of` (None: not a known replica)."""
+
+    __slots__ = ("_node_of", "_table")
+
+    def __init__(self, table: LivenessTable, node_of: Callable[[int], int | None]) -> None:
+        self._table = table
+        self._node_of = node_of
+
+    def node_of(self, replica_id: int) -> int | None:
+        return self._node_of(replica_id)
+
+    def stamp(self, peer: int) -> LivenessStamp | None:
+        node = self._node_of(peer)
+        return None if node is None else self._table.stamp(node)
+
+    def acked(self, peer: int) -> LivenessAck | None:
+        node = self._node_of(peer)
+        return None if node is None else self._table.acked(node)
+
+
+class NodeLiveness:
+    """This process's side of the exchange (see the module docstring)."""
+
+    def __init__(
+        self,
+        node_id: int,
+        sender: RaftSender,
+        timing: RaftTiming,
+        rng: random.Random,
+        now: float,
+        *,
+        peers: Callable[[], Iterable[int]],
+        on_lapse: Callable[[int], None],
+    ) -> None:
+        """`peers()`: the nodes this one shares groups with (read every few ticks);
+        `on_lapse(node)`: that node was declared unreachable (or restarted)."""
+        self.node_id = node_id
+        self._sender = sender
+        self._timing = timing
+        self._peers_fn = peers
+        self._on_lapse = on_lapse
+        self.incarnation = rng.getrandbits(62) | 1
+        base = rng.randrange(1, 1 << 24) * SESSION_SPACING
+        self.table = LivenessTable(node_id, base, now)
+        self._peers: list[int] = []
+        self._ticks = 0
+        self.beats_sent = 0
+        self.lapses = 0
+
+    def view(self, node_of: Callable[[int], int | None]) -> GroupLiveness:
+        return GroupLiveness(self.table, node_of)
+
+    def on_tick(self, now: float) -> None:
+        timing = self._timing
+        if self._ticks % PEER_REFRESH_TICKS == 0:
+            self._peers = sorted(p for p in set(self._peers_fn()) if p != self.node_id)
+        self._ticks += 1
+        if self._ticks % timing.heartbeat_ticks == 0:
+            for peer in self._peers:
+                self._send_beat(self.table.beat(peer, now, self.incarnation))
+        timeout = timing.election_ticks * timing.tick_interval
+        for peer in self.table.lapse(self._peers, now, timeout):
+            self.lapses += 1
+            self._on_lapse(peer)
+
+    def handle(self, msg: Message, now: float) -> None:
+        """A message received on `LIVENESS_GROUP` (malformed ones are dropped)."""
+        if len(msg.context) != _TIME.size or msg.to != self.node_id:
+            return
+        (sent_at,) = _TIME.unpack(msg.context)
+        if msg.type is MessageType.HEARTBEAT:
+            beat = LivenessBeat(msg.sender, msg.to, msg.index, sent_at, msg.commit)
+            answer, restarted = self.table.on_beat(beat, now)
+            if restarted:
+                self.lapses += 1
+                self._on_lapse(msg.sender)
+            self._sender.send(
+                answer.to,
+                LIVENESS_GROUP,
+                Message(
+                    MessageType.HEARTBEAT_RESP,
+                    answer.to,
+                    self.node_id,
+                    index=answer.seq,
+                    commit=answer.session,
+                    context=_TIME.pack(answer.sent_at),
+                ),
+            )
+        elif msg.type is MessageType.HEARTBEAT_RESP:
+            self.table.on_answer(LivenessAnswer(msg.sender, msg.to, msg.commit, msg.index, sent_at))
+
+    def _send_beat(self, beat: LivenessBeat) -> None:
+        self.beats_sent += 1
+        self._sender.send(
+            beat.to,
+            LIVENESS_GROUP,
+            Message(
+                MessageType.HEARTBEAT,
+                beat.to,
+                self.node_id,
+                index=beat.seq,
+                commit=beat.incarnation,
+                context=_TIME.pack(beat.sent_at),
+            ),
+        )
