@@ -18,7 +18,7 @@ from pathlib import Path
 from inproc_cluster import InProcCluster, layout, started
 
 from rangekv.raft import LeaseState
-from rangekv.replication.liveness import LIVENESS_GROUP
+from rangekv.replication.liveness import LIVENESS_GROUP, beat_ticks
 
 KEYS = (b"d", b"h", b"m", b"r")
 
@@ -68,8 +68,8 @@ async def test_idle_ranges_quiesce_and_keep_their_leases(tmp_path: Path) -> None
         network._send = original  # type: ignore[method-assign]
         assert set(seen) == {LIVENESS_GROUP}, "raft traffic from quiesced ranges"
         pairs = len(cluster.node_ids) * (len(cluster.node_ids) - 1)
-        beats = ticks // cluster.timing.heartbeat_ticks
-        # A beat and its answer per ordered node pair and heartbeat interval (5 ranges).
+        beats = ticks // beat_ticks(cluster.timing)
+        # A beat and its answer per ordered node pair and beat interval (5 ranges).
         assert len(seen) <= 2 * pairs * (beats + 1), len(seen)
         assert all(quiesced(cluster, r) for r in ids)
 

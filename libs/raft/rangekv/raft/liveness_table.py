@@ -6,7 +6,7 @@ new session base). Every group of the node reads it as its `rangekv.raft.Livenes
 it (quiesce.py has the protocol and the lease argument; the simulator's driver,
 `simulation/quiescence.py`, and rangekv.replication's `liveness.py` both use it):
 
-* every heartbeat interval a node sends each peer node a liveness heartbeat
+* at a fixed interval (well inside the lease) a node sends each peer node a beat
   (sequence number, its clock reading before sending, its incarnation);
 * the peer answers with its session toward the sender; it starts a new
   session (and unquiesces a follower led by the sender) when it has not heard

@@ -23,7 +23,8 @@ TIMEOUT_NOW), on a new term, or when its node declares the leader's node
 unreachable (`Raft.unquiesce`, called by the driver -- the only other way).
 
 Liveness, the input: every node sends every peer node a liveness heartbeat
-each heartbeat interval, numbered by a per-peer sequence and stamped with the
+at a fixed interval well inside the lease (the simulator: each heartbeat
+interval; rangekv.replication: each quarter election timeout), numbered by a per-peer sequence and stamped with the
 sender's clock read *before* it left (never later than the real send time,
 as a round's send time is); the peer answers with its current *session*
 toward the sender. A node starts a new session toward a peer (a number never

@@ -5,7 +5,7 @@ leader's lease rests on liveness heartbeats its node exchanges with every peer
 node ONCE per heartbeat interval, whatever the number of groups they share.
 `NodeLiveness` is that exchange for one process incarnation:
 
-* the host's ticker calls `on_tick(now)`: every `heartbeat_ticks` ticks one
+* the host's ticker calls `on_tick(now)`: every `beat_ticks(timing)` ticks one
   beat to each peer node (the clock read before sending), and every tick the
   lapse check: a peer not heard for an election timeout is declared
   unreachable -- a new session toward it begins, and `on_lapse(peer)` wakes
@@ -48,6 +48,14 @@ LIVENESS_GROUP: Final = 0
 _TIME = struct.Struct(">d")
 #: Ticks between refreshes of the peer-node list (it changes with replica placement).
 PEER_REFRESH_TICKS = 10
+
+
+def beat_ticks(timing: RaftTiming) -> int:
+    """Ticks between beats to a peer: a quarter of the election timeout (at least a
+    heartbeat interval). A lease lasts most of an election timeout, so a quorum's
+    answers renew it several times over, and a peer misses about four beats before
+    it declares this node unreachable -- at a quarter of the raft heartbeat rate."""
+    return max(timing.heartbeat_ticks, timing.election_ticks // 4)
 
 
 class GroupLiveness:
@@ -109,7 +117,7 @@ class NodeLiveness:
         if self._ticks % PEER_REFRESH_TICKS == 0:
             self._peers = sorted(p for p in set(self._peers_fn()) if p != self.node_id)
         self._ticks += 1
-        if self._ticks % timing.heartbeat_ticks == 0:
+        if self._ticks % beat_ticks(timing) == 0:
             for peer in self._peers:
                 self._send_beat(self.table.beat(peer, now, self.incarnation))
         timeout = timing.election_ticks * timing.tick_interval
