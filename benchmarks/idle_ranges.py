@@ -24,6 +24,8 @@ Target (issue 20): 1,000 idle ranges <= 0.15 cores for the whole cluster. The
 machine this runs on may be shared: idle CPU is a small number measured next to
 whatever else runs, so run it on a quiet machine and read it as an upper bound.
 
+`--quiesce-after-ticks 0` runs the same cluster with quiescence off, for comparison.
+
 Run:  python benchmarks/idle_ranges.py [--ranges 1,100,1000] [--window 30] [--json]
 """
 
@@ -118,14 +120,20 @@ def process_name(pid: int) -> str:
 class Dev:
     """`rangekv dev` in a directory, started and stopped by this benchmark."""
 
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, quiesce_after_ticks: int | None = None) -> None:
+        """`quiesce_after_ticks`: the raftnodes' RANGEKV_QUIESCE_AFTER_TICKS (None: default)."""
         self.data = data
         self.port = free_port()
         self.addr = f"127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "rangekv.cli.main", "dev", "--data", str(data)]
         cmd += ["--port", str(self.port)]
         self.log = (data.parent / "dev.log").open("w")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        env = dict(os.environ)
+        if quiesce_after_ticks is not None:
+            env["RANGEKV_QUIESCE_AFTER_TICKS"] = str(quiesce_after_ticks)
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env
+        )
 
     def wait_ready(self, timeout: float = 180.0) -> None:
         assert self.proc.stdout is not None
@@ -238,7 +246,7 @@ def idle_figures(dev: Dev, window: float) -> dict[str, Any]:
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="rangekv-idle-"))
-    dev = Dev(base / "data")
+    dev = Dev(base / "data", args.quiesce_after_ticks)
     say(f"starting rangekv dev in {base} ...")
     dev.wait_ready()
     results: dict[str, Any] = {"ranges": {}, "bench": {}}
@@ -301,6 +309,12 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=64, help="bench clients")
     p.add_argument("--keys", type=int, default=10_000, help="bench keyspace")
     p.add_argument("--duration", type=float, default=15.0, help="bench seconds")
+    p.add_argument(
+        "--quiesce-after-ticks",
+        type=int,
+        default=None,
+        help="the raftnodes' idle ticks before a range quiesces (0: never; default: theirs)",
+    )
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = p.parse_args()
     results = asyncio.run(main_async(args))
