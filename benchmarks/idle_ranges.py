@@ -222,7 +222,11 @@ def run_bench(dev: Dev, clients: int, keys: int, duration: float) -> dict[str, A
     cmd = [sys.executable, "-m", "rangekv.cli.main", "bench", "--addr", dev.addr]
     cmd += ["--data", str(dev.data), "--workload", "mixed", "--concurrency", str(clients)]
     cmd += ["--keys", str(keys), "--duration", str(duration), "--json", "--progress", "never"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 300, check=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 300, check=False)
+    if out.returncode != 0:
+        tail = out.stderr.strip().splitlines()[-3:]
+        say(f"  bench failed (exit {out.returncode}): {' | '.join(tail)}")
+        return {"failed": out.returncode, "stderr_tail": tail, "stdout": out.stdout[-2000:]}
     return dict(json.loads(out.stdout))
 
 

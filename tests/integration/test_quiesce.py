@@ -6,6 +6,9 @@ network, time moved only by the test; rangekv/raft/quiesce.py has the protocol).
   and heartbeat interval, whatever the number of ranges), and every leaseholder
   keeps a valid lease on it;
 * a write wakes its range (and only it), which quiesces again once idle;
+* a leaseholder's node unheard for an election timeout, then heard again: its
+  peers wake their followers, it wakes its leaders on their new sessions, and
+  no range changes leader;
 * a leaseholder's node cut off from the others: its peers declare it unreachable,
   wake their followers, elect a new leaseholder after an election timeout -- and
   at no tick do two replicas hold a valid lease.
@@ -17,7 +20,7 @@ from pathlib import Path
 
 from inproc_cluster import InProcCluster, layout, started
 
-from rangekv.raft import LeaseState
+from rangekv.raft import LeaseState, Message, MessageType
 from rangekv.replication.liveness import LIVENESS_GROUP, beat_ticks
 
 KEYS = (b"d", b"h", b"m", b"r")
@@ -104,3 +107,38 @@ async def test_a_cut_off_leaseholder_loses_its_range_safely(tmp_path: Path) -> N
         else:
             raise AssertionError("no new leaseholder away from the cut-off node")
         await cluster.put(valid_leases(cluster, 2)[0], 2, b"x", b"y")
+
+
+async def test_a_transient_lapse_costs_no_election(tmp_path: Path) -> None:
+    async with started(tmp_path, layout(b"m"), {1: 1, 2: 1}) as cluster:
+        await cluster.until(lambda: quiesced(cluster, 1) and quiesced(cluster, 2), "quiesced")
+        terms = {r: cluster.replica(1, r).group.term() for r in (1, 2)}
+        for other in (2, 3):
+            cluster.router.cut(1, other)  # node 1 is not heard; it still hears the others
+        followers = [cluster.replica(n, r).group for n in (2, 3) for r in (1, 2)]
+        await cluster.until(
+            lambda: not any(g.quiesced for g in followers), "the followers woken by the lapse"
+        )
+        for other in (2, 3):
+            cluster.router.heal(1, other)
+        kinds: list[MessageType] = []
+        network = cluster.router
+        original = network._send
+
+        def spy(src: int, dst: int, group_id: int, msg: Message, desc: object) -> None:
+            kinds.append(msg.type)
+            original(src, dst, group_id, msg, desc)  # type: ignore[arg-type]
+
+        network._send = spy  # type: ignore[method-assign]
+        for _ in range(4 * cluster.timing.election_ticks):
+            await cluster.until(cluster.quiet, "a quiet network", tick=False)
+            cluster.tick()
+            for rid in (1, 2):
+                assert valid_leases(cluster, rid) in ([1], []), f"range {rid}"
+        network._send = original  # type: ignore[method-assign]
+        # The leader woke on the followers' new sessions and heartbeat them before
+        # any timed out: not even a pre-vote.
+        assert MessageType.PRE_VOTE not in kinds and MessageType.VOTE not in kinds
+        assert {r: cluster.replica(1, r).group.term() for r in (1, 2)} == terms
+        assert all(cluster.replica(1, r).group.is_leader for r in (1, 2))
+        await cluster.until(lambda: quiesced(cluster, 1) and quiesced(cluster, 2), "quiesced")

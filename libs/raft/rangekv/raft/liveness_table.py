@@ -104,13 +104,18 @@ class LivenessTable:
         )
         return answer, restarted
 
-    def on_answer(self, answer: LivenessAnswer) -> None:
-        """Keep the answer to the newest heartbeat (a late or duplicated one is older)."""
+    def on_answer(self, answer: LivenessAnswer) -> bool:
+        """Keep the answer to the newest heartbeat (a late or duplicated one is older).
+        True when it reports a new session: the peer declared this node unreachable
+        (or restarted) and woke the followers this node leads there, which will
+        campaign unless their leaders wake and heartbeat them (the driver's cue)."""
         peer = answer.sender
         old = self._acks.get(peer)
         if old is None or answer.seq > old.seq:
             self._reported[peer] = answer.session
             self._acks[peer] = LivenessAck(answer.session, answer.seq, answer.sent_at)
+            return old is not None and old.session != answer.session
+        return False
 
     def lapse(self, peers: list[int], now: float, timeout: float) -> list[int]:
         """Peers not heard for `timeout` (local time), newly declared unreachable:

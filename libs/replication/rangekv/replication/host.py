@@ -148,6 +148,7 @@ class GroupHost:
             self.clock.monotonic(),
             peers=peers,
             on_lapse=self._wake_followers_led_by,
+            on_new_session=self._wake_leaders_followed_on,
         )
         return self.liveness
 
@@ -170,6 +171,24 @@ class GroupHost:
                 woken += 1
         if woken:
             log.info("node %d unreachable: woke %d quiesced followers", node_id, woken)
+
+    def _wake_leaders_followed_on(self, node_id: int) -> None:
+        """`node_id` began a new session toward this node: it declared this node
+        unreachable and woke its followers of our quiesced leaders. Wake those
+        leaders so that they heartbeat before the followers time out and campaign
+        (a transient lapse -- a stalled process -- must not cost every range an
+        election)."""
+        woken = 0
+        for group in self.scheduler.quiesced_groups():
+            view = group.raw_node.raft.liveness
+            if not group.is_leader or not isinstance(view, GroupLiveness):
+                continue
+            cs = group.conf_state()
+            if any(view.node_of(r) == node_id for r in (*cs.voters, *cs.learners)):
+                group.wake_leader()
+                woken += 1
+        if woken:
+            log.info("node %d began a new liveness session: woke %d leaders", node_id, woken)
 
     # --- groups -------------------------------------------------------------------------
 

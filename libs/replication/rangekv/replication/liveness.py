@@ -93,14 +93,18 @@ class NodeLiveness:
         *,
         peers: Callable[[], Iterable[int]],
         on_lapse: Callable[[int], None],
+        on_new_session: Callable[[int], None] = lambda _node: None,
     ) -> None:
         """`peers()`: the nodes this one shares groups with (read every few ticks);
-        `on_lapse(node)`: that node was declared unreachable (or restarted)."""
+        `on_lapse(node)`: that node was declared unreachable (or restarted);
+        `on_new_session(node)`: that node began a new session toward this one (it
+        declared this node unreachable and woke its followers of our leaders)."""
         self.node_id = node_id
         self._sender = sender
         self._timing = timing
         self._peers_fn = peers
         self._on_lapse = on_lapse
+        self._on_new_session = on_new_session
         self.incarnation = rng.getrandbits(62) | 1
         base = rng.randrange(1, 1 << 24) * SESSION_SPACING
         self.table = LivenessTable(node_id, base, now)
@@ -149,7 +153,9 @@ class NodeLiveness:
                 ),
             )
         elif msg.type is MessageType.HEARTBEAT_RESP:
-            self.table.on_answer(LivenessAnswer(msg.sender, msg.to, msg.commit, msg.index, sent_at))
+            answer = LivenessAnswer(msg.sender, msg.to, msg.commit, msg.index, sent_at)
+            if self.table.on_answer(answer):
+                self._on_new_session(msg.sender)
 
     def _send_beat(self, beat: LivenessBeat) -> None:
         self.beats_sent += 1

@@ -12,7 +12,9 @@ after each of its ticks, this module:
 
 Arriving heartbeats are answered in the receiver's session toward the sender;
 a heartbeat from a new incarnation of the sender starts a new session (and
-wakes a follower led by it) as a lapse does.
+wakes a follower led by it) as a lapse does. An answer reporting a new session
+wakes a quiesced leader with a replica on the answering node (its followers
+there were just woken and would otherwise campaign).
 
 `SimConfig.unsafe_quiesced_follower_ticks` is the deliberate bug the
 simulator must catch: the driver wakes quiesced followers on its own, so they
@@ -86,13 +88,25 @@ def on_deliver(c: Cluster, msg: LivenessBeat | LivenessAnswer) -> None:
             c.log(f"n{node.id} liveness: n{msg.sender} restarted (new session)")
             _wake_follower_of(c, node, msg.sender)
         _send(c, answer)
-    else:
-        node.liveness.on_answer(msg)
+    elif node.liveness.on_answer(msg):
+        _wake_leader_followed_on(c, node, msg.sender)
 
 
 def _send(c: Cluster, msg: LivenessBeat | LivenessAnswer) -> None:
     for at in c.network.send(msg.sender, msg.to, c.now):
         c.schedule(at, LIVENESS, msg)
+
+
+def _wake_leader_followed_on(c: Cluster, node: SimNode, peer: int) -> None:
+    """`peer` began a new session toward `node` (it woke its followers of `node`'s
+    leader): wake the leader so it heartbeats them before they campaign."""
+    raw = node.node()
+    r = raw.raft
+    if r.quiesced and r.state is StateType.LEADER and peer in r.tracker.progress:
+        raw.unquiesce()
+        c.log(f"n{node.id} unquiesce (n{peer} began a new session)")
+        c.counters["leader_wakes"] += 1
+        c.mark_dirty(node)
 
 
 def _wake_follower_of(c: Cluster, node: SimNode, peer: int) -> None:
