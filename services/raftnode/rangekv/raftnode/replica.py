@@ -554,8 +554,13 @@ class RangeReplica:
     # --- garbage collection -------------------------------------------------------------
 
     def propose_gc(self) -> asyncio.Future[Any] | None:
-        """On the leaseholder: propose collecting versions older than gc_ttl."""
+        """On the leaseholder: propose collecting versions older than gc_ttl -- unless
+        no write applied since the last GC's threshold (nothing new to collect; an
+        idle range is not woken every gc_interval)."""
         if not self.group.is_leader:
+            return None
+        newest = self.state.newest_write
+        if newest is not None and newest < self.state.gc_threshold:
             return None
         now = self.ctx.hlc.now()
         threshold = Timestamp(max(0, now.wall_time - int(self.ctx.limits.gc_ttl * 1e9)), 0)
