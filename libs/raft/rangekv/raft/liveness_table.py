@@ -130,5 +130,14 @@ class LivenessTable:
                 out.append(peer)
         return out
 
+    def forgive(self, now: float) -> None:
+        """This node itself stalled (it could not take the beats that arrived): give
+        every peer a fresh lapse window from `now` rather than declare it unreachable
+        on beats still queued. Lapses only wake followers; their timing is not part
+        of the lease argument, so this costs nothing but a later failover."""
+        for peer in self._heard:
+            self._heard[peer] = max(self._heard[peer], now)
+        self._started_at = max(self._started_at, now)
+
     def _new_session(self, peer: int) -> None:
         self._session[peer] = self._session.get(peer, 0) + 1

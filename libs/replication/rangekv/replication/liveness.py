@@ -7,9 +7,12 @@ node ONCE per heartbeat interval, whatever the number of groups they share.
 
 * the host's ticker calls `on_tick(now)`: every `beat_ticks(timing)` ticks one
   beat to each peer node (the clock read before sending), and every tick the
-  lapse check: a peer not heard for an election timeout is declared
-  unreachable -- a new session toward it begins, and `on_lapse(peer)` wakes
-  the quiesced followers that peer's node leads (the host does that);
+  lapse check: a peer not heard for `LAPSE_ELECTION_TIMEOUTS` election
+  timeouts is declared unreachable -- a new session toward it begins, and
+  `on_lapse(peer)` wakes the quiesced followers that peer's node leads (the
+  host does that). A tick that comes late (this process stalled, and could
+  not take the beats that arrived meanwhile) forgives every peer first: a
+  stall of our own must not look like everyone else's;
 * a received beat is answered with this node's session toward the sender; a
   beat from a new incarnation of the sender counts as a lapse first;
 * a received answer updates the table every group's `GroupLiveness` view reads.
@@ -48,6 +51,12 @@ LIVENESS_GROUP: Final = 0
 _TIME = struct.Struct(">d")
 #: Ticks between refreshes of the peer-node list (it changes with replica placement).
 PEER_REFRESH_TICKS = 10
+#: A peer unheard for this many election timeouts is declared unreachable. The
+#: lease argument does not depend on it; a false lapse wakes every range the peer
+#: leads here (and they their leaders), so it is kept well above a process stall.
+LAPSE_ELECTION_TIMEOUTS = 2
+#: A tick this many intervals late means this process stalled (`forgive`).
+STALL_TICKS = 3
 
 
 def beat_ticks(timing: RaftTiming) -> int:
@@ -110,6 +119,7 @@ class NodeLiveness:
         self.table = LivenessTable(node_id, base, now)
         self._peers: list[int] = []
         self._ticks = 0
+        self._last_tick = now
         self.beats_sent = 0
         self.lapses = 0
 
@@ -118,13 +128,16 @@ class NodeLiveness:
 
     def on_tick(self, now: float) -> None:
         timing = self._timing
+        if now - self._last_tick > STALL_TICKS * timing.tick_interval:
+            self.table.forgive(now)
+        self._last_tick = now
         if self._ticks % PEER_REFRESH_TICKS == 0:
             self._peers = sorted(p for p in set(self._peers_fn()) if p != self.node_id)
         self._ticks += 1
         if self._ticks % beat_ticks(timing) == 0:
             for peer in self._peers:
                 self._send_beat(self.table.beat(peer, now, self.incarnation))
-        timeout = timing.election_ticks * timing.tick_interval
+        timeout = LAPSE_ELECTION_TIMEOUTS * timing.election_ticks * timing.tick_interval
         for peer in self.table.lapse(self._peers, now, timeout):
             self.lapses += 1
             self._on_lapse(peer)
