@@ -192,13 +192,14 @@ def plan_replica_move(
     return None
 
 
-#: Replica GC asks meta about every follower once in this many passes; in the other
+#: Replica GC asks meta about every follower once in this many passes (5 minutes at
+#: the default interval); in the other
 #: passes only about followers that know no leader. A follower that hears its leader
 #: (or is quiesced under it) is in the leader's configuration, so meta's answer would
 #: keep it; a removed replica stops hearing its leader and soon knows none. One
 #: consistent meta lookup per follower per pass was most of an idle cluster's CPU
 #: at 1,000 ranges (the meta leader answered 400 a second).
-FULL_GC_EVERY = 12
+FULL_GC_EVERY = 60
 
 
 class Rebalancer:
