@@ -197,6 +197,7 @@ class InProcCluster:
         max_uncommitted_bytes: int = 64 << 20,
         engines: str = "rocksdb",
         rng: random.Random | None = None,
+        quiesce_after_ticks: int = 3,
     ) -> None:
         """`engines`: "rocksdb" (on disk under `base`) or "memory" (the engines' twins
         on simulated disks, which keep what is durable across a node's restarts and
@@ -225,6 +226,8 @@ class InProcCluster:
         self.disks: dict[int, MemoryEngines] | None = {} if engines == "memory" else None
         self.limits = limits or ReplicaLimits()
         self.max_uncommitted_bytes = max_uncommitted_bytes
+        #: Ranges quiesce after this many idle ticks (0: never), as raftnode's default.
+        self.quiesce_after_ticks = quiesce_after_ticks
 
     @property
     def stopped(self) -> set[int]:
@@ -239,6 +242,7 @@ class InProcCluster:
                 fsm_sync_mode=self.sync_mode,
                 log_retain_entries=self.log_retain_entries,
                 max_uncommitted_bytes=self.max_uncommitted_bytes,
+                quiesce_after_ticks=self.quiesce_after_ticks,
             ),
             limits=self.limits,
             max_clock_offset_ns=self.max_clock_offset_ns,
@@ -331,7 +335,7 @@ class InProcCluster:
             self.clock.advance(self.timing.tick_interval)
             for node, store in self.stores.items():
                 if node not in self.stopped:
-                    store.scheduler.tick_all(self.clock.now)
+                    store.host.tick(self.clock.now)
 
     async def until(
         self,

@@ -73,6 +73,8 @@ class NodesTwin:
     #: NotLeaseHolder answers a node gives before doing what it is asked.
     refusals: int = 0
     calls: list[tuple[str, int]] = field(default_factory=list)
+    #: Splits change the meta twin (the right-hand range led where the left is).
+    apply_splits: bool = False
 
     def _node(self, address: str) -> int:
         node = int(address[1:])
@@ -119,7 +121,12 @@ class NodesTwin:
             return replica_pb2.AdminSplitResponse(error=refused)  # type: ignore[arg-type]
         (d,) = [d for d in self.meta.ranges if d.range_id == req.range_id]
         left = desc(d.range_id, d.start_key, req.split_key, [r.node_id for r in d.replicas])
-        right = desc(99, req.split_key, d.end_key, [r.node_id for r in d.replicas])
+        right_id = max(r.range_id for r in self.meta.ranges) + 1 if self.apply_splits else 99
+        right = desc(right_id, req.split_key, d.end_key, [r.node_id for r in d.replicas])
+        if self.apply_splits:
+            at = self.meta.ranges.index(d)
+            self.meta.ranges[at : at + 1] = [left, right]
+            self.leader[right_id] = node
         return replica_pb2.AdminSplitResponse(left=left, right=right)
 
     async def transfer_lease(
@@ -239,6 +246,41 @@ async def test_split_validates_and_asks_the_leaseholder() -> None:
     assert isinstance(resp, admin_pb2.AdminSplitRangeResponse)
     assert (resp.left.end_key, resp.right.start_key) == (b"t", b"t")
     assert nodes.calls == [("split", 2), ("split", 2)]
+
+
+async def test_split_at_several_keys_in_order_or_not_at_all() -> None:
+    admin, meta, nodes = cluster(apply_splits=True)
+    bad = [
+        (admin_pb2.AdminSplitRangeRequest(split_key=b"b", more_split_keys=[b""]), "more_split"),
+        (admin_pb2.AdminSplitRangeRequest(split_key=b"b", more_split_keys=[b"b"]), "more than"),
+        (
+            admin_pb2.AdminSplitRangeRequest(split_key=b"b", more_split_keys=[b"x"] * 1024),
+            "at most",
+        ),
+    ]
+    for req, why in bad:
+        with pytest.raises(E.InvalidArgument, match=why):
+            await admin.split_range(req, 1.0)
+    # One key already starts a range: nothing is split.
+    with pytest.raises(E.FailedPrecondition, match="already starts"):
+        await admin.split_range(
+            admin_pb2.AdminSplitRangeRequest(split_key=b"c", more_split_keys=[b"m"]), 1.0
+        )
+    assert nodes.calls == []
+    req = admin_pb2.AdminSplitRangeRequest(split_key=b"t", more_split_keys=[b"c", b"p", b"x"])
+    resp = await admin.split_range(req, 1.0)
+    assert isinstance(resp, admin_pb2.AdminSplitRangeResponse)
+    assert [s.split_key for s in resp.splits] == [b"c", b"p", b"t", b"x"]
+    assert [(s.left.end_key, s.right.start_key) for s in resp.splits] == [
+        (b"c", b"c"),
+        (b"p", b"p"),
+        (b"t", b"t"),
+        (b"x", b"x"),
+    ]
+    assert resp.right == resp.splits[-1].right
+    bounds = [(d.start_key, d.end_key) for d in meta.ranges]
+    ends = [b"c", b"m", b"p", b"t", b"x", b""]
+    assert bounds == list(zip([b"", *ends[:-1]], ends, strict=True))
 
 
 async def test_change_replicas_validates_every_change() -> None:

@@ -268,32 +268,52 @@ def transfer_lease_main(argv: Sequence[str]) -> int:
 
 
 def split_main(argv: Sequence[str]) -> int:
-    p = _parser("split", "Split the range holding KEY so that KEY starts a new range.")
-    p.add_argument("key")
+    p = _parser(
+        "split",
+        "Split the range holding each KEY so that KEY starts a new range. Several keys "
+        "are split in ascending order, each once the previous right-hand range serves; "
+        "a bad key (empty, repeated, already a range start) refuses them all.",
+    )
+    p.add_argument("keys", nargs="+", metavar="KEY")
     add_hex(p)
     add_common(p, admin=True)
     args = p.parse_args(argv)
 
     async def main() -> int:
-        key = to_bytes(args, args.key, "key")
-        if not key:
+        keys = [to_bytes(args, k, "key") for k in args.keys]
+        if not all(keys):
             raise CLIError("INVALID_ARGUMENT: split key must not be empty", code=2)
+        req = admin_pb2.AdminSplitRangeRequest(split_key=keys[0], more_split_keys=keys[1:])
         async with admin_api(args) as api:
-            resp = await api.split_range(
-                admin_pb2.AdminSplitRangeRequest(split_key=key), args.timeout
-            )
+            resp = await api.split_range(req, args.timeout)
+        splits = list(resp.splits) or [
+            admin_pb2.AdminSplit(split_key=keys[0], left=resp.left, right=resp.right)
+        ]
         if args.json:
+
+            def half(d: types_pb2.RangeDescriptor) -> dict[str, int]:
+                return {"range_id": d.range_id, "generation": d.generation}
+
             emit_json(
                 {
-                    "left": {"range_id": resp.left.range_id, "generation": resp.left.generation},
-                    "right": {"range_id": resp.right.range_id, "generation": resp.right.generation},
+                    "left": half(resp.left),
+                    "right": half(resp.right),
+                    "splits": [
+                        {
+                            "key": json_bytes(args, s.split_key),
+                            "left": half(s.left),
+                            "right": half(s.right),
+                        }
+                        for s in splits
+                    ],
                 }
             )
         else:
-            print(
-                f"split at {show(args, key)}: "
-                f"left r{resp.left.range_id}, right r{resp.right.range_id}"
-            )
+            for s in splits:
+                print(
+                    f"split at {show(args, s.split_key)}: "
+                    f"left r{s.left.range_id}, right r{s.right.range_id}"
+                )
         return 0
 
     return run(main, describe_target(args))

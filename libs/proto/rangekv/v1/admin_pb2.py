@@ -27,7 +27,7 @@ from rangekv.v1 import replica_pb2 as rangekv_dot_v1_dot_replica__pb2
 from rangekv.v1 import types_pb2 as rangekv_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16rangekv/v1/admin.proto\x12\nrangekv.v1\x1a\x15rangekv/v1/meta.proto\x1a\x18rangekv/v1/replica.proto\x1a\x16rangekv/v1/types.proto\":\n\x16\x41\x64minListRangesRequest\x12\x11\n\tstart_key\x18\x01 \x01(\x0c\x12\r\n\x05limit\x18\x02 \x01(\x05\"\xbf\x01\n\x0bRangeStatus\x12/\n\ndescriptor\x18\x01 \x01(\x0b\x32\x1b.rangekv.v1.RangeDescriptor\x12\x1b\n\x13leaseholder_node_id\x18\x02 \x01(\x04\x12\x13\n\x0blease_valid\x18\x03 \x01(\x08\x12\x16\n\x0elease_sequence\x18\x04 \x01(\x04\x12\x15\n\rapplied_index\x18\x05 \x01(\x04\x12\x1e\n\x16\x61pproximate_size_bytes\x18\x06 \x01(\x04\"B\n\x0fUnreachableNode\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\x92\x01\n\x17\x41\x64minListRangesResponse\x12\'\n\x06ranges\x18\x01 \x03(\x0b\x32\x17.rangekv.v1.RangeStatus\x12\x16\n\x0enext_start_key\x18\x02 \x01(\x0c\x12\x36\n\x11unreachable_nodes\x18\x03 \x03(\x0b\x32\x1b.rangekv.v1.UnreachableNode\"\x17\n\x15\x41\x64minListNodesRequest\"\x83\x01\n\x0bNodeSummary\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.rangekv.v1.NodeStatus\x12\x11\n\treachable\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x15\n\rreplica_count\x18\x04 \x01(\r\x12\x13\n\x0blease_count\x18\x05 \x01(\r\"@\n\x16\x41\x64minListNodesResponse\x12&\n\x05nodes\x18\x01 \x03(\x0b\x32\x17.rangekv.v1.NodeSummary\"+\n\x16\x41\x64minSplitRangeRequest\x12\x11\n\tsplit_key\x18\x01 \x01(\x0c\"p\n\x17\x41\x64minSplitRangeResponse\x12)\n\x04left\x18\x01 \x01(\x0b\x32\x1b.rangekv.v1.RangeDescriptor\x12*\n\x05right\x18\x02 \x01(\x0b\x32\x1b.rangekv.v1.RangeDescriptor\"E\n\x19\x41\x64minTransferLeaseRequest\x12\x10\n\x08range_id\x18\x01 \x01(\x04\x12\x16\n\x0etarget_node_id\x18\x02 \x01(\x04\"\x7f\n\x1a\x41\x64minTransferLeaseResponse\x12\x10\n\x08range_id\x18\x01 \x01(\x04\x12\x14\n\x0c\x66rom_node_id\x18\x02 \x01(\x04\x12\x12\n\nto_node_id\x18\x03 \x01(\x04\x12\r\n\x05moved\x18\x04 \x01(\x08\x12\x16\n\x0elease_sequence\x18\x05 \x01(\x04\"w\n\x1a\x41\x64minChangeReplicasRequest\x12\x10\n\x08range_id\x18\x01 \x01(\x04\x12*\n\x07\x63hanges\x18\x02 \x03(\x0b\x32\x19.rangekv.v1.ReplicaChange\x12\x1b\n\x13\x65xpected_generation\x18\x03 \x01(\x04\"N\n\x1b\x41\x64minChangeReplicasResponse\x12/\n\ndescriptor\x18\x01 \x01(\x0b\x32\x1b.rangekv.v1.RangeDescriptor\"+\n\x18\x41\x64minDecommissionRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\"_\n\x19\x41\x64minDecommissionResponse\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.rangekv.v1.NodeStatus\x12\x1a\n\x12replicas_remaining\x18\x02 \x01(\r\"+\n\x18\x41\x64minRecommissionRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\"C\n\x19\x41\x64minRecommissionResponse\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.rangekv.v1.NodeStatus2\x86\x05\n\x05\x41\x64min\x12U\n\nListRanges\x12\".rangekv.v1.AdminListRangesRequest\x1a#.rangekv.v1.AdminListRangesResponse\x12R\n\tListNodes\x12!.rangekv.v1.AdminListNodesRequest\x1a\".rangekv.v1.AdminListNodesResponse\x12U\n\nSplitRange\x12\".rangekv.v1.AdminSplitRangeRequest\x1a#.rangekv.v1.AdminSplitRangeResponse\x12^\n\rTransferLease\x12%.rangekv.v1.AdminTransferLeaseRequest\x1a&.rangekv.v1.AdminTransferLeaseResponse\x12\x61\n\x0e\x43hangeReplicas\x12&.rangekv.v1.AdminChangeReplicasRequest\x1a\'.rangekv.v1.AdminChangeReplicasResponse\x12[\n\x0c\x44\x65\x63ommission\x12$.rangekv.v1.AdminDecommissionRequest\x1a%.rangekv.v1.AdminDecommissionResponse\x12[\n\x0cRecommission\x12$.rangekv.v1.AdminRecommissionRequest\x1a%.rangekv.v1.AdminRecommissionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16rangekv/v1/admin.proto\x12\nrangekv.v1\x1a\x15rangekv/v1/meta.proto\x1a\x18rangekv/v1/replica.proto\x1a\x16rangekv/v1/types.proto\":\n\x16\x41\x64minListRangesRequest\x12\x11\n\tstart_key\x18\x01 \x01(\x0c\x12\r\n\x05limit\x18\x02 \x01(\x05\"\xbf\x01\n\x0bRangeStatus\x12/\n\ndescriptor\x18\x01 \x01(\x0b\x32\x1b.rangekv.v1.RangeDescriptor\x12\x1b\n\x13leaseholder_node_id\x18\x02 \x01(\x04\x12\x13\n\x0blease_valid\x18\x03 \x01(\x08\x12\x16\n\x0elease_sequence\x18\x04 \x01(\x04\x12\x15\n\rapplied_index\x18\x05 \x01(\x04\x12\x1e\n\x16\x61pproximate_size_bytes\x18\x06 \x01(\x04\"B\n\x0fUnreachableNode\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\x92\x01\n\x17\x41\x64minListRangesResponse\x12\'\n\x06ranges\x18\x01 \x03(\x0b\x32\x17.rangekv.v1.RangeStatus\x12\x16\n\x0enext_start_key\x18\x02 \x01(\x0c\x12\x36\n\x11unreachable_nodes\x18\x03 \x03(\x0b\x32\x1b.rangekv.v1.UnreachableNode\"\x17\n\x15\x41\x64minListNodesRequest\"\x83\x01\n\x0bNodeSummary\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.rangekv.v1.NodeStatus\x12\x11\n\treachable\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x15\n\rreplica_count\x18\x04 \x01(\r\x12\x13\n\x0blease_count\x18\x05 \x01(\r\"@\n\x16\x41\x64minListNodesResponse\x12&\n\x05nodes\x18\x01 \x03(\x0b\x32\x17.rangekv.v1.NodeSummary\"D\n\x16\x41\x64minSplitRangeRequest\x12\x11\n\tsplit_key\x18\x01 \x01(\x0c\x12\x17\n\x0fmore_split_keys\x18\x02 \x03(\x0c\"\x98\x01\n\x17\x41\x64minSplitRangeResponse\x12)\n\x04left\x18\x01 \x01(\x0b\x32\x1b.rangekv.v1.RangeDescriptor\x12*\n\x05right\x18\x02 \x01(\x0b\x32\x1b.rangekv.v1.RangeDescriptor\x12&\n\x06splits\x18\x03 \x03(\x0b\x32\x16.rangekv.v1.AdminSplit\"v\n\nAdminSplit\x12\x11\n\tsplit_key\x18\x01 \x01(\x0c\x12)\n\x04left\x18\x02 \x01(\x0b\x32\x1b.rangekv.v1.RangeDescriptor\x12*\n\x05right\x18\x03 \x01(\x0b\x32\x1b.rangekv.v1.RangeDescriptor\"E\n\x19\x41\x64minTransferLeaseRequest\x12\x10\n\x08range_id\x18\x01 \x01(\x04\x12\x16\n\x0etarget_node_id\x18\x02 \x01(\x04\"\x7f\n\x1a\x41\x64minTransferLeaseResponse\x12\x10\n\x08range_id\x18\x01 \x01(\x04\x12\x14\n\x0c\x66rom_node_id\x18\x02 \x01(\x04\x12\x12\n\nto_node_id\x18\x03 \x01(\x04\x12\r\n\x05moved\x18\x04 \x01(\x08\x12\x16\n\x0elease_sequence\x18\x05 \x01(\x04\"w\n\x1a\x41\x64minChangeReplicasRequest\x12\x10\n\x08range_id\x18\x01 \x01(\x04\x12*\n\x07\x63hanges\x18\x02 \x03(\x0b\x32\x19.rangekv.v1.ReplicaChange\x12\x1b\n\x13\x65xpected_generation\x18\x03 \x01(\x04\"N\n\x1b\x41\x64minChangeReplicasResponse\x12/\n\ndescriptor\x18\x01 \x01(\x0b\x32\x1b.rangekv.v1.RangeDescriptor\"+\n\x18\x41\x64minDecommissionRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\"_\n\x19\x41\x64minDecommissionResponse\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.rangekv.v1.NodeStatus\x12\x1a\n\x12replicas_remaining\x18\x02 \x01(\r\"+\n\x18\x41\x64minRecommissionRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\"C\n\x19\x41\x64minRecommissionResponse\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.rangekv.v1.NodeStatus2\x86\x05\n\x05\x41\x64min\x12U\n\nListRanges\x12\".rangekv.v1.AdminListRangesRequest\x1a#.rangekv.v1.AdminListRangesResponse\x12R\n\tListNodes\x12!.rangekv.v1.AdminListNodesRequest\x1a\".rangekv.v1.AdminListNodesResponse\x12U\n\nSplitRange\x12\".rangekv.v1.AdminSplitRangeRequest\x1a#.rangekv.v1.AdminSplitRangeResponse\x12^\n\rTransferLease\x12%.rangekv.v1.AdminTransferLeaseRequest\x1a&.rangekv.v1.AdminTransferLeaseResponse\x12\x61\n\x0e\x43hangeReplicas\x12&.rangekv.v1.AdminChangeReplicasRequest\x1a\'.rangekv.v1.AdminChangeReplicasResponse\x12[\n\x0c\x44\x65\x63ommission\x12$.rangekv.v1.AdminDecommissionRequest\x1a%.rangekv.v1.AdminDecommissionResponse\x12[\n\x0cRecommission\x12$.rangekv.v1.AdminRecommissionRequest\x1a%.rangekv.v1.AdminRecommissionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,25 +49,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADMINLISTNODESRESPONSE']._serialized_start=741
   _globals['_ADMINLISTNODESRESPONSE']._serialized_end=805
   _globals['_ADMINSPLITRANGEREQUEST']._serialized_start=807
-  _globals['_ADMINSPLITRANGEREQUEST']._serialized_end=850
-  _globals['_ADMINSPLITRANGERESPONSE']._serialized_start=852
-  _globals['_ADMINSPLITRANGERESPONSE']._serialized_end=964
-  _globals['_ADMINTRANSFERLEASEREQUEST']._serialized_start=966
-  _globals['_ADMINTRANSFERLEASEREQUEST']._serialized_end=1035
-  _globals['_ADMINTRANSFERLEASERESPONSE']._serialized_start=1037
-  _globals['_ADMINTRANSFERLEASERESPONSE']._serialized_end=1164
-  _globals['_ADMINCHANGEREPLICASREQUEST']._serialized_start=1166
-  _globals['_ADMINCHANGEREPLICASREQUEST']._serialized_end=1285
-  _globals['_ADMINCHANGEREPLICASRESPONSE']._serialized_start=1287
-  _globals['_ADMINCHANGEREPLICASRESPONSE']._serialized_end=1365
-  _globals['_ADMINDECOMMISSIONREQUEST']._serialized_start=1367
-  _globals['_ADMINDECOMMISSIONREQUEST']._serialized_end=1410
-  _globals['_ADMINDECOMMISSIONRESPONSE']._serialized_start=1412
-  _globals['_ADMINDECOMMISSIONRESPONSE']._serialized_end=1507
-  _globals['_ADMINRECOMMISSIONREQUEST']._serialized_start=1509
-  _globals['_ADMINRECOMMISSIONREQUEST']._serialized_end=1552
-  _globals['_ADMINRECOMMISSIONRESPONSE']._serialized_start=1554
-  _globals['_ADMINRECOMMISSIONRESPONSE']._serialized_end=1621
-  _globals['_ADMIN']._serialized_start=1624
-  _globals['_ADMIN']._serialized_end=2270
+  _globals['_ADMINSPLITRANGEREQUEST']._serialized_end=875
+  _globals['_ADMINSPLITRANGERESPONSE']._serialized_start=878
+  _globals['_ADMINSPLITRANGERESPONSE']._serialized_end=1030
+  _globals['_ADMINSPLIT']._serialized_start=1032
+  _globals['_ADMINSPLIT']._serialized_end=1150
+  _globals['_ADMINTRANSFERLEASEREQUEST']._serialized_start=1152
+  _globals['_ADMINTRANSFERLEASEREQUEST']._serialized_end=1221
+  _globals['_ADMINTRANSFERLEASERESPONSE']._serialized_start=1223
+  _globals['_ADMINTRANSFERLEASERESPONSE']._serialized_end=1350
+  _globals['_ADMINCHANGEREPLICASREQUEST']._serialized_start=1352
+  _globals['_ADMINCHANGEREPLICASREQUEST']._serialized_end=1471
+  _globals['_ADMINCHANGEREPLICASRESPONSE']._serialized_start=1473
+  _globals['_ADMINCHANGEREPLICASRESPONSE']._serialized_end=1551
+  _globals['_ADMINDECOMMISSIONREQUEST']._serialized_start=1553
+  _globals['_ADMINDECOMMISSIONREQUEST']._serialized_end=1596
+  _globals['_ADMINDECOMMISSIONRESPONSE']._serialized_start=1598
+  _globals['_ADMINDECOMMISSIONRESPONSE']._serialized_end=1693
+  _globals['_ADMINRECOMMISSIONREQUEST']._serialized_start=1695
+  _globals['_ADMINRECOMMISSIONREQUEST']._serialized_end=1738
+  _globals['_ADMINRECOMMISSIONRESPONSE']._serialized_start=1740
+  _globals['_ADMINRECOMMISSIONRESPONSE']._serialized_end=1807
+  _globals['_ADMIN']._serialized_start=1810
+  _globals['_ADMIN']._serialized_end=2456
 # @@protoc_insertion_point(module_scope)

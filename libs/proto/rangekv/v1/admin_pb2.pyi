@@ -78,18 +78,32 @@ class AdminListNodesResponse(_message.Message):
     def __init__(self, nodes: _Optional[_Iterable[_Union[NodeSummary, _Mapping]]] = ...) -> None: ...
 
 class AdminSplitRangeRequest(_message.Message):
-    __slots__ = ("split_key",)
+    __slots__ = ("split_key", "more_split_keys")
     SPLIT_KEY_FIELD_NUMBER: _ClassVar[int]
+    MORE_SPLIT_KEYS_FIELD_NUMBER: _ClassVar[int]
     split_key: bytes
-    def __init__(self, split_key: _Optional[bytes] = ...) -> None: ...
+    more_split_keys: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, split_key: _Optional[bytes] = ..., more_split_keys: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class AdminSplitRangeResponse(_message.Message):
-    __slots__ = ("left", "right")
+    __slots__ = ("left", "right", "splits")
     LEFT_FIELD_NUMBER: _ClassVar[int]
     RIGHT_FIELD_NUMBER: _ClassVar[int]
+    SPLITS_FIELD_NUMBER: _ClassVar[int]
     left: _types_pb2.RangeDescriptor
     right: _types_pb2.RangeDescriptor
-    def __init__(self, left: _Optional[_Union[_types_pb2.RangeDescriptor, _Mapping]] = ..., right: _Optional[_Union[_types_pb2.RangeDescriptor, _Mapping]] = ...) -> None: ...
+    splits: _containers.RepeatedCompositeFieldContainer[AdminSplit]
+    def __init__(self, left: _Optional[_Union[_types_pb2.RangeDescriptor, _Mapping]] = ..., right: _Optional[_Union[_types_pb2.RangeDescriptor, _Mapping]] = ..., splits: _Optional[_Iterable[_Union[AdminSplit, _Mapping]]] = ...) -> None: ...
+
+class AdminSplit(_message.Message):
+    __slots__ = ("split_key", "left", "right")
+    SPLIT_KEY_FIELD_NUMBER: _ClassVar[int]
+    LEFT_FIELD_NUMBER: _ClassVar[int]
+    RIGHT_FIELD_NUMBER: _ClassVar[int]
+    split_key: bytes
+    left: _types_pb2.RangeDescriptor
+    right: _types_pb2.RangeDescriptor
+    def __init__(self, split_key: _Optional[bytes] = ..., left: _Optional[_Union[_types_pb2.RangeDescriptor, _Mapping]] = ..., right: _Optional[_Union[_types_pb2.RangeDescriptor, _Mapping]] = ...) -> None: ...
 
 class AdminTransferLeaseRequest(_message.Message):
     __slots__ = ("range_id", "target_node_id")

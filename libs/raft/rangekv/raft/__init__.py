@@ -16,6 +16,7 @@ from .errors import (
     Unavailable,
     UncommittedSizeExceeded,
 )
+from .quiesce import QUIESCE_CONTEXT, Liveness, LivenessAck, LivenessStamp, NoLiveness
 from .rawnode import RawNode
 from .storage import MemoryStorage, Storage, with_commit_floor
 from .types import (
@@ -44,6 +45,7 @@ from .types import (
 
 __all__ = [
     "NONE",
+    "QUIESCE_CONTEXT",
     "Compacted",
     "ConfChange",
     "ConfChangeType",
@@ -55,9 +57,13 @@ __all__ = [
     "InvariantViolation",
     "LeaseState",
     "LeaseStatus",
+    "Liveness",
+    "LivenessAck",
+    "LivenessStamp",
     "MemoryStorage",
     "Message",
     "MessageType",
+    "NoLiveness",
     "ProgressState",
     "ProgressStatus",
     "ProposalDropped",

@@ -70,6 +70,12 @@ class QuorumAckTracker:
             self.last_quorum_ack = newest
         return True
 
+    def adopt(self, send_time: float) -> None:
+        """Evidence gathered elsewhere (a quiesced leader's liveness acks, quiesce.py):
+        a quorum acknowledged something sent at `send_time`, in this leadership."""
+        if self.last_quorum_ack is None or send_time > self.last_quorum_ack:
+            self.last_quorum_ack = send_time
+
     def clear(self) -> None:
         """Forget all evidence: only rounds opened after this call may extend a lease.
 

@@ -23,6 +23,7 @@ from .errors import InvariantViolation, ProposalDropped, StorageError, Uncommitt
 from .lease import QuorumAckTracker, ReadOnly, ReadRequest
 from .log import RaftLog
 from .progress import Progress
+from .quiesce import NO_LIVENESS, QUIESCE_CONTEXT, Liveness, QuiescedLeader, may_quiesce
 from .storage import Storage
 from .tracker import ProgressTracker, VoteResult
 from .types import (
@@ -55,7 +56,7 @@ CAMPAIGN_TRANSFER = b"rangekv/transfer"
 class Raft:
     """One node's Raft state. Drive it through `RawNode`, not directly."""
 
-    def __init__(self, config: Config, storage: Storage) -> None:
+    def __init__(self, config: Config, storage: Storage, liveness: Liveness = NO_LIVENESS) -> None:
         self.id = config.id
         self.config = config
         self.log = RaftLog(storage)
@@ -89,6 +90,13 @@ class Raft:
         self.acks = QuorumAckTracker()
         self.now = 0.0
         self.boot_ticks_left = 0
+        # Quiescence (quiesce.py): no ticking while set; `quiesced_leader` holds a
+        # quiesced leader's liveness evidence.
+        self.liveness = liveness
+        self.quiesced = False
+        self.quiesced_leader: QuiescedLeader | None = None
+        # A quiesced follower: the round of the heartbeat that quiesced it.
+        self.quiesce_round = 0
         # An unbound function, not a bound method: no Raft -> Raft reference cycle.
         self._step_role: Callable[[Raft, Message], None] = Raft._step_follower
 
@@ -159,6 +167,9 @@ class Raft:
         self.read_only.reset()
         # Lease evidence belongs to one leadership: gone on any step-down or term change.
         self.acks.clear()
+        self.quiesced = False
+        self.quiesced_leader = None
+        self.quiesce_round = 0  # rounds are the leader's: they restart with a new one
 
     def become_follower(self, term: int, lead: int) -> None:
         self._reset(term)
@@ -207,6 +218,8 @@ class Raft:
         self.now = now
         if self.boot_ticks_left:
             self.boot_ticks_left -= 1
+        if self.quiesced:
+            return  # a quiesced group's timers stand still (quiesce.py)
         if self.state is StateType.LEADER:
             self._tick_heartbeat()
         else:
@@ -299,6 +312,11 @@ class Raft:
 
     def step(self, m: Message) -> None:
         """Handle one message: term checks first, then the role-specific step."""
+        if self.quiesced and not self._quiesced_step(m):
+            return
+        self._step_awake(m)
+
+    def _step_awake(self, m: Message) -> None:
         if m.term == 0:
             pass  # local message
         elif m.term > self.term:
@@ -341,6 +359,87 @@ class Raft:
         else:
             self._step_role(self, m)
 
+    # -- quiescence (the argument is in quiesce.py) ---------------------------
+
+    def can_quiesce(self) -> bool:
+        return may_quiesce(self)
+
+    def quiesce(self) -> bool:
+        """An idle leader stops ticking and asks its peers to; False if not idle."""
+        if not may_quiesce(self):
+            return False
+        r = self._open_round()
+        self.quiesced_leader = QuiescedLeader(r)
+        self.quiesced = True
+        committed = self.log.committed
+        for nid in self.tracker.ids():
+            if nid != self.id:
+                self._send(
+                    Message(
+                        MT.HEARTBEAT,
+                        nid,
+                        self.id,
+                        self.term,
+                        commit=committed,
+                        context=QUIESCE_CONTEXT,
+                        round=r,
+                    )
+                )
+        return True
+
+    def unquiesce(self) -> None:
+        """Wake: timers run again from zero; a leader keeps the lease its liveness
+        evidence gave (still covered by the followers' promises) and heartbeats at once."""
+        if not self.quiesced:
+            return
+        self.quiesced = False
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        if self.state is not StateType.LEADER:
+            return
+        q = self.quiesced_leader
+        self.quiesced_leader = None
+        if q is not None:
+            t = q.quorum_time(self.tracker.voters, self.id, self.liveness)
+            if t is not None:
+                self.acks.adopt(t)
+        for pr in self.tracker.progress.values():
+            pr.recent_active = True  # no messages while quiesced: one timeout before judging
+        self._open_round()
+        self._bcast_heartbeat()
+
+    def _quiesced_step(self, m: Message) -> bool:
+        """Wake if `m` wakes this quiesced node; False: drop `m` (a campaign)."""
+        if self._wakes(m):
+            self.unquiesce()
+            return True
+        return m.type is not MT.HUP  # a quiesced follower never campaigns (quiesce.py)
+
+    def _wakes(self, m: Message) -> bool:
+        """Whether `m` wakes this quiesced node.
+
+        A leader wakes on everything but a heartbeat answer of its term (and on
+        the answer of a follower that would not quiesce). A follower wakes only
+        on its leader's APP, plain HEARTBEAT or SNAP in its term sent AFTER the
+        quiescing heartbeat (a later round: a leader opens a round when it wakes,
+        before it sends anything; an older message delivered late must not wake
+        it), or TIMEOUT_NOW (a leader that sent one never quiesces in that term)
+        -- never on its own: that is the promise its lease rests on. A message of
+        a newer term resets it (`_reset`) like any follower.
+        """
+        if self.state is StateType.LEADER:
+            if m.type is not MT.HEARTBEAT_RESP or m.term != self.term:
+                return True
+            q = self.quiesced_leader
+            return q is not None and m.round == q.round and m.context != QUIESCE_CONTEXT
+        if m.term != self.term or m.sender != self.lead:
+            return False
+        if m.type is MT.TIMEOUT_NOW:
+            return True
+        if m.type is MT.HEARTBEAT and m.context == QUIESCE_CONTEXT:
+            return False
+        return m.type in (MT.APP, MT.HEARTBEAT, MT.SNAP) and m.round > self.quiesce_round
+
     # -- leader -------------------------------------------------------------
 
     def _step_leader(self, m: Message) -> None:
@@ -376,6 +475,11 @@ class Raft:
             pr.recent_active = True
             pr.probe_sent = False
             self._record_ack(pr, m.round)
+            q = self.quiesced_leader
+            if q is not None and m.round == q.round and m.context == QUIESCE_CONTEXT:
+                stamp = self.liveness.stamp(m.sender)
+                if stamp is not None:
+                    q.stamps[m.sender] = stamp
             if pr.state is ProgressState.REPLICATE and pr.inflights.full():
                 pr.inflights.free_first_one()
             if pr.match < self.log.last_index():
@@ -653,7 +757,24 @@ class Raft:
 
     def _handle_heartbeat(self, m: Message) -> None:
         self.log.commit_to(m.commit)
-        self._send(Message(MT.HEARTBEAT_RESP, m.sender, self.id, self.term, round=m.round))
+        ctx = b""
+        if m.context == QUIESCE_CONTEXT and self._may_follow_into_quiescence(m.commit):
+            self.quiesced = True
+            self.quiesce_round = max(self.quiesce_round, m.round)
+            ctx = QUIESCE_CONTEXT
+        self._send(
+            Message(MT.HEARTBEAT_RESP, m.sender, self.id, self.term, context=ctx, round=m.round)
+        )
+
+    def _may_follow_into_quiescence(self, commit: int) -> bool:
+        """A follower quiesces only with exactly the leader's log, all of it committed."""
+        log = self.log
+        return (
+            log.committed == commit
+            and log.last_index() == commit
+            and log.unstable.snapshot is None
+            and self.lead != NONE
+        )
 
     def _handle_snapshot(self, m: Message) -> None:
         snap = m.snapshot
@@ -689,6 +810,8 @@ class Raft:
         """
         if self.state is not StateType.LEADER:
             raise ProposalDropped(f"node {self.id} is not the leader (leader: {self.lead})")
+        if self.quiesced:
+            self.unquiesce()
         if self.lead_transferee != NONE:
             raise ProposalDropped(f"leadership transfer to {self.lead_transferee} in progress")
         if self.id not in self.tracker.progress:
@@ -780,6 +903,11 @@ class Raft:
         if self.term_start_index == 0 or applied < self.term_start_index:
             return status(LeaseState.NO_APPLIED_ENTRY_OF_TERM)
         ack = self.acks.last_quorum_ack
+        q = self.quiesced_leader
+        if q is not None:
+            by_liveness = q.quorum_time(self.tracker.voters, self.id, self.liveness)
+            if by_liveness is not None and (ack is None or by_liveness > ack):
+                ack = by_liveness
         duration = self.config.lease_duration
         if ack is None or duration <= 0:
             return status(LeaseState.EXPIRED)

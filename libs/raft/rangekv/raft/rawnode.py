@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .errors import StepLocalMessage
+from .quiesce import NO_LIVENESS, Liveness
 from .raft import CAMPAIGN_TRANSFER, Raft
 from .storage import Storage
 from .types import (
@@ -43,8 +44,10 @@ class RawNode:
 
     __slots__ = ("_prev_hard", "_prev_soft", "raft")
 
-    def __init__(self, config: Config, storage: Storage) -> None:
-        self.raft = Raft(config, storage)
+    def __init__(self, config: Config, storage: Storage, liveness: Liveness = NO_LIVENESS) -> None:
+        """`liveness`: the node-level liveness table a quiesced leader's lease rests
+        on (quiesce.py); without it a quiesced leader's lease runs out."""
+        self.raft = Raft(config, storage, liveness)
         self._prev_soft = self.raft.soft_state()
         self._prev_hard = self.raft.hard_state()
 
@@ -63,6 +66,26 @@ class RawNode:
         the election could break (e.g. a range that never had a leader)."""
         context = CAMPAIGN_TRANSFER if force else b""
         self.raft.step(Message(MessageType.HUP, self.raft.id, self.raft.id, context=context))
+
+    # -- quiescence (quiesce.py) -------------------------------------------------
+
+    def quiesce(self) -> bool:
+        """On an idle leader: stop ticking and heartbeating, and ask the followers to.
+        False (nothing done) unless the group is idle and caught up."""
+        return self.raft.quiesce()
+
+    def unquiesce(self) -> None:
+        """Wake. On a follower ONLY when its node declared the leader's node
+        unreachable and began a new liveness session toward it (quiesce.py);
+        proposals, reads and transfers wake a leader by themselves."""
+        self.raft.unquiesce()
+
+    def can_quiesce(self) -> bool:
+        return self.raft.can_quiesce()
+
+    @property
+    def quiesced(self) -> bool:
+        return self.raft.quiesced
 
     def propose(self, data: bytes) -> int:
         """Propose one entry; returns its index. Raises ProposalDropped."""

@@ -99,11 +99,14 @@ class RaftGroup:
         merger: CommandMerger[Any] | None = None,
         on_role_change: Callable[[], None] | None = None,
         mutation: Mutation = Mutation.NONE,
+        quiesce_after_ticks: int = 0,
     ) -> None:
         """`incarnation` must differ across restarts of the process (tags of replayed
         entries never match a new proposal); `applied_index` is where the state
         machine's durable state stands; `on_role_change` runs when the group's role
-        or known leader changes; `mutation` is test-only (mutations.py)."""
+        or known leader changes; `mutation` is test-only (mutations.py);
+        `quiesce_after_ticks`: a leader idle (`RawNode.can_quiesce`) for this many
+        ticks quiesces its group (0: never; rangekv/raft/quiesce.py)."""
         self.group_id = group_id
         self.raw_node = raw_node
         self.state_machine = state_machine
@@ -120,6 +123,11 @@ class RaftGroup:
         self._to_propose_conf: list[tuple[ConfChange, asyncio.Future[Any]]] = []
         self._reports: list[tuple[str, int, bool]] = []
         self._transfer_to = 0
+        # Quiescence: idle ticks so far, and wake-ups queued for the section.
+        self._quiesce_after = quiesce_after_ticks
+        self._idle_ticks = 0
+        self._wake_leader = False
+        self._wake_follower = False
         #: Ticks during which this group keeps forcing an election while no leader is known.
         self._forced_campaign_ticks = 0
         # Read index: at most one request in the core per scheduler iteration.
@@ -165,6 +173,10 @@ class RaftGroup:
     def lease_status(self, now: float) -> LeaseStatus:
         return self.raw_node.lease_status(now)
 
+    @property
+    def quiesced(self) -> bool:
+        return self.raw_node.quiesced
+
     # --- inputs (any coroutine) -------------------------------------------------------
 
     def wake(self) -> None:
@@ -194,6 +206,17 @@ class RaftGroup:
 
     def transfer_leadership(self, replica_id: int) -> None:
         self._transfer_to = replica_id
+        self._wake(self)
+
+    def wake_leader(self) -> None:
+        """Wake a quiesced leader (e.g. a scan fence is about to rest on its lease)."""
+        self._wake_leader = True
+        self._wake(self)
+
+    def wake_follower(self) -> None:
+        """Wake a quiesced follower: ONLY when this node declared its leader's node
+        unreachable and began a new liveness session toward it (quiesce.py)."""
+        self._wake_follower = True
         self._wake(self)
 
     def propose(self, command: bytes) -> asyncio.Future[Any]:
@@ -295,6 +318,7 @@ class RaftGroup:
         node = self.raw_node
         if self._forced_campaign_ticks and self._ticks:
             self._maybe_force_campaign()
+        ticked = self._ticks
         if self._ticks:
             ticks, self._ticks = self._ticks, 0
             for _ in range(ticks):
@@ -312,6 +336,34 @@ class RaftGroup:
         if self._to_propose_conf:
             self._propose_conf_changes(node)
         self._request_read_index(node)
+        self._quiescence(node, ticked)
+
+    def _quiescence(self, node: RawNode, ticked: int) -> None:
+        """Queued wake-ups; then, on a tick, quiesce a leader idle for long enough."""
+        if self._wake_leader or self._wake_follower:
+            leader = node.is_leader()
+            if node.quiesced and (self._wake_leader if leader else self._wake_follower):
+                node.unquiesce()
+            self._wake_leader = self._wake_follower = False
+        if not ticked:
+            return
+        if (
+            self.mutation is Mutation.QUIESCED_FOLLOWER_CAMPAIGNS
+            and node.quiesced
+            and not node.is_leader()
+        ):
+            node.unquiesce()  # TEST MUTATION: a follower woken without a lapse
+            return
+        if not self._quiesce_after or not node.is_leader() or node.quiesced:
+            self._idle_ticks = 0
+            return
+        if not node.can_quiesce():
+            self._idle_ticks = 0
+            return
+        self._idle_ticks += ticked
+        if self._idle_ticks >= self._quiesce_after and not self._forced_campaign_ticks:
+            node.quiesce()
+            self._idle_ticks = 0
 
     def _maybe_force_campaign(self) -> None:
         self._forced_campaign_ticks = max(0, self._forced_campaign_ticks - self._ticks)

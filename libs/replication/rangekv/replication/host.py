@@ -20,15 +20,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from rangekv.common.clock import Clock
 from rangekv.common.tasks import cancel_and_wait
-from rangekv.raft import Config, Message, RawNode
+from rangekv.raft import Config, Message, NoLiveness, RawNode
 from rangekv.replication.engines import EngineOpener
 from rangekv.replication.group import RaftGroup
+from rangekv.replication.liveness import GroupLiveness, NodeLiveness
 from rangekv.replication.mutations import NO_FAULTS, Mutation, TestFaults
 from rangekv.replication.proposals import CommandMerger
 from rangekv.replication.raft_network import RaftSender
@@ -76,6 +77,9 @@ class HostConfig:
     #: Bytes of proposals a leader holds uncommitted before refusing more
     #: (RESOURCE_EXHAUSTED; raft's max_uncommitted_entries_size).
     max_uncommitted_bytes: int = 64 << 20
+    #: A leader idle for this many ticks quiesces its group (0: never). Needs the
+    #: node-level liveness exchange (`GroupHost.enable_liveness`) to keep leases.
+    quiesce_after_ticks: int = 0
 
     def __post_init__(self) -> None:
         if self.node_id <= 0:
@@ -84,6 +88,8 @@ class HostConfig:
             raise ValueError("log_retain_entries must be >= 0")
         if self.truncate_interval <= 0:
             raise ValueError("truncate_interval must be > 0")
+        if self.quiesce_after_ticks < 0:
+            raise ValueError("quiesce_after_ticks must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -125,6 +131,64 @@ class GroupHost:
             clock=self.clock,
         )
         self._tasks: list[asyncio.Task[None]] = []
+        #: Node-level liveness (quiescence on: `enable_liveness`), else None.
+        self.liveness: NodeLiveness | None = None
+
+    # --- quiescence -----------------------------------------------------------------------
+
+    def enable_liveness(self, peers: Callable[[], Iterable[int]]) -> NodeLiveness:
+        """Start the node-level liveness exchange (liveness.py) with `peers()`, the
+        nodes this one shares groups with; groups added afterwards with `node_of`
+        may quiesce (`HostConfig.quiesce_after_ticks`)."""
+        self.liveness = NodeLiveness(
+            self.config.node_id,
+            self._sender,
+            self.config.timing,
+            self._rng,
+            self.clock.monotonic(),
+            peers=peers,
+            on_lapse=self._wake_followers_led_by,
+            on_new_session=self._wake_leaders_followed_on,
+        )
+        return self.liveness
+
+    def handle_liveness(self, msg: Message) -> None:
+        """A message of `LIVENESS_GROUP` (dropped while liveness is off)."""
+        if self.liveness is not None:
+            self.liveness.handle(msg, self.clock.monotonic())
+
+    def _wake_followers_led_by(self, node_id: int) -> None:
+        """`node_id` was declared unreachable (a new session began toward it): wake
+        every quiesced follower whose leader is there (the only time a driver may)."""
+        woken = 0
+        for group in self.scheduler.quiesced_groups():
+            view = group.raw_node.raft.liveness
+            if group.is_leader or not isinstance(view, GroupLiveness):
+                continue
+            lead = group.leader()
+            if lead and view.node_of(lead) == node_id:
+                group.wake_follower()
+                woken += 1
+        if woken:
+            log.info("node %d unreachable: woke %d quiesced followers", node_id, woken)
+
+    def _wake_leaders_followed_on(self, node_id: int) -> None:
+        """`node_id` began a new session toward this node: it declared this node
+        unreachable and woke its followers of our quiesced leaders. Wake those
+        leaders so that they heartbeat before the followers time out and campaign
+        (a transient lapse -- a stalled process -- must not cost every range an
+        election)."""
+        woken = 0
+        for group in self.scheduler.quiesced_groups():
+            view = group.raw_node.raft.liveness
+            if not group.is_leader or not isinstance(view, GroupLiveness):
+                continue
+            cs = group.conf_state()
+            if any(view.node_of(r) == node_id for r in (*cs.voters, *cs.learners)):
+                group.wake_leader()
+                woken += 1
+        if woken:
+            log.info("node %d began a new liveness session: woke %d leaders", node_id, woken)
 
     # --- groups -------------------------------------------------------------------------
 
@@ -140,13 +204,21 @@ class GroupHost:
         *,
         merger: CommandMerger[Any] | None = None,
         on_role_change: Callable[[], None] | None = None,
+        node_of: Callable[[int], int | None] | None = None,
     ) -> RaftGroup:
         """Start driving group `group_id`'s replica `replica_id` over its stored log,
-        resuming where the state machine's durable state is."""
+        resuming where the state machine's durable state is. `node_of` maps the
+        group's replica ids to node ids: with it (and liveness on) the group may
+        quiesce."""
         applied = self.applied_state(group_id)
+        view = (
+            self.liveness.view(node_of)
+            if self.liveness is not None and node_of is not None
+            else None
+        )
         group = RaftGroup(
             group_id,
-            self._raw_node(group_id, replica_id, applied),
+            self._raw_node(group_id, replica_id, applied, view),
             state_machine,
             wake=self.scheduler.wake,
             incarnation=self._rng.getrandbits(63) | 1,
@@ -154,11 +226,18 @@ class GroupHost:
             merger=merger,
             on_role_change=on_role_change,
             mutation=self.faults.mutation,
+            quiesce_after_ticks=self.config.quiesce_after_ticks if view is not None else 0,
         )
         self.scheduler.add_group(group)
         return group
 
-    def _raw_node(self, group_id: int, replica_id: int, applied: AppliedState) -> RawNode:
+    def _raw_node(
+        self,
+        group_id: int,
+        replica_id: int,
+        applied: AppliedState,
+        liveness: GroupLiveness | None,
+    ) -> RawNode:
         timing = self.config.timing
         storage = self.log_engine.storage(group_id)
         hard_state, _conf = storage.initial_state()
@@ -179,6 +258,7 @@ class GroupHost:
                 max_uncommitted_entries_size=self.config.max_uncommitted_bytes,
             ),
             storage,
+            liveness if liveness is not None else NoLiveness(),
         )
 
     # --- raft traffic -------------------------------------------------------------------
@@ -328,7 +408,13 @@ class GroupHost:
                 await self.clock.sleep(delay)
             else:
                 next_at = self.clock.monotonic()  # we fell behind: never tick in a burst
-            self.scheduler.tick_all(self.clock.monotonic())
+            self.tick(self.clock.monotonic())
+
+    def tick(self, now: float) -> None:
+        """One tick: every group that is not quiesced, and the liveness exchange."""
+        self.scheduler.tick_all(now)
+        if self.liveness is not None:
+            self.liveness.on_tick(now)
 
     async def _truncator(self) -> None:
         while True:

@@ -10,7 +10,7 @@ A mutation is switched on by ONE environment variable, read once at process
 start (by the raftnode's entry point) and passed down as a frozen value:
 
     RANGEKV_TEST_MUTATION=lease_without_check | ack_before_quorum | no_scan_fence
-        | stale_snapshot_ingest
+        | stale_snapshot_ingest | quiesced_follower_campaigns
 
 * ``lease_without_check``: a replica that is (or still believes it is) the raft
   leader serves reads from its local state without checking its lease or
@@ -27,8 +27,17 @@ start (by the raftnode's entry point) and passed down as a frozen value:
   older than what it already applied, outside the scheduler's section (and
   its applied index stays ahead of the data it now holds).
 
+* ``quiesced_follower_campaigns``: the driver wakes a quiesced follower on its
+  own (without its node declaring the leader's node unreachable, so without a
+  new liveness session): it ticks, times out and votes while its quiesced
+  leader still counts its liveness answers as lease evidence
+  (rangekv/raft/quiesce.py). The raft simulator's
+  ``SimConfig.unsafe_quiesced_follower_ticks`` is the same bug in its driver;
+  tests/consensus/test_simulation_quiesce.py shows the simulator catches it.
+
 Off (``none``) by default; an active one is logged loudly at startup. The
-tests in ``tests/chaos/test_chaos.py`` assert that the harness catches each.
+tests in ``tests/chaos/test_chaos.py`` assert that the harness catches each of
+the first four.
 """
 
 from __future__ import annotations
@@ -55,6 +64,7 @@ class Mutation(enum.Enum):
     ACK_BEFORE_QUORUM = "ack_before_quorum"
     NO_SCAN_FENCE = "no_scan_fence"
     STALE_SNAPSHOT_INGEST = "stale_snapshot_ingest"
+    QUIESCED_FOLLOWER_CAMPAIGNS = "quiesced_follower_campaigns"
 
 
 def parse_mutation(environ: Mapping[str, str] | None = None) -> Mutation:

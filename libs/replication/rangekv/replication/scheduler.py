@@ -138,6 +138,8 @@ class RaftScheduler:
         self._in_thread = blocking_io_in_thread
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._groups: dict[int, RaftGroup] = {}
+        #: The groups the ticker visits: every group that is not quiesced.
+        self._ticking: dict[int, RaftGroup] = {}
         self._dirty: dict[int, RaftGroup] = {}
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -151,11 +153,13 @@ class RaftScheduler:
 
     def add_group(self, group: RaftGroup) -> None:
         self._groups[group.group_id] = group
+        self._ticking[group.group_id] = group
         self.wake(group)
 
     def remove_group(self, group_id: int) -> RaftGroup | None:
         group = self._groups.pop(group_id, None)
         self._dirty.pop(group_id, None)
+        self._ticking.pop(group_id, None)
         if group is not None:
             group.close("replica removed from this node")
         return group
@@ -172,8 +176,28 @@ class RaftScheduler:
         self._wakeup.set()
 
     def tick_all(self, now: float) -> None:
-        for group in self._groups.values():
+        """Tick every group that is not quiesced (a quiesced one would ignore it)."""
+        for group in self._ticking.values():
             group.tick(now)
+
+    @property
+    def ticking(self) -> int:
+        """How many groups the ticker visits (the others are quiesced)."""
+        return len(self._ticking)
+
+    def quiesced_groups(self) -> list[RaftGroup]:
+        return [g for gid, g in self._groups.items() if gid not in self._ticking]
+
+    def _track_quiescence(self, group: RaftGroup) -> None:
+        """After a drain: a quiesced group leaves the ticker's list, a woken one rejoins.
+        (The QUIESCED_FOLLOWER_CAMPAIGNS mutation keeps ticking quiesced followers.)"""
+        gid = group.group_id
+        if group.quiesced and not (
+            self._mutation is Mutation.QUIESCED_FOLLOWER_CAMPAIGNS and not group.is_leader
+        ):
+            self._ticking.pop(gid, None)
+        elif gid not in self._ticking and gid in self._groups:
+            self._ticking[gid] = group
 
     def after_apply(self, fn: Callable[[], None]) -> None:
         """Run `fn` once after the next apply batch is durable (e.g. split follow-up)."""
@@ -270,6 +294,7 @@ class RaftScheduler:
             if group.removed:
                 continue
             group.drain_inputs()
+            self._track_quiescence(group)
             rd = group.take_ready()
             if rd is not None:
                 readies.append((group, rd))

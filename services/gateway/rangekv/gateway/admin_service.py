@@ -47,11 +47,14 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self._decommission = decommission
         self._recommission = recommission
 
-    def _timeout(self, context: grpc.aio.ServicerContext) -> float:
+    def _timeout(self, context: grpc.aio.ServicerContext, calls: int = 1) -> float:
+        """The request's budget: `calls` request timeouts (a call made of several
+        node calls, e.g. a split at several keys), within the client's deadline."""
+        budget = self._request_timeout * max(1, calls)
         remaining = context.time_remaining()
         if remaining is None:
-            return self._request_timeout
-        return max(0.0, min(self._request_timeout, remaining))
+            return budget
+        return max(0.0, min(budget, remaining))
 
     async def ListRanges(
         self, request: admin_pb2.AdminListRangesRequest, context: grpc.aio.ServicerContext
@@ -66,7 +69,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def SplitRange(
         self, request: admin_pb2.AdminSplitRangeRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.AdminSplitRangeResponse:
-        return await self._admin.split_range(request, self._timeout(context))
+        calls = 1 + len(request.more_split_keys)
+        return await self._admin.split_range(request, self._timeout(context, calls))
 
     async def TransferLease(
         self, request: admin_pb2.AdminTransferLeaseRequest, context: grpc.aio.ServicerContext

@@ -19,6 +19,7 @@ moved between the look and the ask, until the deadline.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
@@ -34,6 +35,8 @@ T = TypeVar("T")
 DEFAULT_PAGE = 1000
 MAX_PAGE = 10_000
 MAX_CHANGES = 16
+#: Keys one SplitRange call may split at.
+MAX_SPLIT_KEYS = 1024
 #: Pause before looking for a leaseholder again (the lease is moving or being elected).
 RETRY_PAUSE = 0.1
 #: The share of a request's deadline one node may take to say what it hosts.
@@ -249,17 +252,45 @@ class ClusterAdmin:
     async def split_range(
         self, req: admin_pb2.AdminSplitRangeRequest, timeout: float
     ) -> admin_pb2.AdminSplitRangeResponse:
-        if not req.split_key:
-            raise E.InvalidArgument("split_key", "must not be empty")
-        key = bytes(req.split_key)
+        """Split at every key of the request, in ascending order, one after the other.
 
+        Every key is checked before the first split (none empty, no duplicates, none
+        already starting a range), so a refused request changed nothing. Each split
+        answers once its right-hand range can serve (the node waits for it), so the
+        next key -- often inside that right-hand range -- finds a leaseholder.
+        """
+        keys = _split_keys(req)
+        deadline = self._clock.monotonic() + timeout
+        for key in keys:
+            await self._split_target(key)
+        out = admin_pb2.AdminSplitRangeResponse()
+        for key in keys:
+            remaining = deadline - self._clock.monotonic()
+            if remaining <= 0:
+                done = len(out.splits)
+                raise E.DeadlineExceeded(
+                    f"{done} of {len(keys)} splits done within {timeout:.1f}s "
+                    f"(the next was at {key!r})"
+                )
+            one = await self._split_one(key, remaining)
+            out.splits.add(split_key=key, left=one.left, right=one.right)
+            out.left.CopyFrom(one.left)
+            out.right.CopyFrom(one.right)
+        return out
+
+    async def _split_target(self, key: bytes) -> types_pb2.RangeDescriptor:
+        """The committed range holding `key`, which must not start there already."""
+        found = (await self._meta.list_ranges(start_key=key, limit=1)).descriptors
+        desc = next((d for d in found if _covers(d, key)), None)
+        if desc is None:
+            raise E.NotFound(f"no range holds key {key!r}")
+        if desc.start_key == key:
+            raise E.FailedPrecondition(f"range {desc.range_id} already starts at {key!r}")
+        return desc
+
+    async def _split_one(self, key: bytes, timeout: float) -> admin_pb2.AdminSplitRangeResponse:
         async def attempt() -> admin_pb2.AdminSplitRangeResponse | None:
-            found = (await self._meta.list_ranges(start_key=key, limit=1)).descriptors
-            desc = next((d for d in found if _covers(d, key)), None)
-            if desc is None:
-                raise E.NotFound(f"no range holds key {key!r}")
-            if desc.start_key == key:
-                raise E.FailedPrecondition(f"range {desc.range_id} already starts at {key!r}")
+            desc = await self._split_target(key)
             holder = await self._holder(desc.range_id, timeout)
             resp = await self._node_call(
                 holder,
@@ -421,6 +452,23 @@ def _holder_of(reports: Sequence[NodeReport], range_id: int) -> Holder | None:
         unknown = f" (nodes {down} did not answer)" if down else ""
         raise E.NotFound(f"no node hosts range {range_id}{unknown}")
     return holder
+
+
+def _split_keys(req: admin_pb2.AdminSplitRangeRequest) -> list[bytes]:
+    """The request's keys in ascending order; INVALID_ARGUMENT for an empty or
+    repeated key, or too many."""
+    keys = [bytes(req.split_key), *(bytes(k) for k in req.more_split_keys)]
+    if len(keys) > MAX_SPLIT_KEYS:
+        raise E.InvalidArgument("more_split_keys", f"at most {MAX_SPLIT_KEYS} keys in all")
+    for i, key in enumerate(keys):
+        if not key:
+            field_name = "split_key" if i == 0 else f"more_split_keys[{i - 1}]"
+            raise E.InvalidArgument(field_name, "must not be empty")
+    ordered = sorted(keys)
+    for a, b in itertools.pairwise(ordered):
+        if a == b:
+            raise E.InvalidArgument("more_split_keys", f"{a!r} appears more than once")
+    return ordered
 
 
 def _covers(d: types_pb2.RangeDescriptor, key: bytes) -> bool:

@@ -60,6 +60,12 @@ class RaftnodeConfig:
         2000, help="raft log entries kept below the applied index after truncation"
     )
     truncate_interval: float = setting(5.0, help="seconds between raft log truncation passes")
+    quiesce_after_ticks: int = setting(
+        3,
+        help="raft ticks a range's leader must be idle (nothing in flight, every replica "
+        "caught up) before the range quiesces: no ticks, no heartbeats, its lease kept by "
+        "node-level liveness (0: never quiesce)",
+    )
     max_key_bytes: int = max_key_bytes_setting()
     max_value_bytes: int = max_value_bytes_setting()
     gc_ttl: float = setting(
@@ -163,6 +169,7 @@ class RaftnodeConfig:
         require(self.gc_interval > 0, "gc_interval", "must be > 0")
         require(self.txn_expiry > 0, "txn_expiry", "must be > 0")
         require(self.split_size_threshold >= 0, "split_size_threshold", "must be >= 0")
+        require(self.quiesce_after_ticks >= 0, "quiesce_after_ticks", "must be >= 0")
         require(self.split_check_interval > 0, "split_check_interval", "must be > 0")
         try:
             self.replica_changes()

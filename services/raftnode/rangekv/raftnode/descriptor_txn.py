@@ -70,7 +70,7 @@ class DescriptorTxns:
         self.store = store
         self.meta = meta
         self.pusher = pusher
-        self._clock = clock
+        self.clock = clock
         self._rng = rng
         #: One descriptor transaction per range at a time, whatever its kind.
         self._locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -165,7 +165,7 @@ class DescriptorTxns:
     async def _heartbeat(self, replica: RangeReplica, txn_pb: types_pb2.TxnMeta) -> None:
         interval = self.pusher.expiry / 4
         while True:
-            await self._clock.sleep(interval)
+            await self.clock.sleep(interval)
             try:
                 rec = await replica.propose_txn_op(raftcmd_pb2.TxnOp(kind=T.HEARTBEAT, txn=txn_pb))
             except E.RangeKVError:

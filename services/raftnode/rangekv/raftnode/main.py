@@ -111,6 +111,7 @@ def _assemble(
                 log_retain_entries=node_config.log_retain_entries,
                 truncate_interval=node_config.truncate_interval,
                 max_uncommitted_bytes=node_config.max_uncommitted_bytes,
+                quiesce_after_ticks=node_config.quiesce_after_ticks,
             ),
             limits=node_config.limits(),
             gc_interval=node_config.gc_interval,
@@ -149,7 +150,9 @@ def _assemble(
         rpc_timeout=split_config.rpc_timeout,
     )
     txns = DescriptorTxns(store, meta, pusher, clock, random.Random(rng.random()))
-    splits = SplitCoordinator(txns, crash_after=faults.split_crash_after)
+    splits = SplitCoordinator(
+        txns, crash_after=faults.split_crash_after, rhs_serve_wait=split_config.rhs_serve_wait
+    )
     change_config = node_config.replica_changes()
     changes = ReplicaChanger(txns, change_config, clock)
     return _Node(

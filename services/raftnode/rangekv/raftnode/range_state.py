@@ -134,6 +134,10 @@ class RangeStateMachine:
         #: Approximate bytes of the range's MVCC keys and values: None until the
         #: size estimator scanned it; then raised by every applied write.
         self.approx_size: int | None = None
+        #: The newest MVCC write this process applied here (None: unknown, e.g.
+        #: since a restart or a split). GC skips a range none of whose writes is
+        #: newer than its GC threshold: the last GC collected all it ever could.
+        self.newest_write: Timestamp | None = None
 
     @property
     def descriptor(self) -> RangeDescriptor:
@@ -158,6 +162,10 @@ class RangeStateMachine:
         if not all(desc.contains_key(getattr(op, op.WhichOneof("op")).key) for op in cmd.writes):  # type: ignore[arg-type]
             # Proposed before a split that applied first: keys of another range now.
             return [OUTSIDE_RANGE] * len(cmd.writes)
+        if cmd.writes:
+            last = Timestamp(base.wall_time, base.logical + len(cmd.writes) - 1)
+            if self.newest_write is None or last > self.newest_write:
+                self.newest_write = last
         return [
             self._apply_write(op, Timestamp(base.wall_time, base.logical + i), reader, batch)
             for i, op in enumerate(cmd.writes)

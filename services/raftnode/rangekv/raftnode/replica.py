@@ -87,11 +87,17 @@ class RangeReplica:
             self.state,
             merger=self.writes,
             on_role_change=self._role_changed,
+            node_of=self._node_of_replica,
         )
         #: Coordinators of replica changes waiting for them to apply here, by txn id.
         self._change_waiters: dict[bytes, asyncio.Future[RangeDescriptor]] = {}
 
     # --- what the rest of the node reads --------------------------------------------
+
+    def _node_of_replica(self, replica_id: int) -> int | None:
+        """The node of this range's replica `replica_id` (the liveness view's map)."""
+        found = self.state.descriptor.replica_by_id(replica_id)
+        return None if found is None else found.node_id
 
     @property
     def descriptor(self) -> RangeDescriptor:
@@ -353,6 +359,9 @@ class RangeReplica:
             try:
                 if release_at is None:
                     self.fences.hold(f.fence_id, start, end, f.hold_millis / 1000, now)
+                    # A held fence keeps writes waiting on this lease: run awake (ticks,
+                    # heartbeats) while it is held rather than on liveness alone.
+                    self.group.wake_leader()
                     # Writes already proposed to the span apply first: none of them may
                     # land at or below the timestamp this range answers.
                     await self._await_inflight(start, end)
@@ -545,8 +554,13 @@ class RangeReplica:
     # --- garbage collection -------------------------------------------------------------
 
     def propose_gc(self) -> asyncio.Future[Any] | None:
-        """On the leaseholder: propose collecting versions older than gc_ttl."""
+        """On the leaseholder: propose collecting versions older than gc_ttl -- unless
+        no write applied since the last GC's threshold (nothing new to collect; an
+        idle range is not woken every gc_interval)."""
         if not self.group.is_leader:
+            return None
+        newest = self.state.newest_write
+        if newest is not None and newest < self.state.gc_threshold:
             return None
         now = self.ctx.hlc.now()
         threshold = Timestamp(max(0, now.wall_time - int(self.ctx.limits.gc_ttl * 1e9)), 0)

@@ -15,7 +15,12 @@ transaction (`rangekv.raftnode.descriptor_txn` runs it; the domain module
      the record COMMITTED and splits the range on every replica, provided the
      record is still PENDING (a pusher may have aborted it) and the
      descriptor is still [A, C);
-  6. resolve both intents COMMITTED, the lock first.
+  6. resolve both intents COMMITTED, the lock first;
+  7. answer only once the right-hand range can serve: this node's replica of
+     it leads with a valid lease (the left-hand leaseholder's node campaigns
+     for it at once, `Store._create_split_rhs`), or it knows a leader elsewhere,
+     or `rhs_serve_wait` passed. So splits chain: the next split (or write) of
+     the right-hand side finds a leaseholder instead of "no leader right now".
 
 The test fault `split_crash_after` (RANGEKV_SPLIT_CRASH_AFTER, read once in
 main into the node's TestFaults) makes the process exit right after a step,
@@ -46,6 +51,7 @@ from rangekv.common.descriptors import RangeDescriptor
 from rangekv.common.tasks import Periodic
 from rangekv.domain.descriptor_txn import DescriptorTxn, plan_split
 from rangekv.domain.txn import TxnStatus
+from rangekv.raft import LeaseState
 from rangekv.raftnode import txn as T
 from rangekv.raftnode.descriptor_txn import DescriptorTxns
 from rangekv.raftnode.keys import data_span, decode_version_key, txn_record_span
@@ -69,10 +75,14 @@ class SplitConfig:
     check_interval: float = 10.0
     #: Deadline of one push / RPC to another node.
     rpc_timeout: float = 5.0
+    #: How long a split waits, after it committed, for its right-hand range to serve.
+    rhs_serve_wait: float = 5.0
 
     def __post_init__(self) -> None:
         if self.txn_expiry <= 0 or self.check_interval <= 0 or self.size_threshold < 0:
             raise ValueError("txn_expiry and check_interval must be > 0, size_threshold >= 0")
+        if self.rhs_serve_wait < 0:
+            raise ValueError("rhs_serve_wait must be >= 0")
 
 
 class SplitCoordinator:
@@ -84,10 +94,13 @@ class SplitCoordinator:
         *,
         crash_after: str = "",
         exit_process: Callable[[int], None] = os._exit,
+        rhs_serve_wait: float = SplitConfig.rhs_serve_wait,
     ) -> None:
-        """`crash_after` is the test fault `TestFaults.split_crash_after`."""
+        """`crash_after` is the test fault `TestFaults.split_crash_after`;
+        `rhs_serve_wait` is `SplitConfig.rhs_serve_wait` (step 7)."""
         self.txns = txns
         self.store = txns.store
+        self._rhs_serve_wait = rhs_serve_wait
         self._crash_after = crash_after
         self._exit = exit_process
         self.splits_done = 0
@@ -136,7 +149,39 @@ class SplitCoordinator:
 
         await self.txns.run(replica, plan, commit, what="split transaction", step=self._step)
         self.splits_done += 1
+        if not await self.await_serving(right.range_id, self._rhs_serve_wait):
+            log.warning(
+                "split of range %d: right-hand range %d has no leaseholder after %.1fs; "
+                "answering anyway (the split committed)",
+                left.range_id,
+                right.range_id,
+                self._rhs_serve_wait,
+            )
         return left, right
+
+    def serving(self, range_id: int) -> bool:
+        """This node's replica of `range_id` leads with a valid lease, or knows a
+        leader elsewhere (whose lease this node cannot see, but which answers)."""
+        replica = self.store.replica(range_id)
+        if replica is None or replica.removed:
+            return False
+        if replica.is_leader:
+            now = self.txns.clock.monotonic()
+            return replica.lease_status(now).state is LeaseState.VALID
+        return replica.group.leader() != 0
+
+    async def await_serving(self, range_id: int, wait: float) -> bool:
+        """Step 7: poll `serving` once per raft tick for at most `wait` seconds (the
+        lease appears after the election and one heartbeat round: a few ticks)."""
+        clock = self.txns.clock
+        deadline = clock.monotonic() + wait
+        pause = self.store.config.host.timing.tick_interval
+        while not self.serving(range_id):
+            remaining = deadline - clock.monotonic()
+            if remaining <= 0:
+                return False
+            await clock.sleep(min(pause, remaining))
+        return True
 
 
 class SplitQueue:

@@ -24,6 +24,7 @@ from rangekv.raftnode.range_state import range_spans
 from rangekv.raftnode.replica import RangeReplica
 from rangekv.raftnode.requests import ReplicaLimits
 from rangekv.replication.host import GroupHost, HostConfig, HostSeams, Route
+from rangekv.replication.liveness import LIVENESS_GROUP
 from rangekv.replication.log_engine import RaftLogEngine
 from rangekv.replication.raft_network import Inbound
 from rangekv.replication.scheduler import RaftScheduler
@@ -68,6 +69,8 @@ class Store:
         self.config = config
         self.node_id = config.host.node_id
         self.host = GroupHost(config.host, self, seams)
+        if config.host.quiesce_after_ticks:
+            self.host.enable_liveness(self.peer_nodes)
         self.clock = seams.clock
         self.hlc = HybridClock(self.clock.wall_ns, config.max_clock_offset_ns)
         self.ctx = ReplicaContext(
@@ -428,9 +431,16 @@ class Store:
         carried = replica.state.descriptor_pb if msg.type in _CARRY_DESCRIPTOR else None
         return target.node_id, carried
 
+    def peer_nodes(self) -> set[int]:
+        """The nodes holding a replica of any range this node holds (liveness peers)."""
+        return {r.node_id for rep in self._replicas.values() for r in rep.descriptor.replicas}
+
     def handle_raft(self, messages: Sequence[Inbound]) -> None:
         """Deliver received raft messages to their replicas (never blocks)."""
         for group_id, msg, desc_pb in messages:
+            if group_id == LIVENESS_GROUP:
+                self.host.handle_liveness(msg)
+                continue
             replica = self.replica(group_id)
             if replica is None:
                 replica = self._maybe_create_uninitialized(group_id, msg, desc_pb)

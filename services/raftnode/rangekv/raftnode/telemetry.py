@@ -129,6 +129,12 @@ class NodeMetrics:
             "Ranges whose lease this node holds and may serve reads under now",
             lambda: _valid_leases(store),
         )
+        self.telemetry.observable_gauge(
+            "rangekv_ranges_quiesced",
+            "Range replicas quiesced here: not ticked, no raft heartbeats (their leases "
+            "rest on node-level liveness)",
+            lambda: len(store.replicas()) - store.scheduler.ticking,
+        )
 
 
 def _valid_leases(store: Store) -> float:

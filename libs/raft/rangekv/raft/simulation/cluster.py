@@ -46,6 +46,7 @@ from rangekv.raft.simulation.events import (
     CLIENT,
     CLIENT_TIMEOUT,
     DELIVER,
+    LIVENESS,
     READY,
     RESTART,
     SHUTDOWN,
@@ -58,6 +59,9 @@ from rangekv.raft.simulation.kv import KVStateMachine
 from rangekv.raft.simulation.nemesis import handle_fault_event
 from rangekv.raft.simulation.network import Network
 from rangekv.raft.simulation.node import ReadyOutcome, SimClock, SimNode
+from rangekv.raft.simulation.quiescence import new_liveness
+from rangekv.raft.simulation.quiescence import on_deliver as on_liveness
+from rangekv.raft.simulation.quiescence import on_tick as quiescence_tick
 
 FULL_LOG_CHECK_EVERY = 500
 """Events between full pairwise log-matching scans (the incremental check runs always)."""
@@ -159,7 +163,12 @@ class Cluster:
         return node
 
     def start_node(self, node: SimNode) -> None:
-        node.start(self._node_config(node.id), self.now, self.cfg.tick_interval)
+        node.start(
+            self._node_config(node.id),
+            self.now,
+            self.cfg.tick_interval,
+            new_liveness(self, node),
+        )
         self.log(f"n{node.id} start inc={node.incarnation} applied={node.applied}")
         self.counters["restarts" if node.incarnation > 1 else "boots"] += 1
         self._schedule_tick(node)
@@ -242,6 +251,8 @@ class Cluster:
             self._on_snap_status(*payload)
         elif kind == UNREACHABLE:
             self._on_unreachable(*payload)
+        elif kind == LIVENESS:
+            on_liveness(self, payload)
         else:
             handle_fault_event(self, kind, payload)
 
@@ -250,6 +261,8 @@ class Cluster:
         if not node.alive or node.incarnation != incarnation or node.clock.epoch != epoch:
             return
         node.node().tick(node.clock.now(self.now))
+        node.ticks += 1
+        quiescence_tick(self, node)
         node.next_tick_local += self.cfg.tick_interval
         self._schedule_tick(node)
         self.mark_dirty(node)

@@ -123,6 +123,14 @@ class SimConfig:
     """Send a Ready's messages before persisting it (a crash in between loses votes)."""
     lease_duration_override: float | None = None
     """Run the nodes with this lease instead of the derived one (e.g. an unsafe one)."""
+    # Quiescence (rangekv/raft/quiesce.py, simulation/quiescence.py).
+    quiesce: bool = False
+    """Idle leaders quiesce; nodes exchange node-level liveness heartbeats."""
+    quiesce_rate: float = 0.5
+    """Chance per tick that an idle, caught-up leader quiesces."""
+    unsafe_quiesced_follower_ticks: bool = False
+    """Deliberate bug: the driver keeps ticking quiesced followers (so they campaign
+    while their leader's lease rests on their liveness answers)."""
 
     def __post_init__(self) -> None:
         if self.nodes < 1:

@@ -26,3 +26,5 @@ SHUTDOWN: Final = 9
 """A node removed from the cluster is stopped for good: ``node_id``."""
 UNREACHABLE: Final = 10
 """The transport tells a sender a peer is unreachable: ``(sender_id, to)``."""
+LIVENESS: Final = 11
+"""A node-level liveness heartbeat or answer arrives: a ``LivenessBeat`` or ``LivenessAnswer``."""

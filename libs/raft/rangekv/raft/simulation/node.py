@@ -42,6 +42,8 @@ from rangekv.raft import (
     Snapshot,
     StateType,
 )
+from rangekv.raft.liveness_table import LivenessTable
+from rangekv.raft.quiesce import NO_LIVENESS
 from rangekv.raft.simulation.kv import ApplyResult, Command, KVStateMachine
 
 
@@ -126,6 +128,9 @@ class SimNode:
         """Set once the node was removed from the cluster and shut down for good."""
         self.next_tick_local = 0.0
         self.ready_scheduled = False
+        self.liveness: LivenessTable | None = None
+        """Node-level liveness of this incarnation (quiescence on), else None."""
+        self.ticks = 0
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -133,7 +138,13 @@ class SimNode:
     def alive(self) -> bool:
         return self.raft is not None
 
-    def start(self, config: Config, global_now: float, tick_interval: float) -> None:
+    def start(
+        self,
+        config: Config,
+        global_now: float,
+        tick_interval: float,
+        liveness: LivenessTable | None = None,
+    ) -> None:
         """Boot (or reboot) from exactly what is in storage."""
         snap = self.storage.snapshot()
         self.kv = KVStateMachine.deserialize(snap.data)
@@ -141,7 +152,10 @@ class SimNode:
         self.conf_state = snap.metadata.conf_state
         # The storage may hold a few entries below the snapshot (compaction keeps
         # some); tell the core the state machine already covers them.
-        self.raft = RawNode(replace(config, applied=self.applied), self.storage)
+        self.liveness = liveness
+        self.raft = RawNode(
+            replace(config, applied=self.applied), self.storage, liveness or NO_LIVENESS
+        )
         self.incarnation += 1
         self.ready_scheduled = False
         local = self.clock.now(global_now)
@@ -152,6 +166,7 @@ class SimNode:
         self.raft = None
         self.kv = KVStateMachine()
         self.ready_scheduled = False
+        self.liveness = None
 
     def node(self) -> RawNode:
         """The live RawNode (callers check :attr:`alive` first)."""
