@@ -3,7 +3,9 @@
 `draw_message` fills any message type from its descriptor: each field set or not,
 extremes for numbers, empty and maximal keys for bytes, unknown enum values,
 several members of one oneof (the last wins), nested messages to a bounded depth
-and, now and then, a huge repeated field. `draw_payload` turns one into wire
+and, now and then, a huge repeated field (at most one per drawn request, so a
+huge field never holds huge fields: 2,000 x 2,000 nested elements of kilobytes
+each took a fuzz run past 20 GB). `draw_payload` turns one into wire
 bytes, either faithfully or broken on purpose: random bytes, a truncated
 encoding, a tag with an invalid wire type, or a known field number sent with the
 wrong wire type (a oneof's message member as a varint, say).
@@ -70,7 +72,12 @@ def _scalar(data: st.DataObject, field: FieldDescriptor) -> Any:
     raise TypeError(f"unhandled field type {t}")
 
 
-def draw_message(data: st.DataObject, desc: Descriptor, depth: int = 0) -> Message:
+def draw_message(
+    data: st.DataObject, desc: Descriptor, depth: int = 0, huge_left: list[int] | None = None
+) -> Message:
+    """One message of type `desc`; `huge_left` is the request's budget of huge
+    repeated fields (one), shared by every nested message drawn for it."""
+    huge_left = [1] if huge_left is None else huge_left
     msg = GetMessageClass(desc)()
     for field in desc.fields:
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
@@ -78,26 +85,32 @@ def draw_message(data: st.DataObject, desc: Descriptor, depth: int = 0) -> Messa
         if not data.draw(st.booleans(), label=f"set {field.name}"):
             continue
         if field.is_repeated:
-            huge = depth < 2 and data.draw(st.integers(0, 40)) == 0
+            huge = depth < 2 and huge_left[0] > 0 and data.draw(st.integers(0, 40)) == 0
+            if huge:
+                huge_left[0] -= 1
             n = HUGE_REPEATED if huge else data.draw(st.integers(0, 3))
             target = getattr(msg, field.name)
             if field.message_type is not None:
                 if depth >= 3:
                     continue
                 if huge:  # one drawn element, many times: big without costing the draw
-                    item = draw_message(data, field.message_type, depth + 1)
+                    item = draw_message(data, field.message_type, depth + 1, huge_left)
                     for _ in range(n):
                         target.add().CopyFrom(item)
                 else:
                     for _ in range(n):
-                        target.add().CopyFrom(draw_message(data, field.message_type, depth + 1))
+                        target.add().CopyFrom(
+                            draw_message(data, field.message_type, depth + 1, huge_left)
+                        )
             else:
                 item = _scalar(data, field)
                 values = [item] * n if huge else [_scalar(data, field) for _ in range(n)]
                 target.extend(values)
         elif field.message_type is not None:
             if depth < 3:
-                getattr(msg, field.name).CopyFrom(draw_message(data, field.message_type, depth + 1))
+                getattr(msg, field.name).CopyFrom(
+                    draw_message(data, field.message_type, depth + 1, huge_left)
+                )
         else:
             with contextlib.suppress(ValueError, TypeError):  # e.g. out of float32's range
                 setattr(msg, field.name, _scalar(data, field))
