@@ -553,7 +553,10 @@ class Nemesis:
         return (rid, holder) if holder else None
 
     async def fault_isolate_write(self) -> Operation:
-        """Stop every other raftnode, write straight to the leaseholder, kill it, resume."""
+        """Stop every other raftnode, write straight to the leaseholder, kill it, resume;
+        restart it only once the others hold the range's lease without it (so a write it
+        acknowledged alone is lost for good in a broken build, instead of coming back
+        with its log: quiesced followers take a liveness lapse to notice it died)."""
         await self.probe_write("before the isolation")
         rid, holder = await async_wait_for(
             lambda: self._holder(PROBE_KEY), 20, "a leaseholder of the probe key", 0.1
@@ -584,10 +587,23 @@ class Nemesis:
             finally:
                 for other in others:
                     self.cluster.resume(other)
-        await asyncio.sleep(self.rng.uniform(0.5, 2.0))
+        try:
+            _rid, successor = await async_wait_for(
+                lambda: self._holder_other_than(PROBE_KEY, holder),
+                20,
+                f"a leaseholder of range {rid} other than node {holder}",
+                0.1,
+            )
+            took = f"node {successor} took the lease"
+        except TimeoutError:
+            took = "no other leaseholder within 20s"
         await self.restart(child)
-        self.end(fault, f"isolated write {op.outcome.value}; restarted")
+        self.end(fault, f"isolated write {op.outcome.value}; {took}; restarted")
         return op
+
+    async def _holder_other_than(self, key: bytes, node: int) -> tuple[int, int] | None:
+        rid, holder = await self.replicas.leaseholder_of(key, exclude=node)
+        return (rid, holder) if holder else None
 
     async def fault_transfer(self) -> None:
         key = self.rng.choice([*REG_KEYS, PROBE_KEY, *SCAN_KEYS[::10]])
