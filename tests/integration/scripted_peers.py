@@ -152,7 +152,9 @@ class ScriptedNode(replica_pb2_grpc.ReplicaServicer):
         request_iterator: AsyncIterator[replica_pb2.BatchFramesRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[replica_pb2.BatchFramesResponse]:
-        """BatchStream's answers, one frame per frame received."""
+        """BatchStream's answers, one frame per frame received (initial metadata
+        first, as the real node sends it: the gateway waits for it)."""
+        await context.send_initial_metadata(())
         async for frame in request_iterator:
             answers = []
             for item in frame.requests:

@@ -128,6 +128,7 @@ class _FakeCall:
         self.requests = requests
         self._code = code
         self._details = details
+        self._ended = False
 
     def __aiter__(self) -> _FakeCall:
         return self
@@ -135,7 +136,14 @@ class _FakeCall:
     def cancel(self) -> None:
         return None
 
+    async def initial_metadata(self) -> Any:
+        return ()
+
+    def done(self) -> bool:
+        return self._ended
+
     async def __anext__(self) -> Any:
+        self._ended = True
         raise grpc.aio.AioRpcError(
             self._code, grpc.aio.Metadata(), grpc.aio.Metadata(), self._details
         )
@@ -184,7 +192,7 @@ async def test_a_broken_stream_ends_its_request_generator(framed: bool) -> None:
     assert method == ("BatchFrames" if framed else "BatchStream")
     sent = await asyncio.wait_for(_drain(call.requests), 2)
     if framed:
-        assert [[r.batch.range_id for r in f.requests] for f in sent] == [[1]]
+        assert sent == []  # a frame is sent only to a call that has not ended
     else:
         assert [r.batch.range_id for r in sent] == [1]
 
@@ -208,6 +216,12 @@ async def test_one_flush_sends_every_range_of_a_node_in_one_frame() -> None:
 
         def __aiter__(self) -> Call:
             return self
+
+        async def initial_metadata(self) -> Any:
+            return ()
+
+        def done(self) -> bool:
+            return self._cancelled.is_set()
 
         async def __anext__(self) -> Any:
             await self._cancelled.wait()  # never answers; the test looks at what left
@@ -290,3 +304,87 @@ async def test_a_read_batch_whose_answer_is_too_large_is_split() -> None:
     replies = await asyncio.gather(*gets)
     assert [len(r.results) for r in replies] == [1, 1, 1]
     assert clients.split_batches == 1
+
+
+class _GatedCall:
+    """A BatchFrames call whose node speaks (initial metadata) only when told to,
+    and which then serves or ends with `code`; frames sent are recorded."""
+
+    def __init__(self, requests: Any) -> None:
+        self.frames: list[replica_pb2.BatchFramesRequest] = []
+        self.spoke = asyncio.Event()
+        self.ended: grpc.StatusCode | None = None
+        self._got_frame = asyncio.Event()
+        self._task = asyncio.ensure_future(self._consume(requests))
+
+    async def _consume(self, requests: Any) -> None:
+        async for frame in requests:
+            self.frames.append(frame)
+            self._got_frame.set()
+
+    async def initial_metadata(self) -> Any:
+        await self.spoke.wait()
+        return ()
+
+    def done(self) -> bool:
+        return self.ended is not None
+
+    def __aiter__(self) -> _GatedCall:
+        return self
+
+    async def __anext__(self) -> Any:
+        await self.spoke.wait()
+        if self.ended is None:
+            await self._got_frame.wait()
+            self.ended = grpc.StatusCode.CANCELLED
+        raise grpc.aio.AioRpcError(self.ended, grpc.aio.Metadata(), grpc.aio.Metadata(), "end")
+
+    def cancel(self) -> None:
+        self._task.cancel()
+
+
+class _GatedStub:
+    def __init__(self) -> None:
+        self.calls: list[_GatedCall] = []
+
+    def BatchFrames(self, requests: Any) -> _GatedCall:
+        self.calls.append(_GatedCall(requests))
+        return self.calls[-1]
+
+
+async def test_no_frame_leaves_before_the_node_accepts_the_stream() -> None:
+    """gRPC Python turns a send that races the server ending the call into
+    INTERNAL, losing the real status (an old node's UNIMPLEMENTED came back as
+    "Internal error from Core" under load, and the gateway did not fall back).
+    So the first frame waits for the node's initial metadata."""
+    stub = _GatedStub()
+    stream = NodeStream("n1", _AnyChannel(), framed=True)  # type: ignore[arg-type]
+    stream._stub = stub  # type: ignore[assignment]
+    stream.submit(replica_pb2.ReplicaBatchRequest(range_id=1), has_writes=True)
+    call = stub.calls[0]
+    for _ in range(20):  # many loop turns: the frame would have left by now
+        await asyncio.sleep(0)
+    assert call.frames == []
+    call.spoke.set()
+    await asyncio.wait_for(call._got_frame.wait(), 2)
+    assert [[r.batch.range_id for r in f.requests] for f in call.frames] == [[1]]
+    await stream.close()
+
+
+async def test_a_stream_refused_before_it_is_accepted_sends_nothing() -> None:
+    """The node ends the call (UNIMPLEMENTED) instead of accepting it: nothing is
+    written to it, its requests fail as not applied, and the node is marked as
+    one that does not serve BatchFrames."""
+    stub = _GatedStub()
+    stream = NodeStream("n1", _AnyChannel(), framed=True)  # type: ignore[arg-type]
+    stream._stub = stub  # type: ignore[assignment]
+    fut = stream.submit(replica_pb2.ReplicaBatchRequest(range_id=1), has_writes=True)
+    call = stub.calls[0]
+    call.ended = grpc.StatusCode.UNIMPLEMENTED
+    call.spoke.set()
+    with pytest.raises(E.Unavailable) as failed:
+        await fut
+    assert failed.value.outcome == E.WriteOutcome.NOT_APPLIED
+    assert stream.unimplemented
+    await asyncio.wait_for(call._task, 2)
+    assert call.frames == []

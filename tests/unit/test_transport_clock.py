@@ -32,10 +32,17 @@ async def test_batches_from_a_refused_clock_are_dropped() -> None:
             )
         yield raft_pb2.RaftStreamRequest(from_node_id=2, to_node_id=1, messages=[msg])
 
-    answers = [a async for a in servicer.RaftStream(requests(), None)]  # type: ignore[arg-type]
+    answers = [a async for a in servicer.RaftStream(requests(), _Context())]  # type: ignore[arg-type]
     assert answers == []
     assert [s for s in seen] == [(2, 50), (2, 500), (2, 60)]
     assert len(handled) == 3, "the batch stamped 500 was delivered"
+
+
+class _Context:
+    """The one ServicerContext call RaftStream makes."""
+
+    async def send_initial_metadata(self, metadata: Any) -> None:
+        return None
 
 
 async def _no_snapshots(header: Any, chunks: Any) -> bool:

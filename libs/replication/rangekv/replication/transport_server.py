@@ -98,6 +98,10 @@ class RaftTransportServicer(raft_pb2_grpc.RaftTransportServicer):
         request_iterator: AsyncIterator[raft_pb2.RaftStreamRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[raft_pb2.RaftStreamResponse]:
+        # Initial metadata at once: a sender may wait for it before its first batch,
+        # so that a refused stream reaches it with its real status (see the
+        # gateway's NodeStream._accepted for the gRPC race this avoids).
+        await context.send_initial_metadata(())
         node_id = self._node_id
         handle = self._handle
         async for request in request_iterator:

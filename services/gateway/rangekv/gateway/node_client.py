@@ -128,7 +128,9 @@ class NodeStream:
     the previous frame was handed to gRPC in one stream message -- the batches
     one flush sends to a node for all its ranges travel together. A node that
     does not serve BatchFrames (an older version) answers UNIMPLEMENTED before
-    serving anything; the stream then fails its requests as not applied and
+    serving anything (frames are sent only after the node's initial metadata,
+    see `_accepted`, so that status arrives intact); the stream then fails its
+    requests as not applied and
     says so in `unimplemented`, and the next stream to that address is a
     `Replica.BatchStream` (one batch per message)."""
 
@@ -156,6 +158,8 @@ class NodeStream:
         outbox = self._outbox
 
         async def frames() -> object:
+            if not await self._accepted():
+                return
             while requests := await outbox.next_frame():
                 yield replica_pb2.BatchFramesRequest(requests=requests)
 
@@ -168,6 +172,24 @@ class NodeStream:
         else:
             self._call = self._stub.BatchStream(requests())
         self._reader = asyncio.ensure_future(self._read())
+
+    async def _accepted(self) -> bool:
+        """Wait for the node's initial metadata (BatchFrames servers send it at once):
+        True once the node serves the stream, False if the call ended instead.
+
+        Why wait: when a stream ends on the server (UNIMPLEMENTED from a node that
+        predates BatchFrames, PERMISSION_DENIED, ...) while a first message is
+        being sent, gRPC Python reports the failed send as the call's status
+        ("INTERNAL: Internal error from Core") and the real status is lost; the
+        gateway could then not tell an old node from a broken one. Sending only
+        after the node has spoken removes that race."""
+        call = self._call
+        assert call is not None
+        try:
+            await call.initial_metadata()
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            return False
+        return not call.done()
 
     def _answer(self, resp: replica_pb2.BatchStreamResponse) -> None:
         entry = self._inflight.pop(resp.request_id, None)

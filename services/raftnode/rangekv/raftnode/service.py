@@ -74,7 +74,12 @@ class ReplicaService(replica_pb2_grpc.ReplicaServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[replica_pb2.BatchFramesResponse]:
         """BatchStream with many requests per message: the answers finished while the
-        previous frame was being written leave together in the next one."""
+        previous frame was being written leave together in the next one.
+
+        Initial metadata goes out at once: the gateway sends its first frame only
+        after it (see the gateway's NodeStream), so that a stream refused here
+        reaches it with its real status."""
+        await context.send_initial_metadata(())
         async for answers in self._serve_stream(_unframe(request_iterator), framed=True):
             yield replica_pb2.BatchFramesResponse(responses=answers)
 
