@@ -52,9 +52,14 @@ def test_proposals_dropped_while_transferring() -> None:
 
 
 def test_transfer_aborted_after_election_timeout() -> None:
+    """The target never catches up (so TIMEOUT_NOW never left): the leader abandons
+    the transfer and leads on. (When TIMEOUT_NOW did leave, it steps down instead:
+    test_raft_lease.py.)"""
     c = Cluster([1, 2, 3])
     c.elect(1)
     c.isolate(2)
+    c.propose(1, b"w")  # 2 lags behind this entry
+    c.stabilize()
     c.node(1).transfer_leadership(2)
     assert c.node(1).raft.lead_transferee == 2
     for _ in range(10):
@@ -62,9 +67,10 @@ def test_transfer_aborted_after_election_timeout() -> None:
         c.stabilize()
     assert c.node(1).raft.lead_transferee == 0
     assert c.leader() == 1
+    assert not any(m.type is MT.TIMEOUT_NOW for m in c.delivered)
     c.propose(1, b"x")  # accepted again
     c.stabilize()
-    assert c.peers[3].applied == [b"x"]
+    assert c.peers[3].applied == [b"w", b"x"]
 
 
 def test_transfer_to_self_learner_or_stranger_is_ignored() -> None:

@@ -548,3 +548,23 @@ async def test_log_truncation_during_writes_never_stops_raft(clusters: ClusterFa
     for child in cluster.nodes:
         assert alive(child), cluster.log_tails()
         assert "CRITICAL" not in child.log_path.read_text(), cluster.log_tails()
+
+
+# --------------------------------------------------------------------------- range info
+
+
+async def test_range_info_counts_only_lists_nothing(clusters: ClusterFactory) -> None:
+    """The rebalancer polls every peer each pass for two numbers: `counts_only`
+    answers them without building one ReplicaInfo per replica on the node."""
+    cluster = await clusters.start(NODES_ONLY)
+    async with ReplicaClient.of(cluster) as client:
+        leader = await client.leaseholder()
+        for node in (1, 2, 3):
+            full = await client.stub(node).RangeInfo(replica_pb2.RangeInfoRequest(), timeout=5)
+            counts = await client.stub(node).RangeInfo(
+                replica_pb2.RangeInfoRequest(counts_only=True), timeout=5
+            )
+            assert len(full.replicas) == full.replica_count == counts.replica_count == 1
+            assert counts.replicas == [] and counts.node_id == node
+            led = sum(1 for r in full.replicas if r.is_leader)
+            assert full.lease_count == counts.lease_count == led == (node == leader)

@@ -277,10 +277,12 @@ class ChangeReplicasResponse(_message.Message):
     def __init__(self, descriptor: _Optional[_Union[_types_pb2.RangeDescriptor, _Mapping]] = ..., error: _Optional[_Union[_errors_pb2.ReplicaError, _Mapping]] = ...) -> None: ...
 
 class RangeInfoRequest(_message.Message):
-    __slots__ = ("range_ids",)
+    __slots__ = ("range_ids", "counts_only")
     RANGE_IDS_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_ONLY_FIELD_NUMBER: _ClassVar[int]
     range_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, range_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    counts_only: bool
+    def __init__(self, range_ids: _Optional[_Iterable[int]] = ..., counts_only: _Optional[bool] = ...) -> None: ...
 
 class ReplicaInfo(_message.Message):
     __slots__ = ("descriptor", "replica_id", "is_leader", "lease_valid", "lease_sequence", "leader_replica_id", "applied_index", "commit_index", "approximate_size_bytes")
@@ -305,14 +307,18 @@ class ReplicaInfo(_message.Message):
     def __init__(self, descriptor: _Optional[_Union[_types_pb2.RangeDescriptor, _Mapping]] = ..., replica_id: _Optional[int] = ..., is_leader: _Optional[bool] = ..., lease_valid: _Optional[bool] = ..., lease_sequence: _Optional[int] = ..., leader_replica_id: _Optional[int] = ..., applied_index: _Optional[int] = ..., commit_index: _Optional[int] = ..., approximate_size_bytes: _Optional[int] = ...) -> None: ...
 
 class RangeInfoResponse(_message.Message):
-    __slots__ = ("node_id", "replicas", "draining")
+    __slots__ = ("node_id", "replicas", "draining", "replica_count", "lease_count")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_COUNT_FIELD_NUMBER: _ClassVar[int]
+    LEASE_COUNT_FIELD_NUMBER: _ClassVar[int]
     node_id: int
     replicas: _containers.RepeatedCompositeFieldContainer[ReplicaInfo]
     draining: bool
-    def __init__(self, node_id: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaInfo, _Mapping]]] = ..., draining: _Optional[bool] = ...) -> None: ...
+    replica_count: int
+    lease_count: int
+    def __init__(self, node_id: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaInfo, _Mapping]]] = ..., draining: _Optional[bool] = ..., replica_count: _Optional[int] = ..., lease_count: _Optional[int] = ...) -> None: ...
 
 class PushTxnRequest(_message.Message):
     __slots__ = ("range_id", "txn")

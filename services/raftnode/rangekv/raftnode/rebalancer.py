@@ -273,14 +273,14 @@ class Rebalancer:
                 continue
             try:
                 info = await self.peers.stub_at(st.node.address).RangeInfo(
-                    replica_pb2.RangeInfoRequest(), timeout=2
+                    replica_pb2.RangeInfoRequest(counts_only=True), timeout=2
                 )
             except grpc.aio.AioRpcError:
                 continue  # unreachable now: not a candidate this round
             if info.draining:
                 continue  # shutting down: it would only have to hand back what it got
-            leases[node_id] = sum(1 for i in info.replicas if i.is_leader)
-            replicas[node_id] = len(info.replicas)
+            leases[node_id] = info.lease_count
+            replicas[node_id] = info.replica_count
         voters = [(r.range_id, r.descriptor.voter_node_ids) for r in led]
         move = plan_replica_move(voters, replicas, me)
         if move is not None:

@@ -135,11 +135,16 @@ class ReplicaService(replica_pb2_grpc.ReplicaServicer):
     ) -> replica_pb2.RangeInfoResponse:
         wanted = set(request.range_ids)
         infos = []
+        replicas = leases = 0
         now = self._clock.monotonic()
         for replica in self._store.replicas():
             if wanted and replica.range_id not in wanted:
                 continue
             group = replica.group
+            replicas += 1
+            leases += group.is_leader
+            if request.counts_only:
+                continue
             infos.append(
                 replica_pb2.ReplicaInfo(
                     descriptor=replica.descriptor.to_proto(),
@@ -154,7 +159,11 @@ class ReplicaService(replica_pb2_grpc.ReplicaServicer):
                 )
             )
         return replica_pb2.RangeInfoResponse(
-            node_id=self._store.node_id, replicas=infos, draining=self._store.draining
+            node_id=self._store.node_id,
+            replicas=infos,
+            draining=self._store.draining,
+            replica_count=replicas,
+            lease_count=leases,
         )
 
     async def TransferLease(
