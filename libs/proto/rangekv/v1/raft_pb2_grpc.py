@@ -67,7 +67,9 @@ class RaftTransportServicer:
 
     def RaftStream(self, request_iterator, context):
         """RaftStream carries batches of raft messages of one lane from one node to
-        another for the life of the connection.
+        another for the life of the connection. The receiver sends its (empty)
+        initial metadata as soon as it accepts the stream, so a sender may wait
+        for it to learn of a refusal with its real status.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -129,6 +129,10 @@ class ReplicaServicer:
         all ranges) as one frame, and the node answers in frames holding whatever
         finished together. gRPC's per-message cost is then paid per frame, not per
         range. Same requests, same answers, same request_id matching as BatchStream.
+        The node sends its (empty) initial metadata as soon as it accepts the
+        stream, and the gateway sends its first frame only after it: a stream the
+        node refuses (UNIMPLEMENTED on a node older than BatchFrames, a permission
+        error) then reaches the gateway with that status, never as a failed send.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
