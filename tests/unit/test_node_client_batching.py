@@ -186,7 +186,8 @@ async def test_a_broken_stream_ends_its_request_generator(framed: bool) -> None:
     fut = stream.submit(replica_pb2.ReplicaBatchRequest(range_id=1), has_writes=True)
     with pytest.raises(E.Unavailable, match="gone") as failed:
         await fut
-    assert failed.value.outcome == E.WriteOutcome.UNKNOWN  # it may have reached the node
+    # This fake fails before gRPC takes anything from the generator: never sent.
+    assert failed.value.outcome == E.WriteOutcome.NOT_APPLIED
     assert stream.broken and not stream.unimplemented
     method, call = stub.calls[0]
     assert method == ("BatchFrames" if framed else "BatchStream")
@@ -308,19 +309,30 @@ async def test_a_read_batch_whose_answer_is_too_large_is_split() -> None:
 
 class _GatedCall:
     """A BatchFrames call whose node speaks (initial metadata) only when told to,
-    and which then serves or ends with `code`; frames sent are recorded."""
+    and ends only when told to (`end`); frames handed to it are recorded. With
+    `take`, it takes that many frames and then never finishes writing."""
 
-    def __init__(self, requests: Any) -> None:
+    def __init__(self, requests: Any, take: int | None = None) -> None:
         self.frames: list[replica_pb2.BatchFramesRequest] = []
         self.spoke = asyncio.Event()
         self.ended: grpc.StatusCode | None = None
+        self._end = asyncio.Event()
         self._got_frame = asyncio.Event()
+        self._take = take
         self._task = asyncio.ensure_future(self._consume(requests))
 
     async def _consume(self, requests: Any) -> None:
         async for frame in requests:
             self.frames.append(frame)
             self._got_frame.set()
+            if self._take is not None and len(self.frames) >= self._take:
+                await asyncio.Event().wait()  # a write that never completes
+
+    def end(self, code: grpc.StatusCode) -> None:
+        """The call ends (which also ends any wait for initial metadata)."""
+        self.ended = code
+        self._end.set()
+        self.spoke.set()
 
     async def initial_metadata(self) -> Any:
         await self.spoke.wait()
@@ -333,22 +345,23 @@ class _GatedCall:
         return self
 
     async def __anext__(self) -> Any:
-        await self.spoke.wait()
-        if self.ended is None:
-            await self._got_frame.wait()
-            self.ended = grpc.StatusCode.CANCELLED
+        await self._end.wait()
+        assert self.ended is not None
         raise grpc.aio.AioRpcError(self.ended, grpc.aio.Metadata(), grpc.aio.Metadata(), "end")
 
     def cancel(self) -> None:
         self._task.cancel()
+        if self.ended is None:
+            self.end(grpc.StatusCode.CANCELLED)
 
 
 class _GatedStub:
-    def __init__(self) -> None:
+    def __init__(self, take: int | None = None) -> None:
         self.calls: list[_GatedCall] = []
+        self._take = take
 
     def BatchFrames(self, requests: Any) -> _GatedCall:
-        self.calls.append(_GatedCall(requests))
+        self.calls.append(_GatedCall(requests, self._take))
         return self.calls[-1]
 
 
@@ -380,11 +393,48 @@ async def test_a_stream_refused_before_it_is_accepted_sends_nothing() -> None:
     stream._stub = stub  # type: ignore[assignment]
     fut = stream.submit(replica_pb2.ReplicaBatchRequest(range_id=1), has_writes=True)
     call = stub.calls[0]
-    call.ended = grpc.StatusCode.UNIMPLEMENTED
-    call.spoke.set()
+    call.end(grpc.StatusCode.UNIMPLEMENTED)
     with pytest.raises(E.Unavailable) as failed:
         await fut
     assert failed.value.outcome == E.WriteOutcome.NOT_APPLIED
     assert stream.unimplemented
     await asyncio.wait_for(call._task, 2)
     assert call.frames == []
+
+
+async def test_a_write_that_never_left_the_gateway_is_not_applied() -> None:
+    """A stream that breaks fails its writes as of unknown outcome only if they
+    were handed to gRPC: a write still in the outbox -- or on a stream the node
+    never accepted -- cannot have reached the node, so it is NOT_APPLIED and
+    the gateway may send it again elsewhere."""
+    stub = _GatedStub(take=1)
+    stream = NodeStream("n1", _AnyChannel(), framed=True)  # type: ignore[arg-type]
+    stream._stub = stub  # type: ignore[assignment]
+    first = stream.submit(replica_pb2.ReplicaBatchRequest(range_id=1), has_writes=True)
+    call = stub.calls[0]
+    call.spoke.set()
+    await asyncio.wait_for(call._got_frame.wait(), 2)  # `first` left; gRPC is now stuck
+    second = stream.submit(replica_pb2.ReplicaBatchRequest(range_id=2), has_writes=True)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    call.end(grpc.StatusCode.UNAVAILABLE)
+    with pytest.raises(E.Unavailable) as one:
+        await first
+    with pytest.raises(E.Unavailable) as two:
+        await second
+    assert one.value.outcome == E.WriteOutcome.UNKNOWN
+    assert two.value.outcome == E.WriteOutcome.NOT_APPLIED
+    assert [[r.batch.range_id for r in f.requests] for f in call.frames] == [[1]]
+    await stream.close()
+
+
+async def test_a_stream_that_ends_before_it_is_accepted_applied_nothing() -> None:
+    stub = _GatedStub()
+    stream = NodeStream("n1", _AnyChannel(), framed=True)  # type: ignore[arg-type]
+    stream._stub = stub  # type: ignore[assignment]
+    fut = stream.submit(replica_pb2.ReplicaBatchRequest(range_id=1), has_writes=True)
+    stub.calls[0].end(grpc.StatusCode.UNAVAILABLE)
+    with pytest.raises(E.Unavailable) as failed:
+        await fut
+    assert failed.value.outcome == E.WriteOutcome.NOT_APPLIED
+    assert not stream.unimplemented

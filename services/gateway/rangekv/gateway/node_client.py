@@ -148,6 +148,9 @@ class NodeStream:
         self._call: grpc.aio.StreamStreamCall | None = None
         self._reader: asyncio.Task[None] | None = None
         self._answered = False
+        #: The highest request id handed to gRPC (the outbox is FIFO in id order):
+        #: a request above it never left this process.
+        self._handed_through = 0
         self.broken = False
         #: The node answered BatchFrames with UNIMPLEMENTED before serving anything.
         self.unimplemented = False
@@ -161,10 +164,12 @@ class NodeStream:
             if not await self._accepted():
                 return
             while requests := await outbox.next_frame():
+                self._handed_through = requests[-1].request_id
                 yield replica_pb2.BatchFramesRequest(requests=requests)
 
         async def requests() -> object:
             while requests := await outbox.next_frame():
+                self._handed_through = requests[0].request_id
                 yield requests[0]  # frames of one (see __init__)
 
         if self.framed:
@@ -224,11 +229,13 @@ class NodeStream:
         self._outbox.close()
         reason = err.message if err else f"stream to {self.address} ended"
         retry_after = 0.0 if self.unimplemented else 0.05
-        for fut, has_writes in self._inflight.values():
+        for request_id, (fut, has_writes) in self._inflight.items():
             if not fut.done():
-                # A write is of unknown outcome once it may have reached the node;
-                # if the connection was never made, nothing was sent.
-                unknown = has_writes and not never_served
+                # A write is of unknown outcome once it may have reached the node.
+                # Nothing was sent if the connection was never made, or if the
+                # request was still in the outbox: never handed to gRPC.
+                sent = request_id <= self._handed_through
+                unknown = has_writes and sent and not never_served
                 outcome = E.WriteOutcome.UNKNOWN if unknown else E.WriteOutcome.NOT_APPLIED
                 fut.set_exception(E.Unavailable(reason, retry_after=retry_after, outcome=outcome))
         self._inflight.clear()
