@@ -91,38 +91,16 @@ def test_transfer_suspends_lease() -> None:
     assert c.node(1).lease_status(11.0).state is LeaseState.TRANSFERRING
 
 
-def test_a_lost_timeout_now_ends_the_term_not_the_ranges_lease() -> None:
-    """Once TIMEOUT_NOW has left, the lease is off for the rest of the term: the
-    message may still arrive later and win a forced election. If it is lost, a
-    leader that led on would have no lease until something ended its term -- and
-    its followers, hearing its heartbeats, never would. So it steps down after an
-    election timeout; a normal election starts a term with a lease, and the late
-    TIMEOUT_NOW is ignored there."""
+def test_lease_stays_off_for_the_term_once_timeout_now_was_sent() -> None:
     c = leased()
-    term = c.node(1).raft.term
     c.drop_types.add(MT.TIMEOUT_NOW)
     c.node(1).transfer_leadership(2)  # 2 is caught up: TIMEOUT_NOW leaves at once
-    c.stabilize()
-    ticks = 0
-    while c.node(1).raft.state is StateType.LEADER:
-        assert c.node(1).lease_status(2.0).state is LeaseState.TRANSFERRING
+    for _ in range(10):
         c.tick(1, now=1.0)
         c.stabilize()
-        ticks += 1
-        assert ticks <= c.node(1).raft.election_timeout, "the leader never stepped down"
-    assert c.node(1).raft.term == term and c.node(1).raft.lead == 0  # same term: no new vote
-    c.heal()
-    for _ in range(100):
-        if c.leader() and c.node(c.leader()).lease_status(3.0).state is LeaseState.VALID:
-            break
-        c.tick_all(now=3.0)
-    new_leader = c.leader()
-    assert c.node(new_leader).raft.term > term
-    assert c.node(new_leader).lease_status(3.0).state is LeaseState.VALID
-    # The lost TIMEOUT_NOW, delivered now: stale, it starts no election.
-    c.node(2).step(Message(MT.TIMEOUT_NOW, 2, 1, term))
-    c.stabilize()
-    assert c.leader() == new_leader and c.node(new_leader).raft.term == c.node(2).raft.term
+    assert c.node(1).raft.lead_transferee == 0  # aborted
+    # The TIMEOUT_NOW may still be delivered later and win a forced election.
+    assert c.node(1).lease_status(2.0).state is LeaseState.TRANSFERRING
 
 
 def test_acks_of_rounds_sent_before_transfer_never_revive_lease() -> None:

@@ -241,18 +241,6 @@ class Raft:
             # A transfer that did not finish within an election timeout is abandoned.
             if self.state is StateType.LEADER and self.lead_transferee != NONE:
                 self.lead_transferee = NONE
-            if self.state is StateType.LEADER and self.timeout_now_sent:
-                # TIMEOUT_NOW left a full election timeout ago and no new term came
-                # (it, or the forced votes, were lost). Our lease stays void for the
-                # rest of this term -- a delayed TIMEOUT_NOW may still start a forced
-                # election -- and a leader without a lease whose followers hear its
-                # heartbeats leaves the range unserved until something ends the
-                # term. So step down (the vote of this term is kept): the next
-                # election starts a term whose leader can hold a lease, and makes a
-                # late TIMEOUT_NOW harmless (its election needs votes of a term a
-                # quorum has already voted in, or it is ignored as stale).
-                self.become_follower(self.term, NONE)
-                return
         if self.state is not StateType.LEADER:
             return
         if self.heartbeat_elapsed >= self.heartbeat_timeout:
