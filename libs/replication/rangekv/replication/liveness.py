@@ -139,8 +139,7 @@ class NodeLiveness:
                 self._send_beat(self.table.beat(peer, now, self.incarnation))
         timeout = LAPSE_ELECTION_TIMEOUTS * timing.election_ticks * timing.tick_interval
         for peer in self.table.lapse(self._peers, now, timeout):
-            self.lapses += 1
-            self._on_lapse(peer)
+            self._lapse(peer)
 
     def handle(self, msg: Message, now: float) -> None:
         """A message received on `LIVENESS_GROUP` (malformed ones are dropped)."""
@@ -151,36 +150,29 @@ class NodeLiveness:
             beat = LivenessBeat(msg.sender, msg.to, msg.index, sent_at, msg.commit)
             answer, restarted = self.table.on_beat(beat, now)
             if restarted:
-                self.lapses += 1
-                self._on_lapse(msg.sender)
-            self._sender.send(
-                answer.to,
-                LIVENESS_GROUP,
-                Message(
-                    MessageType.HEARTBEAT_RESP,
-                    answer.to,
-                    self.node_id,
-                    index=answer.seq,
-                    commit=answer.session,
-                    context=_TIME.pack(answer.sent_at),
-                ),
+                self._lapse(msg.sender)
+            self._send(
+                MessageType.HEARTBEAT_RESP, answer.to, answer.seq, answer.session, answer.sent_at
             )
         elif msg.type is MessageType.HEARTBEAT_RESP:
             answer = LivenessAnswer(msg.sender, msg.to, msg.commit, msg.index, sent_at)
             if self.table.on_answer(answer):
                 self._on_new_session(msg.sender)
 
+    def _lapse(self, peer: int) -> None:
+        self.lapses += 1
+        self._on_lapse(peer)
+
     def _send_beat(self, beat: LivenessBeat) -> None:
         self.beats_sent += 1
+        self._send(MessageType.HEARTBEAT, beat.to, beat.seq, beat.incarnation, beat.sent_at)
+
+    def _send(self, kind: MessageType, to: int, seq: int, value: int, sent_at: float) -> None:
+        """The one encoding of a liveness message (`handle` is its decoding; the
+        module docstring has the layout): index = sequence, commit = incarnation
+        (beat) or session (answer), context = the beat's send time."""
         self._sender.send(
-            beat.to,
+            to,
             LIVENESS_GROUP,
-            Message(
-                MessageType.HEARTBEAT,
-                beat.to,
-                self.node_id,
-                index=beat.seq,
-                commit=beat.incarnation,
-                context=_TIME.pack(beat.sent_at),
-            ),
+            Message(kind, to, self.node_id, index=seq, commit=value, context=_TIME.pack(sent_at)),
         )
