@@ -17,6 +17,9 @@ And the mutation: a driver that wakes quiesced followers on its own
 (``Mutation.QUIESCED_FOLLOWER_CAMPAIGNS``, the simulator's
 ``unsafe_quiesced_follower_ticks``) must be caught.
 
+Two seeds of three also run with lazy commit (followers learn commits from the
+next append or heartbeat), as raftnode does.
+
 ``RANGEKV_SIM_QUIESCE_SEEDS=2000`` runs more seeds of each family (default 60).
 """
 
@@ -37,13 +40,20 @@ CHUNK = 20
 
 
 def mixed(seed: int) -> SimConfig:
-    return SimConfig(nodes=3 if seed % 2 == 0 else 5, quiesce=True, clients=2, max_think=12.0)
+    return SimConfig(
+        nodes=3 if seed % 2 == 0 else 5,
+        quiesce=True,
+        lazy_commit=seed % 3 != 0,
+        clients=2,
+        max_think=12.0,
+    )
 
 
 def partitions(seed: int, **overrides: bool) -> SimConfig:
     return SimConfig(
         nodes=3,
         quiesce=True,
+        lazy_commit=seed % 3 != 0,
         clients=1,
         max_think=20.0,
         duration=400.0,

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from testkit.inproc import layout, started
 
+from rangekv.raftnode.store import INITIAL_INDEX
+
 #: Ticks the right-hand side may take to get a leaseholder (a lease needs a
 #: heartbeat round after the election; the quiet period alone is 10 ticks).
 AT_ONCE_TICKS = 3
@@ -48,3 +50,23 @@ async def test_elsewhere_the_quiet_period_still_holds(tmp_path: Path) -> None:
         )
         ticks = round((cluster.clock.now - start) / cluster.timing.tick_interval)
         assert ticks >= cluster.timing.election_ticks, f"a leader after only {ticks} ticks"
+
+
+async def test_every_replica_applies_the_split_without_waiting_for_a_heartbeat(
+    tmp_path: Path,
+) -> None:
+    """Followers learn commit indexes lazily (from the next append or heartbeat),
+    but a split's commit is published at once: each node creates its right-hand
+    replica before any tick, so the new range's election finds its voters."""
+    async with started(tmp_path, layout(), {1: 2}) as cluster:
+        right = await cluster.split(1, b"m", 2)
+        await cluster.until(
+            lambda: all(
+                (r := cluster.stores[n].replica(right.range_id)) is not None
+                and r.applied_index >= INITIAL_INDEX
+                for n in cluster.node_ids
+            ),
+            "every node to hold an initialized right-hand replica",
+            tick=False,
+            timeout=5.0,
+        )

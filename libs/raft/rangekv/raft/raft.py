@@ -65,6 +65,7 @@ class Raft:
         self.heartbeat_timeout = config.heartbeat_tick
         self.check_quorum = config.check_quorum
         self.pre_vote = config.pre_vote
+        self.lazy_commit = config.lazy_commit
         self.max_msg_size = config.max_size_per_msg
         self.max_uncommitted_size = config.max_uncommitted_entries_size
 
@@ -519,7 +520,7 @@ class Raft:
             pr.become_replicate()
         elif pr.state is ProgressState.REPLICATE:
             pr.inflights.free_le(m.index)
-        if self._maybe_commit():
+        if self._maybe_commit() and not self.lazy_commit:
             self._bcast_append()
         elif was_paused:
             self._send_append(m.sender)
@@ -862,8 +863,10 @@ class Raft:
                 # others learn it, then leave the stage.
                 self._bcast_heartbeat()
                 self.become_follower(self.term, NONE)
-            elif self._maybe_commit():
-                # A smaller quorum may commit more right away.
+            elif self._maybe_commit() or self.lazy_commit:
+                # A smaller quorum may commit more right away; and a membership
+                # change is published at once even with lazy commit, so that the
+                # other members apply it (and a removed one leaves) promptly.
                 self._bcast_append()
             else:
                 # New peers need the log; learners promoted keep their progress.
@@ -877,7 +880,19 @@ class Raft:
         if self.state is not StateType.LEADER:
             return
         own = self.tracker.progress.get(self.id)
-        if own is not None and own.maybe_update(index) and self._maybe_commit():
+        if (
+            own is not None
+            and own.maybe_update(index)
+            and self._maybe_commit()
+            and not self.lazy_commit
+        ):
+            self._bcast_append()
+
+    def publish_commit(self) -> None:
+        """On a leader: tell every follower the commit index now (an append, empty
+        if need be), for a driver whose committed entry the followers should apply
+        without waiting for the next heartbeat (a split, under `lazy_commit`)."""
+        if self.state is StateType.LEADER:
             self._bcast_append()
 
     def reduce_uncommitted_size(self, ents: Sequence[Entry]) -> None:

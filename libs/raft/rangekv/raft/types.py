@@ -271,6 +271,14 @@ class Config:
     pre_vote: bool = True
     lease_duration: float = 0.0
     rng_seed: int = 0
+    #: How a leader tells followers that its commit index moved. False (etcd's
+    #: way): at once, with an append to every follower, empty if it has no new
+    #: entries, which the follower answers. True: followers learn it from the
+    #: next append (new entries carry the commit index) or heartbeat (every
+    #: `heartbeat_tick` ticks), or at once when the driver calls
+    #: `publish_commit` or a membership change is applied. It halves the raft
+    #: messages of a lone entry and changes nothing the leader decides.
+    lazy_commit: bool = False
 
     def __post_init__(self) -> None:
         if self.id <= NONE:

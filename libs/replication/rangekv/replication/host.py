@@ -80,6 +80,10 @@ class HostConfig:
     #: A leader idle for this many ticks quiesces its group (0: never). Needs the
     #: node-level liveness exchange (`GroupHost.enable_liveness`) to keep leases.
     quiesce_after_ticks: int = 0
+    #: Followers learn a moved commit index from the next append or heartbeat
+    #: rather than from an empty append of its own (raft `Config.lazy_commit`);
+    #: drivers publish it at once where a follower should apply promptly (a split).
+    lazy_commit: bool = True
 
     def __post_init__(self) -> None:
         if self.node_id <= 0:
@@ -256,6 +260,7 @@ class GroupHost:
                 max_inflight_msgs=256,
                 max_size_per_msg=1 << 20,
                 max_uncommitted_entries_size=self.config.max_uncommitted_bytes,
+                lazy_commit=self.config.lazy_commit,
             ),
             storage,
             liveness if liveness is not None else NoLiveness(),

@@ -66,6 +66,12 @@ class RaftnodeConfig:
         "caught up) before the range quiesces: no ticks, no heartbeats, its lease kept by "
         "node-level liveness (0: never quiesce)",
     )
+    lazy_commit: bool = setting(
+        True,
+        help="followers learn a moved commit index from the next append or heartbeat, "
+        "not from an empty append of its own (half the raft messages of a lone write; "
+        "splits are still published at once); off: etcd's eager way",
+    )
     max_key_bytes: int = max_key_bytes_setting()
     max_value_bytes: int = max_value_bytes_setting()
     gc_ttl: float = setting(

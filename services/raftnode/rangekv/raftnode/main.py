@@ -112,6 +112,7 @@ def _assemble(
                 truncate_interval=node_config.truncate_interval,
                 max_uncommitted_bytes=node_config.max_uncommitted_bytes,
                 quiesce_after_ticks=node_config.quiesce_after_ticks,
+                lazy_commit=node_config.lazy_commit,
             ),
             limits=node_config.limits(),
             gc_interval=node_config.gc_interval,

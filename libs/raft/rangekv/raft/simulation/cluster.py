@@ -146,6 +146,7 @@ class Cluster:
             max_size_per_msg=cfg.max_size_per_msg,
             max_uncommitted_entries_size=cfg.max_uncommitted_entries_size,
             rng_seed=self.rng.randrange(1 << 32),
+            lazy_commit=cfg.lazy_commit,
         )
 
     def new_clock_rate(self) -> float:

@@ -128,6 +128,8 @@ class SimConfig:
     """Idle leaders quiesce; nodes exchange node-level liveness heartbeats."""
     quiesce_rate: float = 0.5
     """Chance per tick that an idle, caught-up leader quiesces."""
+    lazy_commit: bool = False
+    """The nodes run with `Config.lazy_commit` (followers learn commits late)."""
     unsafe_quiesced_follower_ticks: bool = False
     """Deliberate bug: the driver keeps ticking quiesced followers (so they campaign
     while their leader's lease rests on their liveness answers)."""
