@@ -17,12 +17,15 @@ each issuing unary `Batch` calls of ONE op to the leaseholder over grpc.aio:
 How read-index is forced: there is no switch to disable leases (the derived
 lease is always longer than a heartbeat interval, so a steady leader always
 holds one). The benchmark kills one caught-up follower and asks the leader to
-transfer its lease to it: the TIMEOUT_NOW the leader sends voids its lease for
-the rest of its term, the transfer to a dead node is abandoned after an
-election timeout, and the leader keeps serving with the remaining follower as
-its quorum, every consistent read by read-index. The lease-read cell is
-measured in the same 2-live-node topology just before, so the ratio compares
-like with like. The counters rangekv_lease_read_total{outcome} confirm which
+transfer its lease to it: while that transfer is pending (one election
+timeout) the leader has no lease and serves every consistent read by
+read-index, with the remaining follower as its quorum. The sync cluster runs
+with an election timeout long enough for the read-index cells (so its first
+election takes that long too); afterwards the transfer is abandoned and the
+leader, whose TIMEOUT_NOW left, ends its term and leads the next with a lease
+again. The lease-read cell is measured in the same 2-live-node topology just
+before, so the ratio compares like with like. The counters
+rangekv_lease_read_total{outcome} confirm which
 path each cell took.
 
 The clients run in this process and share the machine's cores with the three
@@ -34,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import random
 import sys
@@ -134,8 +138,18 @@ async def benchmark(args: argparse.Namespace, base: Path) -> None:
         return get_op(keys[rng.randrange(len(keys))])
 
     # --- sync cluster: put/get table, fsyncs per entry, lease vs read-index ----------
-    progress("starting 3-node cluster (fsm sync mode: sync)")
-    sync = replace(NODES_ONLY, node_args=("--fsm-sync-mode", "sync"))
+    # The read-index cells run while a lease transfer to a dead node is pending:
+    # one election timeout must outlast them (see the module docstring).
+    ri_clients = [c for c in (1, 16) if c in clients] or clients[:1]
+    election_ticks = max(30, math.ceil(args.seconds * len(ri_clients) / 0.1) + 50)
+    progress(
+        f"starting 3-node cluster (fsm sync mode: sync; election timeout {election_ticks} "
+        "ticks, so the first election takes a while)"
+    )
+    sync = replace(
+        NODES_ONLY,
+        node_args=("--fsm-sync-mode", "sync", "--election-ticks", str(election_ticks)),
+    )
     async with (
         running_cluster(base / "sync", sync, say=progress) as cluster,
         ReplicaClient.of(cluster) as client,
@@ -160,7 +174,6 @@ async def benchmark(args: argparse.Namespace, base: Path) -> None:
 
         await async_wait_for(caught_up, 30, "the follower to catch up")
         await cluster.kill(cluster.node(victim))
-        ri_clients = [c for c in (1, 16) if c in clients] or clients[:1]
         lease2: list[Cell] = []
         for c in ri_clients:
             lease2.append(

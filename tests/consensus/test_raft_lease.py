@@ -91,16 +91,48 @@ def test_transfer_suspends_lease() -> None:
     assert c.node(1).lease_status(11.0).state is LeaseState.TRANSFERRING
 
 
-def test_lease_stays_off_for_the_term_once_timeout_now_was_sent() -> None:
+def test_a_lost_timeout_now_ends_the_term_and_the_leader_wins_the_next() -> None:
     c = leased()
+    term = c.node(1).raft.term
     c.drop_types.add(MT.TIMEOUT_NOW)
     c.node(1).transfer_leadership(2)  # 2 is caught up: TIMEOUT_NOW leaves at once
-    for _ in range(10):
+    assert c.node(1).raft.timeout_now_sent
+    # Until the transfer is abandoned, the TIMEOUT_NOW may still arrive: no lease.
+    for _ in range(9):
         c.tick(1, now=1.0)
         c.stabilize()
-    assert c.node(1).raft.lead_transferee == 0  # aborted
-    # The TIMEOUT_NOW may still be delivered later and win a forced election.
-    assert c.node(1).lease_status(2.0).state is LeaseState.TRANSFERRING
+        assert c.node(1).lease_status(1.0).state is LeaseState.TRANSFERRING
+    c.tick(1, now=1.0)  # the election timeout: the transfer is abandoned
+    c.stabilize()
+    # The old leader ended its term itself (a forced election: its followers still
+    # heard it) and leads the next one, with a lease again.
+    assert c.leader() == 1
+    assert c.node(1).raft.term == term + 1
+    assert c.node(1).lease_status(1.0).state is LeaseState.VALID
+    # The lost TIMEOUT_NOW, delivered late, belongs to a finished term: ignored.
+    c.drop_types.clear()
+    c.node(2).step(Message(MT.TIMEOUT_NOW, 2, 1, term=term))
+    c.stabilize()
+    assert c.leader() == 1
+    assert c.node(1).raft.term == term + 1
+
+
+def test_followers_grant_their_own_leaders_prevote_despite_stickiness() -> None:
+    """A leader that stepped down and campaigns again is granted by the followers
+    that still follow it (no lease rests on their promise to it), even before
+    their election timeout; another candidate is still refused."""
+    c = leased()
+    term = c.node(1).raft.term
+    for nid in (2, 3):
+        assert c.node(nid).raft.lead == 1
+        assert c.node(nid).raft.election_elapsed < c.node(nid).raft.election_timeout
+    # Node 3 asks first: refused, its leader is alive.
+    c.node(2).step(Message(MT.PRE_VOTE, 2, 3, term=term + 1, log_term=term, index=99))
+    assert not [m for m in c.node(2).ready().messages if m.type is MT.PRE_VOTE_RESP]
+    # Node 1 asks: granted.
+    c.node(2).step(Message(MT.PRE_VOTE, 2, 1, term=term + 1, log_term=term, index=99))
+    answers = [m for m in c.node(2).ready().messages if m.type is MT.PRE_VOTE_RESP]
+    assert answers and not answers[0].reject
 
 
 def test_acks_of_rounds_sent_before_transfer_never_revive_lease() -> None:

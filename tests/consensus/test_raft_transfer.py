@@ -53,8 +53,8 @@ def test_proposals_dropped_while_transferring() -> None:
 
 def test_transfer_aborted_after_election_timeout() -> None:
     """The target never catches up (so TIMEOUT_NOW never left): the leader abandons
-    the transfer and leads on. (When TIMEOUT_NOW did leave, it steps down instead:
-    test_raft_lease.py.)"""
+    the transfer and leads on in the same term. (When TIMEOUT_NOW did leave, it
+    ends the term itself and leads the next: test_raft_lease.py.)"""
     c = Cluster([1, 2, 3])
     c.elect(1)
     c.isolate(2)

@@ -23,9 +23,12 @@ def test_stale_timeout_now_after_aborted_transfer_keeps_leases_disjoint() -> Non
     the transfer times out (election_tick ticks) and is abandoned; then the
     stale TIMEOUT_NOW arrives and the target wins a *forced* election, which
     ignores the followers' leader stickiness that the old leader's lease
-    relies on.  With the links into the old leader cut at that moment, the
-    old leader keeps believing in its lease; it must not be VALID (the core
-    reports TRANSFERRING for the rest of a term in which TIMEOUT_NOW left).
+    relies on. The old leader now ends its term itself when it abandons the
+    transfer (a forced election at term + 1); here that election is lost too
+    (the old leader is cut off just before it abandons), so the stale
+    TIMEOUT_NOW still wins. The old leader must never hold a VALID lease
+    meanwhile (the core reports TRANSFERRING for the rest of a term in which
+    TIMEOUT_NOW left, and a candidate holds none).
     """
     # Reordering on: the stale TIMEOUT_NOW must not hold back later messages on
     # its link (with per-link FIFO the target would starve and campaign itself).
@@ -53,12 +56,18 @@ def test_stale_timeout_now_after_aborted_transfer_keeps_leases_disjoint() -> Non
     assert arrivals, "the leader did not send TIMEOUT_NOW (target not caught up?)"
     c.network.slow.clear()
 
-    # The transfer is abandoned long before TIMEOUT_NOW arrives...
+    # Just before the transfer is abandoned (long before TIMEOUT_NOW arrives),
+    # the old leader is cut off both ways: its own forced election is lost.
+    core = old.node().raft
+    c.run_until(
+        min(arrivals) - 0.5,
+        stop=lambda: core.election_elapsed >= core.election_timeout - 1,
+    )
+    assert (core.state.name, core.term, core.lead_transferee) == ("LEADER", term, target)
+    c.network.blocked |= {(target, old.id), (other, old.id), (old.id, target), (old.id, other)}
     c.run_until(min(arrivals) - 0.5)
-    st = old.node().status()
-    assert (st.state.name, st.term, st.lead_transferee) == ("LEADER", term, 0)
-    # ...and the old leader stops hearing from anyone just as it does.
-    c.network.blocked |= {(target, old.id), (other, old.id)}
+    assert core.lead_transferee == 0 and core.term == term + 1, "the old leader kept its term"
+    assert core.state.name != "LEADER"
     c.run_until(min(arrivals) + 30.0)  # raises InvariantViolation on two VALID leases
     assert any(t > term and n == target for t, n in c.checker.leaders.items()), (
         "the stale TIMEOUT_NOW did not make the target leader; the scenario did not happen"

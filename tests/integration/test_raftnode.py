@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+from dataclasses import replace
 
 import grpc
 import pytest
@@ -356,12 +357,12 @@ async def test_lease_reads_check_once_per_batch(clusters: ClusterFactory) -> Non
     is one read-index per storage read, which swamps the raft dispatcher).
 
     To take the lease away while the leader keeps its quorum, one follower is
-    killed and the lease is transferred to it: the TIMEOUT_NOW the leader sends
-    voids its lease for the rest of the term (a forced election could follow
-    at any time), the transfer to a dead node is abandoned, and the leader
-    stays leader of the two live nodes, serving reads by read-index.
+    killed and the lease is transferred to it: while the transfer is pending
+    (one election timeout, 3 s here) the leader has no lease and serves reads
+    by read-index. (Then the transfer is abandoned and the leader, whose
+    TIMEOUT_NOW left, ends its term and wins the next with a lease again.)
     """
-    cluster = await clusters.start(NODES_ONLY)
+    cluster = await clusters.start(replace(NODES_ONLY, node_args=("--election-ticks", "30")))
     batches = 20
 
     async with ReplicaClient.of(cluster) as client:
@@ -418,6 +419,15 @@ async def test_lease_reads_check_once_per_batch(clusters: ClusterFactory) -> Non
                 await transfer
         info = await client.range_info(leader)
         assert info is not None and info.is_leader and not info.lease_valid
+
+        # The transfer is abandoned. Its TIMEOUT_NOW had left (and may still arrive),
+        # so the leader ends its term itself and wins the next with a lease again,
+        # rather than leading on without one.
+        async def lease_back() -> bool:
+            i = await client.range_info(leader)
+            return i is not None and i.is_leader and i.lease_valid and i.lease_sequence > term
+
+        await async_wait_for(lease_back, 30, "the leader to lead the next term with a lease")
 
 
 # --------------------------------------------------------------------------- (f)

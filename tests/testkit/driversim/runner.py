@@ -197,8 +197,8 @@ async def _end_faults(world: SimWorld, nemesis: Nemesis) -> None:
 
 def _caught_up(world: SimWorld) -> bool:
     """Every range led and every replica at the same applied index. (Not: a valid
-    lease. A leader whose TIMEOUT_NOW was lost reports TRANSFERRING until its term
-    ends; the reads pay a read-index meanwhile.)"""
+    lease. A leader whose TIMEOUT_NOW was lost reports TRANSFERRING until it
+    ends its term itself; the reads pay a read-index meanwhile.)"""
     for range_id in world.range_ids:
         if world.leader(range_id) is None:
             return False

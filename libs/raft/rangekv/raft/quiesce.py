@@ -48,9 +48,11 @@ least -- the promise a heartbeat ack makes in an awake group. Because:
   had quiesced before it received h.
 * A quiesced follower does not tick, so its election timer stays below the
   election timeout and it keeps its leader: leader stickiness makes it ignore
-  every non-forced (pre-)vote, and it never campaigns (`_hup` is refused).
-  Only its leader can force it (TIMEOUT_NOW), and a leader sending one has
-  woken, and its lease is void (TRANSFERRING) anyway.
+  every non-forced (pre-)vote but its leader's own, and it never campaigns
+  (`_hup` is refused). Only its leader can force it (TIMEOUT_NOW), and a
+  leader sending one has woken, and its lease is void (TRANSFERRING) anyway;
+  a (pre-)vote of its leader at a higher term means that leader stepped down,
+  and a stepped-down leader holds no lease.
 * P left quiescence after receiving h only (a) by a message of the leader,
   which woke first and stopped counting liveness (the evidence it folded into
   its lease at waking was gathered before and is still covered by P's

@@ -242,6 +242,8 @@ class Raft:
             # A transfer that did not finish within an election timeout is abandoned.
             if self.state is StateType.LEADER and self.lead_transferee != NONE:
                 self.lead_transferee = NONE
+                if self.timeout_now_sent:
+                    self._reelect_after_lost_transfer()
         if self.state is not StateType.LEADER:
             return
         if self.heartbeat_elapsed >= self.heartbeat_timeout:
@@ -249,6 +251,26 @@ class Raft:
             self.step(Message(MT.BEAT, self.id, self.id))
 
     # -- elections ----------------------------------------------------------
+
+    def _reelect_after_lost_transfer(self) -> None:
+        """The transfer was abandoned after its TIMEOUT_NOW left: this leader's
+        lease is void for the rest of its term (a delayed TIMEOUT_NOW can still
+        start a forced election), and its followers, hearing it, would never end
+        the term. So it ends the term itself: a forced election at term + 1.
+
+        Safe: forcing skips the voters' stickiness, which protects leases. No lease
+        of term <= ours can be valid but our own, which is void. A leader of
+        term + 1 (the target, if its TIMEOUT_NOW arrived after all) already has a
+        majority of that term's votes, and a voter votes once per term, so this
+        election cannot win against it; a voter already past term + 1 ignores it.
+        It is forced once: if it fails, we are a candidate like any other, and
+        our own followers grant our later pre-votes despite their stickiness
+        (`_step_awake`: we no longer lead, so no lease rests on their promise).
+        """
+        if self._has_unapplied_conf_change():
+            return  # membership may change under us: keep the known gap instead
+        self.become_follower(self.term, NONE)
+        self._campaign(pre=False, transfer=True)
 
     def _has_unapplied_conf_change(self) -> bool:
         if self.log.committed <= self.log.applied:
@@ -326,9 +348,12 @@ class Raft:
                 # Leader stickiness (with CheckQuorum): while we heard from a
                 # leader within an election timeout, nobody can have lost it,
                 # and honouring a disruptive candidate would break its lease.
+                # Our own leader asking for votes gave up leading (it steps down
+                # before it campaigns): no lease rests on our promise any more.
                 in_lease = (
                     self.check_quorum
                     and self.lead != NONE
+                    and self.lead != m.sender
                     and self.election_elapsed < self.election_timeout
                 )
                 if not forced and (in_lease or self.boot_ticks_left > 0):
