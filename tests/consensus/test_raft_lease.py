@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 from raft_cluster import Cluster
 
-from rangekv.raft import Config, LeaseState, Message, MessageType, StateType
+from rangekv.raft import (
+    ConfChange,
+    ConfChangeType,
+    Config,
+    LeaseState,
+    Message,
+    MessageType,
+    StateType,
+)
 
 MT = MessageType
 
@@ -115,6 +123,27 @@ def test_a_lost_timeout_now_ends_the_term_and_the_leader_wins_the_next() -> None
     c.stabilize()
     assert c.leader() == 1
     assert c.node(1).raft.term == term + 1
+
+
+def test_a_transfer_whose_target_is_removed_after_timeout_now_also_ends_the_term() -> None:
+    c = Cluster([1, 2, 3, 4], lease_duration=5.0)
+    c.elect(1)
+    c.stabilize()
+    term = c.node(1).raft.term
+    c.drop_types.add(MT.TIMEOUT_NOW)
+    # The removal is proposed first (no proposal is taken during a transfer); node 4
+    # acks it, so TIMEOUT_NOW leaves, and then the removal applies.
+    c.node(1).propose_conf_change(ConfChange(ConfChangeType.REMOVE_NODE, 4))
+    c.node(1).transfer_leadership(4)
+    c.stabilize()
+    assert c.node(1).raft.timeout_now_sent
+    assert c.node(1).raft.lead_transferee == 0  # cleared by the removal, not by a timeout
+    assert c.node(1).raft.term == term
+    c.tick(1, now=1.0)
+    c.stabilize()
+    assert c.leader() == 1
+    assert c.node(1).raft.term == term + 1
+    assert c.node(1).lease_status(1.0).state is LeaseState.VALID
 
 
 def test_followers_grant_their_own_leaders_prevote_despite_stickiness() -> None:

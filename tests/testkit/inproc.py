@@ -243,6 +243,7 @@ class InProcCluster:
                 log_retain_entries=self.log_retain_entries,
                 max_uncommitted_bytes=self.max_uncommitted_bytes,
                 quiesce_after_ticks=self.quiesce_after_ticks,
+                lazy_commit=True,  # as raftnode runs
             ),
             limits=self.limits,
             max_clock_offset_ns=self.max_clock_offset_ns,

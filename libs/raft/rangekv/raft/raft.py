@@ -242,10 +242,13 @@ class Raft:
             # A transfer that did not finish within an election timeout is abandoned.
             if self.state is StateType.LEADER and self.lead_transferee != NONE:
                 self.lead_transferee = NONE
-                if self.timeout_now_sent:
-                    self._reelect_after_lost_transfer()
         if self.state is not StateType.LEADER:
             return
+        if self.timeout_now_sent and self.lead_transferee == NONE:
+            # Abandoned (or its target removed) after its TIMEOUT_NOW left.
+            self._reelect_after_lost_transfer()
+            if self.state is not StateType.LEADER:
+                return
         if self.heartbeat_elapsed >= self.heartbeat_timeout:
             self.heartbeat_elapsed = 0
             self.step(Message(MT.BEAT, self.id, self.id))
@@ -268,7 +271,7 @@ class Raft:
         (`_step_awake`: we no longer lead, so no lease rests on their promise).
         """
         if self._has_unapplied_conf_change():
-            return  # membership may change under us: keep the known gap instead
+            return  # membership may change under us: retried on the next tick
         self.become_follower(self.term, NONE)
         self._campaign(pre=False, transfer=True)
 

@@ -83,7 +83,9 @@ class HostConfig:
     #: Followers learn a moved commit index from the next append or heartbeat
     #: rather than from an empty append of its own (raft `Config.lazy_commit`);
     #: drivers publish it at once where a follower should apply promptly (a split).
-    lazy_commit: bool = True
+    #: raftnode turns it on; the meta range keeps it off, because its followers
+    #: answer inconsistent descriptor lookups and should not lag a heartbeat.
+    lazy_commit: bool = False
 
     def __post_init__(self) -> None:
         if self.node_id <= 0:
