@@ -244,18 +244,17 @@ class Raft:
                 self.lead_transferee = NONE
         if self.state is not StateType.LEADER:
             return
-        if self.timeout_now_sent and self.lead_transferee == NONE:
-            # Abandoned (or its target removed) after its TIMEOUT_NOW left.
-            self._reelect_after_lost_transfer()
-            if self.state is not StateType.LEADER:
-                return
+        # A transfer abandoned (or whose target was removed) after its TIMEOUT_NOW left.
+        lost_transfer = self.timeout_now_sent and self.lead_transferee == NONE
+        if lost_transfer and self._reelect_after_lost_transfer():
+            return
         if self.heartbeat_elapsed >= self.heartbeat_timeout:
             self.heartbeat_elapsed = 0
             self.step(Message(MT.BEAT, self.id, self.id))
 
     # -- elections ----------------------------------------------------------
 
-    def _reelect_after_lost_transfer(self) -> None:
+    def _reelect_after_lost_transfer(self) -> bool:
         """The transfer was abandoned after its TIMEOUT_NOW left: this leader's
         lease is void for the rest of its term (a delayed TIMEOUT_NOW can still
         start a forced election), and its followers, hearing it, would never end
@@ -269,11 +268,13 @@ class Raft:
         It is forced once: if it fails, we are a candidate like any other, and
         our own followers grant our later pre-votes despite their stickiness
         (`_step_awake`: we no longer lead, so no lease rests on their promise).
+        True: we campaigned (a single voter may already lead the new term).
         """
         if self._has_unapplied_conf_change():
-            return  # membership may change under us: retried on the next tick
+            return False  # membership may change under us: retried on the next tick
         self.become_follower(self.term, NONE)
         self._campaign(pre=False, transfer=True)
+        return True
 
     def _has_unapplied_conf_change(self) -> bool:
         if self.log.committed <= self.log.applied:
