@@ -117,3 +117,23 @@ def test_a_membership_change_is_published_at_once() -> None:
     for nid in (2, 3):
         assert c.node(nid).raft.log.committed == index
         assert 4 in c.peers[nid].conf_state.learners
+
+
+def test_an_entry_proposed_with_publish_is_published_when_it_commits() -> None:
+    c = _elected(lazy=True)
+    c.node(1).propose_batch([b"plain"])
+    c.stabilize()
+    plain = c.node(1).raft.log.last_index()
+    assert all(c.node(n).raft.log.committed < plain for n in (2, 3))
+    c.node(1).propose_batch([b"split"], publish=True)
+    c.stabilize()
+    index = c.node(1).raft.log.last_index()
+    # Without a tick, every follower learned the commit of the published entry
+    # (and so of everything before it), and applied it.
+    for nid in (2, 3):
+        assert c.node(nid).raft.log.committed == index
+        assert c.peers[nid].applied[-1] == b"split"
+    # Only once: the next plain entry is lazy again.
+    c.node(1).propose_batch([b"after"])
+    c.stabilize()
+    assert all(c.node(n).raft.log.committed == index for n in (2, 3))

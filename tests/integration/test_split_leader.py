@@ -70,3 +70,28 @@ async def test_every_replica_applies_the_split_without_waiting_for_a_heartbeat(
             tick=False,
             timeout=5.0,
         )
+
+
+async def test_chained_right_hand_ranges_each_get_a_leaseholder_within_a_tick(
+    tmp_path: Path,
+) -> None:
+    """A split's commit is proposed to be published at once (not left to the next
+    heartbeat, as lazy commit does with other entries), so every follower applies
+    it -- and holds an initialized right-hand replica -- by the time the right-hand
+    election and first append reach it. Otherwise a follower answers them from an
+    uninitialized replica, the leader's snapshot is refused while the follower's
+    left-hand side still covers the keys, and the new range waits for a heartbeat."""
+    async with started(tmp_path, layout(), {1: 2}) as cluster:
+        await cluster.put(2, 1, b"a", b"v")
+        waited = []
+        range_id = 1
+        for n, key in enumerate([b"b", b"c", b"d", b"e", b"f", b"g", b"h"]):
+            start = cluster.clock.now
+            right = await cluster.split(range_id, key, n + 2)
+            await cluster.until(
+                lambda rid=right.range_id: cluster.leaseholder(rid) is not None,
+                "a leaseholder for the right-hand range",
+            )
+            waited.append(round((cluster.clock.now - start) / cluster.timing.tick_interval))
+            range_id = right.range_id
+        assert max(waited) <= 1, f"ticks each right-hand range waited for a leaseholder: {waited}"

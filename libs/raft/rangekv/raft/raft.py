@@ -84,6 +84,9 @@ class Raft:
         # at any later time, so no lease may be trusted until the term ends.
         self.timeout_now_sent = False
         self.pending_conf_index = 0
+        # Lazy commit: once commit reaches this index, tell the followers at once
+        # (an entry proposed with `publish=True`); 0: nothing to publish.
+        self.publish_index = 0
         self.uncommitted_size = 0
         self.term_start_index = 0  # index of the leader's first entry of its term
         self.pending_read_index: list[Message] = []
@@ -163,6 +166,9 @@ class Raft:
             if nid == self.id:
                 pr.match = self.log.stable_last_index()
         self.pending_conf_index = 0
+        # Lazy commit: once commit reaches this index, tell the followers at once
+        # (an entry proposed with `publish=True`); 0: nothing to publish.
+        self.publish_index = 0
         self.uncommitted_size = 0
         self.pending_read_index = []
         self.read_only.reset()
@@ -549,7 +555,7 @@ class Raft:
             pr.become_replicate()
         elif pr.state is ProgressState.REPLICATE:
             pr.inflights.free_le(m.index)
-        if self._maybe_commit() and not self.lazy_commit:
+        if self._maybe_commit() and self._commit_to_publish():
             self._bcast_append()
         elif was_paused:
             self._send_append(m.sender)
@@ -831,8 +837,13 @@ class Raft:
 
     # -- proposals and membership ------------------------------------------
 
-    def propose(self, datas: Sequence[bytes], etype: EntryType = EntryType.NORMAL) -> int:
+    def propose(
+        self, datas: Sequence[bytes], etype: EntryType = EntryType.NORMAL, publish: bool = False
+    ) -> int:
         """Append proposals to the leader's log; returns the last index used.
+
+        `publish`: under lazy commit, the followers hear at once when these
+        entries commit (as without it), for entries they should apply promptly.
 
         Proposals never cross the wire (followers refuse rather than forward),
         so they bypass `step` and are built directly as final entries: one
@@ -858,6 +869,8 @@ class Raft:
         term, first = self.term, self.log.last_index() + 1
         ents = [Entry(term, first + k, etype, d) for k, d in enumerate(datas)]
         last = self.log.append(ents)
+        if publish:
+            self.publish_index = last
         self._bcast_append()
         return last
 
@@ -913,9 +926,19 @@ class Raft:
             own is not None
             and own.maybe_update(index)
             and self._maybe_commit()
-            and not self.lazy_commit
+            and self._commit_to_publish()
         ):
             self._bcast_append()
+
+    def _commit_to_publish(self) -> bool:
+        """Commit just moved: whether to tell every follower now. Always without
+        lazy commit; with it, only once an entry proposed with `publish` committed."""
+        if not self.lazy_commit:
+            return True
+        if self.publish_index and self.log.committed >= self.publish_index:
+            self.publish_index = 0
+            return True
+        return False
 
     def publish_commit(self) -> None:
         """On a leader: tell every follower the commit index now (an append, empty

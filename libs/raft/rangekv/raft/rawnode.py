@@ -96,9 +96,10 @@ class RawNode:
         """Propose one entry; returns its index. Raises ProposalDropped."""
         return self.raft.propose((data,))
 
-    def propose_batch(self, datas: Sequence[bytes]) -> int:
-        """Propose many entries at once (cheaper per entry); returns the last index."""
-        return self.raft.propose(datas)
+    def propose_batch(self, datas: Sequence[bytes], publish: bool = False) -> int:
+        """Propose many entries at once (cheaper per entry); returns the last index.
+        `publish`: followers hear at once when they commit, even under lazy commit."""
+        return self.raft.propose(datas, publish=publish)
 
     def propose_conf_change(self, cc: ConfChange) -> int:
         """Propose a membership change; one at a time (raises ProposalDropped otherwise)."""

@@ -130,6 +130,8 @@ class RaftGroup:
         self._wake_follower = False
         #: Ticks during which this group keeps forcing an election while no leader is known.
         self._forced_campaign_ticks = 0
+        #: The next batch of proposals is proposed with `publish` (see `propose`).
+        self._publish_next = False
         # Read index: at most one request in the core per scheduler iteration.
         self._read_waiting: asyncio.Future[int] | None = None
         self._read_ctx = 0
@@ -219,10 +221,13 @@ class RaftGroup:
         self._wake_follower = True
         self._wake(self)
 
-    def propose(self, command: bytes) -> asyncio.Future[Any]:
+    def propose(self, command: bytes, publish: bool = False) -> asyncio.Future[Any]:
         """Queue a command; the future resolves with the state machine's result on
-        this replica, or fails with NotLeaderNow / Overloaded / ProposalAbandoned."""
+        this replica, or fails with NotLeaderNow / Overloaded / ProposalAbandoned.
+        `publish`: the followers hear at once when it commits, so that they apply
+        it without waiting for the next append or heartbeat (raft lazy commit)."""
         fut = self.proposals.add_command(command)
+        self._publish_next = self._publish_next or publish
         self._wake(self)
         return fut
 
@@ -396,8 +401,9 @@ class RaftGroup:
         for command, _waiter in queued:
             self._seq += 1
             datas.append(_TAG.pack(self._incarnation, self._seq) + command)
+        publish, self._publish_next = self._publish_next, False
         try:
-            node.propose_batch(datas)
+            node.propose_batch(datas, publish=publish)
         except UncommittedSizeExceeded as exc:
             for _command, waiter in queued:
                 settle(waiter, Overloaded(str(exc)))

@@ -522,8 +522,11 @@ class RangeReplica:
         if not self.descriptor.contains_key(op.txn.record_key):
             raise self.key_mismatch(op.txn.record_key)
         cmd = raftcmd_pb2.RaftCommand(timestamp=ts_to_proto(self.ctx.hlc.now()), txn_op=op)
+        # A split's commit is published at once: each replica should apply it (and
+        # create its right-hand replica) before the right-hand election reaches it.
+        publish = op.HasField("split_right")
         result = await self._await_applied(
-            self.group.propose(cmd.SerializeToString()), "txn record operation"
+            self.group.propose(cmd.SerializeToString(), publish=publish), "txn record operation"
         )
         assert isinstance(result, TxnApplied)
         if result.outside:
