@@ -35,7 +35,11 @@ in the chosen FSM sync mode, and then, for `duration` seconds:
   - `partition_pause`: cut the probe key's leaseholder from its peers, SIGSTOP
     it, write through the new leaseholder, SIGCONT and read straight from the
     old one: it cannot hear the new term, so only its lease check stands
-    between it and a stale read (what `lease_without_check` removes).
+    between it and a stale read (what `lease_without_check` removes);
+  - `lost_transfer`: on an idle range, cut a caught-up follower off and ask the
+    leaseholder to hand it the lease, so TIMEOUT_NOW is lost: the range must
+    hold a valid lease again, in a later term, within 10 s (else a problem of
+    the run: a leader leading on without a lease).
   Partitions are real: every raftnode runs in its own network namespace joined
   to the others by veth pairs (netns.py; links cut by setting them down). When
   namespaces cannot be made (not root, no iproute2), the run goes on without
@@ -110,6 +114,7 @@ ALL_FAULTS = (
     "partition_pause",
     "clock",
     "snapshot_race",
+    "lost_transfer",
 )
 #: Where the register keys are split at start, so that a scan of them spans ranges.
 REG_SPLITS = (b"reg/2", b"reg/4")
@@ -119,7 +124,19 @@ REG_SPAN = (b"reg/", b"reg0")
 #: within 80% of it, or goes to 2.5x it on one node at a time).
 MAX_OFFSET_MS = 500
 #: Faults that need the network namespaces (dropped, and reported, when unavailable).
-PARTITION_FAULTS = ("partition_leaseholder", "partition_halves", "partition_pause")
+PARTITION_FAULTS = (
+    "partition_leaseholder",
+    "partition_halves",
+    "partition_pause",
+    "lost_transfer",
+)
+#: A key no client writes: the lost-transfer fault splits there, so that its range is
+#: idle and a follower can hold the whole log when the transfer is asked for.
+LOST_TRANSFER_KEY = b"zz/lost-transfer"
+#: Seconds a range may go without a valid lease after a lost transfer was abandoned
+#: (an election timeout of 1 s to abandon it, then one election) before the run
+#: counts it as a problem.
+LOST_TRANSFER_LEASE_WAIT = 10.0
 PROBE_CLIENT = 900  # client ids of the nemesis's own recorded operations
 NODE_ARGS = [
     "--txn-expiry",
@@ -353,6 +370,8 @@ class Nemesis:
         #: them that saw none: a peer that followed such a clock is a failed run.
         self.clock_beyond = 0
         self.clock_unrefused: list[str] = []
+        #: Lost transfers after which no node held a valid lease in a later term.
+        self.leases_not_regained: list[str] = []
         self.probe_n = 0
         self.probe_cid = itertools.count(PROBE_CLIENT)
 
@@ -916,6 +935,77 @@ class Nemesis:
             lab.heal()
         self.end(fault, f"{moved}; healed")
 
+    async def fault_lost_transfer(self) -> None:
+        """A leadership transfer whose TIMEOUT_NOW is lost. On an idle range (the one
+        holding LOST_TRANSFER_KEY, which no client writes), wait until a follower has
+        the whole log, cut it off, and ask the leaseholder to hand it the lease: the
+        target is caught up, so TIMEOUT_NOW leaves at once, into the cut. From then
+        on the leader's lease is void (a late TIMEOUT_NOW could still win a forced
+        election). Once the transfer is abandoned the range must hold a valid lease
+        again, in a later term; a range left without one is a problem of the run (a
+        leader leading on without a lease while its followers, hearing it, never
+        end the term)."""
+        lab = self._lab()
+        key = LOST_TRANSFER_KEY
+        split = await self.split_at(key)
+        rid, holder = await self.replicas.leaseholder_of(key)
+        if holder is None:
+            raise TimeoutError(f"range {rid} has no leaseholder")
+        before = await self.replicas.info(holder, rid)
+        if before is None or not before.lease_valid:
+            raise TimeoutError(f"range {rid}: node {holder} no longer holds the lease")
+        target = self.rng.choice([n for n in self.cluster.node_ids if n != holder])
+
+        async def caught_up() -> bool:
+            info = await self.replicas.info(target, rid)
+            return info is not None and info.applied_index >= before.commit_index
+
+        await async_wait_for(caught_up, 10, f"node {target} to hold range {rid}'s log", 0.1)
+        fault = self.begin(
+            "lost-transfer",
+            f"range {rid}",
+            f"node {holder} -> node {target}, cut off once caught up ({split} at {key!r})",
+        )
+        started = time.monotonic()
+        lab.isolate(target)
+        try:
+            # The node answers once the lease moved or its transfer timeout (5 s)
+            # passed; the lease is watched meanwhile.
+            asked = asyncio.ensure_future(
+                self.replicas.call(
+                    holder,
+                    "TransferLease",
+                    replica_pb2.TransferLeaseRequest(range_id=rid, target_node_id=target),
+                    timeout=LOST_TRANSFER_LEASE_WAIT,
+                )
+            )
+
+            async def regained() -> replica_pb2.ReplicaInfo | None:
+                for node in self.cluster.node_ids:
+                    info = None if node == target else await self.replicas.info(node, rid)
+                    if info and info.lease_valid and info.lease_sequence > before.lease_sequence:
+                        return info
+                return None
+
+            try:
+                info = await async_wait_for(
+                    regained, LOST_TRANSFER_LEASE_WAIT, "a lease in a later term", 0.1
+                )
+                outcome = (
+                    f"a lease again in term {info.lease_sequence} (was {before.lease_sequence}) "
+                    f"{time.monotonic() - started:.1f}s after the request"
+                )
+            except TimeoutError:
+                outcome = f"no valid lease in a later term within {LOST_TRANSFER_LEASE_WAIT:.0f}s"
+                self.leases_not_regained.append(f"range {rid} at {fault.start:.1f}s")
+            try:
+                answer = error_text(await asked)
+            except grpc.aio.AioRpcError as err:
+                answer = f"rpc failed: {err.code().name}"
+        finally:
+            lab.heal()
+        self.end(fault, f"{outcome}; transfer: {answer}; healed")
+
     async def fault_partition_halves(self) -> None:
         """Split the raftnodes into a minority and a majority for a while, then heal."""
         lab = self._lab()
@@ -1110,6 +1200,10 @@ async def run_chaos_async(cfg: ChaosConfig, schedule: Schedule | None = None) ->
             problems += [
                 f"no peer refused raft traffic from a clock beyond the bound: {where}"
                 for where in nemesis.clock_unrefused
+            ]
+            problems += [
+                f"no valid lease in a later term after a lost transfer: {where}"
+                for where in nemesis.leases_not_regained
             ]
         except BaseException:
             (cfg.report_dir / "log_tails.txt").write_text(cluster.log_tails(25))

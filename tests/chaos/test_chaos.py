@@ -183,6 +183,11 @@ def test_fixed_schedules_pass_without_mutation(
         await isolate_schedule(nemesis)
         await stale_snapshot_schedule(nemesis)
         await nemesis.fault_clock(beyond=True)
+        if nemesis.c.lab is not None:
+            # A range whose lease is not back after a lost transfer is a problem of
+            # the run (asserted below: `not result.problems`).
+            await nemesis.fault_lost_transfer()
+            await nemesis.heal()
 
     result = run_chaos(mutation_config(9, "", report_dir(tmp_path, request)), all_four)
     summary = (result.report_dir / "summary.txt").read_text()
@@ -207,6 +212,8 @@ def test_fixed_schedules_pass_without_mutation(
         if f["kind"] == "partition+pause" and "direct reads served" in f["detail"]
     ]
     assert done, summary  # the cut+pause really ran (and the correct build refused)
+    lost = [f for f in result.report["faults"] if f["kind"] == "lost-transfer"]
+    assert lost and "a lease again in term" in lost[0]["detail"], summary
 
 
 @pytest.mark.timeout(300)
