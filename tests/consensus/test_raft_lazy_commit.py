@@ -1,6 +1,6 @@
 """Lazy commit (`Config.lazy_commit`): followers learn a moved commit index from
-the next append or heartbeat, or when the driver publishes it, never from an
-empty append of its own.
+the next append or heartbeat, or at once when an entry proposed with
+`publish=True` commits, never from an empty append of its own.
 
 What must hold: the leader commits exactly as it would eagerly (nothing it
 decides depends on what followers know of the commit index); a follower never
@@ -72,20 +72,6 @@ def test_the_next_append_carries_the_commit() -> None:
     for nid in (2, 3):
         assert c.node(nid).raft.log.committed >= first
         assert c.peers[nid].applied[: len(c.peers[1].applied) - 1] == c.peers[1].applied[:-1]
-
-
-def test_publish_commit_tells_every_follower_at_once() -> None:
-    _, c = _messages_of_one_entry(lazy=True)
-    index = c.node(1).raft.log.last_index()
-    c.node(1).publish_commit()
-    c.stabilize()
-    for nid in (2, 3):
-        assert c.node(nid).raft.log.committed == index
-    # On a follower it does nothing.
-    c.delivered.clear()
-    c.node(2).publish_commit()
-    c.stabilize()
-    assert c.delivered == []
 
 
 def test_a_follower_never_commits_past_what_it_holds() -> None:

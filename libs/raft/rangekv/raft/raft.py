@@ -166,8 +166,6 @@ class Raft:
             if nid == self.id:
                 pr.match = self.log.stable_last_index()
         self.pending_conf_index = 0
-        # Lazy commit: once commit reaches this index, tell the followers at once
-        # (an entry proposed with `publish=True`); 0: nothing to publish.
         self.publish_index = 0
         self.uncommitted_size = 0
         self.pending_read_index = []
@@ -939,13 +937,6 @@ class Raft:
             self.publish_index = 0
             return True
         return False
-
-    def publish_commit(self) -> None:
-        """On a leader: tell every follower the commit index now (an append, empty
-        if need be), for a driver whose committed entry the followers should apply
-        without waiting for the next heartbeat (a split, under `lazy_commit`)."""
-        if self.state is StateType.LEADER:
-            self._bcast_append()
 
     def reduce_uncommitted_size(self, ents: Sequence[Entry]) -> None:
         if self.state is not StateType.LEADER or not self.uncommitted_size:

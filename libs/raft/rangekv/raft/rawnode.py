@@ -69,11 +69,6 @@ class RawNode:
 
     # -- quiescence (quiesce.py) -------------------------------------------------
 
-    def publish_commit(self) -> None:
-        """On a leader: send every follower the commit index now, not with the next
-        append or heartbeat (`Config.lazy_commit`). Does nothing elsewhere."""
-        self.raft.publish_commit()
-
     def quiesce(self) -> bool:
         """On an idle leader: stop ticking and heartbeating, and ask the followers to.
         False (nothing done) unless the group is idle and caught up."""

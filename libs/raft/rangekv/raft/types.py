@@ -275,8 +275,8 @@ class Config:
     #: way): at once, with an append to every follower, empty if it has no new
     #: entries, which the follower answers. True: followers learn it from the
     #: next append (new entries carry the commit index) or heartbeat (every
-    #: `heartbeat_tick` ticks), or at once when the driver calls
-    #: `publish_commit` or a membership change is applied. It halves the raft
+    #: `heartbeat_tick` ticks), or at once when an entry proposed with
+    #: `publish=True` commits or a membership change is applied. It halves the raft
     #: messages of a lone entry and changes nothing the leader decides.
     lazy_commit: bool = False
 

@@ -254,13 +254,6 @@ class RaftGroup:
             self._wake(self)
         return self._read_waiting
 
-    def publish_commit(self) -> None:
-        """On a leader: tell the followers the commit index now (in the scheduler's
-        section), so they apply what was just committed without waiting for the
-        next append or heartbeat."""
-        self.raw_node.publish_commit()
-        self._wake(self)
-
     def force_campaign(self, ticks: int) -> None:
         """Win this group's first election at once: force an election now, and again
         every other tick while no leader is known, for `ticks` ticks (a vote can

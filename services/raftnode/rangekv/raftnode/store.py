@@ -263,11 +263,6 @@ class Store:
         )
         campaign = lhs.is_leader
         self.scheduler.after_apply(lambda: self._create_split_rhs(right, campaign))
-        if campaign:
-            # The other replicas should apply the split (and create their right-hand
-            # replicas, which the forced election below asks to vote) at once, not
-            # at the next heartbeat.
-            self.scheduler.after_apply(lhs.group.publish_commit)
 
     def _create_split_rhs(self, right: RangeDescriptor, campaign: bool) -> None:
         """Create the RHS raft group (in the scheduler's section, after the split is durable)."""
