@@ -64,10 +64,11 @@ import itertools
 import json
 import math
 import random
+import re
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -767,12 +768,16 @@ class Nemesis:
 
         The leaseholder L of `key`'s range is restarted so that it sends every
         snapshot slowly (RANGEKV_TEST_SNAPSHOT_DELAY_MS) and takes the lease back;
-        a follower F is down until it needs a snapshot (logs keep 20 entries), and
-        restarts: L starts streaming. The lease moves to the third voter M at once,
-        which catches F up (its own snapshot, then its log) while recorded writes
-        of `key` are acknowledged; then L's stale stream completes. The lease goes
+        a follower F is down until it needs a snapshot (L's and M's logs were
+        truncated past everything F held), and restarts: L starts streaming. The
+        lease moves to the third voter M at once, which catches F up (its own
+        snapshot, then its log) while recorded writes of `key` are acknowledged;
+        then L's stale stream completes (F logs what it did with it). The lease goes
         to F and `key` is read through the gateways: a replica that ingested the
-        stale stream answers an overwritten value (the checker must say so)."""
+        stale stream answers an overwritten value (the checker must say so).
+
+        Every step waits for what it needs, observed; L runs with slow snapshots only
+        inside this fault, also when a step times out (a retry starts clean)."""
         rid, holder = await self.replicas.owner(key)
         voters = await self.replicas.voters(rid)
         if holder is None or len(voters) < 3:
@@ -785,28 +790,63 @@ class Nemesis:
         )
         slow = self.cluster.node(lead)
         slow.env = {**slow.env, SNAPSHOT_DELAY_ENV: "3000"}
+        try:
+            await self._stale_snapshot_steps(rid, key, slow, lead, lagging, other)
+        finally:
+            slow.env = {k: v for k, v in slow.env.items() if k != SNAPSHOT_DELAY_ENV}
+            await self.kill9(slow)
+            await self.restart(slow)
+        self.end(fault, "read through the gateways after the lease moved to F")
+        return fault
+
+    async def _stale_snapshot_steps(
+        self, rid: int, key: bytes, slow: Child, lead: int, lagging: int, other: int
+    ) -> None:
+        """slow_snapshot_race's steps, with L (`slow`) already set to stream slowly."""
         await self.kill9(slow)
         await self.restart(slow)
         await self.move_lease(rid, lead)
         follower = self.cluster.node(lagging)
         await self.kill9(follower)  # dead, not paused: it must miss the appends
-        for _ in range(30):  # enough log for L and M to truncate past F
-            await self.write_key(key)
-        await asyncio.sleep(1.2)  # two truncation passes
-        mark = slow.log_path.stat().st_size
-        await self.restart(follower)
-        started = f"snapshot of group {rid} for replica "
+        # F held at most what was committed now plus what was in flight; once L and M
+        # keep no entry up to a margin past that, F can only be caught up by a snapshot.
+        held = max(i.commit_index for i in await self._range_infos(rid, (lead, other)))
+        beyond = held + 10
 
-        async def streaming() -> bool:
+        async def truncated_past_f() -> bool:
+            infos = await self._range_infos(rid, (lead, other))
+            if len(infos) == 2 and all(i.log_first_index > beyond for i in infos):
+                return True
+            await self.write_key(key)  # more log to truncate
+            return False
+
+        await async_wait_for(truncated_past_f, 30, f"L and M to truncate past index {beyond}")
+        mark = slow.log_path.stat().st_size
+        f_mark = follower.log_path.stat().st_size
+        await self.restart(follower)
+        started = re.compile(
+            rb"snapshot of group %d for replica \d+: streaming state at applied (\d+)" % rid
+        )
+
+        async def streaming() -> bytes | None:
             with slow.log_path.open("rb") as f:
                 f.seek(mark)
-                return started.encode() in f.read()
+                m = started.search(f.read())
+            return m.group(1) if m else None
 
-        await async_wait_for(streaming, 15, "L to start its slow snapshot to F", 0.05)
+        applied = await async_wait_for(streaming, 15, "L to start its slow snapshot to F", 0.05)
         await self.move_lease(rid, other)
         for _ in range(3):
             await self.write_key(key)
-        await asyncio.sleep(3.5)  # L's stale stream ends
+        # F logs what it did with every snapshot it received, naming its applied index.
+        landed = re.compile(rb"snapshot of group %d: .*state at applied %s\b" % (rid, applied))
+
+        async def stale_stream_landed() -> bool:
+            with follower.log_path.open("rb") as f:
+                f.seek(f_mark)
+                return landed.search(f.read()) is not None
+
+        await async_wait_for(stale_stream_landed, 20, "L's stale snapshot to reach F", 0.05)
         await self.move_lease(rid, lagging)
         for _ in range(4):
             await self.kv.op(
@@ -815,11 +855,15 @@ class Nemesis:
                 OpKind.GET,
                 key,
             )
-        slow.env = {k: v for k, v in slow.env.items() if k != SNAPSHOT_DELAY_ENV}
-        await self.kill9(slow)
-        await self.restart(slow)
-        self.end(fault, "read through the gateways after the lease moved to F")
-        return fault
+
+    async def _range_infos(self, rid: int, nodes: Sequence[int]) -> list[replica_pb2.ReplicaInfo]:
+        """Range `rid`'s ReplicaInfo from each of `nodes` that answers."""
+        found = []
+        for n in nodes:
+            info = await self.replicas.info(n, rid)
+            if info is not None:
+                found.append(info)
+        return found
 
     async def write_key(self, key: bytes) -> Operation:
         """A recorded PUT of a fresh value of `key` through a gateway."""

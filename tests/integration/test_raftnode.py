@@ -470,6 +470,18 @@ async def test_large_snapshot_to_lagging_follower_causes_no_election(
         target = info.commit_index
         missed = target - lagging_applied
         assert missed > 40, f"only {missed} entries behind: the test needs a real gap"
+
+        async def truncated_past_lagging() -> bool:
+            # "Only a snapshot can catch it up", observed: both logs now start past
+            # the entry after the last one the lagging node holds.
+            infos = await client.range_infos([leader, other])
+            return all(
+                i is not None and i.log_first_index > lagging_applied + 1 for i in infos.values()
+            )
+
+        await async_wait_for(
+            truncated_past_lagging, 30, "the leader and the other follower to truncate their logs"
+        )
         infos = await client.range_infos([leader, other])
         terms = {n: i.lease_sequence for n, i in infos.items() if i is not None}
         assert len(terms) == 2

@@ -285,7 +285,7 @@ class RangeInfoRequest(_message.Message):
     def __init__(self, range_ids: _Optional[_Iterable[int]] = ..., counts_only: _Optional[bool] = ...) -> None: ...
 
 class ReplicaInfo(_message.Message):
-    __slots__ = ("descriptor", "replica_id", "is_leader", "lease_valid", "lease_sequence", "leader_replica_id", "applied_index", "commit_index", "approximate_size_bytes")
+    __slots__ = ("descriptor", "replica_id", "is_leader", "lease_valid", "lease_sequence", "leader_replica_id", "applied_index", "commit_index", "approximate_size_bytes", "log_first_index")
     DESCRIPTOR_FIELD_NUMBER: _ClassVar[int]
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     IS_LEADER_FIELD_NUMBER: _ClassVar[int]
@@ -295,6 +295,7 @@ class ReplicaInfo(_message.Message):
     APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
     COMMIT_INDEX_FIELD_NUMBER: _ClassVar[int]
     APPROXIMATE_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LOG_FIRST_INDEX_FIELD_NUMBER: _ClassVar[int]
     descriptor: _types_pb2.RangeDescriptor
     replica_id: int
     is_leader: bool
@@ -304,7 +305,8 @@ class ReplicaInfo(_message.Message):
     applied_index: int
     commit_index: int
     approximate_size_bytes: int
-    def __init__(self, descriptor: _Optional[_Union[_types_pb2.RangeDescriptor, _Mapping]] = ..., replica_id: _Optional[int] = ..., is_leader: _Optional[bool] = ..., lease_valid: _Optional[bool] = ..., lease_sequence: _Optional[int] = ..., leader_replica_id: _Optional[int] = ..., applied_index: _Optional[int] = ..., commit_index: _Optional[int] = ..., approximate_size_bytes: _Optional[int] = ...) -> None: ...
+    log_first_index: int
+    def __init__(self, descriptor: _Optional[_Union[_types_pb2.RangeDescriptor, _Mapping]] = ..., replica_id: _Optional[int] = ..., is_leader: _Optional[bool] = ..., lease_valid: _Optional[bool] = ..., lease_sequence: _Optional[int] = ..., leader_replica_id: _Optional[int] = ..., applied_index: _Optional[int] = ..., commit_index: _Optional[int] = ..., approximate_size_bytes: _Optional[int] = ..., log_first_index: _Optional[int] = ...) -> None: ...
 
 class RangeInfoResponse(_message.Message):
     __slots__ = ("node_id", "replicas", "draining", "replica_count", "lease_count")

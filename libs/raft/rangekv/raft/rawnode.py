@@ -245,6 +245,10 @@ class RawNode:
         """The highest log index known committed."""
         return self.raft.log.committed
 
+    def first_index(self) -> int:
+        """The first index the log still holds (older entries were compacted)."""
+        return self.raft.log.first_index()
+
     def applied_index(self) -> int:
         """The highest log index the driver reported applied (through `advance`)."""
         return self.raft.log.applied

@@ -166,6 +166,9 @@ class RaftGroup:
     def commit_index(self) -> int:
         return self.raw_node.commit_index()
 
+    def log_first_index(self) -> int:
+        return self.raw_node.first_index()
+
     def status(self) -> Status:
         return self.raw_node.status()
 

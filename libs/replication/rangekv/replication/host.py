@@ -378,7 +378,12 @@ class GroupHost:
                 group.applied_index = streamed.index
                 group.state_machine.snapshot_installed(local)
             else:
-                log.info("snapshot of group %d: state not installed: %s", group.group_id, why)
+                log.info(
+                    "snapshot of group %d: state at applied %d not installed: %s",
+                    group.group_id,
+                    streamed.index,
+                    why,
+                )
             # Raft sees the message either way: it restores only what it lacks, and
             # its answer tells the leader where this replica stands (a leader never
             # told would keep sending snapshots).

@@ -155,6 +155,7 @@ class ReplicaService(replica_pb2_grpc.ReplicaServicer):
                     leader_replica_id=group.leader(),
                     applied_index=replica.applied_index,
                     commit_index=group.commit_index(),
+                    log_first_index=group.log_first_index(),
                     approximate_size_bytes=replica.state.approx_size or 0,
                 )
             )
