@@ -62,9 +62,19 @@ def test_missing_voters_are_added_on_live_nodes_spread_by_range() -> None:
     assert plan_action(two, 1, {1: LIVE, 2: LIVE}, 3) is None
 
 
-def test_live_surplus_voters_are_never_removed() -> None:
-    four = desc((1, 1, V), (2, 2, V), (3, 3, V), (4, 4, V))
-    assert plan_action(four, 1, {n: LIVE for n in (1, 2, 3, 4)}, 3) is None
+def test_surplus_voters_are_removed_down_to_the_factor_never_the_leaseholder() -> None:
+    # e.g. the right-hand side of a split made while a move had added its voter
+    four = desc((1, 1, V), (2, 2, V), (3, 3, V), (4, 4, V), range_id=5)
+    health = {n: LIVE for n in (1, 2, 3, 4)}
+    assert plan_action(four, 1, health, 3) == Action("remove", [2, 3, 4][5 % 3])
+    for leader in (1, 2, 3, 4):
+        action = plan_action(four, leader, health, 3)
+        assert action is not None and action.kind == "remove" and action.node_id != leader
+    # a voter that is down (not yet dead) goes first
+    assert plan_action(four, 1, {**health, 3: DOWN}, 3) == Action("remove", 3)
+    # at the factor, or with a higher factor, nothing goes
+    assert plan_action(four, 1, health, 4) is None
+    assert plan_action(THREE, 1, {n: LIVE for n in (1, 2, 3)}, 3) is None
 
 
 def test_leftover_learners_are_promoted_or_removed() -> None:

@@ -79,8 +79,10 @@ class ReplicaChangeConfig:
     replication_factor: int = 3
     #: A node the registry reports not live for this long is dead: its replicas are replaced.
     dead_after: float = 60.0
-    #: Seconds between rebalancer passes (0: no rebalancer).
+    #: Seconds between rebalancer passes (0: no rebalancer, no replica GC).
     check_interval: float = 5.0
+    #: Whether the passes run the policy (False: they only garbage-collect replicas).
+    rebalance: bool = True
     #: How long a new learner may take to catch up before the add gives up.
     catchup_timeout: float = 60.0
     #: How long a proposed conf change may take to apply.

@@ -124,6 +124,12 @@ class RaftnodeConfig:
     rebalance_interval: float = setting(
         5.0, help="seconds between rebalancer / replica GC passes (0: off)"
     )
+    rebalance: bool = setting(
+        True,
+        help="leaseholders change replicas and move leases on their own, to keep every "
+        "range at the replication factor and spread the load; off (--no-rebalance): "
+        "every change is an operator's, and only replica GC runs",
+    )
     catchup_timeout: float = setting(
         60.0, help="seconds a new learner may take to catch up before the add gives up"
     )
@@ -207,6 +213,7 @@ class RaftnodeConfig:
             replication_factor=self.replication_factor,
             dead_after=self.dead_after,
             check_interval=self.rebalance_interval,
+            rebalance=self.rebalance,
             catchup_timeout=self.catchup_timeout,
         )
 

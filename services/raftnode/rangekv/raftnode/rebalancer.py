@@ -3,11 +3,13 @@
 The policy (`plan_action`, pure) keeps each range at the replication factor: a
 voter on a node the registry has not seen for `dead_after` is replaced,
 missing voters are added on live nodes, leftover learners are promoted (or
-removed if their node is dead). Live voters are never removed by it, except
-on a decommissioning node: such a node takes no new replica and no lease; each
-of its voters is replaced (the new one added first, then the old one removed
-by a leaseholder elsewhere), and a leaseholder on it hands its lease to a
-voter that stays. When no range needs a change, a leaseholder evens the load
+removed if their node is dead), and voters beyond the factor are removed (a
+move or an add cut short, or a split made in the middle of a move: the
+right-hand range copies the move's extra voter, and the move's removal only
+reaches the left-hand one). A decommissioning node takes no new replica and
+no lease; each of its voters is replaced (the new one added first, then the
+old one removed by a leaseholder elsewhere), and a leaseholder on it hands its
+lease to a voter that stays. When no range needs a change, a leaseholder evens the load
 out one step per pass: it moves one of its ranges' replicas from a node
 holding at least two more than the emptiest node to that node (so a new node
 gets its share, `plan_replica_move`), or else hands one lease to a voter
@@ -15,7 +17,8 @@ leading clearly fewer ranges (`plan_lease_move`). Both rules need a gap of
 two, so counts within one of each other never move and nothing ping-pongs.
 
 `Rebalancer` runs the policy on every leaseholder, every `check_interval`,
-through the replica changer (`change`). The same pass garbage-collects
+through the replica changer (`change`), unless `rebalance` is off (every
+change is then an operator's). The same pass garbage-collects
 replicas that were removed while their node was away (meta's committed
 descriptor no longer names them: the leader stops talking to removed peers,
 so such a replica may never apply its own removal).
@@ -104,9 +107,11 @@ def plan_action(
       staying live node without a replica: add there (spread by range id);
     - a dead voter once enough live voters exist (the replacement joined): remove it;
     - a draining voter once enough staying voters exist: remove it;
+    - more staying voters than the factor: remove one (one not live first);
     - the leaseholder itself draining, and a staying voter to take over (after the
       adds that can be made): hand the lease to it.
-    Never removes a live voter of a staying node, nor the leaseholder's own replica.
+    Never removes the leaseholder's own replica, nor a voter that would leave fewer
+    staying voters than the factor.
     """
 
     def dead(node_id: int) -> bool:
@@ -137,6 +142,11 @@ def plan_action(
         return Action("remove", dead_voters[0])  # its replacement has joined
     if leaving and len(staying) >= replication_factor:
         return Action("remove", leaving[0])
+    surplus = [n for n in staying if n != leader_node]
+    if len(staying) > replication_factor and surplus:
+        down = [n for n in surplus if not health.get(n, NodeHealth(False, False)).live]
+        pick = down or surplus
+        return Action("remove", pick[desc.range_id % len(pick)])
     if draining(leader_node) and staying:
         return Action("transfer", staying[desc.range_id % len(staying)])
     return None
@@ -242,12 +252,13 @@ class Rebalancer:
                 continue
             try:
                 if replica.is_leader:
-                    done += await self._rebalance_range(replica, health)
+                    if self.config.rebalance:
+                        done += await self._rebalance_range(replica, health)
                 elif every_follower or not replica.group.leader():
                     await self._maybe_gc(replica)
             except E.RangeKVError as exc:
                 log.info("range %d: rebalancer: %s", replica.range_id, exc)
-        if done == 0:
+        if done == 0 and self.config.rebalance:
             done += await self._maybe_spread_leases(nodes, health)
         return done
 
