@@ -630,7 +630,10 @@ class Nemesis:
         rid, holder = await self.replicas.owner(key)
         if holder is None:
             raise TimeoutError(f"range {rid} has no leader")
-        target = self.rng.choice([n for n in self.cluster.node_ids if n != holder])
+        others = sorted(n for n in await self.replicas.voters(rid) if n != holder)
+        if not others:
+            raise TimeoutError(f"range {rid}: no voter besides node {holder}")
+        target = self.rng.choice(others)
         fault = self.begin("transfer", f"range {rid}", f"node {holder} -> node {target}")
         resp = await self.replicas.call(
             holder,
@@ -998,7 +1001,10 @@ class Nemesis:
         before = await self.replicas.info(holder, rid)
         if before is None or not before.lease_valid:
             raise TimeoutError(f"range {rid}: node {holder} no longer holds the lease")
-        target = self.rng.choice([n for n in self.cluster.node_ids if n != holder])
+        others = sorted(n for n in await self.replicas.voters(rid) if n != holder)
+        if not others:
+            raise TimeoutError(f"range {rid}: no voter besides node {holder}")
+        target = self.rng.choice(others)
 
         async def caught_up() -> bool:
             info = await self.replicas.info(target, rid)
@@ -1151,7 +1157,10 @@ async def started_cluster(cfg: ChaosConfig, lab: NetLab | None) -> AsyncIterator
         n_meta=cfg.n_meta,
         n_nodes=cfg.n_nodes,
         n_gateways=cfg.n_gateways,
-        node_args=tuple(NODE_ARGS),
+        # Every range on every node, as the faults assume (a fault's target may be any
+        # other node) and as the first range starts; the rebalancer would otherwise
+        # trim each range to the default factor of 3 in the middle of the faults.
+        node_args=(*NODE_ARGS, "--replication-factor", str(cfg.n_nodes)),
         env={"RANGEKV_FSM_SYNC_MODE": cfg.sync_mode},
         node_env=dict.fromkeys(range(1, cfg.n_nodes + 1), node_env),
         certs_dir=chaos_tls.certs_dir(),
