@@ -68,7 +68,7 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -625,15 +625,20 @@ class Nemesis:
         rid, holder = await self.replicas.leaseholder_of(key, exclude=node)
         return (rid, holder) if holder else None
 
+    async def _other_voter(self, rid: int, holder: int) -> int:
+        """A voter of range `rid` other than node `holder`, drawn from the nemesis's rng
+        (in node order, so a seed draws the same node while the voters are the same)."""
+        others = sorted(n for n in await self.replicas.voters(rid) if n != holder)
+        if not others:
+            raise TimeoutError(f"range {rid}: no voter besides node {holder}")
+        return self.rng.choice(others)
+
     async def fault_transfer(self) -> None:
         key = self.rng.choice([*REG_KEYS, PROBE_KEY, *SCAN_KEYS[::10]])
         rid, holder = await self.replicas.owner(key)
         if holder is None:
             raise TimeoutError(f"range {rid} has no leader")
-        others = sorted(n for n in await self.replicas.voters(rid) if n != holder)
-        if not others:
-            raise TimeoutError(f"range {rid}: no voter besides node {holder}")
-        target = self.rng.choice(others)
+        target = await self._other_voter(rid, holder)
         fault = self.begin("transfer", f"range {rid}", f"node {holder} -> node {target}")
         resp = await self.replicas.call(
             holder,
@@ -813,11 +818,13 @@ class Nemesis:
         await self.kill9(follower)  # dead, not paused: it must miss the appends
         # F held at most what was committed now plus what was in flight; once L and M
         # keep no entry up to a margin past that, F can only be caught up by a snapshot.
-        held = max(i.commit_index for i in await self._range_infos(rid, (lead, other)))
-        beyond = held + 10
+        infos = await self.replicas.range_infos(rid, (lead, other))
+        if len(infos) != 2:
+            raise TimeoutError(f"range {rid}: L or M did not answer RangeInfo")
+        beyond = max(i.commit_index for i in infos) + 10
 
         async def truncated_past_f() -> bool:
-            infos = await self._range_infos(rid, (lead, other))
+            infos = await self.replicas.range_infos(rid, (lead, other))
             if len(infos) == 2 and all(i.log_first_index > beyond for i in infos):
                 return True
             await self.write_key(key)  # more log to truncate
@@ -858,15 +865,6 @@ class Nemesis:
                 OpKind.GET,
                 key,
             )
-
-    async def _range_infos(self, rid: int, nodes: Sequence[int]) -> list[replica_pb2.ReplicaInfo]:
-        """Range `rid`'s ReplicaInfo from each of `nodes` that answers."""
-        found = []
-        for n in nodes:
-            info = await self.replicas.info(n, rid)
-            if info is not None:
-                found.append(info)
-        return found
 
     async def write_key(self, key: bytes) -> Operation:
         """A recorded PUT of a fresh value of `key` through a gateway."""
@@ -1001,10 +999,7 @@ class Nemesis:
         before = await self.replicas.info(holder, rid)
         if before is None or not before.lease_valid:
             raise TimeoutError(f"range {rid}: node {holder} no longer holds the lease")
-        others = sorted(n for n in await self.replicas.voters(rid) if n != holder)
-        if not others:
-            raise TimeoutError(f"range {rid}: no voter besides node {holder}")
-        target = self.rng.choice(others)
+        target = await self._other_voter(rid, holder)
 
         async def caught_up() -> bool:
             info = await self.replicas.info(target, rid)

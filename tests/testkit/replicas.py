@@ -71,6 +71,17 @@ class Replicas:
         infos = await self.infos(node_id, [range_id])
         return infos[0] if infos else None
 
+    async def range_infos(
+        self, range_id: int, node_ids: Sequence[int]
+    ) -> list[replica_pb2.ReplicaInfo]:
+        """Range `range_id` as each of `node_ids` that answers sees it (in that order)."""
+        found = []
+        for node_id in node_ids:
+            info = await self.info(node_id, range_id)
+            if info is not None:
+                found.append(info)
+        return found
+
     async def inconsistent_get(self, node_id: int, range_id: int, key: bytes) -> bytes | None:
         """What node `node_id`'s own replica holds for `key` (no lease check); None when
         absent or refused."""
