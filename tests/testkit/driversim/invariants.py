@@ -138,7 +138,6 @@ class Invariants:
             replica = self.world.cluster.stores[node].replica(range_id)
             if replica is None or replica.applied_index < INITIAL_INDEX:
                 continue
-            desc = replica.descriptor
-            if desc.start_key <= user_key and (not desc.end_key or user_key < desc.end_key):
+            if replica.descriptor.contains_key(user_key):
                 return True
         return False
