@@ -153,3 +153,31 @@ def test_replicas_move_to_the_emptiest_node_with_hysteresis() -> None:
     # Never from the leaseholder itself.
     assert plan_replica_move([(1, (1, 5, 6))], {1: 9, 5: 1, 6: 1, 7: 0}, 1) is None
     assert plan_replica_move(led, {1: 3}, 1) is None
+
+
+def test_resting_ranges_are_not_moved_for_spreading() -> None:
+    from rangekv.raftnode.rebalancer import plan_replica_move
+
+    led = [(1, (1, 2, 3)), (2, (1, 2, 3))]
+    counts = {1: 6, 2: 6, 3: 5, 4: 0}
+    assert plan_replica_move(led, counts, 1) == (1, 2, 4)
+    assert plan_replica_move(led, counts, 1, frozenset({1})) == (2, 2, 4)
+    assert plan_replica_move(led, counts, 1, frozenset({1, 2})) is None
+    leases = {1: 4, 2: 0, 3: 1}
+    four = [(1, (1, 2, 3)), (2, (1, 2, 3)), (3, (1, 2, 3)), (4, (1, 2, 3))]
+    assert plan_lease_move(four, leases, 1, frozenset({1, 2})) == (3, 2)
+    assert plan_lease_move(four, leases, 1, frozenset({1, 2, 3, 4})) is None
+
+
+def test_move_cooldown_forgets_a_range_after_its_rest() -> None:
+    from rangekv.raftnode.rebalancer import MoveCooldown
+
+    cooldown = MoveCooldown(30.0)
+    cooldown.moved(7, now=100.0)
+    cooldown.moved(8, now=120.0)
+    assert cooldown.resting(129.9) == {7, 8}
+    assert cooldown.resting(130.0) == {8}
+    assert cooldown.resting(150.0) == frozenset()
+    off = MoveCooldown(0.0)
+    off.moved(7, now=100.0)
+    assert off.resting(100.0) == frozenset()

@@ -83,6 +83,9 @@ class ReplicaChangeConfig:
     check_interval: float = 5.0
     #: Whether the passes run the policy (False: they only garbage-collect replicas).
     rebalance: bool = True
+    #: Seconds a range whose replica or lease the spreading rules moved is left where
+    #: it went (no further spreading move of it by this node; rebalancer.py).
+    rebalance_cooldown: float = 30.0
     #: How long a new learner may take to catch up before the add gives up.
     catchup_timeout: float = 60.0
     #: How long a proposed conf change may take to apply.
@@ -91,6 +94,8 @@ class ReplicaChangeConfig:
     def __post_init__(self) -> None:
         if self.replication_factor < 1 or self.dead_after <= 0 or self.check_interval < 0:
             raise ValueError("replication_factor >= 1, dead_after > 0, check_interval >= 0")
+        if self.rebalance_cooldown < 0:
+            raise ValueError("rebalance_cooldown must be >= 0")
         if self.catchup_timeout <= 0 or self.apply_timeout <= 0:
             raise ValueError("catchup_timeout and apply_timeout must be > 0")
 

@@ -130,6 +130,11 @@ class RaftnodeConfig:
         "range at the replication factor and spread the load; off (--no-rebalance): "
         "every change is an operator's, and only replica GC runs",
     )
+    rebalance_cooldown: float = setting(
+        30.0,
+        help="seconds a range whose replica or lease the rebalancer moved to spread the "
+        "load is not moved again for spreading (0: no cool-down)",
+    )
     catchup_timeout: float = setting(
         60.0, help="seconds a new learner may take to catch up before the add gives up"
     )
@@ -183,6 +188,7 @@ class RaftnodeConfig:
         require(self.split_size_threshold >= 0, "split_size_threshold", "must be >= 0")
         require(self.quiesce_after_ticks >= 0, "quiesce_after_ticks", "must be >= 0")
         require(self.split_check_interval > 0, "split_check_interval", "must be > 0")
+        require(self.rebalance_cooldown >= 0, "rebalance_cooldown", "must be >= 0")
         try:
             self.replica_changes()
         except ValueError as exc:
@@ -214,6 +220,7 @@ class RaftnodeConfig:
             dead_after=self.dead_after,
             check_interval=self.rebalance_interval,
             rebalance=self.rebalance,
+            rebalance_cooldown=self.rebalance_cooldown,
             catchup_timeout=self.catchup_timeout,
         )
 

@@ -14,7 +14,13 @@ out one step per pass: it moves one of its ranges' replicas from a node
 holding at least two more than the emptiest node to that node (so a new node
 gets its share, `plan_replica_move`), or else hands one lease to a voter
 leading clearly fewer ranges (`plan_lease_move`). Both rules need a gap of
-two, so counts within one of each other never move and nothing ping-pongs.
+two, so counts within one of each other never move. That hysteresis is enough
+while counts hold still, not while faults change them between passes (a kill,
+an operator's replica change): a soak saw one leaseholder move a range's
+replica from node 1 to node 2 and, 5 s later, back. So a range whose replica or
+lease this node moved to spread the load rests for `rebalance_cooldown`: no
+further spreading move of it from here (`MoveCooldown`). Moves that keep the
+factor (dead, draining, missing and surplus voters) never wait for it.
 
 `Rebalancer` runs the policy on every leaseholder, every `check_interval`,
 through the replica changer (`change`), unless `rebalance` is off (every
@@ -45,6 +51,7 @@ from rangekv.v1 import meta_pb2, replica_pb2
 
 __all__ = [
     "Action",
+    "MoveCooldown",
     "NodeHealth",
     "Rebalancer",
     "node_health",
@@ -153,7 +160,10 @@ def plan_action(
 
 
 def plan_lease_move(
-    led: list[tuple[int, tuple[int, ...]]], counts: dict[int, int], me: int
+    led: list[tuple[int, tuple[int, ...]]],
+    counts: dict[int, int],
+    me: int,
+    resting: frozenset[int] = frozenset(),
 ) -> tuple[int, int] | None:
     """Which lease to hand away, if this node leads clearly more ranges than a voter.
 
@@ -163,10 +173,13 @@ def plan_lease_move(
     least two more than it: every move then narrows the spread, so leases never
     ping-pong, and a new node with no lease gets one from a node with two
     (a rule against the mean would leave it empty when the mean is about one).
+    Ranges in `resting` (moved lately, see `MoveCooldown`) are not candidates.
     """
     if len(counts) < 2 or me not in counts:
         return None
     for range_id, voters in sorted(led):
+        if range_id in resting:
+            continue
         candidates = [n for n in voters if n != me and n in counts]
         if not candidates:
             continue
@@ -177,7 +190,10 @@ def plan_lease_move(
 
 
 def plan_replica_move(
-    led: list[tuple[int, tuple[int, ...]]], counts: dict[int, int], me: int
+    led: list[tuple[int, tuple[int, ...]]],
+    counts: dict[int, int],
+    me: int,
+    resting: frozenset[int] = frozenset(),
 ) -> tuple[int, int, int] | None:
     """Which replica to move so that replica counts even out: (range id, from, to).
 
@@ -185,13 +201,14 @@ def plan_replica_move(
     replicas per live, staying node (this node included). The target is the
     node holding the fewest; a move is planned only from a voter holding at
     least two more (hysteresis: counts within one of each other never move),
-    never from this node (a leaseholder does not remove itself), one at a time.
+    never from this node (a leaseholder does not remove itself), one at a time,
+    and never of a range in `resting` (moved lately, see `MoveCooldown`).
     """
     if len(counts) < 2:
         return None
     target = min(counts, key=lambda n: (counts[n], n))
     for range_id, voters in sorted(led):
-        if target in voters:
+        if target in voters or range_id in resting:
             continue
         sources = [n for n in voters if n != me and n in counts]
         if not sources:
@@ -200,6 +217,26 @@ def plan_replica_move(
         if counts[source] - counts[target] >= 2:
             return range_id, source, target
     return None
+
+
+class MoveCooldown:
+    """The ranges this node moved (a replica or the lease) to spread the load, and
+    when: each rests for `seconds` after its move. Bounded by the ranges moved
+    within one cool-down (at most one per rebalancer pass); older ones are dropped
+    whenever `resting` is asked. Times are the caller's monotonic clock."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._moved_at: dict[int, float] = {}
+
+    def moved(self, range_id: int, now: float) -> None:
+        if self.seconds > 0:
+            self._moved_at[range_id] = now
+
+    def resting(self, now: float) -> frozenset[int]:
+        """The ranges still in their cool-down at `now`."""
+        self._moved_at = {r: t for r, t in self._moved_at.items() if now - t < self.seconds}
+        return frozenset(self._moved_at)
 
 
 #: Replica GC asks meta about every follower once in this many passes (5 minutes at
@@ -228,8 +265,10 @@ class Rebalancer:
         self.meta = meta
         self.peers = peers
         self.config = config
+        self.clock = clock
         self._loop = Periodic("rebalancer", config.check_interval, self.rebalance_once, clock, log)
         self._passes = 0
+        self.cooldown = MoveCooldown(config.rebalance_cooldown)
 
     def start(self) -> None:
         if self.config.check_interval and self.meta is not None:
@@ -293,7 +332,8 @@ class Rebalancer:
             leases[node_id] = info.lease_count
             replicas[node_id] = info.replica_count
         voters = [(r.range_id, r.descriptor.voter_node_ids) for r in led]
-        move = plan_replica_move(voters, replicas, me)
+        resting = self.cooldown.resting(self.clock.monotonic())
+        move = plan_replica_move(voters, replicas, me, resting)
         if move is not None:
             range_id, source, target = move
             log.info(
@@ -302,11 +342,12 @@ class Rebalancer:
                 source,
                 target,
             )
+            self.cooldown.moved(range_id, self.clock.monotonic())
             await self.changes.move_replica(range_id, source, target)
             return 1
         if len(led) < 2:
             return 0
-        plan = plan_lease_move(voters, leases, me)
+        plan = plan_lease_move(voters, leases, me, resting)
         if plan is None:
             return 0
         range_id, target = plan
@@ -315,6 +356,7 @@ class Rebalancer:
         if replica is None or target_replica is None:
             return 0
         log.info("range %d: rebalancer: moving the lease to node %d", range_id, target)
+        self.cooldown.moved(range_id, self.clock.monotonic())
         replica.transfer_leadership(target_replica.replica_id)
         return 1
 
