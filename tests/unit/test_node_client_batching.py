@@ -48,6 +48,25 @@ async def test_reads_and_writes_to_one_range_leave_in_separate_batches() -> None
         assert ops == ({"put"} if has_writes else {"get"})
 
 
+async def test_a_fence_op_never_shares_a_batch_with_reads() -> None:
+    """A scan's fence hold goes out as a consistent read with no read timestamp,
+    like a plain GET; merged into one batch, the node refuses the mix and every
+    GET in it fails with INVALID_ARGUMENT (the chaos workload saw hundreds)."""
+    clients = NodeClients(channel_factory=lambda addr: None)  # type: ignore[arg-type,return-value]
+    stream = _FakeStream()
+    clients._stream = lambda address: stream  # type: ignore[assignment,method-assign]
+    get = replica_pb2.ReplicaOp(get=replica_pb2.GetOp(key=b"k"))
+    fence = replica_pb2.ReplicaOp(
+        fence=replica_pb2.FenceOp(start_key=b"a", end_key=b"z", fence_id=b"f" * 16)
+    )
+    clients.submit("n1", 7, [get], has_writes=False)
+    clients.submit("n1", 7, [fence], has_writes=False)
+    clients.submit("n1", 7, [get], has_writes=False)
+    await asyncio.sleep(0)  # let the per-iteration flush run
+    batches = sorted([op.WhichOneof("op") for op in b.ops] for b, _w in stream.sent)
+    assert batches == [["fence"], ["get", "get"]]
+
+
 class _AnsweringStream(_FakeStream):
     """Records batches; the test answers them by index."""
 

@@ -338,8 +338,12 @@ class NodeClients:
         `traceparent` (W3C; "" when untraced) rides along in the batch so the
         node continues the caller's trace. `fence_id`: the scan fence the reads
         are served under (see rangekv.raftnode.fences); batches never mix fences.
-        `solo`: these ops leave in a batch of their own.
+        `solo`: these ops leave in a batch of their own. So does a fence operation
+        (a scan's hold or release): a node refuses a batch that mixes one with
+        reads (INVALID_ARGUMENT), and the refusal would fail every read in it.
         """
+        if not solo and ops[0].HasField("fence"):
+            solo = True  # the scan's fence calls send one fence op each
         ts_key = read_timestamp.SerializeToString() if read_timestamp is not None else b""
         # Reads and writes never share a batch: a batch fails as a whole, and a
         # read's failure must not be able to mask (and so re-send) an applied write.
