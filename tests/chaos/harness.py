@@ -83,7 +83,7 @@ from testkit.kv import CLIENT_TIMEOUT, ordering_problem, scan_keys
 from testkit.metrics import fetch_metrics, metric_value
 from testkit.replicas import Replicas, error_text
 from testkit.waiting import async_wait_for
-from testkit.workload import ClientMix, RecordedKV, Workload, WorkloadSpec
+from testkit.workload import ClientMix, RecordedKV, Workload, WorkloadSpec, WorkloadStats
 
 from rangekv.check import (
     Operation,
@@ -93,6 +93,7 @@ from rangekv.check import (
     load_history,
     save_history,
 )
+from rangekv.check.kv_client import recorded_scan
 from rangekv.cli.cluster import Child
 from rangekv.common import errors as E
 from rangekv.common.clock import ENV_VAR as CLOCK_ENV
@@ -116,6 +117,7 @@ ALL_FAULTS = (
     "clock",
     "snapshot_race",
     "lost_transfer",
+    "overload",
 )
 #: Where the register keys are split at start, so that a scan of them spans ranges.
 REG_SPLITS = (b"reg/2", b"reg/4")
@@ -124,6 +126,13 @@ REG_SPAN = (b"reg/", b"reg0")
 #: The raftnodes' maximum clock offset (their default; the clock fault stays
 #: within 80% of it, or goes to 2.5x it on one node at a time).
 MAX_OFFSET_MS = 500
+#: Report names of the faults whose method name says it differently (the others'
+#: are the method's name with hyphens: `lost_transfer` is "lost-transfer").
+REPORT_NAMES = {
+    "kill": "kill -9",
+    "isolate_write": "isolate+kill -9",
+    "partition_pause": "partition+pause",
+}
 #: Faults that need the network namespaces (dropped, and reported, when unavailable).
 PARTITION_FAULTS = (
     "partition_leaseholder",
@@ -150,7 +159,17 @@ NODE_ARGS = [
     "20",
     "--truncate-interval",
     "0.5",
+    # A write queue the overload fault can fill (the clients alone queue at most
+    # gateways x 2 batches x clients = 24 writes per range).
+    "--max-queued-writes",
+    "64",
 ]
+#: Concurrent writes of one overload fault, through one gateway, to fresh keys: over
+#: the queue, under the 256 calls one connection may have open at a gateway (the
+#: gateway refuses more streams, and a client cannot know whether those wrote).
+OVERLOAD_BURST = 200
+#: Client ids of the overload bursts' writes and scans (one id per operation).
+BURST_CLIENT = 100_000
 
 
 @dataclass
@@ -212,7 +231,10 @@ class ChaosCluster:
         self.replicas = Replicas(cluster)
 
     async def clock_refusals(self, exclude: Child | None = None) -> dict[str, int]:
-        """rangekv_node_refused_total{reason="clock_offset"} of each usable raftnode
+        return await self.refusals("clock_offset", exclude)
+
+    async def refusals(self, reason: str, exclude: Child | None = None) -> dict[str, int]:
+        """rangekv_node_refused_total{reason=...} of each usable raftnode
         (by name) whose metrics answered; one that did not answer is left out, and
         the caller sees it is missing (a count it cannot read is not a zero)."""
         out: dict[str, int] = {}
@@ -223,7 +245,7 @@ class ChaosCluster:
                 text = await asyncio.to_thread(fetch_metrics, child.metrics, 3.0)
             except OSError:
                 continue
-            refused = metric_value(text, "rangekv_node_refused_total", reason="clock_offset")
+            refused = metric_value(text, "rangekv_node_refused_total", reason=reason)
             out[child.name] = int(refused)
         return out
 
@@ -371,6 +393,10 @@ class Nemesis:
         #: them that saw none: a peer that followed such a clock is a failed run.
         self.clock_beyond = 0
         self.clock_unrefused: list[str] = []
+        #: Overload faults, and the writes the raftnodes refused for a full queue in them.
+        self.overloads = 0
+        self.overload_refusals = 0
+        self.burst_cid = itertools.count(BURST_CLIENT)
         #: Lost transfers after which no node held a valid lease in a later term.
         self.leases_not_regained: list[str] = []
         self.probe_n = 0
@@ -395,13 +421,33 @@ class Nemesis:
             if time.monotonic() >= stop_at:
                 return
             kind = self.rng.choice(self.kinds())
-            try:
-                await getattr(self, f"fault_{kind}")()
-            except (TimeoutError, grpc.aio.AioRpcError) as exc:
-                # The cluster may be in the middle of recovering from the last fault:
-                # a fault that cannot be injected now is reported and skipped.
-                self.faults.append(Fault(kind, "-", self.now(), self.now(), f"skipped: {exc}"))
+            name = REPORT_NAMES.get(kind, kind.replace("_", "-"))
+            await self.attempt(name, getattr(self, f"fault_{kind}"))
             await self.heal()
+
+    async def attempt(self, name: str, inject: Callable[[], Awaitable[object]]) -> bool:
+        """Inject one fault, reported as `name`; returns whether it ran.
+
+        The cluster may be in the middle of recovering from the last fault: one
+        that cannot be injected now (TimeoutError, AioRpcError) is reported as
+        skipped, saying why, and counted once: if it had begun, its own unfinished
+        record says "skipped" (it may have done part of its work, which the rest of
+        the record tells), else a record of its own, under `name`, does."""
+        before = len(self.faults)
+        try:
+            await inject()
+            return True
+        except (TimeoutError, grpc.aio.AioRpcError) as exc:
+            unfinished = [f for f in self.faults[before:] if math.isnan(f.end)]
+            if unfinished:
+                fault = unfinished[-1]
+                fault.end = self.now()
+                fault.detail = (
+                    f"skipped: {exc}; {fault.detail}" if fault.detail else f"skipped: {exc}"
+                )
+            else:
+                self.faults.append(Fault(name, "-", self.now(), self.now(), f"skipped: {exc}"))
+            return False
 
     def kinds(self) -> list[str]:
         """The configured faults this run can inject (no partitions without namespaces)."""
@@ -465,6 +511,40 @@ class Nemesis:
         await asyncio.sleep(down)
         await self.restart(child)
         self.end(fault, "restarted")
+
+    async def fault_overload(self) -> None:
+        """A burst of OVERLOAD_BURST concurrent writes to fresh keys of one span
+        through one gateway, beyond what a leaseholder may queue (the chaos
+        raftnodes' `--max-queued-writes`), then one recorded scan of the span.
+
+        A batch the leaseholder refuses is answered RESOURCE_EXHAUSTED, which
+        the client records as FAIL: nothing was written. If any of it was
+        written anyway, the scan sees a value of a failed write, and the checker
+        finds no order that explains it. The refusals are counted from the
+        raftnodes' `rangekv_node_refused_total{reason="overloaded"}`."""
+        self.overloads += 1
+        prefix = b"burst/%03d/" % self.overloads
+        stub = self.rng.choice(self.stubs)
+        before = await self.c.refusals("overloaded")
+        fault = self.begin("overload", prefix.decode(), f"{OVERLOAD_BURST} concurrent puts")
+        ops = await asyncio.gather(
+            *(
+                self.kv.op(next(self.burst_cid), stub, OpKind.PUT, prefix + b"%04d" % i, b"b%d" % i)
+                for i in range(OVERLOAD_BURST)
+            )
+        )
+        scan, _err = await recorded_scan(
+            next(self.burst_cid), stub, self.kv.rec, prefix, prefix[:-1] + b"0", timeout=10.0
+        )
+        after = await self.c.refusals("overloaded")
+        refused = sum(after[n] - before[n] for n in before.keys() & after.keys())
+        self.overload_refusals += refused
+        outcomes = Counter(op.outcome.value for op in ops)
+        seen = "failed" if scan.outcome is not Outcome.OK else f"{len(scan.rows or [])} rows"
+        self.end(
+            fault,
+            f"outcomes {dict(outcomes)}; refused for a full queue {refused} times; scan {seen}",
+        )
 
     async def probe_write(self, what: str) -> Operation:
         """A recorded write of a fresh probe value through a gateway, retried until OK."""
@@ -1214,6 +1294,21 @@ async def wait_healthy(stubs: list[kv_pb2_grpc.KVStub], timeout: float = 60) -> 
 Schedule = Callable[[Nemesis], Awaitable[None]]
 
 
+def refused_as_invalid(stats: WorkloadStats) -> list[str]:
+    """Every operation of the run is well formed, so an INVALID_ARGUMENT answer is a
+    wrong answer: a valid request refused as if the client had erred (the chaos
+    workload once saw hundreds: GETs merged into a batch with a scan's fence)."""
+    counts = {
+        what: n
+        for what, n in [*stats.errors.items(), *stats.scan_errors.items()]
+        if what.endswith(("INVALID_ARGUMENT", "InvalidArgument"))
+    }
+    if not counts:
+        return []
+    said = [m for m in stats.messages if m.startswith("INVALID_ARGUMENT")][:3]
+    return [f"valid operations refused as invalid: {counts}; {said}"]
+
+
 async def run_chaos_async(cfg: ChaosConfig, schedule: Schedule | None = None) -> ChaosResult:
     """One run; `schedule` replaces the random nemesis (the mutation tests use it)."""
     cfg.report_dir.mkdir(parents=True, exist_ok=True)
@@ -1253,6 +1348,7 @@ async def run_chaos_async(cfg: ChaosConfig, schedule: Schedule | None = None) ->
                 f"no valid lease in a later term after a lost transfer: {where}"
                 for where in nemesis.leases_not_regained
             ]
+            problems += refused_as_invalid(workload.kv.stats)
         except BaseException:
             (cfg.report_dir / "log_tails.txt").write_text(cluster.log_tails(25))
             raise
@@ -1284,6 +1380,8 @@ async def run_chaos_async(cfg: ChaosConfig, schedule: Schedule | None = None) ->
         "errors": dict(stats.errors.most_common(12)),
         "clock_refusals": nemesis.clock_refusals,
         "clock_beyond_faults": nemesis.clock_beyond,
+        "overload_faults": nemesis.overloads,
+        "overload_refusals": nemesis.overload_refusals,
         "scans": {
             "snapshot_scans_ok": stats.snapshot_scans,
             "complete_ok": stats.scans_ok,
@@ -1332,7 +1430,8 @@ def partitions_text(lab: NetLab | None, reason: str) -> str:
 
 def summary_text(report: dict[str, Any]) -> str:
     cfg = report["config"]
-    faults = Counter(f["kind"] for f in report["faults"])
+    faults = Counter(f["kind"] for f in report["faults"] if not f["detail"].startswith("skipped"))
+    skipped = Counter(f["kind"] for f in report["faults"] if f["detail"].startswith("skipped"))
     verdict = {True: "LINEARIZABLE", False: "NOT LINEARIZABLE", None: "UNDECIDED"}[
         report["checker"]["ok"]
     ]
@@ -1342,12 +1441,14 @@ def summary_text(report: dict[str, Any]) -> str:
         f"cluster={cfg['n_meta']} meta/{cfg['n_nodes']} nodes/{cfg['n_gateways']} gateways",
         f"time: {report['seconds']}",
         f"operations: {report['operations']} {report['by_outcome']}",
-        f"faults: {dict(faults)} (partitions: {report['partitions']})",
+        f"faults: {dict(faults)}, skipped {dict(skipped)} (partitions: {report['partitions']})",
         f"scans: {report['scans']['snapshot_scans_ok']} snapshot scans judged by the checker; "
         f"structural: {report['scans']['complete_ok']} complete ok, "
         f"{report['scans']['partial']} cut short, failures {len(report['scans']['failures'])}",
         f"clock: peers refused a node beyond the max offset {report['clock_refusals']} times "
         f"in {report['clock_beyond_faults']} beyond-the-bound faults",
+        f"overload: leaseholders refused a batch for a full write queue "
+        f"{report['overload_refusals']} times in {report['overload_faults']} bursts",
         f"checker: {verdict} in {report['checker']['seconds']}s "
         f"({report['checker']['keys_checked']} keys)",
     ]

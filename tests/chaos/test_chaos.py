@@ -40,13 +40,13 @@ Knobs (environment):
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
 
-import grpc
 import pytest
-from harness import ChaosConfig, ChaosResult, Fault, Nemesis, run_chaos
+from harness import ChaosConfig, ChaosResult, Nemesis, run_chaos
 
 from rangekv.check import Operation, OpKind, Outcome
 
@@ -123,12 +123,9 @@ async def partition_pause_schedule(nemesis: Nemesis, attempts: int = 3) -> None:
     one attempt is enough for a broken build, the others absorb a fault that could
     not be injected (e.g. no leaseholder found in time on a loaded machine)."""
     for _ in range(attempts):
-        try:
-            await nemesis.fault_partition_pause(pause_for=3.0)
-        except (TimeoutError, grpc.aio.AioRpcError) as exc:
-            nemesis.faults.append(
-                Fault("partition+pause", "-", nemesis.now(), nemesis.now(), f"skipped: {exc}")
-            )
+        await nemesis.attempt(
+            "partition+pause", functools.partial(nemesis.fault_partition_pause, pause_for=3.0)
+        )
         await nemesis.heal()
         if stale_reads(nemesis):
             return
@@ -151,16 +148,22 @@ async def stale_snapshot_schedule(nemesis: Nemesis) -> None:
     """Nemesis.slow_snapshot_race on a register key's range (retried when it could
     not be set up: a leaseholder not found in time on a loaded machine)."""
     for _ in range(3):
-        try:
-            # A key in a register range that only this schedule writes, so that the
-            # last value written before the stale stream lands is the one to read.
-            await nemesis.slow_snapshot_race(b"reg/2+race")
+        # A key in a register range that only this schedule writes, so that the
+        # last value written before the stale stream lands is the one to read.
+        race = functools.partial(nemesis.slow_snapshot_race, b"reg/2+race")
+        if await nemesis.attempt("slow-snapshot-race", race):
             return
-        except (TimeoutError, grpc.aio.AioRpcError) as exc:
-            nemesis.faults.append(
-                Fault("slow-snapshot-race", "-", nemesis.now(), nemesis.now(), f"skipped: {exc}")
-            )
         await nemesis.heal()
+
+
+async def overload_schedule(nemesis: Nemesis) -> None:
+    """Nemesis.fault_overload until a leaseholder refused a batch for a full write
+    queue (one burst is normally enough; the others absorb a machine so slow that
+    every batch was applied before the next arrived)."""
+    for _ in range(3):
+        await nemesis.attempt("overload", nemesis.fault_overload)
+        if nemesis.overload_refusals:
+            return
 
 
 def mutation_config(seed: int, mutation: str, base: Path) -> ChaosConfig:
@@ -183,6 +186,7 @@ def test_fixed_schedules_pass_without_mutation(
         await isolate_schedule(nemesis)
         await stale_snapshot_schedule(nemesis)
         await nemesis.fault_clock(beyond=True)
+        await overload_schedule(nemesis)
         if nemesis.c.lab is not None:
             # A range whose lease is not back after a lost transfer is a problem of
             # the run (asserted below: `not result.problems`).
@@ -201,6 +205,8 @@ def test_fixed_schedules_pass_without_mutation(
     # harness cannot read them would report no refusal as a problem above).
     assert result.report["clock_beyond_faults"] == 1, summary
     assert result.report["clock_refusals"] > 0, summary
+    # The overload burst filled a write queue: some batch was refused, cleanly.
+    assert result.report["overload_refusals"] > 0, summary
     assert any(
         f["kind"] == "slow-snapshot-race" and not f["detail"].startswith("skipped")
         for f in result.report["faults"]
@@ -262,3 +268,18 @@ def test_harness_catches_stale_snapshot_ingest(
     summary = (result.report_dir / "summary.txt").read_text()
     print(summary)
     assert result.ok is False, f"the harness missed a stale snapshot:\n{summary}"
+
+
+@pytest.mark.timeout(300)
+def test_harness_catches_refused_write_that_applies(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A leaseholder that answers RESOURCE_EXHAUSTED ("nothing was written") for a
+    batch over its write queue, yet proposes it: the overload burst's scan then
+    sees values of writes the clients recorded as failed. The checker must fail."""
+    cfg = mutation_config(11, "refused_write_applies", report_dir(tmp_path, request))
+    result = run_chaos(cfg, overload_schedule)
+    summary = (result.report_dir / "summary.txt").read_text()
+    print(summary)
+    assert result.report["overload_refusals"] > 0, summary
+    assert result.ok is False, f"the harness missed a refused write that applied:\n{summary}"

@@ -10,7 +10,7 @@ A mutation is switched on by ONE environment variable, read once at process
 start (by the raftnode's entry point) and passed down as a frozen value:
 
     RANGEKV_TEST_MUTATION=lease_without_check | ack_before_quorum | no_scan_fence
-        | stale_snapshot_ingest | quiesced_follower_campaigns
+        | stale_snapshot_ingest | quiesced_follower_campaigns | refused_write_applies
 
 * ``lease_without_check``: a replica that is (or still believes it is) the raft
   leader serves reads from its local state without checking its lease or
@@ -35,9 +35,13 @@ start (by the raftnode's entry point) and passed down as a frozen value:
   ``SimConfig.unsafe_quiesced_follower_ticks`` is the same bug in its driver;
   tests/consensus/test_simulation_quiesce.py shows the simulator catches it.
 
+* ``refused_write_applies``: a leaseholder whose write queue is full answers
+  RESOURCE_EXHAUSTED ("nothing was written") but proposes the batch anyway, so
+  writes a client was told failed become visible (the chaos overload fault).
+
 Off (``none``) by default; an active one is logged loudly at startup. The
 tests in ``tests/chaos/test_chaos.py`` assert that the harness catches each of
-the first four.
+them but ``quiesced_follower_campaigns``.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ class Mutation(enum.Enum):
     NO_SCAN_FENCE = "no_scan_fence"
     STALE_SNAPSHOT_INGEST = "stale_snapshot_ingest"
     QUIESCED_FOLLOWER_CAMPAIGNS = "quiesced_follower_campaigns"
+    REFUSED_WRITE_APPLIES = "refused_write_applies"
 
 
 def parse_mutation(environ: Mapping[str, str] | None = None) -> Mutation:

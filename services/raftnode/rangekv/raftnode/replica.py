@@ -57,6 +57,7 @@ from rangekv.raftnode.range_state import (
 from rangekv.raftnode.requests import READ_KINDS, WRITE_KINDS, keys_outside, validate
 from rangekv.raftnode.writes import RangeWrites, op_key
 from rangekv.replication.group import NotLeaderNow, RaftGroup
+from rangekv.replication.mutations import Mutation
 from rangekv.replication.state_engine import Reader, StateBatch
 from rangekv.v1 import raftcmd_pb2, replica_pb2, types_pb2
 
@@ -493,8 +494,13 @@ class RangeReplica:
         queued = self.queued_writes
         if queued + len(writes) > self.ctx.limits.max_queued_writes:
             self.ctx.refusals.add("overloaded")
+            if self.ctx.host.faults.mutation is Mutation.REFUSED_WRITE_APPLIES:
+                # TEST MUTATION: answer "nothing was written", and write it anyway.
+                self.group.propose_part(writes).add_done_callback(_consume)
             raise E.ResourceExhausted(
-                f"range {self.range_id}: {queued} writes are queued; retry later",
+                f"range {self.range_id}: {queued} writes are queued and this batch holds "
+                f"{len(writes)}, over the limit of {self.ctx.limits.max_queued_writes}; "
+                "nothing was written, retry later",
                 retry_after=0.05,
             )
         fut = self.group.propose_part(writes)
@@ -573,6 +579,12 @@ class RangeReplica:
             timestamp=ts_to_proto(now), gc_threshold=ts_to_proto(threshold)
         )
         return self.group.propose(cmd.SerializeToString())
+
+
+def _consume(fut: asyncio.Future[Any]) -> None:
+    """Retrieve an unawaited future's outcome (the refused_write_applies mutation)."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _resolve(fut: asyncio.Future[RangeDescriptor], value: RangeDescriptor) -> None:
