@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import pytest
@@ -535,3 +536,78 @@ async def test_close_stops_workers_and_later_sends_are_dropped() -> None:
     with pytest.raises(ValueError):
         t.send(2, 1, Message(M.HUP, 2, 1))
     await rec.server.stop(None)
+
+
+class _RefusingServicer(raft_pb2_grpc.RaftTransportServicer):
+    """A peer that refuses every raft stream, as its authorization would refuse a
+    caller that is not a node."""
+
+    def __init__(self, signal: Signal) -> None:
+        self.signal = signal
+        self.refused = 0
+
+    async def RaftStream(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        self.refused += 1
+        self.signal.notify()
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not a node of this cluster")
+        yield raft_pb2.RaftStreamResponse()  # never reached: makes this a generator
+
+
+async def test_a_refused_stream_is_counted_under_its_real_status() -> None:
+    """A lane writes only once the peer accepted the stream (its initial metadata):
+    a first write racing the refusal would fail as INTERNAL and hide the real
+    status from the dispatch error counter and the log."""
+    signal = Signal()
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    port = server.add_insecure_port("127.0.0.1:0")
+    refusing = _RefusingServicer(signal)
+    raft_pb2_grpc.add_RaftTransportServicer_to_server(refusing, server)
+    await server.start()
+    sender = make_sender(signal, {2: f"127.0.0.1:{port}"})
+    errors = sender.metrics.dispatch_errors_total
+    try:
+        for i in range(1, 6):
+            sender.transport.send(2, 1, Message(M.APP, 2, 1, index=i))
+            await signal.wait_until(lambda n=i: refusing.refused >= n)  # type: ignore[misc]
+            await signal.wait_until(lambda n=i: len(sender.unreachable) >= n)  # type: ignore[misc]
+        assert errors.value(lane="replication", code="permission_denied") == 5
+        assert errors.value(code="internal") == 0
+    finally:
+        await sender.transport.close()
+        await server.stop(None)
+
+
+class _OlderServicer(raft_pb2_grpc.RaftTransportServicer):
+    """A receiver of an older build: it reads the stream but sends no initial
+    metadata until it answers (it never does)."""
+
+    def __init__(self, signal: Signal) -> None:
+        self.signal = signal
+        self.received: list[raft_pb2.RaftStreamRequest] = []
+
+    async def RaftStream(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        async for request in request_iterator:
+            self.received.append(request)
+            self.signal.notify()
+        if False:  # a generator that yields nothing
+            yield raft_pb2.RaftStreamResponse()
+
+
+async def test_a_receiver_that_sends_no_early_metadata_still_gets_the_batches() -> None:
+    signal = Signal()
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    port = server.add_insecure_port("127.0.0.1:0")
+    older = _OlderServicer(signal)
+    raft_pb2_grpc.add_RaftTransportServicer_to_server(older, server)
+    await server.start()
+    config = TransportConfig(backoff_initial=0.01, backoff_max=0.1, accept_timeout=0.2)
+    sender = make_sender(signal, {2: f"127.0.0.1:{port}"}, config=config)
+    try:
+        sender.transport.send(2, 1, Message(M.APP, 2, 1, index=1))
+        sender.transport.send(2, 1, Message(M.APP, 2, 1, index=2))
+        await signal.wait_until(lambda: sum(len(r.messages) for r in older.received) == 2)
+        assert sender.metrics.dispatch_errors_total.value() == 0
+        assert sender.unreachable == []
+    finally:
+        await sender.transport.close()
+        await server.stop(None)

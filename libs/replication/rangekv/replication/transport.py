@@ -137,6 +137,26 @@ async def _failure_code(call: grpc.aio.Call, exc: BaseException) -> str:
     return "closed"
 
 
+async def _accepted(call: grpc.aio.StreamStreamCall, timeout: float) -> bool:
+    """Wait up to `timeout` for the receiver's initial metadata (`RaftStream`
+    sends it at once): False if the call ended instead, True otherwise (a
+    receiver of an older build says nothing until it answers: it is given the
+    benefit of the doubt, and a refusal then surfaces on the write)."""
+    waiter = asyncio.ensure_future(call.initial_metadata())
+    waiter.add_done_callback(_retrieve)
+    try:
+        await asyncio.wait({waiter}, timeout=timeout)
+    except asyncio.CancelledError:
+        waiter.cancel()  # the lane is stopping
+        raise
+    return not call.done()
+
+
+def _retrieve(fut: asyncio.Future[object]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
 class _LaneWorker:
     """One lane to one peer: a queue, a worker task and a channel of its own."""
 
@@ -247,9 +267,19 @@ class _StreamLane(_LaneWorker):
         call = self._call
         if call is None or call.done():
             # A stream the peer ended (restart, GOAWAY) is replaced silently;
-            # only a failed write below counts as an error.
+            # only a refused stream or a failed write below counts as an error.
             await self._drop_call()
             call = self._open(stub)
+            if not await _accepted(call, self.env.config.accept_timeout):
+                # Refused (authorization, an unknown service, a peer going away):
+                # the batch is lost under the stream's real status. Written at
+                # once, it would have counted as sent and vanished, or failed as
+                # INTERNAL when the write raced the refusal.
+                code = _code_label(await call.code()) if call.done() else "closed"
+                self.report_lost(batch, code)
+                await self._disconnect()
+                await self.pause()
+                return
         node_id = self.env.node_id
         request = raft_pb2.RaftStreamRequest(
             from_node_id=node_id,

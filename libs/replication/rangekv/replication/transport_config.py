@@ -38,6 +38,10 @@ class TransportConfig:
     max_batch_bytes: int = 2 << 20
     backoff_initial: float = 0.05
     backoff_max: float = 2.0
+    #: How long a new stream's first batch waits for the receiver to accept it
+    #: (its initial metadata, which receivers send at once). Past it the batch is
+    #: written anyway: a receiver of an older build sends no early metadata.
+    accept_timeout: float = 1.0
     channel_options: tuple[tuple[str, int | str], ...] = CHANNEL_OPTIONS
 
     def capacity(self, lane: Lane) -> int:
