@@ -394,6 +394,8 @@ class Nemesis:
         self.clock_beyond = 0
         self.clock_unrefused: list[str] = []
         #: Overload faults, and the writes the raftnodes refused for a full queue in them.
+        #: Final reads of slow-snapshot races that did not see the last write.
+        self.race_stale_reads = 0
         self.overloads = 0
         self.overload_refusals = 0
         self.burst_cid = itertools.count(BURST_CLIENT)
@@ -879,18 +881,26 @@ class Nemesis:
         slow = self.cluster.node(lead)
         slow.env = {**slow.env, SNAPSHOT_DELAY_ENV: "3000"}
         try:
-            await self._stale_snapshot_steps(rid, key, slow, lead, lagging, other)
+            stale = await self._stale_snapshot_steps(rid, key, slow, lead, lagging, other)
         finally:
             slow.env = {k: v for k, v in slow.env.items() if k != SNAPSHOT_DELAY_ENV}
             await self.kill9(slow)
             await self.restart(slow)
-        self.end(fault, "read through the gateways after the lease moved to F")
+        self.race_stale_reads += stale
+        self.end(
+            fault,
+            f"read through the gateways after the lease moved to F: {stale} of them "
+            "answered other than the last acknowledged write",
+        )
         return fault
 
     async def _stale_snapshot_steps(
         self, rid: int, key: bytes, slow: Child, lead: int, lagging: int, other: int
-    ) -> None:
-        """slow_snapshot_race's steps, with L (`slow`) already set to stream slowly."""
+    ) -> int:
+        """slow_snapshot_race's steps, with L (`slow`) already set to stream slowly;
+        returns how many of the final reads answered other than the last write
+        acknowledged before them (only this fault writes `key`: in a correct build,
+        none)."""
         await self.kill9(slow)
         await self.restart(slow)
         await self.move_lease(rid, lead)
@@ -927,7 +937,7 @@ class Nemesis:
         applied = await async_wait_for(streaming, 15, "L to start its slow snapshot to F", 0.05)
         await self.move_lease(rid, other)
         for _ in range(3):
-            await self.write_key(key)
+            last = await self.write_key(key)
         # F logs what it did with every snapshot it received, naming its applied index.
         landed = re.compile(rb"snapshot of group %d: .*state at applied %s\b" % (rid, applied))
 
@@ -938,13 +948,14 @@ class Nemesis:
 
         await async_wait_for(stale_stream_landed, 20, "L's stale snapshot to reach F", 0.05)
         await self.move_lease(rid, lagging)
+        stale = 0
         for _ in range(4):
-            await self.kv.op(
-                next(self.probe_cid),
-                self.rng.choice(self.stubs),
-                OpKind.GET,
-                key,
+            op = await self.kv.op(
+                next(self.probe_cid), self.rng.choice(self.stubs), OpKind.GET, key
             )
+            if op.outcome is Outcome.OK and last.outcome is Outcome.OK and op.read != last.value:
+                stale += 1
+        return stale
 
     async def write_key(self, key: bytes) -> Operation:
         """A recorded PUT of a fresh value of `key` through a gateway."""
@@ -1380,6 +1391,7 @@ async def run_chaos_async(cfg: ChaosConfig, schedule: Schedule | None = None) ->
         "errors": dict(stats.errors.most_common(12)),
         "clock_refusals": nemesis.clock_refusals,
         "clock_beyond_faults": nemesis.clock_beyond,
+        "race_stale_reads": nemesis.race_stale_reads,
         "overload_faults": nemesis.overloads,
         "overload_refusals": nemesis.overload_refusals,
         "scans": {
