@@ -393,9 +393,9 @@ class Nemesis:
         #: them that saw none: a peer that followed such a clock is a failed run.
         self.clock_beyond = 0
         self.clock_unrefused: list[str] = []
-        #: Overload faults, and the writes the raftnodes refused for a full queue in them.
         #: Final reads of slow-snapshot races that did not see the last write.
         self.race_stale_reads = 0
+        #: Overload faults, and the batches the raftnodes refused for a full queue in them.
         self.overloads = 0
         self.overload_refusals = 0
         self.burst_cid = itertools.count(BURST_CLIENT)
