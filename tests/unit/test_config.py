@@ -134,3 +134,19 @@ def test_required_bool_and_custom_env() -> None:
         _load([], {**env, "RANGEKV_SYNC": "maybe"}, _Component)
     with pytest.raises(ConfigError, match=r"^batch: RANGEKV_COMPONENT_BATCH: must be > 0, got 0"):
         _load([], {**env, "RANGEKV_COMPONENT_BATCH": "0"}, _Component)
+
+
+def test_gateway_in_flight_budget_cannot_exceed_a_node_batch() -> None:
+    """A gateway may merge every operation in flight into one node batch, and a node
+    refuses a batch of more than MAX_BATCH_OPS: a larger budget would turn valid
+    operations into INVALID_ARGUMENT under load."""
+    from rangekv.domain.limits import MAX_BATCH_OPS
+    from rangekv.gateway.main import GatewayConfig
+    from rangekv.raftnode.requests import ReplicaLimits
+
+    assert ReplicaLimits().max_ops_per_batch == MAX_BATCH_OPS
+    argv = ["--meta-addrs", "127.0.0.1:1"]
+    ok = _load([*argv, "--max-inflight-ops", str(MAX_BATCH_OPS)], {}, GatewayConfig)
+    assert isinstance(ok, GatewayConfig) and ok.max_inflight_ops == MAX_BATCH_OPS
+    with pytest.raises(ConfigError, match=r"--max-inflight-ops: must be in \[1, 10000\]"):
+        _load([*argv, "--max-inflight-ops", str(MAX_BATCH_OPS + 1)], {}, GatewayConfig)

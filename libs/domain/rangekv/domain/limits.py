@@ -18,12 +18,18 @@ from rangekv.common.errors import InvalidArgument
 __all__ = [
     "DEFAULT_MAX_KEY_BYTES",
     "DEFAULT_MAX_VALUE_BYTES",
+    "MAX_BATCH_OPS",
     "KeyValueLimits",
     "max_key_bytes_setting",
     "max_value_bytes_setting",
 ]
 
 DEFAULT_MAX_KEY_BYTES: Final = 4096
+#: The most operations one storage-node batch may carry (a node refuses more with
+#: INVALID_ARGUMENT). A gateway merges the concurrent operations of its clients into
+#: node batches, so its budget of operations in flight may not exceed it: a merged
+#: batch of valid operations must never be refused as invalid.
+MAX_BATCH_OPS: Final = 10_000
 DEFAULT_MAX_VALUE_BYTES: Final = 1 << 20
 
 

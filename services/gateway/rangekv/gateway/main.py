@@ -25,7 +25,12 @@ from rangekv.common.entrypoint import service_main
 from rangekv.common.server import ServiceServer
 from rangekv.common.telemetry import Telemetry
 from rangekv.common.tls import ChannelOpener, node_channels
-from rangekv.domain.limits import KeyValueLimits, max_key_bytes_setting, max_value_bytes_setting
+from rangekv.domain.limits import (
+    MAX_BATCH_OPS,
+    KeyValueLimits,
+    max_key_bytes_setting,
+    max_value_bytes_setting,
+)
 from rangekv.domain.txn import TxnMeta, TxnStatus
 from rangekv.gateway.admin_service import ADMIN_SERVICE, AdminService
 from rangekv.gateway.cache_types import LookupResult, TelemetryCacheMetrics
@@ -98,7 +103,12 @@ class GatewayConfig:
         require(self.request_timeout > 0, "request_timeout", "must be > 0")
         require(self.read_attempt_timeout > 0, "read_attempt_timeout", "must be > 0")
         require(self.max_inflight_batches >= 1, "max_inflight_batches", "must be >= 1")
-        require(self.max_inflight_ops >= 1, "max_inflight_ops", "must be >= 1")
+        require(
+            1 <= self.max_inflight_ops <= MAX_BATCH_OPS,
+            "max_inflight_ops",
+            f"must be in [1, {MAX_BATCH_OPS}] (the operations of one node batch, which "
+            "may merge every operation in flight)",
+        )
         require(self.stream_max_inflight >= 1, "stream_max_inflight", "must be >= 1")
         require(self.scan_page_bytes >= 1, "scan_page_bytes", "must be >= 1")
         require(self.scan_buffer_bytes >= 0, "scan_buffer_bytes", "must be >= 0")

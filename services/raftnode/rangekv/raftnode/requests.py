@@ -13,7 +13,7 @@ from typing import Final
 
 from rangekv.common import errors as E
 from rangekv.common.descriptors import RangeDescriptor
-from rangekv.domain.limits import KeyValueLimits
+from rangekv.domain.limits import MAX_BATCH_OPS, KeyValueLimits
 from rangekv.raftnode.fences import FenceLimits
 from rangekv.v1 import replica_pb2
 
@@ -38,7 +38,7 @@ class ReplicaLimits:
     """Input limits and deadlines of the replica API."""
 
     kv: KeyValueLimits = field(default_factory=KeyValueLimits)
-    max_ops_per_batch: int = 10_000
+    max_ops_per_batch: int = MAX_BATCH_OPS
     read_index_timeout: float = 2.0
     write_timeout: float = 5.0
     #: MVCC versions older than this (and shadowed) are garbage-collected.
