@@ -398,6 +398,8 @@ class Nemesis:
         #: Overload faults, and the batches the raftnodes refused for a full queue in them.
         self.overloads = 0
         self.overload_refusals = 0
+        #: Bursts with a refusal whose scan succeeded: the ones the checker can judge.
+        self.overloads_judged = 0
         self.burst_cid = itertools.count(BURST_CLIENT)
         #: Lost transfers after which no node held a valid lease in a later term.
         self.leases_not_regained: list[str] = []
@@ -541,6 +543,8 @@ class Nemesis:
         after = await self.c.refusals("overloaded")
         refused = sum(after[n] - before[n] for n in before.keys() & after.keys())
         self.overload_refusals += refused
+        if refused and scan.outcome is Outcome.OK:
+            self.overloads_judged += 1
         outcomes = Counter(op.outcome.value for op in ops)
         seen = "failed" if scan.outcome is not Outcome.OK else f"{len(scan.rows or [])} rows"
         self.end(
@@ -1389,6 +1393,8 @@ async def run_chaos_async(cfg: ChaosConfig, schedule: Schedule | None = None) ->
         "by_outcome": dict(stats.outcomes),
         "by_kind": dict(sorted(stats.by_kind.items())),
         "errors": dict(stats.errors.most_common(12)),
+        #: What the commonest errors said (status: details), to read a cause off the report.
+        "error_messages": dict(stats.messages.most_common(12)),
         "clock_refusals": nemesis.clock_refusals,
         "clock_beyond_faults": nemesis.clock_beyond,
         "race_stale_reads": nemesis.race_stale_reads,

@@ -139,7 +139,8 @@ async def _failure_code(call: grpc.aio.Call, exc: BaseException) -> str:
 
 async def _accepted(call: grpc.aio.StreamStreamCall, timeout: float) -> bool:
     """Wait up to `timeout` for the receiver's initial metadata (`RaftStream`
-    sends it at once): False if the call ended instead, True otherwise (a
+    sends it at once): False if the call ended instead (then it is done, with
+    its status), True otherwise (a
     receiver of an older build says nothing until it answers: it is given the
     benefit of the doubt, and a refusal then surfaces on the write)."""
     waiter = asyncio.ensure_future(call.initial_metadata())
@@ -275,8 +276,7 @@ class _StreamLane(_LaneWorker):
                 # the batch is lost under the stream's real status. Written at
                 # once, it would have counted as sent and vanished, or failed as
                 # INTERNAL when the write raced the refusal.
-                code = _code_label(await call.code()) if call.done() else "closed"
-                self.report_lost(batch, code)
+                self.report_lost(batch, _code_label(await call.code()))
                 await self._disconnect()
                 await self.pause()
                 return

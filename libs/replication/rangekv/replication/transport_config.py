@@ -40,8 +40,10 @@ class TransportConfig:
     backoff_max: float = 2.0
     #: How long a new stream's first batch waits for the receiver to accept it
     #: (its initial metadata, which receivers send at once). Past it the batch is
-    #: written anyway: a receiver of an older build sends no early metadata.
-    accept_timeout: float = 1.0
+    #: written anyway: a receiver of an older build sends no early metadata. Well
+    #: under an election timeout (1 s by default), so that heartbeats to such a
+    #: receiver are not held long enough to start an election.
+    accept_timeout: float = 0.3
     channel_options: tuple[tuple[str, int | str], ...] = CHANNEL_OPTIONS
 
     def capacity(self, lane: Lane) -> int:

@@ -22,12 +22,15 @@ import grpc
 from rangekv.common import errors as E
 from rangekv.common.auth import current_caller
 from rangekv.common.certs import Role
-from rangekv.domain.limits import KeyValueLimits
+from rangekv.domain.limits import MAX_BATCH_OPS, KeyValueLimits
 from rangekv.gateway.dist_sender import DistSender
 from rangekv.gateway.kv_stream import StreamLimits, StreamSession, StreamStats
 from rangekv.v1 import kv_pb2, kv_pb2_grpc, replica_pb2
 
-MAX_BATCH = 10_000
+#: Operations one client Batch may carry. Admitted alone (`Admission` lets any call in
+#: when nothing is in flight), its operations may all land in one node batch, so it
+#: is the node's limit.
+MAX_BATCH = MAX_BATCH_OPS
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +38,7 @@ class KVLimits:
     kv: KeyValueLimits = field(default_factory=KeyValueLimits)
     #: Operations in flight at once (a Batch counts each of its operations);
     #: past it new calls are refused with RESOURCE_EXHAUSTED, nothing written.
-    max_inflight_ops: int = 10_000
+    max_inflight_ops: int = MAX_BATCH_OPS
 
 
 class Admission:

@@ -132,8 +132,9 @@ class RaftnodeConfig:
     )
     rebalance_cooldown: float = setting(
         30.0,
-        help="seconds a range whose replica or lease the rebalancer moved to spread the "
-        "load is not moved again for spreading (0: no cool-down)",
+        help="seconds after a node's rebalancer moved a range's replica or lease to spread "
+        "the load during which that node does not move the range again for spreading "
+        "(0: no cool-down)",
     )
     catchup_timeout: float = setting(
         60.0, help="seconds a new learner may take to catch up before the add gives up"

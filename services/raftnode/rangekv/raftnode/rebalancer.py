@@ -342,8 +342,12 @@ class Rebalancer:
                 source,
                 target,
             )
-            self.cooldown.moved(range_id, self.clock.monotonic())
-            await self.changes.move_replica(range_id, source, target)
+            try:
+                await self.changes.move_replica(range_id, source, target)
+            finally:
+                # From the end of the move (a learner's catch-up can take longer than
+                # the cool-down), and after a failed move too.
+                self.cooldown.moved(range_id, self.clock.monotonic())
             return 1
         if len(led) < 2:
             return 0
