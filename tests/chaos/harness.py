@@ -68,7 +68,7 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,7 +167,11 @@ NODE_ARGS = [
 #: Concurrent writes of one overload fault, through one gateway, to fresh keys: over
 #: the queue, under the 256 calls one connection may have open at a gateway (the
 #: gateway refuses more streams, and a client cannot know whether those wrote).
+#: Whether the gateway gathers a batch beyond the queue depends on timing.
 OVERLOAD_BURST = 200
+#: Writes of the overload fault's one batch sent straight to the leaseholder: twice
+#: the queue, so it is refused whatever the timing.
+OVERLOAD_DIRECT = 128
 #: Client ids of the overload bursts' writes and scans (one id per operation).
 BURST_CLIENT = 100_000
 
@@ -304,6 +308,8 @@ def replica_write_outcome(exc: E.RangeKVError) -> Outcome:
     """The outcome of an in-band ReplicaError for a write sent straight to a replica."""
     if isinstance(exc, E.NotLeaseHolder | E.RangeKeyMismatch | E.InvalidArgument):
         return Outcome.FAIL  # refused before it was proposed
+    if isinstance(exc, E.ResourceExhausted):
+        return Outcome.FAIL  # overloaded: nothing was written (the overload fault checks it)
     if isinstance(exc, E.Unavailable) and exc.outcome == E.WriteOutcome.NOT_APPLIED:
         return Outcome.FAIL
     return Outcome.UNKNOWN
@@ -347,6 +353,42 @@ async def direct_op(
             op = rec.ok(handle)
     stats.count(op)
     return op
+
+
+async def direct_puts(
+    kv: RecordedKV,
+    cids: Iterator[int],
+    stub: replica_pb2_grpc.ReplicaStub,
+    range_id: int,
+    items: Sequence[tuple[bytes, bytes]],
+    timeout: float = CLIENT_TIMEOUT,
+) -> tuple[list[Operation], E.RangeKVError | None]:
+    """PUTs of `items` in ONE Replica.Batch straight to one replica, each recorded as
+    an operation of its own client (they share the batch's outcome); returns them
+    and the in-band error, if any."""
+    rec, stats = kv.rec, kv.stats
+    handles = [rec.invoke(next(cids), OpKind.PUT, k, value=v) for k, v in items]
+    ops_pb = [replica_pb2.ReplicaOp(put=replica_pb2.PutOp(key=k, value=v)) for k, v in items]
+    exc: E.RangeKVError | None = None
+    try:
+        resp = await stub.Batch(
+            replica_pb2.ReplicaBatchRequest(range_id=range_id, ops=ops_pb), timeout=timeout
+        )
+    except grpc.aio.AioRpcError as err:
+        stats.errors[f"direct put {err.code().name}"] += 1
+        outcome = Outcome.UNKNOWN
+    else:
+        if resp.HasField("error"):
+            exc = E.from_replica_error(resp.error)
+            stats.errors[f"direct put {type(exc).__name__}"] += 1
+            outcome = replica_write_outcome(exc)
+        else:
+            outcome = Outcome.OK
+    done = {Outcome.OK: rec.ok, Outcome.FAIL: rec.fail, Outcome.UNKNOWN: rec.unknown}[outcome]
+    ops = [done(h) for h in handles]
+    for op in ops:
+        stats.count(op)
+    return ops, exc
 
 
 # ----------------------------------------------------------------------------- workload
@@ -517,9 +559,11 @@ class Nemesis:
         self.end(fault, "restarted")
 
     async def fault_overload(self) -> None:
-        """A burst of OVERLOAD_BURST concurrent writes to fresh keys of one span
-        through one gateway, beyond what a leaseholder may queue (the chaos
-        raftnodes' `--max-queued-writes`), then one recorded scan of the span.
+        """Writes to fresh keys of one span beyond what a leaseholder may queue (the
+        chaos raftnodes' `--max-queued-writes`): a burst of OVERLOAD_BURST
+        concurrent PUTs through one gateway (which gathers them into batches as
+        timing allows), then one batch of OVERLOAD_DIRECT PUTs straight to the
+        leaseholder (refused whatever the timing), then one recorded scan of the span.
 
         A batch the leaseholder refuses is answered RESOURCE_EXHAUSTED, which
         the client records as FAIL: nothing was written. If any of it was
@@ -530,13 +574,24 @@ class Nemesis:
         prefix = b"burst/%03d/" % self.overloads
         stub = self.rng.choice(self.stubs)
         before = await self.c.refusals("overloaded")
-        fault = self.begin("overload", prefix.decode(), f"{OVERLOAD_BURST} concurrent puts")
+        fault = self.begin(
+            "overload", prefix.decode(), f"{OVERLOAD_BURST} concurrent puts, then {OVERLOAD_DIRECT}"
+        )
         ops = await asyncio.gather(
             *(
                 self.kv.op(next(self.burst_cid), stub, OpKind.PUT, prefix + b"%04d" % i, b"b%d" % i)
                 for i in range(OVERLOAD_BURST)
             )
         )
+        rid, holder = await self.replicas.leaseholder_of(prefix)
+        if holder is None:
+            raise TimeoutError(f"range {rid} has no leaseholder for the direct batch")
+        items = [(prefix + b"d%04d" % i, b"d%d" % i) for i in range(OVERLOAD_DIRECT)]
+        async with chaos_tls.channel(self.cluster.node(holder).address) as ch:
+            direct, refusal = await direct_puts(
+                self.kv, self.burst_cid, replica_pb2_grpc.ReplicaStub(ch), rid, items
+            )
+        ops += direct
         scan, _err = await recorded_scan(
             next(self.burst_cid), stub, self.kv.rec, prefix, prefix[:-1] + b"0", timeout=10.0
         )
@@ -547,9 +602,11 @@ class Nemesis:
             self.overloads_judged += 1
         outcomes = Counter(op.outcome.value for op in ops)
         seen = "failed" if scan.outcome is not Outcome.OK else f"{len(scan.rows or [])} rows"
+        said = type(refusal).__name__ if refusal is not None else "OK"
         self.end(
             fault,
-            f"outcomes {dict(outcomes)}; refused for a full queue {refused} times; scan {seen}",
+            f"outcomes {dict(outcomes)}; the direct batch: {said}; refused for a full queue "
+            f"{refused} times; scan {seen}",
         )
 
     async def probe_write(self, what: str) -> Operation:
