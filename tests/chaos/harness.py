@@ -159,8 +159,8 @@ NODE_ARGS = [
     "20",
     "--truncate-interval",
     "0.5",
-    # A write queue the overload fault can fill (the clients alone queue at most
-    # gateways x 2 batches x clients = 24 writes per range).
+    # A write queue the overload fault can fill (a workload client has one operation
+    # in flight at a time: 6 clients and the nemesis's own writes stay far below it).
     "--max-queued-writes",
     "64",
 ]
