@@ -19,6 +19,13 @@ from rangekv.common.clock import Clock
 from rangekv.common.errors import RangeKVError
 
 
+def retrieve_outcome(fut: asyncio.Future[Any]) -> None:
+    """A done-callback for a future nobody awaits (a best-effort call, a dropped
+    proposal): reads its exception so asyncio does not log it as never retrieved."""
+    if not fut.cancelled():
+        fut.exception()
+
+
 async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any] | None]) -> None:
     """Cancel every task (None entries are skipped), then wait until each has ended."""
     started = [t for t in tasks if t is not None]

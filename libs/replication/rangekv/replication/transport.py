@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import grpc
 
 from rangekv.common.clock import Clock
-from rangekv.common.tasks import cancel_and_wait
+from rangekv.common.tasks import cancel_and_wait, retrieve_outcome
 from rangekv.common.tls import ChannelOpener, PlaintextChannels
 from rangekv.raft import Message, MessageType
 from rangekv.v1 import raft_pb2, raft_pb2_grpc, types_pb2
@@ -140,22 +140,17 @@ async def _failure_code(call: grpc.aio.Call, exc: BaseException) -> str:
 async def _accepted(call: grpc.aio.StreamStreamCall, timeout: float) -> bool:
     """Wait up to `timeout` for the receiver's initial metadata (`RaftStream`
     sends it at once): False if the call ended instead (then it is done, with
-    its status), True otherwise (a
-    receiver of an older build says nothing until it answers: it is given the
-    benefit of the doubt, and a refusal then surfaces on the write)."""
+    its status), True otherwise (a receiver of an older build says nothing until
+    it answers: it is given the benefit of the doubt, and a refusal then
+    surfaces on the write)."""
     waiter = asyncio.ensure_future(call.initial_metadata())
-    waiter.add_done_callback(_retrieve)
+    waiter.add_done_callback(retrieve_outcome)
     try:
         await asyncio.wait({waiter}, timeout=timeout)
     except asyncio.CancelledError:
         waiter.cancel()  # the lane is stopping
         raise
     return not call.done()
-
-
-def _retrieve(fut: asyncio.Future[object]) -> None:
-    if not fut.cancelled():
-        fut.exception()
 
 
 class _LaneWorker:

@@ -34,11 +34,12 @@ import asyncio
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from rangekv.common import errors as E
 from rangekv.common.clock import Clock, SystemClock
 from rangekv.common.descriptors import RangeDescriptor
+from rangekv.common.tasks import retrieve_outcome
 from rangekv.domain.keys import min_end
 from rangekv.gateway.node_client import BatchReply
 from rangekv.v1 import replica_pb2, types_pb2
@@ -335,7 +336,7 @@ class Scanner:
             task = asyncio.ensure_future(
                 self._fence(piece, fence_id, ts, self._clock.monotonic() + self.config.fence_hold)
             )
-            task.add_done_callback(_ignore)
+            task.add_done_callback(retrieve_outcome)
 
     def _left(self, deadline: float) -> float:
         left = deadline - self._clock.monotonic()
@@ -396,8 +397,3 @@ def _gaps(covered: list[_Piece], start: bytes, end: bytes) -> list[_Piece]:
 
 def _reason(err: E.RangeKVError) -> str:
     return err.reason if isinstance(err, E.FenceLost) else err.message
-
-
-def _ignore(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled():
-        fut.exception()

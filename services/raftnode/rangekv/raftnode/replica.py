@@ -39,6 +39,7 @@ from opentelemetry import trace
 from rangekv.common import errors as E
 from rangekv.common.descriptors import RangeDescriptor
 from rangekv.common.hlc import ClockOffsetError, Timestamp
+from rangekv.common.tasks import retrieve_outcome
 from rangekv.common.telemetry import SpanSet
 from rangekv.domain.keys import min_end
 from rangekv.domain.txn import check_txn_id
@@ -496,7 +497,7 @@ class RangeReplica:
             self.ctx.refusals.add("overloaded")
             if self.ctx.host.faults.mutation is Mutation.REFUSED_WRITE_APPLIES:
                 # TEST MUTATION: answer "nothing was written", and write it anyway.
-                self.group.propose_part(writes).add_done_callback(_consume)
+                self.group.propose_part(writes).add_done_callback(retrieve_outcome)
             raise E.ResourceExhausted(
                 f"range {self.range_id}: {queued} writes are queued and this batch holds "
                 f"{len(writes)}, over the limit of {self.ctx.limits.max_queued_writes}; "
@@ -579,12 +580,6 @@ class RangeReplica:
             timestamp=ts_to_proto(now), gc_threshold=ts_to_proto(threshold)
         )
         return self.group.propose(cmd.SerializeToString())
-
-
-def _consume(fut: asyncio.Future[Any]) -> None:
-    """Retrieve an unawaited future's outcome (the refused_write_applies mutation)."""
-    if not fut.cancelled():
-        fut.exception()
 
 
 def _resolve(fut: asyncio.Future[RangeDescriptor], value: RangeDescriptor) -> None:

@@ -11,13 +11,13 @@ its replica id). It is the node's `RaftEndpoint` (rangekv.replication.raft_netwo
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from rangekv.common.descriptors import RangeDescriptor, ReplicaType
 from rangekv.common.hlc import ClockOffsetError, HybridClock, Timestamp
+from rangekv.common.tasks import retrieve_outcome
 from rangekv.raft import ConfState, HardState, Message, MessageType, Snapshot, SnapshotMetadata
 from rangekv.raftnode.context import ReadOutcomeCounter, ReplicaContext
 from rangekv.raftnode.range_state import range_spans
@@ -415,7 +415,8 @@ class Store:
             for replica in self.replicas():
                 fut = replica.propose_gc()
                 if fut is not None:
-                    fut.add_done_callback(_ignore_outcome)
+                    # A GC proposal may be dropped (leadership moved): the next round retries.
+                    fut.add_done_callback(retrieve_outcome)
 
     # --- raft traffic (Router and RaftEndpoint) ---------------------------------------------
 
@@ -543,12 +544,6 @@ def _conf_state(desc: RangeDescriptor) -> ConfState:
     voters = tuple(sorted(r.replica_id for r in desc.replicas if r.type == ReplicaType.VOTER))
     learners = tuple(sorted(r.replica_id for r in desc.replicas if r.type == ReplicaType.LEARNER))
     return ConfState(voters, learners)
-
-
-def _ignore_outcome(fut: asyncio.Future[object]) -> None:
-    """GC proposals may be dropped (leadership moved): the next round retries."""
-    if not fut.cancelled():
-        fut.exception()
 
 
 def _span(desc: RangeDescriptor) -> str:
