@@ -227,15 +227,12 @@ class ChaosResult:
 
 class ChaosCluster:
     """The kit's cluster plus what the nemesis needs: its network lab, the raftnodes'
-    view (`replicas`), the metarange leader and the clock refusals."""
+    view (`replicas`), the metarange leader and the raftnodes' refusal counters."""
 
     def __init__(self, cluster: Cluster, lab: NetLab | None = None) -> None:
         self.cluster = cluster
         self.lab = lab
         self.replicas = Replicas(cluster)
-
-    async def clock_refusals(self, exclude: Child | None = None) -> dict[str, int]:
-        return await self.refusals("clock_offset", exclude)
 
     async def refusals(self, reason: str, exclude: Child | None = None) -> dict[str, int]:
         """rangekv_node_refused_total{reason=...} of each usable raftnode
@@ -315,6 +312,31 @@ def replica_write_outcome(exc: E.RangeKVError) -> Outcome:
     return Outcome.UNKNOWN
 
 
+async def _direct_batch(
+    kv: RecordedKV,
+    kind: OpKind,
+    stub: replica_pb2_grpc.ReplicaStub,
+    range_id: int,
+    ops_pb: Sequence[replica_pb2.ReplicaOp],
+    timeout: float,
+) -> tuple[Outcome, replica_pb2.ReplicaBatchResponse | None, E.RangeKVError | None]:
+    """One Replica.Batch of `kind` operations straight to one replica: the outcome
+    its operations share, the answer (when OK) and the in-band error (if any); a
+    failure is counted in `kv`'s stats."""
+    try:
+        resp = await stub.Batch(
+            replica_pb2.ReplicaBatchRequest(range_id=range_id, ops=ops_pb), timeout=timeout
+        )
+    except grpc.aio.AioRpcError as err:
+        kv.stats.errors[f"direct {kind.value} {err.code().name}"] += 1
+        return (Outcome.FAIL if kind is OpKind.GET else Outcome.UNKNOWN), None, None
+    if resp.HasField("error"):
+        exc = E.from_replica_error(resp.error)
+        kv.stats.errors[f"direct {kind.value} {type(exc).__name__}"] += 1
+        return (Outcome.FAIL if kind is OpKind.GET else replica_write_outcome(exc)), None, exc
+    return Outcome.OK, resp, None
+
+
 async def direct_op(
     kv: RecordedKV,
     cid: int,
@@ -327,31 +349,20 @@ async def direct_op(
 ) -> Operation:
     """A GET or PUT sent straight to one replica (Replica.Batch), recorded in `kv`'s
     history and counted in its stats."""
-    rec, stats = kv.rec, kv.stats
+    rec = kv.rec
     handle = rec.invoke(cid, kind, key, value=value)
     if kind is OpKind.GET:
         op_pb = replica_pb2.ReplicaOp(get=replica_pb2.GetOp(key=key))
     else:
         op_pb = replica_pb2.ReplicaOp(put=replica_pb2.PutOp(key=key, value=value))
-    try:
-        resp = await stub.Batch(
-            replica_pb2.ReplicaBatchRequest(range_id=range_id, ops=[op_pb]), timeout=timeout
-        )
-    except grpc.aio.AioRpcError as err:
-        stats.errors[f"direct {kind.value} {err.code().name}"] += 1
-        op = rec.fail(handle) if kind is OpKind.GET else rec.unknown(handle)
+    outcome, resp, _exc = await _direct_batch(kv, kind, stub, range_id, [op_pb], timeout)
+    if outcome is Outcome.OK and kind is OpKind.GET:
+        assert resp is not None
+        got = resp.results[0].get
+        op = rec.ok(handle, read=got.kv.value if got.found else None)
     else:
-        if resp.HasField("error"):
-            exc = E.from_replica_error(resp.error)
-            stats.errors[f"direct {kind.value} {type(exc).__name__}"] += 1
-            bad = Outcome.FAIL if kind is OpKind.GET else replica_write_outcome(exc)
-            op = rec.fail(handle) if bad is Outcome.FAIL else rec.unknown(handle)
-        elif kind is OpKind.GET:
-            got = resp.results[0].get
-            op = rec.ok(handle, read=got.kv.value if got.found else None)
-        else:
-            op = rec.ok(handle)
-    stats.count(op)
+        op = _RECORD[outcome](rec, handle)
+    kv.stats.count(op)
     return op
 
 
@@ -366,29 +377,22 @@ async def direct_puts(
     """PUTs of `items` in ONE Replica.Batch straight to one replica, each recorded as
     an operation of its own client (they share the batch's outcome); returns them
     and the in-band error, if any."""
-    rec, stats = kv.rec, kv.stats
+    rec = kv.rec
     handles = [rec.invoke(next(cids), OpKind.PUT, k, value=v) for k, v in items]
     ops_pb = [replica_pb2.ReplicaOp(put=replica_pb2.PutOp(key=k, value=v)) for k, v in items]
-    exc: E.RangeKVError | None = None
-    try:
-        resp = await stub.Batch(
-            replica_pb2.ReplicaBatchRequest(range_id=range_id, ops=ops_pb), timeout=timeout
-        )
-    except grpc.aio.AioRpcError as err:
-        stats.errors[f"direct put {err.code().name}"] += 1
-        outcome = Outcome.UNKNOWN
-    else:
-        if resp.HasField("error"):
-            exc = E.from_replica_error(resp.error)
-            stats.errors[f"direct put {type(exc).__name__}"] += 1
-            outcome = replica_write_outcome(exc)
-        else:
-            outcome = Outcome.OK
-    done = {Outcome.OK: rec.ok, Outcome.FAIL: rec.fail, Outcome.UNKNOWN: rec.unknown}[outcome]
-    ops = [done(h) for h in handles]
+    outcome, _resp, exc = await _direct_batch(kv, OpKind.PUT, stub, range_id, ops_pb, timeout)
+    ops = [_RECORD[outcome](rec, h) for h in handles]
     for op in ops:
-        stats.count(op)
+        kv.stats.count(op)
     return ops, exc
+
+
+#: How an operation of each outcome is recorded (an OK GET also records its read).
+_RECORD: dict[Outcome, Callable[[Any, Any], Operation]] = {
+    Outcome.OK: lambda rec, h: rec.ok(h),
+    Outcome.FAIL: lambda rec, h: rec.fail(h),
+    Outcome.UNKNOWN: lambda rec, h: rec.unknown(h),
+}
 
 
 # ----------------------------------------------------------------------------- workload
@@ -853,13 +857,13 @@ class Nemesis:
             # (offsets within the bound stay until the node is moved again).
             offset = round(self.rng.uniform(-0.4, 0.4) * MAX_OFFSET_MS)
         fault = self.begin("clock", child.name, f"offset {offset:+.0f} ms")
-        refused_before = await self.c.clock_refusals(exclude=child)
+        refused_before = await self.c.refusals("clock_offset", exclude=child)
         await self.restart_with_clock(child, offset)
         if not beyond:
             self.end(fault, "within the bound")
             return
         await asyncio.sleep(self.rng.uniform(3.0, 5.0))  # the fault's duration
-        refused_after = await self.c.clock_refusals(exclude=child)
+        refused_after = await self.c.refusals("clock_offset", exclude=child)
         await self.restart_with_clock(child, 0)
         both = refused_before.keys() & refused_after.keys()
         if not both:

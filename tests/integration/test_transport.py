@@ -538,6 +538,19 @@ async def test_close_stops_workers_and_later_sends_are_dropped() -> None:
     await rec.server.stop(None)
 
 
+@contextlib.asynccontextmanager
+async def serving(servicer: raft_pb2_grpc.RaftTransportServicer) -> AsyncIterator[str]:
+    """A gRPC server on 127.0.0.1 serving `servicer` (a stand-in receiver); its address."""
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    port = server.add_insecure_port("127.0.0.1:0")
+    raft_pb2_grpc.add_RaftTransportServicer_to_server(servicer, server)
+    await server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await server.stop(None)
+
+
 class _RefusingServicer(raft_pb2_grpc.RaftTransportServicer):
     """A peer that refuses every raft stream, as its authorization would refuse a
     caller that is not a node."""
@@ -558,23 +571,19 @@ async def test_a_refused_stream_is_counted_under_its_real_status() -> None:
     a first write racing the refusal would fail as INTERNAL and hide the real
     status from the dispatch error counter and the log."""
     signal = Signal()
-    server = grpc.aio.server(options=SERVER_OPTIONS)
-    port = server.add_insecure_port("127.0.0.1:0")
     refusing = _RefusingServicer(signal)
-    raft_pb2_grpc.add_RaftTransportServicer_to_server(refusing, server)
-    await server.start()
-    sender = make_sender(signal, {2: f"127.0.0.1:{port}"})
-    errors = sender.metrics.dispatch_errors_total
-    try:
-        for i in range(1, 6):
-            sender.transport.send(2, 1, Message(M.APP, 2, 1, index=i))
-            await signal.wait_until(lambda n=i: refusing.refused >= n)  # type: ignore[misc]
-            await signal.wait_until(lambda n=i: len(sender.unreachable) >= n)  # type: ignore[misc]
-        assert errors.value(lane="replication", code="permission_denied") == 5
-        assert errors.value(code="internal") == 0
-    finally:
-        await sender.transport.close()
-        await server.stop(None)
+    async with serving(refusing) as addr:
+        sender = make_sender(signal, {2: addr})
+        errors = sender.metrics.dispatch_errors_total
+        try:
+            for i in range(1, 6):
+                sender.transport.send(2, 1, Message(M.APP, 2, 1, index=i))
+                await signal.wait_until(lambda n=i: refusing.refused >= n)  # type: ignore[misc]
+                await signal.wait_until(lambda n=i: len(sender.unreachable) >= n)  # type: ignore[misc]
+            assert errors.value(lane="replication", code="permission_denied") == 5
+            assert errors.value(code="internal") == 0
+        finally:
+            await sender.transport.close()
 
 
 class _OlderServicer(raft_pb2_grpc.RaftTransportServicer):
@@ -595,19 +604,15 @@ class _OlderServicer(raft_pb2_grpc.RaftTransportServicer):
 
 async def test_a_receiver_that_sends_no_early_metadata_still_gets_the_batches() -> None:
     signal = Signal()
-    server = grpc.aio.server(options=SERVER_OPTIONS)
-    port = server.add_insecure_port("127.0.0.1:0")
     older = _OlderServicer(signal)
-    raft_pb2_grpc.add_RaftTransportServicer_to_server(older, server)
-    await server.start()
     config = TransportConfig(backoff_initial=0.01, backoff_max=0.1, accept_timeout=0.2)
-    sender = make_sender(signal, {2: f"127.0.0.1:{port}"}, config=config)
-    try:
-        sender.transport.send(2, 1, Message(M.APP, 2, 1, index=1))
-        sender.transport.send(2, 1, Message(M.APP, 2, 1, index=2))
-        await signal.wait_until(lambda: sum(len(r.messages) for r in older.received) == 2)
-        assert sender.metrics.dispatch_errors_total.value() == 0
-        assert sender.unreachable == []
-    finally:
-        await sender.transport.close()
-        await server.stop(None)
+    async with serving(older) as addr:
+        sender = make_sender(signal, {2: addr}, config=config)
+        try:
+            sender.transport.send(2, 1, Message(M.APP, 2, 1, index=1))
+            sender.transport.send(2, 1, Message(M.APP, 2, 1, index=2))
+            await signal.wait_until(lambda: sum(len(r.messages) for r in older.received) == 2)
+            assert sender.metrics.dispatch_errors_total.value() == 0
+            assert sender.unreachable == []
+        finally:
+            await sender.transport.close()
