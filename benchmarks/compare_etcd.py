@@ -2,7 +2,7 @@
 
     python benchmarks/compare_etcd.py                       # rangekv --insecure, as etcd runs
     python benchmarks/compare_etcd.py --secure              # rangekv with mutual TLS
-    python benchmarks/compare_etcd.py --seconds 5 --rounds 3 --clients 1,64 --paths unary,stream,direct
+    python benchmarks/compare_etcd.py --seconds 5 --rounds 3 --clients 1,64 --paths unary,node,stream,direct
 
 What runs: etcd from Debian's `etcd-server` package (installed with apt-get when
 missing, if this process may; else the script says why and exits 0), three
@@ -16,7 +16,9 @@ each waiting for its answer before the next, 100-byte values over 10,000 keys
 (read workloads preload every key first), all requests to etcd's leader or to
 rangekv's gateway. Puts, and linearizable gets (etcd: a Range that is not
 serializable; rangekv: a Get at the default consistency). Paths of rangekv:
-`unary` (one gRPC call per operation, like the etcd client here), `stream`
+`unary` (one gRPC call per operation, like the etcd client here), `node`
+(the same unary calls to the KV API of the raftnode holding the lease of the
+bench's first key, as etcd's are sent to its leader: no gateway hop), `stream`
 (rangekv.client over KV/Stream) and `direct` (rangekv.client routing in the
 load generator's process, no gateway).
 
@@ -73,7 +75,7 @@ from rangekv.cli.dev import wait_until_serving
 from rangekv.v1 import admin_pb2, admin_pb2_grpc, kv_pb2_grpc
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PATHS = ("unary", "stream", "direct")
+PATHS = ("unary", "node", "stream", "direct")
 
 
 def say(msg: str) -> None:
@@ -269,15 +271,17 @@ def rangekv_stages(lc: Cluster, holders: set[int] | None) -> dict[str, list[int]
 
 
 async def rangekv_targets(
-    lc: Cluster, paths: Sequence[str], holders: set[int] | None
+    lc: Cluster, paths: Sequence[str], holders: set[int] | None, first_holder: int
 ) -> list[Target]:
+    """`first_holder`: the node holding the lease of the bench's first key (`node`)."""
     gateway = lc.gateways[0].address
     metrics = [n.metrics for n in lc.nodes if n.metrics]
     stages = rangekv_stages(lc, holders)
     out = []
     for path in paths:
-        if path == "unary":
-            ch = lc.client_channels()(gateway, UNARY_CHANNEL_OPTIONS)
+        if path in ("unary", "node"):
+            to = gateway if path == "unary" else lc.nodes[first_holder - 1].address
+            ch = lc.client_channels()(to, UNARY_CHANNEL_OPTIONS)
             await asyncio.wait_for(ch.channel_ready(), 30)
             ops: BenchOps = UnaryOps(kv_pb2_grpc.KVStub(ch))
             close: Callable[[], Any] = ch.close
@@ -472,8 +476,12 @@ async def main_async(args: argparse.Namespace) -> int:
             if phase != phases[0]:
                 say(f"compare_etcd: splitting the bench keyspace into {args.ranges} ranges")
                 await split_and_spread(lc, args.keys, args.ranges)
-            holders = await leaseholders(lc, first) if phase == phases[0] else None
-            targets = [await etcd_target(etcd), *await rangekv_targets(lc, args.paths, holders)]
+            first_holders = await leaseholders(lc, first)
+            holders = first_holders if phase == phases[0] else None
+            targets = [
+                await etcd_target(etcd),
+                *await rangekv_targets(lc, args.paths, holders, min(first_holders, default=1)),
+            ]
             samples += await run_phase(phase, targets, args, counter, per_phase * len(phases))
             for t in targets:
                 if t.close is not None:
@@ -510,7 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per system")
     p.add_argument("--clients", default="1,64", help="concurrent clients (default 1,64)")
     p.add_argument("--ops", default="put,get", help="put, get (linearizable) (default both)")
-    p.add_argument("--paths", default="unary,stream,direct", help="rangekv paths to measure")
+    p.add_argument("--paths", default="unary,node,stream,direct", help="rangekv paths to measure")
     p.add_argument("--ranges", type=int, default=64, help="ranges of the second phase (1: none)")
     p.add_argument("--keys", type=int, default=10_000)
     p.add_argument("--value-size", type=int, default=100)

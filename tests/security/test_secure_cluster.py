@@ -26,6 +26,7 @@ from secure_cluster import NOW, SecureCluster
 from testkit.kv import rpc_error
 from testkit.metrics import fetch_metrics, metric_value
 
+from rangekv.cli.cluster import Child
 from rangekv.common import certs
 from rangekv.common.certs import NODE_CERT, NODE_KEY, NODE_SERVER_NAME, Role
 from rangekv.common.tls import ChannelOpener, PlaintextChannels
@@ -103,27 +104,35 @@ async def test_expired_certificate_is_refused(secure_cluster: SecureCluster) -> 
 
 
 async def test_read_client_cannot_put(secure_cluster: SecureCluster) -> None:
+    """On a gateway and on a storage node's own KV API alike."""
     reader = secure_cluster.client("reader", Role.READ)
     writer = secure_cluster.client("writer", Role.WRITE)
-    async with writer(secure_cluster.gateway.address) as ch:
-        await kv_pb2_grpc.KVStub(ch).Put(kv_pb2.PutRequest(key=b"sec/a", value=b"1"), timeout=10)
-    async with reader(secure_cluster.gateway.address) as ch:
-        kv = kv_pb2_grpc.KVStub(ch)
-        got = await kv.Get(kv_pb2.GetRequest(key=b"sec/a"), timeout=10)
-        assert got.kv.value == b"1"
-        for call in (
-            kv.Put(kv_pb2.PutRequest(key=b"sec/a", value=b"2"), timeout=10),
-            kv.Delete(kv_pb2.DeleteRequest(key=b"sec/a"), timeout=10),
-            kv.Batch(kv_pb2.BatchRequest(), timeout=10),
-        ):
-            err = await rpc_error(call)
-            assert err is not None and err.code() is grpc.StatusCode.PERMISSION_DENIED
-            assert "needs role write or higher" in (err.details() or ""), err.details()
-            assert "client reader (role read)" in (err.details() or ""), err.details()
-        got = await kv.Get(kv_pb2.GetRequest(key=b"sec/a"), timeout=10)
-        assert got.kv.value == b"1"  # nothing was written
+    for address in (secure_cluster.gateway.address, secure_cluster.lc.nodes[0].address):
+        async with writer(address) as ch:
+            await kv_pb2_grpc.KVStub(ch).Put(
+                kv_pb2.PutRequest(key=b"sec/a", value=b"1"), timeout=10
+            )
+        async with reader(address) as ch:
+            kv = kv_pb2_grpc.KVStub(ch)
+            got = await kv.Get(kv_pb2.GetRequest(key=b"sec/a"), timeout=10)
+            assert got.kv.value == b"1"
+            for call in (
+                kv.Put(kv_pb2.PutRequest(key=b"sec/a", value=b"2"), timeout=10),
+                kv.Delete(kv_pb2.DeleteRequest(key=b"sec/a"), timeout=10),
+                kv.Batch(kv_pb2.BatchRequest(), timeout=10),
+            ):
+                err = await rpc_error(call)
+                assert err is not None and err.code() is grpc.StatusCode.PERMISSION_DENIED
+                assert "needs role write or higher" in (err.details() or ""), err.details()
+                assert "client reader (role read)" in (err.details() or ""), err.details()
+            got = await kv.Get(kv_pb2.GetRequest(key=b"sec/a"), timeout=10)
+            assert got.kv.value == b"1"  # nothing was written
     refused = await asyncio.to_thread(permission_refusals, secure_cluster, "/rangekv.v1.KV/Put")
     assert refused >= 1, refused
+    on_node = await asyncio.to_thread(
+        permission_refusals, secure_cluster, "/rangekv.v1.KV/Put", secure_cluster.lc.nodes[0]
+    )
+    assert on_node >= 1, on_node
 
 
 async def test_read_client_sends_only_reads_on_the_stream(secure_cluster: SecureCluster) -> None:
@@ -173,9 +182,9 @@ async def test_read_client_sends_only_reads_on_the_stream(secure_cluster: Secure
     assert refused >= 4, refused
 
 
-def permission_refusals(cluster: SecureCluster, method: str) -> float:
-    """The gateway's rangekv_auth_refusals_total{method, code=PERMISSION_DENIED}."""
-    text = fetch_metrics(cluster.gateway.metrics)
+def permission_refusals(cluster: SecureCluster, method: str, child: Child | None = None) -> float:
+    """rangekv_auth_refusals_total{method, code=PERMISSION_DENIED} of `child` (the gateway)."""
+    text = fetch_metrics((child or cluster.gateway).metrics)
     return metric_value(
         text, "rangekv_auth_refusals_total", method=method, code="PERMISSION_DENIED"
     )

@@ -457,3 +457,55 @@ async def test_a_stream_that_ends_before_it_is_accepted_applied_nothing() -> Non
         await fut
     assert failed.value.outcome == E.WriteOutcome.NOT_APPLIED
     assert not stream.unimplemented
+
+
+# --- the local node (a gateway inside a storage node) ----------------------------------
+
+
+async def test_batches_for_the_local_node_are_merged_and_served_in_process() -> None:
+    """No channel is ever opened to the local address: its batches, merged as any
+    node's are, go to the handler; another address still gets a stream."""
+    dialled: list[str] = []
+    clients = NodeClients(channel_factory=lambda addr: dialled.append(addr))  # type: ignore[arg-type,return-value]
+    served: list[replica_pb2.ReplicaBatchRequest] = []
+
+    async def handler(req: replica_pb2.ReplicaBatchRequest) -> replica_pb2.ReplicaBatchResponse:
+        served.append(req)
+        return replica_pb2.ReplicaBatchResponse(
+            results=[replica_pb2.ReplicaOpResult() for _ in req.ops]
+        )
+
+    local = clients.serve_locally("n1", handler)
+    get = replica_pb2.ReplicaOp(get=replica_pb2.GetOp(key=b"k"))
+    replies = [clients.submit("n1", 7, [get], has_writes=False) for _ in range(3)]
+    for reply in replies:
+        assert len((await reply).results) == 1
+    assert [len(r.ops) for r in served] == [3] and local.batches == 1
+    assert dialled == []
+    await clients.close()
+
+
+@pytest.mark.parametrize(
+    ("has_writes", "outcome"),
+    [(True, E.WriteOutcome.UNKNOWN), (False, E.WriteOutcome.NOT_APPLIED)],
+)
+async def test_a_local_handler_that_raises_fails_its_batch_as_unavailable(
+    has_writes: bool, outcome: E.WriteOutcome
+) -> None:
+    """A bug in the node's handler: a write it was serving may have been proposed."""
+    clients = NodeClients(channel_factory=lambda addr: None)  # type: ignore[arg-type,return-value]
+
+    async def handler(req: replica_pb2.ReplicaBatchRequest) -> replica_pb2.ReplicaBatchResponse:
+        raise RuntimeError("boom")
+
+    clients.serve_locally("n1", handler)
+    op = (
+        replica_pb2.ReplicaOp(put=replica_pb2.PutOp(key=b"k", value=b"v"))
+        if has_writes
+        else replica_pb2.ReplicaOp(get=replica_pb2.GetOp(key=b"k"))
+    )
+    with pytest.raises(E.Unavailable) as caught:
+        await clients.submit("n1", 7, [op], has_writes=has_writes)
+    assert caught.value.outcome is outcome
+    assert "boom" in caught.value.message
+    await clients.close()

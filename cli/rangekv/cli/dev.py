@@ -102,6 +102,9 @@ def screen(cluster: LocalCluster, data_flag: str = "") -> str:
         f'  grpcurl {flags} -d \'{{"key": "aGVsbG8=", "value": "d29ybGQ="}}\' {gw} rangekv.v1.KV/Put',
         f'  grpcurl {flags} -d \'{{"key": "aGVsbG8="}}\' {gw} rangekv.v1.KV/Get',
         "",
+        "Every raftnode serves the KV API on its own address too: a request sent to the",
+        "node holding its range's lease skips the gateway hop (see `rangekv ranges`).",
+        "",
         f"Logs: {cluster.data / 'logs'}    Stop: Ctrl-C",
         "",
     ]

@@ -21,7 +21,11 @@ from collections.abc import Callable, Sequence
 
 #: verb -> (module, function, one-line help)
 VERBS: dict[str, tuple[str, str, str]] = {
-    "raftnode": ("rangekv.raftnode.main", "main", "run a storage node"),
+    "raftnode": (
+        "rangekv.cli.raftnode",
+        "main",
+        "run a storage node (it serves the KV API too)",
+    ),
     "metarange": ("rangekv.metarange.main", "main", "run a replica of the meta range"),
     "gateway": ("rangekv.gateway.main", "main", "serve the public KV API"),
     "dev": ("rangekv.cli.dev", "main", "run a local cluster (metarange, raftnodes, gateway)"),

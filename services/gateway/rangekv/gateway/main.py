@@ -261,6 +261,17 @@ def export_scan_and_load_counters(
         lambda: float(nodes.split_batches),
     )
     telemetry.observable_gauge(
+        "rangekv_gateway_node_batches",
+        "Batches sent to storage nodes since start (monotonic); with "
+        "rangekv_gateway_node_ops, the merging achieved (operations per batch).",
+        lambda: float(nodes.batches_sent),
+    )
+    telemetry.observable_gauge(
+        "rangekv_gateway_node_ops",
+        "Operations sent to storage nodes in batches since start (monotonic).",
+        lambda: float(nodes.ops_sent),
+    )
+    telemetry.observable_gauge(
         "rangekv_gateway_refused",
         "Client calls refused at admission (RESOURCE_EXHAUSTED), since start.",
         lambda: float(kv.admission.refused),

@@ -29,6 +29,12 @@ class RaftnodeConfig:
         help="metarange replicas, HOST:PORT,...: the node registers its address there "
         "and learns its peers' addresses from the store registry",
     )
+    serve_kv: bool = setting(
+        True,
+        help="also serve the public KV API on this node's port, routed as a gateway "
+        "routes it (needs --meta-addrs): a request sent to the node holding its range's "
+        "lease skips the gateway hop",
+    )
     registry_interval: float = setting(
         2.0, help="seconds between store-registry heartbeats and address refreshes"
     )

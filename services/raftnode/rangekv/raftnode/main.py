@@ -3,6 +3,10 @@
     rangekv raftnode --node-id 1 --listen-port 7001 --data-dir data/n1 \\
         --peers 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003 --bootstrap-nodes 1,2,3
 
+With --meta-addrs the node also serves the public KV API on its port, routing
+like a gateway (rangekv.raftnode.frontend; the `rangekv raftnode` verb supplies
+the gateway's implementation; --no-serve-kv turns it off).
+
 In a StatefulSet, --pod-name replaces --node-id (rangekv.raftnode.ident) and,
 with --pod-namespace, turns on the SIGTERM lifecycle (rangekv.raftnode.shutdown).
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import random
 from collections.abc import AsyncIterator, Sequence
@@ -36,6 +41,7 @@ from rangekv.metarange.client import MetaApi, MetaClient
 from rangekv.raftnode.change import ReplicaChanger
 from rangekv.raftnode.config import RaftnodeConfig
 from rangekv.raftnode.descriptor_txn import DescriptorTxns
+from rangekv.raftnode.frontend import Frontend, FrontendContext, FrontendFactory
 from rangekv.raftnode.ident import StoreIdent, StoreRetired, resolve_identity
 from rangekv.raftnode.rebalancer import Rebalancer
 from rangekv.raftnode.service import ReplicaService
@@ -71,6 +77,8 @@ class _Node:
     service: ReplicaService
     raft_service: RaftTransportServicer
     telemetry: Telemetry
+    #: The KV API served on this node's port (None: not served).
+    frontend: Frontend | None
 
 
 def _assemble(
@@ -81,6 +89,7 @@ def _assemble(
     rng: random.Random,
     peers: dict[int, str],
     meta: MetaApi | None,
+    frontend: FrontendFactory | None = None,
 ) -> _Node:
     """Build every part of the node from its configuration and the seams it is given."""
     node_id = server_config.node_id
@@ -156,6 +165,19 @@ def _assemble(
     )
     change_config = node_config.replica_changes()
     changes = ReplicaChanger(txns, change_config, clock)
+    kv_frontend = None
+    if frontend is not None and node_config.serve_kv and node_config.meta_addrs.strip():
+        kv_frontend = frontend(
+            FrontendContext(
+                meta_addrs=node_config.meta_addrs,
+                channels=channels,
+                telemetry=telemetry,
+                limits=node_config.limits().kv,
+                max_message_bytes=server_config.max_message_bytes,
+                clock=clock,
+                rng=random.Random(rng.random()),
+            )
+        )
     return _Node(
         store=store,
         transport=transport,
@@ -171,10 +193,17 @@ def _assemble(
         ),
         raft_service=raft_service,
         telemetry=telemetry,
+        frontend=kv_frontend,
     )
 
 
-async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> None:
+async def serve(
+    server_config: ServerConfig,
+    node_config: RaftnodeConfig,
+    *,
+    frontend: FrontendFactory | None = None,
+) -> None:
+    """Run the node until signalled; `frontend` builds the KV API it also serves."""
     if server_config.data_dir is None:
         raise ConfigError("data_dir", "a raftnode needs --data-dir")
     data_dir = Path(server_config.data_dir)
@@ -197,32 +226,21 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
         else None
     )
     bootstrap_ids = parse_node_ids(node_config.bootstrap_nodes)
-    try:
-        ident = await resolve_identity(
-            data_dir,
-            configured=server_config.node_id,
-            ordinal=server_config.ordinal,
-            bootstrap_nodes=bootstrap_ids,
-            allocate=lambda: _allocate_node_id(meta, clock),
-            registered=lambda node_id: _registered(meta, node_id),
-        )
-        if meta is not None:
-            await _refuse_if_retired(meta, ident, data_dir)
-    except BaseException:
-        if meta is not None:
-            await meta.close()
-        raise
+    ident = await _identity(server_config, data_dir, bootstrap_ids, meta, clock)
     if ident.node_id != server_config.node_id:
         server_config = dataclasses.replace(server_config, node_id=ident.node_id)
         setup_logging_from_config("raftnode", server_config)  # log lines name the node
     node_id = ident.node_id
     peers = parse_peers(node_config.peers)
-    node = _assemble(server_config, node_config, faults, clock, rng, peers, meta)
+    node = _assemble(server_config, node_config, faults, clock, rng, peers, meta, frontend)
     store = node.store
+    kv = node.frontend
 
     def register(server: object) -> None:
         replica_pb2_grpc.add_ReplicaServicer_to_server(node.service, server)
         node.raft_service.add_to_server(server)  # type: ignore[arg-type]
+        if kv is not None:
+            kv.register(server)  # type: ignore[arg-type]
 
     loaded = store.load_replicas()
     if not loaded and bootstrap_ids and node_id in bootstrap_ids:
@@ -232,7 +250,7 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
         server_config,
         node.telemetry,
         register=register,  # type: ignore[arg-type]
-        service_names=SERVICE_NAMES,
+        service_names=SERVICE_NAMES + (kv.service_names if kv is not None else ()),
         logger=log,
     )
     pod = PodIdentity(server_config.pod_name, node_config.pod_namespace)
@@ -251,14 +269,18 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
     node.split_queue.start()
     node.rebalancer.start()
     await server.start()
+    host = node_config.advertise_host or server_config.listen_host
+    address = f"{host}:{server.port}"
+    if kv is not None:
+        kv.serve_locally(address, node.service.serve_batch)
+        log.info("KV API served at %s too (batches for this node's ranges in process)", address)
     registry: asyncio.Task[None] | None = None
     if meta is not None:
-        host = node_config.advertise_host or server_config.listen_host
         registry = asyncio.ensure_future(
             _registry_loop(
                 meta,
                 node_id,
-                f"{host}:{server.port}",
+                address,
                 server.metrics_address or "",
                 peers,
                 node_config,
@@ -274,11 +296,40 @@ async def serve(server_config: ServerConfig, node_config: RaftnodeConfig) -> Non
         await node.rebalancer.stop()
         await node.split_queue.stop()
         await node.peers.close()
+        if kv is not None:
+            await kv.close()
         if meta is not None:
             await meta.close()
         await node.transport.close()
         await store.stop()
         node.telemetry.shutdown()
+
+
+async def _identity(
+    server_config: ServerConfig,
+    data_dir: Path,
+    bootstrap_ids: Sequence[int],
+    meta: MetaApi | None,
+    clock: Clock,
+) -> StoreIdent:
+    """This store's node id (configured, kept in its folder, or allocated by the
+    meta range); a retired store refuses to start. Closes `meta` on failure."""
+    try:
+        ident = await resolve_identity(
+            data_dir,
+            configured=server_config.node_id,
+            ordinal=server_config.ordinal,
+            bootstrap_nodes=bootstrap_ids,
+            allocate=lambda: _allocate_node_id(meta, clock),
+            registered=lambda node_id: _registered(meta, node_id),
+        )
+        if meta is not None:
+            await _refuse_if_retired(meta, ident, data_dir)
+    except BaseException:
+        if meta is not None:
+            await meta.close()
+        raise
+    return ident
 
 
 def _statefulsets(pod: PodIdentity) -> StatefulSets | None:
@@ -369,12 +420,13 @@ async def _registry_loop(
         await clock.sleep(cfg.registry_interval)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, frontend: FrontendFactory | None = None) -> int:
+    """`frontend`: how to build the KV API the node serves too (None: it serves none)."""
     return service_main(
         argv,
         service="raftnode",
         description=__doc__.splitlines()[0],
         config_cls=RaftnodeConfig,
-        serve=serve,
+        serve=functools.partial(serve, frontend=frontend),
         needs_node_id=False,  # resolved by `serve` (rangekv.raftnode.ident)
     )

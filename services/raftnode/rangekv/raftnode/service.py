@@ -47,11 +47,13 @@ class ReplicaService(replica_pb2_grpc.ReplicaServicer):
     async def Batch(
         self, request: replica_pb2.ReplicaBatchRequest, context: grpc.aio.ServicerContext
     ) -> replica_pb2.ReplicaBatchResponse:
-        return await self._batch(request)
+        return await self.serve_batch(request)
 
-    async def _batch(
+    async def serve_batch(
         self, request: replica_pb2.ReplicaBatchRequest
     ) -> replica_pb2.ReplicaBatchResponse:
+        """One batch, answered in-band: the gRPC calls' work, and what a KV API
+        served in this process (`rangekv.raftnode.frontend`) calls directly."""
         replica = self._store.replica(request.range_id)
         if replica is None:
             err = E.RangeNotFound(request.range_id, self._store.node_id)
@@ -100,7 +102,7 @@ class ReplicaService(replica_pb2_grpc.ReplicaServicer):
 
         async def serve(req: replica_pb2.BatchStreamRequest) -> None:
             try:
-                resp = await self._batch(req.batch)
+                resp = await self.serve_batch(req.batch)
                 answer = replica_pb2.BatchStreamResponse(request_id=req.request_id, batch=resp)
                 out.put(answer, answer.ByteSize() if framed else 1)
             finally:
