@@ -1,12 +1,14 @@
-"""The chaos harness: a real cluster, clients through both gateways, a seeded nemesis.
+"""The chaos harness: a real cluster, clients through gateways and raftnodes, a seeded nemesis.
 
 `run_chaos(ChaosConfig(...))` starts a cluster of the test kit
 (tests/testkit; separate processes: metarange replicas, raftnodes, gateways)
 in the chosen FSM sync mode, and then, for `duration` seconds:
 
 * the kit's recorded workload runs: clients do gets, puts, deletes and
-  compare-and-swaps over a few register keys through a random gateway each
-  time (values are unique, so reads pin the order down); scanners scan the
+  compare-and-swaps over a few register keys through a random KV endpoint
+  each time -- one of the gateways, or the KV API of raftnode 1 or 2 (served
+  in process for the ranges that node leads, forwarded for the others) --
+  (values are unique, so reads pin the order down); scanners scan the
   whole keyspace (one call or paged) and check that keys come strictly
   ordered, never twice, and that a complete scan holds every key that is
   written once and never deleted;
@@ -185,6 +187,10 @@ class ChaosConfig:
     n_meta: int = 3
     n_nodes: int = 5
     n_gateways: int = 2
+    #: Raftnodes (1..n) whose own KV API the workload's clients and scanners use
+    #: beside the gateways: their batches for the ranges they lead are served in
+    #: process, the rest forwarded, and the checker judges both routes.
+    n_node_endpoints: int = 2
     n_clients: int = 6
     n_scanners: int = 2
     faults: tuple[str, ...] = ALL_FAULTS
@@ -1327,7 +1333,8 @@ async def started_cluster(cfg: ChaosConfig, lab: NetLab | None) -> AsyncIterator
 
 
 async def final_reads(kv: RecordedKV, budget: float = 120.0) -> list[str]:
-    """Recorded reads of every key through each gateway, and a full scan through each.
+    """Recorded reads of every key through each KV endpoint (the gateways, then the
+    raftnodes the workload used), and a full scan through each.
 
     All of it within `budget` seconds: a cluster that cannot answer is reported as
     a problem of the run, not left to the test's timeout (which reports nothing)."""
@@ -1341,17 +1348,17 @@ async def final_reads(kv: RecordedKV, budget: float = 120.0) -> list[str]:
                     raise TimeoutError
                 await kv.read_until_ok(800 + g, stub, key, timeout=left, interval=0.5)
             except TimeoutError:
-                problems.append(f"gateway {g + 1}: no final read of {key!r} succeeded")
+                problems.append(f"endpoint {g + 1}: no final read of {key!r} succeeded")
         try:
             keys = await scan_keys(stub)
         except grpc.aio.AioRpcError as err:
-            problems.append(f"gateway {g + 1}: final scan failed: {err.code().name}")
+            problems.append(f"endpoint {g + 1}: final scan failed: {err.code().name}")
             continue
         problem = ordering_problem(keys)
         if problem is None and [k for k in keys if k.startswith(b"s/")] != SCAN_KEYS:
             problem = "never-deleted keys missing"
         if problem:
-            problems.append(f"gateway {g + 1}: final scan: {problem}")
+            problems.append(f"endpoint {g + 1}: final scan: {problem}")
     return problems
 
 
@@ -1364,7 +1371,7 @@ async def wait_healthy(stubs: list[kv_pb2_grpc.KVStub], timeout: float = 60) -> 
             return False
         return True
 
-    await async_wait_for(ok, timeout, "both gateways to serve reads", 0.5)
+    await async_wait_for(ok, timeout, "every KV endpoint to serve reads", 0.5)
 
 
 Schedule = Callable[[Nemesis], Awaitable[None]]
@@ -1393,12 +1400,20 @@ async def run_chaos_async(cfg: ChaosConfig, schedule: Schedule | None = None) ->
     async with network_lab(cfg) as (lab, no_lab_reason), started_cluster(cfg, lab) as cluster:
         startup = time.monotonic() - wall0
         channels = [chaos_tls.channel(g.address) for g in cluster.gateways]
-        workload = Workload(workload_spec(cfg), [kv_pb2_grpc.KVStub(ch) for ch in channels])
+        gateways = [kv_pb2_grpc.KVStub(ch) for ch in channels]
+        channels += [chaos_tls.channel(n.address) for n in cluster.nodes[: cfg.n_node_endpoints]]
+        workload = Workload(
+            workload_spec(cfg), [*gateways, *map(kv_pb2_grpc.KVStub, channels[len(gateways) :])]
+        )
         try:
             await wait_healthy(workload.kv.stubs)
             await workload.load()
             t0 = time.monotonic()
-            nemesis = Nemesis(ChaosCluster(cluster, lab), cfg, workload.kv, t0)
+            # The nemesis's own probes go through the gateways only.
+            probes = RecordedKV(
+                gateways, workload.kv.rec, workload.kv.stats, timeout=workload.kv.timeout
+            )
+            nemesis = Nemesis(ChaosCluster(cluster, lab), cfg, probes, t0)
             for key in REG_SPLITS:  # the snapshot scans span ranges from the start
                 split = await nemesis.split_at(key)
                 nemesis.faults.append(
@@ -1425,6 +1440,11 @@ async def run_chaos_async(cfg: ChaosConfig, schedule: Schedule | None = None) ->
                 for where in nemesis.leases_not_regained
             ]
             problems += refused_as_invalid(workload.kv.stats)
+            problems += [
+                f"raftnode {n}'s KV API acknowledged no operation of the workload"
+                for n, at in enumerate(range(len(gateways) + 1, len(channels) + 1), 1)
+                if not workload.kv.stats.acknowledged_at[at]
+            ]
         except BaseException:
             (cfg.report_dir / "log_tails.txt").write_text(cluster.log_tails(25))
             raise
@@ -1452,6 +1472,11 @@ async def run_chaos_async(cfg: ChaosConfig, schedule: Schedule | None = None) ->
         },
         "operations": len(ops),
         "by_outcome": dict(stats.outcomes),
+        #: Acknowledged operations by KV endpoint: the gateways, then raftnodes 1, 2, ...
+        "acknowledged_at": {
+            (f"gateway {i}" if i <= cfg.n_gateways else f"raftnode {i - cfg.n_gateways}"): n
+            for i, n in sorted(stats.acknowledged_at.items())
+        },
         "by_kind": dict(sorted(stats.by_kind.items())),
         "errors": dict(stats.errors.most_common(12)),
         #: What the commonest errors said (status: details), to read a cause off the report.
@@ -1519,7 +1544,8 @@ def summary_text(report: dict[str, Any]) -> str:
         f"mutation={cfg['mutation'] or 'none'} "
         f"cluster={cfg['n_meta']} meta/{cfg['n_nodes']} nodes/{cfg['n_gateways']} gateways",
         f"time: {report['seconds']}",
-        f"operations: {report['operations']} {report['by_outcome']}",
+        f"operations: {report['operations']} {report['by_outcome']}; acknowledged through "
+        f"{report['acknowledged_at']}",
         f"faults: {dict(faults)}, skipped {dict(skipped)} (partitions: {report['partitions']})",
         f"scans: {report['scans']['snapshot_scans_ok']} snapshot scans judged by the checker; "
         f"structural: {report['scans']['complete_ok']} complete ok, "

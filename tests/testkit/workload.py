@@ -93,6 +93,8 @@ class WorkloadStats:
     scan_errors: Counter[str] = field(default_factory=Counter)
     scan_failures: list[str] = field(default_factory=list)
     snapshot_scans: int = 0
+    #: Acknowledged operations by KV endpoint (1-based position among the stubs).
+    acknowledged_at: Counter[int] = field(default_factory=Counter)
 
     def count(self, op: Operation) -> None:
         self.outcomes[op.outcome.value] += 1
@@ -123,6 +125,7 @@ class RecordedKV:
         timeout: float = CLIENT_TIMEOUT,
     ) -> None:
         self.stubs = list(stubs)
+        self._positions = {id(stub): i for i, stub in enumerate(self.stubs, 1)}
         self.rec = rec if rec is not None else HistoryRecorder()
         self.stats = stats if stats is not None else WorkloadStats()
         self.timeout = timeout
@@ -145,6 +148,8 @@ class RecordedKV:
             code = err.code().name
             self.stats.errors[f"{kind.value} {code}"] += 1
             self.stats.messages[f"{code}: {(err.details() or '')[:150]}"] += 1
+        elif op.outcome is Outcome.OK and (at := self._positions.get(id(kv))) is not None:
+            self.stats.acknowledged_at[at] += 1
         self.stats.count(op)
         return op
 
