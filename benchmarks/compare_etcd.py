@@ -249,7 +249,8 @@ async def leaseholders(lc: Cluster, first_key: bytes) -> set[int]:
     return {
         r.leaseholder_node_id
         for r in listed.ranges
-        if r.descriptor.start_key <= first_key
+        if r.leaseholder_node_id  # 0: no valid lease at the moment
+        and r.descriptor.start_key <= first_key
         and (not r.descriptor.end_key or r.descriptor.end_key > first_key)
     }
 

@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from rangekv.common import errors as E
-from rangekv.gateway.node_client import NodeClients, NodeStream
+from rangekv.gateway.node_client import LocalStream, NodeClients, NodeStream
 from rangekv.v1 import replica_pb2
 
 
@@ -509,3 +509,50 @@ async def test_a_local_handler_that_raises_fails_its_batch_as_unavailable(
     assert caught.value.outcome is outcome
     assert "boom" in caught.value.message
     await clients.close()
+
+
+async def test_closing_the_local_stream_answers_what_it_was_still_serving() -> None:
+    """At shutdown a write the node is still serving is stopped after the wait and its
+    caller told UNAVAILABLE of unknown outcome (not left to its deadline); a batch
+    submitted after the close began is refused unsent."""
+    never = asyncio.Event()
+
+    async def handler(req: replica_pb2.ReplicaBatchRequest) -> replica_pb2.ReplicaBatchResponse:
+        await never.wait()  # a write whose quorum never answers
+        raise AssertionError("unreachable")
+
+    stream = LocalStream("n1", handler, close_wait=0.01)
+    put = replica_pb2.ReplicaBatchRequest(
+        range_id=7, ops=[replica_pb2.ReplicaOp(put=replica_pb2.PutOp(key=b"k", value=b"v"))]
+    )
+    answer = stream.submit(put, True)
+    await asyncio.sleep(0)  # the handler starts
+    await stream.close()
+    with pytest.raises(E.Unavailable) as caught:
+        await answer
+    assert caught.value.outcome is E.WriteOutcome.UNKNOWN
+    late = stream.submit(put, True)
+    with pytest.raises(E.Unavailable) as refused:
+        await late
+    assert refused.value.outcome is E.WriteOutcome.NOT_APPLIED
+
+
+async def test_a_stream_replaced_by_the_local_route_is_closed_with_the_others() -> None:
+    clients = NodeClients(channel_factory=lambda addr: None)  # type: ignore[arg-type,return-value]
+    closed: list[str] = []
+
+    class _Earlier(_FakeStream):
+        broken = False
+        unimplemented = False
+
+        async def close(self) -> None:
+            closed.append("earlier")
+
+    clients._streams["n1"] = _Earlier()  # opened before the node knew its address
+
+    async def handler(req: replica_pb2.ReplicaBatchRequest) -> replica_pb2.ReplicaBatchResponse:
+        return replica_pb2.ReplicaBatchResponse()
+
+    clients.serve_locally("n1", handler)
+    await clients.close()
+    assert closed == ["earlier"]

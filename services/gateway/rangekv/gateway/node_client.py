@@ -302,47 +302,85 @@ class LocalStream:
     Outcomes as over gRPC: the node answers errors in-band; an exception out of
     the handler is a bug there, and a write it was serving is of unknown outcome
     (it may have been proposed before the exception), as a write on a stream
-    that broke after it left."""
+    that broke after it left. The same holds for a batch still being served when
+    the stream closes (the node is shutting down): it is stopped, and its
+    callers are answered UNAVAILABLE with that outcome. A batch submitted after
+    `close` began is refused unsent (NOT_APPLIED).
+
+    Each submission returns a plain future that only this stream settles: a
+    caller that gives up does not cancel what the node is serving (as a batch
+    on the wire is not called back either), and the stream's own stop answers
+    its callers instead of leaving them to their deadlines."""
 
     broken = False
     unimplemented = False
 
-    def __init__(self, address: str, handler: LocalBatchHandler) -> None:
+    def __init__(
+        self, address: str, handler: LocalBatchHandler, *, close_wait: float = 1.0
+    ) -> None:
         self.address = address
         self._handler = handler
-        self._serving: set[asyncio.Future[replica_pb2.ReplicaBatchResponse]] = set()
+        #: Seconds `close` lets batches being served finish before it stops them.
+        self._close_wait = close_wait
+        self._serving: set[asyncio.Task[None]] = set()
+        self._closing = False
         #: Batches served in process (a test and a benchmark read it).
         self.batches = 0
 
     def submit(
         self, batch: replica_pb2.ReplicaBatchRequest, has_writes: bool
     ) -> asyncio.Future[replica_pb2.ReplicaBatchResponse]:
+        answer: asyncio.Future[replica_pb2.ReplicaBatchResponse] = (
+            asyncio.get_running_loop().create_future()
+        )
+        if self._closing:
+            answer.set_exception(E.Unavailable(f"{self.address} is shutting down", 0.05))
+            return answer
         self.batches += 1
-        # A task of its own: a caller that gives up does not cancel what the node
-        # is serving (as a batch on the wire is not called back either).
-        task = asyncio.ensure_future(self._serve(batch, has_writes))
+        task = asyncio.ensure_future(self._serve(batch, has_writes, answer))
         self._serving.add(task)
         task.add_done_callback(self._serving.discard)
-        return task
+        return answer
 
     async def _serve(
-        self, batch: replica_pb2.ReplicaBatchRequest, has_writes: bool
-    ) -> replica_pb2.ReplicaBatchResponse:
+        self,
+        batch: replica_pb2.ReplicaBatchRequest,
+        has_writes: bool,
+        answer: asyncio.Future[replica_pb2.ReplicaBatchResponse],
+    ) -> None:
+        outcome = E.WriteOutcome.UNKNOWN if has_writes else E.WriteOutcome.NOT_APPLIED
         try:
-            return await self._handler(batch)
+            resp = await self._handler(batch)
         except asyncio.CancelledError:
+            if not answer.done():
+                answer.set_exception(
+                    E.Unavailable(f"{self.address} stopped serving", 0.05, outcome=outcome)
+                )
             raise
         except Exception as exc:
             log.exception("the local node failed a batch for range %d", batch.range_id)
-            outcome = E.WriteOutcome.UNKNOWN if has_writes else E.WriteOutcome.NOT_APPLIED
-            raise E.Unavailable(
-                f"{self.address} failed a batch in process: {exc!r}", 0.05, outcome=outcome
-            ) from exc
+            if not answer.done():
+                answer.set_exception(
+                    E.Unavailable(
+                        f"{self.address} failed a batch in process: {exc!r}", 0.05, outcome=outcome
+                    )
+                )
+        else:
+            if not answer.done():
+                answer.set_result(resp)
 
     async def close(self) -> None:
-        # Wait for what the node is serving; its callers are answered either way.
-        if self._serving:
-            await asyncio.gather(*self._serving, return_exceptions=True)
+        """Refuse new batches; let those being served finish for up to `close_wait`
+        seconds, then stop them (their callers are answered, see the class)."""
+        self._closing = True
+        if not self._serving:
+            return
+        serving = list(self._serving)
+        _done, late = await asyncio.wait(serving, timeout=self._close_wait)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.gather(*late, return_exceptions=True)
 
 
 class NodeClients:
@@ -363,6 +401,8 @@ class NodeClients:
         self._channel_factory = channel_factory or (lambda addr: opener(addr, CHANNEL_OPTIONS))
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._streams: dict[str, BatchChannel] = {}
+        #: Streams replaced by `serve_locally`, closed by `close`.
+        self._retired: list[BatchChannel] = []
         self._max_inflight = max_inflight
         self._pending: dict[_BatchKey, _Pending] = {}
         #: Batches on the wire per key; a key is absent when none is.
@@ -389,7 +429,12 @@ class NodeClients:
 
     def serve_locally(self, address: str, handler: LocalBatchHandler) -> LocalStream:
         """Batches for `address` (the node this gateway runs in, as the store
-        registry names it) go to `handler` in process from now on."""
+        registry names it) go to `handler` in process from now on. A gRPC stream
+        to that address opened before (calls served before the node knew its
+        address) keeps its batches in flight and is closed with the others."""
+        replaced = self._streams.get(address)
+        if replaced is not None:
+            self._retired.append(replaced)
         local = LocalStream(address, handler)
         self._streams[address] = local
         return local
@@ -507,6 +552,10 @@ class NodeClients:
         A batch of reads whose answer the node found too large (it refuses rather
         than break the shared stream) is split: each caller's ops go again, alone."""
         p = pending
+        if done.cancelled():  # no stream cancels its answers; if one ever does, say so
+            outcome = E.WriteOutcome.UNKNOWN if p.has_writes else E.WriteOutcome.NOT_APPLIED
+            p.fan.fail(E.Unavailable("node batch cancelled", 0.05, outcome=outcome))
+            return
         exc = done.exception()
         resp: replica_pb2.ReplicaBatchResponse | None = None
         if exc is None:
@@ -549,8 +598,9 @@ class NodeClients:
             alone.add_done_callback(functools.partial(_pass_on, fut))
 
     async def close(self) -> None:
-        for stream in self._streams.values():
+        for stream in [*self._streams.values(), *self._retired]:
             await stream.close()
+        self._retired.clear()
         for ch in self._channels.values():
             await ch.close()
         self._streams.clear()

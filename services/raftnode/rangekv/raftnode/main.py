@@ -35,7 +35,7 @@ from rangekv.common.logs import setup_logging_from_config
 from rangekv.common.server import ServiceServer
 from rangekv.common.tasks import cancel_and_wait
 from rangekv.common.telemetry import Telemetry
-from rangekv.common.tls import node_channels
+from rangekv.common.tls import ChannelOpener, node_channels
 from rangekv.domain.peers import parse_node_ids, parse_peers
 from rangekv.metarange.client import MetaApi, MetaClient
 from rangekv.raftnode.change import ReplicaChanger
@@ -165,19 +165,9 @@ def _assemble(
     )
     change_config = node_config.replica_changes()
     changes = ReplicaChanger(txns, change_config, clock)
-    kv_frontend = None
-    if frontend is not None and node_config.serve_kv and node_config.meta_addrs.strip():
-        kv_frontend = frontend(
-            FrontendContext(
-                meta_addrs=node_config.meta_addrs,
-                channels=channels,
-                telemetry=telemetry,
-                limits=node_config.limits().kv,
-                max_message_bytes=server_config.max_message_bytes,
-                clock=clock,
-                rng=random.Random(rng.random()),
-            )
-        )
+    kv_frontend = _kv_frontend(
+        frontend, server_config, node_config, channels, telemetry, clock, rng
+    )
     return _Node(
         store=store,
         transport=transport,
@@ -194,6 +184,37 @@ def _assemble(
         raft_service=raft_service,
         telemetry=telemetry,
         frontend=kv_frontend,
+    )
+
+
+def _kv_frontend(
+    frontend: FrontendFactory | None,
+    server_config: ServerConfig,
+    node_config: RaftnodeConfig,
+    channels: ChannelOpener,
+    telemetry: Telemetry,
+    clock: Clock,
+    rng: random.Random,
+) -> Frontend | None:
+    """The KV API this node serves too, if it can (rangekv.raftnode.frontend)."""
+    if not node_config.serve_kv:
+        return None
+    if frontend is None:
+        log.info("no KV API on this node: no implementation given (`rangekv raftnode` gives one)")
+        return None
+    if not node_config.meta_addrs.strip():
+        log.info("no KV API on this node: no --meta-addrs to route with")
+        return None
+    return frontend(
+        FrontendContext(
+            meta_addrs=node_config.meta_addrs,
+            channels=channels,
+            telemetry=telemetry,
+            limits=node_config.limits().kv,
+            max_message_bytes=server_config.max_message_bytes,
+            clock=clock,
+            rng=random.Random(rng.random()),
+        )
     )
 
 
@@ -293,11 +314,11 @@ async def serve(
         await server.run_until_signalled(before_stop=shutdown.run)
     finally:
         await cancel_and_wait([registry])
+        if kv is not None:
+            await kv.close()  # first: what it still serves needs the store running
         await node.rebalancer.stop()
         await node.split_queue.stop()
         await node.peers.close()
-        if kv is not None:
-            await kv.close()
         if meta is not None:
             await meta.close()
         await node.transport.close()
