@@ -35,7 +35,9 @@ leader, followers); and for rangekv puts, operations per raft entry and log
 syncs per node per entry (the raftnodes' rangekv_raft_entries_applied_total and
 rangekv_raft_log_syncs_total), and the raft messages sent between the nodes per
 entry and per stream write (rangekv_raft_messages_sent_total,
-rangekv_raft_frames_sent_total). The tables go to stdout, progress to stderr;
+rangekv_raft_frames_sent_total), and the share of those messages on the
+heartbeat lane (heartbeats and their answers; votes and read-index traffic
+too). The tables go to stdout, progress to stderr;
 --out FILE.json keeps every sample.
 
 Everything shares this machine's cores with the load generator (and here with
@@ -114,6 +116,8 @@ class Sample:
     #: rangekv puts: raft messages sent between nodes per entry, and per stream write.
     messages_per_entry: float | None = None
     messages_per_frame: float | None = None
+    #: rangekv puts: the share of those on the heartbeat lane (mostly heartbeats and answers).
+    heartbeat_share: float | None = None
     #: The machine's 1-minute load average when the run ended (others share it).
     load1: float = 0.0
 
@@ -143,9 +147,13 @@ RAFT_COUNTERS = (
 )
 
 
+#: The raft messages of the heartbeat lane, a key of `scrape`'s answer.
+HEARTBEAT_MESSAGES = 'rangekv_raft_messages_sent_total{lane="heartbeat"}'
+
+
 def scrape(endpoints: Sequence[str]) -> dict[str, float]:
-    """RAFT_COUNTERS summed over the raftnodes' metrics endpoints."""
-    out = dict.fromkeys(RAFT_COUNTERS, 0.0)
+    """RAFT_COUNTERS (and HEARTBEAT_MESSAGES) summed over the raftnodes' metrics endpoints."""
+    out = dict.fromkeys((*RAFT_COUNTERS, HEARTBEAT_MESSAGES), 0.0)
     for address in endpoints:
         with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as resp:
             text = resp.read().decode()
@@ -153,6 +161,8 @@ def scrape(endpoints: Sequence[str]) -> dict[str, float]:
             name = line.split("{", 1)[0].split(" ", 1)[0]
             if name in out:
                 out[name] += float(line.split()[-1])
+            if line.startswith(HEARTBEAT_MESSAGES):
+                out[HEARTBEAT_MESSAGES] += float(line.split()[-1])
     return out
 
 
@@ -198,7 +208,7 @@ async def run_one(
         load1=round(os.getloadavg()[0], 2),
     )
     if raft0 is not None and raft1 is not None and op == "put":
-        delta = {k: raft1[k] - raft0[k] for k in RAFT_COUNTERS}
+        delta = {k: raft1[k] - raft0[k] for k in (*RAFT_COUNTERS, HEARTBEAT_MESSAGES)}
         # Every entry is applied by three replicas.
         entries = delta["rangekv_raft_entries_applied_total"] / 3
         if entries > 0:
@@ -209,6 +219,8 @@ async def run_one(
             sample.messages_per_entry = round(messages / entries, 1)
             frames = delta["rangekv_raft_frames_sent_total"]
             sample.messages_per_frame = round(messages / frames, 1) if frames else None
+            if messages:
+                sample.heartbeat_share = round(delta[HEARTBEAT_MESSAGES] / messages, 2)
     return sample
 
 
@@ -369,6 +381,7 @@ def median_of(samples: list[Sample], **match: Any) -> dict[str, Any] | None:
         "syncs_per_node_entry": med([s.syncs_per_node_entry for s in chosen]),
         "messages_per_entry": med([s.messages_per_entry for s in chosen]),
         "messages_per_frame": med([s.messages_per_frame for s in chosen]),
+        "heartbeat_share": med([s.heartbeat_share for s in chosen]),
         "runs": len(chosen),
         "errors": sum(s.errors for s in chosen),
     }
@@ -387,8 +400,8 @@ def tables(samples: list[Sample], args: argparse.Namespace, phases: list[str]) -
     stage_lines = [
         "| op | clients | system | ranges | client | gateway | leaseholder | followers | nodes "
         "| meta | etcd leader | etcd followers | ops per raft entry | syncs per node per entry "
-        "| raft messages per entry | raft messages per frame |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| raft messages per entry | raft messages per frame | heartbeat share of messages |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for phase in phases:
         for op in args.ops:
@@ -436,7 +449,8 @@ def tables(samples: list[Sample], args: argparse.Namespace, phases: list[str]) -
                         f"{f(st.get('nodes'))} | {f(st.get('meta'))} | {f(st.get('leader'))} | "
                         f"{f(st.get('followers') if system == 'etcd' else None)} | "
                         f"{f(m['ops_per_entry'], 1)} | {f(m['syncs_per_node_entry'], 2)} | "
-                        f"{f(m['messages_per_entry'], 1)} | {f(m['messages_per_frame'], 1)} |"
+                        f"{f(m['messages_per_entry'], 1)} | {f(m['messages_per_frame'], 1)} | "
+                        f"{f(m['heartbeat_share'], 2)} |"
                     )
     return "\n".join(
         [
