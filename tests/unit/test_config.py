@@ -18,6 +18,7 @@ from rangekv.common.config import (
     require,
     setting,
 )
+from rangekv.common.telemetry import Telemetry
 
 
 def _parser(cls: type = ServerConfig) -> argparse.ArgumentParser:
@@ -150,3 +151,37 @@ def test_gateway_in_flight_budget_cannot_exceed_a_node_batch() -> None:
     assert isinstance(ok, GatewayConfig) and ok.max_inflight_ops == MAX_BATCH_OPS
     with pytest.raises(ConfigError, match=r"--max-inflight-ops: must be in \[1, 10000\]"):
         _load([*argv, "--max-inflight-ops", str(MAX_BATCH_OPS + 1)], {}, GatewayConfig)
+
+
+def test_a_nodes_kv_api_has_its_own_bounded_budget_and_timeout(telemetry: Telemetry) -> None:
+    """`--kv-max-inflight-ops` and `--kv-request-timeout` reach the KV API a raftnode
+    serves (rangekv.raftnode.frontend), bounded as a gateway's are."""
+    import random
+
+    from rangekv.cli.raftnode import embedded_gateway
+    from rangekv.common.clock import SystemClock
+    from rangekv.common.tls import PlaintextChannels
+    from rangekv.raftnode.config import RaftnodeConfig
+    from rangekv.raftnode.frontend import FrontendContext
+
+    with pytest.raises(ConfigError, match=r"--kv-max-inflight-ops: must be in \[1, 10000\]"):
+        _load(["--kv-max-inflight-ops", "10001"], {}, RaftnodeConfig)
+    with pytest.raises(ConfigError, match=r"--kv-request-timeout: must be > 0"):
+        _load(["--kv-request-timeout", "0"], {}, RaftnodeConfig)
+    cfg = _load(["--kv-max-inflight-ops", "7", "--kv-request-timeout", "3"], {}, RaftnodeConfig)
+    assert isinstance(cfg, RaftnodeConfig)
+    gateway = embedded_gateway(
+        FrontendContext(
+            meta_addrs="127.0.0.1:1",
+            channels=PlaintextChannels(),
+            telemetry=telemetry,
+            limits=cfg.limits().kv,
+            max_inflight_ops=cfg.kv_max_inflight_ops,
+            request_timeout=cfg.kv_request_timeout,
+            max_message_bytes=4 << 20,
+            clock=SystemClock(),
+            rng=random.Random(1),
+        )
+    )
+    assert gateway.config.max_inflight_ops == 7 and gateway.config.request_timeout == 3.0
+    assert gateway.kv.admission.limit == 7

@@ -23,6 +23,8 @@ def embedded_gateway(ctx: FrontendContext) -> EmbeddedGateway:
         channels=ctx.channels,
         telemetry=ctx.telemetry,
         limits=ctx.limits,
+        max_inflight_ops=ctx.max_inflight_ops,
+        request_timeout=ctx.request_timeout,
         max_message_bytes=ctx.max_message_bytes,
         clock=ctx.clock,
         rng=ctx.rng,

@@ -41,6 +41,8 @@ class EmbeddedGateway:
         channels: ChannelOpener,
         telemetry: Telemetry,
         limits: KeyValueLimits,
+        max_inflight_ops: int,
+        request_timeout: float,
         max_message_bytes: int,
         clock: Clock,
         rng: random.Random,
@@ -50,6 +52,8 @@ class EmbeddedGateway:
             meta_addrs=meta_addrs,
             max_key_bytes=limits.max_key_bytes,
             max_value_bytes=limits.max_value_bytes,
+            max_inflight_ops=max_inflight_ops,
+            request_timeout=request_timeout,
         )
         self.kv, self._meta, self.nodes = build(
             self.config,

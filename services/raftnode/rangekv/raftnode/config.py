@@ -5,7 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rangekv.common.config import require, setting
-from rangekv.domain.limits import KeyValueLimits, max_key_bytes_setting, max_value_bytes_setting
+from rangekv.domain.limits import (
+    MAX_BATCH_OPS,
+    KeyValueLimits,
+    max_key_bytes_setting,
+    max_value_bytes_setting,
+)
 from rangekv.domain.peers import parse_node_ids, parse_peers
 from rangekv.raftnode.change import ReplicaChangeConfig
 from rangekv.raftnode.fences import FenceLimits
@@ -34,6 +39,14 @@ class RaftnodeConfig:
         help="also serve the public KV API on this node's port, routed as a gateway "
         "routes it (needs --meta-addrs): a request sent to the node holding its range's "
         "lease skips the gateway hop",
+    )
+    kv_max_inflight_ops: int = setting(
+        10_000,
+        help="client operations the node's KV API serves at once; more are refused with "
+        "RESOURCE_EXHAUSTED (and a retry delay), nothing written",
+    )
+    kv_request_timeout: float = setting(
+        10.0, help="seconds a call to the node's KV API may take before it gives up"
     )
     registry_interval: float = setting(
         2.0, help="seconds between store-registry heartbeats and address refreshes"
@@ -162,6 +175,13 @@ class RaftnodeConfig:
     )
 
     def __post_init__(self) -> None:
+        require(
+            1 <= self.kv_max_inflight_ops <= MAX_BATCH_OPS,
+            "kv_max_inflight_ops",
+            f"must be in [1, {MAX_BATCH_OPS}] (the operations of one node batch, which "
+            "may merge every operation in flight)",
+        )
+        require(self.kv_request_timeout > 0, "kv_request_timeout", "must be > 0")
         require(self.decommission_timeout > 0, "decommission_timeout", "must be > 0")
         require(self.handoff_timeout >= 0, "handoff_timeout", "must be >= 0")
         try:

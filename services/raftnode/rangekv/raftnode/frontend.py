@@ -54,6 +54,10 @@ class FrontendContext:
     telemetry: Telemetry
     #: The node's key and value limits: the KV API refuses what the node would.
     limits: KeyValueLimits
+    #: Client operations served at once (more: RESOURCE_EXHAUSTED, nothing written).
+    max_inflight_ops: int
+    #: Seconds a call may take before it gives up.
+    request_timeout: float
     #: The server's message bound, so that no stream answer exceeds it.
     max_message_bytes: int
     clock: Clock

@@ -211,6 +211,8 @@ def _kv_frontend(
             channels=channels,
             telemetry=telemetry,
             limits=node_config.limits().kv,
+            max_inflight_ops=node_config.kv_max_inflight_ops,
+            request_timeout=node_config.kv_request_timeout,
             max_message_bytes=server_config.max_message_bytes,
             clock=clock,
             rng=random.Random(rng.random()),
