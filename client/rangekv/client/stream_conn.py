@@ -142,7 +142,7 @@ class StreamConnection:
         sent = waiting.stream is not None
         outcome = E.WriteOutcome.UNSPECIFIED
         if waiting.write:
-            outcome = E.WriteOutcome.UNKNOWN if sent else E.WriteOutcome.NOT_APPLIED
+            outcome = E.WriteOutcome.of(sent)
         where = "while the request was in flight" if sent else "before the request was sent"
         waiting.future.set_exception(E.DeadlineExceeded(f"deadline exceeded {where}", outcome))
 
@@ -235,7 +235,7 @@ class StreamConnection:
                 E.Unavailable(
                     f"the stream to the gateway broke: {error.message}",
                     retry_after=0.05,
-                    outcome=E.WriteOutcome.UNKNOWN if unknown else E.WriteOutcome.NOT_APPLIED,
+                    outcome=E.WriteOutcome.of(unknown),
                 )
             )
         self._made_room()
@@ -254,7 +254,7 @@ class StreamConnection:
                     E.Unavailable(
                         "the client was closed",
                         retry_after=0.0,
-                        outcome=E.WriteOutcome.UNKNOWN if unknown else E.WriteOutcome.NOT_APPLIED,
+                        outcome=E.WriteOutcome.of(unknown),
                     )
                 )
         self._waiting.clear()

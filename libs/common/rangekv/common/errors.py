@@ -54,6 +54,12 @@ class WriteOutcome(enum.IntEnum):
     NOT_APPLIED = errors_pb2.WRITE_OUTCOME_NOT_APPLIED
     UNKNOWN = errors_pb2.WRITE_OUTCOME_UNKNOWN
 
+    @classmethod
+    def of(cls, may_have_applied: bool) -> WriteOutcome:
+        """UNKNOWN if the failed request may have been applied (a write that reached
+        the server), else NOT_APPLIED: the one rule every client-side path follows."""
+        return cls.UNKNOWN if may_have_applied else cls.NOT_APPLIED
+
 
 class RangeKVError(Exception):
     """Root of every error rangekv raises on purpose."""

@@ -155,7 +155,7 @@ class MetaClient:
                 raise E.Unavailable(
                     f"meta range unreachable: {last.message if last else 'no answer'}",
                     retry_after=0.5,
-                    outcome=E.WriteOutcome.UNKNOWN if is_write else E.WriteOutcome.NOT_APPLIED,
+                    outcome=E.WriteOutcome.of(is_write),
                 )
             address = order[attempt % len(order)]
             attempt += 1
