@@ -511,7 +511,10 @@ async def test_a_local_handler_that_raises_fails_its_batch_as_unavailable(
     await clients.close()
 
 
-async def test_closing_the_local_stream_answers_what_it_was_still_serving() -> None:
+@pytest.mark.parametrize("close_wait", [0.0, 0.01])
+async def test_closing_the_local_stream_answers_what_it_was_still_serving(
+    close_wait: float,
+) -> None:
     """At shutdown a write the node is still serving is stopped after the wait and its
     caller told UNAVAILABLE of unknown outcome (not left to its deadline); a batch
     submitted after the close began is refused unsent."""
@@ -521,12 +524,11 @@ async def test_closing_the_local_stream_answers_what_it_was_still_serving() -> N
         await never.wait()  # a write whose quorum never answers
         raise AssertionError("unreachable")
 
-    stream = LocalStream("n1", handler, close_wait=0.01)
+    stream = LocalStream("n1", handler, close_wait=close_wait)
     put = replica_pb2.ReplicaBatchRequest(
         range_id=7, ops=[replica_pb2.ReplicaOp(put=replica_pb2.PutOp(key=b"k", value=b"v"))]
     )
     answer = stream.submit(put, True)
-    await asyncio.sleep(0)  # the handler starts
     await stream.close()
     with pytest.raises(E.Unavailable) as caught:
         await answer

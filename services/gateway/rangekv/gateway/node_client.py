@@ -248,7 +248,7 @@ class NodeStream:
                 # request was still in the outbox: never handed to gRPC.
                 sent = request_id <= self._handed_through
                 unknown = has_writes and sent and not never_served
-                outcome = E.WriteOutcome.UNKNOWN if unknown else E.WriteOutcome.NOT_APPLIED
+                outcome = E.WriteOutcome.of(unknown)
                 fut.set_exception(E.Unavailable(reason, retry_after=retry_after, outcome=outcome))
         self._inflight.clear()
 
@@ -322,7 +322,7 @@ class LocalStream:
         self._handler = handler
         #: Seconds `close` lets batches being served finish before it stops them.
         self._close_wait = close_wait
-        self._serving: set[asyncio.Task[None]] = set()
+        self._serving: set[asyncio.Task[replica_pb2.ReplicaBatchResponse]] = set()
         self._closing = False
         #: Batches served in process (a test and a benchmark read it).
         self.batches = 0
@@ -337,37 +337,39 @@ class LocalStream:
             answer.set_exception(E.Unavailable(f"{self.address} is shutting down", 0.05))
             return answer
         self.batches += 1
-        task = asyncio.ensure_future(self._serve(batch, has_writes, answer))
+        task = asyncio.ensure_future(self._handler(batch))
         self._serving.add(task)
         task.add_done_callback(self._serving.discard)
+        task.add_done_callback(
+            functools.partial(self._hand_over, answer, batch.range_id, has_writes)
+        )
         return answer
 
-    async def _serve(
+    def _hand_over(
         self,
-        batch: replica_pb2.ReplicaBatchRequest,
-        has_writes: bool,
         answer: asyncio.Future[replica_pb2.ReplicaBatchResponse],
+        range_id: int,
+        has_writes: bool,
+        served: asyncio.Task[replica_pb2.ReplicaBatchResponse],
     ) -> None:
-        outcome = E.WriteOutcome.UNKNOWN if has_writes else E.WriteOutcome.NOT_APPLIED
-        try:
-            resp = await self._handler(batch)
-        except asyncio.CancelledError:
-            if not answer.done():
-                answer.set_exception(
-                    E.Unavailable(f"{self.address} stopped serving", 0.05, outcome=outcome)
+        """Settle the callers' future from the node's task, however it ended
+        (stopped by `close` even before it started, raised, or answered)."""
+        if answer.done():
+            return
+        outcome = E.WriteOutcome.of(has_writes)
+        if served.cancelled():
+            answer.set_exception(
+                E.Unavailable(f"{self.address} stopped serving", 0.05, outcome=outcome)
+            )
+        elif (exc := served.exception()) is not None:
+            log.error("the local node failed a batch for range %d", range_id, exc_info=exc)
+            answer.set_exception(
+                E.Unavailable(
+                    f"{self.address} failed a batch in process: {exc!r}", 0.05, outcome=outcome
                 )
-            raise
-        except Exception as exc:
-            log.exception("the local node failed a batch for range %d", batch.range_id)
-            if not answer.done():
-                answer.set_exception(
-                    E.Unavailable(
-                        f"{self.address} failed a batch in process: {exc!r}", 0.05, outcome=outcome
-                    )
-                )
+            )
         else:
-            if not answer.done():
-                answer.set_result(resp)
+            answer.set_result(served.result())
 
     async def close(self) -> None:
         """Refuse new batches; let those being served finish for up to `close_wait`
@@ -553,7 +555,7 @@ class NodeClients:
         than break the shared stream) is split: each caller's ops go again, alone."""
         p = pending
         if done.cancelled():  # no stream cancels its answers; if one ever does, say so
-            outcome = E.WriteOutcome.UNKNOWN if p.has_writes else E.WriteOutcome.NOT_APPLIED
+            outcome = E.WriteOutcome.of(p.has_writes)
             p.fan.fail(E.Unavailable("node batch cancelled", 0.05, outcome=outcome))
             return
         exc = done.exception()
