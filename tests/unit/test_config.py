@@ -158,11 +158,11 @@ def test_a_nodes_kv_api_has_its_own_bounded_budget_and_timeout(telemetry: Teleme
     serves (rangekv.raftnode.frontend), bounded as a gateway's are."""
     import random
 
-    from rangekv.cli.raftnode import embedded_gateway
     from rangekv.common.clock import SystemClock
+    from rangekv.common.frontend import FrontendContext
     from rangekv.common.tls import PlaintextChannels
+    from rangekv.gateway.embedded import EmbeddedGateway
     from rangekv.raftnode.config import RaftnodeConfig
-    from rangekv.raftnode.frontend import FrontendContext
 
     with pytest.raises(ConfigError, match=r"--kv-max-inflight-ops: must be in \[1, 10000\]"):
         _load(["--kv-max-inflight-ops", "10001"], {}, RaftnodeConfig)
@@ -170,12 +170,13 @@ def test_a_nodes_kv_api_has_its_own_bounded_budget_and_timeout(telemetry: Teleme
         _load(["--kv-request-timeout", "0"], {}, RaftnodeConfig)
     cfg = _load(["--kv-max-inflight-ops", "7", "--kv-request-timeout", "3"], {}, RaftnodeConfig)
     assert isinstance(cfg, RaftnodeConfig)
-    gateway = embedded_gateway(
+    gateway = EmbeddedGateway(
         FrontendContext(
             meta_addrs="127.0.0.1:1",
             channels=PlaintextChannels(),
             telemetry=telemetry,
-            limits=cfg.limits().kv,
+            max_key_bytes=cfg.max_key_bytes,
+            max_value_bytes=cfg.max_value_bytes,
             max_inflight_ops=cfg.kv_max_inflight_ops,
             request_timeout=cfg.kv_request_timeout,
             max_message_bytes=4 << 20,

@@ -14,14 +14,10 @@ No Admin API here: operators keep using a gateway's.
 from __future__ import annotations
 
 import logging
-import random
 
 import grpc
 
-from rangekv.common.clock import Clock
-from rangekv.common.telemetry import Telemetry
-from rangekv.common.tls import ChannelOpener
-from rangekv.domain.limits import KeyValueLimits
+from rangekv.common.frontend import FrontendContext
 from rangekv.gateway.main import GatewayConfig, build
 from rangekv.gateway.node_client import LocalBatchHandler, LocalStream
 from rangekv.v1 import kv_pb2_grpc
@@ -34,38 +30,26 @@ class EmbeddedGateway:
 
     service_names: tuple[str, ...] = ("rangekv.v1.KV",)
 
-    def __init__(
-        self,
-        *,
-        meta_addrs: str,
-        channels: ChannelOpener,
-        telemetry: Telemetry,
-        limits: KeyValueLimits,
-        max_inflight_ops: int,
-        request_timeout: float,
-        max_message_bytes: int,
-        clock: Clock,
-        rng: random.Random,
-    ) -> None:
-        """Every other setting is a standalone gateway's default (`GatewayConfig`)."""
+    def __init__(self, ctx: FrontendContext) -> None:
+        """Settings the node does not give are a standalone gateway's defaults."""
         self.config = GatewayConfig(
-            meta_addrs=meta_addrs,
-            max_key_bytes=limits.max_key_bytes,
-            max_value_bytes=limits.max_value_bytes,
-            max_inflight_ops=max_inflight_ops,
-            request_timeout=request_timeout,
+            meta_addrs=ctx.meta_addrs,
+            max_key_bytes=ctx.max_key_bytes,
+            max_value_bytes=ctx.max_value_bytes,
+            max_inflight_ops=ctx.max_inflight_ops,
+            request_timeout=ctx.request_timeout,
         )
         self.kv, self._meta, self.nodes = build(
             self.config,
-            telemetry,
-            channels,
-            max_message_bytes=max_message_bytes,
-            clock=clock,
-            rng=rng,
+            ctx.telemetry,
+            ctx.channels,
+            max_message_bytes=ctx.max_message_bytes,
+            clock=ctx.clock,
+            rng=ctx.rng,
         )
         #: Batches for this node, once `serve_locally` said which address it is.
         self.local: LocalStream | None = None
-        telemetry.observable_gauge(
+        ctx.telemetry.observable_gauge(
             "rangekv_node_kv_batches",
             "Node batches of this node's KV API since start, by destination (monotonic): "
             "`local` served in process, `remote` sent to other nodes over gRPC.",

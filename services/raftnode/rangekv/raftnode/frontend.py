@@ -11,7 +11,8 @@ that does not know (or care) where leases are.
 A raftnode does not know how the KV API is built -- that is the gateway's job,
 and a service imports no other service's internals. Whoever starts the node
 (the `rangekv raftnode` verb) hands it a `FrontendFactory`; the node calls it
-once with what a gateway needs (`FrontendContext`), registers the returned
+once with what a gateway needs (`FrontendContext`, in `rangekv.common.frontend`:
+the one value both sides import), registers the returned
 `Frontend` on its own gRPC server, and, once that server listens, tells it the
 address the node is registered under and how to serve a Replica batch in
 process (`Frontend.serve_locally`). Without a factory, or without
@@ -23,45 +24,20 @@ node's Replica service in process, or another node over Replica.BatchFrames.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
 
-from rangekv.common.clock import Clock
-from rangekv.common.telemetry import Telemetry
-from rangekv.common.tls import ChannelOpener
-from rangekv.domain.limits import KeyValueLimits
+from rangekv.common.frontend import FrontendContext
 from rangekv.v1 import replica_pb2
+
+__all__ = ["Frontend", "FrontendContext", "FrontendFactory", "LocalBatch"]
 
 #: Serves one Replica batch of this node, in process (`ReplicaService.serve_batch`).
 LocalBatch = Callable[
     [replica_pb2.ReplicaBatchRequest], Awaitable[replica_pb2.ReplicaBatchResponse]
 ]
-
-
-@dataclass(frozen=True)
-class FrontendContext:
-    """What the node hands a frontend: the same parts a standalone gateway reads
-    from its flags, with this node's identity and limits."""
-
-    #: The metarange replicas, HOST:PORT,... (never empty).
-    meta_addrs: str
-    #: How other nodes and the meta range are dialled (this node's identity under TLS).
-    channels: ChannelOpener
-    telemetry: Telemetry
-    #: The node's key and value limits: the KV API refuses what the node would.
-    limits: KeyValueLimits
-    #: Client operations served at once (more: RESOURCE_EXHAUSTED, nothing written).
-    max_inflight_ops: int
-    #: Seconds a call may take before it gives up.
-    request_timeout: float
-    #: The server's message bound, so that no stream answer exceeds it.
-    max_message_bytes: int
-    clock: Clock
-    rng: random.Random
 
 
 class Frontend(Protocol):
