@@ -1406,12 +1406,13 @@ async def run_chaos_async(cfg: ChaosConfig, schedule: Schedule | None = None) ->
     problems: list[str] = []
     async with network_lab(cfg) as (lab, no_lab_reason), started_cluster(cfg, lab) as cluster:
         startup = time.monotonic() - wall0
-        channels = [chaos_tls.channel(g.address) for g in cluster.gateways]
-        gateways = [kv_pb2_grpc.KVStub(ch) for ch in channels]
-        channels += [chaos_tls.channel(n.address) for n in cluster.nodes[: cfg.n_node_endpoints]]
-        workload = Workload(
-            workload_spec(cfg), [*gateways, *map(kv_pb2_grpc.KVStub, channels[len(gateways) :])]
-        )
+        # The KV endpoints, in the order of the report's positions (1-based).
+        endpoints = [*cluster.gateways, *cluster.nodes[: cfg.n_node_endpoints]]
+        names = [child.name for child in endpoints]
+        channels = [chaos_tls.channel(child.address) for child in endpoints]
+        stubs = [kv_pb2_grpc.KVStub(ch) for ch in channels]
+        gateways = stubs[: len(cluster.gateways)]
+        workload = Workload(workload_spec(cfg), stubs)
         try:
             await wait_healthy(workload.kv.stubs)
             await workload.load()
@@ -1453,9 +1454,9 @@ async def run_chaos_async(cfg: ChaosConfig, schedule: Schedule | None = None) ->
             problems += refused_as_invalid(workload.kv.stats)
             if workload_s >= 20:  # long enough that a paused node still served some
                 problems += [
-                    f"raftnode {n}'s KV API acknowledged no operation of the workload"
-                    for n, at in enumerate(range(len(gateways) + 1, len(channels) + 1), 1)
-                    if not workload.kv.stats.acknowledged_at[at]
+                    f"{name}'s KV API acknowledged no operation of the workload"
+                    for at, name in enumerate(names, 1)
+                    if at > len(gateways) and not workload.kv.stats.acknowledged_at[at]
                 ]
         except BaseException:
             (cfg.report_dir / "log_tails.txt").write_text(cluster.log_tails(25))
@@ -1484,11 +1485,8 @@ async def run_chaos_async(cfg: ChaosConfig, schedule: Schedule | None = None) ->
         },
         "operations": len(ops),
         "by_outcome": dict(stats.outcomes),
-        #: Acknowledged operations by KV endpoint: the gateways, then raftnodes 1, 2, ...
-        "acknowledged_at": {
-            (f"gateway {i}" if i <= cfg.n_gateways else f"raftnode {i - cfg.n_gateways}"): n
-            for i, n in sorted(stats.acknowledged_at.items())
-        },
+        #: Acknowledged operations by KV endpoint (the gateways, then raftnodes 1, 2, ...).
+        "acknowledged_at": {names[at - 1]: n for at, n in sorted(stats.acknowledged_at.items())},
         "by_kind": dict(sorted(stats.by_kind.items())),
         "errors": dict(stats.errors.most_common(12)),
         #: What the commonest errors said (status: details), to read a cause off the report.
