@@ -250,3 +250,58 @@ def test_single_voter_lease_from_own_rounds() -> None:
 def test_lease_requires_check_quorum() -> None:
     with pytest.raises(ValueError):
         Config(id=1, lease_duration=1.0, check_quorum=False)
+
+
+def _beat(c: Cluster, now: float) -> list[Message]:
+    """The leader's heartbeat tick at `now`: what it sends."""
+    c.tick(1, now=now)
+    before = len(c.queue)
+    c.process_ready(1)
+    return c.queue[before:]
+
+
+def test_lazy_heartbeat_appends_carry_the_round_and_renew_the_lease() -> None:
+    """`Config.lazy_heartbeat`: a replicating follower sent an APP since the previous
+    beat gets no heartbeat; the next APP carries the new round, whose answer renews
+    the lease from the round's send time. With no APP in between, the next beat
+    heartbeats it; a follower that is not replicating always gets its heartbeat."""
+    c = leased(lazy_heartbeat=True)
+    c.stabilize()
+    assert _beat(c, 9.0) == []  # both were sent the election's APP: skipped
+    c.stabilize()
+    c.tick(1, now=10.0)
+    c.stabilize()  # nothing since: a plain heartbeat round, the lease runs to 15.0
+    assert c.node(1).lease_status(12.0).expires_at == 15.0
+    c.propose(1, b"a")
+    c.stabilize()
+    assert _beat(c, 11.0) == []  # a's APPs went to both since the last beat
+    c.propose(1, b"b")  # APPs after the beat: they carry the round stamped 11.0
+    c.stabilize()
+    assert c.node(1).lease_status(12.0).expires_at == 16.0
+    assert c.peers[2].applied == c.peers[3].applied == [b"a", b"b"]
+    assert _beat(c, 12.0) == []  # b's APPs
+    c.stabilize()
+    # Nothing since: both get a heartbeat, and the lease moves on with them.
+    assert sorted((m.type, m.to) for m in _beat(c, 13.0)) == [
+        (MT.HEARTBEAT, 2),
+        (MT.HEARTBEAT, 3),
+    ]
+    c.stabilize()
+    assert c.node(1).lease_status(14.0).expires_at == 18.0
+    # 3 becomes unreachable (PROBE): it gets its heartbeat even after an APP.
+    c.isolate(3)
+    c.node(1).report_unreachable(3)
+    c.propose(1, b"c")
+    c.stabilize()
+    assert [(m.type, m.to) for m in _beat(c, 14.0)] == [(MT.HEARTBEAT, 3)]
+
+
+def test_without_lazy_heartbeat_every_follower_gets_every_heartbeat() -> None:
+    c = leased()
+    c.stabilize()
+    c.propose(1, b"a")
+    c.stabilize()
+    assert sorted((m.type, m.to) for m in _beat(c, 11.0)) == [
+        (MT.HEARTBEAT, 2),
+        (MT.HEARTBEAT, 3),
+    ]

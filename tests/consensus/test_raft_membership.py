@@ -61,6 +61,8 @@ def test_add_voter_joins_and_counts_in_quorum() -> None:
     c.stabilize()
     assert c.peers[1].applied == [b"before"]
     c.heal()
+    c.tick(1)  # the first answer notes what 3 and 4 lack, the next finds it overdue
+    c.stabilize()
     c.tick(1)
     c.stabilize()
     assert c.peers[1].applied == [b"before", b"stuck"]

@@ -262,3 +262,72 @@ def test_probe_state_sends_one_append_per_heartbeat() -> None:
     c.tick_all(3)
     assert pr.state is ProgressState.REPLICATE
     assert c.peers[3].applied == [b"a", b"b"]
+
+
+def _heartbeat_round(c: Cluster, leader: int) -> list[Message]:
+    """One heartbeat interval in which only the heartbeats and their answers move;
+    returns what the leader sent after hearing the answers."""
+    c.tick(leader)
+    c.process_ready(leader)
+    c.deliver(lambda m: m.type is MT.HEARTBEAT)
+    for nid in c.peers:
+        if nid != leader:
+            c.process_ready(nid)
+    c.deliver(lambda m: m.type is MT.HEARTBEAT_RESP)
+    before = len(c.queue)
+    c.process_ready(leader)
+    return c.queue[before:]
+
+
+def test_a_heartbeat_answer_does_not_resend_what_is_merely_in_flight() -> None:
+    """An entry on its way when a heartbeat answer arrives gets no second (empty)
+    APP: its own answer is coming. Entries still unanswered at the NEXT heartbeat
+    answer, an interval later, are overdue (lost, or stuck): the leader then sends
+    the APP that makes the follower say where its log ends, and they arrive."""
+    c = Cluster([1, 2, 3])
+    c.elect(1)
+    c.stabilize()
+    c.propose(1, b"a")
+    c.process_ready(1)
+    in_flight = [m for m in c.queue if m.type is MT.APP]
+    assert [m.to for m in in_flight] == [2, 3] and all(m.entries for m in in_flight)
+    c.queue = [m for m in c.queue if m not in in_flight]  # lost on the way, silently
+    # The first answers only note what is unacknowledged.
+    assert _heartbeat_round(c, 1) == []
+    pr = c.node(1).raft.tracker.progress[2]
+    assert pr.state is ProgressState.REPLICATE and pr.match < c.node(1).raft.log.last_index()
+    # An interval later it is overdue: one APP each, from where the follower is.
+    resent = _heartbeat_round(c, 1)
+    assert sorted((m.to, m.type) for m in resent) == [(2, MT.APP), (3, MT.APP)]
+    c.stabilize()
+    assert c.peers[2].applied == c.peers[3].applied == [b"a"]
+
+
+def test_a_heartbeat_answer_still_serves_a_full_window_and_a_probe() -> None:
+    """What a heartbeat answer always did for a follower that cannot move on its
+    own stays: it frees a slot of a full inflight window and re-probes a follower
+    in PROBE state, at the first answer."""
+    c = Cluster([1, 2, 3], max_inflight_msgs=1)
+    c.elect(1)
+    c.stabilize()
+    c.propose(1, b"a")
+    c.process_ready(1)
+    c.queue = [m for m in c.queue if m.type is not MT.APP]
+    c.propose(1, b"b")
+    c.process_ready(1)
+    pr = c.node(1).raft.tracker.progress[2]
+    assert pr.inflights.full()
+    sent = _heartbeat_round(c, 1)
+    assert sorted(m.to for m in sent if m.type is MT.APP) == [2, 3]
+    c.stabilize()
+    assert c.peers[2].applied == [b"a", b"b"]
+    c.node(1).report_unreachable(3)
+    assert c.node(1).raft.tracker.progress[3].state is ProgressState.PROBE
+    c.propose(1, b"c")
+    c.process_ready(1)
+    c.queue = [m for m in c.queue if not (m.type is MT.APP and m.to == 3)]
+    sent = _heartbeat_round(c, 1)
+    # (2's window of one is full again with c: it gets its APP too.)
+    assert sorted(m.to for m in sent if m.type is MT.APP) == [2, 3]
+    c.stabilize()
+    assert c.peers[3].applied == [b"a", b"b", b"c"]

@@ -31,6 +31,11 @@ def lagging_cluster() -> Cluster:
     c.stabilize()
     c.compact(1, c.peers[1].applied_index)
     c.heal()
+    # The loss was silent: the first heartbeat answer after it only notes what is
+    # unacknowledged; the next one finds it overdue (Progress.overdue_at_beat).
+    c.tick(1)
+    c.stabilize()
+    assert not [m for m in c.delivered if m.type is MT.SNAP]
     return c
 
 

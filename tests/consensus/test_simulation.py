@@ -32,10 +32,12 @@ CHUNK = 10
 
 def config_for(seed: int, nodes: int | None = None) -> SimConfig:
     """The configuration a seed runs with in this suite (all faults enabled; every
-    third seed with lazy commit, as raftnode runs)."""
+    third seed with lazy commit and half of them with lazy heartbeats, both as
+    raftnode runs)."""
     return SimConfig(
         nodes=nodes if nodes is not None else (3 if seed % 2 == 0 else 5),
         lazy_commit=seed % 3 == 1,
+        lazy_heartbeat=seed % 4 in (1, 2),
     )
 
 

@@ -44,6 +44,7 @@ def mixed(seed: int) -> SimConfig:
         nodes=3 if seed % 2 == 0 else 5,
         quiesce=True,
         lazy_commit=seed % 3 != 0,
+        lazy_heartbeat=seed % 2 == 0,
         clients=2,
         max_think=12.0,
     )
@@ -54,6 +55,7 @@ def partitions(seed: int, **overrides: bool) -> SimConfig:
         nodes=3,
         quiesce=True,
         lazy_commit=seed % 3 != 0,
+        lazy_heartbeat=seed % 2 == 0,
         clients=1,
         max_think=20.0,
         duration=400.0,

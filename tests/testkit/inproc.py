@@ -244,6 +244,7 @@ class InProcCluster:
                 max_uncommitted_bytes=self.max_uncommitted_bytes,
                 quiesce_after_ticks=self.quiesce_after_ticks,
                 lazy_commit=True,  # as raftnode runs
+                lazy_heartbeat=True,
             ),
             limits=self.limits,
             max_clock_offset_ns=self.max_clock_offset_ns,

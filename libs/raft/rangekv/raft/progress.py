@@ -57,6 +57,7 @@ class Progress:
 
     __slots__ = (
         "acked_round",
+        "appended_since_beat",
         "inflights",
         "is_learner",
         "match",
@@ -64,6 +65,7 @@ class Progress:
         "pending_snapshot",
         "probe_sent",
         "recent_active",
+        "sent_at_last_beat",
         "state",
     )
 
@@ -84,12 +86,19 @@ class Progress:
         self.inflights.reset()
         # Highest quorum-ack round (see lease.py) this peer has echoed.
         self.acked_round = 0
+        # The last index sent when the previous heartbeat answer arrived
+        # (`overdue_at_beat`); 0: nothing known to be waiting.
+        self.sent_at_last_beat = 0
+        # An APP (carrying the newest lease round) went to the peer since the
+        # leader's last heartbeat broadcast (Config.lazy_heartbeat).
+        self.appended_since_beat = False
 
     def _reset_state(self, state: ProgressState) -> None:
         self.probe_sent = False
         self.pending_snapshot = 0
         self.state = state
         self.inflights.reset()
+        self.sent_at_last_beat = 0
 
     def become_probe(self) -> None:
         # Leaving SNAPSHOT: the follower has at least the snapshot, so resume after it.
@@ -111,6 +120,7 @@ class Progress:
 
     def sent_entries(self, count: int, last_index: int) -> None:
         """Flow-control bookkeeping after an APP carrying `count` entries was queued."""
+        self.appended_since_beat = True
         if self.state is ProgressState.REPLICATE:
             if count:
                 self.next = last_index + 1
@@ -145,6 +155,21 @@ class Progress:
         self.next = max(min(rejected, match_hint + 1), self.match + 1)
         self.probe_sent = False
         return True
+
+    def overdue_at_beat(self) -> bool:
+        """A heartbeat answer arrived: whether entries already sent when the PREVIOUS
+        answer arrived are still unacknowledged, a heartbeat interval or more later.
+
+        Such entries were lost or are stuck, and an APP that makes the follower
+        say where its log ends is worth its cost. Entries sent since are merely in
+        flight: their own answers are on the way, and an APP for them would only
+        be answered a second time. (Answers of one heartbeat round come every
+        interval, so "sent before the previous answer" means "sent at least about
+        an interval ago".)
+        """
+        overdue = self.match < self.sent_at_last_beat
+        self.sent_at_last_beat = self.next - 1
+        return overdue
 
     def is_paused(self) -> bool:
         if self.state is ProgressState.PROBE:

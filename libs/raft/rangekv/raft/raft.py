@@ -66,6 +66,7 @@ class Raft:
         self.check_quorum = config.check_quorum
         self.pre_vote = config.pre_vote
         self.lazy_commit = config.lazy_commit
+        self.lazy_heartbeat = config.lazy_heartbeat
         self.max_msg_size = config.max_size_per_msg
         self.max_uncommitted_size = config.max_uncommitted_entries_size
 
@@ -480,7 +481,7 @@ class Raft:
         t = m.type
         if t is MT.BEAT:
             self._open_round()
-            self._bcast_heartbeat()
+            self._bcast_heartbeat(skip_appended=self.lazy_heartbeat)
         elif t is MT.CHECK_QUORUM:
             if not self.tracker.quorum_active(self.id):
                 self.become_follower(self.term, NONE)
@@ -514,9 +515,20 @@ class Raft:
                 stamp = self.liveness.stamp(m.sender)
                 if stamp is not None:
                     q.stamps[m.sender] = stamp
-            if pr.state is ProgressState.REPLICATE and pr.inflights.full():
+            was_full = pr.state is ProgressState.REPLICATE and pr.inflights.full()
+            if was_full:
                 pr.inflights.free_first_one()
-            if pr.match < self.log.last_index():
+            overdue = pr.overdue_at_beat()
+            # Replicating, an APP here is for entries lost or stuck (overdue), held
+            # back by a full window, or not sent yet; entries merely in flight
+            # answer for themselves (an empty APP for them was most of the APPs
+            # of many ranges with a write each per heartbeat interval).
+            if pr.match < self.log.last_index() and (
+                pr.state is not ProgressState.REPLICATE
+                or was_full
+                or overdue
+                or pr.next <= self.log.last_index()
+            ):
                 self._send_append(m.sender)
         elif t is MT.SNAP_STATUS:
             if pr.state is not ProgressState.SNAPSHOT:
@@ -695,12 +707,25 @@ class Raft:
             if nid != self.id:
                 self._send_append(nid)
 
-    def _bcast_heartbeat(self) -> None:
+    def _bcast_heartbeat(self, skip_appended: bool = False) -> None:
+        """Heartbeat every follower; `skip_appended` (Config.lazy_heartbeat): not one
+        that is replicating, with room in its window, and was sent an APP since the
+        previous broadcast. Its lease round then travels on the next APP (sent after
+        this round opened, so it never claims an earlier send time), or on the next
+        heartbeat, one interval later, if no APP comes."""
         committed, r = self.log.committed, self.acks.round
         for nid in self.tracker.ids():
             if nid == self.id:
                 continue
             pr = self.tracker.progress[nid]
+            appended, pr.appended_since_beat = pr.appended_since_beat, False
+            if (
+                skip_appended
+                and appended
+                and pr.state is ProgressState.REPLICATE
+                and not pr.inflights.full()
+            ):
+                continue
             # The follower may not have entries past match; never make it commit them.
             commit = min(pr.match, committed)
             self._send(Message(MT.HEARTBEAT, nid, self.id, self.term, commit=commit, round=r))

@@ -279,6 +279,15 @@ class Config:
     #: `publish=True` commits or a membership change is applied. It halves the raft
     #: messages of a lone entry and changes nothing the leader decides.
     lazy_commit: bool = False
+    #: Whether a heartbeat goes to a follower the leader sent an append since the
+    #: previous heartbeat. False: every heartbeat interval, to every follower (etcd's
+    #: way). True: such a replicating follower is skipped, because the appends carry
+    #: everything a heartbeat does: the term (the follower's election timer resets),
+    #: the commit index and the newest lease round, so that their answers renew the
+    #: lease (lease.py). A busy group then sends almost no heartbeats; a follower
+    #: hears from its leader at least every two intervals, and an idle group is
+    #: unchanged. Nothing the leader decides depends on it.
+    lazy_heartbeat: bool = False
 
     def __post_init__(self) -> None:
         if self.id <= NONE:

@@ -86,6 +86,10 @@ class HostConfig:
     #: raftnode turns it on; the meta range keeps it off, because its followers
     #: answer inconsistent descriptor lookups and should not lag a heartbeat.
     lazy_commit: bool = False
+    #: A leader sends no heartbeat to a follower it sent an append since the last
+    #: one (raft `Config.lazy_heartbeat`): a busy group's appends carry its lease
+    #: rounds. raftnode turns it on; the meta range keeps etcd's way.
+    lazy_heartbeat: bool = False
 
     def __post_init__(self) -> None:
         if self.node_id <= 0:
@@ -263,6 +267,7 @@ class GroupHost:
                 max_size_per_msg=1 << 20,
                 max_uncommitted_entries_size=self.config.max_uncommitted_bytes,
                 lazy_commit=self.config.lazy_commit,
+                lazy_heartbeat=self.config.lazy_heartbeat,
             ),
             storage,
             liveness if liveness is not None else NoLiveness(),

@@ -91,6 +91,12 @@ class RaftnodeConfig:
         "not from an empty append of its own (half the raft messages of a lone write; "
         "splits are still published at once); off: etcd's eager way",
     )
+    lazy_heartbeat: bool = setting(
+        True,
+        help="a range's leader sends no heartbeat to a follower it sent an append since "
+        "the last one (the appends carry the term, the commit index and the lease "
+        "round); off: a heartbeat to every follower every interval",
+    )
     max_key_bytes: int = max_key_bytes_setting()
     max_value_bytes: int = max_value_bytes_setting()
     gc_ttl: float = setting(

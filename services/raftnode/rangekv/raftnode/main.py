@@ -122,6 +122,7 @@ def _assemble(
                 max_uncommitted_bytes=node_config.max_uncommitted_bytes,
                 quiesce_after_ticks=node_config.quiesce_after_ticks,
                 lazy_commit=node_config.lazy_commit,
+                lazy_heartbeat=node_config.lazy_heartbeat,
             ),
             limits=node_config.limits(),
             gc_interval=node_config.gc_interval,

@@ -147,6 +147,7 @@ class Cluster:
             max_uncommitted_entries_size=cfg.max_uncommitted_entries_size,
             rng_seed=self.rng.randrange(1 << 32),
             lazy_commit=cfg.lazy_commit,
+            lazy_heartbeat=cfg.lazy_heartbeat,
         )
 
     def new_clock_rate(self) -> float:

@@ -130,6 +130,8 @@ class SimConfig:
     """Chance per tick that an idle, caught-up leader quiesces."""
     lazy_commit: bool = False
     """The nodes run with `Config.lazy_commit` (followers learn commits late)."""
+    lazy_heartbeat: bool = False
+    """The nodes run with `Config.lazy_heartbeat` (appends stand in for heartbeats)."""
     unsafe_quiesced_follower_ticks: bool = False
     """Deliberate bug: the driver keeps ticking quiesced followers (so they campaign
     while their leader's lease rests on their liveness answers)."""
