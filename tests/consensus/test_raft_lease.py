@@ -267,7 +267,12 @@ def test_lazy_heartbeat_appends_carry_the_round_and_renew_the_lease() -> None:
     heartbeats it; a follower that is not replicating always gets its heartbeat."""
     c = leased(lazy_heartbeat=True)
     c.stabilize()
-    assert _beat(c, 9.0) == []  # both were sent the election's APP: skipped
+    # A leadership's first beat heartbeats everyone, though both were sent the
+    # election's APP: the election's round may carry an old send time.
+    assert sorted((m.type, m.to) for m in _beat(c, 9.0)) == [
+        (MT.HEARTBEAT, 2),
+        (MT.HEARTBEAT, 3),
+    ]
     c.stabilize()
     c.tick(1, now=10.0)
     c.stabilize()  # nothing since: a plain heartbeat round, the lease runs to 15.0
@@ -305,3 +310,52 @@ def test_without_lazy_heartbeat_every_follower_gets_every_heartbeat() -> None:
         (MT.HEARTBEAT, 2),
         (MT.HEARTBEAT, 3),
     ]
+
+
+def test_lazy_heartbeat_never_counts_a_skipped_follower_as_answering() -> None:
+    """The APP that stands in for a skipped heartbeat is what renews the lease: if it
+    is lost, nothing does (the round's evidence is never assumed)."""
+    c = leased(lazy_heartbeat=True)
+    c.stabilize()
+    c.tick(1, now=10.0)
+    c.stabilize()
+    c.propose(1, b"a")
+    c.stabilize()
+    assert _beat(c, 11.0) == []  # skipped: a's APPs since the last beat
+    c.propose(1, b"b")
+    c.process_ready(1)
+    c.queue = [m for m in c.queue if m.type is not MT.APP]  # the stand-ins are lost
+    c.stabilize()
+    assert c.node(1).lease_status(12.0).expires_at == 15.0  # still the beat at 10.0
+
+
+def test_lazy_heartbeat_still_beats_a_follower_with_a_full_window() -> None:
+    c = Cluster([1, 2, 3], lease_duration=5.0, lazy_heartbeat=True, max_inflight_msgs=1)
+    c.elect(1)
+    c.stabilize()
+    c.propose(1, b"a")
+    c.process_ready(1)  # the APPs fill both windows of one; they wait in the queue
+    assert all(c.node(1).raft.tracker.progress[n].inflights.full() for n in (2, 3))
+    sent = _beat(c, 1.0)
+    assert sorted((m.type, m.to) for m in sent) == [(MT.HEARTBEAT, 2), (MT.HEARTBEAT, 3)]
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_a_stalled_append_lane_costs_neither_lease_nor_leadership(lazy: bool) -> None:
+    """Appends and their answers travel on a lane that bulk traffic can back up;
+    heartbeats have their own. With every APP and APP_RESP held back for three
+    election timeouts while writes keep coming, the leader keeps its term and its
+    lease: lazy heartbeats skip only followers whose answers keep coming."""
+    c = Cluster([1, 2, 3], lease_duration=0.7, lazy_heartbeat=lazy)
+    c.elect(1)
+    c.stabilize()
+    term = c.node(1).raft.term
+    c.drop_types |= {MT.APP, MT.APP_RESP}
+    for tick in range(1, 31):
+        now = tick * 0.1
+        for nid in (1, 2, 3):
+            c.tick(nid, now=now)
+        c.propose(1, b"w%d" % tick)
+        c.stabilize()
+        assert c.node(1).raft.state is StateType.LEADER and c.node(1).raft.term == term
+        assert c.node(1).lease_status(now).state is LeaseState.VALID, f"tick {tick}"

@@ -282,8 +282,8 @@ def _heartbeat_round(c: Cluster, leader: int) -> list[Message]:
 def test_a_heartbeat_answer_does_not_resend_what_is_merely_in_flight() -> None:
     """An entry on its way when a heartbeat answer arrives gets no second (empty)
     APP: its own answer is coming. Entries still unanswered at the NEXT heartbeat
-    answer, an interval later, are overdue (lost, or stuck): the leader then sends
-    the APP that makes the follower say where its log ends, and they arrive."""
+    answer, an interval later, are overdue (lost, or stuck): the leader resends
+    them at once from what the follower holds, and they arrive."""
     c = Cluster([1, 2, 3])
     c.elect(1)
     c.stabilize()
@@ -296,9 +296,10 @@ def test_a_heartbeat_answer_does_not_resend_what_is_merely_in_flight() -> None:
     assert _heartbeat_round(c, 1) == []
     pr = c.node(1).raft.tracker.progress[2]
     assert pr.state is ProgressState.REPLICATE and pr.match < c.node(1).raft.log.last_index()
-    # An interval later it is overdue: one APP each, from where the follower is.
+    # An interval later it is overdue: one APP each, carrying the entry again.
     resent = _heartbeat_round(c, 1)
     assert sorted((m.to, m.type) for m in resent) == [(2, MT.APP), (3, MT.APP)]
+    assert all([e.data for e in m.entries] == [b"a"] for m in resent)
     c.stabilize()
     assert c.peers[2].applied == c.peers[3].applied == [b"a"]
 

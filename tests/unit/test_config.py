@@ -186,3 +186,26 @@ def test_a_nodes_kv_api_has_its_own_bounded_budget_and_timeout(telemetry: Teleme
     )
     assert gateway.config.max_inflight_ops == 7 and gateway.config.request_timeout == 3.0
     assert gateway.kv.admission.limit == 7
+
+
+def test_lazy_heartbeats_are_refused_with_timings_they_do_not_fit() -> None:
+    """With lazy heartbeats a follower may go two heartbeat intervals without one:
+    timings where two intervals reach the election timeout or the lease are refused
+    with the way out, and accepted without lazy heartbeats."""
+    from rangekv.raftnode.config import RaftnodeConfig
+    from rangekv.replication.host import HostConfig
+    from rangekv.replication.timing import RaftTiming
+
+    with pytest.raises(ConfigError, match=r"--heartbeat-ticks: lazy heartbeats need .*--no-lazy"):
+        _load(["--heartbeat-ticks", "5"], {}, RaftnodeConfig)
+    assert isinstance(
+        _load(["--heartbeat-ticks", "5", "--no-lazy-heartbeat"], {}, RaftnodeConfig),
+        RaftnodeConfig,
+    )
+    assert isinstance(_load(["--heartbeat-ticks", "3"], {}, RaftnodeConfig), RaftnodeConfig)
+    with pytest.raises(ValueError, match="lease longer than two heartbeat intervals"):
+        RaftTiming(election_ticks=10, heartbeat_ticks=4, max_clock_drift=0.2).check_lazy_heartbeat()
+    slow = RaftTiming(heartbeat_ticks=5)
+    with pytest.raises(ValueError, match="2 \\* heartbeat_ticks < election_ticks - 1"):
+        HostConfig(node_id=1, timing=slow, lazy_heartbeat=True)
+    HostConfig(node_id=1, timing=slow)

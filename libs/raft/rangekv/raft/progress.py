@@ -158,14 +158,13 @@ class Progress:
 
     def overdue_at_beat(self) -> bool:
         """A heartbeat answer arrived: whether entries already sent when the PREVIOUS
-        answer arrived are still unacknowledged, a heartbeat interval or more later.
+        answer arrived are still unacknowledged.
 
-        Such entries were lost or are stuck, and an APP that makes the follower
-        say where its log ends is worth its cost. Entries sent since are merely in
-        flight: their own answers are on the way, and an APP for them would only
-        be answered a second time. (Answers of one heartbeat round come every
-        interval, so "sent before the previous answer" means "sent at least about
-        an interval ago".)
+        Heartbeat answers come at most once per heartbeat interval per round (more
+        often only when ReadIndex opens rounds), so such entries have had about an
+        interval or more: they were lost or are stuck, and resending them is worth
+        its cost. Entries sent since are merely in flight: their own answers are on
+        the way, and an APP for them would only be answered a second time.
         """
         overdue = self.match < self.sent_at_last_beat
         self.sent_at_last_beat = self.next - 1

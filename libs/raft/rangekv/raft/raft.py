@@ -79,6 +79,9 @@ class Raft:
         self.tracker = ProgressTracker(config.max_inflight_msgs)
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
+        # The round the last heartbeat broadcast of a tick opened (0: none yet in
+        # this leadership); lazy heartbeats skip only followers that answered it.
+        self.beat_round = 0
         self.randomized_election_timeout = self.election_timeout
         self.lead_transferee = NONE
         # TIMEOUT_NOW already left in this term: a forced election may follow
@@ -155,6 +158,7 @@ class Raft:
         self.lead = NONE
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
+        self.beat_round = 0
         self.randomized_election_timeout = self.election_timeout + self.rng.randrange(
             self.election_timeout
         )
@@ -480,8 +484,9 @@ class Raft:
     def _step_leader(self, m: Message) -> None:
         t = m.type
         if t is MT.BEAT:
-            self._open_round()
-            self._bcast_heartbeat(skip_appended=self.lazy_heartbeat)
+            previous, self.beat_round = self.beat_round, self._open_round()
+            lazy = self.lazy_heartbeat and previous > 0  # never at a leadership's first
+            self._bcast_heartbeat(skip_answered=previous if lazy else None)
         elif t is MT.CHECK_QUORUM:
             if not self.tracker.quorum_active(self.id):
                 self.become_follower(self.term, NONE)
@@ -507,29 +512,7 @@ class Raft:
             else:
                 self._leader_append_accepted(m, pr)
         elif t is MT.HEARTBEAT_RESP:
-            pr.recent_active = True
-            pr.probe_sent = False
-            self._record_ack(pr, m.round)
-            q = self.quiesced_leader
-            if q is not None and m.round == q.round and m.context == QUIESCE_CONTEXT:
-                stamp = self.liveness.stamp(m.sender)
-                if stamp is not None:
-                    q.stamps[m.sender] = stamp
-            was_full = pr.state is ProgressState.REPLICATE and pr.inflights.full()
-            if was_full:
-                pr.inflights.free_first_one()
-            overdue = pr.overdue_at_beat()
-            # Replicating, an APP here is for entries lost or stuck (overdue), held
-            # back by a full window, or not sent yet; entries merely in flight
-            # answer for themselves (an empty APP for them was most of the APPs
-            # of many ranges with a write each per heartbeat interval).
-            if pr.match < self.log.last_index() and (
-                pr.state is not ProgressState.REPLICATE
-                or was_full
-                or overdue
-                or pr.next <= self.log.last_index()
-            ):
-                self._send_append(m.sender)
+            self._leader_heartbeat_answered(m, pr)
         elif t is MT.SNAP_STATUS:
             if pr.state is not ProgressState.SNAPSHOT:
                 return
@@ -540,6 +523,32 @@ class Raft:
             pr.probe_sent = True
         elif t is MT.UNREACHABLE and pr.state is ProgressState.REPLICATE:
             pr.become_probe()
+
+    def _leader_heartbeat_answered(self, m: Message, pr: Progress) -> None:
+        """A follower answered a heartbeat: it is alive and acked `m.round`; maybe it
+        needs an APP (a probe, a full window, or entries overdue)."""
+        pr.recent_active = True
+        pr.probe_sent = False
+        self._record_ack(pr, m.round)
+        q = self.quiesced_leader
+        if q is not None and m.round == q.round and m.context == QUIESCE_CONTEXT:
+            stamp = self.liveness.stamp(m.sender)
+            if stamp is not None:
+                q.stamps[m.sender] = stamp
+        was_full = pr.state is ProgressState.REPLICATE and pr.inflights.full()
+        if was_full:
+            pr.inflights.free_first_one()
+        if pr.overdue_at_beat() and pr.state is ProgressState.REPLICATE:
+            # Lost or stuck: resend from what the follower holds (a probe), not
+            # from `next`, which would only be rejected first.
+            pr.become_probe()
+        # Replicating, an APP here is only for a full window; entries merely in
+        # flight answer for themselves (an empty APP for them was most of the
+        # APPs of many ranges with a write each per heartbeat interval).
+        if pr.match < self.log.last_index() and (
+            pr.state is not ProgressState.REPLICATE or was_full
+        ):
+            self._send_append(m.sender)
 
     def _leader_append_rejected(self, m: Message, pr: Progress) -> None:
         """The follower's log does not match at `m.index`: probe further back."""
@@ -707,12 +716,20 @@ class Raft:
             if nid != self.id:
                 self._send_append(nid)
 
-    def _bcast_heartbeat(self, skip_appended: bool = False) -> None:
-        """Heartbeat every follower; `skip_appended` (Config.lazy_heartbeat): not one
-        that is replicating, with room in its window, and was sent an APP since the
-        previous broadcast. Its lease round then travels on the next APP (sent after
-        this round opened, so it never claims an earlier send time), or on the next
-        heartbeat, one interval later, if no APP comes."""
+    def _bcast_heartbeat(self, skip_answered: int | None = None) -> None:
+        """Heartbeat every follower, but (Config.lazy_heartbeat, `skip_answered` given)
+        not one that is replicating with room in its window, was sent an APP since the
+        previous broadcast, AND has answered round `skip_answered` (the previous beat's)
+        or a later one. Its lease round then travels on the next APP (sent after this
+        round opened, so it never claims an earlier send time), or on the next
+        heartbeat, one interval later, if no APP comes. The first beat of a leadership
+        heartbeats everyone: until then the lease rests on the election's round, whose
+        send time may be old (a new group's clock starts at its first tick).
+
+        The answer condition keeps leadership off the append lane: APPs and their
+        answers travel behind bulk traffic (a backed-up or stalled lane), heartbeats
+        on a lane of their own. A follower whose answers stopped coming is heartbeaten
+        again at the next beat, so a stall costs at most one skipped heartbeat."""
         committed, r = self.log.committed, self.acks.round
         for nid in self.tracker.ids():
             if nid == self.id:
@@ -720,8 +737,9 @@ class Raft:
             pr = self.tracker.progress[nid]
             appended, pr.appended_since_beat = pr.appended_since_beat, False
             if (
-                skip_appended
+                skip_answered is not None
                 and appended
+                and pr.acked_round >= skip_answered
                 and pr.state is ProgressState.REPLICATE
                 and not pr.inflights.full()
             ):

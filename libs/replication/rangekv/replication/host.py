@@ -100,6 +100,8 @@ class HostConfig:
             raise ValueError("truncate_interval must be > 0")
         if self.quiesce_after_ticks < 0:
             raise ValueError("quiesce_after_ticks must be >= 0")
+        if self.lazy_heartbeat:
+            self.timing.check_lazy_heartbeat()
 
 
 @dataclass(frozen=True)

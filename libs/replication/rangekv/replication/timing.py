@@ -44,6 +44,23 @@ class RaftTiming:
                 "raise election_ticks or lower max_clock_drift"
             )
 
+    def check_lazy_heartbeat(self) -> None:
+        """Raises ValueError unless lazy heartbeats (raft `Config.lazy_heartbeat`) fit
+        these timings. With them a follower may go two heartbeat intervals without a
+        heartbeat, and a leader's lease evidence may be that old: two intervals must
+        stay inside the election timeout (less the tick a follower may have just
+        missed) and inside the lease, or followers campaign and leases lapse."""
+        if 2 * self.heartbeat_ticks >= self.election_ticks - 1:
+            raise ValueError(
+                "lazy heartbeats need 2 * heartbeat_ticks < election_ticks - 1; "
+                "lower heartbeat_ticks or turn lazy heartbeats off"
+            )
+        if self.lease_duration <= 2 * self.heartbeat_ticks * self.tick_interval:
+            raise ValueError(
+                "lazy heartbeats need a lease longer than two heartbeat intervals; "
+                "lower heartbeat_ticks or turn lazy heartbeats off"
+            )
+
     @property
     def lease_duration(self) -> float:
         safe_real = (self.election_ticks - 1) * self.tick_interval * (1 - self.max_clock_drift)

@@ -199,9 +199,15 @@ class RaftnodeConfig:
         except ValueError as exc:
             require(False, "bootstrap_nodes", str(exc))
         try:
-            self.timing()
+            timing = self.timing()
         except ValueError as exc:
             require(False, "election_ticks", str(exc))
+        else:
+            if self.lazy_heartbeat:
+                try:
+                    timing.check_lazy_heartbeat()
+                except ValueError as exc:
+                    require(False, "heartbeat_ticks", f"{exc} (--no-lazy-heartbeat)")
         require(self.log_retain_entries >= 0, "log_retain_entries", "must be >= 0")
         require(self.max_key_bytes > 0, "max_key_bytes", "must be > 0")
         require(self.max_value_bytes > 0, "max_value_bytes", "must be > 0")
