@@ -283,9 +283,10 @@ class Config:
     #: previous heartbeat. False: every heartbeat interval, to every follower (etcd's
     #: way). True: a replicating follower with room in its window that was sent an
     #: append since the previous heartbeat AND answered that heartbeat's round (or a
-    #: later one) is skipped (never at a leadership's first heartbeat), because the appends carry everything a heartbeat does: the term (the
-    #: follower's election timer resets), the commit index and the newest lease round,
-    #: so that their answers renew the lease (lease.py) and keep CheckQuorum content.
+    #: later one) is skipped (never at a leadership's first heartbeat), because the
+    #: appends carry everything a heartbeat does: the term (the follower's election
+    #: timer resets), the commit index and the newest lease round, so that their
+    #: answers renew the lease (lease.py) and keep CheckQuorum content.
     #: For such followers the lease then rests on answers to appends; one whose
     #: answers stop (a backed-up append lane) is heartbeaten again at the next beat.
     #: A busy group sends almost no heartbeats; an idle group is unchanged. Drivers

@@ -87,8 +87,9 @@ class HostConfig:
     #: answer inconsistent descriptor lookups and should not lag a heartbeat.
     lazy_commit: bool = False
     #: A leader sends no heartbeat to a follower it sent an append since the last
-    #: one (raft `Config.lazy_heartbeat`): a busy group's appends carry its lease
-    #: rounds. raftnode turns it on; the meta range keeps etcd's way.
+    #: one and that answered it (raft `Config.lazy_heartbeat`): a busy group's
+    #: appends carry its lease rounds. Needs `RaftTiming.check_lazy_heartbeat`.
+    #: raftnode turns it on; the meta range keeps etcd's way.
     lazy_heartbeat: bool = False
 
     def __post_init__(self) -> None:

@@ -94,8 +94,8 @@ class RaftnodeConfig:
     lazy_heartbeat: bool = setting(
         True,
         help="a range's leader sends no heartbeat to a follower it sent an append since "
-        "the last one (the appends carry the term, the commit index and the lease "
-        "round); off: a heartbeat to every follower every interval",
+        "the last one and that answered it (the appends carry the term, the commit "
+        "index and the lease round); off: a heartbeat to every follower every interval",
     )
     max_key_bytes: int = max_key_bytes_setting()
     max_value_bytes: int = max_value_bytes_setting()
