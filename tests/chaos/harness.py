@@ -149,6 +149,9 @@ LOST_TRANSFER_KEY = b"zz/lost-transfer"
 #: (an election timeout of 1 s to abandon it, then one election) before the run
 #: counts it as a problem.
 LOST_TRANSFER_LEASE_WAIT = 10.0
+#: How long a fault waits for the leaseholder it needs (a range split a moment ago
+#: has one within a tick or two; a range without one after this is reported).
+LEASEHOLDER_WAIT = 10.0
 PROBE_CLIENT = 900  # client ids of the nemesis's own recorded operations
 NODE_ARGS = [
     "--txn-expiry",
@@ -593,9 +596,7 @@ class Nemesis:
                 for i in range(OVERLOAD_BURST)
             )
         )
-        rid, holder = await self.replicas.leaseholder_of(prefix)
-        if holder is None:
-            raise TimeoutError(f"range {rid} has no leaseholder for the direct batch")
+        rid, holder = await self._wait_leaseholder_of(prefix, " for the direct batch")
         items = [(prefix + b"d%04d" % i, b"d%d" % i) for i in range(OVERLOAD_DIRECT)]
         async with chaos_tls.channel(self.cluster.node(holder).address) as ch:
             direct, refusal = await direct_puts(
@@ -720,6 +721,24 @@ class Nemesis:
                 timeout=timeout,
             )
         )
+
+    async def _wait_leaseholder_of(self, key: bytes, what: str = "") -> tuple[int, int]:
+        """(the range holding `key`, its leaseholder), waiting up to LEASEHOLDER_WAIT:
+        a fault that needs a leaseholder may come right after a split or a lease move,
+        before the range's lease is valid again. TimeoutError, with what every node
+        says about the range, when none appears."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LEASEHOLDER_WAIT
+        while True:
+            rid, holder = await self.replicas.leaseholder_of(key)
+            if holder is not None:
+                return rid, holder
+            if loop.time() >= deadline:
+                seen = await self.replicas.describe(rid) if rid else "no node answered"
+                raise TimeoutError(
+                    f"range {rid} has no leaseholder{what} after {LEASEHOLDER_WAIT:.0f}s: {seen}"
+                )
+            await asyncio.sleep(0.05)  # polling the nodes' own view
 
     async def _holder(self, key: bytes) -> tuple[int, int] | None:
         rid, holder = await self.replicas.leaseholder_of(key)
@@ -1066,9 +1085,7 @@ class Nemesis:
         on a node without one (learner, catch-up, promotion) and remove another voter;
         where every node already holds the range, remove a voter and add it back."""
         key = self.rng.choice([*REG_KEYS, PROBE_KEY, *SCAN_KEYS[::10]])
-        rid, holder = await self.replicas.leaseholder_of(key)
-        if holder is None:
-            raise TimeoutError(f"range {rid} has no leaseholder")
+        rid, holder = await self._wait_leaseholder_of(key)
         infos = await self.replicas.infos(holder, [rid])
         if not infos:
             raise TimeoutError(f"node {holder} no longer holds range {rid}")
@@ -1118,9 +1135,7 @@ class Nemesis:
         lease and the election timeout, then heal."""
         lab = self._lab()
         key = self.rng.choice([*REG_KEYS, PROBE_KEY, *SCAN_KEYS[::10]])
-        rid, holder = await self.replicas.leaseholder_of(key)
-        if holder is None:
-            raise TimeoutError(f"range {rid} has no leaseholder")
+        rid, holder = await self._wait_leaseholder_of(key)
         hold = self.rng.uniform(2.5, 5.0)
         fault = self.begin(
             "partition-leaseholder",
@@ -1155,9 +1170,7 @@ class Nemesis:
         lab = self._lab()
         key = LOST_TRANSFER_KEY
         split = await self.split_at(key)
-        rid, holder = await self.replicas.leaseholder_of(key)
-        if holder is None:
-            raise TimeoutError(f"range {rid} has no leaseholder")
+        rid, holder = await self._wait_leaseholder_of(key)
         before = await self.replicas.info(holder, rid)
         if before is None or not before.lease_valid:
             raise TimeoutError(f"range {rid}: node {holder} no longer holds the lease")
