@@ -309,6 +309,39 @@ async def test_confirm_keeps_the_routed_entry_and_is_a_no_op_once_it_is_gone() -
     assert cache.peek(b"a") == CacheEntry(desc(1, b"", b"m", 2))
 
 
+async def test_confirm_skips_its_search_only_while_no_entry_was_added() -> None:
+    """Rule V's shortcut (an entry confirmed before, with no slot added since, has no
+    older entry overlapping it) must not hide one added later. No public path adds
+    an older overlapping entry (rules G and I refuse it; rule V is the backstop), so
+    this test plants one directly."""
+    meta = ScriptedMeta(desc(1, b"", b"", 5))
+    cache = make_cache(meta)
+    _, token = await cache.lookup(b"a")
+    assert cache.maybe_confirm(token) == 0  # searched, found nothing: remembered
+    assert cache.maybe_confirm(token) == 0  # the shortcut
+    cache._put(CacheEntry(desc(2, b"a", b"m", 3)))  # older, overlapping
+    assert cache.maybe_confirm(token) == 1  # an entry was added: searched again
+    assert counters(cache).evictions[EvictionReason.CONFIRMED_NEWER] == 1
+    assert [e.descriptor.range_id for e in cache.entries()] == [1]
+    cache.check()
+
+
+def test_an_entry_replaced_under_an_equal_descriptor_is_keyed_by_the_new_object() -> None:
+    """Routing builds each operation's slot from the entry it was handed; the cache's
+    key must be that very descriptor object, or every lookup compares the two
+    field by field, replica by replica."""
+    cache = make_cache(ScriptedMeta(ROOT))
+    first = desc(1, b"", b"", 1)
+    cache.maybe_insert(CacheEntry(first))
+    again = desc(1, b"", b"", 1)  # equal, another object (a fresh lookup's)
+    assert again == first and again is not first
+    stored = cache.maybe_insert(CacheEntry(again, N2, "n2", 7))
+    assert stored is not None and stored.descriptor is again
+    [(key_descriptor, _txn)] = list(cache._entries)
+    assert key_descriptor is again
+    cache.check()
+
+
 # --- rule L: NotLeaseHolder hints -------------------------------------------------------
 
 

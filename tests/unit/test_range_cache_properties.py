@@ -94,7 +94,9 @@ def test_the_cache_never_answers_with_an_older_descriptor_than_it_was_given(
             cache.check()
             continue
         if kind == 0:
-            cache.maybe_insert(CacheEntry(d))
+            stored = cache.maybe_insert(CacheEntry(d))
+            if stored is not None and sequence % 2:
+                cache.maybe_confirm(EvictionToken(stored))  # rule V, then check() below
         else:
             current = cache.peek(d.start_key)
             if current is None or current.descriptor.range_id != d.range_id:

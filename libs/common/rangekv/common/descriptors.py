@@ -58,6 +58,26 @@ class RangeDescriptor:
     generation: int = 0
     next_replica_id: int = 1
     _voters: tuple[int, ...] = field(default=(), init=False, compare=False, repr=False)
+    #: The hash, computed once (0: not yet): a descriptor keys the gateway's cache,
+    #: which hashes it several times per routed operation, and hashing it anew means
+    #: hashing every replica.
+    _hash: int = field(default=0, init=False, compare=False, repr=False)
+
+    def __hash__(self) -> int:
+        h = self._hash
+        if not h:
+            h = hash(
+                (
+                    self.range_id,
+                    self.start_key,
+                    self.end_key,
+                    self.replicas,
+                    self.generation,
+                    self.next_replica_id,
+                )
+            )
+            object.__setattr__(self, "_hash", h)
+        return h
 
     def __post_init__(self) -> None:
         if self.end_key and self.end_key <= self.start_key:

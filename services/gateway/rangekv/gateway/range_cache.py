@@ -138,6 +138,11 @@ class RangeCache:
         # Final transaction outcomes never change, so they are safe to remember.
         self._outcomes: collections.OrderedDict[bytes, TxnStatus] = collections.OrderedDict()
         self._flights = LookupFlights()
+        #: Slots added so far (a replacement under the same slot does not count), and
+        #: that count at each entry's last confirmation (rule V): only an added entry
+        #: can be an older one overlapping it, so an unchanged count skips the search.
+        self._adds = 0
+        self._confirmed_at: dict[EntrySlot, int] = {}
         self._pushes: dict[bytes, asyncio.Future[TxnStatus | None]] = {}
 
     # --- reading without side effects ---------------------------------------------
@@ -437,7 +442,15 @@ class RangeCache:
 
     def _put(self, entry: CacheEntry) -> None:
         slot = entry.slot
+        stored = self._entries.get(slot)
+        if stored is not None and stored.descriptor is not entry.descriptor:
+            # An equal descriptor, another object (a lease learnt from a fresh lookup or
+            # a redirect): re-key with it. A dict keeps the key it has, and a slot made
+            # from the new object would then match it only field by field, replica by
+            # replica, on every routed operation; by identity it is one comparison.
+            self._remove(slot, None)
         if slot not in self._entries:
+            self._adds += 1
             self._tree.add(slot, entry.start_key, entry.end_key)
             if entry.intent is not None:
                 self._by_txn.setdefault(entry.intent.txn.id, set()).add(slot)
@@ -449,6 +462,7 @@ class RangeCache:
     def _remove(self, slot: EntrySlot, reason: EvictionReason | None) -> None:
         """Drop an entry; ``reason`` None for a replacement by the same descriptor (not counted)."""
         entry = self._entries.pop(slot)
+        self._confirmed_at.pop(slot, None)
         self._tree.discard(slot)
         if entry.intent is not None:
             slots = self._by_txn[entry.intent.txn.id]
@@ -508,10 +522,13 @@ class RangeCache:
         cached. Intents newer than it stay: a request succeeding under the old
         descriptor does not prove an in-flight change aborted.
         """
-        current = self._entries.get(token.entry.slot)
+        slot = token.entry.slot
+        current = self._entries.get(slot)
         if current is None or current.speculative:
             return 0
-        self._entries.move_to_end(current.slot)
+        self._entries.move_to_end(slot)
+        if self._confirmed_at.get(slot) == self._adds:
+            return 0  # nothing was added since it was last confirmed: nothing older overlaps
         older = [
             e
             for e in (
@@ -521,6 +538,7 @@ class RangeCache:
         ]
         for e in older:
             self._remove(e.slot, EvictionReason.CONFIRMED_NEWER)
+        self._confirmed_at[slot] = self._adds
         return len(older)
 
     def maybe_update_leaseholder(
@@ -601,5 +619,14 @@ class RangeCache:
                     assert intent.generation > committed.generation, f"stale intent {intent}"
                 else:
                     assert a.txn != b.txn, "one transaction's intents do not overlap"
+        for slot, at in self._confirmed_at.items():
+            # Rule V's shortcut: an entry confirmed with no slot added since has no
+            # older entry overlapping it.
+            confirmed = self._entries[slot]
+            if at == self._adds:
+                assert not any(
+                    self._entries[s].generation < confirmed.generation
+                    for s in self._tree.overlapping(confirmed.start_key, confirmed.end_key)
+                ), f"an older entry overlaps {confirmed}, confirmed with no slot added since"
         for txn_id, slots in self._by_txn.items():
             assert slots and all(self._entries[s].txn.id == txn_id for s in slots)  # type: ignore[union-attr]
