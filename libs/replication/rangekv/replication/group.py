@@ -105,8 +105,9 @@ class RaftGroup:
         entries never match a new proposal); `applied_index` is where the state
         machine's durable state stands; `on_role_change` runs when the group's role
         or known leader changes; `mutation` is test-only (mutations.py);
-        `quiesce_after_ticks`: a leader idle (`RawNode.can_quiesce`) for this many
-        ticks quiesces its group (0: never; rangekv/raft/quiesce.py)."""
+        `quiesce_after_ticks`: a leader idle (`RawNode.can_quiesce` at each tick, and
+        no entry appended) for this many ticks quiesces its group (0: never;
+        rangekv/raft/quiesce.py)."""
         self.group_id = group_id
         self.raw_node = raw_node
         self.state_machine = state_machine
@@ -126,6 +127,9 @@ class RaftGroup:
         # Quiescence: idle ticks so far, and wake-ups queued for the section.
         self._quiesce_after = quiesce_after_ticks
         self._idle_ticks = 0
+        #: The log's last index at the previous tick: a group that appended since is
+        #: busy, even if each of its entries was applied before the next tick came.
+        self._last_index_at_tick = 0
         self._wake_leader = False
         self._wake_follower = False
         #: Ticks during which this group keeps forcing an election while no leader is known.
@@ -362,10 +366,15 @@ class RaftGroup:
         ):
             node.unquiesce()  # TEST MUTATION: a follower woken without a lapse
             return
+        last = node.last_index()
+        appended, self._last_index_at_tick = last != self._last_index_at_tick, last
         if not self._quiesce_after or not node.is_leader() or node.quiesced:
             self._idle_ticks = 0
             return
-        if not node.can_quiesce():
+        if appended or not node.can_quiesce():
+            # Idle means nothing proposed for `quiesce_after` whole ticks, not nothing in
+            # flight at that many tick instants: a range written about once a tick would
+            # otherwise quiesce and wake again and again, a heartbeat round each time.
             self._idle_ticks = 0
             return
         self._idle_ticks += ticked

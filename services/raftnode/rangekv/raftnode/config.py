@@ -81,9 +81,9 @@ class RaftnodeConfig:
     truncate_interval: float = setting(5.0, help="seconds between raft log truncation passes")
     quiesce_after_ticks: int = setting(
         3,
-        help="raft ticks a range's leader must be idle (nothing in flight, every replica "
-        "caught up) before the range quiesces: no ticks, no heartbeats, its lease kept by "
-        "node-level liveness (0: never quiesce)",
+        help="raft ticks a range's leader must be idle (nothing proposed, nothing in "
+        "flight, every replica caught up) before the range quiesces: no ticks, no "
+        "heartbeats, its lease kept by node-level liveness (0: never quiesce)",
     )
     lazy_commit: bool = setting(
         True,
