@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from testkit.inproc import InProcCluster, layout, started
+from testkit.inproc import layout, started
 
-from rangekv.raft import LeaseState, Message, MessageType
+from rangekv.raft import MessageType
 
 KEYS = (b"d", b"h", b"m", b"r")
 #: Range id -> its leaseholder; ranges 1, 3 and 4 are written every tick, 2 and 5 idle.
@@ -27,52 +27,34 @@ LEADERS = {1: 1, 2: 2, 3: 3, 4: 1, 5: 2}
 WRITTEN = {1: b"a", 3: b"i", 4: b"n"}
 
 
-def valid_leases(cluster: InProcCluster, range_id: int) -> list[int]:
-    now = cluster.clock.now
-    return [
-        n
-        for n in cluster.node_ids
-        if cluster.replica(n, range_id).lease_status(now).state is LeaseState.VALID
-    ]
-
-
 async def test_written_ranges_keep_leader_term_and_lease_at_every_tick(tmp_path: Path) -> None:
     async with started(tmp_path, layout(*KEYS), LEADERS) as cluster:
         ids = [d.range_id for d in cluster.ranges]
         await cluster.until(
-            lambda: all(valid_leases(cluster, r) == [LEADERS[r]] for r in ids),
+            lambda: all(cluster.valid_leases(r) == [LEADERS[r]] for r in ids),
             "every range's lease on its leaseholder",
         )
         terms = {r: cluster.replica(LEADERS[r], r).group.term() for r in ids}
-        heartbeats = dict.fromkeys(WRITTEN, 0)
-        network = cluster.router
-        original = network._send
-
-        def spy(src: int, dst: int, group_id: int, msg: Message, desc: object) -> None:
-            if msg.type is MessageType.HEARTBEAT and group_id in heartbeats:
-                heartbeats[group_id] += 1
-            original(src, dst, group_id, msg, desc)  # type: ignore[arg-type]
-
-        network._send = spy  # type: ignore[method-assign]
         ticks = 5 * cluster.timing.election_ticks
-        try:
+        with cluster.watching() as sent:
             for tick in range(ticks):
                 for rid, prefix in WRITTEN.items():
                     await cluster.put(LEADERS[rid], rid, prefix + b"%03d" % tick, b"v")
-                await cluster.until(cluster.quiet, "a quiet network", tick=False)
-                cluster.tick()
+                await cluster.tick_when_quiet()
                 for rid in ids:
                     where = f"range {rid} at tick {tick}"
-                    assert valid_leases(cluster, rid) == [LEADERS[rid]], where
+                    assert cluster.valid_leases(rid) == [LEADERS[rid]], where
                     for node in cluster.node_ids:
                         assert cluster.replica(node, rid).group.term() == terms[rid], where
-        finally:
-            network._send = original  # type: ignore[method-assign]
+        heartbeats = dict.fromkeys(WRITTEN, 0)
+        for group_id, msg in sent:
+            if msg.type is MessageType.HEARTBEAT and group_id in heartbeats:
+                heartbeats[group_id] += 1
         # Without lazy heartbeats a written range's leader beats both followers at
         # every heartbeat interval; with them, hardly ever (none in this run). With
         # appends that do not carry the lease round, every other beat would go.
         per_range = 2 * ticks // cluster.timing.heartbeat_ticks
-        for rid, sent in heartbeats.items():
-            assert sent <= per_range // 10, f"range {rid}: {sent} heartbeats of {per_range}"
+        for rid, beats in heartbeats.items():
+            assert beats <= per_range // 10, f"range {rid}: {beats} heartbeats of {per_range}"
         for rid, prefix in WRITTEN.items():
             assert await cluster.get(LEADERS[rid], rid, prefix + b"%03d" % (ticks - 1)) == b"v"

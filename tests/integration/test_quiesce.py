@@ -20,7 +20,7 @@ from pathlib import Path
 
 from testkit.inproc import InProcCluster, layout, started
 
-from rangekv.raft import LeaseState, Message, MessageType
+from rangekv.raft import MessageType
 from rangekv.replication.liveness import LIVENESS_GROUP, beat_ticks
 
 KEYS = (b"d", b"h", b"m", b"r")
@@ -34,16 +34,6 @@ def quiesced(cluster: InProcCluster, range_id: int) -> bool:
     )
 
 
-def valid_leases(cluster: InProcCluster, range_id: int) -> list[int]:
-    now = cluster.clock.now
-    return [
-        n
-        for n in cluster.node_ids
-        if n not in cluster.stopped
-        and cluster.replica(n, range_id).lease_status(now).state is LeaseState.VALID
-    ]
-
-
 async def test_idle_ranges_quiesce_and_keep_their_leases(tmp_path: Path) -> None:
     leaders = {1: 1, 2: 2, 3: 3, 4: 1, 5: 2}
     async with started(tmp_path, layout(*KEYS), leaders) as cluster:
@@ -53,22 +43,13 @@ async def test_idle_ranges_quiesce_and_keep_their_leases(tmp_path: Path) -> None
             assert cluster.stores[node].scheduler.ticking == 0
         # Ten election timeouts later: still quiesced, the same leaseholders, only liveness
         # on the wire.
-        seen: list[int] = []
-        network = cluster.router
-        original = network._send
-
-        def spy(src: int, dst: int, group_id: int, msg: object, desc: object) -> None:
-            seen.append(group_id)
-            original(src, dst, group_id, msg, desc)  # type: ignore[arg-type]
-
-        network._send = spy  # type: ignore[method-assign]
         ticks = 10 * cluster.timing.election_ticks
-        for _ in range(ticks):
-            await cluster.until(cluster.quiet, "a quiet network", tick=False)
-            cluster.tick()
-            for rid in ids:
-                assert valid_leases(cluster, rid) == [leaders[rid]], f"range {rid}"
-        network._send = original  # type: ignore[method-assign]
+        with cluster.watching() as sent:
+            for _ in range(ticks):
+                await cluster.tick_when_quiet()
+                for rid in ids:
+                    assert cluster.valid_leases(rid) == [leaders[rid]], f"range {rid}"
+        seen = [group_id for group_id, _msg in sent]
         assert set(seen) == {LIVENESS_GROUP}, "raft traffic from quiesced ranges"
         pairs = len(cluster.node_ids) * (len(cluster.node_ids) - 1)
         beats = ticks // beat_ticks(cluster.timing)
@@ -97,16 +78,15 @@ async def test_a_cut_off_leaseholder_loses_its_range_safely(tmp_path: Path) -> N
             cluster.router.cut(other, 1)
         limit = 6 * cluster.timing.election_ticks
         for _ in range(limit):
-            await cluster.until(cluster.quiet, "a quiet network", tick=False)
-            cluster.tick()
+            await cluster.tick_when_quiet()
             for rid in (1, 2):
-                holders = valid_leases(cluster, rid)
+                holders = cluster.valid_leases(rid)
                 assert len(holders) <= 1, f"range {rid}: two valid leases {holders}"
-            if all(valid_leases(cluster, r) and valid_leases(cluster, r)[0] != 1 for r in (1, 2)):
+            if all(cluster.valid_leases(r) and cluster.valid_leases(r)[0] != 1 for r in (1, 2)):
                 break
         else:
             raise AssertionError("no new leaseholder away from the cut-off node")
-        await cluster.put(valid_leases(cluster, 2)[0], 2, b"x", b"y")
+        await cluster.put(cluster.valid_leases(2)[0], 2, b"x", b"y")
 
 
 async def test_a_transient_lapse_costs_no_election(tmp_path: Path) -> None:
@@ -121,21 +101,12 @@ async def test_a_transient_lapse_costs_no_election(tmp_path: Path) -> None:
         )
         for other in (2, 3):
             cluster.router.heal(1, other)
-        kinds: list[MessageType] = []
-        network = cluster.router
-        original = network._send
-
-        def spy(src: int, dst: int, group_id: int, msg: Message, desc: object) -> None:
-            kinds.append(msg.type)
-            original(src, dst, group_id, msg, desc)  # type: ignore[arg-type]
-
-        network._send = spy  # type: ignore[method-assign]
-        for _ in range(4 * cluster.timing.election_ticks):
-            await cluster.until(cluster.quiet, "a quiet network", tick=False)
-            cluster.tick()
-            for rid in (1, 2):
-                assert valid_leases(cluster, rid) in ([1], []), f"range {rid}"
-        network._send = original  # type: ignore[method-assign]
+        with cluster.watching() as sent:
+            for _ in range(4 * cluster.timing.election_ticks):
+                await cluster.tick_when_quiet()
+                for rid in (1, 2):
+                    assert cluster.valid_leases(rid) in ([1], []), f"range {rid}"
+        kinds = [msg.type for _group_id, msg in sent]
         # The leader woke on the followers' new sessions and heartbeat them before
         # any timed out: not even a pre-vote.
         assert MessageType.PRE_VOTE not in kinds and MessageType.VOTE not in kinds

@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import itertools
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from rangekv.domain.descriptor_txn import plan_split
 from rangekv.domain.txn import TxnStatus
 from rangekv.gateway.cache_types import LookupResult
 from rangekv.gateway.node_client import MemoryNodeClients
-from rangekv.raft import HardState, LeaseState
+from rangekv.raft import HardState, LeaseState, Message
 from rangekv.raftnode import txn as T
 from rangekv.raftnode.replica import RangeReplica
 from rangekv.raftnode.requests import ReplicaLimits
@@ -366,6 +366,12 @@ class InProcCluster:
                 self.tick()
             await asyncio.sleep(0.001)
 
+    async def tick_when_quiet(self) -> None:
+        """Let every message arrive and every scheduler settle, then move one tick: a
+        test stepping time this way sees each tick's state after all it caused."""
+        await self.until(self.quiet, "a quiet network", tick=False)
+        self.tick()
+
     def quiet(self) -> bool:
         """No message on its way and every live scheduler idle."""
         return self.router.in_flight == 0 and all(
@@ -380,8 +386,10 @@ class InProcCluster:
             raise AssertionError(f"node {node} has no replica of range {range_id}")
         return replica
 
-    def leaseholder(self, range_id: int) -> int | None:
-        """The node whose replica of `range_id` holds a valid lease now, if any."""
+    def valid_leases(self, range_id: int) -> list[int]:
+        """Every live node whose replica of `range_id` holds a valid lease now (safety:
+        never more than one)."""
+        out = []
         for node, store in self.stores.items():
             if node in self.stopped:
                 continue
@@ -389,8 +397,30 @@ class InProcCluster:
             if replica is not None and (
                 replica.lease_status(self.clock.now).state is LeaseState.VALID
             ):
-                return node
-        return None
+                out.append(node)
+        return out
+
+    def leaseholder(self, range_id: int) -> int | None:
+        """The node whose replica of `range_id` holds a valid lease now, if any."""
+        holders = self.valid_leases(range_id)
+        return holders[0] if holders else None
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[list[tuple[int, Message]]]:
+        """Every raft message the network carries while inside, as (group id, message)."""
+        seen: list[tuple[int, Message]] = []
+        network = self.router
+        original = network._send
+
+        def spy(src: int, dst: int, group_id: int, msg: Message, desc: Any) -> None:
+            seen.append((group_id, msg))
+            original(src, dst, group_id, msg, desc)
+
+        network._send = spy  # type: ignore[method-assign]
+        try:
+            yield seen
+        finally:
+            network._send = original  # type: ignore[method-assign]
 
     async def make_leaseholder(self, range_id: int, node: int) -> None:
         """Move range `range_id`'s lease to `node` (electing first if need be)."""
