@@ -723,22 +723,12 @@ class Nemesis:
         )
 
     async def _wait_leaseholder_of(self, key: bytes, what: str = "") -> tuple[int, int]:
-        """(the range holding `key`, its leaseholder), waiting up to LEASEHOLDER_WAIT:
-        a fault that needs a leaseholder may come right after a split or a lease move,
-        before the range's lease is valid again. TimeoutError, with what every node
-        says about the range, when none appears."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + LEASEHOLDER_WAIT
-        while True:
-            rid, holder = await self.replicas.leaseholder_of(key)
-            if holder is not None:
-                return rid, holder
-            if loop.time() >= deadline:
-                seen = await self.replicas.describe(rid) if rid else "no node answered"
-                raise TimeoutError(
-                    f"range {rid} has no leaseholder{what} after {LEASEHOLDER_WAIT:.0f}s: {seen}"
-                )
-            await asyncio.sleep(0.05)  # polling the nodes' own view
+        """(the range holding `key`, its leaseholder): a fault that needs one may come
+        right after a split or a lease move, before the range's lease is valid again."""
+        try:
+            return await self.replicas.wait_leaseholder_of(key, LEASEHOLDER_WAIT)
+        except TimeoutError as err:
+            raise TimeoutError(f"{err}{what}") from None
 
     async def _holder(self, key: bytes) -> tuple[int, int] | None:
         rid, holder = await self.replicas.leaseholder_of(key)

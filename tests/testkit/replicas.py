@@ -124,6 +124,26 @@ class Replicas:
         )
         return holder
 
+    async def wait_leaseholder_of(self, key: bytes, timeout: float) -> tuple[int, int]:
+        """(the range holding `key`, its leaseholder), waiting up to `timeout` seconds for
+        one (e.g. a range split a moment ago, before its first heartbeat round came back).
+        TimeoutError, with what every node says about the range, when none appears."""
+        range_id = 0
+
+        async def found() -> tuple[int, int] | None:
+            nonlocal range_id
+            range_id, holder = await self.leaseholder_of(key)
+            return (range_id, holder) if holder is not None else None
+
+        try:
+            pair: tuple[int, int] = await async_wait_for(
+                found, timeout, f"a leaseholder of the range holding {key!r}"
+            )
+        except TimeoutError as err:
+            seen = await self.describe(range_id) if range_id else "no node answered"
+            raise TimeoutError(f"range {range_id}: {err}; {seen}") from None
+        return pair
+
     async def owner(self, key: bytes) -> tuple[int, int | None]:
         """(the range holding `key`, its raft leader or None), as the nodes see it:
         the newest generation any initialized replica reports wins (a node may lag a
