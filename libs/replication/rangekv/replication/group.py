@@ -366,11 +366,12 @@ class RaftGroup:
         ):
             node.unquiesce()  # TEST MUTATION: a follower woken without a lapse
             return
-        last = node.last_index()
-        appended, self._last_index_at_tick = last != self._last_index_at_tick, last
         if not self._quiesce_after or not node.is_leader() or node.quiesced:
             self._idle_ticks = 0
             return
+        # (Read on leaders only; a new leader's first tick sees its election's entry.)
+        last = node.last_index()
+        appended, self._last_index_at_tick = last != self._last_index_at_tick, last
         if appended or not node.can_quiesce():
             # Idle means nothing proposed for `quiesce_after` whole ticks, not nothing in
             # flight at that many tick instants: a range written about once a tick would
