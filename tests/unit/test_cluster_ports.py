@@ -6,6 +6,8 @@ import json
 import socket
 from pathlib import Path
 
+import pytest
+
 from rangekv.cli.cluster import LISTEN_PORTS, Layout, free_port, free_ports
 
 
@@ -43,3 +45,23 @@ def test_a_layout_without_metrics_ports_gets_them_once(tmp_path: Path) -> None:
     assert not set(layout.metrics.values()) & {20001, 20002, 20003}
     assert json.loads(path.read_text())["metrics"] == layout.metrics
     assert Layout.load_or_create(path, 1, 1, []).metrics == layout.metrics
+
+
+class _SameOrder:
+    """A `random.SystemRandom` stand-in that offers ports in one fixed order, so
+    two independent picks would both land on the first free one."""
+
+    def sample(self, population: range, k: int) -> list[int]:
+        return list(population)[:k]
+
+
+def test_a_new_layout_never_gives_two_processes_one_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("rangekv.cli.cluster.random.SystemRandom", _SameOrder)
+    gateway = free_ports(2)
+    layout = Layout.load_or_create(tmp_path / "cluster.json", 3, 3, gateway)
+    every = [*layout.meta.values(), *layout.nodes.values(), *layout.gateways]
+    every += layout.metrics.values()
+    assert len(every) == 3 + 3 + 2 + 8
+    assert len(set(every)) == len(every), sorted(every)

@@ -25,7 +25,7 @@ import random
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,12 +48,20 @@ def free_port(host: str = "127.0.0.1") -> int:
     return free_ports(1, host)[0]
 
 
-def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """`n` distinct ports from LISTEN_PORTS that are free now (bound at once, released)."""
+def free_ports(n: int, host: str = "127.0.0.1", avoid: Collection[int] = ()) -> list[int]:
+    """`n` distinct ports from LISTEN_PORTS that are free now (bound at once, released).
+
+    `avoid` are ports already promised to other processes that have not bound
+    them yet: they are free now, so only this list keeps them from being handed
+    out twice (two children of one cluster on one port, seen in CI as "Address
+    already in use").
+    """
     rng = random.SystemRandom()
     socks: list[socket.socket] = []
     try:
         for port in rng.sample(LISTEN_PORTS, min(len(LISTEN_PORTS), 50 * n + 100)):
+            if port in avoid:
+                continue
             s = socket.socket()
             try:
                 s.bind((host, port))
@@ -110,17 +118,18 @@ class Layout:
             )
             layout.gateways = gateway_ports or layout.gateways
         else:
+            # One call for every port, so no two processes are given the same.
+            ports = free_ports(n_meta + n_nodes, avoid=set(gateway_ports))
             layout = Layout(
-                {i: free_port() for i in range(1, n_meta + 1)},
-                {i: free_port() for i in range(1, n_nodes + 1)},
+                dict(zip(range(1, n_meta + 1), ports[:n_meta], strict=True)),
+                dict(zip(range(1, n_nodes + 1), ports[n_meta:], strict=True)),
                 gateway_ports,
             )
         missing = [name for name in layout.names() if name not in layout.metrics]
         if missing or not path.exists():
             taken = {*layout.meta.values(), *layout.nodes.values(), *layout.gateways}
             taken |= set(layout.metrics.values())
-            fresh = [p for p in free_ports(len(missing) + len(taken)) if p not in taken]
-            layout.metrics.update(zip(missing, fresh, strict=False))
+            layout.metrics.update(zip(missing, free_ports(len(missing), avoid=taken), strict=True))
             layout.save(path)
         return layout
 
