@@ -65,3 +65,7 @@ def test_a_new_layout_never_gives_two_processes_one_port(
     every += layout.metrics.values()
     assert len(every) == 3 + 3 + 2 + 8
     assert len(set(every)) == len(every), sorted(every)
+
+
+def test_zero_ports_is_an_empty_list() -> None:
+    assert free_ports(0) == []

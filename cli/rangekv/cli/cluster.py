@@ -56,6 +56,8 @@ def free_ports(n: int, host: str = "127.0.0.1", avoid: Collection[int] = ()) -> 
     out twice (two children of one cluster on one port, seen in CI as "Address
     already in use").
     """
+    if n <= 0:
+        return []
     rng = random.SystemRandom()
     socks: list[socket.socket] = []
     try:
