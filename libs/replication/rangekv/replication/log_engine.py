@@ -24,6 +24,13 @@ Each group's storage keeps its first/last index, last term, truncated state,
 snapshot metadata and HardState in memory (loaded lazily on first use), so
 `term(last_index())`, `first_index()` etc. never touch the disk.
 
+Entries themselves are read from the store, even those just written (apply
+reads each committed entry back). Measured, and left so: an in-memory tail of
+each group's latest entries that served every such read (none reached the
+store) changed neither put throughput nor CPU per put, at 1 client on one
+range or 64 clients over 64 ranges. Entries that recent are in RocksDB's
+memtable, and the read is a small part of a round.
+
 Storage: written against `kv.KVStore`: RocksDB on disk (`open`),
 `memory_kv.MemoryKV` in a simulation (`in_memory`).
 """
