@@ -596,7 +596,7 @@ class Nemesis:
                 for i in range(OVERLOAD_BURST)
             )
         )
-        rid, holder = await self._wait_leaseholder_of(prefix, " for the direct batch")
+        rid, holder = await self.replicas.wait_leaseholder_of(prefix, LEASEHOLDER_WAIT)
         items = [(prefix + b"d%04d" % i, b"d%d" % i) for i in range(OVERLOAD_DIRECT)]
         async with chaos_tls.channel(self.cluster.node(holder).address) as ch:
             direct, refusal = await direct_puts(
@@ -700,9 +700,7 @@ class Nemesis:
     ) -> tuple[int, int, Child, float]:
         """After a probe write: (range id, leaseholder, its process, pause length)."""
         await self.probe_write(why)
-        rid, holder = await async_wait_for(
-            lambda: self._holder(PROBE_KEY), 20, "a leaseholder of the probe key", 0.1
-        )
+        rid, holder = await self.replicas.wait_leaseholder_of(PROBE_KEY, 20, interval=0.1)
         pause = pause_for if pause_for is not None else self.rng.uniform(2.5, 4.0)
         return rid, holder, self.cluster.node(holder), pause
 
@@ -722,27 +720,13 @@ class Nemesis:
             )
         )
 
-    async def _wait_leaseholder_of(self, key: bytes, what: str = "") -> tuple[int, int]:
-        """(the range holding `key`, its leaseholder): a fault that needs one may come
-        right after a split or a lease move, before the range's lease is valid again."""
-        try:
-            return await self.replicas.wait_leaseholder_of(key, LEASEHOLDER_WAIT)
-        except TimeoutError as err:
-            raise TimeoutError(f"{err}{what}") from None
-
-    async def _holder(self, key: bytes) -> tuple[int, int] | None:
-        rid, holder = await self.replicas.leaseholder_of(key)
-        return (rid, holder) if holder else None
-
     async def fault_isolate_write(self) -> Operation:
         """Stop every other raftnode, write straight to the leaseholder, kill it, resume;
         restart it only once the others hold the range's lease without it (so a write it
         acknowledged alone is lost for good in a broken build, instead of coming back
         with its log: quiesced followers take a liveness lapse to notice it died)."""
         await self.probe_write("before the isolation")
-        rid, holder = await async_wait_for(
-            lambda: self._holder(PROBE_KEY), 20, "a leaseholder of the probe key", 0.1
-        )
+        rid, holder = await self.replicas.wait_leaseholder_of(PROBE_KEY, 20, interval=0.1)
         child = self.cluster.node(holder)
         others = [n for n in self.cluster.nodes if n is not child and alive(n)]
         async with chaos_tls.channel(child.address) as ch:
@@ -770,11 +754,8 @@ class Nemesis:
                 for other in others:
                     self.cluster.resume(other)
         try:
-            _rid, successor = await async_wait_for(
-                lambda: self._holder_other_than(PROBE_KEY, holder),
-                20,
-                f"a leaseholder of range {rid} other than node {holder}",
-                0.1,
+            _rid, successor = await self.replicas.wait_leaseholder_of(
+                PROBE_KEY, 20, exclude=holder, interval=0.1
             )
             took = f"node {successor} took the lease"
         except TimeoutError:
@@ -782,10 +763,6 @@ class Nemesis:
         await self.restart(child)
         self.end(fault, f"isolated write {op.outcome.value}; {took}; restarted")
         return op
-
-    async def _holder_other_than(self, key: bytes, node: int) -> tuple[int, int] | None:
-        rid, holder = await self.replicas.leaseholder_of(key, exclude=node)
-        return (rid, holder) if holder else None
 
     async def _other_voter(self, rid: int, holder: int) -> int:
         """A voter of range `rid` other than node `holder`, drawn from the nemesis's rng
@@ -1075,7 +1052,7 @@ class Nemesis:
         on a node without one (learner, catch-up, promotion) and remove another voter;
         where every node already holds the range, remove a voter and add it back."""
         key = self.rng.choice([*REG_KEYS, PROBE_KEY, *SCAN_KEYS[::10]])
-        rid, holder = await self._wait_leaseholder_of(key)
+        rid, holder = await self.replicas.wait_leaseholder_of(key, LEASEHOLDER_WAIT)
         infos = await self.replicas.infos(holder, [rid])
         if not infos:
             raise TimeoutError(f"node {holder} no longer holds range {rid}")
@@ -1116,16 +1093,12 @@ class Nemesis:
             raise TimeoutError("partitions unavailable (no network namespaces)")
         return self.c.lab
 
-    async def _other_holder(self, key: bytes, old: int) -> tuple[int, int] | None:
-        rid, holder = await self.replicas.leaseholder_of(key, exclude=old)
-        return (rid, holder) if holder else None
-
     async def fault_partition_leaseholder(self) -> None:
         """Cut every raft link of a range's leaseholder (gateways still reach it) past the
         lease and the election timeout, then heal."""
         lab = self._lab()
         key = self.rng.choice([*REG_KEYS, PROBE_KEY, *SCAN_KEYS[::10]])
-        rid, holder = await self._wait_leaseholder_of(key)
+        rid, holder = await self.replicas.wait_leaseholder_of(key, LEASEHOLDER_WAIT)
         hold = self.rng.uniform(2.5, 5.0)
         fault = self.begin(
             "partition-leaseholder",
@@ -1136,8 +1109,8 @@ class Nemesis:
         lab.isolate(holder)
         try:
             try:
-                _rid, new = await async_wait_for(
-                    lambda: self._other_holder(key, holder), hold, "another leaseholder", 0.2
+                _rid, new = await self.replicas.wait_leaseholder_of(
+                    key, hold, exclude=holder, interval=0.2
                 )
                 moved = f"node {new} took the lease after {time.monotonic() - started:.1f}s"
             except TimeoutError:
@@ -1160,7 +1133,7 @@ class Nemesis:
         lab = self._lab()
         key = LOST_TRANSFER_KEY
         split = await self.split_at(key)
-        rid, holder = await self._wait_leaseholder_of(key)
+        rid, holder = await self.replicas.wait_leaseholder_of(key, LEASEHOLDER_WAIT)
         before = await self.replicas.info(holder, rid)
         if before is None or not before.lease_valid:
             raise TimeoutError(f"range {rid}: node {holder} no longer holds the lease")

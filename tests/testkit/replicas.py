@@ -124,20 +124,24 @@ class Replicas:
         )
         return holder
 
-    async def wait_leaseholder_of(self, key: bytes, timeout: float) -> tuple[int, int]:
-        """(the range holding `key`, its leaseholder), waiting up to `timeout` seconds for
-        one (e.g. a range split a moment ago, before its first heartbeat round came back).
+    async def wait_leaseholder_of(
+        self, key: bytes, timeout: float, *, exclude: int | None = None, interval: float = 0.05
+    ) -> tuple[int, int]:
+        """(the range holding `key`, its leaseholder other than `exclude`), waiting up to
+        `timeout` seconds for one (e.g. a range split a moment ago, before its first
+        heartbeat round came back, or a lease moving away from a node cut off).
         TimeoutError, with what every node says about the range, when none appears."""
         range_id = 0
 
         async def found() -> tuple[int, int] | None:
             nonlocal range_id
-            range_id, holder = await self.leaseholder_of(key)
+            range_id, holder = await self.leaseholder_of(key, exclude=exclude)
             return (range_id, holder) if holder is not None else None
 
+        other = f" other than node {exclude}" if exclude is not None else ""
         try:
             pair: tuple[int, int] = await async_wait_for(
-                found, timeout, f"a leaseholder of the range holding {key!r}"
+                found, timeout, f"a leaseholder{other} of the range holding {key!r}", interval
             )
         except TimeoutError as err:
             seen = await self.describe(range_id) if range_id else "no node answered"
