@@ -529,17 +529,21 @@ class RangeCache:
         self._entries.move_to_end(slot)
         if self._confirmed_at.get(slot) == self._adds:
             return 0  # nothing was added since it was last confirmed: nothing older overlaps
-        older = [
-            e
-            for e in (
-                self._entries[s] for s in self._tree.overlapping(current.start_key, current.end_key)
-            )
-            if e is not current and e.generation < current.generation
-        ]
+        older = self._older_overlapping(current)
         for e in older:
             self._remove(e.slot, EvictionReason.CONFIRMED_NEWER)
         self._confirmed_at[slot] = self._adds
         return len(older)
+
+    def _older_overlapping(self, entry: CacheEntry) -> list[CacheEntry]:
+        """The cached entries overlapping `entry` at a lower generation (rule V's victims)."""
+        return [
+            e
+            for e in (
+                self._entries[s] for s in self._tree.overlapping(entry.start_key, entry.end_key)
+            )
+            if e.generation < entry.generation
+        ]
 
     def maybe_update_leaseholder(
         self, token: EvictionToken, err: NotLeaseHolder
@@ -624,9 +628,8 @@ class RangeCache:
             # older entry overlapping it.
             confirmed = self._entries[slot]
             if at == self._adds:
-                assert not any(
-                    self._entries[s].generation < confirmed.generation
-                    for s in self._tree.overlapping(confirmed.start_key, confirmed.end_key)
-                ), f"an older entry overlaps {confirmed}, confirmed with no slot added since"
+                assert not self._older_overlapping(confirmed), (
+                    f"an older entry overlaps {confirmed}, confirmed with no slot added since"
+                )
         for txn_id, slots in self._by_txn.items():
             assert slots and all(self._entries[s].txn.id == txn_id for s in slots)  # type: ignore[union-attr]
