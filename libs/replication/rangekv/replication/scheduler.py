@@ -388,8 +388,9 @@ class RaftScheduler:
         thread round trip (about 40 us, and some CPU per put at one client), but
         cost a quarter to a third of put throughput at 64 clients over 64 ranges
         (inline state commits alone, a tenth), and yielding to the loop once
-        after `_send_early` did not win it back: the loop's other work during
-        the write (peers' messages, serving batches) is what the thread buys.
+        after `_send_early` did not win it back. rocksdict releases the GIL
+        while it writes, so with the thread the loop keeps serving (peers'
+        messages, batches) meanwhile: the likeliest reason, not isolated.
         """
         if self._in_thread:
             await asyncio.to_thread(fn, arg)
