@@ -245,6 +245,7 @@ class InProcCluster:
                 quiesce_after_ticks=self.quiesce_after_ticks,
                 lazy_commit=True,  # as raftnode runs
                 lazy_heartbeat=True,
+                gather_turns=16,  # raftnode's default
             ),
             limits=self.limits,
             max_clock_offset_ns=self.max_clock_offset_ns,

@@ -91,6 +91,10 @@ class HostConfig:
     #: appends carry its lease rounds. Needs `RaftTiming.check_lazy_heartbeat`.
     #: raftnode turns it on; the meta range keeps etcd's way.
     lazy_heartbeat: bool = False
+    #: A busy scheduler waits at most this many event-loop turns for inputs on
+    #: their way before an iteration (scheduler.py, "Gathering"; 0: never).
+    #: raftnode sets it; the meta range, one group, has nothing to gather.
+    gather_turns: int = 0
 
     def __post_init__(self) -> None:
         if self.node_id <= 0:
@@ -101,6 +105,8 @@ class HostConfig:
             raise ValueError("truncate_interval must be > 0")
         if self.quiesce_after_ticks < 0:
             raise ValueError("quiesce_after_ticks must be >= 0")
+        if self.gather_turns < 0:
+            raise ValueError("gather_turns must be >= 0")
         if self.lazy_heartbeat:
             self.timing.check_lazy_heartbeat()
 
@@ -139,6 +145,7 @@ class GroupHost:
             self.state_engine,
             self._send,
             metrics=seams.scheduler_metrics,
+            gather_turns=config.gather_turns,
             blocking_io_in_thread=self._blocking_io,
             mutation=self.faults.mutation,
             clock=self.clock,

@@ -97,6 +97,12 @@ class RaftnodeConfig:
         "the last one and that answered it (the appends carry the term, the commit "
         "index and the lease round); off: a heartbeat to every follower every interval",
     )
+    raft_gather_turns: int = setting(
+        16,
+        help="when the raft scheduler finds inputs waiting as an iteration ends (a busy "
+        "node), event-loop turns it may yield first, while each brings more, so that "
+        "ranges' entries share one log write and one frame per peer (0: never)",
+    )
     max_key_bytes: int = max_key_bytes_setting()
     max_value_bytes: int = max_value_bytes_setting()
     gc_ttl: float = setting(
@@ -226,6 +232,7 @@ class RaftnodeConfig:
         require(self.txn_expiry > 0, "txn_expiry", "must be > 0")
         require(self.split_size_threshold >= 0, "split_size_threshold", "must be >= 0")
         require(self.quiesce_after_ticks >= 0, "quiesce_after_ticks", "must be >= 0")
+        require(self.raft_gather_turns >= 0, "raft_gather_turns", "must be >= 0")
         require(self.split_check_interval > 0, "split_check_interval", "must be > 0")
         require(self.rebalance_cooldown >= 0, "rebalance_cooldown", "must be >= 0")
         try:

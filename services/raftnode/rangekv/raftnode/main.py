@@ -123,6 +123,7 @@ def _assemble(
                 quiesce_after_ticks=node_config.quiesce_after_ticks,
                 lazy_commit=node_config.lazy_commit,
                 lazy_heartbeat=node_config.lazy_heartbeat,
+                gather_turns=node_config.raft_gather_turns,
             ),
             limits=node_config.limits(),
             gc_interval=node_config.gc_interval,
