@@ -430,6 +430,37 @@ async def test_lease_reads_check_once_per_batch(clusters: ClusterFactory) -> Non
         await async_wait_for(lease_back, 30, "the leader to lead the next term with a lease")
 
 
+@pytest.mark.parametrize("turns", [16, 0])
+async def test_a_busy_node_gathers_inputs_before_an_iteration(
+    clusters: ClusterFactory, turns: int
+) -> None:
+    """Under concurrent writes the raft scheduler finds inputs waiting as an
+    iteration ends and yields to the event loop for more before the next
+    (`--raft-gather-turns`); with the flag at 0 it never does. Either way every
+    write is applied and readable."""
+    cluster = await clusters.start(
+        replace(NODES_ONLY, node_args=("--raft-gather-turns", str(turns)))
+    )
+    writers, writes = 32, 8
+    async with ReplicaClient.of(cluster) as client:
+        leader = await client.leaseholder()
+
+        async def writer(w: int) -> None:
+            for i in range(writes):
+                no_error(await client.batch(leader, [put_op(b"g/%02d/%02d" % (w, i), b"v")]))
+
+        await asyncio.gather(*(writer(w) for w in range(writers)))
+        resp = no_error(await client.batch(leader, [scan_op(b"g/", b"g0", limit=1000)]))
+        assert len(resp.results[0].scan.kvs) == writers * writes
+    texts = [await cluster.metrics(cluster.node(n)) for n in cluster.node_ids]
+    gathered = sum(metric_value(t, "rangekv_raft_gather_turns_total") for t in texts)
+    assert all("rangekv_raft_gather_turns_total" in t for t in texts)
+    if turns:
+        assert gathered > 0
+    else:
+        assert gathered == 0
+
+
 # --------------------------------------------------------------------------- (f)
 
 

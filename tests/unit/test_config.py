@@ -209,3 +209,12 @@ def test_lazy_heartbeats_are_refused_with_timings_they_do_not_fit() -> None:
     with pytest.raises(ValueError, match="2 \\* heartbeat_ticks < election_ticks - 1"):
         HostConfig(node_id=1, timing=slow, lazy_heartbeat=True)
     HostConfig(node_id=1, timing=slow)
+
+
+def test_raft_gather_turns_must_not_be_negative() -> None:
+    from rangekv.raftnode.config import RaftnodeConfig
+
+    with pytest.raises(ConfigError, match=r"--raft-gather-turns: must be >= 0"):
+        _load(["--raft-gather-turns", "-1"], {}, RaftnodeConfig)
+    assert _load(["--raft-gather-turns", "0"], {}, RaftnodeConfig).raft_gather_turns == 0
+    assert _load([], {}, RaftnodeConfig).raft_gather_turns == 16

@@ -15,7 +15,7 @@ import pytest
 
 from rangekv.replication.engines import MemoryEngines
 from rangekv.replication.group import RaftGroup
-from rangekv.replication.scheduler import RaftScheduler
+from rangekv.replication.scheduler import CountingMetrics, RaftScheduler
 from rangekv.replication.sync_mode import FsmSyncMode
 
 TURNS = 8
@@ -42,9 +42,13 @@ class StubGroup:
         return None
 
 
-def _scheduler(turns: int = TURNS) -> RaftScheduler:
+def _scheduler(turns: int = TURNS) -> tuple[RaftScheduler, CountingMetrics]:
     log_engine, state_engine = MemoryEngines()(FsmSyncMode.SYNC)
-    return RaftScheduler(log_engine, state_engine, lambda group, msgs: None, gather_turns=turns)
+    metrics = CountingMetrics()
+    sched = RaftScheduler(
+        log_engine, state_engine, lambda group, msgs: None, metrics=metrics, gather_turns=turns
+    )
+    return sched, metrics
 
 
 def _as_group(stub: StubGroup) -> RaftGroup:
@@ -61,7 +65,7 @@ async def _until_idle(sched: RaftScheduler, limit: int = 1000) -> None:
 
 
 async def test_an_iteration_that_starts_from_idle_does_not_gather() -> None:
-    sched = _scheduler()
+    sched, metrics = _scheduler()
     group = StubGroup(1)
     sched.start()
     try:
@@ -69,13 +73,13 @@ async def test_an_iteration_that_starts_from_idle_does_not_gather() -> None:
             sched.wake(_as_group(group))
             await _until_idle(sched)
         assert group.drains == 3
-        assert sched.gather_turns_taken == 0
+        assert metrics.gather_turns == 0
     finally:
         await sched.stop()
 
 
 async def test_inputs_that_came_during_an_iteration_make_the_next_gather() -> None:
-    sched = _scheduler()
+    sched, metrics = _scheduler()
     group = StubGroup(1)
     other = StubGroup(2)
     # While the first iteration drains `group`, an input for `other` arrives: the
@@ -86,23 +90,23 @@ async def test_inputs_that_came_during_an_iteration_make_the_next_gather() -> No
         sched.wake(_as_group(group))
         await _until_idle(sched)
         assert (group.drains, other.drains) == (1, 1)
-        assert sched.gather_turns_taken == 1
+        assert metrics.gather_turns == 1
     finally:
         await sched.stop()
 
 
 async def test_gathering_ends_at_the_first_turn_without_inputs() -> None:
-    sched = _scheduler()
+    sched, metrics = _scheduler()
     group = StubGroup(1)
     loop = asyncio.get_running_loop()
     # Two inputs are on their way, one per loop turn; then nothing.
     loop.call_soon(lambda: (sched.wake(_as_group(group)), loop.call_soon(sched.wake, group)))
     await sched._gather()
-    assert sched.gather_turns_taken == 3  # two turns with an input, one without
+    assert metrics.gather_turns == 3  # two turns with an input, one without
 
 
 async def test_a_steady_stream_of_inputs_delays_an_iteration_at_most_gather_turns() -> None:
-    sched = _scheduler()
+    sched, metrics = _scheduler()
     group = StubGroup(1)
     feeding = True
 
@@ -115,19 +119,19 @@ async def test_a_steady_stream_of_inputs_delays_an_iteration_at_most_gather_turn
     await asyncio.sleep(0)
     try:
         await sched._gather()
-        assert sched.gather_turns_taken == TURNS
+        assert metrics.gather_turns == TURNS
     finally:
         feeding = False
         await feeder
 
 
 async def test_zero_turns_never_gathers() -> None:
-    sched = _scheduler(turns=0)
+    sched, metrics = _scheduler(turns=0)
     group = StubGroup(1)
     loop = asyncio.get_running_loop()
     loop.call_soon(sched.wake, group)
     await sched._gather()
-    assert sched.gather_turns_taken == 0
+    assert metrics.gather_turns == 0
 
 
 def test_negative_turns_are_refused() -> None:

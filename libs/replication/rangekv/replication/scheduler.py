@@ -87,6 +87,9 @@ class SchedulerMetrics(Protocol):
         self, groups: int, entries: int, applied: int, persist_s: float, apply_s: float
     ) -> None: ...
 
+    def observe_gather(self, turns: int) -> None:
+        """A busy iteration yielded `turns` event-loop turns before it began."""
+
 
 @dataclass
 class CountingMetrics:
@@ -97,6 +100,12 @@ class CountingMetrics:
     entries: int = 0
     applied: int = 0
     persist_seconds: list[float] = field(default_factory=list)
+    gathers: int = 0
+    gather_turns: int = 0
+
+    def observe_gather(self, turns: int) -> None:
+        self.gathers += 1
+        self.gather_turns += turns
 
     def observe_iteration(
         self, groups: int, entries: int, applied: int, persist_s: float, apply_s: float
@@ -163,8 +172,6 @@ class RaftScheduler:
         self._in_iteration = False
         #: Every wake() so far: a gathering turn that adds none ends the gathering.
         self._wakes = 0
-        #: Event-loop turns spent gathering (tests and benchmarks read it).
-        self.gather_turns_taken = 0
         #: Test-only (mutations.py); NONE in every real deployment.
         self._mutation = mutation
 
@@ -286,12 +293,15 @@ class RaftScheduler:
         iteration (module docstring). Bounded: a steady stream of inputs delays an
         iteration by at most `gather_turns` turns, never starves it."""
         seen = self._wakes
-        for _ in range(self._gather_turns):
+        turns = 0
+        while turns < self._gather_turns:
             await asyncio.sleep(0)
-            self.gather_turns_taken += 1
+            turns += 1
             if self._wakes == seen:
-                return
+                break
             seen = self._wakes
+        if turns:
+            self._metrics.observe_gather(turns)
 
     # --- one iteration ----------------------------------------------------------------
 

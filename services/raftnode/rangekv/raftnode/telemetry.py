@@ -75,6 +75,11 @@ class _SchedulerMetrics:
         )
         self._applied = telemetry.counter("rangekv_raft_entries_applied", "Raft entries applied")
         self._syncs = telemetry.counter("rangekv_raft_log_syncs", "Synced raft-log writes")
+        self._gather_turns = telemetry.counter(
+            "rangekv_raft_gather_turns",
+            "Event-loop turns the raft scheduler yielded, when busy, for inputs on their way",
+        )
+        self._gather_turns.add(0)  # the series exists from the start (0 with gathering off)
         self.log_writes = 0
         self.entries = 0
 
@@ -91,6 +96,9 @@ class _SchedulerMetrics:
         if entries:
             self._persisted.add(entries)
             self.entries += entries
+
+    def observe_gather(self, turns: int) -> None:
+        self._gather_turns.add(turns)
 
 
 class NodeMetrics:
