@@ -9,12 +9,15 @@ over real engines, and every raftnode runs with gathering on).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import pytest
 
 from rangekv.replication.engines import MemoryEngines
 from rangekv.replication.group import RaftGroup
+from rangekv.replication.host import HostConfig
 from rangekv.replication.scheduler import CountingMetrics, RaftScheduler
 from rangekv.replication.sync_mode import FsmSyncMode
 
@@ -55,6 +58,16 @@ def _as_group(stub: StubGroup) -> RaftGroup:
     return cast(RaftGroup, stub)
 
 
+@contextlib.asynccontextmanager
+async def _running(sched: RaftScheduler) -> AsyncIterator[None]:
+    """The scheduler's loop, started for the block and stopped after it."""
+    sched.start()
+    try:
+        yield
+    finally:
+        await sched.stop()
+
+
 async def _until_idle(sched: RaftScheduler, limit: int = 1000) -> None:
     """Step the event loop (no timed sleep) until the scheduler has nothing to do."""
     for _ in range(limit):
@@ -67,15 +80,12 @@ async def _until_idle(sched: RaftScheduler, limit: int = 1000) -> None:
 async def test_an_iteration_that_starts_from_idle_does_not_gather() -> None:
     sched, metrics = _scheduler()
     group = StubGroup(1)
-    sched.start()
-    try:
+    async with _running(sched):
         for _ in range(3):
             sched.wake(_as_group(group))
             await _until_idle(sched)
-        assert group.drains == 3
-        assert metrics.gather_turns == 0
-    finally:
-        await sched.stop()
+    assert group.drains == 3
+    assert metrics.gather_turns == 0
 
 
 async def test_inputs_that_came_during_an_iteration_make_the_next_gather() -> None:
@@ -85,14 +95,11 @@ async def test_inputs_that_came_during_an_iteration_make_the_next_gather() -> No
     # While the first iteration drains `group`, an input for `other` arrives: the
     # node is busy, so the next iteration gathers first (one turn: nothing more came).
     group.on_drain = lambda: (sched.wake(_as_group(other)), setattr(group, "on_drain", None))
-    sched.start()
-    try:
+    async with _running(sched):
         sched.wake(_as_group(group))
         await _until_idle(sched)
-        assert (group.drains, other.drains) == (1, 1)
-        assert metrics.gather_turns == 1
-    finally:
-        await sched.stop()
+    assert (group.drains, other.drains) == (1, 1)
+    assert metrics.gather_turns == 1
 
 
 async def test_gathering_ends_at_the_first_turn_without_inputs() -> None:
@@ -100,7 +107,9 @@ async def test_gathering_ends_at_the_first_turn_without_inputs() -> None:
     group = StubGroup(1)
     loop = asyncio.get_running_loop()
     # Two inputs are on their way, one per loop turn; then nothing.
-    loop.call_soon(lambda: (sched.wake(_as_group(group)), loop.call_soon(sched.wake, group)))
+    loop.call_soon(
+        lambda: (sched.wake(_as_group(group)), loop.call_soon(sched.wake, _as_group(group)))
+    )
     await sched._gather()
     assert metrics.gather_turns == 3  # two turns with an input, one without
 
@@ -129,11 +138,11 @@ async def test_zero_turns_never_gathers() -> None:
     sched, metrics = _scheduler(turns=0)
     group = StubGroup(1)
     loop = asyncio.get_running_loop()
-    loop.call_soon(sched.wake, group)
+    loop.call_soon(sched.wake, _as_group(group))
     await sched._gather()
     assert metrics.gather_turns == 0
 
 
 def test_negative_turns_are_refused() -> None:
     with pytest.raises(ValueError, match="gather_turns must be >= 0"):
-        _scheduler(turns=-1)
+        HostConfig(node_id=1, gather_turns=-1)

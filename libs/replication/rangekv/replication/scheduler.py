@@ -100,11 +100,9 @@ class CountingMetrics:
     entries: int = 0
     applied: int = 0
     persist_seconds: list[float] = field(default_factory=list)
-    gathers: int = 0
     gather_turns: int = 0
 
     def observe_gather(self, turns: int) -> None:
-        self.gathers += 1
         self.gather_turns += turns
 
     def observe_iteration(
@@ -150,9 +148,8 @@ class RaftScheduler:
     ) -> None:
         """`gather_turns`: at most this many event-loop turns a busy iteration waits
         for inputs on their way (module docstring; 0: none). `clock` times the
-        phases for the metrics; `mutation` is test-only."""
-        if gather_turns < 0:
-            raise ValueError("gather_turns must be >= 0")
+        phases for the metrics; `mutation` is test-only. (`HostConfig` validates
+        the settings.)"""
         self._log_engine = log_engine
         self._state_engine = state_engine
         self._send = send
