@@ -218,3 +218,18 @@ def test_raft_gather_turns_must_not_be_negative() -> None:
         _load(["--raft-gather-turns", "-1"], {}, RaftnodeConfig)
     assert _load(["--raft-gather-turns", "0"], {}, RaftnodeConfig).raft_gather_turns == 0
     assert _load([], {}, RaftnodeConfig).raft_gather_turns == 16
+
+
+def test_frame_gather_turns_must_not_be_negative() -> None:
+    from rangekv.gateway.main import GatewayConfig
+    from rangekv.raftnode.config import RaftnodeConfig
+
+    meta = ["--meta-addrs", "127.0.0.1:1"]
+    with pytest.raises(ConfigError, match=r"--frame-gather-turns: must be >= 0"):
+        _load([*meta, "--frame-gather-turns", "-1"], {}, GatewayConfig)
+    with pytest.raises(ConfigError, match=r"--frame-gather-turns: must be >= 0"):
+        _load(["--frame-gather-turns", "-1"], {}, RaftnodeConfig)
+    assert _load(meta, {}, GatewayConfig).frame_gather_turns == 16
+    assert _load([], {}, RaftnodeConfig).frame_gather_turns == 16
+    off = {"RANGEKV_FRAME_GATHER_TURNS": "0"}
+    assert _load(meta, off, GatewayConfig).frame_gather_turns == 0

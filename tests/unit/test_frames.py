@@ -68,3 +68,110 @@ async def test_close_wakes_a_waiting_consumer() -> None:
 def test_the_bound_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_bytes"):
         FrameQueue(0)
+
+
+# --- gathering: a busy consumer waits a few turns for more items that may wait
+
+
+class _Producer:
+    """Puts one item per event-loop turn, `count` times (a producer that is on its
+    way while the consumer runs)."""
+
+    def __init__(self, q: FrameQueue[str], count: int, *, may_wait: bool = True) -> None:
+        self.q = q
+        self.count = count
+        self.may_wait = may_wait
+        self.put = 0
+
+    async def run(self) -> None:
+        for i in range(self.count):
+            self.q.put(f"p{i}", 1, may_wait=self.may_wait)
+            self.put += 1
+            await asyncio.sleep(0)
+
+
+def _gathering(turns: int = 16, max_bytes: int = 1000) -> tuple[FrameQueue[str], list[int]]:
+    gathered: list[int] = []
+    return FrameQueue(max_bytes, gather_turns=turns, on_gather=gathered.append), gathered
+
+
+async def test_an_idle_consumer_takes_the_first_item_at_once() -> None:
+    q, gathered = _gathering()
+    waiting = asyncio.ensure_future(q.next_frame())
+    await asyncio.sleep(0)
+    q.put("a", 1, may_wait=True)
+    producer = asyncio.ensure_future(_Producer(q, 3).run())
+    assert await asyncio.wait_for(waiting, 2) == ["a"]  # it was waiting, not busy
+    assert gathered == []
+    await producer
+
+
+async def test_a_busy_consumer_gathers_items_on_their_way() -> None:
+    q, gathered = _gathering()
+    q.put("a", 1, may_wait=True)  # queued before the consumer asked: it is busy
+    producer = _Producer(q, 5)
+    task = asyncio.ensure_future(producer.run())
+    frame = await q.next_frame()
+    assert frame == ["a", "p0", "p1", "p2", "p3", "p4"]
+    assert gathered == [6]  # five turns brought an item each; the sixth brought none
+    await task
+
+
+async def test_gathering_ends_at_the_first_turn_without_items() -> None:
+    q, gathered = _gathering()
+    q.put("a", 1, may_wait=True)
+    assert await q.next_frame() == ["a"]
+    assert gathered == [1]
+
+
+async def test_a_steady_stream_delays_a_frame_by_at_most_gather_turns() -> None:
+    q, gathered = _gathering(turns=4)
+    q.put("a", 1, may_wait=True)
+    task = asyncio.ensure_future(_Producer(q, 100).run())
+    frame = await q.next_frame()
+    assert gathered == [4]
+    assert frame == ["a", "p0", "p1", "p2", "p3"]
+    task.cancel()
+
+
+async def test_an_item_that_may_not_wait_is_never_held() -> None:
+    q, gathered = _gathering()
+    q.put("r", 1, may_wait=True)
+    q.put("w", 1)  # a write: the frame leaves at once
+    task = asyncio.ensure_future(_Producer(q, 5).run())
+    assert await q.next_frame() == ["r", "w"]
+    assert gathered == []
+    task.cancel()
+
+
+async def test_an_item_that_may_not_wait_ends_gathering() -> None:
+    q, gathered = _gathering()
+    q.put("r", 1, may_wait=True)
+    reads = asyncio.ensure_future(_Producer(q, 100).run())
+    write = _Producer(q, 1, may_wait=False)  # arrives in the first turn too
+    await asyncio.gather(q.next_frame(), write.run())
+    assert gathered == [1]
+    reads.cancel()
+
+
+async def test_gathering_ends_once_the_frame_is_full() -> None:
+    q, gathered = _gathering(max_bytes=3)
+    q.put("a", 1, may_wait=True)
+    task = asyncio.ensure_future(_Producer(q, 100).run())
+    assert await q.next_frame() == ["a", "p0", "p1"]
+    assert gathered == [2]
+    task.cancel()
+
+
+async def test_zero_turns_never_gathers() -> None:
+    q, gathered = _gathering(turns=0)
+    q.put("a", 1, may_wait=True)
+    task = asyncio.ensure_future(_Producer(q, 5).run())
+    assert await q.next_frame() == ["a"]
+    assert gathered == []
+    await task
+
+
+def test_gather_turns_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="gather_turns"):
+        FrameQueue(gather_turns=-1)

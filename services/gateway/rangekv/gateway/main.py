@@ -96,8 +96,17 @@ class GatewayConfig:
         "Replica.BatchFrames message; off: one Replica.BatchStream message per batch",
     )
 
+    frame_gather_turns: int = setting(
+        16,
+        help="when a node stream is busy (batches queued while the last frame was written) "
+        "and its queued batches hold only reads, event-loop turns its next frame may wait "
+        "while each brings more reads, so that reads of many ranges share one frame "
+        "(0: never; writes never wait)",
+    )
+
     def __post_init__(self) -> None:
         require(bool(self.addresses()), "meta_addrs", "name at least one metarange replica")
+        require(self.frame_gather_turns >= 0, "frame_gather_turns", "must be >= 0")
         require(0 <= self.prefetch <= 1000, "prefetch", "must be in [0, 1000]")
         require(self.cache_size >= 1, "cache_size", "must be >= 1")
         require(self.request_timeout > 0, "request_timeout", "must be > 0")
@@ -137,7 +146,10 @@ def build(
         cfg.addresses(), channels=channels, clock=clock, rng=random.Random(rng.random())
     )
     nodes = NodeClients(
-        max_inflight=cfg.max_inflight_batches, channels=channels, framed=cfg.batch_frames
+        max_inflight=cfg.max_inflight_batches,
+        channels=channels,
+        framed=cfg.batch_frames,
+        frame_gather_turns=cfg.frame_gather_turns,
     )
 
     async def meta_lookup(key: bytes, prefetch: int, *, consistent: bool = False) -> LookupResult:
@@ -265,6 +277,12 @@ def export_scan_and_load_counters(
         "Batches sent to storage nodes since start (monotonic); with "
         "rangekv_gateway_node_ops, the merging achieved (operations per batch).",
         lambda: float(nodes.batches_sent),
+    )
+    telemetry.observable_gauge(
+        "rangekv_gateway_frame_gather_turns",
+        "Event-loop turns the gateway's busy node streams waited for more reads before "
+        "a frame (monotonic; see --frame-gather-turns).",
+        lambda: float(nodes.frame_gather_turns),
     )
     telemetry.observable_gauge(
         "rangekv_gateway_node_ops",

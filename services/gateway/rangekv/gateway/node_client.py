@@ -146,7 +146,17 @@ class NodeStream:
     says so in `unimplemented`, and the next stream to that address is a
     `Replica.BatchStream` (one batch per message)."""
 
-    def __init__(self, address: str, channel: grpc.aio.Channel, *, framed: bool = True) -> None:
+    def __init__(
+        self,
+        address: str,
+        channel: grpc.aio.Channel,
+        *,
+        framed: bool = True,
+        gather_turns: int = 0,
+        on_gather: Callable[[int], None] | None = None,
+    ) -> None:
+        """`gather_turns`, `on_gather`: a busy stream's frames of reads gather (see
+        `rangekv.common.frames`); writes never wait."""
         self.address = address
         self.framed = framed
         self._stub = replica_pb2_grpc.ReplicaStub(channel)
@@ -155,7 +165,9 @@ class NodeStream:
             int, tuple[asyncio.Future[replica_pb2.ReplicaBatchResponse], bool]
         ] = {}
         self._outbox: FrameQueue[replica_pb2.BatchStreamRequest] = FrameQueue(
-            FRAME_MAX_BYTES if framed else 1
+            FRAME_MAX_BYTES if framed else 1,
+            gather_turns=gather_turns if framed else 0,
+            on_gather=on_gather,
         )
         self._call: grpc.aio.StreamStreamCall | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -265,7 +277,7 @@ class NodeStream:
         request_id = next(self._ids)
         self._inflight[request_id] = (fut, has_writes)
         request = replica_pb2.BatchStreamRequest(request_id=request_id, batch=batch)
-        self._outbox.put(request, request.ByteSize() if self.framed else 1)
+        self._outbox.put(request, request.ByteSize() if self.framed else 1, may_wait=not has_writes)
         return fut
 
     async def close(self) -> None:
@@ -395,10 +407,15 @@ class NodeClients:
         channels: ChannelOpener | None = None,
         max_inflight: int = DEFAULT_MAX_INFLIGHT,
         framed: bool = True,
+        frame_gather_turns: int = 0,
     ) -> None:
-        """`framed`: talk BatchFrames to nodes (see NodeStream); False: BatchStream."""
+        """`framed`: talk BatchFrames to nodes (see NodeStream); False: BatchStream.
+        `frame_gather_turns`: event-loop turns a busy stream's frame of reads may wait
+        for more reads (`rangekv.common.frames`; 0: never)."""
         if max_inflight < 1:
             raise ValueError(f"max_inflight must be >= 1, got {max_inflight}")
+        if frame_gather_turns < 0:
+            raise ValueError(f"frame_gather_turns must be >= 0, got {frame_gather_turns}")
         opener = channels if channels is not None else PlaintextChannels()
         self._channel_factory = channel_factory or (lambda addr: opener(addr, CHANNEL_OPTIONS))
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -416,6 +433,9 @@ class NodeClients:
         self.split_batches = 0
         self._solo_ids = itertools.count(1)
         self._framed = framed
+        self._frame_gather_turns = frame_gather_turns
+        #: Event-loop turns the streams' frames waited for more reads (monotonic).
+        self.frame_gather_turns = 0
         #: Nodes that answered BatchFrames with UNIMPLEMENTED: they get BatchStream.
         self._unframed: set[str] = set()
 
@@ -448,9 +468,18 @@ class NodeClients:
                 log.info("node %s does not serve BatchFrames; using BatchStream", address)
                 self._unframed.add(address)
             framed = self._framed and address not in self._unframed
-            stream = NodeStream(address, self.channel(address), framed=framed)
+            stream = NodeStream(
+                address,
+                self.channel(address),
+                framed=framed,
+                gather_turns=self._frame_gather_turns,
+                on_gather=self._count_gather,
+            )
             self._streams[address] = stream
         return stream
+
+    def _count_gather(self, turns: int) -> None:
+        self.frame_gather_turns += turns
 
     def submit(
         self,

@@ -103,6 +103,13 @@ class RaftnodeConfig:
         "node), event-loop turns it may yield first, while each brings more, so that "
         "ranges' entries share one log write and one frame per peer (0: never)",
     )
+    frame_gather_turns: int = setting(
+        16,
+        help="when a gateway's BatchFrames stream is busy (answers queued while the last "
+        "frame was written) and its queued answers are all to reads, event-loop turns the "
+        "next frame may wait while each brings more, so that the reads of many ranges "
+        "share one frame (0: never; answers to writes never wait)",
+    )
     max_key_bytes: int = max_key_bytes_setting()
     max_value_bytes: int = max_value_bytes_setting()
     gc_ttl: float = setting(
@@ -233,6 +240,7 @@ class RaftnodeConfig:
         require(self.split_size_threshold >= 0, "split_size_threshold", "must be >= 0")
         require(self.quiesce_after_ticks >= 0, "quiesce_after_ticks", "must be >= 0")
         require(self.raft_gather_turns >= 0, "raft_gather_turns", "must be >= 0")
+        require(self.frame_gather_turns >= 0, "frame_gather_turns", "must be >= 0")
         require(self.split_check_interval > 0, "split_check_interval", "must be > 0")
         require(self.rebalance_cooldown >= 0, "rebalance_cooldown", "must be >= 0")
         try:

@@ -182,6 +182,8 @@ def _assemble(
             splits=splits,
             changes=changes,
             max_stream_inflight=node_config.max_stream_inflight,
+            frame_gather_turns=node_config.frame_gather_turns,
+            on_frame_gather=metrics.frame_gather_turns.add,
         ),
         raft_service=raft_service,
         telemetry=telemetry,

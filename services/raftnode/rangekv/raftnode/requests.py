@@ -24,6 +24,7 @@ __all__ = [
     "BatchShape",
     "ReplicaLimits",
     "keys_outside",
+    "reads_only",
     "validate",
 ]
 
@@ -84,6 +85,12 @@ class BatchShape:
     @property
     def fencing(self) -> bool:
         return "fence" in self.kinds
+
+
+def reads_only(req: replica_pb2.ReplicaBatchRequest) -> bool:
+    """No operation of `req` writes (its answer may wait a few turns for company on a
+    busy stream, see `rangekv.common.frames`). Cheap: no validation."""
+    return not any(op.WhichOneof("op") in WRITE_KINDS for op in req.ops)
 
 
 def validate(req: replica_pb2.ReplicaBatchRequest, limits: ReplicaLimits) -> BatchShape:

@@ -9,7 +9,7 @@ replica changes (`rangekv.raftnode.change`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
@@ -20,6 +20,7 @@ from rangekv.raft import LeaseState
 from rangekv.raftnode import txn as T
 from rangekv.raftnode.change import PROMOTE_VOTER, ReplicaChanger
 from rangekv.raftnode.replica import RangeReplica
+from rangekv.raftnode.requests import reads_only
 from rangekv.raftnode.split import SplitCoordinator
 from rangekv.raftnode.store import Store
 from rangekv.raftnode.txn_push import push_local
@@ -35,10 +36,17 @@ class ReplicaService(replica_pb2_grpc.ReplicaServicer):
         changes: ReplicaChanger,
         transfer_timeout: float = 5.0,
         max_stream_inflight: int = 1024,
+        frame_gather_turns: int = 0,
+        on_frame_gather: Callable[[int], None] | None = None,
     ) -> None:
+        """`frame_gather_turns`, `on_frame_gather`: a busy BatchFrames stream's frame of
+        read answers may wait that many event-loop turns for more (see
+        `rangekv.common.frames`); answers to writes never wait."""
         self._store = store
         self._clock = store.clock
         self._max_stream_inflight = max_stream_inflight
+        self._frame_gather_turns = frame_gather_turns
+        self._on_frame_gather = on_frame_gather
         self._transfer_timeout = transfer_timeout
         self._splits = splits
         self._changes = changes
@@ -95,7 +103,9 @@ class ReplicaService(replica_pb2_grpc.ReplicaServicer):
         once; past that the stream is not read (gRPC flow control pushes back on
         the sender), so one gateway cannot make a node queue without limit."""
         out: FrameQueue[replica_pb2.BatchStreamResponse] = FrameQueue(
-            FRAME_MAX_BYTES if framed else 1
+            FRAME_MAX_BYTES if framed else 1,
+            gather_turns=self._frame_gather_turns if framed else 0,
+            on_gather=self._on_frame_gather,
         )
         pending: set[asyncio.Task[None]] = set()
         slots = asyncio.Semaphore(self._max_stream_inflight)
@@ -104,7 +114,7 @@ class ReplicaService(replica_pb2_grpc.ReplicaServicer):
             try:
                 resp = await self.serve_batch(req.batch)
                 answer = replica_pb2.BatchStreamResponse(request_id=req.request_id, batch=resp)
-                out.put(answer, answer.ByteSize() if framed else 1)
+                out.put(answer, answer.ByteSize() if framed else 1, may_wait=reads_only(req.batch))
             finally:
                 slots.release()
 

@@ -11,6 +11,8 @@ Names (Prometheus, after the exporter's suffixes):
   rangekv_raft_entries_persisted_total, rangekv_raft_entries_applied_total
   rangekv_raft_log_syncs_total               synced raft-log writes (fsyncs)
   rangekv_raft_leader_changes_total          observed leader changes, all ranges
+  rangekv_node_frame_gather_turns_total      event-loop turns busy BatchFrames streams waited
+                                             for more read answers before a frame
   rangekv_ranges, rangekv_ranges_led         replicas hosted / led by this node
   rangekv_event_loop_lag_seconds             from the common server scaffolding
   rangekv_node_refused_total{reason}         refused on purpose: clock_offset (a timestamp or
@@ -113,6 +115,12 @@ class NodeMetrics:
         self.leader_changes = telemetry.counter(
             "rangekv_raft_leader_changes", "Leader changes observed by this node's replicas"
         )
+        self.frame_gather_turns = telemetry.counter(
+            "rangekv_node_frame_gather_turns",
+            "Event-loop turns busy BatchFrames streams waited for more read answers "
+            "before a frame (see --frame-gather-turns)",
+        )
+        self.frame_gather_turns.add(0)  # the series exists from the start
         telemetry.observable_gauge(
             "rangekv_fsm_apply_sync_mode",
             "1 for the FSM sync mode this node applies with",
