@@ -168,7 +168,11 @@ def test_a_nodes_kv_api_has_its_own_bounded_budget_and_timeout(telemetry: Teleme
         _load(["--kv-max-inflight-ops", "10001"], {}, RaftnodeConfig)
     with pytest.raises(ConfigError, match=r"--kv-request-timeout: must be > 0"):
         _load(["--kv-request-timeout", "0"], {}, RaftnodeConfig)
-    cfg = _load(["--kv-max-inflight-ops", "7", "--kv-request-timeout", "3"], {}, RaftnodeConfig)
+    cfg = _load(
+        ["--kv-max-inflight-ops", "7", "--kv-request-timeout", "3", "--frame-gather-turns", "5"],
+        {},
+        RaftnodeConfig,
+    )
     assert isinstance(cfg, RaftnodeConfig)
     gateway = EmbeddedGateway(
         FrontendContext(
@@ -180,11 +184,13 @@ def test_a_nodes_kv_api_has_its_own_bounded_budget_and_timeout(telemetry: Teleme
             max_inflight_ops=cfg.kv_max_inflight_ops,
             request_timeout=cfg.kv_request_timeout,
             max_message_bytes=4 << 20,
+            frame_gather_turns=cfg.frame_gather_turns,
             clock=SystemClock(),
             rng=random.Random(1),
         )
     )
     assert gateway.config.max_inflight_ops == 7 and gateway.config.request_timeout == 3.0
+    assert gateway.config.frame_gather_turns == 5
     assert gateway.kv.admission.limit == 7
 
 

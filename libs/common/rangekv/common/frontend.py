@@ -37,5 +37,8 @@ class FrontendContext:
     request_timeout: float
     #: The server's message bound, so that no stream answer exceeds it.
     max_message_bytes: int
+    #: Event-loop turns a busy node stream's frame of reads may wait for more (the
+    #: node's own --frame-gather-turns: one flag for both directions of a node).
+    frame_gather_turns: int
     clock: Clock
     rng: random.Random

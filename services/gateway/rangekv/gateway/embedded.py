@@ -38,6 +38,7 @@ class EmbeddedGateway:
             max_value_bytes=ctx.max_value_bytes,
             max_inflight_ops=ctx.max_inflight_ops,
             request_timeout=ctx.request_timeout,
+            frame_gather_turns=ctx.frame_gather_turns,
         )
         self.kv, self._meta, self.nodes = build(
             self.config,

@@ -105,10 +105,11 @@ class RaftnodeConfig:
     )
     frame_gather_turns: int = setting(
         16,
-        help="when a gateway's BatchFrames stream is busy (answers queued while the last "
-        "frame was written) and its queued answers are all to reads, event-loop turns the "
-        "next frame may wait while each brings more, so that the reads of many ranges "
-        "share one frame (0: never; answers to writes never wait)",
+        help="when a BatchFrames stream is busy (items queued while the last frame was "
+        "written) and its queued items are all reads or answers to reads, event-loop turns "
+        "the next frame may wait while each brings more, so that the reads of many ranges "
+        "share one frame (0: never; writes never wait); for the answers this node sends "
+        "and for its KV API's batches to other nodes",
     )
     max_key_bytes: int = max_key_bytes_setting()
     max_value_bytes: int = max_value_bytes_setting()

@@ -219,6 +219,7 @@ def _kv_frontend(
             max_inflight_ops=node_config.kv_max_inflight_ops,
             request_timeout=node_config.kv_request_timeout,
             max_message_bytes=server_config.max_message_bytes,
+            frame_gather_turns=node_config.frame_gather_turns,
             clock=clock,
             rng=random.Random(rng.random()),
         )
