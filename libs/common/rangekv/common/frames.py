@@ -107,7 +107,7 @@ class FrameQueue(Generic[T]):
 
     async def next_frame(self) -> list[T]:
         """The next frame: at least one item, or [] once closed and drained."""
-        if self._items and self._gather_turns:
+        if self._items and self._gather_turns and not self._hurried:
             await self.maybe_gather()
         while not self._items:
             if self._closed:
