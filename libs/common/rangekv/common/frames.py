@@ -13,7 +13,7 @@ every item already queued, in order, while the frame stays within `max_bytes`
 still goes, alone). No timer: a frame holds what piled up while the previous
 one was being written, so frames grow with load and a lone item leaves at once.
 
-Gathering (`gather_turns`). Under load, more items are usually on their way
+Gathering (`gather_turns`, by the rule of `rangekv.common.gathering`). Under load, more items are usually on their way
 when a frame is taken: their producers wait behind the consumer on the event
 loop (a node's read answers finish one task at a time; a gateway's reads for
 many ranges are routed one call at a time). If items were already queued when
@@ -41,6 +41,8 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from typing import Final, Generic, TypeVar
+
+from rangekv.common.gathering import gather
 
 __all__ = ["FRAME_MAX_BYTES", "FrameQueue"]
 
@@ -107,8 +109,10 @@ class FrameQueue(Generic[T]):
 
     async def next_frame(self) -> list[T]:
         """The next frame: at least one item, or [] once closed and drained."""
-        if self._items and self._gather_turns and not self._hurried:
-            await self.maybe_gather()
+        if self._items and self._gather_turns and self._may_gather():
+            turns = await gather(self._gather_turns, self._put_count, self._may_gather)
+            if turns and self._on_gather is not None:
+                self._on_gather(turns)
         while not self._items:
             if self._closed:
                 return []
@@ -122,24 +126,13 @@ class FrameQueue(Generic[T]):
             total += size
         return frame
 
-    async def maybe_gather(self) -> None:
-        """Yield to the loop while each turn brings items that may wait, within the
-        bounds of the module docstring; nothing when an item queued may not wait."""
-        turns = 0
-        seen = self._puts
-        while (
-            turns < self._gather_turns
-            and not self._hurried
-            and not self._closed
-            and self._bytes < self._max_bytes
-        ):
-            await asyncio.sleep(0)
-            turns += 1
-            if self._puts == seen:
-                break
-            seen = self._puts
-        if turns and self._on_gather is not None:
-            self._on_gather(turns)
+    def _may_gather(self) -> bool:
+        """Another gathering turn is allowed: every queued item may wait, the queue is
+        open and the frame is not full yet."""
+        return not self._hurried and not self._closed and self._bytes < self._max_bytes
+
+    def _put_count(self) -> int:
+        return self._puts
 
     def _pop(self) -> tuple[T, int]:
         item, size, may_wait = self._items.popleft()

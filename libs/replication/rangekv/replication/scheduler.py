@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from rangekv.common.clock import Clock, SystemClock
+from rangekv.common.gathering import gather
 from rangekv.raft import HardState, Message, MessageType, Ready, Snapshot
 from rangekv.replication.group import RaftGroup, Resolved
 from rangekv.replication.mutations import Mutation
@@ -194,6 +195,9 @@ class RaftScheduler:
     def groups(self) -> dict[int, RaftGroup]:
         return self._groups
 
+    def _wake_count(self) -> int:
+        return self._wakes
+
     def wake(self, group: RaftGroup) -> None:
         self._dirty[group.group_id] = group
         self._wakes += 1
@@ -289,14 +293,7 @@ class RaftScheduler:
         `gather_turns` turns, so that inputs already on their way join the next
         iteration (module docstring). Bounded: a steady stream of inputs delays an
         iteration by at most `gather_turns` turns, never starves it."""
-        seen = self._wakes
-        turns = 0
-        while turns < self._gather_turns:
-            await asyncio.sleep(0)
-            turns += 1
-            if self._wakes == seen:
-                break
-            seen = self._wakes
+        turns = await gather(self._gather_turns, self._wake_count)
         if turns:
             self._metrics.observe_gather(turns)
 
