@@ -109,12 +109,17 @@ class ReplicaService(replica_pb2_grpc.ReplicaServicer):
         )
         pending: set[asyncio.Task[None]] = set()
         slots = asyncio.Semaphore(self._max_stream_inflight)
+        gathering = framed and self._frame_gather_turns > 0
 
         async def serve(req: replica_pb2.BatchStreamRequest) -> None:
             try:
                 resp = await self.serve_batch(req.batch)
                 answer = replica_pb2.BatchStreamResponse(request_id=req.request_id, batch=resp)
-                out.put(answer, answer.ByteSize() if framed else 1, may_wait=reads_only(req.batch))
+                out.put(
+                    answer,
+                    answer.ByteSize() if framed else 1,
+                    may_wait=gathering and reads_only(req.batch),
+                )
             finally:
                 slots.release()
 
