@@ -106,32 +106,40 @@ async def test_an_idle_consumer_takes_the_first_item_at_once() -> None:
     await producer
 
 
-async def test_a_busy_consumer_gathers_items_on_their_way() -> None:
-    q, gathered = _gathering()
+#: (case, gather_turns, max_bytes, items the producer brings one per turn,
+#:  the frame expected, the turns reported). "a" was queued before the consumer asked.
+_BUSY_CASES = [
+    ("gathers items on their way", 16, 1000, 5, ["a", "p0", "p1", "p2", "p3", "p4"], [6]),
+    ("ends at the first turn without items", 16, 1000, 0, ["a"], [1]),
+    (
+        "a steady stream waits at most gather_turns",
+        4,
+        1000,
+        100,
+        ["a", "p0", "p1", "p2", "p3"],
+        [4],
+    ),
+    ("ends once the frame is full", 16, 3, 100, ["a", "p0", "p1"], [2]),
+    ("zero turns never gathers", 0, 1000, 5, ["a"], []),
+]
+
+
+@pytest.mark.parametrize(
+    ("turns", "max_bytes", "produced", "frame", "reported"),
+    [case[1:] for case in _BUSY_CASES],
+    ids=[case[0] for case in _BUSY_CASES],
+)
+async def test_a_busy_consumer_gathers_within_its_bounds(
+    turns: int, max_bytes: int, produced: int, frame: list[str], reported: list[int]
+) -> None:
+    """An item queued before the consumer asked makes it busy: it gathers within the
+    case's bounds and reports the turns it yielded."""
+    q, gathered = _gathering(turns=turns, max_bytes=max_bytes)
     q.put("a", 1, may_wait=True)  # queued before the consumer asked: it is busy
-    producer = _Producer(q, 5)
-    task = asyncio.ensure_future(producer.run())
-    frame = await q.next_frame()
-    assert frame == ["a", "p0", "p1", "p2", "p3", "p4"]
-    assert gathered == [6]  # five turns brought an item each; the sixth brought none
-    await task
-
-
-async def test_gathering_ends_at_the_first_turn_without_items() -> None:
-    q, gathered = _gathering()
-    q.put("a", 1, may_wait=True)
-    assert await q.next_frame() == ["a"]
-    assert gathered == [1]
-
-
-async def test_a_steady_stream_delays_a_frame_by_at_most_gather_turns() -> None:
-    q, gathered = _gathering(turns=4)
-    q.put("a", 1, may_wait=True)
-    task = asyncio.ensure_future(_Producer(q, 100).run())
-    frame = await q.next_frame()
-    assert gathered == [4]
-    assert frame == ["a", "p0", "p1", "p2", "p3"]
-    task.cancel()
+    producer = asyncio.ensure_future(_Producer(q, produced).run())
+    assert await q.next_frame() == frame
+    assert gathered == reported
+    producer.cancel()
 
 
 async def test_an_item_that_may_not_wait_is_never_held() -> None:
@@ -152,24 +160,6 @@ async def test_an_item_that_may_not_wait_ends_gathering() -> None:
     await asyncio.gather(q.next_frame(), write.run())
     assert gathered == [1]
     reads.cancel()
-
-
-async def test_gathering_ends_once_the_frame_is_full() -> None:
-    q, gathered = _gathering(max_bytes=3)
-    q.put("a", 1, may_wait=True)
-    task = asyncio.ensure_future(_Producer(q, 100).run())
-    assert await q.next_frame() == ["a", "p0", "p1"]
-    assert gathered == [2]
-    task.cancel()
-
-
-async def test_zero_turns_never_gathers() -> None:
-    q, gathered = _gathering(turns=0)
-    q.put("a", 1, may_wait=True)
-    task = asyncio.ensure_future(_Producer(q, 5).run())
-    assert await q.next_frame() == ["a"]
-    assert gathered == []
-    await task
 
 
 def test_gather_turns_must_not_be_negative() -> None:

@@ -23,11 +23,23 @@ class _HeldReplica:
 
     def __init__(self) -> None:
         self.release: dict[int, asyncio.Event] = {}
+        #: Ids answered. The service queues an answer in the same task step as the
+        #: return from `batch` (no await between), so an id here is an answer queued.
+        self.answered: set[int] = set()
 
     async def batch(self, request: replica_pb2.ReplicaBatchRequest) -> Any:
         rid = request.range_id  # the tests give each request its own range id
         await self.release.setdefault(rid, asyncio.Event()).wait()
+        self.answered.add(rid)
         return replica_pb2.ReplicaBatchResponse()
+
+    async def until_answered(self, rids: set[int]) -> None:
+        """Yield to the loop until every request of `rids` is answered (bounded)."""
+        for _ in range(1000):
+            if rids <= self.answered:
+                return
+            await asyncio.sleep(0)
+        raise AssertionError(f"requests {sorted(rids - self.answered)} never answered")
 
 
 def _service(replica: _HeldReplica, gathered: list[int]) -> ReplicaService:
@@ -69,8 +81,7 @@ async def _frames_after(
     first = await anext(stream)
     for rid in (2, 3):
         replica.release.setdefault(rid, asyncio.Event()).set()
-    for _ in range(8):  # the serving tasks run and queue their answers meanwhile
-        await asyncio.sleep(0)
+    await replica.until_answered({2, 3})  # both answers queued while the writer was away
     second = await anext(stream)
     await stream.aclose()
     return [a.request_id for a in first], [a.request_id for a in second]
