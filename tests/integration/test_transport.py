@@ -24,10 +24,12 @@ from rangekv.raft import ConfState, Message, MessageType, Snapshot, SnapshotMeta
 from rangekv.replication.lanes import InMemoryTransportMetrics, Lane, lane_for
 from rangekv.replication.raft_codec import DecodedMessage, message_from_proto
 from rangekv.replication.transport import (
+    READER_STOP_WAIT,
     SERVER_OPTIONS,
     RaftTransport,
     RaftTransportServicer,
     TransportConfig,
+    _StreamLane,
 )
 from rangekv.v1 import raft_pb2, raft_pb2_grpc, types_pb2
 
@@ -616,3 +618,30 @@ async def test_a_receiver_that_sends_no_early_metadata_still_gets_the_batches() 
             assert sender.unreachable == []
         finally:
             await sender.transport.close()
+
+
+async def test_a_reader_stuck_in_grpc_does_not_hang_the_lane_or_close() -> None:
+    """gRPC can leave the reader of a stream refused at once pending forever, its
+    cancellation stuck in the call's preparation (seen on a loaded machine: the
+    refused-stream test above then hung in `close`). The lane waits for such a
+    reader only READER_STOP_WAIT seconds: dropping the call, and closing the
+    transport, still end."""
+    signal = Signal()
+    sender = make_sender(signal, {2: "127.0.0.1:1"})
+    release = asyncio.Event()
+
+    async def stuck_reader() -> None:
+        while not release.is_set():  # ignores cancellation, as the stuck reader did
+            with contextlib.suppress(asyncio.CancelledError):
+                await release.wait()
+
+    try:
+        lane = sender.transport._add_peer(2)[Lane.REPLICATION - 1]  # idle: nothing queued
+        assert isinstance(lane, _StreamLane)
+        lane._reader = asyncio.ensure_future(stuck_reader())
+        await asyncio.wait_for(lane._drop_call(), READER_STOP_WAIT + 5)
+        lane._reader = asyncio.ensure_future(stuck_reader())
+        await asyncio.wait_for(sender.transport.close(), READER_STOP_WAIT + 5)
+    finally:
+        release.set()
+        await sender.transport.close()

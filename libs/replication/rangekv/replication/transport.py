@@ -32,7 +32,6 @@ Failure accounting:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Callable
@@ -84,6 +83,8 @@ _SEND_LANE: tuple[Lane | None, ...] = tuple(
     None if t.is_local() else lane_for(t) for t in sorted(MessageType, key=lambda t: t.value)
 )
 _RPC_ERRORS = (grpc.aio.AioRpcError, asyncio.InvalidStateError)
+#: Seconds a lane waits for a cancelled stream's reader to end (see `_drop_call`).
+READER_STOP_WAIT = 1.0
 
 
 @dataclass(slots=True)
@@ -349,8 +350,13 @@ class _StreamLane(_LaneWorker):
             call.cancel()
         if reader is not None and reader is not asyncio.current_task():
             reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
-                await reader
+            # Bounded: gRPC can leave the reader of a call refused at once pending
+            # forever, its cancellation stuck inside the call's own preparation
+            # (seen on a loaded machine). Waiting for it without a bound hung the
+            # lane -- no more batches to that peer -- and `close()` with it. A
+            # reader left behind can do nothing: its call is cancelled.
+            await asyncio.wait({reader}, timeout=READER_STOP_WAIT)
+            reader.add_done_callback(retrieve_outcome)
 
     async def _disconnect(self) -> None:
         await self._drop_call()
