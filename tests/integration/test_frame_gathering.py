@@ -1,6 +1,8 @@
 """Frame gathering through real processes: a busy gateway's node streams, and a
 busy node's answers, wait a few event-loop turns for more reads before a frame
 (`--frame-gather-turns` on both; `rangekv.common.frames`), and writes never wait.
+The same holds one level up, on KV/Stream: `rangekv.client`'s requests
+(`ClientConfig.frame_gather_turns`) and the gateway's answers to them.
 
 One cluster per case (3 metarange replicas, 3 raftnodes, 1 gateway, insecure),
 the keyspace split into RANGES ranges so that concurrent reads of one node go to
@@ -8,7 +10,10 @@ many ranges (one batch each) and can share a frame:
 
 - writes alone, however concurrent, never gather, on the gateway or the nodes;
 - concurrent reads over the ranges gather on both sides with the flag at 16,
-  never with 0; every read returns what was written either way.
+  never with 0; every read returns what was written either way;
+- then the same through `rangekv.client` (KV/Stream, one connection): its writer
+  and the gateway's stream writer never gather for writes, and gather for reads
+  at 16, never at 0.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from testkit.kv import get, kv_stubs, put
 from testkit.metrics import metric_value
 
 from rangekv.cli.dev import wait_until_serving
+from rangekv.client import Client, ClientConfig, connect
+from rangekv.client.gateway import GatewayTransport
 from rangekv.v1 import admin_pb2, admin_pb2_grpc, kv_pb2_grpc
 
 pytestmark = pytest.mark.timeout(240)
@@ -36,6 +43,7 @@ MAX_READ_ROUNDS = 20
 
 GATEWAY_TURNS = "rangekv_gateway_frame_gather_turns"
 NODE_TURNS = "rangekv_node_frame_gather_turns_total"
+STREAM_TURNS = "rangekv_gateway_stream_gather_turns"
 
 
 async def gather_turns(cluster: Cluster) -> tuple[float, float]:
@@ -81,6 +89,52 @@ async def concurrently(kv: kv_pb2_grpc.KVStub, calls: int, read: bool) -> None:
     await asyncio.gather(*(caller(c) for c in range(CALLERS)))
 
 
+async def stream_gather_turns(cluster: Cluster, client: Client) -> tuple[float, float]:
+    """(the client connection's turns, the gateway's KV/Stream writers' turns)."""
+    assert isinstance(client.transport, GatewayTransport)
+    gateway = await cluster.metrics(cluster.gateways[0])
+    assert STREAM_TURNS in gateway
+    return client.transport.connections[0].gather_turns, metric_value(gateway, STREAM_TURNS)
+
+
+async def through_the_client(client: Client, calls: int, read: bool) -> None:
+    """`concurrently`, through rangekv.client."""
+
+    async def caller(c: int) -> None:
+        for i in range(calls):
+            key = KEYS[(c * calls + i) % len(KEYS)]
+            if read:
+                found = await client.get(key)
+                assert found is not None and found.value == b"v:" + key
+            else:
+                await client.put(key, b"v:" + key)
+
+    await asyncio.gather(*(caller(c) for c in range(CALLERS)))
+
+
+async def check_kv_streams(cluster: Cluster, turns: int) -> None:
+    config = ClientConfig(addr=cluster.gateways[0].address, frame_gather_turns=turns)
+    client = await connect(config, channels=cluster.client_channels(), ready_timeout=30)
+    async with client:
+        before = await stream_gather_turns(cluster, client)
+        assert before == (0, 0)
+        await through_the_client(client, 4, read=False)
+        assert await stream_gather_turns(cluster, client) == before, "a message of writes waited"
+        rounds = 0
+        while True:
+            await through_the_client(client, 4, read=True)
+            rounds += 1
+            ours, gateway = await stream_gather_turns(cluster, client)
+            if not turns or (ours > 0 and gateway > 0):
+                break
+            assert rounds < MAX_READ_ROUNDS, (
+                f"no KV/Stream gathering in {rounds} rounds of reads: client {ours}, "
+                f"gateway {gateway}"
+            )
+    if not turns:
+        assert (ours, gateway) == (0, 0)
+
+
 @pytest.mark.parametrize("turns", [16, 0])
 async def test_busy_streams_gather_reads_and_never_writes(
     clusters: ClusterFactory, turns: int
@@ -108,3 +162,4 @@ async def test_busy_streams_gather_reads_and_never_writes(
         assert gateway > before[0] and nodes > before[1]
     else:
         assert (gateway, nodes) == (0, 0)
+    await check_kv_streams(cluster, turns)

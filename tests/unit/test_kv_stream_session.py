@@ -62,6 +62,9 @@ class Script:
         self.hold = hold
         self.started: list[tuple[str, Any, float | None]] = []
         self.gates: dict[bytes, asyncio.Future[Any]] = {}
+        #: Requests that returned a result: the session queued their answer in the
+        #: same step.
+        self.answered = 0
 
     def release(self, key: bytes, result: Any) -> None:
         fut = self.gates[key]
@@ -78,7 +81,10 @@ class Script:
             raise E.Unavailable("no leaseholder", retry_after=0.25)
         if self.hold:
             fut = self.gates.setdefault(body.key, asyncio.get_running_loop().create_future())
-            return await fut
+            result = await fut
+            self.answered += 1
+            return result
+        self.answered += 1
         return _result(kind, body)
 
 
@@ -237,6 +243,56 @@ async def test_an_answer_too_large_for_a_message_is_refused_alone() -> None:
     got = await answers(StreamSession(Big(), limits, StreamStats()), feed, 2)
     assert status_of(got[1]).code is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert got[2].get.kv.value == b"y"
+
+
+# --- gathering: a busy writer's answers of reads wait for company ---------------------------
+
+
+def _one_of_each(kind: str) -> list[kv_pb2.StreamRequestItem]:
+    make = get if kind == "get" else put
+    return [make(rid, b"k%d" % rid) for rid in range(1, 6)]
+
+
+@pytest.mark.parametrize(
+    ("kind", "turns", "second"),
+    [
+        ("get", 16, [2, 4, 5]),  # busy, reads only: the answers on their way join
+        ("get", 0, [2]),  # gathering off
+        ("put", 16, [2]),  # an answer to a write never waits
+    ],
+)
+async def test_a_busy_writer_gathers_answers_of_reads_only(
+    kind: str, turns: int, second: list[int]
+) -> None:
+    """Answer 1 is being written (the test holds the first message) while answer 2
+    is ready: the writer is busy. Answers 4 and 5 are released just before it asks
+    for its next message, so they arrive one event-loop turn later."""
+    serve = Script(hold=True)
+    feed = Feed()
+    feed.send(*_one_of_each(kind))
+    stats = StreamStats()
+    session = StreamSession(serve, StreamLimits(gather_turns=turns), stats)
+    gen = session.run(feed)
+    pending = asyncio.ensure_future(gen.__anext__())
+    await async_wait_for(lambda: len(serve.started) == 5, 5, "every request to start", 0)
+    done = _result(kind, kv_pb2.GetRequest(key=b"x"))
+    serve.release(b"k1", done)
+    first = await pending
+    serve.release(b"k2", done)
+    await async_wait_for(lambda: serve.answered == 2, 5, "answer 2 to be ready", 0)
+    serve.release(b"k4", done)
+    serve.release(b"k5", done)
+    frame = await gen.__anext__()
+    assert [i.request_id for i in first.responses] == [1]
+    assert [i.request_id for i in frame.responses] == second
+    assert (stats.gather_turns > 0) == (second != [2])
+    serve.release(b"k3", done)
+    await gen.aclose()
+
+
+def test_gather_turns_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="gather_turns must be >= 0"):
+        StreamLimits(gather_turns=-1)
 
 
 # --- the real KVService behind the session -----------------------------------------------

@@ -207,3 +207,54 @@ async def test_a_caller_that_gives_up_before_sending_sends_nothing() -> None:
     calls.last.answer(put_ok(1))
     await kept
     await conn.close()
+
+
+class HeldCall(FakeCall):
+    """A stream whose first write takes until the test lets it end (a busy writer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.let_go = asyncio.Event()
+
+    async def write(self, request: kv_pb2.StreamRequest) -> None:
+        await super().write(request)
+        if len(self.written) == 1:
+            await self.let_go.wait()
+
+
+@pytest.mark.parametrize(
+    ("kind", "turns", "second"),
+    [
+        ("get", 16, [2, 3, 4, 5]),  # busy, reads only: the calls on their way join
+        ("get", 0, [2, 3]),  # gathering off
+        ("put", 16, [2, 3]),  # a write never waits
+    ],
+)
+async def test_a_busy_writer_gathers_reads_only(kind: str, turns: int, second: list[int]) -> None:
+    """Request 1 is being written while 2 and 3 are queued: the writer is busy. Calls
+    4 and 5 start just as the write ends, so they are queued one event-loop turn later."""
+    call = HeldCall()
+    conn = StreamConnection(lambda: call, gather_turns=turns)
+    body = GET if kind == "get" else PUT
+    tasks = [asyncio.ensure_future(conn.call(kind, body, 5.0))]
+    await until(lambda: call.written)
+    tasks += [asyncio.ensure_future(conn.call(kind, body, 5.0)) for _ in range(2)]
+    await until(lambda: conn.waiting == 3)
+    call.let_go.set()
+    tasks += [asyncio.ensure_future(conn.call(kind, body, 5.0)) for _ in range(2)]
+    await until(lambda: len(call.ids()) == 5)
+    assert [[i.request_id for i in m.requests] for m in call.written][:2] == [[1], second]
+    assert (conn.gather_turns > 0) == (len(second) > 2)
+    await conn.close()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_message_holds_at_most_max_frame_bytes_of_requests() -> None:
+    calls = Calls()
+    conn = StreamConnection(calls, max_frame_bytes=100)
+    big = kv_pb2.PutRequest(key=b"k", value=b"v" * 60)
+    tasks = [asyncio.ensure_future(conn.call("put", big, 5.0)) for _ in range(3)]
+    await until(lambda: calls.opened and len(calls.last.ids()) == 3)
+    assert [len(m.requests) for m in calls.last.written] == [1, 1, 1]
+    await conn.close()
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -66,6 +66,7 @@ def open_transport(
         opener,
         connections=config.connections,
         max_inflight=config.max_inflight,
+        gather_turns=config.frame_gather_turns,
     )
 
 

@@ -50,6 +50,14 @@ class ClientConfig:
         env="RANGEKV_CLIENT_MAX_INFLIGHT",
         help="requests in flight per connection; more calls wait for room",
     )
+    frame_gather_turns: int = setting(
+        16,
+        env="RANGEKV_CLIENT_FRAME_GATHER_TURNS",
+        help="when a connection is busy (requests queued while the last message was "
+        "written) and every queued request only reads, event-loop turns its next message "
+        "may wait while each brings more reads, so that they share one message (0: never; "
+        "writes never wait; route gateway)",
+    )
     timeout: float = setting(
         10.0, env="RANGEKV_CLIENT_TIMEOUT", help="seconds an operation may take by default"
     )
@@ -63,6 +71,7 @@ class ClientConfig:
         check_choices(self)
         require(self.connections >= 1, "connections", "must be >= 1")
         require(self.max_inflight >= 1, "max_inflight", "must be >= 1")
+        require(self.frame_gather_turns >= 0, "frame_gather_turns", "must be >= 0")
         require(self.timeout > 0, "timeout", "must be > 0")
         require(self.attempts >= 1, "attempts", "must be >= 1")
         if self.route == "direct":

@@ -41,14 +41,20 @@ class GatewayTransport:
         *,
         connections: int = 1,
         max_inflight: int = 1000,
+        gather_turns: int = 0,
     ) -> None:
+        """`gather_turns`: see `rangekv.client.stream_conn` (gathering)."""
         if connections < 1:
             raise ValueError(f"connections must be >= 1, got {connections}")
         self.address = address
         self._channels = [channels(address, CHANNEL_OPTIONS) for _ in range(connections)]
         self._stubs = [kv_pb2_grpc.KVStub(ch) for ch in self._channels]
         self.connections = [
-            StreamConnection(functools.partial(_open, stub), max_inflight=max_inflight)
+            StreamConnection(
+                functools.partial(_open, stub),
+                max_inflight=max_inflight,
+                gather_turns=gather_turns,
+            )
             for stub in self._stubs
         ]
 

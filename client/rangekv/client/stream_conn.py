@@ -1,10 +1,18 @@
 """One connection's KV/Stream: concurrent calls multiplexed onto one long-lived stream.
 
 Every call gets a request id and a future. The requests made in one event-loop
-iteration leave together, in one message, written by the connection's writer
-task; the reader task resolves each future from the answer carrying its id, in
-whatever order the answers come. So concurrent callers share both the cost of
-the gRPC call (paid once per stream) and the cost of a message.
+iteration leave together, in one message (up to ``max_frame_bytes``), written by
+the connection's writer task; the reader task resolves each future from the
+answer carrying its id, in whatever order the answers come. So concurrent
+callers share both the cost of the gRPC call (paid once per stream) and the
+cost of a message.
+
+Gathering (``gather_turns``): the requests wait in a
+:class:`rangekv.common.frames.FrameQueue`. When the writer was busy (requests
+piled up while it wrote the last message) and every waiting request only reads,
+the next message first waits up to ``gather_turns`` event-loop turns while each
+brings more requests, so that many callers' reads share one message. A write
+never waits, nor does anything queued with it; an idle connection never waits.
 
 Bounded: at most ``max_inflight`` requests per connection are unanswered; a
 caller beyond that waits for room (within its deadline).
@@ -27,13 +35,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
 
 from rangekv.client.values import is_write
 from rangekv.common import errors as E
+from rangekv.common.frames import FRAME_MAX_BYTES, FrameQueue
 from rangekv.v1 import kv_pb2
 
 
@@ -68,7 +77,6 @@ class _Stream:
     """One KV/Stream call and its writer and reader tasks."""
 
     call: StreamCall
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
     #: Whether any answer came back on it (so it certainly connected).
     answered: bool = False
     writer: asyncio.Task[None] | None = None
@@ -78,14 +86,25 @@ class _Stream:
 class StreamConnection:
     """Calls multiplexed onto one KV/Stream at a time (see the module docstring)."""
 
-    def __init__(self, open_stream: OpenStream, *, max_inflight: int = 1000) -> None:
+    def __init__(
+        self,
+        open_stream: OpenStream,
+        *,
+        max_inflight: int = 1000,
+        gather_turns: int = 0,
+        max_frame_bytes: int = FRAME_MAX_BYTES,
+    ) -> None:
         if max_inflight < 1:
             raise ValueError(f"max_inflight must be >= 1, got {max_inflight}")
         self._open_stream = open_stream
         self._max_inflight = max_inflight
         self._ids = itertools.count(1)
         self._waiting: dict[int, _Waiting] = {}
-        self._outbox: list[kv_pb2.StreamRequestItem] = []
+        #: Requests not written yet, in call order (a stream that breaks leaves the
+        #: rest to the next one).
+        self._outbox: FrameQueue[kv_pb2.StreamRequestItem] = FrameQueue(
+            max_frame_bytes, gather_turns=gather_turns, on_gather=self._gathered
+        )
         self._stream: _Stream | None = None
         self._room = asyncio.Event()
         self._room.set()
@@ -93,6 +112,8 @@ class StreamConnection:
         #: Streams opened, and messages written (so requests per message can be seen).
         self.streams_opened = 0
         self.messages_sent = 0
+        #: Event-loop turns the busy writer waited for more reads (see the module docstring).
+        self.gather_turns = 0
 
     @property
     def waiting(self) -> int:
@@ -122,9 +143,9 @@ class StreamConnection:
         item.timeout.FromNanoseconds(int(max(0.001, timeout - min(0.1, timeout * 0.1)) * 1e9))
         waiting = _Waiting(loop.create_future(), is_write(kind, message))
         self._waiting[rid] = waiting
-        self._outbox.append(item)
-        stream = self._stream or self._open()
-        stream.wake.set()
+        self._outbox.put(item, item.ByteSize(), may_wait=not waiting.write)
+        if self._stream is None:
+            self._open()
         timer = loop.call_at(deadline, self._expire, rid)
         try:
             return await waiting.future
@@ -150,6 +171,9 @@ class StreamConnection:
         if len(self._waiting) < self._max_inflight:
             self._room.set()
 
+    def _gathered(self, turns: int) -> None:
+        self.gather_turns += turns
+
     # --- streams ------------------------------------------------------------------------
 
     def _open(self) -> _Stream:
@@ -161,17 +185,12 @@ class StreamConnection:
         return stream
 
     async def _write_loop(self, stream: _Stream) -> None:
-        """Write what callers queued, all of it in one message per wake-up."""
+        """Write what callers queued: everything queued, up to a frame, per message."""
         waiting = self._waiting
         try:
-            while True:
-                if not self._outbox:
-                    stream.wake.clear()
-                    await stream.wake.wait()
-                    continue
+            while frame := await self._outbox.next_frame():
                 # Requests whose caller gave up before they left are not sent at all.
-                items = [i for i in self._outbox if i.request_id in waiting]
-                self._outbox = []
+                items = [i for i in frame if i.request_id in waiting]
                 if not items:
                     continue
                 for item in items:
@@ -240,13 +259,13 @@ class StreamConnection:
             )
         self._made_room()
         if self._outbox and not self._closed:
-            self._open().wake.set()
+            self._open()
 
     async def close(self) -> None:
         """Fail every request not answered yet, end the stream."""
         self._closed = True
         stream, self._stream = self._stream, None
-        self._outbox = []
+        self._outbox.close()
         for entry in self._waiting.values():
             if not entry.future.done():
                 unknown = entry.write and entry.stream is not None

@@ -23,6 +23,12 @@ How one stream is served (one :class:`StreamSession` per call):
   slots only once gRPC has taken the message. A client that does not read its
   answers therefore stops the reader after ``max_inflight`` requests: the
   gateway never holds more than that many requests and answers per stream.
+  The answers wait in a :class:`rangekv.common.frames.FrameQueue`: when the
+  writer was busy (answers piled up while it wrote the last message) and every
+  waiting answer is a read's, its next message first waits up to
+  ``gather_turns`` event-loop turns while each brings more answers, so that
+  the reads of many ranges share one message (an answer to a write never
+  waits; an idle stream never does).
 
 One failed request never ends the stream. The stream ends with a status of its
 own only for what concerns it as a whole: a message that is not valid protobuf
@@ -44,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rangekv.common import errors as E
+from rangekv.common.frames import FrameQueue
 from rangekv.common.server import internal_message
 from rangekv.v1 import kv_pb2
 
@@ -70,10 +77,15 @@ class StreamLimits:
     max_message_bytes: int = 64 << 20
     #: Answers ready together are sent in messages of about this many bytes.
     frame_bytes: int = 1 << 20
+    #: Event-loop turns a busy stream's next message of read answers may wait for
+    #: more of them (0: never; see the module docstring).
+    gather_turns: int = 0
 
     def __post_init__(self) -> None:
         if self.max_inflight < 1:
             raise ValueError(f"max_inflight must be >= 1, got {self.max_inflight}")
+        if self.gather_turns < 0:
+            raise ValueError(f"gather_turns must be >= 0, got {self.gather_turns}")
         if self.request_timeout <= 0:
             raise ValueError(f"request_timeout must be > 0, got {self.request_timeout}")
         if self.max_message_bytes <= _FRAMING or self.frame_bytes < 1:
@@ -89,6 +101,8 @@ class StreamStats:
     requests: int = 0
     messages_in: int = 0
     messages_out: int = 0
+    #: Event-loop turns busy writers waited for more answers of reads.
+    gather_turns: int = 0
     #: Failed requests by status code name.
     failed: dict[str, int] = field(default_factory=dict)
 
@@ -116,10 +130,11 @@ class StreamSession:
         #: Ids of the requests started and not yet answered.
         self._ids: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        #: Answers ready to send, and their sizes.
-        self._ready: list[kv_pb2.StreamResponseItem] = []
-        self._sizes: list[int] = []
-        self._wake = asyncio.Event()
+        #: Answers ready to send; closed once the reader and every request are done.
+        self._ready: FrameQueue[kv_pb2.StreamResponseItem] = FrameQueue(
+            limits.frame_bytes, gather_turns=limits.gather_turns, on_gather=self._gathered
+        )
+        self._reader: asyncio.Task[None] | None = None
         self._room = asyncio.Event()
         self._room.set()
 
@@ -131,17 +146,10 @@ class StreamSession:
         """Serve the call: yields the answer messages; raises the stream-level error."""
         self._stats.opened += 1
         self._stats.open += 1
-        reader = asyncio.ensure_future(self._read(requests))
-        reader.add_done_callback(self._woken)
+        reader = self._reader = asyncio.ensure_future(self._read(requests))
+        reader.add_done_callback(self._maybe_end)
         try:
-            while True:
-                if not self._ready:
-                    if reader.done() and not self._tasks:
-                        break
-                    await self._wake.wait()
-                    self._wake.clear()
-                    continue
-                frame = self._take()
+            while frame := await self._ready.next_frame():
                 self._stats.messages_out += 1
                 yield kv_pb2.StreamResponse(responses=frame)
                 self._release(len(frame))
@@ -155,29 +163,19 @@ class StreamSession:
             for task in self._tasks:
                 task.cancel()
 
-    def _take(self) -> list[kv_pb2.StreamResponseItem]:
-        """The next message's answers: every ready one, up to about frame_bytes."""
-        budget = self._limits.frame_bytes
-        n, size = 0, 0
-        for s in self._sizes:
-            if n and size + s > budget:
-                break
-            n += 1
-            size += s
-        if n == len(self._ready):
-            frame, self._ready, self._sizes = self._ready, [], []
-        else:
-            frame = self._ready[:n]
-            del self._ready[:n], self._sizes[:n]
-        return frame
-
     def _release(self, n: int) -> None:
         self._open -= n
         if self._open < self._limits.max_inflight:
             self._room.set()
 
-    def _woken(self, _done: object = None) -> None:
-        self._wake.set()
+    def _maybe_end(self, _done: object = None) -> None:
+        """Once the reader and every request it started are done, no answer can come:
+        the writer sends what is queued, then ends."""
+        if self._reader is not None and self._reader.done() and not self._tasks:
+            self._ready.close()
+
+    def _gathered(self, turns: int) -> None:
+        self._stats.gather_turns += turns
 
     # --- the reader -------------------------------------------------------------------
 
@@ -219,19 +217,24 @@ class StreamSession:
             if asked > 0:
                 timeout = min(asked, timeout)
         self._ids.add(rid)
+        body = getattr(item, kind)
         task = asyncio.ensure_future(
-            self._serve_one(rid, kind, getattr(item, kind), received + timeout)
+            self._serve_one(rid, kind, body, received + timeout, _reads_only(kind, body))
         )
         self._tasks.add(task)
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._wake.set()
+        self._maybe_end()
 
     # --- one request ------------------------------------------------------------------
 
-    async def _serve_one(self, rid: int, kind: str, body: Any, deadline: float) -> None:
+    async def _serve_one(
+        self, rid: int, kind: str, body: Any, deadline: float, reads_only: bool
+    ) -> None:
+        """Run one request; its answer waits to be sent (`reads_only`: it may wait for
+        company, see the module docstring)."""
         try:
             remaining = deadline - self._monotonic()
             if remaining <= 0:
@@ -257,25 +260,25 @@ class StreamSession:
         if size > self._limits.max_message_bytes - _FRAMING:
             self._answer_error(rid, _too_large(kind, body, size, self._limits.max_message_bytes))
             return
-        self._answer(answer, size)
+        self._ready.put(answer, size, may_wait=reads_only)
 
     def _answer_error(self, rid: int, exc: E.RangeKVError) -> None:
         self._stats.fail(exc.code.name)
         answer = kv_pb2.StreamResponseItem(request_id=rid, error=E.to_status_proto(exc))
-        self._answer(answer, answer.ByteSize())
+        self._ready.put(answer, answer.ByteSize())
 
-    def _answer(self, answer: kv_pb2.StreamResponseItem, size: int) -> None:
-        self._ready.append(answer)
-        self._sizes.append(size)
-        self._wake.set()
+
+def _reads_only(kind: str, body: Any) -> bool:
+    """Whether a request only reads: a get, or a batch of gets."""
+    return kind == "get" or (
+        kind == "batch" and all(i.WhichOneof("request") == "get" for i in body.requests)
+    )
 
 
 def _too_large(kind: str, body: Any, size: int, limit: int) -> E.RangeKVError:
     """The answer for a request whose answer cannot fit in one message."""
     why = f"the answer is {size} bytes, more than one stream message may carry ({limit})"
-    if kind == "get" or (
-        kind == "batch" and all(i.WhichOneof("request") == "get" for i in body.requests)
-    ):
+    if _reads_only(kind, body):
         return E.ResourceExhausted(f"{why}; ask for fewer keys at once")
     return E.Unavailable(
         f"{why}; the writes were applied but their answer cannot be sent",

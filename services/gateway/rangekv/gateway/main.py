@@ -100,8 +100,8 @@ class GatewayConfig:
         16,
         help="when a node stream is busy (batches queued while the last frame was written) "
         "and its queued batches hold only reads, event-loop turns its next frame may wait "
-        "while each brings more reads, so that reads of many ranges share one frame "
-        "(0: never; writes never wait)",
+        "while each brings more reads, so that reads of many ranges share one frame; the "
+        "same for the answers of a busy KV/Stream (0: never; writes never wait)",
     )
 
     def __post_init__(self) -> None:
@@ -202,6 +202,7 @@ def build(
             max_inflight=cfg.stream_max_inflight,
             request_timeout=cfg.request_timeout,
             max_message_bytes=max_message_bytes,
+            gather_turns=cfg.frame_gather_turns,
         ),
     )
     if telemetry is not None:
@@ -309,6 +310,12 @@ def export_scan_and_load_counters(
         "share messages, so requests per message is the batching achieved.",
         lambda: {("in",): float(streams.messages_in), ("out",): float(streams.messages_out)},
         labels=("direction",),
+    )
+    telemetry.observable_gauge(
+        "rangekv_gateway_stream_gather_turns",
+        "Event-loop turns busy KV/Stream writers waited for more answers of reads before "
+        "a message (monotonic; see --frame-gather-turns).",
+        lambda: float(streams.gather_turns),
     )
     telemetry.observable_gauge(
         "rangekv_gateway_stream_failures",

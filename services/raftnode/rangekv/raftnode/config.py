@@ -108,8 +108,8 @@ class RaftnodeConfig:
         help="when a BatchFrames stream is busy (items queued while the last frame was "
         "written) and its queued items are all reads or answers to reads, event-loop turns "
         "the next frame may wait while each brings more, so that the reads of many ranges "
-        "share one frame (0: never; writes never wait); for the answers this node sends "
-        "and for its KV API's batches to other nodes",
+        "share one frame (0: never; writes never wait); for the answers this node sends, "
+        "its KV API's batches to other nodes and its KV API's KV/Stream answers",
     )
     max_key_bytes: int = max_key_bytes_setting()
     max_value_bytes: int = max_value_bytes_setting()
