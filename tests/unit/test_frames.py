@@ -142,6 +142,17 @@ async def test_a_busy_consumer_gathers_within_its_bounds(
     producer.cancel()
 
 
+async def test_a_consumer_that_says_it_was_not_busy_never_gathers() -> None:
+    """`busy=False`: items were queued before this consumer existed (a new stream's
+    first frame), so they go at once."""
+    q, gathered = _gathering()
+    q.put("a", 1, may_wait=True)
+    producer = asyncio.ensure_future(_Producer(q, 5).run())
+    assert await q.next_frame(busy=False) == ["a"]
+    assert gathered == []
+    producer.cancel()
+
+
 async def test_an_item_that_may_not_wait_is_never_held() -> None:
     q, gathered = _gathering()
     q.put("r", 1, may_wait=True)

@@ -258,3 +258,36 @@ async def test_a_message_holds_at_most_max_frame_bytes_of_requests() -> None:
     assert [len(m.requests) for m in calls.last.written] == [1, 1, 1]
     await conn.close()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_new_streams_first_message_does_not_wait() -> None:
+    """Requests queued before a stream existed did not pile up behind a busy writer:
+    the first message leaves without gathering, on the first stream and after a
+    reconnect."""
+    calls = Calls()
+    conn = StreamConnection(calls, gather_turns=16)
+    first = asyncio.ensure_future(conn.call("get", GET, 5.0))
+    await until(lambda: calls.opened and calls.last.written)
+    assert conn.gather_turns == 0
+    calls.last.end(Broken("connection reset"))
+    with pytest.raises(E.Unavailable):
+        await first
+    again = asyncio.ensure_future(conn.call("get", GET, 5.0))
+    await until(lambda: len(calls.opened) == 2 and calls.last.written)
+    assert conn.gather_turns == 0
+    await conn.close()
+    with pytest.raises(E.Unavailable):
+        await again
+
+
+async def test_a_caller_waiting_for_room_learns_the_client_closed() -> None:
+    calls = Calls()
+    conn = StreamConnection(calls, max_inflight=1)
+    held = asyncio.ensure_future(conn.call("put", PUT, 5.0))
+    await until(lambda: conn.waiting == 1)
+    waiter = asyncio.ensure_future(conn.call("put", PUT, 5.0))
+    await until(lambda: calls.opened and calls.last.written)
+    await conn.close()
+    for task in (held, waiter):
+        with pytest.raises(E.Unavailable, match="closed"):
+            await asyncio.wait_for(task, 1.0)

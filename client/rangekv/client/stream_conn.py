@@ -12,7 +12,8 @@ Gathering (``gather_turns``): the requests wait in a
 piled up while it wrote the last message) and every waiting request only reads,
 the next message first waits up to ``gather_turns`` event-loop turns while each
 brings more requests, so that many callers' reads share one message. A write
-never waits, nor does anything queued with it; an idle connection never waits.
+never waits, nor does anything queued with it; an idle connection never waits,
+and neither does a new stream's first message.
 
 Bounded: at most ``max_inflight`` requests per connection are unanswered; a
 caller beyond that waits for room (within its deadline).
@@ -57,6 +58,10 @@ class StreamCall(Protocol):
 
     def cancel(self) -> bool: ...
 
+
+#: Bytes one request adds to a StreamRequest beyond its own encoding (field tag and
+#: length prefix): counted, so that a message stays within `max_frame_bytes`.
+ITEM_FRAMING = 6
 
 #: Opens a new KV/Stream call.
 OpenStream = Callable[[], StreamCall]
@@ -136,6 +141,8 @@ class StreamConnection:
                     "connection (nothing was sent)",
                     E.WriteOutcome.NOT_APPLIED,
                 ) from None
+        if self._closed:  # while this call waited for room
+            raise E.Unavailable("the client is closed", retry_after=0.0)
         rid = next(self._ids)
         item = kv_pb2.StreamRequestItem(request_id=rid)
         getattr(item, kind).CopyFrom(message)
@@ -143,7 +150,8 @@ class StreamConnection:
         item.timeout.FromNanoseconds(int(max(0.001, timeout - min(0.1, timeout * 0.1)) * 1e9))
         waiting = _Waiting(loop.create_future(), is_write(kind, message))
         self._waiting[rid] = waiting
-        self._outbox.put(item, item.ByteSize(), may_wait=not waiting.write)
+        size = item.ByteSize() + ITEM_FRAMING
+        self._outbox.put(item, size, may_wait=not waiting.write)
         if self._stream is None:
             self._open()
         timer = loop.call_at(deadline, self._expire, rid)
@@ -187,8 +195,11 @@ class StreamConnection:
     async def _write_loop(self, stream: _Stream) -> None:
         """Write what callers queued: everything queued, up to a frame, per message."""
         waiting = self._waiting
+        # What a new stream finds queued was queued before it: it was not busy.
+        busy = False
         try:
-            while frame := await self._outbox.next_frame():
+            while frame := await self._outbox.next_frame(busy=busy):
+                busy = True
                 # Requests whose caller gave up before they left are not sent at all.
                 items = [i for i in frame if i.request_id in waiting]
                 if not items:
@@ -264,6 +275,7 @@ class StreamConnection:
     async def close(self) -> None:
         """Fail every request not answered yet, end the stream."""
         self._closed = True
+        self._room.set()  # callers waiting for room learn it is closed
         stream, self._stream = self._stream, None
         self._outbox.close()
         for entry in self._waiting.values():

@@ -107,9 +107,13 @@ class FrameQueue(Generic[T]):
         self._closed = True
         self._ready.set()
 
-    async def next_frame(self) -> list[T]:
-        """The next frame: at least one item, or [] once closed and drained."""
-        if self._items and self._gather_turns and self._may_gather():
+    async def next_frame(self, *, busy: bool = True) -> list[T]:
+        """The next frame: at least one item, or [] once closed and drained.
+
+        `busy=False`: never wait for company, for a consumer that knows it was not
+        busy although items are queued (e.g. the first frame of a new stream: the
+        items were queued before it existed)."""
+        if busy and self._items and self._gather_turns and self._may_gather():
             turns = await gather(self._gather_turns, self._put_count, self._may_gather)
             if turns and self._on_gather is not None:
                 self._on_gather(turns)

@@ -187,7 +187,10 @@ class NodeStream:
         async def frames() -> object:
             if not await self._accepted():
                 return
-            while requests := await outbox.next_frame():
+            # What a new stream finds queued was queued before it: it was not busy.
+            busy = False
+            while requests := await outbox.next_frame(busy=busy):
+                busy = True
                 self._handed_through = requests[-1].request_id
                 yield replica_pb2.BatchFramesRequest(requests=requests)
 
