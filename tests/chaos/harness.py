@@ -41,13 +41,24 @@ in the chosen FSM sync mode, and then, for `duration` seconds:
   - `lost_transfer`: on an idle range, cut a caught-up follower off and ask the
     leaseholder to hand it the lease, so TIMEOUT_NOW is lost: the range must
     hold a valid lease again, in a later term, within 10 s (else a problem of
-    the run: a leader leading on without a lease).
+    the run: a leader leading on without a lease);
+  - `refuse_raft`: one raftnode refuses every raft stream and snapshot sent to
+    it for a few seconds (PERMISSION_DENIED, as its authorization would refuse
+    a caller that is not a node; RANGEKV_TEST_REFUSE_RAFT_FILE), then accepts
+    again, in the same processes: its peers must count the refusals and their
+    lanes must recover, so that its replicas catch up within the catch-up
+    budget (both are problems of the run otherwise).
   Partitions are real: every raftnode runs in its own network namespace joined
   to the others by veth pairs (netns.py; links cut by setting them down). When
   namespaces cannot be made (not root, no iproute2), the run goes on without
   the partition faults and the report says "partitions: unavailable (why)".
 * every operation is recorded (invoke/complete, ok / fail / unknown) and the
-  history is judged by `rangekv.check.check_history`.
+  history is judged by `rangekv.check.check_history`;
+* after the heal, every replica of every range must catch up with what its
+  leader had committed (`Replicas.lagging`): a replica left behind for good (a
+  raft lane that never recovers, a snapshot that never lands) breaks no history
+  while the others make a quorum, but it is one fault away from an unavailable
+  range.
 
 Each run writes `report.json` and `summary.txt` (and `history.json`) into
 `report_dir`: operations by kind and outcome, faults with their times, the
@@ -99,9 +110,13 @@ from rangekv.check.kv_client import recorded_scan
 from rangekv.cli.cluster import Child
 from rangekv.common import errors as E
 from rangekv.common.clock import ENV_VAR as CLOCK_ENV
-from rangekv.replication.mutations import POWER_LOSS_ENV, SNAPSHOT_DELAY_ENV
+from rangekv.replication.mutations import POWER_LOSS_ENV, REFUSE_RAFT_ENV, SNAPSHOT_DELAY_ENV
 from rangekv.v1 import kv_pb2, kv_pb2_grpc, meta_pb2, meta_pb2_grpc, replica_pb2, replica_pb2_grpc
 
+#: Seconds every replica has, after the heal and the final reads, to apply what its
+#: range's leader had committed (`Replicas.lagging`): a snapshot of a busy range
+#: on a slow machine fits many times over.
+CATCH_UP_BUDGET = 60.0
 REG_KEYS = [b"reg/%d" % i for i in range(5)]
 SCAN_KEYS = [b"s/%03d" % i for i in range(60)]
 PROBE_KEY = b"probe"  # written only by the nemesis, so a stale read of it is unambiguous
@@ -120,6 +135,7 @@ ALL_FAULTS = (
     "snapshot_race",
     "lost_transfer",
     "overload",
+    "refuse_raft",
 )
 #: Where the register keys are split at start, so that a scan of them spans ranges.
 REG_SPLITS = (b"reg/2", b"reg/4")
@@ -197,6 +213,9 @@ class ChaosConfig:
     n_clients: int = 6
     n_scanners: int = 2
     faults: tuple[str, ...] = ALL_FAULTS
+    #: Seconds every replica has to apply what its range's leader had committed, after
+    #: a refuse_raft fault and after the heal (`Replicas.lagging`).
+    catch_up_budget: float = CATCH_UP_BUDGET
     #: RANGEKV_TEST_MUTATION for the raftnodes ("" = a correct build).
     mutation: str = ""
     #: Seconds between faults (drawn uniformly).
@@ -244,9 +263,15 @@ class ChaosCluster:
         self.replicas = Replicas(cluster)
 
     async def refusals(self, reason: str, exclude: Child | None = None) -> dict[str, int]:
-        """rangekv_node_refused_total{reason=...} of each usable raftnode
-        (by name) whose metrics answered; one that did not answer is left out, and
-        the caller sees it is missing (a count it cannot read is not a zero)."""
+        """rangekv_node_refused_total{reason=...} of each usable raftnode (by name)."""
+        return await self.node_counts("rangekv_node_refused_total", exclude, reason=reason)
+
+    async def node_counts(
+        self, metric: str, exclude: Child | None = None, **labels: str
+    ) -> dict[str, int]:
+        """A counter (its samples with `labels`, summed) of each usable raftnode (by
+        name) whose metrics answered; one that did not answer is left out, and the
+        caller sees it is missing (a count it cannot read is not a zero)."""
         out: dict[str, int] = {}
         for child in self.cluster.nodes:
             if child is exclude or not self.cluster.usable(child):
@@ -255,8 +280,7 @@ class ChaosCluster:
                 text = await asyncio.to_thread(fetch_metrics, child.metrics, 3.0)
             except OSError:
                 continue
-            refused = metric_value(text, "rangekv_node_refused_total", reason=reason)
-            out[child.name] = int(refused)
+            out[child.name] = int(metric_value(text, metric, **labels))
         return out
 
     async def meta_leader(self) -> Child | None:
@@ -458,6 +482,14 @@ class Nemesis:
         self.burst_cid = itertools.count(BURST_CLIENT)
         #: Lost transfers after which no node held a valid lease in a later term.
         self.leases_not_regained: list[str] = []
+        #: Raft streams the peers of a refusing node counted as refused (fault_refuse_raft),
+        #: the refusal faults whose counts could be read, and those that saw none.
+        self.raft_refusals = 0
+        self.refuse_faults = 0
+        self.raft_unrefused: list[str] = []
+        #: Replicas still behind once a refusing node accepted again (its peers' lanes
+        #: did not recover), one line each.
+        self.left_behind: list[str] = []
         self.probe_n = 0
         self.probe_cid = itertools.count(PROBE_CLIENT)
 
@@ -832,6 +864,43 @@ class Nemesis:
         child.env = env
         await self.kill9(child)
         await self.restart(child)
+
+    async def fault_refuse_raft(self) -> None:
+        """One raftnode refuses every raft stream and snapshot sent to it for a few
+        seconds, then accepts again, in the same processes (see the module
+        docstring). It hears no peer meanwhile: its leases move away and its
+        replicas fall behind. Its peers must count refused streams (a fault that saw
+        none is a problem of the run: the fault did not happen) and, once it
+        accepts again, their lanes must recover: every replica must catch up within
+        the catch-up budget (a lane that never sends again -- the hang a gRPC reader
+        stuck in a refused call once caused -- leaves them behind for good)."""
+        child = self.rng.choice(self.cluster.nodes)
+        node_id = self.cluster.node_ids[self.cluster.nodes.index(child)]
+        marker = refuse_raft_marker(self.cfg, node_id)
+        hold = self.rng.uniform(2.0, 4.0)
+        fault = self.begin("refuse-raft", child.name, f"refuses raft streams for {hold:.1f}s")
+        metric, code = "rangekv_raft_dispatch_errors_total", "permission_denied"
+        before = await self.c.node_counts(metric, exclude=child, code=code)
+        marker.touch()
+        try:
+            await asyncio.sleep(hold)  # pacing: the refusal lasts this long
+        finally:
+            marker.unlink(missing_ok=True)
+        after = await self.c.node_counts(metric, exclude=child, code=code)
+        both = before.keys() & after.keys()
+        refused = sum(after[n] - before[n] for n in both)
+        if both:
+            self.refuse_faults += 1
+            self.raft_refusals += refused
+            if refused == 0:
+                self.raft_unrefused.append(f"{fault.target} at {fault.start:.1f}s")
+        behind = await self.replicas.lagging(self.cfg.catch_up_budget)
+        self.left_behind += [f"{fault.target} at {fault.start:.1f}s: {b}" for b in behind]
+        self.end(
+            fault,
+            f"peers counted {refused} refused streams; "
+            + (f"{len(behind)} replicas still behind" if behind else "every replica caught up"),
+        )
 
     async def fault_clock(self, beyond: bool | None = None) -> None:
         """Move one raftnode's clock: within 80% of the maximum offset (nothing may
@@ -1276,6 +1345,11 @@ async def network_lab(cfg: ChaosConfig) -> AsyncIterator[tuple[NetLab | None, st
         atexit.unregister(lab.cleanup)
 
 
+def refuse_raft_marker(cfg: ChaosConfig, node_id: int) -> Path:
+    """While this file exists, raftnode `node_id` refuses raft streams (fault_refuse_raft)."""
+    return (cfg.report_dir / f"refuse-raft-node{node_id}").resolve()
+
+
 @contextlib.asynccontextmanager
 async def started_cluster(cfg: ChaosConfig, lab: NetLab | None) -> AsyncIterator[Cluster]:
     """The kit's cluster in the run's sync mode (mutual TLS with the suite's
@@ -1295,7 +1369,11 @@ async def started_cluster(cfg: ChaosConfig, lab: NetLab | None) -> AsyncIterator
         # trim each range to the default factor of 3 in the middle of the faults.
         node_args=(*NODE_ARGS, "--replication-factor", str(cfg.n_nodes)),
         env={"RANGEKV_FSM_SYNC_MODE": cfg.sync_mode},
-        node_env=dict.fromkeys(range(1, cfg.n_nodes + 1), node_env),
+        # Every raftnode is armed for refuse_raft: inert until its marker file exists.
+        node_env={
+            n: {**node_env, REFUSE_RAFT_ENV: str(refuse_raft_marker(cfg, n))}
+            for n in range(1, cfg.n_nodes + 1)
+        },
         certs_dir=chaos_tls.certs_dir(),
     )
     cluster = Cluster(cfg.report_dir / "cluster", spec)
@@ -1419,14 +1497,29 @@ async def run_chaos_async(cfg: ChaosConfig, schedule: Schedule | None = None) ->
                 problems.append(f"after the heal: {exc}")
             else:
                 problems += await final_reads(workload.kv)
-            problems += [
-                f"no peer refused raft traffic from a clock beyond the bound: {where}"
-                for where in nemesis.clock_unrefused
-            ]
-            problems += [
-                f"no valid lease in a later term after a lost transfer: {where}"
-                for where in nemesis.leases_not_regained
-            ]
+                problems += [
+                    f"a replica did not catch up after the heal: {line}"
+                    for line in await Replicas(cluster).lagging(cfg.catch_up_budget)
+                ]
+            for what, found in (
+                (
+                    "no peer refused raft traffic from a clock beyond the bound",
+                    nemesis.clock_unrefused,
+                ),
+                (
+                    "no valid lease in a later term after a lost transfer",
+                    nemesis.leases_not_regained,
+                ),
+                (
+                    "no peer counted a refused raft stream of a refusing node",
+                    nemesis.raft_unrefused,
+                ),
+                (
+                    "a replica did not catch up after its node accepted raft again",
+                    nemesis.left_behind,
+                ),
+            ):
+                problems += [f"{what}: {where}" for where in found]
             problems += refused_as_invalid(workload.kv.stats)
             if workload_s >= 20:  # long enough that a paused node still served some
                 problems += [
@@ -1472,6 +1565,8 @@ async def run_chaos_async(cfg: ChaosConfig, schedule: Schedule | None = None) ->
         "race_stale_reads": nemesis.race_stale_reads,
         "overload_faults": nemesis.overloads,
         "overload_refusals": nemesis.overload_refusals,
+        "refuse_raft_faults": nemesis.refuse_faults,
+        "raft_refusals": nemesis.raft_refusals,
         "scans": {
             "snapshot_scans_ok": stats.snapshot_scans,
             "complete_ok": stats.scans_ok,
@@ -1540,6 +1635,8 @@ def summary_text(report: dict[str, Any]) -> str:
         f"in {report['clock_beyond_faults']} beyond-the-bound faults",
         f"overload: leaseholders refused a batch for a full write queue "
         f"{report['overload_refusals']} times in {report['overload_faults']} bursts",
+        f"refuse-raft: peers counted {report['raft_refusals']} refused raft streams in "
+        f"{report['refuse_raft_faults']} faults",
         f"checker: {verdict} in {report['checker']['seconds']}s "
         f"({report['checker']['keys_checked']} keys)",
     ]

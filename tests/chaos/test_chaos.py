@@ -22,6 +22,10 @@ What runs (see harness.py for the faults and the report):
   skipped (saying why) only where network namespaces cannot be made;
   `test_fixed_schedules_pass_without_mutation` is their control (same
   schedules, correct build, must pass).
+* `test_harness_catches_a_lane_stuck_after_a_refusal` -- the refuse_raft fault
+  against a build whose raft lanes never send again after a refused stream: the
+  history stays linearizable, so the run's catch-up check must report the
+  replicas left behind.
 * `test_netns.py` -- the network lab on its own: a cut link is unreachable,
   others are not, a heal restores it, nothing is left behind.
 
@@ -202,6 +206,7 @@ def test_fixed_schedules_pass_without_mutation(
         await isolate_schedule(nemesis)
         await stale_snapshot_schedule(nemesis, until_stale=False)
         await nemesis.fault_clock(beyond=True)
+        await nemesis.fault_refuse_raft()
         await overload_schedule(nemesis)
         if nemesis.c.lab is not None:
             # A range whose lease is not back after a lost transfer is a problem of
@@ -221,6 +226,10 @@ def test_fixed_schedules_pass_without_mutation(
     # harness cannot read them would report no refusal as a problem above).
     assert result.report["clock_beyond_faults"] == 1, summary
     assert result.report["clock_refusals"] > 0, summary
+    # The refusing node's peers counted refused raft streams, and every replica
+    # caught up once it accepted again (a problem of the run otherwise).
+    assert result.report["refuse_raft_faults"] == 1, summary
+    assert result.report["raft_refusals"] > 0, summary
     # The overload burst filled a write queue: some batch was refused, cleanly.
     assert result.report["overload_refusals"] > 0, summary
     assert result.report["race_stale_reads"] == 0, summary
@@ -300,3 +309,27 @@ def test_harness_catches_refused_write_that_applies(
     print(summary)
     assert result.report["overload_refusals"] > 0, summary
     assert result.ok is False, f"the harness missed a refused write that applied:\n{summary}"
+
+
+@pytest.mark.timeout(300)
+def test_harness_catches_a_lane_stuck_after_a_refusal(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """stuck_lane_after_refusal: a raft lane whose stream a peer refused never sends
+    again (what a gRPC reader stuck in a refused call once did to a lane). One
+    refuse_raft fault: the refusing node's peers stop sending to it for good, its
+    replicas never catch up -- and the history stays linearizable, since the others
+    keep a quorum. Only the catch-up check sees it, so the run must report it."""
+
+    async def refuse(nemesis: Nemesis) -> None:
+        await nemesis.fault_refuse_raft()
+
+    cfg = mutation_config(11, "stuck_lane_after_refusal", report_dir(tmp_path, request))
+    cfg.catch_up_budget = 10.0
+    result = run_chaos(cfg, refuse)
+    summary = (result.report_dir / "summary.txt").read_text()
+    print(summary)
+    assert result.ok is True, summary  # linearizable: the history cannot see it
+    assert result.report["raft_refusals"] > 0, summary
+    behind = [p for p in result.problems if "did not catch up" in p]
+    assert behind, summary

@@ -89,6 +89,7 @@ async def start_receiver(
     signal: Signal,
     handle_snapshot: SnapshotHandler = _accept_all,
     port: int = 0,
+    refusing: Callable[[], bool] | None = None,
 ) -> Receiver:
     server = grpc.aio.server(options=SERVER_OPTIONS)
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
@@ -98,7 +99,7 @@ async def start_receiver(
         rec.batches.append(batch)
         signal.notify()
 
-    RaftTransportServicer(node_id, handle, handle_snapshot).add_to_server(server)
+    RaftTransportServicer(node_id, handle, handle_snapshot, refusing=refusing).add_to_server(server)
     await server.start()
     return rec
 
@@ -645,3 +646,62 @@ async def test_a_reader_stuck_in_grpc_does_not_hang_the_lane_or_close() -> None:
     finally:
         release.set()
         await sender.transport.close()
+
+
+async def test_a_lane_recovers_once_its_peer_stops_refusing() -> None:
+    """The chaos suite's refuse_raft fault, in one process: a peer refuses every
+    stream (the test fault `refusing`, PERMISSION_DENIED): the open stream ends at
+    its next message, new ones are refused at once and counted under their real
+    status; once it accepts again, the same lane delivers again. A lane that never
+    recovers (the hang READER_STOP_WAIT bounds) would leave the peer behind.
+
+    Appends go out every 20 ms while waiting, as raft's heartbeats and resends
+    would: a message on a stream that just ended is lost without a report."""
+    signal = Signal()
+    refusing = False
+    rec = await start_receiver(2, signal, refusing=lambda: refusing)
+    sender = make_sender(signal, {2: rec.addr})
+    errors = sender.metrics.dispatch_errors_total
+    index = 0
+
+    async def send_until(done: Callable[[], bool], what: str) -> None:
+        async def sent_or_done() -> bool:
+            nonlocal index
+            if done():
+                return True
+            index += 1
+            sender.transport.send(2, 1, Message(M.APP, 2, 1, index=index))
+            return False
+
+        await async_wait_for(sent_or_done, 10, what, 0.02)
+
+    try:
+        await send_until(lambda: len(rec.messages) > 0, "a first delivery")
+        delivered = len(rec.messages)
+        refusing = True
+        await send_until(lambda: errors.value(code="permission_denied") >= 3, "3 refusals")
+        assert len(rec.messages) == delivered  # nothing got through while it refused
+        assert errors.value(code="internal") == 0
+        refusing = False
+        await send_until(lambda: len(rec.messages) > delivered, "a delivery after the refusals")
+    finally:
+        await sender.transport.close()
+        await rec.server.stop(None)
+
+
+async def test_a_refusing_peer_refuses_snapshots_too() -> None:
+    """Under the refuse_raft test fault a snapshot fails under PERMISSION_DENIED and
+    raft is told it failed (so the leader retries it later)."""
+    signal = Signal()
+    rec = await start_receiver(2, signal, refusing=lambda: True)
+    sender = make_sender(signal, {2: rec.addr})
+    try:
+        sender.transport.send(2, 12, snap_msg(to=2))
+        await signal.wait_until(lambda: len(sender.snapshot_status) == 1)
+        assert sender.snapshot_status == [(2, 12, 2, True)]
+        # Counted on the snapshot lane; under which code depends on whether the
+        # header's write raced the refusal (gRPC then says INTERNAL).
+        assert sender.metrics.dispatch_errors_total.value(lane="snapshot") == 1
+    finally:
+        await sender.transport.close()
+        await rec.server.stop(None)

@@ -205,6 +205,65 @@ class Replicas:
             ]
         return out
 
+    async def lagging(self, timeout: float) -> list[str]:
+        """Replicas that did not apply what their range's leader had committed: [] once
+        every replica caught up, else one line per replica still behind.
+
+        For each range, the first leader seen fixes the target: its commit index
+        then, and the replicas its descriptor lists (voters and learners). Every one
+        of them must report an applied index at or past that target within
+        `timeout` seconds. A replica that stays behind -- a raft lane to its node
+        that never recovers, a snapshot that never lands -- is invisible to the
+        linearizability checker while the others still make a quorum, and is one
+        fault away from an unavailable range; so the chaos suite asks this after
+        every run."""
+        targets: dict[int, tuple[int, int, list[int]]] = {}  # range: (commit, leader, nodes)
+        behind: list[str] = []
+
+        async def converged() -> bool:
+            views: dict[int, dict[int, replica_pb2.ReplicaInfo]] = {}
+            silent = set()
+            for node_id in self.cluster.node_ids:
+                infos = await self.infos(node_id)
+                if infos is None:
+                    silent.add(node_id)
+                    continue
+                for info in infos:
+                    views.setdefault(info.descriptor.range_id, {})[node_id] = info
+            behind.clear()
+            for range_id, seen in sorted(views.items()):
+                if range_id not in targets:
+                    lead = next((n for n, i in seen.items() if i.is_leader), None)
+                    if lead is None:
+                        behind.append(f"range {range_id}: no leader")
+                        continue
+                    info = seen[lead]
+                    nodes = [r.node_id for r in info.descriptor.replicas]
+                    targets[range_id] = (info.commit_index, lead, nodes)
+                commit, lead, nodes = targets[range_id]
+                for node_id in nodes:
+                    mine = seen.get(node_id)
+                    if mine is not None and mine.applied_index >= commit:
+                        continue
+                    where = (
+                        "did not answer"
+                        if node_id in silent
+                        else "holds no replica"
+                        if mine is None
+                        else f"applied {mine.applied_index}"
+                    )
+                    behind.append(
+                        f"range {range_id}: node {node_id} {where}; node {lead} had "
+                        f"committed {commit}"
+                    )
+            return not behind
+
+        try:
+            await async_wait_for(converged, timeout, "every replica to catch up", 0.25)
+        except TimeoutError:
+            return list(behind)
+        return []
+
     async def describe(self, range_id: int) -> str:
         """What every node says about one range (for failure messages)."""
         out = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from rangekv.replication.mutations import NO_FAULTS, Mutation, TestFaults
@@ -21,6 +23,7 @@ def test_every_fault_is_read_and_announced() -> None:
             "RANGEKV_TEST_SNAPSHOT_DELAY_MS": "250",
             "RANGEKV_TEST_CLOCK_OFFSET_MS": "-1500",
             "RANGEKV_SPLIT_CRASH_AFTER": "first_intent",
+            "RANGEKV_TEST_REFUSE_RAFT_FILE": "/tmp/refuse",
         }
     )
     assert faults == TestFaults(
@@ -29,8 +32,9 @@ def test_every_fault_is_read_and_announced() -> None:
         snapshot_send_delay=0.25,
         clock_offset_ns=-1_500_000_000,
         split_crash_after="first_intent",
+        refuse_raft_file="/tmp/refuse",
     )
-    assert len(faults.warnings()) == 5
+    assert len(faults.warnings()) == 6
 
 
 @pytest.mark.parametrize(
@@ -46,3 +50,15 @@ def test_every_fault_is_read_and_announced() -> None:
 def test_a_malformed_fault_is_an_error_not_a_silent_default(env: dict[str, str]) -> None:
     with pytest.raises(ValueError):
         TestFaults.from_env(env)
+
+
+def test_raft_refusal_follows_its_file(tmp_path: Path) -> None:
+    """Off: the transport server asks nothing. Armed: it refuses while the file exists."""
+    assert NO_FAULTS.refusing_raft() is None
+    marker = tmp_path / "refuse"
+    refusing = TestFaults(refuse_raft_file=str(marker)).refusing_raft()
+    assert refusing is not None and not refusing()
+    marker.touch()
+    assert refusing()
+    marker.unlink()
+    assert not refusing()

@@ -11,6 +11,7 @@ start (by the raftnode's entry point) and passed down as a frozen value:
 
     RANGEKV_TEST_MUTATION=lease_without_check | ack_before_quorum | no_scan_fence
         | stale_snapshot_ingest | quiesced_follower_campaigns | refused_write_applies
+        | stuck_lane_after_refusal
 
 * ``lease_without_check``: a replica that is (or still believes it is) the raft
   leader serves reads from its local state without checking its lease or
@@ -39,6 +40,12 @@ start (by the raftnode's entry point) and passed down as a frozen value:
   RESOURCE_EXHAUSTED ("nothing was written") but proposes the batch anyway, so
   writes a client was told failed become visible (the chaos overload fault).
 
+* ``stuck_lane_after_refusal``: a raft lane whose stream a peer refused
+  (PERMISSION_DENIED) never sends again, as a lane did when a gRPC reader of a
+  refused call never finished (the transport's READER_STOP_WAIT): that peer's
+  replicas fall behind for good while the others keep a quorum (the chaos
+  refuse_raft fault and its catch-up check).
+
 Off (``none``) by default; an active one is logged loudly at startup. The
 tests in ``tests/chaos/test_chaos.py`` assert that the harness catches each of
 them but ``quiesced_follower_campaigns``.
@@ -48,7 +55,7 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar, Final
 
@@ -70,6 +77,7 @@ class Mutation(enum.Enum):
     STALE_SNAPSHOT_INGEST = "stale_snapshot_ingest"
     QUIESCED_FOLLOWER_CAMPAIGNS = "quiesced_follower_campaigns"
     REFUSED_WRITE_APPLIES = "refused_write_applies"
+    STUCK_LANE_AFTER_REFUSAL = "stuck_lane_after_refusal"
 
 
 def parse_mutation(environ: Mapping[str, str] | None = None) -> Mutation:
@@ -151,6 +159,18 @@ def snapshot_delay_warning(delay: float) -> str | None:
     )
 
 
+REFUSE_RAFT_ENV = "RANGEKV_TEST_REFUSE_RAFT_FILE"
+
+
+def refuse_raft_warning(path: str) -> str | None:
+    if not path:
+        return None
+    return (
+        f"!!!!! TEST RAFT REFUSAL ARMED: {REFUSE_RAFT_ENV}={path} -- while that file exists "
+        "this node REFUSES every raft stream and snapshot (PERMISSION_DENIED), on purpose !!!!!"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class TestFaults:
     """Every test-only fault of one process (all off by default).
@@ -160,7 +180,12 @@ class TestFaults:
     * `snapshot_send_delay`: seconds waited before sending each snapshot chunk;
     * `clock_offset_ns`: the wall clock is shifted by this much (`common.clock`);
     * `split_crash_after`: exit right after this step of a split (`SPLIT_CRASH_POINTS`;
-      RANGEKV_SPLIT_CRASH_AFTER).
+      RANGEKV_SPLIT_CRASH_AFTER);
+    * `refuse_raft_file`: while this file exists, the node refuses every raft stream
+      and snapshot it is sent, as its authorization would refuse a caller that is
+      not a node (PERMISSION_DENIED; streams already open end at their next
+      message). The chaos suite's `refuse_raft` fault: the senders' lanes must
+      recover once it is gone (RANGEKV_TEST_REFUSE_RAFT_FILE).
     """
 
     __test__: ClassVar[bool] = False  # not a pytest test class
@@ -170,6 +195,7 @@ class TestFaults:
     snapshot_send_delay: float = 0.0
     clock_offset_ns: int = 0
     split_crash_after: str = ""
+    refuse_raft_file: str = ""
 
     def __post_init__(self) -> None:
         if self.split_crash_after and self.split_crash_after not in SPLIT_CRASH_POINTS:
@@ -191,7 +217,16 @@ class TestFaults:
             snapshot_send_delay=parse_snapshot_delay(env),
             clock_offset_ns=test_clock_offset_ns(env),
             split_crash_after=env.get(SPLIT_CRASH_ENV, "").strip(),
+            refuse_raft_file=env.get(REFUSE_RAFT_ENV, "").strip(),
         )
+
+    def refusing_raft(self) -> Callable[[], bool] | None:
+        """What the raft transport server asks before serving: None when the fault
+        is off (the server then asks nothing)."""
+        path = self.refuse_raft_file
+        if not path:
+            return None
+        return lambda: os.path.exists(path)
 
     def warnings(self) -> list[str]:
         """The loud startup lines for every active fault (empty when none is)."""
@@ -200,6 +235,7 @@ class TestFaults:
             clock_warning(self.clock_offset_ns),
             power_loss_warning(self.power_loss),
             snapshot_delay_warning(self.snapshot_send_delay),
+            refuse_raft_warning(self.refuse_raft_file),
         ]
         if self.split_crash_after:
             lines.append(f"split fault point armed: exit after {self.split_crash_after}")

@@ -54,6 +54,7 @@ from .lanes import (
     TransportMetrics,
     lane_for,
 )
+from .mutations import Mutation
 from .raft_codec import message_to_proto
 from .raft_network import RaftEndpoint
 from .transport_config import CHANNEL_OPTIONS, Backoff, TransportConfig
@@ -106,6 +107,8 @@ class _Env:
     rng: random.Random
     #: Stamps every batch with the sender's clock (receivers refuse one too far ahead).
     stamp: Callable[[], types_pb2.Timestamp] | None = None
+    #: A deliberately broken build (`rangekv.replication.mutations`; NONE in production).
+    mutation: Mutation = Mutation.NONE
 
     def error(self, lane: Lane, code: str) -> None:
         self.metrics.dispatch_errors_total.add(1, lane=lane.label, code=code)
@@ -272,7 +275,13 @@ class _StreamLane(_LaneWorker):
                 # the batch is lost under the stream's real status. Written at
                 # once, it would have counted as sent and vanished, or failed as
                 # INTERNAL when the write raced the refusal.
-                self.report_lost(batch, _code_label(await call.code()))
+                code = _code_label(await call.code())
+                self.report_lost(batch, code)
+                if (
+                    self.env.mutation is Mutation.STUCK_LANE_AFTER_REFUSAL
+                    and code == "permission_denied"
+                ):
+                    await asyncio.Event().wait()  # TEST MUTATION: the lane never sends again
                 await self._disconnect()
                 await self.pause()
                 return
@@ -473,9 +482,11 @@ class RaftTransport:
         config: TransportConfig | None = None,
         channels: ChannelOpener | None = None,
         stamp: Callable[[], types_pb2.Timestamp] | None = None,
+        mutation: Mutation = Mutation.NONE,
     ) -> None:
         """``channels``: how lanes dial peers (mutual TLS in a secure cluster; plaintext if
-        None); ``stamp``: this node's hybrid clock, stamped on every batch."""
+        None); ``stamp``: this node's hybrid clock, stamped on every batch; ``mutation``:
+        a test's deliberately broken build."""
         self._env = _Env(
             node_id=node_id,
             resolve=resolve,
@@ -489,6 +500,7 @@ class RaftTransport:
             clock=clock,
             rng=rng,
             stamp=stamp,
+            mutation=mutation,
         )
         self._peers: dict[int, tuple[_LaneWorker, ...]] = {}
         self._closed = False
@@ -578,6 +590,7 @@ def transport_for(
     metrics: TransportMetrics | None = None,
     channels: ChannelOpener | None = None,
     stamp: Callable[[], types_pb2.Timestamp] | None = None,
+    mutation: Mutation = Mutation.NONE,
 ) -> RaftTransport:
     """The transport of a process whose `RaftEndpoint` is `endpoint()`: it streams that
     endpoint's snapshots and reports lost messages and snapshot outcomes to it. The
@@ -594,4 +607,5 @@ def transport_for(
         metrics=metrics,
         channels=channels,
         stamp=stamp,
+        mutation=mutation,
     )

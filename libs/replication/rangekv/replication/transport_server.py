@@ -32,6 +32,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: The refusal's message under the test fault (`TestFaults.refuse_raft_file`).
+REFUSED_BY_TEST_FAULT: Final = "refused by a test fault (RANGEKV_TEST_REFUSE_RAFT_FILE)"
+
 #: Largest gRPC message either side accepts: a batch holds up to
 #: `TransportConfig.max_batch_bytes` plus at most one oversized message.
 MAX_MESSAGE_BYTES: Final = 64 << 20
@@ -81,14 +84,24 @@ class RaftTransportServicer(raft_pb2_grpc.RaftTransportServicer):
         handle: BatchHandler,
         handle_snapshot: SnapshotHandler,
         admit_clock: Callable[[int, types_pb2.Timestamp], bool] | None = None,
+        refusing: Callable[[], bool] | None = None,
     ) -> None:
         """`admit_clock(sender, clock)`: False refuses a batch whose sender's clock is
         too far ahead of ours (the batch is dropped: raft copes with lost messages,
-        and a node with a wrong clock is cut off instead of followed)."""
+        and a node with a wrong clock is cut off instead of followed).
+
+        `refusing()`: True refuses every stream (a test fault, `TestFaults.refuse_raft_file`:
+        PERMISSION_DENIED, as a refused caller gets; an open stream ends at its next
+        message). None in every real deployment."""
         self._node_id = node_id
         self._handle = handle
         self._handle_snapshot = handle_snapshot
         self._admit_clock = admit_clock
+        self._refusing = refusing
+
+    async def _maybe_refuse(self, context: grpc.aio.ServicerContext) -> None:
+        if self._refusing is not None and self._refusing():
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, REFUSED_BY_TEST_FAULT)
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         raft_pb2_grpc.add_RaftTransportServicer_to_server(self, server)
@@ -98,6 +111,7 @@ class RaftTransportServicer(raft_pb2_grpc.RaftTransportServicer):
         request_iterator: AsyncIterator[raft_pb2.RaftStreamRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[raft_pb2.RaftStreamResponse]:
+        await self._maybe_refuse(context)
         # Initial metadata at once: a sender may wait for it before its first batch,
         # so that a refused stream reaches it with its real status (see the
         # gateway's NodeStream._accepted for the gRPC race this avoids).
@@ -105,6 +119,7 @@ class RaftTransportServicer(raft_pb2_grpc.RaftTransportServicer):
         node_id = self._node_id
         handle = self._handle
         async for request in request_iterator:
+            await self._maybe_refuse(context)
             if request.to_node_id != node_id:
                 # The sender's address book is stale (an address was reused).
                 # Say so once and end the stream: nothing on it is ours.
@@ -150,6 +165,7 @@ class RaftTransportServicer(raft_pb2_grpc.RaftTransportServicer):
         request_iterator: AsyncIterator[raft_pb2.SendSnapshotRequest],
         context: grpc.aio.ServicerContext,
     ) -> raft_pb2.SendSnapshotResponse:
+        await self._maybe_refuse(context)
         requests = aiter(request_iterator)
         try:
             first = await anext(requests)

@@ -110,6 +110,7 @@ def _assemble(
         metrics=metrics.transport,
         stamp=lambda: store_ref[0].clock_now(),
         channels=channels,
+        mutation=faults.mutation,
     )
     store = Store(
         StoreConfig(
@@ -150,7 +151,11 @@ def _assemble(
         return await store.handle_snapshot(group_id, msg, header.descriptor, chunks)
 
     raft_service = RaftTransportServicer(
-        node_id, store.handle_raft, handle_snapshot, admit_clock=store.admit_clock
+        node_id,
+        store.handle_raft,
+        handle_snapshot,
+        admit_clock=store.admit_clock,
+        refusing=faults.refusing_raft(),
     )
     split_config = node_config.split()
     node_peers = Peers(store, channels)
