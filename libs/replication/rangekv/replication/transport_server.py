@@ -99,9 +99,8 @@ class RaftTransportServicer(raft_pb2_grpc.RaftTransportServicer):
         self._admit_clock = admit_clock
         self._refusing = refusing
 
-    async def _maybe_refuse(self, context: grpc.aio.ServicerContext) -> None:
-        if self._refusing is not None and self._refusing():
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, REFUSED_BY_TEST_FAULT)
+    async def _refuse(self, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, REFUSED_BY_TEST_FAULT)
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         raft_pb2_grpc.add_RaftTransportServicer_to_server(self, server)
@@ -111,7 +110,10 @@ class RaftTransportServicer(raft_pb2_grpc.RaftTransportServicer):
         request_iterator: AsyncIterator[raft_pb2.RaftStreamRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[raft_pb2.RaftStreamResponse]:
-        await self._maybe_refuse(context)
+        # None in production: the loop below then asks nothing per message.
+        refusing = self._refusing
+        if refusing is not None and refusing():
+            await self._refuse(context)
         # Initial metadata at once: a sender may wait for it before its first batch,
         # so that a refused stream reaches it with its real status (see the
         # gateway's NodeStream._accepted for the gRPC race this avoids).
@@ -119,7 +121,8 @@ class RaftTransportServicer(raft_pb2_grpc.RaftTransportServicer):
         node_id = self._node_id
         handle = self._handle
         async for request in request_iterator:
-            await self._maybe_refuse(context)
+            if refusing is not None and refusing():
+                await self._refuse(context)
             if request.to_node_id != node_id:
                 # The sender's address book is stale (an address was reused).
                 # Say so once and end the stream: nothing on it is ours.
@@ -165,7 +168,8 @@ class RaftTransportServicer(raft_pb2_grpc.RaftTransportServicer):
         request_iterator: AsyncIterator[raft_pb2.SendSnapshotRequest],
         context: grpc.aio.ServicerContext,
     ) -> raft_pb2.SendSnapshotResponse:
-        await self._maybe_refuse(context)
+        if self._refusing is not None and self._refusing():
+            await self._refuse(context)
         requests = aiter(request_iterator)
         try:
             first = await anext(requests)
