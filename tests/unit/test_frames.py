@@ -142,15 +142,27 @@ async def test_a_busy_consumer_gathers_within_its_bounds(
     producer.cancel()
 
 
-async def test_a_consumer_that_says_it_was_not_busy_never_gathers() -> None:
-    """`busy=False`: items were queued before this consumer existed (a new stream's
-    first frame), so they go at once."""
+async def test_a_consumers_first_frame_never_gathers() -> None:
+    """`frames()`: items queued before the consumer existed (a new stream on the
+    queue) go at once, producers on their way or not; from its second frame on it
+    gathers like `next_frame`."""
     q, gathered = _gathering()
     q.put("a", 1, may_wait=True)
-    producer = asyncio.ensure_future(_Producer(q, 5).run())
-    assert await q.next_frame(busy=False) == ["a"]
+    first = asyncio.ensure_future(_Producer(q, 5).run())
+    frames = q.frames()
+    assert await anext(frames) == ["a"]
     assert gathered == []
-    producer.cancel()
+    await first
+    # Queued meanwhile: busy, it looks one turn further, which brings nothing.
+    assert await anext(frames) == ["p0", "p1", "p2", "p3", "p4"]
+    assert gathered == [1]
+    q.put("b", 1, may_wait=True)  # queued before the consumer asks: it is busy
+    second = asyncio.ensure_future(_Producer(q, 5).run())
+    assert await anext(frames) == ["b", "p0", "p1", "p2", "p3", "p4"]
+    assert gathered == [1, 6]
+    await second
+    q.close()
+    assert [f async for f in frames] == []
 
 
 async def test_an_item_that_may_not_wait_is_never_held() -> None:

@@ -195,11 +195,8 @@ class StreamConnection:
     async def _write_loop(self, stream: _Stream) -> None:
         """Write what callers queued: everything queued, up to a frame, per message."""
         waiting = self._waiting
-        # What a new stream finds queued was queued before it: it was not busy.
-        busy = False
         try:
-            while frame := await self._outbox.next_frame(busy=busy):
-                busy = True
+            async for frame in self._outbox.frames():  # a new stream's first never waits
                 # Requests whose caller gave up before they left are not sent at all.
                 items = [i for i in frame if i.request_id in waiting]
                 if not items:

@@ -13,10 +13,11 @@ every item already queued, in order, while the frame stays within `max_bytes`
 still goes, alone). No timer: a frame holds what piled up while the previous
 one was being written, so frames grow with load and a lone item leaves at once.
 
-Gathering (`gather_turns`, by the rule of `rangekv.common.gathering`). Under load, more items are usually on their way
-when a frame is taken: their producers wait behind the consumer on the event
-loop (a node's read answers finish one task at a time; a gateway's reads for
-many ranges are routed one call at a time). If items were already queued when
+Gathering (`gather_turns`, by the rule of `rangekv.common.gathering`). Under
+load, more items are usually on their way when a frame is taken: their
+producers wait behind the consumer on the event loop (a node's read answers
+finish one task at a time; a gateway's reads for many ranges are routed one
+call at a time). If items were already queued when
 the consumer asked for its next frame -- they piled up while it wrote the last
 one, so it is busy -- and every queued item `may_wait`, the consumer first
 yields to the loop, one turn at a time, while each turn brings new items: at
@@ -24,7 +25,8 @@ most `gather_turns` turns, and it stops at once when a turn brings nothing,
 when an item that may not wait arrives, when the queue holds `max_bytes`, or
 when the queue is closed. So:
 
-  - an idle queue never delays: its consumer was waiting, not busy;
+  - an idle queue never delays: its consumer was waiting, not busy; nor does
+    a consumer's first frame (`frames`): what it finds was queued before it;
   - an item that may not wait (a write, whose caller's next entry waits on it)
     is never held back, and neither is anything queued with it;
   - a steady stream of items delays a frame by at most `gather_turns` turns.
@@ -39,7 +41,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Final, Generic, TypeVar
 
 from rangekv.common.gathering import gather
@@ -110,9 +112,8 @@ class FrameQueue(Generic[T]):
     async def next_frame(self, *, busy: bool = True) -> list[T]:
         """The next frame: at least one item, or [] once closed and drained.
 
-        `busy=False`: never wait for company, for a consumer that knows it was not
-        busy although items are queued (e.g. the first frame of a new stream: the
-        items were queued before it existed)."""
+        `busy=False`: never wait for company although items are queued (what
+        `frames` asks for a consumer's first frame)."""
         if busy and self._items and self._gather_turns and self._may_gather():
             turns = await gather(self._gather_turns, self._put_count, self._may_gather)
             if turns and self._on_gather is not None:
@@ -129,6 +130,17 @@ class FrameQueue(Generic[T]):
             frame.append(item)
             total += size
         return frame
+
+    async def frames(self) -> AsyncIterator[list[T]]:
+        """One consumer's frames, until the queue is closed and drained.
+
+        Its first frame never gathers: whatever it finds queued was queued before it
+        existed (a new stream on this queue, or the next one after a reconnect), so it
+        was not busy. Every later frame follows `next_frame`'s rule."""
+        busy = False
+        while frame := await self.next_frame(busy=busy):
+            busy = True
+            yield frame
 
     def _may_gather(self) -> bool:
         """Another gathering turn is allowed: every queued item may wait, the queue is

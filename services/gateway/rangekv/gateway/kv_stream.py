@@ -149,7 +149,7 @@ class StreamSession:
         reader = self._reader = asyncio.ensure_future(self._read(requests))
         reader.add_done_callback(self._maybe_end)
         try:
-            while frame := await self._ready.next_frame():
+            async for frame in self._ready.frames():
                 self._stats.messages_out += 1
                 yield kv_pb2.StreamResponse(responses=frame)
                 self._release(len(frame))

@@ -187,15 +187,12 @@ class NodeStream:
         async def frames() -> object:
             if not await self._accepted():
                 return
-            # What a new stream finds queued was queued before it: it was not busy.
-            busy = False
-            while requests := await outbox.next_frame(busy=busy):
-                busy = True
+            async for requests in outbox.frames():  # a new stream's first never waits
                 self._handed_through = requests[-1].request_id
                 yield replica_pb2.BatchFramesRequest(requests=requests)
 
         async def requests() -> object:
-            while requests := await outbox.next_frame():
+            async for requests in outbox.frames():
                 self._handed_through = requests[0].request_id
                 yield requests[0]  # frames of one (see __init__)
 

@@ -137,7 +137,7 @@ class ReplicaService(replica_pb2_grpc.ReplicaServicer):
 
         read_task = asyncio.ensure_future(reader())
         try:
-            while answers := await out.next_frame():
+            async for answers in out.frames():
                 yield answers
             await asyncio.wait([read_task])
             if (failure := read_task.exception()) is not None:
