@@ -874,8 +874,8 @@ class Nemesis:
         accepts again, their lanes must recover: every replica must catch up within
         the catch-up budget (a lane that never sends again -- the hang a gRPC reader
         stuck in a refused call once caused -- leaves them behind for good)."""
-        child = self.rng.choice(self.cluster.nodes)
-        node_id = self.cluster.node_ids[self.cluster.nodes.index(child)]
+        node_id = self.rng.choice(self.cluster.node_ids)
+        child = self.cluster.node(node_id)
         marker = refuse_raft_marker(self.cfg, node_id)
         hold = self.rng.uniform(2.0, 4.0)
         fault = self.begin("refuse-raft", child.name, f"refuses raft streams for {hold:.1f}s")
