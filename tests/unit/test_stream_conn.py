@@ -13,7 +13,7 @@ import grpc
 import pytest
 from testkit.waiting import async_wait_for
 
-from rangekv.client.stream_conn import StreamConnection
+from rangekv.client.stream_conn import ITEM_FRAMING, StreamConnection
 from rangekv.common import errors as E
 from rangekv.v1 import kv_pb2, types_pb2
 
@@ -249,15 +249,29 @@ async def test_a_busy_writer_gathers_reads_only(kind: str, turns: int, second: l
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def test_a_message_holds_at_most_max_frame_bytes_of_requests() -> None:
+async def _written_sizes(max_frame_bytes: int, calls_made: int) -> list[tuple[int, int]]:
+    """(requests, encoded bytes) of each message written for `calls_made` equal puts."""
     calls = Calls()
-    conn = StreamConnection(calls, max_frame_bytes=100)
+    conn = StreamConnection(calls, max_frame_bytes=max_frame_bytes)
     big = kv_pb2.PutRequest(key=b"k", value=b"v" * 60)
-    tasks = [asyncio.ensure_future(conn.call("put", big, 5.0)) for _ in range(3)]
-    await until(lambda: calls.opened and len(calls.last.ids()) == 3)
-    assert [len(m.requests) for m in calls.last.written] == [1, 1, 1]
+    tasks = [asyncio.ensure_future(conn.call("put", big, 5.0)) for _ in range(calls_made)]
+    await until(lambda: calls.opened and len(calls.last.ids()) == calls_made)
     await conn.close()
     await asyncio.gather(*tasks, return_exceptions=True)
+    return [(len(m.requests), m.ByteSize()) for m in calls.last.written]
+
+
+async def test_a_message_holds_at_most_max_frame_bytes_of_requests() -> None:
+    """The bound counts what a request adds to the message (its field tag and length
+    prefix), not only its own encoding: two requests whose encodings fill the bound
+    exactly do not share a message that would exceed it."""
+    ((_, one),) = await _written_sizes(1 << 20, 1)
+    item = one - 2  # the message is one field: a tag byte and a one-byte length
+    # Their encodings fit exactly, the message would not: one request per message.
+    assert await _written_sizes(2 * item, 3) == [(1, one)] * 3
+    # Room for both with their framing (counted at its most, ITEM_FRAMING): they share.
+    assert await _written_sizes(2 * (item + ITEM_FRAMING), 3) == [(2, 2 * one), (1, one)]
+    assert [n for n, _ in await _written_sizes(10, 3)] == [1, 1, 1]  # one always goes
 
 
 async def test_a_new_streams_first_message_does_not_wait() -> None:
