@@ -15,8 +15,8 @@ from testkit.metrics import metric_value
 async def test_processes_do_not_inherit_the_callers_rangekv_variables(
     clusters: ClusterFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("RANGEKV_FSM_SYNC_MODE", "nosync")  # as if set in the shell
-    cluster = await clusters.start(NODES_ONLY, node_env={3: {"RANGEKV_FSM_SYNC_MODE": "nosync"}})
+    monkeypatch.setenv("RANGEKV_FSM_SYNC_MODE", "sync")  # as if set in the shell
+    cluster = await clusters.start(NODES_ONLY, node_env={3: {"RANGEKV_FSM_SYNC_MODE": "sync"}})
     modes = {}
     for node_id in cluster.node_ids:
         text = await cluster.metrics(cluster.node(node_id))
@@ -26,4 +26,4 @@ async def test_processes_do_not_inherit_the_callers_rangekv_variables(
             if metric_value(text, "rangekv_fsm_apply_sync_mode", mode=m)
         ]
     # Nodes 1 and 2 run the default; node 3 was given the variable by the test.
-    assert modes == {1: ["sync"], 2: ["sync"], 3: ["nosync"]}
+    assert modes == {1: ["nosync"], 2: ["nosync"], 3: ["sync"]}

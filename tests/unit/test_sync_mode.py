@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import pytest
@@ -52,3 +53,16 @@ def test_from_env_reads_only_the_given_mapping(caplog: pytest.LogCaptureFixture)
 
 def test_labels() -> None:
     assert [m.label for m in FsmSyncMode] == ["sync", "nosync"]
+
+
+def test_a_storage_node_defaults_to_nosync_and_the_meta_range_to_sync() -> None:
+    """The raft log is a raftnode's durability boundary (module docstring of
+    sync_mode); the meta range, whose power cuts no test emulates, keeps sync."""
+    from rangekv.metarange.main import MetarangeConfig
+    from rangekv.raftnode.config import RaftnodeConfig
+
+    def default(cls: type) -> str:
+        return str(next(f.default for f in dataclasses.fields(cls) if f.name == "fsm_sync_mode"))
+
+    assert parse_fsm_sync_mode(default(RaftnodeConfig)) == (FsmSyncMode.NOSYNC, None)
+    assert parse_fsm_sync_mode(default(MetarangeConfig)) == (FsmSyncMode.SYNC, None)

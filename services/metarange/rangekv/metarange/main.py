@@ -64,7 +64,9 @@ class MetarangeConfig:
     first_range_nodes: str = setting(
         "", help="storage node ids holding the first range, e.g. 1,2,3 (used once, at bootstrap)"
     )
-    fsm_sync_mode: str = setting("sync", help="sync|nosync (see raftnode)")
+    fsm_sync_mode: str = setting(
+        "sync", help="sync|nosync (see raftnode; the meta range's default stays sync)"
+    )
     tick_interval: float = setting(0.1, help="seconds per raft tick")
     election_ticks: int = setting(10, help="raft ticks without a leader before an election")
     max_clock_drift: float = setting(0.05, help="bound on clock rate drift between nodes")
