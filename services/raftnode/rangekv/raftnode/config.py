@@ -62,8 +62,7 @@ class RaftnodeConfig:
     fsm_sync_mode: str = setting(
         "nosync",
         help="sync|nosync: fsync state-machine commits, or rely on the synced raft log "
-        "and replay it after a power loss (default; unknown values fall back to sync "
-        "with a warning)",
+        "and replay it after a power loss (unknown values fall back to sync with a warning)",
     )
     tick_interval: float = setting(0.1, help="seconds per raft tick")
     heartbeat_ticks: int = setting(1, help="raft ticks between leader heartbeats")
