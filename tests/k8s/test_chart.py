@@ -304,6 +304,22 @@ def test_spread_disruption_budgets_and_scrape_annotations(defaults: Rendered) ->
         assert annotations["prometheus.io/port"] == "9090"
 
 
+def test_the_chart_runs_each_servers_own_fsm_sync_default(defaults: Rendered) -> None:
+    """Raftnodes leave state-machine commits unsynced (the synced raft log replays
+    them); the meta range syncs them. The chart says so explicitly, as the binaries'
+    own defaults do."""
+    for component, mode in (("raftnode", "nosync"), ("metarange", "sync")):
+        env = env_of(pod_spec(workload(defaults, component))["containers"][0])
+        assert env["RANGEKV_FSM_SYNC_MODE"] == mode, component
+    node_default = next(
+        f.default for f in dataclasses.fields(RaftnodeConfig) if f.name == "fsm_sync_mode"
+    )
+    meta_default = next(
+        f.default for f in dataclasses.fields(MetarangeConfig) if f.name == "fsm_sync_mode"
+    )
+    assert (node_default, meta_default) == ("nosync", "sync")
+
+
 def _flags(cls: type) -> set[str]:
     return {f.name.replace("_", "-") for f in dataclasses.fields(cls)}
 
