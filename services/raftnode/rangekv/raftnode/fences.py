@@ -33,7 +33,10 @@ or a split during a scan costs a restart, never a torn snapshot.
 
 Bounded: at most `max_fences` per replica (beyond: ResourceExhausted), a HELD
 fence blocks writes for at most its hold time, a RELEASED one lives `ttl`
-seconds after its last use.
+seconds after its last use. Lapsed fences are forgotten whenever the range's
+queued writes are merged (`expire`, in every raft iteration that wakes the
+range) and when a new fence finds the limit reached, so a fence that lapsed
+since the range last woke never makes a scan wait.
 
 Pure logic: the caller passes `now` (monotonic seconds).
 """
@@ -110,8 +113,11 @@ class ScanFences:
     def any_held(self) -> bool:
         return self._held > 0
 
-    def _admit(self, fence_id: bytes) -> None:
-        if fence_id not in self._fences and len(self._fences) >= self.limits.max_fences:
+    def _admit(self, fence_id: bytes, now: float) -> None:
+        if fence_id in self._fences or len(self._fences) < self.limits.max_fences:
+            return
+        self.expire(now)  # some may have lapsed since the range last woke
+        if len(self._fences) >= self.limits.max_fences:
             raise E.ResourceExhausted(
                 f"{len(self._fences)} scan fences are open on this range; retry the scan",
                 retry_after=0.1,
@@ -141,7 +147,7 @@ class ScanFences:
             if existing.state is FenceState.HELD and (existing.start, existing.end) == (start, end):
                 return existing
             raise E.FenceLost(fence_id, "the fence was already used differently")
-        self._admit(fence_id)
+        self._admit(fence_id, now)
         until = now + min(max(hold, 0.0), self.limits.max_hold)
         return self._put(Fence(fence_id, start, end, FenceState.HELD, until))
 
@@ -163,7 +169,7 @@ class ScanFences:
         """A fence RELEASED at once (a scan of one range: the hold is instantaneous)."""
         if fence_id in self._fences:
             raise E.FenceLost(fence_id, "the fence is already open")
-        self._admit(fence_id)
+        self._admit(fence_id, now)
         fence = Fence(fence_id, start, end, FenceState.RELEASED, now + self.limits.ttl, read_ts)
         return self._put(fence)
 
