@@ -1,6 +1,6 @@
 """ScanFences' bound (rangekv.raftnode.fences): at most `max_fences`, and lapsed
-fences never count against a new one, even on a range that takes no writes (the
-write path, which also forgets them, may never run there)."""
+fences never count against a new one, even when the range has not woken since
+they lapsed (waking is what else forgets them: the write merge expires them)."""
 
 from __future__ import annotations
 
