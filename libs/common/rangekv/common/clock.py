@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Final, Protocol
 
+from rangekv.common.logs import fault_banner
+
 __all__ = [
     "ENV_VAR",
     "EPOCH_NS",
@@ -167,7 +169,8 @@ def warning_line(offset_ns: int) -> str | None:
     """The loud startup warning for a skewed clock (None when not skewed)."""
     if not offset_ns:
         return None
-    return (
-        f"!!!!! TEST CLOCK OFFSET ACTIVE: {ENV_VAR}={offset_ns / 1e6:g} -- this process's "
-        "wall clock is DELIBERATELY WRONG !!!!!"
+    return fault_banner(
+        "CLOCK OFFSET ACTIVE",
+        f"{ENV_VAR}={offset_ns / 1e6:g}",
+        "this process's wall clock is DELIBERATELY WRONG",
     )

@@ -222,6 +222,13 @@ def format_ready(service: str, address: str, **extra: Any) -> str:
     return f"rangekv {service} ready: {body}"
 
 
+def fault_banner(what: str, setting: str, effect: str) -> str:
+    """The loud startup line of an active test-only fault (a mutation, a skewed
+    clock, power-loss emulation, ...): one shape for all of them, so that a log
+    reader -- or a grep for "!!!!! TEST" -- never misses one."""
+    return f"!!!!! TEST {what}: {setting} -- {effect} !!!!!"
+
+
 def log_ready(
     logger: logging.Logger | logging.LoggerAdapter,  # type: ignore[type-arg]
     service: str,
@@ -270,6 +277,7 @@ __all__ = [
     "FieldsAdapter",
     "StructuredFormatter",
     "bind",
+    "fault_banner",
     "format_ready",
     "log_ready",
     "parse_ready_line",

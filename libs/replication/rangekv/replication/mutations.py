@@ -61,6 +61,7 @@ from typing import ClassVar, Final
 
 from rangekv.common.clock import test_clock_offset_ns
 from rangekv.common.clock import warning_line as clock_warning
+from rangekv.common.logs import fault_banner
 
 ENV_VAR = "RANGEKV_TEST_MUTATION"
 
@@ -101,9 +102,10 @@ def warning_line(mutation: Mutation) -> str | None:
     """The loud startup warning for an active mutation (None when off)."""
     if mutation is Mutation.NONE:
         return None
-    return (
-        f"!!!!! TEST MUTATION ACTIVE: {ENV_VAR}={mutation.value} -- this process is "
-        "DELIBERATELY BROKEN and must never serve real data !!!!!"
+    return fault_banner(
+        "MUTATION ACTIVE",
+        f"{ENV_VAR}={mutation.value}",
+        "this process is DELIBERATELY BROKEN and must never serve real data",
     )
 
 
@@ -125,9 +127,10 @@ def parse_power_loss(environ: Mapping[str, str] | None = None) -> bool:
 def power_loss_warning(power_loss: bool) -> str | None:
     if not power_loss:
         return None
-    return (
-        f"!!!!! TEST POWER-LOSS EMULATION ACTIVE: {POWER_LOSS_ENV}=1 -- a kill -9 of this "
-        "process LOSES unsynced writes, on purpose !!!!!"
+    return fault_banner(
+        "POWER-LOSS EMULATION ACTIVE",
+        f"{POWER_LOSS_ENV}=1",
+        "a kill -9 of this process LOSES unsynced writes, on purpose",
     )
 
 
@@ -153,9 +156,10 @@ def parse_snapshot_delay(environ: Mapping[str, str] | None = None) -> float:
 def snapshot_delay_warning(delay: float) -> str | None:
     if not delay:
         return None
-    return (
-        f"!!!!! TEST SNAPSHOT DELAY ACTIVE: {SNAPSHOT_DELAY_ENV}={delay * 1000:g} -- every "
-        "snapshot this node sends is DELIBERATELY SLOW !!!!!"
+    return fault_banner(
+        "SNAPSHOT DELAY ACTIVE",
+        f"{SNAPSHOT_DELAY_ENV}={delay * 1000:g}",
+        "every snapshot this node sends is DELIBERATELY SLOW",
     )
 
 
@@ -165,9 +169,11 @@ REFUSE_RAFT_ENV = "RANGEKV_TEST_REFUSE_RAFT_FILE"
 def refuse_raft_warning(path: str) -> str | None:
     if not path:
         return None
-    return (
-        f"!!!!! TEST RAFT REFUSAL ARMED: {REFUSE_RAFT_ENV}={path} -- while that file exists "
-        "this node REFUSES every raft stream and snapshot (PERMISSION_DENIED), on purpose !!!!!"
+    return fault_banner(
+        "RAFT REFUSAL ARMED",
+        f"{REFUSE_RAFT_ENV}={path}",
+        "while that file exists this node REFUSES every raft stream and snapshot "
+        "(PERMISSION_DENIED), on purpose",
     )
 
 
