@@ -994,10 +994,17 @@ class Nemesis:
 
         Every step waits for what it needs, observed; L runs with slow snapshots only
         inside this fault, also when a step times out (a retry starts clean)."""
-        rid, holder = await self.replicas.owner(key)
+
+        async def led() -> tuple[int, int] | None:
+            rid, holder = await self.replicas.owner(key)
+            return (rid, holder) if holder is not None else None
+
+        # Right after other faults (leaseholders killed one after another) the range
+        # may be between leaders: wait for one, observed, rather than give up at once.
+        rid, holder = await async_wait_for(led, 20.0, f"a leader of the range of {key!r}", 0.1)
         voters = await self.replicas.voters(rid)
-        if holder is None or len(voters) < 3:
-            raise TimeoutError(f"range {rid}: no leader or fewer than 3 voters")
+        if len(voters) < 3:
+            raise TimeoutError(f"range {rid}: fewer than 3 voters")
         lead, lagging, other = holder, *[n for n in voters if n != holder][:2]
         fault = self.begin(
             "slow-snapshot-race",
