@@ -58,7 +58,11 @@ in the chosen FSM sync mode, and then, for `duration` seconds:
   leader had committed (`Replicas.lagging`): a replica left behind for good (a
   raft lane that never recovers, a snapshot that never lands) breaks no history
   while the others make a quorum, but it is one fault away from an unavailable
-  range.
+  range;
+* then every replica of every range must hold the same state as the others at
+  the same applied index (`Replicas.diverged`, from each node's own checksum of
+  its engine): a follower that lost or skipped an effect answers no read until
+  the lease moves to it, so the history cannot show it.
 
 Each run writes `report.json` and `summary.txt` (and `history.json`) into
 `report_dir`: operations by kind and outcome, faults with their times, the
@@ -1507,6 +1511,10 @@ async def run_chaos_async(cfg: ChaosConfig, schedule: Schedule | None = None) ->
                 problems += [
                     f"a replica did not catch up after the heal: {line}"
                     for line in await Replicas(cluster).lagging(cfg.catch_up_budget)
+                ]
+                problems += [
+                    f"replicas of a range diverged: {line}"
+                    for line in await Replicas(cluster).diverged(cfg.catch_up_budget)
                 ]
             for what, found in (
                 (

@@ -22,6 +22,10 @@ What runs (see harness.py for the faults and the report):
   skipped (saying why) only where network namespaces cannot be made;
   `test_fixed_schedules_pass_without_mutation` is their control (same
   schedules, correct build, must pass).
+* `test_harness_catches_a_follower_that_skips_writes` -- followers that drop
+  their writes at apply, with no fault at all: only the replica checksums
+  compared after the run (`Replicas.diverged`) can see it, so the run must
+  report it.
 * `test_harness_catches_a_lane_stuck_after_a_refusal` -- the refuse_raft fault
   against a build whose raft lanes never send again after a refused stream: the
   history stays linearizable, so the run's catch-up check must report the
@@ -333,3 +337,25 @@ def test_harness_catches_a_lane_stuck_after_a_refusal(
     assert result.report["raft_refusals"] > 0, summary
     behind = [p for p in result.problems if "did not catch up" in p]
     assert behind, summary
+
+
+@pytest.mark.timeout(300)
+def test_harness_catches_a_follower_that_skips_writes(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """follower_skips_writes: a replica that is not its range's leader when it applies
+    a command drops the command's writes, so it holds less than its leader at the
+    same applied index. No fault is injected: reads go to leaseholders, and the
+    history can show the hole only if a lease moves to such a follower. The
+    replica checksums compared after the run must report the divergence."""
+
+    async def writes(nemesis: Nemesis) -> None:
+        for _ in range(20):
+            await nemesis.write_key(b"probe")
+
+    cfg = mutation_config(12, "follower_skips_writes", report_dir(tmp_path, request))
+    result = run_chaos(cfg, writes)
+    summary = (result.report_dir / "summary.txt").read_text()
+    print(summary)
+    diverged = [p for p in result.problems if "replicas of a range diverged" in p]
+    assert diverged, f"the harness missed replicas that diverged:\n{summary}"

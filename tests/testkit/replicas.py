@@ -53,15 +53,15 @@ class Replicas:
             return await getattr(replica_pb2_grpc.ReplicaStub(ch), method)(request, timeout=timeout)
 
     async def infos(
-        self, node_id: int, range_ids: Sequence[int] = ()
+        self, node_id: int, range_ids: Sequence[int] = (), *, checksums: bool = False
     ) -> list[replica_pb2.ReplicaInfo] | None:
-        """Node `node_id`'s replicas (all, or `range_ids`); None if it cannot answer."""
+        """Node `node_id`'s replicas (all, or `range_ids`), with their state checksums if
+        `checksums`; None if it cannot answer."""
         if not self.cluster.usable(self.cluster.node(node_id)):
             return None
+        request = replica_pb2.RangeInfoRequest(range_ids=range_ids, checksums=checksums)
         try:
-            resp = await self.call(
-                node_id, "RangeInfo", replica_pb2.RangeInfoRequest(range_ids=range_ids), 2.0
-            )
+            resp = await self.call(node_id, "RangeInfo", request, 10.0 if checksums else 2.0)
         except grpc.aio.AioRpcError:
             return None
         return list(resp.replicas)
@@ -263,6 +263,69 @@ class Replicas:
         except TimeoutError:
             return list(behind)
         return []
+
+    async def diverged(self, timeout: float) -> list[str]:
+        """Replicas whose state differs from another replica's of the same range at the
+        same applied index: [] once every range's replicas were compared and agree.
+
+        Raft's promise, checked on the nodes' real engines (`rangekv.raftnode.
+        consistency`): the reads of a workload go to leaseholders, so a follower
+        that lost or skipped an effect stays invisible to the linearizability
+        checker until the lease moves to it. Every poll asks each node for the
+        checksum of each of its replicas and files it under (range, applied index);
+        two different digests under one key are a divergence, reported at once (one
+        line per range and index, the nodes grouped by what they hold). A
+        range is compared once every replica its leader's descriptor lists has
+        reported at one common index (they line up once writes stop). A range never
+        compared within `timeout` seconds is reported too: a check that compared
+        nothing has not passed."""
+        seen: dict[tuple[int, int], dict[int, str]] = {}  # (range, index): node -> digest
+        members: dict[int, list[int]] = {}  # range: the nodes its leader's descriptor lists
+        pending: list[str] = []
+
+        def split_views() -> list[str]:
+            out = []
+            for (range_id, index), by_node in sorted(seen.items()):
+                holders: dict[str, list[int]] = {}
+                for node_id, digest in sorted(by_node.items()):
+                    holders.setdefault(digest, []).append(node_id)
+                if len(holders) > 1:
+                    views = "; ".join(
+                        f"node(s) {', '.join(map(str, nodes))} hold {digest[:12]}"
+                        for digest, nodes in holders.items()
+                    )
+                    out.append(f"range {range_id} at applied index {index}: {views}")
+            return out
+
+        async def settled() -> bool:
+            ranges: set[int] = set()
+            for node_id in self.cluster.node_ids:
+                for info in await self.infos(node_id, checksums=True) or []:
+                    range_id = info.descriptor.range_id
+                    ranges.add(range_id)
+                    if info.is_leader:
+                        members[range_id] = [r.node_id for r in info.descriptor.replicas]
+                    if info.HasField("checksum"):  # else not initialized yet
+                        at = seen.setdefault((range_id, info.checksum.applied_index), {})
+                        at[node_id] = info.checksum.digest
+            if split_views():
+                return True
+            pending.clear()
+            for range_id in sorted(ranges):
+                nodes = set(members.get(range_id, ()))
+                if not nodes or not any(
+                    rid == range_id and nodes <= set(by_node) for (rid, _), by_node in seen.items()
+                ):
+                    pending.append(
+                        f"range {range_id}: its replicas never reported one common applied index"
+                    )
+            return not pending
+
+        try:
+            await async_wait_for(settled, timeout, "every range's replicas to be compared", 0.25)
+        except TimeoutError:
+            return list(pending)
+        return split_views()
 
     async def describe(self, range_id: int) -> str:
         """What every node says about one range (for failure messages)."""

@@ -277,15 +277,25 @@ class ChangeReplicasResponse(_message.Message):
     def __init__(self, descriptor: _Optional[_Union[_types_pb2.RangeDescriptor, _Mapping]] = ..., error: _Optional[_Union[_errors_pb2.ReplicaError, _Mapping]] = ...) -> None: ...
 
 class RangeInfoRequest(_message.Message):
-    __slots__ = ("range_ids", "counts_only")
+    __slots__ = ("range_ids", "counts_only", "checksums")
     RANGE_IDS_FIELD_NUMBER: _ClassVar[int]
     COUNTS_ONLY_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUMS_FIELD_NUMBER: _ClassVar[int]
     range_ids: _containers.RepeatedScalarFieldContainer[int]
     counts_only: bool
-    def __init__(self, range_ids: _Optional[_Iterable[int]] = ..., counts_only: _Optional[bool] = ...) -> None: ...
+    checksums: bool
+    def __init__(self, range_ids: _Optional[_Iterable[int]] = ..., counts_only: _Optional[bool] = ..., checksums: _Optional[bool] = ...) -> None: ...
+
+class StateChecksum(_message.Message):
+    __slots__ = ("applied_index", "digest")
+    APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    applied_index: int
+    digest: str
+    def __init__(self, applied_index: _Optional[int] = ..., digest: _Optional[str] = ...) -> None: ...
 
 class ReplicaInfo(_message.Message):
-    __slots__ = ("descriptor", "replica_id", "is_leader", "lease_valid", "lease_sequence", "leader_replica_id", "applied_index", "commit_index", "approximate_size_bytes", "log_first_index")
+    __slots__ = ("descriptor", "replica_id", "is_leader", "lease_valid", "lease_sequence", "leader_replica_id", "applied_index", "commit_index", "approximate_size_bytes", "log_first_index", "checksum")
     DESCRIPTOR_FIELD_NUMBER: _ClassVar[int]
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     IS_LEADER_FIELD_NUMBER: _ClassVar[int]
@@ -296,6 +306,7 @@ class ReplicaInfo(_message.Message):
     COMMIT_INDEX_FIELD_NUMBER: _ClassVar[int]
     APPROXIMATE_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     LOG_FIRST_INDEX_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     descriptor: _types_pb2.RangeDescriptor
     replica_id: int
     is_leader: bool
@@ -306,7 +317,8 @@ class ReplicaInfo(_message.Message):
     commit_index: int
     approximate_size_bytes: int
     log_first_index: int
-    def __init__(self, descriptor: _Optional[_Union[_types_pb2.RangeDescriptor, _Mapping]] = ..., replica_id: _Optional[int] = ..., is_leader: _Optional[bool] = ..., lease_valid: _Optional[bool] = ..., lease_sequence: _Optional[int] = ..., leader_replica_id: _Optional[int] = ..., applied_index: _Optional[int] = ..., commit_index: _Optional[int] = ..., approximate_size_bytes: _Optional[int] = ..., log_first_index: _Optional[int] = ...) -> None: ...
+    checksum: StateChecksum
+    def __init__(self, descriptor: _Optional[_Union[_types_pb2.RangeDescriptor, _Mapping]] = ..., replica_id: _Optional[int] = ..., is_leader: _Optional[bool] = ..., lease_valid: _Optional[bool] = ..., lease_sequence: _Optional[int] = ..., leader_replica_id: _Optional[int] = ..., applied_index: _Optional[int] = ..., commit_index: _Optional[int] = ..., approximate_size_bytes: _Optional[int] = ..., log_first_index: _Optional[int] = ..., checksum: _Optional[_Union[StateChecksum, _Mapping]] = ...) -> None: ...
 
 class RangeInfoResponse(_message.Message):
     __slots__ = ("node_id", "replicas", "draining", "replica_count", "lease_count")

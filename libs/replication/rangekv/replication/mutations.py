@@ -11,7 +11,7 @@ start (by the raftnode's entry point) and passed down as a frozen value:
 
     RANGEKV_TEST_MUTATION=lease_without_check | ack_before_quorum | no_scan_fence
         | stale_snapshot_ingest | quiesced_follower_campaigns | refused_write_applies
-        | stuck_lane_after_refusal
+        | stuck_lane_after_refusal | follower_skips_writes
 
 * ``lease_without_check``: a replica that is (or still believes it is) the raft
   leader serves reads from its local state without checking its lease or
@@ -46,6 +46,13 @@ start (by the raftnode's entry point) and passed down as a frozen value:
   replicas fall behind for good while the others keep a quorum (the chaos
   refuse_raft fault and its catch-up check).
 
+* ``follower_skips_writes``: a replica that is not its range's raft leader when
+  it applies a command drops the command's MVCC writes and only moves its
+  applied index, so its state differs from the leader's at the same index.
+  Every read goes to the leaseholder, so while the lease stays put the history
+  stays linearizable: only the chaos suite's replica checksums
+  (rangekv.raftnode.consistency) can see it.
+
 Off (``none``) by default; an active one is logged loudly at startup. The
 tests in ``tests/chaos/test_chaos.py`` assert that the harness catches each of
 them but ``quiesced_follower_campaigns``.
@@ -79,6 +86,7 @@ class Mutation(enum.Enum):
     QUIESCED_FOLLOWER_CAMPAIGNS = "quiesced_follower_campaigns"
     REFUSED_WRITE_APPLIES = "refused_write_applies"
     STUCK_LANE_AFTER_REFUSAL = "stuck_lane_after_refusal"
+    FOLLOWER_SKIPS_WRITES = "follower_skips_writes"
 
 
 def parse_mutation(environ: Mapping[str, str] | None = None) -> Mutation:

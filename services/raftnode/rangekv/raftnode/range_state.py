@@ -118,11 +118,17 @@ class RangeStateMachine:
         engine: Reader,
         events: RangeEvents,
         versioned: Callable[[Timestamp], None],
+        *,
+        skips_writes: Callable[[], bool] | None = None,
     ) -> None:
         """`engine`: the live state engine (GC scans what is durable, not the batch);
         `versioned(ts)`: a write was versioned at `ts` (the node's hybrid clock is
-        moved past it: it must never stamp a later write below an applied one)."""
+        moved past it: it must never stamp a later write below an applied one).
+        `skips_writes`: TEST ONLY, None in every real process (the mutation
+        follower_skips_writes): while it answers True, commands' MVCC writes are
+        dropped and only the applied index moves."""
         self.range_id = descriptor.range_id
+        self._skips_writes = skips_writes
         self._engine = engine
         self._events = events
         self._versioned = versioned
@@ -162,6 +168,8 @@ class RangeStateMachine:
         if not all(desc.contains_key(getattr(op, op.WhichOneof("op")).key) for op in cmd.writes):  # type: ignore[arg-type]
             # Proposed before a split that applied first: keys of another range now.
             return [OUTSIDE_RANGE] * len(cmd.writes)
+        if cmd.writes and self._skips_writes is not None and self._skips_writes():
+            return []  # TEST ONLY: a replica that loses effects (see __init__)
         if cmd.writes:
             last = Timestamp(base.wall_time, base.logical + len(cmd.writes) - 1)
             if self.newest_write is None or last > self.newest_write:

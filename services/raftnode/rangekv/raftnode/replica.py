@@ -79,7 +79,14 @@ class RangeReplica:
         self.replica_id = replica_id
         self.fences = ScanFences(ctx.limits.fences)
         host = ctx.host
-        self.state = RangeStateMachine(descriptor, ctx.engine, self, ctx.hlc.forward)
+        skips = host.faults.mutation is Mutation.FOLLOWER_SKIPS_WRITES
+        self.state = RangeStateMachine(
+            descriptor,
+            ctx.engine,
+            self,
+            ctx.hlc.forward,
+            skips_writes=(lambda: not self.is_leader) if skips else None,
+        )
         self.writes = RangeWrites(
             self.range_id, self.fences, ctx.hlc, ctx.clock, mutation=host.faults.mutation
         )

@@ -19,6 +19,7 @@ from rangekv.domain.txn import TxnStatus
 from rangekv.raft import LeaseState
 from rangekv.raftnode import txn as T
 from rangekv.raftnode.change import PROMOTE_VOTER, ReplicaChanger
+from rangekv.raftnode.consistency import replica_checksum
 from rangekv.raftnode.replica import RangeReplica
 from rangekv.raftnode.requests import reads_only
 from rangekv.raftnode.split import SplitCoordinator
@@ -176,6 +177,13 @@ class ReplicaService(replica_pb2_grpc.ReplicaServicer):
                     approximate_size_bytes=replica.state.approx_size or 0,
                 )
             )
+        if request.checksums:
+            for info in infos:
+                found = await asyncio.to_thread(
+                    replica_checksum, self._store.state_engine, info.descriptor.range_id
+                )
+                if found is not None:
+                    info.checksum.CopyFrom(found.to_proto())
         return replica_pb2.RangeInfoResponse(
             node_id=self._store.node_id,
             replicas=infos,
