@@ -59,10 +59,11 @@ in the chosen FSM sync mode, and then, for `duration` seconds:
   raft lane that never recovers, a snapshot that never lands) breaks no history
   while the others make a quorum, but it is one fault away from an unavailable
   range;
-* then every replica of every range must hold the same state as the others at
-  the same applied index (`Replicas.diverged`, from each node's own checksum of
-  its engine): a follower that lost or skipped an effect answers no read until
-  the lease moves to it, so the history cannot show it.
+* then every replica of every range, and of the meta range, must hold the same
+  state as the others at the same applied index (`Replicas.diverged`,
+  `MetaReplicas.diverged`: each replica's own checksum of its engine): a
+  follower that lost or skipped an effect answers no read until the lease
+  moves to it, so the history cannot show it.
 
 Each run writes `report.json` and `summary.txt` (and `history.json`) into
 `report_dir`: operations by kind and outcome, faults with their times, the
@@ -97,6 +98,7 @@ import grpc
 from netns import NetLab, try_netlab
 from testkit.cluster import Cluster, ClusterSpec, alive
 from testkit.kv import CLIENT_TIMEOUT, ordering_problem, scan_keys
+from testkit.meta import MetaReplicas
 from testkit.metrics import fetch_metrics, metric_value
 from testkit.replicas import Replicas, error_text
 from testkit.waiting import async_wait_for
@@ -1516,6 +1518,11 @@ async def run_chaos_async(cfg: ChaosConfig, schedule: Schedule | None = None) ->
                     f"replicas of a range diverged: {line}"
                     for line in await Replicas(cluster).diverged(cfg.catch_up_budget)
                 ]
+                async with MetaReplicas(cluster) as meta:
+                    problems += [
+                        f"replicas of the meta range diverged: {line}"
+                        for line in await meta.diverged(cfg.catch_up_budget)
+                    ]
             for what, found in (
                 (
                     "no peer refused raft traffic from a clock beyond the bound",

@@ -22,6 +22,8 @@ from rangekv.domain.descriptor_txn import DescriptorTxn, ResolveIntent, WriteInt
 from rangekv.domain.keys import meta_key
 from rangekv.domain.txn import TxnStatus
 from rangekv.metarange.client import MetaClient
+from rangekv.metarange.keys import META_GROUP_ID
+from rangekv.replication.checksum import ChecksumLedger
 from rangekv.v1 import meta_pb2, meta_pb2_grpc
 from testkit.cluster import Cluster, alive
 from testkit.waiting import async_wait_for
@@ -192,6 +194,32 @@ class MetaReplicas:
             return lead
 
         return await async_wait_for(ready_leader, timeout, "a meta leader serving consistent reads")
+
+    async def diverged(self, timeout: float) -> list[str]:
+        """Meta replicas whose state differs from another's at the same applied index: []
+        once every replica reported at one common index and all agree
+        (`rangekv.replication.checksum`; `Replicas.diverged` is the storage nodes'
+        check). The nodes' heartbeats keep the meta range writing, so reports
+        accumulate across polls until all replicas were seen at one index. A check
+        that never compared them within `timeout` seconds says so."""
+        ledger = ChecksumLedger()
+        request = meta_pb2.ClusterInfoRequest(checksum=True)
+
+        async def settled() -> bool:
+            for i in self.ids:
+                try:
+                    info = await self.stub(i).ClusterInfo(request, timeout=10.0)
+                except grpc.aio.AioRpcError:
+                    continue
+                if info.HasField("checksum"):
+                    ledger.record(META_GROUP_ID, i, info.checksum)
+            return bool(ledger.divergences()) or ledger.compared(META_GROUP_ID, self.ids)
+
+        try:
+            await async_wait_for(settled, timeout, "the meta replicas to be compared", 0.1)
+        except TimeoutError:
+            return ["the meta range's replicas never reported one common applied index"]
+        return ledger.divergences("group")
 
     async def view(self, node_id: int) -> MetaView:
         """Replica `node_id`'s applied meta records (ListRanges with intents is a

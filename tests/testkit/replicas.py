@@ -21,6 +21,7 @@ import grpc
 
 from rangekv.common import errors as E
 from rangekv.common.descriptors import RangeDescriptor
+from rangekv.replication.checksum import ChecksumLedger
 from rangekv.v1 import replica_pb2, replica_pb2_grpc
 from testkit.cluster import Cluster
 from testkit.waiting import async_wait_for
@@ -269,7 +270,7 @@ class Replicas:
         same applied index: [] once every range's replicas were compared and agree.
 
         Raft's promise, checked on the nodes' real engines (`rangekv.raftnode.
-        consistency`): the reads of a workload go to leaseholders, so a follower
+        consistency`, `rangekv.replication.checksum`): the reads of a workload go to leaseholders, so a follower
         that lost or skipped an effect stays invisible to the linearizability
         checker until the lease moves to it. Every poll asks each node for the
         checksum of each of its replicas and files it under (range, applied index);
@@ -279,23 +280,9 @@ class Replicas:
         reported at one common index (they line up once writes stop). A range never
         compared within `timeout` seconds is reported too: a check that compared
         nothing has not passed."""
-        seen: dict[tuple[int, int], dict[int, str]] = {}  # (range, index): node -> digest
+        ledger = ChecksumLedger()
         members: dict[int, list[int]] = {}  # range: the nodes its leader's descriptor lists
         pending: list[str] = []
-
-        def split_views() -> list[str]:
-            out = []
-            for (range_id, index), by_node in sorted(seen.items()):
-                holders: dict[str, list[int]] = {}
-                for node_id, digest in sorted(by_node.items()):
-                    holders.setdefault(digest, []).append(node_id)
-                if len(holders) > 1:
-                    views = "; ".join(
-                        f"node(s) {', '.join(map(str, nodes))} hold {digest[:12]}"
-                        for digest, nodes in holders.items()
-                    )
-                    out.append(f"range {range_id} at applied index {index}: {views}")
-            return out
 
         async def settled() -> bool:
             ranges: set[int] = set()
@@ -306,26 +293,21 @@ class Replicas:
                     if info.is_leader:
                         members[range_id] = [r.node_id for r in info.descriptor.replicas]
                     if info.HasField("checksum"):  # else not initialized yet
-                        at = seen.setdefault((range_id, info.checksum.applied_index), {})
-                        at[node_id] = info.checksum.digest
-            if split_views():
+                        ledger.record(range_id, node_id, info.checksum)
+            if ledger.divergences():
                 return True
-            pending.clear()
-            for range_id in sorted(ranges):
-                nodes = set(members.get(range_id, ()))
-                if not nodes or not any(
-                    rid == range_id and nodes <= set(by_node) for (rid, _), by_node in seen.items()
-                ):
-                    pending.append(
-                        f"range {range_id}: its replicas never reported one common applied index"
-                    )
+            pending[:] = [
+                f"range {range_id}: its replicas never reported one common applied index"
+                for range_id in sorted(ranges)
+                if not ledger.compared(range_id, members.get(range_id, []))
+            ]
             return not pending
 
         try:
             await async_wait_for(settled, timeout, "every range's replicas to be compared", 0.25)
         except TimeoutError:
             return list(pending)
-        return split_views()
+        return ledger.divergences("range")
 
     async def describe(self, range_id: int) -> str:
         """What every node says about one range (for failure messages)."""

@@ -1,4 +1,5 @@
-"""Replica checksums (`rangekv.raftnode.consistency`) on real RocksDB engines.
+"""Replica checksums (`rangekv.replication.checksum`, `rangekv.raftnode.consistency`)
+on real RocksDB engines, and the ledger that compares them.
 
 What the chaos suite's divergence check relies on: equal range state gives
 equal digests whatever else the engine holds, any difference in the range's
@@ -15,10 +16,14 @@ import pytest
 
 from rangekv.common.descriptors import RangeDescriptor
 from rangekv.common.hlc import Timestamp
+from rangekv.metarange.keys import META_GROUP_ID, META_PREFIX
+from rangekv.metarange.state import meta_spans
 from rangekv.raftnode.consistency import replica_checksum
 from rangekv.raftnode.keys import txn_record_key, version_key
+from rangekv.replication.checksum import ChecksumLedger, state_checksum
 from rangekv.replication.state_engine import DESCRIPTOR, AppliedState, StateEngine
 from rangekv.replication.sync_mode import FsmSyncMode
+from rangekv.v1 import types_pb2
 
 LEFT = RangeDescriptor(range_id=1, start_key=b"", end_key=b"m")
 RIGHT = RangeDescriptor(range_id=2, start_key=b"m", end_key=b"")
@@ -92,3 +97,36 @@ def test_an_uninitialized_replica_has_no_checksum(
     assert replica_checksum(a, 1) is None
     fill(a, 10, {})
     assert replica_checksum(a, 3) is None  # no replica of range 3 at all
+
+
+def test_the_ledger_names_a_divergence_whenever_the_reports_came() -> None:
+    ledger = ChecksumLedger()
+    ledger.record(1, 1, types_pb2.StateChecksum(applied_index=10, digest="aa"))
+    ledger.record(1, 2, types_pb2.StateChecksum(applied_index=11, digest="bb"))
+    assert ledger.divergences() == []
+    assert not ledger.compared(1, [1, 2])  # never seen at one index
+    ledger.record(1, 2, types_pb2.StateChecksum(applied_index=10, digest="aa"))
+    assert ledger.compared(1, [1, 2]) and not ledger.compared(1, [1, 2, 3])
+    ledger.record(1, 3, types_pb2.StateChecksum(applied_index=10, digest="cc"))
+    assert ledger.divergences("range") == [
+        "range 1 at applied index 10: node(s) 1, 2 hold aa; node(s) 3 hold cc"
+    ]
+    assert not ledger.compared(2, [])  # nothing to compare is not a pass
+
+
+def test_the_meta_range_checksum_covers_its_records(
+    engines: tuple[StateEngine, StateEngine],
+) -> None:
+    a, b = engines
+    for engine in (a, b):
+        batch = engine.new_batch()
+        batch.set_applied_state(META_GROUP_ID, AppliedState(7, 2))
+        batch.put(META_PREFIX + b"\x01", b"bootstrapped")
+        engine.commit(batch)
+    mine = state_checksum(a, META_GROUP_ID, lambda _: meta_spans())
+    assert mine is not None and mine == state_checksum(b, META_GROUP_ID, lambda _: meta_spans())
+    batch = b.new_batch()
+    batch.put(META_PREFIX + b"\x7fother", b"x")
+    b.commit(batch)
+    theirs = state_checksum(b, META_GROUP_ID, lambda _: meta_spans())
+    assert theirs is not None and theirs.applied_index == 7 and theirs.digest != mine.digest

@@ -175,20 +175,24 @@ class ListNodesResponse(_message.Message):
     def __init__(self, nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ...) -> None: ...
 
 class ClusterInfoRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("checksum",)
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    checksum: bool
+    def __init__(self, checksum: _Optional[bool] = ...) -> None: ...
 
 class ClusterInfoResponse(_message.Message):
-    __slots__ = ("bootstrapped", "leader_node_id", "leader_address", "first_range")
+    __slots__ = ("bootstrapped", "leader_node_id", "leader_address", "first_range", "checksum")
     BOOTSTRAPPED_FIELD_NUMBER: _ClassVar[int]
     LEADER_NODE_ID_FIELD_NUMBER: _ClassVar[int]
     LEADER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     FIRST_RANGE_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     bootstrapped: bool
     leader_node_id: int
     leader_address: str
     first_range: _types_pb2.RangeDescriptor
-    def __init__(self, bootstrapped: _Optional[bool] = ..., leader_node_id: _Optional[int] = ..., leader_address: _Optional[str] = ..., first_range: _Optional[_Union[_types_pb2.RangeDescriptor, _Mapping]] = ...) -> None: ...
+    checksum: _types_pb2.StateChecksum
+    def __init__(self, bootstrapped: _Optional[bool] = ..., leader_node_id: _Optional[int] = ..., leader_address: _Optional[str] = ..., first_range: _Optional[_Union[_types_pb2.RangeDescriptor, _Mapping]] = ..., checksum: _Optional[_Union[_types_pb2.StateChecksum, _Mapping]] = ...) -> None: ...
 
 class DecommissionRequest(_message.Message):
     __slots__ = ("node_id",)

@@ -286,14 +286,6 @@ class RangeInfoRequest(_message.Message):
     checksums: bool
     def __init__(self, range_ids: _Optional[_Iterable[int]] = ..., counts_only: _Optional[bool] = ..., checksums: _Optional[bool] = ...) -> None: ...
 
-class StateChecksum(_message.Message):
-    __slots__ = ("applied_index", "digest")
-    APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
-    DIGEST_FIELD_NUMBER: _ClassVar[int]
-    applied_index: int
-    digest: str
-    def __init__(self, applied_index: _Optional[int] = ..., digest: _Optional[str] = ...) -> None: ...
-
 class ReplicaInfo(_message.Message):
     __slots__ = ("descriptor", "replica_id", "is_leader", "lease_valid", "lease_sequence", "leader_replica_id", "applied_index", "commit_index", "approximate_size_bytes", "log_first_index", "checksum")
     DESCRIPTOR_FIELD_NUMBER: _ClassVar[int]
@@ -317,8 +309,8 @@ class ReplicaInfo(_message.Message):
     commit_index: int
     approximate_size_bytes: int
     log_first_index: int
-    checksum: StateChecksum
-    def __init__(self, descriptor: _Optional[_Union[_types_pb2.RangeDescriptor, _Mapping]] = ..., replica_id: _Optional[int] = ..., is_leader: _Optional[bool] = ..., lease_valid: _Optional[bool] = ..., lease_sequence: _Optional[int] = ..., leader_replica_id: _Optional[int] = ..., applied_index: _Optional[int] = ..., commit_index: _Optional[int] = ..., approximate_size_bytes: _Optional[int] = ..., log_first_index: _Optional[int] = ..., checksum: _Optional[_Union[StateChecksum, _Mapping]] = ...) -> None: ...
+    checksum: _types_pb2.StateChecksum
+    def __init__(self, descriptor: _Optional[_Union[_types_pb2.RangeDescriptor, _Mapping]] = ..., replica_id: _Optional[int] = ..., is_leader: _Optional[bool] = ..., lease_valid: _Optional[bool] = ..., lease_sequence: _Optional[int] = ..., leader_replica_id: _Optional[int] = ..., applied_index: _Optional[int] = ..., commit_index: _Optional[int] = ..., approximate_size_bytes: _Optional[int] = ..., log_first_index: _Optional[int] = ..., checksum: _Optional[_Union[_types_pb2.StateChecksum, _Mapping]] = ...) -> None: ...
 
 class RangeInfoResponse(_message.Message):
     __slots__ = ("node_id", "replicas", "draining", "replica_count", "lease_count")

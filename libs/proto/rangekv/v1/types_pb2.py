@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16rangekv/v1/types.proto\x12\nrangekv.v1\"/\n\tTimestamp\x12\x11\n\twall_time\x18\x01 \x01(\x03\x12\x0f\n\x07logical\x18\x02 \x01(\x05\"N\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12&\n\x07version\x18\x03 \x01(\x0b\x32\x15.rangekv.v1.Timestamp\"_\n\x11ReplicaDescriptor\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x12\n\nreplica_id\x18\x02 \x01(\x04\x12%\n\x04type\x18\x03 \x01(\x0e\x32\x17.rangekv.v1.ReplicaType\"\xa5\x01\n\x0fRangeDescriptor\x12\x10\n\x08range_id\x18\x01 \x01(\x04\x12\x11\n\tstart_key\x18\x02 \x01(\x0c\x12\x0f\n\x07\x65nd_key\x18\x03 \x01(\x0c\x12/\n\x08replicas\x18\x04 \x03(\x0b\x32\x1d.rangekv.v1.ReplicaDescriptor\x12\x12\n\ngeneration\x18\x05 \x01(\x04\x12\x17\n\x0fnext_replica_id\x18\x06 \x01(\x04\"K\n\x0eNodeDescriptor\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x17\n\x0fmetrics_address\x18\x03 \x01(\t\"7\n\x07TxnMeta\x12\n\n\x02id\x18\x01 \x01(\x0c\x12\x12\n\nrecord_key\x18\x02 \x01(\x0c\x12\x0c\n\x04kind\x18\x03 \x01(\t\"\x99\x01\n\tTxnRecord\x12!\n\x04meta\x18\x01 \x01(\x0b\x32\x13.rangekv.v1.TxnMeta\x12%\n\x06status\x18\x02 \x01(\x0e\x32\x15.rangekv.v1.TxnStatus\x12-\n\x0elast_heartbeat\x18\x03 \x01(\x0b\x32\x15.rangekv.v1.Timestamp\x12\x13\n\x0bintent_keys\x18\x04 \x03(\x0c*]\n\x0bReplicaType\x12\x1c\n\x18REPLICA_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12REPLICA_TYPE_VOTER\x10\x01\x12\x18\n\x14REPLICA_TYPE_LEARNER\x10\x02*q\n\tTxnStatus\x12\x1a\n\x16TXN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12TXN_STATUS_PENDING\x10\x01\x12\x18\n\x14TXN_STATUS_COMMITTED\x10\x02\x12\x16\n\x12TXN_STATUS_ABORTED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16rangekv/v1/types.proto\x12\nrangekv.v1\"/\n\tTimestamp\x12\x11\n\twall_time\x18\x01 \x01(\x03\x12\x0f\n\x07logical\x18\x02 \x01(\x05\"N\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12&\n\x07version\x18\x03 \x01(\x0b\x32\x15.rangekv.v1.Timestamp\"_\n\x11ReplicaDescriptor\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x12\n\nreplica_id\x18\x02 \x01(\x04\x12%\n\x04type\x18\x03 \x01(\x0e\x32\x17.rangekv.v1.ReplicaType\"\xa5\x01\n\x0fRangeDescriptor\x12\x10\n\x08range_id\x18\x01 \x01(\x04\x12\x11\n\tstart_key\x18\x02 \x01(\x0c\x12\x0f\n\x07\x65nd_key\x18\x03 \x01(\x0c\x12/\n\x08replicas\x18\x04 \x03(\x0b\x32\x1d.rangekv.v1.ReplicaDescriptor\x12\x12\n\ngeneration\x18\x05 \x01(\x04\x12\x17\n\x0fnext_replica_id\x18\x06 \x01(\x04\"K\n\x0eNodeDescriptor\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x17\n\x0fmetrics_address\x18\x03 \x01(\t\"7\n\x07TxnMeta\x12\n\n\x02id\x18\x01 \x01(\x0c\x12\x12\n\nrecord_key\x18\x02 \x01(\x0c\x12\x0c\n\x04kind\x18\x03 \x01(\t\"\x99\x01\n\tTxnRecord\x12!\n\x04meta\x18\x01 \x01(\x0b\x32\x13.rangekv.v1.TxnMeta\x12%\n\x06status\x18\x02 \x01(\x0e\x32\x15.rangekv.v1.TxnStatus\x12-\n\x0elast_heartbeat\x18\x03 \x01(\x0b\x32\x15.rangekv.v1.Timestamp\x12\x13\n\x0bintent_keys\x18\x04 \x03(\x0c\"6\n\rStateChecksum\x12\x15\n\rapplied_index\x18\x01 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t*]\n\x0bReplicaType\x12\x1c\n\x18REPLICA_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12REPLICA_TYPE_VOTER\x10\x01\x12\x18\n\x14REPLICA_TYPE_LEARNER\x10\x02*q\n\tTxnStatus\x12\x1a\n\x16TXN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12TXN_STATUS_PENDING\x10\x01\x12\x18\n\x14TXN_STATUS_COMMITTED\x10\x02\x12\x16\n\x12TXN_STATUS_ABORTED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rangekv.v1.types_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REPLICATYPE']._serialized_start=722
-  _globals['_REPLICATYPE']._serialized_end=815
-  _globals['_TXNSTATUS']._serialized_start=817
-  _globals['_TXNSTATUS']._serialized_end=930
+  _globals['_REPLICATYPE']._serialized_start=778
+  _globals['_REPLICATYPE']._serialized_end=871
+  _globals['_TXNSTATUS']._serialized_start=873
+  _globals['_TXNSTATUS']._serialized_end=986
   _globals['_TIMESTAMP']._serialized_start=38
   _globals['_TIMESTAMP']._serialized_end=85
   _globals['_KEYVALUE']._serialized_start=87
@@ -49,4 +49,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TXNMETA']._serialized_end=564
   _globals['_TXNRECORD']._serialized_start=567
   _globals['_TXNRECORD']._serialized_end=720
+  _globals['_STATECHECKSUM']._serialized_start=722
+  _globals['_STATECHECKSUM']._serialized_end=776
 # @@protoc_insertion_point(module_scope)

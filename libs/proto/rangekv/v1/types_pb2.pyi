@@ -102,3 +102,11 @@ class TxnRecord(_message.Message):
     last_heartbeat: Timestamp
     intent_keys: _containers.RepeatedScalarFieldContainer[bytes]
     def __init__(self, meta: _Optional[_Union[TxnMeta, _Mapping]] = ..., status: _Optional[_Union[TxnStatus, str]] = ..., last_heartbeat: _Optional[_Union[Timestamp, _Mapping]] = ..., intent_keys: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class StateChecksum(_message.Message):
+    __slots__ = ("applied_index", "digest")
+    APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    applied_index: int
+    digest: str
+    def __init__(self, applied_index: _Optional[int] = ..., digest: _Optional[str] = ...) -> None: ...

@@ -12,6 +12,7 @@ RangeKVError and mapped to gRPC statuses once, by the server's interceptor.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Protocol
 
 import grpc
@@ -23,11 +24,13 @@ from rangekv.domain.descriptor_txn import ResolveIntent, WriteIntent
 from rangekv.domain.txn import TxnStatus
 from rangekv.metarange import reads
 from rangekv.metarange.commands import AllocateIds, Command, Heartbeat, SetNodeState
+from rangekv.metarange.keys import META_GROUP_ID
 from rangekv.metarange.reads import LookupMode
 from rangekv.metarange.records import IdKind, NodeDescriptor, NodeRecord, NodeState
 from rangekv.metarange.replica import MetaCounters
-from rangekv.metarange.state import MetaStateMachine
-from rangekv.replication.state_engine import Reader
+from rangekv.metarange.state import MetaStateMachine, meta_spans
+from rangekv.replication.checksum import state_checksum
+from rangekv.replication.state_engine import StateEngine
 from rangekv.v1 import meta_pb2, meta_pb2_grpc
 
 __all__ = ["MAX_LIST", "MAX_PREFETCH", "MetaBackend", "MetaService"]
@@ -45,7 +48,7 @@ class MetaBackend(Protocol):
     counters: MetaCounters
 
     @property
-    def state_engine(self) -> Reader: ...
+    def state_engine(self) -> StateEngine: ...
 
     async def execute(self, cmd: Command) -> Any:
         """Apply `cmd` through the meta range; raise its refusal."""
@@ -156,6 +159,12 @@ class MetaService(meta_pb2_grpc.MetaServicer):
         )
         if first is not None:
             resp.first_range.CopyFrom(first.to_proto())
+        if request.checksum:
+            found = await asyncio.to_thread(
+                state_checksum, self._backend.state_engine, META_GROUP_ID, lambda _: meta_spans()
+            )
+            if found is not None:
+                resp.checksum.CopyFrom(found.to_proto())
         return resp
 
     # --- decommissioning ------------------------------------------------------------------

@@ -102,6 +102,12 @@ def _u64(value: int) -> bytes:
     return value.to_bytes(8, "big")
 
 
+def meta_spans() -> list[Span]:
+    """Every state-engine span of the meta range: its range-local keys and its records
+    (what a raft snapshot of it carries, and what its checksum covers)."""
+    return [range_local_span(META_GROUP_ID), (META_PREFIX, prefix_end(META_PREFIX))]
+
+
 class MetaStateMachine:
     """Applies meta commands into state-engine batches; serves reads from readers.
 
@@ -136,7 +142,7 @@ class MetaStateMachine:
         batch.set_applied_state(META_GROUP_ID, AppliedState(index, term))
 
     def snapshot_spans(self) -> list[Span]:
-        return [range_local_span(META_GROUP_ID), (META_PREFIX, prefix_end(META_PREFIX))]
+        return meta_spans()
 
     def snapshot_installed(self, local: Mapping[bytes, bytes]) -> None:
         """Nothing is kept in memory: every read goes to the engine."""
