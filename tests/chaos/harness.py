@@ -63,7 +63,9 @@ in the chosen FSM sync mode, and then, for `duration` seconds:
   state as the others at the same applied index (`Replicas.diverged`,
   `MetaReplicas.diverged`: each replica's own checksum of its engine): a
   follower that lost or skipped an effect answers no read until the lease
-  moves to it, so the history cannot show it.
+  moves to it, so the history cannot show it. The ranges' checksums are also
+  sampled every `CHECKSUM_POLL` seconds during the run (`ChecksumWatch`), so a
+  divergence that a later fault repaired is still seen.
 
 Each run writes `report.json` and `summary.txt` (and `history.json`) into
 `report_dir`: operations by kind and outcome, faults with their times, the
@@ -116,6 +118,7 @@ from rangekv.check.kv_client import recorded_scan
 from rangekv.cli.cluster import Child
 from rangekv.common import errors as E
 from rangekv.common.clock import ENV_VAR as CLOCK_ENV
+from rangekv.replication.checksum import ChecksumLedger
 from rangekv.replication.mutations import POWER_LOSS_ENV, REFUSE_RAFT_ENV, SNAPSHOT_DELAY_ENV
 from rangekv.v1 import kv_pb2, kv_pb2_grpc, meta_pb2, meta_pb2_grpc, replica_pb2, replica_pb2_grpc
 
@@ -123,6 +126,8 @@ from rangekv.v1 import kv_pb2, kv_pb2_grpc, meta_pb2, meta_pb2_grpc, replica_pb2
 #: range's leader had committed (`Replicas.lagging`): a snapshot of a busy range
 #: on a slow machine fits many times over.
 CATCH_UP_BUDGET = 60.0
+#: Seconds between the replica-checksum polls of a run (`ChecksumWatch`).
+CHECKSUM_POLL = 2.0
 REG_KEYS = [b"reg/%d" % i for i in range(5)]
 SCAN_KEYS = [b"s/%03d" % i for i in range(60)]
 PROBE_KEY = b"probe"  # written only by the nemesis, so a stale read of it is unambiguous
@@ -1466,6 +1471,28 @@ def refused_as_invalid(stats: WorkloadStats) -> list[str]:
     return [f"valid operations refused as invalid: {counts}; {said}"]
 
 
+class ChecksumWatch:
+    """Replica checksums sampled while the nemesis runs, into the ledger the final
+    divergence check continues (`Replicas.diverged`).
+
+    The final check compares replicas once writes have stopped; a divergence that
+    a later fault repaired (a snapshot or a replica change replacing the diverged
+    replica) is gone by then. Polls during the run file every replica's checksum
+    under (range, applied index), so two replicas that ever stood at one index
+    with different states are reported. Paused and dead nodes are not asked."""
+
+    def __init__(self, replicas: Replicas) -> None:
+        self.replicas = replicas
+        self.ledger = ChecksumLedger()
+        self.polls = 0
+
+    async def run(self) -> None:
+        while True:
+            await self.replicas.record_checksums(self.ledger)
+            self.polls += 1
+            await asyncio.sleep(CHECKSUM_POLL)  # a sampling period, not a wait for anything
+
+
 async def run_chaos_async(cfg: ChaosConfig, schedule: Schedule | None = None) -> ChaosResult:
     """One run; `schedule` replaces the random nemesis (the mutation tests use it)."""
     cfg.report_dir.mkdir(parents=True, exist_ok=True)
@@ -1489,18 +1516,22 @@ async def run_chaos_async(cfg: ChaosConfig, schedule: Schedule | None = None) ->
                 gateways, workload.kv.rec, workload.kv.stats, timeout=workload.kv.timeout
             )
             nemesis = Nemesis(ChaosCluster(cluster, lab), cfg, probes, t0)
+            watch = ChecksumWatch(Replicas(cluster))
             for key in REG_SPLITS:  # the snapshot scans span ranges from the start
                 split = await nemesis.split_at(key)
                 nemesis.faults.append(
                     Fault("split", "setup", 0.0, nemesis.now(), f"{key!r}: {split}")
                 )
             workload.start()
+            watch_task = asyncio.create_task(watch.run())
             try:
                 if schedule is None:
                     await nemesis.run(t0 + cfg.duration)
                 else:
                     await schedule(nemesis)
             finally:
+                watch_task.cancel()
+                await asyncio.gather(watch_task, return_exceptions=True)
                 await nemesis.heal()
                 await workload.stop()
             workload_s = time.monotonic() - t0
@@ -1516,7 +1547,7 @@ async def run_chaos_async(cfg: ChaosConfig, schedule: Schedule | None = None) ->
                 ]
                 problems += [
                     f"replicas of a range diverged: {line}"
-                    for line in await Replicas(cluster).diverged(cfg.catch_up_budget)
+                    for line in await watch.replicas.diverged(cfg.catch_up_budget, watch.ledger)
                 ]
                 async with MetaReplicas(cluster) as meta:
                     problems += [
@@ -1597,6 +1628,11 @@ async def run_chaos_async(cfg: ChaosConfig, schedule: Schedule | None = None) ->
             "failures": stats.scan_failures[:20],
         },
         "faults": [asdict(f) for f in nemesis.faults],
+        "checksums": {
+            "polls_during_run": watch.polls,
+            #: (range, applied index) pairs at which two replicas or more were compared.
+            "compared": watch.ledger.comparisons(),
+        },
         "checker": {
             "ok": result.ok,
             "keys_checked": result.keys_checked,
@@ -1659,6 +1695,8 @@ def summary_text(report: dict[str, Any]) -> str:
         f"{report['overload_refusals']} times in {report['overload_faults']} bursts",
         f"refuse-raft: peers counted {report['raft_refusals']} refused raft streams in "
         f"{report['refuse_raft_faults']} faults",
+        f"checksums: {report['checksums']['polls_during_run']} polls during the run; "
+        f"replicas compared at {report['checksums']['compared']} (range, applied index) pairs",
         f"checker: {verdict} in {report['checker']['seconds']}s "
         f"({report['checker']['keys_checked']} keys)",
     ]

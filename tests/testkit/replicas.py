@@ -265,35 +265,45 @@ class Replicas:
             return list(behind)
         return []
 
-    async def diverged(self, timeout: float) -> list[str]:
+    async def record_checksums(
+        self, ledger: ChecksumLedger, members: dict[int, list[int]] | None = None
+    ) -> set[int]:
+        """One poll: the checksum of every initialized replica of every node that
+        answers, into `ledger`; the ranges seen. `members` (if given) learns each
+        range's replicas from its leader's descriptor."""
+        ranges: set[int] = set()
+        for node_id in self.cluster.node_ids:
+            for info in await self.infos(node_id, checksums=True) or []:
+                range_id = info.descriptor.range_id
+                ranges.add(range_id)
+                if info.is_leader and members is not None:
+                    members[range_id] = [r.node_id for r in info.descriptor.replicas]
+                if info.HasField("checksum"):  # else not initialized yet
+                    ledger.record(range_id, node_id, info.checksum)
+        return ranges
+
+    async def diverged(self, timeout: float, ledger: ChecksumLedger | None = None) -> list[str]:
         """Replicas whose state differs from another replica's of the same range at the
         same applied index: [] once every range's replicas were compared and agree.
 
-        Raft's promise, checked on the nodes' real engines (`rangekv.raftnode.
-        consistency`, `rangekv.replication.checksum`): the reads of a workload go to leaseholders, so a follower
-        that lost or skipped an effect stays invisible to the linearizability
-        checker until the lease moves to it. Every poll asks each node for the
-        checksum of each of its replicas and files it under (range, applied index);
-        two different digests under one key are a divergence, reported at once (one
-        line per range and index, the nodes grouped by what they hold). A
-        range is compared once every replica its leader's descriptor lists has
-        reported at one common index (they line up once writes stop). A range never
-        compared within `timeout` seconds is reported too: a check that compared
-        nothing has not passed."""
-        ledger = ChecksumLedger()
+        Raft's promise, checked on the nodes' real engines
+        (`rangekv.replication.checksum`): the reads of a workload go to
+        leaseholders, so a follower that lost or skipped an effect stays invisible
+        to the linearizability checker until the lease moves to it. Every poll asks
+        each node for the checksum of each of its replicas and files it under
+        (range, applied index) in `ledger` (which may hold earlier polls': the
+        chaos suite polls during its run too); two different digests under one key
+        are a divergence, reported at once (one line per range and index, the nodes
+        grouped by what they hold). A range is compared once every replica its
+        leader's descriptor lists has reported at one common index (they line up
+        once writes stop). A range never compared within `timeout` seconds is
+        reported too: a check that compared nothing has not passed."""
+        ledger = ChecksumLedger() if ledger is None else ledger
         members: dict[int, list[int]] = {}  # range: the nodes its leader's descriptor lists
         pending: list[str] = []
 
         async def settled() -> bool:
-            ranges: set[int] = set()
-            for node_id in self.cluster.node_ids:
-                for info in await self.infos(node_id, checksums=True) or []:
-                    range_id = info.descriptor.range_id
-                    ranges.add(range_id)
-                    if info.is_leader:
-                        members[range_id] = [r.node_id for r in info.descriptor.replicas]
-                    if info.HasField("checksum"):  # else not initialized yet
-                        ledger.record(range_id, node_id, info.checksum)
+            ranges = await self.record_checksums(ledger, members)
             if ledger.divergences():
                 return True
             pending[:] = [

@@ -105,8 +105,10 @@ def test_the_ledger_names_a_divergence_whenever_the_reports_came() -> None:
     ledger.record(1, 2, types_pb2.StateChecksum(applied_index=11, digest="bb"))
     assert ledger.divergences() == []
     assert not ledger.compared(1, [1, 2])  # never seen at one index
+    assert ledger.comparisons() == 0
     ledger.record(1, 2, types_pb2.StateChecksum(applied_index=10, digest="aa"))
     assert ledger.compared(1, [1, 2]) and not ledger.compared(1, [1, 2, 3])
+    assert ledger.comparisons() == 1
     ledger.record(1, 3, types_pb2.StateChecksum(applied_index=10, digest="cc"))
     assert ledger.divergences("range") == [
         "range 1 at applied index 10: node(s) 1, 2 hold aa; node(s) 3 hold cc"

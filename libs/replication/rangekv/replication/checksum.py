@@ -97,6 +97,10 @@ class ChecksumLedger:
             for (gid, _), by_replica in self._seen.items()
         )
 
+    def comparisons(self) -> int:
+        """(group, index) pairs at which two replicas or more reported."""
+        return sum(1 for by_replica in self._seen.values() if len(by_replica) > 1)
+
     def divergences(self, group: str = "group") -> list[str]:
         """One line per (group, index) whose replicas disagree, naming who holds what
         (`group`: what to call a group, e.g. "range")."""
