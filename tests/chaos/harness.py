@@ -180,6 +180,8 @@ LOST_TRANSFER_LEASE_WAIT = 10.0
 #: has one within a tick or two; a range without one after this is reported).
 LEASEHOLDER_WAIT = 10.0
 PROBE_CLIENT = 900  # client ids of the nemesis's own recorded operations
+#: Raft log entries a raftnode keeps below its applied index (aggressive: see NODE_ARGS).
+LOG_RETAIN_ENTRIES = 20
 NODE_ARGS = [
     "--txn-expiry",
     "2.0",
@@ -188,7 +190,7 @@ NODE_ARGS = [
     # Aggressive log truncation: a follower that falls a little behind needs a
     # snapshot, so snapshots race lease moves (the snapshot_race fault).
     "--log-retain-entries",
-    "20",
+    str(LOG_RETAIN_ENTRIES),
     "--truncate-interval",
     "0.5",
     # A write queue the overload fault can fill (a workload client has one operation
@@ -613,6 +615,40 @@ class Nemesis:
         await asyncio.sleep(down)
         await self.restart(child)
         self.end(fault, "restarted")
+
+    async def power_cut_after_truncation(self, key: bytes = PROBE_KEY) -> Fault:
+        """A follower loses power right after its raft log was truncated past writes it
+        had applied but (FSM sync mode nosync) not synced.
+
+        A correct node syncs its state engine before every truncation, so after the
+        cut it replays the lost effects from the entries its log still holds. A node
+        that truncated first (mutation truncate_before_sync) has lost the entries
+        too: it resumes past them, and its replica holds less than its peers at the
+        same applied index, which only the replica checksums show (reads go to the
+        leaseholder). Steps: 3 x LOG_RETAIN_ENTRIES writes to `key`'s range; wait
+        (observed, up to 20 s) until that follower's log starts past where its
+        applied index stood; kill -9 (a power cut when the node runs with
+        RANGEKV_TEST_POWER_LOSS) and restart; one more write."""
+        rid, holder = await self.replicas.wait_leaseholder_of(key, LEASEHOLDER_WAIT)
+        followers = [n for n in await self.replicas.voters(rid) if n != holder]
+        target = self.rng.choice(followers)
+        child = self.cluster.node(target)
+        info = await self.replicas.info(target, rid)
+        start = info.applied_index if info is not None else 0
+        fault = self.begin("power-cut-after-truncation", child.name, f"range {rid}")
+        for _ in range(3 * LOG_RETAIN_ENTRIES):
+            await self.write_key(key)
+
+        async def truncated() -> bool:
+            now = await self.replicas.info(target, rid)
+            return now is not None and now.log_first_index > start + 1
+
+        await async_wait_for(truncated, 20, f"node {target} to truncate range {rid}'s log", 0.1)
+        await self.kill9(child)
+        await self.restart(child)
+        await self.write_key(key)
+        self.end(fault, f"log truncated past applied index {start}, then power cut; restarted")
+        return fault
 
     async def fault_overload(self) -> None:
         """Writes to fresh keys of one span beyond what a leaseholder may queue (the

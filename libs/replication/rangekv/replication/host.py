@@ -467,7 +467,10 @@ class GroupHost:
                 candidates.append((group, target))
         if not candidates:
             return 0
-        if self.state_engine.sync_mode == FsmSyncMode.NOSYNC:
+        if (
+            self.state_engine.sync_mode == FsmSyncMode.NOSYNC
+            and self.faults.mutation is not Mutation.TRUNCATE_BEFORE_SYNC  # TEST MUTATION
+        ):
             # Durable through every target: they were applied before this sync.
             await self.run_blocking(self.state_engine.sync)
         return await self.scheduler.call_in_section(lambda: self._truncate_now(candidates))

@@ -11,7 +11,7 @@ start (by the raftnode's entry point) and passed down as a frozen value:
 
     RANGEKV_TEST_MUTATION=lease_without_check | ack_before_quorum | no_scan_fence
         | stale_snapshot_ingest | quiesced_follower_campaigns | refused_write_applies
-        | stuck_lane_after_refusal | follower_skips_writes
+        | stuck_lane_after_refusal | follower_skips_writes | truncate_before_sync
 
 * ``lease_without_check``: a replica that is (or still believes it is) the raft
   leader serves reads from its local state without checking its lease or
@@ -53,6 +53,13 @@ start (by the raftnode's entry point) and passed down as a frozen value:
   stays linearizable: only the chaos suite's replica checksums
   (rangekv.raftnode.consistency) can see it.
 
+* ``truncate_before_sync``: in FSM sync mode ``nosync``, a node truncates its raft
+  logs without first syncing its state engine, so after a power cut the
+  committed entries it would replay its lost effects from may be gone: the
+  replica resumes past them and holds less than its peers at the same applied
+  index (the chaos suite's replica checksums; the driver simulation's state
+  digests on its nosync seeds).
+
 Off (``none``) by default; an active one is logged loudly at startup. The
 tests in ``tests/chaos/test_chaos.py`` assert that the harness catches each of
 them but ``quiesced_follower_campaigns``.
@@ -87,6 +94,7 @@ class Mutation(enum.Enum):
     REFUSED_WRITE_APPLIES = "refused_write_applies"
     STUCK_LANE_AFTER_REFUSAL = "stuck_lane_after_refusal"
     FOLLOWER_SKIPS_WRITES = "follower_skips_writes"
+    TRUNCATE_BEFORE_SYNC = "truncate_before_sync"
 
 
 def parse_mutation(environ: Mapping[str, str] | None = None) -> Mutation:
