@@ -47,7 +47,11 @@ in the chosen FSM sync mode, and then, for `duration` seconds:
     a caller that is not a node; RANGEKV_TEST_REFUSE_RAFT_FILE), then accepts
     again, in the same processes: its peers must count the refusals and their
     lanes must recover, so that its replicas catch up within the catch-up
-    budget (both are problems of the run otherwise).
+    budget (both are problems of the run otherwise);
+  - `power_cut`: a follower of a register or probe key's range loses power (in
+    nosync; a plain kill -9 in sync) right after its raft log was truncated past
+    writes it had applied, then restarts: it must replay them, or the replica
+    checksums report it.
   Partitions are real: every raftnode runs in its own network namespace joined
   to the others by veth pairs (netns.py; links cut by setting them down). When
   namespaces cannot be made (not root, no iproute2), the run goes on without
@@ -147,6 +151,7 @@ ALL_FAULTS = (
     "lost_transfer",
     "overload",
     "refuse_raft",
+    "power_cut",
 )
 #: Where the register keys are split at start, so that a scan of them spans ranges.
 REG_SPLITS = (b"reg/2", b"reg/4")
@@ -161,6 +166,7 @@ REPORT_NAMES = {
     "kill": "kill -9",
     "isolate_write": "isolate+kill -9",
     "partition_pause": "partition+pause",
+    "power_cut": "power-cut-after-truncation",
 }
 #: Faults that need the network namespaces (dropped, and reported, when unavailable).
 PARTITION_FAULTS = (
@@ -615,6 +621,10 @@ class Nemesis:
         await asyncio.sleep(down)
         await self.restart(child)
         self.end(fault, "restarted")
+
+    async def fault_power_cut(self) -> None:
+        """`power_cut_after_truncation` on a register key's range or the probe key's."""
+        await self.power_cut_after_truncation(self.rng.choice([*REG_KEYS, PROBE_KEY]))
 
     async def power_cut_after_truncation(self, key: bytes = PROBE_KEY) -> Fault:
         """A follower loses power right after its raft log was truncated past writes it
