@@ -178,10 +178,11 @@ class ReplicaService(replica_pb2_grpc.ReplicaServicer):
                 )
             )
         if request.checksums:
-            for info in infos:
-                found = await asyncio.to_thread(
-                    replica_checksum, self._store.state_engine, info.descriptor.range_id
-                )
+            engine = self._store.state_engine
+            ids = [info.descriptor.range_id for info in infos]
+            # One worker-thread round trip for every replica asked about.
+            sums = await asyncio.to_thread(lambda: [replica_checksum(engine, i) for i in ids])
+            for info, found in zip(infos, sums, strict=True):
                 if found is not None:
                     info.checksum.CopyFrom(found.to_proto())
         return replica_pb2.RangeInfoResponse(
