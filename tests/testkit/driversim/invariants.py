@@ -106,7 +106,13 @@ class Invariants:
             # keys under its span still belong to this node's left-hand replica,
             # or are being replaced by an ingest that raft has not yet adopted.
             return
-        index, digest = self.world.replica_state(node, range_id)
+        state = self.world.replica_state(node, range_id)
+        if state is None:
+            raise InvariantViolation(
+                f"node {node} range {range_id}: applied {applied} but its engine holds "
+                "no applied state or descriptor of the range"
+            )
+        index, digest = state
         seen = self._states.setdefault((range_id, index), (digest, node))
         if seen[0] != digest:
             raise InvariantViolation(

@@ -24,12 +24,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rangekv.common import errors as E
-from rangekv.common.descriptors import RangeDescriptor
 from rangekv.domain.descriptor_txn import plan_split
 from rangekv.domain.txn import TxnStatus
 from rangekv.raft import LeaseState
 from rangekv.raftnode import txn as T
-from rangekv.raftnode.keys import data_span, txn_record_span
+from rangekv.raftnode.consistency import replica_checksum
+from rangekv.raftnode.keys import data_span
 from rangekv.raftnode.replica import RangeReplica
 from rangekv.raftnode.requests import ReplicaLimits
 from rangekv.raftnode.store import Store
@@ -90,7 +90,9 @@ class SimWorld:
         self.starts: dict[int, int] = dict.fromkeys(self.node_ids, 1)
         self._streams_logged = 0
         self.txn_ids = random.Random(rng.getrandbits(64))
-        self._state_cache: dict[tuple[int, int], tuple[tuple[int, ...], tuple[int, str]]] = {}
+        self._state_cache: dict[
+            tuple[int, int], tuple[tuple[int, ...], tuple[int, str] | None]
+        ] = {}
         self._keys_cache: dict[int, tuple[tuple[int, ...], frozenset[bytes]]] = {}
 
     # --- the run ------------------------------------------------------------------------
@@ -242,10 +244,12 @@ class SimWorld:
         disk = self.cluster.disks[node].state_disk
         return disk.writes, disk.power_cuts, self.starts[node]
 
-    def replica_state(self, node: int, range_id: int) -> tuple[int, str]:
-        """(applied index, digest of the range's data, txn records and descriptor) of
-        one replica, as its engine holds them now (recomputed only when the node's
-        state disk was written or the replica's applied index moved)."""
+    def replica_state(self, node: int, range_id: int) -> tuple[int, str] | None:
+        """(applied index, digest) of one replica as its engine holds them now: the
+        storage node's own checksum (`rangekv.raftnode.consistency`, what the chaos
+        suite compares on real processes), None for a replica not initialized on its
+        engine. Recomputed only when the node's state disk was written or the
+        replica's applied index moved."""
         store = self.cluster.stores[node]
         replica = store.replica(range_id)
         assert replica is not None
@@ -253,20 +257,10 @@ class SimWorld:
         cached = self._state_cache.get((node, range_id))
         if cached is not None and cached[0] == stamp:
             return cached[1]
-        state = replica.applied_index, self._state_digest(store, replica.descriptor)
+        found = replica_checksum(store.state_engine, range_id)
+        state = None if found is None else (found.applied_index, found.digest)
         self._state_cache[(node, range_id)] = (stamp, state)
         return state
-
-    def _state_digest(self, store: Store, desc: RangeDescriptor) -> str:
-        h = hashlib.sha256(desc.to_proto().SerializeToString())
-        for lo, hi in (
-            data_span(desc.start_key, desc.end_key),
-            txn_record_span(desc.start_key, desc.end_key),
-        ):
-            for key, value in store.state_engine.iterate(lo, hi):
-                h.update(len(key).to_bytes(4, "big") + key)
-                h.update(len(value).to_bytes(4, "big") + value)
-        return h.hexdigest()[:16]
 
     def data_keys(self, node: int) -> frozenset[bytes]:
         """Every MVCC version the node's engine holds (all ranges)."""
