@@ -644,7 +644,9 @@ class Nemesis:
         target = self.rng.choice(followers)
         child = self.cluster.node(target)
         info = await self.replicas.info(target, rid)
-        start = info.applied_index if info is not None else 0
+        if info is None:  # reported as skipped by `attempt`: nothing to measure from
+            raise TimeoutError(f"node {target} did not report range {rid}")
+        start = info.applied_index
         fault = self.begin("power-cut-after-truncation", child.name, f"range {rid}")
         for _ in range(3 * LOG_RETAIN_ENTRIES):
             await self.write_key(key)
