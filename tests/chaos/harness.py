@@ -178,6 +178,9 @@ PARTITION_FAULTS = (
 #: A key no client writes: the lost-transfer fault splits there, so that its range is
 #: idle and a follower can hold the whole log when the transfer is asked for.
 LOST_TRANSFER_KEY = b"zz/lost-transfer"
+#: A key no client writes: the power-cut fault splits there, so that a follower
+#: restarting after its cut is caught up from its log, not by a snapshot.
+POWER_CUT_KEY = b"zz/power-cut"
 #: Seconds a range may go without a valid lease after a lost transfer was abandoned
 #: (an election timeout of 1 s to abandon it, then one election) before the run
 #: counts it as a problem.
@@ -623,10 +626,10 @@ class Nemesis:
         self.end(fault, "restarted")
 
     async def fault_power_cut(self) -> None:
-        """`power_cut_after_truncation` on a register key's range or the probe key's."""
-        await self.power_cut_after_truncation(self.rng.choice([*REG_KEYS, PROBE_KEY]))
+        """`power_cut_after_truncation` (on its own idle range)."""
+        await self.power_cut_after_truncation()
 
-    async def power_cut_after_truncation(self, key: bytes = PROBE_KEY) -> Fault:
+    async def power_cut_after_truncation(self) -> Fault:
         """A follower loses power right after its raft log was truncated past writes it
         had applied but (FSM sync mode nosync) not synced.
 
@@ -635,32 +638,78 @@ class Nemesis:
         that truncated first (mutation truncate_before_sync) has lost the entries
         too: it resumes past them, and its replica holds less than its peers at the
         same applied index, which only the replica checksums show (reads go to the
-        leaseholder). Steps: 3 x LOG_RETAIN_ENTRIES writes to `key`'s range; wait
-        (observed, up to 20 s) until that follower's log starts past where its
-        applied index stood; kill -9 (a power cut when the node runs with
-        RANGEKV_TEST_POWER_LOSS) and restart; one more write."""
+        leaseholder).
+
+        The range is the one holding POWER_CUT_KEY, which no client writes: on a
+        busy range the leader's log moved more than LOG_RETAIN_ENTRIES past the
+        follower while it restarted, so it was sent a snapshot, which replaces its
+        state wholesale and hides the loss. Steps: one write, and wait until the
+        follower applied it (`follower_caught_up`); 3 x LOG_RETAIN_ENTRIES writes;
+        wait (observed, up to 20 s) until that follower's log starts more than
+        LOG_RETAIN_ENTRIES past where its applied index stood; kill -9 (a power cut
+        when the node runs with RANGEKV_TEST_POWER_LOSS) and restart; one more
+        write, applied by the follower. The detail says whether the follower
+        replayed its log or was sent a snapshot."""
+        key = POWER_CUT_KEY
+        await self.split_at(key)
         rid, holder = await self.replicas.wait_leaseholder_of(key, LEASEHOLDER_WAIT)
         followers = [n for n in await self.replicas.voters(rid) if n != holder]
         target = self.rng.choice(followers)
         child = self.cluster.node(target)
-        info = await self.replicas.info(target, rid)
-        if info is None:  # reported as skipped by `attempt`: nothing to measure from
-            raise TimeoutError(f"node {target} did not report range {rid}")
-        start = info.applied_index
         fault = self.begin("power-cut-after-truncation", child.name, f"range {rid}")
+        start = await self.follower_caught_up(key, rid, holder, target)
         for _ in range(3 * LOG_RETAIN_ENTRIES):
             await self.write_key(key)
+        first = 0
 
         async def truncated() -> bool:
+            nonlocal first
             now = await self.replicas.info(target, rid)
-            return now is not None and now.log_first_index > start + 1
+            first = now.log_first_index if now is not None else 0
+            return first > start + LOG_RETAIN_ENTRIES
 
         await async_wait_for(truncated, 20, f"node {target} to truncate range {rid}'s log", 0.1)
         await self.kill9(child)
         await self.restart(child)
-        await self.write_key(key)
-        self.end(fault, f"log truncated past applied index {start}, then power cut; restarted")
+        _rid, holder = await self.replicas.wait_leaseholder_of(key, LEASEHOLDER_WAIT)
+        await self.follower_caught_up(key, rid, holder, target)
+        after = await self.replicas.info(target, rid)
+        restarted_from = after.log_first_index if after is not None else 0
+        how = (
+            "replayed its log"
+            if restarted_from == first
+            else f"its log starts at {restarted_from}, not {first}: sent a snapshot"
+        )
+        self.end(
+            fault,
+            f"log truncated past applied index {start} (to {first - 1}), then power cut; "
+            f"restarted, {how}",
+        )
         return fault
+
+    async def follower_caught_up(self, key: bytes, rid: int, holder: int, target: int) -> int:
+        """Write `key` once, then wait until follower `target` has applied that write
+        (and so every entry before it); returns the follower's applied index then.
+
+        Measuring from an index the follower had not applied yet made the fault
+        vacuous on a slow machine: an entry it applied later that syncs its state
+        engine (a split's apply does) made everything up to the truncation durable,
+        so the power cut lost nothing even on a build that truncates before syncing.
+        After this, only the truncation itself may sync (the correct build)."""
+        await self.write_key(key)
+        lead = await self.replicas.info(holder, rid)
+        if lead is None:  # reported as skipped by `attempt`: nothing to measure from
+            raise TimeoutError(f"leaseholder {holder} did not report range {rid}")
+        applied = 0
+
+        async def caught_up() -> bool:
+            nonlocal applied
+            now = await self.replicas.info(target, rid)
+            applied = now.applied_index if now is not None else 0
+            return applied >= lead.applied_index
+
+        await async_wait_for(caught_up, 20, f"node {target} to apply range {rid}'s writes", 0.1)
+        return applied
 
     async def fault_overload(self) -> None:
         """Writes to fresh keys of one span beyond what a leaseholder may queue (the
