@@ -21,7 +21,7 @@ import grpc
 
 from rangekv.common import errors as E
 from rangekv.common.descriptors import RangeDescriptor
-from rangekv.replication.checksum import ChecksumLedger
+from rangekv.replication.checksum import MAX_CHECKSUMS_PER_REQUEST, ChecksumLedger
 from rangekv.v1 import replica_pb2, replica_pb2_grpc
 from testkit.cluster import Cluster
 from testkit.waiting import async_wait_for
@@ -273,7 +273,13 @@ class Replicas:
         range's replicas from its leader's descriptor."""
         ranges: set[int] = set()
         for node_id in self.cluster.node_ids:
-            for info in await self.infos(node_id, checksums=True) or []:
+            listed = await self.infos(node_id) or []
+            ids = [info.descriptor.range_id for info in listed]
+            found: list[replica_pb2.ReplicaInfo] = []
+            for at in range(0, len(ids), MAX_CHECKSUMS_PER_REQUEST):
+                chunk = ids[at : at + MAX_CHECKSUMS_PER_REQUEST]
+                found += await self.infos(node_id, chunk, checksums=True) or []
+            for info in found:
                 range_id = info.descriptor.range_id
                 ranges.add(range_id)
                 if info.is_leader and members is not None:

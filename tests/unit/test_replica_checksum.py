@@ -11,19 +11,27 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from rangekv.common import errors as E
 from rangekv.common.descriptors import RangeDescriptor
 from rangekv.common.hlc import Timestamp
 from rangekv.metarange.keys import META_GROUP_ID, META_PREFIX
 from rangekv.metarange.state import meta_spans
 from rangekv.raftnode.consistency import replica_checksum
 from rangekv.raftnode.keys import txn_record_key, version_key
-from rangekv.replication.checksum import ChecksumLedger, state_checksum
+from rangekv.raftnode.service import ReplicaService
+from rangekv.replication.checksum import (
+    MAX_CHECKSUMS_PER_REQUEST,
+    ChecksumLedger,
+    checksum_off_loop,
+    state_checksum,
+)
 from rangekv.replication.state_engine import DESCRIPTOR, AppliedState, StateEngine
 from rangekv.replication.sync_mode import FsmSyncMode
-from rangekv.v1 import types_pb2
+from rangekv.v1 import replica_pb2, types_pb2
 
 LEFT = RangeDescriptor(range_id=1, start_key=b"", end_key=b"m")
 RIGHT = RangeDescriptor(range_id=2, start_key=b"m", end_key=b"")
@@ -132,3 +140,32 @@ def test_the_meta_range_checksum_covers_its_records(
     b.commit(batch)
     theirs = state_checksum(b, META_GROUP_ID, lambda _: meta_spans())
     assert theirs is not None and theirs.applied_index == 7 and theirs.digest != mine.digest
+
+
+async def test_an_engine_closed_under_a_checksum_is_unavailable(tmp_path: Path) -> None:
+    """A checksum asked for while the node stops (its engine closes) answers
+    UNAVAILABLE, which callers retry, not an internal error."""
+    engine = StateEngine.open(tmp_path / "closed", FsmSyncMode.NOSYNC)
+    fill(engine, 10, {b"apple": b"1"})
+    assert await checksum_off_loop(lambda: replica_checksum(engine, 1)) is not None
+    engine.close()
+    with pytest.raises(E.Unavailable, match="stopping"):
+        await checksum_off_loop(lambda: replica_checksum(engine, 1))
+
+
+async def test_one_range_info_request_computes_a_bounded_number_of_checksums() -> None:
+    """Each checksum reads a whole range: a request that selects more than
+    MAX_CHECKSUMS_PER_REQUEST replicas is refused before any is read, saying how
+    to ask instead; naming the ranges in range_ids stays within the bound."""
+    many = [SimpleNamespace(range_id=i) for i in range(1, MAX_CHECKSUMS_PER_REQUEST + 2)]
+    store = SimpleNamespace(clock=None, replicas=lambda: many)
+    service = ReplicaService(
+        store,  # type: ignore[arg-type]
+        splits=SimpleNamespace(txns=SimpleNamespace(pusher=SimpleNamespace(expiry=1.0))),  # type: ignore[arg-type]
+        changes=None,  # type: ignore[arg-type]
+    )
+    with pytest.raises(E.InvalidArgument, match=r"at most 64 replicas .* selects 65"):
+        await service.RangeInfo(
+            replica_pb2.RangeInfoRequest(checksums=True),
+            None,  # type: ignore[arg-type]
+        )

@@ -22,23 +22,41 @@ Invariant: two replicas of a group whose checksums name the same applied
 index have the same digest. The storage nodes answer with one per replica
 (`RangeInfo` with `checksums`), the meta range's replicas with theirs
 (`ClusterInfo` with `checksum`); both read every key of the group in a worker
-thread, so they are asked for by tests and operators, not polled.
-`ChecksumLedger` compares what replicas reported.
+thread, so they are asked for by tests and operators, not polled, and one
+request computes at most MAX_CHECKSUMS_PER_REQUEST (a range's size is bounded
+by the split threshold, so that bounds one request's work). `checksum_off_loop`
+runs the reads in a worker thread; an engine closed under it (the process is
+stopping) is UNAVAILABLE, not an internal error. `ChecksumLedger` compares
+what replicas reported.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Final, TypeVar
 
-from rangekv.replication.state_engine import Reader, StateEngine
+from rangekv.common import errors as E
+from rangekv.replication.rocks import KVClosedError
+from rangekv.replication.state_engine import Reader, StateEngine, StateEngineClosedError
 from rangekv.replication.state_machine import Span
 from rangekv.v1 import types_pb2
 
-__all__ = ["ChecksumLedger", "StateChecksum", "state_checksum"]
+__all__ = [
+    "MAX_CHECKSUMS_PER_REQUEST",
+    "ChecksumLedger",
+    "StateChecksum",
+    "checksum_off_loop",
+    "state_checksum",
+]
 
 _LEN = 4  # bytes of each length prefix
+#: Replicas one request may ask the checksums of (each reads its whole range).
+MAX_CHECKSUMS_PER_REQUEST: Final = 64
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +91,16 @@ def state_checksum(
                 h.update(len(value).to_bytes(_LEN, "big"))
                 h.update(value)
         return StateChecksum(applied.index, h.hexdigest()[:32])
+
+
+async def checksum_off_loop(compute: Callable[[], T]) -> T:
+    """`compute` (engine reads: `state_checksum` calls) in a worker thread. An
+    engine closed meanwhile means the process is stopping: UNAVAILABLE, so the
+    caller asks again elsewhere or later, rather than an internal error."""
+    try:
+        return await asyncio.to_thread(compute)
+    except (StateEngineClosedError, KVClosedError) as exc:
+        raise E.Unavailable(f"the node is stopping (its state engine closed): {exc}") from exc
 
 
 @dataclass

@@ -12,7 +12,6 @@ RangeKVError and mapped to gRPC statuses once, by the server's interceptor.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Protocol
 
 import grpc
@@ -29,7 +28,7 @@ from rangekv.metarange.reads import LookupMode
 from rangekv.metarange.records import IdKind, NodeDescriptor, NodeRecord, NodeState
 from rangekv.metarange.replica import MetaCounters
 from rangekv.metarange.state import MetaStateMachine, meta_spans
-from rangekv.replication.checksum import state_checksum
+from rangekv.replication.checksum import checksum_off_loop, state_checksum
 from rangekv.replication.state_engine import StateEngine
 from rangekv.v1 import meta_pb2, meta_pb2_grpc
 
@@ -160,8 +159,9 @@ class MetaService(meta_pb2_grpc.MetaServicer):
         if first is not None:
             resp.first_range.CopyFrom(first.to_proto())
         if request.checksum:
-            found = await asyncio.to_thread(
-                state_checksum, self._backend.state_engine, META_GROUP_ID, lambda _: meta_spans()
+            engine = self._backend.state_engine
+            found = await checksum_off_loop(
+                lambda: state_checksum(engine, META_GROUP_ID, lambda _: meta_spans())
             )
             if found is not None:
                 resp.checksum.CopyFrom(found.to_proto())

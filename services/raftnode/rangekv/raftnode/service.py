@@ -25,6 +25,7 @@ from rangekv.raftnode.requests import reads_only
 from rangekv.raftnode.split import SplitCoordinator
 from rangekv.raftnode.store import Store
 from rangekv.raftnode.txn_push import push_local
+from rangekv.replication.checksum import MAX_CHECKSUMS_PER_REQUEST, checksum_off_loop
 from rangekv.v1 import raftcmd_pb2, replica_pb2, replica_pb2_grpc
 
 
@@ -152,12 +153,17 @@ class ReplicaService(replica_pb2_grpc.ReplicaServicer):
         self, request: replica_pb2.RangeInfoRequest, context: grpc.aio.ServicerContext
     ) -> replica_pb2.RangeInfoResponse:
         wanted = set(request.range_ids)
+        selected = [r for r in self._store.replicas() if not wanted or r.range_id in wanted]
+        if request.checksums and len(selected) > MAX_CHECKSUMS_PER_REQUEST:
+            raise E.InvalidArgument(
+                "range_ids",
+                f"checksums are computed for at most {MAX_CHECKSUMS_PER_REQUEST} replicas "
+                f"per request; this one selects {len(selected)}: name them in range_ids",
+            )
         infos = []
         replicas = leases = 0
         now = self._clock.monotonic()
-        for replica in self._store.replicas():
-            if wanted and replica.range_id not in wanted:
-                continue
+        for replica in selected:
             group = replica.group
             replicas += 1
             leases += group.is_leader
@@ -181,7 +187,7 @@ class ReplicaService(replica_pb2_grpc.ReplicaServicer):
             engine = self._store.state_engine
             ids = [info.descriptor.range_id for info in infos]
             # One worker-thread round trip for every replica asked about.
-            sums = await asyncio.to_thread(lambda: [replica_checksum(engine, i) for i in ids])
+            sums = await checksum_off_loop(lambda: [replica_checksum(engine, i) for i in ids])
             for info, found in zip(infos, sums, strict=True):
                 if found is not None:
                     info.checksum.CopyFrom(found.to_proto())
