@@ -24,6 +24,18 @@ against the installed binary):
 - `WriteOptions.sync` is a property (`opts.sync = True`), not a setter
   method; without it a write only reaches the OS page cache, which survives
   kill -9 of the process but not a machine crash.
+- `Rdict.write()` with `sync` HOLDS the GIL through the fsync: a worker thread
+  doing it stops the process's event loop for the whole fsync (measured: the
+  main thread's longest pause during a synced write was longer than the
+  write). `Rdict.flush_wal(True)` releases it while it syncs. So a synced
+  write here is an unsynced write followed by `flush_wal(True)`: as durable
+  (every write before the flush is synced, and RocksDB counts it in
+  `rocksdb.wal.synced`), and the event loop runs during the fsync. One
+  difference: RocksDB readers may see the write before its fsync ends. No
+  reader of ours relies on the contrary: the raft log engine publishes what a
+  commit wrote (its per-group indexes) only once `write` returned, and applied
+  state is derived from the committed, synced raft log, so a reader that saw
+  state a power cut then lost sees it again once the log is replayed.
 
 Test-only power-loss emulation (`power_loss=True`; RANGEKV_TEST_POWER_LOSS):
 an unsynced write normally reaches the WAL in the OS page cache, which survives
@@ -126,9 +138,16 @@ class RocksKV:
 
     def write(self, batch: object, *, sync: bool) -> None:
         db = self._live()
+        wb = cast(rocksdict.WriteBatch, batch)
         if sync and self.power_loss:
             db.flush(True)  # what came before is durable before this is
-        db.write(cast(rocksdict.WriteBatch, batch), self._synced if sync else self._unsynced)
+            db.write(wb, self._synced)
+            return
+        db.write(wb, self._unsynced)
+        if sync:
+            # The fsync as a separate call: a synced `write` holds the GIL through
+            # the fsync, `flush_wal` releases it (module docstring).
+            db.flush_wal(True)
 
     def sync(self) -> None:
         db = self._live()
