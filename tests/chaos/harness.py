@@ -48,10 +48,10 @@ in the chosen FSM sync mode, and then, for `duration` seconds:
     again, in the same processes: its peers must count the refusals and their
     lanes must recover, so that its replicas catch up within the catch-up
     budget (both are problems of the run otherwise);
-  - `power_cut`: a follower of a register or probe key's range loses power (in
-    nosync; a plain kill -9 in sync) right after its raft log was truncated past
-    writes it had applied, then restarts: it must replay them, or the replica
-    checksums report it.
+  - `power_cut`: a follower of a range no client writes (split off at
+    POWER_CUT_KEY) loses power (in nosync; a plain kill -9 in sync) right after
+    its raft log was truncated past writes it had applied, then restarts: it
+    must replay them, or the replica checksums report it.
   Partitions are real: every raftnode runs in its own network namespace joined
   to the others by veth pairs (netns.py; links cut by setting them down). When
   namespaces cannot be made (not root, no iproute2), the run goes on without
@@ -651,45 +651,57 @@ class Nemesis:
         write, applied by the follower. The detail says whether the follower
         replayed its log or was sent a snapshot."""
         key = POWER_CUT_KEY
-        await self.split_at(key)
+        split = await self.split_at(key)
         rid, holder = await self.replicas.wait_leaseholder_of(key, LEASEHOLDER_WAIT)
-        followers = [n for n in await self.replicas.voters(rid) if n != holder]
+        desc = await self.replicas.newest(rid)
+        if desc is None or desc.start_key != key:  # reported as skipped by `attempt`
+            raise TimeoutError(f"range {rid} does not start at {key!r} (split: {split})")
+        followers = [n for n in desc.voter_node_ids if n != holder]
         target = self.rng.choice(followers)
         child = self.cluster.node(target)
         fault = self.begin("power-cut-after-truncation", child.name, f"range {rid}")
-        start = await self.follower_caught_up(key, rid, holder, target)
+        start = await self.follower_caught_up(key, rid, target)
         for _ in range(3 * LOG_RETAIN_ENTRIES):
             await self.write_key(key)
-        first = 0
+        first = applied = 0
 
         async def truncated() -> bool:
-            nonlocal first
+            nonlocal first, applied
             now = await self.replicas.info(target, rid)
-            first = now.log_first_index if now is not None else 0
+            if now is None:
+                return False
+            if now.is_leader:  # not a follower any more: not this fault
+                raise TimeoutError(f"node {target} became range {rid}'s leader")
+            first, applied = now.log_first_index, now.applied_index
             return first > start + LOG_RETAIN_ENTRIES
 
         await async_wait_for(truncated, 20, f"node {target} to truncate range {rid}'s log", 0.1)
         await self.kill9(child)
         await self.restart(child)
-        _rid, holder = await self.replicas.wait_leaseholder_of(key, LEASEHOLDER_WAIT)
-        await self.follower_caught_up(key, rid, holder, target)
+        await self.replicas.wait_leaseholder_of(key, LEASEHOLDER_WAIT)
+        await self.follower_caught_up(key, rid, target)
         after = await self.replicas.info(target, rid)
         restarted_from = after.log_first_index if after is not None else 0
+        # A snapshot from the leader starts the follower's log past everything it
+        # had (the leader sends one only then); its own truncations keep
+        # LOG_RETAIN_ENTRIES below what it applied.
         how = (
             "replayed its log"
-            if restarted_from == first
-            else f"its log starts at {restarted_from}, not {first}: sent a snapshot"
+            if 0 < restarted_from <= applied + 1
+            else f"its log starts at {restarted_from}, past its applied index {applied} "
+            "before the cut: sent a snapshot"
         )
         self.end(
             fault,
-            f"log truncated past applied index {start} (to {first - 1}), then power cut; "
-            f"restarted, {how}",
+            f"log truncated past applied index {start} (to {first - 1}, applied {applied}), "
+            f"then power cut; restarted, {how}",
         )
         return fault
 
-    async def follower_caught_up(self, key: bytes, rid: int, holder: int, target: int) -> int:
-        """Write `key` once, then wait until follower `target` has applied that write
-        (and so every entry before it); returns the follower's applied index then.
+    async def follower_caught_up(self, key: bytes, rid: int, target: int) -> int:
+        """Write `key` once, then wait until follower `target` has applied as much as
+        any voter of range `rid` had applied after that write (so that write, and
+        every entry before it); returns the follower's applied index then.
 
         Measuring from an index the follower had not applied yet made the fault
         vacuous on a slow machine: an entry it applied later that syncs its state
@@ -697,16 +709,18 @@ class Nemesis:
         so the power cut lost nothing even on a build that truncates before syncing.
         After this, only the truncation itself may sync (the correct build)."""
         await self.write_key(key)
-        lead = await self.replicas.info(holder, rid)
-        if lead is None:  # reported as skipped by `attempt`: nothing to measure from
-            raise TimeoutError(f"leaseholder {holder} did not report range {rid}")
+        voters = await self.replicas.voters(rid)
+        seen = await self.replicas.range_infos(rid, voters)
+        if not seen:  # reported as skipped by `attempt`: nothing to measure from
+            raise TimeoutError(f"no voter of range {rid} reported it")
+        goal = max(i.applied_index for i in seen)
         applied = 0
 
         async def caught_up() -> bool:
             nonlocal applied
             now = await self.replicas.info(target, rid)
             applied = now.applied_index if now is not None else 0
-            return applied >= lead.applied_index
+            return applied >= goal
 
         await async_wait_for(caught_up, 20, f"node {target} to apply range {rid}'s writes", 0.1)
         return applied

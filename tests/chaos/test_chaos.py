@@ -375,7 +375,8 @@ async def power_cut_schedule(nemesis: Nemesis) -> None:
         ran = await nemesis.attempt(
             "power-cut-after-truncation", nemesis.power_cut_after_truncation
         )
-        if ran and "replayed its log" in nemesis.faults[-1].detail:
+        cuts = [f for f in nemesis.faults if f.kind == "power-cut-after-truncation"]
+        if ran and "replayed its log" in cuts[-1].detail:
             return
 
 

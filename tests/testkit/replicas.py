@@ -63,7 +63,9 @@ class Replicas:
         request = replica_pb2.RangeInfoRequest(range_ids=range_ids, checksums=checksums)
         try:
             resp = await self.call(node_id, "RangeInfo", request, 10.0 if checksums else 2.0)
-        except grpc.aio.AioRpcError:
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.INVALID_ARGUMENT:
+                raise  # the request is wrong, not the node unable to answer
             return None
         return list(resp.replicas)
 

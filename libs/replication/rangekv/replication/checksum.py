@@ -38,6 +38,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
+import rocksdict
+
 from rangekv.common import errors as E
 from rangekv.replication.rocks import KVClosedError
 from rangekv.replication.state_engine import Reader, StateEngine, StateEngineClosedError
@@ -95,11 +97,12 @@ def state_checksum(
 
 async def checksum_off_loop(compute: Callable[[], T]) -> T:
     """`compute` (engine reads: `state_checksum` calls) in a worker thread. An
-    engine closed meanwhile means the process is stopping: UNAVAILABLE, so the
-    caller asks again elsewhere or later, rather than an internal error."""
+    engine closed meanwhile (before the reads began, or under them) means the
+    process is stopping: UNAVAILABLE, so the caller asks again elsewhere or
+    later, rather than an internal error."""
     try:
         return await asyncio.to_thread(compute)
-    except (StateEngineClosedError, KVClosedError) as exc:
+    except (StateEngineClosedError, KVClosedError, rocksdict.DbClosedError) as exc:
         raise E.Unavailable(f"the node is stopping (its state engine closed): {exc}") from exc
 
 

@@ -154,7 +154,8 @@ class ReplicaService(replica_pb2_grpc.ReplicaServicer):
     ) -> replica_pb2.RangeInfoResponse:
         wanted = set(request.range_ids)
         selected = [r for r in self._store.replicas() if not wanted or r.range_id in wanted]
-        if request.checksums and len(selected) > MAX_CHECKSUMS_PER_REQUEST:
+        computes = request.checksums and not request.counts_only
+        if computes and len(selected) > MAX_CHECKSUMS_PER_REQUEST:
             raise E.InvalidArgument(
                 "range_ids",
                 f"checksums are computed for at most {MAX_CHECKSUMS_PER_REQUEST} replicas "
