@@ -53,10 +53,11 @@ def test_close_waits_for_a_write_under_way(tmp_path: Path) -> None:
     c = threading.Thread(target=closer)
     c.start()
     c.join(0.2)
-    assert c.is_alive(), "close did not wait for the write under way"
-    release.set()
+    waited = c.is_alive()
+    release.set()  # before asserting: a failed test must not leave the writer blocked
     w.join()
     c.join()
+    assert waited, "close did not wait for the write under way"
     assert errors == []
     batch = kv.new_batch()
     batch.put(b"k", b"v")
