@@ -14,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import rocksdict
 
 from rangekv.common import errors as E
 from rangekv.common.descriptors import RangeDescriptor
@@ -151,6 +152,12 @@ async def test_an_engine_closed_under_a_checksum_is_unavailable(tmp_path: Path) 
     engine.close()
     with pytest.raises(E.Unavailable, match="stopping"):
         await checksum_off_loop(lambda: replica_checksum(engine, 1))
+
+    def closed_under_the_read() -> None:  # rocksdict's own error: closed between calls
+        raise rocksdict.DbClosedError("DB instance already closed")
+
+    with pytest.raises(E.Unavailable, match="stopping"):
+        await checksum_off_loop(closed_under_the_read)
 
 
 async def test_one_range_info_request_computes_a_bounded_number_of_checksums() -> None:

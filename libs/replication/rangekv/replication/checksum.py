@@ -38,10 +38,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
-import rocksdict
-
 from rangekv.common import errors as E
-from rangekv.replication.rocks import KVClosedError
+from rangekv.replication.rocks import CLOSED_ERRORS
 from rangekv.replication.state_engine import Reader, StateEngine, StateEngineClosedError
 from rangekv.replication.state_machine import Span
 from rangekv.v1 import types_pb2
@@ -102,7 +100,7 @@ async def checksum_off_loop(compute: Callable[[], T]) -> T:
     later, rather than an internal error."""
     try:
         return await asyncio.to_thread(compute)
-    except (StateEngineClosedError, KVClosedError, rocksdict.DbClosedError) as exc:
+    except (StateEngineClosedError, *CLOSED_ERRORS) as exc:
         raise E.Unavailable(f"the node is stopping (its state engine closed): {exc}") from exc
 
 

@@ -62,7 +62,14 @@ from typing import Final, cast
 
 import rocksdict
 
-__all__ = ["KVClosedError", "RocksKV", "RocksSnapshot", "StatisticsDisabledError", "wal_syncs_of"]
+__all__ = [
+    "CLOSED_ERRORS",
+    "KVClosedError",
+    "RocksKV",
+    "RocksSnapshot",
+    "StatisticsDisabledError",
+    "wal_syncs_of",
+]
 
 _WAL_SYNCED: Final = re.compile(r"^rocksdb\.wal\.synced COUNT : (\d+)$", re.MULTILINE)
 
@@ -73,6 +80,11 @@ class StatisticsDisabledError(RuntimeError):
 
 class KVClosedError(RuntimeError):
     """A store or snapshot was used after `close()`."""
+
+
+#: What using a closed store raises: ours, or rocksdict's own when another thread
+#: closed the DB between our check and the call (the one list of them).
+CLOSED_ERRORS: Final = (KVClosedError, rocksdict.DbClosedError)
 
 
 class RocksKV:
@@ -147,9 +159,9 @@ class RocksKV:
 
     @contextmanager
     def _writing(self) -> Iterator[rocksdict.Rdict]:
-        """The open DB, which `close` waits for until the write or sync is done: a
-        `flush_wal` releases the GIL with the DB borrowed, and closing it meanwhile
-        would fail ("Already borrowed") and leave it open."""
+        """The open DB, which `close` waits for until the sync is done: a `flush_wal`
+        (or a memtable `flush`) releases the GIL with the DB borrowed, and closing
+        it meanwhile would fail ("Already borrowed") and leave it open."""
         with self._idle:
             db = self._live()
             self._writers += 1
@@ -163,6 +175,11 @@ class RocksKV:
 
     def write(self, batch: object, *, sync: bool) -> None:
         wb = cast(rocksdict.WriteBatch, batch)
+        if not sync:
+            # Holds the GIL throughout (measured), so `close` cannot run meanwhile:
+            # no `_writing` on the path every apply takes.
+            self._live().write(wb, self._unsynced)
+            return
         with self._writing() as db:
             if sync and self.power_loss:
                 db.flush(True)  # what came before is durable before this is
