@@ -660,7 +660,7 @@ class Nemesis:
         target = self.rng.choice(followers)
         child = self.cluster.node(target)
         fault = self.begin("power-cut-after-truncation", child.name, f"range {rid}")
-        start = await self.follower_caught_up(key, rid, target)
+        start = (await self.follower_caught_up(key, rid, target)).applied_index
         for _ in range(3 * LOG_RETAIN_ENTRIES):
             await self.write_key(key)
         first = applied = 0
@@ -679,15 +679,13 @@ class Nemesis:
         await self.kill9(child)
         await self.restart(child)
         await self.replicas.wait_leaseholder_of(key, LEASEHOLDER_WAIT)
-        await self.follower_caught_up(key, rid, target)
-        after = await self.replicas.info(target, rid)
-        restarted_from = after.log_first_index if after is not None else 0
+        restarted_from = (await self.follower_caught_up(key, rid, target)).log_first_index
         # A snapshot from the leader starts the follower's log past everything it
         # had (the leader sends one only then); its own truncations keep
         # LOG_RETAIN_ENTRIES below what it applied.
         how = (
             "replayed its log"
-            if 0 < restarted_from <= applied + 1
+            if restarted_from <= applied + 1
             else f"its log starts at {restarted_from}, past its applied index {applied} "
             "before the cut: sent a snapshot"
         )
@@ -698,10 +696,12 @@ class Nemesis:
         )
         return fault
 
-    async def follower_caught_up(self, key: bytes, rid: int, target: int) -> int:
+    async def follower_caught_up(
+        self, key: bytes, rid: int, target: int
+    ) -> replica_pb2.ReplicaInfo:
         """Write `key` once, then wait until follower `target` has applied as much as
         any voter of range `rid` had applied after that write (so that write, and
-        every entry before it); returns the follower's applied index then.
+        every entry before it); returns the follower's view of the range then.
 
         Measuring from an index the follower had not applied yet made the fault
         vacuous on a slow machine: an entry it applied later that syncs its state
@@ -714,16 +714,15 @@ class Nemesis:
         if not seen:  # reported as skipped by `attempt`: nothing to measure from
             raise TimeoutError(f"no voter of range {rid} reported it")
         goal = max(i.applied_index for i in seen)
-        applied = 0
+        view: list[replica_pb2.ReplicaInfo] = []
 
         async def caught_up() -> bool:
-            nonlocal applied
             now = await self.replicas.info(target, rid)
-            applied = now.applied_index if now is not None else 0
-            return applied >= goal
+            view[:] = [now] if now is not None else []
+            return now is not None and now.applied_index >= goal
 
         await async_wait_for(caught_up, 20, f"node {target} to apply range {rid}'s writes", 0.1)
-        return applied
+        return view[0]
 
     async def fault_overload(self) -> None:
         """Writes to fresh keys of one span beyond what a leaseholder may queue (the
