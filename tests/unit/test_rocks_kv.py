@@ -28,15 +28,15 @@ def test_a_synced_write_is_one_wal_sync_and_survives_reopening(tmp_path: Path) -
 
 
 def test_close_waits_for_a_write_under_way(tmp_path: Path) -> None:
-    """A synced write or a sync in a worker thread holds the DB (a `flush_wal`
-    releases the GIL with it borrowed): `close` from another thread waits for it
-    to end, then closes; the writer's next write finds the store closed."""
+    """A sync in a worker thread holds the DB (a `flush_wal` releases the GIL with it
+    borrowed): `close` from another thread waits for it to end, then closes; the
+    writer's next write finds the store closed."""
     kv = RocksKV(tmp_path / "db")
     inside, release = threading.Event(), threading.Event()
     errors: list[BaseException] = []
 
     def writer() -> None:
-        with kv._writing() as db:  # what a synced write() and sync() hold
+        with kv._writing() as db:  # what sync() and a synced write() hold
             inside.set()
             release.wait()
             db.flush_wal(True)

@@ -25,22 +25,15 @@ against the installed binary):
   method; without it a write only reaches the OS page cache, which survives
   kill -9 of the process but not a machine crash.
 - `Rdict.write()` with `sync` HOLDS the GIL through the fsync: a worker thread
-  doing it stops the process's event loop for the whole fsync (measured: the
-  main thread's longest pause during a synced write was longer than the
-  write). `Rdict.flush_wal(True)` releases it while it syncs. So a synced
-  write here is an unsynced write followed by `flush_wal(True)`: as durable
-  (every write before the flush is synced, and RocksDB counts it in
-  `rocksdb.wal.synced`), and the event loop runs during the fsync. One
-  difference: RocksDB readers may see the write before its fsync ends. No
-  reader of ours relies on the contrary: the raft log engine publishes what a
-  commit wrote (its per-group indexes) only once `write` returned, and applied
-  state is derived from the committed, synced raft log, so a reader that saw
-  state a power cut then lost sees it again once the log is replayed. Each
-  `flush_wal` is an fsync of its own (RocksDB's group commit of concurrent
-  synced writes no longer merges them): the raft log engine writes one batch
-  at a time anyway. The test-only power-loss mode (below) keeps the synced
-  `write`, so the chaos suite's power cuts do not exercise this path; kill -9
-  cannot show what an fsync keeps in any case.
+  doing it stops the process's event loop for the whole fsync (measured:
+  `benchmarks/fsync_loop_stall.py`). `Rdict.flush_wal(True)` releases it while
+  it syncs, and `sync()` uses it. Synced writes were tried as an unsynced write
+  plus `flush_wal(True)` (as durable: RocksDB counts it in
+  `rocksdb.wal.synced`) and reverted: throughput moved within the noise, and
+  the in-process cluster's tick counts stopped being deterministic
+  (`tests/integration/test_split_leader.py`: 4 failures in 12 runs against 0
+  in 12), a sign that the extra concurrency changes orderings the tests rely
+  on; that is to be understood before the change is made again.
 
 Test-only power-loss emulation (`power_loss=True`; RANGEKV_TEST_POWER_LOSS):
 an unsynced write normally reaches the WAL in the OS page cache, which survives
@@ -159,9 +152,10 @@ class RocksKV:
 
     @contextmanager
     def _writing(self) -> Iterator[rocksdict.Rdict]:
-        """The open DB, which `close` waits for until the sync is done: a `flush_wal`
-        (or a memtable `flush`) releases the GIL with the DB borrowed, and closing
-        it meanwhile would fail ("Already borrowed") and leave it open."""
+        """The open DB, which `close` waits for until the synced write or sync is
+        done: a `flush_wal` (or a memtable `flush`) releases the GIL with the DB
+        borrowed, and closing it meanwhile would fail ("Already borrowed") and
+        leave it open."""
         with self._idle:
             db = self._live()
             self._writers += 1
@@ -181,15 +175,10 @@ class RocksKV:
             self._live().write(wb, self._unsynced)
             return
         with self._writing() as db:
-            if sync and self.power_loss:
+            if self.power_loss:
                 db.flush(True)  # what came before is durable before this is
-                db.write(wb, self._synced)
-                return
-            db.write(wb, self._unsynced)
-            if sync:
-                # The fsync as a separate call: a synced `write` holds the GIL
-                # through the fsync, `flush_wal` releases it (module docstring).
-                db.flush_wal(True)
+            # A synced `write` holds the GIL through the fsync (module docstring).
+            db.write(wb, self._synced)
 
     def sync(self) -> None:
         with self._writing() as db:

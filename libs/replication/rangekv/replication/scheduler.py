@@ -429,11 +429,11 @@ class RaftScheduler:
         thread round trip (about 40 us, and some CPU per put at one client), but
         cost a quarter to a third of put throughput at 64 clients over 64 ranges
         (inline state commits alone, a tenth), and yielding to the loop once
-        after `_send_early` did not win it back. The loop keeps serving (peers'
-        messages, batches, the appends `_send_early` queued) during the fsync
-        only because `RocksKV.write` syncs with `flush_wal`, which releases the
-        GIL: a synced rocksdict `write` holds it through the fsync
-        (`benchmarks/fsync_loop_stall.py`).
+        after `_send_early` did not win it back. Not because the loop runs
+        during the fsync: a synced rocksdict `write` holds the GIL through it
+        (`benchmarks/fsync_loop_stall.py`; `rangekv.replication.rocks` says what
+        was tried). The appends `_send_early` queued usually leave before the
+        worker thread takes the GIL (traced at one client).
         """
         if self._in_thread:
             await asyncio.to_thread(fn, arg)
