@@ -107,6 +107,9 @@ APPLIED_STATE: Final = RangeLocalKind(b"a")
 DESCRIPTOR: Final = RangeLocalKind(b"d")
 LEASE: Final = RangeLocalKind(b"l")
 GC_THRESHOLD: Final = RangeLocalKind(b"g")
+#: An upper bound on the timestamps of the range's MVCC versions (rangekv.raftnode's
+#: `RangeStateMachine`): replicated state, written by apply like the rest.
+VERSION_CEILING: Final = RangeLocalKind(b"v")
 
 
 def prefix_end(prefix: bytes) -> bytes | None:

@@ -15,8 +15,28 @@ What a command can do:
   the split trigger: this range becomes the left-hand side, and the store is
   told to create the right-hand side (`RangeEvents.split_applied`);
 * raise the GC threshold and drop the versions no read at or above it can see;
+* keep the range's version ceiling (`VERSION_CEILING`, below);
 * a replica change: its conf change entry carries the transaction and the new
   descriptor, installed here with the record marked COMMITTED.
+
+The version ceiling: a write is versioned above every existing version of its
+key (a put that would land at or below one is moved just above it), so apply
+must know the key's newest version. A CompareAndSwap or a delete reads it
+anyway (they need the current value); a put needs only the bound, and reading
+it costs a RocksDB seek per put, the largest part of applying one. So every
+range keeps a ceiling: a timestamp at or above every MVCC version it holds,
+raised by every write. A put above the ceiling cannot meet a newer version and
+skips the read. It is replicated state, in the range's range-local keys
+(`VERSION_CEILING`), stored with the applied index it is current at and
+written beside the applied state in every apply batch (`record_applied`). It
+is trusted only when that index is the range's applied index: anything that
+advanced the applied state without keeping the ceiling (a build that has none,
+run on this data directory) leaves it unknown, never stale. Every replica
+holds the same ceiling at the same index (it depends only on the commands), a
+snapshot carries it, a split's right-hand side starts from the left-hand
+side's (its versions were the left's; `split_ceiling`), a bootstrapped range
+starts at zero (`initial_ceiling`), and GC only removes versions below it. A
+range whose ceiling is unknown reads for every put, as before.
 
 Refusals are values: writes proposed before a split took their keys away
 answer `OUTSIDE_RANGE` (none of them is applied: all or nothing), a txn
@@ -26,19 +46,22 @@ operation outside the range answers `TxnApplied(None, outside=True)`.
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol
 
 from rangekv.common.descriptors import RangeDescriptor
-from rangekv.common.hlc import Timestamp
+from rangekv.common.hlc import ENCODED_TIMESTAMP_LEN, Timestamp
 from rangekv.domain.txn import TXN_ID_LEN, TxnStatus
 from rangekv.raft import ConfChange
 from rangekv.raftnode import mvcc, txn
 from rangekv.raftnode.keys import data_span, txn_record_key, txn_record_span
 from rangekv.replication.state_engine import (
+    APPLIED_STATE,
     DESCRIPTOR,
     GC_THRESHOLD,
+    VERSION_CEILING,
     AppliedState,
     Reader,
     StateBatch,
@@ -54,6 +77,7 @@ __all__ = [
     "RangeEvents",
     "RangeStateMachine",
     "TxnApplied",
+    "initial_ceiling",
     "range_spans",
     "ts_from_proto",
     "ts_to_proto",
@@ -101,6 +125,36 @@ def _ts_pb(ts: Timestamp | None) -> types_pb2.Timestamp:
     return ts_to_proto(ts) if ts is not None else types_pb2.Timestamp()
 
 
+_CEILING_INDEX: Final = struct.Struct(">Q")
+
+
+def _encode_ceiling(index: int, ceiling: Timestamp) -> bytes:
+    """The stored ceiling: the applied index it is current at, then the timestamp."""
+    return _CEILING_INDEX.pack(index) + ceiling.encode()
+
+
+def _stored_ceiling(local: Callable[[bytes], bytes | None], range_id: int) -> Timestamp | None:
+    """The range's stored ceiling if it is current at the range's applied index, else
+    None (unknown: see the module docstring). `local` reads a key of the state."""
+    raw = local(range_local_key(range_id, VERSION_CEILING))
+    applied = local(range_local_key(range_id, APPLIED_STATE))
+    if raw is None or applied is None:
+        return None
+    if len(raw) != _CEILING_INDEX.size + ENCODED_TIMESTAMP_LEN:
+        log.error("range %d: a stored version ceiling of %d bytes; ignored", range_id, len(raw))
+        return None
+    (index,) = _CEILING_INDEX.unpack_from(raw)
+    if index != AppliedState.decode(applied).index:
+        return None
+    return Timestamp.decode(raw[_CEILING_INDEX.size :])
+
+
+def initial_ceiling(index: int, ceiling: Timestamp = Timestamp.MIN) -> bytes:
+    """The `VERSION_CEILING` value of a range created at applied index `index` (a
+    bootstrapped range: no versions yet; a split's right-hand side: the left's)."""
+    return _encode_ceiling(index, ceiling)
+
+
 def range_spans(range_id: int, desc: RangeDescriptor) -> list[Span]:
     """The state-engine spans of a range: its range-local keys, txn records and data."""
     local_lo, local_hi = range_local_span(range_id)
@@ -137,6 +191,8 @@ class RangeStateMachine:
         raw_gc = engine.get(range_local_key(descriptor.range_id, GC_THRESHOLD))
         #: Reads below this timestamp are refused: their versions may be gone.
         self.gc_threshold = Timestamp.decode(raw_gc) if raw_gc else Timestamp.MIN
+        #: At or above every MVCC version of the range (module docstring); None: unknown.
+        self.version_ceiling = _stored_ceiling(engine.get, descriptor.range_id)
         #: Approximate bytes of the range's MVCC keys and values: None until the
         #: size estimator scanned it; then raised by every applied write.
         self.approx_size: int | None = None
@@ -170,10 +226,11 @@ class RangeStateMachine:
             return [OUTSIDE_RANGE] * len(cmd.writes)
         if cmd.writes and self._skips_writes is not None and self._skips_writes():
             return []  # TEST ONLY: a replica that loses effects (see __init__)
-        if cmd.writes:
-            last = Timestamp(base.wall_time, base.logical + len(cmd.writes) - 1)
-            if self.newest_write is None or last > self.newest_write:
-                self.newest_write = last
+        if not cmd.writes:
+            return []
+        last = Timestamp(base.wall_time, base.logical + len(cmd.writes) - 1)
+        if self.newest_write is None or last > self.newest_write:
+            self.newest_write = last
         return [
             self._apply_write(op, Timestamp(base.wall_time, base.logical + i), reader, batch)
             for i, op in enumerate(cmd.writes)
@@ -222,6 +279,20 @@ class RangeStateMachine:
 
     def record_applied(self, index: int, term: int, batch: StateBatch) -> None:
         batch.set_applied_state(self.range_id, AppliedState(index, term))
+        if self.version_ceiling is not None:
+            # Beside the applied state, always: current at `index` (module docstring).
+            batch.put_local(
+                self.range_id, VERSION_CEILING, _encode_ceiling(index, self.version_ceiling)
+            )
+
+    def split_ceiling(self, index: int) -> bytes | None:
+        """The `VERSION_CEILING` value for the right-hand side of a split this range
+        is applying now, created at applied index `index`: this range's ceiling as
+        of the commands applied so far, in this batch too (the stored one is only
+        as of the last batch); None: unknown."""
+        if self.version_ceiling is None:
+            return None
+        return initial_ceiling(index, self.version_ceiling)
 
     def snapshot_spans(self) -> list[Span]:
         return range_spans(self.range_id, self.descriptor)
@@ -234,6 +305,7 @@ class RangeStateMachine:
             )
         gc = local.get(range_local_key(self.range_id, GC_THRESHOLD))
         self.gc_threshold = Timestamp.decode(gc) if gc else Timestamp.MIN
+        self.version_ceiling = _stored_ceiling(local.get, self.range_id)
         self.approx_size = None
 
     def save_descriptor(self, batch: StateBatch) -> None:
@@ -246,9 +318,18 @@ class RangeStateMachine:
     ) -> replica_pb2.ReplicaOpResult:
         kind = op.WhichOneof("op")
         key = getattr(op, kind).key  # type: ignore[arg-type]
-        current, latest = mvcc.get(reader, key, Timestamp.MAX)
-        if latest is not None and latest >= ts:
-            ts = latest.next()
+        ceiling = self.version_ceiling
+        if kind == "put" and ceiling is not None and ts > ceiling:
+            # Above every version of the range: nothing to read (module docstring).
+            current = latest = None
+        else:
+            current, latest = mvcc.get(reader, key, Timestamp.MAX)
+            if latest is not None and latest >= ts:
+                ts = latest.next()
+        if ceiling is not None and ts > ceiling:
+            # Raised even when the write adds nothing (a failed CAS, a delete of
+            # nothing): still a bound, and the same on every replica.
+            self.version_ceiling = ts
         self._versioned(ts)
         if self.approx_size is not None:
             value = op.put.value if kind == "put" else op.compare_and_swap.new_value

@@ -20,7 +20,7 @@ from rangekv.common.hlc import ClockOffsetError, HybridClock, Timestamp
 from rangekv.common.tasks import retrieve_outcome
 from rangekv.raft import ConfState, HardState, Message, MessageType, Snapshot, SnapshotMetadata
 from rangekv.raftnode.context import ReadOutcomeCounter, ReplicaContext
-from rangekv.raftnode.range_state import range_spans
+from rangekv.raftnode.range_state import initial_ceiling, range_spans
 from rangekv.raftnode.replica import RangeReplica
 from rangekv.raftnode.requests import ReplicaLimits
 from rangekv.replication.host import GroupHost, HostConfig, HostSeams, Route
@@ -32,6 +32,7 @@ from rangekv.replication.state_engine import (
     DESCRIPTOR,
     GC_THRESHOLD,
     LOCAL_PREFIX,
+    VERSION_CEILING,
     AppliedState,
     StateBatch,
     StateEngine,
@@ -186,6 +187,8 @@ class Store:
                 descriptor.range_id, DESCRIPTOR, descriptor.to_proto().SerializeToString()
             )
             batch.set_applied_state(descriptor.range_id, AppliedState(INITIAL_INDEX, INITIAL_TERM))
+            # No versions yet: every put above zero may skip reading (range_state).
+            batch.put_local(descriptor.range_id, VERSION_CEILING, initial_ceiling(INITIAL_INDEX))
         self.state_engine.commit(batch, force_sync=True)
         for descriptor, replica in mine:
             if replica is None:
@@ -253,6 +256,10 @@ class Store:
             gc = reader.get(range_local_key(lhs.range_id, GC_THRESHOLD))
             if gc is not None:
                 batch.put_local(rid, GC_THRESHOLD, gc)
+            # The RHS's versions were the LHS's: its ceiling bounds them too.
+            ceiling = lhs.state.split_ceiling(INITIAL_INDEX)
+            if ceiling is not None:
+                batch.put_local(rid, VERSION_CEILING, ceiling)
         log.info(
             "split range %d into %s r%d and %s r%d",
             lhs.range_id,
