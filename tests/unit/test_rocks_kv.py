@@ -36,7 +36,7 @@ def test_close_waits_for_a_write_under_way(tmp_path: Path) -> None:
     errors: list[BaseException] = []
 
     def writer() -> None:
-        with kv._writing() as db:  # what sync() and a synced write() hold
+        with kv._writing() as db:  # what sync() holds
             inside.set()
             release.wait()
             db.flush_wal(True)

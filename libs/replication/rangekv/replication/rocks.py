@@ -152,10 +152,10 @@ class RocksKV:
 
     @contextmanager
     def _writing(self) -> Iterator[rocksdict.Rdict]:
-        """The open DB, which `close` waits for until the synced write or sync is
-        done: a `flush_wal` (or a memtable `flush`) releases the GIL with the DB
-        borrowed, and closing it meanwhile would fail ("Already borrowed") and
-        leave it open."""
+        """The open DB, which `close` waits for until the sync (or the power-loss
+        mode's synced write) is done: a `flush_wal` or a memtable `flush` releases
+        the GIL with the DB borrowed, and closing it meanwhile would fail
+        ("Already borrowed") and leave it open."""
         with self._idle:
             db = self._live()
             self._writers += 1
@@ -169,15 +169,14 @@ class RocksKV:
 
     def write(self, batch: object, *, sync: bool) -> None:
         wb = cast(rocksdict.WriteBatch, batch)
-        if not sync:
-            # Holds the GIL throughout (measured), so `close` cannot run meanwhile:
-            # no `_writing` on the path every apply takes.
-            self._live().write(wb, self._unsynced)
+        if not (sync and self.power_loss):
+            # A `write`, synced or not, holds the GIL throughout (measured; module
+            # docstring), so `close` cannot run meanwhile: no `_writing` on the
+            # paths every apply and every raft-log write take.
+            self._live().write(wb, self._synced if sync else self._unsynced)
             return
         with self._writing() as db:
-            if self.power_loss:
-                db.flush(True)  # what came before is durable before this is
-            # A synced `write` holds the GIL through the fsync (module docstring).
+            db.flush(True)  # what came before is durable before this is
             db.write(wb, self._synced)
 
     def sync(self) -> None:
