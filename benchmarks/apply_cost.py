@@ -28,7 +28,7 @@ from pathlib import Path
 
 from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor
 from rangekv.common.hlc import Timestamp
-from rangekv.raftnode.range_state import RangeStateMachine, initial_ceiling, ts_to_proto
+from rangekv.raftnode.range_state import RangeStateMachine, encode_ceiling, ts_to_proto
 from rangekv.replication.state_engine import VERSION_CEILING, AppliedState, StateEngine
 from rangekv.replication.sync_mode import FsmSyncMode
 from rangekv.v1 import raftcmd_pb2, replica_pb2
@@ -53,7 +53,7 @@ def open_range(path: Path, keys: int, *, ceiling: bool) -> tuple[StateEngine, Ra
     batch = engine.new_batch()
     batch.set_applied_state(DESC.range_id, AppliedState(0, 1))
     if ceiling:  # as a bootstrapped range starts
-        batch.put_local(DESC.range_id, VERSION_CEILING, initial_ceiling(0))
+        batch.put_local(DESC.range_id, VERSION_CEILING, encode_ceiling(0))
     engine.commit(batch)
     sm = RangeStateMachine(DESC, engine, _NoEvents(), lambda ts: None)
     if ceiling and sm.version_ceiling is None:

@@ -31,7 +31,7 @@ import pytest
 from rangekv.common.descriptors import RangeDescriptor, ReplicaDescriptor
 from rangekv.common.hlc import Timestamp
 from rangekv.raftnode import range_state
-from rangekv.raftnode.range_state import RangeStateMachine, initial_ceiling, ts_to_proto
+from rangekv.raftnode.range_state import RangeStateMachine, encode_ceiling, ts_to_proto
 from rangekv.replication.state_engine import (
     APPLIED_STATE,
     DATA_PREFIX,
@@ -64,7 +64,7 @@ class Range:
         batch = self.engine.new_batch()
         batch.set_applied_state(DESC.range_id, AppliedState(self.index, 1))
         if ceiling:  # as a bootstrapped range starts (rangekv.raftnode.store)
-            batch.put_local(DESC.range_id, VERSION_CEILING, initial_ceiling(self.index))
+            batch.put_local(DESC.range_id, VERSION_CEILING, encode_ceiling(self.index))
         self.engine.commit(batch)
         self.sm = self._open()
 
@@ -207,13 +207,9 @@ def test_a_snapshot_brings_its_ceiling(ranges: tuple[Range, Range]) -> None:
     key = range_local_key(DESC.range_id, VERSION_CEILING)
     applied = range_local_key(DESC.range_id, APPLIED_STATE)
     at_50 = AppliedState(50, 3).encode()
-    with_ceiling.sm.snapshot_installed(
-        {key: initial_ceiling(50, Timestamp(500, 2)), applied: at_50}
-    )
+    with_ceiling.sm.snapshot_installed({key: encode_ceiling(50, Timestamp(500, 2)), applied: at_50})
     assert with_ceiling.sm.version_ceiling == Timestamp(500, 2)
-    with_ceiling.sm.snapshot_installed(
-        {key: initial_ceiling(49, Timestamp(500, 2)), applied: at_50}
-    )
+    with_ceiling.sm.snapshot_installed({key: encode_ceiling(49, Timestamp(500, 2)), applied: at_50})
     assert with_ceiling.sm.version_ceiling is None
     with_ceiling.sm.snapshot_installed({applied: at_50})
     assert with_ceiling.sm.version_ceiling is None
@@ -231,5 +227,5 @@ def test_a_split_takes_the_ceiling_of_writes_earlier_in_its_batch(
     sm.apply_command(11, cmd.SerializeToString(), batch)
     # Not committed yet: the stored ceiling is still the bootstrap's.
     value = sm.split_ceiling(10)
-    assert value == initial_ceiling(10, Timestamp(300, 0))
+    assert value == encode_ceiling(10, Timestamp(300, 0))
     engine.commit(batch)

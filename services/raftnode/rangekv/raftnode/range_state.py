@@ -35,7 +35,7 @@ run on this data directory) leaves it unknown, never stale. Every replica
 holds the same ceiling at the same index (it depends only on the commands), a
 snapshot carries it, a split's right-hand side starts from the left-hand
 side's (its versions were the left's; `split_ceiling`), a bootstrapped range
-starts at zero (`initial_ceiling`), and GC only removes versions below it. A
+starts at zero (`encode_ceiling`'s default), and GC only removes versions below it. A
 range whose ceiling is unknown reads for every put, as before.
 
 Refusals are values: writes proposed before a split took their keys away
@@ -77,7 +77,7 @@ __all__ = [
     "RangeEvents",
     "RangeStateMachine",
     "TxnApplied",
-    "initial_ceiling",
+    "encode_ceiling",
     "range_spans",
     "ts_from_proto",
     "ts_to_proto",
@@ -128,8 +128,9 @@ def _ts_pb(ts: Timestamp | None) -> types_pb2.Timestamp:
 _CEILING_INDEX: Final = struct.Struct(">Q")
 
 
-def _encode_ceiling(index: int, ceiling: Timestamp) -> bytes:
-    """The stored ceiling: the applied index it is current at, then the timestamp."""
+def encode_ceiling(index: int, ceiling: Timestamp = Timestamp.MIN) -> bytes:
+    """A `VERSION_CEILING` value: the applied index it is current at, then the
+    timestamp (the default, zero: a range with no versions yet, as bootstrapped)."""
     return _CEILING_INDEX.pack(index) + ceiling.encode()
 
 
@@ -147,12 +148,6 @@ def _stored_ceiling(local: Callable[[bytes], bytes | None], range_id: int) -> Ti
     if index != AppliedState.decode(applied).index:
         return None
     return Timestamp.decode(raw[_CEILING_INDEX.size :])
-
-
-def initial_ceiling(index: int, ceiling: Timestamp = Timestamp.MIN) -> bytes:
-    """The `VERSION_CEILING` value of a range created at applied index `index` (a
-    bootstrapped range: no versions yet; a split's right-hand side: the left's)."""
-    return _encode_ceiling(index, ceiling)
 
 
 def range_spans(range_id: int, desc: RangeDescriptor) -> list[Span]:
@@ -282,7 +277,7 @@ class RangeStateMachine:
         if self.version_ceiling is not None:
             # Beside the applied state, always: current at `index` (module docstring).
             batch.put_local(
-                self.range_id, VERSION_CEILING, _encode_ceiling(index, self.version_ceiling)
+                self.range_id, VERSION_CEILING, encode_ceiling(index, self.version_ceiling)
             )
 
     def split_ceiling(self, index: int) -> bytes | None:
@@ -292,7 +287,7 @@ class RangeStateMachine:
         as of the last batch); None: unknown."""
         if self.version_ceiling is None:
             return None
-        return initial_ceiling(index, self.version_ceiling)
+        return encode_ceiling(index, self.version_ceiling)
 
     def snapshot_spans(self) -> list[Span]:
         return range_spans(self.range_id, self.descriptor)

@@ -20,7 +20,7 @@ from rangekv.common.hlc import ClockOffsetError, HybridClock, Timestamp
 from rangekv.common.tasks import retrieve_outcome
 from rangekv.raft import ConfState, HardState, Message, MessageType, Snapshot, SnapshotMetadata
 from rangekv.raftnode.context import ReadOutcomeCounter, ReplicaContext
-from rangekv.raftnode.range_state import initial_ceiling, range_spans
+from rangekv.raftnode.range_state import encode_ceiling, range_spans
 from rangekv.raftnode.replica import RangeReplica
 from rangekv.raftnode.requests import ReplicaLimits
 from rangekv.replication.host import GroupHost, HostConfig, HostSeams, Route
@@ -188,7 +188,7 @@ class Store:
             )
             batch.set_applied_state(descriptor.range_id, AppliedState(INITIAL_INDEX, INITIAL_TERM))
             # No versions yet: every put above zero may skip reading (range_state).
-            batch.put_local(descriptor.range_id, VERSION_CEILING, initial_ceiling(INITIAL_INDEX))
+            batch.put_local(descriptor.range_id, VERSION_CEILING, encode_ceiling(INITIAL_INDEX))
         self.state_engine.commit(batch, force_sync=True)
         for descriptor, replica in mine:
             if replica is None:
