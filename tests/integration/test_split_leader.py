@@ -60,15 +60,9 @@ async def test_every_replica_applies_the_split_without_waiting_for_a_heartbeat(
     replica before any tick, so the new range's election finds its voters."""
     async with started(tmp_path, layout(), {1: 2}) as cluster:
         right = await cluster.split(1, b"m", 2)
-        await cluster.until(
-            lambda: all(
-                (r := cluster.stores[n].replica(right.range_id)) is not None
-                and r.applied_index >= INITIAL_INDEX
-                for n in cluster.node_ids
-            ),
-            "every node to hold an initialized right-hand replica",
-            tick=False,
-            timeout=5.0,
+        # Every node holds an initialized right-hand replica, with no tick.
+        await cluster.until_applied_everywhere(
+            right.range_id, INITIAL_INDEX, tick=False, timeout=5.0
         )
 
 

@@ -37,21 +37,8 @@ def assert_replicas_agree(cluster: InProcCluster, range_id: int) -> None:
         for n in cluster.node_ids
         if n not in cluster.stopped
     }
-    assert len({(c.applied_index, c.digest) for c in sums.values() if c is not None}) == 1, sums
-
-
-async def all_applied(cluster: InProcCluster, range_id: int, node: int) -> None:
-    """Every live replica of `range_id` has applied what `node`'s has."""
-    target = cluster.replica(node, range_id).applied_index
-
-    def done() -> bool:
-        return all(
-            (r := cluster.stores[n].replica(range_id)) is not None and r.applied_index >= target
-            for n in cluster.node_ids
-            if n not in cluster.stopped
-        )
-
-    await cluster.until(done, f"every replica of range {range_id} at {target}")
+    held = [(c.applied_index, c.digest) for c in sums.values() if c is not None]
+    assert len(held) == len(sums) and len(set(held)) == 1, sums
 
 
 async def test_every_replica_holds_the_same_ceiling_wherever_its_state_came_from(
@@ -63,20 +50,13 @@ async def test_every_replica_holds_the_same_ceiling_wherever_its_state_came_from
 
         first = ts_from_proto(await cluster.put(2, 1, b"k", b"v"))
         right_key = ts_from_proto(await cluster.put(2, 1, b"x", b"v"))
-        await all_applied(cluster, 1, 2)
+        await cluster.until_applied_everywhere(1, cluster.replica(2, 1).applied_index)
         assert ceilings(cluster, 1) == dict.fromkeys(cluster.node_ids, right_key)
         assert right_key > first
 
         # A split: the right-hand side's versions were the left's, so is its ceiling.
         right = await cluster.split(1, b"m", 2)
-        await cluster.until(
-            lambda: all(
-                (r := cluster.stores[n].replica(right.range_id)) is not None
-                and r.applied_index >= INITIAL_INDEX
-                for n in cluster.node_ids
-            ),
-            "every node to hold an initialized right-hand replica",
-        )
+        await cluster.until_applied_everywhere(right.range_id, INITIAL_INDEX)
         assert ceilings(cluster, right.range_id) == dict.fromkeys(cluster.node_ids, right_key)
 
         # A restart reloads it from the engine.
@@ -96,7 +76,7 @@ async def test_every_replica_holds_the_same_ceiling_wherever_its_state_came_from
         await cluster.stores[2].truncate_logs()
         router.heal(1, 3)
         router.heal(2, 3)
-        await all_applied(cluster, 1, 2)
+        await cluster.until_applied_everywhere(1, cluster.replica(2, 1).applied_index)
         assert len(router.snapshot_results) >= 1, "node 3 caught up without a snapshot"
         assert ceilings(cluster, 1) == dict.fromkeys(cluster.node_ids, latest)
         assert_replicas_agree(cluster, 1)
@@ -111,7 +91,7 @@ async def test_a_power_cut_replays_the_same_ceiling(tmp_path: Path) -> None:
     ) as cluster:
         for i in range(5):
             await cluster.put(1, 1, b"k%d" % i, b"v")
-        await all_applied(cluster, 1, 1)
+        await cluster.until_applied_everywhere(1, cluster.replica(1, 1).applied_index)
         before = ceilings(cluster, 1)
         assert len(set(before.values())) == 1 and None not in before.values(), before
         cluster.router.hold_all_to(3)
@@ -119,6 +99,6 @@ async def test_a_power_cut_replays_the_same_ceiling(tmp_path: Path) -> None:
         await cluster.restart_node(3)
         cluster.router.release_all()
         latest = ts_from_proto(await cluster.put(1, 1, b"after", b"v"))
-        await all_applied(cluster, 1, 1)
+        await cluster.until_applied_everywhere(1, cluster.replica(1, 1).applied_index)
         assert ceilings(cluster, 1) == dict.fromkeys(cluster.node_ids, latest)
         assert_replicas_agree(cluster, 1)

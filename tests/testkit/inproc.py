@@ -367,6 +367,26 @@ class InProcCluster:
                 self.tick()
             await asyncio.sleep(0.001)
 
+    async def until_applied_everywhere(
+        self, range_id: int, index: int, *, tick: bool = True, timeout: float = 15.0
+    ) -> None:
+        """`until` every live node holds a replica of `range_id` that applied `index`
+        (INITIAL_INDEX: an initialized one)."""
+
+        def done() -> bool:
+            return all(
+                (r := self.stores[n].replica(range_id)) is not None and r.applied_index >= index
+                for n in self.node_ids
+                if n not in self.stopped
+            )
+
+        await self.until(
+            done,
+            f"every live replica of range {range_id} to apply index {index}",
+            tick=tick,
+            timeout=timeout,
+        )
+
     async def tick_when_quiet(self) -> None:
         """Let every message arrive and every scheduler settle, then move one tick: a
         test stepping time this way sees each tick's state after all it caused."""
