@@ -117,3 +117,42 @@ def test_messages_to_unknown_peers_are_ignored_by_leader() -> None:
     c.node(1).step(Message(MT.APP_RESP, 1, 9, term=term, index=1))
     c.node(1).step(Message(MT.HEARTBEAT_RESP, 1, 9, term=term))
     assert 9 not in c.node(1).status().progress
+
+
+def _leader_of_three(**config: int | bool) -> RawNode:
+    """Node 1 leading (1, 2, 3) at term 1, everything persisted and advanced."""
+    node = RawNode(Config(id=1, pre_vote=False, **config), MemoryStorage(ConfState((1, 2, 3))))  # type: ignore[arg-type]
+    node.campaign()
+    node.advance(node.ready())
+    node.step(Message(MT.VOTE_RESP, 1, 2, term=1))
+    rd = node.ready()
+    node.raft.log.storage.append(rd.entries)  # type: ignore[attr-defined]
+    node.advance(rd)
+    assert node.raft.state is StateType.LEADER and not node.has_ready()
+    return node
+
+
+def test_a_role_change_alone_is_a_ready() -> None:
+    # CheckQuorum steps the leader down on a tick that sends nothing (no heartbeat
+    # is due) and changes no hard state: only the soft state says so, and the driver
+    # must hear it (it fails the proposals it holds on a lost leadership).
+    node = _leader_of_three(election_tick=10, heartbeat_tick=3)
+    seen = []
+    for _ in range(30):  # the first check finds everyone active since the election
+        node.tick()
+        if node.has_ready():
+            rd = node.ready()
+            seen.append((rd.soft_state, rd.hard_state, len(rd.messages)))
+            node.advance(rd)
+    assert node.raft.state is StateType.FOLLOWER
+    assert seen[-1] == (SoftState(0, StateType.FOLLOWER), None, 0)
+
+
+def test_a_new_term_alone_is_a_ready() -> None:
+    # An answer from a later term demotes the leader without a message out.
+    node = _leader_of_three()
+    node.step(Message(MT.APP_RESP, 1, 2, term=5, index=0, reject=True))
+    assert node.has_ready()
+    rd = node.ready()
+    assert rd.hard_state == HardState(5, 0, 0) and rd.soft_state == SoftState(0, StateType.FOLLOWER)
+    assert rd.must_sync and not rd.messages

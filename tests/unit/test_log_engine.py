@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ from rangekv.replication.log_engine import (
     GroupStorage,
     LogEngineClosedError,
     RaftLogEngine,
+    _GroupState,
 )
 
 
@@ -353,3 +355,27 @@ def test_restart_after_truncation_above_a_stale_commit_index(tmp_path: Path) -> 
     node = RawNode(Config(id=1, election_tick=10, heartbeat_tick=1, applied=44), storage)
     assert node.raft.log.committed == 44
     eng.close()
+
+
+def test_group_state_shortcuts_carry_every_other_field() -> None:
+    # with_last / with_hard_state name every field (they are faster than
+    # dataclasses.replace): a field added later and left out would silently reset.
+    base = _GroupState(
+        hard_state=HardState(3, 2, 1),
+        snapshot=SnapshotMetadata(4, 2, ConfState((1, 2))),
+        truncated_index=4,
+        truncated_term=2,
+        last_index=9,
+        last_term=3,
+        log_version=5,
+        hs_version=6,
+        snap_version=7,
+    )
+    hs = HardState(4, 1, 8)
+    for got, changed in (
+        (base.with_last(10, 4, 11), {"last_index": 10, "last_term": 4, "log_version": 11}),
+        (base.with_hard_state(hs, 12), {"hard_state": hs, "hs_version": 12}),
+    ):
+        for f in fields(_GroupState):
+            want = changed.get(f.name, getattr(base, f.name))
+            assert getattr(got, f.name) == want, f.name

@@ -102,13 +102,20 @@ class RaftLog:
 
     # -- bounds and terms -------------------------------------------------
 
+    # first_index, last_index and term run many times per entry (every message
+    # stepped and sent asks them): Unstable's maybe_* are inlined here.
+
     def first_index(self) -> int:
-        i = self.unstable.maybe_first_index()
-        return i if i is not None else self.storage.first_index()
+        snap = self.unstable.snapshot
+        return snap.index + 1 if snap is not None else self.storage.first_index()
 
     def last_index(self) -> int:
-        i = self.unstable.maybe_last_index()
-        return i if i is not None else self.storage.last_index()
+        u = self.unstable
+        if u.entries:
+            return u.offset + len(u.entries) - 1
+        if u.snapshot is not None:
+            return u.snapshot.index
+        return self.storage.last_index()
 
     def stable_last_index(self) -> int:
         """Last index the driver has persisted (what the leader may count for itself)."""
@@ -116,9 +123,13 @@ class RaftLog:
 
     def term(self, i: int) -> int:
         """Term of entry i; raises Compacted/Unavailable outside [first-1, last]."""
-        t = self.unstable.maybe_term(i)
-        if t is not None:
-            return t
+        u = self.unstable
+        k = i - u.offset
+        if k >= 0:
+            if k < len(u.entries):
+                return u.entries[k].term
+        elif u.snapshot is not None and u.snapshot.index == i:
+            return u.snapshot.term
         if i < self.first_index() - 1:
             raise Compacted(f"term of {i}: compacted")
         if i > self.last_index():

@@ -673,6 +673,8 @@ class Raft:
         pr = self.tracker.progress[to]
         if pr.is_paused():
             return False
+        if not send_if_empty and pr.next == self.log.last_index() + 1:
+            return False  # nothing to send (the usual end of a window fill): skip the reads
         prev = pr.next - 1
         try:
             prev_term = self.log.term(prev)

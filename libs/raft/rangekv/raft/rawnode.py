@@ -27,7 +27,6 @@ from .types import (
     ConfChange,
     Config,
     ConfState,
-    HardState,
     LeaseStatus,
     Message,
     MessageType,
@@ -142,24 +141,34 @@ class RawNode:
             return True
         if log.has_next_committed_entries():
             return True
-        if r.soft_state() != self._prev_soft:
+        # Compared field by field: this runs for every group in every scheduler turn,
+        # and building the two state values only to compare them dominated it.
+        soft = self._prev_soft
+        if r.lead != soft.lead or r.state is not soft.raft_state:
             return True
-        hs = r.hard_state()
-        return hs != self._prev_hard and hs != HardState()
+        hard = self._prev_hard
+        if r.term == hard.term and r.vote == hard.vote and log.committed == hard.commit:
+            return False
+        return bool(r.term or r.vote or log.committed)  # a zero hard state is never news
 
     def ready(self) -> Ready:
         """Collect pending work. Call `advance(rd)` after handling it, before the next `ready`."""
         r = self.raft
         log = r.log
-        soft = r.soft_state()
-        hard = r.hard_state()
-        entries = tuple(log.unstable.entries)
-        must_sync = bool(entries) or (
-            hard.term != self._prev_hard.term or hard.vote != self._prev_hard.vote
+        prev_soft, prev_hard = self._prev_soft, self._prev_hard
+        soft_changed = r.lead != prev_soft.lead or r.state is not prev_soft.raft_state
+        hard_changed = (
+            r.term != prev_hard.term
+            or r.vote != prev_hard.vote
+            or log.committed != prev_hard.commit
         )
+        soft = r.soft_state() if soft_changed else prev_soft
+        hard = r.hard_state() if hard_changed else prev_hard
+        entries = tuple(log.unstable.entries)
+        must_sync = bool(entries) or (hard.term != prev_hard.term or hard.vote != prev_hard.vote)
         rd = Ready(
-            soft_state=soft if soft != self._prev_soft else None,
-            hard_state=hard if hard != self._prev_hard else None,
+            soft_state=soft if soft_changed else None,
+            hard_state=hard if hard_changed else None,
             entries=entries,
             snapshot=log.unstable.snapshot,
             committed_entries=tuple(log.next_committed_entries()),

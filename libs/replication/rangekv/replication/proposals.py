@@ -94,6 +94,8 @@ class ProposalQueue(Generic[T]):
 
     def take(self) -> list[tuple[bytes, Waiter]]:
         """Everything to propose now, in order: the commands, then the merge."""
+        if not self._commands and not self._parts:
+            return []  # the common case for most groups in most scheduler turns
         out: list[tuple[bytes, Waiter]] = [(c, f) for c, f in self._commands if not f.done()]
         self._commands = []
         if self._merger is None:
