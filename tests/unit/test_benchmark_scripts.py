@@ -47,3 +47,38 @@ def test_apply_cost_refuses_bad_arguments() -> None:
     assert out.returncode == 2
     assert "must be positive" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_node_path_cost_runs_and_prints_medians() -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "node_path_cost.py"),
+            "--ranges",
+            "1,3",
+            "--callers",
+            "3",
+            "--seconds",
+            "0.2",
+            "--rounds",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "medians:" in out.stdout
+    assert "3 ranges:" in out.stdout and "puts per entry" in out.stdout
+
+
+def test_node_path_cost_refuses_bad_arguments() -> None:
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "node_path_cost.py"), "--ranges", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2
+    assert "must be positive" in out.stderr
+    assert "Traceback" not in out.stderr
