@@ -149,10 +149,12 @@ def test_a_role_change_alone_is_a_ready() -> None:
 
 
 def test_a_new_term_alone_is_a_ready() -> None:
-    # An answer from a later term demotes the leader without a message out.
-    node = _leader_of_three()
+    # A stray answer from a later term moves a follower that knows no leader to that
+    # term: no message out, no role or leader change, only the hard state. The new
+    # term must be persisted (it bounds the votes the node may still cast).
+    node = RawNode(Config(id=1), MemoryStorage(ConfState((1, 2, 3))))
     node.step(Message(MT.APP_RESP, 1, 2, term=5, index=0, reject=True))
     assert node.has_ready()
     rd = node.ready()
-    assert rd.hard_state == HardState(5, 0, 0) and rd.soft_state == SoftState(0, StateType.FOLLOWER)
+    assert rd.hard_state == HardState(5, 0, 0) and rd.soft_state is None
     assert rd.must_sync and not rd.messages
