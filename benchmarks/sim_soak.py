@@ -1,7 +1,9 @@
 """Soak the deterministic cluster simulator over a range of seeds.
 
-Runs ``rangekv.raft.simulation.run_simulation`` for seeds ``[start, start+count)``
-(even seeds: 3 nodes, odd: 5, as in tests/consensus/test_simulation.py) and
+Runs ``rangekv.raft.simulation.run_simulation`` for seeds ``[start, start+count)``,
+each with the configuration the test suite gives it (``suite_config``: even
+seeds 3 nodes, odd 5, lazy commit and heartbeats on some), so that the replay
+command printed for a failing seed reproduces it, and
 prints throughput (seeds/s, simulated events/s) and the average coverage
 counters (elections, crashes, snapshots installed, conf changes, lease and
 read-index reads, ...), which is what one looks at when tuning the
@@ -19,8 +21,9 @@ import argparse
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 
-from rangekv.raft.simulation import SimConfig, SimulationFailure, run_simulation
+from rangekv.raft.simulation import SimConfig, SimulationFailure, run_simulation, suite_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     inconclusive: list[int] = []
     began = time.perf_counter()
     for seed in range(args.start, args.start + args.count):
-        nodes = args.nodes or (3 if seed % 2 == 0 else 5)
-        cfg = SimConfig(nodes=nodes, duration=args.duration)
+        cfg = replace(suite_config(seed, args.nodes or None), duration=args.duration)
+        nodes = cfg.nodes
         try:
             result = run_simulation(seed, cfg)
         except SimulationFailure as exc:

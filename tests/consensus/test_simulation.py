@@ -25,25 +25,16 @@ from dataclasses import replace
 import pytest
 from testkit.seeds import chunk_count, chunk_id, run_chunk
 
-from rangekv.raft.simulation import SimConfig, SimulationFailure, run_simulation
+from rangekv.raft.simulation import SimulationFailure, run_simulation, suite_config
 
 CHUNK = 10
 
 
-def config_for(seed: int, nodes: int | None = None) -> SimConfig:
-    """The configuration a seed runs with in this suite (all faults enabled; every
-    third seed with lazy commit and half of them with lazy heartbeats, both as
-    raftnode runs)."""
-    return SimConfig(
-        nodes=nodes if nodes is not None else (3 if seed % 2 == 0 else 5),
-        lazy_commit=seed % 3 == 1,
-        lazy_heartbeat=seed % 4 in (1, 2),
-    )
-
-
 @pytest.mark.parametrize("chunk", range(chunk_count(CHUNK)), ids=chunk_id(CHUNK))
 def test_seeds(chunk: int) -> None:
-    run_chunk(chunk, CHUNK, lambda seed: run_simulation(seed, config_for(seed)), SimulationFailure)
+    run_chunk(
+        chunk, CHUNK, lambda seed: run_simulation(seed, suite_config(seed)), SimulationFailure
+    )
 
 
 def test_replay() -> None:
@@ -53,7 +44,7 @@ def test_replay() -> None:
         pytest.skip("set RANGEKV_SIM_SEED=<seed> to replay one simulation")
     seed = int(raw)
     nodes_raw = os.environ.get("RANGEKV_SIM_NODES")
-    cfg = config_for(seed, int(nodes_raw) if nodes_raw else None)
+    cfg = suite_config(seed, int(nodes_raw) if nodes_raw else None)
     cfg = replace(cfg, trace_tail=int(os.environ.get("RANGEKV_SIM_TRACE", cfg.trace_tail)))
     result = run_simulation(seed, cfg)
     print(f"seed {seed} ({cfg.describe()}): {result.events} events, hash {result.trace_hash}")
@@ -62,12 +53,12 @@ def test_replay() -> None:
 
 
 def test_same_seed_same_trace() -> None:
-    a = run_simulation(7, config_for(7))
-    b = run_simulation(7, config_for(7))
+    a = run_simulation(7, suite_config(7))
+    b = run_simulation(7, suite_config(7))
     assert a.trace_hash == b.trace_hash
     assert a.history == b.history
     assert a.events == b.events
-    c = run_simulation(8, config_for(7))
+    c = run_simulation(8, suite_config(7))
     assert c.trace_hash != a.trace_hash
 
 
@@ -76,7 +67,7 @@ def test_every_fault_family_fires() -> None:
     over a handful of seeds every fault family and both read paths must occur."""
     totals: Counter[str] = Counter()
     for seed in range(8):
-        totals.update(run_simulation(seed, config_for(seed)).stats)
+        totals.update(run_simulation(seed, suite_config(seed)).stats)
     for key in (
         "partitions",
         "dropped",

@@ -24,7 +24,7 @@ command that replays it.
 """
 
 from rangekv.raft.simulation.cluster import Cluster
-from rangekv.raft.simulation.config import Faults, SimConfig, derive_lease_duration
+from rangekv.raft.simulation.config import Faults, SimConfig, derive_lease_duration, suite_config
 from rangekv.raft.simulation.invariants import InvariantChecker, InvariantViolation
 from rangekv.raft.simulation.kv import Command, CommandKind, KVStateMachine
 from rangekv.raft.simulation.network import Network
@@ -47,4 +47,5 @@ __all__ = [
     "SimulationFailure",
     "derive_lease_duration",
     "run_simulation",
+    "suite_config",
 ]
