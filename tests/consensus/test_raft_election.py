@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from raft_cluster import Cluster
+from raft_cluster import Cluster, fire_election_timer
 
 from rangekv.raft import (
     Config,
@@ -136,7 +136,7 @@ def test_candidate_with_stale_log_cannot_win() -> None:
     c.stabilize()
     c.heal()
     # 3 missed an entry committed by 1 and 2: it must not be elected.
-    c.node(3).campaign()
+    fire_election_timer(c.node(3))
     c.stabilize()
     assert c.node(3).raft.state is not StateType.LEADER
     assert c.leader() in (1, 2)

@@ -20,9 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from raft_cluster import Cluster
+from raft_cluster import Cluster, fire_election_timer
 
 from rangekv.raft import (
+    CampaignRefused,
     ConfChange,
     ConfChangeType,
     ConfState,
@@ -143,7 +144,16 @@ class Script:
         return []
 
     def cmd_campaign(self, args: list[str], kw: dict[str, str]) -> list[str]:
-        self.cluster.node(int(args[0])).campaign()
+        """The driver's `RawNode.campaign()`; prints the refusal if there is one."""
+        try:
+            self.cluster.node(int(args[0])).campaign()
+        except CampaignRefused as exc:
+            return [f"refused: {exc}"]
+        return []
+
+    def cmd_election_timeout(self, args: list[str], kw: dict[str, str]) -> list[str]:
+        """The node's election timer fires now (raft_cluster.fire_election_timer)."""
+        fire_election_timer(self.cluster.node(int(args[0])))
         return []
 
     def cmd_propose(self, args: list[str], kw: dict[str, str]) -> list[str]:

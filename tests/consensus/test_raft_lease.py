@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from raft_cluster import Cluster
+from raft_cluster import Cluster, fire_election_timer
 
 from rangekv.raft import (
+    CampaignRefused,
     ConfChange,
     ConfChangeType,
     Config,
@@ -359,3 +360,33 @@ def test_a_stalled_append_lane_costs_neither_lease_nor_leadership(lazy: bool) ->
         c.stabilize()
         assert c.node(1).raft.state is StateType.LEADER and c.node(1).raft.term == term
         assert c.node(1).lease_status(now).state is LeaseState.VALID, f"tick {tick}"
+
+
+def test_a_follower_backing_a_lease_refuses_a_drivers_campaign() -> None:
+    # Found by the cluster simulator (5 nodes, seed 101401 of a 3,000-seed soak): a
+    # follower acknowledged the leader's lease round, then a driver's campaign()
+    # made it a candidate at once; a voter that had never heard from that leader
+    # granted, and two nodes held VALID leases. A timeout-driven campaign cannot do
+    # this (it waits an election timeout after the leader was last heard).
+    c = Cluster([1, 2, 3], lease_duration=5.0)
+    c.elect(1)
+    c.isolate(3)
+    c.restart(3)
+    c.tick(3, 2 * c.node(3).raft.election_timeout)  # past its quiet period; no leader known
+    c.stabilize()
+    assert c.node(3).raft.lead == 0
+    c.dropped -= {(2, 3), (3, 2)}  # 3 hears 2 but never 1
+    c.tick(1, now=10.0)
+    c.stabilize()
+    assert c.node(1).lease_status(12.0).state is LeaseState.VALID  # on 2's ack of round @10
+    c.dropped |= {(1, 2), (2, 1)}
+    with pytest.raises(CampaignRefused, match="heard from leader 1"):
+        c.node(2).campaign()
+    # What the refusal prevents: the same election, started anyway, wins with 3.
+    fire_election_timer(c.node(2))
+    c.stabilize()
+    c.tick(2, now=11.0)
+    c.stabilize()
+    assert c.node(2).raft.state is StateType.LEADER
+    assert c.node(2).lease_status(12.0).state is LeaseState.VALID
+    assert c.node(1).lease_status(12.0).state is LeaseState.VALID  # two leases

@@ -5,6 +5,7 @@ proposals, then act on each `Ready` (persist, send, apply) and `advance`.
 """
 
 from .errors import (
+    CampaignRefused,
     Compacted,
     InvariantViolation,
     ProposalDropped,
@@ -46,6 +47,7 @@ from .types import (
 __all__ = [
     "NONE",
     "QUIESCE_CONTEXT",
+    "CampaignRefused",
     "Compacted",
     "ConfChange",
     "ConfChangeType",

@@ -4,6 +4,7 @@ The tree, so callers can catch at the level they care about::
 
     RaftError                          anything this package raises on purpose
     ├── ProposalDropped                a proposal / conf change was refused; retry elsewhere or later
+    ├── CampaignRefused                a driver's (unforced) campaign could break a lease this node backs
     ├── StepLocalMessage               RawNode.step got a message type that never crosses the wire
     ├── InvariantViolation             the log contradicts itself (a bug or corrupted storage)
     └── StorageError                   Storage could not serve a request
@@ -37,6 +38,12 @@ class UncommittedSizeExceeded(ProposalDropped):
     """The leader's uncommitted entries already hold `max_uncommitted_entries_size`
     bytes: the proposal is refused until commits catch up (back-pressure, not a
     leadership problem; nothing entered the log)."""
+
+
+class CampaignRefused(RaftError):
+    """`RawNode.campaign()` (not forced) was refused: this node may have acknowledged
+    a leader's lease round less than an election timeout ago, and an election it
+    started now could end that lease early (see Raft.campaign_refusal)."""
 
 
 class StepLocalMessage(RaftError):

@@ -294,6 +294,38 @@ class Raft:
             return True  # cannot tell: be safe and do not campaign
         return any(e.type is EntryType.CONF_CHANGE for e in ents)
 
+    def campaign_refusal(self) -> str | None:
+        """Why an election the driver starts now, unforced, could break a lease; None
+        if it could not.
+
+        A leader's lease rests on a quorum's acknowledgements of its rounds, and on
+        each acknowledging voter's promise not to help elect anyone else for an
+        election timeout after it heard from the leader (stickiness, `_step_awake`).
+        A timeout-driven campaign keeps that promise by construction (it starts an
+        election timeout after the leader was last heard), but a campaign the
+        driver asks for at any moment would not: the candidate's vote for itself
+        counts toward its quorum, and voters that never heard from the old leader
+        (cut off, or just restarted past their quiet period) may grant theirs. So
+        the same rule the voters follow applies to the candidate itself.
+        """
+        if self.state is StateType.LEADER:
+            return None  # nothing happens (_hup)
+        if self.boot_ticks_left > 0:
+            return (
+                f"node {self.id} restarted less than an election timeout ago and may have "
+                "acknowledged a leader's lease round before it stopped"
+            )
+        if (
+            self.check_quorum
+            and self.lead != NONE
+            and self.election_elapsed < self.election_timeout
+        ):
+            return (
+                f"node {self.id} heard from leader {self.lead} less than an election "
+                "timeout ago; its lease may rest on this node's acknowledgement"
+            )
+        return None
+
     def _hup(self, transfer: bool) -> None:
         if self.state is StateType.LEADER or not self.promotable():
             return

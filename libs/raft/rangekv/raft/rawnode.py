@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .errors import StepLocalMessage
+from .errors import CampaignRefused, StepLocalMessage
 from .quiesce import NO_LIVENESS, Liveness
 from .raft import CAMPAIGN_TRANSFER, Raft
 from .storage import Storage
@@ -59,10 +59,18 @@ class RawNode:
     def campaign(self, *, force: bool = False) -> None:
         """Start an election now (subject to PreVote like a timeout would be).
 
+        Raises CampaignRefused when this node heard from a leader less than an
+        election timeout ago, or restarted less than one ago: the leader's lease
+        may rest on its acknowledgement (`Raft.campaign_refusal`).
+
         `force`: a forced election, like the one a leadership transfer starts:
-        no pre-vote, and voters grant it even in their stickiness or boot quiet
-        period. Safe only when the driver knows that no node can hold a lease
-        the election could break (e.g. a range that never had a leader)."""
+        no pre-vote, no refusal, and voters grant it even in their stickiness or
+        boot quiet period. Safe only when the driver knows that no node can hold
+        a lease the election could break (e.g. a range that never had a leader)."""
+        if not force:
+            why = self.raft.campaign_refusal()
+            if why is not None:
+                raise CampaignRefused(why)
         context = CAMPAIGN_TRANSFER if force else b""
         self.raft.step(Message(MessageType.HUP, self.raft.id, self.raft.id, context=context))
 
