@@ -263,9 +263,16 @@ class RaftGroup:
 
     def force_campaign(self, ticks: int) -> None:
         """Win this group's first election at once: force an election now, and again
-        every other tick while no leader is known, for `ticks` ticks (a vote can
-        reach a peer that does not host the group yet, which drops it). Only for a
-        group that never had a leader (no lease can be broken): the caller's call."""
+        every other tick while no leader is known, up to `ticks` - 2 ticks from now (a
+        vote can reach a peer that does not host the group yet, which drops it). Only
+        for a group that never had a leader (no lease can be broken): the caller's call.
+
+        Why not up to `ticks`: with `ticks` the election timeout, a peer that created
+        its replica no earlier than this one may win an election of its own by timeout
+        after `ticks` - 1 of its ticks, i.e. (its ticks not in phase with ours) after
+        `ticks` - 1 intervals of real time, and then hold a lease a forced vote would
+        ignore. Our tick j comes at most j intervals after now, so the last forced
+        election must come at j <= `ticks` - 2."""
         self._forced_campaign_ticks = ticks
         self.raw_node.campaign(force=True)
         self._wake(self)
@@ -388,8 +395,8 @@ class RaftGroup:
         node = self.raw_node
         if node.leader() or node.is_leader():
             self._forced_campaign_ticks = 0
-        elif self._forced_campaign_ticks % 2 == 0:
-            node.campaign(force=True)
+        elif self._forced_campaign_ticks >= 2 and self._forced_campaign_ticks % 2 == 0:
+            node.campaign(force=True)  # (never in the last two ticks: force_campaign)
 
     def _drain_reports(self, node: RawNode) -> None:
         reports, self._reports = self._reports, []
