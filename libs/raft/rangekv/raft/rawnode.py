@@ -140,6 +140,18 @@ class RawNode:
 
     # -- outputs ----------------------------------------------------------------
 
+    # The soft and hard state are compared field by field with what the last Ready
+    # reported: has_ready runs for every group in every scheduler turn, and building
+    # the two state values only to compare them dominated it.
+
+    def _soft_changed(self) -> bool:
+        r, prev = self.raft, self._prev_soft
+        return r.lead != prev.lead or r.state is not prev.raft_state
+
+    def _hard_changed(self) -> bool:
+        r, prev = self.raft, self._prev_hard
+        return r.term != prev.term or r.vote != prev.vote or r.log.committed != prev.commit
+
     def has_ready(self) -> bool:
         r = self.raft
         if r.msgs or r.read_states:
@@ -147,30 +159,18 @@ class RawNode:
         log = r.log
         if log.unstable.entries or log.unstable.snapshot is not None:
             return True
-        if log.has_next_committed_entries():
+        if log.has_next_committed_entries() or self._soft_changed():
             return True
-        # Compared field by field: this runs for every group in every scheduler turn,
-        # and building the two state values only to compare them dominated it.
-        soft = self._prev_soft
-        if r.lead != soft.lead or r.state is not soft.raft_state:
-            return True
-        hard = self._prev_hard
-        if r.term == hard.term and r.vote == hard.vote and log.committed == hard.commit:
-            return False
-        return bool(r.term or r.vote or log.committed)  # a zero hard state is never news
+        # A zero hard state (a node that never voted or committed) is never news.
+        return self._hard_changed() and bool(r.term or r.vote or log.committed)
 
     def ready(self) -> Ready:
         """Collect pending work. Call `advance(rd)` after handling it, before the next `ready`."""
         r = self.raft
         log = r.log
-        prev_soft, prev_hard = self._prev_soft, self._prev_hard
-        soft_changed = r.lead != prev_soft.lead or r.state is not prev_soft.raft_state
-        hard_changed = (
-            r.term != prev_hard.term
-            or r.vote != prev_hard.vote
-            or log.committed != prev_hard.commit
-        )
-        soft = r.soft_state() if soft_changed else prev_soft
+        prev_hard = self._prev_hard
+        soft_changed, hard_changed = self._soft_changed(), self._hard_changed()
+        soft = r.soft_state() if soft_changed else self._prev_soft
         hard = r.hard_state() if hard_changed else prev_hard
         entries = tuple(log.unstable.entries)
         must_sync = bool(entries) or (hard.term != prev_hard.term or hard.vote != prev_hard.vote)
