@@ -106,30 +106,25 @@ class _GroupState:
     def first_index(self) -> int:
         return self.truncated_index + 1
 
-    # The two changes every raft round makes, built directly: `dataclasses.replace`
-    # costs twice as much, and this runs for every group in every round.
-    def with_last(self, last_index: int, last_term: int, log_version: int) -> _GroupState:
+    def after_round(
+        self,
+        hard_state: HardState,
+        last_index: int,
+        last_term: int,
+        log_version: int,
+        hs_version: int,
+    ) -> _GroupState:
+        """This state with the fields a raft round changes (the log's end, the hard
+        state, their versions) replaced, the rest kept. Built directly: it runs for
+        every group in every round, and `dataclasses.replace` costs twice as much."""
         return _GroupState(
-            hard_state=self.hard_state,
+            hard_state=hard_state,
             snapshot=self.snapshot,
             truncated_index=self.truncated_index,
             truncated_term=self.truncated_term,
             last_index=last_index,
             last_term=last_term,
             log_version=log_version,
-            hs_version=self.hs_version,
-            snap_version=self.snap_version,
-        )
-
-    def with_hard_state(self, hard_state: HardState, hs_version: int) -> _GroupState:
-        return _GroupState(
-            hard_state=hard_state,
-            snapshot=self.snapshot,
-            truncated_index=self.truncated_index,
-            truncated_term=self.truncated_term,
-            last_index=self.last_index,
-            last_term=self.last_term,
-            log_version=self.log_version,
             hs_version=hs_version,
             snap_version=self.snap_version,
         )
@@ -299,7 +294,9 @@ class RaftLogEngine:
         compacted = cur.truncated_index != base.truncated_index
         out = cur
         if "log_version" in writes:
-            out = out.with_last(view.last_index, view.last_term, cur.log_version + 1)
+            out = out.after_round(
+                out.hard_state, view.last_index, view.last_term, cur.log_version + 1, out.hs_version
+            )
             if gid in batch._snapshotted:
                 # the snapshot replaces the whole log, including any compaction
                 if compacted and cur.truncated_index > view.truncated_index:
@@ -316,7 +313,9 @@ class RaftLogEngine:
                     f"last index {view.last_index}"
                 )
         if "hs_version" in writes:
-            out = out.with_hard_state(view.hard_state, cur.hs_version + 1)
+            out = out.after_round(
+                view.hard_state, out.last_index, out.last_term, out.log_version, cur.hs_version + 1
+            )
         if "snap_version" in writes:
             out = dataclasses.replace(
                 out, snapshot=view.snapshot, snap_version=cur.snap_version + 1
@@ -502,13 +501,17 @@ class LogBatch:
             wb.put(F.entry_key(group_id, e.index), F.encode_entry(e))
             terms[e.index] = e.term
         self.entry_count += len(entries)
-        self._views[group_id] = view.with_last(new_last, entries[-1].term, view.log_version)
+        self._views[group_id] = view.after_round(
+            view.hard_state, new_last, entries[-1].term, view.log_version, view.hs_version
+        )
 
     def set_hard_state(self, group_id: int, hs: HardState) -> None:
         wb = self._batch()
         view = self._view(group_id, (), ("hs_version",))
         wb.put(F.group_prefix(group_id) + F.HARD_STATE, F.encode_hard_state(hs))
-        self._views[group_id] = view.with_hard_state(hs, view.hs_version)
+        self._views[group_id] = view.after_round(
+            hs, view.last_index, view.last_term, view.log_version, view.hs_version
+        )
 
     def apply_snapshot(self, group_id: int, snap: Snapshot) -> None:
         """Replace the group's whole log by `snap` (MemoryStorage.apply_snapshot)."""
